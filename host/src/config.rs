@@ -1,0 +1,271 @@
+//! The gateway configuration: defaults, then the TOML file, then `EVOGATE_*`
+//! environment variables (nested keys joined by `__`, e.g.
+//! `EVOGATE_LIMITS__REQUEST_TIMEOUT_MS=5000`).
+
+use crate::kv::BackendKind;
+use anyhow::Context as _;
+use figment::Figment;
+use figment::providers::{Env, Format as _, Serialized, Toml};
+use figment::value::magic::RelativePathBuf;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Everything `evogate serve` needs.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address of the public listener.
+    pub listen: SocketAddr,
+    /// Directory for the store and deployed artifacts; created if missing.
+    pub data_dir: RelativePathBuf,
+    /// The key-value store.
+    pub store: StoreConfig,
+    /// Request and sandbox limits.
+    pub limits: LimitsConfig,
+    /// The plugins to serve, each on its own route.
+    pub plugins: Vec<PluginConfig>,
+}
+
+/// `[store]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `memory` (tests; nothing kept) or `redb` (a file in `data_dir`).
+    pub backend: BackendKind,
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest request body; larger requests get 413.
+    pub max_body_bytes: usize,
+    /// Time one request may spend in the plugin; past it, 503.
+    pub request_timeout_ms: u64,
+    /// Linear memory one plugin instance may use.
+    pub instance_memory_bytes: usize,
+    /// Requests served at once across all plugins; more wait for a slot
+    /// until their deadline.
+    pub max_concurrent_requests: u32,
+}
+
+/// One `[[plugins]]` entry.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    /// Plugin name: `[a-z0-9_-]{1,64}`; also names its kv namespace.
+    pub name: String,
+    /// Path prefix served by this plugin; the longest matching prefix wins.
+    pub route: String,
+    /// The component file; relative paths are taken from the config file's directory.
+    pub wasm: RelativePathBuf,
+    /// Settings handed to the plugin through the `config` interface.
+    #[serde(default)]
+    pub config: BTreeMap<String, toml::Value>,
+}
+
+/// The Evotor plugin as `cargo xtask build` leaves it.
+pub const DEFAULT_PLUGIN_WASM: &str = "target/wasm32-wasip2/release/evotor_partner.wasm";
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: RelativePathBuf::from(PathBuf::from("./data")),
+            store: StoreConfig {
+                backend: BackendKind::Redb,
+            },
+            limits: LimitsConfig {
+                max_body_bytes: 32 * 1024 * 1024,
+                request_timeout_ms: 8000,
+                instance_memory_bytes: 64 * 1024 * 1024,
+                max_concurrent_requests: 256,
+            },
+            plugins: vec![PluginConfig {
+                name: "evotor".into(),
+                route: "/".into(),
+                wasm: RelativePathBuf::from(PathBuf::from(DEFAULT_PLUGIN_WASM)),
+                config: BTreeMap::new(),
+            }],
+        }
+    }
+}
+
+impl Config {
+    /// Loads defaults, then `file` (if given), then the environment, and checks the result.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            anyhow::ensure!(
+                file.is_file(),
+                "config file {} does not exist",
+                file.display()
+            );
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        let config: Config = figment
+            .merge(Env::prefixed("EVOGATE_").split("__"))
+            .extract()
+            .context("reading the configuration")?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        let limits = &self.limits;
+        anyhow::ensure!(
+            limits.max_body_bytes > 0,
+            "limits.max_body_bytes must be positive"
+        );
+        anyhow::ensure!(
+            (1..=600_000).contains(&limits.request_timeout_ms),
+            "limits.request_timeout_ms must be within 1..=600000"
+        );
+        anyhow::ensure!(
+            limits.instance_memory_bytes >= 1024 * 1024,
+            "limits.instance_memory_bytes must be at least 1 MiB"
+        );
+        anyhow::ensure!(
+            (1..=10_000).contains(&limits.max_concurrent_requests),
+            "limits.max_concurrent_requests must be within 1..=10000"
+        );
+        anyhow::ensure!(!self.plugins.is_empty(), "no [[plugins]] configured");
+        let mut names = std::collections::HashSet::new();
+        let mut routes = std::collections::HashSet::new();
+        for plugin in &self.plugins {
+            let name_ok = !plugin.name.is_empty()
+                && plugin.name.len() <= 64
+                && plugin
+                    .name
+                    .bytes()
+                    .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-'));
+            anyhow::ensure!(
+                name_ok,
+                "plugin name {:?} must match [a-z0-9_-]{{1,64}}",
+                plugin.name
+            );
+            anyhow::ensure!(
+                plugin.route.starts_with('/'),
+                "route {:?} of plugin {:?} must start with '/'",
+                plugin.route,
+                plugin.name
+            );
+            anyhow::ensure!(
+                names.insert(&plugin.name),
+                "plugin name {:?} is used twice",
+                plugin.name
+            );
+            anyhow::ensure!(
+                routes.insert(normalize_route(&plugin.route)),
+                "route {:?} is served by two plugins",
+                plugin.route
+            );
+        }
+        Ok(())
+    }
+
+    /// The data directory, resolved.
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir.relative()
+    }
+}
+
+impl PluginConfig {
+    /// The `config` interface's view: every value as a string (TOML strings
+    /// as they are, other values in TOML syntax).
+    pub fn plugin_settings(&self) -> BTreeMap<String, String> {
+        self.config
+            .iter()
+            .map(|(key, value)| {
+                let text = match value {
+                    toml::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                (key.clone(), text)
+            })
+            .collect()
+    }
+}
+
+/// A route without its trailing slash (except the root), so `/a` and `/a/` are one route.
+pub fn normalize_route(route: &str) -> &str {
+    match route.trim_end_matches('/') {
+        "" => "/",
+        trimmed => trimmed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_str(toml: &str) -> anyhow::Result<Config> {
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("evogate.toml");
+        std::fs::write(&file, toml)?;
+        Config::load(Some(&file))
+    }
+
+    #[test]
+    fn defaults_alone_are_valid() {
+        let config = Config::load(None).expect("defaults");
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.store.backend, BackendKind::Redb);
+        assert_eq!(config.plugins[0].route, "/");
+    }
+
+    #[test]
+    fn file_values_override_defaults_and_paths_are_relative_to_the_file() {
+        let config = load_str(
+            r#"
+            listen = "127.0.0.1:9999"
+            data_dir = "state"
+            [store]
+            backend = "memory"
+            [limits]
+            max_body_bytes = 10
+            request_timeout_ms = 100
+            instance_memory_bytes = 2097152
+            max_concurrent_requests = 4
+            [[plugins]]
+            name = "evotor"
+            route = "/"
+            wasm = "p.wasm"
+            [plugins.config]
+            server_bearer_token = "s3cret"
+            retries = 3
+            "#,
+        )
+        .expect("config");
+        assert_eq!(config.listen.port(), 9999);
+        assert_eq!(config.store.backend, BackendKind::Memory);
+        assert!(config.data_dir().ends_with("state"));
+        assert!(config.data_dir().is_absolute());
+        let settings = config.plugins[0].plugin_settings();
+        assert_eq!(settings["server_bearer_token"], "s3cret");
+        assert_eq!(settings["retries"], "3");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused_with_a_reason() {
+        let err = load_str("lisen = \"127.0.0.1:1\"").expect_err("typo");
+        assert!(format!("{err:#}").contains("lisen"), "{err:#}");
+        let err = load_str("[limits]\nrequest_timeout_ms = 0").expect_err("zero timeout");
+        assert!(format!("{err:#}").contains("request_timeout_ms"), "{err:#}");
+        let err = load_str(
+            "[[plugins]]\nname='a'\nroute='/x'\nwasm='a'\n[[plugins]]\nname='b'\nroute='/x/'\nwasm='b'",
+        )
+        .expect_err("same route");
+        assert!(format!("{err:#}").contains("two plugins"), "{err:#}");
+        let err = load_str("[[plugins]]\nname='A b'\nroute='/'\nwasm='a'").expect_err("bad name");
+        assert!(format!("{err:#}").contains("must match"), "{err:#}");
+    }
+
+    #[test]
+    fn a_missing_config_file_is_an_error() {
+        let err = Config::load(Some(Path::new("/nonexistent/evogate.toml"))).expect_err("missing");
+        assert!(format!("{err:#}").contains("does not exist"));
+    }
+}

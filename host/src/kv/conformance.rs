@@ -1,0 +1,293 @@
+//! One suite of kv semantics, run against every backend.
+
+use super::*;
+use proptest::prelude::*;
+
+fn set(key: &str, value: &str) -> Write {
+    Write::Set(key.into(), value.as_bytes().to_vec())
+}
+
+fn keys(page: &[(String, Entry)]) -> Vec<&str> {
+    page.iter().map(|(key, _)| key.as_str()).collect()
+}
+
+/// Every backend under test, each fresh.
+fn backends() -> Vec<(Arc<dyn Backend>, Option<tempfile::TempDir>)> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let redb = RedbBackend::open(&dir.path().join("kv.redb")).expect("open redb");
+    vec![
+        (Arc::new(MemoryBackend::default()), None),
+        (Arc::new(redb), Some(dir)),
+    ]
+}
+
+fn each_backend(test: impl Fn(Namespace)) {
+    for (backend, _dir) in backends() {
+        eprintln!("backend: {}", backend.describe());
+        test(Namespace::new(backend, "test"));
+    }
+}
+
+#[test]
+fn get_of_missing_key_is_none() {
+    each_backend(|kv| assert_eq!(kv.get("nope").expect("get"), None));
+}
+
+#[test]
+fn set_then_get_returns_value_and_a_version() {
+    each_backend(|kv| {
+        kv.commit(&[], &[set("a", "1")]).expect("commit");
+        let entry = kv.get("a").expect("get").expect("present");
+        assert_eq!(entry.value, b"1");
+    });
+}
+
+#[test]
+fn every_write_changes_the_version_even_after_delete_and_recreate() {
+    each_backend(|kv| {
+        kv.commit(&[], &[set("a", "1")]).expect("commit");
+        let v1 = kv.get("a").expect("get").expect("present").version;
+        kv.commit(&[], &[set("a", "1")]).expect("commit");
+        let v2 = kv.get("a").expect("get").expect("present").version;
+        kv.commit(&[], &[Write::Delete("a".into())])
+            .expect("commit");
+        kv.commit(&[], &[set("a", "1")]).expect("commit");
+        let v3 = kv.get("a").expect("get").expect("present").version;
+        assert!(v1 != v2 && v2 != v3 && v1 != v3, "{v1} {v2} {v3}");
+    });
+}
+
+#[test]
+fn failed_check_writes_nothing_and_reports_conflict() {
+    each_backend(|kv| {
+        kv.commit(&[], &[set("a", "1")]).expect("commit");
+        let version = kv.get("a").expect("get").expect("present").version;
+        let stale = Check::VersionIs("a".into(), version + 1000);
+        assert_eq!(
+            kv.commit(&[stale], &[set("a", "2"), set("b", "2")]),
+            Err(KvError::Conflict)
+        );
+        assert_eq!(
+            kv.commit(&[Check::Absent("a".into())], &[set("b", "2")]),
+            Err(KvError::Conflict)
+        );
+        assert_eq!(kv.get("a").expect("get").expect("present").value, b"1");
+        assert_eq!(kv.get("b").expect("get"), None);
+    });
+}
+
+#[test]
+fn passing_checks_apply_all_writes() {
+    each_backend(|kv| {
+        kv.commit(&[], &[set("a", "1")]).expect("commit");
+        let version = kv.get("a").expect("get").expect("present").version;
+        let checks = [
+            Check::VersionIs("a".into(), version),
+            Check::Absent("b".into()),
+        ];
+        kv.commit(
+            &checks,
+            &[set("a", "2"), set("b", "2"), Write::Delete("zzz".into())],
+        )
+        .expect("commit");
+        assert_eq!(kv.get("a").expect("get").expect("present").value, b"2");
+        assert_eq!(kv.get("b").expect("get").expect("present").value, b"2");
+    });
+}
+
+#[test]
+fn scan_is_ordered_bytewise_and_bounded_by_prefix() {
+    each_backend(|kv| {
+        let writes: Vec<_> = ["b/2", "a", "b/10", "b/1", "b0", "c", "b/"]
+            .iter()
+            .map(|k| set(k, k))
+            .collect();
+        kv.commit(&[], &writes).expect("commit");
+        let page = kv.scan("b/", None, 100).expect("scan");
+        assert_eq!(keys(&page), ["b/", "b/1", "b/10", "b/2"]);
+        let all = kv.scan("", None, 100).expect("scan");
+        assert_eq!(keys(&all), ["a", "b/", "b/1", "b/10", "b/2", "b0", "c"]);
+    });
+}
+
+#[test]
+fn scan_pages_with_start_after_and_limit() {
+    each_backend(|kv| {
+        let writes: Vec<_> = (0..25).map(|i| set(&format!("k/{i:03}"), "v")).collect();
+        kv.commit(&[], &writes).expect("commit");
+        let mut seen = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = kv.scan("k/", after.as_deref(), 10).expect("scan");
+            if page.is_empty() {
+                break;
+            }
+            assert!(page.len() <= 10);
+            after = page.last().map(|(key, _)| key.clone());
+            seen.extend(page.into_iter().map(|(key, _)| key));
+        }
+        let want: Vec<_> = (0..25).map(|i| format!("k/{i:03}")).collect();
+        assert_eq!(seen, want);
+    });
+}
+
+#[test]
+fn scan_start_after_before_the_prefix_starts_at_the_prefix() {
+    each_backend(|kv| {
+        kv.commit(&[], &[set("a", "1"), set("m/1", "1"), set("z", "1")])
+            .expect("commit");
+        assert_eq!(keys(&kv.scan("m/", Some("b"), 10).expect("scan")), ["m/1"]);
+        assert!(kv.scan("m/", Some("n"), 10).expect("scan").is_empty());
+    });
+}
+
+#[test]
+fn namespaces_never_see_each_other() {
+    for (backend, _dir) in backends() {
+        let alpha = Namespace::new(backend.clone(), "alpha");
+        let beta = Namespace::new(backend, "beta");
+        alpha.commit(&[], &[set("secret", "a")]).expect("commit");
+        assert_eq!(beta.get("secret").expect("get"), None);
+        assert!(beta.scan("", None, 1000).expect("scan").is_empty());
+        assert_eq!(
+            beta.commit(&[Check::Absent("secret".into())], &[set("secret", "b")]),
+            Ok(())
+        );
+        assert_eq!(
+            alpha.get("secret").expect("get").expect("present").value,
+            b"a"
+        );
+    }
+}
+
+#[test]
+fn limits_are_enforced_before_the_backend() {
+    each_backend(|kv| {
+        let long_key = "k".repeat(MAX_KEY_BYTES + 1);
+        assert!(matches!(kv.get(&long_key), Err(KvError::TooLarge(_))));
+        assert!(matches!(
+            kv.scan("", None, MAX_SCAN_LIMIT + 1),
+            Err(KvError::TooLarge(_))
+        ));
+        let big = Write::Set("big".into(), vec![0; MAX_VALUE_BYTES + 1]);
+        assert!(matches!(kv.commit(&[], &[big]), Err(KvError::TooLarge(_))));
+        let many: Vec<_> = (0..=MAX_WRITES_PER_COMMIT)
+            .map(|i| set(&i.to_string(), ""))
+            .collect();
+        assert!(matches!(kv.commit(&[], &many), Err(KvError::TooLarge(_))));
+        assert!(kv.scan("", None, 0).expect("scan").is_empty());
+        let exact = Write::Set("k".repeat(MAX_KEY_BYTES), vec![1; MAX_VALUE_BYTES]);
+        kv.commit(&[], &[exact])
+            .expect("the limits themselves are allowed");
+    });
+}
+
+#[test]
+fn scan_stops_early_past_the_byte_budget_but_returns_at_least_one() {
+    for (backend, _dir) in backends() {
+        let big = vec![7u8; 600];
+        let writes: Vec<_> = (0..5)
+            .map(|i| Write::Set(format!("k{i}"), big.clone()))
+            .collect();
+        backend.commit("ns", &[], &writes).expect("commit");
+        assert_eq!(
+            backend.scan("ns", "", None, 10, 1000).expect("scan").len(),
+            2
+        );
+        assert_eq!(backend.scan("ns", "", None, 10, 1).expect("scan").len(), 1);
+    }
+}
+
+#[test]
+fn redb_data_survives_reopen() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("kv.redb");
+    let version = {
+        let kv = Namespace::new(Arc::new(RedbBackend::open(&path).expect("open")), "p");
+        kv.commit(&[], &[set("a", "durable")]).expect("commit");
+        kv.get("a").expect("get").expect("present").version
+    };
+    let kv = Namespace::new(Arc::new(RedbBackend::open(&path).expect("reopen")), "p");
+    let entry = kv.get("a").expect("get").expect("present");
+    assert_eq!(
+        (entry.value.as_slice(), entry.version),
+        (&b"durable"[..], version)
+    );
+    kv.commit(&[], &[set("a", "again")]).expect("commit");
+    assert!(
+        kv.get("a").expect("get").expect("present").version > version,
+        "versions keep growing"
+    );
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Set(u8, u8),
+    Delete(u8),
+    CheckedSet {
+        key: u8,
+        expect_absent: bool,
+        value: u8,
+    },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (0u8..8, any::<u8>()).prop_map(|(k, v)| Op::Set(k, v)),
+        (0u8..8).prop_map(Op::Delete),
+        (0u8..8, any::<bool>(), any::<u8>()).prop_map(|(key, expect_absent, value)| {
+            Op::CheckedSet {
+                key,
+                expect_absent,
+                value,
+            }
+        }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Every backend agrees with a plain `BTreeMap` model on any op sequence.
+    #[test]
+    fn backends_match_a_model(ops in proptest::collection::vec(op(), 1..40)) {
+        for (backend, _dir) in backends() {
+            let kv = Namespace::new(backend, "model");
+            let mut model = std::collections::BTreeMap::<String, Vec<u8>>::new();
+            for op in &ops {
+                match op {
+                    Op::Set(k, v) => {
+                        kv.commit(&[], &[Write::Set(format!("k{k}"), vec![*v])]).expect("commit");
+                        model.insert(format!("k{k}"), vec![*v]);
+                    }
+                    Op::Delete(k) => {
+                        kv.commit(&[], &[Write::Delete(format!("k{k}"))]).expect("commit");
+                        model.remove(&format!("k{k}"));
+                    }
+                    Op::CheckedSet { key, expect_absent, value } => {
+                        let key = format!("k{key}");
+                        let check = if *expect_absent {
+                            Check::Absent(key.clone())
+                        } else {
+                            let version = kv.get(&key).expect("get").map_or(u64::MAX, |e| e.version);
+                            Check::VersionIs(key.clone(), version)
+                        };
+                        let should_apply = !expect_absent || !model.contains_key(&key);
+                        let should_apply = should_apply && (*expect_absent || model.contains_key(&key));
+                        let result = kv.commit(&[check], &[Write::Set(key.clone(), vec![*value])]);
+                        if should_apply {
+                            prop_assert_eq!(result, Ok(()));
+                            model.insert(key, vec![*value]);
+                        } else {
+                            prop_assert_eq!(result, Err(KvError::Conflict));
+                        }
+                    }
+                }
+            }
+            let scanned: Vec<_> = kv.scan("", None, 1000).expect("scan")
+                .into_iter().map(|(k, e)| (k, e.value)).collect();
+            let expected: Vec<_> = model.into_iter().collect();
+            prop_assert_eq!(scanned, expected);
+        }
+    }
+}

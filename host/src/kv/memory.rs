@@ -1,0 +1,112 @@
+//! The in-memory backend: a `BTreeMap` per namespace behind one lock.
+
+use super::{Backend, Check, Entry, KvError, Write, in_scan, scan_start};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, MutexGuard};
+
+/// Keeps everything in process memory; nothing survives a restart.
+#[derive(Debug, Default)]
+pub struct MemoryBackend {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    namespaces: HashMap<String, BTreeMap<String, Entry>>,
+    last_version: u64,
+}
+
+impl MemoryBackend {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave a half-applied commit
+        // (commits mutate only after every check passed), so poison is safe to clear.
+        self.inner
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+}
+
+impl Backend for MemoryBackend {
+    fn describe(&self) -> String {
+        "memory (nothing is kept across restarts)".into()
+    }
+
+    fn get(&self, ns: &str, key: &str) -> Result<Option<Entry>, KvError> {
+        Ok(self
+            .lock()
+            .namespaces
+            .get(ns)
+            .and_then(|map| map.get(key))
+            .cloned())
+    }
+
+    fn scan(
+        &self,
+        ns: &str,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<(String, Entry)>, KvError> {
+        let inner = self.lock();
+        let Some(map) = inner.namespaces.get(ns) else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        let range =
+            map.range::<str, _>((scan_start(prefix, start_after), std::ops::Bound::Unbounded));
+        for (key, entry) in range.take_while(|(key, _)| key.starts_with(prefix)) {
+            if !in_scan(key, prefix, start_after) {
+                continue;
+            }
+            if out.len() == limit || (!out.is_empty() && bytes >= max_bytes) {
+                break;
+            }
+            bytes += entry.value.len();
+            out.push((key.clone(), entry.clone()));
+        }
+        Ok(out)
+    }
+
+    fn commit(&self, ns: &str, checks: &[Check], writes: &[Write]) -> Result<(), KvError> {
+        let mut inner = self.lock();
+        let current = |inner: &Inner, key: &str| {
+            inner
+                .namespaces
+                .get(ns)
+                .and_then(|map| map.get(key))
+                .map(|entry| entry.version)
+        };
+        if !checks
+            .iter()
+            .all(|check| check.holds(current(&inner, check.key())))
+        {
+            return Err(KvError::Conflict);
+        }
+        inner.last_version += 1;
+        let version = inner.last_version;
+        let map = inner.namespaces.entry(ns.to_owned()).or_default();
+        for write in writes {
+            match write {
+                Write::Set(key, value) => {
+                    map.insert(
+                        key.clone(),
+                        Entry {
+                            value: value.clone(),
+                            version,
+                        },
+                    );
+                }
+                Write::Delete(key) => {
+                    map.remove(key);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn ping(&self) -> Result<(), KvError> {
+        Ok(())
+    }
+}

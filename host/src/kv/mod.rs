@@ -1,0 +1,267 @@
+//! The key-value store behind the WIT `kv` interface.
+//!
+//! Backends implement [`Backend`] and stay small and policy-free: they store
+//! bytes under `(namespace, key)`, order keys bytewise, and apply a commit
+//! atomically and durably. Every policy plugins rely on — size limits, the
+//! scan cap, namespaces — lives in [`Namespace`], the one dispatch layer the
+//! sandbox talks to, so no backend can forget it.
+
+mod memory;
+mod redb;
+
+pub use self::memory::MemoryBackend;
+pub use self::redb::RedbBackend;
+
+use std::sync::Arc;
+
+/// Longest key a plugin may use, in bytes.
+pub const MAX_KEY_BYTES: usize = 1024;
+/// Largest value a plugin may store, in bytes.
+pub const MAX_VALUE_BYTES: usize = 4 * 1024 * 1024;
+/// Most writes one commit may carry.
+pub const MAX_WRITES_PER_COMMIT: usize = 10_000;
+/// Most checks one commit may carry.
+pub const MAX_CHECKS_PER_COMMIT: usize = 10_000;
+/// Largest `limit` a scan may ask for.
+pub const MAX_SCAN_LIMIT: u32 = 1000;
+/// Soft cap on the value bytes one scan returns; past it the page ends early.
+pub const MAX_SCAN_BYTES: usize = 16 * 1024 * 1024;
+
+/// A stored value and its version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The value bytes.
+    pub value: Vec<u8>,
+    /// Changes on every write of the key; never reused within one store.
+    pub version: u64,
+}
+
+/// A precondition of [`Backend::commit`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Check {
+    /// The key exists with this version.
+    VersionIs(String, u64),
+    /// The key does not exist.
+    Absent(String),
+}
+
+impl Check {
+    fn key(&self) -> &str {
+        match self {
+            Check::VersionIs(key, _) | Check::Absent(key) => key,
+        }
+    }
+
+    /// Whether the check holds given the key's current version.
+    fn holds(&self, current: Option<u64>) -> bool {
+        match self {
+            Check::VersionIs(_, want) => current == Some(*want),
+            Check::Absent(_) => current.is_none(),
+        }
+    }
+}
+
+/// One change of [`Backend::commit`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    /// Set the key to the value.
+    Set(String, Vec<u8>),
+    /// Delete the key (a missing key is fine).
+    Delete(String),
+}
+
+impl Write {
+    fn key(&self) -> &str {
+        match self {
+            Write::Set(key, _) | Write::Delete(key) => key,
+        }
+    }
+}
+
+/// Why a kv operation failed; mirrors the WIT `kv.error` variant.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KvError {
+    /// A check did not hold; nothing was written.
+    #[error("a commit check did not hold")]
+    Conflict,
+    /// A key, value, commit or scan limit over its bound.
+    #[error("too large: {0}")]
+    TooLarge(&'static str),
+    /// The backend cannot serve the call (I/O or database error).
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// A storage engine for all plugins' keys.
+///
+/// Implementations keep namespaces fully apart: a key of one namespace is
+/// never visible through another.
+pub trait Backend: Send + Sync + 'static {
+    /// One line for the logs, e.g. `redb at ./data/evogate.redb`.
+    fn describe(&self) -> String;
+
+    /// Reads one key.
+    fn get(&self, ns: &str, key: &str) -> Result<Option<Entry>, KvError>;
+
+    /// Keys of `ns` starting with `prefix`, after `start_after` (exclusive),
+    /// in bytewise order; at most `limit` entries, and stops early once the
+    /// returned values reach `max_bytes` (always at least one entry if any).
+    fn scan(
+        &self,
+        ns: &str,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<(String, Entry)>, KvError>;
+
+    /// Applies `writes` if every check holds, atomically and durably.
+    fn commit(&self, ns: &str, checks: &[Check], writes: &[Write]) -> Result<(), KvError>;
+
+    /// Whether the backend can serve calls now.
+    fn ping(&self) -> Result<(), KvError>;
+}
+
+/// Which backend to open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// In process memory; lost on exit. For tests.
+    Memory,
+    /// A redb file in the data directory (the default).
+    Redb,
+}
+
+/// Opens the configured backend.
+pub fn open(kind: BackendKind, data_dir: &std::path::Path) -> anyhow::Result<Arc<dyn Backend>> {
+    Ok(match kind {
+        BackendKind::Memory => Arc::new(MemoryBackend::default()),
+        BackendKind::Redb => Arc::new(RedbBackend::open(&data_dir.join("evogate.redb"))?),
+    })
+}
+
+/// One plugin's view of the store: its namespace plus every limit.
+#[derive(Clone)]
+pub struct Namespace {
+    backend: Arc<dyn Backend>,
+    name: Arc<str>,
+}
+
+impl std::fmt::Debug for Namespace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Namespace")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Namespace {
+    /// The view of `backend` that plugin `name` gets.
+    pub fn new(backend: Arc<dyn Backend>, name: &str) -> Self {
+        Self {
+            backend,
+            name: name.into(),
+        }
+    }
+
+    /// Reads one key.
+    pub fn get(&self, key: &str) -> Result<Option<Entry>, KvError> {
+        check_key(key)?;
+        self.backend.get(&self.name, key)
+    }
+
+    /// Ordered prefix scan; see the WIT `kv.scan` for the contract.
+    pub fn scan(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<(String, Entry)>, KvError> {
+        // `limit` and the keys are guest-controlled: bound them before use.
+        if limit > MAX_SCAN_LIMIT {
+            return Err(KvError::TooLarge("scan limit over 1000"));
+        }
+        check_key(prefix)?;
+        if let Some(after) = start_after {
+            check_key(after)?;
+        }
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.backend.scan(
+            &self.name,
+            prefix,
+            start_after,
+            limit as usize,
+            MAX_SCAN_BYTES,
+        )
+    }
+
+    /// Atomic, durable conditional write; see the WIT `kv.commit`.
+    pub fn commit(&self, checks: &[Check], writes: &[Write]) -> Result<(), KvError> {
+        if writes.len() > MAX_WRITES_PER_COMMIT {
+            return Err(KvError::TooLarge("more than 10000 writes in one commit"));
+        }
+        if checks.len() > MAX_CHECKS_PER_COMMIT {
+            return Err(KvError::TooLarge("more than 10000 checks in one commit"));
+        }
+        for check in checks {
+            check_key(check.key())?;
+        }
+        for write in writes {
+            check_key(write.key())?;
+            if let Write::Set(_, value) = write
+                && value.len() > MAX_VALUE_BYTES
+            {
+                return Err(KvError::TooLarge("value over 4 MiB"));
+            }
+        }
+        if writes.is_empty() && checks.is_empty() {
+            return Ok(());
+        }
+        self.backend.commit(&self.name, checks, writes)
+    }
+}
+
+fn check_key(key: &str) -> Result<(), KvError> {
+    if key.len() > MAX_KEY_BYTES {
+        return Err(KvError::TooLarge("key over 1 KiB"));
+    }
+    Ok(())
+}
+
+/// Encodes a stored value as its version (8 bytes, little endian) then the bytes.
+fn encode_entry(version: u64, value: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + value.len());
+    out.extend_from_slice(&version.to_le_bytes());
+    out.extend_from_slice(value);
+    out
+}
+
+/// Reverses [`encode_entry`].
+fn decode_entry(raw: &[u8]) -> Result<Entry, KvError> {
+    let (version, value) = raw
+        .split_first_chunk::<8>()
+        .ok_or_else(|| KvError::Unavailable("corrupt entry: shorter than its version".into()))?;
+    Ok(Entry {
+        value: value.to_vec(),
+        version: u64::from_le_bytes(*version),
+    })
+}
+
+/// Whether `key` belongs to a scan page: has the prefix and lies after `start_after`.
+fn in_scan(key: &str, prefix: &str, start_after: Option<&str>) -> bool {
+    key.starts_with(prefix) && start_after.is_none_or(|after| key > after)
+}
+
+/// The first key a scan must look at: the larger of the prefix and `start_after`.
+fn scan_start<'a>(prefix: &'a str, start_after: Option<&'a str>) -> std::ops::Bound<&'a str> {
+    use std::ops::Bound;
+    match start_after {
+        Some(after) if after >= prefix => Bound::Excluded(after),
+        _ => Bound::Included(prefix),
+    }
+}
+
+#[cfg(test)]
+mod conformance;

@@ -1,0 +1,383 @@
+//! The sandbox: one wasmtime engine, and a fresh instance per request.
+//!
+//! A [`Sandbox`] owns the engine (pooling allocator, epoch interruption) and
+//! the linker with the host side of the `plugin` world. [`Sandbox::load`]
+//! compiles a component once into a [`PluginVersion`], which holds the
+//! pre-instantiated component; [`PluginVersion::handle`] then makes a new
+//! `Store` and instance for each request, so no state survives between
+//! requests and a misbehaving request cannot affect another.
+
+use crate::kv::{self, Namespace};
+use crate::plugin_log::LogPipe;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::error::Context as _;
+use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+mod generated {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "plugin",
+    });
+}
+
+pub use generated::evogate::plugin::types::{Request, Response};
+use generated::evogate::plugin::{config as wit_config, kv as wit_kv, types as wit_types};
+
+/// How often the epoch ticks; the deadline granularity.
+const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Resource limits of one request's sandbox.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Wall-clock budget of one request inside the plugin.
+    pub timeout: Duration,
+    /// Most linear memory one instance may grow to, in bytes.
+    pub memory_bytes: usize,
+    /// Most instances alive at once (the pooling allocator's capacity).
+    pub max_instances: u32,
+}
+
+/// Why a request's sandbox failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// The plugin ran past the request deadline.
+    #[error("deadline exceeded")]
+    Deadline,
+    /// The plugin tried to grow its memory past the limit.
+    #[error("memory limit exceeded")]
+    MemoryLimit,
+    /// The plugin trapped (panic, unreachable, bad host call, …).
+    #[error("plugin trapped: {0:#}")]
+    Trap(wasmtime::Error),
+}
+
+/// The engine and linker shared by every plugin and version.
+pub struct Sandbox {
+    engine: Engine,
+    linker: Linker<HostState>,
+    limits: Limits,
+    _ticker: EpochTicker,
+}
+
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandbox")
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Sandbox {
+    /// Builds the engine with the pooling allocator sized for `limits`.
+    pub fn new(limits: Limits) -> wasmtime::Result<Self> {
+        let mut pool = PoolingAllocationConfig::default();
+        let n = limits.max_instances.max(1);
+        // A Rust component holds its main module plus a few small shim modules.
+        pool.total_component_instances(n)
+            .total_core_instances(n.saturating_mul(8))
+            .total_memories(n.saturating_mul(2))
+            .total_tables(n.saturating_mul(8))
+            .max_memory_size(limits.memory_bytes);
+        let mut config = wasmtime::Config::new();
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config).context("creating the wasmtime engine")?;
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).context("linking WASI")?;
+        generated::Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
+            .context("linking the plugin world")?;
+
+        let ticker = EpochTicker::start(engine.clone());
+        Ok(Self {
+            engine,
+            linker,
+            limits,
+            _ticker: ticker,
+        })
+    }
+
+    /// The engine, for precompiling and checking components.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Compiles `wasm` and checks it by instantiating it once and reading
+    /// its identity. Slow (compilation): call it off the serving path.
+    pub fn load(
+        &self,
+        plugin: &str,
+        wasm: &[u8],
+        config: Arc<BTreeMap<String, String>>,
+        kv: Namespace,
+    ) -> wasmtime::Result<PluginVersion> {
+        let component = Component::new(&self.engine, wasm)
+            .with_context(|| format!("compiling plugin {plugin:?}"))?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .with_context(|| format!("plugin {plugin:?} does not fit the evogate:plugin world"))?;
+        let pre = generated::PluginPre::new(pre)
+            .with_context(|| format!("plugin {plugin:?} lacks the evogate:plugin exports"))?;
+        let mut version = PluginVersion {
+            plugin: plugin.into(),
+            pre,
+            engine: self.engine.clone(),
+            limits: self.limits,
+            config,
+            kv,
+            name: String::new(),
+            version: String::new(),
+        };
+        let (name, semver) = version
+            .identity()
+            .with_context(|| format!("reading the identity of plugin {plugin:?}"))?;
+        version.name = name;
+        version.version = semver;
+        Ok(version)
+    }
+}
+
+/// One compiled plugin build, ready to serve requests.
+pub struct PluginVersion {
+    plugin: Arc<str>,
+    pre: generated::PluginPre<HostState>,
+    engine: Engine,
+    limits: Limits,
+    config: Arc<BTreeMap<String, String>>,
+    kv: Namespace,
+    /// The name the plugin reports in its identity.
+    pub name: String,
+    /// The version the plugin reports in its identity.
+    pub version: String,
+}
+
+impl std::fmt::Debug for PluginVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginVersion")
+            .field("plugin", &self.plugin)
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PluginVersion {
+    /// Answers one request in a fresh instance. Blocking: run it on a
+    /// blocking thread.
+    pub fn handle(&self, request: &Request, timeout: Duration) -> Result<Response, Failure> {
+        let mut store = self.new_store(timeout);
+        let result = self.pre.instantiate(&mut store).and_then(|plugin| {
+            plugin
+                .evogate_plugin_handler()
+                .call_handle(&mut store, request)
+        });
+        self.finish(&mut store, result)
+    }
+
+    /// Instantiates once and reads the plugin's identity.
+    fn identity(&self) -> Result<(String, String), Failure> {
+        let mut store = self.new_store(self.limits.timeout);
+        let result = self
+            .pre
+            .instantiate(&mut store)
+            .and_then(|plugin| plugin.evogate_plugin_identity().call_info(&mut store));
+        self.finish(&mut store, result)
+            .map(|info| (info.name, info.version))
+    }
+
+    fn new_store(&self, timeout: Duration) -> Store<HostState> {
+        let tag = format!("{}@{}", self.plugin, self.version);
+        let tag: Arc<str> = tag.into();
+        let wasi = WasiCtx::builder()
+            .stdout(LogPipe::new(tag.clone(), "stdout"))
+            .stderr(LogPipe::new(tag, "stderr"))
+            .build();
+        let state = HostState {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter {
+                max_bytes: self.limits.memory_bytes,
+                hit: false,
+            },
+            kv: self.kv.clone(),
+            config: self.config.clone(),
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.limiter);
+        let ticks = timeout.as_micros().div_ceil(EPOCH_TICK.as_micros()) + 1;
+        store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
+        store.epoch_deadline_trap();
+        store
+    }
+
+    /// Turns a wasmtime error into the [`Failure`] it stands for.
+    fn finish<T>(
+        &self,
+        store: &mut Store<HostState>,
+        result: wasmtime::Result<T>,
+    ) -> Result<T, Failure> {
+        result.map_err(|err| {
+            if store.data().limiter.hit {
+                Failure::MemoryLimit
+            } else if err.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+                Failure::Deadline
+            } else {
+                Failure::Trap(err)
+            }
+        })
+    }
+}
+
+/// Per-request state of one instance.
+struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: MemoryLimiter,
+    kv: Namespace,
+    config: Arc<BTreeMap<String, String>>,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Refuses memory growth past the limit and remembers that it did, so the
+/// trap that follows (Rust aborts on allocation failure) is reported as a
+/// memory-limit hit rather than a plain trap.
+struct MemoryLimiter {
+    max_bytes: usize,
+    hit: bool,
+}
+
+impl wasmtime::ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = desired <= self.max_bytes;
+        self.hit |= !allowed;
+        Ok(allowed)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(maximum.is_none_or(|max| desired <= max))
+    }
+}
+
+impl wit_types::Host for HostState {}
+
+impl wit_config::Host for HostState {
+    fn get(&mut self, name: String) -> Option<String> {
+        self.config.get(&name).cloned()
+    }
+}
+
+impl From<kv::KvError> for wit_kv::Error {
+    fn from(err: kv::KvError) -> Self {
+        match err {
+            kv::KvError::Conflict => wit_kv::Error::Conflict,
+            kv::KvError::TooLarge(_) => wit_kv::Error::TooLarge,
+            kv::KvError::Unavailable(why) => wit_kv::Error::Unavailable(why),
+        }
+    }
+}
+
+fn wit_entry(entry: kv::Entry) -> wit_kv::Entry {
+    wit_kv::Entry {
+        value: entry.value,
+        version: entry.version,
+    }
+}
+
+impl wit_kv::Host for HostState {
+    fn get(&mut self, key: String) -> Result<Option<wit_kv::Entry>, wit_kv::Error> {
+        Ok(self.kv.get(&key)?.map(wit_entry))
+    }
+
+    fn scan(
+        &mut self,
+        prefix: String,
+        start_after: Option<String>,
+        limit: u32,
+    ) -> Result<Vec<(String, wit_kv::Entry)>, wit_kv::Error> {
+        let page = self.kv.scan(&prefix, start_after.as_deref(), limit)?;
+        Ok(page
+            .into_iter()
+            .map(|(key, entry)| (key, wit_entry(entry)))
+            .collect())
+    }
+
+    fn commit(
+        &mut self,
+        checks: Vec<wit_kv::Check>,
+        writes: Vec<wit_kv::Write>,
+    ) -> Result<(), wit_kv::Error> {
+        let checks: Vec<_> = checks
+            .into_iter()
+            .map(|check| match check {
+                wit_kv::Check::VersionIs((key, version)) => kv::Check::VersionIs(key, version),
+                wit_kv::Check::Absent(key) => kv::Check::Absent(key),
+            })
+            .collect();
+        let writes: Vec<_> = writes
+            .into_iter()
+            .map(|write| match write {
+                wit_kv::Write::Set((key, value)) => kv::Write::Set(key, value),
+                wit_kv::Write::Delete(key) => kv::Write::Delete(key),
+            })
+            .collect();
+        self.kv.commit(&checks, &writes).map_err(|err| {
+            if let kv::KvError::Unavailable(why) = &err {
+                tracing::error!(error = %why, "kv commit failed");
+            }
+            err.into()
+        })
+    }
+}
+
+/// Advances the engine's epoch on a background thread until dropped.
+struct EpochTicker {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl EpochTicker {
+    fn start(engine: Engine) -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        std::thread::Builder::new()
+            .name("evogate-epoch".into())
+            .spawn(move || {
+                while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    engine.increment_epoch();
+                }
+            })
+            .expect("spawning the epoch thread");
+        Self { stop }
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,338 @@
+//! The public HTTP listener: read and limit the request, route it to a
+//! plugin, run the plugin on a blocking thread within the deadline, answer.
+
+use crate::registry::Registry;
+use crate::sandbox::{Failure, Request, Response as PluginResponse};
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::StatusCode;
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+/// How long the gateway waits past the deadline for a plugin stuck in a
+/// host call (which epoch interruption cannot stop) before answering 503.
+const HOST_CALL_GRACE: Duration = Duration::from_millis(500);
+/// How long a client may take to send the request headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The routing table plus the limits every request obeys.
+#[derive(Debug)]
+pub struct Gateway {
+    /// Routes to plugins.
+    pub registry: Registry,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// Time budget of one request, queueing included.
+    pub request_timeout: Duration,
+    /// Slots for requests running at once (the instance pool's capacity).
+    pub permits: Arc<Semaphore>,
+    /// Keeps the engine (and its epoch ticker) alive as long as the gateway.
+    pub _sandbox: Arc<crate::sandbox::Sandbox>,
+}
+
+/// What one request came to, for the access log.
+struct Served {
+    response: hyper::Response<Full<Bytes>>,
+    plugin: Option<String>,
+}
+
+/// Serves connections from `listener` until `shutdown` resolves, then waits
+/// for in-flight requests to finish (at most `drain`).
+pub async fn serve(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    shutdown: impl std::future::Future<Output = ()>,
+    drain: Duration,
+) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(err) => {
+                    // Usually EMFILE: back off instead of spinning.
+                    tracing::warn!(error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let gateway = gateway.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let gateway = gateway.clone();
+            async move { Ok::<_, std::convert::Infallible>(gateway.handle(req).await) }
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(err) = conn.await {
+                tracing::debug!(%peer, error = %err, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tracing::info!("shutting down: draining in-flight requests");
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain timeout reached; closing remaining connections");
+    }
+}
+
+impl Gateway {
+    /// Answers one HTTP request and writes its access-log line.
+    pub async fn handle(&self, req: hyper::Request<Incoming>) -> hyper::Response<Full<Bytes>> {
+        let started = Instant::now();
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        let served = self.dispatch(req, started).await;
+        let status = served.response.status().as_u16();
+        tracing::info!(
+            target: "evogate::access",
+            %method,
+            path,
+            status,
+            latency_us = started.elapsed().as_micros() as u64,
+            plugin = served.plugin.as_deref().unwrap_or("-"),
+        );
+        served.response
+    }
+
+    async fn dispatch(&self, req: hyper::Request<Incoming>, started: Instant) -> Served {
+        let Some(slot) = self.registry.route(req.uri().path()) else {
+            return Served {
+                response: error(StatusCode::NOT_FOUND, 404, "not found"),
+                plugin: None,
+            };
+        };
+        let version = slot.current();
+        let label = Some(format!("{}@{}", slot.name, version.version));
+        let response = match self.call(req, started, version.clone()).await {
+            Ok(response) => into_http(response, &label),
+            Err(response) => response,
+        };
+        Served {
+            response,
+            plugin: label,
+        }
+    }
+
+    /// Reads the body, waits for a slot and runs the plugin; `Err` is a
+    /// finished error response.
+    async fn call(
+        &self,
+        req: hyper::Request<Incoming>,
+        started: Instant,
+        version: Arc<crate::sandbox::PluginVersion>,
+    ) -> Result<PluginResponse, hyper::Response<Full<Bytes>>> {
+        let deadline = started + self.request_timeout;
+        let too_large = || {
+            error_with(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                413,
+                "payload too large",
+                |e| {
+                    e["subject"] = "body".into();
+                    e["value"] = self.max_body_bytes.into();
+                },
+            )
+        };
+        let declared = req
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > self.max_body_bytes as u64) {
+            return Err(too_large());
+        }
+        let (parts, body) = req.into_parts();
+        let body = match tokio::time::timeout_at(
+            deadline.into(),
+            Limited::new(body, self.max_body_bytes).collect(),
+        )
+        .await
+        {
+            Ok(Ok(collected)) => collected.to_bytes(),
+            Ok(Err(err))
+                if err
+                    .downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some() =>
+            {
+                return Err(too_large());
+            }
+            Ok(Err(_)) => {
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    400,
+                    "request body could not be read",
+                ));
+            }
+            Err(_) => {
+                return Err(error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    408,
+                    "request body not received in time",
+                ));
+            }
+        };
+        let request = Request {
+            method: parts.method.as_str().to_owned(),
+            path: parts.uri.path().to_owned(),
+            query: parts.uri.query().unwrap_or_default().to_owned(),
+            headers: parts
+                .headers
+                .iter()
+                .map(|(name, value)| {
+                    (
+                        name.as_str().to_owned(),
+                        String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                    )
+                })
+                .collect(),
+            body: body.to_vec(),
+        };
+
+        let Ok(Ok(permit)) =
+            tokio::time::timeout_at(deadline.into(), self.permits.clone().acquire_owned()).await
+        else {
+            return Err(busy());
+        };
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let label = format!("{}@{}", version.name, version.version);
+        let task = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            version.handle(&request, remaining)
+        });
+        let outcome = tokio::time::timeout_at((deadline + HOST_CALL_GRACE).into(), task).await;
+        match outcome {
+            Ok(Ok(Ok(response))) => Ok(response),
+            Ok(Ok(Err(Failure::Deadline))) | Err(_) => {
+                tracing::warn!(plugin = %label, "request deadline exceeded");
+                Err(deadline_exceeded())
+            }
+            Ok(Ok(Err(Failure::MemoryLimit))) => {
+                tracing::warn!(plugin = %label, "plugin hit its memory limit");
+                Err(error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    500,
+                    "memory limit exceeded",
+                ))
+            }
+            Ok(Ok(Err(Failure::Trap(err)))) => {
+                tracing::error!(plugin = %label, error = %format!("{err:?}"), "plugin trapped");
+                Err(error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    500,
+                    "plugin failed",
+                ))
+            }
+            Ok(Err(join)) => {
+                tracing::error!(plugin = %label, error = %join, "plugin task failed");
+                Err(error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    500,
+                    "plugin failed",
+                ))
+            }
+        }
+    }
+}
+
+/// Headers the gateway owns; a plugin's values for them are ignored.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "transfer-encoding"
+            | "content-length"
+            | "upgrade"
+            | "te"
+            | "trailer"
+    )
+}
+
+/// Converts a plugin's answer, dropping headers that are not valid HTTP.
+fn into_http(response: PluginResponse, label: &Option<String>) -> hyper::Response<Full<Bytes>> {
+    let Ok(status) = StatusCode::from_u16(response.status) else {
+        tracing::error!(plugin = ?label, status = response.status, "plugin answered an invalid status");
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            500,
+            "plugin answered an invalid status",
+        );
+    };
+    let mut out = hyper::Response::new(Full::new(Bytes::from(response.body)));
+    *out.status_mut() = status;
+    for (name, value) in response.headers {
+        match (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
+            (Ok(name), Ok(value)) if !is_hop_by_hop(&name) => {
+                out.headers_mut().append(name, value);
+            }
+            (Ok(name), Ok(_)) => {
+                tracing::debug!(%name, "ignoring a hop-by-hop header from the plugin")
+            }
+            _ => {
+                tracing::warn!(plugin = ?label, header = %name, "ignoring an invalid header from the plugin")
+            }
+        }
+    }
+    out
+}
+
+/// An Evotor-format error answer: `{"errors":[{"code":…,"reason":"…"}]}`.
+pub fn error(status: StatusCode, code: u32, reason: &str) -> hyper::Response<Full<Bytes>> {
+    error_with(status, code, reason, |_| {})
+}
+
+fn error_with(
+    status: StatusCode,
+    code: u32,
+    reason: &str,
+    extra: impl FnOnce(&mut serde_json::Value),
+) -> hyper::Response<Full<Bytes>> {
+    let mut item = serde_json::json!({ "code": code, "reason": reason });
+    extra(&mut item);
+    let body = serde_json::json!({ "errors": [item] }).to_string();
+    let mut response = hyper::Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+fn deadline_exceeded() -> hyper::Response<Full<Bytes>> {
+    let mut response = error(StatusCode::SERVICE_UNAVAILABLE, 503, "deadline exceeded");
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+}
+
+fn busy() -> hyper::Response<Full<Bytes>> {
+    let mut response = error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        503,
+        "too many requests in progress",
+    );
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+}

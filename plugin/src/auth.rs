@@ -1,0 +1,184 @@
+//! Who may call: the Evotor cloud's server credential.
+
+use crate::Ctx;
+use crate::errors::ApiError;
+use crate::http::Request;
+use base64::Engine as _;
+use sha2::{Digest as _, Sha256};
+use subtle::ConstantTimeEq as _;
+
+/// Config key of the bearer token the Evotor cloud sends.
+pub const SERVER_BEARER_TOKEN: &str = "server_bearer_token";
+/// Config key of the Basic user the Evotor cloud sends.
+pub const SERVER_BASIC_USER: &str = "server_basic_user";
+/// Config key of the Basic password the Evotor cloud sends.
+pub const SERVER_BASIC_PASSWORD: &str = "server_basic_password";
+
+/// Compares two secrets in time independent of their contents (and,
+/// by comparing digests, of where they differ or how long they are).
+pub fn secrets_equal(given: &[u8], expected: &[u8]) -> bool {
+    Sha256::digest(given)
+        .ct_eq(&Sha256::digest(expected))
+        .into()
+}
+
+/// Credentials presented in an `Authorization` header.
+enum Presented {
+    Bearer(String),
+    Basic(Vec<u8>),
+}
+
+fn presented(request: &Request) -> Option<Presented> {
+    let value = request.header_value("authorization")?.trim();
+    let (scheme, rest) = value.split_once(' ')?;
+    let rest = rest.trim();
+    if scheme.eq_ignore_ascii_case("bearer") {
+        Some(Presented::Bearer(rest.to_owned()))
+    } else if scheme.eq_ignore_ascii_case("basic") {
+        base64::engine::general_purpose::STANDARD
+            .decode(rest)
+            .ok()
+            .map(Presented::Basic)
+    } else {
+        None
+    }
+}
+
+/// Succeeds only for a request carrying one of the configured server
+/// credentials; otherwise 401 code 1001. With no credential configured
+/// every request is refused: the server endpoints are never open.
+pub fn require_server(ctx: &Ctx<'_>, request: &Request) -> Result<(), ApiError> {
+    let bearer = ctx.config.non_empty(SERVER_BEARER_TOKEN);
+    let basic = ctx
+        .config
+        .non_empty(SERVER_BASIC_USER)
+        .zip(ctx.config.non_empty(SERVER_BASIC_PASSWORD))
+        .map(|(user, password)| format!("{user}:{password}"));
+    if bearer.is_none() && basic.is_none() {
+        eprintln!(
+            "refusing a server endpoint: no server credential configured \
+             (set {SERVER_BEARER_TOKEN}, or {SERVER_BASIC_USER} and {SERVER_BASIC_PASSWORD})"
+        );
+        return Err(ApiError::server_unauthorized());
+    }
+    let ok = match presented(request) {
+        Some(Presented::Bearer(token)) => {
+            bearer.is_some_and(|want| secrets_equal(token.as_bytes(), want.as_bytes()))
+        }
+        Some(Presented::Basic(pair)) => {
+            basic.is_some_and(|want| secrets_equal(&pair, want.as_bytes()))
+        }
+        None => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::server_unauthorized())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{clock::FixedClock, config::MapConfig, kv::MemKv};
+    use proptest::prelude::*;
+
+    fn check(config: &MapConfig, authorization: Option<&str>) -> Result<(), ApiError> {
+        let (kv, clock) = (MemKv::default(), FixedClock(0));
+        let ctx = Ctx {
+            kv: &kv,
+            config,
+            clock: &clock,
+        };
+        let mut request = Request::new("POST", "/api/v1/user/token");
+        if let Some(value) = authorization {
+            request = request.header("Authorization", value);
+        }
+        require_server(&ctx, &request)
+    }
+
+    fn basic(pair: &str) -> String {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(pair)
+        )
+    }
+
+    #[test]
+    fn nothing_configured_refuses_everything() {
+        let config = MapConfig::default();
+        assert_eq!(
+            check(&config, Some("Bearer ")).map_err(|e| e.code),
+            Err(1001)
+        );
+        assert_eq!(
+            check(&config, Some(&basic(":"))).map_err(|e| e.code),
+            Err(1001)
+        );
+        let empty = MapConfig::from([(SERVER_BEARER_TOKEN, "")]);
+        assert_eq!(
+            check(&empty, Some("Bearer ")).map_err(|e| e.code),
+            Err(1001)
+        );
+    }
+
+    #[test]
+    fn bearer_token_is_accepted_only_exactly() {
+        let config = MapConfig::from([(SERVER_BEARER_TOKEN, "s3cret")]);
+        assert!(check(&config, Some("Bearer s3cret")).is_ok());
+        assert!(
+            check(&config, Some("bearer s3cret")).is_ok(),
+            "scheme is case-insensitive"
+        );
+        for wrong in [
+            "Bearer s3cre",
+            "Bearer s3cret2",
+            "Bearer S3CRET",
+            "s3cret",
+            "Basic s3cret",
+        ] {
+            assert_eq!(
+                check(&config, Some(wrong)).map_err(|e| e.code),
+                Err(1001),
+                "{wrong}"
+            );
+        }
+        assert_eq!(check(&config, None).map_err(|e| e.code), Err(1001));
+    }
+
+    #[test]
+    fn basic_credentials_need_both_parts() {
+        let config =
+            MapConfig::from([(SERVER_BASIC_USER, "evotor"), (SERVER_BASIC_PASSWORD, "pw")]);
+        assert!(check(&config, Some(&basic("evotor:pw"))).is_ok());
+        assert!(check(&config, Some(&basic("evotor:pw2"))).is_err());
+        assert!(check(&config, Some(&basic("other:pw"))).is_err());
+        assert!(check(&config, Some("Basic !!!notbase64")).is_err());
+        assert!(
+            check(&config, Some("Bearer evotor:pw")).is_err(),
+            "a Basic secret is not a bearer token"
+        );
+        let user_only = MapConfig::from([(SERVER_BASIC_USER, "evotor")]);
+        assert!(check(&user_only, Some(&basic("evotor:"))).is_err());
+    }
+
+    #[test]
+    fn both_kinds_may_be_configured_at_once() {
+        let config = MapConfig::from([
+            (SERVER_BEARER_TOKEN, "tok"),
+            (SERVER_BASIC_USER, "u"),
+            (SERVER_BASIC_PASSWORD, "p"),
+        ]);
+        assert!(check(&config, Some("Bearer tok")).is_ok());
+        assert!(check(&config, Some(&basic("u:p"))).is_ok());
+    }
+
+    proptest! {
+        #[test]
+        fn only_the_configured_token_passes(secret in "[!-~]{1,64}", guess in "[!-~]{0,64}") {
+            let config = MapConfig::from([(SERVER_BEARER_TOKEN, secret.as_str())]);
+            let result = check(&config, Some(&format!("Bearer {guess}")));
+            prop_assert_eq!(result.is_ok(), guess == secret);
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! The component glue: the only code that touches the generated bindings.
+
+wit_bindgen::generate!({
+    path: "../wit",
+    world: "plugin",
+});
+
+use crate::kv::{Check, Entry, Kv, KvError, Write};
+use evogate::plugin::{config as wit_config, kv as wit_kv, types};
+use exports::evogate::plugin::{handler, identity};
+
+struct Component;
+
+impl handler::Guest for Component {
+    fn handle(request: types::Request) -> types::Response {
+        let request = crate::http::Request {
+            method: request.method,
+            path: request.path,
+            query: request.query,
+            headers: request.headers,
+            body: request.body,
+        };
+        let ctx = crate::Ctx {
+            kv: &HostKv,
+            config: &HostConfig,
+            clock: &crate::clock::SystemClock,
+        };
+        let response = crate::handle(&ctx, &request);
+        types::Response {
+            status: response.status,
+            headers: response.headers,
+            body: response.body,
+        }
+    }
+}
+
+impl identity::Guest for Component {
+    fn info() -> identity::PluginInfo {
+        identity::PluginInfo {
+            name: crate::NAME.into(),
+            version: crate::VERSION.into(),
+        }
+    }
+}
+
+export!(Component);
+
+struct HostKv;
+
+fn from_wit(err: wit_kv::Error) -> KvError {
+    match err {
+        wit_kv::Error::Conflict => KvError::Conflict,
+        wit_kv::Error::TooLarge => KvError::TooLarge,
+        wit_kv::Error::Unavailable(why) => KvError::Unavailable(why),
+    }
+}
+
+fn entry(entry: wit_kv::Entry) -> Entry {
+    Entry {
+        value: entry.value,
+        version: entry.version,
+    }
+}
+
+impl Kv for HostKv {
+    fn get(&self, key: &str) -> Result<Option<Entry>, KvError> {
+        wit_kv::get(key)
+            .map(|found| found.map(entry))
+            .map_err(from_wit)
+    }
+
+    fn scan(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<(String, Entry)>, KvError> {
+        wit_kv::scan(prefix, start_after, limit)
+            .map(|page| {
+                page.into_iter()
+                    .map(|(key, found)| (key, entry(found)))
+                    .collect()
+            })
+            .map_err(from_wit)
+    }
+
+    fn commit(&self, checks: &[Check], writes: &[Write]) -> Result<(), KvError> {
+        let checks: Vec<_> = checks
+            .iter()
+            .map(|check| match check {
+                Check::VersionIs(key, version) => wit_kv::Check::VersionIs((key.clone(), *version)),
+                Check::Absent(key) => wit_kv::Check::Absent(key.clone()),
+            })
+            .collect();
+        let writes: Vec<_> = writes
+            .iter()
+            .map(|write| match write {
+                Write::Set(key, value) => wit_kv::Write::Set((key.clone(), value.clone())),
+                Write::Delete(key) => wit_kv::Write::Delete(key.clone()),
+            })
+            .collect();
+        wit_kv::commit(&checks, &writes).map_err(from_wit)
+    }
+}
+
+struct HostConfig;
+
+impl crate::config::Config for HostConfig {
+    fn get(&self, name: &str) -> Option<String> {
+        wit_config::get(name)
+    }
+}

@@ -1,0 +1,155 @@
+//! Evotor error answers: `{"errors":[{"code":N,"reason":"…","subject":"…","value":…}]}`.
+
+use crate::http::Response;
+use serde_json::{Value, json};
+
+/// An error answer: HTTP status plus one Evotor error item.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: u16,
+    /// Evotor error code (1xxx auth, 2xxx request), or the HTTP status for
+    /// errors the protocol does not number (404, 405, 500).
+    pub code: u32,
+    /// Short machine-readable reason, e.g. `missing`.
+    pub reason: String,
+    /// The field or header concerned.
+    pub subject: Option<String>,
+    /// The offending value.
+    pub value: Option<Value>,
+    /// Extra headers (e.g. `Allow` on 405).
+    pub headers: Vec<(String, String)>,
+}
+
+impl ApiError {
+    fn new(status: u16, code: u32, reason: &str) -> Self {
+        Self {
+            status,
+            code,
+            reason: reason.into(),
+            subject: None,
+            value: None,
+            headers: Vec::new(),
+        }
+    }
+
+    /// 400 code 2001: the body is not JSON or has the wrong shape.
+    pub fn syntax(detail: &str) -> Self {
+        Self::new(400, 2001, detail)
+    }
+
+    /// 400 code 2001 about one field of the wrong JSON type.
+    pub fn wrong_type(field: &str, expected: &str) -> Self {
+        Self {
+            subject: Some(field.into()),
+            ..Self::new(400, 2001, &format!("expected {expected}"))
+        }
+    }
+
+    /// 400 code 2002: a required field is missing.
+    pub fn missing(field: &str) -> Self {
+        Self {
+            subject: Some(field.into()),
+            ..Self::new(400, 2002, "missing")
+        }
+    }
+
+    /// 400 code 2003: a field has an invalid value.
+    pub fn incorrect(field: &str, value: impl Into<Value>) -> Self {
+        Self {
+            subject: Some(field.into()),
+            value: Some(value.into()),
+            ..Self::new(400, 2003, "incorrect")
+        }
+    }
+
+    /// 401 code 1001: wrong or missing server credential.
+    pub fn server_unauthorized() -> Self {
+        Self {
+            headers: vec![(
+                "www-authenticate".into(),
+                "Bearer, Basic realm=\"evotor\"".into(),
+            )],
+            ..Self::new(401, 1001, "unauthorized")
+        }
+    }
+
+    /// 404: no such resource.
+    pub fn not_found() -> Self {
+        Self::new(404, 404, "not found")
+    }
+
+    /// 405 with the `Allow` header listing what the path accepts.
+    pub fn method_not_allowed(allow: &[&str]) -> Self {
+        Self {
+            headers: vec![("allow".into(), allow.join(", "))],
+            ..Self::new(405, 405, "method not allowed")
+        }
+    }
+
+    /// 500: the store failed; the caller should retry.
+    pub fn internal(reason: &str) -> Self {
+        Self::new(500, 500, reason)
+    }
+
+    /// 503: the store is unavailable now; retry later.
+    pub fn unavailable() -> Self {
+        Self {
+            headers: vec![("retry-after".into(), "1".into())],
+            ..Self::new(503, 503, "storage unavailable")
+        }
+    }
+
+    /// The error as an HTTP answer.
+    pub fn into_response(self) -> Response {
+        let mut item = json!({ "code": self.code, "reason": self.reason });
+        if let Some(subject) = self.subject {
+            item["subject"] = subject.into();
+        }
+        if let Some(value) = self.value {
+            item["value"] = value;
+        }
+        let mut response = Response::json(self.status, &json!({ "errors": [item] }));
+        response.headers.extend(self.headers);
+        response
+    }
+}
+
+impl From<crate::kv::KvError> for ApiError {
+    fn from(err: crate::kv::KvError) -> Self {
+        match err {
+            crate::kv::KvError::Unavailable(why) => {
+                eprintln!("kv unavailable: {why}");
+                ApiError::unavailable()
+            }
+            crate::kv::KvError::Conflict => ApiError::unavailable(),
+            crate::kv::KvError::TooLarge => ApiError::internal("record too large"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_body_has_the_evotor_shape() {
+        let response = ApiError::incorrect("userId", "x").into_response();
+        assert_eq!(response.status, 400);
+        assert_eq!(
+            response.body_json(),
+            json!({"errors":[{"code":2003,"reason":"incorrect","subject":"userId","value":"x"}]})
+        );
+    }
+
+    #[test]
+    fn method_not_allowed_names_the_allowed_methods() {
+        let response = ApiError::method_not_allowed(&["GET", "POST"]).into_response();
+        assert_eq!(response.status, 405);
+        assert!(
+            response
+                .headers
+                .contains(&("allow".into(), "GET, POST".into()))
+        );
+    }
+}

@@ -1,0 +1,113 @@
+//! Reading request bodies: JSON objects with required, typed fields.
+
+use crate::errors::ApiError;
+use serde_json::{Map, Value};
+
+/// A parsed JSON object body.
+pub type Object = Map<String, Value>;
+
+/// Parses the body as a JSON object; anything else is 400 code 2001.
+pub fn object(body: &[u8]) -> Result<Object, ApiError> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(ApiError::syntax("expected a JSON object")),
+        Err(_) => Err(ApiError::syntax("malformed JSON")),
+    }
+}
+
+/// A required string field: missing (or null) → 2002; not a string → 2001.
+pub fn required_str<'a>(object: &'a Object, field: &str) -> Result<&'a str, ApiError> {
+    match object.get(field) {
+        None | Some(Value::Null) => Err(ApiError::missing(field)),
+        Some(Value::String(text)) => Ok(text),
+        Some(_) => Err(ApiError::wrong_type(field, "a string")),
+    }
+}
+
+/// Whether `id` is an Evotor user id: `^[0-9]{2}-[0-9]{15}$`.
+pub fn is_user_id(id: &str) -> bool {
+    let bytes = id.as_bytes();
+    bytes.len() == 18
+        && bytes[2] == b'-'
+        && bytes
+            .iter()
+            .enumerate()
+            .all(|(i, b)| i == 2 || b.is_ascii_digit())
+}
+
+/// The Evotor user id of a body, under `userId` or its old name `userUuid`;
+/// returns the id and the field name used (answers use the same name).
+pub fn user_id(object: &Object) -> Result<(String, &'static str), ApiError> {
+    let field = if object.contains_key("userId") || !object.contains_key("userUuid") {
+        "userId"
+    } else {
+        "userUuid"
+    };
+    let id = required_str(object, field)?;
+    if !is_user_id(id) {
+        return Err(ApiError::incorrect(field, id));
+    }
+    Ok((id.to_owned(), field))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn obj(value: Value) -> Object {
+        value.as_object().cloned().expect("object")
+    }
+
+    #[test]
+    fn user_id_pattern() {
+        assert!(is_user_id("01-000000000000001"));
+        for bad in [
+            "1-000000000000001",
+            "01-00000000000001",
+            "01_000000000000001",
+            "ab-000000000000001",
+            "01-0000000000000011",
+            "",
+        ] {
+            assert!(!is_user_id(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn user_id_is_read_under_either_name() {
+        let (id, field) = user_id(&obj(json!({"userUuid": "01-000000000000001"}))).expect("ok");
+        assert_eq!((id.as_str(), field), ("01-000000000000001", "userUuid"));
+        let (_, field) = user_id(&obj(json!({"userId": "01-000000000000001"}))).expect("ok");
+        assert_eq!(field, "userId");
+        assert_eq!(
+            user_id(&obj(json!({}))).map_err(|e| (e.code, e.subject)),
+            Err((2002, Some("userId".into())))
+        );
+        assert_eq!(
+            user_id(&obj(json!({"userId": 5}))).map_err(|e| e.code),
+            Err(2001)
+        );
+        assert_eq!(
+            user_id(&obj(json!({"userId": "x"}))).map_err(|e| e.code),
+            Err(2003)
+        );
+    }
+
+    #[test]
+    fn non_objects_are_syntax_errors() {
+        for body in [&b"[1]"[..], b"nope", b"", b"\"s\"", b"{\"a\":"] {
+            assert_eq!(object(body).map_err(|e| e.code), Err(2001));
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn any_bytes_parse_or_give_2001(body in proptest::collection::vec(any::<u8>(), 0..200)) {
+            if let Err(err) = object(&body) {
+                prop_assert_eq!(err.code, 2001);
+            }
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! Path and method dispatch. Unknown path → 404; known path, other
+//! method → 405 with `Allow`; both in the Evotor error format.
+
+use crate::errors::ApiError;
+use crate::http::{Request, Response};
+use crate::{Ctx, accounts};
+
+/// Values of the `{name}` segments of a matched route.
+#[derive(Debug, Default)]
+pub struct Params(Vec<(&'static str, String)>);
+
+impl Params {
+    /// The value of segment `{name}`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(key, _)| *key == name)
+            .map(|(_, value)| value.as_str())
+    }
+}
+
+/// A request handler.
+pub type Handler = fn(&Ctx<'_>, &Request, &Params) -> Result<Response, ApiError>;
+
+/// One path pattern and the methods it serves.
+struct Route {
+    pattern: &'static str,
+    methods: &'static [(&'static str, Handler)],
+}
+
+/// Every endpoint of the protocol this plugin serves.
+const ROUTES: &[Route] = &[Route {
+    pattern: "/api/v1/user/token",
+    methods: &[("POST", accounts::store_cloud_token)],
+}];
+
+/// Routes `request` and renders any error.
+pub fn dispatch(ctx: &Ctx<'_>, request: &Request) -> Response {
+    let result = match find(&request.path) {
+        None => Err(ApiError::not_found()),
+        Some((route, params)) => match route
+            .methods
+            .iter()
+            .find(|(method, _)| *method == request.method)
+        {
+            Some((_, handler)) => handler(ctx, request, &params),
+            None => {
+                let allow: Vec<&str> = route.methods.iter().map(|(method, _)| *method).collect();
+                Err(ApiError::method_not_allowed(&allow))
+            }
+        },
+    };
+    result.unwrap_or_else(ApiError::into_response)
+}
+
+fn find(path: &str) -> Option<(&'static Route, Params)> {
+    // One trailing slash is tolerated: `/api/v1/user/token/` is the same endpoint.
+    let path = path
+        .strip_suffix('/')
+        .filter(|p| !p.is_empty())
+        .unwrap_or(path);
+    ROUTES
+        .iter()
+        .find_map(|route| matches(route.pattern, path).map(|params| (route, params)))
+}
+
+fn matches(pattern: &'static str, path: &str) -> Option<Params> {
+    let mut params = Params::default();
+    let mut pattern_segments = pattern.split('/');
+    let mut path_segments = path.split('/');
+    loop {
+        match (pattern_segments.next(), path_segments.next()) {
+            (None, None) => return Some(params),
+            (Some(want), Some(got)) => {
+                if let Some(name) = want.strip_prefix('{').and_then(|w| w.strip_suffix('}')) {
+                    if got.is_empty() {
+                        return None;
+                    }
+                    params.0.push((name, got.to_owned()));
+                } else if want != got {
+                    return None;
+                }
+            }
+            _ => return None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{clock::FixedClock, config::MapConfig, kv::MemKv};
+
+    fn call(request: Request) -> Response {
+        let (kv, config, clock) = (MemKv::default(), MapConfig::default(), FixedClock(0));
+        dispatch(
+            &Ctx {
+                kv: &kv,
+                config: &config,
+                clock: &clock,
+            },
+            &request,
+        )
+    }
+
+    #[test]
+    fn unknown_path_is_404_in_evotor_format() {
+        let response = call(Request::new("POST", "/api/v1/nothing"));
+        assert_eq!(response.status, 404);
+        assert_eq!(response.body_json()["errors"][0]["code"], 404);
+    }
+
+    #[test]
+    fn wrong_method_is_405_with_allow() {
+        let response = call(Request::new("GET", "/api/v1/user/token"));
+        assert_eq!(response.status, 405);
+        assert!(
+            response
+                .headers
+                .iter()
+                .any(|(k, v)| k == "allow" && v == "POST")
+        );
+        assert_eq!(response.body_json()["errors"][0]["code"], 405);
+    }
+
+    #[test]
+    fn patterns_capture_segments_and_need_the_same_length() {
+        let params = matches("/stores/{store}/products", "/stores/abc/products").expect("match");
+        assert_eq!(params.get("store"), Some("abc"));
+        assert!(matches("/stores/{store}/products", "/stores//products").is_none());
+        assert!(matches("/stores/{store}", "/stores/a/b").is_none());
+        assert!(matches("/stores/{store}/x", "/stores/a").is_none());
+    }
+
+    #[test]
+    fn one_trailing_slash_is_the_same_endpoint() {
+        assert!(find("/api/v1/user/token/").is_some());
+        assert!(find("/api/v1/user/token//").is_none());
+    }
+}
