@@ -106,7 +106,12 @@ impl Config {
             figment = figment.merge(Toml::file_exact(file));
         }
         let config: Config = figment
-            .merge(Env::prefixed("EVOGATE_").split("__"))
+            // EVOGATE_LOG and EVOGATE_CONFIG are read by the CLI, not part of the file format.
+            .merge(
+                Env::prefixed("EVOGATE_")
+                    .ignore(&["LOG", "CONFIG"])
+                    .split("__"),
+            )
             .extract()
             .context("reading the configuration")?;
         config.validate()?;

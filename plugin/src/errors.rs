@@ -74,6 +74,14 @@ impl ApiError {
         }
     }
 
+    /// 401 for the partner API: wrong or missing `partner_api_token`.
+    pub fn partner_unauthorized() -> Self {
+        Self {
+            headers: vec![("www-authenticate".into(), "Bearer".into())],
+            ..Self::new(401, 401, "unauthorized")
+        }
+    }
+
     /// 404: no such resource.
     pub fn not_found() -> Self {
         Self::new(404, 404, "not found")

@@ -30,6 +30,7 @@ pub mod errors;
 pub mod http;
 pub mod input;
 pub mod kv;
+pub mod partner_api;
 pub mod router;
 pub mod storage;
 

@@ -3,7 +3,7 @@
 
 use crate::errors::ApiError;
 use crate::http::{Request, Response};
-use crate::{Ctx, accounts};
+use crate::{Ctx, accounts, partner_api};
 
 /// Values of the `{name}` segments of a matched route.
 #[derive(Debug, Default)]
@@ -29,10 +29,16 @@ struct Route {
 }
 
 /// Every endpoint of the protocol this plugin serves.
-const ROUTES: &[Route] = &[Route {
-    pattern: "/api/v1/user/token",
-    methods: &[("POST", accounts::store_cloud_token)],
-}];
+const ROUTES: &[Route] = &[
+    Route {
+        pattern: "/api/v1/user/token",
+        methods: &[("POST", accounts::store_cloud_token)],
+    },
+    Route {
+        pattern: "/partner/v1/users/{userId}",
+        methods: &[("GET", partner_api::get_user)],
+    },
+];
 
 /// Routes `request` and renders any error.
 pub fn dispatch(ctx: &Ctx<'_>, request: &Request) -> Response {

@@ -1,1 +1,300 @@
+//! Helpers for the end-to-end tests: start the real `evogate` binary on an
+//! ephemeral port with a temporary data directory, talk HTTP to it, read its log.
+//!
+//! The tests need built artifacts; `cargo xtask test` builds them first.
+//! Paths can be overridden with `EVOGATE_BIN`, `EVOTOR_PLUGIN_WASM` and
+//! `TEST_GUEST_WASM`.
 
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_owned()
+}
+
+fn artifact(env: &str, relative: &str) -> PathBuf {
+    let path = std::env::var_os(env).map_or_else(|| workspace_root().join(relative), PathBuf::from);
+    assert!(
+        path.is_file(),
+        "{} is missing: build everything first with `cargo xtask test` (or set {env})",
+        path.display()
+    );
+    path
+}
+
+/// The `evogate` binary under test.
+pub fn evogate_bin() -> PathBuf {
+    artifact("EVOGATE_BIN", "target/release/evogate")
+}
+
+/// The Evotor plugin component.
+pub fn evotor_wasm() -> PathBuf {
+    artifact(
+        "EVOTOR_PLUGIN_WASM",
+        "target/wasm32-wasip2/release/evotor_partner.wasm",
+    )
+}
+
+/// The misbehaving test plugin component.
+pub fn guest_wasm() -> PathBuf {
+    artifact(
+        "TEST_GUEST_WASM",
+        "target/wasm32-wasip2/release/test_guest.wasm",
+    )
+}
+
+/// A TOML string literal.
+pub fn toml_str(text: &str) -> String {
+    serde_json::to_string(text).expect("a string serializes")
+}
+
+/// A running `evogate serve` with its own data directory.
+#[derive(Debug)]
+pub struct Gateway {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    log: Arc<Mutex<String>>,
+    config: PathBuf,
+    data: tempfile::TempDir,
+}
+
+impl Gateway {
+    /// Starts a gateway with `config` (TOML without `listen` and `data_dir`,
+    /// which the harness sets).
+    pub fn start(config: &str) -> Self {
+        let data = tempfile::tempdir().expect("temp dir");
+        let path = data.path().join("evogate.toml");
+        let full = format!(
+            "listen = \"127.0.0.1:0\"\ndata_dir = {}\n{config}",
+            toml_str(&data.path().join("data").to_string_lossy())
+        );
+        std::fs::write(&path, full).expect("writing the config");
+        let (child, base, log) = spawn(&path);
+        Self {
+            child,
+            base,
+            log,
+            config: path,
+            data,
+        }
+    }
+
+    /// Stops the gateway (SIGTERM, like an operator) and starts it again on
+    /// the same data directory and config.
+    pub fn restart(&mut self) {
+        self.stop();
+        let (child, base, log) = spawn(&self.config);
+        self.child = child;
+        self.base = base;
+        self.log = log;
+    }
+
+    /// Stops the gateway gracefully and waits for it to exit.
+    pub fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Everything the gateway logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().map(|log| log.clone()).unwrap_or_default()
+    }
+
+    /// Waits up to 5 s for the log to contain `needle`.
+    pub fn wait_for_log(&self, needle: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if self.log().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        self.data.path()
+    }
+
+    /// An absolute URL for `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(config: &Path) -> (Child, String, Arc<Mutex<String>>) {
+    let mut child = Command::new(evogate_bin())
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("EVOGATE_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting evogate");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let log = Arc::new(Mutex::new(String::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(addr) = line.split("listening on ").nth(1)
+                && let Some(tx) = tx.take()
+            {
+                let _ = tx.send(addr.trim().to_owned());
+            }
+            if let Ok(mut log) = sink.lock() {
+                log.push_str(&line);
+                log.push('\n');
+            }
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(base) => (child, base, log),
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            std::thread::sleep(Duration::from_millis(100));
+            panic!(
+                "evogate did not start; its log:\n{}",
+                log.lock().map(|l| l.clone()).unwrap_or_default()
+            );
+        }
+    }
+}
+
+/// One HTTP answer.
+#[derive(Debug)]
+pub struct Reply {
+    /// Status code.
+    pub status: u16,
+    /// Headers, names lower-case.
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    /// The body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The body as JSON (`Null` when it is not JSON).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// The first header `name`.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+
+    /// The code of the first Evotor error item.
+    pub fn error_code(&self) -> Option<u64> {
+        self.json()["errors"][0]["code"].as_u64()
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::new_with_config(
+        ureq::config::Config::builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build(),
+    )
+}
+
+fn reply(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Reply {
+    let mut response = result.expect("HTTP request failed");
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(name, value)| {
+            (
+                name.as_str().to_owned(),
+                String::from_utf8_lossy(value.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let status = response.status().as_u16();
+    let body = response
+        .body_mut()
+        .with_config()
+        .limit(64 << 20)
+        .read_to_vec()
+        .expect("reading the body");
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// Sends `method url` with headers and an optional body.
+pub fn request(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Reply {
+    let mut builder = ureq::http::Request::builder().method(method).uri(url);
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    match body {
+        Some(body) => reply(agent().run(builder.body(body.to_vec()).expect("a valid request"))),
+        None => reply(agent().run(builder.body(()).expect("a valid request"))),
+    }
+}
+
+/// `GET url`.
+pub fn get(url: &str) -> Reply {
+    request("GET", url, &[], None)
+}
+
+/// `POST url` with a JSON body and optional bearer token.
+pub fn post_json(url: &str, bearer: Option<&str>, body: &serde_json::Value) -> Reply {
+    let auth = bearer.map(|token| format!("Bearer {token}"));
+    let mut headers = vec![("content-type", "application/json")];
+    if let Some(auth) = &auth {
+        headers.push(("authorization", auth));
+    }
+    request("POST", url, &headers, Some(body.to_string().as_bytes()))
+}
+
+/// `POST url` with a body streamed in chunks (no `Content-Length`).
+pub fn post_chunked(url: &str, body: &[u8]) -> Reply {
+    let mut reader = body;
+    reply(
+        agent()
+            .post(url)
+            .send(ureq::SendBody::from_reader(&mut reader)),
+    )
+}

@@ -1,1 +1,138 @@
-fn main() {}
+//! Build orchestration: the two commands of the README and a few helpers.
+//!
+//! ```text
+//! cargo xtask run [-- ARGS]   build the plugin and the gateway, then `evogate serve ARGS`
+//! cargo xtask test            build everything once, then run every test
+//! cargo xtask build           build the plugins (wasm32-wasip2) and the gateway, release
+//! cargo xtask bench           build, then run the gateway benchmark
+//! ```
+
+use anyhow::{Context as _, bail};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const WASM_TARGET: &str = "wasm32-wasip2";
+
+fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let task = args.next().unwrap_or_default();
+    let rest: Vec<String> = args.skip_while(|arg| arg == "--").collect();
+    let root = workspace_root();
+    std::env::set_current_dir(&root).with_context(|| format!("entering {}", root.display()))?;
+    match task.as_str() {
+        "build" => build(),
+        "run" => {
+            build()?;
+            run(&rest)
+        }
+        "test" => {
+            build()?;
+            test(&rest)
+        }
+        "bench" => {
+            build()?;
+            cargo(&["bench", "-p", "evogate", "--bench", "gateway"])
+        }
+        _ => {
+            eprintln!(
+                "usage: cargo xtask <command>\n\n\
+                 commands:\n  \
+                 run [-- ARGS]  build, then run the gateway with the Evotor plugin (evogate serve ARGS)\n  \
+                 test           build everything, then run every test\n  \
+                 build          build the plugins and the gateway (release)\n  \
+                 bench          build, then run the gateway benchmark"
+            );
+            if task.is_empty() {
+                Ok(())
+            } else {
+                bail!("unknown command {task:?}")
+            }
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_owned)
+}
+
+/// Runs `cargo ARGS`, failing on a non-zero exit.
+fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    eprintln!("+ cargo {}", args.join(" "));
+    let status = Command::new(&cargo)
+        .args(args)
+        .status()
+        .with_context(|| format!("running {cargo}"))?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+/// Makes sure the wasm target is installed (a fresh machine lacks it).
+fn ensure_wasm_target() -> anyhow::Result<()> {
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output();
+    match installed {
+        Ok(output)
+            if String::from_utf8_lossy(&output.stdout)
+                .lines()
+                .any(|l| l.trim() == WASM_TARGET) =>
+        {
+            Ok(())
+        }
+        Ok(_) => {
+            eprintln!("+ rustup target add {WASM_TARGET}");
+            let status = Command::new("rustup")
+                .args(["target", "add", WASM_TARGET])
+                .status()?;
+            if !status.success() {
+                bail!("rustup target add {WASM_TARGET} failed");
+            }
+            Ok(())
+        }
+        // Without rustup the toolchain must already carry the target; cargo will say if not.
+        Err(_) => Ok(()),
+    }
+}
+
+fn build() -> anyhow::Result<()> {
+    ensure_wasm_target()?;
+    cargo(&[
+        "build",
+        "--release",
+        "--target",
+        WASM_TARGET,
+        "-p",
+        "evotor-partner",
+        "-p",
+        "test-guest",
+    ])?;
+    cargo(&["build", "--release", "-p", "evogate"])
+}
+
+fn run(args: &[String]) -> anyhow::Result<()> {
+    let mut serve: Vec<String> = vec!["serve".into()];
+    if args.is_empty() && Path::new("evogate.toml").is_file() {
+        serve.extend(["--config".into(), "evogate.toml".into()]);
+    }
+    serve.extend(args.iter().cloned());
+    eprintln!("+ target/release/evogate {}", serve.join(" "));
+    let status = Command::new(Path::new("target/release/evogate"))
+        .args(&serve)
+        .status()?;
+    if !status.success() {
+        bail!("evogate exited with {status}");
+    }
+    Ok(())
+}
+
+fn test(args: &[String]) -> anyhow::Result<()> {
+    // Release, like the artifacts the end-to-end tests drive: one build serves both.
+    let mut test_args = vec!["test", "--release", "--workspace"];
+    test_args.extend(args.iter().map(String::as_str));
+    cargo(&test_args)
+}

@@ -1,0 +1,333 @@
+//! End to end: the real `evogate` binary, the real plugins, real HTTP.
+//!
+//! - the Evotor plugin: the cloud token is stored and survives a restart;
+//!   Evotor-format 404 / 405 / 413 answers;
+//! - hostile plugins: an endless loop meets the deadline while other requests
+//!   are served; unbounded allocation and panics fail alone;
+//! - isolation: two plugins on two routes never see each other's keys.
+
+use evogate_e2e::{
+    Gateway, evotor_wasm, get, guest_wasm, post_chunked, post_json, request, toml_str,
+};
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+const USER: &str = "01-000000000000001";
+
+fn evotor_gateway(limits: &str) -> Gateway {
+    Gateway::start(&format!(
+        r#"
+{limits}
+[[plugins]]
+name = "evotor"
+route = "/"
+wasm = {wasm}
+[plugins.config]
+server_bearer_token = "server-secret"
+partner_api_token = "partner-secret"
+"#,
+        wasm = toml_str(&evotor_wasm().to_string_lossy())
+    ))
+}
+
+/// Two instances of the test guest, `alpha` on `/alpha` and `beta` on `/beta`.
+fn guest_gateway(limits: &str) -> Gateway {
+    let wasm = toml_str(&guest_wasm().to_string_lossy());
+    Gateway::start(&format!(
+        r#"
+{limits}
+[[plugins]]
+name = "alpha"
+route = "/alpha"
+wasm = {wasm}
+[plugins.config]
+greeting = "hello alpha"
+
+[[plugins]]
+name = "beta"
+route = "/beta"
+wasm = {wasm}
+"#
+    ))
+}
+
+#[test]
+fn cloud_token_is_stored_and_survives_a_restart() {
+    let mut gateway = evotor_gateway("");
+    let body = json!({"userId": USER, "token": "evotor-cloud-token"});
+    let stored = post_json(
+        &gateway.url("/api/v1/user/token"),
+        Some("server-secret"),
+        &body,
+    );
+    assert_eq!(stored.status, 200, "{}", stored.text());
+
+    gateway.restart();
+    let user = request(
+        "GET",
+        &gateway.url(&format!("/partner/v1/users/{USER}")),
+        &[("authorization", "Bearer partner-secret")],
+        None,
+    );
+    assert_eq!(user.status, 200, "{}", user.text());
+    assert_eq!(user.json()["cloudToken"]["token"], "evotor-cloud-token");
+    assert!(
+        !gateway.log().contains("evotor-cloud-token"),
+        "the token is never logged"
+    );
+}
+
+#[test]
+fn server_endpoints_refuse_wrong_credentials() {
+    let gateway = evotor_gateway("");
+    let body = json!({"userId": USER, "token": "t"});
+    for bearer in [None, Some("wrong")] {
+        let reply = post_json(&gateway.url("/api/v1/user/token"), bearer, &body);
+        assert_eq!((reply.status, reply.error_code()), (401, Some(1001)));
+    }
+    let bad = post_json(
+        &gateway.url("/api/v1/user/token"),
+        Some("server-secret"),
+        &json!({"userId": "1", "token": "t"}),
+    );
+    assert_eq!((bad.status, bad.error_code()), (400, Some(2003)));
+    assert_eq!(bad.json()["errors"][0]["subject"], "userId");
+}
+
+#[test]
+fn unknown_path_and_wrong_method_answer_in_evotor_format() {
+    let gateway = evotor_gateway("");
+    let missing = get(&gateway.url("/api/v1/no-such-endpoint"));
+    assert_eq!((missing.status, missing.error_code()), (404, Some(404)));
+    let wrong_method = get(&gateway.url("/api/v1/user/token"));
+    assert_eq!(
+        (wrong_method.status, wrong_method.error_code()),
+        (405, Some(405))
+    );
+    assert_eq!(wrong_method.header("allow"), Some("POST"));
+}
+
+#[test]
+fn a_path_no_plugin_serves_is_404_from_the_gateway() {
+    let gateway = guest_gateway("");
+    let reply = get(&gateway.url("/gamma/version"));
+    assert_eq!((reply.status, reply.error_code()), (404, Some(404)));
+    let prefix_only = get(&gateway.url("/alphabet/version"));
+    assert_eq!(prefix_only.status, 404, "routes match whole segments");
+}
+
+#[test]
+fn oversized_bodies_get_413_with_or_without_content_length() {
+    let gateway = evotor_gateway("[limits]\nmax_body_bytes = 1024");
+    let big = vec![b'x'; 4096];
+    let declared = request("POST", &gateway.url("/api/v1/user/token"), &[], Some(&big));
+    assert_eq!((declared.status, declared.error_code()), (413, Some(413)));
+    let streamed = post_chunked(&gateway.url("/api/v1/user/token"), &big);
+    assert_eq!((streamed.status, streamed.error_code()), (413, Some(413)));
+    let fits = post_json(
+        &gateway.url("/api/v1/user/token"),
+        Some("server-secret"),
+        &json!({"userId": USER, "token": "t"}),
+    );
+    assert_eq!(fits.status, 200, "a body under the limit still passes");
+}
+
+#[test]
+fn an_endless_loop_hits_the_deadline_while_other_requests_are_served() {
+    let gateway = guest_gateway("[limits]\nrequest_timeout_ms = 1500");
+    let url = gateway.url("/alpha/loop");
+    let started = Instant::now();
+    let looping = std::thread::spawn(move || (get(&url), started.elapsed()));
+    std::thread::sleep(Duration::from_millis(200));
+
+    let normal_started = Instant::now();
+    let normal = get(&gateway.url("/beta/version"));
+    let normal_took = normal_started.elapsed();
+    assert_eq!(normal.status, 200);
+    assert!(
+        normal_took < Duration::from_millis(1000),
+        "served while the loop ran: {normal_took:?}"
+    );
+
+    let (looped, took) = looping.join().expect("loop thread");
+    assert_eq!((looped.status, looped.error_code()), (503, Some(503)));
+    assert!(
+        took >= Duration::from_millis(1400) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    assert!(gateway.wait_for_log("deadline exceeded"));
+    assert_eq!(
+        get(&gateway.url("/alpha/version")).status,
+        200,
+        "the plugin serves on"
+    );
+}
+
+#[test]
+fn unbounded_allocation_fails_that_request_only() {
+    let gateway = guest_gateway("[limits]\ninstance_memory_bytes = 16777216");
+    let reply = get(&gateway.url("/alpha/alloc"));
+    assert_eq!((reply.status, reply.error_code()), (500, Some(500)));
+    assert_eq!(reply.json()["errors"][0]["reason"], "memory limit exceeded");
+    assert!(gateway.wait_for_log("memory limit"));
+    assert_eq!(get(&gateway.url("/alpha/version")).status, 200);
+}
+
+#[test]
+fn a_panic_is_500_logged_with_the_plugin_and_the_host_lives_on() {
+    let gateway = guest_gateway("");
+    let reply = get(&gateway.url("/alpha/panic"));
+    assert_eq!((reply.status, reply.error_code()), (500, Some(500)));
+    assert!(
+        gateway.wait_for_log("the test guest panics on request"),
+        "{}",
+        gateway.log()
+    );
+    let log = gateway.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("the test guest panics"))
+        .unwrap_or_default();
+    assert!(
+        line.contains("alpha@1.0.0"),
+        "panic output is tagged with the plugin: {line}"
+    );
+    assert!(log.contains("plugin trapped"), "{log}");
+    for _ in 0..3 {
+        assert_eq!(get(&gateway.url("/alpha/version")).status, 200);
+    }
+}
+
+#[test]
+fn plugin_output_reaches_the_host_log_tagged_with_the_plugin() {
+    let gateway = guest_gateway("");
+    assert_eq!(get(&gateway.url("/beta/print")).status, 200);
+    assert!(gateway.wait_for_log("hello from stderr"));
+    let log = gateway.log();
+    for needle in ["hello from stdout", "hello from stderr"] {
+        let line = log.lines().find(|l| l.contains(needle)).unwrap_or_default();
+        assert!(line.contains("beta@1.0.0"), "{needle}: {line}");
+    }
+}
+
+#[test]
+fn every_request_gets_an_access_log_line() {
+    let gateway = guest_gateway("");
+    assert_eq!(get(&gateway.url("/beta/version")).status, 200);
+    assert!(gateway.wait_for_log("/beta/version"));
+    let log = gateway.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("/beta/version"))
+        .unwrap_or_default();
+    for field in [
+        "method=GET",
+        "status=200",
+        "latency_us=",
+        "plugin=\"beta@1.0.0\"",
+    ] {
+        assert!(line.contains(field), "{field} in {line}");
+    }
+}
+
+#[test]
+fn two_plugins_cannot_read_each_others_keys() {
+    let gateway = guest_gateway("");
+    let put = request(
+        "POST",
+        &gateway.url("/alpha/kv/put?key=secret"),
+        &[],
+        Some(b"alpha's"),
+    );
+    assert_eq!(put.status, 200, "{}", put.text());
+    let own = get(&gateway.url("/alpha/kv/get?key=secret"));
+    assert_eq!((own.status, own.text().as_str()), (200, "alpha's"));
+    assert_eq!(get(&gateway.url("/beta/kv/get?key=secret")).status, 404);
+    assert_eq!(
+        get(&gateway.url("/beta/kv/scan")).text(),
+        "",
+        "beta's scan sees nothing"
+    );
+    assert_eq!(get(&gateway.url("/alpha/kv/scan")).text(), "secret");
+}
+
+#[test]
+fn the_host_refuses_guest_controlled_limits_over_the_cap() {
+    let gateway = guest_gateway("");
+    let reply = get(&gateway.url("/alpha/kv/scan?limit=1001"));
+    assert_eq!(
+        (reply.status, reply.text().as_str()),
+        (507, "Error::TooLarge")
+    );
+    let long_key = "k".repeat(1025);
+    let reply = request(
+        "POST",
+        &gateway.url(&format!("/alpha/kv/put?key={long_key}")),
+        &[],
+        Some(b"v"),
+    );
+    assert_eq!(
+        (reply.status, reply.text().as_str()),
+        (507, "Error::TooLarge")
+    );
+}
+
+#[test]
+fn operator_settings_reach_only_their_plugin() {
+    let gateway = guest_gateway("");
+    let alpha = get(&gateway.url("/alpha/config?name=greeting"));
+    assert_eq!((alpha.status, alpha.text().as_str()), (200, "hello alpha"));
+    assert_eq!(get(&gateway.url("/beta/config?name=greeting")).status, 404);
+}
+
+#[test]
+fn an_invalid_status_from_a_plugin_becomes_500() {
+    let gateway = guest_gateway("");
+    assert_eq!(get(&gateway.url("/alpha/status?code=1000")).status, 500);
+    assert_eq!(get(&gateway.url("/alpha/status?code=204")).status, 204);
+}
+
+#[test]
+fn concurrent_requests_all_succeed() {
+    let gateway = guest_gateway("");
+    let urls: Vec<String> = (0..8)
+        .map(|i| {
+            gateway.url(if i % 2 == 0 {
+                "/alpha/version"
+            } else {
+                "/beta/version"
+            })
+        })
+        .collect();
+    let workers: Vec<_> = urls
+        .into_iter()
+        .map(|url| std::thread::spawn(move || (0..25).filter(|_| get(&url).status == 200).count()))
+        .collect();
+    let ok: usize = workers.into_iter().map(|w| w.join().expect("worker")).sum();
+    assert_eq!(ok, 200);
+}
+
+#[test]
+fn a_missing_plugin_file_stops_startup_with_a_clear_message() {
+    let output = std::process::Command::new(evogate_e2e::evogate_bin())
+        .args(["serve", "--config"])
+        .arg({
+            let dir = tempfile::tempdir().expect("temp dir").keep();
+            let path = dir.join("evogate.toml");
+            let config = format!(
+                "listen = \"127.0.0.1:0\"\ndata_dir = {}\n[[plugins]]\nname = \"x\"\nroute = \"/\"\nwasm = \"missing.wasm\"\n",
+                toml_str(&dir.join("data").to_string_lossy())
+            );
+            std::fs::write(&path, config).expect("write config");
+            path
+        })
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("running evogate");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("missing.wasm") && stderr.contains("\"x\""),
+        "{stderr}"
+    );
+}
