@@ -1,1 +1,236 @@
-fn main() {}
+//! What the sandbox costs: a trivial request through the full gateway
+//! (HTTP on loopback → fresh plugin instance → answer) against the same
+//! hyper server answering natively, measured in one run, rounds alternated.
+//!
+//! Run with `cargo xtask bench` (it builds the plugin first), or
+//! `cargo bench -p evogate --bench gateway` once `target/wasm32-wasip2/release/evotor_partner.wasm` exists.
+//! `BENCH_SECONDS` (default 3) sets the length of each throughput round.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Empty, Full};
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::{TcpListener, TcpStream};
+
+const PATH: &str = "/api/v1/no-such-endpoint";
+const ROUNDS: usize = 3;
+const LATENCY_REQUESTS: usize = 4000;
+const CONNECTIONS: usize = 8;
+
+fn main() -> anyhow::Result<()> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let wasm = root.join(evogate::config::DEFAULT_PLUGIN_WASM);
+    anyhow::ensure!(
+        wasm.is_file(),
+        "{} is missing: run `cargo xtask bench`",
+        wasm.display()
+    );
+    let seconds: u64 = std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let mut config = evogate::config::Config::default();
+        config.store.backend = evogate::kv::BackendKind::Memory;
+        config.plugins[0].wasm = figment::value::magic::RelativePathBuf::from(wasm);
+        let gateway = evogate::Gateway::start(&config).await?;
+
+        // The answer the plugin gives, served natively.
+        let expected = gateway_body(&gateway).await?;
+        let native_addr = serve_native(expected.clone()).await?;
+        let gateway_addr = serve_gateway(gateway.clone()).await?;
+        anyhow::ensure!(fetch_once(native_addr).await? == expected, "native answer differs");
+        anyhow::ensure!(fetch_once(gateway_addr).await? == expected, "gateway answer differs");
+
+        println!("trivial request: GET {PATH} (404 from the Evotor plugin's router), HTTP/1.1 keep-alive on loopback");
+        println!("{ROUNDS} alternating rounds; medians reported\n");
+
+        let mut native_lat = Vec::new();
+        let mut gateway_lat = Vec::new();
+        let mut native_rps = Vec::new();
+        let mut gateway_rps = Vec::new();
+        for _ in 0..ROUNDS {
+            native_lat.push(latency(native_addr).await?);
+            gateway_lat.push(latency(gateway_addr).await?);
+            native_rps.push(throughput(native_addr, Duration::from_secs(seconds)).await?);
+            gateway_rps.push(throughput(gateway_addr, Duration::from_secs(seconds)).await?);
+        }
+        let direct = direct_calls(&gateway).await;
+
+        let (n50, n99) = median_pair(&native_lat);
+        let (g50, g99) = median_pair(&gateway_lat);
+        let (nr, gr) = (median(&native_rps), median(&gateway_rps));
+        println!("sequential, 1 connection ({LATENCY_REQUESTS} requests per round):");
+        println!("  native   p50 {n50:7.1} µs   p99 {n99:7.1} µs");
+        println!("  gateway  p50 {g50:7.1} µs   p99 {g99:7.1} µs");
+        println!("  sandbox overhead per request (p50 difference): {:.1} µs", g50 - n50);
+        println!("throughput, {CONNECTIONS} connections ({seconds} s per round):");
+        println!("  native   {nr:9.0} req/s");
+        println!("  gateway  {gr:9.0} req/s");
+        println!("  gateway / native: {:.2}", gr / nr);
+        println!("instance + call without HTTP (PluginVersion::handle): {direct:.1} µs mean");
+        Ok(())
+    })
+}
+
+async fn gateway_body(gateway: &Arc<evogate::Gateway>) -> anyhow::Result<Bytes> {
+    let version = gateway.registry.slots()[0].current();
+    let response = version
+        .handle(&trivial_request(), Duration::from_secs(5))
+        .await
+        .map_err(|failure| anyhow::anyhow!("{failure}"))?;
+    Ok(Bytes::from(response.body))
+}
+
+fn trivial_request() -> evogate::sandbox::Request {
+    evogate::sandbox::Request {
+        method: "GET".into(),
+        path: PATH.into(),
+        query: String::new(),
+        headers: vec![("host".into(), "bench".into())],
+        body: Vec::new(),
+    }
+}
+
+/// Mean time of one fresh instance + `handle` call, no HTTP.
+async fn direct_calls(gateway: &Arc<evogate::Gateway>) -> f64 {
+    let version = gateway.registry.slots()[0].current();
+    let request = trivial_request();
+    let n = 5000;
+    for _ in 0..500 {
+        let _ = version.handle(&request, Duration::from_secs(5)).await;
+    }
+    let started = Instant::now();
+    for _ in 0..n {
+        let _ = version.handle(&request, Duration::from_secs(5)).await;
+    }
+    started.elapsed().as_secs_f64() * 1e6 / f64::from(n)
+}
+
+async fn serve_native(body: Bytes) -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let _ = stream.set_nodelay(true);
+            let body = body.clone();
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let body = body.clone();
+                        async move {
+                            // Read the body like the gateway does, then answer.
+                            let _ = req.into_body().collect().await;
+                            let mut response = Response::new(Full::new(body));
+                            *response.status_mut() = hyper::StatusCode::NOT_FOUND;
+                            response.headers_mut().insert(
+                                "content-type",
+                                "application/json; charset=utf-8".parse().expect("valid"),
+                            );
+                            Ok::<_, std::convert::Infallible>(response)
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+async fn serve_gateway(gateway: Arc<evogate::Gateway>) -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(evogate::server::serve(
+        listener,
+        gateway,
+        std::future::pending(),
+        Duration::from_secs(1),
+    ));
+    Ok(addr)
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
+
+async fn connect(addr: SocketAddr) -> anyhow::Result<Sender> {
+    let stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+async fn send(sender: &mut Sender) -> anyhow::Result<Bytes> {
+    sender.ready().await?;
+    let request = Request::get(PATH)
+        .header("host", "bench")
+        .body(Empty::new())?;
+    let response = sender.send_request(request).await?;
+    Ok(response.into_body().collect().await?.to_bytes())
+}
+
+async fn fetch_once(addr: SocketAddr) -> anyhow::Result<Bytes> {
+    send(&mut connect(addr).await?).await
+}
+
+/// p50 and p99 in µs of sequential requests on one connection.
+async fn latency(addr: SocketAddr) -> anyhow::Result<(f64, f64)> {
+    let mut sender = connect(addr).await?;
+    for _ in 0..200 {
+        send(&mut sender).await?;
+    }
+    let mut samples = Vec::with_capacity(LATENCY_REQUESTS);
+    for _ in 0..LATENCY_REQUESTS {
+        let started = Instant::now();
+        send(&mut sender).await?;
+        samples.push(started.elapsed().as_secs_f64() * 1e6);
+    }
+    samples.sort_by(f64::total_cmp);
+    let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
+    Ok((at(0.50), at(0.99)))
+}
+
+/// Requests per second from `CONNECTIONS` concurrent keep-alive clients.
+async fn throughput(addr: SocketAddr, length: Duration) -> anyhow::Result<f64> {
+    let deadline = Instant::now() + length;
+    let mut clients = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let mut sender = connect(addr).await?;
+        clients.push(tokio::spawn(async move {
+            let mut done = 0u64;
+            while Instant::now() < deadline {
+                if send(&mut sender).await.is_err() {
+                    break;
+                }
+                done += 1;
+            }
+            done
+        }));
+    }
+    let started = Instant::now();
+    let mut total = 0;
+    for client in clients {
+        total += client.await?;
+    }
+    Ok(total as f64 / started.elapsed().as_secs_f64())
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[sorted.len() / 2]
+}
+
+fn median_pair(values: &[(f64, f64)]) -> (f64, f64) {
+    let p50: Vec<f64> = values.iter().map(|v| v.0).collect();
+    let p99: Vec<f64> = values.iter().map(|v| v.1).collect();
+    (median(&p50), median(&p99))
+}

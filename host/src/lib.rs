@@ -9,7 +9,7 @@
 //! ```no_run
 //! # async fn run() -> anyhow::Result<()> {
 //! let config = evogate::config::Config::load(None)?;
-//! let gateway = evogate::Gateway::start(&config)?;
+//! let gateway = evogate::Gateway::start(&config).await?;
 //! let listener = tokio::net::TcpListener::bind(config.listen).await?;
 //! evogate::server::serve(listener, gateway, std::future::pending(), std::time::Duration::from_secs(10)).await;
 //! # Ok(()) }
@@ -31,7 +31,7 @@ use std::time::Duration;
 impl Gateway {
     /// Opens the store and loads every configured plugin; fails with the
     /// reason when any plugin cannot be loaded.
-    pub fn start(config: &config::Config) -> anyhow::Result<Arc<Gateway>> {
+    pub async fn start(config: &config::Config) -> anyhow::Result<Arc<Gateway>> {
         let data_dir = config.data_dir();
         let backend = kv::open(config.store.backend, &data_dir)?;
         tracing::info!(store = %backend.describe(), "key-value store open");
@@ -60,12 +60,14 @@ impl Gateway {
             })?;
             let started = std::time::Instant::now();
             let namespace = kv::Namespace::new(backend.clone(), &plugin.name);
-            let version = sandbox.load(
-                &plugin.name,
-                &wasm,
-                Arc::new(plugin.plugin_settings()),
-                namespace,
-            )?;
+            let version = sandbox
+                .load(
+                    &plugin.name,
+                    wasm,
+                    Arc::new(plugin.plugin_settings()),
+                    namespace,
+                )
+                .await?;
             tracing::info!(
                 plugin = %plugin.name,
                 route = %plugin.route,

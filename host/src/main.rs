@@ -49,7 +49,7 @@ fn serve(config_file: Option<PathBuf>) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async {
-        let gateway = evogate::Gateway::start(&config)?;
+        let gateway = evogate::Gateway::start(&config).await?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
