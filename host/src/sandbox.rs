@@ -219,9 +219,14 @@ impl PluginVersion {
 
     fn new_store(&self, timeout: Duration) -> Store<HostState> {
         let tag: Arc<str> = format!("{}@{}", self.plugin, self.version).into();
+        // No preopened directories, environment or arguments (the builder's
+        // defaults), stdin closed, and every socket refused explicitly.
         let wasi = WasiCtx::builder()
             .stdout(LogPipe::new(tag.clone(), "stdout"))
             .stderr(LogPipe::new(tag, "stderr"))
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
             .build();
         let state = HostState {
             wasi,

@@ -152,17 +152,27 @@ fn endless_loops_hit_the_deadline_while_other_requests_are_served() {
         let normal = get(&gateway.url("/beta/version"));
         let took = started.elapsed();
         assert_eq!(normal.status, 200);
-        assert!(took < Duration::from_millis(500), "served while the loops ran: {took:?}");
+        assert!(
+            took < Duration::from_millis(500),
+            "served while the loops ran: {took:?}"
+        );
     }
 
     for looping in loops {
         let (looped, took) = looping.join().expect("loop thread");
         assert_eq!((looped.status, looped.error_code()), (503, Some(503)));
         assert_eq!(looped.json()["errors"][0]["reason"], "deadline exceeded");
-        assert!(took >= Duration::from_millis(1400) && took < Duration::from_secs(5), "{took:?}");
+        assert!(
+            took >= Duration::from_millis(1400) && took < Duration::from_secs(5),
+            "{took:?}"
+        );
     }
     assert!(gateway.wait_for_log("deadline exceeded"));
-    assert_eq!(get(&gateway.url("/alpha/version")).status, 200, "the plugin serves on");
+    assert_eq!(
+        get(&gateway.url("/alpha/version")).status,
+        200,
+        "the plugin serves on"
+    );
 }
 
 #[test]
@@ -280,6 +290,16 @@ fn operator_settings_reach_only_their_plugin() {
     let alpha = get(&gateway.url("/alpha/config?name=greeting"));
     assert_eq!((alpha.status, alpha.text().as_str()), (200, "hello alpha"));
     assert_eq!(get(&gateway.url("/beta/config?name=greeting")).status, 404);
+}
+
+#[test]
+fn plugins_see_no_files_environment_arguments_or_stdin() {
+    let gateway = guest_gateway("");
+    let reply = get(&gateway.url("/alpha/sandbox"));
+    assert_eq!(
+        (reply.status, reply.text().as_str()),
+        (200, "fs=denied cwd_file=false env=0 args=0 stdin=0")
+    );
 }
 
 #[test]

@@ -9,6 +9,7 @@
 //! | `/alloc` | allocates until memory runs out |
 //! | `/panic` | panics |
 //! | `/print` | writes lines to stdout and stderr, then 200 |
+//! | `/sandbox` | 200, reports what it could reach: files, environment, arguments, stdin |
 //! | `/kv/put?key=K` | stores the body under `K`, 200 |
 //! | `/kv/get?key=K` | 200 with the value, 404 if absent |
 //! | `/kv/scan?limit=N` | 200 with the keys of one scan, or 507 and the error |
@@ -67,6 +68,23 @@ impl handler::Guest for Guest {
                 }
             }
             (false, "panic") => panic!("the test guest panics on request"),
+            (false, "sandbox") => {
+                use std::io::Read as _;
+                let fs = match std::fs::read_dir("/") {
+                    Ok(_) => "open",
+                    Err(_) => "denied",
+                };
+                let cwd_file = std::fs::read("Cargo.toml").is_ok();
+                let mut stdin = Vec::new();
+                let _ = std::io::stdin().read_to_end(&mut stdin);
+                let report = format!(
+                    "fs={fs} cwd_file={cwd_file} env={} args={} stdin={}",
+                    std::env::vars().count(),
+                    std::env::args().count(),
+                    stdin.len()
+                );
+                answer(200, report)
+            }
             (false, "print") => {
                 println!("hello from stdout");
                 eprintln!("hello from stderr");
