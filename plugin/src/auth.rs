@@ -1,8 +1,9 @@
 //! Who may call: the Evotor cloud's server credential.
 
-use crate::Ctx;
+use crate::config::Settings;
 use crate::errors::ApiError;
 use crate::http::Request;
+use crate::{Ctx, storage, tokens};
 use base64::Engine as _;
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
@@ -55,9 +56,13 @@ pub fn require_server(ctx: &Ctx<'_>, request: &Request) -> Result<(), ApiError> 
         .zip(ctx.config.non_empty(SERVER_BASIC_PASSWORD))
         .map(|(user, password)| format!("{user}:{password}"));
     if bearer.is_none() && basic.is_none() {
-        eprintln!(
-            "refusing a server endpoint: no server credential configured \
-             (set {SERVER_BEARER_TOKEN}, or {SERVER_BASIC_USER} and {SERVER_BASIC_PASSWORD})"
+        log_once_a_day(
+            ctx,
+            "no-server-credential",
+            &format!(
+                "refusing every server endpoint: no server credential configured \
+                 (set {SERVER_BEARER_TOKEN}, or {SERVER_BASIC_USER} and {SERVER_BASIC_PASSWORD})"
+            ),
         );
         return Err(ApiError::server_unauthorized());
     }
@@ -75,6 +80,67 @@ pub fn require_server(ctx: &Ctx<'_>, request: &Request) -> Result<(), ApiError> 
     } else {
         Err(ApiError::server_unauthorized())
     }
+}
+
+/// Logs `message` unless the same `topic` was logged earlier the same UTC
+/// day: each request runs in a fresh instance, so "once" is kept in the store.
+fn log_once_a_day(ctx: &Ctx<'_>, topic: &str, message: &str) {
+    let key = storage::meta_key(&format!("logged/{topic}"));
+    let today = ctx.clock.now_unix() / 86_400;
+    let logged: Result<Option<u64>, _> = storage::read(ctx.kv, &key);
+    if matches!(logged, Ok(Some(day)) if day == today) {
+        return;
+    }
+    eprintln!("{message}");
+    // Losing this write only means logging again; the request's answer does not depend on it.
+    let _ = storage::transact(ctx.kv, |txn| -> Result<(), storage::StorageError> {
+        let _: Option<u64> = txn.get(&key)?;
+        txn.put(&key, &today);
+        Ok(())
+    });
+}
+
+/// The Evotor user a request acts for, from its `Authorization: Bearer`
+/// user token: the one door of every user-scoped endpoint. Unknown,
+/// revoked or replaced-past-grace token, or a disabled account → 401 1002;
+/// past its lifetime → 401 1003; the user's tariff INACTIVE → 402 1004.
+pub fn require_user(
+    ctx: &Ctx<'_>,
+    request: &Request,
+    settings: &Settings,
+) -> Result<String, ApiError> {
+    let token = match presented(request) {
+        Some(Presented::Bearer(token)) if !token.is_empty() => token,
+        _ => return Err(ApiError::unknown_token()),
+    };
+    let hash = tokens::hash(&token);
+    let Some(index) = storage::read::<storage::TokenIndex>(ctx.kv, &storage::token_key(&hash))?
+    else {
+        return Err(ApiError::unknown_token());
+    };
+    let Some(user) =
+        storage::read::<storage::UserRecord>(ctx.kv, &storage::user_key(&index.user_id))?
+    else {
+        return Err(ApiError::unknown_token());
+    };
+    let Some(issued) = user.tokens.iter().find(|issued| issued.hash == hash) else {
+        return Err(ApiError::unknown_token());
+    };
+    match tokens::usable(issued, ctx.clock.now_unix(), settings) {
+        tokens::Status::Valid => {}
+        tokens::Status::Expired => return Err(ApiError::expired_token()),
+        tokens::Status::Unknown => return Err(ApiError::unknown_token()),
+    }
+    if let Some(account_id) = &user.account_id {
+        let account = storage::read::<storage::Account>(ctx.kv, &storage::account_key(account_id))?;
+        if account.is_none_or(|account| account.disabled) {
+            return Err(ApiError::unknown_token());
+        }
+    }
+    if user.tariff.as_ref().is_some_and(|tariff| !tariff.active) {
+        return Err(ApiError::payment_required(&user.user_id));
+    }
+    Ok(user.user_id)
 }
 
 #[cfg(test)]

@@ -27,3 +27,25 @@ impl Clock for FixedClock {
         self.0
     }
 }
+
+/// A clock the test moves by hand.
+#[derive(Debug, Default)]
+pub struct ManualClock(pub std::cell::Cell<u64>);
+
+impl ManualClock {
+    /// A clock at `now`.
+    pub fn at(now: u64) -> Self {
+        Self(std::cell::Cell::new(now))
+    }
+
+    /// Moves the clock forward.
+    pub fn advance(&self, seconds: u64) {
+        self.0.set(self.0.get() + seconds);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_unix(&self) -> u64 {
+        self.0.get()
+    }
+}

@@ -74,6 +74,49 @@ impl ApiError {
         }
     }
 
+    /// 401 code 1002: the user token is unknown (never issued, revoked, or replaced).
+    pub fn unknown_token() -> Self {
+        Self {
+            headers: vec![("www-authenticate".into(), "Bearer".into())],
+            ..Self::new(401, 1002, "unknown token")
+        }
+    }
+
+    /// 401 code 1003: the user token outlived its lifetime.
+    pub fn expired_token() -> Self {
+        Self {
+            headers: vec![("www-authenticate".into(), "Bearer".into())],
+            ..Self::new(401, 1003, "token expired")
+        }
+    }
+
+    /// 401 code 1006: wrong login or password in `/user/verify`.
+    pub fn wrong_credentials() -> Self {
+        Self::new(401, 1006, "wrong username or password")
+    }
+
+    /// 402 code 1004: the user's tariff is inactive.
+    pub fn payment_required(user_id: &str) -> Self {
+        Self {
+            subject: Some("userUuid".into()),
+            value: Some(user_id.into()),
+            ..Self::new(402, 1004, "payment required")
+        }
+    }
+
+    /// 409 code 2004: the user or the account is already linked elsewhere.
+    pub fn already_linked() -> Self {
+        Self::new(409, 2004, "already linked to another account")
+    }
+
+    /// 409 code 2005: an account with this data already exists.
+    pub fn already_exists(subject: &str) -> Self {
+        Self {
+            subject: Some(subject.into()),
+            ..Self::new(409, 2005, "already exists")
+        }
+    }
+
     /// 401 for the partner API: wrong or missing `partner_api_token`.
     pub fn partner_unauthorized() -> Self {
         Self {

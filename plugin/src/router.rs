@@ -30,15 +30,24 @@ struct Route {
 
 /// Every endpoint of the protocol this plugin serves.
 const ROUTES: &[Route] = &[
-    Route {
-        pattern: "/api/v1/user/token",
-        methods: &[("POST", accounts::store_cloud_token)],
-    },
-    Route {
-        pattern: "/partner/v1/users/{userId}",
-        methods: &[("GET", partner_api::get_user)],
-    },
+    // Evotor → partner, server-authorized.
+    route("/api/v1/user/create", &[("POST", accounts::create)]),
+    route("/api/v1/user/verify", &[("POST", accounts::verify)]),
+    route(
+        "/api/v1/user/token",
+        &[("POST", accounts::store_cloud_token)],
+    ),
+    route("/api/v1/user/tariff", &[("POST", accounts::tariff)]),
+    // The partner's own API.
+    route(
+        "/partner/v1/users/{userId}",
+        &[("GET", partner_api::get_user)],
+    ),
 ];
+
+const fn route(pattern: &'static str, methods: &'static [(&'static str, Handler)]) -> Route {
+    Route { pattern, methods }
+}
 
 /// Routes `request` and renders any error.
 pub fn dispatch(ctx: &Ctx<'_>, request: &Request) -> Response {

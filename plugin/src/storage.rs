@@ -1,20 +1,33 @@
 //! The only code that builds keys: every record layout and index lives here.
 //!
-//! Keys (all ids are validated before they reach this module, so they hold
-//! no `/`):
+//! Keys (ids are validated before they reach this module, so they hold no
+//! `/`; logins and tokens appear only as SHA-256 hex digests):
 //!
 //! | key | value |
 //! |---|---|
+//! | `users/{userId}` | [`UserRecord`]: linked account, issued tokens, tariff |
 //! | `user/{userId}/cloud-token` | [`CloudToken`] |
+//! | `accounts/{accountId}` | [`Account`] |
+//! | `logins/{sha256(lowercase login)}` | [`LoginIndex`] → account id |
+//! | `tokens/{sha256(token)}` | [`TokenIndex`] → userId |
+//! | `meta/{name}` | small service records |
 //!
 //! Every value is JSON with `"v"`: the storage format version (see the
-//! crate docs for the migration rule).
+//! crate docs for the migration rule). Read-modify-write goes through
+//! [`transact`], which turns every read into a commit check and retries on
+//! conflict, so concurrent requests never lose each other's writes.
 
-use crate::kv::{Kv, KvError, Write};
+use crate::kv::{Check, Kv, KvError, Write};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use sha2::{Digest as _, Sha256};
 
 /// The storage format this build writes.
 pub const FORMAT: u32 = 1;
+
+/// How often [`transact`] retries after a conflict before giving up.
+const MAX_ATTEMPTS: usize = 8;
 
 /// The Evotor cloud token of one user: the partner calls Evotor's REST API with it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,8 +41,154 @@ pub struct CloudToken {
     pub received_at: u64,
 }
 
+/// A partner account: what `/user/verify` checks and `/user/create` makes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Account {
+    /// Storage format version.
+    pub v: u32,
+    /// Our id of the account (32 hex digits).
+    pub id: String,
+    /// Login, if the account has one.
+    pub login: Option<String>,
+    /// Argon2id PHC string of the password, if any.
+    pub password_hash: Option<String>,
+    /// Whether the partner bills this user itself.
+    pub has_billing: bool,
+    /// Name shown to the partner's people.
+    pub display_name: Option<String>,
+    /// A disabled account cannot log in and its user's tokens stop working.
+    pub disabled: bool,
+    /// The Evotor user linked to the account.
+    pub user_id: Option<String>,
+    /// Custom registration fields as Evotor sent them (never the password).
+    pub fields: Map<String, Value>,
+    /// Creation time, Unix seconds.
+    pub created_at: u64,
+    /// Last change, Unix seconds.
+    pub updated_at: u64,
+}
+
+/// One user token we issued (only its hash is kept).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuedToken {
+    /// SHA-256 hex of the token.
+    pub hash: String,
+    /// Issue time, Unix seconds.
+    pub issued_at: u64,
+    /// When a newer token replaced it; it works for the grace period after.
+    pub superseded_at: Option<u64>,
+}
+
+/// The legacy tariff state Evotor reports with `/user/tariff`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Tariff {
+    /// Evotor's tariff code.
+    pub tariff_id: String,
+    /// `true` for `ACTIVE`.
+    pub active: bool,
+    /// When it was reported, Unix seconds.
+    pub updated_at: u64,
+}
+
+/// Everything about one Evotor user that authentication needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserRecord {
+    /// Storage format version.
+    pub v: u32,
+    /// The Evotor user id.
+    pub user_id: String,
+    /// The linked partner account.
+    pub account_id: Option<String>,
+    /// Tokens issued to the user that may still work, newest last.
+    pub tokens: Vec<IssuedToken>,
+    /// Legacy tariff state, if Evotor sent one.
+    pub tariff: Option<Tariff>,
+    /// First seen, Unix seconds.
+    pub created_at: u64,
+}
+
+impl UserRecord {
+    /// A record for a user seen for the first time.
+    pub fn new(user_id: &str, now: u64) -> Self {
+        Self {
+            v: FORMAT,
+            user_id: user_id.into(),
+            account_id: None,
+            tokens: Vec::new(),
+            tariff: None,
+            created_at: now,
+        }
+    }
+}
+
+/// `logins/…` → the account with that login.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LoginIndex {
+    /// Storage format version.
+    pub v: u32,
+    /// The account.
+    pub account_id: String,
+}
+
+/// `tokens/…` → the user a token belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenIndex {
+    /// Storage format version.
+    pub v: u32,
+    /// The user.
+    pub user_id: String,
+}
+
+/// SHA-256 of `data` as lower-case hex.
+pub fn sha256_hex(data: &[u8]) -> String {
+    use std::fmt::Write as _;
+    Sha256::digest(data)
+        .iter()
+        .fold(String::with_capacity(64), |mut out, byte| {
+            let _ = write!(out, "{byte:02x}");
+            out
+        })
+}
+
+/// Key of a user's record.
+pub fn user_key(user_id: &str) -> String {
+    format!("users/{user_id}")
+}
+
+/// Prefix of every user record, for listing.
+pub const USERS_PREFIX: &str = "users/";
+
+/// Key of an account.
+pub fn account_key(account_id: &str) -> String {
+    format!("accounts/{account_id}")
+}
+
+/// Prefix of every account, for listing.
+pub const ACCOUNTS_PREFIX: &str = "accounts/";
+
+/// Key of the login index entry for `login` (case-insensitive).
+pub fn login_key(login: &str) -> String {
+    format!("logins/{}", sha256_hex(login.to_lowercase().as_bytes()))
+}
+
+/// Key of the index entry of a token with this hash.
+pub fn token_key(token_hash: &str) -> String {
+    format!("tokens/{token_hash}")
+}
+
 fn cloud_token_key(user_id: &str) -> String {
     format!("user/{user_id}/cloud-token")
+}
+
+/// Key of a service record.
+pub fn meta_key(name: &str) -> String {
+    format!("meta/{name}")
 }
 
 /// Why a stored record could not be used.
@@ -60,17 +219,53 @@ impl From<StorageError> for crate::errors::ApiError {
 }
 
 fn encode<T: Serialize>(record: &T) -> Vec<u8> {
-    // Serializing plain structs of strings and numbers cannot fail.
+    // Records are plain structs of strings, numbers and JSON values: serializing cannot fail.
     serde_json::to_vec(record).unwrap_or_default()
 }
 
-fn read<T: for<'de> Deserialize<'de>>(kv: &dyn Kv, key: &str) -> Result<Option<T>, StorageError> {
+fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StorageError> {
+    serde_json::from_slice(bytes).map_err(|_| StorageError::Corrupt(key.to_owned()))
+}
+
+/// Reads one record outside any transaction.
+pub fn read<T: DeserializeOwned>(kv: &dyn Kv, key: &str) -> Result<Option<T>, StorageError> {
     match kv.get(key)? {
         None => Ok(None),
-        Some(entry) => serde_json::from_slice(&entry.value)
-            .map(Some)
-            .map_err(|_| StorageError::Corrupt(key.to_owned())),
+        Some(entry) => decode(key, &entry.value).map(Some),
     }
+}
+
+/// One page of records under `prefix` after `after` (a key suffix), with
+/// the cursor of the next page.
+pub fn page<T: DeserializeOwned>(
+    kv: &dyn Kv,
+    prefix: &str,
+    after: Option<&str>,
+    limit: u32,
+) -> Result<(Vec<T>, Option<String>), StorageError> {
+    let limit = limit.clamp(1, crate::kv::MAX_SCAN_LIMIT);
+    let mut cursor = after.map(|after| format!("{prefix}{after}"));
+    let mut entries = Vec::new();
+    // The host may end a scan early to bound its size: only an empty scan means the end.
+    while (entries.len() as u32) < limit {
+        let batch = kv.scan(prefix, cursor.as_deref(), limit - entries.len() as u32)?;
+        let Some((last, _)) = batch.last() else { break };
+        cursor = Some(last.clone());
+        entries.extend(batch);
+    }
+    let next = if entries.len() as u32 == limit {
+        entries
+            .last()
+            .and_then(|(key, _)| key.strip_prefix(prefix))
+            .map(str::to_owned)
+    } else {
+        None
+    };
+    let items = entries
+        .iter()
+        .map(|(key, entry)| decode(key, &entry.value))
+        .collect::<Result<_, _>>()?;
+    Ok((items, next))
 }
 
 /// Records the latest Evotor cloud token of a user (latest wins).
@@ -95,4 +290,138 @@ pub fn put_cloud_token(
 /// The Evotor cloud token of a user, if Evotor sent one.
 pub fn cloud_token(kv: &dyn Kv, user_id: &str) -> Result<Option<CloudToken>, StorageError> {
     read(kv, &cloud_token_key(user_id))
+}
+
+/// A read-modify-write unit: every read becomes a check of the commit, so
+/// the writes apply only if nothing read has changed meanwhile.
+pub struct Txn<'a> {
+    kv: &'a dyn Kv,
+    checks: Vec<Check>,
+    writes: Vec<Write>,
+}
+
+impl std::fmt::Debug for Txn<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Txn")
+            .field("checks", &self.checks.len())
+            .field("writes", &self.writes.len())
+            .finish()
+    }
+}
+
+impl Txn<'_> {
+    /// Reads a record and remembers its version as a check.
+    pub fn get<T: DeserializeOwned>(&mut self, key: &str) -> Result<Option<T>, StorageError> {
+        let entry = self.kv.get(key)?;
+        self.checks.push(match &entry {
+            Some(entry) => Check::VersionIs(key.to_owned(), entry.version),
+            None => Check::Absent(key.to_owned()),
+        });
+        entry.map(|entry| decode(key, &entry.value)).transpose()
+    }
+
+    /// Writes a record at commit.
+    pub fn put<T: Serialize>(&mut self, key: &str, record: &T) {
+        self.writes.push(Write::Set(key.to_owned(), encode(record)));
+    }
+
+    /// Deletes a key at commit.
+    pub fn delete(&mut self, key: &str) {
+        self.writes.push(Write::Delete(key.to_owned()));
+    }
+}
+
+/// Runs `body` in a [`Txn`] and commits its writes; on a conflict (someone
+/// changed what it read) runs it again, up to a bound. An `Err` from `body`
+/// writes nothing.
+pub fn transact<R, E>(
+    kv: &dyn Kv,
+    mut body: impl FnMut(&mut Txn<'_>) -> Result<R, E>,
+) -> Result<R, E>
+where
+    E: From<StorageError>,
+{
+    for _ in 0..MAX_ATTEMPTS {
+        let mut txn = Txn {
+            kv,
+            checks: Vec::new(),
+            writes: Vec::new(),
+        };
+        let result = body(&mut txn)?;
+        if txn.writes.is_empty() {
+            return Ok(result);
+        }
+        match kv.commit(&txn.checks, &txn.writes) {
+            Ok(()) => return Ok(result),
+            Err(KvError::Conflict) => continue,
+            Err(err) => return Err(StorageError::Kv(err).into()),
+        }
+    }
+    Err(StorageError::Kv(KvError::Unavailable(
+        "too much contention on the same records".into(),
+    ))
+    .into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::MemKv;
+
+    #[test]
+    fn transact_applies_writes_only_when_reads_still_hold() {
+        let kv = MemKv::default();
+        let mut runs = 0;
+        let result: Result<(), StorageError> = transact(&kv, |txn| {
+            runs += 1;
+            let current: Option<u32> = txn.get("counter")?;
+            if runs == 1 {
+                // Someone else writes between our read and our commit.
+                kv.commit(&[], &[Write::Set("counter".into(), b"10".to_vec())])
+                    .expect("side write");
+            }
+            txn.put("counter", &(current.unwrap_or(0) + 1));
+            Ok(())
+        });
+        assert!(result.is_ok());
+        assert_eq!(runs, 2, "the conflict made it run again");
+        assert_eq!(
+            read::<u32>(&kv, "counter").expect("read"),
+            Some(11),
+            "no lost update"
+        );
+    }
+
+    #[test]
+    fn an_error_in_the_body_writes_nothing() {
+        let kv = MemKv::default();
+        let result: Result<(), crate::errors::ApiError> = transact(&kv, |txn| {
+            txn.put("a", &1);
+            Err(crate::errors::ApiError::not_found())
+        });
+        assert!(result.is_err());
+        assert!(kv.keys().is_empty());
+    }
+
+    #[test]
+    fn logins_are_indexed_case_insensitively_and_hashed() {
+        assert_eq!(login_key("Ivan"), login_key("iVAN"));
+        assert!(!login_key("ivan").contains("ivan"));
+        assert_eq!(login_key(&"ж".repeat(256)).len(), "logins/".len() + 64);
+    }
+
+    #[test]
+    fn pages_carry_a_cursor_until_the_end() {
+        let kv = MemKv::default();
+        for i in 0..5 {
+            kv.commit(&[], &[Write::Set(format!("accounts/{i}"), encode(&i))])
+                .expect("put");
+        }
+        let (first, next) = page::<u32>(&kv, ACCOUNTS_PREFIX, None, 2).expect("page");
+        assert_eq!((first, next.as_deref()), (vec![0, 1], Some("1")));
+        let (second, next) = page::<u32>(&kv, ACCOUNTS_PREFIX, Some("1"), 2).expect("page");
+        assert_eq!((second, next.as_deref()), (vec![2, 3], Some("3")));
+        let (last, next) = page::<u32>(&kv, ACCOUNTS_PREFIX, Some("3"), 2).expect("page");
+        assert_eq!((last, next), (vec![4], None));
+    }
 }
