@@ -23,19 +23,10 @@ const CONNECTIONS: usize = 8;
 fn main() -> anyhow::Result<()> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let wasm = root.join(evogate::config::DEFAULT_PLUGIN_WASM);
-    anyhow::ensure!(
-        wasm.is_file(),
-        "{} is missing: run `cargo xtask bench`",
-        wasm.display()
-    );
-    let seconds: u64 = std::env::var("BENCH_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3);
+    anyhow::ensure!(wasm.is_file(), "{} is missing: run `cargo xtask bench`", wasm.display());
+    let seconds: u64 = std::env::var("BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let mut config = evogate::config::Config::default();
         config.store.backend = evogate::kv::BackendKind::Memory;
@@ -122,24 +113,21 @@ async fn serve_native(body: Bytes) -> anyhow::Result<SocketAddr> {
             let _ = stream.set_nodelay(true);
             let body = body.clone();
             tokio::spawn(async move {
-                let service =
-                    hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                        let body = body.clone();
-                        async move {
-                            // Read the body like the gateway does, then answer.
-                            let _ = req.into_body().collect().await;
-                            let mut response = Response::new(Full::new(body));
-                            *response.status_mut() = hyper::StatusCode::NOT_FOUND;
-                            response.headers_mut().insert(
-                                "content-type",
-                                "application/json; charset=utf-8".parse().expect("valid"),
-                            );
-                            Ok::<_, std::convert::Infallible>(response)
-                        }
-                    });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let body = body.clone();
+                    async move {
+                        // Read the body like the gateway does, then answer.
+                        let _ = req.into_body().collect().await;
+                        let mut response = Response::new(Full::new(body));
+                        *response.status_mut() = hyper::StatusCode::NOT_FOUND;
+                        response
+                            .headers_mut()
+                            .insert("content-type", "application/json; charset=utf-8".parse().expect("valid"));
+                        Ok::<_, std::convert::Infallible>(response)
+                    }
+                });
+                let _ =
+                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
             });
         }
     });
@@ -149,12 +137,7 @@ async fn serve_native(body: Bytes) -> anyhow::Result<SocketAddr> {
 async fn serve_gateway(gateway: Arc<evogate::Gateway>) -> anyhow::Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    tokio::spawn(evogate::server::serve(
-        listener,
-        gateway,
-        std::future::pending(),
-        Duration::from_secs(1),
-    ));
+    tokio::spawn(evogate::server::serve(listener, gateway, std::future::pending(), Duration::from_secs(1)));
     Ok(addr)
 }
 
@@ -170,9 +153,7 @@ async fn connect(addr: SocketAddr) -> anyhow::Result<Sender> {
 
 async fn send(sender: &mut Sender) -> anyhow::Result<Bytes> {
     sender.ready().await?;
-    let request = Request::get(PATH)
-        .header("host", "bench")
-        .body(Empty::new())?;
+    let request = Request::get(PATH).header("host", "bench").body(Empty::new())?;
     let response = sender.send_request(request).await?;
     Ok(response.into_body().collect().await?.to_bytes())
 }

@@ -74,9 +74,7 @@ impl Default for Config {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: RelativePathBuf::from(PathBuf::from("./data")),
-            store: StoreConfig {
-                backend: BackendKind::Redb,
-            },
+            store: StoreConfig { backend: BackendKind::Redb },
             limits: LimitsConfig {
                 max_body_bytes: 32 * 1024 * 1024,
                 request_timeout_ms: 8000,
@@ -98,20 +96,12 @@ impl Config {
     pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(file) = file {
-            anyhow::ensure!(
-                file.is_file(),
-                "config file {} does not exist",
-                file.display()
-            );
+            anyhow::ensure!(file.is_file(), "config file {} does not exist", file.display());
             figment = figment.merge(Toml::file_exact(file));
         }
         let config: Config = figment
             // EVOGATE_LOG and EVOGATE_CONFIG are read by the CLI, not part of the file format.
-            .merge(
-                Env::prefixed("EVOGATE_")
-                    .ignore(&["LOG", "CONFIG"])
-                    .split("__"),
-            )
+            .merge(Env::prefixed("EVOGATE_").ignore(&["LOG", "CONFIG"]).split("__"))
             .extract()
             .context("reading the configuration")?;
         config.validate()?;
@@ -120,10 +110,7 @@ impl Config {
 
     fn validate(&self) -> anyhow::Result<()> {
         let limits = &self.limits;
-        anyhow::ensure!(
-            limits.max_body_bytes > 0,
-            "limits.max_body_bytes must be positive"
-        );
+        anyhow::ensure!(limits.max_body_bytes > 0, "limits.max_body_bytes must be positive");
         anyhow::ensure!(
             (1..=600_000).contains(&limits.request_timeout_ms),
             "limits.request_timeout_ms must be within 1..=600000"
@@ -142,26 +129,15 @@ impl Config {
         for plugin in &self.plugins {
             let name_ok = !plugin.name.is_empty()
                 && plugin.name.len() <= 64
-                && plugin
-                    .name
-                    .bytes()
-                    .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-'));
-            anyhow::ensure!(
-                name_ok,
-                "plugin name {:?} must match [a-z0-9_-]{{1,64}}",
-                plugin.name
-            );
+                && plugin.name.bytes().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-'));
+            anyhow::ensure!(name_ok, "plugin name {:?} must match [a-z0-9_-]{{1,64}}", plugin.name);
             anyhow::ensure!(
                 plugin.route.starts_with('/'),
                 "route {:?} of plugin {:?} must start with '/'",
                 plugin.route,
                 plugin.name
             );
-            anyhow::ensure!(
-                names.insert(&plugin.name),
-                "plugin name {:?} is used twice",
-                plugin.name
-            );
+            anyhow::ensure!(names.insert(&plugin.name), "plugin name {:?} is used twice", plugin.name);
             anyhow::ensure!(
                 routes.insert(normalize_route(&plugin.route)),
                 "route {:?} is served by two plugins",
@@ -259,10 +235,8 @@ mod tests {
         assert!(format!("{err:#}").contains("lisen"), "{err:#}");
         let err = load_str("[limits]\nrequest_timeout_ms = 0").expect_err("zero timeout");
         assert!(format!("{err:#}").contains("request_timeout_ms"), "{err:#}");
-        let err = load_str(
-            "[[plugins]]\nname='a'\nroute='/x'\nwasm='a'\n[[plugins]]\nname='b'\nroute='/x/'\nwasm='b'",
-        )
-        .expect_err("same route");
+        let err = load_str("[[plugins]]\nname='a'\nroute='/x'\nwasm='a'\n[[plugins]]\nname='b'\nroute='/x/'\nwasm='b'")
+            .expect_err("same route");
         assert!(format!("{err:#}").contains("two plugins"), "{err:#}");
         let err = load_str("[[plugins]]\nname='A b'\nroute='/'\nwasm='a'").expect_err("bad name");
         assert!(format!("{err:#}").contains("must match"), "{err:#}");

@@ -45,29 +45,16 @@ impl Gateway {
         for plugin in &config.plugins {
             let path = plugin.wasm.relative();
             let wasm = std::fs::read(&path).with_context(|| {
-                let hint = if plugin.wasm.original()
-                    == std::path::Path::new(config::DEFAULT_PLUGIN_WASM)
-                {
+                let hint = if plugin.wasm.original() == std::path::Path::new(config::DEFAULT_PLUGIN_WASM) {
                     " (build it first: cargo xtask build)"
                 } else {
                     ""
                 };
-                format!(
-                    "reading plugin {:?} from {}{hint}",
-                    plugin.name,
-                    path.display()
-                )
+                format!("reading plugin {:?} from {}{hint}", plugin.name, path.display())
             })?;
             let started = std::time::Instant::now();
             let namespace = kv::Namespace::new(backend.clone(), &plugin.name);
-            let version = sandbox
-                .load(
-                    &plugin.name,
-                    wasm,
-                    Arc::new(plugin.plugin_settings()),
-                    namespace,
-                )
-                .await?;
+            let version = sandbox.load(&plugin.name, wasm, Arc::new(plugin.plugin_settings()), namespace).await?;
             tracing::info!(
                 plugin = %plugin.name,
                 route = %plugin.route,

@@ -6,11 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "evogate",
-    version,
-    about = "A WebAssembly gateway for Evotor partner services"
-)]
+#[command(name = "evogate", version, about = "A WebAssembly gateway for Evotor partner services")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -50,18 +46,11 @@ fn serve(config_file: Option<PathBuf>) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     runtime.block_on(async {
         let gateway = evogate::Gateway::start(&config).await?;
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("binding {}", config.listen))?;
+        let listener =
+            tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
         let addr = listener.local_addr().context("reading the bound address")?;
         tracing::info!("evogate listening on http://{addr}");
-        evogate::server::serve(
-            listener,
-            gateway,
-            shutdown_signal(),
-            Duration::from_secs(10),
-        )
-        .await;
+        evogate::server::serve(listener, gateway, shutdown_signal(), Duration::from_secs(10)).await;
         tracing::info!("evogate stopped");
         Ok(())
     })
@@ -72,15 +61,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(err) => {
-                    tracing::warn!(error = %err, "cannot listen for SIGTERM");
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot listen for SIGTERM");
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},

@@ -27,15 +27,8 @@ struct Buffer {
 impl LogPipe {
     /// A pipe for `stream` ("stdout" or "stderr") of plugin `tag`.
     pub fn new(tag: Arc<str>, stream: &'static str) -> Self {
-        let buffer = Buffer {
-            tag,
-            stream,
-            pending: Vec::new(),
-            total: 0,
-        };
-        Self {
-            inner: Arc::new(Mutex::new(buffer)),
-        }
+        let buffer = Buffer { tag, stream, pending: Vec::new(), total: 0 };
+        Self { inner: Arc::new(Mutex::new(buffer)) }
     }
 }
 
@@ -89,9 +82,7 @@ impl Drop for Buffer {
 
 impl LogPipe {
     fn lock(&self) -> std::sync::MutexGuard<'_, Buffer> {
-        self.inner
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
+        self.inner.lock().unwrap_or_else(|poison| poison.into_inner())
     }
 }
 

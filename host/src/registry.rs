@@ -42,21 +42,14 @@ impl Registry {
     /// Adds a plugin on `route`.
     pub fn insert(&mut self, name: &str, route: &str, version: Arc<PluginVersion>) {
         let route = normalize_route(route).to_owned();
-        self.slots.push(Arc::new(Slot {
-            name: name.into(),
-            route,
-            current: ArcSwap::new(version),
-        }));
-        self.slots
-            .sort_by_key(|slot| std::cmp::Reverse(slot.route.len()));
+        self.slots.push(Arc::new(Slot { name: name.into(), route, current: ArcSwap::new(version) }));
+        self.slots.sort_by_key(|slot| std::cmp::Reverse(slot.route.len()));
     }
 
     /// The slot serving `path`: the longest route that is `path` itself or a
     /// whole-segment prefix of it (`/a` serves `/a` and `/a/b`, not `/ab`).
     pub fn route(&self, path: &str) -> Option<&Arc<Slot>> {
-        self.slots
-            .iter()
-            .find(|slot| route_matches(&slot.route, path))
+        self.slots.iter().find(|slot| route_matches(&slot.route, path))
     }
 
     /// Every slot, longest route first.
@@ -66,10 +59,7 @@ impl Registry {
 }
 
 fn route_matches(route: &str, path: &str) -> bool {
-    route == "/"
-        || path
-            .strip_prefix(route)
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    route == "/" || path.strip_prefix(route).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 #[cfg(test)]

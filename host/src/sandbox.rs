@@ -14,9 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::error::Context as _;
-use wasmtime::{
-    Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap, UpdateDeadline,
-};
+use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 mod generated {
@@ -72,9 +70,7 @@ pub struct Sandbox {
 
 impl std::fmt::Debug for Sandbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Sandbox")
-            .field("limits", &self.limits)
-            .finish_non_exhaustive()
+        f.debug_struct("Sandbox").field("limits", &self.limits).finish_non_exhaustive()
     }
 }
 
@@ -109,12 +105,7 @@ impl Sandbox {
             .context("linking the plugin world")?;
 
         let ticker = EpochTicker::start(engine.clone());
-        Ok(Self {
-            engine,
-            linker,
-            limits,
-            _ticker: ticker,
-        })
+        Ok(Self { engine, linker, limits, _ticker: ticker })
     }
 
     /// The engine, for precompiling and checking components.
@@ -152,10 +143,8 @@ impl Sandbox {
             name: String::new(),
             version: String::new(),
         };
-        let (name, semver) = version
-            .identity()
-            .await
-            .with_context(|| format!("reading the identity of plugin {plugin:?}"))?;
+        let (name, semver) =
+            version.identity().await.with_context(|| format!("reading the identity of plugin {plugin:?}"))?;
         version.name = name;
         version.version = semver;
         Ok(version)
@@ -195,12 +184,7 @@ impl PluginVersion {
     pub async fn handle(&self, request: &Request, timeout: Duration) -> Result<Response, Failure> {
         let mut store = self.new_store(timeout);
         let result = match self.pre.instantiate_async(&mut store).await {
-            Ok(plugin) => {
-                plugin
-                    .evogate_plugin_handler()
-                    .call_handle(&mut store, request)
-                    .await
-            }
+            Ok(plugin) => plugin.evogate_plugin_handler().call_handle(&mut store, request).await,
             Err(err) => Err(err),
         };
         self.finish(&store, result)
@@ -213,8 +197,7 @@ impl PluginVersion {
             Ok(plugin) => plugin.evogate_plugin_identity().call_info(&mut store).await,
             Err(err) => Err(err),
         };
-        self.finish(&store, result)
-            .map(|info| (info.name, info.version))
+        self.finish(&store, result).map(|info| (info.name, info.version))
     }
 
     fn new_store(&self, timeout: Duration) -> Store<HostState> {
@@ -231,10 +214,7 @@ impl PluginVersion {
         let state = HostState {
             wasi,
             table: ResourceTable::new(),
-            limiter: MemoryLimiter {
-                max_bytes: self.limits.memory_bytes,
-                hit: false,
-            },
+            limiter: MemoryLimiter { max_bytes: self.limits.memory_bytes, hit: false },
             kv: self.kv.clone(),
             config: self.config.clone(),
         };
@@ -244,21 +224,13 @@ impl PluginVersion {
         let deadline = Instant::now() + timeout;
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |_| {
-            Ok(if Instant::now() >= deadline {
-                UpdateDeadline::Interrupt
-            } else {
-                UpdateDeadline::Yield(1)
-            })
+            Ok(if Instant::now() >= deadline { UpdateDeadline::Interrupt } else { UpdateDeadline::Yield(1) })
         });
         store
     }
 
     /// Turns a wasmtime error into the [`Failure`] it stands for.
-    fn finish<T>(
-        &self,
-        store: &Store<HostState>,
-        result: wasmtime::Result<T>,
-    ) -> Result<T, Failure> {
+    fn finish<T>(&self, store: &Store<HostState>, result: wasmtime::Result<T>) -> Result<T, Failure> {
         result.map_err(|err| {
             if store.data().limiter.hit {
                 Failure::MemoryLimit
@@ -282,10 +254,7 @@ struct HostState {
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
     }
 }
 
@@ -298,23 +267,13 @@ struct MemoryLimiter {
 }
 
 impl wasmtime::ResourceLimiter for MemoryLimiter {
-    fn memory_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         let allowed = desired <= self.max_bytes;
         self.hit |= !allowed;
         Ok(allowed)
     }
 
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn table_growing(&mut self, _current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
         Ok(maximum.is_none_or(|max| desired <= max))
     }
 }
@@ -338,10 +297,7 @@ impl From<kv::KvError> for wit_kv::Error {
 }
 
 fn wit_entry(entry: kv::Entry) -> wit_kv::Entry {
-    wit_kv::Entry {
-        value: entry.value,
-        version: entry.version,
-    }
+    wit_kv::Entry { value: entry.value, version: entry.version }
 }
 
 impl wit_kv::Host for HostState {
@@ -359,17 +315,10 @@ impl wit_kv::Host for HostState {
         // Up to 16 MiB of values: read them off the async threads.
         let kv = self.kv.clone();
         let page = blocking(move || kv.scan(&prefix, start_after.as_deref(), limit)).await?;
-        Ok(page
-            .into_iter()
-            .map(|(key, entry)| (key, wit_entry(entry)))
-            .collect())
+        Ok(page.into_iter().map(|(key, entry)| (key, wit_entry(entry))).collect())
     }
 
-    async fn commit(
-        &mut self,
-        checks: Vec<wit_kv::Check>,
-        writes: Vec<wit_kv::Write>,
-    ) -> Result<(), wit_kv::Error> {
+    async fn commit(&mut self, checks: Vec<wit_kv::Check>, writes: Vec<wit_kv::Write>) -> Result<(), wit_kv::Error> {
         let checks: Vec<_> = checks
             .into_iter()
             .map(|check| match check {
@@ -386,14 +335,12 @@ impl wit_kv::Host for HostState {
             .collect();
         // A durable commit waits for the disk: never on the async threads.
         let kv = self.kv.clone();
-        blocking(move || kv.commit(&checks, &writes))
-            .await
-            .map_err(|err| {
-                if let kv::KvError::Unavailable(why) = &err {
-                    tracing::error!(error = %why, "kv commit failed");
-                }
-                err.into()
-            })
+        blocking(move || kv.commit(&checks, &writes)).await.map_err(|err| {
+            if let kv::KvError::Unavailable(why) = &err {
+                tracing::error!(error = %why, "kv commit failed");
+            }
+            err.into()
+        })
     }
 }
 
@@ -403,11 +350,7 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, kv::KvError> {
     tokio::task::spawn_blocking(work)
         .await
-        .unwrap_or_else(|join| {
-            Err(kv::KvError::Unavailable(format!(
-                "store task failed: {join}"
-            )))
-        })
+        .unwrap_or_else(|join| Err(kv::KvError::Unavailable(format!("store task failed: {join}"))))
 }
 
 /// Advances the engine's epoch on a background thread until dropped.

@@ -83,10 +83,7 @@ pub async fn serve(
     }
     drop(listener);
     tracing::info!("shutting down: draining in-flight requests");
-    if tokio::time::timeout(drain, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
         tracing::warn!("drain timeout reached; closing remaining connections");
     }
 }
@@ -112,10 +109,7 @@ impl Gateway {
 
     async fn dispatch(&self, req: hyper::Request<Incoming>, started: Instant) -> Served {
         let Some(slot) = self.registry.route(req.uri().path()) else {
-            return Served {
-                response: error(StatusCode::NOT_FOUND, 404, "not found"),
-                plugin: None,
-            };
+            return Served { response: error(StatusCode::NOT_FOUND, 404, "not found"), plugin: None };
         };
         let version = slot.current();
         let label = Some(format!("{}@{}", slot.name, version.version));
@@ -123,10 +117,7 @@ impl Gateway {
             Ok(response) => into_http(response, &label),
             Err(response) => response,
         };
-        Served {
-            response,
-            plugin: label,
-        }
+        Served { response, plugin: label }
     }
 
     /// Reads the body, waits for a slot and runs the plugin; `Err` is a
@@ -139,54 +130,30 @@ impl Gateway {
     ) -> Result<PluginResponse, hyper::Response<Full<Bytes>>> {
         let deadline = started + self.request_timeout;
         let too_large = || {
-            error_with(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                413,
-                "payload too large",
-                |e| {
-                    e["subject"] = "body".into();
-                    e["value"] = self.max_body_bytes.into();
-                },
-            )
+            error_with(StatusCode::PAYLOAD_TOO_LARGE, 413, "payload too large", |e| {
+                e["subject"] = "body".into();
+                e["value"] = self.max_body_bytes.into();
+            })
         };
-        let declared = req
-            .headers()
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
+        let declared =
+            req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|len| len > self.max_body_bytes as u64) {
             return Err(too_large());
         }
         let (parts, body) = req.into_parts();
-        let body = match tokio::time::timeout_at(
-            deadline.into(),
-            Limited::new(body, self.max_body_bytes).collect(),
-        )
-        .await
-        {
-            Ok(Ok(collected)) => collected.to_bytes(),
-            Ok(Err(err))
-                if err
-                    .downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_some() =>
-            {
-                return Err(too_large());
-            }
-            Ok(Err(_)) => {
-                return Err(error(
-                    StatusCode::BAD_REQUEST,
-                    400,
-                    "request body could not be read",
-                ));
-            }
-            Err(_) => {
-                return Err(error(
-                    StatusCode::REQUEST_TIMEOUT,
-                    408,
-                    "request body not received in time",
-                ));
-            }
-        };
+        let body =
+            match tokio::time::timeout_at(deadline.into(), Limited::new(body, self.max_body_bytes).collect()).await {
+                Ok(Ok(collected)) => collected.to_bytes(),
+                Ok(Err(err)) if err.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+                    return Err(too_large());
+                }
+                Ok(Err(_)) => {
+                    return Err(error(StatusCode::BAD_REQUEST, 400, "request body could not be read"));
+                }
+                Err(_) => {
+                    return Err(error(StatusCode::REQUEST_TIMEOUT, 408, "request body not received in time"));
+                }
+            };
         let request = Request {
             method: parts.method.as_str().to_owned(),
             path: parts.uri.path().to_owned(),
@@ -194,18 +161,12 @@ impl Gateway {
             headers: parts
                 .headers
                 .iter()
-                .map(|(name, value)| {
-                    (
-                        name.as_str().to_owned(),
-                        String::from_utf8_lossy(value.as_bytes()).into_owned(),
-                    )
-                })
+                .map(|(name, value)| (name.as_str().to_owned(), String::from_utf8_lossy(value.as_bytes()).into_owned()))
                 .collect(),
             body: body.to_vec(),
         };
 
-        let Ok(Ok(permit)) =
-            tokio::time::timeout_at(deadline.into(), self.permits.clone().acquire_owned()).await
+        let Ok(Ok(permit)) = tokio::time::timeout_at(deadline.into(), self.permits.clone().acquire_owned()).await
         else {
             return Err(busy());
         };
@@ -224,19 +185,11 @@ impl Gateway {
             }
             Ok(Err(Failure::MemoryLimit)) => {
                 tracing::warn!(plugin = %label, "plugin hit its memory limit");
-                Err(error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    500,
-                    "memory limit exceeded",
-                ))
+                Err(error(StatusCode::INTERNAL_SERVER_ERROR, 500, "memory limit exceeded"))
             }
             Ok(Err(Failure::Trap(err))) => {
                 tracing::error!(plugin = %label, error = %format!("{err:?}"), "plugin trapped");
-                Err(error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    500,
-                    "plugin failed",
-                ))
+                Err(error(StatusCode::INTERNAL_SERVER_ERROR, 500, "plugin failed"))
             }
         }
     }
@@ -246,13 +199,7 @@ impl Gateway {
 fn is_hop_by_hop(name: &HeaderName) -> bool {
     matches!(
         name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "transfer-encoding"
-            | "content-length"
-            | "upgrade"
-            | "te"
-            | "trailer"
+        "connection" | "keep-alive" | "transfer-encoding" | "content-length" | "upgrade" | "te" | "trailer"
     )
 }
 
@@ -260,19 +207,12 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 fn into_http(response: PluginResponse, label: &Option<String>) -> hyper::Response<Full<Bytes>> {
     let Ok(status) = StatusCode::from_u16(response.status) else {
         tracing::error!(plugin = ?label, status = response.status, "plugin answered an invalid status");
-        return error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            500,
-            "plugin answered an invalid status",
-        );
+        return error(StatusCode::INTERNAL_SERVER_ERROR, 500, "plugin answered an invalid status");
     };
     let mut out = hyper::Response::new(Full::new(Bytes::from(response.body)));
     *out.status_mut() = status;
     for (name, value) in response.headers {
-        match (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(&value),
-        ) {
+        match (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(&value)) {
             (Ok(name), Ok(value)) if !is_hop_by_hop(&name) => {
                 out.headers_mut().append(name, value);
             }
@@ -303,28 +243,18 @@ fn error_with(
     let body = serde_json::json!({ "errors": [item] }).to_string();
     let mut response = hyper::Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }
 
 fn deadline_exceeded() -> hyper::Response<Full<Bytes>> {
     let mut response = error(StatusCode::SERVICE_UNAVAILABLE, 503, "deadline exceeded");
-    response
-        .headers_mut()
-        .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    response.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
     response
 }
 
 fn busy() -> hyper::Response<Full<Bytes>> {
-    let mut response = error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        503,
-        "too many requests in progress",
-    );
-    response
-        .headers_mut()
-        .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    let mut response = error(StatusCode::SERVICE_UNAVAILABLE, 503, "too many requests in progress");
+    response.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
     response
 }

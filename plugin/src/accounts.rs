@@ -62,10 +62,7 @@ fn registration(body: Object, settings: &Settings) -> Result<Registration, ApiEr
     fields.remove("userId");
     fields.remove("userUuid");
     if fields.len() > MAX_FIELDS {
-        return Err(ApiError::incorrect(
-            "customFields",
-            format!("{} fields, at most {MAX_FIELDS}", fields.len()),
-        ));
+        return Err(ApiError::incorrect("customFields", format!("{} fields, at most {MAX_FIELDS}", fields.len())));
     }
     let password = match fields.remove(&settings.password_field) {
         None | Some(Value::Null) => None,
@@ -81,13 +78,7 @@ fn registration(body: Object, settings: &Settings) -> Result<Registration, ApiEr
             return Err(ApiError::incorrect(name, format!("<{size} bytes>")));
         }
     }
-    Ok(Registration {
-        user_id,
-        id_field,
-        login,
-        password,
-        fields,
-    })
+    Ok(Registration { user_id, id_field, login, password, fields })
 }
 
 /// `POST /api/v1/user/create`: registers a partner account for an Evotor
@@ -156,20 +147,11 @@ pub fn create(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Result<Response, 
                 created_at: now,
                 updated_at: now,
             };
-            if txn
-                .get::<Account>(&storage::account_key(&account.id))?
-                .is_some()
-            {
+            if txn.get::<Account>(&storage::account_key(&account.id))?.is_some() {
                 return Err(ApiError::internal("account id collision"));
             }
             if let Some(login) = &reg.login {
-                txn.put(
-                    &storage::login_key(login),
-                    &LoginIndex {
-                        v: storage::FORMAT,
-                        account_id: account.id.clone(),
-                    },
-                );
+                txn.put(&storage::login_key(login), &LoginIndex { v: storage::FORMAT, account_id: account.id.clone() });
             }
             txn.put(&storage::account_key(&account.id), &account);
             user.account_id = Some(account.id);
@@ -178,10 +160,7 @@ pub fn create(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Result<Response, 
         txn.put(&storage::user_key(&reg.user_id), &user);
         Ok(token)
     })?;
-    Ok(Response::json(
-        200,
-        &json!({ reg.id_field: reg.user_id, "token": token }),
-    ))
+    Ok(Response::json(200, &json!({ reg.id_field: reg.user_id, "token": token })))
 }
 
 /// `POST /api/v1/user/verify`: logs an Evotor user into an existing partner
@@ -193,10 +172,8 @@ pub fn verify(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Result<Response, 
     let (user_id, id_field) = input::user_id(&body)?;
     let login_value = body.get(&settings.login_field).filter(|v| !v.is_null());
     let password_value = body.get(&settings.password_field).filter(|v| !v.is_null());
-    let login = credential(
-        login_value.ok_or_else(|| ApiError::missing(&settings.login_field))?,
-        &settings.login_field,
-    )?;
+    let login =
+        credential(login_value.ok_or_else(|| ApiError::missing(&settings.login_field))?, &settings.login_field)?;
     let password = credential(
         password_value.ok_or_else(|| ApiError::missing(&settings.password_field))?,
         &settings.password_field,
@@ -208,9 +185,7 @@ pub fn verify(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Result<Response, 
         Some(index) => storage::read::<Account>(ctx.kv, &storage::account_key(&index.account_id))?,
         None => None,
     };
-    let stored_hash = account
-        .as_ref()
-        .and_then(|account| account.password_hash.as_deref());
+    let stored_hash = account.as_ref().and_then(|account| account.password_hash.as_deref());
     let password_ok = passwords::verify(password, stored_hash, &settings);
     let Some(account) = account.filter(|account| password_ok && !account.disabled) else {
         return Err(ApiError::wrong_credentials());
@@ -218,20 +193,12 @@ pub fn verify(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Result<Response, 
 
     let now = ctx.clock.now_unix();
     let (token, has_billing) = storage::transact(ctx.kv, |txn| {
-        let mut account = txn
-            .get::<Account>(&storage::account_key(&account.id))?
-            .ok_or_else(ApiError::wrong_credentials)?;
-        let mut user = txn
-            .get::<UserRecord>(&storage::user_key(&user_id))?
-            .unwrap_or_else(|| UserRecord::new(&user_id, now));
-        let account_taken = account
-            .user_id
-            .as_ref()
-            .is_some_and(|linked| *linked != user_id);
-        let user_taken = user
-            .account_id
-            .as_ref()
-            .is_some_and(|linked| *linked != account.id);
+        let mut account =
+            txn.get::<Account>(&storage::account_key(&account.id))?.ok_or_else(ApiError::wrong_credentials)?;
+        let mut user =
+            txn.get::<UserRecord>(&storage::user_key(&user_id))?.unwrap_or_else(|| UserRecord::new(&user_id, now));
+        let account_taken = account.user_id.as_ref().is_some_and(|linked| *linked != user_id);
+        let user_taken = user.account_id.as_ref().is_some_and(|linked| *linked != account.id);
         if account_taken || user_taken {
             return Err(ApiError::already_linked());
         }
@@ -245,32 +212,19 @@ pub fn verify(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Result<Response, 
         txn.put(&storage::user_key(&user_id), &user);
         Ok((token, account.has_billing))
     })?;
-    Ok(Response::json(
-        200,
-        &json!({ id_field: user_id, "hasBilling": has_billing, "token": token }),
-    ))
+    Ok(Response::json(200, &json!({ id_field: user_id, "hasBilling": has_billing, "token": token })))
 }
 
 /// `POST /api/v1/user/token`: Evotor hands over its cloud token for a user.
 /// Latest wins; the token is never logged or echoed.
-pub fn store_cloud_token(
-    ctx: &Ctx<'_>,
-    request: &Request,
-    _: &Params,
-) -> Result<Response, ApiError> {
+pub fn store_cloud_token(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Result<Response, ApiError> {
     auth::require_server(ctx, request)?;
     let body = input::object(&request.body)?;
     let (user_id, _) = input::user_id(&body)?;
     let token = input::required_str(&body, "token")?;
-    if token.is_empty()
-        || token.len() > MAX_CLOUD_TOKEN_BYTES
-        || token.chars().any(char::is_control)
-    {
+    if token.is_empty() || token.len() > MAX_CLOUD_TOKEN_BYTES || token.chars().any(char::is_control) {
         // The value is a secret: say how long it was, never what it was.
-        return Err(ApiError::incorrect(
-            "token",
-            format!("<{} bytes>", token.len()),
-        ));
+        return Err(ApiError::incorrect("token", format!("<{} bytes>", token.len())));
     }
     storage::put_cloud_token(ctx.kv, &user_id, token, ctx.clock.now_unix())?;
     Ok(Response::empty(200))
@@ -278,11 +232,7 @@ pub fn store_cloud_token(
 
 /// Whether `id` is an Evotor tariff code: `^[a-zA-Z0-9_-]+$`, at most 128.
 fn is_tariff_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 128
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// `POST /api/v1/user/tariff` (legacy): records the user's tariff state;
@@ -302,14 +252,9 @@ pub fn tariff(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Result<Response, 
     };
     let now = ctx.clock.now_unix();
     storage::transact(ctx.kv, |txn| -> Result<(), StorageError> {
-        let mut user = txn
-            .get::<UserRecord>(&storage::user_key(&user_id))?
-            .unwrap_or_else(|| UserRecord::new(&user_id, now));
-        user.tariff = Some(Tariff {
-            tariff_id: tariff_id.to_owned(),
-            active,
-            updated_at: now,
-        });
+        let mut user =
+            txn.get::<UserRecord>(&storage::user_key(&user_id))?.unwrap_or_else(|| UserRecord::new(&user_id, now));
+        user.tariff = Some(Tariff { tariff_id: tariff_id.to_owned(), active, updated_at: now });
         txn.put(&storage::user_key(&user_id), &user);
         Ok(())
     })?;
@@ -317,4 +262,4 @@ pub fn tariff(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Result<Response, 
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

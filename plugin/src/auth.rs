@@ -18,9 +18,7 @@ pub const SERVER_BASIC_PASSWORD: &str = "server_basic_password";
 /// Compares two secrets in time independent of their contents (and,
 /// by comparing digests, of where they differ or how long they are).
 pub fn secrets_equal(given: &[u8], expected: &[u8]) -> bool {
-    Sha256::digest(given)
-        .ct_eq(&Sha256::digest(expected))
-        .into()
+    Sha256::digest(given).ct_eq(&Sha256::digest(expected)).into()
 }
 
 /// Credentials presented in an `Authorization` header.
@@ -36,10 +34,7 @@ fn presented(request: &Request) -> Option<Presented> {
     if scheme.eq_ignore_ascii_case("bearer") {
         Some(Presented::Bearer(rest.to_owned()))
     } else if scheme.eq_ignore_ascii_case("basic") {
-        base64::engine::general_purpose::STANDARD
-            .decode(rest)
-            .ok()
-            .map(Presented::Basic)
+        base64::engine::general_purpose::STANDARD.decode(rest).ok().map(Presented::Basic)
     } else {
         None
     }
@@ -67,19 +62,11 @@ pub fn require_server(ctx: &Ctx<'_>, request: &Request) -> Result<(), ApiError> 
         return Err(ApiError::server_unauthorized());
     }
     let ok = match presented(request) {
-        Some(Presented::Bearer(token)) => {
-            bearer.is_some_and(|want| secrets_equal(token.as_bytes(), want.as_bytes()))
-        }
-        Some(Presented::Basic(pair)) => {
-            basic.is_some_and(|want| secrets_equal(&pair, want.as_bytes()))
-        }
+        Some(Presented::Bearer(token)) => bearer.is_some_and(|want| secrets_equal(token.as_bytes(), want.as_bytes())),
+        Some(Presented::Basic(pair)) => basic.is_some_and(|want| secrets_equal(&pair, want.as_bytes())),
         None => false,
     };
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::server_unauthorized())
-    }
+    if ok { Ok(()) } else { Err(ApiError::server_unauthorized()) }
 }
 
 /// Logs `message` unless the same `topic` was logged earlier the same UTC
@@ -104,23 +91,16 @@ fn log_once_a_day(ctx: &Ctx<'_>, topic: &str, message: &str) {
 /// user token: the one door of every user-scoped endpoint. Unknown,
 /// revoked or replaced-past-grace token, or a disabled account → 401 1002;
 /// past its lifetime → 401 1003; the user's tariff INACTIVE → 402 1004.
-pub fn require_user(
-    ctx: &Ctx<'_>,
-    request: &Request,
-    settings: &Settings,
-) -> Result<String, ApiError> {
+pub fn require_user(ctx: &Ctx<'_>, request: &Request, settings: &Settings) -> Result<String, ApiError> {
     let token = match presented(request) {
         Some(Presented::Bearer(token)) if !token.is_empty() => token,
         _ => return Err(ApiError::unknown_token()),
     };
     let hash = tokens::hash(&token);
-    let Some(index) = storage::read::<storage::TokenIndex>(ctx.kv, &storage::token_key(&hash))?
-    else {
+    let Some(index) = storage::read::<storage::TokenIndex>(ctx.kv, &storage::token_key(&hash))? else {
         return Err(ApiError::unknown_token());
     };
-    let Some(user) =
-        storage::read::<storage::UserRecord>(ctx.kv, &storage::user_key(&index.user_id))?
-    else {
+    let Some(user) = storage::read::<storage::UserRecord>(ctx.kv, &storage::user_key(&index.user_id))? else {
         return Err(ApiError::unknown_token());
     };
     let Some(issued) = user.tokens.iter().find(|issued| issued.hash == hash) else {
@@ -151,11 +131,7 @@ mod tests {
 
     fn check(config: &MapConfig, authorization: Option<&str>) -> Result<(), ApiError> {
         let (kv, clock) = (MemKv::default(), FixedClock(0));
-        let ctx = Ctx {
-            kv: &kv,
-            config,
-            clock: &clock,
-        };
+        let ctx = Ctx { kv: &kv, config, clock: &clock };
         let mut request = Request::new("POST", "/api/v1/user/token");
         if let Some(value) = authorization {
             request = request.header("Authorization", value);
@@ -164,77 +140,45 @@ mod tests {
     }
 
     fn basic(pair: &str) -> String {
-        format!(
-            "Basic {}",
-            base64::engine::general_purpose::STANDARD.encode(pair)
-        )
+        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair))
     }
 
     #[test]
     fn nothing_configured_refuses_everything() {
         let config = MapConfig::default();
-        assert_eq!(
-            check(&config, Some("Bearer ")).map_err(|e| e.code),
-            Err(1001)
-        );
-        assert_eq!(
-            check(&config, Some(&basic(":"))).map_err(|e| e.code),
-            Err(1001)
-        );
+        assert_eq!(check(&config, Some("Bearer ")).map_err(|e| e.code), Err(1001));
+        assert_eq!(check(&config, Some(&basic(":"))).map_err(|e| e.code), Err(1001));
         let empty = MapConfig::from([(SERVER_BEARER_TOKEN, "")]);
-        assert_eq!(
-            check(&empty, Some("Bearer ")).map_err(|e| e.code),
-            Err(1001)
-        );
+        assert_eq!(check(&empty, Some("Bearer ")).map_err(|e| e.code), Err(1001));
     }
 
     #[test]
     fn bearer_token_is_accepted_only_exactly() {
         let config = MapConfig::from([(SERVER_BEARER_TOKEN, "s3cret")]);
         assert!(check(&config, Some("Bearer s3cret")).is_ok());
-        assert!(
-            check(&config, Some("bearer s3cret")).is_ok(),
-            "scheme is case-insensitive"
-        );
-        for wrong in [
-            "Bearer s3cre",
-            "Bearer s3cret2",
-            "Bearer S3CRET",
-            "s3cret",
-            "Basic s3cret",
-        ] {
-            assert_eq!(
-                check(&config, Some(wrong)).map_err(|e| e.code),
-                Err(1001),
-                "{wrong}"
-            );
+        assert!(check(&config, Some("bearer s3cret")).is_ok(), "scheme is case-insensitive");
+        for wrong in ["Bearer s3cre", "Bearer s3cret2", "Bearer S3CRET", "s3cret", "Basic s3cret"] {
+            assert_eq!(check(&config, Some(wrong)).map_err(|e| e.code), Err(1001), "{wrong}");
         }
         assert_eq!(check(&config, None).map_err(|e| e.code), Err(1001));
     }
 
     #[test]
     fn basic_credentials_need_both_parts() {
-        let config =
-            MapConfig::from([(SERVER_BASIC_USER, "evotor"), (SERVER_BASIC_PASSWORD, "pw")]);
+        let config = MapConfig::from([(SERVER_BASIC_USER, "evotor"), (SERVER_BASIC_PASSWORD, "pw")]);
         assert!(check(&config, Some(&basic("evotor:pw"))).is_ok());
         assert!(check(&config, Some(&basic("evotor:pw2"))).is_err());
         assert!(check(&config, Some(&basic("other:pw"))).is_err());
         assert!(check(&config, Some("Basic !!!notbase64")).is_err());
-        assert!(
-            check(&config, Some("Bearer evotor:pw")).is_err(),
-            "a Basic secret is not a bearer token"
-        );
+        assert!(check(&config, Some("Bearer evotor:pw")).is_err(), "a Basic secret is not a bearer token");
         let user_only = MapConfig::from([(SERVER_BASIC_USER, "evotor")]);
         assert!(check(&user_only, Some(&basic("evotor:"))).is_err());
     }
 
     #[test]
     fn both_kinds_may_be_configured_at_once() {
-        let config = MapConfig::from([
-            (SERVER_BEARER_TOKEN, "tok"),
-            (SERVER_BASIC_USER, "u"),
-            (SERVER_BASIC_PASSWORD, "p"),
-        ]);
+        let config =
+            MapConfig::from([(SERVER_BEARER_TOKEN, "tok"), (SERVER_BASIC_USER, "u"), (SERVER_BASIC_PASSWORD, "p")]);
         assert!(check(&config, Some("Bearer tok")).is_ok());
         assert!(check(&config, Some(&basic("u:p"))).is_ok());
     }

@@ -20,26 +20,15 @@ impl handler::Guest for Component {
             headers: request.headers,
             body: request.body,
         };
-        let ctx = crate::Ctx {
-            kv: &HostKv,
-            config: &HostConfig,
-            clock: &crate::clock::SystemClock,
-        };
+        let ctx = crate::Ctx { kv: &HostKv, config: &HostConfig, clock: &crate::clock::SystemClock };
         let response = crate::handle(&ctx, &request);
-        types::Response {
-            status: response.status,
-            headers: response.headers,
-            body: response.body,
-        }
+        types::Response { status: response.status, headers: response.headers, body: response.body }
     }
 }
 
 impl identity::Guest for Component {
     fn info() -> identity::PluginInfo {
-        identity::PluginInfo {
-            name: crate::NAME.into(),
-            version: crate::VERSION.into(),
-        }
+        identity::PluginInfo { name: crate::NAME.into(), version: crate::VERSION.into() }
     }
 }
 
@@ -56,31 +45,17 @@ fn from_wit(err: wit_kv::Error) -> KvError {
 }
 
 fn entry(entry: wit_kv::Entry) -> Entry {
-    Entry {
-        value: entry.value,
-        version: entry.version,
-    }
+    Entry { value: entry.value, version: entry.version }
 }
 
 impl Kv for HostKv {
     fn get(&self, key: &str) -> Result<Option<Entry>, KvError> {
-        wit_kv::get(key)
-            .map(|found| found.map(entry))
-            .map_err(from_wit)
+        wit_kv::get(key).map(|found| found.map(entry)).map_err(from_wit)
     }
 
-    fn scan(
-        &self,
-        prefix: &str,
-        start_after: Option<&str>,
-        limit: u32,
-    ) -> Result<Vec<(String, Entry)>, KvError> {
+    fn scan(&self, prefix: &str, start_after: Option<&str>, limit: u32) -> Result<Vec<(String, Entry)>, KvError> {
         wit_kv::scan(prefix, start_after, limit)
-            .map(|page| {
-                page.into_iter()
-                    .map(|(key, found)| (key, entry(found)))
-                    .collect()
-            })
+            .map(|page| page.into_iter().map(|(key, found)| (key, entry(found))).collect())
             .map_err(from_wit)
     }
 

@@ -19,12 +19,7 @@ pub struct MapConfig(pub BTreeMap<String, String>);
 
 impl<const N: usize> From<[(&str, &str); N]> for MapConfig {
     fn from(pairs: [(&str, &str); N]) -> Self {
-        Self(
-            pairs
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
-        )
+        Self(pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect())
     }
 }
 
@@ -56,39 +51,22 @@ pub struct Settings {
 impl Settings {
     /// Reads every setting; a malformed number is an error naming the key.
     pub fn read(config: &dyn Config) -> Result<Self, String> {
-        fn number<T: std::str::FromStr>(
-            config: &dyn Config,
-            key: &str,
-            default: T,
-        ) -> Result<T, String> {
+        fn number<T: std::str::FromStr>(config: &dyn Config, key: &str, default: T) -> Result<T, String> {
             match config.non_empty(key) {
                 None => Ok(default),
-                Some(text) => text
-                    .trim()
-                    .parse()
-                    .map_err(|_| format!("setting {key} = {text:?} is not a valid number")),
+                Some(text) => {
+                    text.trim().parse().map_err(|_| format!("setting {key} = {text:?} is not a valid number"))
+                }
             }
         }
         let ttl: u64 = number(config, "user_token_ttl_secs", 0)?;
         Ok(Self {
-            login_field: config
-                .non_empty("login_field")
-                .unwrap_or_else(|| "username".into()),
-            password_field: config
-                .non_empty("password_field")
-                .unwrap_or_else(|| "password".into()),
+            login_field: config.non_empty("login_field").unwrap_or_else(|| "username".into()),
+            password_field: config.non_empty("password_field").unwrap_or_else(|| "password".into()),
             user_token_ttl_secs: (ttl > 0).then_some(ttl),
             user_token_grace_secs: number(config, "user_token_grace_secs", 86_400)?,
-            argon2_memory_kib: number(
-                config,
-                "password_argon2_memory_kib",
-                crate::passwords::DEFAULT_MEMORY_KIB,
-            )?,
-            argon2_iterations: number(
-                config,
-                "password_argon2_iterations",
-                crate::passwords::DEFAULT_ITERATIONS,
-            )?,
+            argon2_memory_kib: number(config, "password_argon2_memory_kib", crate::passwords::DEFAULT_MEMORY_KIB)?,
+            argon2_iterations: number(config, "password_argon2_iterations", crate::passwords::DEFAULT_ITERATIONS)?,
             argon2_parallelism: number(config, "password_argon2_parallelism", 1)?,
         })
     }
@@ -101,28 +79,12 @@ mod tests {
     #[test]
     fn settings_have_defaults_and_refuse_garbage() {
         let settings = Settings::read(&MapConfig::default()).expect("defaults");
-        assert_eq!(
-            (
-                settings.login_field.as_str(),
-                settings.password_field.as_str()
-            ),
-            ("username", "password")
-        );
-        assert_eq!(
-            (settings.user_token_ttl_secs, settings.user_token_grace_secs),
-            (None, 86_400)
-        );
+        assert_eq!((settings.login_field.as_str(), settings.password_field.as_str()), ("username", "password"));
+        assert_eq!((settings.user_token_ttl_secs, settings.user_token_grace_secs), (None, 86_400));
         let custom = MapConfig::from([("login_field", "email"), ("user_token_ttl_secs", "3600")]);
         let settings = Settings::read(&custom).expect("custom");
-        assert_eq!(
-            (settings.login_field.as_str(), settings.user_token_ttl_secs),
-            ("email", Some(3600))
-        );
+        assert_eq!((settings.login_field.as_str(), settings.user_token_ttl_secs), ("email", Some(3600)));
         let bad = MapConfig::from([("user_token_grace_secs", "a day")]);
-        assert!(
-            Settings::read(&bad)
-                .expect_err("garbage")
-                .contains("user_token_grace_secs")
-        );
+        assert!(Settings::read(&bad).expect_err("garbage").contains("user_token_grace_secs"));
     }
 }

@@ -23,14 +23,7 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: u16, code: u32, reason: &str) -> Self {
-        Self {
-            status,
-            code,
-            reason: reason.into(),
-            subject: None,
-            value: None,
-            headers: Vec::new(),
-        }
+        Self { status, code, reason: reason.into(), subject: None, value: None, headers: Vec::new() }
     }
 
     /// 400 code 2001: the body is not JSON or has the wrong shape.
@@ -40,54 +33,35 @@ impl ApiError {
 
     /// 400 code 2001 about one field of the wrong JSON type.
     pub fn wrong_type(field: &str, expected: &str) -> Self {
-        Self {
-            subject: Some(field.into()),
-            ..Self::new(400, 2001, &format!("expected {expected}"))
-        }
+        Self { subject: Some(field.into()), ..Self::new(400, 2001, &format!("expected {expected}")) }
     }
 
     /// 400 code 2002: a required field is missing.
     pub fn missing(field: &str) -> Self {
-        Self {
-            subject: Some(field.into()),
-            ..Self::new(400, 2002, "missing")
-        }
+        Self { subject: Some(field.into()), ..Self::new(400, 2002, "missing") }
     }
 
     /// 400 code 2003: a field has an invalid value.
     pub fn incorrect(field: &str, value: impl Into<Value>) -> Self {
-        Self {
-            subject: Some(field.into()),
-            value: Some(value.into()),
-            ..Self::new(400, 2003, "incorrect")
-        }
+        Self { subject: Some(field.into()), value: Some(value.into()), ..Self::new(400, 2003, "incorrect") }
     }
 
     /// 401 code 1001: wrong or missing server credential.
     pub fn server_unauthorized() -> Self {
         Self {
-            headers: vec![(
-                "www-authenticate".into(),
-                "Bearer, Basic realm=\"evotor\"".into(),
-            )],
+            headers: vec![("www-authenticate".into(), "Bearer, Basic realm=\"evotor\"".into())],
             ..Self::new(401, 1001, "unauthorized")
         }
     }
 
     /// 401 code 1002: the user token is unknown (never issued, revoked, or replaced).
     pub fn unknown_token() -> Self {
-        Self {
-            headers: vec![("www-authenticate".into(), "Bearer".into())],
-            ..Self::new(401, 1002, "unknown token")
-        }
+        Self { headers: vec![("www-authenticate".into(), "Bearer".into())], ..Self::new(401, 1002, "unknown token") }
     }
 
     /// 401 code 1003: the user token outlived its lifetime.
     pub fn expired_token() -> Self {
-        Self {
-            headers: vec![("www-authenticate".into(), "Bearer".into())],
-            ..Self::new(401, 1003, "token expired")
-        }
+        Self { headers: vec![("www-authenticate".into(), "Bearer".into())], ..Self::new(401, 1003, "token expired") }
     }
 
     /// 401 code 1006: wrong login or password in `/user/verify`.
@@ -111,18 +85,12 @@ impl ApiError {
 
     /// 409 code 2005: an account with this data already exists.
     pub fn already_exists(subject: &str) -> Self {
-        Self {
-            subject: Some(subject.into()),
-            ..Self::new(409, 2005, "already exists")
-        }
+        Self { subject: Some(subject.into()), ..Self::new(409, 2005, "already exists") }
     }
 
     /// 401 for the partner API: wrong or missing `partner_api_token`.
     pub fn partner_unauthorized() -> Self {
-        Self {
-            headers: vec![("www-authenticate".into(), "Bearer".into())],
-            ..Self::new(401, 401, "unauthorized")
-        }
+        Self { headers: vec![("www-authenticate".into(), "Bearer".into())], ..Self::new(401, 401, "unauthorized") }
     }
 
     /// 404: no such resource.
@@ -132,10 +100,7 @@ impl ApiError {
 
     /// 405 with the `Allow` header listing what the path accepts.
     pub fn method_not_allowed(allow: &[&str]) -> Self {
-        Self {
-            headers: vec![("allow".into(), allow.join(", "))],
-            ..Self::new(405, 405, "method not allowed")
-        }
+        Self { headers: vec![("allow".into(), allow.join(", "))], ..Self::new(405, 405, "method not allowed") }
     }
 
     /// 500: the store failed; the caller should retry.
@@ -145,10 +110,7 @@ impl ApiError {
 
     /// 503: the store is unavailable now; retry later.
     pub fn unavailable() -> Self {
-        Self {
-            headers: vec![("retry-after".into(), "1".into())],
-            ..Self::new(503, 503, "storage unavailable")
-        }
+        Self { headers: vec![("retry-after".into(), "1".into())], ..Self::new(503, 503, "storage unavailable") }
     }
 
     /// The error as an HTTP answer.
@@ -197,10 +159,6 @@ mod tests {
     fn method_not_allowed_names_the_allowed_methods() {
         let response = ApiError::method_not_allowed(&["GET", "POST"]).into_response();
         assert_eq!(response.status, 405);
-        assert!(
-            response
-                .headers
-                .contains(&("allow".into(), "GET, POST".into()))
-        );
+        assert!(response.headers.contains(&("allow".into(), "GET, POST".into())));
     }
 }

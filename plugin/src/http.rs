@@ -16,13 +16,10 @@ pub struct Request {
 }
 
 impl Request {
-    /// A request with no headers and no body.
-    pub fn new(method: &str, path: &str) -> Self {
-        Self {
-            method: method.into(),
-            path: path.into(),
-            ..Self::default()
-        }
+    /// A request with no headers and no body; `target` may carry a `?query`.
+    pub fn new(method: &str, target: &str) -> Self {
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        Self { method: method.into(), path: path.into(), query: query.into(), ..Self::default() }
     }
 
     /// Adds a header.
@@ -41,10 +38,7 @@ impl Request {
 
     /// The first header named `name` (case-insensitive).
     pub fn header_value(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(key, _)| key.eq_ignore_ascii_case(name))
-            .map(|(_, value)| value.as_str())
+        self.headers.iter().find(|(key, _)| key.eq_ignore_ascii_case(name)).map(|(_, value)| value.as_str())
     }
 }
 
@@ -64,20 +58,14 @@ impl Response {
     pub fn json(status: u16, body: &serde_json::Value) -> Self {
         Self {
             status,
-            headers: vec![(
-                "content-type".into(),
-                "application/json; charset=utf-8".into(),
-            )],
+            headers: vec![("content-type".into(), "application/json; charset=utf-8".into())],
             body: body.to_string().into_bytes(),
         }
     }
 
     /// An answer with no body.
     pub fn empty(status: u16) -> Self {
-        Self {
-            status,
-            ..Self::default()
-        }
+        Self { status, ..Self::default() }
     }
 
     /// The body parsed as JSON (tests).

@@ -27,22 +27,13 @@ pub fn required_str<'a>(object: &'a Object, field: &str) -> Result<&'a str, ApiE
 /// Whether `id` is an Evotor user id: `^[0-9]{2}-[0-9]{15}$`.
 pub fn is_user_id(id: &str) -> bool {
     let bytes = id.as_bytes();
-    bytes.len() == 18
-        && bytes[2] == b'-'
-        && bytes
-            .iter()
-            .enumerate()
-            .all(|(i, b)| i == 2 || b.is_ascii_digit())
+    bytes.len() == 18 && bytes[2] == b'-' && bytes.iter().enumerate().all(|(i, b)| i == 2 || b.is_ascii_digit())
 }
 
 /// The Evotor user id of a body, under `userId` or its old name `userUuid`;
 /// returns the id and the field name used (answers use the same name).
 pub fn user_id(object: &Object) -> Result<(String, &'static str), ApiError> {
-    let field = if object.contains_key("userId") || !object.contains_key("userUuid") {
-        "userId"
-    } else {
-        "userUuid"
-    };
+    let field = if object.contains_key("userId") || !object.contains_key("userUuid") { "userId" } else { "userUuid" };
     let id = required_str(object, field)?;
     if !is_user_id(id) {
         return Err(ApiError::incorrect(field, id));
@@ -81,18 +72,9 @@ mod tests {
         assert_eq!((id.as_str(), field), ("01-000000000000001", "userUuid"));
         let (_, field) = user_id(&obj(json!({"userId": "01-000000000000001"}))).expect("ok");
         assert_eq!(field, "userId");
-        assert_eq!(
-            user_id(&obj(json!({}))).map_err(|e| (e.code, e.subject)),
-            Err((2002, Some("userId".into())))
-        );
-        assert_eq!(
-            user_id(&obj(json!({"userId": 5}))).map_err(|e| e.code),
-            Err(2001)
-        );
-        assert_eq!(
-            user_id(&obj(json!({"userId": "x"}))).map_err(|e| e.code),
-            Err(2003)
-        );
+        assert_eq!(user_id(&obj(json!({}))).map_err(|e| (e.code, e.subject)), Err((2002, Some("userId".into()))));
+        assert_eq!(user_id(&obj(json!({"userId": 5}))).map_err(|e| e.code), Err(2001));
+        assert_eq!(user_id(&obj(json!({"userId": "x"}))).map_err(|e| e.code), Err(2003));
     }
 
     #[test]

@@ -55,12 +55,7 @@ pub trait Kv {
     /// Reads one key.
     fn get(&self, key: &str) -> Result<Option<Entry>, KvError>;
     /// Ordered prefix scan after `start_after`; an empty page means the end.
-    fn scan(
-        &self,
-        prefix: &str,
-        start_after: Option<&str>,
-        limit: u32,
-    ) -> Result<Vec<(String, Entry)>, KvError>;
+    fn scan(&self, prefix: &str, start_after: Option<&str>, limit: u32) -> Result<Vec<(String, Entry)>, KvError>;
     /// Atomic conditional write, durable on success.
     fn commit(&self, checks: &[Check], writes: &[Write]) -> Result<(), KvError>;
 }
@@ -73,9 +68,7 @@ pub struct MemKv {
 
 impl MemKv {
     fn lock(&self) -> std::sync::MutexGuard<'_, (BTreeMap<String, Entry>, u64)> {
-        self.inner
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
+        self.inner.lock().unwrap_or_else(|poison| poison.into_inner())
     }
 
     /// Every key, for assertions.
@@ -92,12 +85,7 @@ impl Kv for MemKv {
         Ok(self.lock().0.get(key).cloned())
     }
 
-    fn scan(
-        &self,
-        prefix: &str,
-        start_after: Option<&str>,
-        limit: u32,
-    ) -> Result<Vec<(String, Entry)>, KvError> {
+    fn scan(&self, prefix: &str, start_after: Option<&str>, limit: u32) -> Result<Vec<(String, Entry)>, KvError> {
         if limit > MAX_SCAN_LIMIT {
             return Err(KvError::TooLarge);
         }
@@ -142,13 +130,7 @@ impl Kv for MemKv {
         for write in writes {
             match write {
                 Write::Set(key, value) => {
-                    map.insert(
-                        key.clone(),
-                        Entry {
-                            value: value.clone(),
-                            version: *last,
-                        },
-                    );
+                    map.insert(key.clone(), Entry { value: value.clone(), version: *last });
                 }
                 Write::Delete(key) => {
                     map.remove(key);

@@ -1,16 +1,31 @@
 //! The partner's own API under `/partner/v1`, guarded by `partner_api_token`.
 //!
 //! Off (every path 404) unless `partner_api_token` is configured, so a
-//! deployment never exposes it by accident.
+//! deployment never exposes it by accident. Errors use the Evotor format.
+//!
+//! | method, path | what |
+//! |---|---|
+//! | `POST /partner/v1/accounts` | create an account (`login`, `password`, `hasBilling`, `displayName`, `disabled`, `fields`) → 201 |
+//! | `GET /partner/v1/accounts?after=&limit=` | accounts in id order, `next` = cursor of the next page |
+//! | `GET /partner/v1/accounts/{id}` | one account |
+//! | `PATCH /partner/v1/accounts/{id}` | change `password`, `hasBilling`, `displayName`, `disabled` |
+//! | `DELETE /partner/v1/accounts/{id}` | delete; unlinks its Evotor user and revokes the user's tokens → 204 |
+//! | `GET /partner/v1/users?after=&limit=` | Evotor users in id order |
+//! | `GET /partner/v1/users/{userId}` | a user: linked account, Evotor cloud token, tariff, token status |
 
+use crate::accounts::{credential, new_account_id, settings};
 use crate::errors::ApiError;
 use crate::http::{Request, Response};
+use crate::input::{self, Object};
 use crate::router::Params;
-use crate::{Ctx, auth, input, storage};
-use serde_json::json;
+use crate::storage::{self, Account, LoginIndex, UserRecord};
+use crate::{Ctx, auth, passwords, tokens};
+use serde_json::{Value, json};
 
 /// Config key of the partner API's bearer token.
 pub const PARTNER_API_TOKEN: &str = "partner_api_token";
+/// Page size when `limit` is not given.
+const DEFAULT_LIMIT: u32 = 100;
 
 /// Succeeds for a request bearing the partner API token. Without the
 /// setting the API does not exist (404); a wrong token is 401.
@@ -29,6 +44,253 @@ fn require_partner(ctx: &Ctx<'_>, request: &Request) -> Result<(), ApiError> {
     }
 }
 
+/// The value of query parameter `name` (no percent-decoding: cursors and
+/// numbers are plain ASCII).
+fn query<'a>(request: &'a Request, name: &str) -> Option<&'a str> {
+    request
+        .query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value)
+}
+
+/// `after` and `limit` of a listing: limit 1..=1000, cursor without `/`.
+fn paging(request: &Request) -> Result<(Option<&str>, u32), ApiError> {
+    let limit = match query(request, "limit") {
+        None => DEFAULT_LIMIT,
+        Some(text) => match text.parse::<u32>() {
+            Ok(limit @ 1..=1000) => limit,
+            _ => return Err(ApiError::incorrect("limit", text)),
+        },
+    };
+    let after = query(request, "after").filter(|after| !after.is_empty());
+    if let Some(after) = after
+        && (after.len() > 128 || after.contains('/'))
+    {
+        return Err(ApiError::incorrect("after", after));
+    }
+    Ok((after, limit))
+}
+
+fn account_view(account: &Account) -> Value {
+    json!({
+        "id": account.id,
+        "login": account.login,
+        "hasPassword": account.password_hash.is_some(),
+        "hasBilling": account.has_billing,
+        "displayName": account.display_name,
+        "disabled": account.disabled,
+        "userId": account.user_id,
+        "fields": account.fields,
+        "createdAt": account.created_at,
+        "updatedAt": account.updated_at,
+    })
+}
+
+fn valid_account_id(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+fn load_account(ctx: &Ctx<'_>, params: &Params) -> Result<Account, ApiError> {
+    let id = params.get("accountId").unwrap_or_default();
+    if !valid_account_id(id) {
+        return Err(ApiError::not_found());
+    }
+    storage::read::<Account>(ctx.kv, &storage::account_key(id))?.ok_or_else(ApiError::not_found)
+}
+
+fn optional_bool(body: &Object, field: &str) -> Result<Option<bool>, ApiError> {
+    match body.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(flag)) => Ok(Some(*flag)),
+        Some(_) => Err(ApiError::wrong_type(field, "a boolean")),
+    }
+}
+
+fn optional_name(body: &Object) -> Result<Option<Option<String>>, ApiError> {
+    match body.get("displayName") {
+        None => Ok(None),
+        Some(Value::Null) => Ok(Some(None)),
+        Some(Value::String(name)) if name.chars().count() <= 256 => Ok(Some(Some(name.clone()))),
+        Some(Value::String(name)) => {
+            Err(ApiError::incorrect("displayName", format!("<{} characters>", name.chars().count())))
+        }
+        Some(_) => Err(ApiError::wrong_type("displayName", "a string")),
+    }
+}
+
+fn hash_password(password: &str, ctx: &Ctx<'_>) -> Result<String, ApiError> {
+    passwords::hash(password, &settings(ctx)?).map_err(|why| {
+        eprintln!("hashing a password failed: {why}");
+        ApiError::internal("password hashing failed")
+    })
+}
+
+/// `POST /partner/v1/accounts`.
+pub fn create_account(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Result<Response, ApiError> {
+    require_partner(ctx, request)?;
+    let body = input::object(&request.body)?;
+    let login = match body.get("login") {
+        None | Some(Value::Null) => None,
+        Some(value) => Some(credential(value, "login")?.to_owned()),
+    };
+    let password_hash = match body.get("password") {
+        None | Some(Value::Null) => None,
+        Some(value) => Some(hash_password(credential(value, "password")?, ctx)?),
+    };
+    let fields = match body.get("fields") {
+        None | Some(Value::Null) => Object::new(),
+        Some(Value::Object(fields)) if fields.len() <= crate::accounts::MAX_FIELDS => fields.clone(),
+        Some(Value::Object(fields)) => return Err(ApiError::incorrect("fields", format!("{} fields", fields.len()))),
+        Some(_) => return Err(ApiError::wrong_type("fields", "an object")),
+    };
+    let now = ctx.clock.now_unix();
+    let account = Account {
+        v: storage::FORMAT,
+        id: new_account_id()?,
+        login,
+        password_hash,
+        has_billing: optional_bool(&body, "hasBilling")?.unwrap_or(false),
+        display_name: optional_name(&body)?.flatten(),
+        disabled: optional_bool(&body, "disabled")?.unwrap_or(false),
+        user_id: None,
+        fields,
+        created_at: now,
+        updated_at: now,
+    };
+    storage::transact(ctx.kv, |txn| {
+        if let Some(login) = &account.login {
+            if txn.get::<LoginIndex>(&storage::login_key(login))?.is_some() {
+                return Err(ApiError::already_exists("login"));
+            }
+            txn.put(&storage::login_key(login), &LoginIndex { v: storage::FORMAT, account_id: account.id.clone() });
+        }
+        if txn.get::<Account>(&storage::account_key(&account.id))?.is_some() {
+            return Err(ApiError::internal("account id collision"));
+        }
+        txn.put(&storage::account_key(&account.id), &account);
+        Ok(())
+    })?;
+    Ok(Response::json(201, &account_view(&account)))
+}
+
+/// `GET /partner/v1/accounts`.
+pub fn list_accounts(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Result<Response, ApiError> {
+    require_partner(ctx, request)?;
+    let (after, limit) = paging(request)?;
+    let (accounts, next) = storage::page::<Account>(ctx.kv, storage::ACCOUNTS_PREFIX, after, limit)?;
+    let items: Vec<Value> = accounts.iter().map(account_view).collect();
+    Ok(Response::json(200, &json!({ "items": items, "next": next })))
+}
+
+/// `GET /partner/v1/accounts/{accountId}`.
+pub fn get_account(ctx: &Ctx<'_>, request: &Request, params: &Params) -> Result<Response, ApiError> {
+    require_partner(ctx, request)?;
+    Ok(Response::json(200, &account_view(&load_account(ctx, params)?)))
+}
+
+/// `PATCH /partner/v1/accounts/{accountId}`.
+pub fn update_account(ctx: &Ctx<'_>, request: &Request, params: &Params) -> Result<Response, ApiError> {
+    require_partner(ctx, request)?;
+    let id = load_account(ctx, params)?.id;
+    let body = input::object(&request.body)?;
+    if let Some(field) =
+        body.keys().find(|k| !["password", "hasBilling", "displayName", "disabled"].contains(&k.as_str()))
+    {
+        return Err(ApiError::incorrect(field, "not changeable"));
+    }
+    let password_hash = match body.get("password") {
+        None => None,
+        Some(Value::Null) => Some(None),
+        Some(value) => Some(Some(hash_password(credential(value, "password")?, ctx)?)),
+    };
+    let has_billing = optional_bool(&body, "hasBilling")?;
+    let disabled = optional_bool(&body, "disabled")?;
+    let display_name = optional_name(&body)?;
+    let now = ctx.clock.now_unix();
+    let account = storage::transact(ctx.kv, |txn| -> Result<Account, ApiError> {
+        let mut account = txn.get::<Account>(&storage::account_key(&id))?.ok_or_else(ApiError::not_found)?;
+        if let Some(hash) = &password_hash {
+            account.password_hash.clone_from(hash);
+        }
+        if let Some(flag) = has_billing {
+            account.has_billing = flag;
+        }
+        if let Some(flag) = disabled {
+            account.disabled = flag;
+        }
+        if let Some(name) = &display_name {
+            account.display_name.clone_from(name);
+        }
+        account.updated_at = now;
+        txn.put(&storage::account_key(&id), &account);
+        Ok(account)
+    })?;
+    Ok(Response::json(200, &account_view(&account)))
+}
+
+/// `DELETE /partner/v1/accounts/{accountId}`.
+pub fn delete_account(ctx: &Ctx<'_>, request: &Request, params: &Params) -> Result<Response, ApiError> {
+    require_partner(ctx, request)?;
+    let id = load_account(ctx, params)?.id;
+    storage::transact(ctx.kv, |txn| -> Result<(), ApiError> {
+        let account = txn.get::<Account>(&storage::account_key(&id))?.ok_or_else(ApiError::not_found)?;
+        if let Some(login) = &account.login {
+            txn.delete(&storage::login_key(login));
+        }
+        if let Some(user_id) = &account.user_id
+            && let Some(mut user) = txn.get::<UserRecord>(&storage::user_key(user_id))?
+        {
+            user.account_id = None;
+            tokens::revoke_all(txn, &mut user);
+            txn.put(&storage::user_key(user_id), &user);
+        }
+        txn.delete(&storage::account_key(&id));
+        Ok(())
+    })?;
+    Ok(Response::empty(204))
+}
+
+fn user_view(ctx: &Ctx<'_>, user_id: &str, user: Option<&UserRecord>) -> Result<Value, ApiError> {
+    let settings = settings(ctx)?;
+    let now = ctx.clock.now_unix();
+    let account = match user.and_then(|user| user.account_id.as_deref()) {
+        Some(id) => storage::read::<Account>(ctx.kv, &storage::account_key(id))?,
+        None => None,
+    };
+    let cloud_token = storage::cloud_token(ctx.kv, user_id)?
+        .map(|token| json!({ "token": token.token, "receivedAt": token.received_at }));
+    let tokens: Vec<Value> = user
+        .map(|user| user.tokens.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|issued| {
+            let status = match tokens::usable(issued, now, &settings) {
+                tokens::Status::Valid if issued.superseded_at.is_some() => "grace",
+                tokens::Status::Valid => "valid",
+                tokens::Status::Expired => "expired",
+                tokens::Status::Unknown => "revoked",
+            };
+            json!({ "issuedAt": issued.issued_at, "supersededAt": issued.superseded_at, "status": status })
+        })
+        .collect();
+    let tariff = user.and_then(|user| user.tariff.as_ref()).map(|tariff| {
+        json!({
+            "tariffId": tariff.tariff_id,
+            "status": if tariff.active { "ACTIVE" } else { "INACTIVE" },
+            "updatedAt": tariff.updated_at,
+        })
+    });
+    Ok(json!({
+        "userId": user_id,
+        "account": account.as_ref().map(account_view),
+        "cloudToken": cloud_token,
+        "tariff": tariff,
+        "tokens": tokens,
+    }))
+}
+
 /// `GET /partner/v1/users/{userId}`: what the service knows about a user.
 pub fn get_user(ctx: &Ctx<'_>, request: &Request, params: &Params) -> Result<Response, ApiError> {
     require_partner(ctx, request)?;
@@ -36,78 +298,22 @@ pub fn get_user(ctx: &Ctx<'_>, request: &Request, params: &Params) -> Result<Res
     if !input::is_user_id(user_id) {
         return Err(ApiError::incorrect("userId", user_id));
     }
-    let cloud_token = storage::cloud_token(ctx.kv, user_id)?
-        .map(|token| json!({ "token": token.token, "receivedAt": token.received_at }));
-    Ok(Response::json(
-        200,
-        &json!({ "userId": user_id, "cloudToken": cloud_token }),
-    ))
+    let user = storage::read::<UserRecord>(ctx.kv, &storage::user_key(user_id))?;
+    let cloud_token = storage::cloud_token(ctx.kv, user_id)?;
+    if user.is_none() && cloud_token.is_none() {
+        return Err(ApiError::not_found());
+    }
+    Ok(Response::json(200, &user_view(ctx, user_id, user.as_ref())?))
+}
+
+/// `GET /partner/v1/users`.
+pub fn list_users(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Result<Response, ApiError> {
+    require_partner(ctx, request)?;
+    let (after, limit) = paging(request)?;
+    let (users, next) = storage::page::<UserRecord>(ctx.kv, storage::USERS_PREFIX, after, limit)?;
+    let items = users.iter().map(|user| user_view(ctx, &user.user_id, Some(user))).collect::<Result<Vec<_>, _>>()?;
+    Ok(Response::json(200, &json!({ "items": items, "next": next })))
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::{clock::FixedClock, config::MapConfig, kv::MemKv};
-
-    const USER: &str = "01-000000000000001";
-
-    fn get(config: &MapConfig, kv: &MemKv, path: &str, bearer: Option<&str>) -> Response {
-        let clock = FixedClock(5);
-        let ctx = Ctx {
-            kv,
-            config,
-            clock: &clock,
-        };
-        let mut request = Request::new("GET", path);
-        if let Some(token) = bearer {
-            request = request.header("authorization", &format!("Bearer {token}"));
-        }
-        crate::handle(&ctx, &request)
-    }
-
-    #[test]
-    fn partner_api_is_absent_without_its_token() {
-        let response = get(
-            &MapConfig::default(),
-            &MemKv::default(),
-            &format!("/partner/v1/users/{USER}"),
-            Some(""),
-        );
-        assert_eq!(response.status, 404);
-    }
-
-    #[test]
-    fn wrong_partner_token_is_401() {
-        let config = MapConfig::from([(PARTNER_API_TOKEN, "p")]);
-        for bearer in [None, Some("q"), Some("")] {
-            let response = get(
-                &config,
-                &MemKv::default(),
-                &format!("/partner/v1/users/{USER}"),
-                bearer,
-            );
-            assert_eq!(response.status, 401, "{bearer:?}");
-        }
-    }
-
-    #[test]
-    fn user_shows_the_stored_cloud_token() {
-        let config = MapConfig::from([(PARTNER_API_TOKEN, "p")]);
-        let kv = MemKv::default();
-        let path = format!("/partner/v1/users/{USER}");
-        assert_eq!(
-            get(&config, &kv, &path, Some("p")).body_json()["cloudToken"],
-            serde_json::Value::Null
-        );
-        storage::put_cloud_token(&kv, USER, "evotor-token", 42).expect("store");
-        let body = get(&config, &kv, &path, Some("p")).body_json();
-        assert_eq!(
-            body,
-            json!({"userId": USER, "cloudToken": {"token": "evotor-token", "receivedAt": 42}})
-        );
-        assert_eq!(
-            get(&config, &kv, "/partner/v1/users/nope", Some("p")).status,
-            400
-        );
-    }
-}
+mod tests;

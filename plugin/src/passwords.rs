@@ -10,13 +10,8 @@ pub const DEFAULT_MEMORY_KIB: u32 = 19 * 1024;
 pub const DEFAULT_ITERATIONS: u32 = 2;
 
 fn hasher(settings: &Settings) -> Result<Argon2<'static>, String> {
-    let params = Params::new(
-        settings.argon2_memory_kib,
-        settings.argon2_iterations,
-        settings.argon2_parallelism,
-        None,
-    )
-    .map_err(|err| format!("invalid argon2 settings: {err}"))?;
+    let params = Params::new(settings.argon2_memory_kib, settings.argon2_iterations, settings.argon2_parallelism, None)
+        .map_err(|err| format!("invalid argon2 settings: {err}"))?;
     Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
 }
 
@@ -37,15 +32,10 @@ pub fn hash(password: &str, settings: &Settings) -> Result<String, String> {
 pub fn verify(password: &str, stored: Option<&str>, settings: &Settings) -> bool {
     let parsed = stored.and_then(|phc| PasswordHash::new(phc).ok());
     match parsed {
-        Some(phc) => Argon2::default()
-            .verify_password(password.as_bytes(), &phc)
-            .is_ok(),
+        Some(phc) => Argon2::default().verify_password(password.as_bytes(), &phc).is_ok(),
         None => {
             // A fixed salt is fine: this hash is thrown away.
-            if let (Ok(argon), Ok(salt)) = (
-                hasher(settings),
-                SaltString::encode_b64(b"evogate-dummy-salt"),
-            ) {
+            if let (Ok(argon), Ok(salt)) = (hasher(settings), SaltString::encode_b64(b"evogate-dummy-salt")) {
                 let _ = std::hint::black_box(argon.hash_password(password.as_bytes(), &salt));
             }
             false
@@ -74,11 +64,7 @@ pub(crate) mod tests {
         assert!(verify("correct horse", Some(&stored), &settings));
         assert!(!verify("correct horse!", Some(&stored), &settings));
         assert!(!verify("", Some(&stored), &settings));
-        assert_ne!(
-            stored,
-            hash("correct horse", &settings).expect("hash"),
-            "salted"
-        );
+        assert_ne!(stored, hash("correct horse", &settings).expect("hash"), "salted");
     }
 
     #[test]
@@ -90,10 +76,7 @@ pub(crate) mod tests {
 
     #[test]
     fn bad_parameters_are_an_error_not_a_panic() {
-        let settings = Settings {
-            argon2_memory_kib: 1,
-            ..fast()
-        };
+        let settings = Settings { argon2_memory_kib: 1, ..fast() };
         assert!(hash("x", &settings).is_err());
     }
 }

@@ -12,10 +12,7 @@ pub struct Params(Vec<(&'static str, String)>);
 impl Params {
     /// The value of segment `{name}`.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(key, _)| *key == name)
-            .map(|(_, value)| value.as_str())
+        self.0.iter().find(|(key, _)| *key == name).map(|(_, value)| value.as_str())
     }
 }
 
@@ -33,16 +30,20 @@ const ROUTES: &[Route] = &[
     // Evotor → partner, server-authorized.
     route("/api/v1/user/create", &[("POST", accounts::create)]),
     route("/api/v1/user/verify", &[("POST", accounts::verify)]),
-    route(
-        "/api/v1/user/token",
-        &[("POST", accounts::store_cloud_token)],
-    ),
+    route("/api/v1/user/token", &[("POST", accounts::store_cloud_token)]),
     route("/api/v1/user/tariff", &[("POST", accounts::tariff)]),
     // The partner's own API.
+    route("/partner/v1/accounts", &[("GET", partner_api::list_accounts), ("POST", partner_api::create_account)]),
     route(
-        "/partner/v1/users/{userId}",
-        &[("GET", partner_api::get_user)],
+        "/partner/v1/accounts/{accountId}",
+        &[
+            ("GET", partner_api::get_account),
+            ("PATCH", partner_api::update_account),
+            ("DELETE", partner_api::delete_account),
+        ],
     ),
+    route("/partner/v1/users", &[("GET", partner_api::list_users)]),
+    route("/partner/v1/users/{userId}", &[("GET", partner_api::get_user)]),
 ];
 
 const fn route(pattern: &'static str, methods: &'static [(&'static str, Handler)]) -> Route {
@@ -53,11 +54,7 @@ const fn route(pattern: &'static str, methods: &'static [(&'static str, Handler)
 pub fn dispatch(ctx: &Ctx<'_>, request: &Request) -> Response {
     let result = match find(&request.path) {
         None => Err(ApiError::not_found()),
-        Some((route, params)) => match route
-            .methods
-            .iter()
-            .find(|(method, _)| *method == request.method)
-        {
+        Some((route, params)) => match route.methods.iter().find(|(method, _)| *method == request.method) {
             Some((_, handler)) => handler(ctx, request, &params),
             None => {
                 let allow: Vec<&str> = route.methods.iter().map(|(method, _)| *method).collect();
@@ -70,13 +67,8 @@ pub fn dispatch(ctx: &Ctx<'_>, request: &Request) -> Response {
 
 fn find(path: &str) -> Option<(&'static Route, Params)> {
     // One trailing slash is tolerated: `/api/v1/user/token/` is the same endpoint.
-    let path = path
-        .strip_suffix('/')
-        .filter(|p| !p.is_empty())
-        .unwrap_or(path);
-    ROUTES
-        .iter()
-        .find_map(|route| matches(route.pattern, path).map(|params| (route, params)))
+    let path = path.strip_suffix('/').filter(|p| !p.is_empty()).unwrap_or(path);
+    ROUTES.iter().find_map(|route| matches(route.pattern, path).map(|params| (route, params)))
 }
 
 fn matches(pattern: &'static str, path: &str) -> Option<Params> {
@@ -108,14 +100,7 @@ mod tests {
 
     fn call(request: Request) -> Response {
         let (kv, config, clock) = (MemKv::default(), MapConfig::default(), FixedClock(0));
-        dispatch(
-            &Ctx {
-                kv: &kv,
-                config: &config,
-                clock: &clock,
-            },
-            &request,
-        )
+        dispatch(&Ctx { kv: &kv, config: &config, clock: &clock }, &request)
     }
 
     #[test]
@@ -129,12 +114,7 @@ mod tests {
     fn wrong_method_is_405_with_allow() {
         let response = call(Request::new("GET", "/api/v1/user/token"));
         assert_eq!(response.status, 405);
-        assert!(
-            response
-                .headers
-                .iter()
-                .any(|(k, v)| k == "allow" && v == "POST")
-        );
+        assert!(response.headers.iter().any(|(k, v)| k == "allow" && v == "POST"));
         assert_eq!(response.body_json()["errors"][0]["code"], 405);
     }
 

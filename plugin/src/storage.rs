@@ -114,14 +114,7 @@ pub struct UserRecord {
 impl UserRecord {
     /// A record for a user seen for the first time.
     pub fn new(user_id: &str, now: u64) -> Self {
-        Self {
-            v: FORMAT,
-            user_id: user_id.into(),
-            account_id: None,
-            tokens: Vec::new(),
-            tariff: None,
-            created_at: now,
-        }
+        Self { v: FORMAT, user_id: user_id.into(), account_id: None, tokens: Vec::new(), tariff: None, created_at: now }
     }
 }
 
@@ -148,12 +141,10 @@ pub struct TokenIndex {
 /// SHA-256 of `data` as lower-case hex.
 pub fn sha256_hex(data: &[u8]) -> String {
     use std::fmt::Write as _;
-    Sha256::digest(data)
-        .iter()
-        .fold(String::with_capacity(64), |mut out, byte| {
-            let _ = write!(out, "{byte:02x}");
-            out
-        })
+    Sha256::digest(data).iter().fold(String::with_capacity(64), |mut out, byte| {
+        let _ = write!(out, "{byte:02x}");
+        out
+    })
 }
 
 /// Key of a user's record.
@@ -254,36 +245,18 @@ pub fn page<T: DeserializeOwned>(
         entries.extend(batch);
     }
     let next = if entries.len() as u32 == limit {
-        entries
-            .last()
-            .and_then(|(key, _)| key.strip_prefix(prefix))
-            .map(str::to_owned)
+        entries.last().and_then(|(key, _)| key.strip_prefix(prefix)).map(str::to_owned)
     } else {
         None
     };
-    let items = entries
-        .iter()
-        .map(|(key, entry)| decode(key, &entry.value))
-        .collect::<Result<_, _>>()?;
+    let items = entries.iter().map(|(key, entry)| decode(key, &entry.value)).collect::<Result<_, _>>()?;
     Ok((items, next))
 }
 
 /// Records the latest Evotor cloud token of a user (latest wins).
-pub fn put_cloud_token(
-    kv: &dyn Kv,
-    user_id: &str,
-    token: &str,
-    now: u64,
-) -> Result<(), StorageError> {
-    let record = CloudToken {
-        v: FORMAT,
-        token: token.to_owned(),
-        received_at: now,
-    };
-    kv.commit(
-        &[],
-        &[Write::Set(cloud_token_key(user_id), encode(&record))],
-    )?;
+pub fn put_cloud_token(kv: &dyn Kv, user_id: &str, token: &str, now: u64) -> Result<(), StorageError> {
+    let record = CloudToken { v: FORMAT, token: token.to_owned(), received_at: now };
+    kv.commit(&[], &[Write::Set(cloud_token_key(user_id), encode(&record))])?;
     Ok(())
 }
 
@@ -302,10 +275,7 @@ pub struct Txn<'a> {
 
 impl std::fmt::Debug for Txn<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Txn")
-            .field("checks", &self.checks.len())
-            .field("writes", &self.writes.len())
-            .finish()
+        f.debug_struct("Txn").field("checks", &self.checks.len()).field("writes", &self.writes.len()).finish()
     }
 }
 
@@ -334,19 +304,12 @@ impl Txn<'_> {
 /// Runs `body` in a [`Txn`] and commits its writes; on a conflict (someone
 /// changed what it read) runs it again, up to a bound. An `Err` from `body`
 /// writes nothing.
-pub fn transact<R, E>(
-    kv: &dyn Kv,
-    mut body: impl FnMut(&mut Txn<'_>) -> Result<R, E>,
-) -> Result<R, E>
+pub fn transact<R, E>(kv: &dyn Kv, mut body: impl FnMut(&mut Txn<'_>) -> Result<R, E>) -> Result<R, E>
 where
     E: From<StorageError>,
 {
     for _ in 0..MAX_ATTEMPTS {
-        let mut txn = Txn {
-            kv,
-            checks: Vec::new(),
-            writes: Vec::new(),
-        };
+        let mut txn = Txn { kv, checks: Vec::new(), writes: Vec::new() };
         let result = body(&mut txn)?;
         if txn.writes.is_empty() {
             return Ok(result);
@@ -357,10 +320,7 @@ where
             Err(err) => return Err(StorageError::Kv(err).into()),
         }
     }
-    Err(StorageError::Kv(KvError::Unavailable(
-        "too much contention on the same records".into(),
-    ))
-    .into())
+    Err(StorageError::Kv(KvError::Unavailable("too much contention on the same records".into())).into())
 }
 
 #[cfg(test)]
@@ -377,19 +337,14 @@ mod tests {
             let current: Option<u32> = txn.get("counter")?;
             if runs == 1 {
                 // Someone else writes between our read and our commit.
-                kv.commit(&[], &[Write::Set("counter".into(), b"10".to_vec())])
-                    .expect("side write");
+                kv.commit(&[], &[Write::Set("counter".into(), b"10".to_vec())]).expect("side write");
             }
             txn.put("counter", &(current.unwrap_or(0) + 1));
             Ok(())
         });
         assert!(result.is_ok());
         assert_eq!(runs, 2, "the conflict made it run again");
-        assert_eq!(
-            read::<u32>(&kv, "counter").expect("read"),
-            Some(11),
-            "no lost update"
-        );
+        assert_eq!(read::<u32>(&kv, "counter").expect("read"), Some(11), "no lost update");
     }
 
     #[test]
@@ -414,8 +369,7 @@ mod tests {
     fn pages_carry_a_cursor_until_the_end() {
         let kv = MemKv::default();
         for i in 0..5 {
-            kv.commit(&[], &[Write::Set(format!("accounts/{i}"), encode(&i))])
-                .expect("put");
+            kv.commit(&[], &[Write::Set(format!("accounts/{i}"), encode(&i))]).expect("put");
         }
         let (first, next) = page::<u32>(&kv, ACCOUNTS_PREFIX, None, 2).expect("page");
         assert_eq!((first, next.as_deref()), (vec![0, 1], Some("1")));

@@ -24,12 +24,7 @@ pub fn hash(token: &str) -> String {
 
 /// Issues a new token to `user` inside `txn`: the previous current token
 /// starts its grace period, tokens whose grace is over are dropped.
-pub fn issue(
-    txn: &mut Txn<'_>,
-    user: &mut UserRecord,
-    now: u64,
-    settings: &Settings,
-) -> Result<String, ApiError> {
+pub fn issue(txn: &mut Txn<'_>, user: &mut UserRecord, now: u64, settings: &Settings) -> Result<String, ApiError> {
     let token = generate()?;
     for old in &mut user.tokens {
         old.superseded_at.get_or_insert(now);
@@ -42,18 +37,8 @@ pub fn issue(
         keep
     });
     let hash = hash(&token);
-    txn.put(
-        &storage::token_key(&hash),
-        &TokenIndex {
-            v: storage::FORMAT,
-            user_id: user.user_id.clone(),
-        },
-    );
-    user.tokens.push(IssuedToken {
-        hash,
-        issued_at: now,
-        superseded_at: None,
-    });
+    txn.put(&storage::token_key(&hash), &TokenIndex { v: storage::FORMAT, user_id: user.user_id.clone() });
+    user.tokens.push(IssuedToken { hash, issued_at: now, superseded_at: None });
     Ok(token)
 }
 
@@ -77,16 +62,10 @@ pub enum Status {
 
 /// The status of an issued token at `now`.
 pub fn usable(token: &IssuedToken, now: u64, settings: &Settings) -> Status {
-    if token
-        .superseded_at
-        .is_some_and(|at| now > at.saturating_add(settings.user_token_grace_secs))
-    {
+    if token.superseded_at.is_some_and(|at| now > at.saturating_add(settings.user_token_grace_secs)) {
         return Status::Unknown;
     }
-    if settings
-        .user_token_ttl_secs
-        .is_some_and(|ttl| now > token.issued_at.saturating_add(ttl))
-    {
+    if settings.user_token_ttl_secs.is_some_and(|ttl| now > token.issued_at.saturating_add(ttl)) {
         return Status::Expired;
     }
     Status::Valid
@@ -100,11 +79,7 @@ mod tests {
     fn tokens_are_256_bits_in_the_evotor_alphabet() {
         let token = generate().expect("token");
         assert_eq!(token.len(), 43);
-        assert!(
-            token
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'=')
-        );
+        assert!(token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'='));
         assert_ne!(token, generate().expect("token"));
         assert_eq!(hash(&token).len(), 64);
     }
@@ -113,19 +88,11 @@ mod tests {
     fn grace_and_lifetime_are_inclusive_bounds() {
         let mut settings = Settings::read(&crate::config::MapConfig::default()).expect("defaults");
         settings.user_token_grace_secs = 100;
-        let replaced = IssuedToken {
-            hash: String::new(),
-            issued_at: 0,
-            superseded_at: Some(1000),
-        };
+        let replaced = IssuedToken { hash: String::new(), issued_at: 0, superseded_at: Some(1000) };
         assert_eq!(usable(&replaced, 1100, &settings), Status::Valid);
         assert_eq!(usable(&replaced, 1101, &settings), Status::Unknown);
         settings.user_token_ttl_secs = Some(50);
-        let current = IssuedToken {
-            hash: String::new(),
-            issued_at: 1000,
-            superseded_at: None,
-        };
+        let current = IssuedToken { hash: String::new(), issued_at: 1000, superseded_at: None };
         assert_eq!(usable(&current, 1050, &settings), Status::Valid);
         assert_eq!(usable(&current, 1051, &settings), Status::Expired);
     }

@@ -13,10 +13,7 @@ use std::time::{Duration, Instant};
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_owned()
 }
 
 fn artifact(env: &str, relative: &str) -> PathBuf {
@@ -36,18 +33,12 @@ pub fn evogate_bin() -> PathBuf {
 
 /// The Evotor plugin component.
 pub fn evotor_wasm() -> PathBuf {
-    artifact(
-        "EVOTOR_PLUGIN_WASM",
-        "target/wasm32-wasip2/release/evotor_partner.wasm",
-    )
+    artifact("EVOTOR_PLUGIN_WASM", "target/wasm32-wasip2/release/evotor_partner.wasm")
 }
 
 /// The misbehaving test plugin component.
 pub fn guest_wasm() -> PathBuf {
-    artifact(
-        "TEST_GUEST_WASM",
-        "target/wasm32-wasip2/release/test_guest.wasm",
-    )
+    artifact("TEST_GUEST_WASM", "target/wasm32-wasip2/release/test_guest.wasm")
 }
 
 /// A TOML string literal.
@@ -78,13 +69,7 @@ impl Gateway {
         );
         std::fs::write(&path, full).expect("writing the config");
         let (child, base, log) = spawn(&path);
-        Self {
-            child,
-            base,
-            log,
-            config: path,
-            data,
-        }
+        Self { child, base, log, config: path, data }
     }
 
     /// Stops the gateway (SIGTERM, like an operator) and starts it again on
@@ -99,10 +84,7 @@ impl Gateway {
 
     /// Stops the gateway gracefully and waits for it to exit.
     pub fn stop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -183,10 +165,7 @@ fn spawn(config: &Path) -> (Child, String, Arc<Mutex<String>>) {
             let _ = child.kill();
             let _ = child.wait();
             std::thread::sleep(Duration::from_millis(100));
-            panic!(
-                "evogate did not start; its log:\n{}",
-                log.lock().map(|l| l.clone()).unwrap_or_default()
-            );
+            panic!("evogate did not start; its log:\n{}", log.lock().map(|l| l.clone()).unwrap_or_default());
         }
     }
 }
@@ -215,10 +194,7 @@ impl Reply {
 
     /// The first header `name`.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(key, _)| key == name)
-            .map(|(_, value)| value.as_str())
+        self.headers.iter().find(|(key, _)| key == name).map(|(_, value)| value.as_str())
     }
 
     /// The code of the first Evotor error item.
@@ -241,25 +217,11 @@ fn reply(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Reply
     let headers = response
         .headers()
         .iter()
-        .map(|(name, value)| {
-            (
-                name.as_str().to_owned(),
-                String::from_utf8_lossy(value.as_bytes()).into_owned(),
-            )
-        })
+        .map(|(name, value)| (name.as_str().to_owned(), String::from_utf8_lossy(value.as_bytes()).into_owned()))
         .collect();
     let status = response.status().as_u16();
-    let body = response
-        .body_mut()
-        .with_config()
-        .limit(64 << 20)
-        .read_to_vec()
-        .expect("reading the body");
-    Reply {
-        status,
-        headers,
-        body,
-    }
+    let body = response.body_mut().with_config().limit(64 << 20).read_to_vec().expect("reading the body");
+    Reply { status, headers, body }
 }
 
 /// Sends `method url` with headers and an optional body.
@@ -292,9 +254,5 @@ pub fn post_json(url: &str, bearer: Option<&str>, body: &serde_json::Value) -> R
 /// `POST url` with a body streamed in chunks (no `Content-Length`).
 pub fn post_chunked(url: &str, body: &[u8]) -> Reply {
     let mut reader = body;
-    reply(
-        agent()
-            .post(url)
-            .send(ureq::SendBody::from_reader(&mut reader)),
-    )
+    reply(agent().post(url).send(ureq::SendBody::from_reader(&mut reader)))
 }

@@ -6,9 +6,7 @@
 //!   are served; unbounded allocation and panics fail alone;
 //! - isolation: two plugins on two routes never see each other's keys.
 
-use evogate_e2e::{
-    Gateway, evotor_wasm, get, guest_wasm, post_chunked, post_json, request, toml_str,
-};
+use evogate_e2e::{Gateway, evotor_wasm, get, guest_wasm, post_chunked, post_json, request, toml_str};
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -55,11 +53,7 @@ wasm = {wasm}
 fn cloud_token_is_stored_and_survives_a_restart() {
     let mut gateway = evotor_gateway("");
     let body = json!({"userId": USER, "token": "evotor-cloud-token"});
-    let stored = post_json(
-        &gateway.url("/api/v1/user/token"),
-        Some("server-secret"),
-        &body,
-    );
+    let stored = post_json(&gateway.url("/api/v1/user/token"), Some("server-secret"), &body);
     assert_eq!(stored.status, 200, "{}", stored.text());
 
     gateway.restart();
@@ -71,10 +65,7 @@ fn cloud_token_is_stored_and_survives_a_restart() {
     );
     assert_eq!(user.status, 200, "{}", user.text());
     assert_eq!(user.json()["cloudToken"]["token"], "evotor-cloud-token");
-    assert!(
-        !gateway.log().contains("evotor-cloud-token"),
-        "the token is never logged"
-    );
+    assert!(!gateway.log().contains("evotor-cloud-token"), "the token is never logged");
 }
 
 #[test]
@@ -85,11 +76,8 @@ fn server_endpoints_refuse_wrong_credentials() {
         let reply = post_json(&gateway.url("/api/v1/user/token"), bearer, &body);
         assert_eq!((reply.status, reply.error_code()), (401, Some(1001)));
     }
-    let bad = post_json(
-        &gateway.url("/api/v1/user/token"),
-        Some("server-secret"),
-        &json!({"userId": "1", "token": "t"}),
-    );
+    let bad =
+        post_json(&gateway.url("/api/v1/user/token"), Some("server-secret"), &json!({"userId": "1", "token": "t"}));
     assert_eq!((bad.status, bad.error_code()), (400, Some(2003)));
     assert_eq!(bad.json()["errors"][0]["subject"], "userId");
 }
@@ -100,10 +88,7 @@ fn unknown_path_and_wrong_method_answer_in_evotor_format() {
     let missing = get(&gateway.url("/api/v1/no-such-endpoint"));
     assert_eq!((missing.status, missing.error_code()), (404, Some(404)));
     let wrong_method = get(&gateway.url("/api/v1/user/token"));
-    assert_eq!(
-        (wrong_method.status, wrong_method.error_code()),
-        (405, Some(405))
-    );
+    assert_eq!((wrong_method.status, wrong_method.error_code()), (405, Some(405)));
     assert_eq!(wrong_method.header("allow"), Some("POST"));
 }
 
@@ -124,11 +109,8 @@ fn oversized_bodies_get_413_with_or_without_content_length() {
     assert_eq!((declared.status, declared.error_code()), (413, Some(413)));
     let streamed = post_chunked(&gateway.url("/api/v1/user/token"), &big);
     assert_eq!((streamed.status, streamed.error_code()), (413, Some(413)));
-    let fits = post_json(
-        &gateway.url("/api/v1/user/token"),
-        Some("server-secret"),
-        &json!({"userId": USER, "token": "t"}),
-    );
+    let fits =
+        post_json(&gateway.url("/api/v1/user/token"), Some("server-secret"), &json!({"userId": USER, "token": "t"}));
     assert_eq!(fits.status, 200, "a body under the limit still passes");
 }
 
@@ -152,27 +134,17 @@ fn endless_loops_hit_the_deadline_while_other_requests_are_served() {
         let normal = get(&gateway.url("/beta/version"));
         let took = started.elapsed();
         assert_eq!(normal.status, 200);
-        assert!(
-            took < Duration::from_millis(500),
-            "served while the loops ran: {took:?}"
-        );
+        assert!(took < Duration::from_millis(500), "served while the loops ran: {took:?}");
     }
 
     for looping in loops {
         let (looped, took) = looping.join().expect("loop thread");
         assert_eq!((looped.status, looped.error_code()), (503, Some(503)));
         assert_eq!(looped.json()["errors"][0]["reason"], "deadline exceeded");
-        assert!(
-            took >= Duration::from_millis(1400) && took < Duration::from_secs(5),
-            "{took:?}"
-        );
+        assert!(took >= Duration::from_millis(1400) && took < Duration::from_secs(5), "{took:?}");
     }
     assert!(gateway.wait_for_log("deadline exceeded"));
-    assert_eq!(
-        get(&gateway.url("/alpha/version")).status,
-        200,
-        "the plugin serves on"
-    );
+    assert_eq!(get(&gateway.url("/alpha/version")).status, 200, "the plugin serves on");
 }
 
 #[test]
@@ -190,20 +162,10 @@ fn a_panic_is_500_logged_with_the_plugin_and_the_host_lives_on() {
     let gateway = guest_gateway("");
     let reply = get(&gateway.url("/alpha/panic"));
     assert_eq!((reply.status, reply.error_code()), (500, Some(500)));
-    assert!(
-        gateway.wait_for_log("the test guest panics on request"),
-        "{}",
-        gateway.log()
-    );
+    assert!(gateway.wait_for_log("the test guest panics on request"), "{}", gateway.log());
     let log = gateway.log();
-    let line = log
-        .lines()
-        .find(|l| l.contains("the test guest panics"))
-        .unwrap_or_default();
-    assert!(
-        line.contains("alpha@1.0.0"),
-        "panic output is tagged with the plugin: {line}"
-    );
+    let line = log.lines().find(|l| l.contains("the test guest panics")).unwrap_or_default();
+    assert!(line.contains("alpha@1.0.0"), "panic output is tagged with the plugin: {line}");
     assert!(log.contains("plugin trapped"), "{log}");
     for _ in 0..3 {
         assert_eq!(get(&gateway.url("/alpha/version")).status, 200);
@@ -228,16 +190,8 @@ fn every_request_gets_an_access_log_line() {
     assert_eq!(get(&gateway.url("/beta/version")).status, 200);
     assert!(gateway.wait_for_log("/beta/version"));
     let log = gateway.log();
-    let line = log
-        .lines()
-        .find(|l| l.contains("/beta/version"))
-        .unwrap_or_default();
-    for field in [
-        "method=GET",
-        "status=200",
-        "latency_us=",
-        "plugin=\"beta@1.0.0\"",
-    ] {
+    let line = log.lines().find(|l| l.contains("/beta/version")).unwrap_or_default();
+    for field in ["method=GET", "status=200", "latency_us=", "plugin=\"beta@1.0.0\""] {
         assert!(line.contains(field), "{field} in {line}");
     }
 }
@@ -245,21 +199,12 @@ fn every_request_gets_an_access_log_line() {
 #[test]
 fn two_plugins_cannot_read_each_others_keys() {
     let gateway = guest_gateway("");
-    let put = request(
-        "POST",
-        &gateway.url("/alpha/kv/put?key=secret"),
-        &[],
-        Some(b"alpha's"),
-    );
+    let put = request("POST", &gateway.url("/alpha/kv/put?key=secret"), &[], Some(b"alpha's"));
     assert_eq!(put.status, 200, "{}", put.text());
     let own = get(&gateway.url("/alpha/kv/get?key=secret"));
     assert_eq!((own.status, own.text().as_str()), (200, "alpha's"));
     assert_eq!(get(&gateway.url("/beta/kv/get?key=secret")).status, 404);
-    assert_eq!(
-        get(&gateway.url("/beta/kv/scan")).text(),
-        "",
-        "beta's scan sees nothing"
-    );
+    assert_eq!(get(&gateway.url("/beta/kv/scan")).text(), "", "beta's scan sees nothing");
     assert_eq!(get(&gateway.url("/alpha/kv/scan")).text(), "secret");
 }
 
@@ -267,21 +212,10 @@ fn two_plugins_cannot_read_each_others_keys() {
 fn the_host_refuses_guest_controlled_limits_over_the_cap() {
     let gateway = guest_gateway("");
     let reply = get(&gateway.url("/alpha/kv/scan?limit=1001"));
-    assert_eq!(
-        (reply.status, reply.text().as_str()),
-        (507, "Error::TooLarge")
-    );
+    assert_eq!((reply.status, reply.text().as_str()), (507, "Error::TooLarge"));
     let long_key = "k".repeat(1025);
-    let reply = request(
-        "POST",
-        &gateway.url(&format!("/alpha/kv/put?key={long_key}")),
-        &[],
-        Some(b"v"),
-    );
-    assert_eq!(
-        (reply.status, reply.text().as_str()),
-        (507, "Error::TooLarge")
-    );
+    let reply = request("POST", &gateway.url(&format!("/alpha/kv/put?key={long_key}")), &[], Some(b"v"));
+    assert_eq!((reply.status, reply.text().as_str()), (507, "Error::TooLarge"));
 }
 
 #[test]
@@ -296,10 +230,7 @@ fn operator_settings_reach_only_their_plugin() {
 fn plugins_see_no_files_environment_arguments_or_stdin() {
     let gateway = guest_gateway("");
     let reply = get(&gateway.url("/alpha/sandbox"));
-    assert_eq!(
-        (reply.status, reply.text().as_str()),
-        (200, "fs=denied cwd_file=false env=0 args=0 stdin=0")
-    );
+    assert_eq!((reply.status, reply.text().as_str()), (200, "fs=denied cwd_file=false env=0 args=0 stdin=0"));
 }
 
 #[test]
@@ -312,15 +243,8 @@ fn an_invalid_status_from_a_plugin_becomes_500() {
 #[test]
 fn concurrent_requests_all_succeed() {
     let gateway = guest_gateway("");
-    let urls: Vec<String> = (0..8)
-        .map(|i| {
-            gateway.url(if i % 2 == 0 {
-                "/alpha/version"
-            } else {
-                "/beta/version"
-            })
-        })
-        .collect();
+    let urls: Vec<String> =
+        (0..8).map(|i| gateway.url(if i % 2 == 0 { "/alpha/version" } else { "/beta/version" })).collect();
     let workers: Vec<_> = urls
         .into_iter()
         .map(|url| std::thread::spawn(move || (0..25).filter(|_| get(&url).status == 200).count()))
@@ -348,8 +272,5 @@ fn a_missing_plugin_file_stops_startup_with_a_clear_message() {
         .expect("running evogate");
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("missing.wasm") && stderr.contains("\"x\""),
-        "{stderr}"
-    );
+    assert!(stderr.contains("missing.wasm") && stderr.contains("\"x\""), "{stderr}");
 }

@@ -42,29 +42,20 @@ fn main() -> anyhow::Result<()> {
                  build          build the plugins and the gateway (release)\n  \
                  bench          build, then run the gateway benchmark"
             );
-            if task.is_empty() {
-                Ok(())
-            } else {
-                bail!("unknown command {task:?}")
-            }
+            if task.is_empty() { Ok(()) } else { bail!("unknown command {task:?}") }
         }
     }
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map_or_else(|| PathBuf::from("."), Path::to_owned)
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map_or_else(|| PathBuf::from("."), Path::to_owned)
 }
 
 /// Runs `cargo ARGS`, failing on a non-zero exit.
 fn cargo(args: &[&str]) -> anyhow::Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     eprintln!("+ cargo {}", args.join(" "));
-    let status = Command::new(&cargo)
-        .args(args)
-        .status()
-        .with_context(|| format!("running {cargo}"))?;
+    let status = Command::new(&cargo).args(args).status().with_context(|| format!("running {cargo}"))?;
     if !status.success() {
         bail!("cargo {} failed ({status})", args.join(" "));
     }
@@ -73,22 +64,12 @@ fn cargo(args: &[&str]) -> anyhow::Result<()> {
 
 /// Makes sure the wasm target is installed (a fresh machine lacks it).
 fn ensure_wasm_target() -> anyhow::Result<()> {
-    let installed = Command::new("rustup")
-        .args(["target", "list", "--installed"])
-        .output();
+    let installed = Command::new("rustup").args(["target", "list", "--installed"]).output();
     match installed {
-        Ok(output)
-            if String::from_utf8_lossy(&output.stdout)
-                .lines()
-                .any(|l| l.trim() == WASM_TARGET) =>
-        {
-            Ok(())
-        }
+        Ok(output) if String::from_utf8_lossy(&output.stdout).lines().any(|l| l.trim() == WASM_TARGET) => Ok(()),
         Ok(_) => {
             eprintln!("+ rustup target add {WASM_TARGET}");
-            let status = Command::new("rustup")
-                .args(["target", "add", WASM_TARGET])
-                .status()?;
+            let status = Command::new("rustup").args(["target", "add", WASM_TARGET]).status()?;
             if !status.success() {
                 bail!("rustup target add {WASM_TARGET} failed");
             }
@@ -101,16 +82,7 @@ fn ensure_wasm_target() -> anyhow::Result<()> {
 
 fn build() -> anyhow::Result<()> {
     ensure_wasm_target()?;
-    cargo(&[
-        "build",
-        "--release",
-        "--target",
-        WASM_TARGET,
-        "-p",
-        "evotor-partner",
-        "-p",
-        "test-guest",
-    ])?;
+    cargo(&["build", "--release", "--target", WASM_TARGET, "-p", "evotor-partner", "-p", "test-guest"])?;
     cargo(&["build", "--release", "-p", "evogate"])
 }
 
@@ -121,9 +93,7 @@ fn run(args: &[String]) -> anyhow::Result<()> {
     }
     serve.extend(args.iter().cloned());
     eprintln!("+ target/release/evogate {}", serve.join(" "));
-    let status = Command::new(Path::new("target/release/evogate"))
-        .args(&serve)
-        .status()?;
+    let status = Command::new(Path::new("target/release/evogate")).args(&serve).status()?;
     if !status.success() {
         bail!("evogate exited with {status}");
     }

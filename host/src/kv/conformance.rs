@@ -15,10 +15,7 @@ fn keys(page: &[(String, Entry)]) -> Vec<&str> {
 fn backends() -> Vec<(Arc<dyn Backend>, Option<tempfile::TempDir>)> {
     let dir = tempfile::tempdir().expect("temp dir");
     let redb = RedbBackend::open(&dir.path().join("kv.redb")).expect("open redb");
-    vec![
-        (Arc::new(MemoryBackend::default()), None),
-        (Arc::new(redb), Some(dir)),
-    ]
+    vec![(Arc::new(MemoryBackend::default()), None), (Arc::new(redb), Some(dir))]
 }
 
 fn each_backend(test: impl Fn(Namespace)) {
@@ -49,8 +46,7 @@ fn every_write_changes_the_version_even_after_delete_and_recreate() {
         let v1 = kv.get("a").expect("get").expect("present").version;
         kv.commit(&[], &[set("a", "1")]).expect("commit");
         let v2 = kv.get("a").expect("get").expect("present").version;
-        kv.commit(&[], &[Write::Delete("a".into())])
-            .expect("commit");
+        kv.commit(&[], &[Write::Delete("a".into())]).expect("commit");
         kv.commit(&[], &[set("a", "1")]).expect("commit");
         let v3 = kv.get("a").expect("get").expect("present").version;
         assert!(v1 != v2 && v2 != v3 && v1 != v3, "{v1} {v2} {v3}");
@@ -63,14 +59,8 @@ fn failed_check_writes_nothing_and_reports_conflict() {
         kv.commit(&[], &[set("a", "1")]).expect("commit");
         let version = kv.get("a").expect("get").expect("present").version;
         let stale = Check::VersionIs("a".into(), version + 1000);
-        assert_eq!(
-            kv.commit(&[stale], &[set("a", "2"), set("b", "2")]),
-            Err(KvError::Conflict)
-        );
-        assert_eq!(
-            kv.commit(&[Check::Absent("a".into())], &[set("b", "2")]),
-            Err(KvError::Conflict)
-        );
+        assert_eq!(kv.commit(&[stale], &[set("a", "2"), set("b", "2")]), Err(KvError::Conflict));
+        assert_eq!(kv.commit(&[Check::Absent("a".into())], &[set("b", "2")]), Err(KvError::Conflict));
         assert_eq!(kv.get("a").expect("get").expect("present").value, b"1");
         assert_eq!(kv.get("b").expect("get"), None);
     });
@@ -81,15 +71,8 @@ fn passing_checks_apply_all_writes() {
     each_backend(|kv| {
         kv.commit(&[], &[set("a", "1")]).expect("commit");
         let version = kv.get("a").expect("get").expect("present").version;
-        let checks = [
-            Check::VersionIs("a".into(), version),
-            Check::Absent("b".into()),
-        ];
-        kv.commit(
-            &checks,
-            &[set("a", "2"), set("b", "2"), Write::Delete("zzz".into())],
-        )
-        .expect("commit");
+        let checks = [Check::VersionIs("a".into(), version), Check::Absent("b".into())];
+        kv.commit(&checks, &[set("a", "2"), set("b", "2"), Write::Delete("zzz".into())]).expect("commit");
         assert_eq!(kv.get("a").expect("get").expect("present").value, b"2");
         assert_eq!(kv.get("b").expect("get").expect("present").value, b"2");
     });
@@ -98,10 +81,7 @@ fn passing_checks_apply_all_writes() {
 #[test]
 fn scan_is_ordered_bytewise_and_bounded_by_prefix() {
     each_backend(|kv| {
-        let writes: Vec<_> = ["b/2", "a", "b/10", "b/1", "b0", "c", "b/"]
-            .iter()
-            .map(|k| set(k, k))
-            .collect();
+        let writes: Vec<_> = ["b/2", "a", "b/10", "b/1", "b0", "c", "b/"].iter().map(|k| set(k, k)).collect();
         kv.commit(&[], &writes).expect("commit");
         let page = kv.scan("b/", None, 100).expect("scan");
         assert_eq!(keys(&page), ["b/", "b/1", "b/10", "b/2"]);
@@ -134,8 +114,7 @@ fn scan_pages_with_start_after_and_limit() {
 #[test]
 fn scan_start_after_before_the_prefix_starts_at_the_prefix() {
     each_backend(|kv| {
-        kv.commit(&[], &[set("a", "1"), set("m/1", "1"), set("z", "1")])
-            .expect("commit");
+        kv.commit(&[], &[set("a", "1"), set("m/1", "1"), set("z", "1")]).expect("commit");
         assert_eq!(keys(&kv.scan("m/", Some("b"), 10).expect("scan")), ["m/1"]);
         assert!(kv.scan("m/", Some("n"), 10).expect("scan").is_empty());
     });
@@ -149,14 +128,8 @@ fn namespaces_never_see_each_other() {
         alpha.commit(&[], &[set("secret", "a")]).expect("commit");
         assert_eq!(beta.get("secret").expect("get"), None);
         assert!(beta.scan("", None, 1000).expect("scan").is_empty());
-        assert_eq!(
-            beta.commit(&[Check::Absent("secret".into())], &[set("secret", "b")]),
-            Ok(())
-        );
-        assert_eq!(
-            alpha.get("secret").expect("get").expect("present").value,
-            b"a"
-        );
+        assert_eq!(beta.commit(&[Check::Absent("secret".into())], &[set("secret", "b")]), Ok(()));
+        assert_eq!(alpha.get("secret").expect("get").expect("present").value, b"a");
     }
 }
 
@@ -165,20 +138,14 @@ fn limits_are_enforced_before_the_backend() {
     each_backend(|kv| {
         let long_key = "k".repeat(MAX_KEY_BYTES + 1);
         assert!(matches!(kv.get(&long_key), Err(KvError::TooLarge(_))));
-        assert!(matches!(
-            kv.scan("", None, MAX_SCAN_LIMIT + 1),
-            Err(KvError::TooLarge(_))
-        ));
+        assert!(matches!(kv.scan("", None, MAX_SCAN_LIMIT + 1), Err(KvError::TooLarge(_))));
         let big = Write::Set("big".into(), vec![0; MAX_VALUE_BYTES + 1]);
         assert!(matches!(kv.commit(&[], &[big]), Err(KvError::TooLarge(_))));
-        let many: Vec<_> = (0..=MAX_WRITES_PER_COMMIT)
-            .map(|i| set(&i.to_string(), ""))
-            .collect();
+        let many: Vec<_> = (0..=MAX_WRITES_PER_COMMIT).map(|i| set(&i.to_string(), "")).collect();
         assert!(matches!(kv.commit(&[], &many), Err(KvError::TooLarge(_))));
         assert!(kv.scan("", None, 0).expect("scan").is_empty());
         let exact = Write::Set("k".repeat(MAX_KEY_BYTES), vec![1; MAX_VALUE_BYTES]);
-        kv.commit(&[], &[exact])
-            .expect("the limits themselves are allowed");
+        kv.commit(&[], &[exact]).expect("the limits themselves are allowed");
     });
 }
 
@@ -186,14 +153,9 @@ fn limits_are_enforced_before_the_backend() {
 fn scan_stops_early_past_the_byte_budget_but_returns_at_least_one() {
     for (backend, _dir) in backends() {
         let big = vec![7u8; 600];
-        let writes: Vec<_> = (0..5)
-            .map(|i| Write::Set(format!("k{i}"), big.clone()))
-            .collect();
+        let writes: Vec<_> = (0..5).map(|i| Write::Set(format!("k{i}"), big.clone())).collect();
         backend.commit("ns", &[], &writes).expect("commit");
-        assert_eq!(
-            backend.scan("ns", "", None, 10, 1000).expect("scan").len(),
-            2
-        );
+        assert_eq!(backend.scan("ns", "", None, 10, 1000).expect("scan").len(), 2);
         assert_eq!(backend.scan("ns", "", None, 10, 1).expect("scan").len(), 1);
     }
 }
@@ -209,39 +171,24 @@ fn redb_data_survives_reopen() {
     };
     let kv = Namespace::new(Arc::new(RedbBackend::open(&path).expect("reopen")), "p");
     let entry = kv.get("a").expect("get").expect("present");
-    assert_eq!(
-        (entry.value.as_slice(), entry.version),
-        (&b"durable"[..], version)
-    );
+    assert_eq!((entry.value.as_slice(), entry.version), (&b"durable"[..], version));
     kv.commit(&[], &[set("a", "again")]).expect("commit");
-    assert!(
-        kv.get("a").expect("get").expect("present").version > version,
-        "versions keep growing"
-    );
+    assert!(kv.get("a").expect("get").expect("present").version > version, "versions keep growing");
 }
 
 #[derive(Debug, Clone)]
 enum Op {
     Set(u8, u8),
     Delete(u8),
-    CheckedSet {
-        key: u8,
-        expect_absent: bool,
-        value: u8,
-    },
+    CheckedSet { key: u8, expect_absent: bool, value: u8 },
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         (0u8..8, any::<u8>()).prop_map(|(k, v)| Op::Set(k, v)),
         (0u8..8).prop_map(Op::Delete),
-        (0u8..8, any::<bool>(), any::<u8>()).prop_map(|(key, expect_absent, value)| {
-            Op::CheckedSet {
-                key,
-                expect_absent,
-                value,
-            }
-        }),
+        (0u8..8, any::<bool>(), any::<u8>())
+            .prop_map(|(key, expect_absent, value)| { Op::CheckedSet { key, expect_absent, value } }),
     ]
 }
 

@@ -20,9 +20,7 @@ impl MemoryBackend {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock cannot leave a half-applied commit
         // (commits mutate only after every check passed), so poison is safe to clear.
-        self.inner
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
+        self.inner.lock().unwrap_or_else(|poison| poison.into_inner())
     }
 }
 
@@ -32,12 +30,7 @@ impl Backend for MemoryBackend {
     }
 
     fn get(&self, ns: &str, key: &str) -> Result<Option<Entry>, KvError> {
-        Ok(self
-            .lock()
-            .namespaces
-            .get(ns)
-            .and_then(|map| map.get(key))
-            .cloned())
+        Ok(self.lock().namespaces.get(ns).and_then(|map| map.get(key)).cloned())
     }
 
     fn scan(
@@ -54,8 +47,7 @@ impl Backend for MemoryBackend {
         };
         let mut out = Vec::new();
         let mut bytes = 0;
-        let range =
-            map.range::<str, _>((scan_start(prefix, start_after), std::ops::Bound::Unbounded));
+        let range = map.range::<str, _>((scan_start(prefix, start_after), std::ops::Bound::Unbounded));
         for (key, entry) in range.take_while(|(key, _)| key.starts_with(prefix)) {
             if !in_scan(key, prefix, start_after) {
                 continue;
@@ -71,17 +63,9 @@ impl Backend for MemoryBackend {
 
     fn commit(&self, ns: &str, checks: &[Check], writes: &[Write]) -> Result<(), KvError> {
         let mut inner = self.lock();
-        let current = |inner: &Inner, key: &str| {
-            inner
-                .namespaces
-                .get(ns)
-                .and_then(|map| map.get(key))
-                .map(|entry| entry.version)
-        };
-        if !checks
-            .iter()
-            .all(|check| check.holds(current(&inner, check.key())))
-        {
+        let current =
+            |inner: &Inner, key: &str| inner.namespaces.get(ns).and_then(|map| map.get(key)).map(|entry| entry.version);
+        if !checks.iter().all(|check| check.holds(current(&inner, check.key()))) {
             return Err(KvError::Conflict);
         }
         inner.last_version += 1;
@@ -90,13 +74,7 @@ impl Backend for MemoryBackend {
         for write in writes {
             match write {
                 Write::Set(key, value) => {
-                    map.insert(
-                        key.clone(),
-                        Entry {
-                            value: value.clone(),
-                            version,
-                        },
-                    );
+                    map.insert(key.clone(), Entry { value: value.clone(), version });
                 }
                 Write::Delete(key) => {
                     map.remove(key);

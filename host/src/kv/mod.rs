@@ -149,19 +149,14 @@ pub struct Namespace {
 
 impl std::fmt::Debug for Namespace {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Namespace")
-            .field("name", &self.name)
-            .finish_non_exhaustive()
+        f.debug_struct("Namespace").field("name", &self.name).finish_non_exhaustive()
     }
 }
 
 impl Namespace {
     /// The view of `backend` that plugin `name` gets.
     pub fn new(backend: Arc<dyn Backend>, name: &str) -> Self {
-        Self {
-            backend,
-            name: name.into(),
-        }
+        Self { backend, name: name.into() }
     }
 
     /// Reads one key.
@@ -171,12 +166,7 @@ impl Namespace {
     }
 
     /// Ordered prefix scan; see the WIT `kv.scan` for the contract.
-    pub fn scan(
-        &self,
-        prefix: &str,
-        start_after: Option<&str>,
-        limit: u32,
-    ) -> Result<Vec<(String, Entry)>, KvError> {
+    pub fn scan(&self, prefix: &str, start_after: Option<&str>, limit: u32) -> Result<Vec<(String, Entry)>, KvError> {
         // `limit` and the keys are guest-controlled: bound them before use.
         if limit > MAX_SCAN_LIMIT {
             return Err(KvError::TooLarge("scan limit over 1000"));
@@ -188,13 +178,7 @@ impl Namespace {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        self.backend.scan(
-            &self.name,
-            prefix,
-            start_after,
-            limit as usize,
-            MAX_SCAN_BYTES,
-        )
+        self.backend.scan(&self.name, prefix, start_after, limit as usize, MAX_SCAN_BYTES)
     }
 
     /// Atomic, durable conditional write; see the WIT `kv.commit`.
@@ -243,10 +227,7 @@ fn decode_entry(raw: &[u8]) -> Result<Entry, KvError> {
     let (version, value) = raw
         .split_first_chunk::<8>()
         .ok_or_else(|| KvError::Unavailable("corrupt entry: shorter than its version".into()))?;
-    Ok(Entry {
-        value: value.to_vec(),
-        version: u64::from_le_bytes(*version),
-    })
+    Ok(Entry { value: value.to_vec(), version: u64::from_le_bytes(*version) })
 }
 
 /// Whether `key` belongs to a scan page: has the prefix and lies after `start_after`.

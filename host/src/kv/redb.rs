@@ -4,9 +4,7 @@
 //! come from one counter in the `evogate:meta` table, bumped by every commit,
 //! so a version is never reused even after a key is deleted and re-created.
 
-use super::{
-    Backend, Check, Entry, KvError, Write, decode_entry, encode_entry, in_scan, scan_start,
-};
+use super::{Backend, Check, Entry, KvError, Write, decode_entry, encode_entry, in_scan, scan_start};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableError};
 use std::path::{Path, PathBuf};
 
@@ -21,9 +19,7 @@ pub struct RedbBackend {
 
 impl std::fmt::Debug for RedbBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedbBackend")
-            .field("path", &self.path)
-            .finish_non_exhaustive()
+        f.debug_struct("RedbBackend").field("path", &self.path).finish_non_exhaustive()
     }
 }
 
@@ -32,15 +28,10 @@ impl RedbBackend {
     pub fn open(path: &Path) -> anyhow::Result<Self> {
         use anyhow::Context as _;
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("creating data directory {}", dir.display()))?;
+            std::fs::create_dir_all(dir).with_context(|| format!("creating data directory {}", dir.display()))?;
         }
-        let db = Database::create(path)
-            .with_context(|| format!("opening redb store {}", path.display()))?;
-        Ok(Self {
-            db,
-            path: path.to_owned(),
-        })
+        let db = Database::create(path).with_context(|| format!("opening redb store {}", path.display()))?;
+        Ok(Self { db, path: path.to_owned() })
     }
 }
 
@@ -87,9 +78,8 @@ impl Backend for RedbBackend {
             Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
             Err(err) => return Err(unavailable(err)),
         };
-        let range = table
-            .range::<&str>((scan_start(prefix, start_after), std::ops::Bound::Unbounded))
-            .map_err(unavailable)?;
+        let range =
+            table.range::<&str>((scan_start(prefix, start_after), std::ops::Bound::Unbounded)).map_err(unavailable)?;
         let mut out = Vec::new();
         let mut bytes = 0;
         for item in range {
@@ -117,9 +107,7 @@ impl Backend for RedbBackend {
         // `commit` returns only once the data is fsynced.
         let txn = self.db.begin_write().map_err(unavailable)?;
         {
-            let mut table = txn
-                .open_table(TableDefinition::<&str, &[u8]>::new(&name))
-                .map_err(unavailable)?;
+            let mut table = txn.open_table(TableDefinition::<&str, &[u8]>::new(&name)).map_err(unavailable)?;
             for check in checks {
                 let current = match table.get(check.key()).map_err(unavailable)? {
                     Some(raw) => Some(decode_entry(raw.value())?.version),
@@ -131,18 +119,12 @@ impl Backend for RedbBackend {
                 }
             }
             let mut meta = txn.open_table(META).map_err(unavailable)?;
-            let version = meta
-                .get(LAST_VERSION)
-                .map_err(unavailable)?
-                .map_or(0, |v| v.value())
-                + 1;
+            let version = meta.get(LAST_VERSION).map_err(unavailable)?.map_or(0, |v| v.value()) + 1;
             meta.insert(LAST_VERSION, version).map_err(unavailable)?;
             for write in writes {
                 match write {
                     Write::Set(key, value) => {
-                        table
-                            .insert(key.as_str(), encode_entry(version, value).as_slice())
-                            .map_err(unavailable)?;
+                        table.insert(key.as_str(), encode_entry(version, value).as_slice()).map_err(unavailable)?;
                     }
                     Write::Delete(key) => {
                         table.remove(key.as_str()).map_err(unavailable)?;

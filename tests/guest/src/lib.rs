@@ -35,19 +35,11 @@ const VERSION: &str = match option_env!("TEST_GUEST_VERSION") {
 struct Guest;
 
 fn answer(status: u16, body: impl Into<Vec<u8>>) -> types::Response {
-    types::Response {
-        status,
-        headers: vec![("x-plugin-version".into(), VERSION.into())],
-        body: body.into(),
-    }
+    types::Response { status, headers: vec![("x-plugin-version".into(), VERSION.into())], body: body.into() }
 }
 
 fn param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
-    query
-        .split('&')
-        .filter_map(|pair| pair.split_once('='))
-        .find(|(key, _)| *key == name)
-        .map(|(_, value)| value)
+    query.split('&').filter_map(|pair| pair.split_once('=')).find(|(key, _)| *key == name).map(|(_, value)| value)
 }
 
 impl handler::Guest for Guest {
@@ -103,9 +95,7 @@ impl handler::Guest for Guest {
                 Err(err) => answer(507, format!("{err:?}")),
             },
             (true, "scan") => {
-                let limit = param(query, "limit")
-                    .and_then(|l| l.parse().ok())
-                    .unwrap_or(100);
+                let limit = param(query, "limit").and_then(|l| l.parse().ok()).unwrap_or(100);
                 match kv::scan("", None, limit) {
                     Ok(page) => {
                         let keys: Vec<String> = page.into_iter().map(|(key, _)| key).collect();
@@ -118,12 +108,7 @@ impl handler::Guest for Guest {
                 Some(value) => answer(200, value),
                 None => answer(404, "unset"),
             },
-            (false, "status") => answer(
-                param(query, "code")
-                    .and_then(|c| c.parse().ok())
-                    .unwrap_or(500),
-                "",
-            ),
+            (false, "status") => answer(param(query, "code").and_then(|c| c.parse().ok()).unwrap_or(500), ""),
             _ => answer(404, "unknown test action"),
         }
     }
@@ -131,10 +116,7 @@ impl handler::Guest for Guest {
 
 impl identity::Guest for Guest {
     fn info() -> identity::PluginInfo {
-        identity::PluginInfo {
-            name: "test-guest".into(),
-            version: VERSION.into(),
-        }
+        identity::PluginInfo { name: "test-guest".into(), version: VERSION.into() }
     }
 }
 
