@@ -29,6 +29,7 @@ pub mod config;
 pub mod errors;
 pub mod http;
 pub mod input;
+pub mod inventory;
 pub mod kv;
 pub mod partner_api;
 pub mod passwords;

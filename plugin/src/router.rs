@@ -3,7 +3,7 @@
 
 use crate::errors::ApiError;
 use crate::http::{Request, Response};
-use crate::{Ctx, accounts, partner_api};
+use crate::{Ctx, accounts, inventory, partner_api};
 
 /// Values of the `{name}` segments of a matched route.
 #[derive(Debug, Default)]
@@ -32,6 +32,10 @@ const ROUTES: &[Route] = &[
     route("/api/v1/user/verify", &[("POST", accounts::verify)]),
     route("/api/v1/user/token", &[("POST", accounts::store_cloud_token)]),
     route("/api/v1/user/tariff", &[("POST", accounts::tariff)]),
+    // Evotor → partner, user token.
+    route("/api/v1/inventories/stores", &[("PUT", inventory::put_stores)]),
+    route("/api/v1/inventories/employees", &[("PUT", inventory::put_employees)]),
+    route("/api/v1/inventories/devices", &[("PUT", inventory::put_devices)]),
     // The partner's own API.
     route("/partner/v1/accounts", &[("GET", partner_api::list_accounts), ("POST", partner_api::create_account)]),
     route(

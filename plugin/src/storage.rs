@@ -10,6 +10,8 @@
 //! | `accounts/{accountId}` | [`Account`] |
 //! | `logins/{sha256(lowercase login)}` | [`LoginIndex`] → account id |
 //! | `tokens/{sha256(token)}` | [`TokenIndex`] → userId |
+//! | `owners/{kind}/{uuid}` | [`OwnerIndex`]: which user an Evotor store, employee or device belongs to |
+//! | `user/{userId}/{kind}/{uuid}` | [`EntityRecord`]: the entity as Evotor last sent it |
 //! | `meta/{name}` | small service records |
 //!
 //! Every value is JSON with `"v"`: the storage format version (see the
@@ -136,6 +138,44 @@ pub struct TokenIndex {
     pub v: u32,
     /// The user.
     pub user_id: String,
+}
+
+/// `owners/…`: the one user an Evotor entity belongs to, and our id of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OwnerIndex {
+    /// Storage format version.
+    pub v: u32,
+    /// The owning Evotor user.
+    pub user_id: String,
+    /// Our stable id of the entity.
+    pub partner_id: String,
+}
+
+/// A store, employee or device as Evotor last sent it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EntityRecord {
+    /// Storage format version.
+    pub v: u32,
+    /// Evotor's uuid, lower case.
+    pub uuid: String,
+    /// Our stable id.
+    pub partner_id: String,
+    /// The JSON object as received, unknown fields included.
+    pub data: Value,
+    /// Last update, Unix seconds.
+    pub updated_at: u64,
+}
+
+/// Key of the owner index of an entity.
+pub fn owner_key(kind: &str, uuid: &str) -> String {
+    format!("owners/{kind}/{uuid}")
+}
+
+/// Key of a user's copy of an entity.
+pub fn entity_key(user_id: &str, kind: &str, uuid: &str) -> String {
+    format!("user/{user_id}/{kind}/{uuid}")
 }
 
 /// SHA-256 of `data` as lower-case hex.

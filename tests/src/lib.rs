@@ -72,6 +72,25 @@ impl Gateway {
         Self { child, base, log, config: path, data }
     }
 
+    /// A gateway serving the Evotor plugin on `/` with server credential
+    /// `server-secret` and partner API token `partner-secret`; `top` goes
+    /// before the plugin table (e.g. a `[limits]` table).
+    pub fn evotor(top: &str) -> Self {
+        Self::start(&format!(
+            r#"
+{top}
+[[plugins]]
+name = "evotor"
+route = "/"
+wasm = {wasm}
+[plugins.config]
+server_bearer_token = "server-secret"
+partner_api_token = "partner-secret"
+"#,
+            wasm = toml_str(&evotor_wasm().to_string_lossy())
+        ))
+    }
+
     /// Stops the gateway (SIGTERM, like an operator) and starts it again on
     /// the same data directory and config.
     pub fn restart(&mut self) {

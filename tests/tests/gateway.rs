@@ -6,26 +6,14 @@
 //!   are served; unbounded allocation and panics fail alone;
 //! - isolation: two plugins on two routes never see each other's keys.
 
-use evogate_e2e::{Gateway, evotor_wasm, get, guest_wasm, post_chunked, post_json, request, toml_str};
+use evogate_e2e::{Gateway, get, guest_wasm, post_chunked, post_json, request, toml_str};
 use serde_json::json;
 use std::time::{Duration, Instant};
 
 const USER: &str = "01-000000000000001";
 
 fn evotor_gateway(limits: &str) -> Gateway {
-    Gateway::start(&format!(
-        r#"
-{limits}
-[[plugins]]
-name = "evotor"
-route = "/"
-wasm = {wasm}
-[plugins.config]
-server_bearer_token = "server-secret"
-partner_api_token = "partner-secret"
-"#,
-        wasm = toml_str(&evotor_wasm().to_string_lossy())
-    ))
+    Gateway::evotor(limits)
 }
 
 /// Two instances of the test guest, `alpha` on `/alpha` and `beta` on `/beta`.
