@@ -126,6 +126,7 @@ pub fn require_user(ctx: &Ctx<'_>, request: &Request, settings: &Settings) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kv::Kv as _;
     use crate::{clock::FixedClock, config::MapConfig, kv::MemKv};
     use proptest::prelude::*;
 
@@ -150,6 +151,22 @@ mod tests {
         assert_eq!(check(&config, Some(&basic(":"))).map_err(|e| e.code), Err(1001));
         let empty = MapConfig::from([(SERVER_BEARER_TOKEN, "")]);
         assert_eq!(check(&empty, Some("Bearer ")).map_err(|e| e.code), Err(1001));
+    }
+
+    #[test]
+    fn a_missing_server_credential_is_logged_once_a_day() {
+        let kv = MemKv::default();
+        let config = MapConfig::default();
+        let request = Request::new("POST", "/api/v1/user/token");
+        let at = |clock: &FixedClock| {
+            let ctx = Ctx { kv: &kv, config: &config, clock };
+            assert!(require_server(&ctx, &request).is_err());
+            kv.get(&storage::meta_key("logged/no-server-credential")).expect("get").map(|e| e.version)
+        };
+        let first = at(&FixedClock(86_400 * 10 + 5));
+        assert!(first.is_some(), "logged and remembered");
+        assert_eq!(at(&FixedClock(86_400 * 10 + 500)), first, "not again the same day");
+        assert_ne!(at(&FixedClock(86_400 * 11)), first, "again the next day");
     }
 
     #[test]
