@@ -31,7 +31,9 @@ fn main() -> anyhow::Result<()> {
         let mut config = evogate::config::Config::default();
         config.store.backend = evogate::kv::BackendKind::Memory;
         config.plugins[0].wasm = figment::value::magic::RelativePathBuf::from(wasm);
-        let gateway = evogate::Gateway::start(&config).await?;
+        let data = tempfile::tempdir()?;
+        config.data_dir = figment::value::magic::RelativePathBuf::from(data.path().to_owned());
+        let gateway = evogate::start(&config).await?.gateway;
 
         // The answer the plugin gives, served natively.
         let expected = gateway_body(&gateway).await?;
@@ -73,6 +75,7 @@ fn main() -> anyhow::Result<()> {
 
 async fn gateway_body(gateway: &Arc<evogate::Gateway>) -> anyhow::Result<Bytes> {
     let version = gateway.registry.slots()[0].current();
+    let version = &version.plugin;
     let response = version
         .handle(&trivial_request(), Duration::from_secs(5))
         .await
@@ -93,6 +96,7 @@ fn trivial_request() -> evogate::sandbox::Request {
 /// Mean time of one fresh instance + `handle` call, no HTTP.
 async fn direct_calls(gateway: &Arc<evogate::Gateway>) -> f64 {
     let version = gateway.registry.slots()[0].current();
+    let version = &version.plugin;
     let request = trivial_request();
     let n = 5000;
     for _ in 0..500 {

@@ -24,8 +24,22 @@ pub struct Config {
     pub store: StoreConfig,
     /// Request and sandbox limits.
     pub limits: LimitsConfig,
+    /// The admin listener.
+    pub admin: AdminConfig,
     /// The plugins to serve, each on its own route.
     pub plugins: Vec<PluginConfig>,
+}
+
+/// `[admin]`: the operators' listener (deploy, rollback, health, metrics).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address of the admin listener.
+    pub listen: SocketAddr,
+    /// Bearer token the admin API requires; required off loopback.
+    pub token: Option<String>,
+    /// Largest component a deploy accepts.
+    pub max_plugin_bytes: usize,
 }
 
 /// `[store]`.
@@ -81,6 +95,11 @@ impl Default for Config {
                 instance_memory_bytes: 64 * 1024 * 1024,
                 max_concurrent_requests: 256,
             },
+            admin: AdminConfig {
+                listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+                token: None,
+                max_plugin_bytes: 64 * 1024 * 1024,
+            },
             plugins: vec![PluginConfig {
                 name: "evotor".into(),
                 route: "/".into(),
@@ -124,6 +143,13 @@ impl Config {
             "limits.max_concurrent_requests must be within 1..=10000"
         );
         anyhow::ensure!(!self.plugins.is_empty(), "no [[plugins]] configured");
+        let open_admin = self.admin.token.as_deref().is_none_or(str::is_empty);
+        anyhow::ensure!(
+            !(open_admin && !self.admin.listen.ip().is_loopback()),
+            "admin.listen = {} is not a loopback address: set admin.token (or EVOGATE_ADMIN__TOKEN) to protect it",
+            self.admin.listen
+        );
+        anyhow::ensure!(self.admin.max_plugin_bytes > 0, "admin.max_plugin_bytes must be positive");
         let mut names = std::collections::HashSet::new();
         let mut routes = std::collections::HashSet::new();
         for plugin in &self.plugins {
@@ -238,6 +264,9 @@ mod tests {
         let err = load_str("[[plugins]]\nname='a'\nroute='/x'\nwasm='a'\n[[plugins]]\nname='b'\nroute='/x/'\nwasm='b'")
             .expect_err("same route");
         assert!(format!("{err:#}").contains("two plugins"), "{err:#}");
+        let err = load_str("[admin]\nlisten = \"0.0.0.0:9090\"").expect_err("open admin");
+        assert!(format!("{err:#}").contains("admin.token"), "{err:#}");
+        assert!(load_str("[admin]\nlisten = \"0.0.0.0:9090\"\ntoken = \"t\"").is_ok());
         let err = load_str("[[plugins]]\nname='A b'\nroute='/'\nwasm='a'").expect_err("bad name");
         assert!(format!("{err:#}").contains("must match"), "{err:#}");
     }

@@ -1,33 +1,52 @@
-//! The plugins being served: route → the plugin's current version.
+//! The plugins being served: route → the deployment serving it now.
 //!
-//! Each plugin sits in a slot whose current version can be replaced
-//! atomically; a request takes an `Arc` of the version when it starts and
-//! finishes on it whatever happens to the slot meanwhile.
+//! Each plugin sits in a slot whose current deployment can be replaced
+//! atomically; a request takes an `Arc` of the deployment when it starts
+//! and finishes on it whatever happens to the slot meanwhile.
 
 use crate::config::normalize_route;
 use crate::sandbox::PluginVersion;
 use arc_swap::ArcSwap;
 use std::sync::Arc;
 
-/// One configured plugin and the version it serves now.
+/// One compiled plugin build and where it came from.
+#[derive(Debug)]
+pub struct Deployment {
+    /// The loaded build.
+    pub plugin: PluginVersion,
+    /// SHA-256 of the component bytes, hex.
+    pub sha256: String,
+    /// When it went live, Unix seconds.
+    pub deployed_at: u64,
+}
+
+impl Deployment {
+    /// `name@version` for logs and metrics.
+    pub fn label(&self) -> String {
+        format!("{}@{}", self.plugin.name, self.plugin.version)
+    }
+}
+
+/// One configured plugin and the deployment it serves now.
 #[derive(Debug)]
 pub struct Slot {
     /// The configured plugin name (its kv namespace).
     pub name: String,
     /// The route prefix, normalized (no trailing slash except `/`).
     pub route: String,
-    current: ArcSwap<PluginVersion>,
+    current: ArcSwap<Deployment>,
 }
 
 impl Slot {
-    /// The version serving new requests.
-    pub fn current(&self) -> Arc<PluginVersion> {
+    /// The deployment serving new requests.
+    pub fn current(&self) -> Arc<Deployment> {
         self.current.load_full()
     }
 
-    /// Makes `version` serve every request that starts from now on.
-    pub fn swap(&self, version: Arc<PluginVersion>) -> Arc<PluginVersion> {
-        self.current.swap(version)
+    /// Makes `deployment` serve every request that starts from now on;
+    /// requests in flight finish on the one they started with.
+    pub fn swap(&self, deployment: Arc<Deployment>) -> Arc<Deployment> {
+        self.current.swap(deployment)
     }
 }
 
@@ -40,16 +59,23 @@ pub struct Registry {
 
 impl Registry {
     /// Adds a plugin on `route`.
-    pub fn insert(&mut self, name: &str, route: &str, version: Arc<PluginVersion>) {
+    pub fn insert(&mut self, name: &str, route: &str, deployment: Arc<Deployment>) -> Arc<Slot> {
         let route = normalize_route(route).to_owned();
-        self.slots.push(Arc::new(Slot { name: name.into(), route, current: ArcSwap::new(version) }));
+        let slot = Arc::new(Slot { name: name.into(), route, current: ArcSwap::new(deployment) });
+        self.slots.push(slot.clone());
         self.slots.sort_by_key(|slot| std::cmp::Reverse(slot.route.len()));
+        slot
     }
 
     /// The slot serving `path`: the longest route that is `path` itself or a
     /// whole-segment prefix of it (`/a` serves `/a` and `/a/b`, not `/ab`).
     pub fn route(&self, path: &str) -> Option<&Arc<Slot>> {
         self.slots.iter().find(|slot| route_matches(&slot.route, path))
+    }
+
+    /// The slot of plugin `name`.
+    pub fn by_name(&self, name: &str) -> Option<&Arc<Slot>> {
+        self.slots.iter().find(|slot| slot.name == name)
     }
 
     /// Every slot, longest route first.

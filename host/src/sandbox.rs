@@ -75,8 +75,9 @@ impl std::fmt::Debug for Sandbox {
 }
 
 impl Sandbox {
-    /// Builds the engine with the pooling allocator sized for `limits`.
-    pub fn new(limits: Limits) -> wasmtime::Result<Self> {
+    /// Builds the engine with the pooling allocator sized for `limits`;
+    /// compiled code is cached in `cache_dir` when given.
+    pub fn new(limits: Limits, cache_dir: Option<&std::path::Path>) -> wasmtime::Result<Self> {
         let mut pool = PoolingAllocationConfig::default();
         let n = limits.max_instances.max(1);
         // A Rust component holds its main module plus a few small shim modules.
@@ -97,6 +98,13 @@ impl Sandbox {
             .wasm_component_model(true)
             .epoch_interruption(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        if let Some(dir) = cache_dir {
+            // Keyed by the component's bytes and the engine's settings: a
+            // version compiled once loads in milliseconds after that.
+            let mut cache = wasmtime::CacheConfig::new();
+            cache.with_directory(dir);
+            config.cache(Some(wasmtime::Cache::new(cache).context("opening the compilation cache")?));
+        }
         let engine = Engine::new(&config).context("creating the wasmtime engine")?;
 
         let mut linker = Linker::new(&engine);
@@ -335,9 +343,14 @@ impl wit_kv::Host for HostState {
             .collect();
         // A durable commit waits for the disk: never on the async threads.
         let kv = self.kv.clone();
-        blocking(move || kv.commit(&checks, &writes)).await.map_err(|err| {
-            if let kv::KvError::Unavailable(why) = &err {
-                tracing::error!(error = %why, "kv commit failed");
+        let started = Instant::now();
+        let result = blocking(move || kv.commit(&checks, &writes)).await;
+        metrics::histogram!("evogate_kv_commit_duration_seconds").record(started.elapsed().as_secs_f64());
+        result.map_err(|err| {
+            match &err {
+                kv::KvError::Conflict => metrics::counter!("evogate_kv_conflicts_total").increment(1),
+                kv::KvError::Unavailable(why) => tracing::error!(error = %why, "kv commit failed"),
+                kv::KvError::TooLarge(_) => {}
             }
             err.into()
         })

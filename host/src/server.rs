@@ -29,7 +29,9 @@ pub struct Gateway {
     pub max_body_bytes: usize,
     /// Time budget of one request, queueing included.
     pub request_timeout: Duration,
-    /// Slots for requests running at once (the instance pool's capacity).
+    /// Most requests running at once (the instance pool's capacity).
+    pub max_instances: usize,
+    /// Slots for requests running at once.
     pub permits: Arc<Semaphore>,
     /// Keeps the engine (and its epoch ticker) alive as long as the gateway.
     pub _sandbox: Arc<crate::sandbox::Sandbox>,
@@ -38,7 +40,8 @@ pub struct Gateway {
 /// What one request came to, for the access log.
 struct Served {
     response: hyper::Response<Full<Bytes>>,
-    plugin: Option<String>,
+    /// Plugin name, route and `name@version` of the deployment that answered.
+    plugin: Option<(String, String, String)>,
 }
 
 /// Serves connections from `listener` until `shutdown` resolves, then waits
@@ -96,14 +99,19 @@ impl Gateway {
         let path = req.uri().path().to_owned();
         let served = self.dispatch(req, started).await;
         let status = served.response.status().as_u16();
+        let elapsed = started.elapsed();
+        let (name, route, label) = served.plugin.unwrap_or_default();
         tracing::info!(
             target: "evogate::access",
             %method,
             path,
             status,
-            latency_us = started.elapsed().as_micros() as u64,
-            plugin = served.plugin.as_deref().unwrap_or("-"),
+            latency_us = elapsed.as_micros() as u64,
+            plugin = if label.is_empty() { "-" } else { label.as_str() },
         );
+        metrics::histogram!("evogate_request_duration_seconds", "plugin" => name.clone()).record(elapsed.as_secs_f64());
+        metrics::counter!("evogate_requests_total", "plugin" => name, "route" => route, "status" => status.to_string())
+            .increment(1);
         served.response
     }
 
@@ -111,13 +119,13 @@ impl Gateway {
         let Some(slot) = self.registry.route(req.uri().path()) else {
             return Served { response: error(StatusCode::NOT_FOUND, 404, "not found"), plugin: None };
         };
-        let version = slot.current();
-        let label = Some(format!("{}@{}", slot.name, version.version));
-        let response = match self.call(req, started, version.clone()).await {
+        let deployment = slot.current();
+        let label = format!("{}@{}", slot.name, deployment.plugin.version);
+        let response = match self.call(req, started, &slot.name, deployment).await {
             Ok(response) => into_http(response, &label),
             Err(response) => response,
         };
-        Served { response, plugin: label }
+        Served { response, plugin: Some((slot.name.clone(), slot.route.clone(), label)) }
     }
 
     /// Reads the body, waits for a slot and runs the plugin; `Err` is a
@@ -126,7 +134,8 @@ impl Gateway {
         &self,
         req: hyper::Request<Incoming>,
         started: Instant,
-        version: Arc<crate::sandbox::PluginVersion>,
+        plugin: &str,
+        deployment: Arc<crate::registry::Deployment>,
     ) -> Result<PluginResponse, hyper::Response<Full<Bytes>>> {
         let deadline = started + self.request_timeout;
         let too_large = || {
@@ -170,28 +179,44 @@ impl Gateway {
         else {
             return Err(busy());
         };
+        self.instances_in_use();
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let label = format!("{}@{}", version.name, version.version);
+        let label = deployment.label();
         // Epoch interruption stops plugin code at the deadline; this outer
         // timeout covers a host call (kv) that hangs past it.
-        let call = version.handle(&request, remaining);
+        let call = deployment.plugin.handle(&request, remaining);
         let outcome = tokio::time::timeout_at((deadline + HOST_CALL_GRACE).into(), call).await;
         drop(permit);
+        self.instances_in_use();
+        let failure = |kind: &'static str| {
+            metrics::counter!("evogate_plugin_failures_total", "plugin" => plugin.to_owned(), "kind" => kind)
+                .increment(1);
+        };
         match outcome {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(Failure::Deadline)) | Err(_) => {
+                failure("deadline");
                 tracing::warn!(plugin = %label, "request deadline exceeded");
                 Err(deadline_exceeded())
             }
             Ok(Err(Failure::MemoryLimit)) => {
+                failure("memory_limit");
                 tracing::warn!(plugin = %label, "plugin hit its memory limit");
                 Err(error(StatusCode::INTERNAL_SERVER_ERROR, 500, "memory limit exceeded"))
             }
             Ok(Err(Failure::Trap(err))) => {
+                failure("trap");
                 tracing::error!(plugin = %label, error = %format!("{err:?}"), "plugin trapped");
                 Err(error(StatusCode::INTERNAL_SERVER_ERROR, 500, "plugin failed"))
             }
         }
+    }
+}
+
+impl Gateway {
+    fn instances_in_use(&self) {
+        let in_use = self.max_instances.saturating_sub(self.permits.available_permits());
+        metrics::gauge!("evogate_instances_in_use").set(in_use as f64);
     }
 }
 
@@ -204,9 +229,9 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 }
 
 /// Converts a plugin's answer, dropping headers that are not valid HTTP.
-fn into_http(response: PluginResponse, label: &Option<String>) -> hyper::Response<Full<Bytes>> {
+fn into_http(response: PluginResponse, label: &str) -> hyper::Response<Full<Bytes>> {
     let Ok(status) = StatusCode::from_u16(response.status) else {
-        tracing::error!(plugin = ?label, status = response.status, "plugin answered an invalid status");
+        tracing::error!(plugin = %label, status = response.status, "plugin answered an invalid status");
         return error(StatusCode::INTERNAL_SERVER_ERROR, 500, "plugin answered an invalid status");
     };
     let mut out = hyper::Response::new(Full::new(Bytes::from(response.body)));

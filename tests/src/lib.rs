@@ -46,12 +46,17 @@ pub fn toml_str(text: &str) -> String {
     serde_json::to_string(text).expect("a string serializes")
 }
 
+/// The admin token every test gateway requires.
+pub const ADMIN_TOKEN: &str = "admin-secret";
+
 /// A running `evogate serve` with its own data directory.
 #[derive(Debug)]
 pub struct Gateway {
     child: Child,
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT` of the public listener.
     pub base: String,
+    /// `http://127.0.0.1:PORT` of the admin listener.
+    pub admin: String,
     log: Arc<Mutex<String>>,
     config: PathBuf,
     data: tempfile::TempDir,
@@ -68,8 +73,8 @@ impl Gateway {
             toml_str(&data.path().join("data").to_string_lossy())
         );
         std::fs::write(&path, full).expect("writing the config");
-        let (child, base, log) = spawn(&path);
-        Self { child, base, log, config: path, data }
+        let (child, base, admin, log) = spawn(&path);
+        Self { child, base, admin, log, config: path, data }
     }
 
     /// A gateway serving the Evotor plugin on `/` with server credential
@@ -95,9 +100,10 @@ partner_api_token = "partner-secret"
     /// the same data directory and config.
     pub fn restart(&mut self) {
         self.stop();
-        let (child, base, log) = spawn(&self.config);
+        let (child, base, admin, log) = spawn(&self.config);
         self.child = child;
         self.base = base;
+        self.admin = admin;
         self.log = log;
     }
 
@@ -137,6 +143,11 @@ partner_api_token = "partner-secret"
         self.data.path()
     }
 
+    /// An absolute admin URL for `path`.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("{}{path}", self.admin)
+    }
+
     /// An absolute URL for `path`.
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
@@ -150,12 +161,14 @@ impl Drop for Gateway {
     }
 }
 
-fn spawn(config: &Path) -> (Child, String, Arc<Mutex<String>>) {
+fn spawn(config: &Path) -> (Child, String, String, Arc<Mutex<String>>) {
     let mut child = Command::new(evogate_bin())
         .args(["serve", "--config"])
         .arg(config)
         .env("EVOGATE_LOG", "info")
         .env("NO_COLOR", "1")
+        .env("EVOGATE_ADMIN__LISTEN", "127.0.0.1:0")
+        .env("EVOGATE_ADMIN__TOKEN", ADMIN_TOKEN)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -166,11 +179,14 @@ fn spawn(config: &Path) -> (Child, String, Arc<Mutex<String>>) {
     let sink = log.clone();
     std::thread::spawn(move || {
         let mut tx = Some(tx);
+        let mut admin_addr = None;
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(addr) = line.split("listening on ").nth(1)
+            if let Some(addr) = line.split("evogate admin listening on ").nth(1) {
+                admin_addr = Some(addr.trim().to_owned());
+            } else if let Some(addr) = line.split("evogate listening on ").nth(1)
                 && let Some(tx) = tx.take()
             {
-                let _ = tx.send(addr.trim().to_owned());
+                let _ = tx.send((addr.trim().to_owned(), admin_addr.clone().unwrap_or_default()));
             }
             if let Ok(mut log) = sink.lock() {
                 log.push_str(&line);
@@ -179,7 +195,7 @@ fn spawn(config: &Path) -> (Child, String, Arc<Mutex<String>>) {
         }
     });
     match rx.recv_timeout(Duration::from_secs(60)) {
-        Ok(base) => (child, base, log),
+        Ok((base, admin)) => (child, base, admin, log),
         Err(_) => {
             let _ = child.kill();
             let _ = child.wait();

@@ -1,0 +1,173 @@
+//! The admin listener: deploy, roll back and observe plugins.
+//!
+//! | method, path | what |
+//! |---|---|
+//! | `GET /healthz` | 200 while the process runs (no token needed) |
+//! | `GET /readyz` | 200 when every plugin is loaded and the store answers, else 503 (no token needed) |
+//! | `GET /metrics` | Prometheus text format |
+//! | `GET /plugins` | every plugin: route, identity, live version, sha256, deployed at, kept versions |
+//! | `PUT /plugins/{name}` | body: a component; deploys it → 200 with the outcome, 400/422 with the reason |
+//! | `POST /plugins/{name}/rollback` | back to the previous version |
+//!
+//! Everything but the health checks needs `Authorization: Bearer <admin.token>`
+//! when a token is configured.
+
+use crate::App;
+use crate::deploy::DeployError;
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::{Method, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use metrics_exporter_prometheus::PrometheusHandle;
+use sha2::{Digest as _, Sha256};
+use std::sync::Arc;
+use std::time::Duration;
+use subtle::ConstantTimeEq as _;
+use tokio::net::TcpListener;
+
+/// What the admin listener serves.
+#[derive(Debug)]
+pub struct Admin {
+    /// The running gateway.
+    pub app: Arc<App>,
+    /// Renders the metrics; none when no recorder is installed.
+    pub metrics: Option<PrometheusHandle>,
+    /// The bearer token required, if any.
+    pub token: Option<String>,
+}
+
+type Reply = hyper::Response<Full<Bytes>>;
+
+fn json(status: StatusCode, body: &serde_json::Value) -> Reply {
+    let mut response = hyper::Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+fn problem(status: StatusCode, message: &str) -> Reply {
+    json(status, &serde_json::json!({ "error": message }))
+}
+
+/// Serves the admin API on `listener` until `shutdown` resolves.
+pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: impl std::future::Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    tracing::warn!(error = %err, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => return,
+        };
+        let admin = admin.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let admin = admin.clone();
+            async move { Ok::<_, std::convert::Infallible>(admin.handle(req).await) }
+        });
+        tokio::spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(30))
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(err) = conn.await {
+                tracing::debug!(error = %err, "admin connection ended with an error");
+            }
+        });
+    }
+}
+
+impl Admin {
+    fn authorized(&self, req: &hyper::Request<Incoming>) -> bool {
+        let Some(want) = self.token.as_deref().filter(|t| !t.is_empty()) else { return true };
+        let given = req
+            .headers()
+            .get(hyper::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .unwrap_or_default()
+            .trim();
+        Sha256::digest(given.as_bytes()).ct_eq(&Sha256::digest(want.as_bytes())).into()
+    }
+
+    async fn handle(&self, req: hyper::Request<Incoming>) -> Reply {
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let reply = match (&method, segments.as_slice()) {
+            (&Method::GET, ["healthz"]) => problem_free("ok"),
+            (&Method::GET, ["readyz"]) => self.ready(),
+            _ if !self.authorized(&req) => {
+                let mut reply = problem(StatusCode::UNAUTHORIZED, "missing or wrong admin token");
+                reply.headers_mut().insert(hyper::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                reply
+            }
+            (&Method::GET, ["metrics"]) => self.metrics(),
+            (&Method::GET, ["plugins"]) => json(StatusCode::OK, &serde_json::json!(self.app.deployer.list())),
+            (&Method::PUT, ["plugins", name]) => {
+                let name = (*name).to_owned();
+                self.deploy(&name, req).await
+            }
+            (&Method::POST, ["plugins", name, "rollback"]) => outcome(self.app.deployer.rollback(name).await),
+            (_, ["healthz" | "readyz" | "metrics" | "plugins"] | ["plugins", _] | ["plugins", _, "rollback"]) => {
+                problem(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+            }
+            _ => problem(StatusCode::NOT_FOUND, "not found"),
+        };
+        tracing::info!(target: "evogate::admin", %method, path, status = reply.status().as_u16());
+        reply
+    }
+
+    fn ready(&self) -> Reply {
+        match self.app.backend.ping() {
+            Ok(()) => problem_free("ready"),
+            Err(err) => problem(StatusCode::SERVICE_UNAVAILABLE, &format!("store not ready: {err}")),
+        }
+    }
+
+    fn metrics(&self) -> Reply {
+        let text = self.metrics.as_ref().map(PrometheusHandle::render).unwrap_or_default();
+        let mut reply = hyper::Response::new(Full::new(Bytes::from(text)));
+        reply.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+        reply
+    }
+
+    async fn deploy(&self, name: &str, req: hyper::Request<Incoming>) -> Reply {
+        let max = self.app.deployer.max_bytes();
+        let body = match Limited::new(req.into_body(), max).collect().await {
+            Ok(body) => body.to_bytes(),
+            Err(err) if err.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+                return problem(StatusCode::PAYLOAD_TOO_LARGE, &format!("the component is over {max} bytes"));
+            }
+            Err(_) => return problem(StatusCode::BAD_REQUEST, "the upload could not be read"),
+        };
+        outcome(self.app.deployer.deploy(name, body.to_vec()).await)
+    }
+}
+
+fn problem_free(text: &'static str) -> Reply {
+    hyper::Response::new(Full::new(Bytes::from_static(text.as_bytes())))
+}
+
+fn outcome(result: Result<crate::deploy::Outcome, DeployError>) -> Reply {
+    match result {
+        Ok(outcome) => json(StatusCode::OK, &serde_json::json!(outcome)),
+        Err(err) => {
+            let status = match &err {
+                DeployError::UnknownPlugin(_) => StatusCode::NOT_FOUND,
+                DeployError::Invalid(_) => StatusCode::BAD_REQUEST,
+                DeployError::Refused(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                DeployError::NothingToRollBack(_) => StatusCode::CONFLICT,
+                DeployError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            tracing::warn!(error = %err, "deploy refused");
+            problem(status, &err.to_string())
+        }
+    }
+}

@@ -1,0 +1,417 @@
+//! Deploying plugin versions into a running gateway, and rolling back.
+//!
+//! A deploy validates the component, compiles it off the serving path
+//! (wasmtime's cache under `data_dir/cache` makes a version seen before load
+//! in milliseconds), instantiates it once to read its identity, records it
+//! durably, and only then swaps it into the plugin's slot: new requests get
+//! the new version, requests in flight finish on theirs, none is refused.
+//!
+//! On disk, per plugin, under `data_dir/plugins/{name}/`:
+//! `{sha256}.wasm` — the artifacts of the live version and the last
+//! [`KEPT_VERSIONS`] before it; `state.json` — which is live and which came
+//! before. A restart serves the live version recorded there, not the file
+//! named in the configuration.
+
+use crate::config::PluginConfig;
+use crate::kv::{Backend, Namespace};
+use crate::registry::{Deployment, Registry, Slot};
+use crate::sandbox::Sandbox;
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// Versions kept for rollback besides the live one.
+pub const KEPT_VERSIONS: usize = 3;
+
+/// Why a deploy or rollback did not happen. The live version is untouched.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    /// No plugin of that name is configured.
+    #[error("no plugin named {0:?} is configured")]
+    UnknownPlugin(String),
+    /// The upload is not an acceptable component (size, format).
+    #[error("{0}")]
+    Invalid(String),
+    /// The component failed to compile, link or start.
+    #[error("{0}")]
+    Refused(String),
+    /// There is no earlier version to go back to.
+    #[error("plugin {0:?} has no earlier version to roll back to")]
+    NothingToRollBack(String),
+    /// The data directory could not be written.
+    #[error("storing the deployment failed: {0:#}")]
+    Storage(anyhow::Error),
+}
+
+/// One recorded version of a plugin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VersionRecord {
+    /// SHA-256 of the component, hex.
+    pub sha256: String,
+    /// The version the plugin reported.
+    pub version: String,
+    /// When it went live, Unix seconds.
+    pub deployed_at: u64,
+}
+
+/// `state.json` of a plugin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct State {
+    active: VersionRecord,
+    previous: Vec<VersionRecord>,
+}
+
+/// The outcome of a deploy or rollback.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Outcome {
+    /// The plugin (slot) name.
+    pub name: String,
+    /// What this call made live (or found live, if unchanged).
+    pub deployed: VersionRecord,
+    /// `false` when the upload was the live version already: nothing changed.
+    pub changed: bool,
+    /// What is live when the answer is written (a later deploy may have won).
+    pub live: VersionRecord,
+}
+
+/// A plugin as `GET /plugins` shows it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PluginStatus {
+    /// The configured name.
+    pub name: String,
+    /// The route it serves.
+    pub route: String,
+    /// The name the plugin reports.
+    pub identity: String,
+    /// The live version.
+    pub live: VersionRecord,
+    /// Earlier versions kept for rollback, newest first.
+    pub previous: Vec<VersionRecord>,
+}
+
+struct Managed {
+    slot: Arc<Slot>,
+    settings: Arc<BTreeMap<String, String>>,
+    files: PluginDir,
+    /// Serializes deploys and rollbacks of this plugin.
+    lock: tokio::sync::Mutex<()>,
+    previous: Mutex<Vec<VersionRecord>>,
+}
+
+/// Owns the plugins' slots and changes what they serve.
+pub struct Deployer {
+    sandbox: Arc<Sandbox>,
+    backend: Arc<dyn Backend>,
+    max_bytes: usize,
+    plugins: BTreeMap<String, Managed>,
+}
+
+impl std::fmt::Debug for Deployer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deployer").field("plugins", &self.plugins.keys()).finish_non_exhaustive()
+    }
+}
+
+/// SHA-256 of `bytes`, hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Checks that `bytes` are a component within the size limit.
+pub fn validate(bytes: &[u8], max_bytes: usize) -> Result<(), DeployError> {
+    if bytes.len() > max_bytes {
+        return Err(DeployError::Invalid(format!("the component is {} bytes; the limit is {max_bytes}", bytes.len())));
+    }
+    // The preamble tells the two apart: `\0asm`, then version 1 for a core
+    // module, or version 0x0d layer 1 for a component. Compiling checks the rest.
+    let preamble = bytes.get(..8);
+    if preamble == Some(b"\0asm\x0d\0\x01\0") {
+        return Ok(());
+    }
+    if preamble == Some(b"\0asm\x01\0\0\0") {
+        return Err(DeployError::Invalid(
+            "this is a core WebAssembly module, not a component: build the plugin for wasm32-wasip2".into(),
+        ));
+    }
+    Err(DeployError::Invalid("this is not a WebAssembly component".into()))
+}
+
+/// Writes `bytes` to `path` atomically and durably (temp file, fsync, rename, fsync dir).
+fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// A plugin's directory of artifacts and state.
+#[derive(Debug, Clone)]
+struct PluginDir {
+    dir: PathBuf,
+}
+
+impl PluginDir {
+    fn artifact(&self, sha256: &str) -> PathBuf {
+        self.dir.join(format!("{sha256}.wasm"))
+    }
+
+    fn read_state(&self) -> anyhow::Result<Option<State>> {
+        let path = self.dir.join("state.json");
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                Ok(Some(serde_json::from_slice(&bytes).with_context(|| format!("reading {}", path.display()))?))
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(err) => Err(err).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    /// Records `state` and keeps only its artifacts.
+    fn write_state(&self, state: &State) -> anyhow::Result<()> {
+        let path = self.dir.join("state.json");
+        let json = serde_json::to_vec_pretty(state).context("encoding the state")?;
+        write_durably(&path, &json).with_context(|| format!("writing {}", path.display()))?;
+        let keep: Vec<String> =
+            std::iter::once(&state.active).chain(&state.previous).map(|v| format!("{}.wasm", v.sha256)).collect();
+        for entry in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+            let file = entry.file_name().to_string_lossy().into_owned();
+            if file.ends_with(".wasm") && !keep.contains(&file) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        Ok(())
+    }
+
+    fn save_artifact(&self, sha256: &str, bytes: &[u8]) -> anyhow::Result<()> {
+        let path = self.artifact(sha256);
+        if !path.is_file() {
+            write_durably(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
+        }
+        Ok(())
+    }
+}
+
+impl Managed {
+    fn live_record(&self) -> VersionRecord {
+        let live = self.slot.current();
+        VersionRecord {
+            sha256: live.sha256.clone(),
+            version: live.plugin.version.clone(),
+            deployed_at: live.deployed_at,
+        }
+    }
+}
+
+impl Deployer {
+    /// Loads every configured plugin — the last deployed version where one
+    /// was deployed, else the configured file — and builds the routing table.
+    pub async fn start(
+        plugins: &[PluginConfig],
+        sandbox: Arc<Sandbox>,
+        backend: Arc<dyn Backend>,
+        data_dir: &Path,
+        max_bytes: usize,
+    ) -> anyhow::Result<(Deployer, Registry)> {
+        let mut registry = Registry::default();
+        let mut managed = BTreeMap::new();
+        for plugin in plugins {
+            let files = PluginDir { dir: data_dir.join("plugins").join(&plugin.name) };
+            let settings = Arc::new(plugin.plugin_settings());
+            let state = files.read_state()?.filter(|state| files.artifact(&state.active.sha256).is_file());
+            let (bytes, source, deployed_at) = match &state {
+                Some(state) => {
+                    let path = files.artifact(&state.active.sha256);
+                    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+                    (bytes, path, state.active.deployed_at)
+                }
+                None => {
+                    let path = plugin.wasm.relative();
+                    let bytes = std::fs::read(&path).with_context(|| {
+                        let hint = if plugin.wasm.original() == Path::new(crate::config::DEFAULT_PLUGIN_WASM) {
+                            " (build it first: cargo xtask build)"
+                        } else {
+                            ""
+                        };
+                        format!("reading plugin {:?} from {}{hint}", plugin.name, path.display())
+                    })?;
+                    (bytes, path, now_unix())
+                }
+            };
+            // Keep the configured build as an artifact (below), so a first deploy can be rolled back to it.
+            validate(&bytes, usize::MAX).map_err(|err| anyhow::anyhow!("plugin {:?}: {err}", plugin.name))?;
+            let sha256 = sha256_hex(&bytes);
+            let started = std::time::Instant::now();
+            let namespace = Namespace::new(backend.clone(), &plugin.name);
+            let version = sandbox.load(&plugin.name, bytes.clone(), settings.clone(), namespace).await?;
+            let deployment = Arc::new(Deployment { plugin: version, sha256: sha256.clone(), deployed_at });
+            if state.is_some() {
+                tracing::info!(
+                    plugin = %plugin.name,
+                    "serving the last deployed version {} (sha256 {}), not the configured file {}",
+                    deployment.label(),
+                    &sha256[..12],
+                    plugin.wasm.relative().display(),
+                );
+            }
+            tracing::info!(
+                plugin = %plugin.name,
+                route = %plugin.route,
+                identity = %deployment.label(),
+                sha256 = %&sha256[..12],
+                wasm = %source.display(),
+                load_ms = started.elapsed().as_millis() as u64,
+                "plugin loaded"
+            );
+            let slot = registry.insert(&plugin.name, &plugin.route, deployment);
+            files.save_artifact(&sha256, &bytes)?;
+            let entry = Managed {
+                slot,
+                settings,
+                files,
+                lock: tokio::sync::Mutex::new(()),
+                previous: Mutex::new(state.map(|s| s.previous).unwrap_or_default()),
+            };
+            managed.insert(plugin.name.clone(), entry);
+        }
+        Ok((Deployer { sandbox, backend, max_bytes, plugins: managed }, registry))
+    }
+
+    fn managed(&self, name: &str) -> Result<&Managed, DeployError> {
+        self.plugins.get(name).ok_or_else(|| DeployError::UnknownPlugin(name.into()))
+    }
+
+    /// The largest component a deploy accepts.
+    pub fn max_bytes(&self) -> usize {
+        self.max_bytes
+    }
+
+    /// Every plugin with its live and kept versions.
+    pub fn list(&self) -> Vec<PluginStatus> {
+        self.plugins
+            .iter()
+            .map(|(name, managed)| PluginStatus {
+                name: name.clone(),
+                route: managed.slot.route.clone(),
+                identity: managed.slot.current().plugin.name.clone(),
+                live: managed.live_record(),
+                previous: managed.previous.lock().map(|p| p.clone()).unwrap_or_default(),
+            })
+            .collect()
+    }
+
+    /// Deploys `bytes` as the new version of plugin `name`.
+    pub async fn deploy(&self, name: &str, bytes: Vec<u8>) -> Result<Outcome, DeployError> {
+        let managed = self.managed(name)?;
+        validate(&bytes, self.max_bytes)?;
+        let sha256 = sha256_hex(&bytes);
+        let _serial = managed.lock.lock().await;
+        let live = managed.live_record();
+        if live.sha256 == sha256 {
+            return Ok(Outcome { name: name.into(), deployed: live.clone(), changed: false, live });
+        }
+        let deployment = self.load(managed, name, &sha256, bytes.clone()).await?;
+        let record = VersionRecord {
+            sha256: sha256.clone(),
+            version: deployment.plugin.version.clone(),
+            deployed_at: deployment.deployed_at,
+        };
+        let mut previous = vec![live];
+        previous.extend(managed.previous.lock().map(|p| p.clone()).unwrap_or_default());
+        previous.retain(|old| old.sha256 != sha256);
+        previous.truncate(KEPT_VERSIONS);
+        let state = State { active: record.clone(), previous };
+        self.persist(managed, &state, Some((&sha256, bytes))).await?;
+        self.go_live(managed, deployment, state.previous);
+        metrics::counter!("evogate_deploys_total", "plugin" => name.to_owned()).increment(1);
+        Ok(Outcome { name: name.into(), deployed: record, changed: true, live: managed.live_record() })
+    }
+
+    /// Makes the version before the live one live again.
+    pub async fn rollback(&self, name: &str) -> Result<Outcome, DeployError> {
+        let managed = self.managed(name)?;
+        let _serial = managed.lock.lock().await;
+        let previous = managed.previous.lock().map(|p| p.clone()).unwrap_or_default();
+        let Some((target, older)) = previous.split_first() else {
+            return Err(DeployError::NothingToRollBack(name.into()));
+        };
+        let path = managed.files.artifact(&target.sha256);
+        let bytes = tokio::task::spawn_blocking(move || {
+            std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
+        })
+        .await
+        .map_err(|join| DeployError::Storage(anyhow::anyhow!("the storage task failed: {join}")))?
+        .map_err(DeployError::Storage)?;
+        let deployment = self.load(managed, name, &target.sha256, bytes).await?;
+        let record = VersionRecord {
+            sha256: target.sha256.clone(),
+            version: deployment.plugin.version.clone(),
+            deployed_at: deployment.deployed_at,
+        };
+        let state = State { active: record.clone(), previous: older.to_vec() };
+        self.persist(managed, &state, None).await?;
+        self.go_live(managed, deployment, state.previous);
+        metrics::counter!("evogate_rollbacks_total", "plugin" => name.to_owned()).increment(1);
+        Ok(Outcome { name: name.into(), deployed: record, changed: true, live: managed.live_record() })
+    }
+
+    async fn load(
+        &self,
+        managed: &Managed,
+        name: &str,
+        sha256: &str,
+        bytes: Vec<u8>,
+    ) -> Result<Deployment, DeployError> {
+        let namespace = Namespace::new(self.backend.clone(), name);
+        let started = std::time::Instant::now();
+        let plugin = self.sandbox.load(name, bytes, managed.settings.clone(), namespace).await.map_err(|err| {
+            metrics::counter!("evogate_deploys_refused_total", "plugin" => name.to_owned()).increment(1);
+            DeployError::Refused(format!("{err:#}"))
+        })?;
+        tracing::info!(plugin = name, identity = %format!("{}@{}", plugin.name, plugin.version), sha256 = &sha256[..12], load_ms = started.elapsed().as_millis() as u64, "plugin version ready");
+        Ok(Deployment { plugin, sha256: sha256.to_owned(), deployed_at: now_unix() })
+    }
+
+    async fn persist(
+        &self,
+        managed: &Managed,
+        state: &State,
+        artifact: Option<(&str, Vec<u8>)>,
+    ) -> Result<(), DeployError> {
+        let files = managed.files.clone();
+        let state = state.clone();
+        let artifact = artifact.map(|(sha, bytes)| (sha.to_owned(), bytes));
+        tokio::task::spawn_blocking(move || {
+            if let Some((sha, bytes)) = artifact {
+                files.save_artifact(&sha, &bytes)?;
+            }
+            files.write_state(&state)
+        })
+        .await
+        .map_err(|join| DeployError::Storage(anyhow::anyhow!("the storage task failed: {join}")))?
+        .map_err(DeployError::Storage)
+    }
+
+    fn go_live(&self, managed: &Managed, deployment: Deployment, previous: Vec<VersionRecord>) {
+        let label = deployment.label();
+        let old = managed.slot.swap(Arc::new(deployment));
+        if let Ok(mut kept) = managed.previous.lock() {
+            *kept = previous;
+        }
+        tracing::info!(plugin = %managed.slot.name, from = %old.label(), to = %label, "swapped");
+    }
+}
