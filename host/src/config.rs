@@ -119,8 +119,8 @@ impl Config {
             figment = figment.merge(Toml::file_exact(file));
         }
         let config: Config = figment
-            // EVOGATE_LOG and EVOGATE_CONFIG are read by the CLI, not part of the file format.
-            .merge(Env::prefixed("EVOGATE_").ignore(&["LOG", "CONFIG"]).split("__"))
+            // These are read by the CLI, not part of the file format.
+            .merge(Env::prefixed("EVOGATE_").ignore(&["LOG", "CONFIG", "ADMIN_ADDR", "ADMIN_TOKEN"]).split("__"))
             .extract()
             .context("reading the configuration")?;
         config.validate()?;

@@ -41,6 +41,13 @@ pub fn guest_wasm() -> PathBuf {
     artifact("TEST_GUEST_WASM", "target/wasm32-wasip2/release/test_guest.wasm")
 }
 
+/// The test plugin built as `version` (`1.0.0` is [`guest_wasm`]).
+pub fn guest_wasm_version(version: &str) -> PathBuf {
+    let path = workspace_root().join(format!("target/test-guest-{version}.wasm"));
+    assert!(path.is_file(), "{} is missing: build everything first with `cargo xtask test`", path.display());
+    path
+}
+
 /// A TOML string literal.
 pub fn toml_str(text: &str) -> String {
     serde_json::to_string(text).expect("a string serializes")

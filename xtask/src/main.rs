@@ -55,7 +55,11 @@ fn workspace_root() -> PathBuf {
 fn cargo(args: &[&str]) -> anyhow::Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     eprintln!("+ cargo {}", args.join(" "));
-    let status = Command::new(&cargo).args(args).status().with_context(|| format!("running {cargo}"))?;
+    let status = Command::new(&cargo)
+        .args(args)
+        .env_remove("TEST_GUEST_VERSION")
+        .status()
+        .with_context(|| format!("running {cargo}"))?;
     if !status.success() {
         bail!("cargo {} failed ({status})", args.join(" "));
     }
@@ -80,8 +84,25 @@ fn ensure_wasm_target() -> anyhow::Result<()> {
     }
 }
 
+/// Versions of the test plugin the hot-swap tests deploy, besides the default 1.0.0.
+const GUEST_VERSIONS: &[&str] = &["2.0.0"];
+
 fn build() -> anyhow::Result<()> {
     ensure_wasm_target()?;
+    let guest = format!("target/{WASM_TARGET}/release/test_guest.wasm");
+    // Other versions of the test plugin first (only its own crate rebuilds),
+    // then the default, so `test_guest.wasm` is 1.0.0 at the end.
+    for version in GUEST_VERSIONS {
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["build", "--release", "--target", WASM_TARGET, "-p", "test-guest"])
+            .env("TEST_GUEST_VERSION", version)
+            .status()?;
+        if !status.success() {
+            bail!("building test-guest {version} failed");
+        }
+        std::fs::copy(&guest, format!("target/test-guest-{version}.wasm"))
+            .with_context(|| format!("copying {guest}"))?;
+    }
     cargo(&["build", "--release", "--target", WASM_TARGET, "-p", "evotor-partner", "-p", "test-guest"])?;
     cargo(&["build", "--release", "-p", "evogate"])
 }

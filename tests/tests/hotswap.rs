@@ -1,0 +1,255 @@
+//! Hot swap under load, end to end: deploys, refusals, rollback, restart,
+//! the admin API's health and metrics, and the `evogate` CLI.
+
+use evogate_e2e::{ADMIN_TOKEN, Gateway, Reply, evogate_bin, guest_wasm, guest_wasm_version, request, toml_str};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+const AUTH: (&str, &str) = ("authorization", "Bearer admin-secret");
+
+fn swap_gateway() -> Gateway {
+    Gateway::start(&format!(
+        "[[plugins]]\nname = \"swap\"\nroute = \"/swap\"\nwasm = {}\n",
+        toml_str(&guest_wasm().to_string_lossy())
+    ))
+}
+
+fn deploy(gateway: &Gateway, bytes: &[u8]) -> Reply {
+    request("PUT", &gateway.admin_url("/plugins/swap"), &[AUTH], Some(bytes))
+}
+
+fn served_version(gateway: &Gateway) -> String {
+    let reply = request("GET", &gateway.url("/swap/version"), &[], None);
+    assert_eq!(reply.status, 200);
+    reply.header("x-plugin-version").unwrap_or_default().to_owned()
+}
+
+/// What the load clients saw.
+#[derive(Debug, Default)]
+struct Seen {
+    ok: usize,
+    failed: Vec<String>,
+    versions: BTreeMap<String, usize>,
+}
+
+/// 8 keep-alive clients hammering `/swap/version` until `stop`.
+fn load(base: String, stop: Arc<AtomicBool>) -> Vec<std::thread::JoinHandle<Seen>> {
+    (0..8)
+        .map(|_| {
+            let url = format!("{base}/swap/version");
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let agent = ureq::Agent::new_with_config(
+                    ureq::config::Config::builder()
+                        .http_status_as_error(false)
+                        .timeout_global(Some(Duration::from_secs(10)))
+                        .build(),
+                );
+                let mut seen = Seen::default();
+                while !stop.load(Ordering::Relaxed) {
+                    match agent.get(&url).call() {
+                        Ok(response) if response.status() == 200 => {
+                            let version = response
+                                .headers()
+                                .get("x-plugin-version")
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("?")
+                                .to_owned();
+                            *seen.versions.entry(version).or_default() += 1;
+                            seen.ok += 1;
+                        }
+                        Ok(response) => seen.failed.push(format!("status {}", response.status())),
+                        Err(err) => seen.failed.push(err.to_string()),
+                    }
+                }
+                seen
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn fifty_deploys_under_load_drop_no_request() {
+    let gateway = swap_gateway();
+    let v1 = std::fs::read(guest_wasm()).expect("v1");
+    let v2 = std::fs::read(guest_wasm_version("2.0.0")).expect("v2");
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = load(gateway.base.clone(), stop.clone());
+    let started = Instant::now();
+
+    let mut last = "1.0.0";
+    for round in 0..50 {
+        let (bytes, version) = if round % 2 == 0 { (&v2, "2.0.0") } else { (&v1, "1.0.0") };
+        let reply = deploy(&gateway, bytes);
+        assert_eq!(reply.status, 200, "deploy {round}: {}", reply.text());
+        let outcome = reply.json();
+        assert_eq!(
+            (outcome["changed"].as_bool(), outcome["deployed"]["version"].as_str()),
+            (Some(true), Some(version))
+        );
+        last = version;
+        if round == 25 {
+            // A broken component in the middle is refused; the live version serves on.
+            let refused = deploy(&gateway, b"\0asm\x01\0\0\0");
+            assert_eq!(refused.status, 400, "{}", refused.text());
+            assert!(refused.text().contains("not a component"), "{}", refused.text());
+            let empty_component = deploy(&gateway, b"\0asm\x0d\0\x01\0");
+            assert_eq!(empty_component.status, 422, "{}", empty_component.text());
+        }
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    // Every new request after the last deploy is served by it.
+    for _ in 0..20 {
+        assert_eq!(served_version(&gateway), last);
+    }
+    while started.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, Ordering::Relaxed);
+
+    let mut total = Seen::default();
+    for client in clients {
+        let seen = client.join().expect("client");
+        total.ok += seen.ok;
+        total.failed.extend(seen.failed);
+        for (version, count) in seen.versions {
+            *total.versions.entry(version).or_default() += count;
+        }
+    }
+    assert!(
+        total.failed.is_empty(),
+        "{} failed requests, e.g. {:?}",
+        total.failed.len(),
+        &total.failed[..total.failed.len().min(5)]
+    );
+    assert!(total.ok > 1000, "the load ran: {} requests", total.ok);
+    let versions: Vec<&str> = total.versions.keys().map(String::as_str).collect();
+    assert_eq!(versions, ["1.0.0", "2.0.0"], "every answer came from one of the two versions");
+    eprintln!("{} requests during 50 deploys, none failed: {:?}", total.ok, total.versions);
+}
+
+#[test]
+fn unchanged_deploy_is_a_no_op_and_rollback_and_restart_keep_the_last_deployed() {
+    let mut gateway = swap_gateway();
+    let v1 = std::fs::read(guest_wasm()).expect("v1");
+    let v2 = std::fs::read(guest_wasm_version("2.0.0")).expect("v2");
+
+    let same = deploy(&gateway, &v1);
+    assert_eq!((same.status, same.json()["changed"].as_bool()), (200, Some(false)));
+    assert_eq!(request("POST", &gateway.admin_url("/plugins/swap/rollback"), &[AUTH], None).status, 409);
+
+    assert_eq!(deploy(&gateway, &v2).status, 200);
+    assert_eq!(served_version(&gateway), "2.0.0");
+    let plugins = request("GET", &gateway.admin_url("/plugins"), &[AUTH], None).json();
+    assert_eq!(plugins[0]["live"]["version"], "2.0.0");
+    assert_eq!(plugins[0]["previous"][0]["version"], "1.0.0");
+    assert_eq!(plugins[0]["route"], "/swap");
+    assert_eq!(plugins[0]["live"]["sha256"].as_str().map(str::len), Some(64));
+
+    gateway.restart();
+    assert_eq!(served_version(&gateway), "2.0.0", "a restart serves the last deployed version");
+    assert!(gateway.wait_for_log("serving the last deployed version"));
+
+    let rolled = request("POST", &gateway.admin_url("/plugins/swap/rollback"), &[AUTH], None);
+    assert_eq!(rolled.status, 200, "{}", rolled.text());
+    assert_eq!(served_version(&gateway), "1.0.0");
+    gateway.restart();
+    assert_eq!(served_version(&gateway), "1.0.0", "the rollback is durable too");
+}
+
+#[test]
+fn concurrent_deploys_are_serialized_and_each_answer_says_what_is_live() {
+    let gateway = swap_gateway();
+    let v2 = std::fs::read(guest_wasm_version("2.0.0")).expect("v2");
+    let v1 = std::fs::read(guest_wasm()).expect("v1");
+    let url = gateway.admin_url("/plugins/swap");
+    let racers: Vec<_> = [v2, v1, Vec::from(&b"garbage"[..])]
+        .into_iter()
+        .map(|bytes| {
+            let url = url.clone();
+            std::thread::spawn(move || request("PUT", &url, &[AUTH], Some(&bytes)))
+        })
+        .collect();
+    let replies: Vec<Reply> = racers.into_iter().map(|r| r.join().expect("racer")).collect();
+    assert_eq!(replies[2].status, 400);
+    let live = served_version(&gateway);
+    for reply in &replies[..2] {
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        let live_then = reply.json()["live"]["version"].as_str().unwrap_or_default().to_owned();
+        assert!(live_then == "1.0.0" || live_then == "2.0.0");
+    }
+    let plugins = request("GET", &gateway.admin_url("/plugins"), &[AUTH], None).json();
+    assert_eq!(plugins[0]["live"]["version"].as_str(), Some(live.as_str()), "the last one won and stays live");
+}
+
+#[test]
+fn admin_api_needs_its_token_and_reports_health_and_metrics() {
+    let gateway = swap_gateway();
+    assert_eq!(request("GET", &gateway.admin_url("/healthz"), &[], None).status, 200);
+    assert_eq!(request("GET", &gateway.admin_url("/readyz"), &[], None).status, 200);
+    for path in ["/plugins", "/metrics"] {
+        let reply = request("GET", &gateway.admin_url(path), &[("authorization", "Bearer wrong")], None);
+        assert_eq!(reply.status, 401, "{path}");
+    }
+    assert_eq!(deploy_without_token(&gateway).status, 401);
+    assert_eq!(request("PUT", &gateway.admin_url("/plugins/nope"), &[AUTH], Some(b"\0asm\x0d\0\x01\0")).status, 404);
+
+    served_version(&gateway);
+    let _ = request("GET", &gateway.url("/swap/panic"), &[], None);
+    let metrics = request("GET", &gateway.admin_url("/metrics"), &[AUTH], None).text();
+    for series in [
+        "evogate_requests_total{",
+        "evogate_request_duration_seconds",
+        "evogate_plugin_failures_total{",
+        "evogate_instances_in_use",
+    ] {
+        assert!(metrics.contains(series), "{series} in\n{metrics}");
+    }
+    assert!(metrics.contains("kind=\"trap\""), "{metrics}");
+}
+
+fn deploy_without_token(gateway: &Gateway) -> Reply {
+    request("PUT", &gateway.admin_url("/plugins/swap"), &[], Some(b"\0asm\x0d\0\x01\0"))
+}
+
+#[test]
+fn the_cli_deploys_lists_and_rolls_back() {
+    let gateway = swap_gateway();
+    let addr = gateway.admin.trim_start_matches("http://").to_owned();
+    let cli = |args: &[&str]| {
+        std::process::Command::new(evogate_bin())
+            .args(args)
+            .args(["--admin", &addr])
+            .env("EVOGATE_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("EVOGATE_LOG", "warn")
+            .output()
+            .expect("running evogate")
+    };
+    let v2 = guest_wasm_version("2.0.0");
+    let deployed = cli(&["deploy", "swap", &v2.to_string_lossy()]);
+    let stdout = String::from_utf8_lossy(&deployed.stdout);
+    assert!(deployed.status.success(), "{stdout} {}", String::from_utf8_lossy(&deployed.stderr));
+    assert!(stdout.contains("version 2.0.0"), "{stdout}");
+
+    let listed = cli(&["plugins", "--json"]);
+    let plugins: serde_json::Value = serde_json::from_slice(&listed.stdout).expect("json");
+    assert_eq!(plugins[0]["live"]["version"], "2.0.0");
+
+    let rolled = cli(&["rollback", "swap"]);
+    assert!(rolled.status.success());
+    assert!(String::from_utf8_lossy(&rolled.stdout).contains("1.0.0"));
+    assert_eq!(served_version(&gateway), "1.0.0");
+
+    let bad_file = std::env::temp_dir().join("evogate-not-a-component.wasm");
+    std::fs::write(&bad_file, b"\0asm\x01\0\0\0").expect("write");
+    let refused = cli(&["deploy", "swap", &bad_file.to_string_lossy()]);
+    assert!(!refused.status.success(), "a refused deploy exits non-zero");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("not a component"));
+    let wrong_token = std::process::Command::new(evogate_bin())
+        .args(["plugins", "--admin", &addr, "--token", "wrong"])
+        .output()
+        .expect("running evogate");
+    assert!(!wrong_token.status.success());
+}
