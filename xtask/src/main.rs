@@ -31,7 +31,7 @@ fn main() -> anyhow::Result<()> {
         }
         "bench" => {
             build()?;
-            cargo(&["bench", "-p", "evogate", "--bench", "gateway"])
+            cargo(&["bench", "-p", "evogate", "--bench", "gateway", "--bench", "deploy"])
         }
         _ => {
             eprintln!(

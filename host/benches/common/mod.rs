@@ -1,0 +1,92 @@
+//! Load-generation helpers shared by the benchmarks.
+#![allow(dead_code, reason = "each bench uses a subset")]
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Empty};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+
+/// Concurrent clients of a throughput round.
+pub const CONNECTIONS: usize = 8;
+/// The trivial request: the Evotor plugin's 404 for an unknown path.
+pub const PATH: &str = "/api/v1/no-such-endpoint";
+/// Requests per latency round.
+pub const LATENCY_REQUESTS: usize = 4000;
+
+pub type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
+
+pub async fn connect(addr: SocketAddr) -> anyhow::Result<Sender> {
+    let stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+pub async fn send(sender: &mut Sender) -> anyhow::Result<Bytes> {
+    sender.ready().await?;
+    let request = Request::get(PATH).header("host", "bench").body(Empty::new())?;
+    let response = sender.send_request(request).await?;
+    Ok(response.into_body().collect().await?.to_bytes())
+}
+
+pub async fn fetch_once(addr: SocketAddr) -> anyhow::Result<Bytes> {
+    send(&mut connect(addr).await?).await
+}
+
+/// p50 and p99 in µs of sequential requests on one connection.
+pub async fn latency(addr: SocketAddr) -> anyhow::Result<(f64, f64)> {
+    let mut sender = connect(addr).await?;
+    for _ in 0..200 {
+        send(&mut sender).await?;
+    }
+    let mut samples = Vec::with_capacity(LATENCY_REQUESTS);
+    for _ in 0..LATENCY_REQUESTS {
+        let started = Instant::now();
+        send(&mut sender).await?;
+        samples.push(started.elapsed().as_secs_f64() * 1e6);
+    }
+    samples.sort_by(f64::total_cmp);
+    let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
+    Ok((at(0.50), at(0.99)))
+}
+
+/// Requests per second from `CONNECTIONS` concurrent keep-alive clients.
+pub async fn throughput(addr: SocketAddr, length: Duration) -> anyhow::Result<f64> {
+    let deadline = Instant::now() + length;
+    let mut clients = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let mut sender = connect(addr).await?;
+        clients.push(tokio::spawn(async move {
+            let mut done = 0u64;
+            while Instant::now() < deadline {
+                if send(&mut sender).await.is_err() {
+                    break;
+                }
+                done += 1;
+            }
+            done
+        }));
+    }
+    let started = Instant::now();
+    let mut total = 0;
+    for client in clients {
+        total += client.await?;
+    }
+    Ok(total as f64 / started.elapsed().as_secs_f64())
+}
+
+pub fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[sorted.len() / 2]
+}
+
+pub fn median_pair(values: &[(f64, f64)]) -> (f64, f64) {
+    let p50: Vec<f64> = values.iter().map(|v| v.0).collect();
+    let p99: Vec<f64> = values.iter().map(|v| v.1).collect();
+    (median(&p50), median(&p99))
+}
