@@ -128,6 +128,12 @@ partner_api_token = "partner-secret"
         let _ = self.child.wait();
     }
 
+    /// Sends a signal (`HUP`, `TERM`, …) to the gateway process.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill").arg(format!("-{name}")).arg(self.child.id().to_string()).status();
+        assert!(status.is_ok_and(|s| s.success()), "kill -{name} failed");
+    }
+
     /// Everything the gateway logged so far.
     pub fn log(&self) -> String {
         self.log.lock().map(|log| log.clone()).unwrap_or_default()
