@@ -1,6 +1,6 @@
 //! The in-memory backend: a `BTreeMap` per namespace behind one lock.
 
-use super::{Backend, Check, Entry, KvError, Write, in_scan, scan_start};
+use super::{Backend, Check, Entry, KvError, Page, Write, scan_start};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard};
 
@@ -45,20 +45,13 @@ impl Backend for MemoryBackend {
         let Some(map) = inner.namespaces.get(ns) else {
             return Ok(Vec::new());
         };
-        let mut out = Vec::new();
-        let mut bytes = 0;
-        let range = map.range::<str, _>((scan_start(prefix, start_after), std::ops::Bound::Unbounded));
-        for (key, entry) in range.take_while(|(key, _)| key.starts_with(prefix)) {
-            if !in_scan(key, prefix, start_after) {
-                continue;
-            }
-            if out.len() == limit || (!out.is_empty() && bytes >= max_bytes) {
+        let mut page = Page::new(prefix, start_after, limit, max_bytes);
+        for (key, entry) in map.range::<str, _>((scan_start(prefix, start_after), std::ops::Bound::Unbounded)) {
+            if !page.offer(key, || Ok(entry.clone()))? {
                 break;
             }
-            bytes += entry.value.len();
-            out.push((key.clone(), entry.clone()));
         }
-        Ok(out)
+        Ok(page.entries)
     }
 
     fn commit(&self, ns: &str, checks: &[Check], writes: &[Write]) -> Result<(), KvError> {

@@ -230,9 +230,39 @@ fn decode_entry(raw: &[u8]) -> Result<Entry, KvError> {
     Ok(Entry { value: value.to_vec(), version: u64::from_le_bytes(*version) })
 }
 
-/// Whether `key` belongs to a scan page: has the prefix and lies after `start_after`.
-fn in_scan(key: &str, prefix: &str, start_after: Option<&str>) -> bool {
-    key.starts_with(prefix) && start_after.is_none_or(|after| key > after)
+/// One scan page being collected: the bounds every backend's scan shares.
+/// Backends walk their keys in order from [`scan_start`] and offer each.
+struct Page<'a> {
+    prefix: &'a str,
+    start_after: Option<&'a str>,
+    limit: usize,
+    max_bytes: usize,
+    bytes: usize,
+    entries: Vec<(String, Entry)>,
+}
+
+impl<'a> Page<'a> {
+    fn new(prefix: &'a str, start_after: Option<&'a str>, limit: usize, max_bytes: usize) -> Self {
+        Self { prefix, start_after, limit, max_bytes, bytes: 0, entries: Vec::new() }
+    }
+
+    /// Offers the next key in order; `entry` is read only if the key is taken.
+    /// Returns `false` once the page is complete and the walk should stop.
+    fn offer(&mut self, key: &str, entry: impl FnOnce() -> Result<Entry, KvError>) -> Result<bool, KvError> {
+        if !key.starts_with(self.prefix) {
+            return Ok(false);
+        }
+        if self.start_after.is_some_and(|after| key <= after) {
+            return Ok(true);
+        }
+        if self.entries.len() == self.limit || (!self.entries.is_empty() && self.bytes >= self.max_bytes) {
+            return Ok(false);
+        }
+        let entry = entry()?;
+        self.bytes += entry.value.len();
+        self.entries.push((key.to_owned(), entry));
+        Ok(true)
+    }
 }
 
 /// The first key a scan must look at: the larger of the prefix and `start_after`.

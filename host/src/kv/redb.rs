@@ -4,7 +4,7 @@
 //! come from one counter in the `evogate:meta` table, bumped by every commit,
 //! so a version is never reused even after a key is deleted and re-created.
 
-use super::{Backend, Check, Entry, KvError, Write, decode_entry, encode_entry, in_scan, scan_start};
+use super::{Backend, Check, Entry, KvError, Page, Write, decode_entry, encode_entry, scan_start};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableError};
 use std::path::{Path, PathBuf};
 
@@ -80,25 +80,14 @@ impl Backend for RedbBackend {
         };
         let range =
             table.range::<&str>((scan_start(prefix, start_after), std::ops::Bound::Unbounded)).map_err(unavailable)?;
-        let mut out = Vec::new();
-        let mut bytes = 0;
+        let mut page = Page::new(prefix, start_after, limit, max_bytes);
         for item in range {
             let (key, raw) = item.map_err(unavailable)?;
-            let key = key.value();
-            if !key.starts_with(prefix) {
+            if !page.offer(key.value(), || decode_entry(raw.value()))? {
                 break;
             }
-            if !in_scan(key, prefix, start_after) {
-                continue;
-            }
-            if out.len() == limit || (!out.is_empty() && bytes >= max_bytes) {
-                break;
-            }
-            let entry = decode_entry(raw.value())?;
-            bytes += entry.value.len();
-            out.push((key.to_owned(), entry));
         }
-        Ok(out)
+        Ok(page.entries)
     }
 
     fn commit(&self, ns: &str, checks: &[Check], writes: &[Write]) -> Result<(), KvError> {
