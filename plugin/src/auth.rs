@@ -87,11 +87,36 @@ fn log_once_a_day(ctx: &Ctx<'_>, topic: &str, message: &str) {
     });
 }
 
-/// The Evotor user a request acts for, from its `Authorization: Bearer`
-/// user token: the one door of every user-scoped endpoint. Unknown,
-/// revoked or replaced-past-grace token, or a disabled account → 401 1002;
-/// past its lifetime → 401 1003; the user's tariff INACTIVE → 402 1004.
-pub fn require_user(ctx: &Ctx<'_>, request: &Request, settings: &Settings) -> Result<String, ApiError> {
+/// Whether the request carries a configured server credential (no log, no error).
+pub fn is_server(ctx: &Ctx<'_>, request: &Request) -> bool {
+    let bearer = ctx.config.non_empty(SERVER_BEARER_TOKEN);
+    let basic = ctx
+        .config
+        .non_empty(SERVER_BASIC_USER)
+        .zip(ctx.config.non_empty(SERVER_BASIC_PASSWORD))
+        .map(|(user, password)| format!("{user}:{password}"));
+    match presented(request) {
+        Some(Presented::Bearer(token)) => bearer.is_some_and(|want| secrets_equal(token.as_bytes(), want.as_bytes())),
+        Some(Presented::Basic(pair)) => basic.is_some_and(|want| secrets_equal(&pair, want.as_bytes())),
+        None => false,
+    }
+}
+
+/// A user authenticated by token, before any billing check.
+#[derive(Debug, Clone)]
+pub struct AuthenticatedUser {
+    /// The Evotor user.
+    pub user_id: String,
+    /// The user's record.
+    pub record: storage::UserRecord,
+    /// Whether the partner bills this user itself (billing checks do not apply).
+    pub has_billing: bool,
+}
+
+/// Resolves `Authorization: Bearer <user token>` to exactly one Evotor user.
+/// Unknown, revoked or replaced-past-grace token, or a disabled account →
+/// 401 1002; past its lifetime → 401 1003.
+pub fn authenticate_user(ctx: &Ctx<'_>, request: &Request, settings: &Settings) -> Result<AuthenticatedUser, ApiError> {
     let token = match presented(request) {
         Some(Presented::Bearer(token)) if !token.is_empty() => token,
         _ => return Err(ApiError::unknown_token()),
@@ -111,14 +136,31 @@ pub fn require_user(ctx: &Ctx<'_>, request: &Request, settings: &Settings) -> Re
         tokens::Status::Expired => return Err(ApiError::expired_token()),
         tokens::Status::Unknown => return Err(ApiError::unknown_token()),
     }
+    let mut has_billing = false;
     if let Some(account_id) = &user.account_id {
-        let account = storage::read::<storage::Account>(ctx.kv, &storage::account_key(account_id))?;
-        if account.is_none_or(|account| account.disabled) {
-            return Err(ApiError::unknown_token());
+        match storage::read::<storage::Account>(ctx.kv, &storage::account_key(account_id))? {
+            Some(account) if !account.disabled => has_billing = account.has_billing,
+            _ => return Err(ApiError::unknown_token()),
         }
     }
-    if user.tariff.as_ref().is_some_and(|tariff| !tariff.active) {
+    Ok(AuthenticatedUser { user_id: user.user_id.clone(), record: user, has_billing })
+}
+
+/// The Evotor user a request acts for: the one door of every user-scoped
+/// endpoint. [`authenticate_user`], then the billing guard: the legacy
+/// tariff INACTIVE, or (with `billing_enforcement = "evotor"`, for users the
+/// partner does not bill itself) no usable subscription or the app
+/// uninstalled → 402 1004.
+pub fn require_user(ctx: &Ctx<'_>, request: &Request, settings: &Settings) -> Result<String, ApiError> {
+    let user = authenticate_user(ctx, request, settings)?;
+    if user.record.tariff.as_ref().is_some_and(|tariff| !tariff.active) {
         return Err(ApiError::payment_required(&user.user_id));
+    }
+    if settings.billing_enforced && !user.has_billing {
+        let entitlement = crate::billing::entitlement(ctx, &user.user_id, settings.pending_grace_secs)?;
+        if !entitlement.usable {
+            return Err(ApiError::payment_required(&user.user_id));
+        }
     }
     Ok(user.user_id)
 }

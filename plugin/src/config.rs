@@ -46,6 +46,10 @@ pub struct Settings {
     pub argon2_iterations: u32,
     /// Argon2id lanes (`password_argon2_parallelism`).
     pub argon2_parallelism: u32,
+    /// Whether Evotor's subscriptions gate user calls (`billing_enforcement`: `evotor` | `off`).
+    pub billing_enforced: bool,
+    /// How long an unpaid new subscription stays usable (`billing_pending_grace_secs`).
+    pub pending_grace_secs: u64,
 }
 
 impl Settings {
@@ -68,6 +72,18 @@ impl Settings {
             argon2_memory_kib: number(config, "password_argon2_memory_kib", crate::passwords::DEFAULT_MEMORY_KIB)?,
             argon2_iterations: number(config, "password_argon2_iterations", crate::passwords::DEFAULT_ITERATIONS)?,
             argon2_parallelism: number(config, "password_argon2_parallelism", 1)?,
+            billing_enforced: match config.non_empty("billing_enforcement").as_deref() {
+                None | Some("evotor") => true,
+                Some("off") => false,
+                Some(other) => {
+                    return Err(format!("setting billing_enforcement = {other:?} must be \"evotor\" or \"off\""));
+                }
+            },
+            pending_grace_secs: number(
+                config,
+                "billing_pending_grace_secs",
+                crate::billing::DEFAULT_PENDING_GRACE_SECS,
+            )?,
         })
     }
 }

@@ -24,6 +24,7 @@
 
 pub mod accounts;
 pub mod auth;
+pub mod billing;
 pub mod clock;
 pub mod config;
 pub mod errors;
@@ -35,6 +36,7 @@ pub mod partner_api;
 pub mod passwords;
 pub mod router;
 pub mod storage;
+pub mod time;
 pub mod tokens;
 
 #[cfg(target_arch = "wasm32")]

@@ -18,7 +18,7 @@ use crate::errors::ApiError;
 use crate::http::{Request, Response};
 use crate::input::{self, Object};
 use crate::router::Params;
-use crate::storage::{self, Account, LoginIndex, UserRecord};
+use crate::storage::{self, Account, LoginIndex, StorageError, UserRecord};
 use crate::{Ctx, auth, passwords, tokens};
 use serde_json::{Value, json};
 
@@ -304,6 +304,47 @@ pub fn get_user(ctx: &Ctx<'_>, request: &Request, params: &Params) -> Result<Res
         return Err(ApiError::not_found());
     }
     Ok(Response::json(200, &user_view(ctx, user_id, user.as_ref())?))
+}
+
+fn user_param<'a>(params: &'a Params) -> Result<&'a str, ApiError> {
+    let user_id = params.get("userId").unwrap_or_default();
+    if input::is_user_id(user_id) { Ok(user_id) } else { Err(ApiError::incorrect("userId", user_id)) }
+}
+
+/// `GET /partner/v1/users/{userId}/subscriptions`: each subscription's state and events.
+pub fn user_subscriptions(ctx: &Ctx<'_>, request: &Request, params: &Params) -> Result<Response, ApiError> {
+    require_partner(ctx, request)?;
+    let user_id = user_param(params)?;
+    let mut items = Vec::new();
+    for subscription in crate::billing::subscriptions(ctx, user_id)? {
+        let prefix = storage::subscription_events_prefix(&subscription.subscription_id);
+        let mut events = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = ctx.kv.scan(&prefix, after.as_deref(), crate::kv::MAX_SCAN_LIMIT)?;
+            let Some((last, _)) = page.last() else { break };
+            after = Some(last.clone());
+            for (key, entry) in &page {
+                let stored: Value =
+                    serde_json::from_slice(&entry.value).map_err(|_| StorageError::Corrupt(key.clone()))?;
+                events.push(stored);
+            }
+        }
+        items.push(json!({ "state": subscription, "events": events }));
+    }
+    Ok(Response::json(200, &json!({ "userId": user_id, "subscriptions": items })))
+}
+
+/// `GET /partner/v1/users/{userId}/entitlement`: usable?, licensed devices, why not.
+pub fn user_entitlement(ctx: &Ctx<'_>, request: &Request, params: &Params) -> Result<Response, ApiError> {
+    require_partner(ctx, request)?;
+    let user_id = user_param(params)?;
+    let settings = settings(ctx)?;
+    let entitlement = crate::billing::entitlement(ctx, user_id, settings.pending_grace_secs)?;
+    Ok(Response::json(
+        200,
+        &json!({ "userId": user_id, "enforced": settings.billing_enforced, "entitlement": entitlement }),
+    ))
 }
 
 /// `GET /partner/v1/users`.

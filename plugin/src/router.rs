@@ -3,7 +3,7 @@
 
 use crate::errors::ApiError;
 use crate::http::{Request, Response};
-use crate::{Ctx, accounts, inventory, partner_api};
+use crate::{Ctx, accounts, billing, inventory, partner_api};
 
 /// Values of the `{name}` segments of a matched route.
 #[derive(Debug, Default)]
@@ -32,6 +32,10 @@ const ROUTES: &[Route] = &[
     route("/api/v1/user/verify", &[("POST", accounts::verify)]),
     route("/api/v1/user/token", &[("POST", accounts::store_cloud_token)]),
     route("/api/v1/user/tariff", &[("POST", accounts::tariff)]),
+    // Evotor → partner, server or user token.
+    route("/api/v1/subscription/event", &[("POST", billing::subscription_event)]),
+    route("/api/v2/installation/event", &[("POST", billing::installation_event)]),
+    route("/api/v1/user/event", &[("POST", billing::legacy_event)]),
     // Evotor → partner, user token.
     route("/api/v1/inventories/stores", &[("PUT", inventory::put_stores)]),
     route("/api/v1/inventories/employees", &[("PUT", inventory::put_employees)]),
@@ -48,6 +52,8 @@ const ROUTES: &[Route] = &[
     ),
     route("/partner/v1/users", &[("GET", partner_api::list_users)]),
     route("/partner/v1/users/{userId}", &[("GET", partner_api::get_user)]),
+    route("/partner/v1/users/{userId}/subscriptions", &[("GET", partner_api::user_subscriptions)]),
+    route("/partner/v1/users/{userId}/entitlement", &[("GET", partner_api::user_entitlement)]),
 ];
 
 const fn route(pattern: &'static str, methods: &'static [(&'static str, Handler)]) -> Route {

@@ -12,6 +12,12 @@
 //! | `tokens/{sha256(token)}` | [`TokenIndex`] → userId |
 //! | `owners/{kind}/{uuid}` | [`OwnerIndex`]: which user an Evotor store, employee or device belongs to |
 //! | `user/{userId}/{kind}/{uuid}` | [`EntityRecord`]: the entity as Evotor last sent it |
+//! | `subs/{subscriptionId}/state` | [`crate::billing::Subscription`] |
+//! | `subs/{subscriptionId}/event/{seq:010}` | a subscription event as received |
+//! | `user/{userId}/sub/{subscriptionId}` | marker: the user's subscriptions |
+//! | `user/{userId}/installation` | [`crate::billing::Installation`] |
+//! | `installs/{sha256(id)}` | an installation event as received |
+//! | `legacy-events/{sha256(body)}` | a legacy `/user/event` as received |
 //! | `meta/{name}` | small service records |
 //!
 //! Every value is JSON with `"v"`: the storage format version (see the
@@ -28,8 +34,8 @@ use sha2::{Digest as _, Sha256};
 /// The storage format this build writes.
 pub const FORMAT: u32 = 1;
 
-/// How often [`transact`] retries after a conflict before giving up.
-const MAX_ATTEMPTS: usize = 8;
+/// How often [`transact`] tries before giving up on a contended record.
+const MAX_ATTEMPTS: u32 = 24;
 
 /// The Evotor cloud token of one user: the partner calls Evotor's REST API with it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -217,6 +223,46 @@ fn cloud_token_key(user_id: &str) -> String {
     format!("user/{user_id}/cloud-token")
 }
 
+/// Key of a subscription's state.
+pub fn subscription_key(subscription_id: &str) -> String {
+    format!("subs/{subscription_id}/state")
+}
+
+/// Key of one subscription event (zero-padded so keys sort by sequence).
+pub fn subscription_event_key(subscription_id: &str, sequence: u64) -> String {
+    format!("subs/{subscription_id}/event/{sequence:010}")
+}
+
+/// Prefix of a subscription's events.
+pub fn subscription_events_prefix(subscription_id: &str) -> String {
+    format!("subs/{subscription_id}/event/")
+}
+
+/// Key of the marker linking a user to a subscription.
+pub fn user_subscription_key(user_id: &str, subscription_id: &str) -> String {
+    format!("{}{subscription_id}", user_subscriptions_prefix(user_id))
+}
+
+/// Prefix of a user's subscription markers.
+pub fn user_subscriptions_prefix(user_id: &str) -> String {
+    format!("user/{user_id}/sub/")
+}
+
+/// Key of a user's installation state.
+pub fn installation_key(user_id: &str) -> String {
+    format!("user/{user_id}/installation")
+}
+
+/// Key of an installation event by the digest of its id.
+pub fn installation_event_key(id_hash: &str) -> String {
+    format!("installs/{id_hash}")
+}
+
+/// Key of a legacy billing event by the digest of its body.
+pub fn legacy_event_key(body_hash: &str) -> String {
+    format!("legacy-events/{body_hash}")
+}
+
 /// Key of a service record.
 pub fn meta_key(name: &str) -> String {
     format!("meta/{name}")
@@ -348,7 +394,10 @@ pub fn transact<R, E>(kv: &dyn Kv, mut body: impl FnMut(&mut Txn<'_>) -> Result<
 where
     E: From<StorageError>,
 {
-    for _ in 0..MAX_ATTEMPTS {
+    for attempt in 0..MAX_ATTEMPTS {
+        if attempt > 0 {
+            backoff(attempt);
+        }
         let mut txn = Txn { kv, checks: Vec::new(), writes: Vec::new() };
         let result = body(&mut txn)?;
         if txn.writes.is_empty() {
@@ -361,6 +410,15 @@ where
         }
     }
     Err(StorageError::Kv(KvError::Unavailable("too much contention on the same records".into())).into())
+}
+
+/// Waits a random time before retry `attempt`, growing to at most 32 ms, so
+/// writers racing for one record spread out instead of colliding again.
+fn backoff(attempt: u32) {
+    let ceiling_ms = 1u64 << attempt.min(5);
+    let mut random = [0u8; 2];
+    let jitter = if getrandom::fill(&mut random).is_ok() { u64::from(u16::from_le_bytes(random)) } else { 0 };
+    std::thread::sleep(std::time::Duration::from_micros(jitter % (ceiling_ms * 1000)));
 }
 
 #[cfg(test)]

@@ -6,6 +6,35 @@ use serde_json::json;
 
 const USER: &str = "01-000000000000042";
 const STORE: &str = "20170228-f4f1-401b-80fa-9eccca8451ff";
+const PRODUCT: &str = "c0d01e35-5193-4cc2-9bfb-be20e0679498";
+
+/// A subscription event of `user` as Evotor sends it.
+fn subscription_event(
+    user: &str,
+    subscription: &str,
+    seq: u64,
+    kind: &str,
+    extra: serde_json::Value,
+) -> serde_json::Value {
+    let mut body = json!({
+        "subscriptionId": subscription, "productId": PRODUCT, "userId": user,
+        "timestamp": "2026-11-01T10:00:00.000+0000", "sequenceNumber": seq, "type": kind,
+    });
+    if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+        body.extend(extra.clone());
+    }
+    body
+}
+
+fn trial(user: &str, subscription: &str) -> serde_json::Value {
+    subscription_event(
+        user,
+        subscription,
+        1,
+        "SubscriptionCreated",
+        json!({"planId": "basic", "trialPeriodDuration": "P3650DT", "deviceNumber": 2}),
+    )
+}
 
 fn put_json(url: &str, bearer: &str, body: &serde_json::Value) -> evogate_e2e::Reply {
     let auth = format!("Bearer {bearer}");
@@ -17,6 +46,9 @@ fn put_json(url: &str, bearer: &str, body: &serde_json::Value) -> evogate_e2e::R
 fn register_verify_cloud_token_then_user_calls_until_the_tariff_lapses() {
     let gateway = Gateway::evotor("");
     let server = Some("server-secret");
+    // Evotor often announces the subscription before the account exists.
+    let sub = "a99fbf70-6307-4acc-b61c-741ee9eef6c0";
+    assert_eq!(post_json(&gateway.url("/api/v1/subscription/event"), server, &trial(USER, sub)).status, 200);
 
     let created = post_json(
         &gateway.url("/api/v1/user/create"),
@@ -99,9 +131,117 @@ fn a_token_of_one_user_never_acts_for_another() {
     };
     let alice = token("01-000000000000001", "alice");
     let bob = token("01-000000000000002", "bob");
+    for (user, sub) in [
+        ("01-000000000000001", "a99fbf70-6307-4acc-b61c-741ee9eef601"),
+        ("01-000000000000002", "a99fbf70-6307-4acc-b61c-741ee9eef602"),
+    ] {
+        assert_eq!(post_json(&gateway.url("/api/v1/subscription/event"), server, &trial(user, sub)).status, 200);
+    }
     let url = gateway.url("/api/v1/inventories/stores");
     assert_eq!(put_json(&url, &alice, &json!([{"uuid": STORE, "name": "Alice's"}])).status, 200);
     let taken = put_json(&url, &bob, &json!([{"uuid": STORE, "name": "Bob's"}]));
     assert_eq!(taken.status, 409);
     assert!(!taken.text().contains("Alice"));
+}
+
+#[test]
+fn install_trial_activate_terminate_is_402_and_renewal_lets_the_user_back() {
+    let gateway = Gateway::evotor("");
+    let server = Some("server-secret");
+    let user = "01-000000000000077";
+    let sub = "b99fbf70-6307-4acc-b61c-741ee9eef6c0";
+    let event = |seq: u64, kind: &str, extra: serde_json::Value| {
+        let reply = post_json(
+            &gateway.url("/api/v1/subscription/event"),
+            server,
+            &subscription_event(user, sub, seq, kind, extra),
+        );
+        assert_eq!(reply.status, 200, "{kind}: {}", reply.text());
+    };
+    let installed = post_json(
+        &gateway.url("/api/v2/installation/event"),
+        server,
+        &json!({"id": "inst-1", "timestamp": "2026-11-01T09:00:00.000+0000", "version": 2, "type": "ApplicationInstalled", "data": {"productId": PRODUCT, "userId": user}}),
+    );
+    assert_eq!(installed.status, 200);
+    let created = post_json(
+        &gateway.url("/api/v1/user/create"),
+        server,
+        &json!({"userId": user, "username": "u77", "password": "pw"}),
+    );
+    let token = created.json()["token"].as_str().expect("token").to_owned();
+    let call =
+        || put_json(&gateway.url("/api/v1/inventories/stores"), &token, &json!([{"uuid": STORE, "name": "Shop"}]));
+    assert_eq!(call().status, 402, "no subscription yet");
+
+    event(1, "SubscriptionCreated", json!({"planId": "basic", "trialPeriodDuration": "P3650DT"}));
+    assert_eq!(call().status, 200, "trial");
+    event(2, "SubscriptionActivated", json!({"nextBillingDate": "2099-01-01T00:00:00.000+0000"}));
+    assert_eq!(call().status, 200, "active");
+    event(3, "SubscriptionTerminated", json!({}));
+    let lapsed = call();
+    assert_eq!((lapsed.status, lapsed.error_code()), (402, Some(1004)), "terminated");
+    // A lapsed user's own token still delivers the event that revives it.
+    let renewed = subscription_event(
+        user,
+        sub,
+        4,
+        "SubscriptionRenewed",
+        json!({"nextBillingDate": "2099-02-01T00:00:00.000+0000"}),
+    );
+    assert_eq!(post_json(&gateway.url("/api/v1/subscription/event"), Some(&token), &renewed).status, 200);
+    assert_eq!(call().status, 200, "renewed");
+}
+
+#[test]
+fn concurrent_interleaved_deliveries_converge_to_the_in_order_state() {
+    let gateway = Gateway::evotor("");
+    let user = "01-000000000000088";
+    let sub = "c99fbf70-6307-4acc-b61c-741ee9eef6c0";
+    let mut events = vec![subscription_event(
+        user,
+        sub,
+        1,
+        "SubscriptionCreated",
+        json!({"planId": "basic", "trialPeriodDuration": "P0DT", "deviceNumber": 1}),
+    )];
+    for seq in 2..=24u64 {
+        let kind = ["SubscriptionActivated", "SubscriptionTermsChanged", "SubscriptionRenewed"][(seq % 3) as usize];
+        events.push(subscription_event(
+            user,
+            sub,
+            seq,
+            kind,
+            json!({"nextBillingDate": "2099-01-01T00:00:00.000+0000", "deviceNumber": seq}),
+        ));
+    }
+    // 8 deliverers, each sending every event in its own rotated order: duplicates and reordering at once.
+    let workers: Vec<_> = (0..8)
+        .map(|worker| {
+            let url = gateway.url("/api/v1/subscription/event");
+            let mut mine = events.clone();
+            mine.rotate_left(worker * 3);
+            if worker % 2 == 1 {
+                mine.reverse();
+            }
+            std::thread::spawn(move || {
+                mine.iter().filter(|body| post_json(&url, Some("server-secret"), body).status == 200).count()
+            })
+        })
+        .collect();
+    let delivered: usize = workers.into_iter().map(|w| w.join().expect("worker")).sum();
+    assert_eq!(delivered, 8 * events.len(), "every delivery answered 200");
+    let view = request(
+        "GET",
+        &gateway.url(&format!("/partner/v1/users/{user}/subscriptions")),
+        &[("authorization", "Bearer partner-secret")],
+        None,
+    )
+    .json();
+    let state = &view["subscriptions"][0]["state"];
+    assert_eq!(state["appliedThrough"], 24);
+    assert_eq!(state["waiting"], json!([]));
+    assert_eq!(state["deviceNumber"], 24, "the last event in sequence order decides");
+    assert_eq!(state["status"], "ACTIVE");
+    assert_eq!(view["subscriptions"][0]["events"].as_array().map(Vec::len), Some(24), "each event stored once");
 }

@@ -26,6 +26,8 @@ impl World {
             ("partner_api_token", "partner"),
             ("password_argon2_memory_kib", "64"),
             ("password_argon2_iterations", "1"),
+            // Billing has its own tests; here every user is entitled.
+            ("billing_enforcement", "off"),
         ]);
         for (key, value) in extra {
             config.0.insert((*key).into(), (*value).into());

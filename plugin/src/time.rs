@@ -1,0 +1,135 @@
+//! The date-time and duration formats Evotor sends.
+
+/// Parses an ISO 8601 date-time with an offset, as Evotor writes them
+/// (`2017-04-20T18:26:37.753+0000`, `…Z`, `…+03:00`), into Unix milliseconds.
+pub fn parse_datetime(text: &str) -> Option<i64> {
+    let bytes = text.as_bytes();
+    if bytes.len() < 19 || bytes[4] != b'-' || bytes[7] != b'-' || !matches!(bytes[10], b'T' | b't' | b' ') {
+        return None;
+    }
+    if bytes[13] != b':' || bytes[16] != b':' {
+        return None;
+    }
+    let number = |range: std::ops::Range<usize>| -> Option<i64> {
+        let part = text.get(range)?;
+        part.bytes().all(|b| b.is_ascii_digit()).then(|| part.parse().ok()).flatten()
+    };
+    let (year, month, day) = (number(0..4)?, number(5..7)?, number(8..10)?);
+    let (hour, minute, second) = (number(11..13)?, number(14..16)?, number(17..19)?);
+    if !(1..=12).contains(&month) || !(1..=days_in_month(year, month)).contains(&day) {
+        return None;
+    }
+    if hour > 23 || minute > 59 || second > 60 {
+        return None;
+    }
+    let mut rest = &text[19..];
+    let mut millis = 0;
+    if let Some(fraction) = rest.strip_prefix('.') {
+        let digits = fraction.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return None;
+        }
+        let padded = format!("{:0<3}", &fraction[..digits.min(3)]);
+        millis = padded.parse::<i64>().ok()?;
+        rest = &fraction[digits..];
+    }
+    let offset_minutes = match rest {
+        "Z" | "z" => 0,
+        _ => {
+            let sign = match rest.as_bytes().first()? {
+                b'+' => 1,
+                b'-' => -1,
+                _ => return None,
+            };
+            let digits: String = rest[1..].chars().filter(|c| *c != ':').collect();
+            if digits.len() != 4 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            let hours: i64 = digits[..2].parse().ok()?;
+            let minutes: i64 = digits[2..].parse().ok()?;
+            if hours > 23 || minutes > 59 {
+                return None;
+            }
+            sign * (hours * 60 + minutes)
+        }
+    };
+    let days = days_from_civil(year, month, day);
+    let seconds = days * 86_400 + hour * 3600 + minute * 60 + second - offset_minutes * 60;
+    Some(seconds * 1000 + millis)
+}
+
+fn is_leap(year: i64) -> bool {
+    (year % 4 == 0 && year % 100 != 0) || year % 400 == 0
+}
+
+fn days_in_month(year: i64, month: i64) -> i64 {
+    match month {
+        2 if is_leap(year) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let year_of_era = year - era * 400;
+    let month_index = (month + 9) % 12;
+    let day_of_year = (153 * month_index + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
+}
+
+/// Parses an ISO 8601 duration of whole days, `PnD` or `PnDT` (Evotor's
+/// trial periods), into days.
+pub fn parse_days(text: &str) -> Option<u32> {
+    let inner = text.strip_prefix('P')?;
+    let inner = inner.strip_suffix('T').unwrap_or(inner);
+    let digits = inner.strip_suffix('D')?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn evotor_timestamps_parse_to_unix_millis() {
+        assert_eq!(parse_datetime("1970-01-01T00:00:00.000+0000"), Some(0));
+        assert_eq!(parse_datetime("2017-04-20T18:26:37.753+0000"), Some(1_492_712_797_753));
+        assert_eq!(parse_datetime("2017-04-20T21:26:37.753+0300"), Some(1_492_712_797_753));
+        assert_eq!(parse_datetime("2017-04-20T21:26:37.753+03:00"), Some(1_492_712_797_753));
+        assert_eq!(parse_datetime("2017-04-20T18:26:37Z"), Some(1_492_712_797_000));
+        assert_eq!(parse_datetime("2024-02-29T00:00:00Z"), Some(1_709_164_800_000));
+    }
+
+    #[test]
+    fn malformed_timestamps_are_refused() {
+        for bad in [
+            "",
+            "2017-04-20",
+            "2017-13-01T00:00:00Z",
+            "2023-02-29T00:00:00Z",
+            "2017-04-20T25:00:00Z",
+            "2017-04-20T18:26:37",
+            "2017-04-20T18:26:37.+0000",
+            "2017-04-20T18:26:37+3",
+        ] {
+            assert_eq!(parse_datetime(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn trial_durations_are_whole_days() {
+        assert_eq!(parse_days("P14DT"), Some(14));
+        assert_eq!(parse_days("P0D"), Some(0));
+        assert_eq!(parse_days("P14"), None);
+        assert_eq!(parse_days("14D"), None);
+        assert_eq!(parse_days("PT14H"), None);
+    }
+}
