@@ -529,5 +529,40 @@ pub fn entitlement(ctx: &Ctx<'_>, user_id: &str, pending_grace_secs: u64) -> Res
     Ok(Entitlement { usable: true, licensed_devices: usable.iter().map(|s| s.devices()).sum(), reason: None })
 }
 
+/// How many devices `user_id` may have registered: none when billing is
+/// not enforced for the user (enforcement off, or the partner bills them).
+pub fn device_limit(ctx: &Ctx<'_>, user_id: &str, settings: &crate::config::Settings) -> Result<Option<u64>, ApiError> {
+    if !settings.billing_enforced || partner_bills(ctx, user_id)? {
+        return Ok(None);
+    }
+    Ok(Some(entitlement(ctx, user_id, settings.pending_grace_secs)?.licensed_devices))
+}
+
+fn partner_bills(ctx: &Ctx<'_>, user_id: &str) -> Result<bool, ApiError> {
+    let Some(user) = storage::read::<storage::UserRecord>(ctx.kv, &storage::user_key(user_id))? else {
+        return Ok(false);
+    };
+    let Some(account_id) = user.account_id else { return Ok(false) };
+    Ok(storage::read::<storage::Account>(ctx.kv, &storage::account_key(&account_id))?.is_some_and(|a| a.has_billing))
+}
+
+/// The device guard for calls made in the context of a terminal (documents'
+/// `deviceUuid`, receipts' `deviceId`): only the first N devices the user
+/// registered, N = licensed devices, may act → else 405 1005.
+pub fn require_device(
+    ctx: &Ctx<'_>,
+    user_id: &str,
+    device_uuid: &str,
+    settings: &crate::config::Settings,
+) -> Result<(), ApiError> {
+    let Some(limit) = device_limit(ctx, user_id, settings)? else { return Ok(()) };
+    let order = storage::read::<storage::DeviceOrder>(ctx.kv, &storage::device_order_key(user_id))?.unwrap_or_default();
+    let wanted = device_uuid.to_ascii_lowercase();
+    match order.devices.iter().position(|device| *device == wanted) {
+        Some(index) if (index as u64) < limit => Ok(()),
+        _ => Err(ApiError::device_not_allowed(device_uuid)),
+    }
+}
+
 #[cfg(test)]
 mod tests;

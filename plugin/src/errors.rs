@@ -78,6 +78,15 @@ impl ApiError {
         }
     }
 
+    /// 405 code 1005: the device is not among the licensed ones.
+    pub fn device_not_allowed(device_uuid: &str) -> Self {
+        Self {
+            subject: Some("deviceUuid".into()),
+            value: Some(device_uuid.into()),
+            ..Self::new(405, 1005, "not allowed")
+        }
+    }
+
     /// 409 code 2004: the user or the account is already linked elsewhere.
     pub fn already_linked() -> Self {
         Self::new(409, 2004, "already linked to another account")

@@ -11,7 +11,7 @@ use crate::accounts::settings;
 use crate::errors::ApiError;
 use crate::http::{Request, Response};
 use crate::router::Params;
-use crate::storage::{self, EntityRecord, OwnerIndex};
+use crate::storage::{self, DeviceOrder, EntityRecord, OwnerIndex};
 use crate::{Ctx, auth};
 use serde_json::{Map, Value, json};
 
@@ -162,7 +162,8 @@ pub fn put_devices(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Result<Respo
 }
 
 fn mirror(ctx: &Ctx<'_>, request: &Request, kind: Kind) -> Result<Response, ApiError> {
-    let user_id = auth::require_user(ctx, request, &settings(ctx)?)?;
+    let settings = settings(ctx)?;
+    let user_id = auth::require_user(ctx, request, &settings)?;
     let items = match serde_json::from_slice::<Value>(&request.body) {
         Ok(Value::Array(items)) => items,
         Ok(_) => return Err(ApiError::syntax("expected a JSON array")),
@@ -185,18 +186,37 @@ fn mirror(ctx: &Ctx<'_>, request: &Request, kind: Kind) -> Result<Response, ApiE
         batch.push((id, item));
     }
 
+    // Devices beyond the licensed number are not registered (405 1007).
+    let device_limit = match kind {
+        Kind::Device => crate::billing::device_limit(ctx, &user_id, &settings)?,
+        _ => None,
+    };
     let now = ctx.clock.now_unix();
-    let (mapped, foreign) = storage::transact(ctx.kv, |txn| -> Result<_, ApiError> {
+    let (mapped, foreign, over) = storage::transact(ctx.kv, |txn| -> Result<_, ApiError> {
         let mut mapped = Vec::new();
         let mut foreign = Vec::new();
+        let mut over = Vec::new();
+        let order_key = storage::device_order_key(&user_id);
+        let mut order = match kind {
+            Kind::Device => txn.get::<DeviceOrder>(&order_key)?.unwrap_or_default(),
+            _ => DeviceOrder::default(),
+        };
+        let registered = order.devices.len();
         for (id, item) in &batch {
             let owner_key = storage::owner_key(kind.name(), id);
             let owner = txn.get::<OwnerIndex>(&owner_key)?;
-            let partner_id = match owner {
-                Some(owner) if owner.user_id != user_id => {
-                    foreign.push(id.clone());
+            if owner.as_ref().is_some_and(|owner| owner.user_id != user_id) {
+                foreign.push(id.clone());
+                continue;
+            }
+            if kind == Kind::Device && !order.devices.contains(id) {
+                if device_limit.is_some_and(|limit| order.devices.len() as u64 >= limit) {
+                    over.push(id.clone());
                     continue;
                 }
+                order.devices.push(id.clone());
+            }
+            let partner_id = match owner {
                 Some(owner) => owner.partner_id,
                 None => {
                     let owner = OwnerIndex {
@@ -218,16 +238,26 @@ fn mirror(ctx: &Ctx<'_>, request: &Request, kind: Kind) -> Result<Response, ApiE
             txn.put(&storage::entity_key(&user_id, kind.name(), id), &record);
             mapped.push(json!({ "uuid": id, "partnerId": partner_id }));
         }
-        Ok((mapped, foreign))
+        if order.devices.len() != registered {
+            order.v = storage::FORMAT;
+            txn.put(&order_key, &order);
+        }
+        Ok((mapped, foreign, over))
     })?;
-    if foreign.is_empty() {
+    if foreign.is_empty() && over.is_empty() {
         return Ok(Response::json(200, &Value::Array(mapped)));
     }
-    let errors: Vec<Value> = foreign
+    let errors: Vec<Value> = over
         .iter()
-        .map(|id| json!({ "code": 2005, "reason": "belongs to another user", "subject": "uuid", "value": id }))
+        .map(|id| json!({ "code": 1007, "reason": "license overhead", "subject": "deviceUuid", "value": id }))
+        .chain(
+            foreign
+                .iter()
+                .map(|id| json!({ "code": 2005, "reason": "belongs to another user", "subject": "uuid", "value": id })),
+        )
         .collect();
-    Ok(Response::json(409, &json!({ "errors": errors, "accepted": mapped })))
+    let status = if over.is_empty() { 409 } else { 405 };
+    Ok(Response::json(status, &json!({ "errors": errors, "accepted": mapped })))
 }
 
 #[cfg(test)]

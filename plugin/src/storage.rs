@@ -15,6 +15,7 @@
 //! | `subs/{subscriptionId}/state` | [`crate::billing::Subscription`] |
 //! | `subs/{subscriptionId}/event/{seq:010}` | a subscription event as received |
 //! | `user/{userId}/sub/{subscriptionId}` | marker: the user's subscriptions |
+//! | `user/{userId}/device-order` | [`DeviceOrder`]: the user's devices in first-registration order |
 //! | `user/{userId}/installation` | [`crate::billing::Installation`] |
 //! | `installs/{sha256(id)}` | an installation event as received |
 //! | `legacy-events/{sha256(body)}` | a legacy `/user/event` as received |
@@ -246,6 +247,22 @@ pub fn user_subscription_key(user_id: &str, subscription_id: &str) -> String {
 /// Prefix of a user's subscription markers.
 pub fn user_subscriptions_prefix(user_id: &str) -> String {
     format!("user/{user_id}/sub/")
+}
+
+/// The devices of a user in the order they were first registered: the
+/// first N of them are the licensed ones.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceOrder {
+    /// Storage format version.
+    pub v: u32,
+    /// Device uuids, lower case.
+    pub devices: Vec<String>,
+}
+
+/// Key of a user's device registration order.
+pub fn device_order_key(user_id: &str) -> String {
+    format!("user/{user_id}/device-order")
 }
 
 /// Key of a user's installation state.

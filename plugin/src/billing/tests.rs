@@ -299,3 +299,52 @@ proptest! {
         }
     }
 }
+
+const DEV: [&str; 3] = [
+    "20170222-d58c-40e0-8051-b53adff38860",
+    "20170222-d58c-40e0-8051-b53adff38861",
+    "20170222-d58c-40e0-8051-b53adff38862",
+];
+
+#[test]
+fn devices_beyond_the_license_are_refused_with_1007_and_the_rest_saved() {
+    let world = enforced();
+    let token = world.register(USER, "ivan");
+    post(&world, &created(SUB, "P14DT", 2));
+    let devices = json!([{"uuid": DEV[0], "name": "A"}, {"uuid": DEV[1], "name": "B"}, {"uuid": DEV[2], "name": "C"}]);
+    let response = world.call("PUT", "/api/v1/inventories/devices", Some(&token), Some(devices.clone()));
+    assert_eq!(response.status, 405);
+    let body = response.body_json();
+    assert_eq!(
+        body["errors"][0],
+        json!({"code": 1007, "reason": "license overhead", "subject": "deviceUuid", "value": DEV[2]})
+    );
+    assert_eq!(body["accepted"].as_array().map(Vec::len), Some(2));
+    let settings = crate::accounts::settings(&world.ctx()).expect("settings");
+    assert!(require_device(&world.ctx(), USER, DEV[0], &settings).is_ok());
+    assert!(require_device(&world.ctx(), USER, &DEV[1].to_uppercase(), &settings).is_ok());
+    let refused = require_device(&world.ctx(), USER, DEV[2], &settings).expect_err("not licensed");
+    assert_eq!((refused.status, refused.code, refused.subject.as_deref()), (405, 1005, Some("deviceUuid")));
+
+    // Updating the registered devices is fine; one more licensed device admits the third.
+    let again =
+        world.call("PUT", "/api/v1/inventories/devices", Some(&token), Some(json!([{"uuid": DEV[1], "name": "B2"}])));
+    assert_eq!(again.status, 200);
+    post(&world, &event(SUB, 2, "SubscriptionTermsChanged", json!({"deviceNumber": 3})));
+    assert_eq!(world.call("PUT", "/api/v1/inventories/devices", Some(&token), Some(devices)).status, 200);
+    assert!(require_device(&world.ctx(), USER, DEV[2], &settings).is_ok());
+    // Fewer licenses later: the devices registered first keep working.
+    post(&world, &event(SUB, 3, "SubscriptionTermsChanged", json!({"deviceNumber": 1})));
+    assert!(require_device(&world.ctx(), USER, DEV[0], &settings).is_ok());
+    assert!(require_device(&world.ctx(), USER, DEV[1], &settings).is_err());
+}
+
+#[test]
+fn without_enforcement_devices_are_not_limited() {
+    let world = World::new();
+    let token = world.register(USER, "ivan");
+    let devices: Vec<Value> = DEV.iter().map(|uuid| json!({"uuid": uuid})).collect();
+    assert_eq!(world.call("PUT", "/api/v1/inventories/devices", Some(&token), Some(Value::Array(devices))).status, 200);
+    let settings = crate::accounts::settings(&world.ctx()).expect("settings");
+    assert!(require_device(&world.ctx(), USER, "20170222-d58c-40e0-8051-b53adff38869", &settings).is_ok());
+}
