@@ -306,7 +306,7 @@ pub fn get_user(ctx: &Ctx<'_>, request: &Request, params: &Params) -> Result<Res
     Ok(Response::json(200, &user_view(ctx, user_id, user.as_ref())?))
 }
 
-fn user_param<'a>(params: &'a Params) -> Result<&'a str, ApiError> {
+fn user_param(params: &Params) -> Result<&str, ApiError> {
     let user_id = params.get("userId").unwrap_or_default();
     if input::is_user_id(user_id) { Ok(user_id) } else { Err(ApiError::incorrect("userId", user_id)) }
 }

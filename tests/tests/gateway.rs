@@ -122,7 +122,7 @@ fn endless_loops_hit_the_deadline_while_other_requests_are_served() {
         let normal = get(&gateway.url("/beta/version"));
         let took = started.elapsed();
         assert_eq!(normal.status, 200);
-        assert!(took < Duration::from_millis(500), "served while the loops ran: {took:?}");
+        assert!(took < Duration::from_millis(1000), "served while the loops ran: {took:?}");
     }
 
     for looping in loops {
