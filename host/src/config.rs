@@ -145,7 +145,7 @@ impl Config {
         anyhow::ensure!(!self.plugins.is_empty(), "no [[plugins]] configured");
         let open_admin = self.admin.token.as_deref().is_none_or(str::is_empty);
         anyhow::ensure!(
-            !(open_admin && !self.admin.listen.ip().is_loopback()),
+            !open_admin || self.admin.listen.ip().is_loopback(),
             "admin.listen = {} is not a loopback address: set admin.token (or EVOGATE_ADMIN__TOKEN) to protect it",
             self.admin.listen
         );
