@@ -415,3 +415,52 @@ impl Deployer {
         tracing::info!(plugin = %managed.slot.name, from = %old.label(), to = %label, "swapped");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(sha: &str) -> VersionRecord {
+        VersionRecord { sha256: sha.into(), version: "1.0.0".into(), deployed_at: 1 }
+    }
+
+    #[test]
+    fn only_components_within_the_limit_pass_validation() {
+        let component = b"\0asm\x0d\0\x01\0rest";
+        assert!(validate(component, 64).is_ok());
+        let too_big = validate(component, 8).expect_err("over the limit");
+        assert!(too_big.to_string().contains("limit is 8"), "{too_big}");
+        let core = validate(b"\0asm\x01\0\0\0", 64).expect_err("core module");
+        assert!(core.to_string().contains("wasm32-wasip2"), "{core}");
+        for garbage in [&b""[..], b"\0asm", b"hello world!"] {
+            assert!(matches!(validate(garbage, 64), Err(DeployError::Invalid(_))));
+        }
+    }
+
+    #[test]
+    fn state_round_trips_and_keeps_only_the_recorded_artifacts() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let files = PluginDir { dir: dir.path().join("plugins").join("p") };
+        assert_eq!(files.read_state().expect("read"), None, "nothing deployed yet");
+        for sha in ["a", "b", "c", "d"] {
+            files.save_artifact(sha, sha.as_bytes()).expect("save");
+        }
+        let state = State { active: record("d"), previous: vec![record("c"), record("b")] };
+        files.write_state(&state).expect("write");
+        assert_eq!(files.read_state().expect("read"), Some(state));
+        assert!(!files.artifact("a").exists(), "an artifact no longer recorded is removed");
+        for kept in ["b", "c", "d"] {
+            assert_eq!(std::fs::read(files.artifact(kept)).expect("kept"), kept.as_bytes());
+        }
+        assert!(!files.dir.join("state.tmp").exists(), "no temp file left behind");
+    }
+
+    #[test]
+    fn an_unreadable_state_file_is_an_error_not_a_silent_reset() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let files = PluginDir { dir: dir.path().to_owned() };
+        std::fs::write(dir.path().join("state.json"), b"{not json").expect("write");
+        let err = files.read_state().expect_err("corrupt");
+        assert!(format!("{err:#}").contains("state.json"), "{err:#}");
+    }
+}
