@@ -44,12 +44,7 @@ fn presented(request: &Request) -> Option<Presented> {
 /// credentials; otherwise 401 code 1001. With no credential configured
 /// every request is refused: the server endpoints are never open.
 pub fn require_server(ctx: &Ctx<'_>, request: &Request) -> Result<(), ApiError> {
-    let bearer = ctx.config.non_empty(SERVER_BEARER_TOKEN);
-    let basic = ctx
-        .config
-        .non_empty(SERVER_BASIC_USER)
-        .zip(ctx.config.non_empty(SERVER_BASIC_PASSWORD))
-        .map(|(user, password)| format!("{user}:{password}"));
+    let (bearer, basic) = server_credentials(ctx);
     if bearer.is_none() && basic.is_none() {
         log_once_a_day(
             ctx,
@@ -61,12 +56,27 @@ pub fn require_server(ctx: &Ctx<'_>, request: &Request) -> Result<(), ApiError> 
         );
         return Err(ApiError::server_unauthorized());
     }
-    let ok = match presented(request) {
+    if presents(request, bearer, basic) { Ok(()) } else { Err(ApiError::server_unauthorized()) }
+}
+
+/// The configured server bearer token and `user:password` Basic pair.
+fn server_credentials(ctx: &Ctx<'_>) -> (Option<String>, Option<String>) {
+    let bearer = ctx.config.non_empty(SERVER_BEARER_TOKEN);
+    let basic = ctx
+        .config
+        .non_empty(SERVER_BASIC_USER)
+        .zip(ctx.config.non_empty(SERVER_BASIC_PASSWORD))
+        .map(|(user, password)| format!("{user}:{password}"));
+    (bearer, basic)
+}
+
+/// Whether the request presents one of the given credentials (constant time).
+fn presents(request: &Request, bearer: Option<String>, basic: Option<String>) -> bool {
+    match presented(request) {
         Some(Presented::Bearer(token)) => bearer.is_some_and(|want| secrets_equal(token.as_bytes(), want.as_bytes())),
         Some(Presented::Basic(pair)) => basic.is_some_and(|want| secrets_equal(&pair, want.as_bytes())),
         None => false,
-    };
-    if ok { Ok(()) } else { Err(ApiError::server_unauthorized()) }
+    }
 }
 
 /// Logs `message` unless the same `topic` was logged earlier the same UTC
@@ -89,17 +99,8 @@ fn log_once_a_day(ctx: &Ctx<'_>, topic: &str, message: &str) {
 
 /// Whether the request carries a configured server credential (no log, no error).
 pub fn is_server(ctx: &Ctx<'_>, request: &Request) -> bool {
-    let bearer = ctx.config.non_empty(SERVER_BEARER_TOKEN);
-    let basic = ctx
-        .config
-        .non_empty(SERVER_BASIC_USER)
-        .zip(ctx.config.non_empty(SERVER_BASIC_PASSWORD))
-        .map(|(user, password)| format!("{user}:{password}"));
-    match presented(request) {
-        Some(Presented::Bearer(token)) => bearer.is_some_and(|want| secrets_equal(token.as_bytes(), want.as_bytes())),
-        Some(Presented::Basic(pair)) => basic.is_some_and(|want| secrets_equal(&pair, want.as_bytes())),
-        None => false,
-    }
+    let (bearer, basic) = server_credentials(ctx);
+    presents(request, bearer, basic)
 }
 
 /// A user authenticated by token, before any billing check.

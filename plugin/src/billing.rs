@@ -497,16 +497,10 @@ pub struct Entitlement {
 pub fn subscriptions(ctx: &Ctx<'_>, user_id: &str) -> Result<Vec<Subscription>, ApiError> {
     let prefix = storage::user_subscriptions_prefix(user_id);
     let mut out = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let page = ctx.kv.scan(&prefix, after.as_deref(), crate::kv::MAX_SCAN_LIMIT)?;
-        let Some((last, _)) = page.last() else { break };
-        after = Some(last.clone());
-        for (key, _) in &page {
-            let id = key.strip_prefix(&prefix).unwrap_or_default();
-            if let Some(state) = storage::read::<Subscription>(ctx.kv, &storage::subscription_key(id))? {
-                out.push(state);
-            }
+    for (key, _) in storage::scan_all(ctx.kv, &prefix)? {
+        let id = key.strip_prefix(&prefix).unwrap_or_default();
+        if let Some(state) = storage::read::<Subscription>(ctx.kv, &storage::subscription_key(id))? {
+            out.push(state);
         }
     }
     Ok(out)

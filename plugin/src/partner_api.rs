@@ -318,18 +318,10 @@ pub fn user_subscriptions(ctx: &Ctx<'_>, request: &Request, params: &Params) -> 
     let mut items = Vec::new();
     for subscription in crate::billing::subscriptions(ctx, user_id)? {
         let prefix = storage::subscription_events_prefix(&subscription.subscription_id);
-        let mut events = Vec::new();
-        let mut after: Option<String> = None;
-        loop {
-            let page = ctx.kv.scan(&prefix, after.as_deref(), crate::kv::MAX_SCAN_LIMIT)?;
-            let Some((last, _)) = page.last() else { break };
-            after = Some(last.clone());
-            for (key, entry) in &page {
-                let stored: Value =
-                    serde_json::from_slice(&entry.value).map_err(|_| StorageError::Corrupt(key.clone()))?;
-                events.push(stored);
-            }
-        }
+        let events = storage::scan_all(ctx.kv, &prefix)?
+            .into_iter()
+            .map(|(key, entry)| serde_json::from_slice::<Value>(&entry.value).map_err(|_| StorageError::Corrupt(key)))
+            .collect::<Result<Vec<_>, _>>()?;
         items.push(json!({ "state": subscription, "events": events }));
     }
     Ok(Response::json(200, &json!({ "userId": user_id, "subscriptions": items })))

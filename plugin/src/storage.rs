@@ -356,6 +356,20 @@ pub fn page<T: DeserializeOwned>(
     Ok((items, next))
 }
 
+/// Every entry under `prefix`, in key order (for small sets: a user's
+/// subscriptions, a subscription's events).
+pub fn scan_all(kv: &dyn Kv, prefix: &str) -> Result<Vec<(String, crate::kv::Entry)>, StorageError> {
+    let mut entries = Vec::new();
+    loop {
+        let after = entries.last().map(|(key, _): &(String, crate::kv::Entry)| key.clone());
+        let page = kv.scan(prefix, after.as_deref(), crate::kv::MAX_SCAN_LIMIT)?;
+        if page.is_empty() {
+            return Ok(entries);
+        }
+        entries.extend(page);
+    }
+}
+
 /// Records the latest Evotor cloud token of a user (latest wins).
 pub fn put_cloud_token(kv: &dyn Kv, user_id: &str, token: &str, now: u64) -> Result<(), StorageError> {
     let record = CloudToken { v: FORMAT, token: token.to_owned(), received_at: now };
