@@ -26,6 +26,7 @@ pub mod server;
 
 pub use server::Gateway;
 
+use anyhow::Context as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,7 +49,9 @@ impl std::fmt::Debug for App {
 /// Opens the store and loads every configured plugin (or its last
 /// deployed version); fails with the reason when any cannot be loaded.
 pub async fn start(config: &config::Config) -> anyhow::Result<App> {
-    let data_dir = config.data_dir();
+    // Absolute, so that every part (the compilation cache insists) agrees on it.
+    let data_dir = std::path::absolute(config.data_dir()).context("resolving data_dir")?;
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating data_dir {}", data_dir.display()))?;
     let backend = kv::open(config.store.backend, &data_dir)?;
     tracing::info!(store = %backend.describe(), "key-value store open");
     let limits = sandbox::Limits {

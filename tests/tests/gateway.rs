@@ -262,3 +262,33 @@ fn a_missing_plugin_file_stops_startup_with_a_clear_message() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("missing.wasm") && stderr.contains("\"x\""), "{stderr}");
 }
+
+#[test]
+fn the_default_relative_data_dir_works_from_any_directory() {
+    let cwd = tempfile::tempdir().expect("temp dir");
+    let config = cwd.path().join("evogate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[plugins]]\nname = \"evotor\"\nroute = \"/\"\nwasm = {}\n",
+            toml_str(&evogate_e2e::evotor_wasm().to_string_lossy())
+        ),
+    )
+    .expect("write config");
+    let mut child = std::process::Command::new(evogate_e2e::evogate_bin())
+        .args(["serve", "--config", "evogate.toml"])
+        .current_dir(cwd.path())
+        .env("EVOGATE_LISTEN", "127.0.0.1:0")
+        .env("EVOGATE_ADMIN__LISTEN", "127.0.0.1:0")
+        .env("NO_COLOR", "1")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start evogate");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
+    let started = lines.by_ref().map_while(Result::ok).any(|line| line.contains("evogate listening on"));
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(started, "evogate did not start with the default data_dir");
+    assert!(cwd.path().join("data/evogate.redb").is_file(), "the store is under ./data of the working directory");
+}
