@@ -32,6 +32,8 @@ use generated::evogate::plugin::{config as wit_config, kv as wit_kv, types as wi
 /// How often the epoch ticks: the deadline's granularity, and how long a
 /// plugin runs before it yields its thread to other requests.
 const EPOCH_TICK: Duration = Duration::from_millis(2);
+/// Instances beyond the request slots, for the smoke tests of deploys.
+const DEPLOY_HEADROOM: u32 = 4;
 /// Instance memory kept mapped between requests and reset in place.
 const KEEP_RESIDENT_BYTES: usize = 4 * 1024 * 1024;
 
@@ -79,7 +81,9 @@ impl Sandbox {
     /// compiled code is cached in `cache_dir` when given.
     pub fn new(limits: Limits, cache_dir: Option<&std::path::Path>) -> wasmtime::Result<Self> {
         let mut pool = PoolingAllocationConfig::default();
-        let n = limits.max_instances.max(1);
+        // Request slots, plus room for deploys to smoke-test new versions
+        // while every request slot is busy.
+        let n = limits.max_instances.max(1).saturating_add(DEPLOY_HEADROOM);
         // A Rust component holds its main module plus a few small shim modules.
         pool.total_component_instances(n)
             .total_core_instances(n.saturating_mul(8))
