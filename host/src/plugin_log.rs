@@ -19,15 +19,16 @@ pub struct LogPipe {
 
 struct Buffer {
     tag: Arc<str>,
+    request_id: Arc<str>,
     stream: &'static str,
     pending: Vec<u8>,
     total: usize,
 }
 
 impl LogPipe {
-    /// A pipe for `stream` ("stdout" or "stderr") of plugin `tag`.
-    pub fn new(tag: Arc<str>, stream: &'static str) -> Self {
-        let buffer = Buffer { tag, stream, pending: Vec::new(), total: 0 };
+    /// A pipe for `stream` ("stdout" or "stderr") of plugin `tag` serving request `request_id`.
+    pub fn new(tag: Arc<str>, request_id: Arc<str>, stream: &'static str) -> Self {
+        let buffer = Buffer { tag, request_id, stream, pending: Vec::new(), total: 0 };
         Self { inner: Arc::new(Mutex::new(buffer)) }
     }
 }
@@ -66,9 +67,9 @@ impl Buffer {
         let text = String::from_utf8_lossy(line);
         let text = text.trim_end_matches('\r');
         if self.stream == "stderr" {
-            tracing::warn!(target: "plugin", plugin = %self.tag, stream = self.stream, "{text}");
+            tracing::warn!(target: "plugin", plugin = %self.tag, request_id = %self.request_id, stream = self.stream, "{text}");
         } else {
-            tracing::info!(target: "plugin", plugin = %self.tag, stream = self.stream, "{text}");
+            tracing::info!(target: "plugin", plugin = %self.tag, request_id = %self.request_id, stream = self.stream, "{text}");
         }
     }
 }

@@ -194,7 +194,8 @@ impl PluginVersion {
     /// every epoch tick, so a busy plugin shares the thread instead of
     /// holding it; past the deadline it traps.
     pub async fn handle(&self, request: &Request, timeout: Duration) -> Result<Response, Failure> {
-        let mut store = self.new_store(timeout);
+        let request_id = request.headers.iter().find(|(name, _)| name == "x-request-id").map_or("-", |(_, id)| id);
+        let mut store = self.new_store(timeout, request_id);
         let result = match self.pre.instantiate_async(&mut store).await {
             Ok(plugin) => plugin.evogate_plugin_handler().call_handle(&mut store, request).await,
             Err(err) => Err(err),
@@ -204,7 +205,7 @@ impl PluginVersion {
 
     /// Instantiates once and reads the plugin's identity.
     async fn identity(&self) -> Result<(String, String), Failure> {
-        let mut store = self.new_store(self.limits.timeout);
+        let mut store = self.new_store(self.limits.timeout, "-");
         let result = match self.pre.instantiate_async(&mut store).await {
             Ok(plugin) => plugin.evogate_plugin_identity().call_info(&mut store).await,
             Err(err) => Err(err),
@@ -212,13 +213,14 @@ impl PluginVersion {
         self.finish(&store, result).map(|info| (info.name, info.version))
     }
 
-    fn new_store(&self, timeout: Duration) -> Store<HostState> {
+    fn new_store(&self, timeout: Duration, request_id: &str) -> Store<HostState> {
         let tag: Arc<str> = format!("{}@{}", self.plugin, self.version).into();
+        let request_id: Arc<str> = request_id.into();
         // No preopened directories, environment or arguments (the builder's
         // defaults), stdin closed, and every socket refused explicitly.
         let wasi = WasiCtx::builder()
-            .stdout(LogPipe::new(tag.clone(), "stdout"))
-            .stderr(LogPipe::new(tag, "stderr"))
+            .stdout(LogPipe::new(tag.clone(), request_id.clone(), "stdout"))
+            .stderr(LogPipe::new(tag, request_id, "stderr"))
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)

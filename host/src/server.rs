@@ -93,11 +93,15 @@ pub async fn serve(
 
 impl Gateway {
     /// Answers one HTTP request and writes its access-log line.
-    pub async fn handle(&self, req: hyper::Request<Incoming>) -> hyper::Response<Full<Bytes>> {
+    pub async fn handle(&self, mut req: hyper::Request<Incoming>) -> hyper::Response<Full<Bytes>> {
         let started = Instant::now();
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
-        let served = self.dispatch(req, started).await;
+        // The plugin sees the id as a request header; the client gets it back.
+        let request_id = request_id(req.headers());
+        req.headers_mut().insert(REQUEST_ID, request_id.clone());
+        let mut served = self.dispatch(req, started).await;
+        served.response.headers_mut().insert(REQUEST_ID, request_id.clone());
         let status = served.response.status().as_u16();
         let elapsed = started.elapsed();
         let (name, route, label) = served.plugin.unwrap_or_default();
@@ -108,6 +112,7 @@ impl Gateway {
             status,
             latency_us = elapsed.as_micros() as u64,
             plugin = if label.is_empty() { "-" } else { label.as_str() },
+            request_id = request_id.to_str().unwrap_or("-"),
         );
         metrics::histogram!("evogate_request_duration_seconds", "plugin" => name.clone()).record(elapsed.as_secs_f64());
         metrics::counter!("evogate_requests_total", "plugin" => name, "route" => route, "status" => status.to_string())
@@ -218,6 +223,29 @@ impl Gateway {
         let in_use = self.max_instances.saturating_sub(self.permits.available_permits());
         metrics::gauge!("evogate_instances_in_use").set(in_use as f64);
     }
+}
+
+/// The request id header, in and out.
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The client's `X-Request-Id` when it is sane (1–128 of `[A-Za-z0-9._:-]`),
+/// else a new random one.
+fn request_id(headers: &hyper::HeaderMap) -> HeaderValue {
+    let sane = |id: &&HeaderValue| {
+        let bytes = id.as_bytes();
+        (1..=128).contains(&bytes.len())
+            && bytes.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+    };
+    if let Some(id) = headers.get(REQUEST_ID).filter(sane) {
+        return id.clone();
+    }
+    let mut random = [0u8; 12];
+    // Without the OS generator an id is still unique enough from the clock.
+    if getrandom::fill(&mut random).is_err() {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        random.copy_from_slice(&nanos.to_le_bytes()[..12]);
+    }
+    HeaderValue::from_str(&hex::encode(random)).unwrap_or(HeaderValue::from_static("-"))
 }
 
 /// Headers the gateway owns; a plugin's values for them are ignored.

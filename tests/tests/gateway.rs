@@ -292,3 +292,26 @@ fn the_default_relative_data_dir_works_from_any_directory() {
     assert!(started, "evogate did not start with the default data_dir");
     assert!(cwd.path().join("data/evogate.redb").is_file(), "the store is under ./data of the working directory");
 }
+
+#[test]
+fn every_request_gets_an_id_echoed_and_in_the_plugins_log_lines() {
+    let gateway = guest_gateway("");
+    let generated = get(&gateway.url("/beta/version"));
+    let id = generated.header("x-request-id").unwrap_or_default().to_owned();
+    assert_eq!(id.len(), 24, "a generated id: {id:?}");
+    assert_ne!(get(&gateway.url("/beta/version")).header("x-request-id"), Some(id.as_str()), "ids differ");
+
+    let given = request("GET", &gateway.url("/beta/print"), &[("x-request-id", "order-42.retry:1")], None);
+    assert_eq!(given.header("x-request-id"), Some("order-42.retry:1"), "a sane id is kept");
+    assert!(gateway.wait_for_log("hello from stderr"));
+    let log = gateway.log();
+    let line = log.lines().find(|l| l.contains("hello from stderr")).unwrap_or_default();
+    assert!(line.contains("order-42.retry:1"), "the plugin's own line carries the id: {line}");
+    let access = log.lines().find(|l| l.contains("/beta/print") && l.contains("status=200")).unwrap_or_default();
+    assert!(access.contains("order-42.retry:1"), "{access}");
+
+    let insane = request("GET", &gateway.url("/beta/version"), &[("x-request-id", "no spaces allowed")], None);
+    assert_ne!(insane.header("x-request-id"), Some("no spaces allowed"));
+    let missing = get(&gateway.url("/nowhere"));
+    assert!(missing.header("x-request-id").is_some(), "errors of the gateway itself carry one too");
+}
