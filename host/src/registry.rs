@@ -73,11 +73,6 @@ impl Registry {
         self.slots.iter().find(|slot| route_matches(&slot.route, path))
     }
 
-    /// The slot of plugin `name`.
-    pub fn by_name(&self, name: &str) -> Option<&Arc<Slot>> {
-        self.slots.iter().find(|slot| slot.name == name)
-    }
-
     /// Every slot, longest route first.
     pub fn slots(&self) -> &[Arc<Slot>] {
         &self.slots

@@ -120,11 +120,6 @@ impl Sandbox {
         Ok(Self { engine, linker, limits, _ticker: ticker })
     }
 
-    /// The engine, for precompiling and checking components.
-    pub fn engine(&self) -> &Engine {
-        &self.engine
-    }
-
     /// Compiles `wasm` and checks it by instantiating it once and reading
     /// its identity. Compilation is slow: it runs on a blocking thread.
     pub async fn load(

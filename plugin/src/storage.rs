@@ -338,16 +338,8 @@ pub fn page<T: DeserializeOwned>(
     limit: u32,
 ) -> Result<(Vec<T>, Option<String>), StorageError> {
     let limit = limit.clamp(1, crate::kv::MAX_SCAN_LIMIT);
-    let mut cursor = after.map(|after| format!("{prefix}{after}"));
-    let mut entries = Vec::new();
-    // The host may end a scan early to bound its size: only an empty scan means the end.
-    while (entries.len() as u32) < limit {
-        let batch = kv.scan(prefix, cursor.as_deref(), limit - entries.len() as u32)?;
-        let Some((last, _)) = batch.last() else { break };
-        cursor = Some(last.clone());
-        entries.extend(batch);
-    }
-    let next = if entries.len() as u32 == limit {
+    let entries = collect(kv, prefix, after.map(|after| format!("{prefix}{after}")), limit as usize)?;
+    let next = if entries.len() == limit as usize {
         entries.last().and_then(|(key, _)| key.strip_prefix(prefix)).map(str::to_owned)
     } else {
         None
@@ -359,15 +351,27 @@ pub fn page<T: DeserializeOwned>(
 /// Every entry under `prefix`, in key order (for small sets: a user's
 /// subscriptions, a subscription's events).
 pub fn scan_all(kv: &dyn Kv, prefix: &str) -> Result<Vec<(String, crate::kv::Entry)>, StorageError> {
+    collect(kv, prefix, None, usize::MAX)
+}
+
+/// Up to `limit` entries under `prefix` after the key `cursor`, scanning as
+/// often as needed: the host may end a scan early to bound its size, so
+/// only an empty scan means the end.
+fn collect(
+    kv: &dyn Kv,
+    prefix: &str,
+    mut cursor: Option<String>,
+    limit: usize,
+) -> Result<Vec<(String, crate::kv::Entry)>, StorageError> {
     let mut entries = Vec::new();
-    loop {
-        let after = entries.last().map(|(key, _): &(String, crate::kv::Entry)| key.clone());
-        let page = kv.scan(prefix, after.as_deref(), crate::kv::MAX_SCAN_LIMIT)?;
-        if page.is_empty() {
-            return Ok(entries);
-        }
-        entries.extend(page);
+    while entries.len() < limit {
+        let want = (limit - entries.len()).min(crate::kv::MAX_SCAN_LIMIT as usize) as u32;
+        let batch = kv.scan(prefix, cursor.as_deref(), want)?;
+        let Some((last, _)) = batch.last() else { break };
+        cursor = Some(last.clone());
+        entries.extend(batch);
     }
+    Ok(entries)
 }
 
 /// Records the latest Evotor cloud token of a user (latest wins).

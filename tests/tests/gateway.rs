@@ -12,10 +12,6 @@ use std::time::{Duration, Instant};
 
 const USER: &str = "01-000000000000001";
 
-fn evotor_gateway(limits: &str) -> Gateway {
-    Gateway::evotor(limits)
-}
-
 /// Two instances of the test guest, `alpha` on `/alpha` and `beta` on `/beta`.
 fn guest_gateway(limits: &str) -> Gateway {
     let wasm = toml_str(&guest_wasm().to_string_lossy());
@@ -39,7 +35,7 @@ wasm = {wasm}
 
 #[test]
 fn cloud_token_is_stored_and_survives_a_restart() {
-    let mut gateway = evotor_gateway("");
+    let mut gateway = Gateway::evotor("");
     let body = json!({"userId": USER, "token": "evotor-cloud-token"});
     let stored = post_json(&gateway.url("/api/v1/user/token"), Some("server-secret"), &body);
     assert_eq!(stored.status, 200, "{}", stored.text());
@@ -58,7 +54,7 @@ fn cloud_token_is_stored_and_survives_a_restart() {
 
 #[test]
 fn server_endpoints_refuse_wrong_credentials() {
-    let gateway = evotor_gateway("");
+    let gateway = Gateway::evotor("");
     let body = json!({"userId": USER, "token": "t"});
     for bearer in [None, Some("wrong")] {
         let reply = post_json(&gateway.url("/api/v1/user/token"), bearer, &body);
@@ -72,7 +68,7 @@ fn server_endpoints_refuse_wrong_credentials() {
 
 #[test]
 fn unknown_path_and_wrong_method_answer_in_evotor_format() {
-    let gateway = evotor_gateway("");
+    let gateway = Gateway::evotor("");
     let missing = get(&gateway.url("/api/v1/no-such-endpoint"));
     assert_eq!((missing.status, missing.error_code()), (404, Some(404)));
     let wrong_method = get(&gateway.url("/api/v1/user/token"));
@@ -91,7 +87,7 @@ fn a_path_no_plugin_serves_is_404_from_the_gateway() {
 
 #[test]
 fn oversized_bodies_get_413_with_or_without_content_length() {
-    let gateway = evotor_gateway("[limits]\nmax_body_bytes = 1024");
+    let gateway = Gateway::evotor("[limits]\nmax_body_bytes = 1024");
     let big = vec![b'x'; 4096];
     let declared = request("POST", &gateway.url("/api/v1/user/token"), &[], Some(&big));
     assert_eq!((declared.status, declared.error_code()), (413, Some(413)));
