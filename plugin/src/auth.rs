@@ -82,17 +82,27 @@ fn presents(request: &Request, bearer: Option<String>, basic: Option<String>) ->
 /// Logs `message` unless the same `topic` was logged earlier the same UTC
 /// day: each request runs in a fresh instance, so "once" is kept in the store.
 fn log_once_a_day(ctx: &Ctx<'_>, topic: &str, message: &str) {
+    log_once_in(ctx, topic, ctx.clock.now_unix() / 86_400 + 1, message);
+}
+
+/// Logs `message` the first time `topic` comes up, ever: each request is a
+/// fresh instance, so the memory of it is kept in the store.
+pub(crate) fn log_once(ctx: &Ctx<'_>, topic: &str, message: &str) {
+    log_once_in(ctx, topic, 0, message);
+}
+
+/// Logs `message` unless `topic` was already logged in `period`.
+fn log_once_in(ctx: &Ctx<'_>, topic: &str, period: u64, message: &str) {
     let key = storage::meta_key(&format!("logged/{topic}"));
-    let today = ctx.clock.now_unix() / 86_400;
     let logged: Result<Option<u64>, _> = storage::read(ctx.kv, &key);
-    if matches!(logged, Ok(Some(day)) if day == today) {
+    if matches!(logged, Ok(Some(logged)) if logged == period) {
         return;
     }
     eprintln!("{message}");
     // Losing this write only means logging again; the request's answer does not depend on it.
     let _ = storage::transact(ctx.kv, |txn| -> Result<(), storage::StorageError> {
         let _: Option<u64> = txn.get(&key)?;
-        txn.put(&key, &today);
+        txn.put(&key, &period);
         Ok(())
     });
 }

@@ -35,7 +35,7 @@ pub enum Write {
 pub enum KvError {
     /// A check failed; nothing written.
     Conflict,
-    /// Over a size limit (key 1 KiB, value 4 MiB, 10,000 writes, scan 1000).
+    /// Over a size limit (key 1 KiB, value 4 MiB, 100,000 writes, scan 1000).
     TooLarge,
     /// The store cannot serve now.
     Unavailable(String),
@@ -48,7 +48,7 @@ pub const MAX_VALUE_BYTES: usize = 4 * 1024 * 1024;
 /// Largest scan limit the host accepts.
 pub const MAX_SCAN_LIMIT: u32 = 1000;
 /// Most writes in one commit.
-pub const MAX_WRITES: usize = 10_000;
+pub const MAX_WRITES: usize = 100_000;
 
 /// The host's transactional key-value store.
 pub trait Kv {

@@ -25,6 +25,7 @@
 pub mod accounts;
 pub mod auth;
 pub mod billing;
+pub mod catalog;
 pub mod clock;
 pub mod config;
 pub mod errors;

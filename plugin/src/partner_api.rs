@@ -29,7 +29,7 @@ const DEFAULT_LIMIT: u32 = 100;
 
 /// Succeeds for a request bearing the partner API token. Without the
 /// setting the API does not exist (404); a wrong token is 401.
-fn require_partner(ctx: &Ctx<'_>, request: &Request) -> Result<(), ApiError> {
+pub(crate) fn require_partner(ctx: &Ctx<'_>, request: &Request) -> Result<(), ApiError> {
     let Some(want) = ctx.config.non_empty(PARTNER_API_TOKEN) else {
         return Err(ApiError::not_found());
     };
@@ -46,7 +46,7 @@ fn require_partner(ctx: &Ctx<'_>, request: &Request) -> Result<(), ApiError> {
 
 /// The value of query parameter `name` (no percent-decoding: cursors and
 /// numbers are plain ASCII).
-fn query<'a>(request: &'a Request, name: &str) -> Option<&'a str> {
+pub(crate) fn query<'a>(request: &'a Request, name: &str) -> Option<&'a str> {
     request
         .query
         .split('&')
@@ -56,7 +56,7 @@ fn query<'a>(request: &'a Request, name: &str) -> Option<&'a str> {
 }
 
 /// `after` and `limit` of a listing: limit 1..=1000, cursor without `/`.
-fn paging(request: &Request) -> Result<(Option<&str>, u32), ApiError> {
+pub(crate) fn paging(request: &Request) -> Result<(Option<&str>, u32), ApiError> {
     let limit = match query(request, "limit") {
         None => DEFAULT_LIMIT,
         Some(text) => match text.parse::<u32>() {

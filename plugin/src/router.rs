@@ -3,7 +3,7 @@
 
 use crate::errors::ApiError;
 use crate::http::{Request, Response};
-use crate::{Ctx, accounts, billing, inventory, partner_api};
+use crate::{Ctx, accounts, billing, catalog, inventory, partner_api};
 
 /// Values of the `{name}` segments of a matched route.
 #[derive(Debug, Default)]
@@ -40,6 +40,11 @@ const ROUTES: &[Route] = &[
     route("/api/v1/inventories/stores", &[("PUT", inventory::put_stores)]),
     route("/api/v1/inventories/employees", &[("PUT", inventory::put_employees)]),
     route("/api/v1/inventories/devices", &[("PUT", inventory::put_devices)]),
+    route(
+        "/api/v1/inventories/stores/{storeUuid}/products",
+        &[("GET", catalog::get_products), ("POST", catalog::post_products)],
+    ),
+    route("/api/v1/commodities", &[("GET", catalog::commodity)]),
     // The partner's own API.
     route("/partner/v1/accounts", &[("GET", partner_api::list_accounts), ("POST", partner_api::create_account)]),
     route(
@@ -54,6 +59,12 @@ const ROUTES: &[Route] = &[
     route("/partner/v1/users/{userId}", &[("GET", partner_api::get_user)]),
     route("/partner/v1/users/{userId}/subscriptions", &[("GET", partner_api::user_subscriptions)]),
     route("/partner/v1/users/{userId}/entitlement", &[("GET", partner_api::user_entitlement)]),
+    route(
+        "/partner/v1/stores/{storeUuid}/products",
+        &[("GET", catalog::partner_list_products), ("PUT", catalog::partner_put_products)],
+    ),
+    route("/partner/v1/stores/{storeUuid}/products/delete", &[("POST", catalog::partner_delete_products)]),
+    route("/partner/v1/stores/{storeUuid}/catalog-issues", &[("GET", catalog::partner_catalog_issues)]),
 ];
 
 const fn route(pattern: &'static str, methods: &'static [(&'static str, Handler)]) -> Route {

@@ -19,6 +19,11 @@
 //! | `user/{userId}/installation` | [`crate::billing::Installation`] |
 //! | `installs/{sha256(id)}` | an installation event as received |
 //! | `legacy-events/{sha256(body)}` | a legacy `/user/event` as received |
+//! | `cat/{store}/p/{uuid}` | [`crate::catalog::ProductRecord`]: a product or group of a store |
+//! | `cat/{store}/dir` | [`crate::catalog::Directory`]: product counts per key range, for offset paging |
+//! | `cat/{store}/bc/{sha256(barcode)[..32]}/{uuid}` | barcode index entry |
+//! | `cat/{store}/kids/{parentUuid}/{uuid}` | child index: items under a group |
+//! | `cat/{store}/orphan/{uuid}` | an item whose `parentUuid` names nothing in the store |
 //! | `meta/{name}` | small service records |
 //!
 //! Every value is JSON with `"v"`: the storage format version (see the
@@ -280,6 +285,56 @@ pub fn legacy_event_key(body_hash: &str) -> String {
     format!("legacy-events/{body_hash}")
 }
 
+/// Prefix of every product and group of a store.
+pub fn products_prefix(store: &str) -> String {
+    format!("cat/{store}/p/")
+}
+
+/// Key of a product or group.
+pub fn product_key(store: &str, uuid: &str) -> String {
+    format!("cat/{store}/p/{uuid}")
+}
+
+/// Key of a store's catalog directory.
+pub fn catalog_directory_key(store: &str) -> String {
+    format!("cat/{store}/dir")
+}
+
+/// Prefix of the barcode index entries of `barcode` in a store.
+pub fn barcode_prefix(store: &str, barcode: &str) -> String {
+    format!("cat/{store}/bc/{}/", &sha256_hex(barcode.as_bytes())[..32])
+}
+
+/// Key of the barcode index entry of `barcode` for product `uuid`.
+pub fn barcode_key(store: &str, barcode: &str, uuid: &str) -> String {
+    format!("{}{uuid}", barcode_prefix(store, barcode))
+}
+
+/// Prefix of the child index of `parent`.
+pub fn children_prefix(store: &str, parent: &str) -> String {
+    format!("cat/{store}/kids/{parent}/")
+}
+
+/// Key of the child index entry of `uuid` under `parent`.
+pub fn child_key(store: &str, parent: &str, uuid: &str) -> String {
+    format!("cat/{store}/kids/{parent}/{uuid}")
+}
+
+/// Prefix of a store's items with a missing parent.
+pub fn orphans_prefix(store: &str) -> String {
+    format!("cat/{store}/orphan/")
+}
+
+/// Key of an item with a missing parent.
+pub fn orphan_key(store: &str, uuid: &str) -> String {
+    format!("cat/{store}/orphan/{uuid}")
+}
+
+/// Prefix of a user's entities of one kind.
+pub fn entities_prefix(user_id: &str, kind: &str) -> String {
+    format!("user/{user_id}/{kind}/")
+}
+
 /// Key of a service record.
 pub fn meta_key(name: &str) -> String {
     format!("meta/{name}")
@@ -312,12 +367,12 @@ impl From<StorageError> for crate::errors::ApiError {
     }
 }
 
-fn encode<T: Serialize>(record: &T) -> Vec<u8> {
+pub(crate) fn encode<T: Serialize>(record: &T) -> Vec<u8> {
     // Records are plain structs of strings, numbers and JSON values: serializing cannot fail.
     serde_json::to_vec(record).unwrap_or_default()
 }
 
-fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StorageError> {
+pub(crate) fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StorageError> {
     serde_json::from_slice(bytes).map_err(|_| StorageError::Corrupt(key.to_owned()))
 }
 
@@ -357,7 +412,7 @@ pub fn scan_all(kv: &dyn Kv, prefix: &str) -> Result<Vec<(String, crate::kv::Ent
 /// Up to `limit` entries under `prefix` after the key `cursor`, scanning as
 /// often as needed: the host may end a scan early to bound its size, so
 /// only an empty scan means the end.
-fn collect(
+pub(crate) fn collect(
     kv: &dyn Kv,
     prefix: &str,
     mut cursor: Option<String>,
@@ -419,6 +474,18 @@ impl Txn<'_> {
     /// Deletes a key at commit.
     pub fn delete(&mut self, key: &str) {
         self.writes.push(Write::Delete(key.to_owned()));
+    }
+
+    /// Keys under `prefix` after `start_after` as committed, up to `limit`.
+    /// A scan is not a check: the caller guards the range by a record it
+    /// reads with [`Txn::get`] and that every change of the range rewrites.
+    pub fn scan_keys(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StorageError> {
+        Ok(collect(self.kv, prefix, start_after.map(str::to_owned), limit)?.into_iter().map(|(key, _)| key).collect())
     }
 }
 

@@ -245,3 +245,71 @@ fn concurrent_interleaved_deliveries_converge_to_the_in_order_state() {
     assert_eq!(state["status"], "ACTIVE");
     assert_eq!(view["subscriptions"][0]["events"].as_array().map(Vec::len), Some(24), "each event stored once");
 }
+
+fn get(url: &str, bearer: &str) -> evogate_e2e::Reply {
+    request("GET", url, &[("authorization", &format!("Bearer {bearer}"))], None)
+}
+
+/// Registers `user` with a long trial; returns the user token.
+fn entitled_user(gateway: &Gateway, user: &str, login: &str, subscription: &str) -> String {
+    let server = Some("server-secret");
+    assert_eq!(post_json(&gateway.url("/api/v1/subscription/event"), server, &trial(user, subscription)).status, 200);
+    let created = post_json(
+        &gateway.url("/api/v1/user/create"),
+        server,
+        &json!({"userId": user, "username": login, "password": "correct horse"}),
+    );
+    assert_eq!(created.status, 200, "{}", created.text());
+    created.json()["token"].as_str().expect("token").to_owned()
+}
+
+#[test]
+fn the_partner_publishes_a_catalog_that_terminals_page_through_and_scan() {
+    let gateway = Gateway::evotor("");
+    let alice = entitled_user(&gateway, USER, "alice", "a99fbf70-6307-4acc-b61c-741ee9eef6c1");
+    let bob = entitled_user(&gateway, "01-000000000000043", "bob", "a99fbf70-6307-4acc-b61c-741ee9eef6c2");
+    assert_eq!(
+        put_json(&gateway.url("/api/v1/inventories/stores"), &alice, &json!([{"uuid": STORE, "name": "Shop"}])).status,
+        200
+    );
+
+    let products: Vec<serde_json::Value> = (0..2500u32)
+        .map(|n| {
+            json!({"uuid": format!("{:08x}-0000-4000-8000-{n:012x}", n.wrapping_mul(2_654_435_761)), "group": false,
+                   "name": format!("Item {n}"), "type": "NORMAL", "allowToSell": true, "measureName": "шт",
+                   "price": 10, "quantity": 1, "tax": "VAT_22", "barCodes": [format!("46{n:011}")]})
+        })
+        .collect();
+    let published = put_json(
+        &gateway.url(&format!("/partner/v1/stores/{STORE}/products")),
+        "partner-secret",
+        &serde_json::Value::from(products.clone()),
+    );
+    assert_eq!(published.status, 200, "{}", published.text());
+
+    let page =
+        |n: u32| get(&gateway.url(&format!("/api/v1/inventories/stores/{STORE}/products?page={n}&size=1000")), &alice);
+    let mut seen = Vec::new();
+    for n in 0..3 {
+        let reply = page(n);
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.header("x-total-items-count"), Some("2500"));
+        assert_eq!(reply.header("x-pagination-total-page-count"), Some("3"));
+        assert_eq!(reply.header("x-pagination-next-page"), (n < 2).then(|| (n + 1).to_string()).as_deref());
+        seen.extend(
+            reply.json().as_array().expect("array").iter().map(|p| p["uuid"].as_str().unwrap_or_default().to_owned()),
+        );
+    }
+    let mut expected: Vec<String> =
+        products.iter().map(|p| p["uuid"].as_str().unwrap_or_default().to_owned()).collect();
+    expected.sort();
+    assert_eq!(seen, expected, "every product once, in a stable order");
+    assert_eq!(page(3).json(), json!([]));
+
+    let scan = |token: &str, code: &str| get(&gateway.url(&format!("/api/v1/commodities?scanCode={code}")), token);
+    let found = scan(&alice, "4600000001234");
+    assert_eq!((found.status, found.json()["name"].as_str()), (200, Some("Item 1234")));
+    assert_eq!(scan(&bob, "4600000001234").status, 404, "another user's catalog is invisible");
+    let foreign = get(&gateway.url(&format!("/api/v1/inventories/stores/{STORE}/products")), &bob);
+    assert_eq!(foreign.status, 404, "another user's store answers as a missing one");
+}

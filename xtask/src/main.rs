@@ -31,7 +31,7 @@ fn main() -> anyhow::Result<()> {
         }
         "bench" => {
             build()?;
-            cargo(&["bench", "-p", "evogate", "--bench", "gateway", "--bench", "deploy"])
+            cargo(&["bench", "-p", "evogate", "--bench", "gateway", "--bench", "deploy", "--bench", "catalog"])
         }
         _ => {
             eprintln!(

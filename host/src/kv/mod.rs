@@ -19,9 +19,11 @@ pub const MAX_KEY_BYTES: usize = 1024;
 /// Largest value a plugin may store, in bytes.
 pub const MAX_VALUE_BYTES: usize = 4 * 1024 * 1024;
 /// Most writes one commit may carry.
-pub const MAX_WRITES_PER_COMMIT: usize = 10_000;
+pub const MAX_WRITES_PER_COMMIT: usize = 100_000;
 /// Most checks one commit may carry.
-pub const MAX_CHECKS_PER_COMMIT: usize = 10_000;
+pub const MAX_CHECKS_PER_COMMIT: usize = 100_000;
+/// Most key and value bytes one commit may carry.
+pub const MAX_COMMIT_BYTES: usize = 64 * 1024 * 1024;
 /// Largest `limit` a scan may ask for.
 pub const MAX_SCAN_LIMIT: u32 = 1000;
 /// Soft cap on the value bytes one scan returns; past it the page ends early.
@@ -184,21 +186,27 @@ impl Namespace {
     /// Atomic, durable conditional write; see the WIT `kv.commit`.
     pub fn commit(&self, checks: &[Check], writes: &[Write]) -> Result<(), KvError> {
         if writes.len() > MAX_WRITES_PER_COMMIT {
-            return Err(KvError::TooLarge("more than 10000 writes in one commit"));
+            return Err(KvError::TooLarge("more than 100000 writes in one commit"));
         }
         if checks.len() > MAX_CHECKS_PER_COMMIT {
-            return Err(KvError::TooLarge("more than 10000 checks in one commit"));
+            return Err(KvError::TooLarge("more than 100000 checks in one commit"));
         }
         for check in checks {
             check_key(check.key())?;
         }
+        let mut bytes = 0;
         for write in writes {
             check_key(write.key())?;
-            if let Write::Set(_, value) = write
-                && value.len() > MAX_VALUE_BYTES
-            {
-                return Err(KvError::TooLarge("value over 4 MiB"));
+            bytes += write.key().len();
+            if let Write::Set(_, value) = write {
+                if value.len() > MAX_VALUE_BYTES {
+                    return Err(KvError::TooLarge("value over 4 MiB"));
+                }
+                bytes += value.len();
             }
+        }
+        if bytes > MAX_COMMIT_BYTES {
+            return Err(KvError::TooLarge("more than 64 MiB written in one commit"));
         }
         if writes.is_empty() && checks.is_empty() {
             return Ok(());

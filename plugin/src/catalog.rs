@@ -1,0 +1,698 @@
+//! The product catalog of each store, in both directions, and barcode lookup.
+//!
+//! | method, path | who | what |
+//! |---|---|---|
+//! | `GET /api/v1/inventories/stores/{storeUuid}/products[?page=&size=]` | user | the store's products and groups in uuid order |
+//! | `POST /api/v1/inventories/stores/{storeUuid}/products` | user | products created on a terminal → `[{uuid}]` |
+//! | `GET /api/v1/commodities?scanCode=&alcCode=` | user | the user's product with that barcode, as a `commodity` |
+//! | `PUT /partner/v1/stores/{storeUuid}/products` | partner | bulk upsert, atomic, up to 10,000 |
+//! | `POST /partner/v1/stores/{storeUuid}/products/delete` | partner | delete by uuid list |
+//! | `GET /partner/v1/stores/{storeUuid}/products?after=&limit=` | partner | cursor-paged listing |
+//! | `GET /partner/v1/stores/{storeUuid}/catalog-issues?after=&limit=` | partner | items whose parent is missing |
+//!
+//! ## Layout
+//! Each item is one record under `cat/{store}/p/{uuid}`, so the stable
+//! order is uuid order. Evotor pages by offset (`page` × `size`), which a
+//! key-ordered store cannot seek to; a small per-store [`Directory`] keeps
+//! how many items lie in each key range (ranges of 512–1024 items), so page
+//! 99 costs one directory read and a scan of at most one range more than
+//! page 0. The barcode index, the child index and the missing-parent index
+//! change in the same commit as the items, and so does the directory, which
+//! every insert or delete rewrites: its version check serializes changes of
+//! a store's key set, so concurrent writers never miscount.
+
+pub mod validate;
+
+use crate::accounts::settings;
+use crate::errors::ApiError;
+use crate::http::{Request, Response};
+use crate::partner_api::{paging, query, require_partner};
+use crate::router::Params;
+use crate::storage::{self, EntityRecord, OwnerIndex, StorageError, Txn};
+use crate::{Ctx, auth};
+use serde::de::IgnoredAny;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+use std::collections::{HashMap, HashSet};
+use validate::{Item, Unknown};
+
+/// Most items one upsert may carry (Evotor or partner side).
+pub const MAX_BATCH: usize = 10_000;
+/// Largest `size` of an Evotor page, and the cap of an unpaged answer.
+pub const MAX_PAGE_SIZE: u64 = 10_000;
+/// A directory range is split once it holds more than this many items…
+const SPLIT_ABOVE: u64 = 1024;
+/// …into ranges of this many; neighbours that fit in one are merged.
+const RANGE_TARGET: usize = 512;
+
+/// One product or group as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProductRecord {
+    /// Storage format version.
+    pub v: u32,
+    /// Who wrote it last: `evotor` (a terminal) or `partner`.
+    pub source: String,
+    /// Last change, Unix seconds.
+    pub updated_at: u64,
+    /// The object as given, ids in lower case.
+    pub product: Value,
+}
+
+/// The product of a stored record, unparsed: pages are assembled from it as is.
+#[derive(Deserialize)]
+struct RawProduct<'a> {
+    #[serde(borrow)]
+    product: &'a RawValue,
+}
+
+/// How many items each key range of a store's catalog holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Directory {
+    /// Storage format version.
+    pub v: u32,
+    /// Ranges in key order; the first starts at the beginning.
+    pub ranges: Vec<Range>,
+    /// Items whose parent is missing.
+    pub orphans: u64,
+}
+
+/// Items with uuids after `after` up to the next range's `after`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Range {
+    /// Exclusive lower bound; `None` for the first range.
+    pub after: Option<String>,
+    /// Items in the range.
+    pub count: u64,
+}
+
+impl Default for Directory {
+    fn default() -> Self {
+        Self { v: storage::FORMAT, ranges: vec![Range { after: None, count: 0 }], orphans: 0 }
+    }
+}
+
+impl Directory {
+    /// Items in the catalog.
+    pub fn total(&self) -> u64 {
+        self.ranges.iter().map(|range| range.count).sum()
+    }
+
+    /// The range that holds (or would hold) `uuid`.
+    fn range_of(&self, uuid: &str) -> usize {
+        self.ranges.partition_point(|range| range.after.as_deref().is_none_or(|after| after < uuid)).saturating_sub(1)
+    }
+
+    /// The range holding item number `offset` and how many of its items come before it.
+    fn locate(&self, offset: u64) -> Option<(usize, u64)> {
+        let mut before = 0;
+        for (index, range) in self.ranges.iter().enumerate() {
+            if offset < before + range.count {
+                return Some((index, offset - before));
+            }
+            before += range.count;
+        }
+        None
+    }
+}
+
+/// A marker value of an index entry.
+#[derive(Debug, Serialize, Deserialize)]
+struct Marker {
+    v: u32,
+}
+
+/// An item whose parent is missing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Orphan {
+    v: u32,
+    uuid: String,
+    parent_uuid: String,
+}
+
+fn barcodes_of(product: &Value) -> Vec<String> {
+    let mut codes: Vec<String> = product
+        .get("barCodes")
+        .and_then(Value::as_array)
+        .map(|codes| codes.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+        .unwrap_or_default();
+    codes.sort_unstable();
+    codes.dedup();
+    codes
+}
+
+fn parent_of(product: &Value) -> Option<String> {
+    product.get("parentUuid").and_then(Value::as_str).map(str::to_owned)
+}
+
+/// One change of a store's catalog inside a transaction.
+struct Change<'t, 'k> {
+    txn: &'t mut Txn<'k>,
+    store: &'t str,
+    directory: Directory,
+    /// Items known to exist (`true`) or not (`false`) as of this change.
+    exists: HashMap<String, bool>,
+    /// Missing-parent state as of this change.
+    orphaned: HashMap<String, bool>,
+    /// The parent of each item this change wrote or deleted (`None`), which
+    /// the committed child index does not show yet.
+    parents: HashMap<String, Option<String>>,
+    added: Vec<String>,
+    removed: Vec<String>,
+}
+
+impl<'t, 'k> Change<'t, 'k> {
+    fn begin(txn: &'t mut Txn<'k>, store: &'t str) -> Result<Self, StorageError> {
+        let directory = txn.get::<Directory>(&storage::catalog_directory_key(store))?.unwrap_or_default();
+        Ok(Self {
+            txn,
+            store,
+            directory,
+            exists: HashMap::new(),
+            orphaned: HashMap::new(),
+            parents: HashMap::new(),
+            added: Vec::new(),
+            removed: Vec::new(),
+        })
+    }
+
+    fn exists(&mut self, uuid: &str) -> Result<bool, StorageError> {
+        if let Some(known) = self.exists.get(uuid) {
+            return Ok(*known);
+        }
+        let found = self.txn.get::<IgnoredAny>(&storage::product_key(self.store, uuid))?.is_some();
+        self.exists.insert(uuid.to_owned(), found);
+        Ok(found)
+    }
+
+    fn is_orphan(&mut self, uuid: &str) -> Result<bool, StorageError> {
+        if let Some(known) = self.orphaned.get(uuid) {
+            return Ok(*known);
+        }
+        let found = self.txn.get::<IgnoredAny>(&storage::orphan_key(self.store, uuid))?.is_some();
+        self.orphaned.insert(uuid.to_owned(), found);
+        Ok(found)
+    }
+
+    fn set_orphan(&mut self, uuid: &str, parent: Option<&str>) -> Result<(), StorageError> {
+        let was = self.is_orphan(uuid)?;
+        let key = storage::orphan_key(self.store, uuid);
+        match parent {
+            Some(parent) => {
+                self.txn
+                    .put(&key, &Orphan { v: storage::FORMAT, uuid: uuid.to_owned(), parent_uuid: parent.to_owned() });
+                self.directory.orphans += u64::from(!was);
+            }
+            None if was => {
+                self.txn.delete(&key);
+                self.directory.orphans = self.directory.orphans.saturating_sub(1);
+            }
+            None => {}
+        }
+        self.orphaned.insert(uuid.to_owned(), parent.is_some());
+        Ok(())
+    }
+
+    fn children(&self, parent: &str) -> Result<Vec<String>, StorageError> {
+        let prefix = storage::children_prefix(self.store, parent);
+        let keys = self.txn.scan_keys(&prefix, None, usize::MAX)?;
+        Ok(keys
+            .into_iter()
+            .filter_map(|key| key.strip_prefix(&prefix).map(str::to_owned))
+            .filter(|child| self.parents.get(child).is_none_or(|now| now.as_deref() == Some(parent)))
+            .collect())
+    }
+
+    /// Inserts or replaces `item`; `batch` holds every uuid of the same request.
+    fn upsert(&mut self, item: Item, batch: &HashSet<String>, record: ProductRecord) -> Result<(), StorageError> {
+        let key = storage::product_key(self.store, &item.uuid);
+        let old = self.txn.get::<ProductRecord>(&key)?;
+        let (old_barcodes, old_parent) =
+            old.as_ref().map(|old| (barcodes_of(&old.product), parent_of(&old.product))).unwrap_or_default();
+        let was_new = old.is_none();
+        if was_new {
+            let range = self.directory.range_of(&item.uuid);
+            self.directory.ranges[range].count += 1;
+            self.added.push(item.uuid.clone());
+        }
+        self.exists.insert(item.uuid.clone(), true);
+        self.parents.insert(item.uuid.clone(), item.parent.clone());
+        for code in old_barcodes.iter().filter(|code| !item.barcodes.contains(code)) {
+            self.txn.delete(&storage::barcode_key(self.store, code, &item.uuid));
+        }
+        for code in item.barcodes.iter().filter(|code| !old_barcodes.contains(code)) {
+            self.txn.put(&storage::barcode_key(self.store, code, &item.uuid), &Marker { v: storage::FORMAT });
+        }
+        if old_parent != item.parent {
+            if let Some(parent) = &old_parent {
+                self.txn.delete(&storage::child_key(self.store, parent, &item.uuid));
+            }
+            if let Some(parent) = &item.parent {
+                self.txn.put(&storage::child_key(self.store, parent, &item.uuid), &Marker { v: storage::FORMAT });
+            }
+        }
+        let missing_parent = match &item.parent {
+            Some(parent) => !batch.contains(parent) && !self.exists(parent)?,
+            None => false,
+        };
+        if missing_parent || (old_parent.is_some() && !was_new) {
+            self.set_orphan(&item.uuid, item.parent.as_deref().filter(|_| missing_parent))?;
+        } else {
+            self.orphaned.insert(item.uuid.clone(), false);
+        }
+        // A new item may be the parent that others were missing.
+        if was_new && self.directory.orphans > 0 {
+            for child in self.children(&item.uuid)? {
+                if self.is_orphan(&child)? {
+                    self.set_orphan(&child, None)?;
+                }
+            }
+        }
+        self.txn.put(&key, &record);
+        Ok(())
+    }
+
+    /// Deletes `uuid` if present; its children become orphans.
+    fn delete(&mut self, uuid: &str) -> Result<bool, StorageError> {
+        let key = storage::product_key(self.store, uuid);
+        if self.exists.get(uuid) == Some(&false) {
+            return Ok(false);
+        }
+        let old = self.txn.get::<ProductRecord>(&key)?;
+        self.exists.insert(uuid.to_owned(), false);
+        let Some(old) = old else { return Ok(false) };
+        self.parents.insert(uuid.to_owned(), None);
+        let range = self.directory.range_of(uuid);
+        self.directory.ranges[range].count = self.directory.ranges[range].count.saturating_sub(1);
+        self.removed.push(uuid.to_owned());
+        self.txn.delete(&key);
+        for code in barcodes_of(&old.product) {
+            self.txn.delete(&storage::barcode_key(self.store, &code, uuid));
+        }
+        if let Some(parent) = parent_of(&old.product) {
+            self.txn.delete(&storage::child_key(self.store, &parent, uuid));
+            self.set_orphan(uuid, None)?;
+        }
+        for child in self.children(uuid)? {
+            if self.exists(&child)? && !self.is_orphan(&child)? {
+                self.set_orphan(&child, Some(uuid))?;
+            }
+        }
+        Ok(true)
+    }
+
+    /// Re-balances the directory and writes it.
+    fn finish(mut self) -> Result<(), StorageError> {
+        let mut index = 0;
+        while index < self.directory.ranges.len() {
+            if self.directory.ranges[index].count > SPLIT_ABOVE {
+                let pieces = self.split(index)?;
+                let count = pieces.len();
+                self.directory.ranges.splice(index..=index, pieces);
+                index += count;
+            } else {
+                index += 1;
+            }
+        }
+        let ranges = std::mem::take(&mut self.directory.ranges);
+        for range in ranges {
+            match self.directory.ranges.last_mut() {
+                Some(last) if range.count == 0 || last.count + range.count <= RANGE_TARGET as u64 => {
+                    last.count += range.count;
+                }
+                _ => self.directory.ranges.push(range),
+            }
+        }
+        self.txn.put(&storage::catalog_directory_key(self.store), &self.directory);
+        Ok(())
+    }
+
+    /// The uuids of range `index` as of this change, cut into ranges of [`RANGE_TARGET`].
+    fn split(&self, index: usize) -> Result<Vec<Range>, StorageError> {
+        let range = &self.directory.ranges[index];
+        let upper = self.directory.ranges.get(index + 1).and_then(|next| next.after.clone());
+        let within = |uuid: &str| {
+            range.after.as_deref().is_none_or(|after| uuid > after)
+                && upper.as_deref().is_none_or(|upper| uuid <= upper)
+        };
+        let prefix = storage::products_prefix(self.store);
+        let start = range.after.as_ref().map(|after| format!("{prefix}{after}"));
+        let committed = range.count + self.removed.len() as u64;
+        let mut uuids: Vec<String> = self
+            .txn
+            .scan_keys(&prefix, start.as_deref(), usize::try_from(committed).unwrap_or(usize::MAX))?
+            .into_iter()
+            .filter_map(|key| key.strip_prefix(&prefix).map(str::to_owned))
+            .filter(|uuid| within(uuid) && !self.removed.contains(uuid))
+            .chain(self.added.iter().filter(|uuid| within(uuid)).cloned())
+            .collect();
+        uuids.sort_unstable();
+        uuids.dedup();
+        let mut pieces = Vec::new();
+        let mut after = range.after.clone();
+        for chunk in uuids.chunks(RANGE_TARGET) {
+            pieces.push(Range { after: after.clone(), count: chunk.len() as u64 });
+            after = chunk.last().cloned();
+        }
+        if pieces.is_empty() {
+            pieces.push(Range { after: range.after.clone(), count: 0 });
+        }
+        Ok(pieces)
+    }
+}
+
+/// Validates a request body of items: a JSON array of at most [`MAX_BATCH`], each uuid once.
+fn items(ctx: &Ctx<'_>, body: &[u8]) -> Result<Vec<Item>, ApiError> {
+    let values = match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Array(values)) => values,
+        Ok(_) => return Err(ApiError::syntax("expected a JSON array")),
+        Err(_) => return Err(ApiError::syntax("malformed JSON")),
+    };
+    if values.len() > MAX_BATCH {
+        return Err(ApiError::incorrect("body", format!("{} items, at most {MAX_BATCH}", values.len())));
+    }
+    let mut unknown = Vec::new();
+    let mut seen = HashSet::with_capacity(values.len());
+    let mut items = Vec::with_capacity(values.len());
+    for (index, value) in values.into_iter().enumerate() {
+        let item = validate::item(value, index, &mut unknown)?;
+        if !seen.insert(item.uuid.clone()) {
+            return Err(ApiError::incorrect(&format!("[{index}].uuid"), item.uuid));
+        }
+        items.push(item);
+    }
+    log_unknown(ctx, unknown);
+    Ok(items)
+}
+
+/// Logs each value of an extensible enumeration this build does not know, once.
+fn log_unknown(ctx: &Ctx<'_>, mut unknown: Vec<Unknown>) {
+    unknown.sort_unstable_by(|a, b| (a.field, &a.value).cmp(&(b.field, &b.value)));
+    unknown.dedup();
+    for Unknown { field, value } in unknown {
+        let topic = format!("unknown/{field}/{}", &storage::sha256_hex(value.as_bytes())[..32]);
+        auth::log_once(ctx, &topic, &format!("catalog: kept an unknown {field} value {value:?}"));
+    }
+}
+
+/// Upserts `items` into `store` in one commit.
+fn upsert_all(ctx: &Ctx<'_>, store: &str, items: &[Item], source: &str) -> Result<(), ApiError> {
+    let now = ctx.clock.now_unix();
+    let batch: HashSet<String> = items.iter().map(|item| item.uuid.clone()).collect();
+    storage::transact(ctx.kv, |txn| -> Result<(), ApiError> {
+        let mut change = Change::begin(txn, store)?;
+        for item in items {
+            let record = ProductRecord {
+                v: storage::FORMAT,
+                source: source.to_owned(),
+                updated_at: now,
+                product: Value::Object(item.data.clone()),
+            };
+            change.upsert(item.clone(), &batch, record)?;
+        }
+        change.finish()?;
+        Ok(())
+    })
+}
+
+/// The store of an Evotor-side call: owned by the caller, or claimed by it
+/// when nobody owns it yet. Another user's store is 404, as a missing one.
+fn user_store(ctx: &Ctx<'_>, user_id: &str, params: &Params) -> Result<String, ApiError> {
+    let store = params.get("storeUuid").unwrap_or_default();
+    if !crate::inventory::is_uuid(store) {
+        return Err(ApiError::not_found());
+    }
+    let store = store.to_ascii_lowercase();
+    let owner_key = storage::owner_key("store", &store);
+    match storage::read::<OwnerIndex>(ctx.kv, &owner_key)? {
+        Some(owner) if owner.user_id == user_id => return Ok(store),
+        Some(_) => return Err(ApiError::not_found()),
+        None => {}
+    }
+    let now = ctx.clock.now_unix();
+    storage::transact(ctx.kv, |txn| -> Result<(), ApiError> {
+        match txn.get::<OwnerIndex>(&owner_key)? {
+            Some(owner) if owner.user_id == user_id => Ok(()),
+            Some(_) => Err(ApiError::not_found()),
+            None => {
+                let partner_id = crate::accounts::new_account_id()?;
+                let owner =
+                    OwnerIndex { v: storage::FORMAT, user_id: user_id.to_owned(), partner_id: partner_id.clone() };
+                txn.put(&owner_key, &owner);
+                // Known by uuid only until Evotor sends the store itself.
+                let record = EntityRecord {
+                    v: storage::FORMAT,
+                    uuid: store.clone(),
+                    partner_id,
+                    data: json!({ "uuid": store }),
+                    updated_at: now,
+                };
+                txn.put(&storage::entity_key(user_id, "store", &store), &record);
+                Ok(())
+            }
+        }
+    })?;
+    Ok(store)
+}
+
+/// `page` and `size` of an Evotor listing: both or neither.
+fn evotor_paging(request: &Request) -> Result<Option<(u64, u64)>, ApiError> {
+    match (query(request, "page"), query(request, "size")) {
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(ApiError::missing("size")),
+        (None, Some(_)) => Err(ApiError::missing("page")),
+        (Some(page), Some(size)) => {
+            let page = page.parse::<u64>().map_err(|_| ApiError::incorrect("page", page))?;
+            let size = match size.parse::<u64>() {
+                Ok(size @ 1..=MAX_PAGE_SIZE) => size,
+                _ => return Err(ApiError::incorrect("size", size)),
+            };
+            Ok(Some((page, size)))
+        }
+    }
+}
+
+/// Items `offset..offset + size` of a store as a JSON array, and the total.
+fn products_page(ctx: &Ctx<'_>, store: &str, offset: u64, size: u64) -> Result<(Vec<u8>, u64), ApiError> {
+    let directory: Directory = storage::read(ctx.kv, &storage::catalog_directory_key(store))?.unwrap_or_default();
+    let total = directory.total();
+    let mut body = Vec::from(*b"[");
+    if let Some((index, skip)) = directory.locate(offset) {
+        let prefix = storage::products_prefix(store);
+        let start = directory.ranges[index].after.as_ref().map(|after| format!("{prefix}{after}"));
+        let want = usize::try_from(skip + size).unwrap_or(usize::MAX);
+        let entries = storage::collect(ctx.kv, &prefix, start, want)?;
+        for (n, (key, entry)) in entries.iter().skip(skip as usize).enumerate() {
+            let raw: RawProduct<'_> =
+                serde_json::from_slice(&entry.value).map_err(|_| StorageError::Corrupt(key.clone()))?;
+            if n > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(raw.product.get().as_bytes());
+        }
+    }
+    body.push(b']');
+    Ok((body, total))
+}
+
+fn json_bytes(status: u16, body: Vec<u8>) -> Response {
+    Response { status, headers: vec![("content-type".into(), "application/json; charset=utf-8".into())], body }
+}
+
+/// `GET /api/v1/inventories/stores/{storeUuid}/products`.
+///
+/// Without `page` and `size` the answer is capped at [`MAX_PAGE_SIZE`]
+/// items; a bigger catalog answers its first page with the paging headers,
+/// so a client sees there is more.
+pub fn get_products(ctx: &Ctx<'_>, request: &Request, params: &Params) -> Result<Response, ApiError> {
+    let settings = settings(ctx)?;
+    let user_id = auth::require_user(ctx, request, &settings)?;
+    let paging = evotor_paging(request)?;
+    let store = user_store(ctx, &user_id, params)?;
+    let (page, size) = paging.unwrap_or((0, MAX_PAGE_SIZE));
+    let (body, total) = products_page(ctx, &store, page.saturating_mul(size), size)?;
+    let mut response = json_bytes(200, body);
+    if paging.is_some() || total > MAX_PAGE_SIZE {
+        response.headers.push(("x-total-items-count".into(), total.to_string()));
+        response.headers.push(("x-pagination-page-size".into(), size.to_string()));
+        response.headers.push(("x-pagination-total-page-count".into(), total.div_ceil(size).to_string()));
+        if page.saturating_add(1).saturating_mul(size) < total {
+            response.headers.push(("x-pagination-next-page".into(), (page + 1).to_string()));
+        }
+    }
+    Ok(response)
+}
+
+/// `POST /api/v1/inventories/stores/{storeUuid}/products`.
+pub fn post_products(ctx: &Ctx<'_>, request: &Request, params: &Params) -> Result<Response, ApiError> {
+    let settings = settings(ctx)?;
+    let user_id = auth::require_user(ctx, request, &settings)?;
+    let items = items(ctx, &request.body)?;
+    let store = user_store(ctx, &user_id, params)?;
+    upsert_all(ctx, &store, &items, "evotor")?;
+    let answer: Vec<Value> = items.iter().map(|item| json!({ "uuid": item.uuid })).collect();
+    Ok(Response::json(200, &Value::Array(answer)))
+}
+
+/// `GET /api/v1/commodities?scanCode=&alcCode=`.
+pub fn commodity(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Result<Response, ApiError> {
+    let settings = settings(ctx)?;
+    let user_id = auth::require_user(ctx, request, &settings)?;
+    let scan_code = match query(request, "scanCode").map(percent_decode) {
+        None => return Err(ApiError::missing("scanCode")),
+        Some(None) => return Err(ApiError::incorrect("scanCode", "not UTF-8")),
+        Some(Some(code)) if code.is_empty() => return Err(ApiError::missing("scanCode")),
+        Some(Some(code)) if code.len() > 128 => return Err(ApiError::incorrect("scanCode", "over 128 bytes")),
+        Some(Some(code)) => code,
+    };
+    let alc_code = match query(request, "alcCode").map(percent_decode) {
+        Some(None) => return Err(ApiError::incorrect("alcCode", "not UTF-8")),
+        Some(Some(code)) if !code.is_empty() => Some(code),
+        _ => None,
+    };
+    let stores_prefix = storage::entities_prefix(&user_id, "store");
+    for (key, _) in storage::scan_all(ctx.kv, &stores_prefix)? {
+        let Some(store) = key.strip_prefix(&stores_prefix) else { continue };
+        let prefix = storage::barcode_prefix(store, &scan_code);
+        for (key, _) in storage::scan_all(ctx.kv, &prefix)? {
+            let Some(uuid) = key.strip_prefix(&prefix) else { continue };
+            let Some(record) = storage::read::<ProductRecord>(ctx.kv, &storage::product_key(store, uuid))? else {
+                continue;
+            };
+            let product = &record.product;
+            let has = |field: &str, code: &str| {
+                product.get(field).and_then(Value::as_array).is_some_and(|codes| codes.iter().any(|c| c == code))
+            };
+            if has("barCodes", &scan_code) && alc_code.as_deref().is_none_or(|alc| has("alcoCodes", alc)) {
+                return Ok(Response::json(
+                    200,
+                    &json!({
+                        "name": product["name"],
+                        "alcCodes": product.get("alcoCodes").cloned().unwrap_or(json!([])),
+                        "scanCodes": product.get("barCodes").cloned().unwrap_or(json!([])),
+                        "alcoholByVolume": product.get("alcoholByVolume"),
+                        "alcoholProductKindCode": product.get("alcoholProductKindCode"),
+                        "tareVolume": product.get("tareVolume"),
+                        "measure": product.get("measureName"),
+                    }),
+                ));
+            }
+        }
+    }
+    Err(ApiError::not_found())
+}
+
+/// Decodes `%XX` escapes and `+`; `None` when the result is not UTF-8.
+fn percent_decode(text: &str) -> Option<String> {
+    let hex = |byte: u8| char::from(byte).to_digit(16).map(|digit| digit as u8);
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        let escaped = match bytes.get(index..index + 3) {
+            Some([b'%', high, low]) => hex(*high).zip(hex(*low)).map(|(high, low)| high << 4 | low),
+            _ => None,
+        };
+        match (escaped, bytes[index]) {
+            (Some(byte), _) => {
+                out.push(byte);
+                index += 2;
+            }
+            (None, b'+') => out.push(b' '),
+            (None, byte) => out.push(byte),
+        }
+        index += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The store of a partner-side call (any store; a uuid in any case).
+fn partner_store(params: &Params) -> Result<String, ApiError> {
+    let store = params.get("storeUuid").unwrap_or_default();
+    if crate::inventory::is_uuid(store) {
+        Ok(store.to_ascii_lowercase())
+    } else {
+        Err(ApiError::incorrect("storeUuid", store))
+    }
+}
+
+/// `PUT /partner/v1/stores/{storeUuid}/products`: bulk upsert, all or nothing.
+pub fn partner_put_products(ctx: &Ctx<'_>, request: &Request, params: &Params) -> Result<Response, ApiError> {
+    require_partner(ctx, request)?;
+    let store = partner_store(params)?;
+    let items = items(ctx, &request.body)?;
+    upsert_all(ctx, &store, &items, "partner")?;
+    Ok(Response::json(200, &json!({ "upserted": items.len() })))
+}
+
+/// `POST /partner/v1/stores/{storeUuid}/products/delete`: a JSON array of uuids.
+pub fn partner_delete_products(ctx: &Ctx<'_>, request: &Request, params: &Params) -> Result<Response, ApiError> {
+    require_partner(ctx, request)?;
+    let store = partner_store(params)?;
+    let values = match serde_json::from_slice::<Value>(&request.body) {
+        Ok(Value::Array(values)) => values,
+        Ok(_) => return Err(ApiError::syntax("expected a JSON array of uuids")),
+        Err(_) => return Err(ApiError::syntax("malformed JSON")),
+    };
+    if values.len() > MAX_BATCH {
+        return Err(ApiError::incorrect("body", format!("{} uuids, at most {MAX_BATCH}", values.len())));
+    }
+    let mut uuids = Vec::with_capacity(values.len());
+    for (index, value) in values.iter().enumerate() {
+        match value.as_str() {
+            Some(uuid) if crate::inventory::is_uuid(uuid) => uuids.push(uuid.to_ascii_lowercase()),
+            _ => return Err(ApiError::incorrect(&format!("[{index}]"), value.clone())),
+        }
+    }
+    uuids.sort_unstable();
+    uuids.dedup();
+    if uuids.is_empty() {
+        return Ok(Response::json(200, &json!({ "deleted": 0 })));
+    }
+    let deleted = storage::transact(ctx.kv, |txn| -> Result<usize, ApiError> {
+        let mut change = Change::begin(txn, &store)?;
+        let mut deleted = 0;
+        for uuid in &uuids {
+            deleted += usize::from(change.delete(uuid)?);
+        }
+        if deleted > 0 {
+            change.finish()?;
+        }
+        Ok(deleted)
+    })?;
+    Ok(Response::json(200, &json!({ "deleted": deleted })))
+}
+
+/// `GET /partner/v1/stores/{storeUuid}/products?after=&limit=`.
+pub fn partner_list_products(ctx: &Ctx<'_>, request: &Request, params: &Params) -> Result<Response, ApiError> {
+    require_partner(ctx, request)?;
+    let store = partner_store(params)?;
+    let (after, limit) = paging(request)?;
+    let (records, next) = storage::page::<ProductRecord>(ctx.kv, &storage::products_prefix(&store), after, limit)?;
+    let total =
+        storage::read::<Directory>(ctx.kv, &storage::catalog_directory_key(&store))?.unwrap_or_default().total();
+    let items: Vec<Value> = records
+        .into_iter()
+        .map(|record| json!({ "product": record.product, "source": record.source, "updatedAt": record.updated_at }))
+        .collect();
+    Ok(Response::json(200, &json!({ "items": items, "next": next, "total": total })))
+}
+
+/// `GET /partner/v1/stores/{storeUuid}/catalog-issues?after=&limit=`: items whose parent is missing.
+pub fn partner_catalog_issues(ctx: &Ctx<'_>, request: &Request, params: &Params) -> Result<Response, ApiError> {
+    require_partner(ctx, request)?;
+    let store = partner_store(params)?;
+    let (after, limit) = paging(request)?;
+    let (orphans, next) = storage::page::<Orphan>(ctx.kv, &storage::orphans_prefix(&store), after, limit)?;
+    let items: Vec<Value> = orphans
+        .into_iter()
+        .map(|orphan| json!({ "uuid": orphan.uuid, "problem": "missing parent", "parentUuid": orphan.parent_uuid }))
+        .collect();
+    Ok(Response::json(200, &json!({ "items": items, "next": next })))
+}
+
+#[cfg(test)]
+mod tests;
