@@ -309,27 +309,40 @@ mod tests {
         let world = World::new();
         let alice = world.register(USER, "alice");
         let bob = world.register("02-000000000000002", "bob");
-        world.call(
-            "PUT",
-            "/api/v1/inventories/stores",
-            Some(&alice),
-            Some(json!([{"uuid": STORE, "name": "Alice's"}])),
-        );
-        let response = world.call(
-            "PUT",
-            "/api/v1/inventories/stores",
-            Some(&bob),
-            Some(json!([{"uuid": STORE, "name": "Bob's now"}, {"uuid": STORE2, "name": "Bob's"}])),
-        );
-        assert_eq!(response.status, 409);
-        let body = response.body_json();
-        assert_eq!(body["errors"][0]["value"], STORE.to_lowercase());
-        assert_eq!(body["accepted"][0]["uuid"], STORE2.to_lowercase());
-        assert!(!body.to_string().contains("Alice"), "nothing of the owner is revealed");
-        let alices: EntityRecord = storage::read(&world.kv, &storage::entity_key(USER, "store", &STORE.to_lowercase()))
-            .expect("read")
-            .expect("stored");
-        assert_eq!(alices.data["name"], "Alice's", "unchanged");
+        let entity = |kind: &str, uuid: &str, name: &str| match kind {
+            "employees" => json!({"uuid": uuid, "name": name, "role": "CASHIER", "stores": []}),
+            _ => json!({"uuid": uuid, "name": name}),
+        };
+        for (kind, stored) in [("stores", "store"), ("employees", "employee"), ("devices", "device")] {
+            let path = format!("/api/v1/inventories/{kind}");
+            let mine = world.call("PUT", &path, Some(&alice), Some(json!([entity(kind, STORE, "Alice's")])));
+            assert_eq!(mine.status, 200, "{kind}");
+            let response = world.call(
+                "PUT",
+                &path,
+                Some(&bob),
+                Some(json!([entity(kind, STORE, "Bob's now"), entity(kind, STORE2, "Bob's")])),
+            );
+            assert_eq!(response.status, 409, "{kind}");
+            let body = response.body_json();
+            assert_eq!(body["errors"][0]["value"], STORE.to_lowercase());
+            assert_eq!(body["accepted"][0]["uuid"], STORE2.to_lowercase());
+            assert!(!body.to_string().contains("Alice"), "nothing of the owner is revealed");
+            let alices: EntityRecord =
+                storage::read(&world.kv, &storage::entity_key(USER, stored, &STORE.to_lowercase()))
+                    .expect("read")
+                    .expect("stored");
+            assert_eq!(alices.data["name"], "Alice's", "{kind} unchanged");
+            assert!(
+                storage::read::<EntityRecord>(
+                    &world.kv,
+                    &storage::entity_key("02-000000000000002", stored, &STORE.to_lowercase())
+                )
+                .expect("read")
+                .is_none(),
+                "{kind}: Bob holds no copy"
+            );
+        }
     }
 
     #[test]
