@@ -154,6 +154,7 @@ pub fn create(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Result<Response, 
                 txn.put(&storage::login_key(login), &LoginIndex { v: storage::FORMAT, account_id: account.id.clone() });
             }
             txn.put(&storage::account_key(&account.id), &account);
+            txn.emit("account.created", now, Some(&reg.user_id), json!({ "accountId": account.id }));
             user.account_id = Some(account.id);
         }
         let token = tokens::issue(txn, &mut user, now, &settings)?;
@@ -206,6 +207,7 @@ pub fn verify(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Result<Response, 
             account.user_id = Some(user_id.clone());
             account.updated_at = now;
             txn.put(&storage::account_key(&account.id), &account);
+            txn.emit("account.linked", now, Some(&user_id), json!({ "accountId": account.id }));
         }
         user.account_id = Some(account.id.clone());
         let token = tokens::issue(txn, &mut user, now, &settings)?;
@@ -254,8 +256,13 @@ pub fn tariff(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Result<Response, 
     storage::transact(ctx.kv, |txn| -> Result<(), StorageError> {
         let mut user =
             txn.get::<UserRecord>(&storage::user_key(&user_id))?.unwrap_or_else(|| UserRecord::new(&user_id, now));
+        if user.tariff.as_ref().is_some_and(|known| known.tariff_id == tariff_id && known.active == active) {
+            return Ok(());
+        }
         user.tariff = Some(Tariff { tariff_id: tariff_id.to_owned(), active, updated_at: now });
         txn.put(&storage::user_key(&user_id), &user);
+        let status = if active { "ACTIVE" } else { "INACTIVE" };
+        txn.emit("tariff.changed", now, Some(&user_id), json!({ "tariffId": tariff_id, "status": status }));
         Ok(())
     })?;
     Ok(Response::empty(200))

@@ -347,15 +347,24 @@ pub fn record_event(ctx: &Ctx<'_>, event: &Event, raw: &Object) -> Result<Stored
         }
         let stored = StoredEvent { v: storage::FORMAT, received_at: now, event: Value::Object(raw.clone()) };
         txn.put(&storage::subscription_event_key(&event.subscription_id, event.sequence), &stored);
+        let applied = |txn: &mut storage::Txn<'_>, event: &Event| {
+            let data = json!({
+                "subscriptionId": event.subscription_id, "sequenceNumber": event.sequence, "type": event.kind,
+            });
+            txn.emit("subscription.event-applied", now, Some(&event.user_id), data);
+        };
         let outcome = if event.sequence == state.applied_through + 1 {
             state.apply(event);
+            applied(txn, event);
             // Apply the successors that were waiting for this one.
             while let Some(position) = state.waiting.iter().position(|seq| *seq == state.applied_through + 1) {
                 let seq = state.waiting.remove(position);
                 let key = storage::subscription_event_key(&event.subscription_id, seq);
                 let next = txn.get::<StoredEvent>(&key)?.ok_or(StorageError::Corrupt(key.clone()))?;
                 let Value::Object(body) = next.event else { return Err(StorageError::Corrupt(key).into()) };
-                state.apply(&parse_event(&body)?);
+                let next = parse_event(&body)?;
+                state.apply(&next);
+                applied(txn, &next);
             }
             Stored::Applied
         } else {
@@ -452,6 +461,7 @@ pub fn installation_event(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Resul
             return Ok(());
         }
         txn.put(&event_key, &StoredEvent { v: storage::FORMAT, received_at: now, event: Value::Object(body.clone()) });
+        txn.emit("installation.event", now, Some(&user_id), json!({ "id": id, "type": kind }));
         if let Some(installed) = installed {
             let key = storage::installation_key(&user_id);
             let current = txn.get::<Installation>(&key)?;
@@ -475,6 +485,13 @@ pub fn legacy_event(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Result<Resp
     storage::transact(ctx.kv, |txn| -> Result<(), ApiError> {
         if txn.get::<StoredEvent>(&key)?.is_none() {
             txn.put(&key, &StoredEvent { v: storage::FORMAT, received_at: now, event: Value::Object(body.clone()) });
+            let user = ["userUuid", "userId"].iter().find_map(|field| body.get(*field).and_then(Value::as_str));
+            txn.emit(
+                "legacy-event.received",
+                now,
+                user.filter(|id| input::is_user_id(id)),
+                json!({ "type": body["type"] }),
+            );
         }
         Ok(())
     })?;

@@ -26,6 +26,7 @@ pub mod validate;
 use crate::accounts::settings;
 use crate::errors::ApiError;
 use crate::http::{Request, Response};
+use crate::input;
 use crate::partner_api::{paging, query, require_partner};
 use crate::router::Params;
 use crate::storage::{self, EntityRecord, OwnerIndex, StorageError, Txn};
@@ -226,10 +227,16 @@ impl<'t, 'k> Change<'t, 'k> {
             .collect())
     }
 
-    /// Inserts or replaces `item`; `batch` holds every uuid of the same request.
-    fn upsert(&mut self, item: Item, batch: &HashSet<String>, record: ProductRecord) -> Result<(), StorageError> {
+    /// Inserts or replaces `item`; `batch` holds every uuid of the same
+    /// request. Returns whether anything changed.
+    fn upsert(&mut self, item: Item, batch: &HashSet<String>, record: ProductRecord) -> Result<bool, StorageError> {
         let key = storage::product_key(self.store, &item.uuid);
         let old = self.txn.get::<ProductRecord>(&key)?;
+        if old.as_ref().is_some_and(|old| old.product == record.product && old.source == record.source) {
+            self.exists.insert(item.uuid.clone(), true);
+            self.parents.insert(item.uuid.clone(), item.parent.clone());
+            return Ok(false);
+        }
         let (old_barcodes, old_parent) =
             old.as_ref().map(|old| (barcodes_of(&old.product), parent_of(&old.product))).unwrap_or_default();
         let was_new = old.is_none();
@@ -272,7 +279,7 @@ impl<'t, 'k> Change<'t, 'k> {
             }
         }
         self.txn.put(&key, &record);
-        Ok(())
+        Ok(true)
     }
 
     /// Deletes `uuid` if present; its children become orphans.
@@ -402,8 +409,10 @@ fn log_unknown(ctx: &Ctx<'_>, mut unknown: Vec<Unknown>) {
 fn upsert_all(ctx: &Ctx<'_>, store: &str, items: &[Item], source: &str) -> Result<(), ApiError> {
     let now = ctx.clock.now_unix();
     let batch: HashSet<String> = items.iter().map(|item| item.uuid.clone()).collect();
+    let owner = store_owner(ctx, store)?;
     storage::transact(ctx.kv, |txn| -> Result<(), ApiError> {
         let mut change = Change::begin(txn, store)?;
+        let mut changed = Vec::new();
         for item in items {
             let record = ProductRecord {
                 v: storage::FORMAT,
@@ -411,24 +420,42 @@ fn upsert_all(ctx: &Ctx<'_>, store: &str, items: &[Item], source: &str) -> Resul
                 updated_at: now,
                 product: Value::Object(item.data.clone()),
             };
-            change.upsert(item.clone(), &batch, record)?;
+            if change.upsert(item.clone(), &batch, record)? {
+                changed.push(item.uuid.as_str());
+            }
+        }
+        if changed.is_empty() {
+            return Ok(());
         }
         change.finish()?;
+        let data = json!({ "storeUuid": store, "source": source, "uuids": changed });
+        txn.emit("products.upserted", now, owner.as_deref(), data);
         Ok(())
     })
 }
 
-/// The store of an Evotor-side call: owned by the caller, or claimed by it
-/// when nobody owns it yet. Another user's store is 404, as a missing one.
+/// The user who owns `store`, if anyone does yet.
+fn store_owner(ctx: &Ctx<'_>, store: &str) -> Result<Option<String>, ApiError> {
+    Ok(storage::read::<OwnerIndex>(ctx.kv, &storage::owner_key("store", store))?.map(|owner| owner.user_id))
+}
+
+/// The store of an Evotor-side call, from the path: see [`claim_store`].
 fn user_store(ctx: &Ctx<'_>, user_id: &str, params: &Params) -> Result<String, ApiError> {
     let store = params.get("storeUuid").unwrap_or_default();
     if !crate::inventory::is_uuid(store) {
         return Err(ApiError::not_found());
     }
     let store = store.to_ascii_lowercase();
-    let owner_key = storage::owner_key("store", &store);
+    claim_store(ctx, user_id, &store)?;
+    Ok(store)
+}
+
+/// Succeeds when `store` (lower case) is the user's, or nobody's yet and
+/// now becomes the user's. Another user's store is 404, as a missing one.
+pub fn claim_store(ctx: &Ctx<'_>, user_id: &str, store: &str) -> Result<(), ApiError> {
+    let owner_key = storage::owner_key("store", store);
     match storage::read::<OwnerIndex>(ctx.kv, &owner_key)? {
-        Some(owner) if owner.user_id == user_id => return Ok(store),
+        Some(owner) if owner.user_id == user_id => return Ok(()),
         Some(_) => return Err(ApiError::not_found()),
         None => {}
     }
@@ -445,17 +472,17 @@ fn user_store(ctx: &Ctx<'_>, user_id: &str, params: &Params) -> Result<String, A
                 // Known by uuid only until Evotor sends the store itself.
                 let record = EntityRecord {
                     v: storage::FORMAT,
-                    uuid: store.clone(),
-                    partner_id,
+                    uuid: store.to_owned(),
+                    partner_id: partner_id.clone(),
                     data: json!({ "uuid": store }),
                     updated_at: now,
                 };
-                txn.put(&storage::entity_key(user_id, "store", &store), &record);
+                txn.put(&storage::entity_key(user_id, "store", store), &record);
+                txn.emit("store.claimed", now, Some(user_id), json!({ "uuid": store, "partnerId": partner_id }));
                 Ok(())
             }
         }
-    })?;
-    Ok(store)
+    })
 }
 
 /// `page` and `size` of an Evotor listing: both or neither.
@@ -541,14 +568,14 @@ pub fn post_products(ctx: &Ctx<'_>, request: &Request, params: &Params) -> Resul
 pub fn commodity(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Result<Response, ApiError> {
     let settings = settings(ctx)?;
     let user_id = auth::require_user(ctx, request, &settings)?;
-    let scan_code = match query(request, "scanCode").map(percent_decode) {
+    let scan_code = match query(request, "scanCode").map(input::percent_decode) {
         None => return Err(ApiError::missing("scanCode")),
         Some(None) => return Err(ApiError::incorrect("scanCode", "not UTF-8")),
         Some(Some(code)) if code.is_empty() => return Err(ApiError::missing("scanCode")),
         Some(Some(code)) if code.len() > 128 => return Err(ApiError::incorrect("scanCode", "over 128 bytes")),
         Some(Some(code)) => code,
     };
-    let alc_code = match query(request, "alcCode").map(percent_decode) {
+    let alc_code = match query(request, "alcCode").map(input::percent_decode) {
         Some(None) => return Err(ApiError::incorrect("alcCode", "not UTF-8")),
         Some(Some(code)) if !code.is_empty() => Some(code),
         _ => None,
@@ -583,30 +610,6 @@ pub fn commodity(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Result<Respons
         }
     }
     Err(ApiError::not_found())
-}
-
-/// Decodes `%XX` escapes and `+`; `None` when the result is not UTF-8.
-fn percent_decode(text: &str) -> Option<String> {
-    let hex = |byte: u8| char::from(byte).to_digit(16).map(|digit| digit as u8);
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut index = 0;
-    while index < bytes.len() {
-        let escaped = match bytes.get(index..index + 3) {
-            Some([b'%', high, low]) => hex(*high).zip(hex(*low)).map(|(high, low)| high << 4 | low),
-            _ => None,
-        };
-        match (escaped, bytes[index]) {
-            (Some(byte), _) => {
-                out.push(byte);
-                index += 2;
-            }
-            (None, b'+') => out.push(b' '),
-            (None, byte) => out.push(byte),
-        }
-        index += 1;
-    }
-    String::from_utf8(out).ok()
 }
 
 /// The store of a partner-side call (any store; a uuid in any case).
@@ -652,16 +655,22 @@ pub fn partner_delete_products(ctx: &Ctx<'_>, request: &Request, params: &Params
     if uuids.is_empty() {
         return Ok(Response::json(200, &json!({ "deleted": 0 })));
     }
+    let owner = store_owner(ctx, &store)?;
+    let now = ctx.clock.now_unix();
     let deleted = storage::transact(ctx.kv, |txn| -> Result<usize, ApiError> {
         let mut change = Change::begin(txn, &store)?;
-        let mut deleted = 0;
+        let mut deleted = Vec::new();
         for uuid in &uuids {
-            deleted += usize::from(change.delete(uuid)?);
+            if change.delete(uuid)? {
+                deleted.push(uuid.as_str());
+            }
         }
-        if deleted > 0 {
+        if !deleted.is_empty() {
             change.finish()?;
+            let data = json!({ "storeUuid": store, "source": "partner", "uuids": deleted });
+            txn.emit("products.deleted", now, owner.as_deref(), data);
         }
-        Ok(deleted)
+        Ok(deleted.len())
     })?;
     Ok(Response::json(200, &json!({ "deleted": deleted })))
 }

@@ -32,6 +32,15 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// The feed entry of an upsert of the kind.
+    pub fn feed_kind(self) -> &'static str {
+        match self {
+            Kind::Store => "store.upserted",
+            Kind::Employee => "employee.upserted",
+            Kind::Device => "device.upserted",
+        }
+    }
+
     /// The storage name of the kind.
     pub fn name(self) -> &'static str {
         match self {
@@ -228,14 +237,19 @@ fn mirror(ctx: &Ctx<'_>, request: &Request, kind: Kind) -> Result<Response, ApiE
                     owner.partner_id
                 }
             };
-            let record = EntityRecord {
-                v: storage::FORMAT,
-                uuid: id.clone(),
-                partner_id: partner_id.clone(),
-                data: Value::Object(item.clone()),
-                updated_at: now,
-            };
-            txn.put(&storage::entity_key(&user_id, kind.name(), id), &record);
+            let key = storage::entity_key(&user_id, kind.name(), id);
+            let data = Value::Object(item.clone());
+            if txn.get::<EntityRecord>(&key)?.is_none_or(|known| known.data != data) {
+                let record = EntityRecord {
+                    v: storage::FORMAT,
+                    uuid: id.clone(),
+                    partner_id: partner_id.clone(),
+                    data,
+                    updated_at: now,
+                };
+                txn.put(&key, &record);
+                txn.emit(kind.feed_kind(), now, Some(&user_id), json!({ "uuid": id, "partnerId": partner_id }));
+            }
             mapped.push(json!({ "uuid": id, "partnerId": partner_id }));
         }
         if order.devices.len() != registered {

@@ -28,6 +28,7 @@ pub mod billing;
 pub mod catalog;
 pub mod clock;
 pub mod config;
+pub mod documents;
 pub mod errors;
 pub mod http;
 pub mod input;

@@ -170,6 +170,7 @@ pub fn create_account(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Result<Re
             return Err(ApiError::internal("account id collision"));
         }
         txn.put(&storage::account_key(&account.id), &account);
+        txn.emit("account.created", now, None, json!({ "accountId": account.id }));
         Ok(())
     })?;
     Ok(Response::json(201, &account_view(&account)))
@@ -345,6 +346,50 @@ pub fn list_users(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Result<Respon
     let (after, limit) = paging(request)?;
     let (users, next) = storage::page::<UserRecord>(ctx.kv, storage::USERS_PREFIX, after, limit)?;
     let items = users.iter().map(|user| user_view(ctx, &user.user_id, Some(user))).collect::<Result<Vec<_>, _>>()?;
+    Ok(Response::json(200, &json!({ "items": items, "next": next })))
+}
+
+/// `GET /partner/v1/users/{userId}/{stores,employees,devices}`: what Evotor mirrored for a user.
+pub fn user_entities(ctx: &Ctx<'_>, request: &Request, params: &Params) -> Result<Response, ApiError> {
+    require_partner(ctx, request)?;
+    let user_id = user_param(params)?;
+    let kind = match request.path.trim_end_matches('/').rsplit('/').next() {
+        Some("stores") => "store",
+        Some("employees") => "employee",
+        Some("devices") => "device",
+        _ => return Err(ApiError::not_found()),
+    };
+    let (after, limit) = paging(request)?;
+    let (records, next) =
+        storage::page::<storage::EntityRecord>(ctx.kv, &storage::entities_prefix(user_id, kind), after, limit)?;
+    let items: Vec<Value> = records
+        .into_iter()
+        .map(|record| {
+            json!({ "uuid": record.uuid, "partnerId": record.partner_id, "data": record.data, "updatedAt": record.updated_at })
+        })
+        .collect();
+    Ok(Response::json(200, &json!({ "items": items, "next": next })))
+}
+
+/// `GET /partner/v1/feed?after=&limit=`: every accepted change in commit
+/// order. `next` is where to resume: the last entry's cursor, or `after`
+/// again when nothing new has happened.
+pub fn feed(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Result<Response, ApiError> {
+    require_partner(ctx, request)?;
+    let (after, limit) = paging(request)?;
+    if let Some(after) = after
+        && !(after.len() == 20 && after.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(ApiError::incorrect("after", after));
+    }
+    let (entries, _) = storage::page::<storage::FeedEntry>(ctx.kv, storage::FEED_PREFIX, after, limit)?;
+    let next = entries.last().map(|entry| entry.cursor.clone()).or_else(|| after.map(str::to_owned));
+    let items: Vec<Value> = entries
+        .into_iter()
+        .map(|entry| {
+            json!({ "cursor": entry.cursor, "kind": entry.kind, "at": entry.at, "userId": entry.user_id, "data": entry.data })
+        })
+        .collect();
     Ok(Response::json(200, &json!({ "items": items, "next": next })))
 }
 

@@ -3,7 +3,7 @@
 
 use crate::errors::ApiError;
 use crate::http::{Request, Response};
-use crate::{Ctx, accounts, billing, catalog, inventory, partner_api};
+use crate::{Ctx, accounts, billing, catalog, documents, inventory, partner_api};
 
 /// Values of the `{name}` segments of a matched route.
 #[derive(Debug, Default)]
@@ -45,6 +45,9 @@ const ROUTES: &[Route] = &[
         &[("GET", catalog::get_products), ("POST", catalog::post_products)],
     ),
     route("/api/v1/commodities", &[("GET", catalog::commodity)]),
+    route("/api/v1/inventories/stores/{storeUuid}/documents", &[("PUT", documents::put_documents)]),
+    route("/api/v1/receipt", &[("POST", documents::post_receipts_v1)]),
+    route("/api/v2/receipts", &[("POST", documents::post_receipts_v2)]),
     // The partner's own API.
     route("/partner/v1/accounts", &[("GET", partner_api::list_accounts), ("POST", partner_api::create_account)]),
     route(
@@ -59,6 +62,14 @@ const ROUTES: &[Route] = &[
     route("/partner/v1/users/{userId}", &[("GET", partner_api::get_user)]),
     route("/partner/v1/users/{userId}/subscriptions", &[("GET", partner_api::user_subscriptions)]),
     route("/partner/v1/users/{userId}/entitlement", &[("GET", partner_api::user_entitlement)]),
+    route("/partner/v1/users/{userId}/stores", &[("GET", partner_api::user_entities)]),
+    route("/partner/v1/users/{userId}/employees", &[("GET", partner_api::user_entities)]),
+    route("/partner/v1/users/{userId}/devices", &[("GET", partner_api::user_entities)]),
+    route("/partner/v1/stores/{storeUuid}/documents", &[("GET", documents::partner_list_documents)]),
+    route("/partner/v1/stores/{storeUuid}/documents/{id}", &[("GET", documents::partner_get_document)]),
+    route("/partner/v1/stores/{storeUuid}/receipts", &[("GET", documents::partner_list_receipts)]),
+    route("/partner/v1/receipts/{id}", &[("GET", documents::partner_get_receipt)]),
+    route("/partner/v1/feed", &[("GET", partner_api::feed)]),
     route(
         "/partner/v1/stores/{storeUuid}/products",
         &[("GET", catalog::partner_list_products), ("PUT", catalog::partner_put_products)],
@@ -74,6 +85,9 @@ const fn route(pattern: &'static str, methods: &'static [(&'static str, Handler)
 /// Routes `request` and renders any error.
 pub fn dispatch(ctx: &Ctx<'_>, request: &Request) -> Response {
     let result = match find(&request.path) {
+        None if request.method == "PUT" && is_documents_webhook(ctx, &request.path) => {
+            documents::put_documents_bare(ctx, request)
+        }
         None => Err(ApiError::not_found()),
         Some((route, params)) => match route.methods.iter().find(|(method, _)| *method == request.method) {
             Some((_, handler)) => handler(ctx, request, &params),
@@ -84,6 +98,13 @@ pub fn dispatch(ctx: &Ctx<'_>, request: &Request) -> Response {
         },
     };
     result.unwrap_or_else(ApiError::into_response)
+}
+
+/// Whether `path` is the configured bare documents webhook (`documents_webhook_path`, default `/`).
+fn is_documents_webhook(ctx: &Ctx<'_>, path: &str) -> bool {
+    let configured = ctx.config.get(documents::DOCUMENTS_WEBHOOK_PATH);
+    let webhook = configured.as_deref().unwrap_or(documents::DEFAULT_DOCUMENTS_WEBHOOK_PATH);
+    !webhook.is_empty() && (path == webhook || path.strip_suffix('/') == Some(webhook))
 }
 
 fn find(path: &str) -> Option<(&'static Route, Params)> {

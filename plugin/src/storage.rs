@@ -24,6 +24,13 @@
 //! | `cat/{store}/bc/{sha256(barcode)[..32]}/{uuid}` | barcode index entry |
 //! | `cat/{store}/kids/{parentUuid}/{uuid}` | child index: items under a group |
 //! | `cat/{store}/orphan/{uuid}` | an item whose `parentUuid` names nothing in the store |
+//! | `docs/{store}/doc/{id}` | [`crate::documents::DocumentRecord`]: a terminal document as received |
+//! | `docs/{store}/by-date/{closeDate ms:013}.{id}` | document index by close date |
+//! | `docs/{store}/by-type/{type}/{closeDate ms:013}.{id}` | document index by type and close date |
+//! | `receipts/{sha256(event id)[..32]}` | [`crate::documents::ReceiptRecord`]: a receipt event as received |
+//! | `rcpts/{store}/by-date/{dateTime ms:013}.{sha256(event id)[..32]}` | receipt index by date |
+//! | `feed/{seq:020}` | [`FeedEntry`]: one accepted change, in commit order |
+//! | `meta/feed-head` | the sequence number of the last feed entry |
 //! | `meta/{name}` | small service records |
 //!
 //! Every value is JSON with `"v"`: the storage format version (see the
@@ -335,6 +342,47 @@ pub fn entities_prefix(user_id: &str, kind: &str) -> String {
     format!("user/{user_id}/{kind}/")
 }
 
+/// Key of a document of a store.
+pub fn document_key(store: &str, id: &str) -> String {
+    format!("docs/{store}/doc/{id}")
+}
+
+/// Prefix of a store's documents by close date.
+pub fn documents_by_date_prefix(store: &str) -> String {
+    format!("docs/{store}/by-date/")
+}
+
+/// Prefix of a store's documents of one type by close date.
+pub fn documents_by_type_prefix(store: &str, kind: &str) -> String {
+    format!("docs/{store}/by-type/{kind}/")
+}
+
+/// Key of a receipt event by its id.
+pub fn receipt_key(id: &str) -> String {
+    receipt_key_by_hash(&receipt_id_hash(id))
+}
+
+/// Key of a receipt event by the digest of its id.
+pub fn receipt_key_by_hash(hash: &str) -> String {
+    format!("receipts/{hash}")
+}
+
+/// The digest of a receipt event id used in keys.
+pub fn receipt_id_hash(id: &str) -> String {
+    sha256_hex(id.as_bytes())[..32].to_owned()
+}
+
+/// Prefix of a store's receipts by date.
+pub fn receipts_by_date_prefix(store: &str) -> String {
+    format!("rcpts/{store}/by-date/")
+}
+
+/// Prefix of the change feed.
+pub const FEED_PREFIX: &str = "feed/";
+
+/// Key of the feed's head: the last sequence number used.
+const FEED_HEAD: &str = "meta/feed-head";
+
 /// Key of a service record.
 pub fn meta_key(name: &str) -> String {
     format!("meta/{name}")
@@ -429,16 +477,59 @@ pub(crate) fn collect(
     Ok(entries)
 }
 
-/// Records the latest Evotor cloud token of a user (latest wins).
+/// Records the latest Evotor cloud token of a user (latest wins); the
+/// same token again changes nothing.
 pub fn put_cloud_token(kv: &dyn Kv, user_id: &str, token: &str, now: u64) -> Result<(), StorageError> {
-    let record = CloudToken { v: FORMAT, token: token.to_owned(), received_at: now };
-    kv.commit(&[], &[Write::Set(cloud_token_key(user_id), encode(&record))])?;
-    Ok(())
+    transact(kv, |txn| {
+        let key = cloud_token_key(user_id);
+        if txn.get::<CloudToken>(&key)?.is_some_and(|known| known.token == token) {
+            return Ok(());
+        }
+        txn.put(&key, &CloudToken { v: FORMAT, token: token.to_owned(), received_at: now });
+        txn.emit("cloud-token.received", now, Some(user_id), Value::Null);
+        Ok(())
+    })
 }
 
 /// The Evotor cloud token of a user, if Evotor sent one.
 pub fn cloud_token(kv: &dyn Kv, user_id: &str) -> Result<Option<CloudToken>, StorageError> {
     read(kv, &cloud_token_key(user_id))
+}
+
+/// One accepted change as the partner's change feed shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FeedEntry {
+    /// Storage format version.
+    pub v: u32,
+    /// Its position: the cursor that resumes after it.
+    pub cursor: String,
+    /// What happened, e.g. `document.received`.
+    pub kind: String,
+    /// When, Unix seconds.
+    pub at: u64,
+    /// The Evotor user concerned, if any.
+    pub user_id: Option<String>,
+    /// The ids that say what changed.
+    pub data: Value,
+}
+
+/// A change to announce in the feed, in the same commit as the change.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// What happened.
+    pub kind: &'static str,
+    /// When, Unix seconds.
+    pub at: u64,
+    /// The Evotor user concerned, if any.
+    pub user_id: Option<String>,
+    /// The ids that say what changed.
+    pub data: Value,
+}
+
+/// The feed cursor of sequence number `seq` (fixed width, so cursors sort as numbers).
+pub fn feed_cursor(seq: u64) -> String {
+    format!("{seq:020}")
 }
 
 /// A read-modify-write unit: every read becomes a check of the commit, so
@@ -447,6 +538,7 @@ pub struct Txn<'a> {
     kv: &'a dyn Kv,
     checks: Vec<Check>,
     writes: Vec<Write>,
+    events: Vec<Event>,
 }
 
 impl std::fmt::Debug for Txn<'_> {
@@ -476,6 +568,36 @@ impl Txn<'_> {
         self.writes.push(Write::Delete(key.to_owned()));
     }
 
+    /// Announces a change in the feed; the entry commits with the change or not at all.
+    pub fn emit(&mut self, kind: &'static str, at: u64, user_id: Option<&str>, data: Value) {
+        self.events.push(Event { kind, at, user_id: user_id.map(str::to_owned), data });
+    }
+
+    /// Appends the emitted events to the feed after its head. Reading the
+    /// head makes every feed-writing commit check it, so sequence numbers
+    /// follow commit order and leave no holes.
+    fn append_feed(&mut self) -> Result<(), StorageError> {
+        if self.events.is_empty() {
+            return Ok(());
+        }
+        let head: u64 = self.get(FEED_HEAD)?.unwrap_or(0);
+        let mut seq = head;
+        for event in std::mem::take(&mut self.events) {
+            seq += 1;
+            let entry = FeedEntry {
+                v: FORMAT,
+                cursor: feed_cursor(seq),
+                kind: event.kind.to_owned(),
+                at: event.at,
+                user_id: event.user_id,
+                data: event.data,
+            };
+            self.put(&format!("{FEED_PREFIX}{}", entry.cursor), &entry);
+        }
+        self.put(FEED_HEAD, &seq);
+        Ok(())
+    }
+
     /// Keys under `prefix` after `start_after` as committed, up to `limit`.
     /// A scan is not a check: the caller guards the range by a record it
     /// reads with [`Txn::get`] and that every change of the range rewrites.
@@ -500,8 +622,9 @@ where
         if attempt > 0 {
             backoff(attempt);
         }
-        let mut txn = Txn { kv, checks: Vec::new(), writes: Vec::new() };
+        let mut txn = Txn { kv, checks: Vec::new(), writes: Vec::new(), events: Vec::new() };
         let result = body(&mut txn)?;
+        txn.append_feed()?;
         if txn.writes.is_empty() {
             return Ok(result);
         }

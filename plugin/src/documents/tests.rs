@@ -1,0 +1,410 @@
+use super::*;
+use crate::accounts::tests::World;
+
+const ALICE: &str = "01-000000000000001";
+const BOB: &str = "02-000000000000002";
+const STORE: &str = "20170228-f4f1-401b-80fa-9ecca8451ffb";
+const STORE2: &str = "20170228-f4f1-401b-80fa-9ecca8451ffc";
+const DEVICE: &str = "5a188de4-49b8-4cb4-800e-eb6b5202437e";
+
+/// The real terminal documents, as files with `//` comments and trailing commas.
+const POS_DOCS: &[(&str, &str)] = &[
+    ("01-ACCEPT", include_str!("../../testdata/pos-docs/01-ACCEPT.json")),
+    ("02-SELL", include_str!("../../testdata/pos-docs/02-SELL.json")),
+    ("03-PAYBACK", include_str!("../../testdata/pos-docs/03-PAYBACK.json")),
+    ("04-CASH_INCOME", include_str!("../../testdata/pos-docs/04-CASH_INCOME.json")),
+    ("05-CASH_OUTCOME", include_str!("../../testdata/pos-docs/05-CASH_OUTCOME.json")),
+    ("06-CLOSE_SESSION", include_str!("../../testdata/pos-docs/06-CLOSE_SESSION.json")),
+    ("07-OPEN_SESSION", include_str!("../../testdata/pos-docs/07-OPEN_SESSION.json")),
+    ("08-INVENTORY", include_str!("../../testdata/pos-docs/08-INVENTORY.json")),
+    ("09-WRITE_OFF", include_str!("../../testdata/pos-docs/09-WRITE_OFF.json")),
+    ("10-RETURN", include_str!("../../testdata/pos-docs/10-RETURN.json")),
+    ("11-REVALUATION", include_str!("../../testdata/pos-docs/11-REVALUATION.json")),
+    ("12-FPRINT_X_REPORT", include_str!("../../testdata/pos-docs/12-FPRINT_X_REPORT.json")),
+    ("13-FPRINT-Z-REPORT", include_str!("../../testdata/pos-docs/13-FPRINT-Z-REPORT.json")),
+    ("14-BUY", include_str!("../../testdata/pos-docs/14-BUY.json")),
+    ("15-BUYBACK", include_str!("../../testdata/pos-docs/15-BUYBACK.json")),
+    ("16-OPEN_TARE", include_str!("../../testdata/pos-docs/16-OPEN_TARE.json")),
+];
+
+/// Strips `//` comments and trailing commas outside strings.
+pub(crate) fn relaxed_json(text: &str) -> Value {
+    let mut out = String::with_capacity(text.len());
+    let (mut chars, mut in_string) = (text.chars().peekable(), false);
+    while let Some(c) = chars.next() {
+        if in_string {
+            out.push(c);
+            match c {
+                '\\' => out.extend(chars.next()),
+                '"' => in_string = false,
+                _ => {}
+            }
+        } else if c == '/' && chars.peek() == Some(&'/') {
+            while chars.peek().is_some_and(|next| *next != '\n') {
+                chars.next();
+            }
+        } else {
+            in_string = c == '"';
+            out.push(c);
+        }
+    }
+    let mut cleaned = String::with_capacity(out.len());
+    let (mut chars, mut in_string) = (out.chars().peekable(), false);
+    while let Some(c) = chars.next() {
+        if in_string {
+            cleaned.push(c);
+            match c {
+                '\\' => cleaned.extend(chars.next()),
+                '"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        if c == ',' {
+            let rest: String = chars.clone().skip_while(|next| next.is_whitespace()).take(1).collect();
+            if rest == "}" || rest == "]" {
+                continue;
+            }
+        }
+        in_string = c == '"';
+        cleaned.push(c);
+    }
+    serde_json::from_str(&cleaned).unwrap_or_else(|err| panic!("{err}: {cleaned}"))
+}
+
+fn pos_doc(name: &str) -> Value {
+    POS_DOCS.iter().find(|(doc, _)| *doc == name).map(|(_, text)| relaxed_json(text)).expect("known document")
+}
+
+fn put(world: &World, token: &str, store: &str, docs: Value) -> Response {
+    world.call("PUT", &format!("/api/v1/inventories/stores/{store}/documents"), Some(token), Some(docs))
+}
+
+fn feed(world: &World, after: Option<&str>) -> Value {
+    let query = after.map(|after| format!("?after={after}&limit=1000")).unwrap_or_else(|| "?limit=1000".into());
+    world.call("GET", &format!("/partner/v1/feed{query}"), Some("partner"), None).body_json()
+}
+
+fn feed_kinds(world: &World) -> Vec<String> {
+    feed(world, None)["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|entry| entry["kind"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+fn receipt_event(id: &str, user: &str, date: &str) -> Value {
+    json!({"id": id, "timestamp": 1_700_000_000_000u64, "userId": user, "type": "ReceiptCreated", "version": 2,
+           "data": {"id": format!("r-{id}"), "deviceId": DEVICE, "storeId": STORE, "dateTime": date, "type": "SELL",
+                    "shiftId": "7", "employeeId": "e", "paymentSource": "PAY_CARD", "infoCheck": false, "egais": false,
+                    "items": [{"name": "Cider", "quantity": 1, "price": 99.9, "sumPrice": 99.9}],
+                    "totalTax": 16.65, "totalDiscount": 0, "totalAmount": 99.9, "extras": {}}})
+}
+
+#[test]
+fn every_real_document_is_accepted_and_read_back_equal() {
+    let world = World::new();
+    let token = world.register(ALICE, "alice");
+    for (name, _) in POS_DOCS {
+        let doc = pos_doc(name);
+        // BUY and BUYBACK reuse the uuids of PAYBACK and SELL: they come from another store.
+        let store = match doc.get("storeUuid").and_then(Value::as_str) {
+            Some(named) => named.to_ascii_lowercase(),
+            None if name.contains("BUY") => STORE2.into(),
+            None => STORE.into(),
+        };
+        let response = put(&world, &token, &store, json!([doc.clone()]));
+        assert_eq!(response.status, 200, "{name}: {}", String::from_utf8_lossy(&response.body));
+        assert_eq!(response.body_json()["accepted"], 1, "{name}");
+        let id = doc["uuid"].as_str().expect("uuid");
+        let read = world.call("GET", &format!("/partner/v1/stores/{store}/documents/{id}"), Some("partner"), None);
+        assert_eq!(read.status, 200, "{name}");
+        let view = read.body_json();
+        assert_eq!(view["document"], doc, "{name} is kept whole");
+        assert_eq!(view["type"], doc["type"]);
+        assert_eq!(view["version"], doc.get("version").cloned().unwrap_or(json!("V1")), "{name}");
+    }
+    let sells = world.call("GET", &format!("/partner/v1/stores/{STORE}/documents?type=SELL"), Some("partner"), None);
+    assert_eq!(sells.body_json()["items"].as_array().map(Vec::len), Some(1));
+}
+
+#[test]
+fn a_redelivery_stores_nothing_and_adds_no_feed_entry() {
+    let world = World::new();
+    let token = world.register(ALICE, "alice");
+    let batch = json!([pos_doc("02-SELL"), pos_doc("03-PAYBACK")]);
+    assert_eq!(put(&world, &token, STORE, batch.clone()).body_json(), json!({"accepted": 2, "duplicates": 0}));
+    let keys = world.kv.keys();
+    let entries = feed_kinds(&world).len();
+    assert_eq!(put(&world, &token, STORE, batch).body_json(), json!({"accepted": 0, "duplicates": 2}));
+    assert_eq!(world.kv.keys(), keys, "nothing written");
+    assert_eq!(feed_kinds(&world).len(), entries, "no new feed entry");
+    let twice = put(&world, &token, STORE, json!([pos_doc("06-CLOSE_SESSION"), pos_doc("06-CLOSE_SESSION")]));
+    assert_eq!(twice.body_json(), json!({"accepted": 1, "duplicates": 0}), "the same document twice in one delivery");
+    let original = pos_doc("07-OPEN_SESSION");
+    let mut changed = original.clone();
+    changed["number"] = json!(99);
+    let conflicting = json!([original, changed]);
+    assert_eq!(put(&world, &token, STORE, conflicting).status, 400, "two versions of one document");
+}
+
+#[test]
+fn documents_need_their_fields_but_not_what_real_terminals_omit() {
+    let world = World::new();
+    let token = world.register(ALICE, "alice");
+    let without = |name: &str, field: &str| {
+        let mut doc = pos_doc(name);
+        doc.as_object_mut().expect("object").remove(field);
+        doc
+    };
+    for (doc, code, subject) in [
+        (without("02-SELL", "uuid"), 2002, "[0].uuid"),
+        (without("02-SELL", "closeDate"), 2002, "[0].closeDate"),
+        (without("02-SELL", "deviceUuid"), 2002, "[0].deviceUuid"),
+        (without("02-SELL", "extras"), 2002, "[0].extras"),
+        (without("02-SELL", "number"), 2002, "[0].number"),
+        (
+            {
+                let mut doc = pos_doc("02-SELL");
+                doc["closeDate"] = json!("yesterday");
+                doc
+            },
+            2003,
+            "[0].closeDate",
+        ),
+        (
+            {
+                let mut doc = pos_doc("02-SELL");
+                doc["storeUuid"] = json!(STORE2);
+                doc
+            },
+            2003,
+            "[0].storeUuid",
+        ),
+        (
+            {
+                let mut doc = pos_doc("02-SELL");
+                doc["type"] = json!("sell me");
+                doc
+            },
+            2003,
+            "[0].type",
+        ),
+    ] {
+        let response = put(&world, &token, STORE, json!([doc]));
+        let error = &response.body_json()["errors"][0];
+        assert_eq!(
+            (response.status, error["code"].as_u64(), error["subject"].as_str()),
+            (400, Some(code), Some(subject))
+        );
+    }
+    assert!(world.kv.keys().iter().all(|key| !key.starts_with("docs/")), "nothing stored");
+    let mut future = pos_doc("02-SELL");
+    future["type"] = json!("MARKED_SELL");
+    future["uuid"] = json!("175d8ae9-79db-4588-a65a-8f0613e2d0f0");
+    assert_eq!(put(&world, &token, STORE, json!([future])).status, 200, "types Evotor adds later are kept");
+    let buy = without("14-BUY", "extras");
+    assert_eq!(put(&world, &token, STORE2, json!([buy])).status, 200, "BUY comes without extras");
+    assert_eq!(put(&world, &token, STORE, json!({"not": "an array"})).status, 400);
+}
+
+#[test]
+fn the_bare_webhook_takes_the_store_from_each_document() {
+    let world = World::with(&[("documents_webhook_path", "/evotor/documents")]);
+    let token = world.register(ALICE, "alice");
+    let mut doc = pos_doc("02-SELL");
+    let missing = world.call("PUT", "/evotor/documents", Some(&token), Some(json!([doc.clone()])));
+    assert_eq!(missing.body_json()["errors"][0]["subject"], "[0].storeUuid");
+    doc["storeUuid"] = json!(STORE.to_uppercase());
+    let stored = world.call("PUT", "/evotor/documents/", Some(&token), Some(json!([doc])));
+    assert_eq!(stored.status, 200, "{}", String::from_utf8_lossy(&stored.body));
+    let read = world.call("GET", &format!("/partner/v1/stores/{STORE}/documents"), Some("partner"), None);
+    assert_eq!(read.body_json()["items"][0]["id"], "175d8ae9-79db-4588-a65a-8f0613e2d0ff");
+    assert_eq!(world.call("PUT", "/", Some(&token), Some(json!([]))).status, 404, "only the configured path");
+    let default = World::new();
+    let token = default.register(ALICE, "alice");
+    assert_eq!(default.call("PUT", "/", Some(&token), Some(json!([]))).status, 200, "`/` by default");
+}
+
+#[test]
+fn another_users_store_and_unlicensed_devices_are_refused_whole() {
+    let world = World::with(&[("billing_enforcement", "evotor")]);
+    let alice = world.register(ALICE, "alice");
+    let bob = world.register(BOB, "bob");
+    for (user, sub) in [(ALICE, "a99fbf70-6307-4acc-b61c-741ee9eef6c1"), (BOB, "a99fbf70-6307-4acc-b61c-741ee9eef6c2")]
+    {
+        let trial = json!({"subscriptionId": sub, "productId": "p", "userId": user, "sequenceNumber": 1,
+            "timestamp": "2026-01-01T00:00:00.000+0000", "type": "SubscriptionCreated", "planId": "basic",
+            "trialPeriodDuration": "P3650DT", "deviceNumber": 1});
+        assert_eq!(world.server("/api/v1/subscription/event", trial).status, 200);
+    }
+    let unlicensed = put(&world, &alice, STORE, json!([pos_doc("02-SELL")]));
+    assert_eq!((unlicensed.status, unlicensed.body_json()["errors"][0]["code"].as_u64()), (405, Some(1005)));
+    let device = json!([{"uuid": DEVICE, "name": "Till"}]);
+    assert_eq!(world.call("PUT", "/api/v1/inventories/devices", Some(&alice), Some(device)).status, 200);
+    assert_eq!(put(&world, &alice, STORE, json!([pos_doc("02-SELL")])).status, 200);
+    let foreign = put(&world, &bob, STORE, json!([pos_doc("03-PAYBACK")]));
+    assert_eq!(foreign.status, 404, "Alice's store is not Bob's to write");
+    let receipt = world.call(
+        "POST",
+        "/api/v2/receipts",
+        Some(&bob),
+        Some(receipt_event("e-1", BOB, "2026-01-02T10:00:00.000+0000")),
+    );
+    assert_eq!(receipt.status, 404, "nor through a receipt");
+    assert!(world.kv.keys().iter().all(|key| !key.starts_with("receipts/")));
+}
+
+#[test]
+fn receipts_are_kept_once_per_event_and_only_for_their_own_user() {
+    let world = World::new();
+    let alice = world.register(ALICE, "alice");
+    world.register(BOB, "bob");
+    let first = receipt_event("evt-1", ALICE, "2026-01-02T10:00:00.000+0000");
+    let v1 = world.call("POST", "/api/v1/receipt", Some(&alice), Some(json!([first.clone()])));
+    assert_eq!(v1.body_json(), json!({"accepted": 1, "duplicates": 0}));
+    let again = world.call("POST", "/api/v2/receipts", Some(&alice), Some(first.clone()));
+    assert_eq!(again.body_json(), json!({"accepted": 0, "duplicates": 1}), "v2 takes one event; the id decides");
+    let foreign = json!([
+        receipt_event("evt-2", ALICE, "2026-01-02T11:00:00.000+0000"),
+        receipt_event("evt-3", BOB, "2026-01-02T12:00:00.000+0000")
+    ]);
+    let refused = world.call("POST", "/api/v2/receipts", Some(&alice), Some(foreign));
+    let error = &refused.body_json()["errors"][0];
+    assert_eq!(
+        (refused.status, error["code"].as_u64(), error["subject"].as_str()),
+        (400, Some(2003), Some("[1].userId"))
+    );
+    assert_eq!(
+        world.call("GET", "/partner/v1/receipts/evt-2", Some("partner"), None).status,
+        404,
+        "nothing of it stored"
+    );
+    let read = world.call("GET", "/partner/v1/receipts/evt-1", Some("partner"), None).body_json();
+    assert_eq!(read["event"], first);
+    assert_eq!(read["storeUuid"], STORE);
+}
+
+#[test]
+fn partner_listings_filter_by_type_and_date_with_stable_cursors() {
+    let world = World::new();
+    let token = world.register(ALICE, "alice");
+    let mut docs = Vec::new();
+    for n in 0..30u32 {
+        let mut doc = pos_doc(if n % 3 == 0 { "03-PAYBACK" } else { "02-SELL" });
+        doc["uuid"] = json!(format!("175d8ae9-79db-4588-a65a-{n:012x}"));
+        doc["closeDate"] = json!(format!("2026-01-{:02}T10:00:00.000+0000", n + 1));
+        docs.push(doc);
+    }
+    assert_eq!(put(&world, &token, STORE, Value::from(docs)).status, 200);
+    let list = |query: &str| {
+        let mut ids = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let cursor = after.as_ref().map(|a| format!("&after={a}")).unwrap_or_default();
+            let page = world
+                .call(
+                    "GET",
+                    &format!("/partner/v1/stores/{STORE}/documents?limit=4{query}{cursor}"),
+                    Some("partner"),
+                    None,
+                )
+                .body_json();
+            ids.extend(page["items"].as_array().expect("items").iter().map(|d| d["closeDate"].as_i64().unwrap_or(0)));
+            match page["next"].as_str() {
+                Some(next) => after = Some(next.to_owned()),
+                None => return ids,
+            }
+        }
+    };
+    let all = list("");
+    assert_eq!(all.len(), 30);
+    assert!(all.windows(2).all(|w| w[0] < w[1]), "in close-date order");
+    assert_eq!(list("&type=PAYBACK").len(), 10);
+    let january = |day: u32| crate::time::parse_datetime(&format!("2026-01-{day:02}T10:00:00.000+0000")).unwrap_or(0);
+    let window = list("&from=2026-01-05T10:00:00.000%2B0000&to=2026-01-09T10:00:00.000%2B0000");
+    assert_eq!(window, (5..9).map(january).collect::<Vec<_>>(), "from inclusive, to exclusive");
+    assert_eq!(list(&format!("&type=SELL&from={}", january(28))).len(), 2);
+
+    for n in 0..5u32 {
+        let event = receipt_event(&format!("evt-{n}"), ALICE, &format!("2026-02-{:02}T10:00:00.000+0000", 5 - n));
+        assert_eq!(world.call("POST", "/api/v2/receipts", Some(&token), Some(event)).status, 200);
+    }
+    let receipts =
+        world.call("GET", &format!("/partner/v1/stores/{STORE}/receipts?limit=3"), Some("partner"), None).body_json();
+    let ids: Vec<_> = receipts["items"].as_array().expect("items").iter().map(|r| r["id"].clone()).collect();
+    assert_eq!(ids, [json!("evt-4"), json!("evt-3"), json!("evt-2")], "by receipt date");
+    assert!(receipts["next"].is_string());
+}
+
+#[test]
+fn the_feed_has_every_accepted_change_once_in_commit_order() {
+    let world = World::new();
+    let sub = "a99fbf70-6307-4acc-b61c-741ee9eef6c1";
+    let event = |seq: u64, kind: &str| {
+        json!({"subscriptionId": sub, "productId": "p", "userId": ALICE, "sequenceNumber": seq,
+               "timestamp": "2026-01-01T00:00:00.000+0000", "type": kind, "planId": "basic",
+               "trialPeriodDuration": "P14DT", "nextBillingDate": "2026-02-01T00:00:00.000+0000"})
+    };
+    // The second event first: it waits, and both are announced when the gap closes.
+    assert_eq!(world.server("/api/v1/subscription/event", event(2, "SubscriptionActivated")).status, 200);
+    assert!(feed_kinds(&world).is_empty(), "a waiting event is not applied yet");
+    assert_eq!(world.server("/api/v1/subscription/event", event(1, "SubscriptionCreated")).status, 200);
+    let token = world.register(ALICE, "alice");
+    for _ in 0..2 {
+        world.server("/api/v1/user/token", json!({"userId": ALICE, "token": "cloud-1"}));
+        world.server("/api/v1/user/tariff", json!({"userId": ALICE, "tariffId": "t", "status": "ACTIVE"}));
+        world.server(
+            "/api/v2/installation/event",
+            json!({"id": "i-1", "timestamp": "2026-01-01T00:00:00.000+0000",
+            "type": "ApplicationInstalled", "data": {"userId": ALICE, "productId": "p"}}),
+        );
+        world.call("PUT", "/api/v1/inventories/stores", Some(&token), Some(json!([{"uuid": STORE, "name": "Shop"}])));
+        world.call(
+            "POST",
+            &format!("/api/v1/inventories/stores/{STORE}/products"),
+            Some(&token),
+            Some(json!([
+            {"uuid": STORE2, "group": true, "name": "Drinks"}])),
+        );
+        put(&world, &token, STORE, json!([pos_doc("02-SELL")]));
+        world.call(
+            "POST",
+            "/api/v2/receipts",
+            Some(&token),
+            Some(receipt_event("evt-1", ALICE, "2026-01-02T10:00:00.000+0000")),
+        );
+    }
+    assert_eq!(
+        feed_kinds(&world),
+        [
+            "subscription.event-applied",
+            "subscription.event-applied",
+            "account.created",
+            "cloud-token.received",
+            "tariff.changed",
+            "installation.event",
+            "store.upserted",
+            "products.upserted",
+            "document.received",
+            "receipt.received",
+        ],
+        "each change once, the repeats add nothing"
+    );
+    let page = feed(&world, None);
+    let cursors: Vec<&str> =
+        page["items"].as_array().expect("items").iter().filter_map(|e| e["cursor"].as_str()).collect();
+    assert!(cursors.windows(2).all(|w| w[0] < w[1]), "cursors increase");
+    assert_eq!(page["items"][1]["data"]["sequenceNumber"], 2);
+    let rest = feed(&world, Some(cursors[7]));
+    assert_eq!(rest["items"].as_array().map(Vec::len), Some(2), "resumes after a cursor");
+    let idle = feed(&world, Some(cursors[9]));
+    assert_eq!(
+        (idle["items"].clone(), idle["next"].as_str()),
+        (json!([]), Some(cursors[9])),
+        "nothing new: same cursor"
+    );
+    let bad = world.call("GET", "/partner/v1/feed?after=xyz", Some("partner"), None);
+    assert_eq!(bad.status, 400);
+}
