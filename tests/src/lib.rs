@@ -261,15 +261,29 @@ fn agent() -> ureq::Agent {
 }
 
 fn reply(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Reply {
-    let mut response = result.expect("HTTP request failed");
+    try_reply(result).expect("HTTP request failed")
+}
+
+fn try_reply(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Option<Reply> {
+    let mut response = result.ok()?;
     let headers = response
         .headers()
         .iter()
         .map(|(name, value)| (name.as_str().to_owned(), String::from_utf8_lossy(value.as_bytes()).into_owned()))
         .collect();
     let status = response.status().as_u16();
-    let body = response.body_mut().with_config().limit(64 << 20).read_to_vec().expect("reading the body");
-    Reply { status, headers, body }
+    let body = response.body_mut().with_config().limit(64 << 20).read_to_vec().ok()?;
+    Some(Reply { status, headers, body })
+}
+
+/// Sends `method url` with headers and a body; `None` when the connection
+/// fails (a gateway that was killed, say).
+pub fn try_request(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> Option<Reply> {
+    let mut builder = ureq::http::Request::builder().method(method).uri(url);
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    try_reply(agent().run(builder.body(body.to_vec()).expect("a valid request")))
 }
 
 /// Sends `method url` with headers and an optional body.

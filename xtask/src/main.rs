@@ -31,7 +31,19 @@ fn main() -> anyhow::Result<()> {
         }
         "bench" => {
             build()?;
-            cargo(&["bench", "-p", "evogate", "--bench", "gateway", "--bench", "deploy", "--bench", "catalog"])
+            cargo(&[
+                "bench",
+                "-p",
+                "evogate",
+                "--bench",
+                "gateway",
+                "--bench",
+                "deploy",
+                "--bench",
+                "catalog",
+                "--bench",
+                "documents",
+            ])
         }
         _ => {
             eprintln!(
