@@ -539,4 +539,4 @@ pub fn partner_get_receipt(ctx: &Ctx<'_>, request: &Request, params: &Params) ->
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

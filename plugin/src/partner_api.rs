@@ -395,3 +395,6 @@ pub fn feed(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Result<Response, Ap
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod openapi;

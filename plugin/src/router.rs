@@ -78,6 +78,12 @@ const ROUTES: &[Route] = &[
     route("/partner/v1/stores/{storeUuid}/catalog-issues", &[("GET", catalog::partner_catalog_issues)]),
 ];
 
+/// Every (pattern, method) served, for the checks of the API description.
+#[cfg(test)]
+pub(crate) fn endpoints() -> impl Iterator<Item = (&'static str, &'static str)> {
+    ROUTES.iter().flat_map(|route| route.methods.iter().map(|(method, _)| (route.pattern, *method)))
+}
+
 const fn route(pattern: &'static str, methods: &'static [(&'static str, Handler)]) -> Route {
     Route { pattern, methods }
 }
