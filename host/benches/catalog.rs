@@ -11,7 +11,7 @@ use hyper::Request;
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio::net::TcpStream;
 
 const STORE: &str = "20170228-f4f1-401b-80fa-9ecca8451ffb";
@@ -97,7 +97,7 @@ fn main() -> anyhow::Result<()> {
             listener,
             app.gateway.clone(),
             std::future::pending(),
-            Duration::from_secs(1),
+            evogate::server::ServeOptions::default(),
         ));
         let mut sender = connect(addr).await?;
 

@@ -58,7 +58,7 @@ fn main() -> anyhow::Result<()> {
             listener,
             app.gateway.clone(),
             std::future::pending(),
-            Duration::from_secs(1),
+            evogate::server::ServeOptions::default(),
         ));
 
         println!("evotor_partner.wasm: {} bytes; deploy through Deployer::deploy, then one HTTP request", wasm.len());

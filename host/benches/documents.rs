@@ -125,7 +125,7 @@ fn main() -> anyhow::Result<()> {
             listener,
             app.gateway.clone(),
             std::future::pending(),
-            Duration::from_secs(1),
+            evogate::server::ServeOptions::default(),
         ));
 
         let mut sender = connect(addr).await?;

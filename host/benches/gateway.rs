@@ -141,6 +141,11 @@ async fn serve_native(body: Bytes) -> anyhow::Result<SocketAddr> {
 async fn serve_gateway(gateway: Arc<evogate::Gateway>) -> anyhow::Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    tokio::spawn(evogate::server::serve(listener, gateway, std::future::pending(), Duration::from_secs(1)));
+    tokio::spawn(evogate::server::serve(
+        listener,
+        gateway,
+        std::future::pending(),
+        evogate::server::ServeOptions::default(),
+    ));
     Ok(addr)
 }

@@ -125,6 +125,9 @@ impl Admin {
     }
 
     fn ready(&self) -> Reply {
+        if self.app.gateway.draining.load(std::sync::atomic::Ordering::SeqCst) {
+            return problem(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+        }
         match self.app.backend.ping() {
             Ok(()) => problem_free("ready"),
             Err(err) => problem(StatusCode::SERVICE_UNAVAILABLE, &format!("store not ready: {err}")),

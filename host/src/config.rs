@@ -26,6 +26,9 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// The admin listener.
     pub admin: AdminConfig,
+    /// HTTPS for the public listener; without it the listener speaks plain HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
     /// The plugins to serve, each on its own route.
     pub plugins: Vec<PluginConfig>,
 }
@@ -40,6 +43,16 @@ pub struct AdminConfig {
     pub token: Option<String>,
     /// Largest component a deploy accepts.
     pub max_plugin_bytes: usize,
+}
+
+/// `[tls]`: PEM files, re-read on `SIGHUP`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificate chain, leaf first.
+    pub cert: RelativePathBuf,
+    /// Its private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: RelativePathBuf,
 }
 
 /// `[store]`.
@@ -63,6 +76,15 @@ pub struct LimitsConfig {
     /// Requests served at once across all plugins; more wait for a slot
     /// until their deadline.
     pub max_concurrent_requests: u32,
+    /// Open client connections at most; past it a new connection gets 503 and is closed.
+    pub max_connections: usize,
+    /// Time a client has to send a request's headers, and longest idle time
+    /// of a keep-alive connection between requests (slow clients are cut off).
+    pub header_read_timeout_ms: u64,
+    /// Largest request head (request line and headers); larger gets 431.
+    pub max_header_bytes: usize,
+    /// On SIGTERM or SIGINT, how long requests in flight may take to finish.
+    pub drain_timeout_ms: u64,
 }
 
 /// One `[[plugins]]` entry.
@@ -78,6 +100,10 @@ pub struct PluginConfig {
     /// Settings handed to the plugin through the `config` interface.
     #[serde(default)]
     pub config: BTreeMap<String, toml::Value>,
+    /// Requests of this plugin running at once, at most (default: `limits.max_concurrent_requests`);
+    /// past it, 503 with `Retry-After` at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent_requests: Option<u32>,
 }
 
 /// The Evotor plugin as `cargo xtask build` leaves it.
@@ -94,7 +120,12 @@ impl Default for Config {
                 request_timeout_ms: 8000,
                 instance_memory_bytes: 64 * 1024 * 1024,
                 max_concurrent_requests: 256,
+                max_connections: 4096,
+                header_read_timeout_ms: 10_000,
+                max_header_bytes: 64 * 1024,
+                drain_timeout_ms: 10_000,
             },
+            tls: None,
             admin: AdminConfig {
                 listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
                 token: None,
@@ -105,6 +136,7 @@ impl Default for Config {
                 route: "/".into(),
                 wasm: RelativePathBuf::from(PathBuf::from(DEFAULT_PLUGIN_WASM)),
                 config: BTreeMap::new(),
+                max_concurrent_requests: None,
             }],
         }
     }
@@ -142,6 +174,19 @@ impl Config {
             (1..=10_000).contains(&limits.max_concurrent_requests),
             "limits.max_concurrent_requests must be within 1..=10000"
         );
+        anyhow::ensure!(
+            (1..=1_000_000).contains(&limits.max_connections),
+            "limits.max_connections must be within 1..=1000000"
+        );
+        anyhow::ensure!(
+            (1..=600_000).contains(&limits.header_read_timeout_ms),
+            "limits.header_read_timeout_ms must be within 1..=600000"
+        );
+        anyhow::ensure!(
+            (1024..=1024 * 1024).contains(&limits.max_header_bytes),
+            "limits.max_header_bytes must be within 1024..=1048576"
+        );
+        anyhow::ensure!(limits.drain_timeout_ms <= 3_600_000, "limits.drain_timeout_ms must be at most 3600000");
         anyhow::ensure!(!self.plugins.is_empty(), "no [[plugins]] configured");
         let open_admin = self.admin.token.as_deref().is_none_or(str::is_empty);
         anyhow::ensure!(
@@ -164,6 +209,11 @@ impl Config {
                 plugin.name
             );
             anyhow::ensure!(names.insert(&plugin.name), "plugin name {:?} is used twice", plugin.name);
+            anyhow::ensure!(
+                plugin.max_concurrent_requests.is_none_or(|cap| (1..=limits.max_concurrent_requests).contains(&cap)),
+                "max_concurrent_requests of plugin {:?} must be within 1..=limits.max_concurrent_requests",
+                plugin.name
+            );
             anyhow::ensure!(
                 routes.insert(normalize_route(&plugin.route)),
                 "route {:?} is served by two plugins",
@@ -269,6 +319,28 @@ mod tests {
         assert!(load_str("[admin]\nlisten = \"0.0.0.0:9090\"\ntoken = \"t\"").is_ok());
         let err = load_str("[[plugins]]\nname='A b'\nroute='/'\nwasm='a'").expect_err("bad name");
         assert!(format!("{err:#}").contains("must match"), "{err:#}");
+    }
+
+    #[test]
+    fn connection_limits_tls_and_plugin_caps_are_read_and_checked() {
+        let config = load_str(
+            "[limits]\nmax_connections = 10\nheader_read_timeout_ms = 500\n[tls]\ncert = 'c.pem'\nkey = 'k.pem'\n\
+             [[plugins]]\nname='a'\nroute='/'\nwasm='a'\nmax_concurrent_requests = 3",
+        )
+        .expect("valid");
+        assert_eq!((config.limits.max_connections, config.limits.header_read_timeout_ms), (10, 500));
+        assert!(config.tls.as_ref().is_some_and(|tls| tls.cert.relative().ends_with("c.pem")));
+        assert_eq!(config.plugins[0].max_concurrent_requests, Some(3));
+        assert!(Config::load(None).expect("defaults").tls.is_none(), "plain HTTP unless asked");
+        for (bad, key) in [
+            ("[limits]\nmax_connections = 0", "max_connections"),
+            ("[limits]\nmax_header_bytes = 10", "max_header_bytes"),
+            ("[tls]\ncert = 'c.pem'", "key"),
+            ("[[plugins]]\nname='a'\nroute='/'\nwasm='a'\nmax_concurrent_requests = 100000", "max_concurrent_requests"),
+        ] {
+            let err = load_str(bad).expect_err(bad);
+            assert!(format!("{err:#}").contains(key), "{bad}: {err:#}");
+        }
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //! let config = evogate::config::Config::load(None)?;
 //! let app = evogate::start(&config).await?;
 //! let listener = tokio::net::TcpListener::bind(config.listen).await?;
-//! evogate::server::serve(listener, app.gateway, std::future::pending(), std::time::Duration::from_secs(10)).await;
+//! evogate::server::serve(listener, app.gateway, std::future::pending(), evogate::server::ServeOptions::default()).await;
 //! # Ok(()) }
 //! ```
 
@@ -23,6 +23,7 @@ mod plugin_log;
 pub mod registry;
 pub mod sandbox;
 pub mod server;
+pub mod tls;
 
 pub use server::Gateway;
 
@@ -74,6 +75,13 @@ pub async fn start(config: &config::Config) -> anyhow::Result<App> {
         request_timeout: limits.timeout,
         max_instances: limits.max_instances as usize,
         permits: Arc::new(tokio::sync::Semaphore::new(limits.max_instances as usize)),
+        plugin_permits: config
+            .plugins
+            .iter()
+            .filter_map(|plugin| plugin.max_concurrent_requests.map(|cap| (plugin.name.clone(), cap)))
+            .map(|(name, cap)| (name, Arc::new(tokio::sync::Semaphore::new(cap as usize))))
+            .collect(),
+        draining: std::sync::atomic::AtomicBool::new(false),
         _sandbox: sandbox,
     });
     Ok(App { gateway, deployer: Arc::new(deployer), backend })

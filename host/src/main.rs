@@ -6,7 +6,6 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 #[derive(Debug, Parser)]
 #[command(name = "evogate", version, about = "A WebAssembly gateway for Evotor partner services")]
@@ -82,6 +81,10 @@ fn serve(config_file: Option<PathBuf>) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async {
+        let tls = match &config.tls {
+            Some(tls) => Some(Arc::new(evogate::tls::Tls::new(&tls.cert.relative(), &tls.key.relative())?)),
+            None => None,
+        };
         let app = Arc::new(evogate::start(&config).await?);
         let listener =
             tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
@@ -99,12 +102,22 @@ fn serve(config_file: Option<PathBuf>) -> anyhow::Result<()> {
         let admin_task = tokio::spawn(evogate::admin::serve(admin_listener, admin, async {
             let _ = admin_stopped.await;
         }));
-        tokio::spawn(hangups());
+        tokio::spawn(hangups(tls.clone()));
         tracing::info!("evogate admin listening on http://{admin_addr}");
-        tracing::info!("evogate listening on http://{addr}");
-        evogate::server::serve(listener, app.gateway.clone(), shutdown_signal(), Duration::from_secs(10)).await;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        tracing::info!("evogate listening on {scheme}://{addr}");
+        let options = evogate::server::ServeOptions::from_config(&config, tls);
+        evogate::server::serve(listener, app.gateway.clone(), shutdown_signal(), options).await;
         let _ = stop_admin.send(());
         let _ = admin_task.await;
+        // Every acknowledged commit is already on disk; dropping the last handle closes the store.
+        match Arc::try_unwrap(app) {
+            Ok(app) => {
+                drop(app);
+                tracing::info!("store closed");
+            }
+            Err(_) => tracing::debug!("the store closes with the process"),
+        }
         tracing::info!("evogate stopped");
         Ok(())
     })
@@ -112,11 +125,20 @@ fn serve(config_file: Option<PathBuf>) -> anyhow::Result<()> {
 
 /// `SIGHUP` changes nothing: deploys go through the admin API, and the
 /// configuration is read at start. Say so instead of dying (the default).
-async fn hangups() {
+/// `SIGHUP` re-reads the TLS certificate and key; a bad new pair keeps the old one.
+async fn hangups(tls: Option<Arc<evogate::tls::Tls>>) {
     #[cfg(unix)]
     if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         while hup.recv().await.is_some() {
-            tracing::info!("SIGHUP: nothing to reload (deploy plugins with `evogate deploy`)");
+            match &tls {
+                None => tracing::info!("SIGHUP: no TLS certificate to reload (deploy plugins with `evogate deploy`)"),
+                Some(tls) => match tls.reload() {
+                    Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+                    Err(err) => {
+                        tracing::error!(error = %format!("{err:#}"), "SIGHUP: keeping the current TLS certificate")
+                    }
+                },
+            }
         }
     }
 }

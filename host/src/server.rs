@@ -1,15 +1,20 @@
 //! The public HTTP listener: read and limit the request, route it to a
-//! plugin, run the plugin on a blocking thread within the deadline, answer.
+//! plugin, run the plugin within the deadline, answer. Plain HTTP/1.1, or
+//! HTTPS with HTTP/2 and HTTP/1.1 by ALPN; connection and concurrency limits;
+//! graceful drain on shutdown.
 
 use crate::registry::Registry;
 use crate::sandbox::{Failure, Request, Response as PluginResponse};
+use crate::tls::Tls;
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::StatusCode;
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -17,8 +22,10 @@ use tokio::sync::Semaphore;
 /// How long the gateway waits past the deadline for a plugin stuck in a
 /// host call (which epoch interruption cannot stop) before answering 503.
 const HOST_CALL_GRACE: Duration = Duration::from_millis(500);
-/// How long a client may take to send the request headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// HTTP/2 pings an idle connection this often, and drops it when a ping goes unanswered.
+const H2_KEEP_ALIVE: Duration = Duration::from_secs(30);
+/// Streams one HTTP/2 connection may run at once.
+const H2_MAX_STREAMS: u32 = 128;
 
 /// The routing table plus the limits every request obeys.
 #[derive(Debug)]
@@ -33,6 +40,10 @@ pub struct Gateway {
     pub max_instances: usize,
     /// Slots for requests running at once.
     pub permits: Arc<Semaphore>,
+    /// Per plugin: slots for its requests running at once; none left → 503 at once.
+    pub plugin_permits: HashMap<String, Arc<Semaphore>>,
+    /// Set when shutdown begins: `/readyz` answers 503 so load balancers stop sending.
+    pub draining: AtomicBool,
     /// Keeps the engine (and its epoch ticker) alive as long as the gateway.
     pub _sandbox: Arc<crate::sandbox::Sandbox>,
 }
@@ -44,15 +55,58 @@ struct Served {
     plugin: Option<(String, String, String)>,
 }
 
-/// Serves connections from `listener` until `shutdown` resolves, then waits
-/// for in-flight requests to finish (at most `drain`).
+/// How the public listener treats connections.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// HTTPS; plain HTTP/1.1 without it.
+    pub tls: Option<Arc<Tls>>,
+    /// Open connections at most.
+    pub max_connections: usize,
+    /// Time to send a request head (and the TLS handshake), and longest keep-alive idle time.
+    pub header_read_timeout: Duration,
+    /// Largest request head.
+    pub max_header_bytes: usize,
+    /// How long in-flight requests may take to finish once shutdown begins.
+    pub drain: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self {
+            tls: None,
+            max_connections: 4096,
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 64 * 1024,
+            drain: Duration::from_secs(10),
+        }
+    }
+}
+
+impl ServeOptions {
+    /// The options `config` asks for, with `tls` loaded by the caller.
+    pub fn from_config(config: &crate::config::Config, tls: Option<Arc<Tls>>) -> Self {
+        Self {
+            tls,
+            max_connections: config.limits.max_connections,
+            header_read_timeout: Duration::from_millis(config.limits.header_read_timeout_ms),
+            max_header_bytes: config.limits.max_header_bytes,
+            drain: Duration::from_millis(config.limits.drain_timeout_ms),
+        }
+    }
+}
+
+/// Serves connections from `listener` until `shutdown` resolves, then stops
+/// accepting, marks the gateway draining and waits for in-flight requests
+/// to finish (at most `options.drain`).
 pub async fn serve(
     listener: TcpListener,
     gateway: Arc<Gateway>,
     shutdown: impl std::future::Future<Output = ()>,
-    drain: Duration,
+    options: ServeOptions,
 ) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let connections = Arc::new(Semaphore::new(options.max_connections));
+    let options = Arc::new(options);
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -68,27 +122,90 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let gateway = gateway.clone();
-        let service = hyper::service::service_fn(move |req| {
-            let gateway = gateway.clone();
-            async move { Ok::<_, std::convert::Infallible>(gateway.handle(req).await) }
-        });
-        let conn = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
-            .serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            metrics::counter!("evogate_connections_refused_total").increment(1);
+            tracing::warn!(%peer, limit = options.max_connections, "connection limit reached; refusing a connection");
+            tokio::spawn(refuse(stream, options.tls.is_some()));
+            continue;
+        };
+        let (gateway, options, watcher) = (gateway.clone(), options.clone(), graceful.watcher());
         tokio::spawn(async move {
-            if let Err(err) = conn.await {
+            let _permit = permit;
+            let service = hyper::service::service_fn(move |req| {
+                let gateway = gateway.clone();
+                async move { Ok::<_, std::convert::Infallible>(gateway.handle(req).await) }
+            });
+            let result = match &options.tls {
+                None => watcher.watch(http1(&options).serve_connection(TokioIo::new(stream), service)).await,
+                Some(tls) => {
+                    let handshake = tokio::time::timeout(options.header_read_timeout, tls.acceptor().accept(stream));
+                    let stream = match handshake.await {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(err)) => {
+                            tracing::debug!(%peer, error = %err, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                        watcher.watch(http2(&options).serve_connection(TokioIo::new(stream), service)).await
+                    } else {
+                        watcher.watch(http1(&options).serve_connection(TokioIo::new(stream), service)).await
+                    }
+                }
+            };
+            if let Err(err) = result {
                 tracing::debug!(%peer, error = %err, "connection ended with an error");
             }
         });
     }
     drop(listener);
-    tracing::info!("shutting down: draining in-flight requests");
-    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+    gateway.draining.store(true, Ordering::SeqCst);
+    tracing::info!(drain_timeout_ms = options.drain.as_millis() as u64, "shutting down: draining in-flight requests");
+    if tokio::time::timeout(options.drain, graceful.shutdown()).await.is_err() {
         tracing::warn!("drain timeout reached; closing remaining connections");
     }
+}
+
+fn http1(options: &ServeOptions) -> hyper::server::conn::http1::Builder {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(options.header_read_timeout)
+        // hyper's smallest read buffer is 8 KiB; a head that does not fit gets 431.
+        .max_buf_size(options.max_header_bytes.max(8192));
+    builder
+}
+
+fn http2(options: &ServeOptions) -> hyper::server::conn::http2::Builder<TokioExecutor> {
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(options.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .keep_alive_interval(H2_KEEP_ALIVE)
+        .keep_alive_timeout(options.header_read_timeout);
+    builder
+}
+
+/// Answers a connection past the limit: plain HTTP gets a 503 in the Evotor
+/// format with `Retry-After`; a TLS connection is closed (no handshake is spent on it).
+async fn refuse(mut stream: tokio::net::TcpStream, tls: bool) {
+    use tokio::io::AsyncWriteExt as _;
+    if tls {
+        return;
+    }
+    let body = r#"{"errors":[{"code":503,"reason":"too many connections"}]}"#;
+    let reply = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n\
+         connection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(reply.as_bytes())).await;
+    let _ = stream.shutdown().await;
 }
 
 impl Gateway {
@@ -180,6 +297,15 @@ impl Gateway {
             body: body.to_vec(),
         };
 
+        // The plugin's own cap answers at once; the shared pool waits (bounded by connections and the deadline).
+        let plugin_permit = match self.plugin_permits.get(plugin).map(|permits| permits.clone().try_acquire_owned()) {
+            Some(Err(_)) => {
+                metrics::counter!("evogate_requests_refused_total", "plugin" => plugin.to_owned()).increment(1);
+                return Err(busy());
+            }
+            Some(Ok(permit)) => Some(permit),
+            None => None,
+        };
         let Ok(Ok(permit)) = tokio::time::timeout_at(deadline.into(), self.permits.clone().acquire_owned()).await
         else {
             return Err(busy());
@@ -192,6 +318,7 @@ impl Gateway {
         let call = deployment.plugin.handle(&request, remaining);
         let outcome = tokio::time::timeout_at((deadline + HOST_CALL_GRACE).into(), call).await;
         drop(permit);
+        drop(plugin_permit);
         self.instances_in_use();
         let failure = |kind: &'static str| {
             metrics::counter!("evogate_plugin_failures_total", "plugin" => plugin.to_owned(), "kind" => kind)

@@ -108,6 +108,15 @@ impl handler::Guest for Guest {
                 Some(value) => answer(200, value),
                 None => answer(404, "unset"),
             },
+            (false, "sleep") => {
+                // Busy for `ms` milliseconds (the epoch lets other requests run meanwhile).
+                let ms = param(query, "ms").and_then(|ms| ms.parse().ok()).unwrap_or(100u64);
+                let started = std::time::Instant::now();
+                while started.elapsed() < std::time::Duration::from_millis(ms) {
+                    std::hint::spin_loop();
+                }
+                answer(200, "slept")
+            }
             (false, "status") => answer(param(query, "code").and_then(|c| c.parse().ok()).unwrap_or(500), ""),
             _ => answer(404, "unknown test action"),
         }

@@ -1,0 +1,276 @@
+//! The gateway's production edges, end to end: HTTPS with HTTP/2 and
+//! HTTP/1.1, certificate reload on SIGHUP, graceful shutdown, slow clients,
+//! connection and concurrency limits, oversized heads.
+
+use evogate_e2e::{Gateway, get, guest_wasm, request, toml_str};
+use rustls::pki_types::{CertificateDer, ServerName};
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The test guest on `/g` under `top` (extra tables), with plugin settings `plugin`.
+fn guest(top: &str, plugin: &str) -> Gateway {
+    let wasm = toml_str(&guest_wasm().to_string_lossy());
+    Gateway::start(&format!("{top}\n[[plugins]]\nname = \"g\"\nroute = \"/g\"\nwasm = {wasm}\n{plugin}\n"))
+}
+
+/// A fresh self-signed certificate for `localhost` and 127.0.0.1: (certificate PEM, key PEM, certificate DER).
+fn certificate() -> (String, String, CertificateDer<'static>) {
+    let key = rcgen::KeyPair::generate().expect("a key");
+    let params = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).expect("params");
+    let cert = params.self_signed(&key).expect("a certificate");
+    (cert.pem(), key.serialize_pem(), cert.der().clone())
+}
+
+fn write_pair(dir: &Path, cert: &str, key: &str) {
+    std::fs::write(dir.join("cert.pem"), cert).expect("cert");
+    std::fs::write(dir.join("key.pem"), key).expect("key");
+}
+
+fn tls_gateway(dir: &Path) -> Gateway {
+    let tls = format!(
+        "[tls]\ncert = {}\nkey = {}\n",
+        toml_str(&dir.join("cert.pem").to_string_lossy()),
+        toml_str(&dir.join("key.pem").to_string_lossy())
+    );
+    guest(&tls, "")
+}
+
+fn addr(gateway: &Gateway) -> String {
+    gateway.base.rsplit('/').next().expect("host:port").to_owned()
+}
+
+/// A TLS client that trusts exactly `trusted` and offers `alpn`.
+fn client_config(trusted: &CertificateDer<'static>, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(trusted.clone()).expect("a trust anchor");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(config)
+}
+
+type TlsStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+fn connect_tls(gateway: &Gateway, trusted: &CertificateDer<'static>) -> TlsStream {
+    let name = ServerName::try_from("localhost").expect("name");
+    let conn = rustls::ClientConnection::new(client_config(trusted, &[b"http/1.1"]), name).expect("client");
+    let tcp = TcpStream::connect(addr(gateway)).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let mut stream = rustls::StreamOwned::new(conn, tcp);
+    stream.flush().expect("handshake");
+    stream
+}
+
+/// One keep-alive HTTP/1.1 request on `stream`; the status and body.
+fn exchange<S: std::io::Read + std::io::Write>(stream: &mut S, path: &str) -> (u16, String) {
+    write!(stream, "GET {path} HTTP/1.1\r\nhost: localhost\r\n\r\n").expect("send");
+    stream.flush().expect("flush");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).expect("a response head");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_string();
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let length = head
+        .lines()
+        .find_map(|line| line.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned()))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0usize);
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).expect("the body");
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[test]
+fn https_serves_http2_and_http1_by_alpn() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (cert, key, der) = certificate();
+    write_pair(dir.path(), &cert, &key);
+    let gateway = tls_gateway(dir.path());
+    assert!(gateway.base.starts_with("https://"), "{}", gateway.base);
+
+    let mut http1 = connect_tls(&gateway, &der);
+    assert_eq!(http1.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
+    assert_eq!(exchange(&mut http1, "/g/version").0, 200);
+    assert_eq!(exchange(&mut http1, "/g/version").0, 200, "keep-alive over TLS");
+    let version = http1.conn.protocol_version();
+    assert!(matches!(version, Some(rustls::ProtocolVersion::TLSv1_3 | rustls::ProtocolVersion::TLSv1_2)));
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let status = runtime.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(addr(&gateway)).await.expect("connect");
+        let connector = tokio_rustls::TlsConnector::from(client_config(&der, &[b"h2", b"http/1.1"]));
+        let tls = connector.connect(ServerName::try_from("localhost").expect("name"), tcp).await.expect("handshake");
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]), "HTTP/2 when the client offers it");
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tls),
+        )
+        .await
+        .expect("h2 handshake");
+        tokio::spawn(conn);
+        let request = hyper::Request::get("https://localhost/g/version")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .expect("request");
+        let response = sender.send_request(request).await.expect("h2 response");
+        assert_eq!(response.version(), hyper::Version::HTTP_2);
+        response.status().as_u16()
+    });
+    assert_eq!(status, 200);
+
+    // A client that does not trust the certificate is refused.
+    let (_, _, stranger) = certificate();
+    let name = ServerName::try_from("localhost").expect("name");
+    let conn = rustls::ClientConnection::new(client_config(&stranger, &[]), name).expect("client");
+    let mut untrusting = rustls::StreamOwned::new(conn, TcpStream::connect(addr(&gateway)).expect("connect"));
+    assert!(untrusting.flush().is_err() || untrusting.write_all(b"GET / HTTP/1.1\r\n\r\n").is_err());
+}
+
+#[test]
+fn sighup_swaps_the_certificate_without_dropping_connections_and_keeps_it_on_bad_files() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (cert1, key1, der1) = certificate();
+    write_pair(dir.path(), &cert1, &key1);
+    let gateway = tls_gateway(dir.path());
+    let mut kept = connect_tls(&gateway, &der1);
+    assert_eq!(exchange(&mut kept, "/g/version").0, 200);
+
+    let (cert2, key2, der2) = certificate();
+    write_pair(dir.path(), &cert2, &key2);
+    gateway.signal("HUP");
+    assert!(gateway.wait_for_log("TLS certificate reloaded"), "{}", gateway.log());
+    assert_eq!(exchange(&mut kept, "/g/version").0, 200, "the open connection carries on");
+    let mut renewed = connect_tls(&gateway, &der2);
+    let served = renewed.conn.peer_certificates().and_then(|chain| chain.first().cloned());
+    assert_eq!(served.as_ref(), Some(&der2), "new connections get the new certificate");
+    assert_eq!(exchange(&mut renewed, "/g/version").0, 200);
+
+    // A broken renewal: the key does not match the certificate.
+    let (cert3, _, _) = certificate();
+    write_pair(dir.path(), &cert3, &key2);
+    gateway.signal("HUP");
+    assert!(gateway.wait_for_log("keeping the current TLS certificate"), "{}", gateway.log());
+    let mut after = connect_tls(&gateway, &der2);
+    assert_eq!(exchange(&mut after, "/g/version").0, 200, "still the last good certificate");
+    assert_eq!(exchange(&mut kept, "/g/version").0, 200);
+}
+
+#[test]
+fn sigterm_drains_accepted_requests_flips_readiness_and_exits_zero() {
+    let mut gateway = guest("[limits]\ndrain_timeout_ms = 10000", "");
+    let url = gateway.url("/g/sleep?ms=700");
+    let started = Instant::now();
+    let clients: Vec<_> = (0..6)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || request("GET", &url, &[], None).status)
+        })
+        .collect();
+    // Every request is inside the plugin before the signal.
+    std::thread::sleep(Duration::from_millis(250));
+    gateway.signal("TERM");
+    let ready = gateway.admin_url("/readyz");
+    let mut saw_not_ready = false;
+    while started.elapsed() < Duration::from_millis(650) && !saw_not_ready {
+        saw_not_ready = evogate_e2e::try_request("GET", &ready, &[], b"").is_some_and(|reply| reply.status == 503);
+    }
+    assert!(saw_not_ready, "readiness flips while requests drain");
+    for client in clients {
+        assert_eq!(client.join().expect("client"), 200, "an accepted request is never cut off");
+    }
+    let status = gateway.wait_exit(Duration::from_secs(10)).expect("the process exits after draining");
+    assert!(status.success(), "{status:?}");
+    assert!(started.elapsed() < Duration::from_secs(5), "it did not wait for the whole drain timeout");
+    assert!(gateway.log().contains("draining in-flight requests"));
+}
+
+#[test]
+fn a_slow_loris_client_is_cut_off_while_others_are_served() {
+    let gateway = guest("[limits]\nheader_read_timeout_ms = 600", "");
+    let mut slow = TcpStream::connect(addr(&gateway)).expect("connect");
+    slow.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let started = Instant::now();
+    let mut cut_off = false;
+    for byte in b"GET /g/version HTTP/1.1\r\nhost: x\r\nx-padding: ".iter().chain([b'a'; 200].iter()) {
+        if slow.write_all(&[*byte]).is_err() {
+            cut_off = true;
+            break;
+        }
+        assert_eq!(get(&gateway.url("/g/version")).status, 200, "other clients are served meanwhile");
+        std::thread::sleep(Duration::from_millis(40));
+        if started.elapsed() > Duration::from_secs(3) {
+            break;
+        }
+    }
+    if !cut_off {
+        let mut rest = Vec::new();
+        let _ = slow.read_to_end(&mut rest);
+        let text = String::from_utf8_lossy(&rest);
+        assert!(rest.is_empty() || text.starts_with("HTTP/1.1 408"), "closed, not served: {text}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(3), "cut off near the header timeout");
+
+    // An idle keep-alive connection is closed after the same time.
+    let mut idle = TcpStream::connect(addr(&gateway)).expect("connect");
+    idle.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    assert_eq!(exchange(&mut idle, "/g/version").0, 200);
+    let waited = Instant::now();
+    let mut buffer = [0u8; 64];
+    assert_eq!(idle.read(&mut buffer).unwrap_or(0), 0, "the server closed the idle connection");
+    assert!(waited.elapsed() < Duration::from_secs(3));
+}
+
+#[test]
+fn the_plugin_concurrency_cap_answers_503_with_retry_after_and_recovers() {
+    let gateway = guest("", "max_concurrent_requests = 2");
+    let url = gateway.url("/g/sleep?ms=600");
+    let clients: Vec<_> = (0..6)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let reply = request("GET", &url, &[], None);
+                (reply.status, reply.header("retry-after").map(str::to_owned), reply.json())
+            })
+        })
+        .collect();
+    let results: Vec<_> = clients.into_iter().map(|client| client.join().expect("client")).collect();
+    let served = results.iter().filter(|(status, ..)| *status == 200).count();
+    let refused: Vec<_> = results.iter().filter(|(status, ..)| *status == 503).collect();
+    assert_eq!((served, refused.len()), (2, 4), "{results:?}");
+    for (_, retry_after, body) in refused {
+        assert_eq!(retry_after.as_deref(), Some("1"));
+        assert_eq!(body["errors"][0]["code"], 503, "the Evotor error format");
+    }
+    assert_eq!(get(&gateway.url("/g/version")).status, 200, "capacity comes back");
+}
+
+#[test]
+fn connections_past_the_cap_get_503_and_oversized_heads_get_431() {
+    let gateway = guest("[limits]\nmax_connections = 2\nmax_header_bytes = 16384", "");
+    let mut first = TcpStream::connect(addr(&gateway)).expect("connect");
+    let mut second = TcpStream::connect(addr(&gateway)).expect("connect");
+    assert_eq!(exchange(&mut first, "/g/version").0, 200);
+    assert_eq!(exchange(&mut second, "/g/version").0, 200);
+    let mut third = TcpStream::connect(addr(&gateway)).expect("connect");
+    third.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let mut reply = String::new();
+    let _ = third.read_to_string(&mut reply);
+    assert!(reply.starts_with("HTTP/1.1 503"), "{reply}");
+    assert!(reply.to_ascii_lowercase().contains("retry-after: 1"));
+    assert!(reply.contains(r#""code":503"#));
+    drop((first, second));
+    std::thread::sleep(Duration::from_millis(100));
+    let big = "a".repeat(40_000);
+    let reply = request("GET", &gateway.url("/g/version"), &[("x-big", big.as_str())], None);
+    assert_eq!(reply.status, 431, "a head over max_header_bytes");
+    assert_eq!(get(&gateway.url("/g/version")).status, 200, "room again once connections close");
+}
