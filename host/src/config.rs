@@ -59,8 +59,41 @@ pub struct TlsConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
-    /// `memory` (tests; nothing kept) or `redb` (a file in `data_dir`).
+    /// `memory` (tests; nothing kept), `redb` (a file in `data_dir`) or `postgres` (shared by nodes).
     pub backend: BackendKind,
+    /// PostgreSQL URL (`postgres://user:password@host:port/db?sslmode=require`); also `EVOGATE_STORE_URL`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// PostgreSQL schema of evogate's tables, created if missing.
+    pub schema: String,
+    /// PostgreSQL connections per node, at most.
+    pub pool_size: usize,
+    /// Time to connect to PostgreSQL or to wait for a free connection.
+    pub connect_timeout_ms: u64,
+    /// Longest a PostgreSQL statement may run.
+    pub statement_timeout_ms: u64,
+    /// PEM file of extra CA certificates trusted for `sslmode=require`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ca: Option<RelativePathBuf>,
+}
+
+impl StoreConfig {
+    /// The PostgreSQL settings; fails when `url` is missing.
+    pub fn postgres_options(&self) -> anyhow::Result<crate::kv::PostgresOptions> {
+        let url = self
+            .url
+            .clone()
+            .filter(|url| !url.is_empty())
+            .context("store.backend = \"postgres\" needs store.url (or EVOGATE_STORE_URL)")?;
+        Ok(crate::kv::PostgresOptions {
+            url,
+            schema: self.schema.clone(),
+            pool_size: self.pool_size,
+            connect_timeout: std::time::Duration::from_millis(self.connect_timeout_ms),
+            statement_timeout: std::time::Duration::from_millis(self.statement_timeout_ms),
+            tls_ca: self.tls_ca.as_ref().map(RelativePathBuf::relative),
+        })
+    }
 }
 
 /// `[limits]`.
@@ -114,7 +147,15 @@ impl Default for Config {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: RelativePathBuf::from(PathBuf::from("./data")),
-            store: StoreConfig { backend: BackendKind::Redb },
+            store: StoreConfig {
+                backend: BackendKind::Redb,
+                url: None,
+                schema: "public".into(),
+                pool_size: 16,
+                connect_timeout_ms: 5000,
+                statement_timeout_ms: 10_000,
+                tls_ca: None,
+            },
             limits: LimitsConfig {
                 max_body_bytes: 32 * 1024 * 1024,
                 request_timeout_ms: 8000,
@@ -152,7 +193,13 @@ impl Config {
         }
         let config: Config = figment
             // These are read by the CLI, not part of the file format.
-            .merge(Env::prefixed("EVOGATE_").ignore(&["LOG", "CONFIG", "ADMIN_ADDR", "ADMIN_TOKEN"]).split("__"))
+            .merge(
+                Env::prefixed("EVOGATE_")
+                    .ignore(&["LOG", "CONFIG", "ADMIN_ADDR", "ADMIN_TOKEN", "STORE_URL"])
+                    .split("__"),
+            )
+            // The database URL under its conventional single name too.
+            .merge(Env::raw().only(&["EVOGATE_STORE_URL"]).map(|_| "store.url".into()))
             .extract()
             .context("reading the configuration")?;
         config.validate()?;
@@ -187,6 +234,10 @@ impl Config {
             "limits.max_header_bytes must be within 1024..=1048576"
         );
         anyhow::ensure!(limits.drain_timeout_ms <= 3_600_000, "limits.drain_timeout_ms must be at most 3600000");
+        if self.store.backend == BackendKind::Postgres {
+            self.store.postgres_options()?;
+            anyhow::ensure!((1..=1000).contains(&self.store.pool_size), "store.pool_size must be within 1..=1000");
+        }
         anyhow::ensure!(!self.plugins.is_empty(), "no [[plugins]] configured");
         let open_admin = self.admin.token.as_deref().is_none_or(str::is_empty);
         anyhow::ensure!(

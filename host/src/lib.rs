@@ -53,7 +53,7 @@ pub async fn start(config: &config::Config) -> anyhow::Result<App> {
     // Absolute, so that every part (the compilation cache insists) agrees on it.
     let data_dir = std::path::absolute(config.data_dir()).context("resolving data_dir")?;
     std::fs::create_dir_all(&data_dir).with_context(|| format!("creating data_dir {}", data_dir.display()))?;
-    let backend = kv::open(config.store.backend, &data_dir)?;
+    let backend = kv::open(&config.store, &data_dir)?;
     tracing::info!(store = %backend.describe(), "key-value store open");
     let limits = sandbox::Limits {
         timeout: Duration::from_millis(config.limits.request_timeout_ms),

@@ -311,8 +311,15 @@ fn wit_entry(entry: kv::Entry) -> wit_kv::Entry {
 
 impl wit_kv::Host for HostState {
     async fn get(&mut self, key: String) -> Result<Option<wit_kv::Entry>, wit_kv::Error> {
-        // One B-tree lookup: cheap enough to run on the request's task.
-        Ok(self.kv.get(&key)?.map(wit_entry))
+        // One B-tree lookup: cheap enough to run on the request's task,
+        // unless it is a round trip to a database server.
+        let entry = if self.kv.is_remote() {
+            let kv = self.kv.clone();
+            blocking(move || kv.get(&key)).await?
+        } else {
+            self.kv.get(&key)?
+        };
+        Ok(entry.map(wit_entry))
     }
 
     async fn scan(

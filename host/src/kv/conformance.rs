@@ -11,15 +11,96 @@ fn keys(page: &[(String, Entry)]) -> Vec<&str> {
     page.iter().map(|(key, _)| key.as_str()).collect()
 }
 
+/// The environment variable naming a PostgreSQL database for the suite.
+pub const POSTGRES_URL_VAR: &str = "EVOGATE_TEST_POSTGRES_URL";
+
+/// Something a test backend needs cleaned up when the test ends.
+type Guard = Box<dyn std::any::Any>;
+
+/// A fresh schema of the test database, dropped when the guard goes.
+struct Schema(Arc<PostgresBackend>);
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        if let Err(err) = self.0.destroy() {
+            eprintln!("could not drop a test schema: {err}");
+        }
+    }
+}
+
+/// A PostgreSQL backend in a schema of its own, when the suite has a database.
+pub fn postgres() -> Option<(Arc<PostgresBackend>, Guard)> {
+    let url = std::env::var(POSTGRES_URL_VAR).ok().filter(|url| !url.is_empty())?;
+    let mut random = [0u8; 6];
+    getrandom::fill(&mut random).expect("randomness");
+    let options = PostgresOptions {
+        url,
+        schema: format!("evogate_test_{}", hex::encode(random)),
+        pool_size: 8,
+        connect_timeout: std::time::Duration::from_secs(5),
+        statement_timeout: std::time::Duration::from_secs(30),
+        tls_ca: None,
+    };
+    let backend = Arc::new(PostgresBackend::open(&options).expect("the test database is reachable"));
+    Some((backend.clone(), Box::new(Schema(backend))))
+}
+
 /// Every backend under test, each fresh.
-fn backends() -> Vec<(Arc<dyn Backend>, Option<tempfile::TempDir>)> {
+fn backends() -> Vec<(Arc<dyn Backend>, Option<Guard>)> {
     let dir = tempfile::tempdir().expect("temp dir");
     let redb = RedbBackend::open(&dir.path().join("kv.redb")).expect("open redb");
-    vec![(Arc::new(MemoryBackend::default()), None), (Arc::new(redb), Some(dir))]
+    let mut all: Vec<(Arc<dyn Backend>, Option<Guard>)> =
+        vec![(Arc::new(MemoryBackend::default()), None), (Arc::new(redb), Some(Box::new(dir)))];
+    if let Some((backend, guard)) = postgres() {
+        all.push((backend, Some(guard)));
+    }
+    all
+}
+
+#[test]
+fn concurrent_checked_increments_lose_no_update() {
+    for (backend, _guard) in backends() {
+        let kv = Namespace::new(backend, "race");
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| {
+                    for _ in 0..25 {
+                        loop {
+                            let current = kv.get("counter").expect("get");
+                            let (check, value) = match &current {
+                                Some(entry) => (
+                                    Check::VersionIs("counter".into(), entry.version),
+                                    String::from_utf8_lossy(&entry.value).parse::<u32>().expect("a number") + 1,
+                                ),
+                                None => (Check::Absent("counter".into()), 1),
+                            };
+                            match kv.commit(&[check], &[set("counter", &value.to_string())]) {
+                                Ok(()) => break,
+                                Err(KvError::Conflict) => continue,
+                                Err(err) => panic!("{err:?}"),
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        let total = kv.get("counter").expect("get").expect("present").value;
+        assert_eq!(String::from_utf8_lossy(&total), "100", "{}: every increment counted once", kv.describe());
+    }
+}
+
+#[test]
+fn the_postgres_suite_runs_when_a_database_is_given() {
+    match std::env::var(POSTGRES_URL_VAR) {
+        Ok(url) if !url.is_empty() => assert!(backends().len() == 3, "PostgreSQL at {url} is in the suite"),
+        _ => eprintln!(
+            "NOTE: the PostgreSQL backend suite was skipped: set {POSTGRES_URL_VAR}=postgres://user@host:port/db to run it"
+        ),
+    }
 }
 
 fn each_backend(test: impl Fn(Namespace)) {
-    for (backend, _dir) in backends() {
+    for (backend, _guard) in backends() {
         eprintln!("backend: {}", backend.describe());
         test(Namespace::new(backend, "test"));
     }
@@ -198,7 +279,7 @@ proptest! {
     /// Every backend agrees with a plain `BTreeMap` model on any op sequence.
     #[test]
     fn backends_match_a_model(ops in proptest::collection::vec(op(), 1..40)) {
-        for (backend, _dir) in backends() {
+        for (backend, _guard) in backends() {
             let kv = Namespace::new(backend, "model");
             let mut model = std::collections::BTreeMap::<String, Vec<u8>>::new();
             for op in &ops {

@@ -7,9 +7,11 @@
 //! sandbox talks to, so no backend can forget it.
 
 mod memory;
+mod postgres;
 mod redb;
 
 pub use self::memory::MemoryBackend;
+pub use self::postgres::{PostgresBackend, PostgresOptions};
 pub use self::redb::RedbBackend;
 
 use std::sync::Arc;
@@ -122,6 +124,11 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Whether the backend can serve calls now.
     fn ping(&self) -> Result<(), KvError>;
+
+    /// Whether every call may wait on the network (then even `get` runs off the async threads).
+    fn is_remote(&self) -> bool {
+        false
+    }
 }
 
 /// Which backend to open.
@@ -132,13 +139,16 @@ pub enum BackendKind {
     Memory,
     /// A redb file in the data directory (the default).
     Redb,
+    /// A PostgreSQL database shared by several nodes (`store.url`).
+    Postgres,
 }
 
 /// Opens the configured backend.
-pub fn open(kind: BackendKind, data_dir: &std::path::Path) -> anyhow::Result<Arc<dyn Backend>> {
-    Ok(match kind {
+pub fn open(store: &crate::config::StoreConfig, data_dir: &std::path::Path) -> anyhow::Result<Arc<dyn Backend>> {
+    Ok(match store.backend {
         BackendKind::Memory => Arc::new(MemoryBackend::default()),
         BackendKind::Redb => Arc::new(RedbBackend::open(&data_dir.join("evogate.redb"))?),
+        BackendKind::Postgres => Arc::new(PostgresBackend::open(&store.postgres_options()?)?),
     })
 }
 
@@ -159,6 +169,16 @@ impl Namespace {
     /// The view of `backend` that plugin `name` gets.
     pub fn new(backend: Arc<dyn Backend>, name: &str) -> Self {
         Self { backend, name: name.into() }
+    }
+
+    /// The backend, for messages.
+    pub fn describe(&self) -> String {
+        self.backend.describe()
+    }
+
+    /// Whether calls may wait on the network.
+    pub fn is_remote(&self) -> bool {
+        self.backend.is_remote()
     }
 
     /// Reads one key.
