@@ -192,10 +192,10 @@ impl Config {
             figment = figment.merge(Toml::file_exact(file));
         }
         let config: Config = figment
-            // These are read by the CLI, not part of the file format.
+            // LOG, CONFIG and ADMIN_* are the CLI's; TEST_POSTGRES_URL is the test suites'.
             .merge(
                 Env::prefixed("EVOGATE_")
-                    .ignore(&["LOG", "CONFIG", "ADMIN_ADDR", "ADMIN_TOKEN", "STORE_URL"])
+                    .ignore(&["LOG", "CONFIG", "ADMIN_ADDR", "ADMIN_TOKEN", "STORE_URL", "TEST_POSTGRES_URL"])
                     .split("__"),
             )
             // The database URL under its conventional single name too.

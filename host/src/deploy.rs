@@ -11,6 +11,12 @@
 //! [`KEPT_VERSIONS`] before it; `state.json` — which is live and which came
 //! before. A restart serves the live version recorded there, not the file
 //! named in the configuration.
+//!
+//! On a store shared by several nodes (PostgreSQL), a deploy or rollback
+//! also records the artifact and the plugin's state in the store's reserved
+//! namespace `evogate:deploy`; every node polls that state
+//! ([`Deployer::follow`]) and swaps to what it names within about a second,
+//! without a restart. A node starting up serves what the fleet serves.
 
 use crate::config::PluginConfig;
 use crate::kv::{Backend, Namespace};
@@ -25,6 +31,18 @@ use std::sync::{Arc, Mutex};
 
 /// Versions kept for rollback besides the live one.
 pub const KEPT_VERSIONS: usize = 3;
+/// The store namespace of fleet deploys; `:` keeps it apart from every plugin's.
+const FLEET_NS: &str = "evogate:deploy";
+/// How often a node looks for deploys made through other nodes.
+pub const FOLLOW_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
+
+fn fleet_state_key(name: &str) -> String {
+    format!("state/{name}")
+}
+
+fn fleet_artifact_key(name: &str, sha256: &str) -> String {
+    format!("artifact/{name}/{sha256}")
+}
 
 /// Why a deploy or rollback did not happen. The live version is untouched.
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +120,8 @@ struct Managed {
     /// Serializes deploys and rollbacks of this plugin.
     lock: tokio::sync::Mutex<()>,
     previous: Mutex<Vec<VersionRecord>>,
+    /// The store version of the fleet state this node last acted on.
+    fleet_seen: Mutex<Option<u64>>,
 }
 
 /// Owns the plugins' slots and changes what they serve.
@@ -232,6 +252,18 @@ impl Deployer {
         for plugin in plugins {
             let files = PluginDir { dir: data_dir.join("plugins").join(&plugin.name) };
             let settings = Arc::new(plugin.plugin_settings());
+            let mut fleet_seen = None;
+            if backend.is_shared() {
+                // What the fleet serves wins over what this node served last.
+                let (fleet, backend, name) = (files.clone(), backend.clone(), plugin.name.clone());
+                match tokio::task::spawn_blocking(move || adopt_fleet_state(&*backend, &name, &fleet)).await {
+                    Ok(Ok(seen)) => fleet_seen = seen,
+                    Ok(Err(err)) => {
+                        tracing::warn!(plugin = %plugin.name, error = %format!("{err:#}"), "cannot take up the fleet's version; serving this node's own until the next deploy")
+                    }
+                    Err(join) => anyhow::bail!("reading the fleet state: {join}"),
+                }
+            }
             let state = files.read_state()?.filter(|state| files.artifact(&state.active.sha256).is_file());
             let (bytes, source, deployed_at) = match &state {
                 Some(state) => {
@@ -285,6 +317,7 @@ impl Deployer {
                 files,
                 lock: tokio::sync::Mutex::new(()),
                 previous: Mutex::new(state.map(|s| s.previous).unwrap_or_default()),
+                fleet_seen: Mutex::new(fleet_seen),
             };
             managed.insert(plugin.name.clone(), entry);
         }
@@ -335,7 +368,14 @@ impl Deployer {
         previous.retain(|old| old.sha256 != sha256);
         previous.truncate(KEPT_VERSIONS);
         let state = State { active: record.clone(), previous };
-        self.persist(managed, &state, Some((&sha256, bytes))).await?;
+        self.persist(managed, &state, Some((&sha256, bytes.clone()))).await?;
+        // The fleet gets the new build and the one it replaces, so any node can roll back.
+        let replaced = managed.slot.current().sha256.clone();
+        let mut artifacts = vec![(sha256.clone(), bytes)];
+        if let Ok(old) = std::fs::read(managed.files.artifact(&replaced)) {
+            artifacts.push((replaced, old));
+        }
+        self.publish(managed, name, &state, artifacts).await?;
         self.go_live(managed, deployment, state.previous);
         metrics::counter!("evogate_deploys_total", "plugin" => name.to_owned()).increment(1);
         Ok(Outcome { name: name.into(), deployed: record, changed: true, live: managed.live_record() })
@@ -356,6 +396,7 @@ impl Deployer {
         .await
         .map_err(|join| DeployError::Storage(anyhow::anyhow!("the storage task failed: {join}")))?
         .map_err(DeployError::Storage)?;
+        let bytes_for_fleet = if self.backend.is_shared() { bytes.clone() } else { Vec::new() };
         let deployment = self.load(managed, name, &target.sha256, bytes).await?;
         let record = VersionRecord {
             sha256: target.sha256.clone(),
@@ -364,6 +405,7 @@ impl Deployer {
         };
         let state = State { active: record.clone(), previous: older.to_vec() };
         self.persist(managed, &state, None).await?;
+        self.publish(managed, name, &state, vec![(target.sha256.clone(), bytes_for_fleet)]).await?;
         self.go_live(managed, deployment, state.previous);
         metrics::counter!("evogate_rollbacks_total", "plugin" => name.to_owned()).increment(1);
         Ok(Outcome { name: name.into(), deployed: record, changed: true, live: managed.live_record() })
@@ -406,6 +448,91 @@ impl Deployer {
         .map_err(DeployError::Storage)
     }
 
+    /// On a shared store, records `state` (and the artifact) for the other nodes.
+    async fn publish(
+        &self,
+        managed: &Managed,
+        name: &str,
+        state: &State,
+        artifacts: Vec<(String, Vec<u8>)>,
+    ) -> Result<(), DeployError> {
+        if !self.backend.is_shared() {
+            return Ok(());
+        }
+        let backend = self.backend.clone();
+        let (name, state) = (name.to_owned(), state.clone());
+        let seen = tokio::task::spawn_blocking(move || -> anyhow::Result<Option<u64>> {
+            let mut writes = Vec::new();
+            for (sha, bytes) in artifacts {
+                writes.push(crate::kv::Write::Set(fleet_artifact_key(&name, &sha), bytes));
+            }
+            let json = serde_json::to_vec(&state).context("encoding the state")?;
+            writes.push(crate::kv::Write::Set(fleet_state_key(&name), json));
+            backend.commit(FLEET_NS, &[], &writes).map_err(|err| anyhow::anyhow!("{err}"))?;
+            Ok(backend
+                .get(FLEET_NS, &fleet_state_key(&name))
+                .map_err(|err| anyhow::anyhow!("{err}"))?
+                .map(|e| e.version))
+        })
+        .await
+        .map_err(|join| DeployError::Storage(anyhow::anyhow!("the storage task failed: {join}")))?
+        .map_err(DeployError::Storage)?;
+        if let Ok(mut last) = managed.fleet_seen.lock() {
+            *last = seen;
+        }
+        Ok(())
+    }
+
+    /// Follows deploys made through other nodes of a shared store, forever:
+    /// every [`FOLLOW_INTERVAL`], each plugin's fleet state is read, and a
+    /// change is loaded and swapped in here too. Does nothing on a store of
+    /// this node alone.
+    pub async fn follow(self: Arc<Self>) {
+        if !self.backend.is_shared() {
+            return;
+        }
+        loop {
+            tokio::time::sleep(FOLLOW_INTERVAL).await;
+            for (name, managed) in &self.plugins {
+                if let Err(err) = self.catch_up(name, managed).await {
+                    tracing::warn!(plugin = %name, error = %format!("{err:#}"), "following the fleet's deploys failed; retrying");
+                }
+            }
+        }
+    }
+
+    async fn catch_up(&self, name: &str, managed: &Managed) -> anyhow::Result<()> {
+        let backend = self.backend.clone();
+        let key = fleet_state_key(name);
+        let Some(entry) = tokio::task::spawn_blocking(move || backend.get(FLEET_NS, &key))
+            .await??
+            .filter(|entry| managed.fleet_seen.lock().map(|seen| *seen != Some(entry.version)).unwrap_or(true))
+        else {
+            return Ok(());
+        };
+        let _serial = managed.lock.lock().await;
+        let state: State = serde_json::from_slice(&entry.value).context("reading the fleet state")?;
+        if state.active.sha256 != managed.slot.current().sha256 {
+            let (backend, files, plugin) = (self.backend.clone(), managed.files.clone(), name.to_owned());
+            let sha = state.active.sha256.clone();
+            let bytes = tokio::task::spawn_blocking(move || fetch_artifact(&*backend, &plugin, &files, &sha)).await??;
+            let mut deployment = self.load(managed, name, &state.active.sha256, bytes).await?;
+            deployment.deployed_at = state.active.deployed_at;
+            tracing::info!(plugin = %name, version = %state.active.version, "following a deploy made through another node");
+            self.persist(managed, &state, None).await?;
+            self.go_live(managed, deployment, state.previous.clone());
+        } else {
+            self.persist(managed, &state, None).await?;
+            if let Ok(mut kept) = managed.previous.lock() {
+                kept.clone_from(&state.previous);
+            }
+        }
+        if let Ok(mut seen) = managed.fleet_seen.lock() {
+            *seen = Some(entry.version);
+        }
+        Ok(())
+    }
+
     fn go_live(&self, managed: &Managed, deployment: Deployment, previous: Vec<VersionRecord>) {
         let label = deployment.label();
         let old = managed.slot.swap(Arc::new(deployment));
@@ -414,6 +541,33 @@ impl Deployer {
         }
         tracing::info!(plugin = %managed.slot.name, from = %old.label(), to = %label, "swapped");
     }
+}
+
+/// The artifact `sha256` of plugin `name`: from this node's files, or from
+/// the shared store (then kept in the files too).
+fn fetch_artifact(backend: &dyn Backend, name: &str, files: &PluginDir, sha256: &str) -> anyhow::Result<Vec<u8>> {
+    if let Ok(bytes) = std::fs::read(files.artifact(sha256)) {
+        return Ok(bytes);
+    }
+    let entry = backend
+        .get(FLEET_NS, &fleet_artifact_key(name, sha256))
+        .map_err(|err| anyhow::anyhow!("{err}"))?
+        .with_context(|| format!("the shared store has no artifact {sha256} of plugin {name:?}"))?;
+    anyhow::ensure!(sha256_hex(&entry.value) == sha256, "the stored artifact of {name:?} does not match its sha256");
+    files.save_artifact(sha256, &entry.value)?;
+    Ok(entry.value)
+}
+
+/// At start on a shared store: makes the fleet's state this node's own
+/// (artifact included), so the node serves what the fleet serves.
+fn adopt_fleet_state(backend: &dyn Backend, name: &str, files: &PluginDir) -> anyhow::Result<Option<u64>> {
+    let Some(entry) = backend.get(FLEET_NS, &fleet_state_key(name)).map_err(|err| anyhow::anyhow!("{err}"))? else {
+        return Ok(None);
+    };
+    let state: State = serde_json::from_slice(&entry.value).context("reading the fleet state")?;
+    fetch_artifact(backend, name, files, &state.active.sha256)?;
+    files.write_state(&state)?;
+    Ok(Some(entry.version))
 }
 
 #[cfg(test)]

@@ -84,5 +84,8 @@ pub async fn start(config: &config::Config) -> anyhow::Result<App> {
         draining: std::sync::atomic::AtomicBool::new(false),
         _sandbox: sandbox,
     });
-    Ok(App { gateway, deployer: Arc::new(deployer), backend })
+    let deployer = Arc::new(deployer);
+    // On a shared store: take up deploys made through other nodes.
+    tokio::spawn(deployer.clone().follow());
+    Ok(App { gateway, deployer, backend })
 }

@@ -330,3 +330,53 @@ pub fn post_chunked(url: &str, body: &[u8]) -> Reply {
     let mut reader = body;
     reply(agent().post(url).send(ureq::SendBody::from_reader(&mut reader)))
 }
+
+/// The environment variable naming the PostgreSQL database of the multi-node tests.
+pub const POSTGRES_URL_VAR: &str = "EVOGATE_TEST_POSTGRES_URL";
+
+/// The test database's URL, or `None` after saying clearly that the test is skipped.
+pub fn postgres_url(test: &str) -> Option<String> {
+    match std::env::var(POSTGRES_URL_VAR) {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            eprintln!(
+                "NOTE: {test} skipped: it needs PostgreSQL; set {POSTGRES_URL_VAR}=postgres://user@host:port/db to run it"
+            );
+            None
+        }
+    }
+}
+
+/// A schema of its own in the test database, dropped when this goes.
+#[derive(Debug)]
+pub struct TestSchema {
+    url: String,
+    /// The schema's name.
+    pub name: String,
+}
+
+impl TestSchema {
+    /// A fresh, unique schema name in the database at `url` (evogate creates it).
+    pub fn new(url: &str) -> Self {
+        let unique = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        Self { url: url.to_owned(), name: format!("evogate_e2e_{:x}_{}", unique, std::process::id()) }
+    }
+
+    /// The `[store]` table of a gateway on this schema, reaching the database at `url`.
+    pub fn store_table(&self, url: &str) -> String {
+        format!("[store]\nbackend = \"postgres\"\nurl = {}\nschema = {}\n", toml_str(url), toml_str(&self.name))
+    }
+}
+
+impl Drop for TestSchema {
+    fn drop(&mut self) {
+        let (url, name) = (self.url.clone(), self.name.clone());
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+        runtime.block_on(async move {
+            if let Ok((client, conn)) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
+                tokio::spawn(conn);
+                let _ = client.batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE")).await;
+            }
+        });
+    }
+}

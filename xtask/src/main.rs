@@ -137,5 +137,18 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     // Release, like the artifacts the end-to-end tests drive: one build serves both.
     let mut test_args = vec!["test", "--release", "--workspace"];
     test_args.extend(args.iter().map(String::as_str));
-    cargo(&test_args)
+    let postgres = std::env::var(POSTGRES_URL_VAR).ok().filter(|url| !url.is_empty());
+    let outcome = cargo(&test_args);
+    match postgres {
+        Some(url) => eprintln!("PostgreSQL suite and multi-node tests ran against {url}"),
+        None => eprintln!(
+            "NOTE: the PostgreSQL backend suite and the multi-node tests were SKIPPED.\n      \
+             To run them, point {POSTGRES_URL_VAR} at a database evogate may create schemas in, e.g.\n      \
+             {POSTGRES_URL_VAR}=postgres://postgres@127.0.0.1:5432/test cargo xtask test"
+        ),
+    }
+    outcome
 }
+
+/// The database of the PostgreSQL suite and the multi-node tests.
+const POSTGRES_URL_VAR: &str = "EVOGATE_TEST_POSTGRES_URL";

@@ -129,6 +129,11 @@ pub trait Backend: Send + Sync + 'static {
     fn is_remote(&self) -> bool {
         false
     }
+
+    /// Whether other gateway nodes use the same store (deploys then reach them through it).
+    fn is_shared(&self) -> bool {
+        false
+    }
 }
 
 /// Which backend to open.

@@ -26,7 +26,7 @@ use tokio_postgres::error::SqlState;
 /// The newest schema this build knows; each step below upgrades to the next.
 const SCHEMA_VERSION: i64 = 1;
 /// Serializes schema creation and migrations across nodes starting together.
-const MIGRATION_LOCK: i64 = 0x6576_6f67_6174_65;
+const MIGRATION_LOCK: i64 = 0x0065_766f_6761_7465;
 
 /// How to reach the database.
 #[derive(Debug, Clone)]
@@ -48,7 +48,9 @@ pub struct PostgresOptions {
 
 /// A PostgreSQL database shared by every plugin and every node.
 pub struct PostgresBackend {
-    runtime: tokio::runtime::Runtime,
+    /// Owned here; shut down without waiting when the backend goes.
+    runtime: Option<tokio::runtime::Runtime>,
+    handle: tokio::runtime::Handle,
     pool: Pool,
     sql: Sql,
     schema: String,
@@ -219,8 +221,10 @@ impl PostgresBackend {
                 .build()
                 .context("building the connection pool")?
         };
+        let handle = runtime.handle().clone();
         let backend = Self {
-            runtime,
+            runtime: Some(runtime),
+            handle,
             pool,
             sql: Sql::new(&options.schema),
             schema: options.schema.clone(),
@@ -251,13 +255,22 @@ impl PostgresBackend {
     ) -> Result<T, KvError> {
         let (done, result) = std::sync::mpsc::sync_channel(1);
         let timeout = self.call_timeout;
-        self.runtime.spawn(async move {
+        self.handle.spawn(async move {
             let outcome = tokio::time::timeout(timeout, work)
                 .await
                 .unwrap_or_else(|_| Err(KvError::Unavailable("postgres: no answer in time".into())));
             let _ = done.send(outcome);
         });
         result.recv().unwrap_or_else(|_| Err(KvError::Unavailable("postgres: the call was dropped".into())))
+    }
+}
+
+impl Drop for PostgresBackend {
+    fn drop(&mut self) {
+        // The last handle may go on an async thread (a start that failed): never block there.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
     }
 }
 
@@ -306,6 +319,10 @@ impl Backend for PostgresBackend {
     }
 
     fn is_remote(&self) -> bool {
+        true
+    }
+
+    fn is_shared(&self) -> bool {
         true
     }
 
