@@ -43,6 +43,8 @@ fn main() -> anyhow::Result<()> {
                 "catalog",
                 "--bench",
                 "documents",
+                "--bench",
+                "backends",
             ])
         }
         _ => {
@@ -52,7 +54,7 @@ fn main() -> anyhow::Result<()> {
                  run [-- ARGS]  build, then run the gateway with the Evotor plugin (evogate serve ARGS)\n  \
                  test           build everything, then run every test\n  \
                  build          build the plugins and the gateway (release)\n  \
-                 bench          build, then run the gateway benchmark"
+                 bench          build, then run the benchmarks (PostgreSQL rows with EVOGATE_TEST_POSTGRES_URL)"
             );
             if task.is_empty() { Ok(()) } else { bail!("unknown command {task:?}") }
         }

@@ -1,0 +1,127 @@
+//! The Evotor plugin behind a real gateway, and a client for its API.
+#![allow(dead_code, reason = "each bench uses a subset")]
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use tokio::net::TcpStream;
+
+/// The bench user, its store and its licensed terminal.
+pub const USER: &str = "01-000000000000001";
+pub const STORE: &str = "20170228-f4f1-401b-80fa-9ecca8451ffb";
+pub const DEVICE: &str = "5a188de4-49b8-4cb4-800e-eb6b5202437e";
+
+/// A keep-alive HTTP/1.1 connection sending bodies.
+pub type Client = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+pub async fn connect(addr: SocketAddr) -> anyhow::Result<Client> {
+    let stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+/// One call with a bearer token; any answer but 2xx is an error.
+pub async fn call(client: &mut Client, method: &str, path: &str, token: &str, body: Bytes) -> anyhow::Result<Bytes> {
+    client.ready().await?;
+    let request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "bench")
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json")
+        .body(Full::new(body))?;
+    let response = client.send_request(request).await?;
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    anyhow::ensure!(status.is_success(), "{method} {path}: {status} {}", String::from_utf8_lossy(&body));
+    Ok(body)
+}
+
+pub fn json_body(value: &Value) -> Bytes {
+    Bytes::from(value.to_string())
+}
+
+/// The release build of the Evotor plugin.
+pub fn plugin_wasm() -> anyhow::Result<std::path::PathBuf> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(evogate::config::DEFAULT_PLUGIN_WASM);
+    anyhow::ensure!(path.is_file(), "{} is missing: run `cargo xtask bench`", path.display());
+    Ok(path)
+}
+
+/// A configuration serving the Evotor plugin (server token `srv`, partner token `partner`) from `data`.
+pub fn config(data: &std::path::Path) -> anyhow::Result<evogate::config::Config> {
+    let mut config = evogate::config::Config {
+        data_dir: figment::value::magic::RelativePathBuf::from(data.to_owned()),
+        ..Default::default()
+    };
+    config.plugins[0].wasm = figment::value::magic::RelativePathBuf::from(plugin_wasm()?);
+    for (key, value) in [("server_bearer_token", "srv"), ("partner_api_token", "partner")] {
+        config.plugins[0].config.insert(key.into(), value.into());
+    }
+    Ok(config)
+}
+
+/// Starts a gateway with `config` on a free port.
+pub async fn serve(config: &evogate::config::Config) -> anyhow::Result<(evogate::App, SocketAddr)> {
+    let app = evogate::start(config).await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(evogate::server::serve(
+        listener,
+        app.gateway.clone(),
+        std::future::pending(),
+        evogate::server::ServeOptions::default(),
+    ));
+    Ok((app, addr))
+}
+
+/// Registers the bench user with a long trial and one licensed terminal; returns its token.
+pub async fn entitled_user(client: &mut Client) -> anyhow::Result<String> {
+    let user = json!({"userId": USER, "username": "bench", "password": "bench-password"});
+    let created = call(client, "POST", "/api/v1/user/create", "srv", json_body(&user)).await?;
+    let token = serde_json::from_slice::<Value>(&created)?["token"].as_str().unwrap_or_default().to_owned();
+    let trial = json!({"subscriptionId": "6e3f7a52-0000-4000-8000-000000000001", "productId": "bench",
+        "userId": USER, "timestamp": "2026-01-01T00:00:00.000+0000", "sequenceNumber": 1,
+        "type": "SubscriptionCreated", "planId": "basic", "trialPeriodDuration": "P3650DT", "deviceNumber": 1});
+    call(client, "POST", "/api/v1/subscription/event", "srv", json_body(&trial)).await?;
+    let device = json!([{"uuid": DEVICE, "name": "Till"}]);
+    call(client, "PUT", "/api/v1/inventories/devices", &token, json_body(&device)).await?;
+    Ok(token)
+}
+
+/// A product of the benchmarks, number `n`, with one barcode.
+pub fn product(n: u32) -> Value {
+    let uuid = format!("{:08x}-0000-4000-8000-{n:012x}", n.wrapping_mul(2_654_435_761));
+    json!({"uuid": uuid, "group": false, "name": format!("Product number {n}"), "type": "NORMAL",
+           "allowToSell": true, "measureName": "шт", "price": 99.9, "costPrice": 50, "quantity": 12.5,
+           "tax": "VAT_20", "code": format!("{}", n % 1_000_000), "articleNumber": format!("A-{n}"),
+           "barCodes": [barcode(n)], "parentUuid": null, "description": "A product of the benchmark"})
+}
+
+pub fn barcode(n: u32) -> String {
+    format!("46{n:011}")
+}
+
+/// A batch of `size` SELL documents shaped like `sell`, unique per (terminal, n).
+pub fn sell_batch(sell: &Value, terminal: usize, n: usize, size: usize) -> Bytes {
+    let docs: Vec<Value> = (0..size)
+        .map(|i| {
+            let mut doc = sell.clone();
+            doc["uuid"] = json!(format!("{terminal:08x}-{:04x}-4000-8000-{:012x}", n % 0xffff, n * size + i));
+            doc
+        })
+        .collect();
+    json_body(&Value::from(docs))
+}
+
+/// p50 and p99 of `samples`.
+pub fn quantiles(mut samples: Vec<f64>) -> (f64, f64) {
+    samples.sort_by(f64::total_cmp);
+    let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
+    (at(0.50), at(0.99))
+}
