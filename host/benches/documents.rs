@@ -61,9 +61,7 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let data = tempfile::tempdir()?;
-        let (_app, addr) = evotor::serve(&evotor::config(data.path())?).await?;
-        let mut sender = evotor::connect(addr).await?;
-        let token = evotor::entitled_user(&mut sender).await?;
+        let (_app, addr, mut sender, token) = evotor::single_node(data.path()).await?;
 
         let baseline = storage_floor(&sell, seconds)?;
 

@@ -373,14 +373,7 @@ impl<'t, 'k> Change<'t, 'k> {
 
 /// Validates a request body of items: a JSON array of at most [`MAX_BATCH`], each uuid once.
 fn items(ctx: &Ctx<'_>, body: &[u8]) -> Result<Vec<Item>, ApiError> {
-    let values = match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Array(values)) => values,
-        Ok(_) => return Err(ApiError::syntax("expected a JSON array")),
-        Err(_) => return Err(ApiError::syntax("malformed JSON")),
-    };
-    if values.len() > MAX_BATCH {
-        return Err(ApiError::incorrect("body", format!("{} items, at most {MAX_BATCH}", values.len())));
-    }
+    let values = input::array(body, MAX_BATCH)?;
     let mut unknown = Vec::new();
     let mut seen = HashSet::with_capacity(values.len());
     let mut items = Vec::with_capacity(values.len());
@@ -635,14 +628,7 @@ pub fn partner_put_products(ctx: &Ctx<'_>, request: &Request, params: &Params) -
 pub fn partner_delete_products(ctx: &Ctx<'_>, request: &Request, params: &Params) -> Result<Response, ApiError> {
     require_partner(ctx, request)?;
     let store = partner_store(params)?;
-    let values = match serde_json::from_slice::<Value>(&request.body) {
-        Ok(Value::Array(values)) => values,
-        Ok(_) => return Err(ApiError::syntax("expected a JSON array of uuids")),
-        Err(_) => return Err(ApiError::syntax("malformed JSON")),
-    };
-    if values.len() > MAX_BATCH {
-        return Err(ApiError::incorrect("body", format!("{} uuids, at most {MAX_BATCH}", values.len())));
-    }
+    let values = input::array(&request.body, MAX_BATCH)?;
     let mut uuids = Vec::with_capacity(values.len());
     for (index, value) in values.iter().enumerate() {
         match value.as_str() {

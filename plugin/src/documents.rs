@@ -203,18 +203,6 @@ fn document(value: Value, index: usize, path_store: Option<&str>) -> Result<Docu
     Ok(Document { id, store, kind, close_date, version, device, body })
 }
 
-fn array(body: &[u8]) -> Result<Vec<Value>, ApiError> {
-    let values = match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Array(values)) => values,
-        Ok(_) => return Err(ApiError::syntax("expected a JSON array")),
-        Err(_) => return Err(ApiError::syntax("malformed JSON")),
-    };
-    if values.len() > MAX_BATCH {
-        return Err(ApiError::incorrect("body", format!("{} items, at most {MAX_BATCH}", values.len())));
-    }
-    Ok(values)
-}
-
 /// Each distinct store must be the user's (or unowned: then it becomes
 /// theirs); each distinct device must be licensed.
 fn admit<'a>(
@@ -252,7 +240,7 @@ pub fn put_documents_bare(ctx: &Ctx<'_>, request: &Request) -> Result<Response, 
 fn ingest_documents(ctx: &Ctx<'_>, user_id: &str, body: &[u8], path_store: Option<&str>) -> Result<Response, ApiError> {
     let mut documents: Vec<Document> = Vec::new();
     let mut positions: HashMap<(String, String), usize> = HashMap::new();
-    for (index, value) in array(body)?.into_iter().enumerate() {
+    for (index, value) in input::array(body, MAX_BATCH)?.into_iter().enumerate() {
         let document = document(value, index, path_store)?;
         match positions.get(&(document.store.clone(), document.id.clone())) {
             // The same document twice in one delivery: once is enough, two versions are an error.
@@ -361,7 +349,7 @@ fn receipt(value: Value, index: Option<usize>, user_id: &str) -> Result<Receipt,
 /// `POST /api/v1/receipt`: an array of receipt events.
 pub fn post_receipts_v1(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Result<Response, ApiError> {
     let user_id = auth::require_user(ctx, request, &settings(ctx)?)?;
-    let receipts = array(&request.body)?
+    let receipts = input::array(&request.body, MAX_BATCH)?
         .into_iter()
         .enumerate()
         .map(|(index, value)| receipt(value, Some(index), &user_id))
@@ -373,7 +361,7 @@ pub fn post_receipts_v1(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Result<
 pub fn post_receipts_v2(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Result<Response, ApiError> {
     let user_id = auth::require_user(ctx, request, &settings(ctx)?)?;
     let receipts = match serde_json::from_slice::<Value>(&request.body) {
-        Ok(Value::Array(_)) => array(&request.body)?
+        Ok(Value::Array(_)) => input::array(&request.body, MAX_BATCH)?
             .into_iter()
             .enumerate()
             .map(|(index, value)| receipt(value, Some(index), &user_id))

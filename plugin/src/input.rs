@@ -15,6 +15,20 @@ pub fn object(body: &[u8]) -> Result<Object, ApiError> {
     }
 }
 
+/// Parses the body as a JSON array of at most `max` items; anything else
+/// is 400 (2001 for the shape, 2003 for the count).
+pub fn array(body: &[u8], max: usize) -> Result<Vec<Value>, ApiError> {
+    let values = match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Array(values)) => values,
+        Ok(_) => return Err(ApiError::syntax("expected a JSON array")),
+        Err(_) => return Err(ApiError::syntax("malformed JSON")),
+    };
+    if values.len() > max {
+        return Err(ApiError::incorrect("body", format!("{} items, at most {max}", values.len())));
+    }
+    Ok(values)
+}
+
 /// A required string field: missing (or null) → 2002; not a string → 2001.
 pub fn required_str<'a>(object: &'a Object, field: &str) -> Result<&'a str, ApiError> {
     match object.get(field) {

@@ -173,14 +173,7 @@ pub fn put_devices(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Result<Respo
 fn mirror(ctx: &Ctx<'_>, request: &Request, kind: Kind) -> Result<Response, ApiError> {
     let settings = settings(ctx)?;
     let user_id = auth::require_user(ctx, request, &settings)?;
-    let items = match serde_json::from_slice::<Value>(&request.body) {
-        Ok(Value::Array(items)) => items,
-        Ok(_) => return Err(ApiError::syntax("expected a JSON array")),
-        Err(_) => return Err(ApiError::syntax("malformed JSON")),
-    };
-    if items.len() > MAX_BATCH {
-        return Err(ApiError::incorrect("body", format!("{} items, at most {MAX_BATCH}", items.len())));
-    }
+    let items = crate::input::array(&request.body, MAX_BATCH)?;
     // Validate everything first: a bad item refuses the whole call, nothing written.
     let mut batch = Vec::with_capacity(items.len());
     let mut seen = std::collections::HashSet::new();

@@ -80,6 +80,14 @@ pub async fn serve(config: &evogate::config::Config) -> anyhow::Result<(evogate:
     Ok((app, addr))
 }
 
+/// One gateway on redb in `data` with the bench user registered: the app, its address, a client, the user's token.
+pub async fn single_node(data: &std::path::Path) -> anyhow::Result<(evogate::App, SocketAddr, Client, String)> {
+    let (app, addr) = serve(&config(data)?).await?;
+    let mut client = connect(addr).await?;
+    let token = entitled_user(&mut client).await?;
+    Ok((app, addr, client, token))
+}
+
 /// Registers the bench user with a long trial and one licensed terminal; returns its token.
 pub async fn entitled_user(client: &mut Client) -> anyhow::Result<String> {
     let user = json!({"userId": USER, "username": "bench", "password": "bench-password"});
