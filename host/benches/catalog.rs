@@ -21,7 +21,7 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let data = tempfile::tempdir()?;
-        let (_app, addr, mut sender, token) = evotor::single_node(data.path()).await?;
+        let (_app, _addr, mut sender, token) = evotor::single_node(data.path()).await?;
 
         println!("catalog of {PRODUCTS} products on redb, through the gateway and evotor_partner.wasm");
         let mut upserts = Vec::new();
