@@ -131,7 +131,7 @@ async fn hangups(tls: Option<Arc<evogate::tls::Tls>>) {
     if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         while hup.recv().await.is_some() {
             match &tls {
-                None => tracing::info!("SIGHUP: no TLS certificate to reload (deploy plugins with `evogate deploy`)"),
+                None => tracing::info!("SIGHUP: nothing to reload (no [tls]; deploy plugins with `evogate deploy`)"),
                 Some(tls) => match tls.reload() {
                     Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
                     Err(err) => {

@@ -26,7 +26,7 @@ fn main() -> anyhow::Result<()> {
             run(&rest)
         }
         "test" => {
-            build()?;
+            build_for_tests()?;
             test(&rest)
         }
         "bench" => {
@@ -102,6 +102,12 @@ fn ensure_wasm_target() -> anyhow::Result<()> {
 const GUEST_VERSIONS: &[&str] = &["2.0.0"];
 
 fn build() -> anyhow::Result<()> {
+    build_plugins()?;
+    cargo(&["build", "--release", "-p", "evogate"])
+}
+
+/// The test plugin in each of its versions, and the Evotor plugin.
+fn build_plugins() -> anyhow::Result<()> {
     ensure_wasm_target()?;
     let guest = format!("target/{WASM_TARGET}/release/test_guest.wasm");
     // Other versions of the test plugin first (only its own crate rebuilds),
@@ -117,8 +123,16 @@ fn build() -> anyhow::Result<()> {
         std::fs::copy(&guest, format!("target/test-guest-{version}.wasm"))
             .with_context(|| format!("copying {guest}"))?;
     }
-    cargo(&["build", "--release", "--target", WASM_TARGET, "-p", "evotor-partner", "-p", "test-guest"])?;
-    cargo(&["build", "--release", "-p", "evogate"])
+    cargo(&["build", "--release", "--target", WASM_TARGET, "-p", "evotor-partner", "-p", "test-guest"])
+}
+
+/// What the tests need, built once: the plugins, then every target of the
+/// workspace in one invocation. Building tests resolves the dependencies'
+/// features with the dev-dependencies; building the gateway alone would
+/// resolve them another way and compile wasmtime a second time.
+fn build_for_tests() -> anyhow::Result<()> {
+    build_plugins()?;
+    cargo(&["build", "--release", "--workspace", "--all-targets"])
 }
 
 fn run(args: &[String]) -> anyhow::Result<()> {
