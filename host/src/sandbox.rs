@@ -335,6 +335,15 @@ impl wit_kv::Host for HostState {
     }
 
     async fn commit(&mut self, checks: Vec<wit_kv::Check>, writes: Vec<wit_kv::Write>) -> Result<(), wit_kv::Error> {
+        self.commit_stamped(checks, writes, Vec::new()).await
+    }
+
+    async fn commit_stamped(
+        &mut self,
+        checks: Vec<wit_kv::Check>,
+        writes: Vec<wit_kv::Write>,
+        stamped: Vec<(String, Vec<u8>)>,
+    ) -> Result<(), wit_kv::Error> {
         let checks: Vec<_> = checks
             .into_iter()
             .map(|check| match check {
@@ -348,6 +357,7 @@ impl wit_kv::Host for HostState {
                 wit_kv::Write::Set((key, value)) => kv::Write::Set(key, value),
                 wit_kv::Write::Delete(key) => kv::Write::Delete(key),
             })
+            .chain(stamped.into_iter().map(|(prefix, value)| kv::Write::SetStamped(prefix, value)))
             .collect();
         // A durable commit waits for the disk: never on the async threads.
         let kv = self.kv.clone();

@@ -67,14 +67,21 @@ impl Kv for HostKv {
                 Check::Absent(key) => wit_kv::Check::Absent(key.clone()),
             })
             .collect();
-        let writes: Vec<_> = writes
-            .iter()
-            .map(|write| match write {
-                Write::Set(key, value) => wit_kv::Write::Set((key.clone(), value.clone())),
-                Write::Delete(key) => wit_kv::Write::Delete(key.clone()),
-            })
-            .collect();
-        wit_kv::commit(&checks, &writes).map_err(from_wit)
+        let mut plain = Vec::with_capacity(writes.len());
+        let mut stamped = Vec::new();
+        for write in writes {
+            match write {
+                Write::Set(key, value) => plain.push(wit_kv::Write::Set((key.clone(), value.clone()))),
+                Write::Delete(key) => plain.push(wit_kv::Write::Delete(key.clone())),
+                Write::SetStamped(prefix, value) => stamped.push((prefix.clone(), value.clone())),
+            }
+        }
+        // Plain commits keep to the original import, so they run on any host.
+        if stamped.is_empty() {
+            wit_kv::commit(&checks, &plain).map_err(from_wit)
+        } else {
+            wit_kv::commit_stamped(&checks, &plain, &stamped).map_err(from_wit)
+        }
     }
 }
 

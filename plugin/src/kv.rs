@@ -28,6 +28,13 @@ pub enum Write {
     Set(String, Vec<u8>),
     /// Delete the key.
     Delete(String),
+    /// Set `prefix` + the commit's stamp: keys that sort in commit order (WIT `set-stamped`).
+    SetStamped(String, Vec<u8>),
+}
+
+/// The key the `index`-th stamped write of the commit stamped `stamp` gets.
+pub fn stamped_key(prefix: &str, stamp: u64, index: usize) -> String {
+    format!("{prefix}{stamp:020}.{index:06}")
 }
 
 /// Why a kv call failed.
@@ -116,17 +123,18 @@ impl Kv for MemKv {
             }
         }
         for write in writes {
-            let (Write::Set(key, _) | Write::Delete(key)) = write;
+            let (Write::Set(key, _) | Write::Delete(key) | Write::SetStamped(key, _)) = write;
             if key.len() > MAX_KEY_BYTES {
                 return Err(KvError::TooLarge);
             }
-            if let Write::Set(_, value) = write
+            if let Write::Set(_, value) | Write::SetStamped(_, value) = write
                 && value.len() > MAX_VALUE_BYTES
             {
                 return Err(KvError::TooLarge);
             }
         }
         *last += 1;
+        let mut stamped = 0;
         for write in writes {
             match write {
                 Write::Set(key, value) => {
@@ -134,6 +142,10 @@ impl Kv for MemKv {
                 }
                 Write::Delete(key) => {
                     map.remove(key);
+                }
+                Write::SetStamped(prefix, value) => {
+                    map.insert(stamped_key(prefix, *last, stamped), Entry { value: value.clone(), version: *last });
+                    stamped += 1;
                 }
             }
         }

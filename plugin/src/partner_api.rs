@@ -377,19 +377,27 @@ pub fn user_entities(ctx: &Ctx<'_>, request: &Request, params: &Params) -> Resul
 pub fn feed(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Result<Response, ApiError> {
     require_partner(ctx, request)?;
     let (after, limit) = paging(request)?;
+    // A cursor is a commit stamp: 20 digits, `.`, 6 digits.
+    let well_formed = |cursor: &str| {
+        cursor.len() == 27
+            && cursor.bytes().enumerate().all(|(i, b)| if i == 20 { b == b'.' } else { b.is_ascii_digit() })
+    };
     if let Some(after) = after
-        && !(after.len() == 20 && after.bytes().all(|b| b.is_ascii_digit()))
+        && !well_formed(after)
     {
         return Err(ApiError::incorrect("after", after));
     }
-    let (entries, _) = storage::page::<storage::FeedEntry>(ctx.kv, storage::FEED_PREFIX, after, limit)?;
-    let next = entries.last().map(|entry| entry.cursor.clone()).or_else(|| after.map(str::to_owned));
-    let items: Vec<Value> = entries
-        .into_iter()
-        .map(|entry| {
-            json!({ "cursor": entry.cursor, "kind": entry.kind, "at": entry.at, "userId": entry.user_id, "data": entry.data })
-        })
-        .collect();
+    let start = after.map(|after| format!("{}{after}", storage::FEED_PREFIX));
+    let entries = storage::collect(ctx.kv, storage::FEED_PREFIX, start, limit as usize)?;
+    let mut items = Vec::with_capacity(entries.len());
+    for (key, entry) in &entries {
+        let feed: storage::FeedEntry = storage::decode(key, &entry.value)?;
+        let cursor = key.strip_prefix(storage::FEED_PREFIX).unwrap_or_default();
+        items.push(
+            json!({ "cursor": cursor, "kind": feed.kind, "at": feed.at, "userId": feed.user_id, "data": feed.data }),
+        );
+    }
+    let next = entries.last().and_then(|(key, _)| key.strip_prefix(storage::FEED_PREFIX)).or(after).map(str::to_owned);
     Ok(Response::json(200, &json!({ "items": items, "next": next })))
 }
 

@@ -29,8 +29,7 @@
 //! | `docs/{store}/by-type/{type}/{closeDate ms:013}.{id}` | document index by type and close date |
 //! | `receipts/{sha256(event id)[..32]}` | [`crate::documents::ReceiptRecord`]: a receipt event as received |
 //! | `rcpts/{store}/by-date/{dateTime ms:013}.{sha256(event id)[..32]}` | receipt index by date |
-//! | `feed/{seq:020}` | [`FeedEntry`]: one accepted change, in commit order |
-//! | `meta/feed-head` | the sequence number of the last feed entry |
+//! | `feed/{stamp}` | [`FeedEntry`]: one accepted change; the host's commit stamp orders them |
 //! | `meta/{name}` | small service records |
 //!
 //! Every value is JSON with `"v"`: the storage format version (see the
@@ -380,9 +379,6 @@ pub fn receipts_by_date_prefix(store: &str) -> String {
 /// Prefix of the change feed.
 pub const FEED_PREFIX: &str = "feed/";
 
-/// Key of the feed's head: the last sequence number used.
-const FEED_HEAD: &str = "meta/feed-head";
-
 /// Key of a service record.
 pub fn meta_key(name: &str) -> String {
     format!("meta/{name}")
@@ -496,14 +492,13 @@ pub fn cloud_token(kv: &dyn Kv, user_id: &str) -> Result<Option<CloudToken>, Sto
     read(kv, &cloud_token_key(user_id))
 }
 
-/// One accepted change as the partner's change feed shows it.
+/// One accepted change as the partner's change feed shows it; its key's
+/// stamp (after [`FEED_PREFIX`]) is its cursor.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FeedEntry {
     /// Storage format version.
     pub v: u32,
-    /// Its position: the cursor that resumes after it.
-    pub cursor: String,
     /// What happened, e.g. `document.received`.
     pub kind: String,
     /// When, Unix seconds.
@@ -525,11 +520,6 @@ pub struct Event {
     pub user_id: Option<String>,
     /// The ids that say what changed.
     pub data: Value,
-}
-
-/// The feed cursor of sequence number `seq` (fixed width, so cursors sort as numbers).
-pub fn feed_cursor(seq: u64) -> String {
-    format!("{seq:020}")
 }
 
 /// A read-modify-write unit: every read becomes a check of the commit, so
@@ -573,29 +563,20 @@ impl Txn<'_> {
         self.events.push(Event { kind, at, user_id: user_id.map(str::to_owned), data });
     }
 
-    /// Appends the emitted events to the feed after its head. Reading the
-    /// head makes every feed-writing commit check it, so sequence numbers
-    /// follow commit order and leave no holes.
-    fn append_feed(&mut self) -> Result<(), StorageError> {
-        if self.events.is_empty() {
-            return Ok(());
-        }
-        let head: u64 = self.get(FEED_HEAD)?.unwrap_or(0);
-        let mut seq = head;
+    /// Appends the emitted events to the feed with stamped keys: the host
+    /// orders them by commit, so feed writers never contend on a shared
+    /// record, and an entry exists exactly when its change does.
+    fn append_feed(&mut self) {
         for event in std::mem::take(&mut self.events) {
-            seq += 1;
             let entry = FeedEntry {
                 v: FORMAT,
-                cursor: feed_cursor(seq),
                 kind: event.kind.to_owned(),
                 at: event.at,
                 user_id: event.user_id,
                 data: event.data,
             };
-            self.put(&format!("{FEED_PREFIX}{}", entry.cursor), &entry);
+            self.writes.push(Write::SetStamped(FEED_PREFIX.to_owned(), encode(&entry)));
         }
-        self.put(FEED_HEAD, &seq);
-        Ok(())
     }
 
     /// Keys under `prefix` after `start_after` as committed, up to `limit`.
@@ -624,7 +605,7 @@ where
         }
         let mut txn = Txn { kv, checks: Vec::new(), writes: Vec::new(), events: Vec::new() };
         let result = body(&mut txn)?;
-        txn.append_feed()?;
+        txn.append_feed();
         if txn.writes.is_empty() {
             return Ok(result);
         }

@@ -90,6 +90,45 @@ fn concurrent_checked_increments_lose_no_update() {
 }
 
 #[test]
+fn stamped_writes_list_in_commit_order_even_from_racing_commits() {
+    for (backend, _guard) in backends() {
+        let kv = Namespace::new(backend, "log");
+        kv.commit(
+            &[],
+            &[Write::SetStamped("log/".into(), b"a".to_vec()), Write::SetStamped("log/".into(), b"b".to_vec())],
+        )
+        .expect("commit");
+        std::thread::scope(|scope| {
+            for thread in 0..4u8 {
+                let kv = &kv;
+                scope.spawn(move || {
+                    for n in 0..20u8 {
+                        kv.commit(&[], &[Write::SetStamped("log/".into(), vec![thread, n])]).expect("commit");
+                    }
+                });
+            }
+        });
+        let page = kv.scan("log/", None, 1000).expect("scan");
+        assert_eq!(page.len(), 82, "{}", kv.describe());
+        assert_eq!((page[0].1.value.as_slice(), page[1].1.value.as_slice()), (&b"a"[..], &b"b"[..]));
+        assert!(page[0].0.ends_with(".000000") && page[1].0.ends_with(".000001"), "positions within a commit");
+        assert_eq!(page[0].0.len(), "log/".len() + STAMP_BYTES);
+        for thread in 0..4u8 {
+            let mine: Vec<u8> = page
+                .iter()
+                .filter(|(_, e)| e.value.len() == 2 && e.value[0] == thread)
+                .map(|(_, e)| e.value[1])
+                .collect();
+            assert_eq!(mine, (0..20).collect::<Vec<_>>(), "each writer's commits in its order");
+        }
+        let versions: Vec<u64> = page.iter().map(|(_, entry)| entry.version).collect();
+        assert!(versions.windows(2).all(|w| w[0] <= w[1]), "key order is commit order");
+        let too_long = "k".repeat(MAX_KEY_BYTES - STAMP_BYTES + 1);
+        assert!(matches!(kv.commit(&[], &[Write::SetStamped(too_long, Vec::new())]), Err(KvError::TooLarge(_))));
+    }
+}
+
+#[test]
 fn the_postgres_suite_runs_when_a_database_is_given() {
     match std::env::var(POSTGRES_URL_VAR) {
         Ok(url) if !url.is_empty() => assert!(backends().len() == 3, "PostgreSQL at {url} is in the suite"),

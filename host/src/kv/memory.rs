@@ -64,13 +64,13 @@ impl Backend for MemoryBackend {
         inner.last_version += 1;
         let version = inner.last_version;
         let map = inner.namespaces.entry(ns.to_owned()).or_default();
-        for write in writes {
-            match write {
-                Write::Set(key, value) => {
-                    map.insert(key.clone(), Entry { value: value.clone(), version });
+        for (key, value) in super::resolve(writes, version) {
+            match value {
+                Some(value) => {
+                    map.insert(key.into_owned(), Entry { value: value.to_vec(), version });
                 }
-                Write::Delete(key) => {
-                    map.remove(key);
+                None => {
+                    map.remove(key.as_ref());
                 }
             }
         }

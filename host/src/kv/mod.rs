@@ -72,14 +72,37 @@ pub enum Write {
     Set(String, Vec<u8>),
     /// Delete the key (a missing key is fine).
     Delete(String),
+    /// Set the key `prefix` + the commit's stamp (see [`stamped_key`]).
+    SetStamped(String, Vec<u8>),
 }
 
 impl Write {
     fn key(&self) -> &str {
         match self {
-            Write::Set(key, _) | Write::Delete(key) => key,
+            Write::Set(key, _) | Write::Delete(key) | Write::SetStamped(key, _) => key,
         }
     }
+}
+
+/// Bytes a stamp adds to a prefix: 20 digits, `.`, 6 digits.
+pub const STAMP_BYTES: usize = 27;
+
+/// The key of the `index`-th stamped write of the commit stamped `stamp`.
+pub fn stamped_key(prefix: &str, stamp: u64, index: usize) -> String {
+    format!("{prefix}{stamp:020}.{index:06}")
+}
+
+/// The writes of a commit with stamped keys made: (key, value or `None` for a delete).
+pub fn resolve(writes: &[Write], stamp: u64) -> impl Iterator<Item = (std::borrow::Cow<'_, str>, Option<&[u8]>)> {
+    let mut stamped = 0;
+    writes.iter().map(move |write| match write {
+        Write::Set(key, value) => (std::borrow::Cow::Borrowed(key.as_str()), Some(value.as_slice())),
+        Write::Delete(key) => (std::borrow::Cow::Borrowed(key.as_str()), None),
+        Write::SetStamped(prefix, value) => {
+            stamped += 1;
+            (std::borrow::Cow::Owned(stamped_key(prefix, stamp, stamped - 1)), Some(value.as_slice()))
+        }
+    })
 }
 
 /// Why a kv operation failed; mirrors the WIT `kv.error` variant.
@@ -221,9 +244,12 @@ impl Namespace {
         }
         let mut bytes = 0;
         for write in writes {
-            check_key(write.key())?;
-            bytes += write.key().len();
-            if let Write::Set(_, value) = write {
+            let stamp = if matches!(write, Write::SetStamped(..)) { STAMP_BYTES } else { 0 };
+            if write.key().len() + stamp > MAX_KEY_BYTES {
+                return Err(KvError::TooLarge("key over 1 KiB"));
+            }
+            bytes += write.key().len() + stamp;
+            if let Write::Set(_, value) | Write::SetStamped(_, value) = write {
                 if value.len() > MAX_VALUE_BYTES {
                     return Err(KvError::TooLarge("value over 4 MiB"));
                 }

@@ -25,6 +25,8 @@ use tokio_postgres::error::SqlState;
 
 /// The newest schema this build knows; each step below upgrades to the next.
 const SCHEMA_VERSION: i64 = 1;
+/// Orders the commits that carry stamped writes.
+const STAMP_LOCK: i64 = 0x0065_766f_6773_7461;
 /// Serializes schema creation and migrations across nodes starting together.
 const MIGRATION_LOCK: i64 = 0x0065_766f_6761_7465;
 
@@ -379,26 +381,6 @@ impl Backend for PostgresBackend {
     }
 
     fn commit(&self, ns: &str, checks: &[Check], writes: &[Write]) -> Result<(), KvError> {
-        // The last write of a key wins, as in the other backends.
-        let mut last: BTreeMap<&str, Option<&[u8]>> = BTreeMap::new();
-        for write in writes {
-            match write {
-                Write::Set(key, value) => last.insert(key.as_str(), Some(value.as_slice())),
-                Write::Delete(key) => last.insert(key.as_str(), None),
-            };
-        }
-        let mut set_keys = Vec::new();
-        let mut set_values = Vec::new();
-        let mut deletes = Vec::new();
-        for (key, value) in last {
-            match value {
-                Some(value) => {
-                    set_keys.push(key.as_bytes().to_vec());
-                    set_values.push(value.to_vec());
-                }
-                None => deletes.push(key.as_bytes().to_vec()),
-            }
-        }
         let checks: Vec<(Vec<u8>, Option<u64>)> = checks
             .iter()
             .map(|check| match check {
@@ -406,6 +388,8 @@ impl Backend for PostgresBackend {
                 Check::Absent(key) => (key.as_bytes().to_vec(), None),
             })
             .collect();
+        let stamped = writes.iter().any(|write| matches!(write, Write::SetStamped(..)));
+        let writes = writes.to_vec();
         let (pool, sql, ns) = (self.pool.clone(), self.sql.clone(), ns.to_owned());
         self.run(async move {
             let mut client = pool.get().await.map_err(pool_error)?;
@@ -424,7 +408,28 @@ impl Backend for PostgresBackend {
                     return Err(KvError::Conflict);
                 }
             }
+            if stamped {
+                // Held to the end of the transaction: commits with stamped
+                // writes take their stamps one after another, so stamps
+                // follow commit order.
+                txn.execute("SELECT pg_advisory_xact_lock($1)", &[&STAMP_LOCK]).await.map_err(|err| classify(&err))?;
+            }
             let version: i64 = txn.query_one(&sql.next_version, &[]).await.map_err(|err| classify(&err))?.get(0);
+            // The last write of a key wins, as in the other backends.
+            let mut last: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
+            for (key, value) in super::resolve(&writes, u64::try_from(version).unwrap_or_default()) {
+                last.insert(key.into_owned(), value.map(<[u8]>::to_vec));
+            }
+            let (mut set_keys, mut set_values, mut deletes) = (Vec::new(), Vec::new(), Vec::new());
+            for (key, value) in last {
+                match value {
+                    Some(value) => {
+                        set_keys.push(key.into_bytes());
+                        set_values.push(value);
+                    }
+                    None => deletes.push(key.into_bytes()),
+                }
+            }
             if !set_keys.is_empty() {
                 txn.execute(&sql.upsert, &[&ns, &set_keys, &set_values, &version])
                     .await

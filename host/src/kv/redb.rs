@@ -110,13 +110,14 @@ impl Backend for RedbBackend {
             let mut meta = txn.open_table(META).map_err(unavailable)?;
             let version = meta.get(LAST_VERSION).map_err(unavailable)?.map_or(0, |v| v.value()) + 1;
             meta.insert(LAST_VERSION, version).map_err(unavailable)?;
-            for write in writes {
-                match write {
-                    Write::Set(key, value) => {
-                        table.insert(key.as_str(), encode_entry(version, value).as_slice()).map_err(unavailable)?;
+            // One writer at a time: versions, and so stamps, follow commit order.
+            for (key, value) in super::resolve(writes, version) {
+                match value {
+                    Some(value) => {
+                        table.insert(key.as_ref(), encode_entry(version, value).as_slice()).map_err(unavailable)?;
                     }
-                    Write::Delete(key) => {
-                        table.remove(key.as_str()).map_err(unavailable)?;
+                    None => {
+                        table.remove(key.as_ref()).map_err(unavailable)?;
                     }
                 }
             }
