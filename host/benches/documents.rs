@@ -61,7 +61,7 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let data = tempfile::tempdir()?;
-        let (_app, addr, mut sender, token) = evotor::single_node(data.path()).await?;
+        let (_app, addr, _sender, token) = evotor::single_node(data.path()).await?;
 
         let baseline = storage_floor(&sell, seconds)?;
 
@@ -94,6 +94,8 @@ fn main() -> anyhow::Result<()> {
 
         let mut entries = 0usize;
         let mut after: Option<String> = None;
+        // The first connection sat idle past the keep-alive limit meanwhile: a fresh one reads.
+        let mut sender = evotor::connect(addr).await?;
         let read_started = Instant::now();
         loop {
             let cursor = after.as_ref().map(|after| format!("&after={after}")).unwrap_or_default();
