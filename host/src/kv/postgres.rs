@@ -76,6 +76,9 @@ struct Sql {
     next_version: String,
     upsert: String,
     delete: String,
+    insert_new: String,
+    update_if: String,
+    delete_if: String,
 }
 
 impl Sql {
@@ -97,6 +100,18 @@ impl Sql {
                  ON CONFLICT (ns, key) DO UPDATE SET value = EXCLUDED.value, version = EXCLUDED.version"
             ),
             delete: format!("DELETE FROM {kv} WHERE ns = $1 AND key = ANY($2)"),
+            insert_new: format!(
+                "INSERT INTO {kv} (ns, key, value, version) SELECT $1, k, v, $4 FROM unnest($2::bytea[], $3::bytea[]) AS t(k, v) \
+                 ON CONFLICT (ns, key) DO NOTHING"
+            ),
+            update_if: format!(
+                "UPDATE {kv} AS t SET value = u.v, version = $5 FROM unnest($2::bytea[], $3::bytea[], $4::bigint[]) AS u(k, v, old) \
+                 WHERE t.ns = $1 AND t.key = u.k AND t.version = u.old"
+            ),
+            delete_if: format!(
+                "DELETE FROM {kv} AS t USING unnest($2::bytea[], $3::bigint[]) AS u(k, old) \
+                 WHERE t.ns = $1 AND t.key = u.k AND t.version = u.old"
+            ),
         }
     }
 }
@@ -276,6 +291,31 @@ impl Drop for PostgresBackend {
     }
 }
 
+/// The checks as conditions of this commit's own writes (key → expected
+/// version, `None` for absent), when every checked key is written (set, or
+/// deleted while expected to exist) and checked once; else `None`.
+fn guard_plan(checks: &[(Vec<u8>, Option<u64>)], writes: &[Write]) -> Option<HashMap<Vec<u8>, Option<u64>>> {
+    let mut last: HashMap<&[u8], bool> = HashMap::new();
+    for write in writes {
+        match write {
+            Write::Set(key, _) => last.insert(key.as_bytes(), true),
+            Write::Delete(key) => last.insert(key.as_bytes(), false),
+            Write::SetStamped(..) => None,
+        };
+    }
+    let mut conditions = HashMap::with_capacity(checks.len());
+    for (key, expected) in checks {
+        let written = last.get(key.as_slice())?;
+        if !written && expected.is_none() {
+            return None;
+        }
+        if conditions.insert(key.clone(), *expected).is_some() {
+            return None;
+        }
+    }
+    Some(conditions)
+}
+
 /// Creates the schema on first start and applies the missing steps, one
 /// node at a time; refuses a database whose schema is newer than this build.
 async fn migrate(pool: &Pool, schema: &str) -> anyhow::Result<()> {
@@ -393,13 +433,20 @@ impl Backend for PostgresBackend {
         let (pool, sql, ns) = (self.pool.clone(), self.sql.clone(), ns.to_owned());
         self.run(async move {
             let mut client = pool.get().await.map_err(pool_error)?;
+            // When every checked key is written by this commit (insert if
+            // absent, replace if unchanged: what the plugins mostly do), each
+            // check becomes the condition of its own write instead of a
+            // separate read. Still SERIALIZABLE, so keys other commits only
+            // read stay guarded; but an insert reads no index range, so
+            // batches writing neighbouring keys no longer abort each other.
+            let guarded = guard_plan(&checks, &writes);
             let txn = client
                 .build_transaction()
                 .isolation_level(tokio_postgres::IsolationLevel::Serializable)
                 .start()
                 .await
                 .map_err(|err| classify(&err))?;
-            if !checks.is_empty() {
+            if guarded.is_none() && !checks.is_empty() {
                 let keys: Vec<&Vec<u8>> = checks.iter().map(|(key, _)| key).collect();
                 let rows = txn.query(&sql.versions, &[&ns, &keys]).await.map_err(|err| classify(&err))?;
                 let found: HashMap<Vec<u8>, u64> =
@@ -420,15 +467,57 @@ impl Backend for PostgresBackend {
             for (key, value) in super::resolve(&writes, u64::try_from(version).unwrap_or_default()) {
                 last.insert(key.into_owned(), value.map(<[u8]>::to_vec));
             }
+            let conditions = guarded.unwrap_or_default();
             let (mut set_keys, mut set_values, mut deletes) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut new_keys, mut new_values) = (Vec::new(), Vec::new());
+            let (mut update_keys, mut update_values, mut update_old) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut delete_keys, mut delete_old) = (Vec::new(), Vec::new());
             for (key, value) in last {
-                match value {
-                    Some(value) => {
-                        set_keys.push(key.into_bytes());
+                let key = key.into_bytes();
+                match (conditions.get(&key), value) {
+                    (None, Some(value)) => {
+                        set_keys.push(key);
                         set_values.push(value);
                     }
-                    None => deletes.push(key.into_bytes()),
+                    (None, None) => deletes.push(key),
+                    (Some(None), Some(value)) => {
+                        new_keys.push(key);
+                        new_values.push(value);
+                    }
+                    (Some(Some(old)), Some(value)) => {
+                        update_keys.push(key);
+                        update_values.push(value);
+                        update_old.push(i64::try_from(*old).unwrap_or(-1));
+                    }
+                    (Some(Some(old)), None) => {
+                        delete_keys.push(key);
+                        delete_old.push(i64::try_from(*old).unwrap_or(-1));
+                    }
+                    // `guard_plan` leaves "delete if absent" to the serializable path.
+                    (Some(None), None) => return Err(KvError::Conflict),
                 }
+            }
+            let expect = |done: u64, wanted: usize| if done == wanted as u64 { Ok(()) } else { Err(KvError::Conflict) };
+            if !new_keys.is_empty() {
+                let done = txn
+                    .execute(&sql.insert_new, &[&ns, &new_keys, &new_values, &version])
+                    .await
+                    .map_err(|err| classify(&err))?;
+                expect(done, new_keys.len())?;
+            }
+            if !update_keys.is_empty() {
+                let done = txn
+                    .execute(&sql.update_if, &[&ns, &update_keys, &update_values, &update_old, &version])
+                    .await
+                    .map_err(|err| classify(&err))?;
+                expect(done, update_keys.len())?;
+            }
+            if !delete_keys.is_empty() {
+                let done = txn
+                    .execute(&sql.delete_if, &[&ns, &delete_keys, &delete_old])
+                    .await
+                    .map_err(|err| classify(&err))?;
+                expect(done, delete_keys.len())?;
             }
             if !set_keys.is_empty() {
                 txn.execute(&sql.upsert, &[&ns, &set_keys, &set_values, &version])
