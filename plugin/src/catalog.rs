@@ -27,7 +27,7 @@ use crate::accounts::settings;
 use crate::errors::ApiError;
 use crate::http::{Request, Response};
 use crate::input;
-use crate::partner_api::{paging, query, require_partner};
+use crate::partner_api::{paging, query, require_partner, store_param};
 use crate::router::Params;
 use crate::storage::{self, EntityRecord, OwnerIndex, StorageError, Txn};
 use crate::{Ctx, auth};
@@ -605,20 +605,10 @@ pub fn commodity(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Result<Respons
     Err(ApiError::not_found())
 }
 
-/// The store of a partner-side call (any store; a uuid in any case).
-fn partner_store(params: &Params) -> Result<String, ApiError> {
-    let store = params.get("storeUuid").unwrap_or_default();
-    if crate::inventory::is_uuid(store) {
-        Ok(store.to_ascii_lowercase())
-    } else {
-        Err(ApiError::incorrect("storeUuid", store))
-    }
-}
-
 /// `PUT /partner/v1/stores/{storeUuid}/products`: bulk upsert, all or nothing.
 pub fn partner_put_products(ctx: &Ctx<'_>, request: &Request, params: &Params) -> Result<Response, ApiError> {
     require_partner(ctx, request)?;
-    let store = partner_store(params)?;
+    let store = store_param(params)?;
     let items = items(ctx, &request.body)?;
     upsert_all(ctx, &store, &items, "partner")?;
     Ok(Response::json(200, &json!({ "upserted": items.len() })))
@@ -627,7 +617,7 @@ pub fn partner_put_products(ctx: &Ctx<'_>, request: &Request, params: &Params) -
 /// `POST /partner/v1/stores/{storeUuid}/products/delete`: a JSON array of uuids.
 pub fn partner_delete_products(ctx: &Ctx<'_>, request: &Request, params: &Params) -> Result<Response, ApiError> {
     require_partner(ctx, request)?;
-    let store = partner_store(params)?;
+    let store = store_param(params)?;
     let values = input::array(&request.body, MAX_BATCH)?;
     let mut uuids = Vec::with_capacity(values.len());
     for (index, value) in values.iter().enumerate() {
@@ -664,7 +654,7 @@ pub fn partner_delete_products(ctx: &Ctx<'_>, request: &Request, params: &Params
 /// `GET /partner/v1/stores/{storeUuid}/products?after=&limit=`.
 pub fn partner_list_products(ctx: &Ctx<'_>, request: &Request, params: &Params) -> Result<Response, ApiError> {
     require_partner(ctx, request)?;
-    let store = partner_store(params)?;
+    let store = store_param(params)?;
     let (after, limit) = paging(request)?;
     let (records, next) = storage::page::<ProductRecord>(ctx.kv, &storage::products_prefix(&store), after, limit)?;
     let total =
@@ -679,7 +669,7 @@ pub fn partner_list_products(ctx: &Ctx<'_>, request: &Request, params: &Params) 
 /// `GET /partner/v1/stores/{storeUuid}/catalog-issues?after=&limit=`: items whose parent is missing.
 pub fn partner_catalog_issues(ctx: &Ctx<'_>, request: &Request, params: &Params) -> Result<Response, ApiError> {
     require_partner(ctx, request)?;
-    let store = partner_store(params)?;
+    let store = store_param(params)?;
     let (after, limit) = paging(request)?;
     let (orphans, next) = storage::page::<Orphan>(ctx.kv, &storage::orphans_prefix(&store), after, limit)?;
     let items: Vec<Value> = orphans

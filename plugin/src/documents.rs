@@ -18,11 +18,12 @@
 //! their feed entries, or none.
 
 use crate::accounts::settings;
+use crate::config::Settings;
 use crate::errors::ApiError;
 use crate::http::{Request, Response};
 use crate::input::{self, Object};
 use crate::inventory::is_uuid;
-use crate::partner_api::{paging, query, require_partner};
+use crate::partner_api::{paging, query, require_partner, store_param};
 use crate::router::Params;
 use crate::storage::{self, StorageError};
 use crate::{Ctx, auth, billing};
@@ -207,37 +208,45 @@ fn document(value: Value, index: usize, path_store: Option<&str>) -> Result<Docu
 /// theirs); each distinct device must be licensed.
 fn admit<'a>(
     ctx: &Ctx<'_>,
+    settings: &Settings,
     user_id: &str,
     stores: impl Iterator<Item = &'a str>,
     devices: impl Iterator<Item = &'a str>,
 ) -> Result<(), ApiError> {
-    let settings = settings(ctx)?;
     for store in stores.collect::<BTreeSet<_>>() {
         crate::catalog::claim_store(ctx, user_id, store)?;
     }
     for device in devices.collect::<BTreeSet<_>>() {
-        billing::require_device(ctx, user_id, device, &settings)?;
+        billing::require_device(ctx, user_id, device, settings)?;
     }
     Ok(())
 }
 
 /// `PUT /api/v1/inventories/stores/{storeUuid}/documents`.
 pub fn put_documents(ctx: &Ctx<'_>, request: &Request, params: &Params) -> Result<Response, ApiError> {
-    let user_id = auth::require_user(ctx, request, &settings(ctx)?)?;
+    let settings = settings(ctx)?;
+    let user_id = auth::require_user(ctx, request, &settings)?;
     let store = params.get("storeUuid").unwrap_or_default();
     if !is_uuid(store) {
         return Err(ApiError::not_found());
     }
-    ingest_documents(ctx, &user_id, &request.body, Some(&store.to_ascii_lowercase()))
+    ingest_documents(ctx, &settings, &user_id, &request.body, Some(&store.to_ascii_lowercase()))
 }
 
 /// `PUT {documents_webhook_path}`: each document names its own store.
 pub fn put_documents_bare(ctx: &Ctx<'_>, request: &Request) -> Result<Response, ApiError> {
-    let user_id = auth::require_user(ctx, request, &settings(ctx)?)?;
-    ingest_documents(ctx, &user_id, &request.body, None)
+    let settings = settings(ctx)?;
+    let user_id = auth::require_user(ctx, request, &settings)?;
+    ingest_documents(ctx, &settings, &user_id, &request.body, None)
 }
 
-fn ingest_documents(ctx: &Ctx<'_>, user_id: &str, body: &[u8], path_store: Option<&str>) -> Result<Response, ApiError> {
+fn ingest_documents(
+    ctx: &Ctx<'_>,
+    settings: &Settings,
+    user_id: &str,
+    body: &[u8],
+    path_store: Option<&str>,
+) -> Result<Response, ApiError> {
     let mut documents: Vec<Document> = Vec::new();
     let mut positions: HashMap<(String, String), usize> = HashMap::new();
     for (index, value) in input::array(body, MAX_BATCH)?.into_iter().enumerate() {
@@ -254,6 +263,7 @@ fn ingest_documents(ctx: &Ctx<'_>, user_id: &str, body: &[u8], path_store: Optio
     }
     admit(
         ctx,
+        settings,
         user_id,
         documents.iter().map(|doc| doc.store.as_str()),
         documents.iter().map(|doc| doc.device.as_str()),
@@ -348,20 +358,22 @@ fn receipt(value: Value, index: Option<usize>, user_id: &str) -> Result<Receipt,
 
 /// `POST /api/v1/receipt`: an array of receipt events.
 pub fn post_receipts_v1(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Result<Response, ApiError> {
-    let user_id = auth::require_user(ctx, request, &settings(ctx)?)?;
+    let settings = settings(ctx)?;
+    let user_id = auth::require_user(ctx, request, &settings)?;
     let receipts = input::array(&request.body, MAX_BATCH)?
         .into_iter()
         .enumerate()
         .map(|(index, value)| receipt(value, Some(index), &user_id))
         .collect::<Result<Vec<_>, _>>()?;
-    ingest_receipts(ctx, &user_id, receipts)
+    ingest_receipts(ctx, &settings, &user_id, receipts)
 }
 
 /// `POST /api/v2/receipts`: one receipt event or an array of them.
 pub fn post_receipts_v2(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Result<Response, ApiError> {
-    let user_id = auth::require_user(ctx, request, &settings(ctx)?)?;
+    let settings = settings(ctx)?;
+    let user_id = auth::require_user(ctx, request, &settings)?;
     let receipts = match serde_json::from_slice::<Value>(&request.body) {
-        Ok(Value::Array(_)) => input::array(&request.body, MAX_BATCH)?
+        Ok(Value::Array(values)) => input::bounded(values, MAX_BATCH)?
             .into_iter()
             .enumerate()
             .map(|(index, value)| receipt(value, Some(index), &user_id))
@@ -370,14 +382,20 @@ pub fn post_receipts_v2(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Result<
         Ok(_) => return Err(ApiError::syntax("expected a receipt event or an array of them")),
         Err(_) => return Err(ApiError::syntax("malformed JSON")),
     };
-    ingest_receipts(ctx, &user_id, receipts)
+    ingest_receipts(ctx, &settings, &user_id, receipts)
 }
 
-fn ingest_receipts(ctx: &Ctx<'_>, user_id: &str, mut receipts: Vec<Receipt>) -> Result<Response, ApiError> {
+fn ingest_receipts(
+    ctx: &Ctx<'_>,
+    settings: &Settings,
+    user_id: &str,
+    mut receipts: Vec<Receipt>,
+) -> Result<Response, ApiError> {
     let mut seen = BTreeSet::new();
     receipts.retain(|receipt| seen.insert(receipt.id.clone()));
     admit(
         ctx,
+        settings,
         user_id,
         receipts.iter().map(|receipt| receipt.store.as_str()),
         receipts.iter().map(|receipt| receipt.device.as_str()),
@@ -451,11 +469,6 @@ fn window(ctx: &Ctx<'_>, request: &Request, prefix: &str) -> Result<(Vec<String>
     Ok((positions, next))
 }
 
-fn partner_store(params: &Params) -> Result<String, ApiError> {
-    let store = params.get("storeUuid").unwrap_or_default();
-    if is_uuid(store) { Ok(store.to_ascii_lowercase()) } else { Err(ApiError::incorrect("storeUuid", store)) }
-}
-
 fn document_view(record: DocumentRecord) -> Value {
     json!({
         "id": record.id, "storeUuid": record.store_uuid, "type": record.r#type, "closeDate": record.close_date,
@@ -474,7 +487,7 @@ fn receipt_view(record: ReceiptRecord) -> Value {
 /// `GET /partner/v1/stores/{storeUuid}/documents?type=&from=&to=&after=&limit=`.
 pub fn partner_list_documents(ctx: &Ctx<'_>, request: &Request, params: &Params) -> Result<Response, ApiError> {
     require_partner(ctx, request)?;
-    let store = partner_store(params)?;
+    let store = store_param(params)?;
     let prefix = match query(request, "type").filter(|kind| !kind.is_empty()) {
         Some(kind) if is_type_name(kind) => storage::documents_by_type_prefix(&store, kind),
         Some(kind) => return Err(ApiError::incorrect("type", kind)),
@@ -494,7 +507,7 @@ pub fn partner_list_documents(ctx: &Ctx<'_>, request: &Request, params: &Params)
 /// `GET /partner/v1/stores/{storeUuid}/documents/{id}`.
 pub fn partner_get_document(ctx: &Ctx<'_>, request: &Request, params: &Params) -> Result<Response, ApiError> {
     require_partner(ctx, request)?;
-    let store = partner_store(params)?;
+    let store = store_param(params)?;
     let id = params.get("id").unwrap_or_default();
     if !is_uuid(id) {
         return Err(ApiError::not_found());
@@ -506,7 +519,7 @@ pub fn partner_get_document(ctx: &Ctx<'_>, request: &Request, params: &Params) -
 /// `GET /partner/v1/stores/{storeUuid}/receipts?from=&to=&after=&limit=`.
 pub fn partner_list_receipts(ctx: &Ctx<'_>, request: &Request, params: &Params) -> Result<Response, ApiError> {
     require_partner(ctx, request)?;
-    let store = partner_store(params)?;
+    let store = store_param(params)?;
     let (positions, next) = window(ctx, request, &storage::receipts_by_date_prefix(&store))?;
     let mut items = Vec::with_capacity(positions.len());
     for position in &positions {

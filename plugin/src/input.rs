@@ -18,11 +18,15 @@ pub fn object(body: &[u8]) -> Result<Object, ApiError> {
 /// Parses the body as a JSON array of at most `max` items; anything else
 /// is 400 (2001 for the shape, 2003 for the count).
 pub fn array(body: &[u8], max: usize) -> Result<Vec<Value>, ApiError> {
-    let values = match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Array(values)) => values,
-        Ok(_) => return Err(ApiError::syntax("expected a JSON array")),
-        Err(_) => return Err(ApiError::syntax("malformed JSON")),
-    };
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Array(values)) => bounded(values, max),
+        Ok(_) => Err(ApiError::syntax("expected a JSON array")),
+        Err(_) => Err(ApiError::syntax("malformed JSON")),
+    }
+}
+
+/// `values` when there are at most `max` of them; else 400 code 2003.
+pub fn bounded(values: Vec<Value>, max: usize) -> Result<Vec<Value>, ApiError> {
     if values.len() > max {
         return Err(ApiError::incorrect("body", format!("{} items, at most {max}", values.len())));
     }

@@ -73,6 +73,16 @@ pub(crate) fn paging(request: &Request) -> Result<(Option<&str>, u32), ApiError>
     Ok((after, limit))
 }
 
+/// The `{storeUuid}` of a partner path, lower case; not a uuid → 400 2003.
+pub(crate) fn store_param(params: &Params) -> Result<String, ApiError> {
+    let store = params.get("storeUuid").unwrap_or_default();
+    if crate::inventory::is_uuid(store) {
+        Ok(store.to_ascii_lowercase())
+    } else {
+        Err(ApiError::incorrect("storeUuid", store))
+    }
+}
+
 fn account_view(account: &Account) -> Value {
     json!({
         "id": account.id,
