@@ -103,6 +103,13 @@ partner_api_token = "partner-secret"
         ))
     }
 
+    /// A gateway serving the test plugin as `g` on `/g`; `top` goes before
+    /// the plugin table, `plugin` inside it (e.g. `max_concurrent_requests = 2`).
+    pub fn guest(top: &str, plugin: &str) -> Self {
+        let wasm = toml_str(&guest_wasm().to_string_lossy());
+        Self::start(&format!("{top}\n[[plugins]]\nname = \"g\"\nroute = \"/g\"\nwasm = {wasm}\n{plugin}\n"))
+    }
+
     /// Stops the gateway (SIGTERM, like an operator) and starts it again on
     /// the same data directory and config.
     pub fn restart(&mut self) {

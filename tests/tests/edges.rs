@@ -2,19 +2,13 @@
 //! HTTP/1.1, certificate reload on SIGHUP, graceful shutdown, slow clients,
 //! connection and concurrency limits, oversized heads.
 
-use evogate_e2e::{Gateway, get, guest_wasm, request, toml_str};
+use evogate_e2e::{Gateway, get, request, toml_str};
 use rustls::pki_types::{CertificateDer, ServerName};
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// The test guest on `/g` under `top` (extra tables), with plugin settings `plugin`.
-fn guest(top: &str, plugin: &str) -> Gateway {
-    let wasm = toml_str(&guest_wasm().to_string_lossy());
-    Gateway::start(&format!("{top}\n[[plugins]]\nname = \"g\"\nroute = \"/g\"\nwasm = {wasm}\n{plugin}\n"))
-}
 
 /// A fresh self-signed certificate for `localhost` and 127.0.0.1: (certificate PEM, key PEM, certificate DER).
 fn certificate() -> (String, String, CertificateDer<'static>) {
@@ -35,7 +29,7 @@ fn tls_gateway(dir: &Path) -> Gateway {
         toml_str(&dir.join("cert.pem").to_string_lossy()),
         toml_str(&dir.join("key.pem").to_string_lossy())
     );
-    guest(&tls, "")
+    Gateway::guest(&tls, "")
 }
 
 fn addr(gateway: &Gateway) -> String {
@@ -166,7 +160,7 @@ fn sighup_swaps_the_certificate_without_dropping_connections_and_keeps_it_on_bad
 
 #[test]
 fn sigterm_drains_accepted_requests_flips_readiness_and_exits_zero() {
-    let mut gateway = guest("[limits]\ndrain_timeout_ms = 10000", "");
+    let mut gateway = Gateway::guest("[limits]\ndrain_timeout_ms = 10000", "");
     let url = gateway.url("/g/sleep?ms=700");
     let started = Instant::now();
     let clients: Vec<_> = (0..6)
@@ -195,7 +189,7 @@ fn sigterm_drains_accepted_requests_flips_readiness_and_exits_zero() {
 
 #[test]
 fn a_slow_loris_client_is_cut_off_while_others_are_served() {
-    let gateway = guest("[limits]\nheader_read_timeout_ms = 600", "");
+    let gateway = Gateway::guest("[limits]\nheader_read_timeout_ms = 600", "");
     let mut slow = TcpStream::connect(addr(&gateway)).expect("connect");
     slow.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
     let started = Instant::now();
@@ -231,7 +225,7 @@ fn a_slow_loris_client_is_cut_off_while_others_are_served() {
 
 #[test]
 fn the_plugin_concurrency_cap_answers_503_with_retry_after_and_recovers() {
-    let gateway = guest("", "max_concurrent_requests = 2");
+    let gateway = Gateway::guest("", "max_concurrent_requests = 2");
     let url = gateway.url("/g/sleep?ms=600");
     let clients: Vec<_> = (0..6)
         .map(|_| {
@@ -255,7 +249,7 @@ fn the_plugin_concurrency_cap_answers_503_with_retry_after_and_recovers() {
 
 #[test]
 fn connections_past_the_cap_get_503_and_oversized_heads_get_431() {
-    let gateway = guest("[limits]\nmax_connections = 2\nmax_header_bytes = 16384", "");
+    let gateway = Gateway::guest("[limits]\nmax_connections = 2\nmax_header_bytes = 16384", "");
     let mut first = TcpStream::connect(addr(&gateway)).expect("connect");
     let mut second = TcpStream::connect(addr(&gateway)).expect("connect");
     assert_eq!(exchange(&mut first, "/g/version").0, 200);

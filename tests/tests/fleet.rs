@@ -3,10 +3,7 @@
 //! a database outage survived. Skipped (with a note) without
 //! `EVOGATE_TEST_POSTGRES_URL`.
 
-use evogate_e2e::{
-    ADMIN_TOKEN, Gateway, TestSchema, evotor_wasm, get, guest_wasm, guest_wasm_version, post_json, postgres_url,
-    request, toml_str,
-};
+use evogate_e2e::{ADMIN_TOKEN, Gateway, TestSchema, get, guest_wasm_version, post_json, postgres_url, request};
 use serde_json::{Value, json};
 use std::io::{Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
@@ -15,14 +12,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const STORE: &str = "20170228-f4f1-401b-80fa-9ecca8451f99";
-
-fn evotor_node(store: &str) -> Gateway {
-    Gateway::start(&format!(
-        "{store}\n[[plugins]]\nname = \"evotor\"\nroute = \"/\"\nwasm = {}\n[plugins.config]\n\
-         server_bearer_token = \"server-secret\"\npartner_api_token = \"partner-secret\"\n",
-        toml_str(&evotor_wasm().to_string_lossy())
-    ))
-}
 
 fn partner(gateway: &Gateway, method: &str, path: &str, body: Option<&Value>) -> evogate_e2e::Reply {
     let text = body.map(Value::to_string);
@@ -138,7 +127,7 @@ fn outcome(gateway: &Gateway) -> Value {
 fn three_nodes_on_one_database_converge_to_the_single_node_result() {
     let Some(url) = postgres_url("three_nodes_on_one_database_converge_to_the_single_node_result") else { return };
     let schema = TestSchema::new(&url);
-    let nodes: Vec<Gateway> = (0..3).map(|_| evotor_node(&schema.store_table(&url))).collect();
+    let nodes: Vec<Gateway> = (0..3).map(|_| Gateway::evotor(&schema.store_table(&url))).collect();
     let requests = scenario();
     std::thread::scope(|scope| {
         for (index, node) in nodes.iter().enumerate() {
@@ -167,11 +156,6 @@ fn three_nodes_on_one_database_converge_to_the_single_node_result() {
     }
 }
 
-fn guest_node(store: &str) -> Gateway {
-    let wasm = toml_str(&guest_wasm().to_string_lossy());
-    Gateway::start(&format!("{store}\n[[plugins]]\nname = \"g\"\nroute = \"/g\"\nwasm = {wasm}\n"))
-}
-
 fn admin(gateway: &Gateway, method: &str, path: &str, body: Option<&[u8]>) -> evogate_e2e::Reply {
     let auth = format!("Bearer {ADMIN_TOKEN}");
     request(method, &gateway.admin_url(path), &[("authorization", auth.as_str())], body)
@@ -195,7 +179,7 @@ fn a_deploy_through_one_node_reaches_the_fleet_under_load_without_a_failed_reque
         return;
     };
     let schema = TestSchema::new(&url);
-    let nodes: Vec<Gateway> = (0..3).map(|_| guest_node(&schema.store_table(&url))).collect();
+    let nodes: Vec<Gateway> = (0..3).map(|_| Gateway::guest(&schema.store_table(&url), "")).collect();
     let original = get(&nodes[0].url("/g/version")).text();
     let stop = Arc::new(AtomicBool::new(false));
     let failures = Arc::new(Mutex::new(Vec::new()));
@@ -237,7 +221,7 @@ fn a_deploy_through_one_node_reaches_the_fleet_under_load_without_a_failed_reque
     assert_eq!(failures.lock().expect("lock").as_slice(), &[] as &[(u16, String)], "no request failed");
 
     // A node started now serves what the fleet serves.
-    let late = guest_node(&schema.store_table(&url));
+    let late = Gateway::guest(&schema.store_table(&url), "");
     assert_eq!(get(&late.url("/g/version")).text(), original);
     let late_view = admin(&late, "GET", "/plugins", None).json();
     let fleet_view = admin(&nodes[2], "GET", "/plugins", None).json();
@@ -316,7 +300,7 @@ fn a_database_outage_answers_503_loses_no_acknowledged_write_and_heals_itself() 
     let database = config.get_dbname().unwrap_or("postgres");
     let proxied = format!("postgres://{user}@127.0.0.1:{}/{database}", proxy.port);
     let schema = TestSchema::new(&url);
-    let node = evotor_node(&format!("{}connect_timeout_ms = 1000\n", schema.store_table(&proxied)));
+    let node = Gateway::evotor(&format!("{}connect_timeout_ms = 1000\n", schema.store_table(&proxied)));
 
     let acknowledged = Arc::new(Mutex::new(Vec::new()));
     let refused = Arc::new(Mutex::new(Vec::new()));
