@@ -300,6 +300,8 @@ fn every_request_gets_an_id_echoed_and_in_the_plugins_log_lines() {
     let given = request("GET", &gateway.url("/beta/print"), &[("x-request-id", "order-42.retry:1")], None);
     assert_eq!(given.header("x-request-id"), Some("order-42.retry:1"), "a sane id is kept");
     assert!(gateway.wait_for_log("hello from stderr"));
+    // The access line follows the plugin's own; the log is read from a pipe, so wait for it too.
+    assert!(gateway.wait_for_log("/beta/print"));
     let log = gateway.log();
     let line = log.lines().find(|l| l.contains("hello from stderr")).unwrap_or_default();
     assert!(line.contains("order-42.retry:1"), "the plugin's own line carries the id: {line}");
