@@ -243,7 +243,7 @@ impl Gateway {
         };
         let deployment = slot.current();
         let label = format!("{}@{}", slot.name, deployment.plugin.version);
-        let response = match self.call(req, started, &slot.name, deployment).await {
+        let response = match self.call(req, started, &slot.name, &slot.route, deployment).await {
             Ok(response) => into_http(response, &label),
             Err(response) => response,
         };
@@ -257,6 +257,7 @@ impl Gateway {
         req: hyper::Request<Incoming>,
         started: Instant,
         plugin: &str,
+        route: &str,
         deployment: Arc<crate::registry::Deployment>,
     ) -> Result<PluginResponse, hyper::Response<Full<Bytes>>> {
         let deadline = started + self.request_timeout;
@@ -292,7 +293,10 @@ impl Gateway {
             headers: parts
                 .headers
                 .iter()
+                .filter(|(name, _)| *name != BASE_PATH)
                 .map(|(name, value)| (name.as_str().to_owned(), String::from_utf8_lossy(value.as_bytes()).into_owned()))
+                // The route the plugin is mounted at, so it can read paths below it; a client cannot forge it.
+                .chain(std::iter::once((BASE_PATH.as_str().to_owned(), route.to_owned())))
                 .collect(),
             body: body.to_vec(),
         };
@@ -354,6 +358,8 @@ impl Gateway {
 
 /// The request id header, in and out.
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// The route prefix a plugin is mounted at, as the gateway tells the plugin.
+const BASE_PATH: HeaderName = HeaderName::from_static("x-evogate-base-path");
 
 /// The client's `X-Request-Id` when it is sane (1–128 of `[A-Za-z0-9._:-]`),
 /// else a new random one.

@@ -161,7 +161,8 @@ pub fn create(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Result<Response, 
         txn.put(&storage::user_key(&reg.user_id), &user);
         Ok(token)
     })?;
-    Ok(Response::json(200, &json!({ reg.id_field: reg.user_id, "token": token })))
+    // The two definitions disagree on the id's name in the answer: carry both.
+    Ok(Response::json(200, &json!({ "userId": reg.user_id, "userUuid": reg.user_id, "token": token })))
 }
 
 /// `POST /api/v1/user/verify`: logs an Evotor user into an existing partner
@@ -170,7 +171,7 @@ pub fn verify(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Result<Response, 
     auth::require_server(ctx, request)?;
     let settings = settings(ctx)?;
     let body = input::object(&request.body)?;
-    let (user_id, id_field) = input::user_id(&body)?;
+    let (user_id, _) = input::user_id(&body)?;
     let login_value = body.get(&settings.login_field).filter(|v| !v.is_null());
     let password_value = body.get(&settings.password_field).filter(|v| !v.is_null());
     let login =
@@ -214,7 +215,10 @@ pub fn verify(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Result<Response, 
         txn.put(&storage::user_key(&user_id), &user);
         Ok((token, account.has_billing))
     })?;
-    Ok(Response::json(200, &json!({ id_field: user_id, "hasBilling": has_billing, "token": token })))
+    Ok(Response::json(
+        200,
+        &json!({ "userId": user_id, "userUuid": user_id, "hasBilling": has_billing, "token": token }),
+    ))
 }
 
 /// `POST /api/v1/user/token`: Evotor hands over its cloud token for a user.

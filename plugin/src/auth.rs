@@ -14,6 +14,9 @@ pub const SERVER_BEARER_TOKEN: &str = "server_bearer_token";
 pub const SERVER_BASIC_USER: &str = "server_basic_user";
 /// Config key of the Basic password the Evotor cloud sends.
 pub const SERVER_BASIC_PASSWORD: &str = "server_basic_password";
+/// Config key of the whole `Authorization` value the Evotor cloud sends
+/// for Basic (`Basic dXNlcjpwYXNz`), as the developer portal shows it.
+pub const SERVER_BASIC_CREDENTIAL: &str = "server_basic_credential";
 
 /// Compares two secrets in time independent of their contents (and,
 /// by comparing digests, of where they differ or how long they are).
@@ -23,20 +26,35 @@ pub fn secrets_equal(given: &[u8], expected: &[u8]) -> bool {
 
 /// Credentials presented in an `Authorization` header.
 enum Presented {
+    /// `Bearer <token>`, or a bare `<token>` without a scheme (the
+    /// protocol page's own example sends user tokens that way).
     Bearer(String),
+    /// `Basic <base64(user:password)>`, decoded.
     Basic(Vec<u8>),
+}
+
+/// Decodes base64 in either alphabet (standard or URL-safe), padded or not.
+fn decode_base64(text: &str) -> Option<Vec<u8>> {
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    let config = GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
+    GeneralPurpose::new(&base64::alphabet::STANDARD, config)
+        .decode(text)
+        .or_else(|_| GeneralPurpose::new(&base64::alphabet::URL_SAFE, config).decode(text))
+        .ok()
 }
 
 fn presented(request: &Request) -> Option<Presented> {
     let value = request.header_value("authorization")?.trim();
-    let (scheme, rest) = value.split_once(' ')?;
-    let rest = rest.trim();
-    if scheme.eq_ignore_ascii_case("bearer") {
-        Some(Presented::Bearer(rest.to_owned()))
-    } else if scheme.eq_ignore_ascii_case("basic") {
-        base64::engine::general_purpose::STANDARD.decode(rest).ok().map(Presented::Basic)
-    } else {
-        None
+    match value.split_once(' ') {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => {
+            Some(Presented::Bearer(rest.trim().to_owned()))
+        }
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("basic") => {
+            decode_base64(rest.trim()).map(Presented::Basic)
+        }
+        Some(_) => None,
+        None if value.is_empty() => None,
+        None => Some(Presented::Bearer(value.to_owned())),
     }
 }
 
@@ -50,8 +68,8 @@ pub fn require_server(ctx: &Ctx<'_>, request: &Request) -> Result<(), ApiError> 
             ctx,
             "no-server-credential",
             &format!(
-                "refusing every server endpoint: no server credential configured \
-                 (set {SERVER_BEARER_TOKEN}, or {SERVER_BASIC_USER} and {SERVER_BASIC_PASSWORD})"
+                "refusing every server endpoint: no server credential configured (set {SERVER_BEARER_TOKEN}, \
+                 {SERVER_BASIC_CREDENTIAL}, or {SERVER_BASIC_USER} and {SERVER_BASIC_PASSWORD})"
             ),
         );
         return Err(ApiError::server_unauthorized());
@@ -59,22 +77,43 @@ pub fn require_server(ctx: &Ctx<'_>, request: &Request) -> Result<(), ApiError> 
     if presents(request, bearer, basic) { Ok(()) } else { Err(ApiError::server_unauthorized()) }
 }
 
-/// The configured server bearer token and `user:password` Basic pair.
-fn server_credentials(ctx: &Ctx<'_>) -> (Option<String>, Option<String>) {
+/// The configured server bearer token and the accepted `user:password`
+/// Basic pairs (from `server_basic_user`/`_password` and from
+/// `server_basic_credential`).
+fn server_credentials(ctx: &Ctx<'_>) -> (Option<String>, Option<Vec<Vec<u8>>>) {
     let bearer = ctx.config.non_empty(SERVER_BEARER_TOKEN);
-    let basic = ctx
-        .config
-        .non_empty(SERVER_BASIC_USER)
-        .zip(ctx.config.non_empty(SERVER_BASIC_PASSWORD))
-        .map(|(user, password)| format!("{user}:{password}"));
-    (bearer, basic)
+    let mut basic = Vec::new();
+    if let Some((user, password)) =
+        ctx.config.non_empty(SERVER_BASIC_USER).zip(ctx.config.non_empty(SERVER_BASIC_PASSWORD))
+    {
+        basic.push(format!("{user}:{password}").into_bytes());
+    }
+    if let Some(credential) = ctx.config.non_empty(SERVER_BASIC_CREDENTIAL) {
+        let credential = credential.trim();
+        let encoded = match credential.split_once(' ') {
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("basic") => rest.trim(),
+            _ => credential,
+        };
+        match decode_base64(encoded) {
+            Some(pair) => basic.push(pair),
+            None => log_once_a_day(
+                ctx,
+                "bad-basic-credential",
+                &format!("{SERVER_BASIC_CREDENTIAL} is not `Basic <base64>`: ignoring it"),
+            ),
+        }
+    }
+    (bearer, (!basic.is_empty()).then_some(basic))
 }
 
 /// Whether the request presents one of the given credentials (constant time).
-fn presents(request: &Request, bearer: Option<String>, basic: Option<String>) -> bool {
+fn presents(request: &Request, bearer: Option<String>, basic: Option<Vec<Vec<u8>>>) -> bool {
     match presented(request) {
         Some(Presented::Bearer(token)) => bearer.is_some_and(|want| secrets_equal(token.as_bytes(), want.as_bytes())),
-        Some(Presented::Basic(pair)) => basic.is_some_and(|want| secrets_equal(&pair, want.as_bytes())),
+        Some(Presented::Basic(pair)) => {
+            // Every configured pair is compared, so the time does not say which one matched.
+            basic.is_some_and(|pairs| pairs.iter().fold(false, |found, want| secrets_equal(&pair, want) | found))
+        }
         None => false,
     }
 }
@@ -113,6 +152,20 @@ pub fn is_server(ctx: &Ctx<'_>, request: &Request) -> bool {
     presents(request, bearer, basic)
 }
 
+/// The user a presented token was issued to, whatever the state of the
+/// account or of the token's lifetime: for billing events, which must get
+/// through to revive a lapsed or disabled account. Never issued (or
+/// revoked) → 401 1002.
+pub fn token_owner(ctx: &Ctx<'_>, request: &Request) -> Result<String, ApiError> {
+    let token = match presented(request) {
+        Some(Presented::Bearer(token)) if !token.is_empty() => token,
+        _ => return Err(ApiError::unknown_token()),
+    };
+    storage::read::<storage::TokenIndex>(ctx.kv, &storage::token_key(&tokens::hash(&token)))?
+        .map(|index| index.user_id)
+        .ok_or_else(ApiError::unknown_token)
+}
+
 /// A user authenticated by token, before any billing check.
 #[derive(Debug, Clone)]
 pub struct AuthenticatedUser {
@@ -124,7 +177,8 @@ pub struct AuthenticatedUser {
     pub has_billing: bool,
 }
 
-/// Resolves `Authorization: Bearer <user token>` to exactly one Evotor user.
+/// Resolves `Authorization: Bearer <user token>` (or the bare token) to
+/// exactly one Evotor user.
 /// Unknown, revoked or replaced-past-grace token, or a disabled account →
 /// 401 1002; past its lifetime → 401 1003.
 pub fn authenticate_user(ctx: &Ctx<'_>, request: &Request, settings: &Settings) -> Result<AuthenticatedUser, ApiError> {
@@ -168,7 +222,7 @@ pub fn require_user(ctx: &Ctx<'_>, request: &Request, settings: &Settings) -> Re
         return Err(ApiError::payment_required(&user.user_id));
     }
     if settings.billing_enforced && !user.has_billing {
-        let entitlement = crate::billing::entitlement(ctx, &user.user_id, settings.pending_grace_secs)?;
+        let entitlement = crate::billing::entitlement(ctx, &user.user_id, settings)?;
         if !entitlement.usable {
             return Err(ApiError::payment_required(&user.user_id));
         }
@@ -227,7 +281,8 @@ mod tests {
         let config = MapConfig::from([(SERVER_BEARER_TOKEN, "s3cret")]);
         assert!(check(&config, Some("Bearer s3cret")).is_ok());
         assert!(check(&config, Some("bearer s3cret")).is_ok(), "scheme is case-insensitive");
-        for wrong in ["Bearer s3cre", "Bearer s3cret2", "Bearer S3CRET", "s3cret", "Basic s3cret"] {
+        assert!(check(&config, Some("s3cret")).is_ok(), "a bare token without the scheme");
+        for wrong in ["Bearer s3cre", "Bearer s3cret2", "Bearer S3CRET", "s3cret2", "Basic s3cret", "Token s3cret"] {
             assert_eq!(check(&config, Some(wrong)).map_err(|e| e.code), Err(1001), "{wrong}");
         }
         assert_eq!(check(&config, None).map_err(|e| e.code), Err(1001));
@@ -243,6 +298,25 @@ mod tests {
         assert!(check(&config, Some("Bearer evotor:pw")).is_err(), "a Basic secret is not a bearer token");
         let user_only = MapConfig::from([(SERVER_BASIC_USER, "evotor")]);
         assert!(check(&user_only, Some(&basic("evotor:"))).is_err());
+    }
+
+    #[test]
+    fn the_basic_credential_may_be_configured_as_the_header_value() {
+        let header = basic("evotor:p@ss");
+        for configured in [header.as_str(), header.trim_start_matches("Basic ")] {
+            let config = MapConfig::from([(SERVER_BASIC_CREDENTIAL, configured)]);
+            assert!(check(&config, Some(&header)).is_ok(), "{configured}");
+            assert!(check(&config, Some(&basic("evotor:p@sS"))).is_err());
+        }
+        // `user:pa?>` encodes with `/` and `+` in one alphabet and `_`, `-` in the other.
+        let pair = "user:pa?>>~~";
+        let standard = base64::engine::general_purpose::STANDARD.encode(pair);
+        let url_safe = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(pair);
+        assert_ne!(standard.trim_end_matches('='), url_safe);
+        let config = MapConfig::from([(SERVER_BASIC_CREDENTIAL, standard.as_str())]);
+        assert!(check(&config, Some(&format!("Basic {url_safe}"))).is_ok(), "either alphabet decodes");
+        let config = MapConfig::from([(SERVER_BASIC_CREDENTIAL, url_safe.as_str())]);
+        assert!(check(&config, Some(&format!("Basic {standard}"))).is_ok());
     }
 
     #[test]

@@ -1,27 +1,30 @@
 //! Subscription and installation events, and the entitlement they give.
 //!
 //! Evotor retries an event about once a minute for three days until it gets
-//! 200, so events arrive duplicated and out of order. Each is stored once
-//! under its natural id — (subscriptionId, sequenceNumber), or the
-//! installation event's `id` — and a subscription's state is what applying
-//! its events in sequence order gives: an event ahead of a gap waits, stored,
-//! until the gap fills. A well-formed event is never refused because of our
-//! own state (Evotor would retry it for three days): events for users we do
-//! not know yet are kept and count as soon as the user appears.
+//! 200, so events arrive duplicated and out of order. Each is stored once,
+//! as its own record, under its natural id — (subscriptionId,
+//! sequenceNumber), or the installation event's `id` — and a
+//! subscription's state is what applying its events in sequence order
+//! gives. An event ahead of a gap waits until the gap fills, at most
+//! `billing_gap_timeout_secs`: then the waiting events apply past the gap
+//! and the gap becomes a data issue (the partner may also apply them at
+//! once, `POST …/resolve-gap`). A usable event is never refused because of
+//! our own state (Evotor would retry it for three days): events for users
+//! we do not know yet, or whose account is disabled or gone, are kept.
 
 use crate::errors::ApiError;
 use crate::http::{Request, Response};
 use crate::input::{self, Object};
 use crate::router::Params;
-use crate::storage::{self, StorageError};
+use crate::storage::{self, Issue, StorageError, Txn};
 use crate::{Ctx, auth, time};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 /// Default time a subscription may stay unpaid (`PENDING`) and still be used.
 pub const DEFAULT_PENDING_GRACE_SECS: u64 = 3 * 86_400;
-/// Most addons one event may carry.
-const MAX_ADDONS: usize = 256;
+/// Default longest wait for a missing event: just over Evotor's three days of retries.
+pub const DEFAULT_GAP_TIMEOUT_SECS: u64 = 3 * 86_400 + 3600;
 
 /// A subscription's life-cycle state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,35 +38,58 @@ pub enum Status {
     Active,
     /// The user removed the app; usable until `nextBillingDate`.
     TerminationRequested,
-    /// Payment failed: not usable.
+    /// Payment failed, or cancelled: not usable.
     Terminated,
 }
 
-/// The event types this build knows; others are stored and logged.
-const KNOWN_TYPES: &[&str] = &[
-    "SubscriptionCreated",
-    "AddonsUpdated",
-    "SubscriptionActivated",
-    "SubscriptionRenewed",
-    "SubscriptionTermsChanged",
-    "SubscriptionTerminationRequested",
-    "SubscriptionTerminated",
-];
+/// What an event does, whichever vocabulary named it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `SubscriptionCreated`, `Created`.
+    Created,
+    /// `SubscriptionActivated`, `Activated`.
+    Activated,
+    /// `SubscriptionRenewed`, `Renewed`.
+    Renewed,
+    /// `SubscriptionTermsChanged`, `TermsChanged`, `DeviceAssignmentChanged`, `AddonsUpdated`.
+    TermsChanged,
+    /// `SubscriptionTerminationRequested`, `CancellationRequested`.
+    TerminationRequested,
+    /// `SubscriptionTerminated`, `Cancelled`, `Canceled`, `Terminated`.
+    Terminated,
+    /// Anything else: stored, its fields kept, its state unchanged.
+    Other,
+}
 
-/// A validated subscription event.
+impl Kind {
+    /// The kind of an event `type`, in either vocabulary.
+    pub fn of(name: &str) -> Self {
+        match name.strip_prefix("Subscription").unwrap_or(name) {
+            "Created" => Kind::Created,
+            "Activated" => Kind::Activated,
+            "Renewed" => Kind::Renewed,
+            "TermsChanged" | "DeviceAssignmentChanged" | "AddonsUpdated" => Kind::TermsChanged,
+            "TerminationRequested" | "CancellationRequested" => Kind::TerminationRequested,
+            "Terminated" | "Cancelled" | "Canceled" => Kind::Terminated,
+            _ => Kind::Other,
+        }
+    }
+}
+
+/// A subscription event, read as far as it can be.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
     /// `subscriptionId`, lower case.
     pub subscription_id: String,
     /// `userId`.
     pub user_id: String,
-    /// `productId`.
+    /// `productId`, when sent.
     pub product_id: String,
     /// `sequenceNumber`, from 1.
     pub sequence: u64,
-    /// `timestamp`, Unix milliseconds.
+    /// `timestamp`, Unix milliseconds (the arrival time when unusable).
     pub timestamp: i64,
-    /// `type`.
+    /// `type` as sent.
     pub kind: String,
     /// `planId`, when sent.
     pub plan_id: Option<String>,
@@ -77,119 +103,122 @@ pub struct Event {
     pub charged_sum: Option<Value>,
     /// `addons`, when sent.
     pub addons: Option<Value>,
+    /// What looks wrong in it (data issues).
+    pub problems: Vec<String>,
 }
 
 fn optional<'a>(body: &'a Object, field: &str) -> Option<&'a Value> {
     body.get(field).filter(|value| !value.is_null())
 }
 
-fn datetime(body: &Object, field: &str, required: bool) -> Result<Option<i64>, ApiError> {
-    match optional(body, field) {
-        None if required => Err(ApiError::missing(field)),
-        None => Ok(None),
-        Some(Value::String(text)) => {
-            time::parse_datetime(text).map(Some).ok_or_else(|| ApiError::incorrect(field, text.as_str()))
+/// A whole number as a number or a numeric string.
+fn whole(value: &Value) -> Option<u64> {
+    match value {
+        Value::Number(n) => {
+            n.as_u64().or_else(|| n.as_f64().filter(|f| *f >= 0.0 && f.fract() == 0.0).map(|f| f as u64))
         }
-        Some(_) => Err(ApiError::wrong_type(field, "a date-time string")),
+        Value::String(text) => text.trim().parse().ok(),
+        _ => None,
     }
 }
 
-fn count(body: &Object, field: &str) -> Result<Option<u64>, ApiError> {
-    match optional(body, field) {
-        None => Ok(None),
-        Some(Value::Number(n)) => {
-            n.as_u64().map(Some).ok_or_else(|| ApiError::incorrect(field, Value::Number(n.clone())))
+/// A short text (any scalar, as text); a problem noted when it is something else.
+fn text(body: &Object, field: &str, problems: &mut Vec<String>) -> Option<String> {
+    match optional(body, field)? {
+        Value::String(text) if !text.is_empty() => Some(text.chars().take(256).collect()),
+        Value::Number(number) => Some(number.to_string()),
+        other => {
+            problems.push(format!("{field} {other} is not a text"));
+            None
         }
-        Some(_) => Err(ApiError::wrong_type(field, "an integer")),
     }
 }
 
-fn short_text(body: &Object, field: &str, required: bool) -> Result<Option<String>, ApiError> {
-    match optional(body, field) {
-        None if required => Err(ApiError::missing(field)),
-        None => Ok(None),
-        Some(Value::String(text)) if !text.is_empty() && text.len() <= 256 => Ok(Some(text.clone())),
-        Some(Value::String(text)) => Err(ApiError::incorrect(field, text.as_str())),
-        Some(_) => Err(ApiError::wrong_type(field, "a string")),
-    }
-}
-
-fn charged_sum(body: &Object) -> Result<Option<Value>, ApiError> {
-    match optional(body, "chargedSum") {
-        None => Ok(None),
-        Some(Value::Object(sum)) => {
-            let amount_ok = sum.get("amount").and_then(Value::as_f64).is_some_and(|a| a.is_finite() && a >= 0.0);
-            let currency_ok =
-                sum.get("currency").is_none_or(|c| c.as_str().is_some_and(|c| !c.is_empty() && c.len() <= 8));
-            if amount_ok && currency_ok {
-                Ok(Some(Value::Object(sum.clone())))
-            } else {
-                Err(ApiError::incorrect("chargedSum", Value::Object(sum.clone())))
-            }
+/// Reads a subscription event: refused only without what identifies it
+/// (`subscriptionId`, `sequenceNumber`, `userId`) → 2002 / 2003; every
+/// other oddity is kept and noted.
+pub fn parse_event(body: &Object, now_ms: i64) -> Result<Event, ApiError> {
+    let subscription_id = match optional(body, "subscriptionId") {
+        None => return Err(ApiError::missing("subscriptionId")),
+        Some(value) => input::id_text(value).ok_or_else(|| ApiError::incorrect("subscriptionId", value.clone()))?,
+    };
+    let sequence = match optional(body, "sequenceNumber") {
+        None => return Err(ApiError::missing("sequenceNumber")),
+        Some(value) => {
+            whole(value).filter(|n| *n >= 1).ok_or_else(|| ApiError::incorrect("sequenceNumber", value.clone()))?
         }
-        Some(_) => Err(ApiError::wrong_type("chargedSum", "an object")),
+    };
+    let user_id = match optional(body, "userId").or_else(|| optional(body, "userUuid")) {
+        None => return Err(ApiError::missing("userId")),
+        Some(value) => input::id_text(value).ok_or_else(|| ApiError::incorrect("userId", value.clone()))?,
+    };
+    let mut problems = Vec::new();
+    if !input::is_user_id(&user_id) {
+        problems.push(format!("userId {user_id:?} is not NN-NNNNNNNNNNNNNNN"));
     }
-}
-
-fn addons(body: &Object, required: bool) -> Result<Option<Value>, ApiError> {
-    match optional(body, "addons") {
-        None if required => Err(ApiError::missing("addons")),
-        None => Ok(None),
-        Some(Value::Array(items)) if items.len() <= MAX_ADDONS => {
-            for (n, item) in items.iter().enumerate() {
-                let id_ok = item.get("id").and_then(Value::as_str).is_some_and(|id| !id.is_empty() && id.len() <= 256);
-                let quantity_ok = item.get("quantity").is_none_or(|q| q.as_u64().is_some());
-                if !id_ok || !quantity_ok {
-                    return Err(ApiError::incorrect(&format!("addons[{n}]"), item.clone()));
-                }
-            }
-            Ok(Some(Value::Array(items.clone())))
-        }
-        Some(Value::Array(items)) => Err(ApiError::incorrect("addons", format!("{} items", items.len()))),
-        Some(_) => Err(ApiError::wrong_type("addons", "an array")),
-    }
-}
-
-/// Validates a subscription event: required fields → 2002, bad values → 2003.
-pub fn parse_event(body: &Object) -> Result<Event, ApiError> {
-    let subscription_id = short_text(body, "subscriptionId", true)?.unwrap_or_default();
     if !crate::inventory::is_uuid(&subscription_id) {
-        return Err(ApiError::incorrect("subscriptionId", subscription_id));
+        problems.push(format!("subscriptionId {subscription_id:?} is not a uuid"));
     }
-    let user_id = input::required_str(body, "userId")?;
-    if !input::is_user_id(user_id) {
-        return Err(ApiError::incorrect("userId", user_id));
+    let product_id = text(body, "productId", &mut problems).unwrap_or_default();
+    let timestamp = match optional(body, "timestamp") {
+        Some(value) => time::timestamp(value).unwrap_or_else(|| {
+            problems.push(format!("timestamp {value} is not a date-time: its arrival time used"));
+            now_ms
+        }),
+        None => {
+            problems.push("no timestamp: its arrival time used".into());
+            now_ms
+        }
+    };
+    let kind = text(body, "type", &mut problems).unwrap_or_default();
+    if Kind::of(&kind) == Kind::Other {
+        problems.push(format!("unknown event type {kind:?}: kept, the state unchanged"));
     }
-    let product_id = short_text(body, "productId", true)?.unwrap_or_default();
-    let sequence = match body.get("sequenceNumber") {
-        None | Some(Value::Null) => return Err(ApiError::missing("sequenceNumber")),
-        Some(Value::Number(n)) => n
-            .as_u64()
-            .filter(|n| *n >= 1)
-            .ok_or_else(|| ApiError::incorrect("sequenceNumber", Value::Number(n.clone())))?,
-        Some(_) => return Err(ApiError::wrong_type("sequenceNumber", "an integer")),
-    };
-    let timestamp = datetime(body, "timestamp", true)?.unwrap_or_default();
-    let kind = short_text(body, "type", true)?.unwrap_or_default();
-    let created = kind == "SubscriptionCreated";
-    let paid = matches!(kind.as_str(), "SubscriptionActivated" | "SubscriptionRenewed");
-    let trial_days = match short_text(body, "trialPeriodDuration", created)? {
-        None => None,
-        Some(text) => Some(time::parse_days(&text).ok_or_else(|| ApiError::incorrect("trialPeriodDuration", text))?),
-    };
+    let trial_days = optional(body, "trialPeriodDuration").and_then(|value| {
+        let days = time::days(value);
+        if days.is_none() {
+            problems.push(format!("trialPeriodDuration {value} is not a number of days: no trial"));
+        }
+        days
+    });
+    let device_number = optional(body, "deviceNumber").and_then(|value| {
+        let count = whole(value);
+        if count.is_none() {
+            problems.push(format!("deviceNumber {value} is not a whole number: ignored"));
+        }
+        count
+    });
+    let next_billing_date = optional(body, "nextBillingDate").and_then(|value| {
+        let date = time::timestamp(value);
+        if date.is_none() {
+            problems.push(format!("nextBillingDate {value} is not a date-time: ignored"));
+        }
+        date
+    });
+    let charged_sum = optional(body, "chargedSum").cloned();
+    if let Some(sum) = &charged_sum
+        && !sum.get("amount").is_some_and(|amount| amount.is_number() || amount.is_string())
+    {
+        problems.push(format!("chargedSum {sum} has no amount"));
+    }
+    let addons = optional(body, "addons").cloned();
+    if addons.as_ref().is_some_and(|addons| !addons.is_array()) {
+        problems.push("addons is not an array".into());
+    }
     Ok(Event {
         subscription_id: subscription_id.to_ascii_lowercase(),
-        user_id: user_id.to_owned(),
+        user_id,
         product_id,
         sequence,
         timestamp,
-        plan_id: short_text(body, "planId", created)?,
-        device_number: count(body, "deviceNumber")?,
-        next_billing_date: datetime(body, "nextBillingDate", paid)?,
+        plan_id: text(body, "planId", &mut problems),
+        device_number,
+        next_billing_date,
         trial_days,
-        charged_sum: charged_sum(body)?,
-        addons: addons(body, kind == "AddonsUpdated")?,
+        charged_sum,
+        addons,
         kind,
+        problems,
     })
 }
 
@@ -205,10 +234,14 @@ pub struct Subscription {
     pub user_id: String,
     /// The app.
     pub product_id: String,
-    /// The last sequence number applied; every earlier one was applied in order.
+    /// The last sequence number applied; every earlier one was applied or skipped.
     pub applied_through: u64,
-    /// Sequence numbers stored but waiting for a gap before them to fill.
-    pub waiting: Vec<u64>,
+    /// When an event first waited for a missing one (Unix seconds); `None` without a gap.
+    #[serde(default)]
+    pub gap_since: Option<u64>,
+    /// Sequence numbers that never arrived and were skipped.
+    #[serde(default)]
+    pub skipped: Vec<u64>,
     /// None until `SubscriptionCreated` is applied.
     pub status: Option<Status>,
     /// Plan.
@@ -235,7 +268,8 @@ impl Subscription {
             user_id: event.user_id.clone(),
             product_id: event.product_id.clone(),
             applied_through: 0,
-            waiting: Vec::new(),
+            gap_since: None,
+            skipped: Vec::new(),
             status: None,
             plan_id: None,
             device_number: None,
@@ -249,31 +283,39 @@ impl Subscription {
 
     /// Applies the next event in sequence.
     pub fn apply(&mut self, event: &Event) {
-        debug_assert_eq!(event.sequence, self.applied_through + 1);
         self.applied_through = event.sequence;
         keep(&mut self.plan_id, &event.plan_id);
         keep(&mut self.device_number, &event.device_number);
         keep(&mut self.next_billing_date, &event.next_billing_date);
         keep(&mut self.charged_sum, &event.charged_sum);
         keep(&mut self.addons, &event.addons);
-        match event.kind.as_str() {
-            "SubscriptionCreated" => {
+        match Kind::of(&event.kind) {
+            Kind::Created => {
                 let days = event.trial_days.unwrap_or(0);
                 self.created_at = Some(event.timestamp);
-                self.trial_end = (days > 0).then(|| event.timestamp + i64::from(days) * 86_400_000);
+                self.trial_end = (days > 0).then(|| event.timestamp.saturating_add(i64::from(days) * 86_400_000));
                 self.status = Some(if days > 0 { Status::Trial } else { Status::Pending });
             }
-            "SubscriptionActivated" | "SubscriptionRenewed" => self.status = Some(Status::Active),
-            "SubscriptionTerminationRequested" => self.status = Some(Status::TerminationRequested),
-            "SubscriptionTerminated" => self.status = Some(Status::Terminated),
-            _ => {}
+            Kind::Activated | Kind::Renewed => {
+                self.status = Some(Status::Active);
+                self.trial_end = None;
+            }
+            // Nothing paid during a trial: leaving it ends it at once.
+            Kind::TerminationRequested if self.status == Some(Status::Trial) => {
+                self.status = Some(Status::Terminated);
+                self.trial_end = Some(event.timestamp);
+            }
+            Kind::TerminationRequested => self.status = Some(Status::TerminationRequested),
+            Kind::Terminated => self.status = Some(Status::Terminated),
+            Kind::TermsChanged | Kind::Other => {}
         }
     }
 
     /// Whether the subscription entitles its user at `now` (Unix ms).
     pub fn usable(&self, now: i64, pending_grace_secs: u64) -> bool {
         match self.status {
-            Some(Status::Trial | Status::Active) => true,
+            Some(Status::Trial) => self.trial_end.is_none_or(|end| now < end),
+            Some(Status::Active) => true,
             Some(Status::Pending) => {
                 let grace = i64::try_from(pending_grace_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
                 self.created_at.is_some_and(|created| now < created.saturating_add(grace))
@@ -311,13 +353,14 @@ enum Caller {
     User(String),
 }
 
+/// The server credential, or any user token we issued: events are taken
+/// whatever the state of the account (disabled, lapsed, expired token), as
+/// the one that revives it must get through.
 fn caller(ctx: &Ctx<'_>, request: &Request) -> Result<Caller, ApiError> {
     if auth::is_server(ctx, request) {
         return Ok(Caller::Server);
     }
-    let settings = crate::accounts::settings(ctx)?;
-    // No billing guard here: a lapsed user's token must still deliver the event that revives it.
-    auth::authenticate_user(ctx, request, &settings).map(|user| Caller::User(user.user_id))
+    auth::token_owner(ctx, request).map(Caller::User)
 }
 
 /// Result of storing one subscription event.
@@ -331,47 +374,102 @@ pub enum Stored {
     Duplicate,
 }
 
-/// Stores `event` once and applies whatever became contiguous.
-pub fn record_event(ctx: &Ctx<'_>, event: &Event, raw: &Object) -> Result<Stored, ApiError> {
+/// The stored event `sequence` of a subscription, read.
+fn stored_event(
+    txn: &mut Txn<'_>,
+    subscription_id: &str,
+    sequence: u64,
+    now_ms: i64,
+) -> Result<Option<Event>, ApiError> {
+    let key = storage::subscription_event_key(subscription_id, sequence);
+    let Some(stored) = txn.get::<StoredEvent>(&key)? else { return Ok(None) };
+    let Value::Object(body) = stored.event else { return Err(StorageError::Corrupt(key).into()) };
+    parse_event(&body, now_ms).map(Some)
+}
+
+fn announce(txn: &mut Txn<'_>, now: u64, event: &Event) {
+    let data = json!({ "subscriptionId": event.subscription_id, "sequenceNumber": event.sequence, "type": event.kind });
+    txn.emit("subscription.event-applied", now, Some(&event.user_id), data);
+}
+
+/// Applies the stored events that follow `state.applied_through` without a gap.
+fn apply_contiguous(txn: &mut Txn<'_>, state: &mut Subscription, now: u64, now_ms: i64) -> Result<(), ApiError> {
+    let subscription_id = state.subscription_id.clone();
+    while let Some(next) = stored_event(txn, &subscription_id, state.applied_through + 1, now_ms)? {
+        state.apply(&next);
+        announce(txn, now, &next);
+    }
+    Ok(())
+}
+
+/// Applies the waiting events past every gap before them; each gap skipped
+/// becomes a data issue. Returns whether anything was waiting.
+fn skip_gaps(txn: &mut Txn<'_>, state: &mut Subscription, now: u64, now_ms: i64, why: &str) -> Result<bool, ApiError> {
+    let prefix = storage::subscription_events_prefix(&state.subscription_id);
+    let mut applied = false;
+    loop {
+        // Not a check: every stored event rewrites the state record, which is one.
+        let after = storage::subscription_event_key(&state.subscription_id, state.applied_through);
+        let waiting = txn.scan_keys(&prefix, Some(&after), 1)?;
+        let Some(next) =
+            waiting.first().and_then(|key| key.strip_prefix(&prefix)).and_then(|seq| seq.parse::<u64>().ok())
+        else {
+            break;
+        };
+        let (first, last) = (state.applied_through + 1, next - 1);
+        state.skipped.extend(first..=last);
+        let problem = format!("events {first}..={last} never arrived: later ones applied past them ({why})");
+        let user_id = state.user_id.clone();
+        txn.issue(now, Issue::new(Some(&user_id), "subscription", &state.subscription_id, problem));
+        state.applied_through = last;
+        apply_contiguous(txn, state, now, now_ms)?;
+        applied = true;
+    }
+    state.gap_since = None;
+    Ok(applied)
+}
+
+/// Stores `event` once and applies whatever became contiguous; a gap older
+/// than `gap_timeout_secs` is skipped.
+pub fn record_event(ctx: &Ctx<'_>, event: &Event, raw: &Object, gap_timeout_secs: u64) -> Result<Stored, ApiError> {
     let now = ctx.clock.now_unix();
+    let now_ms = millis(now);
     storage::transact(ctx.kv, |txn| {
         let state_key = storage::subscription_key(&event.subscription_id);
         let existing = txn.get::<Subscription>(&state_key)?;
         let is_new = existing.is_none();
         let mut state = existing.unwrap_or_else(|| Subscription::new(event));
-        if state.user_id != event.user_id {
-            return Err(ApiError::incorrect("userId", event.user_id.as_str()));
-        }
-        if event.sequence <= state.applied_through || state.waiting.contains(&event.sequence) {
+        let event_key = storage::subscription_event_key(&event.subscription_id, event.sequence);
+        if event.sequence <= state.applied_through || txn.get::<StoredEvent>(&event_key)?.is_some() {
             return Ok(Stored::Duplicate);
         }
         let stored = StoredEvent { v: storage::FORMAT, received_at: now, event: Value::Object(raw.clone()) };
-        txn.put(&storage::subscription_event_key(&event.subscription_id, event.sequence), &stored);
-        let applied = |txn: &mut storage::Txn<'_>, event: &Event| {
-            let data = json!({
-                "subscriptionId": event.subscription_id, "sequenceNumber": event.sequence, "type": event.kind,
-            });
-            txn.emit("subscription.event-applied", now, Some(&event.user_id), data);
-        };
+        txn.put(&event_key, &stored);
+        let mut problems = event.problems.clone();
+        if state.user_id != event.user_id {
+            problems.push(format!("names user {}, the subscription is user {}'s", event.user_id, state.user_id));
+        }
+        for problem in problems {
+            txn.issue(now, Issue::new(Some(&event.user_id), "subscription", &event.subscription_id, problem));
+        }
         let outcome = if event.sequence == state.applied_through + 1 {
             state.apply(event);
-            applied(txn, event);
-            // Apply the successors that were waiting for this one.
-            while let Some(position) = state.waiting.iter().position(|seq| *seq == state.applied_through + 1) {
-                let seq = state.waiting.remove(position);
-                let key = storage::subscription_event_key(&event.subscription_id, seq);
-                let next = txn.get::<StoredEvent>(&key)?.ok_or(StorageError::Corrupt(key.clone()))?;
-                let Value::Object(body) = next.event else { return Err(StorageError::Corrupt(key).into()) };
-                let next = parse_event(&body)?;
-                state.apply(&next);
-                applied(txn, &next);
-            }
+            announce(txn, now, event);
+            apply_contiguous(txn, &mut state, now, now_ms)?;
             Stored::Applied
         } else {
-            state.waiting.push(event.sequence);
-            state.waiting.sort_unstable();
             Stored::Waiting
         };
+        // Still a gap? Start its clock, or skip it once it has waited long enough.
+        let waiting = outcome == Stored::Waiting || state.gap_since.is_some();
+        if waiting {
+            let since = *state.gap_since.get_or_insert(now);
+            if now.saturating_sub(since) >= gap_timeout_secs {
+                skip_gaps(txn, &mut state, now, now_ms, "waited past billing_gap_timeout_secs")?;
+            } else if outcome == Stored::Applied && !has_waiting(txn, &state)? {
+                state.gap_since = None;
+            }
+        }
         if is_new {
             txn.put(
                 &storage::user_subscription_key(&event.user_id, &event.subscription_id),
@@ -383,24 +481,50 @@ pub fn record_event(ctx: &Ctx<'_>, event: &Event, raw: &Object) -> Result<Stored
     })
 }
 
+/// Whether events wait behind a gap.
+fn has_waiting(txn: &Txn<'_>, state: &Subscription) -> Result<bool, ApiError> {
+    let prefix = storage::subscription_events_prefix(&state.subscription_id);
+    let after = storage::subscription_event_key(&state.subscription_id, state.applied_through);
+    Ok(!txn.scan_keys(&prefix, Some(&after), 1)?.is_empty())
+}
+
+fn millis(seconds: u64) -> i64 {
+    i64::try_from(seconds).unwrap_or(i64::MAX / 1000).saturating_mul(1000)
+}
+
 /// `POST /api/v1/subscription/event` (server authorization or the user's token).
 pub fn subscription_event(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Result<Response, ApiError> {
     let caller = caller(ctx, request)?;
+    let settings = crate::accounts::settings(ctx)?;
     let body = input::object(&request.body)?;
-    let event = parse_event(&body)?;
+    let event = parse_event(&body, millis(ctx.clock.now_unix()))?;
     if let Caller::User(user_id) = &caller
         && *user_id != event.user_id
     {
+        // A user's token speaks for that user only.
         return Err(ApiError::incorrect("userId", event.user_id.as_str()));
     }
-    if !KNOWN_TYPES.contains(&event.kind.as_str()) {
-        eprintln!(
-            "storing a subscription event of unknown type {:?} (subscription {})",
-            event.kind, event.subscription_id
-        );
-    }
-    record_event(ctx, &event, &body)?;
+    record_event(ctx, &event, &body, settings.gap_timeout_secs)?;
     Ok(Response::empty(200))
+}
+
+/// `POST /partner/v1/users/{userId}/subscriptions/{subscriptionId}/resolve-gap`:
+/// applies the events waiting behind a gap now; answers the state.
+pub fn resolve_gap(ctx: &Ctx<'_>, request: &Request, params: &Params) -> Result<Response, ApiError> {
+    crate::partner_api::require_partner(ctx, request)?;
+    let user_id = params.get("userId").unwrap_or_default();
+    let subscription_id = params.get("subscriptionId").unwrap_or_default().to_ascii_lowercase();
+    let now = ctx.clock.now_unix();
+    let state = storage::transact(ctx.kv, |txn| -> Result<Subscription, ApiError> {
+        let key = storage::subscription_key(&subscription_id);
+        let mut state =
+            txn.get::<Subscription>(&key)?.filter(|state| state.user_id == user_id).ok_or_else(ApiError::not_found)?;
+        if skip_gaps(txn, &mut state, now, millis(now), "resolved by the partner")? || state.gap_since.is_some() {
+            txn.put(&key, &state);
+        }
+        Ok(state)
+    })?;
+    Ok(Response::json(200, &json!({ "state": state })))
 }
 
 /// The app's installation state for a user, by the latest event time.
@@ -419,42 +543,50 @@ pub struct Installation {
 
 /// `POST /api/v2/installation/event` (server authorization or the user's
 /// token): `ApplicationInstalled` / `ApplicationUninstalled`, once per `id`.
+/// Refused only without an `id` or a user (`data.userId`).
 pub fn installation_event(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Result<Response, ApiError> {
     let caller = caller(ctx, request)?;
     let body = input::object(&request.body)?;
-    let id = short_text(&body, "id", true)?.unwrap_or_default();
-    let at = datetime(&body, "timestamp", true)?.unwrap_or_default();
-    let kind = short_text(&body, "type", true)?.unwrap_or_default();
-    let Some(Value::Object(data)) = optional(&body, "data") else {
-        return Err(if body.contains_key("data") {
-            ApiError::wrong_type("data", "an object")
-        } else {
-            ApiError::missing("data")
-        });
+    let now = ctx.clock.now_unix();
+    let id = match optional(&body, "id") {
+        None => return Err(ApiError::missing("id")),
+        Some(Value::String(id)) if !id.is_empty() && id.len() <= 256 => id.clone(),
+        Some(Value::Number(id)) => id.to_string(),
+        Some(other) => return Err(ApiError::incorrect("id", other.clone())),
     };
-    let user_id = match data.get("userId") {
-        None | Some(Value::Null) => return Err(ApiError::missing("data.userId")),
-        Some(Value::String(user)) if input::is_user_id(user) => user.clone(),
-        Some(other) => return Err(ApiError::incorrect("data.userId", other.clone())),
+    let data = optional(&body, "data").and_then(Value::as_object);
+    let user_id = match data.and_then(|data| optional(data, "userId")).or_else(|| optional(&body, "userId")) {
+        None => return Err(ApiError::missing("data.userId")),
+        Some(value) => input::id_text(value).ok_or_else(|| ApiError::incorrect("data.userId", value.clone()))?,
     };
-    short_text(data, "productId", true).map_err(|mut err| {
-        err.subject = Some("data.productId".into());
-        err
-    })?;
     if let Caller::User(caller) = &caller
         && *caller != user_id
     {
         return Err(ApiError::incorrect("data.userId", user_id));
     }
+    let mut problems = Vec::new();
+    let at = match optional(&body, "timestamp") {
+        Some(value) => time::timestamp(value).unwrap_or_else(|| {
+            problems.push(format!("timestamp {value} is not a date-time: its arrival time used"));
+            millis(now)
+        }),
+        None => {
+            problems.push("no timestamp: its arrival time used".into());
+            millis(now)
+        }
+    };
+    let kind = optional(&body, "type").and_then(Value::as_str).unwrap_or_default().to_owned();
     let installed = match kind.as_str() {
         "ApplicationInstalled" => Some(true),
         "ApplicationUninstalled" => Some(false),
         other => {
-            eprintln!("storing an installation event of unknown type {other:?} ({id})");
+            problems.push(format!("unknown installation event type {other:?}: kept"));
             None
         }
     };
-    let now = ctx.clock.now_unix();
+    if data.and_then(|data| optional(data, "productId")).is_none() {
+        problems.push("no data.productId".into());
+    }
     let event_key = storage::installation_event_key(&storage::sha256_hex(id.as_bytes()));
     storage::transact(ctx.kv, |txn| -> Result<(), ApiError> {
         if txn.get::<StoredEvent>(&event_key)?.is_some() {
@@ -462,6 +594,9 @@ pub fn installation_event(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Resul
         }
         txn.put(&event_key, &StoredEvent { v: storage::FORMAT, received_at: now, event: Value::Object(body.clone()) });
         txn.emit("installation.event", now, Some(&user_id), json!({ "id": id, "type": kind }));
+        for problem in &problems {
+            txn.issue(now, Issue::new(Some(&user_id), "installation-event", &id, problem.as_str()));
+        }
         if let Some(installed) = installed {
             let key = storage::installation_key(&user_id);
             let current = txn.get::<Installation>(&key)?;
@@ -474,24 +609,29 @@ pub fn installation_event(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Resul
     Ok(Response::empty(200))
 }
 
-/// `POST /api/v1/user/event` (legacy billing events, server authorization):
-/// each distinct event is recorded once.
+/// `POST /api/v1/user/event` (legacy billing events; the server credential
+/// or a user token): each distinct event is recorded once.
 pub fn legacy_event(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Result<Response, ApiError> {
-    auth::require_server(ctx, request)?;
+    let caller = caller(ctx, request)?;
     let body = input::object(&request.body)?;
-    short_text(&body, "type", true)?;
     let key = storage::legacy_event_key(&storage::sha256_hex(&request.body));
     let now = ctx.clock.now_unix();
+    let named = ["userUuid", "userId"].iter().find_map(|field| body.get(*field).and_then(Value::as_str));
+    let user = match &caller {
+        Caller::User(user) => Some(user.as_str()),
+        Caller::Server => named.filter(|id| input::is_user_id(id)),
+    };
     storage::transact(ctx.kv, |txn| -> Result<(), ApiError> {
         if txn.get::<StoredEvent>(&key)?.is_none() {
             txn.put(&key, &StoredEvent { v: storage::FORMAT, received_at: now, event: Value::Object(body.clone()) });
-            let user = ["userUuid", "userId"].iter().find_map(|field| body.get(*field).and_then(Value::as_str));
-            txn.emit(
-                "legacy-event.received",
-                now,
-                user.filter(|id| input::is_user_id(id)),
-                json!({ "type": body["type"] }),
-            );
+            txn.emit("legacy-event.received", now, user, json!({ "type": body.get("type") }));
+            if let (Caller::User(caller), Some(named)) = (&caller, named)
+                && caller != named
+            {
+                let issue =
+                    Issue::new(Some(caller), "legacy-event", &key[key.len() - 16..], format!("names user {named}"));
+                txn.issue(now, issue);
+            }
         }
         Ok(())
     })?;
@@ -510,34 +650,52 @@ pub struct Entitlement {
     pub reason: Option<String>,
 }
 
-/// Every subscription of a user.
-pub fn subscriptions(ctx: &Ctx<'_>, user_id: &str) -> Result<Vec<Subscription>, ApiError> {
+/// Every subscription of a user; a gap that has waited past
+/// `gap_timeout_secs` is skipped first (nothing else would: the events
+/// behind it were answered already and are not sent again).
+pub fn subscriptions(ctx: &Ctx<'_>, user_id: &str, gap_timeout_secs: u64) -> Result<Vec<Subscription>, ApiError> {
     let prefix = storage::user_subscriptions_prefix(user_id);
+    let now = ctx.clock.now_unix();
     let mut out = Vec::new();
     for (key, _) in storage::scan_all(ctx.kv, &prefix)? {
         let id = key.strip_prefix(&prefix).unwrap_or_default();
-        if let Some(state) = storage::read::<Subscription>(ctx.kv, &storage::subscription_key(id))? {
+        let Some(state) = storage::read::<Subscription>(ctx.kv, &storage::subscription_key(id))? else { continue };
+        let timed_out = state.gap_since.is_some_and(|since| now.saturating_sub(since) >= gap_timeout_secs);
+        if !timed_out {
             out.push(state);
+            continue;
         }
+        let state = storage::transact(ctx.kv, |txn| -> Result<Subscription, ApiError> {
+            let key = storage::subscription_key(id);
+            let mut state = txn.get::<Subscription>(&key)?.ok_or(StorageError::Corrupt(key.clone()))?;
+            if state.gap_since.is_some_and(|since| now.saturating_sub(since) >= gap_timeout_secs) {
+                skip_gaps(txn, &mut state, now, millis(now), "waited past billing_gap_timeout_secs")?;
+                txn.put(&key, &state);
+            }
+            Ok(state)
+        })?;
+        out.push(state);
     }
     Ok(out)
 }
 
 /// The user's entitlement at the clock's now.
-pub fn entitlement(ctx: &Ctx<'_>, user_id: &str, pending_grace_secs: u64) -> Result<Entitlement, ApiError> {
-    let now = i64::try_from(ctx.clock.now_unix()).unwrap_or(i64::MAX).saturating_mul(1000);
+pub fn entitlement(ctx: &Ctx<'_>, user_id: &str, settings: &crate::config::Settings) -> Result<Entitlement, ApiError> {
+    let now = millis(ctx.clock.now_unix());
     if let Some(installation) = storage::read::<Installation>(ctx.kv, &storage::installation_key(user_id))?
         && !installation.installed
     {
         return Ok(Entitlement { usable: false, licensed_devices: 0, reason: Some("the app is uninstalled".into()) });
     }
-    let subscriptions = subscriptions(ctx, user_id)?;
-    let usable: Vec<&Subscription> = subscriptions.iter().filter(|s| s.usable(now, pending_grace_secs)).collect();
+    let subscriptions = subscriptions(ctx, user_id, settings.gap_timeout_secs)?;
+    let usable: Vec<&Subscription> =
+        subscriptions.iter().filter(|s| s.usable(now, settings.pending_grace_secs)).collect();
     if usable.is_empty() {
         let reason = if subscriptions.is_empty() { "no subscription" } else { "no usable subscription" };
         return Ok(Entitlement { usable: false, licensed_devices: 0, reason: Some(reason.into()) });
     }
-    Ok(Entitlement { usable: true, licensed_devices: usable.iter().map(|s| s.devices()).sum(), reason: None })
+    let licensed_devices = usable.iter().fold(0u64, |sum, s| sum.saturating_add(s.devices()));
+    Ok(Entitlement { usable: true, licensed_devices, reason: None })
 }
 
 /// How many devices `user_id` may have registered: none when billing is
@@ -546,7 +704,7 @@ pub fn device_limit(ctx: &Ctx<'_>, user_id: &str, settings: &crate::config::Sett
     if !settings.billing_enforced || partner_bills(ctx, user_id)? {
         return Ok(None);
     }
-    Ok(Some(entitlement(ctx, user_id, settings.pending_grace_secs)?.licensed_devices))
+    Ok(Some(entitlement(ctx, user_id, settings)?.licensed_devices))
 }
 
 fn partner_bills(ctx: &Ctx<'_>, user_id: &str) -> Result<bool, ApiError> {
@@ -555,24 +713,6 @@ fn partner_bills(ctx: &Ctx<'_>, user_id: &str) -> Result<bool, ApiError> {
     };
     let Some(account_id) = user.account_id else { return Ok(false) };
     Ok(storage::read::<storage::Account>(ctx.kv, &storage::account_key(&account_id))?.is_some_and(|a| a.has_billing))
-}
-
-/// The device guard for calls made in the context of a terminal (documents'
-/// `deviceUuid`, receipts' `deviceId`): only the first N devices the user
-/// registered, N = licensed devices, may act → else 405 1005.
-pub fn require_device(
-    ctx: &Ctx<'_>,
-    user_id: &str,
-    device_uuid: &str,
-    settings: &crate::config::Settings,
-) -> Result<(), ApiError> {
-    let Some(limit) = device_limit(ctx, user_id, settings)? else { return Ok(()) };
-    let order = storage::read::<storage::DeviceOrder>(ctx.kv, &storage::device_order_key(user_id))?.unwrap_or_default();
-    let wanted = device_uuid.to_ascii_lowercase();
-    match order.devices.iter().position(|device| *device == wanted) {
-        Some(index) if (index as u64) < limit => Ok(()),
-        _ => Err(ApiError::device_not_allowed(device_uuid)),
-    }
 }
 
 #[cfg(test)]

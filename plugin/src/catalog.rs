@@ -454,28 +454,37 @@ pub fn claim_store(ctx: &Ctx<'_>, user_id: &str, store: &str) -> Result<(), ApiE
     }
     let now = ctx.clock.now_unix();
     storage::transact(ctx.kv, |txn| -> Result<(), ApiError> {
-        match txn.get::<OwnerIndex>(&owner_key)? {
-            Some(owner) if owner.user_id == user_id => Ok(()),
+        match claim_in(txn, user_id, store, now)? {
+            None => Ok(()),
             Some(_) => Err(ApiError::not_found()),
-            None => {
-                let partner_id = crate::accounts::new_account_id()?;
-                let owner =
-                    OwnerIndex { v: storage::FORMAT, user_id: user_id.to_owned(), partner_id: partner_id.clone() };
-                txn.put(&owner_key, &owner);
-                // Known by uuid only until Evotor sends the store itself.
-                let record = EntityRecord {
-                    v: storage::FORMAT,
-                    uuid: store.to_owned(),
-                    partner_id: partner_id.clone(),
-                    data: json!({ "uuid": store }),
-                    updated_at: now,
-                };
-                txn.put(&storage::entity_key(user_id, "store", store), &record);
-                txn.emit("store.claimed", now, Some(user_id), json!({ "uuid": store, "partnerId": partner_id }));
-                Ok(())
-            }
         }
     })
+}
+
+/// Within `txn`: makes `store` the user's when nobody owns it yet. Returns
+/// the other user who owns it, if one does.
+pub fn claim_in(txn: &mut Txn<'_>, user_id: &str, store: &str, now: u64) -> Result<Option<String>, ApiError> {
+    let owner_key = storage::owner_key("store", store);
+    match txn.get::<OwnerIndex>(&owner_key)? {
+        Some(owner) if owner.user_id == user_id => Ok(None),
+        Some(owner) => Ok(Some(owner.user_id)),
+        None => {
+            let partner_id = crate::accounts::new_account_id()?;
+            let owner = OwnerIndex { v: storage::FORMAT, user_id: user_id.to_owned(), partner_id: partner_id.clone() };
+            txn.put(&owner_key, &owner);
+            // Known by uuid only until Evotor sends the store itself.
+            let record = EntityRecord {
+                v: storage::FORMAT,
+                uuid: store.to_owned(),
+                partner_id: partner_id.clone(),
+                data: json!({ "uuid": store }),
+                updated_at: now,
+            };
+            txn.put(&storage::entity_key(user_id, "store", store), &record);
+            txn.emit("store.claimed", now, Some(user_id), json!({ "uuid": store, "partnerId": partner_id }));
+            Ok(None)
+        }
+    }
 }
 
 /// `page` and `size` of an Evotor listing: both or neither.

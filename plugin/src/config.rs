@@ -50,6 +50,8 @@ pub struct Settings {
     pub billing_enforced: bool,
     /// How long an unpaid new subscription stays usable (`billing_pending_grace_secs`).
     pub pending_grace_secs: u64,
+    /// How long events wait for a missing earlier one (`billing_gap_timeout_secs`).
+    pub gap_timeout_secs: u64,
 }
 
 impl Settings {
@@ -84,6 +86,7 @@ impl Settings {
                 "billing_pending_grace_secs",
                 crate::billing::DEFAULT_PENDING_GRACE_SECS,
             )?,
+            gap_timeout_secs: number(config, "billing_gap_timeout_secs", crate::billing::DEFAULT_GAP_TIMEOUT_SECS)?,
         })
     }
 }

@@ -25,14 +25,15 @@ use crate::input::{self, Object};
 use crate::inventory::is_uuid;
 use crate::partner_api::{paging, query, require_partner, store_param};
 use crate::router::Params;
-use crate::storage::{self, StorageError};
-use crate::{Ctx, auth, billing};
+use crate::storage::{self, Issue, StorageError};
+use crate::{Ctx, auth};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use std::collections::{BTreeSet, HashMap};
 
 /// Most documents or receipts one request may carry.
-pub const MAX_BATCH: usize = 5000;
+pub const MAX_BATCH: usize = 10_000;
 /// Config key of the bare documents webhook path.
 pub const DOCUMENTS_WEBHOOK_PATH: &str = "documents_webhook_path";
 /// Its default: the console lets partners point the webhook at a bare URL.
@@ -63,22 +64,49 @@ const KNOWN_TYPES: &[&str] = &[
 pub struct DocumentRecord {
     /// Storage format version.
     pub v: u32,
-    /// The document's uuid, lower case.
+    /// The document's id (`uuid` in V1, `id` in V2), uuids in lower case.
     pub id: String,
     /// The store, lower case.
     pub store_uuid: String,
-    /// The document type as given.
+    /// The document type, as a key-safe name (`UNKNOWN` when none was sent).
     pub r#type: String,
-    /// `closeDate`, Unix milliseconds.
+    /// The close date, Unix milliseconds (the arrival time when none was usable).
     pub close_date: i64,
-    /// Its schema version (`V1` when not given).
+    /// Its `version` as sent (`V1` or `V2` by its format when not sent).
     pub version: String,
+    /// `V1` (camelCase envelope) or `V2` (snake_case envelope with `body`).
+    #[serde(default = "v1")]
+    pub format: String,
+    /// The terminal, when the document names one.
+    #[serde(default)]
+    pub device_uuid: Option<String>,
     /// The user whose token delivered it.
     pub user_id: String,
     /// When it arrived, Unix seconds.
     pub received_at: u64,
     /// The document exactly as received.
     pub document: Value,
+}
+
+fn v1() -> String {
+    "V1".into()
+}
+
+/// A [`DocumentRecord`] to write, the document byte for byte as received.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct NewDocument<'a> {
+    v: u32,
+    id: &'a str,
+    store_uuid: &'a str,
+    r#type: &'a str,
+    close_date: i64,
+    version: &'a str,
+    format: &'a str,
+    device_uuid: Option<&'a str>,
+    user_id: &'a str,
+    received_at: u64,
+    document: &'a RawValue,
 }
 
 /// A receipt event as stored.
@@ -89,7 +117,7 @@ pub struct ReceiptRecord {
     pub v: u32,
     /// The event id.
     pub id: String,
-    /// The store (`data.storeId`), lower case.
+    /// The store (`data.storeId`), lower case; empty when the event names none.
     pub store_uuid: String,
     /// `data.dateTime`, Unix milliseconds.
     pub date_time: i64,
@@ -101,36 +129,146 @@ pub struct ReceiptRecord {
     pub event: Value,
 }
 
-/// A validated document of a request.
-struct Document {
+/// A [`ReceiptRecord`] to write, the event byte for byte as received.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct NewReceipt<'a> {
+    v: u32,
+    id: &'a str,
+    store_uuid: &'a str,
+    date_time: i64,
+    user_id: &'a str,
+    received_at: u64,
+    event: &'a RawValue,
+}
+
+/// The key segment of a document or receipt id: the id itself, or its
+/// digest when it could not stand in a key (a `.` would break the indexes).
+pub fn key_id(id: &str) -> String {
+    if id.contains('.') { format!("~{}", &storage::sha256_hex(id.as_bytes())[..32]) } else { id.to_owned() }
+}
+
+/// The first of `fields` present and not `null`, with its name.
+fn first_of<'v>(object: &'v Object, fields: &[&'static str]) -> Option<(&'static str, &'v Value)> {
+    fields.iter().find_map(|field| object.get(*field).filter(|value| !value.is_null()).map(|value| (*field, value)))
+}
+
+/// A document of a delivery, understood as far as it can be.
+struct Document<'a> {
     id: String,
     store: String,
     kind: String,
     close_date: i64,
     version: String,
-    device: String,
-    body: Object,
+    format: &'static str,
+    device: Option<String>,
+    raw: &'a RawValue,
+    problems: Vec<String>,
 }
 
-fn uuid_field(doc: &Object, at: &str, field: &str) -> Result<String, ApiError> {
-    match doc.get(field) {
-        None | Some(Value::Null) => Err(ApiError::missing(&format!("{at}{field}"))),
-        Some(Value::String(id)) if is_uuid(id) => Ok(id.to_ascii_lowercase()),
-        Some(other) => Err(ApiError::incorrect(&format!("{at}{field}"), other.clone())),
-    }
-}
-
-fn date_field(doc: &Object, at: &str, field: &str) -> Result<i64, ApiError> {
-    match doc.get(field) {
-        None | Some(Value::Null) => Err(ApiError::missing(&format!("{at}{field}"))),
-        Some(Value::String(text)) => {
-            crate::time::parse_datetime(text).ok_or_else(|| ApiError::incorrect(&format!("{at}{field}"), text.as_str()))
+/// Reads document `at` (`[3].` in an array, empty alone). Refused only
+/// without an id, or without a store where the path names none.
+fn document<'a>(
+    raw: &'a RawValue,
+    at: &str,
+    path_store: Option<&str>,
+    user_id: &str,
+    now_ms: i64,
+) -> Result<Document<'a>, ApiError> {
+    let Ok(Value::Object(doc)) = serde_json::from_str::<Value>(raw.get()) else {
+        return Err(ApiError::wrong_type(at.trim_end_matches('.'), "an object"));
+    };
+    let v2 = ["store_id", "device_id", "close_date", "body", "user_id"].iter().any(|field| doc.contains_key(*field))
+        || doc.get("version").and_then(Value::as_str).is_some_and(|version| version.eq_ignore_ascii_case("V2"));
+    let format = if v2 { "V2" } else { "V1" };
+    let mut problems = Vec::new();
+    let id_fields: &[&str] = if v2 { &["id", "uuid"] } else { &["uuid", "id"] };
+    let id = match first_of(&doc, id_fields) {
+        None => return Err(ApiError::missing(&format!("{at}{}", id_fields[0]))),
+        Some((field, value)) => {
+            input::id_text(value).ok_or_else(|| ApiError::incorrect(&format!("{at}{field}"), value.clone()))?
         }
-        Some(Value::Number(millis)) => {
-            millis.as_i64().ok_or_else(|| ApiError::incorrect(&format!("{at}{field}"), Value::Number(millis.clone())))
-        }
-        Some(_) => Err(ApiError::wrong_type(&format!("{at}{field}"), "a date-time")),
+    };
+    if !is_uuid(&id) {
+        problems.push(format!("id {id:?} is not a uuid"));
     }
+    let named = match first_of(&doc, &["storeUuid", "store_id"]) {
+        None => None,
+        Some((field, value)) => match input::id_text(value) {
+            Some(store) => Some(store),
+            None if path_store.is_some() => {
+                problems.push(format!("{field} {value} is not an id"));
+                None
+            }
+            None => return Err(ApiError::incorrect(&format!("{at}{field}"), value.clone())),
+        },
+    };
+    let store = match (path_store, named) {
+        (Some(path), Some(named)) if !path.eq_ignore_ascii_case(&named) => {
+            problems.push(format!("names store {named}, delivered to store {path}: kept under {path}"));
+            path.to_owned()
+        }
+        (Some(path), _) => path.to_owned(),
+        (None, Some(named)) => named.to_ascii_lowercase(),
+        (None, None) => return Err(ApiError::missing(&format!("{at}{}", if v2 { "store_id" } else { "storeUuid" }))),
+    };
+    if !is_uuid(&store) {
+        problems.push(format!("store {store:?} is not a uuid"));
+    }
+    let device = match first_of(&doc, &["deviceUuid", "device_id"]) {
+        None => {
+            problems.push("no device".to_owned());
+            None
+        }
+        Some((field, value)) => {
+            let device = input::id_text(value);
+            if device.as_deref().is_none_or(|device| !is_uuid(device)) {
+                problems.push(format!("{field} {value} is not a uuid"));
+            }
+            device.map(|device| device.to_ascii_lowercase())
+        }
+    };
+    let kind = match doc.get("type") {
+        Some(Value::String(kind)) if is_type_name(kind) => kind.clone(),
+        Some(Value::String(kind)) if !kind.trim().is_empty() => {
+            let name: String = kind
+                .trim()
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' })
+                .take(64)
+                .collect();
+            problems.push(format!("type {kind:?} kept as {name}"));
+            name
+        }
+        other => {
+            problems.push(format!("type missing or not a string ({})", other.unwrap_or(&Value::Null)));
+            "UNKNOWN".to_owned()
+        }
+    };
+    if !KNOWN_TYPES.contains(&kind.as_str()) && kind != "UNKNOWN" {
+        problems.push(format!("unknown document type {kind}"));
+    }
+    let close_date = match first_of(&doc, &["closeDate", "close_date"]) {
+        Some((field, value)) => crate::time::timestamp(value).unwrap_or_else(|| {
+            problems.push(format!("{field} {value} is not a date-time: filed at its arrival"));
+            now_ms
+        }),
+        None => {
+            problems.push("no close date: filed at its arrival".to_owned());
+            now_ms
+        }
+    };
+    let version = match doc.get("version") {
+        Some(Value::String(version)) if !version.is_empty() => version.chars().take(16).collect(),
+        Some(Value::Number(version)) => version.to_string(),
+        _ => format.to_owned(),
+    };
+    if let Some(owner) = doc.get("user_id").and_then(Value::as_str)
+        && owner != user_id
+    {
+        problems.push(format!("user_id {owner} is not the delivering user"));
+    }
+    Ok(Document { id, store, kind, close_date, version, format, device, raw, problems })
 }
 
 /// A type name safe in keys: `^[A-Z0-9_]{1,64}$`.
@@ -138,99 +276,21 @@ fn is_type_name(kind: &str) -> bool {
     (1..=64).contains(&kind.len()) && kind.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
 }
 
-/// Checks document `index`. `path_store` is the store of the URL, if any.
-fn document(value: Value, index: usize, path_store: Option<&str>) -> Result<Document, ApiError> {
-    let at = format!("[{index}].");
-    let Value::Object(body) = value else {
-        return Err(ApiError::wrong_type(&format!("[{index}]"), "an object"));
-    };
-    let id = uuid_field(&body, &at, "uuid")?;
-    let kind = match body.get("type") {
-        None | Some(Value::Null) => return Err(ApiError::missing(&format!("{at}type"))),
-        Some(Value::String(kind)) if is_type_name(kind) => kind.clone(),
-        Some(other) => return Err(ApiError::incorrect(&format!("{at}type"), other.clone())),
-    };
-    let device = uuid_field(&body, &at, "deviceUuid")?;
-    let close_date = date_field(&body, &at, "closeDate")?;
-    date_field(&body, &at, "openDate")?;
-    uuid_field(&body, &at, "sessionUUID")?;
-    // Required by the spec and present in every real document; `null` where the spec allows it.
-    for field in ["openUserUuid", "closeUserUuid", "sessionNumber"] {
-        match body.get(field) {
-            None | Some(Value::Null) => return Err(ApiError::missing(&format!("{at}{field}"))),
-            Some(Value::String(_) | Value::Number(_)) => {}
-            Some(_) => return Err(ApiError::wrong_type(&format!("{at}{field}"), "a string")),
-        }
-    }
-    for field in ["openUserCode", "closeUserCode", "closeResultSum", "closeSum"] {
-        match body.get(field) {
-            None => return Err(ApiError::missing(&format!("{at}{field}"))),
-            Some(Value::Null | Value::String(_) | Value::Number(_)) => {}
-            Some(_) => return Err(ApiError::wrong_type(&format!("{at}{field}"), "a number or a string")),
-        }
-    }
-    match body.get("number") {
-        None | Some(Value::Null) => return Err(ApiError::missing(&format!("{at}number"))),
-        Some(Value::Number(_)) => {}
-        Some(_) => return Err(ApiError::wrong_type(&format!("{at}number"), "a number")),
-    }
-    // Real BUY and BUYBACK documents come without `extras`.
-    match body.get("extras") {
-        None if !matches!(kind.as_str(), "BUY" | "BUYBACK") => return Err(ApiError::missing(&format!("{at}extras"))),
-        None | Some(Value::Null | Value::Object(_)) => {}
-        Some(_) => return Err(ApiError::wrong_type(&format!("{at}extras"), "an object")),
-    }
-    if let Some(transactions) = body.get("transactions")
-        && !matches!(transactions, Value::Array(_) | Value::Null)
-    {
-        return Err(ApiError::wrong_type(&format!("{at}transactions"), "an array"));
-    }
-    let version = match body.get("version") {
-        None | Some(Value::Null) => "V1".to_owned(),
-        Some(Value::String(version)) if (1..=16).contains(&version.len()) => version.clone(),
-        Some(other) => return Err(ApiError::incorrect(&format!("{at}version"), other.clone())),
-    };
-    let store = match (body.get("storeUuid"), path_store) {
-        (None | Some(Value::Null), Some(store)) => store.to_owned(),
-        (None | Some(Value::Null), None) => return Err(ApiError::missing(&format!("{at}storeUuid"))),
-        (Some(_), _) => {
-            let named = uuid_field(&body, &at, "storeUuid")?;
-            if path_store.is_some_and(|store| store != named) {
-                return Err(ApiError::incorrect(&format!("{at}storeUuid"), named));
-            }
-            named
-        }
-    };
-    Ok(Document { id, store, kind, close_date, version, device, body })
+/// The `{storeUuid}` of an Evotor path, lower case; not an id → 404.
+fn path_store(params: &Params) -> Result<String, ApiError> {
+    params
+        .get("storeUuid")
+        .and_then(|store| input::id_text(&Value::String(store.to_owned())))
+        .map(|store| store.to_ascii_lowercase())
+        .ok_or_else(ApiError::not_found)
 }
 
-/// Each distinct store must be the user's (or unowned: then it becomes
-/// theirs); each distinct device must be licensed.
-fn admit<'a>(
-    ctx: &Ctx<'_>,
-    settings: &Settings,
-    user_id: &str,
-    stores: impl Iterator<Item = &'a str>,
-    devices: impl Iterator<Item = &'a str>,
-) -> Result<(), ApiError> {
-    for store in stores.collect::<BTreeSet<_>>() {
-        crate::catalog::claim_store(ctx, user_id, store)?;
-    }
-    for device in devices.collect::<BTreeSet<_>>() {
-        billing::require_device(ctx, user_id, device, settings)?;
-    }
-    Ok(())
-}
-
-/// `PUT /api/v1/inventories/stores/{storeUuid}/documents`.
+/// `PUT /api/v1/inventories/stores/{storeUuid}/documents`: one document or an array.
 pub fn put_documents(ctx: &Ctx<'_>, request: &Request, params: &Params) -> Result<Response, ApiError> {
     let settings = settings(ctx)?;
     let user_id = auth::require_user(ctx, request, &settings)?;
-    let store = params.get("storeUuid").unwrap_or_default();
-    if !is_uuid(store) {
-        return Err(ApiError::not_found());
-    }
-    ingest_documents(ctx, &settings, &user_id, &request.body, Some(&store.to_ascii_lowercase()))
+    let store = path_store(params)?;
+    ingest_documents(ctx, &settings, &user_id, &request.body, Some(&store))
 }
 
 /// `PUT {documents_webhook_path}`: each document names its own store.
@@ -240,6 +300,26 @@ pub fn put_documents_bare(ctx: &Ctx<'_>, request: &Request) -> Result<Response, 
     ingest_documents(ctx, &settings, &user_id, &request.body, None)
 }
 
+/// The stores and devices a delivery names: each store becomes the user's
+/// when nobody owns it yet, each device is registered while the licence
+/// allows (past it: 405 1005). Another user's store or device is a data issue.
+fn admit(
+    txn: &mut storage::Txn<'_>,
+    user_id: &str,
+    stores: &BTreeSet<&str>,
+    devices: &BTreeSet<&str>,
+    device_limit: Option<u64>,
+    now: u64,
+) -> Result<(), ApiError> {
+    for store in stores {
+        if let Some(owner) = crate::catalog::claim_in(txn, user_id, store, now)? {
+            let issue = Issue::new(Some(user_id), "store", store, format!("belongs to user {owner}"));
+            txn.issue(now, issue.in_store(store));
+        }
+    }
+    crate::inventory::register_devices(txn, user_id, devices, device_limit, now)
+}
+
 fn ingest_documents(
     ctx: &Ctx<'_>,
     settings: &Settings,
@@ -247,63 +327,64 @@ fn ingest_documents(
     body: &[u8],
     path_store: Option<&str>,
 ) -> Result<Response, ApiError> {
-    let mut documents: Vec<Document> = Vec::new();
-    let mut positions: HashMap<(String, String), usize> = HashMap::new();
-    for (index, value) in input::array(body, MAX_BATCH)?.into_iter().enumerate() {
-        let document = document(value, index, path_store)?;
+    let now = ctx.clock.now_unix();
+    let now_ms = i64::try_from(now).unwrap_or(i64::MAX / 1000) * 1000;
+    let (raws, array) = input::raw_items(body, MAX_BATCH)?;
+    let mut documents: Vec<Document<'_>> = Vec::with_capacity(raws.len());
+    let mut positions: HashMap<(String, String), usize> = HashMap::with_capacity(raws.len());
+    for (index, raw) in raws.into_iter().enumerate() {
+        let at = if array { format!("[{index}].") } else { String::new() };
+        let document = document(raw, &at, path_store, user_id, now_ms)?;
         match positions.get(&(document.store.clone(), document.id.clone())) {
-            // The same document twice in one delivery: once is enough, two versions are an error.
-            Some(first) if documents[*first].body == document.body => continue,
-            Some(_) => return Err(ApiError::incorrect(&format!("[{index}].uuid"), document.id)),
+            // The same document twice in one delivery: the first is kept.
+            Some(first) => {
+                let first = &mut documents[*first];
+                if first.raw.get() != raw.get() && !same_json(first.raw, raw) {
+                    first.problems.push("delivered twice in one batch with different content: the first kept".into());
+                }
+            }
             None => {
                 positions.insert((document.store.clone(), document.id.clone()), documents.len());
                 documents.push(document);
             }
         }
     }
-    admit(
-        ctx,
-        settings,
-        user_id,
-        documents.iter().map(|doc| doc.store.as_str()),
-        documents.iter().map(|doc| doc.device.as_str()),
-    )?;
-    for kind in documents.iter().map(|doc| doc.kind.as_str()).collect::<BTreeSet<_>>() {
-        if !KNOWN_TYPES.contains(&kind) {
-            auth::log_once(
-                ctx,
-                &format!("unknown/document-type/{kind}"),
-                &format!("kept documents of unknown type {kind}"),
-            );
-        }
-    }
-    let now = ctx.clock.now_unix();
+    let device_limit = crate::billing::device_limit(ctx, user_id, settings)?;
+    let stores: BTreeSet<&str> = documents.iter().map(|doc| doc.store.as_str()).collect();
+    let devices: BTreeSet<&str> = documents.iter().filter_map(|doc| doc.device.as_deref()).collect();
     let (new, repeated) = storage::transact(ctx.kv, |txn| -> Result<(usize, usize), ApiError> {
+        admit(txn, user_id, &stores, &devices, device_limit, now)?;
         let (mut new, mut repeated) = (0, 0);
         for doc in &documents {
-            let key = storage::document_key(&doc.store, &doc.id);
+            let id = key_id(&doc.id);
+            let key = storage::document_key(&doc.store, &id);
             if txn.get::<serde::de::IgnoredAny>(&key)?.is_some() {
                 repeated += 1;
                 continue;
             }
-            let record = DocumentRecord {
+            let record = NewDocument {
                 v: storage::FORMAT,
-                id: doc.id.clone(),
-                store_uuid: doc.store.clone(),
-                r#type: doc.kind.clone(),
+                id: &doc.id,
+                store_uuid: &doc.store,
+                r#type: &doc.kind,
                 close_date: doc.close_date,
-                version: doc.version.clone(),
-                user_id: user_id.to_owned(),
+                version: &doc.version,
+                format: doc.format,
+                device_uuid: doc.device.as_deref(),
+                user_id,
                 received_at: now,
-                document: Value::Object(doc.body.clone()),
+                document: doc.raw,
             };
             txn.put(&key, &record);
-            let position = format!("{:013}.{}", doc.close_date.max(0), doc.id);
+            let position = format!("{:013}.{id}", doc.close_date.max(0));
             let marker = json!({ "v": storage::FORMAT });
             txn.put(&format!("{}{position}", storage::documents_by_date_prefix(&doc.store)), &marker);
             txn.put(&format!("{}{position}", storage::documents_by_type_prefix(&doc.store, &doc.kind)), &marker);
-            let data = json!({ "storeUuid": doc.store, "id": doc.id, "type": doc.kind });
+            let data = json!({ "storeUuid": doc.store, "id": doc.id, "type": doc.kind, "format": doc.format });
             txn.emit("document.received", now, Some(user_id), data);
+            for problem in &doc.problems {
+                txn.issue(now, Issue::new(Some(user_id), "document", &doc.id, problem.as_str()).in_store(&doc.store));
+            }
             new += 1;
         }
         Ok((new, repeated))
@@ -311,122 +392,132 @@ fn ingest_documents(
     Ok(Response::json(200, &json!({ "accepted": new, "duplicates": repeated })))
 }
 
-/// A validated receipt event.
-struct Receipt {
-    id: String,
-    store: String,
-    device: String,
-    date_time: i64,
-    body: Object,
+/// Whether two JSON texts hold the same value.
+fn same_json(a: &RawValue, b: &RawValue) -> bool {
+    serde_json::from_str::<Value>(a.get()).ok() == serde_json::from_str::<Value>(b.get()).ok()
 }
 
-fn receipt(value: Value, index: Option<usize>, user_id: &str) -> Result<Receipt, ApiError> {
-    let at = index.map(|index| format!("[{index}].")).unwrap_or_default();
-    let Value::Object(body) = value else {
+/// A receipt event of a delivery, understood as far as it can be.
+struct Receipt<'a> {
+    id: String,
+    store: Option<String>,
+    device: Option<String>,
+    date_time: i64,
+    raw: &'a RawValue,
+    problems: Vec<String>,
+}
+
+/// Reads receipt event `at`; refused only without an id (`id`, or `data.id`).
+fn receipt<'a>(raw: &'a RawValue, at: &str, user_id: &str, now_ms: i64) -> Result<Receipt<'a>, ApiError> {
+    let Ok(Value::Object(event)) = serde_json::from_str::<Value>(raw.get()) else {
         return Err(ApiError::wrong_type(at.trim_end_matches('.'), "an object"));
     };
-    let id = match body.get("id") {
-        None | Some(Value::Null) => return Err(ApiError::missing(&format!("{at}id"))),
-        Some(Value::String(id)) if (1..=128).contains(&id.len()) => id.clone(),
-        Some(other) => return Err(ApiError::incorrect(&format!("{at}id"), other.clone())),
+    let data = match event.get("data") {
+        Some(Value::Object(data)) => Some(data),
+        _ => None,
     };
-    match input::required_str(&body, "userId") {
-        Ok(owner) if owner == user_id => {}
-        Ok(owner) => return Err(ApiError::incorrect(&format!("{at}userId"), owner)),
-        Err(mut err) => {
-            err.subject = Some(format!("{at}userId"));
-            return Err(err);
+    let mut problems = Vec::new();
+    let id = match first_of(&event, &["id"]).or_else(|| data.and_then(|data| first_of(data, &["id"]))) {
+        None => return Err(ApiError::missing(&format!("{at}id"))),
+        Some((field, value)) => {
+            input::id_text(value).ok_or_else(|| ApiError::incorrect(&format!("{at}{field}"), value.clone()))?
+        }
+    };
+    match event.get("userId").and_then(Value::as_str) {
+        Some(owner) if owner != user_id => problems.push(format!("userId {owner} is not the delivering user")),
+        _ => {}
+    }
+    let Some(data) = data else {
+        problems.push("no data object".into());
+        return Ok(Receipt { id, store: None, device: None, date_time: now_ms, raw, problems });
+    };
+    let store = first_of(data, &["storeId", "storeUuid"]).and_then(|(_, value)| input::id_text(value));
+    if store.is_none() {
+        problems.push("no usable data.storeId".into());
+    }
+    let device = first_of(data, &["deviceId", "deviceUuid"]).and_then(|(_, value)| input::id_text(value));
+    if device.is_none() {
+        problems.push("no usable data.deviceId".into());
+    }
+    let date_time = match first_of(data, &["dateTime"]).or_else(|| first_of(&event, &["timestamp"])) {
+        Some((field, value)) => crate::time::timestamp(value).unwrap_or_else(|| {
+            problems.push(format!("{field} {value} is not a date-time: filed at its arrival"));
+            now_ms
+        }),
+        None => {
+            problems.push("no data.dateTime: filed at its arrival".into());
+            now_ms
+        }
+    };
+    Ok(Receipt {
+        id,
+        store: store.map(|store| store.to_ascii_lowercase()),
+        device: device.map(|device| device.to_ascii_lowercase()),
+        date_time,
+        raw,
+        problems,
+    })
+}
+
+/// `POST /api/v1/receipt`, `POST /api/v1/receipts`, `POST /api/v2/receipts`:
+/// one receipt event or an array of them.
+pub fn post_receipts(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Result<Response, ApiError> {
+    let settings = settings(ctx)?;
+    let user_id = auth::require_user(ctx, request, &settings)?;
+    let now = ctx.clock.now_unix();
+    let now_ms = i64::try_from(now).unwrap_or(i64::MAX / 1000) * 1000;
+    let (raws, array) = input::raw_items(&request.body, MAX_BATCH)?;
+    let mut receipts = Vec::with_capacity(raws.len());
+    let mut seen = BTreeSet::new();
+    for (index, raw) in raws.into_iter().enumerate() {
+        let at = if array { format!("[{index}].") } else { String::new() };
+        let receipt = receipt(raw, &at, &user_id, now_ms)?;
+        if seen.insert(receipt.id.clone()) {
+            receipts.push(receipt);
         }
     }
-    let Some(Value::Object(data)) = body.get("data") else {
-        return Err(ApiError::missing(&format!("{at}data")));
-    };
-    let inner = format!("{at}data.");
-    let store = uuid_field(data, &inner, "storeId")?;
-    let device = uuid_field(data, &inner, "deviceId")?;
-    let date_time = date_field(data, &inner, "dateTime")?;
-    if data.get("id").is_none_or(Value::is_null) {
-        return Err(ApiError::missing(&format!("{inner}id")));
-    }
-    if let Some(items) = data.get("items")
-        && !matches!(items, Value::Array(_) | Value::Null)
-    {
-        return Err(ApiError::wrong_type(&format!("{inner}items"), "an array"));
-    }
-    Ok(Receipt { id, store, device, date_time, body })
-}
-
-/// `POST /api/v1/receipt`: an array of receipt events.
-pub fn post_receipts_v1(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Result<Response, ApiError> {
-    let settings = settings(ctx)?;
-    let user_id = auth::require_user(ctx, request, &settings)?;
-    let receipts = input::array(&request.body, MAX_BATCH)?
-        .into_iter()
-        .enumerate()
-        .map(|(index, value)| receipt(value, Some(index), &user_id))
-        .collect::<Result<Vec<_>, _>>()?;
-    ingest_receipts(ctx, &settings, &user_id, receipts)
-}
-
-/// `POST /api/v2/receipts`: one receipt event or an array of them.
-pub fn post_receipts_v2(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Result<Response, ApiError> {
-    let settings = settings(ctx)?;
-    let user_id = auth::require_user(ctx, request, &settings)?;
-    let receipts = match serde_json::from_slice::<Value>(&request.body) {
-        Ok(Value::Array(values)) => input::bounded(values, MAX_BATCH)?
-            .into_iter()
-            .enumerate()
-            .map(|(index, value)| receipt(value, Some(index), &user_id))
-            .collect::<Result<Vec<_>, _>>()?,
-        Ok(value @ Value::Object(_)) => vec![receipt(value, None, &user_id)?],
-        Ok(_) => return Err(ApiError::syntax("expected a receipt event or an array of them")),
-        Err(_) => return Err(ApiError::syntax("malformed JSON")),
-    };
-    ingest_receipts(ctx, &settings, &user_id, receipts)
-}
-
-fn ingest_receipts(
-    ctx: &Ctx<'_>,
-    settings: &Settings,
-    user_id: &str,
-    mut receipts: Vec<Receipt>,
-) -> Result<Response, ApiError> {
-    let mut seen = BTreeSet::new();
-    receipts.retain(|receipt| seen.insert(receipt.id.clone()));
-    admit(
-        ctx,
-        settings,
-        user_id,
-        receipts.iter().map(|receipt| receipt.store.as_str()),
-        receipts.iter().map(|receipt| receipt.device.as_str()),
-    )?;
-    let now = ctx.clock.now_unix();
+    let device_limit = crate::billing::device_limit(ctx, &user_id, &settings)?;
+    let stores: BTreeSet<&str> = receipts.iter().filter_map(|receipt| receipt.store.as_deref()).collect();
+    let devices: BTreeSet<&str> = receipts.iter().filter_map(|receipt| receipt.device.as_deref()).collect();
     let (new, repeated) = storage::transact(ctx.kv, |txn| -> Result<(usize, usize), ApiError> {
+        admit(txn, &user_id, &stores, &devices, device_limit, now)?;
         let (mut new, mut repeated) = (0, 0);
         for receipt in &receipts {
-            let key = storage::receipt_key(&receipt.id);
-            if txn.get::<serde::de::IgnoredAny>(&key)?.is_some() {
+            let hash = storage::receipt_id_hash(&receipt.id);
+            let key = storage::receipt_key(&hash, &user_id);
+            // Receipts of this version are kept per user; older ones under the id alone.
+            let legacy = txn.get::<ReceiptRecord>(&storage::receipt_key_by_hash(&hash))?;
+            if legacy.is_some_and(|legacy| legacy.user_id == user_id)
+                || txn.get::<serde::de::IgnoredAny>(&key)?.is_some()
+            {
                 repeated += 1;
                 continue;
             }
-            let record = ReceiptRecord {
+            let store = receipt.store.as_deref().unwrap_or_default();
+            let record = NewReceipt {
                 v: storage::FORMAT,
-                id: receipt.id.clone(),
-                store_uuid: receipt.store.clone(),
+                id: &receipt.id,
+                store_uuid: store,
                 date_time: receipt.date_time,
-                user_id: user_id.to_owned(),
+                user_id: &user_id,
                 received_at: now,
-                event: Value::Object(receipt.body.clone()),
+                event: receipt.raw,
             };
             txn.put(&key, &record);
-            let index = format!(
-                "{}{:013}.{}",
-                storage::receipts_by_date_prefix(&receipt.store),
-                receipt.date_time.max(0),
-                storage::receipt_id_hash(&receipt.id)
-            );
-            txn.put(&index, &json!({ "v": storage::FORMAT }));
-            txn.emit("receipt.received", now, Some(user_id), json!({ "storeUuid": receipt.store, "id": receipt.id }));
+            if !store.is_empty() {
+                let index = format!(
+                    "{}{:013}.{hash}.{user_id}",
+                    storage::receipts_by_date_prefix(store),
+                    receipt.date_time.max(0)
+                );
+                txn.put(&index, &json!({ "v": storage::FORMAT }));
+            }
+            txn.emit("receipt.received", now, Some(&user_id), json!({ "storeUuid": receipt.store, "id": receipt.id }));
+            for problem in &receipt.problems {
+                let mut issue = Issue::new(Some(&user_id), "receipt", &receipt.id, problem.as_str());
+                issue.store = receipt.store.clone();
+                txn.issue(now, issue);
+            }
             new += 1;
         }
         Ok((new, repeated))
@@ -472,7 +563,8 @@ fn window(ctx: &Ctx<'_>, request: &Request, prefix: &str) -> Result<(Vec<String>
 fn document_view(record: DocumentRecord) -> Value {
     json!({
         "id": record.id, "storeUuid": record.store_uuid, "type": record.r#type, "closeDate": record.close_date,
-        "version": record.version, "userId": record.user_id, "receivedAt": record.received_at,
+        "version": record.version, "format": record.format, "deviceUuid": record.device_uuid,
+        "userId": record.user_id, "receivedAt": record.received_at,
         "document": record.document,
     })
 }
@@ -496,7 +588,7 @@ pub fn partner_list_documents(ctx: &Ctx<'_>, request: &Request, params: &Params)
     let (positions, next) = window(ctx, request, &prefix)?;
     let mut items = Vec::with_capacity(positions.len());
     for position in &positions {
-        let id = position.split('.').nth(1).unwrap_or_default();
+        let id = position.split_once('.').map(|(_, id)| id).unwrap_or_default();
         let key = storage::document_key(&store, id);
         let record = storage::read::<DocumentRecord>(ctx.kv, &key)?.ok_or(StorageError::Corrupt(key))?;
         items.push(document_view(record));
@@ -508,11 +600,12 @@ pub fn partner_list_documents(ctx: &Ctx<'_>, request: &Request, params: &Params)
 pub fn partner_get_document(ctx: &Ctx<'_>, request: &Request, params: &Params) -> Result<Response, ApiError> {
     require_partner(ctx, request)?;
     let store = store_param(params)?;
-    let id = params.get("id").unwrap_or_default();
-    if !is_uuid(id) {
-        return Err(ApiError::not_found());
-    }
-    let record = storage::read::<DocumentRecord>(ctx.kv, &storage::document_key(&store, &id.to_ascii_lowercase()))?;
+    let id = params
+        .get("id")
+        .and_then(input::percent_decode)
+        .and_then(|id| input::id_text(&Value::String(id)))
+        .ok_or_else(ApiError::not_found)?;
+    let record = storage::read::<DocumentRecord>(ctx.kv, &storage::document_key(&store, &key_id(&id)))?;
     Ok(Response::json(200, &document_view(record.ok_or_else(ApiError::not_found)?)))
 }
 
@@ -523,20 +616,34 @@ pub fn partner_list_receipts(ctx: &Ctx<'_>, request: &Request, params: &Params) 
     let (positions, next) = window(ctx, request, &storage::receipts_by_date_prefix(&store))?;
     let mut items = Vec::with_capacity(positions.len());
     for position in &positions {
-        let hash = position.split('.').nth(1).unwrap_or_default();
-        let key = storage::receipt_key_by_hash(hash);
+        // `{ms}.{hash}.{userId}`, or `{ms}.{hash}` for receipts kept before they were per user.
+        let mut parts = position.split('.').skip(1);
+        let hash = parts.next().unwrap_or_default();
+        let key = match parts.next() {
+            Some(user_id) => storage::receipt_key(hash, user_id),
+            None => storage::receipt_key_by_hash(hash),
+        };
         let record = storage::read::<ReceiptRecord>(ctx.kv, &key)?.ok_or(StorageError::Corrupt(key))?;
         items.push(receipt_view(record));
     }
     Ok(Response::json(200, &json!({ "items": items, "next": next })))
 }
 
-/// `GET /partner/v1/receipts/{id}`: one receipt event by its id.
+/// `GET /partner/v1/receipts/{id}[?userId=]`: one receipt event by its id
+/// (the first user's when several users sent one with the same id).
 pub fn partner_get_receipt(ctx: &Ctx<'_>, request: &Request, params: &Params) -> Result<Response, ApiError> {
     require_partner(ctx, request)?;
-    let id = params.get("id").unwrap_or_default();
-    let record = storage::read::<ReceiptRecord>(ctx.kv, &storage::receipt_key(id))?;
-    Ok(Response::json(200, &receipt_view(record.ok_or_else(ApiError::not_found)?)))
+    let id = params.get("id").and_then(input::percent_decode).ok_or_else(ApiError::not_found)?;
+    let user = query(request, "userId").filter(|user| !user.is_empty());
+    let prefix = storage::receipt_key_by_hash(&storage::receipt_id_hash(&id));
+    // The id's own key (kept before receipts were per user), then `{key}/{userId}`.
+    for (key, entry) in storage::scan_all(ctx.kv, &prefix)? {
+        let record: ReceiptRecord = storage::decode(&key, &entry.value)?;
+        if record.id == id && user.is_none_or(|user| record.user_id == user) {
+            return Ok(Response::json(200, &receipt_view(record)));
+        }
+    }
+    Err(ApiError::not_found())
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Reading request bodies: JSON objects with required, typed fields.
 
 use crate::errors::ApiError;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 /// A parsed JSON object body.
@@ -23,6 +24,45 @@ pub fn array(body: &[u8], max: usize) -> Result<Vec<Value>, ApiError> {
         Ok(_) => Err(ApiError::syntax("expected a JSON array")),
         Err(_) => Err(ApiError::syntax("malformed JSON")),
     }
+}
+
+/// Items of a delivery that may be one JSON object or an array of them,
+/// left unparsed (slices of `body`), and whether it was an array. Anything
+/// but an object or an array is 400 code 2001; more than `max` items 2003.
+pub fn raw_items(body: &[u8], max: usize) -> Result<(Vec<&RawValue>, bool), ApiError> {
+    let first = body.iter().find(|byte| !byte.is_ascii_whitespace());
+    match first {
+        Some(b'[') => {
+            let items: Vec<&RawValue> = serde_json::from_slice(body).map_err(|_| ApiError::syntax("malformed JSON"))?;
+            if items.len() > max {
+                return Err(ApiError::incorrect("body", format!("{} items, at most {max}", items.len())));
+            }
+            Ok((items, true))
+        }
+        Some(b'{') => {
+            let item: &RawValue = serde_json::from_slice(body).map_err(|_| ApiError::syntax("malformed JSON"))?;
+            Ok((vec![item], false))
+        }
+        Some(_) => match serde_json::from_slice::<Value>(body) {
+            Ok(_) => Err(ApiError::syntax("expected a JSON object or an array of them")),
+            Err(_) => Err(ApiError::syntax("malformed JSON")),
+        },
+        None => Err(ApiError::syntax("empty body")),
+    }
+}
+
+/// An id as sent (a string, or a number) when it can name a record: 1 to
+/// 128 characters, no `/`, no control characters or spaces. Uuids are
+/// lower-cased (Evotor's ids compare case-insensitively).
+pub fn id_text(value: &Value) -> Option<String> {
+    let text = match value {
+        Value::String(text) => text.trim().to_owned(),
+        Value::Number(number) => number.to_string(),
+        _ => return None,
+    };
+    let usable =
+        (1..=128).contains(&text.len()) && !text.chars().any(|c| c == '/' || c.is_control() || c.is_whitespace());
+    usable.then(|| if crate::inventory::is_uuid(&text) { text.to_ascii_lowercase() } else { text })
 }
 
 /// `values` when there are at most `max` of them; else 400 code 2003.
@@ -123,6 +163,33 @@ mod tests {
     fn non_objects_are_syntax_errors() {
         for body in [&b"[1]"[..], b"nope", b"", b"\"s\"", b"{\"a\":"] {
             assert_eq!(object(body).map_err(|e| e.code), Err(2001));
+        }
+    }
+
+    #[test]
+    fn deliveries_are_one_object_or_an_array() {
+        let (items, array) = raw_items(br#" [{"a":1}, {"b": [2]}] "#, 10).expect("array");
+        assert!(array);
+        assert_eq!(items.iter().map(|raw| raw.get()).collect::<Vec<_>>(), [r#"{"a":1}"#, r#"{"b": [2]}"#]);
+        let (items, array) = raw_items(br#"{"a":1}"#, 10).expect("object");
+        assert!(!array);
+        assert_eq!(items.len(), 1);
+        for bad in [&b"5"[..], b"\"x\"", b"", b"[1,", b"{"] {
+            assert_eq!(raw_items(bad, 10).map_err(|e| e.code).err(), Some(2001), "{}", String::from_utf8_lossy(bad));
+        }
+        assert_eq!(raw_items(b"[{},{},{}]", 2).map_err(|e| e.code).err(), Some(2003));
+    }
+
+    #[test]
+    fn ids_are_usable_texts_with_uuids_in_lower_case() {
+        assert_eq!(
+            id_text(&json!("20170228-F4F1-401B-80FA-9ECCA8451FFB")).as_deref(),
+            Some("20170228-f4f1-401b-80fa-9ecca8451ffb")
+        );
+        assert_eq!(id_text(&json!("Doc-7")).as_deref(), Some("Doc-7"));
+        assert_eq!(id_text(&json!(42)).as_deref(), Some("42"));
+        for bad in [json!(""), json!("a/b"), json!("a b"), json!("x".repeat(129)), json!(null), json!({})] {
+            assert_eq!(id_text(&bad), None, "{bad}");
         }
     }
 

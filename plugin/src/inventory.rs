@@ -4,14 +4,15 @@
 //! Evotor is the master: each call carries the current state of the listed
 //! entities. Each is upserted under the calling user with a stable
 //! `partnerId` of ours. An entity that another user owns is never changed
-//! or revealed: the answer is 409 naming it, and the rest of the batch is
-//! kept.
+//! or revealed: it is answered with its uuid alone and recorded as a data
+//! issue, and the rest of the call is kept. Devices past the licensed
+//! number are not registered: 405 code 1005 names them.
 
 use crate::accounts::settings;
 use crate::errors::ApiError;
 use crate::http::{Request, Response};
 use crate::router::Params;
-use crate::storage::{self, DeviceOrder, EntityRecord, OwnerIndex};
+use crate::storage::{self, DeviceOrder, EntityRecord, Issue, OwnerIndex};
 use crate::{Ctx, auth};
 use serde_json::{Map, Value, json};
 
@@ -63,96 +64,93 @@ pub fn is_uuid(id: &str) -> bool {
         && matches!(bytes[19], b'8' | b'9' | b'a' | b'b' | b'A' | b'B')
 }
 
-/// Validation of one field of item `index`: `subject` reads `[3].uuid`.
-fn subject(index: usize, field: &str) -> String {
-    format!("[{index}].{field}")
-}
-
-fn text<'a>(
-    item: &'a Map<String, Value>,
-    index: usize,
-    field: &str,
-    required: bool,
-) -> Result<Option<&'a str>, ApiError> {
+/// Notes a problem with text field `field` of `item`: missing when
+/// `required`, empty when `required`, over-long, or not a string.
+fn check_text(item: &Map<String, Value>, field: &str, required: bool, problems: &mut Vec<String>) -> Option<String> {
     match item.get(field) {
-        None | Some(Value::Null) if required => Err(ApiError::missing(&subject(index, field))),
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(value)) if required && value.is_empty() => {
-            Err(ApiError::incorrect(&subject(index, field), ""))
-        }
+        None | Some(Value::Null) if required => problems.push(format!("{field} missing")),
+        None | Some(Value::Null) => {}
+        Some(Value::String(value)) if required && value.trim().is_empty() => problems.push(format!("{field} empty")),
         Some(Value::String(value)) if value.chars().count() > MAX_TEXT_CHARS => {
-            Err(ApiError::incorrect(&subject(index, field), format!("<{} characters>", value.chars().count())))
+            problems.push(format!("{field} longer than {MAX_TEXT_CHARS} characters"));
         }
-        Some(Value::String(value)) => Ok(Some(value)),
-        Some(_) => Err(ApiError::wrong_type(&subject(index, field), "a string")),
+        Some(Value::String(value)) => return Some(value.clone()),
+        Some(other) => problems.push(format!("{field} is not a string: {other}")),
     }
+    None
 }
 
-fn uuid(item: &Map<String, Value>, index: usize, field: &str, required: bool) -> Result<Option<String>, ApiError> {
-    match text(item, index, field, required)? {
-        Some(id) if is_uuid(id) => Ok(Some(id.to_ascii_lowercase())),
-        Some(id) => Err(ApiError::incorrect(&subject(index, field), id)),
-        None => Ok(None),
+/// Reads one entity of `kind` (`at` is `[3].`): refused only without a
+/// usable `uuid`. Returns its id and what looks wrong in it.
+fn validate(kind: Kind, item: &Map<String, Value>, at: &str) -> Result<(String, Vec<String>), ApiError> {
+    let id = match item.get("uuid") {
+        None | Some(Value::Null) => return Err(ApiError::missing(&format!("{at}uuid"))),
+        Some(value) => {
+            crate::input::id_text(value).ok_or_else(|| ApiError::incorrect(&format!("{at}uuid"), value.clone()))?
+        }
+    };
+    let mut problems = Vec::new();
+    if !is_uuid(&id) {
+        problems.push(format!("uuid {id:?} is not a uuid"));
     }
-}
-
-/// Checks one entity of `kind`; returns its uuid (lower case).
-fn validate(kind: Kind, item: &Map<String, Value>, index: usize) -> Result<String, ApiError> {
-    let id = uuid(item, index, "uuid", true)?.unwrap_or_default();
-    text(item, index, "code", false)?;
+    check_text(item, "code", false, &mut problems);
     match kind {
         Kind::Store => {
-            text(item, index, "name", true)?;
-            text(item, index, "address", false)?;
+            check_text(item, "name", true, &mut problems);
+            check_text(item, "address", false, &mut problems);
         }
         Kind::Employee => {
-            text(item, index, "name", true)?;
-            text(item, index, "lastName", false)?;
-            text(item, index, "patronymicName", false)?;
-            match text(item, index, "role", true)? {
-                Some("ADMIN" | "CASHIER" | "MANUAL") => {}
-                other => return Err(ApiError::incorrect(&subject(index, "role"), other.unwrap_or_default())),
+            check_text(item, "name", true, &mut problems);
+            check_text(item, "lastName", false, &mut problems);
+            check_text(item, "patronymicName", false, &mut problems);
+            match check_text(item, "role", true, &mut problems).as_deref() {
+                Some("ADMIN" | "CASHIER" | "MANUAL") | None => {}
+                Some(other) => problems.push(format!("unknown role {other:?}")),
             }
             let phone = match item.get("phone") {
                 None | Some(Value::Null) => None,
                 Some(Value::Number(number)) => Some(number.to_string()),
                 Some(Value::String(number)) => Some(number.clone()),
-                Some(_) => return Err(ApiError::wrong_type(&subject(index, "phone"), "a number")),
+                Some(other) => Some(other.to_string()),
             };
             if let Some(phone) = phone
                 && !(phone.len() == 11 && phone.starts_with('7') && phone.bytes().all(|b| b.is_ascii_digit()))
             {
-                return Err(ApiError::incorrect(&subject(index, "phone"), phone));
+                problems.push(format!("phone {phone} is not 7XXXXXXXXXX"));
             }
-            let Some(stores) = item.get("stores") else {
-                return Err(ApiError::missing(&subject(index, "stores")));
-            };
-            let Value::Array(stores) = stores else {
-                return Err(ApiError::wrong_type(&subject(index, "stores"), "an array"));
-            };
-            for (n, store) in stores.iter().enumerate() {
-                // Evotor sends `{storeUuid}` objects; plain uuid strings are taken too.
-                let id = match store {
-                    Value::Object(link) => link.get("storeUuid").and_then(Value::as_str),
-                    Value::String(id) => Some(id.as_str()),
-                    _ => None,
-                };
-                if !id.is_some_and(is_uuid) {
-                    return Err(ApiError::incorrect(&format!("[{index}].stores[{n}]"), store.clone()));
+            match item.get("stores") {
+                None | Some(Value::Null) => problems.push("stores missing".into()),
+                Some(Value::Array(stores)) => {
+                    for store in stores {
+                        // Evotor sends `{storeUuid}` objects; plain uuid strings are taken too.
+                        let id = match store {
+                            Value::Object(link) => link.get("storeUuid").and_then(Value::as_str),
+                            Value::String(id) => Some(id.as_str()),
+                            _ => None,
+                        };
+                        if !id.is_some_and(is_uuid) {
+                            problems.push(format!("stores names {store}, not a store uuid"));
+                        }
+                    }
                 }
+                Some(other) => problems.push(format!("stores is not an array: {other}")),
             }
         }
         Kind::Device => {
-            text(item, index, "name", false)?;
-            uuid(item, index, "storeUuid", false)?;
+            check_text(item, "name", false, &mut problems);
+            if let Some(store) = check_text(item, "storeUuid", false, &mut problems)
+                && !is_uuid(&store)
+            {
+                problems.push(format!("storeUuid {store:?} is not a uuid"));
+            }
             match item.get("timezoneOffset") {
                 None | Some(Value::Null) => {}
                 Some(Value::Number(offset)) if offset.is_i64() => {}
-                Some(other) => return Err(ApiError::incorrect(&subject(index, "timezoneOffset"), other.clone())),
+                Some(other) => problems.push(format!("timezoneOffset {other} is not a whole number")),
             }
         }
     }
-    Ok(id)
+    Ok((id, problems))
 }
 
 /// `PUT /api/v1/inventories/stores`.
@@ -170,33 +168,123 @@ pub fn put_devices(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Result<Respo
     mirror(ctx, request, Kind::Device)
 }
 
+/// What became of a device a call names.
+enum Admission {
+    /// The user's, and licensed.
+    Licensed,
+    /// Another user's: not the caller's to register.
+    Foreign(String),
+    /// Past the licensed number of devices.
+    OverLicence,
+}
+
+/// Within a transaction: registers `device` as the user's when it is new
+/// and the licence (`limit` devices, `None`: no limit) allows, keeping the
+/// user's device order in `order`.
+fn admit_device(
+    txn: &mut storage::Txn<'_>,
+    order: &mut DeviceOrder,
+    user_id: &str,
+    device: &str,
+    limit: Option<u64>,
+    now: u64,
+) -> Result<Admission, ApiError> {
+    let over = |count: usize| limit.is_some_and(|limit| count as u64 >= limit);
+    if let Some(index) = order.devices.iter().position(|known| known == device) {
+        return Ok(if over(index) { Admission::OverLicence } else { Admission::Licensed });
+    }
+    let owner_key = storage::owner_key(Kind::Device.name(), device);
+    match txn.get::<OwnerIndex>(&owner_key)? {
+        Some(owner) if owner.user_id != user_id => return Ok(Admission::Foreign(owner.user_id)),
+        _ if over(order.devices.len()) => return Ok(Admission::OverLicence),
+        Some(_) => {}
+        None => {
+            let partner_id = crate::accounts::new_account_id()?;
+            let owner = OwnerIndex { v: storage::FORMAT, user_id: user_id.to_owned(), partner_id: partner_id.clone() };
+            txn.put(&owner_key, &owner);
+            // Known by uuid only until Evotor sends the device itself.
+            let record = EntityRecord {
+                v: storage::FORMAT,
+                uuid: device.to_owned(),
+                partner_id: partner_id.clone(),
+                data: json!({ "uuid": device }),
+                updated_at: now,
+            };
+            txn.put(&storage::entity_key(user_id, Kind::Device.name(), device), &record);
+            txn.emit("device.registered", now, Some(user_id), json!({ "uuid": device, "partnerId": partner_id }));
+        }
+    }
+    order.devices.push(device.to_owned());
+    Ok(Admission::Licensed)
+}
+
+/// Within a transaction: the devices a document or receipt delivery names.
+/// Each new one is registered as the user's while the licence allows; one
+/// past it refuses the delivery (405 1005). Another user's device is a data issue.
+pub fn register_devices(
+    txn: &mut storage::Txn<'_>,
+    user_id: &str,
+    devices: &std::collections::BTreeSet<&str>,
+    limit: Option<u64>,
+    now: u64,
+) -> Result<(), ApiError> {
+    if devices.is_empty() {
+        return Ok(());
+    }
+    let order_key = storage::device_order_key(user_id);
+    let mut order = txn.get::<DeviceOrder>(&order_key)?.unwrap_or_default();
+    let registered = order.devices.len();
+    for device in devices {
+        match admit_device(txn, &mut order, user_id, device, limit, now)? {
+            Admission::Licensed => {}
+            Admission::Foreign(owner) => {
+                txn.issue(now, Issue::new(Some(user_id), "device", device, format!("belongs to user {owner}")));
+            }
+            Admission::OverLicence => return Err(ApiError::device_not_allowed(device)),
+        }
+    }
+    if order.devices.len() != registered {
+        order.v = storage::FORMAT;
+        txn.put(&order_key, &order);
+    }
+    Ok(())
+}
+
 fn mirror(ctx: &Ctx<'_>, request: &Request, kind: Kind) -> Result<Response, ApiError> {
     let settings = settings(ctx)?;
     let user_id = auth::require_user(ctx, request, &settings)?;
     let items = crate::input::array(&request.body, MAX_BATCH)?;
-    // Validate everything first: a bad item refuses the whole call, nothing written.
-    let mut batch = Vec::with_capacity(items.len());
-    let mut seen = std::collections::HashSet::new();
+    // Read everything first: an item without an id refuses the whole call, nothing written.
+    let mut batch: Vec<(String, Map<String, Value>, Vec<String>)> = Vec::with_capacity(items.len());
+    let mut positions: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     for (index, item) in items.into_iter().enumerate() {
         let Value::Object(item) = item else {
             return Err(ApiError::wrong_type(&format!("[{index}]"), "an object"));
         };
-        let id = validate(kind, &item, index)?;
-        if !seen.insert(id.clone()) {
-            return Err(ApiError::incorrect(&subject(index, "uuid"), id));
+        let (id, problems) = validate(kind, &item, &format!("[{index}]."))?;
+        match positions.get(&id) {
+            // The same entity twice: Evotor's later state wins.
+            Some(&earlier) => {
+                let (_, known, known_problems) = &mut batch[earlier];
+                if *known != item {
+                    known_problems.push("sent twice in one call with different content: the last kept".into());
+                    *known = item;
+                }
+            }
+            None => {
+                positions.insert(id.clone(), batch.len());
+                batch.push((id, item, problems));
+            }
         }
-        batch.push((id, item));
     }
 
-    // Devices beyond the licensed number are not registered (405 1007).
     let device_limit = match kind {
         Kind::Device => crate::billing::device_limit(ctx, &user_id, &settings)?,
         _ => None,
     };
     let now = ctx.clock.now_unix();
-    let (mapped, foreign, over) = storage::transact(ctx.kv, |txn| -> Result<_, ApiError> {
+    let (mapped, over) = storage::transact(ctx.kv, |txn| -> Result<_, ApiError> {
         let mut mapped = Vec::new();
-        let mut foreign = Vec::new();
         let mut over = Vec::new();
         let order_key = storage::device_order_key(&user_id);
         let mut order = match kind {
@@ -204,19 +292,29 @@ fn mirror(ctx: &Ctx<'_>, request: &Request, kind: Kind) -> Result<Response, ApiE
             _ => DeviceOrder::default(),
         };
         let registered = order.devices.len();
-        for (id, item) in &batch {
+        for (id, item, problems) in &batch {
+            let issue = |problem: String| Issue::new(Some(&user_id), kind.name(), id, problem);
             let owner_key = storage::owner_key(kind.name(), id);
-            let owner = txn.get::<OwnerIndex>(&owner_key)?;
-            if owner.as_ref().is_some_and(|owner| owner.user_id != user_id) {
-                foreign.push(id.clone());
+            let owner = match kind {
+                Kind::Device => match admit_device(txn, &mut order, &user_id, id, device_limit, now)? {
+                    Admission::Licensed => txn.get::<OwnerIndex>(&owner_key)?,
+                    Admission::Foreign(owner) => {
+                        txn.issue(now, issue(format!("belongs to user {owner}: not changed")));
+                        mapped.push(json!({ "uuid": id }));
+                        continue;
+                    }
+                    Admission::OverLicence => {
+                        over.push(id.clone());
+                        continue;
+                    }
+                },
+                _ => txn.get::<OwnerIndex>(&owner_key)?,
+            };
+            if let Some(owner) = owner.as_ref().filter(|owner| owner.user_id != user_id) {
+                // Never changed or revealed: the caller learns nothing of it.
+                txn.issue(now, issue(format!("belongs to user {}: not changed", owner.user_id)));
+                mapped.push(json!({ "uuid": id }));
                 continue;
-            }
-            if kind == Kind::Device && !order.devices.contains(id) {
-                if device_limit.is_some_and(|limit| order.devices.len() as u64 >= limit) {
-                    over.push(id.clone());
-                    continue;
-                }
-                order.devices.push(id.clone());
             }
             let partner_id = match owner {
                 Some(owner) => owner.partner_id,
@@ -242,6 +340,9 @@ fn mirror(ctx: &Ctx<'_>, request: &Request, kind: Kind) -> Result<Response, ApiE
                 };
                 txn.put(&key, &record);
                 txn.emit(kind.feed_kind(), now, Some(&user_id), json!({ "uuid": id, "partnerId": partner_id }));
+                for problem in problems {
+                    txn.issue(now, issue(problem.clone()));
+                }
             }
             mapped.push(json!({ "uuid": id, "partnerId": partner_id }));
         }
@@ -249,22 +350,17 @@ fn mirror(ctx: &Ctx<'_>, request: &Request, kind: Kind) -> Result<Response, ApiE
             order.v = storage::FORMAT;
             txn.put(&order_key, &order);
         }
-        Ok((mapped, foreign, over))
+        Ok((mapped, over))
     })?;
-    if foreign.is_empty() && over.is_empty() {
+    if over.is_empty() {
         return Ok(Response::json(200, &Value::Array(mapped)));
     }
+    // The definitions' answer for a device past the licence: 405 code 1005, each device named.
     let errors: Vec<Value> = over
         .iter()
-        .map(|id| json!({ "code": 1007, "reason": "license overhead", "subject": "deviceUuid", "value": id }))
-        .chain(
-            foreign
-                .iter()
-                .map(|id| json!({ "code": 2005, "reason": "belongs to another user", "subject": "uuid", "value": id })),
-        )
+        .map(|id| json!({ "code": 1005, "reason": "not allowed", "subject": "deviceUuid", "value": id }))
         .collect();
-    let status = if over.is_empty() { 409 } else { 405 };
-    Ok(Response::json(status, &json!({ "errors": errors, "accepted": mapped })))
+    Ok(Response::json(405, &json!({ "errors": errors })))
 }
 
 #[cfg(test)]
@@ -312,7 +408,7 @@ mod tests {
     }
 
     #[test]
-    fn another_users_entity_is_refused_by_name_and_the_rest_is_kept() {
+    fn another_users_entity_is_a_data_issue_never_changed_nor_revealed() {
         let world = World::new();
         let alice = world.register(USER, "alice");
         let bob = world.register("02-000000000000002", "bob");
@@ -330,10 +426,11 @@ mod tests {
                 Some(&bob),
                 Some(json!([entity(kind, STORE, "Bob's now"), entity(kind, STORE2, "Bob's")])),
             );
-            assert_eq!(response.status, 409, "{kind}");
+            assert_eq!(response.status, 200, "{kind}: taken, Evotor would retry a refusal for three days");
             let body = response.body_json();
-            assert_eq!(body["errors"][0]["value"], STORE.to_lowercase());
-            assert_eq!(body["accepted"][0]["uuid"], STORE2.to_lowercase());
+            assert_eq!(body[0], json!({"uuid": STORE.to_lowercase()}), "{kind}: answered by uuid alone");
+            assert_eq!(body[1]["uuid"], STORE2.to_lowercase());
+            assert!(body[1]["partnerId"].is_string());
             assert!(!body.to_string().contains("Alice"), "nothing of the owner is revealed");
             let alices: EntityRecord =
                 storage::read(&world.kv, &storage::entity_key(USER, stored, &STORE.to_lowercase()))
@@ -350,29 +447,27 @@ mod tests {
                 "{kind}: Bob holds no copy"
             );
         }
+        let issues = world.call("GET", "/partner/v1/data-issues", Some("partner"), None).body_json();
+        let foreign: Vec<&Value> = issues["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .filter(|issue| issue["problem"] == format!("belongs to user {USER}: not changed"))
+            .collect();
+        assert_eq!(foreign.len(), 3, "one per kind: {issues}");
+        assert!(foreign.iter().all(|issue| issue["userId"] == "02-000000000000002"));
     }
 
     #[test]
-    fn invalid_entities_refuse_the_whole_call() {
+    fn only_entities_without_an_id_refuse_the_call_and_doubts_are_reported() {
         let world = World::new();
         let token = world.register(USER, "ivan");
-        let cases = [
-            ("stores", json!([{"uuid": STORE}]), 2002, "[0].name"),
-            ("stores", json!([{"uuid": "nope", "name": "x"}]), 2003, "[0].uuid"),
-            ("stores", json!([{"uuid": STORE, "name": "a"}, {"uuid": STORE, "name": "b"}]), 2003, "[1].uuid"),
-            ("employees", json!([{"uuid": STORE, "name": "E", "role": "BOSS", "stores": []}]), 2003, "[0].role"),
-            (
-                "employees",
-                json!([{"uuid": STORE, "name": "E", "role": "ADMIN", "stores": [], "phone": 89001234567u64}]),
-                2003,
-                "[0].phone",
-            ),
-            ("employees", json!([{"uuid": STORE, "name": "E", "role": "ADMIN"}]), 2002, "[0].stores"),
-            ("devices", json!([{"uuid": STORE, "timezoneOffset": 1.5}]), 2003, "[0].timezoneOffset"),
-            ("devices", json!([{"uuid": STORE, "name": 7}]), 2001, "[0].name"),
-        ];
-        for (kind, body, code, subject) in cases {
-            let response = world.call("PUT", &format!("/api/v1/inventories/{kind}"), Some(&token), Some(body.clone()));
+        for (body, code, subject) in [
+            (json!([{"name": "x"}]), 2002, "[0].uuid"),
+            (json!([{"uuid": STORE, "name": "x"}, {"uuid": "a/b", "name": "y"}]), 2003, "[1].uuid"),
+            (json!([{"uuid": STORE}, 5]), 2001, "[1]"),
+        ] {
+            let response = world.call("PUT", "/api/v1/inventories/stores", Some(&token), Some(body.clone()));
             let error = &response.body_json()["errors"][0];
             assert_eq!(
                 (response.status, error["code"].as_u64(), error["subject"].as_str()),
@@ -383,6 +478,41 @@ mod tests {
         assert!(world.kv.keys().iter().all(|k| !k.starts_with("owners/")), "nothing written");
         let not_array = world.call("PUT", "/api/v1/inventories/stores", Some(&token), Some(json!({"uuid": STORE})));
         assert_eq!(not_array.status, 400);
+
+        let cases = [
+            ("stores", json!({"uuid": STORE, "name": ""}), "name empty"),
+            ("stores", json!({"uuid": "store-7", "name": "Shop"}), "is not a uuid"),
+            ("employees", json!({"uuid": STORE, "name": "E", "role": "BOSS", "stores": []}), "unknown role \"BOSS\""),
+            (
+                "employees",
+                json!({"uuid": STORE2, "name": "E", "role": "ADMIN", "stores": [], "phone": 89001234567u64}),
+                "phone 89001234567 is not 7XXXXXXXXXX",
+            ),
+            ("employees", json!({"uuid": STORE, "name": "E", "role": "ADMIN"}), "stores missing"),
+            ("devices", json!({"uuid": STORE, "timezoneOffset": 1.5}), "timezoneOffset 1.5 is not a whole number"),
+            ("devices", json!({"uuid": STORE2, "name": 7}), "name is not a string: 7"),
+        ];
+        for (kind, item, problem) in cases {
+            let response =
+                world.call("PUT", &format!("/api/v1/inventories/{kind}"), Some(&token), Some(json!([item.clone()])));
+            assert_eq!(response.status, 200, "{item}");
+            let issues = world.call("GET", "/partner/v1/data-issues?limit=1000", Some("partner"), None).body_json();
+            assert!(
+                issues["items"]
+                    .as_array()
+                    .expect("items")
+                    .iter()
+                    .any(|issue| issue["problem"].as_str().is_some_and(|p| p.contains(problem))),
+                "{problem} in {issues}"
+            );
+        }
+        let twice = json!([{"uuid": STORE, "name": "First"}, {"uuid": STORE, "name": "Second"}]);
+        let response = world.call("PUT", "/api/v1/inventories/stores", Some(&token), Some(twice));
+        assert_eq!(response.body_json().as_array().map(Vec::len), Some(1));
+        let stored: EntityRecord = storage::read(&world.kv, &storage::entity_key(USER, "store", &STORE.to_lowercase()))
+            .expect("read")
+            .expect("stored");
+        assert_eq!(stored.data["name"], "Second", "Evotor's later state wins");
     }
 
     #[test]

@@ -327,7 +327,8 @@ pub fn user_subscriptions(ctx: &Ctx<'_>, request: &Request, params: &Params) -> 
     require_partner(ctx, request)?;
     let user_id = user_param(params)?;
     let mut items = Vec::new();
-    for subscription in crate::billing::subscriptions(ctx, user_id)? {
+    let settings = settings(ctx)?;
+    for subscription in crate::billing::subscriptions(ctx, user_id, settings.gap_timeout_secs)? {
         let prefix = storage::subscription_events_prefix(&subscription.subscription_id);
         let events = storage::scan_all(ctx.kv, &prefix)?
             .into_iter()
@@ -343,7 +344,7 @@ pub fn user_entitlement(ctx: &Ctx<'_>, request: &Request, params: &Params) -> Re
     require_partner(ctx, request)?;
     let user_id = user_param(params)?;
     let settings = settings(ctx)?;
-    let entitlement = crate::billing::entitlement(ctx, user_id, settings.pending_grace_secs)?;
+    let entitlement = crate::billing::entitlement(ctx, user_id, &settings)?;
     Ok(Response::json(
         200,
         &json!({ "userId": user_id, "enforced": settings.billing_enforced, "entitlement": entitlement }),
@@ -376,6 +377,25 @@ pub fn user_entities(ctx: &Ctx<'_>, request: &Request, params: &Params) -> Resul
         .into_iter()
         .map(|record| {
             json!({ "uuid": record.uuid, "partnerId": record.partner_id, "data": record.data, "updatedAt": record.updated_at })
+        })
+        .collect();
+    Ok(Response::json(200, &json!({ "items": items, "next": next })))
+}
+
+/// `GET /partner/v1/data-issues?after=&limit=`: what was accepted although
+/// it looked wrong, one item per distinct issue with how often it was seen.
+pub fn data_issues(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Result<Response, ApiError> {
+    require_partner(ctx, request)?;
+    let (after, limit) = paging(request)?;
+    let (issues, next) = storage::page::<storage::IssueRecord>(ctx.kv, storage::ISSUES_PREFIX, after, limit)?;
+    let items: Vec<Value> = issues
+        .into_iter()
+        .map(|issue| {
+            json!({
+                "userId": issue.user_id, "storeUuid": issue.store_uuid, "entity": issue.entity,
+                "entityId": issue.entity_id, "problem": issue.problem, "firstSeen": issue.first_seen,
+                "lastSeen": issue.last_seen, "count": issue.count,
+            })
         })
         .collect();
     Ok(Response::json(200, &json!({ "items": items, "next": next })))

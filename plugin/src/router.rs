@@ -46,8 +46,9 @@ const ROUTES: &[Route] = &[
     ),
     route("/api/v1/commodities", &[("GET", catalog::commodity)]),
     route("/api/v1/inventories/stores/{storeUuid}/documents", &[("PUT", documents::put_documents)]),
-    route("/api/v1/receipt", &[("POST", documents::post_receipts_v1)]),
-    route("/api/v2/receipts", &[("POST", documents::post_receipts_v2)]),
+    route("/api/v1/receipt", &[("POST", documents::post_receipts)]),
+    route("/api/v1/receipts", &[("POST", documents::post_receipts)]),
+    route("/api/v2/receipts", &[("POST", documents::post_receipts)]),
     // The partner's own API.
     route("/partner/v1/accounts", &[("GET", partner_api::list_accounts), ("POST", partner_api::create_account)]),
     route(
@@ -61,6 +62,7 @@ const ROUTES: &[Route] = &[
     route("/partner/v1/users", &[("GET", partner_api::list_users)]),
     route("/partner/v1/users/{userId}", &[("GET", partner_api::get_user)]),
     route("/partner/v1/users/{userId}/subscriptions", &[("GET", partner_api::user_subscriptions)]),
+    route("/partner/v1/users/{userId}/subscriptions/{subscriptionId}/resolve-gap", &[("POST", billing::resolve_gap)]),
     route("/partner/v1/users/{userId}/entitlement", &[("GET", partner_api::user_entitlement)]),
     route("/partner/v1/users/{userId}/stores", &[("GET", partner_api::user_entities)]),
     route("/partner/v1/users/{userId}/employees", &[("GET", partner_api::user_entities)]),
@@ -70,6 +72,7 @@ const ROUTES: &[Route] = &[
     route("/partner/v1/stores/{storeUuid}/receipts", &[("GET", documents::partner_list_receipts)]),
     route("/partner/v1/receipts/{id}", &[("GET", documents::partner_get_receipt)]),
     route("/partner/v1/feed", &[("GET", partner_api::feed)]),
+    route("/partner/v1/data-issues", &[("GET", partner_api::data_issues)]),
     route(
         "/partner/v1/stores/{storeUuid}/products",
         &[("GET", catalog::partner_list_products), ("PUT", catalog::partner_put_products)],
@@ -88,10 +91,26 @@ const fn route(pattern: &'static str, methods: &'static [(&'static str, Handler)
     Route { pattern, methods }
 }
 
+/// Header in which the gateway names the route prefix the plugin is
+/// mounted at (`/evotor` for `route = "/evotor"`); absent or `/` at the root.
+pub const BASE_PATH_HEADER: &str = "x-evogate-base-path";
+
+/// The request's path below the plugin's mount point: the protocol's paths
+/// are the same whatever route the operator mounts the plugin at.
+fn local_path(request: &Request) -> &str {
+    let base = request.header_value(BASE_PATH_HEADER).map(|base| base.trim_end_matches('/')).unwrap_or_default();
+    match request.path.strip_prefix(base) {
+        Some("") => "/",
+        Some(rest) if base.is_empty() || rest.starts_with('/') => rest,
+        _ => &request.path,
+    }
+}
+
 /// Routes `request` and renders any error.
 pub fn dispatch(ctx: &Ctx<'_>, request: &Request) -> Response {
-    let result = match find(&request.path) {
-        None if request.method == "PUT" && is_documents_webhook(ctx, &request.path) => {
+    let path = local_path(request);
+    let result = match find(path) {
+        None if request.method == "PUT" && is_documents_webhook(ctx, path) => {
             documents::put_documents_bare(ctx, request)
         }
         None => Err(ApiError::not_found()),
@@ -173,6 +192,22 @@ mod tests {
         assert!(matches("/stores/{store}/products", "/stores//products").is_none());
         assert!(matches("/stores/{store}", "/stores/a/b").is_none());
         assert!(matches("/stores/{store}/x", "/stores/a").is_none());
+    }
+
+    #[test]
+    fn paths_are_read_below_the_mount_point() {
+        let mounted = |path: &str, base: &str| {
+            let request = Request::new("GET", path).header(BASE_PATH_HEADER, base);
+            local_path(&request).to_owned()
+        };
+        assert_eq!(mounted("/evotor/api/v1/user/token", "/evotor"), "/api/v1/user/token");
+        assert_eq!(mounted("/evotor", "/evotor"), "/");
+        assert_eq!(mounted("/evotor/", "/evotor/"), "/");
+        assert_eq!(mounted("/api/v1/user/token", "/"), "/api/v1/user/token");
+        assert_eq!(mounted("/evotorx/api", "/evotor"), "/evotorx/api", "whole segments only");
+        assert_eq!(local_path(&Request::new("GET", "/api/v1/x")), "/api/v1/x");
+        let response = call(Request::new("POST", "/evotor/api/v1/user/token").header(BASE_PATH_HEADER, "/evotor"));
+        assert_eq!(response.status, 401, "found, and refused for want of a credential");
     }
 
     #[test]

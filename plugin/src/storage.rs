@@ -27,9 +27,10 @@
 //! | `docs/{store}/doc/{id}` | [`crate::documents::DocumentRecord`]: a terminal document as received |
 //! | `docs/{store}/by-date/{closeDate ms:013}.{id}` | document index by close date |
 //! | `docs/{store}/by-type/{type}/{closeDate ms:013}.{id}` | document index by type and close date |
-//! | `receipts/{sha256(event id)[..32]}` | [`crate::documents::ReceiptRecord`]: a receipt event as received |
-//! | `rcpts/{store}/by-date/{dateTime ms:013}.{sha256(event id)[..32]}` | receipt index by date |
+//! | `receipts/{sha256(event id)[..32]}/{userId}` | [`crate::documents::ReceiptRecord`]: a receipt event as received (older ones without `/{userId}`) |
+//! | `rcpts/{store}/by-date/{dateTime ms:013}.{sha256(event id)[..32]}.{userId}` | receipt index by date (older ones without `.{userId}`) |
 //! | `feed/{stamp}` | [`FeedEntry`]: one accepted change; the host's commit stamp orders them |
+//! | `issues/{sha256(user, store, entity, problem)[..32]}` | [`IssueRecord`]: doubtful input that was accepted |
 //! | `meta/{name}` | small service records |
 //!
 //! Every value is JSON with `"v"`: the storage format version (see the
@@ -356,12 +357,13 @@ pub fn documents_by_type_prefix(store: &str, kind: &str) -> String {
     format!("docs/{store}/by-type/{kind}/")
 }
 
-/// Key of a receipt event by its id.
-pub fn receipt_key(id: &str) -> String {
-    receipt_key_by_hash(&receipt_id_hash(id))
+/// Key of the receipt event of `user_id` whose id has the digest `hash`.
+pub fn receipt_key(hash: &str, user_id: &str) -> String {
+    format!("receipts/{hash}/{user_id}")
 }
 
-/// Key of a receipt event by the digest of its id.
+/// Key of a receipt event by the digest of its id alone (how receipts were
+/// kept before they were per user; still read).
 pub fn receipt_key_by_hash(hash: &str) -> String {
     format!("receipts/{hash}")
 }
@@ -378,6 +380,74 @@ pub fn receipts_by_date_prefix(store: &str) -> String {
 
 /// Prefix of the change feed.
 pub const FEED_PREFIX: &str = "feed/";
+
+/// Prefix of the data issues.
+pub const ISSUES_PREFIX: &str = "issues/";
+
+/// Something doubtful in input that was accepted all the same: what, where,
+/// and for whom. The same issue again counts up one record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issue {
+    /// The Evotor user whose delivery carried it.
+    pub user_id: Option<String>,
+    /// The store concerned.
+    pub store: Option<String>,
+    /// What kind of entity: `document`, `receipt`, `store`, `subscription`, …
+    pub entity: &'static str,
+    /// Its id as sent.
+    pub entity_id: String,
+    /// What looks wrong, in words, e.g. `closeDate missing`.
+    pub problem: String,
+}
+
+impl Issue {
+    /// An issue of `entity` `entity_id` delivered by `user_id`.
+    pub fn new(user_id: Option<&str>, entity: &'static str, entity_id: &str, problem: impl Into<String>) -> Self {
+        Self {
+            user_id: user_id.map(str::to_owned),
+            store: None,
+            entity,
+            entity_id: entity_id.chars().take(128).collect(),
+            problem: problem.into(),
+        }
+    }
+
+    /// The same issue, about a store.
+    #[must_use]
+    pub fn in_store(mut self, store: &str) -> Self {
+        self.store = Some(store.to_owned());
+        self
+    }
+
+    fn key(&self) -> String {
+        let identity = serde_json::json!([self.user_id, self.store, self.entity, self.entity_id, self.problem]);
+        format!("{ISSUES_PREFIX}{}", &sha256_hex(identity.to_string().as_bytes())[..32])
+    }
+}
+
+/// A data issue as stored and listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IssueRecord {
+    /// Storage format version.
+    pub v: u32,
+    /// The Evotor user whose delivery carried it.
+    pub user_id: Option<String>,
+    /// The store concerned.
+    pub store_uuid: Option<String>,
+    /// The kind of entity.
+    pub entity: String,
+    /// Its id.
+    pub entity_id: String,
+    /// What looks wrong.
+    pub problem: String,
+    /// First seen, Unix seconds.
+    pub first_seen: u64,
+    /// Last seen, Unix seconds.
+    pub last_seen: u64,
+    /// How many times it was seen.
+    pub count: u64,
+}
 
 /// Key of a service record.
 pub fn meta_key(name: &str) -> String {
@@ -416,7 +486,7 @@ pub(crate) fn encode<T: Serialize>(record: &T) -> Vec<u8> {
     serde_json::to_vec(record).unwrap_or_default()
 }
 
-pub(crate) fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StorageError> {
+pub fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StorageError> {
     serde_json::from_slice(bytes).map_err(|_| StorageError::Corrupt(key.to_owned()))
 }
 
@@ -529,6 +599,10 @@ pub struct Txn<'a> {
     checks: Vec<Check>,
     writes: Vec<Write>,
     events: Vec<Event>,
+    /// Data issues noted, by key, with how often and when.
+    issues: std::collections::BTreeMap<String, (Issue, u64, u64)>,
+    /// Lines to log once the commit holds.
+    logs: Vec<String>,
 }
 
 impl std::fmt::Debug for Txn<'_> {
@@ -561,6 +635,46 @@ impl Txn<'_> {
     /// Announces a change in the feed; the entry commits with the change or not at all.
     pub fn emit(&mut self, kind: &'static str, at: u64, user_id: Option<&str>, data: Value) {
         self.events.push(Event { kind, at, user_id: user_id.map(str::to_owned), data });
+    }
+
+    /// Notes a data issue; it is counted in the same commit as the change
+    /// that carried it, and logged when it is first seen.
+    pub fn issue(&mut self, now: u64, issue: Issue) {
+        let entry = self.issues.entry(issue.key()).or_insert((issue, 0, now));
+        entry.1 += 1;
+    }
+
+    /// Writes the noted data issues: each read (a check) and counted up.
+    fn write_issues(&mut self) -> Result<(), StorageError> {
+        for (key, (issue, count, now)) in std::mem::take(&mut self.issues) {
+            let record = match self.get::<IssueRecord>(&key)? {
+                Some(mut known) => {
+                    known.last_seen = now;
+                    known.count = known.count.saturating_add(count);
+                    known
+                }
+                None => {
+                    let whose = issue.user_id.as_deref().unwrap_or("-");
+                    self.logs.push(format!(
+                        "data issue: {} {} of user {whose}: {}",
+                        issue.entity, issue.entity_id, issue.problem
+                    ));
+                    IssueRecord {
+                        v: FORMAT,
+                        user_id: issue.user_id,
+                        store_uuid: issue.store,
+                        entity: issue.entity.to_owned(),
+                        entity_id: issue.entity_id,
+                        problem: issue.problem,
+                        first_seen: now,
+                        last_seen: now,
+                        count,
+                    }
+                }
+            };
+            self.put(&key, &record);
+        }
+        Ok(())
     }
 
     /// Appends the emitted events to the feed with stamped keys: the host
@@ -603,14 +717,27 @@ where
         if attempt > 0 {
             backoff(attempt);
         }
-        let mut txn = Txn { kv, checks: Vec::new(), writes: Vec::new(), events: Vec::new() };
+        let mut txn = Txn {
+            kv,
+            checks: Vec::new(),
+            writes: Vec::new(),
+            events: Vec::new(),
+            issues: std::collections::BTreeMap::new(),
+            logs: Vec::new(),
+        };
         let result = body(&mut txn)?;
+        txn.write_issues()?;
         txn.append_feed();
         if txn.writes.is_empty() {
             return Ok(result);
         }
         match kv.commit(&txn.checks, &txn.writes) {
-            Ok(()) => return Ok(result),
+            Ok(()) => {
+                for line in txn.logs {
+                    eprintln!("{line}");
+                }
+                return Ok(result);
+            }
             Err(KvError::Conflict) => continue,
             Err(err) => return Err(StorageError::Kv(err).into()),
         }

@@ -1,5 +1,29 @@
 //! The date-time and duration formats Evotor sends.
 
+use serde_json::Value;
+
+/// Reads a timestamp in any form Evotor uses: an ISO 8601 string (see
+/// [`parse_datetime`]), Unix milliseconds as a number or a numeric string
+/// (`1504168645290`, `"1504168645290"`). Returns Unix milliseconds.
+pub fn timestamp(value: &Value) -> Option<i64> {
+    match value {
+        Value::Number(number) => {
+            let millis = number.as_i64().or_else(|| {
+                number.as_f64().filter(|f| f.is_finite() && f.fract() == 0.0 && f.abs() < 9e15).map(|f| f as i64)
+            })?;
+            Some(millis)
+        }
+        Value::String(text) => {
+            let text = text.trim();
+            match text.parse::<i64>() {
+                Ok(millis) => Some(millis),
+                Err(_) => parse_datetime(text),
+            }
+        }
+        _ => None,
+    }
+}
+
 /// Parses an ISO 8601 date-time with an offset, as Evotor writes them
 /// (`2017-04-20T18:26:37.753+0000`, `…Z`, `…+03:00`), into Unix milliseconds.
 pub fn parse_datetime(text: &str) -> Option<i64> {
@@ -34,7 +58,8 @@ pub fn parse_datetime(text: &str) -> Option<i64> {
         rest = &fraction[digits..];
     }
     let offset_minutes = match rest {
-        "Z" | "z" => 0,
+        // No offset at all: Evotor's clocks are UTC.
+        "" | "Z" | "z" => 0,
         _ => {
             let sign = match rest.as_bytes().first()? {
                 b'+' => 1,
@@ -82,11 +107,30 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     era * 146_097 + day_of_era - 719_468
 }
 
+/// Reads a trial length: an ISO 8601 duration of whole days (`PnD`,
+/// `PnDT`, `PnDT0H`), or a number of days as a number or numeric string.
+pub fn days(value: &Value) -> Option<u32> {
+    match value {
+        Value::Number(number) => number.as_u64().and_then(|days| u32::try_from(days).ok()),
+        Value::String(text) => {
+            let text = text.trim();
+            text.parse::<u32>().ok().or_else(|| parse_days(text))
+        }
+        _ => None,
+    }
+}
+
 /// Parses an ISO 8601 duration of whole days, `PnD` or `PnDT` (Evotor's
 /// trial periods), into days.
 pub fn parse_days(text: &str) -> Option<u32> {
+    let text = text.to_ascii_uppercase();
     let inner = text.strip_prefix('P')?;
-    let inner = inner.strip_suffix('T').unwrap_or(inner);
+    // `P14DT0H0M` and `P14DT0S` are whole days too.
+    let inner = match inner.split_once('T') {
+        Some((days, time)) if time.trim_start_matches(|c: char| c == '0' || "HMS".contains(c)).is_empty() => days,
+        Some(_) => return None,
+        None => inner,
+    };
     let digits = inner.strip_suffix('D')?;
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
@@ -116,12 +160,44 @@ mod tests {
             "2017-13-01T00:00:00Z",
             "2023-02-29T00:00:00Z",
             "2017-04-20T25:00:00Z",
-            "2017-04-20T18:26:37",
             "2017-04-20T18:26:37.+0000",
             "2017-04-20T18:26:37+3",
         ] {
             assert_eq!(parse_datetime(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn timestamps_come_as_iso_or_unix_millis() {
+        use serde_json::json;
+        let millis = 1_504_168_645_290;
+        for value in [
+            json!(1_504_168_645_290u64),
+            json!("1504168645290"),
+            json!(1_504_168_645_290.0),
+            json!("2017-08-31T08:37:25.290Z"),
+            json!("2017-08-31T08:37:25.290+0000"),
+            json!("2017-08-31T11:37:25.290+03:00"),
+            json!("2017-08-31T08:37:25.29"),
+        ] {
+            assert_eq!(timestamp(&value), Some(millis), "{value}");
+        }
+        assert_eq!(timestamp(&json!("2017-08-31T08:37:25Z")), Some(1_504_168_645_000));
+        for bad in [json!(null), json!(true), json!("yesterday"), json!(1.5), json!([1])] {
+            assert_eq!(timestamp(&bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn trial_lengths_come_as_durations_or_days() {
+        use serde_json::json;
+        for (value, days_) in
+            [(json!("P14D"), 14), (json!("P14DT"), 14), (json!("p7dt0h"), 7), (json!(30), 30), (json!("30"), 30)]
+        {
+            assert_eq!(days(&value), Some(days_), "{value}");
+        }
+        assert_eq!(days(&json!("P1DT5H")), None);
+        assert_eq!(days(&json!(-1)), None);
     }
 
     #[test]

@@ -114,7 +114,7 @@ fn populated() -> (World, String) {
     user_call("/api/v1/inventories/stores", json!([{"uuid": STORE, "name": "Shop"}]));
     user_call(
         "/api/v1/inventories/employees",
-        json!([{"uuid": PRODUCT, "name": "Ann", "role": "ADMIN", "stores": [{"storeUuid": STORE}]}]),
+        json!([{"uuid": PRODUCT, "name": "Ann", "role": "ADMIN", "stores": [{"storeUuid": STORE}], "phone": "8-900"}]),
     );
     user_call("/api/v1/inventories/devices", json!([{"uuid": DEVICE, "name": "Till", "storeUuid": STORE}]));
     let orphan = json!({"uuid": PRODUCT, "group": true, "name": "Drinks", "parentUuid": DEVICE});
@@ -154,6 +154,7 @@ fn every_documented_answer_matches_a_real_one() {
             .replace("{userId}", USER)
             .replace("{storeUuid}", STORE)
             .replace("{accountId}", &account_id)
+            .replace("{subscriptionId}", "a99fbf70-6307-4acc-b61c-741ee9eef6c1")
             .replace("{id}", id);
         let body = match (method.as_str(), path.as_str()) {
             ("POST", "/partner/v1/accounts") => Some(json!({"login": "another", "displayName": "Front desk"})),
