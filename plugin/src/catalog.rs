@@ -29,7 +29,7 @@ use crate::http::{Request, Response};
 use crate::input;
 use crate::partner_api::{paging, query, require_partner, store_param};
 use crate::router::Params;
-use crate::storage::{self, EntityRecord, OwnerIndex, StorageError, Txn};
+use crate::storage::{self, EntityRecord, Issue, OwnerIndex, StorageError, Txn};
 use crate::{Ctx, auth};
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
@@ -40,7 +40,7 @@ use validate::{Item, Unknown};
 
 /// Most items one upsert may carry (Evotor or partner side).
 pub const MAX_BATCH: usize = 10_000;
-/// Largest `size` of an Evotor page, and the cap of an unpaged answer.
+/// Largest `size` of an Evotor page.
 pub const MAX_PAGE_SIZE: u64 = 10_000;
 /// A directory range is split once it holds more than this many items…
 const SPLIT_ABOVE: u64 = 1024;
@@ -388,6 +388,33 @@ fn items(ctx: &Ctx<'_>, body: &[u8]) -> Result<Vec<Item>, ApiError> {
     Ok(items)
 }
 
+/// Reads the items a terminal sends: refused only without an id; an item
+/// sent twice keeps its last version, and both that and whatever else looks
+/// wrong are named in each item's problems.
+fn terminal_items(ctx: &Ctx<'_>, body: &[u8]) -> Result<Vec<Item>, ApiError> {
+    let values = input::array(body, MAX_BATCH)?;
+    let mut unknown = Vec::new();
+    let mut positions: HashMap<String, usize> = HashMap::with_capacity(values.len());
+    let mut items: Vec<Item> = Vec::with_capacity(values.len());
+    for (index, value) in values.into_iter().enumerate() {
+        let mut item = validate::lenient_item(value, index, &mut unknown)?;
+        match positions.get(&item.uuid) {
+            Some(&earlier) => {
+                if items[earlier].data != item.data {
+                    item.problems.push("sent twice in one call with different content: the last kept".into());
+                }
+                items[earlier] = item;
+            }
+            None => {
+                positions.insert(item.uuid.clone(), items.len());
+                items.push(item);
+            }
+        }
+    }
+    log_unknown(ctx, unknown);
+    Ok(items)
+}
+
 /// Logs each value of an extensible enumeration this build does not know, once.
 fn log_unknown(ctx: &Ctx<'_>, mut unknown: Vec<Unknown>) {
     unknown.sort_unstable_by(|a, b| (a.field, &a.value).cmp(&(b.field, &b.value)));
@@ -404,6 +431,12 @@ fn upsert_all(ctx: &Ctx<'_>, store: &str, items: &[Item], source: &str) -> Resul
     let batch: HashSet<String> = items.iter().map(|item| item.uuid.clone()).collect();
     let owner = store_owner(ctx, store)?;
     storage::transact(ctx.kv, |txn| -> Result<(), ApiError> {
+        for item in items {
+            for problem in &item.problems {
+                let issue = Issue::new(owner.as_deref(), "product", &item.uuid, problem.as_str());
+                txn.issue(now, issue.in_store(store));
+            }
+        }
         let mut change = Change::begin(txn, store)?;
         let mut changed = Vec::new();
         for item in items {
@@ -487,70 +520,108 @@ pub fn claim_in(txn: &mut Txn<'_>, user_id: &str, store: &str, now: u64) -> Resu
     }
 }
 
-/// `page` and `size` of an Evotor listing: both or neither.
+/// Page size when Evotor sends `page` without `size`.
+pub const DEFAULT_PAGE_SIZE: u64 = 1000;
+
+/// `page` and `size` of an Evotor listing: neither (the whole catalog),
+/// both, `page` alone (of [`DEFAULT_PAGE_SIZE`]) or `size` alone (page 0).
 fn evotor_paging(request: &Request) -> Result<Option<(u64, u64)>, ApiError> {
-    match (query(request, "page"), query(request, "size")) {
-        (None, None) => Ok(None),
-        (Some(_), None) => Err(ApiError::missing("size")),
-        (None, Some(_)) => Err(ApiError::missing("page")),
-        (Some(page), Some(size)) => {
-            let page = page.parse::<u64>().map_err(|_| ApiError::incorrect("page", page))?;
-            let size = match size.parse::<u64>() {
-                Ok(size @ 1..=MAX_PAGE_SIZE) => size,
-                _ => return Err(ApiError::incorrect("size", size)),
-            };
-            Ok(Some((page, size)))
+    let number = |name: &str| -> Result<Option<u64>, ApiError> {
+        match query(request, name).map(str::trim) {
+            None | Some("") => Ok(None),
+            Some(text) => text.parse::<u64>().map(Some).map_err(|_| ApiError::incorrect(name, text)),
         }
+    };
+    let (page, size) = (number("page")?, number("size")?);
+    if page.is_none() && size.is_none() {
+        return Ok(None);
     }
+    let size = match size {
+        None => DEFAULT_PAGE_SIZE,
+        Some(size @ 1..=MAX_PAGE_SIZE) => size,
+        Some(size) => return Err(ApiError::incorrect("size", size)),
+    };
+    Ok(Some((page.unwrap_or(0), size)))
 }
 
-/// Items `offset..offset + size` of a store as a JSON array, and the total.
-fn products_page(ctx: &Ctx<'_>, store: &str, offset: u64, size: u64) -> Result<(Vec<u8>, u64), ApiError> {
+/// Up to `size` items of a store from item number `offset` on, as a JSON
+/// array (the whole catalog with `size` = `u64::MAX`), their count and the
+/// catalog's total. The array is built from the stored products as they
+/// are, a scan page at a time, into one buffer sized from the first page,
+/// so a large catalog fits the instance's memory.
+fn products_page(ctx: &Ctx<'_>, store: &str, offset: u64, size: u64) -> Result<(Vec<u8>, u64, u64), ApiError> {
     let directory: Directory = storage::read(ctx.kv, &storage::catalog_directory_key(store))?.unwrap_or_default();
     let total = directory.total();
     let mut body = Vec::from(*b"[");
-    if let Some((index, skip)) = directory.locate(offset) {
+    let mut count = 0u64;
+    if let Some((index, mut skip)) = directory.locate(offset) {
         let prefix = storage::products_prefix(store);
-        let start = directory.ranges[index].after.as_ref().map(|after| format!("{prefix}{after}"));
-        let want = usize::try_from(skip + size).unwrap_or(usize::MAX);
-        let entries = storage::collect(ctx.kv, &prefix, start, want)?;
-        for (n, (key, entry)) in entries.iter().skip(skip as usize).enumerate() {
-            let raw: RawProduct<'_> =
-                serde_json::from_slice(&entry.value).map_err(|_| StorageError::Corrupt(key.clone()))?;
-            if n > 0 {
-                body.push(b',');
+        let mut cursor = directory.ranges[index].after.as_ref().map(|after| format!("{prefix}{after}"));
+        let wanted = size.min(total.saturating_sub(offset));
+        while count < wanted {
+            let limit = (wanted - count).saturating_add(skip).min(u64::from(crate::kv::MAX_SCAN_LIMIT)) as u32;
+            let batch = ctx.kv.scan(&prefix, cursor.as_deref(), limit)?;
+            let Some((last, _)) = batch.last() else { break };
+            cursor = Some(last.clone());
+            for (key, entry) in &batch {
+                if skip > 0 {
+                    skip -= 1;
+                    continue;
+                }
+                if count == wanted {
+                    break;
+                }
+                let raw: RawProduct<'_> =
+                    serde_json::from_slice(&entry.value).map_err(|_| StorageError::Corrupt(key.clone()))?;
+                let item = raw.product.get().as_bytes();
+                if count == 0 {
+                    // Size the buffer once from the first item, with a quarter to spare.
+                    let estimate = (item.len() as u64 + 1).saturating_mul(wanted).saturating_mul(5) / 4;
+                    body.reserve_exact(usize::try_from(estimate).unwrap_or(usize::MAX).min(64 << 20));
+                } else {
+                    body.push(b',');
+                }
+                if body.capacity() - body.len() < item.len() + 1 {
+                    // Grow by an eighth of what is left, not by doubling.
+                    let left = usize::try_from(wanted - count).unwrap_or(usize::MAX);
+                    body.reserve_exact((item.len() + 1).saturating_mul(left / 8 + 1));
+                }
+                body.extend_from_slice(item);
+                count += 1;
             }
-            body.extend_from_slice(raw.product.get().as_bytes());
         }
     }
     body.push(b']');
-    Ok((body, total))
+    Ok((body, count, total))
 }
 
 fn json_bytes(status: u16, body: Vec<u8>) -> Response {
     Response { status, headers: vec![("content-type".into(), "application/json; charset=utf-8".into())], body }
 }
 
-/// `GET /api/v1/inventories/stores/{storeUuid}/products`.
+/// `GET /api/v1/inventories/stores/{storeUuid}/products[?page=&size=]`.
 ///
-/// Without `page` and `size` the answer is capped at [`MAX_PAGE_SIZE`]
-/// items; a bigger catalog answers its first page with the paging headers,
-/// so a client sees there is more.
+/// Without `page` and `size`: every product and group of the store, no
+/// paging headers. With them: that page, with `X-Total-Items-Count`,
+/// `X-Pagination-Page-Size` (the items on this page),
+/// `X-Pagination-Total-Page-Count` (at least 1) and, when there is a next
+/// page, `X-Pagination-Next-Page`.
 pub fn get_products(ctx: &Ctx<'_>, request: &Request, params: &Params) -> Result<Response, ApiError> {
     let settings = settings(ctx)?;
     let user_id = auth::require_user(ctx, request, &settings)?;
     let paging = evotor_paging(request)?;
     let store = user_store(ctx, &user_id, params)?;
-    let (page, size) = paging.unwrap_or((0, MAX_PAGE_SIZE));
-    let (body, total) = products_page(ctx, &store, page.saturating_mul(size), size)?;
+    let Some((page, size)) = paging else {
+        let (body, _, _) = products_page(ctx, &store, 0, u64::MAX)?;
+        return Ok(json_bytes(200, body));
+    };
+    let (body, count, total) = products_page(ctx, &store, page.saturating_mul(size), size)?;
     let mut response = json_bytes(200, body);
-    if paging.is_some() || total > MAX_PAGE_SIZE {
-        response.headers.push(("x-total-items-count".into(), total.to_string()));
-        response.headers.push(("x-pagination-page-size".into(), size.to_string()));
-        response.headers.push(("x-pagination-total-page-count".into(), total.div_ceil(size).to_string()));
-        if page.saturating_add(1).saturating_mul(size) < total {
-            response.headers.push(("x-pagination-next-page".into(), (page + 1).to_string()));
-        }
+    response.headers.push(("x-total-items-count".into(), total.to_string()));
+    response.headers.push(("x-pagination-page-size".into(), count.to_string()));
+    response.headers.push(("x-pagination-total-page-count".into(), total.div_ceil(size).max(1).to_string()));
+    if page.saturating_add(1).saturating_mul(size) < total {
+        response.headers.push(("x-pagination-next-page".into(), (page + 1).to_string()));
     }
     Ok(response)
 }
@@ -559,7 +630,7 @@ pub fn get_products(ctx: &Ctx<'_>, request: &Request, params: &Params) -> Result
 pub fn post_products(ctx: &Ctx<'_>, request: &Request, params: &Params) -> Result<Response, ApiError> {
     let settings = settings(ctx)?;
     let user_id = auth::require_user(ctx, request, &settings)?;
-    let items = items(ctx, &request.body)?;
+    let items = terminal_items(ctx, &request.body)?;
     let store = user_store(ctx, &user_id, params)?;
     upsert_all(ctx, &store, &items, "evotor")?;
     let answer: Vec<Value> = items.iter().map(|item| json!({ "uuid": item.uuid })).collect();

@@ -63,8 +63,9 @@ pub trait Kv {
     fn get(&self, key: &str) -> Result<Option<Entry>, KvError>;
     /// Ordered prefix scan after `start_after`; an empty page means the end.
     fn scan(&self, prefix: &str, start_after: Option<&str>, limit: u32) -> Result<Vec<(String, Entry)>, KvError>;
-    /// Atomic conditional write, durable on success.
-    fn commit(&self, checks: &[Check], writes: &[Write]) -> Result<(), KvError>;
+    /// Atomic conditional write, durable on success. Takes the writes by
+    /// value: a large commit's bytes are handed to the host, not copied.
+    fn commit(&self, checks: Vec<Check>, writes: Vec<Write>) -> Result<(), KvError>;
 }
 
 /// An in-memory [`Kv`] with the host's semantics and limits, for native tests.
@@ -107,13 +108,13 @@ impl Kv for MemKv {
             .collect())
     }
 
-    fn commit(&self, checks: &[Check], writes: &[Write]) -> Result<(), KvError> {
+    fn commit(&self, checks: Vec<Check>, writes: Vec<Write>) -> Result<(), KvError> {
         if writes.len() > MAX_WRITES {
             return Err(KvError::TooLarge);
         }
         let mut guard = self.lock();
         let (map, last) = &mut *guard;
-        for check in checks {
+        for check in &checks {
             let holds = match check {
                 Check::VersionIs(key, version) => map.get(key).map(|e| e.version) == Some(*version),
                 Check::Absent(key) => !map.contains_key(key),
@@ -122,7 +123,7 @@ impl Kv for MemKv {
                 return Err(KvError::Conflict);
             }
         }
-        for write in writes {
+        for write in &writes {
             let (Write::Set(key, _) | Write::Delete(key) | Write::SetStamped(key, _)) = write;
             if key.len() > MAX_KEY_BYTES {
                 return Err(KvError::TooLarge);
@@ -138,13 +139,13 @@ impl Kv for MemKv {
         for write in writes {
             match write {
                 Write::Set(key, value) => {
-                    map.insert(key.clone(), Entry { value: value.clone(), version: *last });
+                    map.insert(key, Entry { value, version: *last });
                 }
                 Write::Delete(key) => {
-                    map.remove(key);
+                    map.remove(&key);
                 }
                 Write::SetStamped(prefix, value) => {
-                    map.insert(stamped_key(prefix, *last, stamped), Entry { value: value.clone(), version: *last });
+                    map.insert(stamped_key(&prefix, *last, stamped), Entry { value, version: *last });
                     stamped += 1;
                 }
             }

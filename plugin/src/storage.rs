@@ -731,7 +731,7 @@ where
         if txn.writes.is_empty() {
             return Ok(result);
         }
-        match kv.commit(&txn.checks, &txn.writes) {
+        match kv.commit(txn.checks, txn.writes) {
             Ok(()) => {
                 for line in txn.logs {
                     eprintln!("{line}");
@@ -768,7 +768,7 @@ mod tests {
             let current: Option<u32> = txn.get("counter")?;
             if runs == 1 {
                 // Someone else writes between our read and our commit.
-                kv.commit(&[], &[Write::Set("counter".into(), b"10".to_vec())]).expect("side write");
+                kv.commit(Vec::new(), vec![Write::Set("counter".into(), b"10".to_vec())]).expect("side write");
             }
             txn.put("counter", &(current.unwrap_or(0) + 1));
             Ok(())
@@ -800,7 +800,7 @@ mod tests {
     fn pages_carry_a_cursor_until_the_end() {
         let kv = MemKv::default();
         for i in 0..5 {
-            kv.commit(&[], &[Write::Set(format!("accounts/{i}"), encode(&i))]).expect("put");
+            kv.commit(Vec::new(), vec![Write::Set(format!("accounts/{i}"), encode(&i))]).expect("put");
         }
         let (first, next) = page::<u32>(&kv, ACCOUNTS_PREFIX, None, 2).expect("page");
         assert_eq!((first, next.as_deref()), (vec![0, 1], Some("1")));

@@ -135,9 +135,12 @@ fn evotor_pages_carry_conformant_headers_and_every_product_once() {
     let last = evotor_page(&world, &token, STORE, "?page=2&size=1000");
     assert_eq!(header(&last, "x-pagination-next-page"), None, "no next page after the last");
     assert_eq!(uuids_of(&last).len(), 500);
+    assert_eq!(header(&last, "x-pagination-page-size"), Some("500"), "the items on this page");
     let past = evotor_page(&world, &token, STORE, "?page=3&size=1000");
     assert_eq!((past.status, past.body_json()), (200, json!([])));
     assert_eq!(header(&past, "x-total-items-count"), Some("2500"));
+    assert_eq!(header(&past, "x-pagination-page-size"), Some("0"));
+    assert_eq!(header(&past, "x-pagination-next-page"), None);
 
     let paged: Vec<String> = [first, middle, last].iter().flat_map(uuids_of).collect();
     assert_eq!(paged, all, "every product exactly once, in uuid order");
@@ -159,16 +162,31 @@ fn evotor_pages_carry_conformant_headers_and_every_product_once() {
     }
     let unpaged = evotor_page(&world, &token, STORE, "");
     assert_eq!(uuids_of(&unpaged), all);
-    assert_eq!(header(&unpaged, "x-total-items-count"), None, "a catalog under the cap answers whole");
+    assert!(unpaged.headers.iter().all(|(name, _)| !name.starts_with("x-")), "no paging headers unpaged");
+    let page_alone = evotor_page(&world, &token, STORE, "?page=1");
+    assert_eq!(uuids_of(&page_alone), all[DEFAULT_PAGE_SIZE as usize..2 * DEFAULT_PAGE_SIZE as usize]);
+    assert_eq!(header(&page_alone, "x-pagination-page-size"), Some("1000"), "page alone: the default size");
+    let size_alone = evotor_page(&world, &token, STORE, "?size=7");
+    assert_eq!(uuids_of(&size_alone), all[..7], "size alone: page 0");
+    assert_eq!(header(&size_alone, "x-pagination-next-page"), Some("1"));
 }
 
 #[test]
-fn paging_parameters_come_together_and_within_range() {
+fn an_empty_catalog_has_one_empty_page() {
+    let world = World::new();
+    let token = world.register(ALICE, "alice");
+    let response = evotor_page(&world, &token, STORE, "?page=0&size=10");
+    assert_eq!(response.body_json(), json!([]));
+    assert_eq!(header(&response, "x-pagination-total-page-count"), Some("1"));
+    assert_eq!(header(&response, "x-total-items-count"), Some("0"));
+    assert_eq!(header(&response, "x-pagination-next-page"), None);
+}
+
+#[test]
+fn paging_parameters_are_numbers_within_range() {
     let world = World::new();
     let token = world.register(ALICE, "alice");
     let cases = [
-        ("?page=0", 2002, "size"),
-        ("?size=10", 2002, "page"),
         ("?page=0&size=0", 2003, "size"),
         ("?page=0&size=10001", 2003, "size"),
         ("?page=-1&size=10", 2003, "page"),
@@ -185,30 +203,35 @@ fn paging_parameters_come_together_and_within_range() {
 }
 
 #[test]
-fn an_unpaged_catalog_over_the_cap_answers_its_first_page_with_headers() {
+fn an_unpaged_catalog_answers_every_product_however_many() {
     let world = World::new();
     let token = world.register(ALICE, "alice");
     let items: Vec<Value> = (0..10_000).map(|n| product(n, None)).collect();
     assert_eq!(partner_put(&world, STORE, &items).status, 200);
     assert_eq!(partner_put(&world, STORE, &[product(10_000, None)]).status, 200);
     let response = evotor_page(&world, &token, STORE, "");
-    assert_eq!(uuids_of(&response).len(), 10_000);
-    assert_eq!(header(&response, "x-total-items-count"), Some("10001"));
-    assert_eq!(header(&response, "x-pagination-next-page"), Some("1"));
-    audit(&world, STORE);
+    assert_eq!(uuids_of(&response), audit(&world, STORE));
+    assert_eq!(uuids_of(&response).len(), 10_001);
+    assert_eq!(header(&response, "x-total-items-count"), None);
 }
 
 #[test]
-fn terminal_products_are_validated_upserted_and_answered_by_uuid() {
+fn terminal_products_are_upserted_answered_by_uuid_and_doubts_reported() {
     let world = World::new();
     let token = world.register(ALICE, "alice");
     let path = format!("/api/v1/inventories/stores/{}/products", STORE.to_uppercase());
     let created = world.call("POST", &path, Some(&token), Some(json!([product(1, Some("460")), group(2, None)])));
     assert_eq!(created.status, 200, "{}", String::from_utf8_lossy(&created.body));
     assert_eq!(created.body_json(), json!([{"uuid": uuid(1)}, {"uuid": uuid(2)}]));
-    let twice = world.call("POST", &path, Some(&token), Some(json!([product(3, None), product(3, None)])));
-    let error = &twice.body_json()["errors"][0];
-    assert_eq!((twice.status, error["code"].as_u64(), error["subject"].as_str()), (400, Some(2003), Some("[1].uuid")));
+    let mut renamed = product(3, None);
+    renamed["name"] = json!("Renamed");
+    let twice = world.call("POST", &path, Some(&token), Some(json!([product(3, None), renamed])));
+    assert_eq!(twice.body_json(), json!([{"uuid": uuid(3)}]), "once in the answer, the last version kept");
+    let stored: ProductRecord =
+        storage::read(&world.kv, &storage::product_key(STORE, &uuid(3))).expect("read").expect("stored");
+    assert_eq!(stored.product["name"], "Renamed");
+    let no_id = world.call("POST", &path, Some(&token), Some(json!([{"group": true, "name": "x"}])));
+    assert_eq!((no_id.status, no_id.body_json()["errors"][0]["subject"].as_str()), (400, Some("[0].uuid")));
     let negative = world.call(
         "POST",
         &path,
@@ -216,12 +239,17 @@ fn terminal_products_are_validated_upserted_and_answered_by_uuid() {
         Some(json!([{"uuid": uuid(4), "group": false, "name": "x",
         "type": "SERVICE", "measureName": "ед", "price": -1, "tax": "NO_VAT"}])),
     );
-    assert_eq!(negative.body_json()["errors"][0]["subject"], "[0].price");
+    assert_eq!(negative.body_json(), json!([{"uuid": uuid(4)}]), "kept as sent");
+    let issues = world.call("GET", "/partner/v1/data-issues", Some("partner"), None).body_json();
+    let problems: Vec<&str> =
+        issues["items"].as_array().expect("items").iter().filter_map(|i| i["problem"].as_str()).collect();
+    assert!(problems.contains(&"price: incorrect -1"), "{problems:?}");
+    assert!(problems.iter().any(|p| p.contains("sent twice")), "{problems:?}");
     let record: ProductRecord =
         storage::read(&world.kv, &storage::product_key(STORE, &uuid(1))).expect("read").expect("stored");
     assert_eq!(record.source, "evotor");
     assert_eq!(audit(&world, STORE), {
-        let mut ids = vec![uuid(1), uuid(2)];
+        let mut ids = vec![uuid(1), uuid(2), uuid(3), uuid(4)];
         ids.sort();
         ids
     });

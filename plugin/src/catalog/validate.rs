@@ -49,6 +49,8 @@ pub struct Item {
     pub barcodes: Vec<String>,
     /// The object as given, with `uuid` and `parentUuid` in lower case.
     pub data: Map<String, Value>,
+    /// What looks wrong in it, when it was taken all the same ([`lenient_item`]).
+    pub problems: Vec<String>,
 }
 
 /// A value of an extensible enumeration that this build does not know.
@@ -214,7 +216,46 @@ pub fn item(value: Value, index: usize, unknown: &mut Vec<Unknown>) -> Result<It
     if let Some(parent) = &parent {
         data.insert("parentUuid".into(), Value::String(parent.clone()));
     }
-    Ok(Item { uuid, parent, barcodes, data })
+    Ok(Item { uuid, parent, barcodes, data, problems: Vec::new() })
+}
+
+/// Checks item `index` of a terminal's delivery: refused only without a
+/// usable `uuid` (or when not an object); whatever [`item`] would refuse
+/// besides is kept as given and named in [`Item::problems`].
+pub fn lenient_item(value: Value, index: usize, unknown: &mut Vec<Unknown>) -> Result<Item, ApiError> {
+    let Value::Object(mut data) = value else {
+        return Err(ApiError::wrong_type(&format!("[{index}]"), "an object"));
+    };
+    let uuid = match data.get("uuid") {
+        None | Some(Value::Null) => return Err(ApiError::missing(&format!("[{index}].uuid"))),
+        Some(value) => crate::input::id_text(value)
+            .ok_or_else(|| ApiError::incorrect(&format!("[{index}].uuid"), value.clone()))?,
+    };
+    let strict = match item(Value::Object(data.clone()), index, unknown) {
+        Ok(item) => return Ok(item),
+        Err(err) => err,
+    };
+    let subject = strict.subject.as_deref().unwrap_or_default();
+    let field = subject.split_once('.').map_or(subject, |(_, field)| field);
+    let value = strict.value.as_ref().map(|value| format!(" {value}")).unwrap_or_default();
+    let problem = format!("{field}: {}{value}", strict.reason);
+    let parent = data.get("parentUuid").and_then(crate::input::id_text).filter(|parent| *parent != uuid);
+    let mut barcodes: Vec<String> = match data.get("barCodes") {
+        Some(Value::Array(codes)) => codes
+            .iter()
+            .filter_map(Value::as_str)
+            .filter(|code| !code.is_empty() && code.len() <= MAX_CODE_BYTES && !code.chars().any(char::is_control))
+            .map(str::to_owned)
+            .collect(),
+        _ => Vec::new(),
+    };
+    barcodes.sort_unstable();
+    barcodes.dedup();
+    data.insert("uuid".into(), Value::String(uuid.clone()));
+    if let Some(parent) = &parent {
+        data.insert("parentUuid".into(), Value::String(parent.clone()));
+    }
+    Ok(Item { uuid, parent, barcodes, data, problems: vec![problem] })
 }
 
 /// A number within `min..=max` with at most `decimals` digits after the point.
@@ -340,6 +381,24 @@ mod tests {
         let marked = with(with(beer, "type", json!("ALCOHOL_MARKED")), "alcoCodes", Value::Null);
         assert!(check(marked.clone()).is_ok());
         assert_eq!(check(without(marked, "alcoCodes")).map(|_| ()), Err((2002, "[0].alcoCodes".into())));
+    }
+
+    #[test]
+    fn a_terminal_item_is_refused_only_without_an_id() {
+        let lenient = |value: Value| {
+            let mut unknown = Vec::new();
+            lenient_item(value, 0, &mut unknown).map_err(|err| (err.code, err.subject.unwrap_or_default()))
+        };
+        assert_eq!(lenient(without(normal(), "uuid")).map(|_| ()), Err((2002, "[0].uuid".into())));
+        assert_eq!(lenient(json!("x")).map(|_| ()), Err((2001, "[0]".into())));
+        let group = json!({"uuid": GROUP, "group": true, "name": "Drinks", "type": "NORMAL", "parentUuid": ID});
+        let kept = lenient(group.clone()).expect("kept");
+        assert_eq!(kept.problems, ["type: incorrect \"NORMAL\""]);
+        assert_eq!((kept.uuid.as_str(), kept.parent.as_deref()), (GROUP, Some(ID.to_lowercase().as_str())));
+        let priced = lenient(with(normal(), "price", json!("12.50"))).expect("kept");
+        assert_eq!(priced.data["price"], "12.50", "kept as sent");
+        assert_eq!(priced.barcodes, ["2000000000060"]);
+        assert!(lenient(normal()).expect("valid").problems.is_empty());
     }
 
     #[test]

@@ -410,14 +410,14 @@ fn receipts_kept_before_they_were_per_user_are_still_read_and_deduplicated() {
         received_at: 1,
         event: event.clone(),
     };
-    let writes = [
+    let writes = vec![
         crate::kv::Write::Set(storage::receipt_key_by_hash(&hash), storage::encode(&record)),
         crate::kv::Write::Set(
             format!("{}{:013}.{hash}", storage::receipts_by_date_prefix(STORE), record.date_time),
             b"{\"v\":1}".to_vec(),
         ),
     ];
-    crate::kv::Kv::commit(&world.kv, &[], &writes).expect("old layout");
+    crate::kv::Kv::commit(&world.kv, Vec::new(), writes).expect("old layout");
     let again = world.call("POST", "/api/v2/receipts", Some(&alice), Some(event.clone()));
     assert_eq!(again.body_json(), json!({"accepted": 0, "duplicates": 1}));
     let listed = world.call("GET", &format!("/partner/v1/stores/{STORE}/receipts"), Some("partner"), None).body_json();
