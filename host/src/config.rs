@@ -159,7 +159,8 @@ impl Default for Config {
             limits: LimitsConfig {
                 max_body_bytes: 32 * 1024 * 1024,
                 request_timeout_ms: 8000,
-                instance_memory_bytes: 64 * 1024 * 1024,
+                // A 32 MiB delivery is held once as received and once as the records it becomes.
+                instance_memory_bytes: 128 * 1024 * 1024,
                 max_concurrent_requests: 256,
                 max_connections: 4096,
                 header_read_timeout_ms: 10_000,

@@ -10,10 +10,21 @@ const USER: &str = "01-000000000004217";
 const STORE: &str = "20181012-5c6d-4e7f-8091-a2b3c4d5e6f7";
 const V2_SELL: &str = include_str!("../../plugin/testdata/v2-docs/01-SELL.json");
 
-/// Registers `USER`; returns the user token.
+/// Registers `USER` with a running trial, the plugin mounted at `/`; returns the user token.
 fn register(gateway: &Gateway) -> String {
+    register_at(gateway, "")
+}
+
+/// Registers `USER` with a running trial, the plugin mounted at `base`; returns the user token.
+fn register_at(gateway: &Gateway, base: &str) -> String {
+    let trial = json!({"subscriptionId": "a99fbf70-6307-4acc-b61c-000000000001", "productId": "p", "userId": USER,
+        "timestamp": "2026-11-01T10:00:00.000+0000", "sequenceNumber": 1, "type": "SubscriptionCreated",
+        "planId": "basic", "trialPeriodDuration": "P3650DT", "deviceNumber": 10});
+    let subscribed =
+        post_json(&gateway.url(&format!("{base}/api/v1/subscription/event")), Some("server-secret"), &trial);
+    assert_eq!(subscribed.status, 200, "{}", subscribed.text());
     let created = post_json(
-        &gateway.url("/api/v1/user/create"),
+        &gateway.url(&format!("{base}/api/v1/user/create")),
         Some("server-secret"),
         &json!({"userId": USER, "username": "owner", "password": "pw"}),
     );
@@ -79,8 +90,10 @@ fn millisecond_timestamps_and_doubtful_content_are_taken_and_reported() {
     assert!(problems.contains(&"name empty"), "{problems:?}");
     assert!(problems.iter().any(|p| p.starts_with("phone")), "{problems:?}");
     let subs = partner(&gateway, &format!("/partner/v1/users/{USER}/subscriptions"));
-    assert_eq!(subs["subscriptions"][0]["state"]["status"], "TRIAL");
-    assert_eq!(subs["subscriptions"][0]["state"]["trialEnd"], 1_504_168_645_290u64 + 14 * 86_400_000);
+    let state = &subs["subscriptions"][1]["state"];
+    assert_eq!(state["subscriptionId"], "a99fbf70-6307-4acc-b61c-741ee9eef6c0");
+    assert_eq!((&state["status"], &state["deviceNumber"]), (&json!("TRIAL"), &json!(2)));
+    assert_eq!(state["trialEnd"], 1_504_168_645_290u64 + 14 * 86_400_000);
     assert!(gateway.wait_for_log("data issue: employee"), "a new issue is logged once");
 }
 
@@ -156,13 +169,7 @@ fn the_plugin_works_mounted_under_a_route_prefix() {
          server_bearer_token = \"server-secret\"\npartner_api_token = \"partner-secret\"\n",
         toml_str(&evotor_wasm().to_string_lossy())
     ));
-    let created = post_json(
-        &gateway.url("/evotor/api/v1/user/create"),
-        Some("server-secret"),
-        &json!({"userId": USER, "username": "owner", "password": "pw"}),
-    );
-    assert_eq!(created.status, 200, "{}", created.text());
-    let token = created.json()["token"].as_str().expect("token").to_owned();
+    let token = register_at(&gateway, "/evotor");
     let reply = bare_token(&gateway, "PUT", "/evotor", &token, V2_SELL.as_bytes());
     assert_eq!(reply.json(), json!({"accepted": 1, "duplicates": 0}), "the bare webhook is the route itself");
     let forged = [("authorization", "Bearer partner-secret"), ("x-evogate-base-path", "/")];
