@@ -555,9 +555,12 @@ pub fn installation_event(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Resul
         Some(other) => return Err(ApiError::incorrect("id", other.clone())),
     };
     let data = optional(&body, "data").and_then(Value::as_object);
-    let user_id = match data.and_then(|data| optional(data, "userId")).or_else(|| optional(&body, "userId")) {
-        None => return Err(ApiError::missing("data.userId")),
-        Some(value) => input::id_text(value).ok_or_else(|| ApiError::incorrect("data.userId", value.clone()))?,
+    let named = data.and_then(|data| optional(data, "userId")).or_else(|| optional(&body, "userId"));
+    let user_id = match (named, &caller) {
+        // A user token names the user when the event does not.
+        (None, Caller::User(user)) => user.clone(),
+        (None, Caller::Server) => return Err(ApiError::missing("data.userId")),
+        (Some(value), _) => input::id_text(value).ok_or_else(|| ApiError::incorrect("data.userId", value.clone()))?,
     };
     if let Caller::User(caller) = &caller
         && *caller != user_id
