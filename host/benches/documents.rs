@@ -125,6 +125,36 @@ fn main() -> anyhow::Result<()> {
             rate / baseline
         );
         println!("  feed read, 1000 a page   {feed_rate:9.0} entries/s  ({entries} entries)");
+        println!(
+            "  peak plugin memory        {:9.1} MiB  (batches of {BATCH})",
+            evogate::sandbox::peak_instance_memory() as f64 / 1048576.0
+        );
+
+        // The largest batch the limits allow: 32 MiB of documents in one request.
+        let mut docs = Vec::new();
+        let mut size = 2;
+        for n in 0usize.. {
+            let mut doc = sell.clone();
+            doc["uuid"] = Value::from(format!("175d8ae9-79db-4588-a65a-{n:012x}"));
+            doc["extras"] = serde_json::json!({"padding": "x".repeat(6000)});
+            let len = doc.to_string().len() + 1;
+            if size + len > 32 * 1024 * 1024 {
+                break;
+            }
+            size += len;
+            docs.push(doc);
+        }
+        let count = docs.len();
+        let body = bytes::Bytes::from(Value::from(docs).to_string());
+        let started = Instant::now();
+        let reply = call(&mut sender, "PUT", &path, &token, body).await?;
+        let accepted = serde_json::from_slice::<Value>(&reply)?["accepted"].as_u64().unwrap_or(0);
+        anyhow::ensure!(accepted == count as u64, "the 32 MiB batch was not stored whole: {accepted} of {count}");
+        println!(
+            "  one 32 MiB batch          {:9.0} ms  ({count} documents; peak plugin memory {:.1} MiB)",
+            started.elapsed().as_secs_f64() * 1e3,
+            evogate::sandbox::peak_instance_memory() as f64 / 1048576.0
+        );
         Ok(())
     })
 }

@@ -195,6 +195,9 @@ impl PluginVersion {
             Ok(plugin) => plugin.evogate_plugin_handler().call_handle(&mut store, request).await,
             Err(err) => Err(err),
         };
+        let peak = store.data().limiter.peak;
+        PEAK_INSTANCE_MEMORY.fetch_max(peak, std::sync::atomic::Ordering::Relaxed);
+        metrics::histogram!("evogate_plugin_memory_bytes", "plugin" => self.plugin.to_string()).record(peak as f64);
         self.finish(&store, result)
     }
 
@@ -223,7 +226,7 @@ impl PluginVersion {
         let state = HostState {
             wasi,
             table: ResourceTable::new(),
-            limiter: MemoryLimiter { max_bytes: self.limits.memory_bytes, hit: false },
+            limiter: MemoryLimiter { max_bytes: self.limits.memory_bytes, hit: false, peak: 0 },
             kv: self.kv.clone(),
             config: self.config.clone(),
         };
@@ -273,12 +276,26 @@ impl WasiView for HostState {
 struct MemoryLimiter {
     max_bytes: usize,
     hit: bool,
+    /// The most linear memory the instance held.
+    peak: usize,
+}
+
+/// The most linear memory any plugin instance of this process has held.
+static PEAK_INSTANCE_MEMORY: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// The most linear memory any plugin instance of this process has held, in
+/// bytes (also the `evogate_plugin_memory_bytes` histogram, per request).
+pub fn peak_instance_memory() -> usize {
+    PEAK_INSTANCE_MEMORY.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 impl wasmtime::ResourceLimiter for MemoryLimiter {
     fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         let allowed = desired <= self.max_bytes;
         self.hit |= !allowed;
+        if allowed {
+            self.peak = self.peak.max(desired);
+        }
         Ok(allowed)
     }
 

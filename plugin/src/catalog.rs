@@ -29,7 +29,7 @@ use crate::http::{Request, Response};
 use crate::input;
 use crate::partner_api::{paging, query, require_partner, store_param};
 use crate::router::Params;
-use crate::storage::{self, EntityRecord, Issue, OwnerIndex, StorageError, Txn};
+use crate::storage::{self, Issue, OwnerIndex, StorageError, Txn};
 use crate::{Ctx, auth};
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
@@ -502,18 +502,7 @@ pub fn claim_in(txn: &mut Txn<'_>, user_id: &str, store: &str, now: u64) -> Resu
         Some(owner) if owner.user_id == user_id => Ok(None),
         Some(owner) => Ok(Some(owner.user_id)),
         None => {
-            let partner_id = crate::accounts::new_account_id()?;
-            let owner = OwnerIndex { v: storage::FORMAT, user_id: user_id.to_owned(), partner_id: partner_id.clone() };
-            txn.put(&owner_key, &owner);
-            // Known by uuid only until Evotor sends the store itself.
-            let record = EntityRecord {
-                v: storage::FORMAT,
-                uuid: store.to_owned(),
-                partner_id: partner_id.clone(),
-                data: json!({ "uuid": store }),
-                updated_at: now,
-            };
-            txn.put(&storage::entity_key(user_id, "store", store), &record);
+            let partner_id = crate::inventory::adopt(txn, user_id, crate::inventory::Kind::Store, store, now)?;
             txn.emit("store.claimed", now, Some(user_id), json!({ "uuid": store, "partnerId": partner_id }));
             Ok(None)
         }

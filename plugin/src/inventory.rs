@@ -168,6 +168,24 @@ pub fn put_devices(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Result<Respo
     mirror(ctx, request, Kind::Device)
 }
 
+/// Within a transaction: makes the entity `uuid` of `kind`, which nobody
+/// owns, the user's, known by its uuid alone until Evotor sends it itself.
+/// Returns our id of it.
+pub fn adopt(txn: &mut storage::Txn<'_>, user_id: &str, kind: Kind, uuid: &str, now: u64) -> Result<String, ApiError> {
+    let partner_id = crate::accounts::new_account_id()?;
+    let owner = OwnerIndex { v: storage::FORMAT, user_id: user_id.to_owned(), partner_id: partner_id.clone() };
+    txn.put(&storage::owner_key(kind.name(), uuid), &owner);
+    let record = EntityRecord {
+        v: storage::FORMAT,
+        uuid: uuid.to_owned(),
+        partner_id: partner_id.clone(),
+        data: json!({ "uuid": uuid }),
+        updated_at: now,
+    };
+    txn.put(&storage::entity_key(user_id, kind.name(), uuid), &record);
+    Ok(partner_id)
+}
+
 /// What became of a device a call names.
 enum Admission {
     /// The user's, and licensed.
@@ -199,18 +217,7 @@ fn admit_device(
         _ if over(order.devices.len()) => return Ok(Admission::OverLicence),
         Some(_) => {}
         None => {
-            let partner_id = crate::accounts::new_account_id()?;
-            let owner = OwnerIndex { v: storage::FORMAT, user_id: user_id.to_owned(), partner_id: partner_id.clone() };
-            txn.put(&owner_key, &owner);
-            // Known by uuid only until Evotor sends the device itself.
-            let record = EntityRecord {
-                v: storage::FORMAT,
-                uuid: device.to_owned(),
-                partner_id: partner_id.clone(),
-                data: json!({ "uuid": device }),
-                updated_at: now,
-            };
-            txn.put(&storage::entity_key(user_id, Kind::Device.name(), device), &record);
+            let partner_id = adopt(txn, user_id, Kind::Device, device, now)?;
             txn.emit("device.registered", now, Some(user_id), json!({ "uuid": device, "partnerId": partner_id }));
         }
     }

@@ -113,7 +113,7 @@ const NULLABLE: &[&str] = &[
 /// Checks item `index` of a batch; `unknown` collects extensible values this build does not know.
 pub fn item(value: Value, index: usize, unknown: &mut Vec<Unknown>) -> Result<Item, ApiError> {
     let at = |field: &str| format!("[{index}].{field}");
-    let Value::Object(mut data) = value else {
+    let Value::Object(data) = value else {
         return Err(ApiError::wrong_type(&format!("[{index}]"), "an object"));
     };
     let uuid = match data.get("uuid") {
@@ -206,24 +206,35 @@ pub fn item(value: Value, index: usize, unknown: &mut Vec<Unknown>) -> Result<It
             _ => {}
         }
     }
-    let mut barcodes = match data.get("barCodes") {
+    let barcodes = match data.get("barCodes") {
         Some(value @ Value::Array(_)) => codes(value, &at("barCodes"))?,
         _ => Vec::new(),
     };
+    Ok(finish(uuid, parent, barcodes, data, Vec::new()))
+}
+
+/// The item with its barcodes once each and its ids written in lower case.
+fn finish(
+    uuid: String,
+    parent: Option<String>,
+    mut barcodes: Vec<String>,
+    mut data: Map<String, Value>,
+    problems: Vec<String>,
+) -> Item {
     barcodes.sort_unstable();
     barcodes.dedup();
     data.insert("uuid".into(), Value::String(uuid.clone()));
     if let Some(parent) = &parent {
         data.insert("parentUuid".into(), Value::String(parent.clone()));
     }
-    Ok(Item { uuid, parent, barcodes, data, problems: Vec::new() })
+    Item { uuid, parent, barcodes, data, problems }
 }
 
 /// Checks item `index` of a terminal's delivery: refused only without a
 /// usable `uuid` (or when not an object); whatever [`item`] would refuse
 /// besides is kept as given and named in [`Item::problems`].
 pub fn lenient_item(value: Value, index: usize, unknown: &mut Vec<Unknown>) -> Result<Item, ApiError> {
-    let Value::Object(mut data) = value else {
+    let Value::Object(data) = value else {
         return Err(ApiError::wrong_type(&format!("[{index}]"), "an object"));
     };
     let uuid = match data.get("uuid") {
@@ -240,7 +251,7 @@ pub fn lenient_item(value: Value, index: usize, unknown: &mut Vec<Unknown>) -> R
     let value = strict.value.as_ref().map(|value| format!(" {value}")).unwrap_or_default();
     let problem = format!("{field}: {}{value}", strict.reason);
     let parent = data.get("parentUuid").and_then(crate::input::id_text).filter(|parent| *parent != uuid);
-    let mut barcodes: Vec<String> = match data.get("barCodes") {
+    let barcodes: Vec<String> = match data.get("barCodes") {
         Some(Value::Array(codes)) => codes
             .iter()
             .filter_map(Value::as_str)
@@ -249,13 +260,7 @@ pub fn lenient_item(value: Value, index: usize, unknown: &mut Vec<Unknown>) -> R
             .collect(),
         _ => Vec::new(),
     };
-    barcodes.sort_unstable();
-    barcodes.dedup();
-    data.insert("uuid".into(), Value::String(uuid.clone()));
-    if let Some(parent) = &parent {
-        data.insert("parentUuid".into(), Value::String(parent.clone()));
-    }
-    Ok(Item { uuid, parent, barcodes, data, problems: vec![problem] })
+    Ok(finish(uuid, parent, barcodes, data, vec![problem]))
 }
 
 /// A number within `min..=max` with at most `decimals` digits after the point.
