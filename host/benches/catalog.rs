@@ -1,7 +1,8 @@
 //! The catalog at scale behind the real gateway on redb: a store of
 //! 100,000 products loaded by ten partner bulk upserts of 10,000, then
 //! Evotor's `page=0&size=1000` against `page=99&size=1000` (interleaved, so
-//! both see the same machine), and barcode lookups.
+//! both see the same machine), the whole catalog unpaged against the 100
+//! pages that make it up, and barcode lookups.
 //!
 //! Run with `cargo xtask bench` or `cargo bench -p evogate --bench catalog`.
 
@@ -16,6 +17,7 @@ const PRODUCTS: u32 = 100_000;
 const BATCH: u32 = 10_000;
 const PAGE_SAMPLES: usize = 200;
 const LOOKUP_SAMPLES: usize = 2000;
+const WHOLE_SAMPLES: usize = 5;
 
 fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -58,6 +60,28 @@ fn main() -> anyhow::Result<()> {
         println!("page=0&size=1000   p50 {head50:6.2} ms  p99 {head99:6.2} ms  (n={PAGE_SAMPLES})");
         println!("page=99&size=1000  p50 {tail50:6.2} ms  p99 {tail99:6.2} ms  (n={PAGE_SAMPLES})");
         println!("page 99 / page 0: p50 {:.2}, p99 {:.2}", tail50 / head50, tail99 / head99);
+
+        // Unpaged: the whole catalog in one answer, against the 100 pages that make it up.
+        let whole = format!("/api/v1/inventories/stores/{STORE}/products");
+        let (mut unpaged, mut paged) = (Vec::new(), Vec::new());
+        for _ in 0..WHOLE_SAMPLES {
+            let started = Instant::now();
+            let body = call(&mut sender, "GET", &whole, &token, bytes::Bytes::new()).await?;
+            unpaged.push(started.elapsed().as_secs_f64() * 1e3);
+            anyhow::ensure!(count(&body) == PRODUCTS as usize, "the whole catalog, unpaged");
+            let started = Instant::now();
+            for n in 0..PRODUCTS / 1000 {
+                call(&mut sender, "GET", &page(n), &token, bytes::Bytes::new()).await?;
+            }
+            paged.push(started.elapsed().as_secs_f64() * 1e3);
+        }
+        let ((whole50, _), (pages50, _)) = (quantiles(unpaged), quantiles(paged));
+        println!(
+            "unpaged, {PRODUCTS} items p50 {whole50:6.0} ms  (100 pages of 1000: p50 {pages50:.0} ms; {:.2} of it; \
+             peak plugin memory {:.1} MiB)",
+            whole50 / pages50,
+            evogate::sandbox::peak_instance_memory() as f64 / 1048576.0
+        );
 
         let mut lookups = Vec::new();
         for i in 0..LOOKUP_SAMPLES as u32 {
