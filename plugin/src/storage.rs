@@ -483,7 +483,10 @@ impl From<StorageError> for crate::errors::ApiError {
 
 pub(crate) fn encode<T: Serialize>(record: &T) -> Vec<u8> {
     // Records are plain structs of strings, numbers and JSON values: serializing cannot fail.
-    serde_json::to_vec(record).unwrap_or_default()
+    let mut bytes = serde_json::to_vec(record).unwrap_or_default();
+    // The buffer grew by doubling: a commit holds thousands of records, give the slack back.
+    bytes.shrink_to_fit();
+    bytes
 }
 
 pub fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StorageError> {
