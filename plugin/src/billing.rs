@@ -242,6 +242,10 @@ pub struct Subscription {
     /// Sequence numbers that never arrived and were skipped.
     #[serde(default)]
     pub skipped: Vec<u64>,
+    /// What the first storage format kept of the events waiting behind a
+    /// gap (they are stored as their own records as well); read, never written.
+    #[serde(default, skip_serializing)]
+    waiting: Vec<u64>,
     /// None until `SubscriptionCreated` is applied.
     pub status: Option<Status>,
     /// Plan.
@@ -270,6 +274,7 @@ impl Subscription {
             applied_through: 0,
             gap_since: None,
             skipped: Vec::new(),
+            waiting: Vec::new(),
             status: None,
             plan_id: None,
             device_number: None,
@@ -279,6 +284,17 @@ impl Subscription {
             charged_sum: None,
             addons: None,
         }
+    }
+
+    /// Brings a state of the first storage format up to date: its waiting
+    /// events start their gap's clock now. Returns whether it changed.
+    fn migrate(&mut self, now: u64) -> bool {
+        if self.waiting.is_empty() {
+            return false;
+        }
+        self.waiting.clear();
+        self.gap_since.get_or_insert(now);
+        true
     }
 
     /// Applies the next event in sequence.
@@ -439,6 +455,7 @@ pub fn record_event(ctx: &Ctx<'_>, event: &Event, raw: &Object, gap_timeout_secs
         let existing = txn.get::<Subscription>(&state_key)?;
         let is_new = existing.is_none();
         let mut state = existing.unwrap_or_else(|| Subscription::new(event));
+        state.migrate(now);
         let event_key = storage::subscription_event_key(&event.subscription_id, event.sequence);
         if event.sequence <= state.applied_through || txn.get::<StoredEvent>(&event_key)?.is_some() {
             return Ok(Stored::Duplicate);
@@ -664,15 +681,19 @@ pub fn subscriptions(ctx: &Ctx<'_>, user_id: &str, gap_timeout_secs: u64) -> Res
         let id = key.strip_prefix(&prefix).unwrap_or_default();
         let Some(state) = storage::read::<Subscription>(ctx.kv, &storage::subscription_key(id))? else { continue };
         let timed_out = state.gap_since.is_some_and(|since| now.saturating_sub(since) >= gap_timeout_secs);
-        if !timed_out {
+        if !timed_out && state.waiting.is_empty() {
             out.push(state);
             continue;
         }
         let state = storage::transact(ctx.kv, |txn| -> Result<Subscription, ApiError> {
             let key = storage::subscription_key(id);
             let mut state = txn.get::<Subscription>(&key)?.ok_or(StorageError::Corrupt(key.clone()))?;
+            let mut changed = state.migrate(now);
             if state.gap_since.is_some_and(|since| now.saturating_sub(since) >= gap_timeout_secs) {
                 skip_gaps(txn, &mut state, now, millis(now), "waited past billing_gap_timeout_secs")?;
+                changed = true;
+            }
+            if changed {
                 txn.put(&key, &state);
             }
             Ok(state)

@@ -166,6 +166,27 @@ fn a_gap_holds_later_events_until_its_timeout_then_they_apply() {
 }
 
 #[test]
+fn a_gap_kept_by_the_first_storage_format_starts_its_clock_on_upgrade() {
+    let world = enforced();
+    let token = world.register(USER, "ivan");
+    post(&world, &created(SUB, "P0DT", 1));
+    post(&world, &event(SUB, 3, "SubscriptionActivated", json!({})));
+    // The state as the first format wrote it: the waiting list inside, no gap clock.
+    let mut old = serde_json::to_value(state(&world, SUB)).expect("JSON");
+    old.as_object_mut().expect("object").remove("gapSince");
+    old["waiting"] = json!([3]);
+    let write = crate::kv::Write::Set(storage::subscription_key(SUB), old.to_string().into_bytes());
+    crate::kv::Kv::commit(&world.kv, Vec::new(), vec![write]).expect("old format");
+    world.clock.advance(DEFAULT_PENDING_GRACE_SECS + 10);
+    assert_eq!(world.whoami(&token), Err(1004), "still waiting: the clock starts now");
+    assert_eq!(state(&world, SUB).gap_since, Some(1_000_000 + DEFAULT_PENDING_GRACE_SECS + 10));
+    world.clock.advance(DEFAULT_GAP_TIMEOUT_SECS);
+    assert_eq!(world.whoami(&token), Ok(USER.to_owned()), "then the waiting activation applies");
+    let stored = crate::kv::Kv::get(&world.kv, &storage::subscription_key(SUB)).expect("get").expect("state").value;
+    assert!(!String::from_utf8_lossy(&stored).contains("waiting"), "written back in the new format");
+}
+
+#[test]
 fn the_partner_may_resolve_a_gap_at_once() {
     let world = World::new();
     post(&world, &created(SUB, "P0DT", 1));
