@@ -302,7 +302,9 @@ pub fn put_documents_bare(ctx: &Ctx<'_>, request: &Request) -> Result<Response, 
 
 /// The stores and devices a delivery names: each store becomes the user's
 /// when nobody owns it yet, each device is registered while the licence
-/// allows (past it: 405 1005). Another user's store or device is a data issue.
+/// allows (past it: 405 1005). Another user's store or device is a data
+/// issue, returned to be noted when the delivery stores something (a
+/// re-delivery counts nothing).
 fn admit(
     txn: &mut storage::Txn<'_>,
     user_id: &str,
@@ -310,14 +312,15 @@ fn admit(
     devices: &BTreeSet<&str>,
     device_limit: Option<u64>,
     now: u64,
-) -> Result<(), ApiError> {
+) -> Result<Vec<Issue>, ApiError> {
+    let mut issues = Vec::new();
     for store in stores {
         if let Some(owner) = crate::catalog::claim_in(txn, user_id, store, now)? {
-            let issue = Issue::new(Some(user_id), "store", store, format!("belongs to user {owner}"));
-            txn.issue(now, issue.in_store(store));
+            issues.push(Issue::new(Some(user_id), "store", store, format!("belongs to user {owner}")).in_store(store));
         }
     }
-    crate::inventory::register_devices(txn, user_id, devices, device_limit, now)
+    issues.extend(crate::inventory::register_devices(txn, user_id, devices, device_limit, now)?);
+    Ok(issues)
 }
 
 fn ingest_documents(
@@ -353,7 +356,7 @@ fn ingest_documents(
     let stores: BTreeSet<&str> = documents.iter().map(|doc| doc.store.as_str()).collect();
     let devices: BTreeSet<&str> = documents.iter().filter_map(|doc| doc.device.as_deref()).collect();
     let (new, repeated) = storage::transact(ctx.kv, |txn| -> Result<(usize, usize), ApiError> {
-        admit(txn, user_id, &stores, &devices, device_limit, now)?;
+        let foreign = admit(txn, user_id, &stores, &devices, device_limit, now)?;
         let (mut new, mut repeated) = (0, 0);
         for doc in &documents {
             let id = key_id(&doc.id);
@@ -386,6 +389,11 @@ fn ingest_documents(
                 txn.issue(now, Issue::new(Some(user_id), "document", &doc.id, problem.as_str()).in_store(&doc.store));
             }
             new += 1;
+        }
+        if new > 0 {
+            for issue in foreign {
+                txn.issue(now, issue);
+            }
         }
         Ok((new, repeated))
     })?;
@@ -480,7 +488,7 @@ pub fn post_receipts(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Result<Res
     let stores: BTreeSet<&str> = receipts.iter().filter_map(|receipt| receipt.store.as_deref()).collect();
     let devices: BTreeSet<&str> = receipts.iter().filter_map(|receipt| receipt.device.as_deref()).collect();
     let (new, repeated) = storage::transact(ctx.kv, |txn| -> Result<(usize, usize), ApiError> {
-        admit(txn, &user_id, &stores, &devices, device_limit, now)?;
+        let foreign = admit(txn, &user_id, &stores, &devices, device_limit, now)?;
         let (mut new, mut repeated) = (0, 0);
         for receipt in &receipts {
             let hash = storage::receipt_id_hash(&receipt.id);
@@ -519,6 +527,11 @@ pub fn post_receipts(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Result<Res
                 txn.issue(now, issue);
             }
             new += 1;
+        }
+        if new > 0 {
+            for issue in foreign {
+                txn.issue(now, issue);
+            }
         }
         Ok((new, repeated))
     })?;

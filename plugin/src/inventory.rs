@@ -227,16 +227,19 @@ fn admit_device(
 
 /// Within a transaction: the devices a document or receipt delivery names.
 /// Each new one is registered as the user's while the licence allows; one
-/// past it refuses the delivery (405 1005). Another user's device is a data issue.
+/// past it refuses the delivery (405 1005). Returns the data issues of
+/// devices that are another user's, for the caller to note when the
+/// delivery stores something.
 pub fn register_devices(
     txn: &mut storage::Txn<'_>,
     user_id: &str,
     devices: &std::collections::BTreeSet<&str>,
     limit: Option<u64>,
     now: u64,
-) -> Result<(), ApiError> {
+) -> Result<Vec<Issue>, ApiError> {
+    let mut issues = Vec::new();
     if devices.is_empty() {
-        return Ok(());
+        return Ok(issues);
     }
     let order_key = storage::device_order_key(user_id);
     let mut order = txn.get::<DeviceOrder>(&order_key)?.unwrap_or_default();
@@ -245,7 +248,7 @@ pub fn register_devices(
         match admit_device(txn, &mut order, user_id, device, limit, now)? {
             Admission::Licensed => {}
             Admission::Foreign(owner) => {
-                txn.issue(now, Issue::new(Some(user_id), "device", device, format!("belongs to user {owner}")));
+                issues.push(Issue::new(Some(user_id), "device", device, format!("belongs to user {owner}")));
             }
             Admission::OverLicence => return Err(ApiError::device_not_allowed(device)),
         }
@@ -254,7 +257,7 @@ pub fn register_devices(
         order.v = storage::FORMAT;
         txn.put(&order_key, &order);
     }
-    Ok(())
+    Ok(issues)
 }
 
 fn mirror(ctx: &Ctx<'_>, request: &Request, kind: Kind) -> Result<Response, ApiError> {

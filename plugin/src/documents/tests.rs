@@ -352,9 +352,15 @@ fn another_users_store_is_a_data_issue_and_unlicensed_devices_are_refused() {
     assert_eq!((unlicensed.status, unlicensed.body_json()["errors"][0]["code"].as_u64()), (405, Some(1005)));
     let mut bobs = pos_doc("03-PAYBACK");
     bobs["deviceUuid"] = json!("5a188de4-49b8-4cb4-800e-eb6b52024371");
-    let foreign = put(&world, &bob, STORE, json!([bobs]));
+    let foreign = put(&world, &bob, STORE, json!([bobs.clone()]));
     assert_eq!(foreign.status, 200, "taken: Evotor would retry a refusal for three days");
     assert!(problems(&world).iter().any(|p| p == &format!("belongs to user {ALICE}")));
+    assert_eq!(put(&world, &bob, STORE, json!([bobs])).body_json(), json!({"accepted": 0, "duplicates": 1}));
+    let issues = world.call("GET", "/partner/v1/data-issues", Some("partner"), None).body_json();
+    let counted: Vec<&Value> =
+        issues["items"].as_array().expect("items").iter().filter(|i| i["entity"] == "store").collect();
+    assert_eq!(counted.len(), 1);
+    assert_eq!(counted[0]["count"], 1, "a re-delivery that stores nothing counts nothing");
     let owner = world.call("GET", &format!("/partner/v1/users/{ALICE}/stores"), Some("partner"), None).body_json();
     assert_eq!(owner["items"].as_array().map(Vec::len), Some(1), "still Alice's store");
     let bobs_stores = world.call("GET", &format!("/partner/v1/users/{BOB}/stores"), Some("partner"), None).body_json();
