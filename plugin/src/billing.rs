@@ -160,16 +160,8 @@ pub fn parse_event(body: &Object, now_ms: i64) -> Result<Event, ApiError> {
         problems.push(format!("subscriptionId {subscription_id:?} is not a uuid"));
     }
     let product_id = text(body, "productId", &mut problems).unwrap_or_default();
-    let timestamp = match optional(body, "timestamp") {
-        Some(value) => time::timestamp(value).unwrap_or_else(|| {
-            problems.push(format!("timestamp {value} is not a date-time: its arrival time used"));
-            now_ms
-        }),
-        None => {
-            problems.push("no timestamp: its arrival time used".into());
-            now_ms
-        }
-    };
+    let found = optional(body, "timestamp").map(|value| ("timestamp", value));
+    let timestamp = time::or_arrival(found, "timestamp", now_ms, &mut problems);
     let kind = text(body, "type", &mut problems).unwrap_or_default();
     if Kind::of(&kind) == Kind::Other {
         problems.push(format!("unknown event type {kind:?}: kept, the state unchanged"));
@@ -585,16 +577,8 @@ pub fn installation_event(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Resul
         return Err(ApiError::incorrect("data.userId", user_id));
     }
     let mut problems = Vec::new();
-    let at = match optional(&body, "timestamp") {
-        Some(value) => time::timestamp(value).unwrap_or_else(|| {
-            problems.push(format!("timestamp {value} is not a date-time: its arrival time used"));
-            millis(now)
-        }),
-        None => {
-            problems.push("no timestamp: its arrival time used".into());
-            millis(now)
-        }
-    };
+    let found = optional(&body, "timestamp").map(|value| ("timestamp", value));
+    let at = time::or_arrival(found, "timestamp", millis(now), &mut problems);
     let kind = optional(&body, "type").and_then(Value::as_str).unwrap_or_default().to_owned();
     let installed = match kind.as_str() {
         "ApplicationInstalled" => Some(true),

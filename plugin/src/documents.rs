@@ -248,16 +248,8 @@ fn document<'a>(
     if !KNOWN_TYPES.contains(&kind.as_str()) && kind != "UNKNOWN" {
         problems.push(format!("unknown document type {kind}"));
     }
-    let close_date = match first_of(&doc, &["closeDate", "close_date"]) {
-        Some((field, value)) => crate::time::timestamp(value).unwrap_or_else(|| {
-            problems.push(format!("{field} {value} is not a date-time: filed at its arrival"));
-            now_ms
-        }),
-        None => {
-            problems.push("no close date: filed at its arrival".to_owned());
-            now_ms
-        }
-    };
+    let close_date =
+        crate::time::or_arrival(first_of(&doc, &["closeDate", "close_date"]), "close date", now_ms, &mut problems);
     let version = match doc.get("version") {
         Some(Value::String(version)) if !version.is_empty() => version.chars().take(16).collect(),
         Some(Value::Number(version)) => version.to_string(),
@@ -447,16 +439,8 @@ fn receipt<'a>(raw: &'a RawValue, at: &str, user_id: &str, now_ms: i64) -> Resul
     if device.is_none() {
         problems.push("no usable data.deviceId".into());
     }
-    let date_time = match first_of(data, &["dateTime"]).or_else(|| first_of(&event, &["timestamp"])) {
-        Some((field, value)) => crate::time::timestamp(value).unwrap_or_else(|| {
-            problems.push(format!("{field} {value} is not a date-time: filed at its arrival"));
-            now_ms
-        }),
-        None => {
-            problems.push("no data.dateTime: filed at its arrival".into());
-            now_ms
-        }
-    };
+    let found = first_of(data, &["dateTime"]).or_else(|| first_of(&event, &["timestamp"]));
+    let date_time = crate::time::or_arrival(found, "data.dateTime", now_ms, &mut problems);
     Ok(Receipt {
         id,
         store: store.map(|store| store.to_ascii_lowercase()),

@@ -107,6 +107,22 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     era * 146_097 + day_of_era - 719_468
 }
 
+/// The time a delivery carries (`found`: the field's name and value), or
+/// `arrival` (Unix ms) when it carries none (`missing` names what) or one
+/// that is not a date-time; either is noted in `problems`.
+pub fn or_arrival(found: Option<(&str, &Value)>, missing: &str, arrival: i64, problems: &mut Vec<String>) -> i64 {
+    match found {
+        Some((field, value)) => timestamp(value).unwrap_or_else(|| {
+            problems.push(format!("{field} {value} is not a date-time: filed at its arrival"));
+            arrival
+        }),
+        None => {
+            problems.push(format!("no {missing}: filed at its arrival"));
+            arrival
+        }
+    }
+}
+
 /// Reads a trial length: an ISO 8601 duration of whole days (`PnD`,
 /// `PnDT`, `PnDT0H`), or a number of days as a number or numeric string.
 pub fn days(value: &Value) -> Option<u32> {

@@ -198,56 +198,21 @@ fn documents_are_refused_only_without_an_id_and_kept_whole_otherwise() {
         400
     );
 
+    let with = |field: &str, value: Value| {
+        let mut doc = pos_doc("02-SELL");
+        doc[field] = value;
+        doc
+    };
     let cases = [
         ("no-close-date", without("02-SELL", "closeDate"), "no close date"),
         ("no-device", without("02-SELL", "deviceUuid"), "no device"),
         ("no-extras", without("02-SELL", "extras"), ""),
         ("no-number", without("02-SELL", "number"), ""),
-        (
-            "bad-date",
-            {
-                let mut doc = pos_doc("02-SELL");
-                doc["closeDate"] = json!("yesterday");
-                doc
-            },
-            "is not a date-time",
-        ),
-        (
-            "other-store",
-            {
-                let mut doc = pos_doc("02-SELL");
-                doc["storeUuid"] = json!(STORE2);
-                doc
-            },
-            "delivered to store",
-        ),
-        (
-            "odd-type",
-            {
-                let mut doc = pos_doc("02-SELL");
-                doc["type"] = json!("sell me");
-                doc
-            },
-            "kept as SELL_ME",
-        ),
-        (
-            "future-type",
-            {
-                let mut doc = pos_doc("02-SELL");
-                doc["type"] = json!("MARKED_SELL");
-                doc
-            },
-            "unknown document type MARKED_SELL",
-        ),
-        (
-            "not-a-uuid",
-            {
-                let mut doc = pos_doc("02-SELL");
-                doc["uuid"] = json!("Z-1");
-                doc
-            },
-            "is not a uuid",
-        ),
+        ("bad-date", with("closeDate", json!("yesterday")), "is not a date-time"),
+        ("other-store", with("storeUuid", json!(STORE2)), "delivered to store"),
+        ("odd-type", with("type", json!("sell me")), "kept as SELL_ME"),
+        ("future-type", with("type", json!("MARKED_SELL")), "unknown document type MARKED_SELL"),
+        ("not-a-uuid", with("uuid", json!("Z-1")), "is not a uuid"),
     ];
     for (n, (name, mut doc, problem)) in cases.into_iter().enumerate() {
         if doc["uuid"] != json!("Z-1") {
