@@ -188,41 +188,35 @@ pub fn adopt(txn: &mut storage::Txn<'_>, user_id: &str, kind: Kind, uuid: &str, 
 
 /// What became of a device a call names.
 enum Admission {
-    /// The user's, and licensed.
-    Licensed,
+    /// Licensed; `owned`: already the user's, else nobody's yet (the caller records it).
+    Licensed { owned: bool },
     /// Another user's: not the caller's to register.
     Foreign(String),
     /// Past the licensed number of devices.
     OverLicence,
 }
 
-/// Within a transaction: registers `device` as the user's when it is new
-/// and the licence (`limit` devices, `None`: no limit) allows, keeping the
-/// user's device order in `order`.
+/// Within a transaction: places `device` in the user's device order
+/// (`order`) when it is new and the licence (`limit` devices, `None`: no
+/// limit) allows. Owning it is the caller's: each records it its own way.
 fn admit_device(
     txn: &mut storage::Txn<'_>,
     order: &mut DeviceOrder,
     user_id: &str,
     device: &str,
     limit: Option<u64>,
-    now: u64,
 ) -> Result<Admission, ApiError> {
     let over = |count: usize| limit.is_some_and(|limit| count as u64 >= limit);
     if let Some(index) = order.devices.iter().position(|known| known == device) {
-        return Ok(if over(index) { Admission::OverLicence } else { Admission::Licensed });
+        return Ok(if over(index) { Admission::OverLicence } else { Admission::Licensed { owned: true } });
     }
-    let owner_key = storage::owner_key(Kind::Device.name(), device);
-    match txn.get::<OwnerIndex>(&owner_key)? {
+    let owned = match txn.get::<OwnerIndex>(&storage::owner_key(Kind::Device.name(), device))? {
         Some(owner) if owner.user_id != user_id => return Ok(Admission::Foreign(owner.user_id)),
         _ if over(order.devices.len()) => return Ok(Admission::OverLicence),
-        Some(_) => {}
-        None => {
-            let partner_id = adopt(txn, user_id, Kind::Device, device, now)?;
-            txn.emit("device.registered", now, Some(user_id), json!({ "uuid": device, "partnerId": partner_id }));
-        }
-    }
+        owner => owner.is_some(),
+    };
     order.devices.push(device.to_owned());
-    Ok(Admission::Licensed)
+    Ok(Admission::Licensed { owned })
 }
 
 /// Within a transaction: the devices a document or receipt delivery names.
@@ -245,8 +239,12 @@ pub fn register_devices(
     let mut order = txn.get::<DeviceOrder>(&order_key)?.unwrap_or_default();
     let registered = order.devices.len();
     for device in devices {
-        match admit_device(txn, &mut order, user_id, device, limit, now)? {
-            Admission::Licensed => {}
+        match admit_device(txn, &mut order, user_id, device, limit)? {
+            Admission::Licensed { owned: true } => {}
+            Admission::Licensed { owned: false } => {
+                let partner_id = adopt(txn, user_id, Kind::Device, device, now)?;
+                txn.emit("device.registered", now, Some(user_id), json!({ "uuid": device, "partnerId": partner_id }));
+            }
             Admission::Foreign(owner) => {
                 issues.push(Issue::new(Some(user_id), "device", device, format!("belongs to user {owner}")));
             }
@@ -306,8 +304,9 @@ fn mirror(ctx: &Ctx<'_>, request: &Request, kind: Kind) -> Result<Response, ApiE
             let issue = |problem: String| Issue::new(Some(&user_id), kind.name(), id, problem);
             let owner_key = storage::owner_key(kind.name(), id);
             let owner = match kind {
-                Kind::Device => match admit_device(txn, &mut order, &user_id, id, device_limit, now)? {
-                    Admission::Licensed => txn.get::<OwnerIndex>(&owner_key)?,
+                Kind::Device => match admit_device(txn, &mut order, &user_id, id, device_limit)? {
+                    Admission::Licensed { owned: true } => txn.get::<OwnerIndex>(&owner_key)?,
+                    Admission::Licensed { owned: false } => None,
                     Admission::Foreign(owner) => {
                         txn.issue(now, issue(format!("belongs to user {owner}: not changed")));
                         mapped.push(json!({ "uuid": id }));
@@ -415,6 +414,32 @@ mod tests {
             .expect("read")
             .expect("stored");
         assert_eq!(stored.data["name"], "Renamed");
+    }
+
+    #[test]
+    fn a_new_device_gets_one_partner_id_and_one_feed_entry() {
+        let world = World::new();
+        let token = world.register(USER, "ivan");
+        let response = world.call(
+            "PUT",
+            "/api/v1/inventories/devices",
+            Some(&token),
+            Some(json!([{"uuid": STORE, "name": "Till"}])),
+        );
+        let answered = response.body_json()[0]["partnerId"].clone();
+        let owner: OwnerIndex = storage::read(&world.kv, &storage::owner_key("device", &STORE.to_lowercase()))
+            .expect("read")
+            .expect("owner");
+        let stored: EntityRecord =
+            storage::read(&world.kv, &storage::entity_key(USER, "device", &STORE.to_lowercase()))
+                .expect("read")
+                .expect("stored");
+        assert_eq!((json!(owner.partner_id), json!(stored.partner_id)), (answered.clone(), answered));
+        assert_eq!(stored.data["name"], "Till");
+        let feed = world.call("GET", "/partner/v1/feed?limit=1000", Some("partner"), None).body_json();
+        let kinds: Vec<&str> =
+            feed["items"].as_array().expect("items").iter().filter_map(|e| e["kind"].as_str()).collect();
+        assert_eq!(kinds.iter().filter(|kind| kind.starts_with("device.")).collect::<Vec<_>>(), [&"device.upserted"]);
     }
 
     #[test]
