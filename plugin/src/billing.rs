@@ -441,7 +441,7 @@ fn skip_gaps(txn: &mut Txn<'_>, state: &mut Subscription, now: u64, now_ms: i64,
 /// than `gap_timeout_secs` is skipped.
 pub fn record_event(ctx: &Ctx<'_>, event: &Event, raw: &Object, gap_timeout_secs: u64) -> Result<Stored, ApiError> {
     let now = ctx.clock.now_unix();
-    let now_ms = millis(now);
+    let now_ms = time::millis(now);
     storage::transact(ctx.kv, |txn| {
         let state_key = storage::subscription_key(&event.subscription_id);
         let existing = txn.get::<Subscription>(&state_key)?;
@@ -497,16 +497,12 @@ fn has_waiting(txn: &Txn<'_>, state: &Subscription) -> Result<bool, ApiError> {
     Ok(!txn.scan_keys(&prefix, Some(&after), 1)?.is_empty())
 }
 
-fn millis(seconds: u64) -> i64 {
-    i64::try_from(seconds).unwrap_or(i64::MAX / 1000).saturating_mul(1000)
-}
-
 /// `POST /api/v1/subscription/event` (server authorization or the user's token).
 pub fn subscription_event(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Result<Response, ApiError> {
     let caller = caller(ctx, request)?;
     let settings = crate::accounts::settings(ctx)?;
     let body = input::object(&request.body)?;
-    let event = parse_event(&body, millis(ctx.clock.now_unix()))?;
+    let event = parse_event(&body, time::millis(ctx.clock.now_unix()))?;
     if let Caller::User(user_id) = &caller
         && *user_id != event.user_id
     {
@@ -528,7 +524,7 @@ pub fn resolve_gap(ctx: &Ctx<'_>, request: &Request, params: &Params) -> Result<
         let key = storage::subscription_key(&subscription_id);
         let mut state =
             txn.get::<Subscription>(&key)?.filter(|state| state.user_id == user_id).ok_or_else(ApiError::not_found)?;
-        if skip_gaps(txn, &mut state, now, millis(now), "resolved by the partner")? || state.gap_since.is_some() {
+        if skip_gaps(txn, &mut state, now, time::millis(now), "resolved by the partner")? || state.gap_since.is_some() {
             txn.put(&key, &state);
         }
         Ok(state)
@@ -578,7 +574,7 @@ pub fn installation_event(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Resul
     }
     let mut problems = Vec::new();
     let found = optional(&body, "timestamp").map(|value| ("timestamp", value));
-    let at = time::or_arrival(found, "timestamp", millis(now), &mut problems);
+    let at = time::or_arrival(found, "timestamp", time::millis(now), &mut problems);
     let kind = optional(&body, "type").and_then(Value::as_str).unwrap_or_default().to_owned();
     let installed = match kind.as_str() {
         "ApplicationInstalled" => Some(true),
@@ -674,7 +670,7 @@ pub fn subscriptions(ctx: &Ctx<'_>, user_id: &str, gap_timeout_secs: u64) -> Res
             let mut state = txn.get::<Subscription>(&key)?.ok_or(StorageError::Corrupt(key.clone()))?;
             let mut changed = state.migrate(now);
             if state.gap_since.is_some_and(|since| now.saturating_sub(since) >= gap_timeout_secs) {
-                skip_gaps(txn, &mut state, now, millis(now), "waited past billing_gap_timeout_secs")?;
+                skip_gaps(txn, &mut state, now, time::millis(now), "waited past billing_gap_timeout_secs")?;
                 changed = true;
             }
             if changed {
@@ -689,7 +685,7 @@ pub fn subscriptions(ctx: &Ctx<'_>, user_id: &str, gap_timeout_secs: u64) -> Res
 
 /// The user's entitlement at the clock's now.
 pub fn entitlement(ctx: &Ctx<'_>, user_id: &str, settings: &crate::config::Settings) -> Result<Entitlement, ApiError> {
-    let now = millis(ctx.clock.now_unix());
+    let now = time::millis(ctx.clock.now_unix());
     if let Some(installation) = storage::read::<Installation>(ctx.kv, &storage::installation_key(user_id))?
         && !installation.installed
     {

@@ -272,7 +272,7 @@ fn is_type_name(kind: &str) -> bool {
 fn path_store(params: &Params) -> Result<String, ApiError> {
     params
         .get("storeUuid")
-        .and_then(|store| input::id_text(&Value::String(store.to_owned())))
+        .and_then(input::id_str)
         .map(|store| store.to_ascii_lowercase())
         .ok_or_else(ApiError::not_found)
 }
@@ -323,7 +323,7 @@ fn ingest_documents(
     path_store: Option<&str>,
 ) -> Result<Response, ApiError> {
     let now = ctx.clock.now_unix();
-    let now_ms = i64::try_from(now).unwrap_or(i64::MAX / 1000) * 1000;
+    let now_ms = crate::time::millis(now);
     let (raws, array) = input::raw_items(body, MAX_BATCH)?;
     let mut documents: Vec<Document<'_>> = Vec::with_capacity(raws.len());
     let mut positions: HashMap<(String, String), usize> = HashMap::with_capacity(raws.len());
@@ -457,7 +457,7 @@ pub fn post_receipts(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Result<Res
     let settings = settings(ctx)?;
     let user_id = auth::require_user(ctx, request, &settings)?;
     let now = ctx.clock.now_unix();
-    let now_ms = i64::try_from(now).unwrap_or(i64::MAX / 1000) * 1000;
+    let now_ms = crate::time::millis(now);
     let (raws, array) = input::raw_items(&request.body, MAX_BATCH)?;
     let mut receipts = Vec::with_capacity(raws.len());
     let mut seen = BTreeSet::new();
@@ -600,7 +600,7 @@ pub fn partner_get_document(ctx: &Ctx<'_>, request: &Request, params: &Params) -
     let id = params
         .get("id")
         .and_then(input::percent_decode)
-        .and_then(|id| input::id_text(&Value::String(id)))
+        .and_then(|id| input::id_str(&id))
         .ok_or_else(ApiError::not_found)?;
     let record = storage::read::<DocumentRecord>(ctx.kv, &storage::document_key(&store, &key_id(&id)))?;
     Ok(Response::json(200, &document_view(record.ok_or_else(ApiError::not_found)?)))

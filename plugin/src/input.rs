@@ -55,14 +55,19 @@ pub fn raw_items(body: &[u8], max: usize) -> Result<(Vec<&RawValue>, bool), ApiE
 /// 128 characters, no `/`, no control characters or spaces. Uuids are
 /// lower-cased (Evotor's ids compare case-insensitively).
 pub fn id_text(value: &Value) -> Option<String> {
-    let text = match value {
-        Value::String(text) => text.trim().to_owned(),
-        Value::Number(number) => number.to_string(),
-        _ => return None,
-    };
+    match value {
+        Value::String(text) => id_str(text),
+        Value::Number(number) => id_str(&number.to_string()),
+        _ => None,
+    }
+}
+
+/// [`id_text`] of a text (a path segment, say).
+pub fn id_str(text: &str) -> Option<String> {
+    let text = text.trim();
     let usable =
         (1..=128).contains(&text.len()) && !text.chars().any(|c| c == '/' || c.is_control() || c.is_whitespace());
-    usable.then(|| if crate::inventory::is_uuid(&text) { text.to_ascii_lowercase() } else { text })
+    usable.then(|| if crate::inventory::is_uuid(text) { text.to_ascii_lowercase() } else { text.to_owned() })
 }
 
 /// `values` when there are at most `max` of them; else 400 code 2003.

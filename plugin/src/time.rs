@@ -2,6 +2,11 @@
 
 use serde_json::Value;
 
+/// Unix seconds as Unix milliseconds.
+pub fn millis(seconds: u64) -> i64 {
+    i64::try_from(seconds).unwrap_or(i64::MAX / 1000).saturating_mul(1000)
+}
+
 /// Reads a timestamp in any form Evotor uses: an ISO 8601 string (see
 /// [`parse_datetime`]), Unix milliseconds as a number or a numeric string
 /// (`1504168645290`, `"1504168645290"`). Returns Unix milliseconds.
