@@ -381,22 +381,49 @@ fn request_id(headers: &hyper::HeaderMap) -> HeaderValue {
     HeaderValue::from_str(&hex::encode(random)).unwrap_or(HeaderValue::from_static("-"))
 }
 
+/// Most headers a plugin's answer may carry; past it the answer is 500.
+/// (`HeaderMap` cannot hold more than about 24,000 names, and no client
+/// reads anywhere near this many.)
+const MAX_RESPONSE_HEADERS: usize = 1000;
+
 /// Headers the gateway owns; a plugin's values for them are ignored.
 fn is_hop_by_hop(name: &HeaderName) -> bool {
     matches!(
         name.as_str(),
-        "connection" | "keep-alive" | "transfer-encoding" | "content-length" | "upgrade" | "te" | "trailer"
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "transfer-encoding"
+            | "content-length"
+            | "upgrade"
+            | "te"
+            | "trailer"
     )
 }
 
 /// Converts a plugin's answer, dropping headers that are not valid HTTP.
+/// A status outside 200–599 (an informational status cannot end a request)
+/// or more than [`MAX_RESPONSE_HEADERS`] headers make it a 500, logged.
 fn into_http(response: PluginResponse, label: &str) -> hyper::Response<Full<Bytes>> {
-    let Ok(status) = StatusCode::from_u16(response.status) else {
-        tracing::error!(plugin = %label, status = response.status, "plugin answered an invalid status");
-        return error(StatusCode::INTERNAL_SERVER_ERROR, 500, "plugin answered an invalid status");
+    let status = match StatusCode::from_u16(response.status) {
+        Ok(status) if (200..=599).contains(&response.status) => status,
+        _ => {
+            tracing::error!(plugin = %label, status = response.status, "plugin answered a status outside 200-599");
+            return error(StatusCode::INTERNAL_SERVER_ERROR, 500, "plugin answered an invalid status");
+        }
     };
+    if response.headers.len() > MAX_RESPONSE_HEADERS {
+        tracing::error!(
+            plugin = %label,
+            headers = response.headers.len(),
+            limit = MAX_RESPONSE_HEADERS,
+            "plugin answered too many headers"
+        );
+        return error(StatusCode::INTERNAL_SERVER_ERROR, 500, "plugin answered too many headers");
+    }
     let mut out = hyper::Response::new(Full::new(Bytes::from(response.body)));
     *out.status_mut() = status;
+    out.headers_mut().reserve(response.headers.len());
     for (name, value) in response.headers {
         match (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(&value)) {
             (Ok(name), Ok(value)) if !is_hop_by_hop(&name) => {
@@ -406,7 +433,7 @@ fn into_http(response: PluginResponse, label: &str) -> hyper::Response<Full<Byte
                 tracing::debug!(%name, "ignoring a hop-by-hop header from the plugin")
             }
             _ => {
-                tracing::warn!(plugin = ?label, header = %name, "ignoring an invalid header from the plugin")
+                tracing::warn!(plugin = %label, header = ?name, "ignoring an invalid header from the plugin")
             }
         }
     }
@@ -443,4 +470,52 @@ fn busy() -> hyper::Response<Full<Bytes>> {
     let mut response = error(StatusCode::SERVICE_UNAVAILABLE, 503, "too many requests in progress");
     response.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(status: u16, headers: Vec<(String, String)>) -> PluginResponse {
+        PluginResponse { status, headers, body: b"body".to_vec() }
+    }
+
+    #[test]
+    fn statuses_outside_200_to_599_become_500() {
+        for status in [0, 100, 101, 103, 199, 600, 999, 1000, u16::MAX] {
+            assert_eq!(into_http(answer(status, vec![]), "p@1").status(), 500, "status {status}");
+        }
+        for status in [200, 204, 302, 404, 503, 599] {
+            assert_eq!(into_http(answer(status, vec![]), "p@1").status().as_u16(), status);
+        }
+    }
+
+    #[test]
+    fn header_count_is_capped_and_a_flood_of_one_name_does_not_panic() {
+        let same = |n: usize| (0..n).map(|_| ("x-same".to_owned(), "v".to_owned())).collect();
+        let distinct = |n: usize| (0..n).map(|i| (format!("x-h{i}"), "v".to_owned())).collect();
+        let ok = into_http(answer(200, distinct(MAX_RESPONSE_HEADERS)), "p@1");
+        assert_eq!((ok.status().as_u16(), ok.headers().len()), (200, MAX_RESPONSE_HEADERS));
+        assert_eq!(into_http(answer(200, same(MAX_RESPONSE_HEADERS)), "p@1").headers().len(), MAX_RESPONSE_HEADERS);
+        for flood in [distinct(MAX_RESPONSE_HEADERS + 1), distinct(30_000), same(40_000)] {
+            assert_eq!(into_http(answer(200, flood), "p@1").status(), 500);
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_and_invalid_headers_are_dropped() {
+        let headers = [
+            ("proxy-connection", "keep-alive"),
+            ("connection", "close"),
+            ("content-length", "1"),
+            ("transfer-encoding", "chunked"),
+            ("bad name", "v"),
+            ("x-bad-value", "a\nb"),
+            ("x-kept", "yes"),
+        ]
+        .map(|(name, value)| (name.to_owned(), value.to_owned()));
+        let out = into_http(answer(200, headers.to_vec()), "p@1");
+        let names: Vec<&str> = out.headers().keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["x-kept"]);
+    }
 }

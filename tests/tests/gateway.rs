@@ -222,6 +222,25 @@ fn an_invalid_status_from_a_plugin_becomes_500() {
     let gateway = guest_gateway("");
     assert_eq!(get(&gateway.url("/alpha/status?code=1000")).status, 500);
     assert_eq!(get(&gateway.url("/alpha/status?code=204")).status, 204);
+    for informational in [100, 101, 199] {
+        assert_eq!(get(&gateway.url(&format!("/alpha/status?code={informational}"))).status, 500);
+    }
+    assert!(gateway.wait_for_log("outside 200-599"), "the bad status is logged");
+}
+
+#[test]
+fn a_flood_of_plugin_headers_is_500_and_the_gateway_lives_on() {
+    let gateway = guest_gateway("");
+    // 999 and the guest's own x-plugin-version: at the cap (read raw: clients cap header counts lower).
+    let head = raw_head(&gateway, "/alpha/headers?count=999");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(head.lines().filter(|line| line.starts_with("x-h")).count(), 999);
+    // HeaderMap panics past ~24k names: these must be refused before that.
+    assert_eq!(get(&gateway.url("/alpha/headers?count=30000")).status, 500);
+    assert_eq!(get(&gateway.url("/alpha/headers?count=30000&name=x-same")).status, 500);
+    let hop = get(&gateway.url("/alpha/headers?count=1&name=proxy-connection&value=close"));
+    assert_eq!((hop.status, hop.header("proxy-connection")), (200, None));
+    assert_eq!(get(&gateway.url("/alpha/version")).status, 200);
 }
 
 #[test]
@@ -312,4 +331,16 @@ fn every_request_gets_an_id_echoed_and_in_the_plugins_log_lines() {
     assert_ne!(insane.header("x-request-id"), Some("no spaces allowed"));
     let missing = get(&gateway.url("/nowhere"));
     assert!(missing.header("x-request-id").is_some(), "errors of the gateway itself carry one too");
+}
+
+/// The head of the answer to `GET path`, read over a plain socket.
+fn raw_head(gateway: &Gateway, path: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let addr = gateway.url("").trim_start_matches("http://").trim_end_matches('/').to_owned();
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    write!(stream, "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").expect("send");
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).expect("read");
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    answer.split("\r\n\r\n").next().unwrap_or_default().to_owned()
 }
