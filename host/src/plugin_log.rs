@@ -65,7 +65,7 @@ impl Buffer {
 
     fn emit(&self, line: &[u8]) {
         let text = String::from_utf8_lossy(line);
-        let text = text.trim_end_matches('\r');
+        let text = escape_controls(text.trim_end_matches('\r'));
         if self.stream == "stderr" {
             tracing::warn!(target: "plugin", plugin = %self.tag, request_id = %self.request_id, stream = self.stream, "{text}");
         } else {
@@ -79,6 +79,25 @@ impl Drop for Buffer {
         // A plugin that trapped mid-line (a panic message, say) still gets logged.
         self.flush();
     }
+}
+
+/// `text` with control characters (and the Unicode line and paragraph
+/// separators) written as escapes (`\n`, `\u{1b}`), so that text a plugin
+/// or a client controls can neither forge log lines nor drive a terminal.
+pub fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}');
+    if !text.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut escaped = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if unsafe_char(c) {
+            escaped.extend(c.escape_default());
+        } else {
+            escaped.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(escaped)
 }
 
 impl LogPipe {
@@ -123,5 +142,49 @@ impl StdoutStream for LogPipe {
     fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
         // Only WASIp3 guests use this; evogate plugins are WASIp2.
         Box::new(tokio::io::sink())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Everything logged while `f` runs, as the gateway's formatter writes it.
+    fn captured(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Sink(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Sink {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().expect("sink").extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let sink = Sink::default();
+        let writer = sink.clone();
+        let subscriber =
+            tracing_subscriber::fmt().with_ansi(false).with_writer(move || writer.clone()).finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let bytes = sink.0.lock().expect("sink").clone();
+        String::from_utf8(bytes).expect("utf-8 log")
+    }
+
+    #[test]
+    fn control_characters_in_plugin_output_cannot_forge_lines_or_drive_a_terminal() {
+        let log = captured(|| {
+            let mut pipe = LogPipe::new("p@1".into(), "id".into(), "stdout");
+            let written = "one\r fake INFO line\u{1b}[31m\u{7}\u{2028}two\u{85}\nsecond\n";
+            OutputStream::write(&mut pipe, Bytes::from(written)).expect("write");
+        });
+        assert_eq!(log.lines().count(), 2, "{log}");
+        assert!(!log.chars().any(|c| c.is_control() && c != '\n'), "{log:?}");
+        assert!(log.contains(r"one\r fake INFO line\u{1b}[31m\u{7}\u{2028}two\u{85}"), "{log}");
+    }
+
+    #[test]
+    fn plain_text_is_borrowed_unchanged() {
+        assert!(matches!(escape_controls("ключ: value \\n"), std::borrow::Cow::Borrowed("ключ: value \\n")));
     }
 }

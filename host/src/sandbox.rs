@@ -37,6 +37,10 @@ const DEPLOY_HEADROOM: u32 = 4;
 /// Instance memory kept mapped between requests and reset in place.
 const KEEP_RESIDENT_BYTES: usize = 4 * 1024 * 1024;
 
+/// Longest plugin name or version accepted from a plugin's identity (they
+/// go into logs, metric labels and the admin API).
+const MAX_IDENTITY_BYTES: usize = 128;
+
 /// Resource limits of one request's sandbox.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -152,6 +156,14 @@ impl Sandbox {
         };
         let (name, semver) =
             version.identity().await.with_context(|| format!("reading the identity of plugin {plugin:?}"))?;
+        for (what, text) in [("name", &name), ("version", &semver)] {
+            let printable = !text.is_empty() && text.len() <= MAX_IDENTITY_BYTES && !text.chars().any(char::is_control);
+            wasmtime::ensure!(
+                printable,
+                "plugin {plugin:?} reports an identity {what} that is empty, over {MAX_IDENTITY_BYTES} bytes or holds control characters: {:?}",
+                crate::plugin_log::escape_controls(&text.chars().take(MAX_IDENTITY_BYTES).collect::<String>())
+            );
+        }
         version.name = name;
         version.version = semver;
         Ok(version)

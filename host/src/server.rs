@@ -342,7 +342,9 @@ impl Gateway {
             }
             Ok(Err(Failure::Trap(err))) => {
                 failure("trap");
-                tracing::error!(plugin = %label, error = %format!("{err:?}"), "plugin trapped");
+                // The trap's backtrace names the plugin's own functions: escaped.
+                let trap = format!("{err:?}");
+                tracing::error!(plugin = %label, error = %crate::plugin_log::escape_controls(&trap), "plugin trapped");
                 Err(error(StatusCode::INTERNAL_SERVER_ERROR, 500, "plugin failed"))
             }
         }
