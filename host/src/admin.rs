@@ -23,9 +23,12 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::PrometheusHandle;
 use sha2::{Digest as _, Sha256};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq as _;
 use tokio::net::TcpListener;
+
+/// Longest `/readyz` waits for the store to answer before saying not ready.
+const READY_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What the admin listener serves.
 #[derive(Debug)]
@@ -36,6 +39,47 @@ pub struct Admin {
     pub metrics: Option<PrometheusHandle>,
     /// The bearer token required, if any.
     pub token: Option<String>,
+    /// The store's health as the last ping found it.
+    pub probe: Arc<StoreProbe>,
+}
+
+/// Pings the store off the async threads, one ping at a time: probes that
+/// arrive while one runs wait for its answer (at most
+/// [`READY_PROBE_TIMEOUT`]) instead of starting another, so a store that
+/// never answers holds one blocking thread, not one per probe.
+#[derive(Debug)]
+pub struct StoreProbe {
+    running: std::sync::atomic::AtomicBool,
+    /// When the last ping ended, and how.
+    last: tokio::sync::watch::Sender<Option<(Instant, Result<(), String>)>>,
+}
+
+impl Default for StoreProbe {
+    fn default() -> Self {
+        Self { running: std::sync::atomic::AtomicBool::new(false), last: tokio::sync::watch::Sender::new(None) }
+    }
+}
+
+impl StoreProbe {
+    /// The outcome of a ping that ended after now, or why there is none within the timeout.
+    async fn check(self: &Arc<Self>, backend: &Arc<dyn crate::kv::Backend>) -> Result<(), String> {
+        let asked = Instant::now();
+        let mut outcomes = self.last.subscribe();
+        if !self.running.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            let (probe, backend) = (self.clone(), backend.clone());
+            tokio::task::spawn_blocking(move || {
+                let outcome = backend.ping().map_err(|err| err.to_string());
+                probe.running.store(false, std::sync::atomic::Ordering::SeqCst);
+                probe.last.send_replace(Some((Instant::now(), outcome)));
+            });
+        }
+        let fresh = outcomes.wait_for(|last| last.as_ref().is_some_and(|(at, _)| *at >= asked));
+        match tokio::time::timeout(READY_PROBE_TIMEOUT, fresh).await {
+            Ok(Ok(last)) => last.as_ref().map_or(Ok(()), |(_, outcome)| outcome.clone()),
+            Ok(Err(_)) => Err("the store probe stopped".into()),
+            Err(_) => Err(format!("no answer within {} ms", READY_PROBE_TIMEOUT.as_millis())),
+        }
+    }
 }
 
 type Reply = hyper::Response<Full<Bytes>>;
@@ -102,7 +146,7 @@ impl Admin {
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
         let reply = match (&method, segments.as_slice()) {
             (&Method::GET, ["healthz"]) => problem_free("ok"),
-            (&Method::GET, ["readyz"]) => self.ready(),
+            (&Method::GET, ["readyz"]) => self.ready().await,
             _ if !self.authorized(&req) => {
                 let mut reply = problem(StatusCode::UNAUTHORIZED, "missing or wrong admin token");
                 reply.headers_mut().insert(hyper::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -124,11 +168,11 @@ impl Admin {
         reply
     }
 
-    fn ready(&self) -> Reply {
+    async fn ready(&self) -> Reply {
         if self.app.gateway.draining.load(std::sync::atomic::Ordering::SeqCst) {
             return problem(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
         }
-        match self.app.backend.ping() {
+        match self.probe.check(&self.app.backend).await {
             Ok(()) => problem_free("ready"),
             Err(err) => problem(StatusCode::SERVICE_UNAVAILABLE, &format!("store not ready: {err}")),
         }
@@ -172,5 +216,90 @@ fn outcome(result: Result<crate::deploy::Outcome, DeployError>) -> Reply {
             tracing::warn!(error = %err, "deploy refused");
             problem(status, &err.to_string())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::{Backend, Check, Entry, KvError, MemoryBackend, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A store whose ping hangs until released (a database that accepts TCP and never answers).
+    #[derive(Default)]
+    struct Hanging {
+        pings: AtomicUsize,
+        released: std::sync::Mutex<bool>,
+        wake: std::sync::Condvar,
+        data: MemoryBackend,
+    }
+
+    impl Hanging {
+        fn release(&self) {
+            *self.released.lock().expect("lock") = true;
+            self.wake.notify_all();
+        }
+    }
+
+    impl Backend for Hanging {
+        fn describe(&self) -> String {
+            "hanging".into()
+        }
+        fn get(&self, ns: &str, key: &str) -> Result<Option<Entry>, KvError> {
+            self.data.get(ns, key)
+        }
+        fn scan(
+            &self,
+            ns: &str,
+            prefix: &str,
+            after: Option<&str>,
+            limit: usize,
+            max_bytes: usize,
+        ) -> Result<Vec<(String, Entry)>, KvError> {
+            self.data.scan(ns, prefix, after, limit, max_bytes)
+        }
+        fn commit(&self, ns: &str, checks: &[Check], writes: &[Write]) -> Result<(), KvError> {
+            self.data.commit(ns, checks, writes)
+        }
+        fn ping(&self) -> Result<(), KvError> {
+            self.pings.fetch_add(1, Ordering::SeqCst);
+            let mut released = self.released.lock().expect("lock");
+            while !*released {
+                released = self.wake.wait(released).expect("wait");
+            }
+            Err(KvError::Unavailable("was hanging".into()))
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_store_that_never_answers_is_not_ready_within_the_timeout_and_holds_one_thread() {
+        let hanging = Arc::new(Hanging::default());
+        let backend: Arc<dyn Backend> = hanging.clone();
+        let probe = Arc::new(StoreProbe::default());
+        let started = Instant::now();
+        // More probes than worker threads: a blocking ping on the async threads would stall them all.
+        let probes: Vec<_> = (0..8)
+            .map(|_| {
+                let (probe, backend) = (probe.clone(), backend.clone());
+                tokio::spawn(async move { probe.check(&backend).await })
+            })
+            .collect();
+        let ticker = tokio::spawn(async { tokio::time::sleep(Duration::from_millis(100)).await });
+        ticker.await.expect("the async threads keep running other tasks");
+        assert!(started.elapsed() < Duration::from_secs(1));
+        for probe in probes {
+            let outcome = probe.await.expect("probe task");
+            assert!(outcome.as_ref().is_err_and(|why| why.contains("no answer")), "{outcome:?}");
+        }
+        let waited = started.elapsed();
+        assert!(waited >= READY_PROBE_TIMEOUT && waited < READY_PROBE_TIMEOUT + Duration::from_secs(1), "{waited:?}");
+        assert_eq!(hanging.pings.load(Ordering::SeqCst), 1, "one ping at a time");
+        hanging.release();
+        // The hung ping's late answer is not taken for a later probe's: a new ping runs.
+        let after = probe.check(&backend).await;
+        assert!(after.is_err_and(|why| why.contains("was hanging")));
+        assert_eq!(hanging.pings.load(Ordering::SeqCst), 2);
+        let healthy: Arc<dyn Backend> = Arc::new(MemoryBackend::default());
+        assert_eq!(Arc::new(StoreProbe::default()).check(&healthy).await, Ok(()));
     }
 }

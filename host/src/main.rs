@@ -97,6 +97,7 @@ fn serve(config_file: Option<PathBuf>) -> anyhow::Result<()> {
             app: app.clone(),
             metrics: Some(metrics),
             token: config.admin.token.clone(),
+            probe: Default::default(),
         });
         let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
         let admin_task = tokio::spawn(evogate::admin::serve(admin_listener, admin, async {

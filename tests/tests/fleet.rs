@@ -229,10 +229,12 @@ fn a_deploy_through_one_node_reaches_the_fleet_under_load_without_a_failed_reque
     assert_eq!(late_view[0]["previous"], fleet_view[0]["previous"], "and the same history for rollback");
 }
 
-/// A TCP proxy to the database that can drop every connection and refuse new ones.
+/// A TCP proxy to the database that can drop every connection and refuse
+/// new ones, or freeze: keep every connection open and answer nothing.
 struct Proxy {
     port: u16,
     down: Arc<AtomicBool>,
+    frozen: Arc<AtomicBool>,
     open: Arc<Mutex<Vec<TcpStream>>>,
 }
 
@@ -241,12 +243,18 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let down = Arc::new(AtomicBool::new(false));
+        let frozen = Arc::new(AtomicBool::new(false));
         let open = Arc::new(Mutex::new(Vec::<TcpStream>::new()));
-        let (flag, streams) = (down.clone(), open.clone());
+        let (flag, ice, streams) = (down.clone(), frozen.clone(), open.clone());
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
                 if flag.load(Ordering::SeqCst) {
                     drop(client);
+                    continue;
+                }
+                if ice.load(Ordering::SeqCst) {
+                    // Accepted, and never a byte back.
+                    streams.lock().expect("lock").push(client);
                     continue;
                 }
                 let Ok(server) = TcpStream::connect(&upstream) else { continue };
@@ -256,9 +264,13 @@ impl Proxy {
                 for (mut from, mut to) in
                     [(client.try_clone().expect("clone"), server.try_clone().expect("clone")), (server, client)]
                 {
+                    let ice = ice.clone();
                     std::thread::spawn(move || {
                         let mut buffer = [0u8; 16 * 1024];
                         while let Ok(n) = from.read(&mut buffer) {
+                            while ice.load(Ordering::SeqCst) {
+                                std::thread::sleep(Duration::from_millis(10));
+                            }
                             if n == 0 || to.write_all(&buffer[..n]).is_err() {
                                 break;
                             }
@@ -268,7 +280,31 @@ impl Proxy {
                 }
             }
         });
-        Self { port, down, open }
+        Self { port, down, frozen, open }
+    }
+
+    /// A database that takes connections and bytes and never answers.
+    fn freeze(&self) {
+        self.frozen.store(true, Ordering::SeqCst);
+    }
+
+    fn thaw(&self) {
+        self.frozen.store(false, Ordering::SeqCst);
+    }
+
+    /// Starts a proxy to the database of `url`; the URL that reaches it through the proxy.
+    fn to_database(url: &str) -> (Self, String) {
+        let config: tokio_postgres::Config = url.parse().expect("a postgres URL");
+        let host = match config.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+            _ => "127.0.0.1".into(),
+        };
+        let upstream = format!("{host}:{}", config.get_ports().first().copied().unwrap_or(5432));
+        let proxy = Proxy::start(upstream);
+        let user = config.get_user().unwrap_or("postgres");
+        let database = config.get_dbname().unwrap_or("postgres");
+        let proxied = format!("postgres://{user}@127.0.0.1:{}/{database}", proxy.port);
+        (proxy, proxied)
     }
 
     /// The database goes away: open connections break, new ones are refused.
@@ -289,16 +325,7 @@ fn a_database_outage_answers_503_loses_no_acknowledged_write_and_heals_itself() 
     let Some(url) = postgres_url("a_database_outage_answers_503_loses_no_acknowledged_write_and_heals_itself") else {
         return;
     };
-    let config: tokio_postgres::Config = url.parse().expect("a postgres URL");
-    let host = match config.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
-        _ => "127.0.0.1".into(),
-    };
-    let upstream = format!("{host}:{}", config.get_ports().first().copied().unwrap_or(5432));
-    let proxy = Proxy::start(upstream);
-    let user = config.get_user().unwrap_or("postgres");
-    let database = config.get_dbname().unwrap_or("postgres");
-    let proxied = format!("postgres://{user}@127.0.0.1:{}/{database}", proxy.port);
+    let (proxy, proxied) = Proxy::to_database(&url);
     let schema = TestSchema::new(&url);
     let node = Gateway::evotor(&format!("{}connect_timeout_ms = 1000\n", schema.store_table(&proxied)));
 
@@ -362,6 +389,47 @@ fn a_database_outage_answers_503_loses_no_acknowledged_write_and_heals_itself() 
     for n in acknowledged.lock().expect("lock").iter() {
         let view = partner(&node, "GET", &format!("/partner/v1/users/{}", user_id(*n)), None).json();
         assert_eq!(view["cloudToken"]["token"], format!("cloud-{n}"), "acknowledged write {n} is kept");
+    }
+}
+
+#[test]
+fn a_database_that_never_answers_is_not_ready_within_2_s_and_other_requests_go_on() {
+    let Some(url) = postgres_url("a_database_that_never_answers_is_not_ready_within_2_s_and_other_requests_go_on")
+    else {
+        return;
+    };
+    let (proxy, proxied) = Proxy::to_database(&url);
+    let schema = TestSchema::new(&url);
+    let node = Gateway::guest(&schema.store_table(&proxied), "");
+    let ready = node.admin_url("/readyz");
+    assert_eq!(get(&ready).status, 200);
+    proxy.freeze();
+    // More probes at once than the machine has cores, as several load balancers would send.
+    let probes: Vec<_> = (0..6)
+        .map(|_| {
+            let ready = ready.clone();
+            std::thread::spawn(move || {
+                let asked = Instant::now();
+                (get(&ready).status, asked.elapsed())
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    for _ in 0..20 {
+        let started = Instant::now();
+        assert_eq!(get(&node.url("/g/version")).status, 200, "a request without the store is served");
+        assert!(started.elapsed() < Duration::from_millis(500), "and at once: {:?}", started.elapsed());
+    }
+    for probe in probes {
+        let (status, took) = probe.join().expect("probe");
+        assert_eq!(status, 503);
+        assert!(took < Duration::from_millis(2500), "/readyz answered in {took:?}");
+    }
+    proxy.thaw();
+    let healed = Instant::now();
+    while get(&ready).status != 200 {
+        assert!(healed.elapsed() < Duration::from_secs(30), "ready again once the database answers");
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
