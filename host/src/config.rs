@@ -118,6 +118,11 @@ pub struct LimitsConfig {
     pub max_header_bytes: usize,
     /// On SIGTERM or SIGINT, how long requests in flight may take to finish.
     pub drain_timeout_ms: u64,
+    /// On SIGTERM or SIGINT, how long the gateway keeps accepting new
+    /// requests after `/readyz` turned 503 (so load balancers deregister it
+    /// before its listener closes); 0 closes the listener at once.
+    #[serde(default)]
+    pub drain_grace_ms: u64,
 }
 
 /// One `[[plugins]]` entry.
@@ -166,6 +171,7 @@ impl Default for Config {
                 header_read_timeout_ms: 10_000,
                 max_header_bytes: 64 * 1024,
                 drain_timeout_ms: 10_000,
+                drain_grace_ms: 0,
             },
             tls: None,
             admin: AdminConfig {
@@ -235,6 +241,7 @@ impl Config {
             "limits.max_header_bytes must be within 1024..=1048576"
         );
         anyhow::ensure!(limits.drain_timeout_ms <= 3_600_000, "limits.drain_timeout_ms must be at most 3600000");
+        anyhow::ensure!(limits.drain_grace_ms <= 600_000, "limits.drain_grace_ms must be at most 600000");
         if self.store.backend == BackendKind::Postgres {
             self.store.postgres_options()?;
             anyhow::ensure!((1..=1000).contains(&self.store.pool_size), "store.pool_size must be within 1..=1000");

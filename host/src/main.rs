@@ -81,6 +81,10 @@ fn serve(config_file: Option<PathBuf>) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async {
+        // Before anything slow (plugins compile for seconds): a certificate
+        // renewal's SIGHUP during start must not kill the process.
+        let hangup = hangup_signal();
+        raise_open_file_limit(config.limits.max_connections);
         let tls = match &config.tls {
             Some(tls) => Some(Arc::new(evogate::tls::Tls::new(&tls.cert.relative(), &tls.key.relative())?)),
             None => None,
@@ -103,7 +107,7 @@ fn serve(config_file: Option<PathBuf>) -> anyhow::Result<()> {
         let admin_task = tokio::spawn(evogate::admin::serve(admin_listener, admin, async {
             let _ = admin_stopped.await;
         }));
-        tokio::spawn(hangups(tls.clone()));
+        tokio::spawn(hangups(hangup, tls.clone()));
         tracing::info!("evogate admin listening on http://{admin_addr}");
         let scheme = if tls.is_some() { "https" } else { "http" };
         tracing::info!("evogate listening on {scheme}://{addr}");
@@ -124,12 +128,29 @@ fn serve(config_file: Option<PathBuf>) -> anyhow::Result<()> {
     })
 }
 
-/// `SIGHUP` changes nothing: deploys go through the admin API, and the
-/// configuration is read at start. Say so instead of dying (the default).
-/// `SIGHUP` re-reads the TLS certificate and key; a bad new pair keeps the old one.
-async fn hangups(tls: Option<Arc<evogate::tls::Tls>>) {
+#[cfg(unix)]
+type Hangup = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+type Hangup = ();
+
+/// Listens for `SIGHUP` from now on (its default action ends the process).
+fn hangup_signal() -> Hangup {
     #[cfg(unix)]
-    if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+    return match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(signal) => Some(signal),
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot listen for SIGHUP");
+            None
+        }
+    };
+}
+
+/// `SIGHUP` re-reads the TLS certificate and key; a bad new pair keeps the
+/// old one. Without `[tls]` it changes nothing (deploys go through the admin
+/// API, and the configuration is read at start) and says so.
+async fn hangups(hangup: Hangup, tls: Option<Arc<evogate::tls::Tls>>) {
+    #[cfg(unix)]
+    if let Some(mut hup) = hangup {
         while hup.recv().await.is_some() {
             match &tls {
                 None => tracing::info!("SIGHUP: nothing to reload (no [tls]; deploy plugins with `evogate deploy`)"),
@@ -142,6 +163,45 @@ async fn hangups(tls: Option<Arc<evogate::tls::Tls>>) {
             }
         }
     }
+    #[cfg(not(unix))]
+    let _ = (hangup, tls);
+}
+
+/// Descriptors the gateway needs besides client connections: listeners,
+/// the store, the compilation cache, database connections, logs.
+const FILE_HEADROOM: u64 = 256;
+
+/// Raises the soft open-file limit to the hard one (a connection is a
+/// descriptor; the usual soft limit of 1024 is far below
+/// `limits.max_connections`) and warns when even that is too low.
+fn raise_open_file_limit(max_connections: usize) {
+    #[cfg(unix)]
+    {
+        use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+        let Rlimit { current, maximum } = getrlimit(Resource::Nofile);
+        // "Unlimited" is not accepted for open files: Linux's own ceiling then.
+        let target = maximum.unwrap_or(1 << 20);
+        let mut soft = current.unwrap_or(target);
+        if soft < target {
+            match setrlimit(Resource::Nofile, Rlimit { current: Some(target), maximum }) {
+                Ok(()) => soft = target,
+                Err(err) => tracing::warn!(error = %err, "cannot raise the open-file limit"),
+            }
+        }
+        let needed = max_connections as u64 + FILE_HEADROOM;
+        if soft < needed {
+            tracing::warn!(
+                open_files = soft,
+                needed,
+                "the open-file limit is below limits.max_connections plus {FILE_HEADROOM}: connections past it fail \
+                 to be accepted; raise the hard limit (ulimit -Hn, LimitNOFILE=) or lower limits.max_connections"
+            );
+        } else {
+            tracing::debug!(open_files = soft, "open-file limit");
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = max_connections;
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -164,8 +164,7 @@ mod tests {
         }
         let sink = Sink::default();
         let writer = sink.clone();
-        let subscriber =
-            tracing_subscriber::fmt().with_ansi(false).with_writer(move || writer.clone()).finish();
+        let subscriber = tracing_subscriber::fmt().with_ansi(false).with_writer(move || writer.clone()).finish();
         tracing::subscriber::with_default(subscriber, f);
         let bytes = sink.0.lock().expect("sink").clone();
         String::from_utf8(bytes).expect("utf-8 log")

@@ -68,6 +68,9 @@ pub struct ServeOptions {
     pub max_header_bytes: usize,
     /// How long in-flight requests may take to finish once shutdown begins.
     pub drain: Duration,
+    /// How long new connections are still accepted once shutdown begins
+    /// (readiness already says no), before the listener closes.
+    pub drain_grace: Duration,
 }
 
 impl Default for ServeOptions {
@@ -78,6 +81,7 @@ impl Default for ServeOptions {
             header_read_timeout: Duration::from_secs(10),
             max_header_bytes: 64 * 1024,
             drain: Duration::from_secs(10),
+            drain_grace: Duration::ZERO,
         }
     }
 }
@@ -91,12 +95,14 @@ impl ServeOptions {
             header_read_timeout: Duration::from_millis(config.limits.header_read_timeout_ms),
             max_header_bytes: config.limits.max_header_bytes,
             drain: Duration::from_millis(config.limits.drain_timeout_ms),
+            drain_grace: Duration::from_millis(config.limits.drain_grace_ms),
         }
     }
 }
 
-/// Serves connections from `listener` until `shutdown` resolves, then stops
-/// accepting, marks the gateway draining and waits for in-flight requests
+/// Serves connections from `listener` until `shutdown` resolves; then marks
+/// the gateway draining (`/readyz` answers 503), keeps accepting for
+/// `options.drain_grace`, stops accepting and waits for in-flight requests
 /// to finish (at most `options.drain`).
 pub async fn serve(
     listener: TcpListener,
@@ -108,6 +114,8 @@ pub async fn serve(
     let connections = Arc::new(Semaphore::new(options.max_connections));
     let options = Arc::new(options);
     tokio::pin!(shutdown);
+    // Set once shutdown begins: when the listener closes.
+    let mut closing: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -119,7 +127,18 @@ pub async fn serve(
                     continue;
                 }
             },
-            () = &mut shutdown => break,
+            () = &mut shutdown, if closing.is_none() => {
+                gateway.draining.store(true, Ordering::SeqCst);
+                if !options.drain_grace.is_zero() {
+                    tracing::info!(
+                        drain_grace_ms = options.drain_grace.as_millis() as u64,
+                        "shutting down: not ready; still accepting during the grace period"
+                    );
+                }
+                closing = Some(Box::pin(tokio::time::sleep(options.drain_grace)));
+                continue;
+            }
+            () = async { if let Some(closing) = closing.as_mut() { closing.await } }, if closing.is_some() => break,
         };
         let _ = stream.set_nodelay(true);
         let Ok(permit) = connections.clone().try_acquire_owned() else {

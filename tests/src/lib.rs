@@ -73,6 +73,12 @@ impl Gateway {
     /// Starts a gateway with `config` (TOML without `listen` and `data_dir`,
     /// which the harness sets).
     pub fn start(config: &str) -> Self {
+        Self::start_under(&[], config)
+    }
+
+    /// [`Gateway::start`], the process started through `wrapper` (a program
+    /// and its arguments that execs the rest, e.g. `prlimit --nofile=…`).
+    pub fn start_under(wrapper: &[&str], config: &str) -> Self {
         let data = tempfile::tempdir().expect("temp dir");
         let path = data.path().join("evogate.toml");
         let full = format!(
@@ -80,7 +86,7 @@ impl Gateway {
             toml_str(&data.path().join("data").to_string_lossy())
         );
         std::fs::write(&path, full).expect("writing the config");
-        let (child, base, admin, log) = spawn(&path);
+        let (child, base, admin, log) = spawn(wrapper, &path);
         Self { child, base, admin, log, config: path, data }
     }
 
@@ -114,7 +120,7 @@ partner_api_token = "partner-secret"
     /// the same data directory and config.
     pub fn restart(&mut self) {
         self.stop();
-        let (child, base, admin, log) = spawn(&self.config);
+        let (child, base, admin, log) = spawn(&[], &self.config);
         self.child = child;
         self.base = base;
         self.admin = admin;
@@ -145,6 +151,11 @@ partner_api_token = "partner-secret"
             std::thread::sleep(Duration::from_millis(10));
         }
         None
+    }
+
+    /// The gateway's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Sends a signal (`HUP`, `TERM`, …) to the gateway process.
@@ -193,8 +204,16 @@ impl Drop for Gateway {
     }
 }
 
-fn spawn(config: &Path) -> (Child, String, String, Arc<Mutex<String>>) {
-    let mut child = Command::new(evogate_bin())
+fn spawn(wrapper: &[&str], config: &Path) -> (Child, String, String, Arc<Mutex<String>>) {
+    let mut command = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut command = Command::new(program);
+            command.args(args).arg(evogate_bin());
+            command
+        }
+        None => Command::new(evogate_bin()),
+    };
+    let mut child = command
         .args(["serve", "--config"])
         .arg(config)
         .env("EVOGATE_LOG", "info")

@@ -188,6 +188,89 @@ fn sigterm_drains_accepted_requests_flips_readiness_and_exits_zero() {
 }
 
 #[test]
+fn sigterm_with_a_grace_period_turns_unready_first_and_keeps_serving_new_requests_until_it_ends() {
+    let mut gateway = Gateway::guest("[limits]\ndrain_grace_ms = 1500", "");
+    let signalled = Instant::now();
+    gateway.signal("TERM");
+    let ready = gateway.admin_url("/readyz");
+    while evogate_e2e::try_request("GET", &ready, &[], b"").is_some_and(|reply| reply.status == 200) {
+        assert!(signalled.elapsed() < Duration::from_millis(500), "readiness flips at once");
+    }
+    // Load balancers still sending during the grace period are served, on new connections too.
+    let mut served = 0;
+    while signalled.elapsed() < Duration::from_millis(1200) {
+        let reply = evogate_e2e::try_request("GET", &gateway.url("/g/version"), &[], b"");
+        assert_eq!(reply.map(|reply| reply.status), Some(200), "served {served} so far");
+        served += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(served > 10);
+    let status = gateway.wait_exit(Duration::from_secs(10)).expect("the process exits after the grace period");
+    assert!(status.success(), "{status:?}");
+    assert!(signalled.elapsed() >= Duration::from_millis(1500), "not before the grace period ended");
+    assert!(gateway.log().contains("still accepting during the grace period"));
+}
+
+#[test]
+fn a_sighup_while_plugins_compile_does_not_kill_the_gateway() {
+    use std::io::BufRead as _;
+    let data = tempfile::tempdir().expect("temp dir");
+    let config = data.path().join("evogate.toml");
+    // The Evotor plugin compiles for a while on a fresh data directory (no cached code).
+    let wasm = evogate_e2e::toml_str(&evogate_e2e::evotor_wasm().to_string_lossy());
+    let dir = evogate_e2e::toml_str(&data.path().join("data").to_string_lossy());
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\ndata_dir = {dir}\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [[plugins]]\nname = \"evotor\"\nroute = \"/\"\nwasm = {wasm}\n"
+        ),
+    )
+    .expect("config");
+    let mut child = std::process::Command::new(evogate_e2e::evogate_bin())
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("EVOGATE_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start");
+    let stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
+    let mut log = String::new();
+    let mut listening = false;
+    for line in stderr.lines().map_while(Result::ok) {
+        log.push_str(&line);
+        log.push('\n');
+        if line.contains("key-value store open") {
+            // The store is open and the plugin is about to compile.
+            let status = std::process::Command::new("kill").arg("-HUP").arg(child.id().to_string()).status();
+            assert!(status.is_ok_and(|s| s.success()));
+        }
+        if line.contains("evogate listening on") {
+            listening = true;
+            break;
+        }
+    }
+    let alive = child.try_wait().expect("wait").is_none();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(listening && alive, "the gateway started despite the SIGHUP:\n{log}");
+}
+
+#[test]
+fn the_open_file_limit_is_raised_to_the_hard_limit_and_a_low_one_is_reported() {
+    let gateway = Gateway::start_under(&["prlimit", "--nofile=256:8192"], &guest_table());
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", gateway.pid())).expect("limits");
+    let open_files = limits.lines().find(|line| line.starts_with("Max open files")).expect("the limit");
+    assert_eq!(open_files.split_whitespace().collect::<Vec<_>>()[3..5], ["8192", "8192"], "{open_files}");
+    assert!(!gateway.log().contains("open-file limit is below"), "{}", gateway.log());
+
+    let low = Gateway::start_under(&["prlimit", "--nofile=256:1024"], &guest_table());
+    assert!(low.wait_for_log("open-file limit is below"), "{}", low.log());
+    assert_eq!(get(&low.url("/g/version")).status, 200, "it serves all the same");
+}
+
+#[test]
 fn a_slow_loris_client_is_cut_off_while_others_are_served() {
     let gateway = Gateway::guest("[limits]\nheader_read_timeout_ms = 600", "");
     let mut slow = TcpStream::connect(addr(&gateway)).expect("connect");
@@ -267,4 +350,10 @@ fn connections_past_the_cap_get_503_and_oversized_heads_get_431() {
     let reply = request("GET", &gateway.url("/g/version"), &[("x-big", big.as_str())], None);
     assert_eq!(reply.status, 431, "a head over max_header_bytes");
     assert_eq!(get(&gateway.url("/g/version")).status, 200, "room again once connections close");
+}
+
+/// The `[[plugins]]` table of the test plugin as `g` on `/g`.
+fn guest_table() -> String {
+    let wasm = evogate_e2e::toml_str(&evogate_e2e::guest_wasm().to_string_lossy());
+    format!("[[plugins]]\nname = \"g\"\nroute = \"/g\"\nwasm = {wasm}\n")
 }
