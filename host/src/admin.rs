@@ -95,8 +95,16 @@ fn problem(status: StatusCode, message: &str) -> Reply {
     json(status, &serde_json::json!({ "error": message }))
 }
 
-/// Serves the admin API on `listener` until `shutdown` resolves.
-pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: impl std::future::Future<Output = ()>) {
+/// Time a client of the admin API has for its TLS handshake and request head.
+const ADMIN_HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Serves the admin API on `listener` (over HTTPS with `tls`) until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    admin: Arc<Admin>,
+    tls: Option<Arc<crate::tls::Tls>>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
     tokio::pin!(shutdown);
     loop {
         let stream = tokio::select! {
@@ -115,12 +123,22 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: impl std:
             let admin = admin.clone();
             async move { Ok::<_, std::convert::Infallible>(admin.handle(req).await) }
         });
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(30))
-                .serve_connection(TokioIo::new(stream), service);
-            if let Err(err) = conn.await {
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(TokioTimer::new()).header_read_timeout(ADMIN_HEAD_TIMEOUT);
+            let served = match tls {
+                None => http.serve_connection(TokioIo::new(stream), service).await,
+                Some(tls) => match tokio::time::timeout(ADMIN_HEAD_TIMEOUT, tls.acceptor().accept(stream)).await {
+                    Ok(Ok(stream)) => http.serve_connection(TokioIo::new(stream), service).await,
+                    Ok(Err(err)) => {
+                        tracing::debug!(error = %err, "admin TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => return,
+                },
+            };
+            if let Err(err) = served {
                 tracing::debug!(error = %err, "admin connection ended with an error");
             }
         });

@@ -12,9 +12,14 @@ pub struct AdminArgs {
     /// Configuration file to take `admin.listen` and `admin.token` from.
     #[arg(long, short, env = "EVOGATE_CONFIG")]
     config: Option<PathBuf>,
-    /// Admin listener address, e.g. `127.0.0.1:9090` (overrides the config).
+    /// Admin listener address, e.g. `127.0.0.1:9090` or `https://admin.example.com:9090`
+    /// (overrides the config; a bare address uses HTTPS when the config has `[admin.tls]`).
     #[arg(long, env = "EVOGATE_ADMIN_ADDR")]
     admin: Option<String>,
+    /// PEM file of certificates to trust for an HTTPS admin listener, besides the public
+    /// roots and the config's `admin.tls.cert`.
+    #[arg(long, env = "EVOGATE_ADMIN_CA")]
+    admin_ca: Option<PathBuf>,
     /// Admin bearer token (overrides the config).
     #[arg(long, env = "EVOGATE_ADMIN_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -23,23 +28,93 @@ pub struct AdminArgs {
     json: bool,
 }
 
+/// The admin listener as the client reaches it.
+struct Target {
+    /// `host:port` to connect to.
+    addr: String,
+    /// The host the certificate must name.
+    host: String,
+    /// Certificates to trust beyond the public roots; `None`: plain HTTP.
+    tls: Option<Vec<PathBuf>>,
+    token: Option<String>,
+}
+
 impl AdminArgs {
-    fn target(&self) -> anyhow::Result<(String, Option<String>)> {
+    fn target(&self) -> anyhow::Result<Target> {
         let config = evogate::config::Config::load(self.config.as_deref())?;
-        let addr = self.admin.clone().unwrap_or_else(|| config.admin.listen.to_string());
-        Ok((addr, self.token.clone().or(config.admin.token)))
+        let configured_cert = config.admin.tls.as_ref().map(|tls| tls.cert.relative());
+        let (https, addr) = match self.admin.as_deref() {
+            Some(given) => match (given.strip_prefix("https://"), given.strip_prefix("http://")) {
+                (Some(addr), _) => (true, addr.trim_end_matches('/').to_owned()),
+                (_, Some(addr)) => (false, addr.trim_end_matches('/').to_owned()),
+                _ => (configured_cert.is_some(), given.to_owned()),
+            },
+            None => {
+                let mut listen = config.admin.listen;
+                // A listener on every address is reached locally, by its loopback name.
+                if listen.ip().is_unspecified() {
+                    listen.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+                }
+                (configured_cert.is_some(), listen.to_string())
+            }
+        };
+        let host = match addr.rsplit_once(':') {
+            Some((host, _)) => host.trim_start_matches('[').trim_end_matches(']').to_owned(),
+            None => addr.clone(),
+        };
+        let tls = https.then(|| configured_cert.into_iter().chain(self.admin_ca.clone()).collect());
+        Ok(Target { addr, host, tls, token: self.token.clone().or(config.admin.token) })
     }
 }
 
+/// A TLS connector trusting the public roots and the certificates in `files`.
+fn connector(files: &[PathBuf]) -> anyhow::Result<tokio_rustls::TlsConnector> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    for file in files {
+        for cert in CertificateDer::pem_file_iter(file).with_context(|| format!("reading {}", file.display()))? {
+            let cert = cert.with_context(|| format!("parsing {}", file.display()))?;
+            roots.add(cert).with_context(|| format!("trusting the certificate in {}", file.display()))?;
+        }
+    }
+    let config =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .context("choosing TLS versions")?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)))
+}
+
+/// An HTTP/1.1 connection to the admin listener, over TLS when `target` says so.
+async fn connect(target: &Target) -> anyhow::Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
+    let addr = &target.addr;
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connecting to the admin listener at {addr}"))?;
+    let Some(trusted) = &target.tls else {
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        return Ok(sender);
+    };
+    let name = rustls::pki_types::ServerName::try_from(target.host.clone())
+        .with_context(|| format!("{:?} is not a host name", target.host))?;
+    let stream = connector(trusted)?
+        .connect(name, stream)
+        .await
+        .with_context(|| format!("TLS with the admin listener at {addr} (trusted: public roots and {trusted:?})"))?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
 fn call(args: &AdminArgs, method: &str, path: &str, body: Vec<u8>) -> anyhow::Result<serde_json::Value> {
-    let (addr, token) = args.target()?;
+    let target = args.target()?;
+    let (addr, token) = (target.addr.clone(), target.token.clone());
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let (status, bytes) = runtime.block_on(async {
-        let stream = tokio::net::TcpStream::connect(&addr)
-            .await
-            .with_context(|| format!("connecting to the admin listener at {addr}"))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(conn);
+        let mut sender = connect(&target).await?;
         let mut request = hyper::Request::builder().method(method).uri(path).header("host", addr.as_str());
         if let Some(token) = &token {
             request = request.header("authorization", format!("Bearer {token}"));

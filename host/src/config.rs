@@ -43,6 +43,14 @@ pub struct AdminConfig {
     pub token: Option<String>,
     /// Largest component a deploy accepts.
     pub max_plugin_bytes: usize,
+    /// HTTPS for the admin listener (re-read on `SIGHUP`); required off
+    /// loopback unless `allow_plain_http` says otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+    /// Serve the admin API in plain HTTP on a non-loopback address (the
+    /// token then travels in clear: only on a network you trust).
+    #[serde(default)]
+    pub allow_plain_http: bool,
 }
 
 /// `[tls]`: PEM files, re-read on `SIGHUP`.
@@ -178,6 +186,8 @@ impl Default for Config {
                 listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
                 token: None,
                 max_plugin_bytes: 64 * 1024 * 1024,
+                tls: None,
+                allow_plain_http: false,
             },
             plugins: vec![PluginConfig {
                 name: "evotor".into(),
@@ -251,6 +261,12 @@ impl Config {
         anyhow::ensure!(
             !open_admin || self.admin.listen.ip().is_loopback(),
             "admin.listen = {} is not a loopback address: set admin.token (or EVOGATE_ADMIN__TOKEN) to protect it",
+            self.admin.listen
+        );
+        anyhow::ensure!(
+            self.admin.listen.ip().is_loopback() || self.admin.tls.is_some() || self.admin.allow_plain_http,
+            "admin.listen = {} is not a loopback address: set [admin.tls] so the admin token does not travel in \
+             clear, or admin.allow_plain_http = true to accept that",
             self.admin.listen
         );
         anyhow::ensure!(self.admin.max_plugin_bytes > 0, "admin.max_plugin_bytes must be positive");
@@ -375,7 +391,16 @@ mod tests {
         assert!(format!("{err:#}").contains("two plugins"), "{err:#}");
         let err = load_str("[admin]\nlisten = \"0.0.0.0:9090\"").expect_err("open admin");
         assert!(format!("{err:#}").contains("admin.token"), "{err:#}");
-        assert!(load_str("[admin]\nlisten = \"0.0.0.0:9090\"\ntoken = \"t\"").is_ok());
+        let err = load_str("[admin]\nlisten = \"0.0.0.0:9090\"\ntoken = \"t\"").expect_err("admin token in clear");
+        assert!(format!("{err:#}").contains("admin.allow_plain_http"), "{err:#}");
+        let tls =
+            load_str("[admin]\nlisten = \"0.0.0.0:9090\"\ntoken = \"t\"\n[admin.tls]\ncert = 'c.pem'\nkey = 'k.pem'")
+                .expect("admin over TLS");
+        assert!(tls.admin.tls.is_some_and(|tls| tls.key.relative().ends_with("k.pem")));
+        let plain = load_str("[admin]\nlisten = \"0.0.0.0:9090\"\ntoken = \"t\"\nallow_plain_http = true")
+            .expect("plain HTTP written out");
+        assert!(plain.admin.allow_plain_http && plain.admin.tls.is_none());
+        assert!(!Config::load(None).expect("defaults").admin.allow_plain_http);
         let err = load_str("[[plugins]]\nname='A b'\nroute='/'\nwasm='a'").expect_err("bad name");
         assert!(format!("{err:#}").contains("must match"), "{err:#}");
     }

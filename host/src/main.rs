@@ -89,6 +89,12 @@ fn serve(config_file: Option<PathBuf>) -> anyhow::Result<()> {
             Some(tls) => Some(Arc::new(evogate::tls::Tls::new(&tls.cert.relative(), &tls.key.relative())?)),
             None => None,
         };
+        let admin_tls = match &config.admin.tls {
+            Some(tls) => Some(Arc::new(
+                evogate::tls::Tls::http1(&tls.cert.relative(), &tls.key.relative()).context("[admin.tls]")?,
+            )),
+            None => None,
+        };
         let app = Arc::new(evogate::start(&config).await?);
         let listener =
             tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
@@ -104,11 +110,16 @@ fn serve(config_file: Option<PathBuf>) -> anyhow::Result<()> {
             probe: Default::default(),
         });
         let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
-        let admin_task = tokio::spawn(evogate::admin::serve(admin_listener, admin, async {
+        let admin_scheme = if admin_tls.is_some() { "https" } else { "http" };
+        let reloadable = [("public", tls.clone()), ("admin", admin_tls.clone())]
+            .into_iter()
+            .filter_map(|(which, tls)| Some((which, tls?)))
+            .collect();
+        let admin_task = tokio::spawn(evogate::admin::serve(admin_listener, admin, admin_tls, async {
             let _ = admin_stopped.await;
         }));
-        tokio::spawn(hangups(hangup, tls.clone()));
-        tracing::info!("evogate admin listening on http://{admin_addr}");
+        tokio::spawn(hangups(hangup, reloadable));
+        tracing::info!("evogate admin listening on {admin_scheme}://{admin_addr}");
         let scheme = if tls.is_some() { "https" } else { "http" };
         tracing::info!("evogate listening on {scheme}://{addr}");
         let options = evogate::server::ServeOptions::from_config(&config, tls);
@@ -145,21 +156,26 @@ fn hangup_signal() -> Hangup {
     };
 }
 
-/// `SIGHUP` re-reads the TLS certificate and key; a bad new pair keeps the
-/// old one. Without `[tls]` it changes nothing (deploys go through the admin
-/// API, and the configuration is read at start) and says so.
-async fn hangups(hangup: Hangup, tls: Option<Arc<evogate::tls::Tls>>) {
+/// `SIGHUP` re-reads the TLS certificates and keys (public and admin
+/// listeners); a bad new pair keeps the old one. Without TLS it changes
+/// nothing (deploys go through the admin API, and the configuration is
+/// read at start) and says so.
+async fn hangups(hangup: Hangup, tls: Vec<(&'static str, Arc<evogate::tls::Tls>)>) {
     #[cfg(unix)]
     if let Some(mut hup) = hangup {
         while hup.recv().await.is_some() {
-            match &tls {
-                None => tracing::info!("SIGHUP: nothing to reload (no [tls]; deploy plugins with `evogate deploy`)"),
-                Some(tls) => match tls.reload() {
-                    Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
-                    Err(err) => {
-                        tracing::error!(error = %format!("{err:#}"), "SIGHUP: keeping the current TLS certificate")
-                    }
-                },
+            if tls.is_empty() {
+                tracing::info!("SIGHUP: nothing to reload (no TLS; deploy plugins with `evogate deploy`)");
+            }
+            for (listener, tls) in &tls {
+                match tls.reload() {
+                    Ok(()) => tracing::info!(listener, "SIGHUP: TLS certificate reloaded"),
+                    Err(err) => tracing::error!(
+                        listener,
+                        error = %format!("{err:#}"),
+                        "SIGHUP: keeping the current TLS certificate"
+                    ),
+                }
             }
         }
     }

@@ -1,6 +1,7 @@
-//! HTTPS for the public listener: rustls (TLS 1.2 and 1.3, ring), HTTP/2
-//! and HTTP/1.1 by ALPN, and a certificate that can be replaced while
-//! connections stay open (`SIGHUP` re-reads the files).
+//! HTTPS for the public and admin listeners: rustls (TLS 1.2 and 1.3,
+//! ring), HTTP/2 and HTTP/1.1 by ALPN (the admin listener: HTTP/1.1), and a
+//! certificate that can be replaced while connections stay open (`SIGHUP`
+//! re-reads the files).
 
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
@@ -54,15 +55,25 @@ impl std::fmt::Debug for Tls {
 }
 
 impl Tls {
-    /// Loads the certificate and key; fails with the reason when they are unusable.
+    /// Loads the certificate and key for HTTP/2 and HTTP/1.1; fails with the
+    /// reason when they are unusable.
     pub fn new(cert: &Path, key: &Path) -> anyhow::Result<Self> {
+        Self::with_alpn(cert, key, &[b"h2", b"http/1.1"])
+    }
+
+    /// [`Tls::new`] for a listener that speaks HTTP/1.1 only.
+    pub fn http1(cert: &Path, key: &Path) -> anyhow::Result<Self> {
+        Self::with_alpn(cert, key, &[b"http/1.1"])
+    }
+
+    fn with_alpn(cert: &Path, key: &Path, alpn: &[&[u8]]) -> anyhow::Result<Self> {
         let current = Arc::new(Current(ArcSwap::from_pointee(load(cert, key)?)));
         let mut config = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .context("choosing TLS versions")?
             .with_no_client_auth()
             .with_cert_resolver(current.clone());
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
         Ok(Self {
             cert: cert.to_owned(),
             key: key.to_owned(),

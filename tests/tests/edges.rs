@@ -130,6 +130,60 @@ fn https_serves_http2_and_http1_by_alpn() {
 }
 
 #[test]
+fn the_admin_listener_speaks_https_with_admin_tls_and_the_cli_reaches_it() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (cert, key, der) = certificate();
+    write_pair(dir.path(), &cert, &key);
+    let admin_tls = format!(
+        "[admin.tls]\ncert = {}\nkey = {}\n",
+        toml_str(&dir.path().join("cert.pem").to_string_lossy()),
+        toml_str(&dir.path().join("key.pem").to_string_lossy())
+    );
+    let gateway = Gateway::guest(&admin_tls, "");
+    assert!(gateway.admin.starts_with("https://"), "{}", gateway.admin);
+    let admin_addr = gateway.admin.trim_start_matches("https://").to_owned();
+
+    let name = ServerName::try_from("localhost").expect("name");
+    let conn = rustls::ClientConnection::new(client_config(&der, &[b"h2", b"http/1.1"]), name).expect("client");
+    let tcp = TcpStream::connect(&admin_addr).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    assert_eq!(exchange(&mut tls, "/readyz"), (200, "ready".into()));
+    assert_eq!(tls.conn.alpn_protocol(), Some(&b"http/1.1"[..]), "the admin API speaks HTTP/1.1");
+
+    // Plain HTTP gets no answer: the token is never sent in clear to a TLS listener.
+    let mut plain = TcpStream::connect(&admin_addr).expect("connect");
+    plain.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let _ = write!(plain, "GET /plugins HTTP/1.1\r\nhost: x\r\nauthorization: Bearer admin-secret\r\n\r\n");
+    let mut answer = Vec::new();
+    let _ = plain.read_to_end(&mut answer);
+    assert!(!answer.starts_with(b"HTTP/"), "{}", String::from_utf8_lossy(&answer));
+
+    let cli = |extra: &[&str]| {
+        std::process::Command::new(evogate_e2e::evogate_bin())
+            .args(["plugins", "--admin", &format!("https://{admin_addr}"), "--token", evogate_e2e::ADMIN_TOKEN])
+            .args(extra)
+            .current_dir(dir.path())
+            .env_remove("EVOGATE_CONFIG")
+            .output()
+            .expect("evogate plugins")
+    };
+    let trusted = cli(&["--admin-ca", &dir.path().join("cert.pem").to_string_lossy()]);
+    assert!(trusted.status.success(), "{}", String::from_utf8_lossy(&trusted.stderr));
+    assert!(String::from_utf8_lossy(&trusted.stdout).contains("test-guest@1.0.0"));
+    let untrusted = cli(&[]);
+    assert!(!untrusted.status.success(), "a certificate nobody vouches for is refused");
+    assert!(
+        String::from_utf8_lossy(&untrusted.stderr).contains("TLS"),
+        "{}",
+        String::from_utf8_lossy(&untrusted.stderr)
+    );
+
+    gateway.signal("HUP");
+    assert!(gateway.wait_for_log("listener=\"admin\""), "SIGHUP reloads the admin certificate too: {}", gateway.log());
+}
+
+#[test]
 fn sighup_swaps_the_certificate_without_dropping_connections_and_keeps_it_on_bad_files() {
     let dir = tempfile::tempdir().expect("dir");
     let (cert1, key1, der1) = certificate();
