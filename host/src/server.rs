@@ -110,7 +110,9 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
     options: ServeOptions,
 ) {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // Connections watch `stop` to close gracefully; each holds a permit, so
+    // holding every permit again means every connection has ended.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
     let connections = Arc::new(Semaphore::new(options.max_connections));
     let options = Arc::new(options);
     tokio::pin!(shutdown);
@@ -147,15 +149,25 @@ pub async fn serve(
             tokio::spawn(refuse(stream, options.tls.is_some()));
             continue;
         };
-        let (gateway, options, watcher) = (gateway.clone(), options.clone(), graceful.watcher());
+        let (gateway, options, stopped) = (gateway.clone(), options.clone(), stopped.clone());
         tokio::spawn(async move {
             let _permit = permit;
+            let streams = Arc::new(Streams::default());
+            let tracked = streams.clone();
             let service = hyper::service::service_fn(move |req| {
-                let gateway = gateway.clone();
-                async move { Ok::<_, std::convert::Infallible>(gateway.handle(req).await) }
+                let (gateway, open) = (gateway.clone(), Streams::begin(&tracked));
+                async move {
+                    let response = gateway.handle(req).await;
+                    drop(open);
+                    Ok::<_, std::convert::Infallible>(response)
+                }
             });
             let result = match &options.tls {
-                None => watcher.watch(http1(&options).serve_connection(TokioIo::new(stream), service)).await,
+                None => {
+                    let conn = http1(&options).serve_connection(TokioIo::new(stream), service);
+                    drive(conn, |conn| hyper::server::conn::http1::Connection::graceful_shutdown(conn), stopped, None)
+                        .await
+                }
                 Some(tls) => {
                     let handshake = tokio::time::timeout(options.header_read_timeout, tls.acceptor().accept(stream));
                     let stream = match handshake.await {
@@ -170,9 +182,26 @@ pub async fn serve(
                         }
                     };
                     if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-                        watcher.watch(http2(&options).serve_connection(TokioIo::new(stream), service)).await
+                        // HTTP/2 has no head timeout of its own: a connection without open
+                        // streams (or that never sent its preface) closes after the same time.
+                        let idle = Some((streams, options.header_read_timeout));
+                        let conn = http2(&options).serve_connection(TokioIo::new(stream), service);
+                        drive(
+                            conn,
+                            |conn| hyper::server::conn::http2::Connection::graceful_shutdown(conn),
+                            stopped,
+                            idle,
+                        )
+                        .await
                     } else {
-                        watcher.watch(http1(&options).serve_connection(TokioIo::new(stream), service)).await
+                        let conn = http1(&options).serve_connection(TokioIo::new(stream), service);
+                        drive(
+                            conn,
+                            |conn| hyper::server::conn::http1::Connection::graceful_shutdown(conn),
+                            stopped,
+                            None,
+                        )
+                        .await
                     }
                 }
             };
@@ -184,9 +213,93 @@ pub async fn serve(
     drop(listener);
     gateway.draining.store(true, Ordering::SeqCst);
     tracing::info!(drain_timeout_ms = options.drain.as_millis() as u64, "shutting down: draining in-flight requests");
-    if tokio::time::timeout(options.drain, graceful.shutdown()).await.is_err() {
+    let _ = stop.send(true);
+    let all = u32::try_from(options.max_connections).unwrap_or(u32::MAX);
+    if tokio::time::timeout(options.drain, connections.acquire_many(all)).await.is_err() {
         tracing::warn!("drain timeout reached; closing remaining connections");
     }
+}
+
+/// Requests of one connection in progress, and since when it has had none.
+#[derive(Debug)]
+struct Streams {
+    open: std::sync::atomic::AtomicUsize,
+    idle_since: std::sync::Mutex<Instant>,
+}
+
+impl Default for Streams {
+    fn default() -> Self {
+        Self { open: Default::default(), idle_since: std::sync::Mutex::new(Instant::now()) }
+    }
+}
+
+/// One request in progress on a connection; the connection is idle again once the last one goes.
+struct OpenStream(Arc<Streams>);
+
+impl Streams {
+    fn begin(streams: &Arc<Self>) -> OpenStream {
+        streams.open.fetch_add(1, Ordering::SeqCst);
+        OpenStream(streams.clone())
+    }
+
+    /// Resolves once the connection has had no request in progress for `timeout`.
+    async fn idle_for(&self, timeout: Duration) {
+        loop {
+            let wait = if self.open.load(Ordering::SeqCst) == 0 {
+                let since = *self.idle_since.lock().unwrap_or_else(|poison| poison.into_inner());
+                match (since + timeout).checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => left,
+                    _ if self.open.load(Ordering::SeqCst) == 0 => return,
+                    _ => timeout,
+                }
+            } else {
+                timeout
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        if self.0.open.fetch_sub(1, Ordering::SeqCst) == 1 {
+            *self.0.idle_since.lock().unwrap_or_else(|poison| poison.into_inner()) = Instant::now();
+        }
+    }
+}
+
+/// Serves `conn` to its end. When the gateway stops, or (with `idle`) when
+/// the connection has had no request in progress for the given time, it is
+/// shut down gracefully: requests in progress finish, then it closes; one
+/// that does not close within that time (a peer that never completed its
+/// preface) is dropped.
+async fn drive<C, E>(
+    conn: C,
+    graceful: impl Fn(std::pin::Pin<&mut C>),
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+    idle: Option<(Arc<Streams>, Duration)>,
+) -> Result<(), E>
+where
+    C: std::future::Future<Output = Result<(), E>>,
+{
+    tokio::pin!(conn);
+    let bound = idle.as_ref().map_or(Duration::ZERO, |(_, timeout)| *timeout);
+    let idle_out = async {
+        match &idle {
+            Some((streams, timeout)) => streams.idle_for(*timeout).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(idle_out);
+    tokio::select! {
+        result = conn.as_mut() => return result,
+        () = async { drop(stopped.wait_for(|stop| *stop).await) } => {
+            graceful(conn.as_mut());
+            return conn.await;
+        }
+        () = &mut idle_out => graceful(conn.as_mut()),
+    }
+    tokio::time::timeout(bound, conn).await.unwrap_or(Ok(()))
 }
 
 fn http1(options: &ServeOptions) -> hyper::server::conn::http1::Builder {

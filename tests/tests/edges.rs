@@ -129,6 +129,121 @@ fn https_serves_http2_and_http1_by_alpn() {
     assert!(untrusting.flush().is_err() || untrusting.write_all(b"GET / HTTP/1.1\r\n\r\n").is_err());
 }
 
+/// An HTTP/2 connection over TLS to `gateway`, in `runtime`: the sender and the connection task.
+async fn h2_connect(
+    gateway: &Gateway,
+    trusted: &CertificateDer<'static>,
+) -> (hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>, tokio::task::JoinHandle<()>) {
+    let tcp = tokio::net::TcpStream::connect(addr(gateway)).await.expect("connect");
+    let connector = tokio_rustls::TlsConnector::from(client_config(trusted, &[b"h2"]));
+    let tls = connector.connect(ServerName::try_from("localhost").expect("name"), tcp).await.expect("handshake");
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tls))
+            .await
+            .expect("h2 handshake");
+    (sender, tokio::spawn(async move { drop(conn.await) }))
+}
+
+async fn h2_get(
+    sender: &mut hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    path: &str,
+) -> Option<u16> {
+    let request = hyper::Request::get(format!("https://localhost{path}"))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .expect("request");
+    sender.send_request(request).await.ok().map(|response| response.status().as_u16())
+}
+
+#[test]
+fn idle_and_silent_http2_connections_are_closed_and_busy_ones_kept() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (cert, key, der) = certificate();
+    write_pair(dir.path(), &cert, &key);
+    let tls = format!(
+        "[limits]\nheader_read_timeout_ms = 600\n[tls]\ncert = {}\nkey = {}\n",
+        toml_str(&dir.path().join("cert.pem").to_string_lossy()),
+        toml_str(&dir.path().join("key.pem").to_string_lossy())
+    );
+    let gateway = Gateway::guest(&tls, "");
+
+    // A client that negotiates h2 and never sends the preface.
+    let name = ServerName::try_from("localhost").expect("name");
+    let conn = rustls::ClientConnection::new(client_config(&der, &[b"h2"]), name).expect("client");
+    let tcp = TcpStream::connect(addr(&gateway)).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let mut silent = rustls::StreamOwned::new(conn, tcp);
+    silent.flush().expect("handshake");
+    let started = Instant::now();
+    let mut sink = Vec::new();
+    let closed = silent.read_to_end(&mut sink);
+    assert!(started.elapsed() < Duration::from_secs(3), "closed after {:?}: {closed:?}", started.elapsed());
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        // Busy: a request every 200 ms keeps the connection past the timeout.
+        let (mut busy, busy_conn) = h2_connect(&gateway, &der).await;
+        let mut idle_since = Instant::now();
+        for _ in 0..8 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            assert_eq!(h2_get(&mut busy, "/g/version").await, Some(200));
+            idle_since = Instant::now();
+        }
+        assert!(!busy_conn.is_finished(), "a busy connection stays open");
+        // Idle: closed (GOAWAY) once it has had no request for the timeout.
+        tokio::time::timeout(Duration::from_secs(3), busy_conn).await.expect("closed when idle").expect("task");
+        assert!(idle_since.elapsed() >= Duration::from_millis(500), "{:?}", idle_since.elapsed());
+        // A request in progress longer than the idle timeout is not cut off.
+        let (mut slow, slow_conn) = h2_connect(&gateway, &der).await;
+        assert_eq!(h2_get(&mut slow, "/g/sleep?ms=1200").await, Some(200));
+        tokio::time::timeout(Duration::from_secs(3), slow_conn).await.expect("then closed").expect("task");
+    });
+}
+
+#[test]
+fn http2_stream_floods_and_rapid_resets_leave_the_gateway_serving() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (cert, key, der) = certificate();
+    write_pair(dir.path(), &cert, &key);
+    let gateway = tls_gateway(dir.path());
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        // A flood: far more concurrent streams than one connection may run; they queue and all finish.
+        let (sender, _conn) = h2_connect(&gateway, &der).await;
+        let flood: Vec<_> = (0..400)
+            .map(|_| {
+                let mut sender = sender.clone();
+                tokio::spawn(async move { h2_get(&mut sender, "/g/version").await })
+            })
+            .collect();
+        for stream in flood {
+            assert_eq!(stream.await.expect("stream"), Some(200));
+        }
+
+        // Rapid reset: open streams and cancel them at once, thousands of times.
+        let tcp = tokio::net::TcpStream::connect(addr(&gateway)).await.expect("connect");
+        let connector = tokio_rustls::TlsConnector::from(client_config(&der, &[b"h2"]));
+        let tls = connector.connect(ServerName::try_from("localhost").expect("name"), tcp).await.expect("tls");
+        let (mut client, conn) = h2::client::handshake(tls).await.expect("h2");
+        let conn = tokio::spawn(conn);
+        let started = Instant::now();
+        let mut sent = 0;
+        for _ in 0..10_000 {
+            let request = hyper::Request::get("https://localhost/g/sleep?ms=50").body(()).expect("request");
+            let Ok(ready) = client.clone().ready().await else { break };
+            client = ready;
+            let Ok((_response, mut stream)) = client.send_request(request, true) else { break };
+            stream.send_reset(h2::Reason::CANCEL);
+            sent += 1;
+        }
+        // hyper's h2 defaults end such a connection; it must not take the gateway down with it.
+        let ended = tokio::time::timeout(Duration::from_secs(10), conn).await;
+        assert!(ended.is_ok(), "the resetting connection was closed after {sent} resets");
+        assert!(started.elapsed() < Duration::from_secs(10));
+        let (mut fresh, _fresh_conn) = h2_connect(&gateway, &der).await;
+        assert_eq!(h2_get(&mut fresh, "/g/version").await, Some(200), "others are served");
+    });
+}
+
 #[test]
 fn the_admin_listener_speaks_https_with_admin_tls_and_the_cli_reaches_it() {
     let dir = tempfile::tempdir().expect("dir");
