@@ -110,6 +110,11 @@ impl StoreConfig {
 pub struct LimitsConfig {
     /// Largest request body; larger requests get 413.
     pub max_body_bytes: usize,
+    /// Request body bytes held in memory at once across all requests; a
+    /// request waits (within its deadline) for room before its body is read.
+    /// Default: 256 MiB or 4 × `max_body_bytes`, whichever is larger.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body_bytes_in_flight: Option<usize>,
     /// Time one request may spend in the plugin; past it, 503.
     pub request_timeout_ms: u64,
     /// Linear memory one plugin instance may use.
@@ -131,6 +136,13 @@ pub struct LimitsConfig {
     /// before its listener closes); 0 closes the listener at once.
     #[serde(default)]
     pub drain_grace_ms: u64,
+}
+
+impl LimitsConfig {
+    /// `max_body_bytes_in_flight`, or its default.
+    pub fn body_bytes_in_flight(&self) -> usize {
+        self.max_body_bytes_in_flight.unwrap_or_else(|| (256 << 20).max(self.max_body_bytes.saturating_mul(4)))
+    }
 }
 
 /// One `[[plugins]]` entry.
@@ -171,6 +183,7 @@ impl Default for Config {
             },
             limits: LimitsConfig {
                 max_body_bytes: 32 * 1024 * 1024,
+                max_body_bytes_in_flight: None,
                 request_timeout_ms: 8000,
                 // A 32 MiB delivery is held once as received and once as the records it becomes.
                 instance_memory_bytes: 128 * 1024 * 1024,
@@ -226,6 +239,10 @@ impl Config {
     fn validate(&self) -> anyhow::Result<()> {
         let limits = &self.limits;
         anyhow::ensure!(limits.max_body_bytes > 0, "limits.max_body_bytes must be positive");
+        anyhow::ensure!(
+            limits.body_bytes_in_flight() >= limits.max_body_bytes,
+            "limits.max_body_bytes_in_flight must be at least limits.max_body_bytes"
+        );
         anyhow::ensure!(
             (1..=600_000).contains(&limits.request_timeout_ms),
             "limits.request_timeout_ms must be within 1..=600000"
@@ -419,6 +436,7 @@ mod tests {
         for (bad, key) in [
             ("[limits]\nmax_connections = 0", "max_connections"),
             ("[limits]\nmax_header_bytes = 10", "max_header_bytes"),
+            ("[limits]\nmax_body_bytes = 1000\nmax_body_bytes_in_flight = 999", "max_body_bytes_in_flight"),
             ("[tls]\ncert = 'c.pem'", "key"),
             ("[[plugins]]\nname='a'\nroute='/'\nwasm='a'\nmax_concurrent_requests = 100000", "max_concurrent_requests"),
         ] {

@@ -72,6 +72,7 @@ pub async fn start(config: &config::Config) -> anyhow::Result<App> {
     let gateway = Arc::new(Gateway {
         registry,
         max_body_bytes: config.limits.max_body_bytes,
+        body_budget: server::BodyBudget::new(config.limits.body_bytes_in_flight()),
         request_timeout: limits.timeout,
         max_instances: limits.max_instances as usize,
         permits: Arc::new(tokio::sync::Semaphore::new(limits.max_instances as usize)),

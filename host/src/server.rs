@@ -7,7 +7,7 @@ use crate::registry::Registry;
 use crate::sandbox::{Failure, Request, Response as PluginResponse};
 use crate::tls::Tls;
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full, Limited};
+use http_body_util::{BodyExt as _, Full};
 use hyper::StatusCode;
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER};
@@ -34,6 +34,8 @@ pub struct Gateway {
     pub registry: Registry,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+    /// Request body bytes held at once, across requests.
+    pub body_budget: BodyBudget,
     /// Time budget of one request, queueing included.
     pub request_timeout: Duration,
     /// Most requests running at once (the instance pool's capacity).
@@ -217,6 +219,63 @@ pub async fn serve(
     let all = u32::try_from(options.max_connections).unwrap_or(u32::MAX);
     if tokio::time::timeout(options.drain, connections.acquire_many(all)).await.is_err() {
         tracing::warn!("drain timeout reached; closing remaining connections");
+    }
+}
+
+/// Bounds the request body bytes held in memory at once: a request takes
+/// room for its body before reading it and keeps it until its plugin call
+/// ends. A body of declared length takes that much; one of unknown length
+/// (chunked) takes room for the largest body while it is read and gives
+/// back what it did not use. Room is taken all at once, never piecemeal, so
+/// requests cannot each hold part of the budget while waiting for more.
+#[derive(Debug)]
+pub struct BodyBudget {
+    /// One permit per KiB.
+    kib: Arc<Semaphore>,
+}
+
+/// Why a body was not read.
+enum BodyError {
+    TooLarge,
+    Unreadable,
+}
+
+impl BodyBudget {
+    /// A budget of `bytes`.
+    pub fn new(bytes: usize) -> Self {
+        Self { kib: Arc::new(Semaphore::new(bytes.div_ceil(1024).min(Semaphore::MAX_PERMITS))) }
+    }
+
+    /// Reads `body` (at most `max` bytes; `declared` when its length is
+    /// known) into one buffer, holding room for the buffer's capacity.
+    async fn read(
+        &self,
+        mut body: Incoming,
+        declared: Option<usize>,
+        max: usize,
+    ) -> Result<(Vec<u8>, tokio::sync::OwnedSemaphorePermit), BodyError> {
+        let room = declared.unwrap_or(max);
+        let kib = u32::try_from(room.div_ceil(1024)).map_err(|_| BodyError::TooLarge)?;
+        let mut held = self.kib.clone().acquire_many_owned(kib).await.map_err(|_| BodyError::Unreadable)?;
+        let mut buffer = Vec::with_capacity(declared.unwrap_or(0));
+        while let Some(frame) = body.frame().await {
+            let Ok(data) = frame.map_err(|_| BodyError::Unreadable)?.into_data() else { continue };
+            let len = buffer.len() + data.len();
+            if len > room {
+                return Err(BodyError::TooLarge);
+            }
+            if len > buffer.capacity() {
+                // Doubling, but never past the room taken.
+                let capacity = len.max(buffer.capacity().saturating_mul(2)).min(room);
+                buffer.reserve_exact(capacity - buffer.len());
+            }
+            buffer.extend_from_slice(&data);
+        }
+        let unused = held.num_permits().saturating_sub(buffer.capacity().div_ceil(1024));
+        if unused > 0 {
+            drop(held.split(unused));
+        }
+        Ok((buffer, held))
     }
 }
 
@@ -405,19 +464,17 @@ impl Gateway {
             return Err(too_large());
         }
         let (parts, body) = req.into_parts();
-        let body =
-            match tokio::time::timeout_at(deadline.into(), Limited::new(body, self.max_body_bytes).collect()).await {
-                Ok(Ok(collected)) => collected.to_bytes(),
-                Ok(Err(err)) if err.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
-                    return Err(too_large());
-                }
-                Ok(Err(_)) => {
-                    return Err(error(StatusCode::BAD_REQUEST, 400, "request body could not be read"));
-                }
-                Err(_) => {
-                    return Err(error(StatusCode::REQUEST_TIMEOUT, 408, "request body not received in time"));
-                }
-            };
+        let read = self.body_budget.read(body, declared.map(|len| len as usize), self.max_body_bytes);
+        let (body, _body_held) = match tokio::time::timeout_at(deadline.into(), read).await {
+            Ok(Ok(read)) => read,
+            Ok(Err(BodyError::TooLarge)) => return Err(too_large()),
+            Ok(Err(BodyError::Unreadable)) => {
+                return Err(error(StatusCode::BAD_REQUEST, 400, "request body could not be read"));
+            }
+            Err(_) => {
+                return Err(error(StatusCode::REQUEST_TIMEOUT, 408, "request body not received in time"));
+            }
+        };
         let request = Request {
             method: parts.method.as_str().to_owned(),
             path: parts.uri.path().to_owned(),
@@ -430,7 +487,7 @@ impl Gateway {
                 // The route the plugin is mounted at, so it can read paths below it; a client cannot forge it.
                 .chain(std::iter::once((BASE_PATH.as_str().to_owned(), route.to_owned())))
                 .collect(),
-            body: body.to_vec(),
+            body,
         };
 
         // The plugin's own cap answers at once; the shared pool waits (bounded by connections and the deadline).
