@@ -84,10 +84,16 @@ struct Sql {
 impl Sql {
     fn new(schema: &str) -> Self {
         let kv = format!("{schema}.evogate_kv");
+        // The answer budget is applied by the server: the page's running
+        // size is summed over value lengths (read without fetching TOASTed
+        // values), and only rows that start within the budget are fetched.
         let scan = |lower: &str, upper: bool| {
-            let (upper, limit) = if upper { (" AND key < $3", "$4") } else { ("", "$3") };
+            let (upper, limit, budget) = if upper { (" AND key < $3", "$4", "$5") } else { ("", "$3", "$4") };
             format!(
-                "SELECT key, value, version FROM {kv} WHERE ns = $1 AND key {lower} $2{upper} ORDER BY key LIMIT {limit}"
+                "WITH page AS (SELECT key, sum(length(value)) OVER (ORDER BY key) - length(value) AS before \
+                 FROM {kv} WHERE ns = $1 AND key {lower} $2{upper} ORDER BY key LIMIT {limit}) \
+                 SELECT t.key, t.value, t.version FROM page JOIN {kv} AS t ON t.ns = $1 AND t.key = page.key \
+                 WHERE page.before < {budget} ORDER BY t.key"
             )
         };
         Self {
@@ -395,12 +401,13 @@ impl Backend for PostgresBackend {
         let sql = self.sql.scan[usize::from(exclusive) * 2 + usize::from(upper.is_none())].clone();
         let (pool, ns) = (self.pool.clone(), ns.to_owned());
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let budget = i64::try_from(max_bytes.max(1)).unwrap_or(i64::MAX);
         let rows = self.run(async move {
             let client = pool.get().await.map_err(pool_error)?;
             let statement = client.prepare_cached(&sql).await.map_err(|err| classify(&err))?;
             let rows = match &upper {
-                Some(upper) => client.query(&statement, &[&ns, &lower, upper, &limit]).await,
-                None => client.query(&statement, &[&ns, &lower, &limit]).await,
+                Some(upper) => client.query(&statement, &[&ns, &lower, upper, &limit, &budget]).await,
+                None => client.query(&statement, &[&ns, &lower, &limit, &budget]).await,
             };
             rows.map_err(|err| classify(&err))
         })?;
@@ -550,6 +557,71 @@ mod tests {
         assert_eq!(prefix_end(b"a\xff"), Some(b"b".to_vec()));
         assert_eq!(prefix_end(b"\xff\xff"), None);
         assert_eq!(prefix_end(b""), None);
+    }
+
+    /// A TCP proxy to `upstream` counting the bytes the server sends.
+    fn counting_proxy(upstream: String) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::io::{Read as _, Write as _};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let received = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = received.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = std::net::TcpStream::connect(&upstream) else { continue };
+                let (mut up_from, mut up_to) = (client.try_clone().expect("clone"), server.try_clone().expect("clone"));
+                std::thread::spawn(move || std::io::copy(&mut up_from, &mut up_to));
+                let (mut down_from, mut down_to, counter) = (server, client, counter.clone());
+                std::thread::spawn(move || {
+                    let mut buffer = [0u8; 64 * 1024];
+                    while let Ok(n) = down_from.read(&mut buffer) {
+                        counter.fetch_add(n, std::sync::atomic::Ordering::SeqCst);
+                        if n == 0 || down_to.write_all(&buffer[..n]).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        (port, received)
+    }
+
+    #[test]
+    fn a_scan_fetches_no_rows_past_its_answer_budget() {
+        let Ok(url) = std::env::var(crate::kv::conformance::POSTGRES_URL_VAR) else { return };
+        let config: tokio_postgres::Config = url.parse().expect("a postgres URL");
+        let host = match config.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+            _ => "127.0.0.1".into(),
+        };
+        let (port, received) = counting_proxy(format!("{host}:{}", config.get_ports().first().unwrap_or(&5432)));
+        let user = config.get_user().unwrap_or("postgres");
+        let proxied = format!("postgres://{user}@127.0.0.1:{port}/{}", config.get_dbname().unwrap_or("postgres"));
+        let mut random = [0u8; 6];
+        getrandom::fill(&mut random).expect("randomness");
+        let backend = PostgresBackend::open(&PostgresOptions {
+            url: proxied,
+            schema: format!("evogate_test_{}", hex::encode(random)),
+            pool_size: 2,
+            connect_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(30),
+            tls_ca: None,
+        })
+        .expect("open");
+        // 48 values of 1 MiB each, incompressible enough that TOAST cannot shrink them.
+        let value =
+            |n: usize| (0..1 << 20).map(|i: usize| (i.wrapping_mul(2_654_435_761) >> 13) as u8 ^ n as u8).collect();
+        for chunk in (0..48).collect::<Vec<_>>().chunks(8) {
+            let writes: Vec<Write> = chunk.iter().map(|n| Write::Set(format!("big/{n:02}"), value(*n))).collect();
+            backend.commit("ns", &[], &writes).expect("commit");
+        }
+        let before = received.load(std::sync::atomic::Ordering::SeqCst);
+        let page = backend.scan("ns", "big/", None, 1000, 4 << 20).expect("scan");
+        let fetched = received.load(std::sync::atomic::Ordering::SeqCst) - before;
+        let _ = backend.destroy();
+        assert_eq!(page.len(), 4, "entries until the budget is reached");
+        assert_eq!(page[3].0, "big/03");
+        assert!(fetched < 6 << 20, "{fetched} bytes came from the server for a 4 MiB page of a 48 MiB prefix");
     }
 
     #[test]
