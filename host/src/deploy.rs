@@ -461,24 +461,15 @@ impl Deployer {
         }
         let backend = self.backend.clone();
         let (name, state) = (name.to_owned(), state.clone());
-        let seen = tokio::task::spawn_blocking(move || -> anyhow::Result<Option<u64>> {
-            let mut writes = Vec::new();
-            for (sha, bytes) in artifacts {
-                writes.push(crate::kv::Write::Set(fleet_artifact_key(&name, &sha), bytes));
-            }
-            let json = serde_json::to_vec(&state).context("encoding the state")?;
-            writes.push(crate::kv::Write::Set(fleet_state_key(&name), json));
-            backend.commit(FLEET_NS, &[], &writes).map_err(|err| anyhow::anyhow!("{err}"))?;
-            Ok(backend
-                .get(FLEET_NS, &fleet_state_key(&name))
-                .map_err(|err| anyhow::anyhow!("{err}"))?
-                .map(|e| e.version))
-        })
-        .await
-        .map_err(|join| DeployError::Storage(anyhow::anyhow!("the storage task failed: {join}")))?
-        .map_err(DeployError::Storage)?;
-        if let Ok(mut last) = managed.fleet_seen.lock() {
-            *last = seen;
+        let seen = tokio::task::spawn_blocking(move || publish_to_fleet(&*backend, &name, &state, artifacts))
+            .await
+            .map_err(|join| DeployError::Storage(anyhow::anyhow!("the storage task failed: {join}")))?
+            .map_err(DeployError::Storage)?;
+        // Another node's deploy that landed after ours stays unseen, so this node follows it.
+        if let Some(seen) = seen
+            && let Ok(mut last) = managed.fleet_seen.lock()
+        {
+            *last = Some(seen);
         }
         Ok(())
     }
@@ -541,6 +532,27 @@ impl Deployer {
         }
         tracing::info!(plugin = %managed.slot.name, from = %old.label(), to = %label, "swapped");
     }
+}
+
+/// Records `state` and `artifacts` of plugin `name` in the shared store.
+/// The store version of the state when what is stored now is this state,
+/// `None` when another node's later publication already replaced it (that
+/// one must not be taken for this one, or this node would never follow it).
+fn publish_to_fleet(
+    backend: &dyn Backend,
+    name: &str,
+    state: &State,
+    artifacts: Vec<(String, Vec<u8>)>,
+) -> anyhow::Result<Option<u64>> {
+    let mut writes = Vec::new();
+    for (sha, bytes) in artifacts {
+        writes.push(crate::kv::Write::Set(fleet_artifact_key(name, &sha), bytes));
+    }
+    let json = serde_json::to_vec(state).context("encoding the state")?;
+    writes.push(crate::kv::Write::Set(fleet_state_key(name), json.clone()));
+    backend.commit(FLEET_NS, &[], &writes).context("publishing the deploy to the shared store")?;
+    let stored = backend.get(FLEET_NS, &fleet_state_key(name)).context("reading the published state back")?;
+    Ok(stored.filter(|entry| entry.value == json).map(|entry| entry.version))
 }
 
 /// The artifact `sha256` of plugin `name`: from this node's files, or from
@@ -607,6 +619,59 @@ mod tests {
             assert_eq!(std::fs::read(files.artifact(kept)).expect("kept"), kept.as_bytes());
         }
         assert!(!files.dir.join("state.tmp").exists(), "no temp file left behind");
+    }
+
+    /// A store where another node publishes right after this node's commit.
+    struct Interleaved {
+        inner: crate::kv::MemoryBackend,
+        other: Mutex<Option<State>>,
+    }
+
+    impl Backend for Interleaved {
+        fn describe(&self) -> String {
+            "interleaved".into()
+        }
+        fn get(&self, ns: &str, key: &str) -> Result<Option<crate::kv::Entry>, crate::kv::KvError> {
+            if let Some(other) = self.other.lock().expect("lock").take() {
+                publish_to_fleet(&self.inner, "p", &other, Vec::new()).expect("the other node publishes");
+            }
+            self.inner.get(ns, key)
+        }
+        fn scan(
+            &self,
+            ns: &str,
+            prefix: &str,
+            after: Option<&str>,
+            limit: usize,
+            max_bytes: usize,
+        ) -> Result<Vec<(String, crate::kv::Entry)>, crate::kv::KvError> {
+            self.inner.scan(ns, prefix, after, limit, max_bytes)
+        }
+        fn commit(
+            &self,
+            ns: &str,
+            checks: &[crate::kv::Check],
+            writes: &[crate::kv::Write],
+        ) -> Result<(), crate::kv::KvError> {
+            self.inner.commit(ns, checks, writes)
+        }
+        fn ping(&self) -> Result<(), crate::kv::KvError> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_later_publication_by_another_node_is_not_taken_for_ours() {
+        let ours = State { active: record("a"), previous: vec![] };
+        let theirs = State { active: record("b"), previous: vec![record("a")] };
+        let alone = Interleaved { inner: Default::default(), other: Mutex::new(None) };
+        let seen = publish_to_fleet(&alone, "p", &ours, vec![]).expect("publish");
+        assert!(seen.is_some(), "our own publication is seen");
+        let raced = Interleaved { inner: Default::default(), other: Mutex::new(Some(theirs.clone())) };
+        let seen = publish_to_fleet(&raced, "p", &ours, vec![]).expect("publish");
+        assert_eq!(seen, None, "theirs landed after ours: still to be followed");
+        let stored = raced.inner.get(FLEET_NS, &fleet_state_key("p")).expect("get").expect("state");
+        assert_eq!(serde_json::from_slice::<State>(&stored.value).expect("state"), theirs);
     }
 
     #[test]

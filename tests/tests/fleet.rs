@@ -229,6 +229,39 @@ fn a_deploy_through_one_node_reaches_the_fleet_under_load_without_a_failed_reque
     assert_eq!(late_view[0]["previous"], fleet_view[0]["previous"], "and the same history for rollback");
 }
 
+#[test]
+fn two_nodes_deploying_at_once_end_on_one_version() {
+    let Some(url) = postgres_url("two_nodes_deploying_at_once_end_on_one_version") else {
+        return;
+    };
+    let schema = TestSchema::new(&url);
+    let nodes: Vec<Gateway> = (0..2).map(|_| Gateway::guest(&schema.store_table(&url), "")).collect();
+    let builds = [
+        std::fs::read(guest_wasm_version("2.0.0")).expect("the 2.0.0 build"),
+        std::fs::read(evogate_e2e::evotor_wasm()).expect("the Evotor build"),
+        std::fs::read(evogate_e2e::guest_wasm()).expect("the 1.0.0 build"),
+    ];
+    let live = |node: &Gateway| admin(node, "GET", "/plugins", None).json()[0]["live"]["sha256"].clone();
+    for round in 0..6 {
+        let barrier = Arc::new(std::sync::Barrier::new(2));
+        std::thread::scope(|scope| {
+            for (n, node) in nodes.iter().enumerate() {
+                let (barrier, build) = (barrier.clone(), &builds[(round + n) % builds.len()]);
+                scope.spawn(move || {
+                    barrier.wait();
+                    let reply = admin(node, "PUT", "/plugins/g", Some(build));
+                    assert_eq!(reply.status, 200, "{}", reply.text());
+                });
+            }
+        });
+        let started = Instant::now();
+        while live(&nodes[0]) != live(&nodes[1]) {
+            assert!(started.elapsed() < Duration::from_secs(5), "round {round}: the nodes serve different versions");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
 /// A TCP proxy to the database that can drop every connection and refuse
 /// new ones, or freeze: keep every connection open and answer nothing.
 struct Proxy {
