@@ -166,11 +166,48 @@ pub fn validate(bytes: &[u8], max_bytes: usize) -> Result<(), DeployError> {
     Err(DeployError::Invalid("this is not a WebAssembly component".into()))
 }
 
+/// Creates `dir` and its missing parents durably: each new directory's
+/// entry is fsynced in its parent, so a crash cannot lose the directory
+/// (and the files in it) after they were reported written.
+fn create_dir_durably(dir: &Path) -> std::io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let parent = dir.parent().filter(|parent| !parent.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    create_dir_durably(parent)?;
+    match std::fs::create_dir(dir) {
+        Ok(()) => std::fs::File::open(parent)?.sync_all(),
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(err) => Err(err),
+    }
+}
+
+/// Whether `text` is a SHA-256 in hex as evogate writes them (64 lower-case
+/// hex digits): only such names are used in paths and keys.
+fn is_sha256(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+impl State {
+    /// Refuses a state naming anything but SHA-256 digests (it may come from another node, through the store).
+    fn checked(self) -> anyhow::Result<Self> {
+        for record in std::iter::once(&self.active).chain(&self.previous) {
+            anyhow::ensure!(is_sha256(&record.sha256), "the state names an invalid sha256 {:?}", record.sha256);
+        }
+        Ok(self)
+    }
+
+    /// The live version, then the kept ones, newest first.
+    fn versions(&self) -> impl Iterator<Item = &VersionRecord> {
+        std::iter::once(&self.active).chain(&self.previous)
+    }
+}
+
 /// Writes `bytes` to `path` atomically and durably (temp file, fsync, rename, fsync dir).
 fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
     let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
+    create_dir_durably(dir)?;
     let tmp = path.with_extension("tmp");
     let mut file = std::fs::File::create(&tmp)?;
     file.write_all(bytes)?;
@@ -194,7 +231,9 @@ impl PluginDir {
         let path = self.dir.join("state.json");
         match std::fs::read(&path) {
             Ok(bytes) => {
-                Ok(Some(serde_json::from_slice(&bytes).with_context(|| format!("reading {}", path.display()))?))
+                let state: State =
+                    serde_json::from_slice(&bytes).with_context(|| format!("reading {}", path.display()))?;
+                Ok(Some(state.checked().with_context(|| format!("reading {}", path.display()))?))
             }
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(err) => Err(err).with_context(|| format!("reading {}", path.display())),
@@ -215,6 +254,22 @@ impl PluginDir {
             }
         }
         Ok(())
+    }
+
+    /// The artifact of `record` when it is on disk and its bytes hash to its
+    /// sha256; a mismatch (a damaged or replaced file) is logged and skipped.
+    fn verified(&self, record: &VersionRecord) -> Option<Vec<u8>> {
+        let path = self.artifact(&record.sha256);
+        let bytes = std::fs::read(&path).ok()?;
+        if sha256_hex(&bytes) == record.sha256 {
+            return Some(bytes);
+        }
+        tracing::error!(
+            artifact = %path.display(),
+            version = %record.version,
+            "the artifact does not match the sha256 state.json records for it; not serving it"
+        );
+        None
     }
 
     fn save_artifact(&self, sha256: &str, bytes: &[u8]) -> anyhow::Result<()> {
@@ -264,13 +319,19 @@ impl Deployer {
                     Err(join) => anyhow::bail!("reading the fleet state: {join}"),
                 }
             }
-            let state = files.read_state()?.filter(|state| files.artifact(&state.active.sha256).is_file());
-            let (bytes, source, deployed_at) = match &state {
-                Some(state) => {
-                    let path = files.artifact(&state.active.sha256);
-                    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-                    (bytes, path, state.active.deployed_at)
+            // The live version recorded, or the newest kept one whose artifact is intact.
+            let state = files.read_state()?.and_then(|state| {
+                let (position, bytes) =
+                    state.versions().enumerate().find_map(|(n, record)| Some((n, files.verified(record)?)))?;
+                let mut versions: Vec<VersionRecord> = state.versions().skip(position).cloned().collect();
+                let active = versions.remove(0);
+                if position > 0 {
+                    tracing::error!(plugin = %plugin.name, version = %active.version, sha256 = %&active.sha256[..12], "falling back to an earlier kept version: the live one's artifact is damaged or missing");
                 }
+                Some((State { active, previous: versions }, bytes))
+            });
+            let (bytes, source, deployed_at) = match &state {
+                Some((state, bytes)) => (bytes.clone(), files.artifact(&state.active.sha256), state.active.deployed_at),
                 None => {
                     let path = plugin.wasm.relative();
                     let bytes = std::fs::read(&path).with_context(|| {
@@ -316,7 +377,7 @@ impl Deployer {
                 settings,
                 files,
                 lock: tokio::sync::Mutex::new(()),
-                previous: Mutex::new(state.map(|s| s.previous).unwrap_or_default()),
+                previous: Mutex::new(state.map(|(s, _)| s.previous).unwrap_or_default()),
                 fleet_seen: Mutex::new(fleet_seen),
             };
             managed.insert(plugin.name.clone(), entry);
@@ -363,8 +424,10 @@ impl Deployer {
             version: deployment.plugin.version.clone(),
             deployed_at: deployment.deployed_at,
         };
+        let kept = managed.previous.lock().map(|p| p.clone()).unwrap_or_default();
+        let before = State { active: live.clone(), previous: kept.clone() };
         let mut previous = vec![live];
-        previous.extend(managed.previous.lock().map(|p| p.clone()).unwrap_or_default());
+        previous.extend(kept);
         previous.retain(|old| old.sha256 != sha256);
         previous.truncate(KEPT_VERSIONS);
         let state = State { active: record.clone(), previous };
@@ -375,7 +438,7 @@ impl Deployer {
         if let Ok(old) = std::fs::read(managed.files.artifact(&replaced)) {
             artifacts.push((replaced, old));
         }
-        self.publish(managed, name, &state, artifacts).await?;
+        self.publish_or_restore(managed, name, &state, artifacts, &before).await?;
         self.go_live(managed, deployment, state.previous);
         metrics::counter!("evogate_deploys_total", "plugin" => name.to_owned()).increment(1);
         Ok(Outcome { name: name.into(), deployed: record, changed: true, live: managed.live_record() })
@@ -403,9 +466,11 @@ impl Deployer {
             version: deployment.plugin.version.clone(),
             deployed_at: deployment.deployed_at,
         };
+        let before = State { active: managed.live_record(), previous: previous.clone() };
         let state = State { active: record.clone(), previous: older.to_vec() };
         self.persist(managed, &state, None).await?;
-        self.publish(managed, name, &state, vec![(target.sha256.clone(), bytes_for_fleet)]).await?;
+        let artifacts = vec![(target.sha256.clone(), bytes_for_fleet)];
+        self.publish_or_restore(managed, name, &state, artifacts, &before).await?;
         self.go_live(managed, deployment, state.previous);
         metrics::counter!("evogate_rollbacks_total", "plugin" => name.to_owned()).increment(1);
         Ok(Outcome { name: name.into(), deployed: record, changed: true, live: managed.live_record() })
@@ -446,6 +511,23 @@ impl Deployer {
         .await
         .map_err(|join| DeployError::Storage(anyhow::anyhow!("the storage task failed: {join}")))?
         .map_err(DeployError::Storage)
+    }
+
+    /// [`Deployer::publish`]; when that fails, `state.json` goes back to
+    /// `before`, so a restart never serves a version the fleet never got.
+    async fn publish_or_restore(
+        &self,
+        managed: &Managed,
+        name: &str,
+        state: &State,
+        artifacts: Vec<(String, Vec<u8>)>,
+        before: &State,
+    ) -> Result<(), DeployError> {
+        let Err(err) = self.publish(managed, name, state, artifacts).await else { return Ok(()) };
+        if let Err(restore) = self.persist(managed, before, None).await {
+            tracing::error!(plugin = name, error = %restore, "restoring state.json after a failed publication failed");
+        }
+        Err(err)
     }
 
     /// On a shared store, records `state` (and the artifact) for the other nodes.
@@ -503,6 +585,7 @@ impl Deployer {
         };
         let _serial = managed.lock.lock().await;
         let state: State = serde_json::from_slice(&entry.value).context("reading the fleet state")?;
+        let state = state.checked().context("the fleet state")?;
         if state.active.sha256 != managed.slot.current().sha256 {
             let (backend, files, plugin) = (self.backend.clone(), managed.files.clone(), name.to_owned());
             let sha = state.active.sha256.clone();
@@ -548,6 +631,20 @@ fn publish_to_fleet(
     for (sha, bytes) in artifacts {
         writes.push(crate::kv::Write::Set(fleet_artifact_key(name, &sha), bytes));
     }
+    // Artifacts no longer named by the state go (they are megabytes each).
+    let kept: Vec<String> = state.versions().map(|record| fleet_artifact_key(name, &record.sha256)).collect();
+    let prefix = fleet_artifact_key(name, "");
+    let mut after: Option<String> = None;
+    loop {
+        let page = backend
+            .scan(FLEET_NS, &prefix, after.as_deref(), 1000, 64 * 1024 * 1024)
+            .context("listing the shared store's artifacts")?;
+        let Some((last, _)) = page.last() else { break };
+        after = Some(last.clone());
+        writes.extend(
+            page.into_iter().filter(|(key, _)| !kept.contains(key)).map(|(key, _)| crate::kv::Write::Delete(key)),
+        );
+    }
     let json = serde_json::to_vec(state).context("encoding the state")?;
     writes.push(crate::kv::Write::Set(fleet_state_key(name), json.clone()));
     backend.commit(FLEET_NS, &[], &writes).context("publishing the deploy to the shared store")?;
@@ -558,7 +655,10 @@ fn publish_to_fleet(
 /// The artifact `sha256` of plugin `name`: from this node's files, or from
 /// the shared store (then kept in the files too).
 fn fetch_artifact(backend: &dyn Backend, name: &str, files: &PluginDir, sha256: &str) -> anyhow::Result<Vec<u8>> {
-    if let Ok(bytes) = std::fs::read(files.artifact(sha256)) {
+    anyhow::ensure!(is_sha256(sha256), "{sha256:?} is not a sha256");
+    if let Ok(bytes) = std::fs::read(files.artifact(sha256))
+        && sha256_hex(&bytes) == sha256
+    {
         return Ok(bytes);
     }
     let entry = backend
@@ -577,6 +677,7 @@ fn adopt_fleet_state(backend: &dyn Backend, name: &str, files: &PluginDir) -> an
         return Ok(None);
     };
     let state: State = serde_json::from_slice(&entry.value).context("reading the fleet state")?;
+    let state = state.checked().context("the fleet state")?;
     fetch_artifact(backend, name, files, &state.active.sha256)?;
     files.write_state(&state)?;
     Ok(Some(entry.version))
@@ -586,8 +687,9 @@ fn adopt_fleet_state(backend: &dyn Backend, name: &str, files: &PluginDir) -> an
 mod tests {
     use super::*;
 
-    fn record(sha: &str) -> VersionRecord {
-        VersionRecord { sha256: sha.into(), version: "1.0.0".into(), deployed_at: 1 }
+    /// A version record of an artifact whose bytes are `content`.
+    fn record(content: &str) -> VersionRecord {
+        VersionRecord { sha256: sha256_hex(content.as_bytes()), version: content.into(), deployed_at: 1 }
     }
 
     #[test]
@@ -608,15 +710,15 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let files = PluginDir { dir: dir.path().join("plugins").join("p") };
         assert_eq!(files.read_state().expect("read"), None, "nothing deployed yet");
-        for sha in ["a", "b", "c", "d"] {
-            files.save_artifact(sha, sha.as_bytes()).expect("save");
+        for content in ["a", "b", "c", "d"] {
+            files.save_artifact(&record(content).sha256, content.as_bytes()).expect("save");
         }
         let state = State { active: record("d"), previous: vec![record("c"), record("b")] };
         files.write_state(&state).expect("write");
         assert_eq!(files.read_state().expect("read"), Some(state));
-        assert!(!files.artifact("a").exists(), "an artifact no longer recorded is removed");
+        assert!(!files.artifact(&record("a").sha256).exists(), "an artifact no longer recorded is removed");
         for kept in ["b", "c", "d"] {
-            assert_eq!(std::fs::read(files.artifact(kept)).expect("kept"), kept.as_bytes());
+            assert_eq!(std::fs::read(files.artifact(&record(kept).sha256)).expect("kept"), kept.as_bytes());
         }
         assert!(!files.dir.join("state.tmp").exists(), "no temp file left behind");
     }
@@ -672,6 +774,68 @@ mod tests {
         assert_eq!(seen, None, "theirs landed after ours: still to be followed");
         let stored = raced.inner.get(FLEET_NS, &fleet_state_key("p")).expect("get").expect("state");
         assert_eq!(serde_json::from_slice::<State>(&stored.value).expect("state"), theirs);
+    }
+
+    #[test]
+    fn artifacts_are_served_only_when_they_match_their_recorded_sha256() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let files = PluginDir { dir: dir.path().join("p") };
+        files.save_artifact(&record("one").sha256, b"one").expect("save");
+        assert_eq!(files.verified(&record("one")), Some(b"one".to_vec()));
+        std::fs::write(files.artifact(&record("two").sha256), b"tampered").expect("write");
+        assert_eq!(files.verified(&record("two")), None, "a damaged artifact is not served");
+        assert_eq!(files.verified(&record("three")), None, "nor a missing one");
+    }
+
+    #[test]
+    fn states_naming_anything_but_a_sha256_are_refused_before_any_path_is_built() {
+        for bad in ["../../etc/passwd", "", "A".repeat(64).as_str(), &"a".repeat(63), &"g".repeat(64)] {
+            let state = State {
+                active: VersionRecord { sha256: bad.into(), version: "x".into(), deployed_at: 1 },
+                previous: vec![],
+            };
+            assert!(state.checked().is_err(), "{bad:?}");
+        }
+        let dir = tempfile::tempdir().expect("temp dir");
+        let files = PluginDir { dir: dir.path().join("p") };
+        let store = crate::kv::MemoryBackend::default();
+        let evil = serde_json::json!({"active": {"sha256": "../../../escape", "version": "x", "deployedAt": 1}, "previous": []});
+        store
+            .commit(FLEET_NS, &[], &[crate::kv::Write::Set(fleet_state_key("p"), evil.to_string().into_bytes())])
+            .expect("commit");
+        let err = adopt_fleet_state(&store, "p", &files).expect_err("refused");
+        assert!(format!("{err:#}").contains("invalid sha256"), "{err:#}");
+        assert!(fetch_artifact(&store, "p", &files, "../x").is_err());
+        assert!(!dir.path().join("escape").exists() && !files.dir.join("state.json").exists());
+    }
+
+    #[test]
+    fn publishing_removes_artifacts_the_state_no_longer_names_from_the_shared_store() {
+        let store = crate::kv::MemoryBackend::default();
+        let mut history: Vec<VersionRecord> = Vec::new();
+        for n in 0..8 {
+            let content = format!("build {n}");
+            let active = record(&content);
+            let state =
+                State { active: active.clone(), previous: history.iter().take(KEPT_VERSIONS).cloned().collect() };
+            publish_to_fleet(&store, "p", &state, vec![(active.sha256.clone(), content.into_bytes())])
+                .expect("publish");
+            history.insert(0, active);
+        }
+        let stored = store.scan(FLEET_NS, &fleet_artifact_key("p", ""), None, 1000, usize::MAX).expect("scan");
+        let mut expected: Vec<String> =
+            history.iter().take(KEPT_VERSIONS + 1).map(|record| fleet_artifact_key("p", &record.sha256)).collect();
+        expected.sort();
+        assert_eq!(stored.into_iter().map(|(key, _)| key).collect::<Vec<_>>(), expected);
+    }
+
+    #[test]
+    fn new_directories_are_created_with_their_parents() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let deep = dir.path().join("a").join("b").join("c");
+        create_dir_durably(&deep).expect("create");
+        assert!(deep.is_dir());
+        create_dir_durably(&deep).expect("again: nothing to do");
     }
 
     #[test]

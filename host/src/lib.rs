@@ -60,7 +60,16 @@ pub async fn start(config: &config::Config) -> anyhow::Result<App> {
         memory_bytes: config.limits.instance_memory_bytes,
         max_instances: config.limits.max_concurrent_requests,
     };
-    let sandbox = Arc::new(sandbox::Sandbox::new(limits, Some(&data_dir.join("cache")))?);
+    // Compiled code is loaded and run as is: only this user may write it.
+    let cache_dir = data_dir.join("cache");
+    std::fs::create_dir_all(&cache_dir).with_context(|| format!("creating {}", cache_dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&cache_dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("making {} private", cache_dir.display()))?;
+    }
+    let sandbox = Arc::new(sandbox::Sandbox::new(limits, Some(&cache_dir))?);
     let (deployer, registry) = deploy::Deployer::start(
         &config.plugins,
         sandbox.clone(),

@@ -466,6 +466,27 @@ fn a_database_that_never_answers_is_not_ready_within_2_s_and_other_requests_go_o
     }
 }
 
+#[test]
+fn a_deploy_the_fleet_did_not_get_is_not_served_after_a_restart() {
+    let Some(url) = postgres_url("a_deploy_the_fleet_did_not_get_is_not_served_after_a_restart") else {
+        return;
+    };
+    let (proxy, proxied) = Proxy::to_database(&url);
+    let schema = TestSchema::new(&url);
+    let mut node = Gateway::guest(&format!("{}connect_timeout_ms = 1000\n", schema.store_table(&proxied)), "");
+    assert_eq!(get(&node.url("/g/version")).text(), "1.0.0");
+    proxy.cut();
+    let build = std::fs::read(guest_wasm_version("2.0.0")).expect("the 2.0.0 build");
+    let refused = admin(&node, "PUT", "/plugins/g", Some(&build));
+    assert_eq!(refused.status, 500, "{}", refused.text());
+    assert_eq!(get(&node.url("/g/version")).text(), "1.0.0", "nothing went live");
+    let state = std::fs::read_to_string(node.data_dir().join("data/plugins/g/state.json")).unwrap_or_default();
+    assert!(!state.contains("\"2.0.0\""), "state.json does not name the unpublished version: {state}");
+    proxy.restore();
+    node.restart();
+    assert_eq!(get(&node.url("/g/version")).text(), "1.0.0", "after a restart either");
+}
+
 fn user_id(n: usize) -> String {
     format!("02-{n:015}")
 }

@@ -257,3 +257,36 @@ fn the_cli_deploys_lists_and_rolls_back() {
         .expect("running evogate");
     assert!(!wrong_token.status.success());
 }
+
+#[test]
+fn a_damaged_live_artifact_is_not_served_after_a_restart_the_last_intact_version_is() {
+    let mut gateway = swap_gateway();
+    let v2 = std::fs::read(guest_wasm_version("2.0.0")).expect("the 2.0.0 build");
+    assert_eq!(deploy(&gateway, &v2).status, 200);
+    assert_eq!(served_version(&gateway), "2.0.0");
+    let dir = gateway.data_dir().join("data").join("plugins").join("swap");
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("state.json")).expect("state.json")).expect("json");
+    let live = state["active"]["sha256"].as_str().expect("sha").to_owned();
+    gateway.stop();
+    // A disk error or a hand edit: the bytes no longer hash to what state.json records.
+    let mut damaged = v2.clone();
+    let middle = damaged.len() / 2;
+    damaged[middle] ^= 0xff;
+    std::fs::write(dir.join(format!("{live}.wasm")), damaged).expect("damage");
+    gateway.restart();
+    assert_eq!(served_version(&gateway), "1.0.0", "the previous kept version, intact");
+    assert!(gateway.log().contains("does not match the sha256"), "{}", gateway.log());
+    assert!(gateway.log().contains("falling back to an earlier kept version"), "{}", gateway.log());
+    let listed = request("GET", &gateway.admin_url("/plugins"), &[AUTH], None).json();
+    assert_eq!(listed[0]["live"]["version"], "1.0.0");
+}
+
+#[test]
+fn the_compilation_cache_is_private_to_the_gateways_user() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let gateway = swap_gateway();
+    let mode =
+        std::fs::metadata(gateway.data_dir().join("data").join("cache")).expect("cache dir").permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "{mode:o}");
+}
