@@ -37,6 +37,20 @@ const DEPLOY_HEADROOM: u32 = 4;
 /// Instance memory kept mapped between requests and reset in place.
 const KEEP_RESIDENT_BYTES: usize = 4 * 1024 * 1024;
 
+/// Core instances one component may hold (its modules and shims).
+const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 8;
+/// Linear memories one component may hold.
+const MAX_MEMORIES_PER_COMPONENT: u32 = 2;
+/// Tables one component may hold.
+const MAX_TABLES_PER_COMPONENT: u32 = 8;
+/// What one call from a plugin may make the host copy out of its memory:
+/// the largest commit the kv limits allow (its bytes, and each check and
+/// write as the host represents it), no more. A call past it traps.
+const HOSTCALL_FUEL: usize =
+    kv::MAX_COMMIT_BYTES + (kv::MAX_CHECKS_PER_COMMIT + kv::MAX_WRITES_PER_COMMIT) * HOSTCALL_FUEL_PER_ITEM;
+/// The host's representation of one check or write (wasmtime charges its size per list element).
+const HOSTCALL_FUEL_PER_ITEM: usize = std::mem::size_of::<wit_kv::Write>() + std::mem::size_of::<(String, Vec<u8>)>();
+
 /// Longest plugin name or version accepted from a plugin's identity (they
 /// go into logs, metric labels and the admin API).
 const MAX_IDENTITY_BYTES: usize = 128;
@@ -88,11 +102,17 @@ impl Sandbox {
         // Request slots, plus room for deploys to smoke-test new versions
         // while every request slot is busy.
         let n = limits.max_instances.max(1).saturating_add(DEPLOY_HEADROOM);
-        // A Rust component holds its main module plus a few small shim modules.
+        // A Rust component holds its main module plus a few small shim
+        // modules. Each component may take its share of the pool and no
+        // more, so one that would exhaust it is refused when it compiles
+        // (at deploy), not when requests start failing.
         pool.total_component_instances(n)
-            .total_core_instances(n.saturating_mul(8))
-            .total_memories(n.saturating_mul(2))
-            .total_tables(n.saturating_mul(8))
+            .total_core_instances(n.saturating_mul(MAX_CORE_INSTANCES_PER_COMPONENT))
+            .total_memories(n.saturating_mul(MAX_MEMORIES_PER_COMPONENT))
+            .total_tables(n.saturating_mul(MAX_TABLES_PER_COMPONENT))
+            .max_core_instances_per_component(MAX_CORE_INSTANCES_PER_COMPONENT)
+            .max_memories_per_component(MAX_MEMORIES_PER_COMPONENT)
+            .max_tables_per_component(MAX_TABLES_PER_COMPONENT)
             .max_memory_size(limits.memory_bytes);
         // Reset instance memory by rewriting only the pages the request
         // dirtied (found with PAGEMAP_SCAN on Linux 6.7+) instead of
@@ -244,6 +264,7 @@ impl PluginVersion {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
+        store.set_hostcall_fuel(HOSTCALL_FUEL);
         // At every tick: past the deadline trap, else yield and run on.
         let deadline = Instant::now() + timeout;
         store.set_epoch_deadline(1);
@@ -438,5 +459,45 @@ impl EpochTicker {
 impl Drop for EpochTicker {
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A component of `instances` instances of one core module holding one memory.
+    fn component_with_memories(instances: u8) -> Vec<u8> {
+        let module = [b"\0asm\x01\0\0\0".as_slice(), &[5, 3, 1, 0, 1]].concat();
+        let mut component = b"\0asm\x0d\0\x01\0".to_vec();
+        component.extend([1, module.len() as u8]);
+        component.extend(&module);
+        component.extend([2, 1 + 3 * instances, instances]);
+        for _ in 0..instances {
+            component.extend([0, 0, 0]);
+        }
+        component
+    }
+
+    #[tokio::test]
+    async fn a_component_that_would_take_more_than_its_share_of_the_pool_is_refused_when_it_loads() {
+        let limits = Limits { timeout: Duration::from_secs(1), memory_bytes: 1 << 20, max_instances: 4 };
+        let sandbox = Sandbox::new(limits, None).expect("sandbox");
+        let kv = Namespace::new(Arc::new(kv::MemoryBackend::default()), "p");
+        let load = |instances| sandbox.load("p", component_with_memories(instances), Default::default(), kv.clone());
+        let fits = load(2).await.expect_err("no exports");
+        assert!(format!("{fits:#}").contains("exports"), "two memories compile; the exports are missing: {fits:#}");
+        let greedy = load(3).await.expect_err("three memories");
+        assert!(format!("{greedy:#}").contains("memories"), "{greedy:#}");
+        let greedy = load(9).await.expect_err("nine core instances");
+        assert!(format!("{greedy:#}").contains("instances"), "{greedy:#}");
+    }
+
+    #[test]
+    fn the_hostcall_budget_admits_the_largest_commit_and_little_more() {
+        let largest = kv::MAX_COMMIT_BYTES
+            + (kv::MAX_CHECKS_PER_COMMIT + kv::MAX_WRITES_PER_COMMIT) * std::mem::size_of::<wit_kv::Write>();
+        assert!(HOSTCALL_FUEL >= largest);
+        assert!(HOSTCALL_FUEL < 128 << 20, "below wasmtime's default of 128 MiB");
     }
 }

@@ -390,3 +390,18 @@ fn request_bodies_held_at_once_stay_within_their_budget_and_every_request_is_ans
     // The load is concurrent enough to show: without the budget the gateway holds more bodies at once.
     assert!(bounded_peak + 64 < unbounded_peak, "{bounded_peak} MiB vs {unbounded_peak} MiB");
 }
+
+#[test]
+fn a_host_call_copying_more_than_the_largest_commit_traps_before_the_host_allocates_it() {
+    let gateway = guest_gateway("");
+    let refused = get(&gateway.url("/alpha/kv/huge?mib=8"));
+    assert_eq!(
+        (refused.status, refused.text().as_str()),
+        (507, "Error::TooLarge"),
+        "over the value limit: the plugin hears why"
+    );
+    let trapped = get(&gateway.url("/alpha/kv/huge?mib=96"));
+    assert_eq!(trapped.status, 500, "{}", trapped.text());
+    assert!(gateway.wait_for_log("too much data is being copied"), "{}", gateway.log());
+    assert_eq!(get(&gateway.url("/alpha/version")).status, 200);
+}

@@ -13,6 +13,7 @@
 //! | `/kv/put?key=K` | stores the body under `K`, 200 |
 //! | `/kv/get?key=K` | 200 with the value, 404 if absent |
 //! | `/kv/scan?limit=N` | 200 with the keys of one scan, or 507 and the error |
+//! | `/kv/huge?mib=N` | commits one value of N MiB: 200, or 507 and the error |
 //! | `/config?name=N` | 200 with the setting, 404 if absent |
 //! | `/status?code=N` | answers with status N |
 //! | `/headers?count=N&name=H&value=V` | 200 with N headers: `H` each time when given, else `x-h0`, `x-h1`, … |
@@ -86,6 +87,13 @@ impl handler::Guest for Guest {
             (true, "put") => {
                 let key = param(query, "key").unwrap_or_default();
                 match kv::commit(&[], &[kv::Write::Set((key.into(), request.body))]) {
+                    Ok(()) => answer(200, "stored"),
+                    Err(err) => answer(507, format!("{err:?}")),
+                }
+            }
+            (true, "huge") => {
+                let mib: usize = param(query, "mib").and_then(|m| m.parse().ok()).unwrap_or(1);
+                match kv::commit(&[], &[kv::Write::Set(("huge".into(), vec![7; mib << 20]))]) {
                     Ok(()) => answer(200, "stored"),
                     Err(err) => answer(507, format!("{err:?}")),
                 }
