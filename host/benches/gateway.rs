@@ -77,7 +77,7 @@ async fn gateway_body(gateway: &Arc<evogate::Gateway>) -> anyhow::Result<Bytes> 
     let version = gateway.registry.slots()[0].current();
     let version = &version.plugin;
     let response = version
-        .handle(&trivial_request(), Duration::from_secs(5))
+        .handle(trivial_request(), Duration::from_secs(5))
         .await
         .map_err(|failure| anyhow::anyhow!("{failure}"))?;
     Ok(Bytes::from(response.body))
@@ -100,11 +100,11 @@ async fn direct_calls(gateway: &Arc<evogate::Gateway>) -> f64 {
     let request = trivial_request();
     let n = 5000;
     for _ in 0..500 {
-        let _ = version.handle(&request, Duration::from_secs(5)).await;
+        let _ = version.handle(request.clone(), Duration::from_secs(5)).await;
     }
     let started = Instant::now();
     for _ in 0..n {
-        let _ = version.handle(&request, Duration::from_secs(5)).await;
+        let _ = version.handle(request.clone(), Duration::from_secs(5)).await;
     }
     started.elapsed().as_secs_f64() * 1e6 / f64::from(n)
 }

@@ -313,6 +313,9 @@ mod tests {
         assert!(waited >= READY_PROBE_TIMEOUT && waited < READY_PROBE_TIMEOUT + Duration::from_secs(1), "{waited:?}");
         assert_eq!(hanging.pings.load(Ordering::SeqCst), 1, "one ping at a time");
         hanging.release();
+        while probe.running.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         // The hung ping's late answer is not taken for a later probe's: a new ping runs.
         let after = probe.check(&backend).await;
         assert!(after.is_err_and(|why| why.contains("was hanging")));

@@ -122,6 +122,11 @@ pub struct LimitsConfig {
     /// Requests served at once across all plugins; more wait for a slot
     /// until their deadline.
     pub max_concurrent_requests: u32,
+    /// Store calls (commits, scans, PostgreSQL reads) running at once across
+    /// all plugins; a call that finds none free by its request's deadline
+    /// fails as unavailable without touching the store.
+    #[serde(default = "default_kv_calls")]
+    pub max_kv_calls_in_flight: u32,
     /// Open client connections at most; past it a new connection gets 503 and is closed.
     pub max_connections: usize,
     /// Time a client has to send a request's headers, and longest idle time
@@ -136,6 +141,10 @@ pub struct LimitsConfig {
     /// before its listener closes); 0 closes the listener at once.
     #[serde(default)]
     pub drain_grace_ms: u64,
+}
+
+fn default_kv_calls() -> u32 {
+    64
 }
 
 impl LimitsConfig {
@@ -188,6 +197,7 @@ impl Default for Config {
                 // A 32 MiB delivery is held once as received and once as the records it becomes.
                 instance_memory_bytes: 128 * 1024 * 1024,
                 max_concurrent_requests: 256,
+                max_kv_calls_in_flight: default_kv_calls(),
                 max_connections: 4096,
                 header_read_timeout_ms: 10_000,
                 max_header_bytes: 64 * 1024,
@@ -254,6 +264,10 @@ impl Config {
         anyhow::ensure!(
             (1..=10_000).contains(&limits.max_concurrent_requests),
             "limits.max_concurrent_requests must be within 1..=10000"
+        );
+        anyhow::ensure!(
+            (1..=10_000).contains(&limits.max_kv_calls_in_flight),
+            "limits.max_kv_calls_in_flight must be within 1..=10000"
         );
         anyhow::ensure!(
             (1..=1_000_000).contains(&limits.max_connections),

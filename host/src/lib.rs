@@ -59,6 +59,7 @@ pub async fn start(config: &config::Config) -> anyhow::Result<App> {
         timeout: Duration::from_millis(config.limits.request_timeout_ms),
         memory_bytes: config.limits.instance_memory_bytes,
         max_instances: config.limits.max_concurrent_requests,
+        max_kv_calls: config.limits.max_kv_calls_in_flight,
     };
     // Compiled code is loaded and run as is: only this user may write it.
     let cache_dir = data_dir.join("cache");

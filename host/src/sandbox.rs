@@ -17,17 +17,29 @@ use wasmtime::error::Context as _;
 use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+/// The current world, `evogate:plugin@0.2.0`.
 mod generated {
     wasmtime::component::bindgen!({
         path: "../wit",
-        world: "plugin",
-        imports: { "evogate:plugin/kv": async },
+        world: "evogate:plugin/plugin@0.2.0",
+        imports: { "evogate:plugin/kv@0.2.0": async },
         exports: { default: async },
     });
 }
 
-pub use generated::evogate::plugin::types::{Request, Response};
-use generated::evogate::plugin::{config as wit_config, kv as wit_kv, types as wit_types};
+/// The first world, `evogate:plugin@0.1.0`: plugins built against it keep running.
+mod generated_0_1 {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "evogate:plugin/plugin@0.1.0",
+        imports: { "evogate:plugin/kv@0.1.0": async },
+        exports: { default: async },
+    });
+}
+
+pub use generated::evogate::plugin0_2_0::types::{Request, Response};
+use generated::evogate::plugin0_2_0::{config as wit_config, kv as wit_kv, types as wit_types};
+use generated_0_1::evogate::plugin0_1_0 as v0_1;
 
 /// How often the epoch ticks: the deadline's granularity, and how long a
 /// plugin runs before it yields its thread to other requests.
@@ -48,6 +60,8 @@ const MAX_TABLES_PER_COMPONENT: u32 = 8;
 /// write as the host represents it), no more. A call past it traps.
 const HOSTCALL_FUEL: usize =
     kv::MAX_COMMIT_BYTES + (kv::MAX_CHECKS_PER_COMMIT + kv::MAX_WRITES_PER_COMMIT) * HOSTCALL_FUEL_PER_ITEM;
+// Below wasmtime's default (128 MiB), which would let a plugin make the host copy twice a commit's bytes.
+const _: () = assert!(HOSTCALL_FUEL < 128 << 20);
 /// The host's representation of one check or write (wasmtime charges its size per list element).
 const HOSTCALL_FUEL_PER_ITEM: usize = std::mem::size_of::<wit_kv::Write>() + std::mem::size_of::<(String, Vec<u8>)>();
 
@@ -64,6 +78,10 @@ pub struct Limits {
     pub memory_bytes: usize,
     /// Most instances alive at once (the pooling allocator's capacity).
     pub max_instances: u32,
+    /// Most store calls running on the blocking pool at once, across
+    /// plugins; a call that finds none free by its request's deadline fails
+    /// as `unavailable` without touching the store.
+    pub max_kv_calls: u32,
 }
 
 /// Why a request's sandbox failed.
@@ -85,6 +103,7 @@ pub struct Sandbox {
     engine: Engine,
     linker: Linker<HostState>,
     limits: Limits,
+    kv_calls: Arc<tokio::sync::Semaphore>,
     _ticker: EpochTicker,
 }
 
@@ -139,9 +158,12 @@ impl Sandbox {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).context("linking WASI")?;
         generated::Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
             .context("linking the plugin world")?;
+        generated_0_1::Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
+            .context("linking the plugin world 0.1.0")?;
 
         let ticker = EpochTicker::start(engine.clone());
-        Ok(Self { engine, linker, limits, _ticker: ticker })
+        let kv_calls = Arc::new(tokio::sync::Semaphore::new(limits.max_kv_calls.max(1) as usize));
+        Ok(Self { engine, linker, limits, kv_calls, _ticker: ticker })
     }
 
     /// Compiles `wasm` and checks it by instantiating it once and reading
@@ -162,13 +184,24 @@ impl Sandbox {
             .linker
             .instantiate_pre(&component)
             .with_context(|| format!("plugin {plugin:?} does not fit the evogate:plugin world"))?;
-        let pre = generated::PluginPre::new(pre)
-            .with_context(|| format!("plugin {plugin:?} lacks the evogate:plugin exports"))?;
+        // The current world, else the first one.
+        let pre = match generated::PluginPre::new(pre.clone()) {
+            Ok(current) => Pre::Current(current),
+            Err(current) => match generated_0_1::PluginPre::new(pre) {
+                Ok(first) => Pre::First(first),
+                Err(_) => {
+                    return Err(current).with_context(|| {
+                        format!("plugin {plugin:?} lacks the evogate:plugin exports (0.2.0 or 0.1.0)")
+                    });
+                }
+            },
+        };
         let mut version = PluginVersion {
             plugin: plugin.into(),
             pre,
             engine: self.engine.clone(),
             limits: self.limits,
+            kv_calls: self.kv_calls.clone(),
             config,
             kv,
             name: String::new(),
@@ -190,12 +223,19 @@ impl Sandbox {
     }
 }
 
+/// A compiled component, by the world it was built against.
+enum Pre {
+    Current(generated::PluginPre<HostState>),
+    First(generated_0_1::PluginPre<HostState>),
+}
+
 /// One compiled plugin build, ready to serve requests.
 pub struct PluginVersion {
     plugin: Arc<str>,
-    pre: generated::PluginPre<HostState>,
+    pre: Pre,
     engine: Engine,
     limits: Limits,
+    kv_calls: Arc<tokio::sync::Semaphore>,
     config: Arc<BTreeMap<String, String>>,
     kv: Namespace,
     /// The name the plugin reports in its identity.
@@ -220,12 +260,27 @@ impl PluginVersion {
     /// The plugin runs on the calling task and yields to other tasks at
     /// every epoch tick, so a busy plugin shares the thread instead of
     /// holding it; past the deadline it traps.
-    pub async fn handle(&self, request: &Request, timeout: Duration) -> Result<Response, Failure> {
+    pub async fn handle(&self, request: Request, timeout: Duration) -> Result<Response, Failure> {
         let request_id = request.headers.iter().find(|(name, _)| name == "x-request-id").map_or("-", |(_, id)| id);
         let mut store = self.new_store(timeout, request_id);
-        let result = match self.pre.instantiate_async(&mut store).await {
-            Ok(plugin) => plugin.evogate_plugin_handler().call_handle(&mut store, request).await,
-            Err(err) => Err(err),
+        let result = match &self.pre {
+            Pre::Current(pre) => match pre.instantiate_async(&mut store).await {
+                Ok(plugin) => plugin.evogate_plugin0_2_0_handler().call_handle(&mut store, &request).await,
+                Err(err) => Err(err),
+            },
+            Pre::First(pre) => match pre.instantiate_async(&mut store).await {
+                Ok(plugin) => {
+                    let Request { method, path, query, headers, body } = request;
+                    let request = v0_1::types::Request { method, path, query, headers, body };
+                    let handler = plugin.evogate_plugin0_1_0_handler();
+                    handler.call_handle(&mut store, &request).await.map(|answer| Response {
+                        status: answer.status,
+                        headers: answer.headers,
+                        body: answer.body,
+                    })
+                }
+                Err(err) => Err(err),
+            },
         };
         let peak = store.data().limiter.peak;
         PEAK_INSTANCE_MEMORY.fetch_max(peak, std::sync::atomic::Ordering::Relaxed);
@@ -236,11 +291,21 @@ impl PluginVersion {
     /// Instantiates once and reads the plugin's identity.
     async fn identity(&self) -> Result<(String, String), Failure> {
         let mut store = self.new_store(self.limits.timeout, "-");
-        let result = match self.pre.instantiate_async(&mut store).await {
-            Ok(plugin) => plugin.evogate_plugin_identity().call_info(&mut store).await,
-            Err(err) => Err(err),
+        let result = match &self.pre {
+            Pre::Current(pre) => match pre.instantiate_async(&mut store).await {
+                Ok(plugin) => {
+                    plugin.evogate_plugin0_2_0_identity().call_info(&mut store).await.map(|i| (i.name, i.version))
+                }
+                Err(err) => Err(err),
+            },
+            Pre::First(pre) => match pre.instantiate_async(&mut store).await {
+                Ok(plugin) => {
+                    plugin.evogate_plugin0_1_0_identity().call_info(&mut store).await.map(|i| (i.name, i.version))
+                }
+                Err(err) => Err(err),
+            },
         };
-        self.finish(&store, result).map(|info| (info.name, info.version))
+        self.finish(&store, result)
     }
 
     fn new_store(&self, timeout: Duration, request_id: &str) -> Store<HostState> {
@@ -255,18 +320,20 @@ impl PluginVersion {
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .build();
+        let deadline = Instant::now() + timeout;
         let state = HostState {
             wasi,
             table: ResourceTable::new(),
             limiter: MemoryLimiter { max_bytes: self.limits.memory_bytes, hit: false, peak: 0 },
             kv: self.kv.clone(),
+            kv_calls: self.kv_calls.clone(),
+            deadline,
             config: self.config.clone(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
         store.set_hostcall_fuel(HOSTCALL_FUEL);
         // At every tick: past the deadline trap, else yield and run on.
-        let deadline = Instant::now() + timeout;
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |_| {
             Ok(if Instant::now() >= deadline { UpdateDeadline::Interrupt } else { UpdateDeadline::Yield(1) })
@@ -294,6 +361,10 @@ struct HostState {
     table: ResourceTable,
     limiter: MemoryLimiter,
     kv: Namespace,
+    /// Slots for store calls on the blocking pool, shared by every instance.
+    kv_calls: Arc<tokio::sync::Semaphore>,
+    /// The request's deadline: how long a store call may wait for a slot.
+    deadline: Instant,
     config: Arc<BTreeMap<String, String>>,
 }
 
@@ -351,7 +422,80 @@ impl From<kv::KvError> for wit_kv::Error {
             kv::KvError::Conflict => wit_kv::Error::Conflict,
             kv::KvError::TooLarge(_) => wit_kv::Error::TooLarge,
             kv::KvError::Unavailable(why) => wit_kv::Error::Unavailable(why),
+            kv::KvError::OutcomeUnknown(why) => wit_kv::Error::OutcomeUnknown(why),
         }
+    }
+}
+
+/// 0.1.0 has no `outcome-unknown`: its `unavailable` says so in the message.
+impl From<wit_kv::Error> for v0_1::kv::Error {
+    fn from(err: wit_kv::Error) -> Self {
+        match err {
+            wit_kv::Error::Conflict => v0_1::kv::Error::Conflict,
+            wit_kv::Error::TooLarge => v0_1::kv::Error::TooLarge,
+            wit_kv::Error::Unavailable(why) => v0_1::kv::Error::Unavailable(why),
+            wit_kv::Error::OutcomeUnknown(why) => v0_1::kv::Error::Unavailable(format!("outcome unknown: {why}")),
+        }
+    }
+}
+
+fn entry_0_1(entry: wit_kv::Entry) -> v0_1::kv::Entry {
+    v0_1::kv::Entry { value: entry.value, version: entry.version }
+}
+
+impl v0_1::types::Host for HostState {}
+
+impl v0_1::config::Host for HostState {
+    fn get(&mut self, name: String) -> Option<String> {
+        wit_config::Host::get(self, name)
+    }
+}
+
+/// The first world's store calls: the current ones, with the types converted.
+impl v0_1::kv::Host for HostState {
+    async fn get(&mut self, key: String) -> Result<Option<v0_1::kv::Entry>, v0_1::kv::Error> {
+        Ok(wit_kv::Host::get(self, key).await?.map(entry_0_1))
+    }
+
+    async fn scan(
+        &mut self,
+        prefix: String,
+        start_after: Option<String>,
+        limit: u32,
+    ) -> Result<Vec<(String, v0_1::kv::Entry)>, v0_1::kv::Error> {
+        let page = wit_kv::Host::scan(self, prefix, start_after, limit).await?;
+        Ok(page.into_iter().map(|(key, entry)| (key, entry_0_1(entry))).collect())
+    }
+
+    async fn commit(
+        &mut self,
+        checks: Vec<v0_1::kv::Check>,
+        writes: Vec<v0_1::kv::Write>,
+    ) -> Result<(), v0_1::kv::Error> {
+        self.commit_stamped(checks, writes, Vec::new()).await
+    }
+
+    async fn commit_stamped(
+        &mut self,
+        checks: Vec<v0_1::kv::Check>,
+        writes: Vec<v0_1::kv::Write>,
+        stamped: Vec<(String, Vec<u8>)>,
+    ) -> Result<(), v0_1::kv::Error> {
+        let checks = checks
+            .into_iter()
+            .map(|check| match check {
+                v0_1::kv::Check::VersionIs(pair) => wit_kv::Check::VersionIs(pair),
+                v0_1::kv::Check::Absent(key) => wit_kv::Check::Absent(key),
+            })
+            .collect();
+        let writes = writes
+            .into_iter()
+            .map(|write| match write {
+                v0_1::kv::Write::Set(pair) => wit_kv::Write::Set(pair),
+                v0_1::kv::Write::Delete(key) => wit_kv::Write::Delete(key),
+            })
+            .collect();
+        Ok(wit_kv::Host::commit_stamped(self, checks, writes, stamped).await?)
     }
 }
 
@@ -365,7 +509,7 @@ impl wit_kv::Host for HostState {
         // unless it is a round trip to a database server.
         let entry = if self.kv.is_remote() {
             let kv = self.kv.clone();
-            blocking(move || kv.get(&key)).await?
+            self.blocking(false, move || kv.get(&key)).await?
         } else {
             self.kv.get(&key)?
         };
@@ -380,7 +524,7 @@ impl wit_kv::Host for HostState {
     ) -> Result<Vec<(String, wit_kv::Entry)>, wit_kv::Error> {
         // Up to 16 MiB of values: read them off the async threads.
         let kv = self.kv.clone();
-        let page = blocking(move || kv.scan(&prefix, start_after.as_deref(), limit)).await?;
+        let page = self.blocking(false, move || kv.scan(&prefix, start_after.as_deref(), limit)).await?;
         Ok(page.into_iter().map(|(key, entry)| (key, wit_entry(entry))).collect())
     }
 
@@ -412,12 +556,16 @@ impl wit_kv::Host for HostState {
         // A durable commit waits for the disk: never on the async threads.
         let kv = self.kv.clone();
         let started = Instant::now();
-        let result = blocking(move || kv.commit(&checks, &writes)).await;
+        let result = self.blocking(true, move || kv.commit(&checks, &writes)).await;
         metrics::histogram!("evogate_kv_commit_duration_seconds").record(started.elapsed().as_secs_f64());
         result.map_err(|err| {
             match &err {
                 kv::KvError::Conflict => metrics::counter!("evogate_kv_conflicts_total").increment(1),
                 kv::KvError::Unavailable(why) => tracing::error!(error = %why, "kv commit failed"),
+                kv::KvError::OutcomeUnknown(why) => {
+                    metrics::counter!("evogate_kv_outcome_unknown_total").increment(1);
+                    tracing::error!(error = %why, "kv commit outcome unknown")
+                }
                 kv::KvError::TooLarge(_) => {}
             }
             err.into()
@@ -425,13 +573,40 @@ impl wit_kv::Host for HostState {
     }
 }
 
-/// Runs blocking store work on tokio's blocking pool.
+impl HostState {
+    /// Runs blocking store work on tokio's blocking pool, holding one of
+    /// the shared slots until the work ends — even when the request that
+    /// asked for it is gone — so abandoned work cannot pile up. Waits for a
+    /// slot until the request's deadline at most; then nothing is done.
+    fn blocking<T: Send + 'static>(
+        &self,
+        commit: bool,
+        work: impl FnOnce() -> Result<T, kv::KvError> + Send + 'static,
+    ) -> impl std::future::Future<Output = Result<T, kv::KvError>> + Send + 'static {
+        let (slots, deadline) = (self.kv_calls.clone(), self.deadline);
+        blocking(slots, deadline, commit, work)
+    }
+}
+
 async fn blocking<T: Send + 'static>(
+    slots: Arc<tokio::sync::Semaphore>,
+    deadline: Instant,
+    commit: bool,
     work: impl FnOnce() -> Result<T, kv::KvError> + Send + 'static,
 ) -> Result<T, kv::KvError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .unwrap_or_else(|join| Err(kv::KvError::Unavailable(format!("store task failed: {join}"))))
+    let Ok(Ok(slot)) = tokio::time::timeout_at(deadline.into(), slots.acquire_owned()).await else {
+        metrics::counter!("evogate_kv_calls_refused_total").increment(1);
+        return Err(kv::KvError::Unavailable("too many store calls in flight".into()));
+    };
+    tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        work()
+    })
+    .await
+    .unwrap_or_else(|join| {
+        let why = format!("store task failed: {join}");
+        Err(if commit { kv::KvError::OutcomeUnknown(why) } else { kv::KvError::Unavailable(why) })
+    })
 }
 
 /// Advances the engine's epoch on a background thread until dropped.
@@ -481,7 +656,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_component_that_would_take_more_than_its_share_of_the_pool_is_refused_when_it_loads() {
-        let limits = Limits { timeout: Duration::from_secs(1), memory_bytes: 1 << 20, max_instances: 4 };
+        let limits =
+            Limits { timeout: Duration::from_secs(1), memory_bytes: 1 << 20, max_instances: 4, max_kv_calls: 4 };
         let sandbox = Sandbox::new(limits, None).expect("sandbox");
         let kv = Namespace::new(Arc::new(kv::MemoryBackend::default()), "p");
         let load = |instances| sandbox.load("p", component_with_memories(instances), Default::default(), kv.clone());
@@ -493,11 +669,28 @@ mod tests {
         assert!(format!("{greedy:#}").contains("instances"), "{greedy:#}");
     }
 
-    #[test]
-    fn the_hostcall_budget_admits_the_largest_commit_and_little_more() {
-        let largest = kv::MAX_COMMIT_BYTES
-            + (kv::MAX_CHECKS_PER_COMMIT + kv::MAX_WRITES_PER_COMMIT) * std::mem::size_of::<wit_kv::Write>();
-        assert!(HOSTCALL_FUEL >= largest);
-        assert!(HOSTCALL_FUEL < 128 << 20, "below wasmtime's default of 128 MiB");
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn store_calls_past_the_cap_fail_at_their_deadline_without_running_and_abandoned_ones_keep_their_slot() {
+        let slots = Arc::new(tokio::sync::Semaphore::new(1));
+        let ran = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let work = |millis: u64| {
+            let ran = ran.clone();
+            move || {
+                std::thread::sleep(Duration::from_millis(millis));
+                ran.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Ok(())
+            }
+        };
+        // A commit whose request gave up: dropped while its work runs on.
+        let abandoned = blocking(slots.clone(), Instant::now() + Duration::from_secs(5), true, work(600));
+        let _ = tokio::time::timeout(Duration::from_millis(100), abandoned).await;
+        let started = Instant::now();
+        let refused = blocking(slots.clone(), Instant::now() + Duration::from_millis(200), false, work(0)).await;
+        assert!(matches!(&refused, Err(kv::KvError::Unavailable(why)) if why.contains("in flight")), "{refused:?}");
+        assert!(started.elapsed() < Duration::from_millis(400), "refused at its deadline");
+        assert_eq!(ran.load(std::sync::atomic::Ordering::SeqCst), 0, "the refused call did nothing");
+        let served = blocking(slots.clone(), Instant::now() + Duration::from_secs(5), false, work(0)).await;
+        assert!(served.is_ok());
+        assert_eq!(ran.load(std::sync::atomic::Ordering::SeqCst), 2, "the abandoned commit finished first");
     }
 }

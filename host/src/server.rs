@@ -167,8 +167,7 @@ pub async fn serve(
             let result = match &options.tls {
                 None => {
                     let conn = http1(&options).serve_connection(TokioIo::new(stream), service);
-                    drive(conn, |conn| hyper::server::conn::http1::Connection::graceful_shutdown(conn), stopped, None)
-                        .await
+                    drive(conn, hyper::server::conn::http1::Connection::graceful_shutdown, stopped, None).await
                 }
                 Some(tls) => {
                     let handshake = tokio::time::timeout(options.header_read_timeout, tls.acceptor().accept(stream));
@@ -188,22 +187,10 @@ pub async fn serve(
                         // streams (or that never sent its preface) closes after the same time.
                         let idle = Some((streams, options.header_read_timeout));
                         let conn = http2(&options).serve_connection(TokioIo::new(stream), service);
-                        drive(
-                            conn,
-                            |conn| hyper::server::conn::http2::Connection::graceful_shutdown(conn),
-                            stopped,
-                            idle,
-                        )
-                        .await
+                        drive(conn, hyper::server::conn::http2::Connection::graceful_shutdown, stopped, idle).await
                     } else {
                         let conn = http1(&options).serve_connection(TokioIo::new(stream), service);
-                        drive(
-                            conn,
-                            |conn| hyper::server::conn::http1::Connection::graceful_shutdown(conn),
-                            stopped,
-                            None,
-                        )
-                        .await
+                        drive(conn, hyper::server::conn::http1::Connection::graceful_shutdown, stopped, None).await
                     }
                 }
             };
@@ -508,7 +495,7 @@ impl Gateway {
         let label = deployment.label();
         // Epoch interruption stops plugin code at the deadline; this outer
         // timeout covers a host call (kv) that hangs past it.
-        let call = deployment.plugin.handle(&request, remaining);
+        let call = deployment.plugin.handle(request, remaining);
         let outcome = tokio::time::timeout_at((deadline + HOST_CALL_GRACE).into(), call).await;
         drop(permit);
         drop(plugin_permit);

@@ -2,12 +2,12 @@
 
 wit_bindgen::generate!({
     path: "../wit",
-    world: "plugin",
+    world: "evogate:plugin/plugin@0.2.0",
 });
 
 use crate::kv::{Check, Entry, Kv, KvError, Write};
-use evogate::plugin::{config as wit_config, kv as wit_kv, types};
-use exports::evogate::plugin::{handler, identity};
+use evogate::plugin0_2_0::{config as wit_config, kv as wit_kv, types};
+use exports::evogate::plugin0_2_0::{handler, identity};
 
 struct Component;
 
@@ -41,6 +41,7 @@ fn from_wit(err: wit_kv::Error) -> KvError {
         wit_kv::Error::Conflict => KvError::Conflict,
         wit_kv::Error::TooLarge => KvError::TooLarge,
         wit_kv::Error::Unavailable(why) => KvError::Unavailable(why),
+        wit_kv::Error::OutcomeUnknown(why) => KvError::OutcomeUnknown(why),
     }
 }
 

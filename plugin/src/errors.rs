@@ -144,6 +144,10 @@ impl From<crate::kv::KvError> for ApiError {
                 eprintln!("kv unavailable: {why}");
                 ApiError::unavailable()
             }
+            crate::kv::KvError::OutcomeUnknown(why) => {
+                eprintln!("kv commit outcome unknown: {why}");
+                ApiError::unavailable()
+            }
             crate::kv::KvError::Conflict => ApiError::unavailable(),
             crate::kv::KvError::TooLarge => ApiError::internal("record too large"),
         }

@@ -44,8 +44,10 @@ pub enum KvError {
     Conflict,
     /// Over a size limit (key 1 KiB, value 4 MiB, 100,000 writes, scan 1000).
     TooLarge,
-    /// The store cannot serve now.
+    /// The store cannot serve now; nothing written.
     Unavailable(String),
+    /// A commit's answer was lost: it may or may not have been applied.
+    OutcomeUnknown(String),
 }
 
 /// Longest key the host accepts.

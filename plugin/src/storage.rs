@@ -742,6 +742,13 @@ where
                 return Ok(result);
             }
             Err(KvError::Conflict) => continue,
+            // Applied or not: the next attempt re-reads and finds out. A
+            // commit that was applied makes the rerun a re-delivery, which
+            // stores nothing twice; one that was not is simply made again.
+            Err(KvError::OutcomeUnknown(why)) => {
+                eprintln!("kv commit outcome unknown ({why}); re-reading before trying again");
+                continue;
+            }
             Err(err) => return Err(StorageError::Kv(err).into()),
         }
     }

@@ -433,10 +433,15 @@ fn a_database_that_never_answers_is_not_ready_within_2_s_and_other_requests_go_o
     };
     let (proxy, proxied) = Proxy::to_database(&url);
     let schema = TestSchema::new(&url);
-    let node = Gateway::guest(&schema.store_table(&proxied), "");
+    let node = Gateway::guest(&format!("[limits]\nrequest_timeout_ms = 1000\n{}", schema.store_table(&proxied)), "");
     let ready = node.admin_url("/readyz");
     assert_eq!(get(&ready).status, 200);
     proxy.freeze();
+    // A plugin stuck in a store call past its deadline: its request is answered all the same.
+    let stuck = Instant::now();
+    let reply = get(&node.url("/g/kv/get?key=a"));
+    assert_eq!((reply.status, reply.header("retry-after")), (503, Some("1")), "{}", reply.text());
+    assert!(stuck.elapsed() < Duration::from_millis(2500), "answered after {:?}", stuck.elapsed());
     // More probes at once than the machine has cores, as several load balancers would send.
     let probes: Vec<_> = (0..6)
         .map(|_| {

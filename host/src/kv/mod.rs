@@ -114,9 +114,12 @@ pub enum KvError {
     /// A key, value, commit or scan limit over its bound.
     #[error("too large: {0}")]
     TooLarge(&'static str),
-    /// The backend cannot serve the call (I/O or database error).
+    /// The backend cannot serve the call (I/O or database error); nothing was written.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// A commit was sent but its answer was lost: it may have been applied.
+    #[error("commit outcome unknown: {0}")]
+    OutcomeUnknown(String),
 }
 
 /// A storage engine for all plugins' keys.

@@ -20,6 +20,8 @@ use anyhow::Context as _;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio_postgres::error::SqlState;
 
@@ -276,15 +278,29 @@ impl PostgresBackend {
         &self,
         work: impl std::future::Future<Output = Result<T, KvError>> + Send + 'static,
     ) -> Result<T, KvError> {
+        self.run_until(None, work)
+    }
+
+    /// [`Self::run`]; when the call is lost after `sent` was set (a COMMIT
+    /// went out), its outcome is unknown rather than "nothing written".
+    fn run_until<T: Send + 'static>(
+        &self,
+        sent: Option<Arc<AtomicBool>>,
+        work: impl std::future::Future<Output = Result<T, KvError>> + Send + 'static,
+    ) -> Result<T, KvError> {
+        let lost = move |why: &str| match sent.as_ref().is_some_and(|sent| sent.load(Ordering::SeqCst)) {
+            true => KvError::OutcomeUnknown(format!("postgres: {why} after the commit was sent")),
+            false => KvError::Unavailable(format!("postgres: {why}")),
+        };
         let (done, result) = std::sync::mpsc::sync_channel(1);
         let timeout = self.call_timeout;
+        let lost_in_time = lost.clone();
         self.handle.spawn(async move {
-            let outcome = tokio::time::timeout(timeout, work)
-                .await
-                .unwrap_or_else(|_| Err(KvError::Unavailable("postgres: no answer in time".into())));
+            let outcome =
+                tokio::time::timeout(timeout, work).await.unwrap_or_else(|_| Err(lost_in_time("no answer in time")));
             let _ = done.send(outcome);
         });
-        result.recv().unwrap_or_else(|_| Err(KvError::Unavailable("postgres: the call was dropped".into())))
+        result.recv().unwrap_or_else(|_| Err(lost("the call was dropped")))
     }
 }
 
@@ -438,7 +454,9 @@ impl Backend for PostgresBackend {
         let stamped = writes.iter().any(|write| matches!(write, Write::SetStamped(..)));
         let writes = writes.to_vec();
         let (pool, sql, ns) = (self.pool.clone(), self.sql.clone(), ns.to_owned());
-        self.run(async move {
+        let sent = Arc::new(AtomicBool::new(false));
+        let committing = sent.clone();
+        self.run_until(Some(sent), async move {
             let mut client = pool.get().await.map_err(pool_error)?;
             // When every checked key is written by this commit (insert if
             // absent, replace if unchanged: what the plugins mostly do), each
@@ -534,7 +552,13 @@ impl Backend for PostgresBackend {
             if !deletes.is_empty() {
                 txn.execute(&sql.delete, &[&ns, &deletes]).await.map_err(|err| classify(&err))?;
             }
-            txn.commit().await.map_err(|err| classify(&err))
+            committing.store(true, Ordering::SeqCst);
+            txn.commit().await.map_err(|err| match err.as_db_error() {
+                // The server answered: the commit definitely failed.
+                Some(_) => classify(&err),
+                // The connection broke with the COMMIT on its way: applied or not, nobody knows.
+                None => KvError::OutcomeUnknown(format!("postgres: {err}")),
+            })
         })
     }
 
@@ -622,6 +646,31 @@ mod tests {
         assert_eq!(page.len(), 4, "entries until the budget is reached");
         assert_eq!(page[3].0, "big/03");
         assert!(fetched < 6 << 20, "{fetched} bytes came from the server for a 4 MiB page of a 48 MiB prefix");
+    }
+
+    #[test]
+    fn a_call_lost_after_its_commit_was_sent_has_an_unknown_outcome() {
+        let Ok(url) = std::env::var(crate::kv::conformance::POSTGRES_URL_VAR) else { return };
+        let mut random = [0u8; 6];
+        getrandom::fill(&mut random).expect("randomness");
+        let backend = PostgresBackend::open(&PostgresOptions {
+            url,
+            schema: format!("evogate_test_{}", hex::encode(random)),
+            pool_size: 1,
+            connect_timeout: Duration::from_millis(100),
+            statement_timeout: Duration::from_millis(200),
+            tls_ca: None,
+        })
+        .expect("open");
+        let forever = || async {
+            std::future::pending::<()>().await;
+            Ok(())
+        };
+        let before = backend.run_until(Some(Arc::new(AtomicBool::new(false))), forever());
+        assert!(matches!(before, Err(KvError::Unavailable(_))), "{before:?}");
+        let after = backend.run_until(Some(Arc::new(AtomicBool::new(true))), forever());
+        assert!(matches!(&after, Err(KvError::OutcomeUnknown(why)) if why.contains("no answer")), "{after:?}");
+        let _ = backend.destroy();
     }
 
     #[test]
