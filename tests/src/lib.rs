@@ -129,6 +129,9 @@ partner_api_token = "partner-secret"
 
     /// Stops the gateway gracefully and waits for it to exit.
     pub fn stop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
         let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {

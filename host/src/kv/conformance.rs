@@ -358,3 +358,55 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn every_commit_limit_holds_at_its_bound_and_refuses_one_past_it() {
+    each_backend(|kv| {
+        // 100,000 checks pass; one more is refused before the backend sees them.
+        kv.commit(&[], &[set("c", "1")]).expect("seed");
+        let version = kv.get("c").expect("get").expect("present").version;
+        let checks: Vec<_> = (0..MAX_CHECKS_PER_COMMIT).map(|_| Check::VersionIs("c".into(), version)).collect();
+        kv.commit(&checks, &[set("c", "2")]).expect("100,000 checks of one key");
+        let over: Vec<_> = (0..=MAX_CHECKS_PER_COMMIT).map(|i| Check::Absent(format!("x{i}"))).collect();
+        assert!(matches!(kv.commit(&over, &[]), Err(KvError::TooLarge(_))));
+        // 64 MiB per commit, keys included.
+        let value = |n: usize| vec![b'v'; n];
+        let mut at_limit: Vec<_> = (0..15).map(|i| Write::Set(format!("m{i:02}"), value(MAX_VALUE_BYTES))).collect();
+        let used = 15 * (3 + MAX_VALUE_BYTES);
+        at_limit.push(Write::Set("m15".into(), value(MAX_COMMIT_BYTES - used - 3)));
+        kv.commit(&[], &at_limit).expect("exactly 64 MiB");
+        at_limit.push(Write::Set("m".into(), Vec::new()));
+        assert!(matches!(kv.commit(&[], &at_limit), Err(KvError::TooLarge(_))), "one byte more");
+        assert_eq!(kv.get("m").expect("get"), None, "nothing of the refused commit was written");
+        // Oversized keys anywhere: checks, stamped prefixes, start_after.
+        let long = "k".repeat(MAX_KEY_BYTES + 1);
+        assert!(matches!(kv.commit(&[Check::Absent(long.clone())], &[]), Err(KvError::TooLarge(_))));
+        assert!(matches!(kv.commit(&[], &[Write::SetStamped(long.clone(), Vec::new())]), Err(KvError::TooLarge(_))));
+        assert!(matches!(kv.scan("", Some(&long), 10), Err(KvError::TooLarge(_))));
+    });
+}
+
+#[test]
+fn scans_past_their_prefix_are_empty_and_checked_deletes_and_repeated_checks_behave() {
+    each_backend(|kv| {
+        kv.commit(&[], &[set("a/1", "x"), set("a/2", "y"), set("b/1", "z")]).expect("seed");
+        assert!(kv.scan("a/", Some("b"), 10).expect("scan").is_empty(), "start_after beyond the prefix");
+        assert!(kv.scan("a/", Some("a/2"), 10).expect("scan").is_empty());
+        // A delete guarded by the key's own version (PostgreSQL's fast path), then a stale one.
+        let version = kv.get("a/1").expect("get").expect("present").version;
+        kv.commit(&[Check::VersionIs("a/1".into(), version)], &[Write::Delete("a/1".into())]).expect("checked delete");
+        assert_eq!(kv.get("a/1").expect("get"), None);
+        let stale = kv.commit(&[Check::VersionIs("a/1".into(), version)], &[Write::Delete("a/1".into())]);
+        assert!(matches!(stale, Err(KvError::Conflict)), "{stale:?}");
+        // Deleting a key checked absent: nothing to delete, not a conflict.
+        kv.commit(&[Check::Absent("a/1".into())], &[Write::Delete("a/1".into())]).expect("absent and deleted");
+        // The same check twice holds; two checks of one key that cannot both hold conflict and write nothing.
+        let version = kv.get("a/2").expect("get").expect("present").version;
+        let twice = [Check::VersionIs("a/2".into(), version), Check::VersionIs("a/2".into(), version)];
+        kv.commit(&twice, &[set("a/2", "y2")]).expect("a repeated check");
+        let version = kv.get("a/2").expect("get").expect("present").version;
+        let contradictory = [Check::VersionIs("a/2".into(), version), Check::Absent("a/2".into())];
+        assert!(matches!(kv.commit(&contradictory, &[set("a/2", "no")]), Err(KvError::Conflict)));
+        assert_eq!(kv.get("a/2").expect("get").expect("present").value, b"y2");
+    });
+}
