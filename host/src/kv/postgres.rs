@@ -87,15 +87,16 @@ impl Sql {
     fn new(schema: &str) -> Self {
         let kv = format!("{schema}.evogate_kv");
         // The answer budget is applied by the server: the page's running
-        // size is summed over value lengths (read without fetching TOASTed
-        // values), and only rows that start within the budget are fetched.
+        // size is summed over value lengths (`length` reads a TOASTed
+        // value's size without fetching it), and only rows that start within
+        // the budget are sent.
         let scan = |lower: &str, upper: bool| {
             let (upper, limit, budget) = if upper { (" AND key < $3", "$4", "$5") } else { ("", "$3", "$4") };
             format!(
-                "WITH page AS (SELECT key, sum(length(value)) OVER (ORDER BY key) - length(value) AS before \
-                 FROM {kv} WHERE ns = $1 AND key {lower} $2{upper} ORDER BY key LIMIT {limit}) \
-                 SELECT t.key, t.value, t.version FROM page JOIN {kv} AS t ON t.ns = $1 AND t.key = page.key \
-                 WHERE page.before < {budget} ORDER BY t.key"
+                "SELECT key, value, version FROM (SELECT key, value, version, \
+                 sum(length(value)) OVER (ORDER BY key ROWS UNBOUNDED PRECEDING) - length(value) AS before \
+                 FROM {kv} WHERE ns = $1 AND key {lower} $2{upper} ORDER BY key LIMIT {limit}) AS page \
+                 WHERE before < {budget} ORDER BY key"
             )
         };
         Self {
