@@ -231,7 +231,9 @@ pub struct Subscription {
     /// When an event first waited for a missing one (Unix seconds); `None` without a gap.
     #[serde(default)]
     pub gap_since: Option<u64>,
-    /// Sequence numbers that never arrived and were skipped.
+    /// Sequence numbers that never arrived and were skipped: the first
+    /// [`MAX_SKIPPED_LISTED`] of them (each gap is also a data issue naming
+    /// its whole range, however long).
     #[serde(default)]
     pub skipped: Vec<u64>,
     /// What the first storage format kept of the events waiting behind a
@@ -403,12 +405,18 @@ fn announce(txn: &mut Txn<'_>, now: u64, event: &Event) {
 /// Applies the stored events that follow `state.applied_through` without a gap.
 fn apply_contiguous(txn: &mut Txn<'_>, state: &mut Subscription, now: u64, now_ms: i64) -> Result<(), ApiError> {
     let subscription_id = state.subscription_id.clone();
-    while let Some(next) = stored_event(txn, &subscription_id, state.applied_through + 1, now_ms)? {
+    // Nothing follows the last sequence number there is.
+    while let Some(following) = state.applied_through.checked_add(1)
+        && let Some(next) = stored_event(txn, &subscription_id, following, now_ms)?
+    {
         state.apply(&next);
         announce(txn, now, &next);
     }
     Ok(())
 }
+
+/// Most skipped sequence numbers a subscription's state lists.
+pub const MAX_SKIPPED_LISTED: usize = 1000;
 
 /// Applies the waiting events past every gap before them; each gap skipped
 /// becomes a data issue. Returns whether anything was waiting.
@@ -425,7 +433,9 @@ fn skip_gaps(txn: &mut Txn<'_>, state: &mut Subscription, now: u64, now_ms: i64,
             break;
         };
         let (first, last) = (state.applied_through + 1, next - 1);
-        state.skipped.extend(first..=last);
+        // A sequence number far ahead (a hostile or broken sender) must not list billions.
+        let room = MAX_SKIPPED_LISTED.saturating_sub(state.skipped.len());
+        state.skipped.extend((first..=last).take(room));
         let problem = format!("events {first}..={last} never arrived: later ones applied past them ({why})");
         let user_id = state.user_id.clone();
         txn.issue(now, Issue::new(Some(&user_id), "subscription", &state.subscription_id, problem));
@@ -461,7 +471,7 @@ pub fn record_event(ctx: &Ctx<'_>, event: &Event, raw: &Object, gap_timeout_secs
         for problem in problems {
             txn.issue(now, Issue::new(Some(&event.user_id), "subscription", &event.subscription_id, problem));
         }
-        let outcome = if event.sequence == state.applied_through + 1 {
+        let outcome = if Some(event.sequence) == state.applied_through.checked_add(1) {
             state.apply(event);
             announce(txn, now, event);
             apply_contiguous(txn, &mut state, now, now_ms)?;

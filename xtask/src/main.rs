@@ -5,6 +5,7 @@
 //! cargo xtask test            build everything once, then run every test
 //! cargo xtask build           build the plugins (wasm32-wasip2) and the gateway, release
 //! cargo xtask bench           build, then run the gateway benchmark
+//! cargo xtask fuzz [SECONDS]  run every fuzz target SECONDS each (default 60; nightly + cargo-fuzz)
 //! ```
 
 use anyhow::{Context as _, bail};
@@ -28,6 +29,15 @@ fn main() -> anyhow::Result<()> {
         "test" => {
             build_for_tests()?;
             test(&rest)
+        }
+        "fuzz" => {
+            let seconds: u64 = match rest.first() {
+                Some(seconds) => {
+                    seconds.parse().with_context(|| format!("SECONDS must be a number, not {seconds:?}"))?
+                }
+                None => 60,
+            };
+            fuzz(seconds)
         }
         "bench" => {
             build()?;
@@ -54,7 +64,8 @@ fn main() -> anyhow::Result<()> {
                  run [-- ARGS]  build, then run the gateway with the Evotor plugin (evogate serve ARGS)\n  \
                  test           build everything, then run every test\n  \
                  build          build the plugins and the gateway (release)\n  \
-                 bench          build, then run the benchmarks (PostgreSQL rows with EVOGATE_TEST_POSTGRES_URL)"
+                 bench          build, then run the benchmarks (PostgreSQL rows with EVOGATE_TEST_POSTGRES_URL)\n  \
+                 fuzz [SECONDS] run every fuzz target for SECONDS each (installs nightly and cargo-fuzz if missing)"
             );
             if task.is_empty() { Ok(()) } else { bail!("unknown command {task:?}") }
         }
@@ -164,6 +175,52 @@ fn test(args: &[String]) -> anyhow::Result<()> {
         ),
     }
     outcome
+}
+
+/// Runs every target of `fuzz/` for `seconds` each on the corpus kept in
+/// the repository; fails on the first crash (libFuzzer leaves the input in
+/// `fuzz/artifacts/`). Installs the nightly toolchain and cargo-fuzz first
+/// when they are missing.
+fn fuzz(seconds: u64) -> anyhow::Result<()> {
+    let has_nightly = Command::new("rustup")
+        .args(["run", "nightly", "rustc", "--version"])
+        .output()
+        .is_ok_and(|output| output.status.success());
+    if !has_nightly {
+        run_checked(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
+    }
+    let has_cargo_fuzz = Command::new("cargo")
+        .args(["+nightly", "fuzz", "--version"])
+        .output()
+        .is_ok_and(|output| output.status.success());
+    if !has_cargo_fuzz {
+        run_checked(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))?;
+    }
+    let listed = Command::new("cargo").args(["+nightly", "fuzz", "list"]).current_dir("fuzz").output()?;
+    let targets: Vec<String> = String::from_utf8_lossy(&listed.stdout).lines().map(str::to_owned).collect();
+    anyhow::ensure!(!targets.is_empty(), "cargo fuzz list found no targets");
+    for target in &targets {
+        run_checked(
+            Command::new("cargo")
+                .args(["+nightly", "fuzz", "run", target, "--"])
+                .arg(format!("-max_total_time={seconds}"))
+                // The plugin logs what it keeps (data issues) on stderr: libFuzzer keeps its own report.
+                .arg("-close_fd_mask=3")
+                .current_dir("fuzz"),
+        )
+        .with_context(|| format!("fuzz target {target} found a crash (see fuzz/artifacts/{target}/)"))?;
+    }
+    eprintln!("fuzzing: {} target(s), {seconds} s each, no crash", targets.len());
+    Ok(())
+}
+
+fn run_checked(command: &mut Command) -> anyhow::Result<()> {
+    eprintln!("+ {command:?}");
+    let status = command.env_remove("RUSTUP_TOOLCHAIN").status().with_context(|| format!("running {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} failed ({status})");
+    }
+    Ok(())
 }
 
 /// The database of the PostgreSQL suite and the multi-node tests.

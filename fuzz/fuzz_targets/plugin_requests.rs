@@ -1,0 +1,274 @@
+//! The Evotor plugin, natively, under sequences of requests built from real
+//! ones: every endpoint's request as the definitions and the test data show
+//! it, with credentials of the right, another or no user, and JSON edits or
+//! raw bytes in the body. After every answer: no panic, no 5xx (the in-memory
+//! store never fails), and every error answer has the Evotor error shape.
+#![no_main]
+
+use arbitrary::Arbitrary;
+use evotor_partner::Ctx;
+use evotor_partner::clock::ManualClock;
+use evotor_partner::config::MapConfig;
+use evotor_partner::http::{Request, Response};
+use evotor_partner::kv::MemKv;
+use libfuzzer_sys::fuzz_target;
+use serde_json::{Value, json};
+
+const USERS: [&str; 2] = ["01-000000000000001", "02-000000000000002"];
+const STORES: [&str; 2] = ["20170228-f4f1-401b-80fa-9ecca8451ffb", "20170228-f4f1-401b-80fa-9ecca8451ffc"];
+const DEVICE: &str = "5a188de4-49b8-4cb4-800e-eb6b5202437e";
+const SUBSCRIPTION: &str = "a99fbf70-6307-4acc-b61c-000000000001";
+
+const SELL: &str = include_str!("../../plugin/testdata/pos-docs/02-SELL.json");
+const V2_SELL: &str = include_str!("../../plugin/testdata/v2-docs/01-SELL.json");
+
+/// Who a request claims to be.
+#[derive(Arbitrary, Debug)]
+enum Auth {
+    None,
+    Server,
+    Partner,
+    /// The token of the step's user.
+    Own,
+    /// The token of the other user.
+    Other,
+    Raw(String),
+}
+
+/// A JSON value an edit puts somewhere in the body.
+#[derive(Arbitrary, Debug)]
+enum Leaf {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Text(String),
+    EmptyArray,
+    EmptyObject,
+    /// The node is removed.
+    Remove,
+}
+
+#[derive(Arbitrary, Debug)]
+struct Edit {
+    /// Which node of the body (taken modulo their number).
+    node: u16,
+    leaf: Leaf,
+}
+
+#[derive(Arbitrary, Debug)]
+enum Body {
+    AsIs,
+    Edited(Vec<Edit>),
+    /// Any bytes, JSON or not.
+    Raw(Vec<u8>),
+}
+
+#[derive(Arbitrary, Debug)]
+struct Step {
+    route: u8,
+    /// Use the other user, the other store.
+    other_user: bool,
+    other_store: bool,
+    auth: Auth,
+    body: Body,
+    query: Option<String>,
+    /// Seconds the clock moves before the step.
+    advance: u16,
+}
+
+/// A real request of route `n` for `user` and `store`: method, path, body.
+fn template(n: u8, user: &str, store: &str) -> (&'static str, String, Option<Value>) {
+    let relaxed = |text: &str| -> Value {
+        // The test data carries `//` comments: keep lines without them.
+        let lines: Vec<&str> = text.lines().map(|line| line.split(" //").next().unwrap_or(line)).collect();
+        serde_json::from_str(&lines.join("\n")).unwrap_or(Value::Null)
+    };
+    let product = json!({"uuid": "6c3bfd7a-4e1b-4c55-9d3e-0d7f0c1a0001", "group": false, "name": "Cider", "type": "NORMAL",
+                         "allowToSell": true, "measureName": "шт", "price": 99.9, "quantity": 3, "tax": "VAT_20",
+                         "barCodes": ["4600000000017"]});
+    match n % 19 {
+        0 => (
+            "POST",
+            "/api/v1/user/create".into(),
+            Some(json!({"userId": user, "username": "u", "password": "pw-1", "shop": "s"})),
+        ),
+        1 => ("POST", "/api/v1/user/verify".into(), Some(json!({"userId": user, "username": "u", "password": "pw-1"}))),
+        2 => ("POST", "/api/v1/user/token".into(), Some(json!({"userId": user, "token": "cloud-token"}))),
+        3 => (
+            "POST",
+            "/api/v1/subscription/event".into(),
+            Some(json!({
+            "subscriptionId": SUBSCRIPTION, "productId": "p", "userId": user, "sequenceNumber": 1,
+            "timestamp": "2026-11-01T10:00:00.000+0000", "type": "SubscriptionCreated", "planId": "basic",
+            "trialPeriodDuration": "P14DT", "nextBillingDate": "2026-12-01T00:00:00.000+0000", "deviceNumber": 1})),
+        ),
+        4 => (
+            "POST",
+            "/api/v2/installation/event".into(),
+            Some(json!({
+            "id": "i-1", "timestamp": 1_504_168_645_290u64, "version": 1, "type": "ApplicationInstalled",
+            "data": {"productId": "p", "userId": user}})),
+        ),
+        5 => (
+            "PUT",
+            "/api/v1/inventories/stores".into(),
+            Some(json!([{"uuid": store, "name": "Lavka", "address": "Moscow"}])),
+        ),
+        6 => (
+            "PUT",
+            "/api/v1/inventories/devices".into(),
+            Some(json!([{"uuid": DEVICE, "storeUuid": store, "name": "T2",
+                                                                         "imei": "1", "serialNumber": "2"}])),
+        ),
+        7 => (
+            "PUT",
+            "/api/v1/inventories/employees".into(),
+            Some(json!([{"uuid": "e1", "name": "Ivan", "stores": [store]}])),
+        ),
+        8 => ("GET", format!("/api/v1/inventories/stores/{store}/products"), None),
+        9 => ("POST", format!("/api/v1/inventories/stores/{store}/products"), Some(json!([product]))),
+        10 => ("PUT", format!("/api/v1/inventories/stores/{store}/documents"), Some(json!([relaxed(SELL)]))),
+        11 => ("PUT", "/".into(), Some(relaxed(V2_SELL))),
+        12 => (
+            "POST",
+            "/api/v1/receipts".into(),
+            Some(json!({"id": "ev-1", "timestamp": 1_700_000_000_000u64, "userId": user,
+            "type": "ReceiptCreated", "version": 2, "data": {"id": "r-1", "deviceId": DEVICE, "storeId": store,
+            "dateTime": "2026-11-01T10:00:00.000+0000", "type": "SELL", "items": [{"name": "Cider", "quantity": 1,
+            "price": 99.9, "sumPrice": 99.9}], "totalAmount": 99.9}})),
+        ),
+        13 => ("GET", format!("/partner/v1/users/{user}"), None),
+        14 => ("GET", "/partner/v1/feed".into(), None),
+        15 => ("GET", "/partner/v1/data-issues".into(), None),
+        16 => ("PUT", format!("/partner/v1/stores/{store}/products"), Some(json!([product]))),
+        17 => ("GET", format!("/partner/v1/stores/{store}/documents"), None),
+        _ => ("POST", format!("/partner/v1/users/{user}/subscriptions/{SUBSCRIPTION}/resolve-gap"), Some(json!({}))),
+    }
+}
+
+/// Every node of `value` by JSON pointer, the root first.
+fn pointers(value: &Value, at: String, out: &mut Vec<String>) {
+    out.push(at.clone());
+    match value {
+        Value::Object(map) => map.iter().for_each(|(key, child)| pointers(child, format!("{at}/{key}"), out)),
+        Value::Array(items) => {
+            items.iter().enumerate().for_each(|(i, child)| pointers(child, format!("{at}/{i}"), out))
+        }
+        _ => {}
+    }
+}
+
+fn edit(body: &mut Value, edit: Edit) {
+    let mut nodes = Vec::new();
+    pointers(body, String::new(), &mut nodes);
+    let pointer = &nodes[usize::from(edit.node) % nodes.len()];
+    let leaf = match edit.leaf {
+        Leaf::Null => Value::Null,
+        Leaf::Bool(b) => Value::Bool(b),
+        Leaf::Int(n) => json!(n),
+        Leaf::Float(f) => serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number),
+        Leaf::Text(text) => Value::String(text),
+        Leaf::EmptyArray => json!([]),
+        Leaf::EmptyObject => json!({}),
+        Leaf::Remove => {
+            if let Some((parent, key)) = pointer.rsplit_once('/') {
+                match body.pointer_mut(parent) {
+                    Some(Value::Object(map)) => drop(map.remove(key)),
+                    Some(Value::Array(items)) => {
+                        if let Ok(i) = key.parse::<usize>() {
+                            if i < items.len() {
+                                items.remove(i);
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            return;
+        }
+    };
+    if let Some(node) = body.pointer_mut(pointer) {
+        *node = leaf;
+    }
+}
+
+struct World {
+    kv: MemKv,
+    config: MapConfig,
+    clock: ManualClock,
+}
+
+impl World {
+    fn call(&self, request: &Request) -> Response {
+        let ctx = Ctx { kv: &self.kv, config: &self.config, clock: &self.clock };
+        evotor_partner::handle(&ctx, request)
+    }
+}
+
+fn check(step: &str, response: &Response) {
+    assert!(response.status < 500, "{step}: {} {}", response.status, String::from_utf8_lossy(&response.body));
+    if response.status >= 400 {
+        let body: Value = serde_json::from_slice(&response.body).expect("an error answer is JSON");
+        let first = &body["errors"][0];
+        assert!(first["code"].is_u64() && first["reason"].is_string(), "{step}: not the Evotor error shape: {body}");
+    }
+}
+
+fuzz_target!(|steps: Vec<Step>| {
+    let world = World {
+        kv: MemKv::default(),
+        config: MapConfig::from([
+            ("server_bearer_token", "srv"),
+            ("partner_api_token", "partner"),
+            ("password_argon2_memory_kib", "8"),
+            ("password_argon2_iterations", "1"),
+        ]),
+        clock: ManualClock::at(1_790_000_000),
+    };
+    // Both users exist, with a token each, before the steps.
+    let mut tokens = Vec::new();
+    for user in USERS {
+        let (_, path, body) = template(0, user, STORES[0]);
+        let request = Request::new("POST", &path).header("authorization", "Bearer srv").json(&body.unwrap_or_default());
+        let answer = world.call(&request);
+        tokens.push(
+            serde_json::from_slice::<Value>(&answer.body).ok().and_then(|b| b["token"].as_str().map(str::to_owned)),
+        );
+    }
+    for step in steps.into_iter().take(24) {
+        world.clock.advance(u64::from(step.advance));
+        let who = usize::from(step.other_user);
+        let (method, path, template_body) = template(step.route, USERS[who], STORES[usize::from(step.other_store)]);
+        let target = match &step.query {
+            Some(query) => format!("{path}?{query}"),
+            None => path,
+        };
+        let mut request = Request::new(method, &target);
+        let token = |n: usize| tokens[n].clone().unwrap_or_default();
+        let authorization = match step.auth {
+            Auth::None => None,
+            Auth::Server => Some("Bearer srv".to_owned()),
+            Auth::Partner => Some("Bearer partner".to_owned()),
+            Auth::Own => Some(format!("Bearer {}", token(who))),
+            Auth::Other => Some(format!("Bearer {}", token(1 - who))),
+            Auth::Raw(raw) => Some(raw),
+        };
+        if let Some(value) = authorization {
+            request = request.header("authorization", &value);
+        }
+        match (step.body, template_body) {
+            (Body::Raw(bytes), _) => request.body = bytes,
+            (_, None) => {}
+            (Body::AsIs, Some(body)) => request = request.json(&body),
+            (Body::Edited(edits), Some(mut body)) => {
+                for one in edits.into_iter().take(8) {
+                    edit(&mut body, one);
+                }
+                request = request.json(&body);
+            }
+        }
+        let answer = world.call(&request);
+        check(&format!("{method} {target}"), &answer);
+    }
+});
