@@ -627,11 +627,43 @@ fn publish_to_fleet(
     state: &State,
     artifacts: Vec<(String, Vec<u8>)>,
 ) -> anyhow::Result<Option<u64>> {
-    let mut writes = Vec::new();
-    for (sha, bytes) in artifacts {
-        writes.push(crate::kv::Write::Set(fleet_artifact_key(name, &sha), bytes));
+    let json = serde_json::to_vec(state).context("encoding the state")?;
+    // Another node publishing at the same moment makes a serializable store
+    // refuse one of the two commits: the later one simply goes again.
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        // The state as it was when the artifacts were listed: a publication
+        // in between makes this one go again, so it never deletes an
+        // artifact the other one names.
+        let check = match backend.get(FLEET_NS, &fleet_state_key(name)).context("reading the fleet state")? {
+            Some(entry) => crate::kv::Check::VersionIs(fleet_state_key(name), entry.version),
+            None => crate::kv::Check::Absent(fleet_state_key(name)),
+        };
+        let writes = fleet_writes(backend, name, state, &artifacts, &json)?;
+        match backend.commit(FLEET_NS, &[check], &writes) {
+            Ok(()) => break,
+            Err(crate::kv::KvError::Conflict) if attempts < 20 => continue,
+            Err(err) => return Err(err).context("publishing the deploy to the shared store"),
+        }
     }
-    // Artifacts no longer named by the state go (they are megabytes each).
+    let stored = backend.get(FLEET_NS, &fleet_state_key(name)).context("reading the published state back")?;
+    Ok(stored.filter(|entry| entry.value == json).map(|entry| entry.version))
+}
+
+/// The writes that publish `state`: its artifacts, the state itself, and
+/// the deletion of artifacts the state no longer names (megabytes each).
+fn fleet_writes(
+    backend: &dyn Backend,
+    name: &str,
+    state: &State,
+    artifacts: &[(String, Vec<u8>)],
+    json: &[u8],
+) -> anyhow::Result<Vec<crate::kv::Write>> {
+    let mut writes: Vec<crate::kv::Write> = artifacts
+        .iter()
+        .map(|(sha, bytes)| crate::kv::Write::Set(fleet_artifact_key(name, sha), bytes.clone()))
+        .collect();
     let kept: Vec<String> = state.versions().map(|record| fleet_artifact_key(name, &record.sha256)).collect();
     let prefix = fleet_artifact_key(name, "");
     let mut after: Option<String> = None;
@@ -645,11 +677,8 @@ fn publish_to_fleet(
             page.into_iter().filter(|(key, _)| !kept.contains(key)).map(|(key, _)| crate::kv::Write::Delete(key)),
         );
     }
-    let json = serde_json::to_vec(state).context("encoding the state")?;
-    writes.push(crate::kv::Write::Set(fleet_state_key(name), json.clone()));
-    backend.commit(FLEET_NS, &[], &writes).context("publishing the deploy to the shared store")?;
-    let stored = backend.get(FLEET_NS, &fleet_state_key(name)).context("reading the published state back")?;
-    Ok(stored.filter(|entry| entry.value == json).map(|entry| entry.version))
+    writes.push(crate::kv::Write::Set(fleet_state_key(name), json.to_vec()));
+    Ok(writes)
 }
 
 /// The artifact `sha256` of plugin `name`: from this node's files, or from
@@ -723,10 +752,12 @@ mod tests {
         assert!(!files.dir.join("state.tmp").exists(), "no temp file left behind");
     }
 
-    /// A store where another node publishes right after this node's commit.
+    /// A store where another node publishes right after this node's commit
+    /// (before its second read of the state: the read-back).
     struct Interleaved {
         inner: crate::kv::MemoryBackend,
         other: Mutex<Option<State>>,
+        reads: std::sync::atomic::AtomicUsize,
     }
 
     impl Backend for Interleaved {
@@ -734,7 +765,8 @@ mod tests {
             "interleaved".into()
         }
         fn get(&self, ns: &str, key: &str) -> Result<Option<crate::kv::Entry>, crate::kv::KvError> {
-            if let Some(other) = self.other.lock().expect("lock").take() {
+            let second = self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 1;
+            if let Some(other) = second.then(|| self.other.lock().expect("lock").take()).flatten() {
                 publish_to_fleet(&self.inner, "p", &other, Vec::new()).expect("the other node publishes");
             }
             self.inner.get(ns, key)
@@ -766,10 +798,14 @@ mod tests {
     fn a_later_publication_by_another_node_is_not_taken_for_ours() {
         let ours = State { active: record("a"), previous: vec![] };
         let theirs = State { active: record("b"), previous: vec![record("a")] };
-        let alone = Interleaved { inner: Default::default(), other: Mutex::new(None) };
+        let alone = Interleaved { inner: Default::default(), other: Mutex::new(None), reads: Default::default() };
         let seen = publish_to_fleet(&alone, "p", &ours, vec![]).expect("publish");
         assert!(seen.is_some(), "our own publication is seen");
-        let raced = Interleaved { inner: Default::default(), other: Mutex::new(Some(theirs.clone())) };
+        let raced = Interleaved {
+            inner: Default::default(),
+            other: Mutex::new(Some(theirs.clone())),
+            reads: Default::default(),
+        };
         let seen = publish_to_fleet(&raced, "p", &ours, vec![]).expect("publish");
         assert_eq!(seen, None, "theirs landed after ours: still to be followed");
         let stored = raced.inner.get(FLEET_NS, &fleet_state_key("p")).expect("get").expect("state");
