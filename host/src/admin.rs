@@ -240,16 +240,15 @@ fn outcome(result: Result<crate::deploy::Outcome, DeployError>) -> Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kv::{Backend, Check, Entry, KvError, MemoryBackend, Write};
+    use crate::kv::{Backend, Hooked, KvError, MemoryBackend};
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    /// A store whose ping hangs until released (a database that accepts TCP and never answers).
+    /// A ping that hangs until released (a database that accepts TCP and never answers).
     #[derive(Default)]
     struct Hanging {
         pings: AtomicUsize,
         released: std::sync::Mutex<bool>,
         wake: std::sync::Condvar,
-        data: MemoryBackend,
     }
 
     impl Hanging {
@@ -257,28 +256,7 @@ mod tests {
             *self.released.lock().expect("lock") = true;
             self.wake.notify_all();
         }
-    }
 
-    impl Backend for Hanging {
-        fn describe(&self) -> String {
-            "hanging".into()
-        }
-        fn get(&self, ns: &str, key: &str) -> Result<Option<Entry>, KvError> {
-            self.data.get(ns, key)
-        }
-        fn scan(
-            &self,
-            ns: &str,
-            prefix: &str,
-            after: Option<&str>,
-            limit: usize,
-            max_bytes: usize,
-        ) -> Result<Vec<(String, Entry)>, KvError> {
-            self.data.scan(ns, prefix, after, limit, max_bytes)
-        }
-        fn commit(&self, ns: &str, checks: &[Check], writes: &[Write]) -> Result<(), KvError> {
-            self.data.commit(ns, checks, writes)
-        }
         fn ping(&self) -> Result<(), KvError> {
             self.pings.fetch_add(1, Ordering::SeqCst);
             let mut released = self.released.lock().expect("lock");
@@ -292,7 +270,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_store_that_never_answers_is_not_ready_within_the_timeout_and_holds_one_thread() {
         let hanging = Arc::new(Hanging::default());
-        let backend: Arc<dyn Backend> = hanging.clone();
+        let pinged = hanging.clone();
+        let backend: Arc<dyn Backend> =
+            Arc::new(Hooked { ping: Some(Box::new(move || pinged.ping())), ..Default::default() });
         let probe = Arc::new(StoreProbe::default());
         let started = Instant::now();
         // More probes than worker threads: a blocking ping on the async threads would stall them all.

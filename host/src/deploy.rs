@@ -752,60 +752,27 @@ mod tests {
         assert!(!files.dir.join("state.tmp").exists(), "no temp file left behind");
     }
 
-    /// A store where another node publishes right after this node's commit
-    /// (before its second read of the state: the read-back).
-    struct Interleaved {
-        inner: crate::kv::MemoryBackend,
-        other: Mutex<Option<State>>,
-        reads: std::sync::atomic::AtomicUsize,
-    }
-
-    impl Backend for Interleaved {
-        fn describe(&self) -> String {
-            "interleaved".into()
-        }
-        fn get(&self, ns: &str, key: &str) -> Result<Option<crate::kv::Entry>, crate::kv::KvError> {
-            let second = self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 1;
-            if let Some(other) = second.then(|| self.other.lock().expect("lock").take()).flatten() {
-                publish_to_fleet(&self.inner, "p", &other, Vec::new()).expect("the other node publishes");
+    /// A store where another node publishes `other` right after this
+    /// node's commit (before its second read of the state: the read-back).
+    fn interleaved(other: Option<State>) -> crate::kv::Hooked {
+        let (other, reads) = (Mutex::new(other), std::sync::atomic::AtomicUsize::new(0));
+        let before_get = move |inner: &crate::kv::MemoryBackend| {
+            let second = reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 1;
+            if let Some(other) = second.then(|| other.lock().expect("lock").take()).flatten() {
+                publish_to_fleet(inner, "p", &other, Vec::new()).expect("the other node publishes");
             }
-            self.inner.get(ns, key)
-        }
-        fn scan(
-            &self,
-            ns: &str,
-            prefix: &str,
-            after: Option<&str>,
-            limit: usize,
-            max_bytes: usize,
-        ) -> Result<Vec<(String, crate::kv::Entry)>, crate::kv::KvError> {
-            self.inner.scan(ns, prefix, after, limit, max_bytes)
-        }
-        fn commit(
-            &self,
-            ns: &str,
-            checks: &[crate::kv::Check],
-            writes: &[crate::kv::Write],
-        ) -> Result<(), crate::kv::KvError> {
-            self.inner.commit(ns, checks, writes)
-        }
-        fn ping(&self) -> Result<(), crate::kv::KvError> {
-            Ok(())
-        }
+        };
+        crate::kv::Hooked { before_get: Some(Box::new(before_get)), ..Default::default() }
     }
 
     #[test]
     fn a_later_publication_by_another_node_is_not_taken_for_ours() {
         let ours = State { active: record("a"), previous: vec![] };
         let theirs = State { active: record("b"), previous: vec![record("a")] };
-        let alone = Interleaved { inner: Default::default(), other: Mutex::new(None), reads: Default::default() };
+        let alone = interleaved(None);
         let seen = publish_to_fleet(&alone, "p", &ours, vec![]).expect("publish");
         assert!(seen.is_some(), "our own publication is seen");
-        let raced = Interleaved {
-            inner: Default::default(),
-            other: Mutex::new(Some(theirs.clone())),
-            reads: Default::default(),
-        };
+        let raced = interleaved(Some(theirs.clone()));
         let seen = publish_to_fleet(&raced, "p", &ours, vec![]).expect("publish");
         assert_eq!(seen, None, "theirs landed after ours: still to be followed");
         let stored = raced.inner.get(FLEET_NS, &fleet_state_key("p")).expect("get").expect("state");

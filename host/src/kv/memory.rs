@@ -81,3 +81,52 @@ impl Backend for MemoryBackend {
         Ok(())
     }
 }
+
+/// A hook run before each `get` of a [`Hooked`] store, with its data.
+#[cfg(test)]
+pub(crate) type GetHook = Box<dyn Fn(&MemoryBackend) + Send + Sync>;
+
+/// A memory store with hooks on `get` and `ping`, for tests of what
+/// surrounds a store (a ping that hangs, a write that lands between two reads).
+#[cfg(test)]
+#[derive(Default)]
+pub(crate) struct Hooked {
+    pub(crate) inner: MemoryBackend,
+    /// Runs before each `get`, with the data.
+    pub(crate) before_get: Option<GetHook>,
+    /// Answers `ping` instead of the memory store.
+    pub(crate) ping: Option<Box<dyn Fn() -> Result<(), KvError> + Send + Sync>>,
+}
+
+#[cfg(test)]
+impl Backend for Hooked {
+    fn describe(&self) -> String {
+        "memory with test hooks".into()
+    }
+
+    fn get(&self, ns: &str, key: &str) -> Result<Option<Entry>, KvError> {
+        if let Some(hook) = &self.before_get {
+            hook(&self.inner);
+        }
+        self.inner.get(ns, key)
+    }
+
+    fn scan(
+        &self,
+        ns: &str,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<(String, Entry)>, KvError> {
+        self.inner.scan(ns, prefix, start_after, limit, max_bytes)
+    }
+
+    fn commit(&self, ns: &str, checks: &[Check], writes: &[Write]) -> Result<(), KvError> {
+        self.inner.commit(ns, checks, writes)
+    }
+
+    fn ping(&self) -> Result<(), KvError> {
+        self.ping.as_ref().map_or(Ok(()), |ping| ping())
+    }
+}

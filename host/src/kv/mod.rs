@@ -10,6 +10,8 @@ mod memory;
 mod postgres;
 mod redb;
 
+#[cfg(test)]
+pub(crate) use self::memory::Hooked;
 pub use self::memory::MemoryBackend;
 pub use self::postgres::{PostgresBackend, PostgresOptions};
 pub use self::redb::RedbBackend;
