@@ -23,13 +23,17 @@ fn write_pair(dir: &Path, cert: &str, key: &str) {
     std::fs::write(dir.join("key.pem"), key).expect("key");
 }
 
-fn tls_gateway(dir: &Path) -> Gateway {
-    let tls = format!(
-        "[tls]\ncert = {}\nkey = {}\n",
+/// The TOML table `section` (`tls`, `admin.tls`) naming the pair in `dir`.
+fn tls_table(section: &str, dir: &Path) -> String {
+    format!(
+        "[{section}]\ncert = {}\nkey = {}\n",
         toml_str(&dir.join("cert.pem").to_string_lossy()),
         toml_str(&dir.join("key.pem").to_string_lossy())
-    );
-    Gateway::guest(&tls, "")
+    )
+}
+
+fn tls_gateway(dir: &Path) -> Gateway {
+    Gateway::guest(&tls_table("tls", dir), "")
 }
 
 fn addr(gateway: &Gateway) -> String {
@@ -159,12 +163,8 @@ fn idle_and_silent_http2_connections_are_closed_and_busy_ones_kept() {
     let dir = tempfile::tempdir().expect("dir");
     let (cert, key, der) = certificate();
     write_pair(dir.path(), &cert, &key);
-    let tls = format!(
-        "[limits]\nheader_read_timeout_ms = 600\n[tls]\ncert = {}\nkey = {}\n",
-        toml_str(&dir.path().join("cert.pem").to_string_lossy()),
-        toml_str(&dir.path().join("key.pem").to_string_lossy())
-    );
-    let gateway = Gateway::guest(&tls, "");
+    let gateway =
+        Gateway::guest(&format!("[limits]\nheader_read_timeout_ms = 600\n{}", tls_table("tls", dir.path())), "");
 
     // A client that negotiates h2 and never sends the preface.
     let name = ServerName::try_from("localhost").expect("name");
@@ -249,12 +249,7 @@ fn the_admin_listener_speaks_https_with_admin_tls_and_the_cli_reaches_it() {
     let dir = tempfile::tempdir().expect("dir");
     let (cert, key, der) = certificate();
     write_pair(dir.path(), &cert, &key);
-    let admin_tls = format!(
-        "[admin.tls]\ncert = {}\nkey = {}\n",
-        toml_str(&dir.path().join("cert.pem").to_string_lossy()),
-        toml_str(&dir.path().join("key.pem").to_string_lossy())
-    );
-    let gateway = Gateway::guest(&admin_tls, "");
+    let gateway = Gateway::guest(&tls_table("admin.tls", dir.path()), "");
     assert!(gateway.admin.starts_with("https://"), "{}", gateway.admin);
     let admin_addr = gateway.admin.trim_start_matches("https://").to_owned();
 

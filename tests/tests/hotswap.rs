@@ -352,6 +352,6 @@ fn a_gateway_killed_during_deploys_restarts_on_a_consistent_version() {
             assert_eq!(state["active"]["sha256"], live.as_str(), "round {round}: state.json names what is served");
         }
         let artifact = std::fs::read(dir.join(format!("{live}.wasm"))).expect("the live artifact is kept");
-        assert!(builds.iter().any(|build| *build == artifact), "round {round}: the artifact is whole");
+        assert!(builds.contains(&artifact), "round {round}: the artifact is whole");
     }
 }
