@@ -205,11 +205,16 @@ impl Admin {
 
     async fn deploy(&self, name: &str, req: hyper::Request<Incoming>) -> Reply {
         let max = self.app.deployer.max_bytes();
+        let too_large = || problem(StatusCode::PAYLOAD_TOO_LARGE, &format!("the component is over {max} bytes"));
+        // A declared length over the limit is answered before any of the body is read.
+        let declared =
+            req.headers().get(hyper::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > max as u64) {
+            return too_large();
+        }
         let body = match Limited::new(req.into_body(), max).collect().await {
             Ok(body) => body.to_bytes(),
-            Err(err) if err.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
-                return problem(StatusCode::PAYLOAD_TOO_LARGE, &format!("the component is over {max} bytes"));
-            }
+            Err(err) if err.downcast_ref::<http_body_util::LengthLimitError>().is_some() => return too_large(),
             Err(_) => return problem(StatusCode::BAD_REQUEST, "the upload could not be read"),
         };
         outcome(self.app.deployer.deploy(name, body.to_vec()).await)
