@@ -2,7 +2,9 @@
 //! ones: every endpoint's request as the definitions and the test data show
 //! it, with credentials of the right, another or no user, and JSON edits or
 //! raw bytes in the body. After every answer: no panic, no 5xx (the in-memory
-//! store never fails), and every error answer has the Evotor error shape.
+//! store never fails), every error answer has the Evotor error shape, a
+//! request made with one user's token left every record of the other user
+//! untouched, and every index agrees with its records.
 #![no_main]
 
 use arbitrary::Arbitrary;
@@ -11,8 +13,10 @@ use evotor_partner::clock::ManualClock;
 use evotor_partner::config::MapConfig;
 use evotor_partner::http::{Request, Response};
 use evotor_partner::kv::MemKv;
+use evotor_partner::kv::Kv as _;
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Value, json};
+use std::collections::BTreeMap;
 
 const USERS: [&str; 2] = ["01-000000000000001", "02-000000000000002"];
 const STORES: [&str; 2] = ["20170228-f4f1-401b-80fa-9ecca8451ffb", "20170228-f4f1-401b-80fa-9ecca8451ffc"];
@@ -215,6 +219,32 @@ fn check(step: &str, response: &Response) {
     }
 }
 
+/// Every record of `user` with its version: the user's own keys and those of
+/// the stores it owns.
+fn records_of(kv: &MemKv, user: &str) -> BTreeMap<String, u64> {
+    let keys = kv.keys();
+    let stores: Vec<&str> = keys
+        .iter()
+        .filter_map(|key| key.strip_prefix("owners/store/"))
+        .filter(|store| {
+            let owner = kv.get(&format!("owners/store/{store}")).ok().flatten();
+            owner.and_then(|entry| serde_json::from_slice::<Value>(&entry.value).ok()).is_some_and(|o| o["userId"] == user)
+        })
+        .collect();
+    let mine = |key: &str| {
+        key == format!("users/{user}")
+            || key.starts_with(&format!("user/{user}/"))
+            || (key.starts_with("receipts/") && key.ends_with(&format!("/{user}")))
+            || stores.iter().any(|store| {
+                ["docs", "cat", "rcpts"].iter().any(|head| key.starts_with(&format!("{head}/{store}/")))
+            })
+    };
+    keys.iter()
+        .filter(|key| mine(key))
+        .filter_map(|key| Some((key.clone(), kv.get(key).ok()??.version)))
+        .collect()
+}
+
 fuzz_target!(|steps: Vec<Step>| {
     let world = World {
         kv: MemKv::default(),
@@ -246,6 +276,13 @@ fuzz_target!(|steps: Vec<Step>| {
         };
         let mut request = Request::new(method, &target);
         let token = |n: usize| tokens[n].clone().unwrap_or_default();
+        // Whose records a user token must leave alone: the user it does not belong to.
+        let bystander = match step.auth {
+            Auth::Own => Some(USERS[1 - who]),
+            Auth::Other => Some(USERS[who]),
+            _ => None,
+        };
+        let before = bystander.map(|user| records_of(&world.kv, user));
         let authorization = match step.auth {
             Auth::None => None,
             Auth::Server => Some("Bearer srv".to_owned()),
@@ -270,5 +307,11 @@ fuzz_target!(|steps: Vec<Step>| {
         }
         let answer = world.call(&request);
         check(&format!("{method} {target}"), &answer);
+        if let (Some(user), Some(before)) = (bystander, before) {
+            let after = records_of(&world.kv, user);
+            assert!(before == after, "{method} {target} with another user's token changed {user}'s records");
+        }
+        let problems = evotor_partner::audit::problems(&world.kv);
+        assert!(problems.is_empty(), "after {method} {target}: {problems:?}");
     }
 });

@@ -83,6 +83,11 @@ pub struct StoreConfig {
     /// PEM file of extra CA certificates trusted for `sslmode=require`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_ca: Option<RelativePathBuf>,
+    /// Store calls that fail on purpose, for the test suite (only in builds
+    /// with the `fault-injection` feature).
+    #[cfg(feature = "fault-injection")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub faults: Option<crate::kv::FaultsConfig>,
 }
 
 impl StoreConfig {
@@ -189,6 +194,8 @@ impl Default for Config {
                 connect_timeout_ms: 5000,
                 statement_timeout_ms: 10_000,
                 tls_ca: None,
+                #[cfg(feature = "fault-injection")]
+                faults: None,
             },
             limits: LimitsConfig {
                 max_body_bytes: 32 * 1024 * 1024,
@@ -231,6 +238,18 @@ impl Config {
             anyhow::ensure!(file.is_file(), "config file {} does not exist", file.display());
             figment = figment.merge(Toml::file_exact(file));
         }
+        Self::extract(figment)
+    }
+
+    /// [`Config::load`] with the file's contents given as text (paths are
+    /// then relative to the working directory).
+    #[cfg(fuzzing)]
+    pub fn load_toml(text: &str) -> anyhow::Result<Self> {
+        Self::extract(Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text)))
+    }
+
+    /// Merges the environment over `figment`, then reads and checks the result.
+    fn extract(figment: Figment) -> anyhow::Result<Self> {
         let config: Config = figment
             // LOG, CONFIG and ADMIN_* are the CLI's; TEST_POSTGRES_URL is the test suites'.
             .merge(

@@ -70,7 +70,7 @@ impl Registry {
     /// The slot serving `path`: the longest route that is `path` itself or a
     /// whole-segment prefix of it (`/a` serves `/a` and `/a/b`, not `/ab`).
     pub fn route(&self, path: &str) -> Option<&Arc<Slot>> {
-        self.slots.iter().find(|slot| route_matches(&slot.route, path))
+        self.slots.iter().find(|slot| crate::edge::route_matches(&slot.route, path))
     }
 
     /// Every slot, longest route first.
@@ -79,13 +79,9 @@ impl Registry {
     }
 }
 
-fn route_matches(route: &str, path: &str) -> bool {
-    route == "/" || path.strip_prefix(route).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-}
-
 #[cfg(test)]
 mod tests {
-    use super::route_matches;
+    use crate::edge::route_matches;
 
     #[test]
     fn routes_match_whole_segments_only() {

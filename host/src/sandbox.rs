@@ -37,7 +37,7 @@ mod generated_0_1 {
     });
 }
 
-pub use generated::evogate::plugin0_2_0::types::{Request, Response};
+pub use crate::edge::{Request, Response};
 use generated::evogate::plugin0_2_0::{config as wit_config, kv as wit_kv, types as wit_types};
 use generated_0_1::evogate::plugin0_1_0 as v0_1;
 
@@ -265,7 +265,17 @@ impl PluginVersion {
         let mut store = self.new_store(timeout, request_id);
         let result = match &self.pre {
             Pre::Current(pre) => match pre.instantiate_async(&mut store).await {
-                Ok(plugin) => plugin.evogate_plugin0_2_0_handler().call_handle(&mut store, &request).await,
+                Ok(plugin) => {
+                    let Request { method, path, query, headers, body } = request;
+                    let request =
+                        generated::evogate::plugin0_2_0::types::Request { method, path, query, headers, body };
+                    let handler = plugin.evogate_plugin0_2_0_handler();
+                    handler.call_handle(&mut store, &request).await.map(|answer| Response {
+                        status: answer.status,
+                        headers: answer.headers,
+                        body: answer.body,
+                    })
+                }
                 Err(err) => Err(err),
             },
             Pre::First(pre) => match pre.instantiate_async(&mut store).await {

@@ -43,7 +43,7 @@ pub const MAX_BATCH: usize = 10_000;
 /// Largest `size` of an Evotor page.
 pub const MAX_PAGE_SIZE: u64 = 10_000;
 /// A directory range is split once it holds more than this many items…
-const SPLIT_ABOVE: u64 = 1024;
+pub(crate) const SPLIT_ABOVE: u64 = 1024;
 /// …into ranges of this many; neighbours that fit in one are merged.
 const RANGE_TARGET: usize = 512;
 
@@ -134,7 +134,7 @@ struct Orphan {
     parent_uuid: String,
 }
 
-fn barcodes_of(product: &Value) -> Vec<String> {
+pub(crate) fn barcodes_of(product: &Value) -> Vec<String> {
     let mut codes: Vec<String> = product
         .get("barCodes")
         .and_then(Value::as_array)
@@ -145,7 +145,7 @@ fn barcodes_of(product: &Value) -> Vec<String> {
     codes
 }
 
-fn parent_of(product: &Value) -> Option<String> {
+pub(crate) fn parent_of(product: &Value) -> Option<String> {
     product.get("parentUuid").and_then(Value::as_str).map(str::to_owned)
 }
 

@@ -23,6 +23,7 @@
 //! write); it never rewrites data in bulk.
 
 pub mod accounts;
+pub mod audit;
 pub mod auth;
 pub mod billing;
 pub mod catalog;

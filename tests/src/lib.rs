@@ -5,6 +5,8 @@
 //! Paths can be overridden with `EVOGATE_BIN`, `EVOTOR_PLUGIN_WASM` and
 //! `TEST_GUEST_WASM`.
 
+pub mod stream;
+
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -79,7 +81,16 @@ impl Gateway {
     /// [`Gateway::start`], the process started through `wrapper` (a program
     /// and its arguments that execs the rest, e.g. `prlimit --nofile=…`).
     pub fn start_under(wrapper: &[&str], config: &str) -> Self {
+        Self::start_prepared(wrapper, |_| {}, config)
+    }
+
+    /// [`Gateway::start_under`], `prepare` run first with the data
+    /// directory the gateway will use (created, empty), e.g. to mount a
+    /// small file system there.
+    pub fn start_prepared(wrapper: &[&str], prepare: impl FnOnce(&Path), config: &str) -> Self {
         let data = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir(data.path().join("data")).expect("data dir");
+        prepare(&data.path().join("data"));
         let path = data.path().join("evogate.toml");
         let full = format!(
             "listen = \"127.0.0.1:0\"\ndata_dir = {}\n{config}",

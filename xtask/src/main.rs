@@ -141,10 +141,16 @@ fn build_plugins() -> anyhow::Result<()> {
 /// workspace in one invocation. Building tests resolves the dependencies'
 /// features with the dev-dependencies; building the gateway alone would
 /// resolve them another way and compile wasmtime a second time.
+///
+/// The tests' gateway has the `fault-injection` feature (`[store.faults]`,
+/// configured by the fault-injection suite only); `build` leaves it out.
 fn build_for_tests() -> anyhow::Result<()> {
     build_plugins()?;
-    cargo(&["build", "--release", "--workspace", "--all-targets"])
+    cargo(&["build", "--release", "--workspace", "--all-targets", "--features", TEST_FEATURES])
 }
+
+/// Features of the build the tests run.
+const TEST_FEATURES: &str = "evogate/fault-injection";
 
 fn run(args: &[String]) -> anyhow::Result<()> {
     let mut serve: Vec<String> = vec!["serve".into()];
@@ -162,7 +168,7 @@ fn run(args: &[String]) -> anyhow::Result<()> {
 
 fn test(args: &[String]) -> anyhow::Result<()> {
     // Release, like the artifacts the end-to-end tests drive: one build serves both.
-    let mut test_args = vec!["test", "--release", "--workspace"];
+    let mut test_args = vec!["test", "--release", "--workspace", "--features", TEST_FEATURES];
     test_args.extend(args.iter().map(String::as_str));
     let postgres = std::env::var(POSTGRES_URL_VAR).ok().filter(|url| !url.is_empty());
     let outcome = cargo(&test_args);

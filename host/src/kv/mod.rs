@@ -6,10 +6,14 @@
 //! scan cap, namespaces — lives in [`Namespace`], the one dispatch layer the
 //! sandbox talks to, so no backend can forget it.
 
+#[cfg(feature = "fault-injection")]
+mod faults;
 mod memory;
 mod postgres;
 mod redb;
 
+#[cfg(feature = "fault-injection")]
+pub use self::faults::{FaultsConfig, Faulty};
 #[cfg(test)]
 pub(crate) use self::memory::Hooked;
 pub use self::memory::MemoryBackend;
@@ -178,11 +182,16 @@ pub enum BackendKind {
 
 /// Opens the configured backend.
 pub fn open(store: &crate::config::StoreConfig, data_dir: &std::path::Path) -> anyhow::Result<Arc<dyn Backend>> {
-    Ok(match store.backend {
+    let backend: Arc<dyn Backend> = match store.backend {
         BackendKind::Memory => Arc::new(MemoryBackend::default()),
         BackendKind::Redb => Arc::new(RedbBackend::open(&data_dir.join("evogate.redb"))?),
         BackendKind::Postgres => Arc::new(PostgresBackend::open(&store.postgres_options()?)?),
-    })
+    };
+    #[cfg(feature = "fault-injection")]
+    if let Some(faults) = &store.faults {
+        return Ok(Arc::new(Faulty::new(backend, faults.clone())));
+    }
+    Ok(backend)
 }
 
 /// One plugin's view of the store: its namespace plus every limit.

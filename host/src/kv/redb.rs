@@ -3,17 +3,33 @@
 //! A value is stored as its 8-byte version followed by the bytes. Versions
 //! come from one counter in the `evogate:meta` table, bumped by every commit,
 //! so a version is never reused even after a key is deleted and re-created.
+//!
+//! After an I/O error (a full disk, say) redb refuses every later call until
+//! the database is closed and opened again, which repairs it. The backend
+//! does that itself: calls answer `unavailable` until the file opens again,
+//! then the same process serves on, no restart needed.
 
 use super::{Backend, Check, Entry, KvError, Page, Write, decode_entry, encode_entry, scan_start};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableError};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 const META: TableDefinition<'static, &str, u64> = TableDefinition::new("evogate:meta");
 const LAST_VERSION: &str = "last_version";
 
+/// How often a database that failed to open again is retried.
+const REOPEN_EVERY: Duration = Duration::from_millis(200);
+
 /// A redb database file shared by every plugin.
 pub struct RedbBackend {
-    db: Database,
+    /// `None` while the file, closed after an I/O error, could not be opened again.
+    db: RwLock<Option<Database>>,
+    /// Set by a call that met an I/O error: the database must be reopened.
+    broken: AtomicBool,
+    /// When reopening was last tried.
+    reopened: Mutex<Option<Instant>>,
     path: PathBuf,
 }
 
@@ -31,7 +47,72 @@ impl RedbBackend {
             std::fs::create_dir_all(dir).with_context(|| format!("creating data directory {}", dir.display()))?;
         }
         let db = Database::create(path).with_context(|| format!("opening redb store {}", path.display()))?;
-        Ok(Self { db, path: path.to_owned() })
+        Ok(Self {
+            db: RwLock::new(Some(db)),
+            broken: AtomicBool::new(false),
+            reopened: Mutex::new(None),
+            path: path.to_owned(),
+        })
+    }
+
+    /// Runs `call` on the open database; reopens it first or after when an I/O error broke it.
+    fn with_db<T>(&self, call: impl FnOnce(&Database) -> Result<T, KvError>) -> Result<T, KvError> {
+        if self.broken.load(Ordering::Acquire) {
+            self.reopen();
+        }
+        let result = {
+            let db = self.db.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+            match db.as_ref() {
+                Some(db) => call(db),
+                None => Err(KvError::Unavailable(format!(
+                    "redb store {} is closed after an I/O error and could not be opened again yet",
+                    self.path.display()
+                ))),
+            }
+        };
+        if self.broken.load(Ordering::Acquire) {
+            self.reopen();
+        }
+        result
+    }
+
+    /// Closes the database and opens it again (redb repairs it on open), at
+    /// most every [`REOPEN_EVERY`]; calls in progress finish first.
+    fn reopen(&self) {
+        {
+            let mut last = self.reopened.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if last.is_some_and(|at| at.elapsed() < REOPEN_EVERY) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        let mut db = self.db.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !self.broken.load(Ordering::Acquire) {
+            return;
+        }
+        // redb holds a lock on the file: the old handle must be gone before the new one opens.
+        drop(db.take());
+        match Database::create(&self.path) {
+            Ok(opened) => {
+                *db = Some(opened);
+                self.broken.store(false, Ordering::Release);
+                tracing::warn!(path = %self.path.display(), "redb store reopened after an I/O error");
+            }
+            Err(err) => {
+                tracing::error!(path = %self.path.display(), error = %err, "redb store could not be reopened yet")
+            }
+        }
+    }
+
+    /// A failed call as `unavailable`; an I/O error marks the database for reopening.
+    fn failed(&self, err: impl Into<redb::Error>) -> KvError {
+        let err = err.into();
+        if matches!(err, redb::Error::Io(_) | redb::Error::PreviousIo) {
+            if !self.broken.swap(true, Ordering::AcqRel) {
+                tracing::error!(path = %self.path.display(), error = %err, "redb store I/O error: it will be reopened");
+            }
+        }
+        KvError::Unavailable(err.to_string())
     }
 }
 
@@ -40,27 +121,25 @@ fn table(ns: &str) -> String {
     format!("kv:{ns}")
 }
 
-fn unavailable(err: impl std::fmt::Display) -> KvError {
-    KvError::Unavailable(err.to_string())
-}
-
 impl Backend for RedbBackend {
     fn describe(&self) -> String {
         format!("redb at {}", self.path.display())
     }
 
     fn get(&self, ns: &str, key: &str) -> Result<Option<Entry>, KvError> {
-        let name = table(ns);
-        let txn = self.db.begin_read().map_err(unavailable)?;
-        let table = match txn.open_table(TableDefinition::<&str, &[u8]>::new(&name)) {
-            Ok(table) => table,
-            Err(TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(err) => return Err(unavailable(err)),
-        };
-        match table.get(key).map_err(unavailable)? {
-            Some(raw) => decode_entry(raw.value()).map(Some),
-            None => Ok(None),
-        }
+        self.with_db(|db| {
+            let name = table(ns);
+            let txn = db.begin_read().map_err(|err| self.failed(err))?;
+            let table = match txn.open_table(TableDefinition::<&str, &[u8]>::new(&name)) {
+                Ok(table) => table,
+                Err(TableError::TableDoesNotExist(_)) => return Ok(None),
+                Err(err) => return Err(self.failed(err)),
+            };
+            match table.get(key).map_err(|err| self.failed(err))? {
+                Some(raw) => decode_entry(raw.value()).map(Some),
+                None => Ok(None),
+            }
+        })
     }
 
     fn scan(
@@ -71,61 +150,78 @@ impl Backend for RedbBackend {
         limit: usize,
         max_bytes: usize,
     ) -> Result<Vec<(String, Entry)>, KvError> {
-        let name = table(ns);
-        let txn = self.db.begin_read().map_err(unavailable)?;
-        let table = match txn.open_table(TableDefinition::<&str, &[u8]>::new(&name)) {
-            Ok(table) => table,
-            Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(err) => return Err(unavailable(err)),
-        };
-        let range =
-            table.range::<&str>((scan_start(prefix, start_after), std::ops::Bound::Unbounded)).map_err(unavailable)?;
-        let mut page = Page::new(prefix, start_after, limit, max_bytes);
-        for item in range {
-            let (key, raw) = item.map_err(unavailable)?;
-            if !page.offer(key.value(), || decode_entry(raw.value()))? {
-                break;
+        self.with_db(|db| {
+            let name = table(ns);
+            let txn = db.begin_read().map_err(|err| self.failed(err))?;
+            let table = match txn.open_table(TableDefinition::<&str, &[u8]>::new(&name)) {
+                Ok(table) => table,
+                Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                Err(err) => return Err(self.failed(err)),
+            };
+            let range = table
+                .range::<&str>((scan_start(prefix, start_after), std::ops::Bound::Unbounded))
+                .map_err(|err| self.failed(err))?;
+            let mut page = Page::new(prefix, start_after, limit, max_bytes);
+            for item in range {
+                let (key, raw) = item.map_err(|err| self.failed(err))?;
+                if !page.offer(key.value(), || decode_entry(raw.value()))? {
+                    break;
+                }
             }
-        }
-        Ok(page.entries)
+            Ok(page.entries)
+        })
     }
 
     fn commit(&self, ns: &str, checks: &[Check], writes: &[Write]) -> Result<(), KvError> {
-        let name = table(ns);
-        // The default durability of a redb write transaction is `Immediate`:
-        // `commit` returns only once the data is fsynced.
-        let txn = self.db.begin_write().map_err(unavailable)?;
-        {
-            let mut table = txn.open_table(TableDefinition::<&str, &[u8]>::new(&name)).map_err(unavailable)?;
-            for check in checks {
-                let current = match table.get(check.key()).map_err(unavailable)? {
-                    Some(raw) => Some(decode_entry(raw.value())?.version),
-                    None => None,
-                };
-                if !check.holds(current) {
-                    // Dropping `txn` without commit aborts it: nothing is written.
-                    return Err(KvError::Conflict);
-                }
-            }
-            let mut meta = txn.open_table(META).map_err(unavailable)?;
-            let version = meta.get(LAST_VERSION).map_err(unavailable)?.map_or(0, |v| v.value()) + 1;
-            meta.insert(LAST_VERSION, version).map_err(unavailable)?;
-            // One writer at a time: versions, and so stamps, follow commit order.
-            for (key, value) in super::resolve(writes, version) {
-                match value {
-                    Some(value) => {
-                        table.insert(key.as_ref(), encode_entry(version, value).as_slice()).map_err(unavailable)?;
-                    }
-                    None => {
-                        table.remove(key.as_ref()).map_err(unavailable)?;
+        self.with_db(|db| {
+            let name = table(ns);
+            // The default durability of a redb write transaction is `Immediate`:
+            // `commit` returns only once the data is fsynced.
+            let txn = db.begin_write().map_err(|err| self.failed(err))?;
+            {
+                let mut table =
+                    txn.open_table(TableDefinition::<&str, &[u8]>::new(&name)).map_err(|err| self.failed(err))?;
+                for check in checks {
+                    let current = match table.get(check.key()).map_err(|err| self.failed(err))? {
+                        Some(raw) => Some(decode_entry(raw.value())?.version),
+                        None => None,
+                    };
+                    if !check.holds(current) {
+                        // Dropping `txn` without commit aborts it: nothing is written.
+                        return Err(KvError::Conflict);
                     }
                 }
+                let mut meta = txn.open_table(META).map_err(|err| self.failed(err))?;
+                let version = meta.get(LAST_VERSION).map_err(|err| self.failed(err))?.map_or(0, |v| v.value()) + 1;
+                meta.insert(LAST_VERSION, version).map_err(|err| self.failed(err))?;
+                // One writer at a time: versions, and so stamps, follow commit order.
+                for (key, value) in super::resolve(writes, version) {
+                    match value {
+                        Some(value) => {
+                            table
+                                .insert(key.as_ref(), encode_entry(version, value).as_slice())
+                                .map_err(|err| self.failed(err))?;
+                        }
+                        None => {
+                            table.remove(key.as_ref()).map_err(|err| self.failed(err))?;
+                        }
+                    }
+                }
             }
-        }
-        txn.commit().map_err(unavailable)
+            // An I/O error while committing leaves it open whether the commit
+            // reached the disk (the repair on reopen decides): outcome unknown.
+            txn.commit().map_err(|err| {
+                let err: redb::Error = err.into();
+                let written = matches!(err, redb::Error::Io(_));
+                match self.failed(err) {
+                    KvError::Unavailable(reason) if written => KvError::OutcomeUnknown(reason),
+                    other => other,
+                }
+            })
+        })
     }
 
     fn ping(&self) -> Result<(), KvError> {
-        self.db.begin_read().map(drop).map_err(unavailable)
+        self.with_db(|db| db.begin_read().map(drop).map_err(|err| self.failed(err)))
     }
 }

@@ -2,7 +2,6 @@ use super::*;
 use crate::accounts::tests::World;
 use crate::kv::Kv as _;
 use proptest::prelude::*;
-use std::collections::BTreeMap;
 
 const ALICE: &str = "01-000000000000001";
 const BOB: &str = "02-000000000000002";
@@ -61,56 +60,9 @@ fn uuids_of(response: &Response) -> Vec<String> {
 
 /// Recomputes every index of `store` from its products and compares.
 fn audit(world: &World, store: &str) -> Vec<String> {
-    let keys = world.kv.keys();
-    let products: BTreeMap<String, Value> = keys
-        .iter()
-        .filter_map(|key| key.strip_prefix(&storage::products_prefix(store)).map(|uuid| (key, uuid)))
-        .map(|(key, uuid)| {
-            let record: ProductRecord = storage::read(&world.kv, key).expect("read").expect("present");
-            (uuid.to_owned(), record.product)
-        })
-        .collect();
-    let mut want: Vec<String> = Vec::new();
-    for (uuid, product) in &products {
-        for code in barcodes_of(product) {
-            want.push(storage::barcode_key(store, &code, uuid));
-        }
-        if let Some(parent) = parent_of(product) {
-            want.push(storage::child_key(store, &parent, uuid));
-            if !products.contains_key(&parent) {
-                want.push(storage::orphan_key(store, uuid));
-            }
-        }
-    }
-    want.sort();
-    let mut have: Vec<String> = keys
-        .iter()
-        .filter(|key| key.starts_with(&format!("cat/{store}/")))
-        .filter(|key| !key.starts_with(&storage::products_prefix(store)) && !key.ends_with("/dir"))
-        .cloned()
-        .collect();
-    have.sort();
-    let missing: Vec<_> = want.iter().filter(|key| have.binary_search(key).is_err()).take(5).collect();
-    let extra: Vec<_> = have.iter().filter(|key| want.binary_search(key).is_err()).take(5).collect();
-    assert!(missing.is_empty() && extra.is_empty(), "index entries missing {missing:?}, extra {extra:?}");
-    let directory: Directory =
-        storage::read(&world.kv, &storage::catalog_directory_key(store)).expect("read").unwrap_or_default();
-    assert_eq!(directory.total(), products.len() as u64, "directory counts every item");
-    assert_eq!(directory.orphans, want.iter().filter(|key| key.contains("/orphan/")).count() as u64);
-    let mut start = 0;
-    for (index, range) in directory.ranges.iter().enumerate() {
-        let upper = directory.ranges.get(index + 1).and_then(|next| next.after.as_deref());
-        let inside = products
-            .keys()
-            .filter(|uuid| range.after.as_deref().is_none_or(|after| uuid.as_str() > after))
-            .filter(|uuid| upper.is_none_or(|upper| uuid.as_str() <= upper))
-            .count();
-        assert_eq!(range.count, inside as u64, "range {index} counts its keys");
-        assert!(range.count <= SPLIT_ABOVE, "ranges stay bounded");
-        start += inside;
-    }
-    assert_eq!(start, products.len());
-    products.into_keys().collect()
+    let problems = crate::audit::problems(&world.kv);
+    assert!(problems.is_empty(), "{problems:?}");
+    crate::audit::catalog(&world.kv, &world.kv.keys(), store).expect("consistent")
 }
 
 #[test]
