@@ -144,6 +144,15 @@ fn set(table: &mut Table, path: &str, value: Value) {
     }
 }
 
+/// What an error about `key` may name: the key, its last part, or a table
+/// holding it (a field missing there).
+fn names(key: &str) -> Vec<String> {
+    let mut names = vec![key.rsplit('.').next().unwrap_or(key).to_owned()];
+    let parts: Vec<&str> = key.split('.').collect();
+    names.extend((1..=parts.len()).map(|n| parts[..n].join(".")));
+    names
+}
+
 fuzz_target!(|input: Input| {
     // SAFETY: the fuzz target runs on one thread; nothing else reads the environment meanwhile.
     for (name, _) in std::env::vars_os() {
@@ -161,18 +170,21 @@ fuzz_target!(|input: Input| {
                     Change::File(key, leaf) => {
                         let key = KEYS[usize::from(key) % KEYS.len()];
                         set(&mut table, key, leaf.value());
-                        named.push(key.rsplit('.').next().unwrap_or(key).to_owned());
-                        named.push(key.to_owned());
+                        named.extend(names(key));
                     }
                     Change::Unknown(key, name) => {
                         let key = KEYS[usize::from(key) % KEYS.len()];
                         let (parent, _) = key.rsplit_once('.').unwrap_or(("", key));
                         let path = if parent.is_empty() { name.clone() } else { format!("{parent}.{name}") };
-                        if name.is_empty() || name.contains('.') || key.starts_with("plugins.0.config") {
+                        if name.is_empty()
+                            || name.contains('.')
+                            || name.parse::<usize>().is_ok()
+                            || key.starts_with("plugins.0.config")
+                        {
                             continue;
                         }
                         set(&mut table, &path, Value::Integer(1));
-                        named.push(name);
+                        named.extend(names(&path));
                     }
                     Change::Env(key, value) => {
                         let key = KEYS[usize::from(key) % KEYS.len()];
@@ -182,15 +194,16 @@ fuzz_target!(|input: Input| {
                         let var = format!("EVOGATE_{}", key.to_uppercase().replace('.', "__"));
                         // SAFETY: as above.
                         unsafe { std::env::set_var(&var, &value) };
-                        named.push(key.rsplit('.').next().unwrap_or(key).to_owned());
+                        named.extend(names(key));
                         named.push(var);
                     }
                 }
             }
             if let Err(err) = Config::load_toml(&table.to_string()) {
-                let message = format!("{err:#}");
+                // Keys from the environment are named as written there (upper case).
+                let message = format!("{err:#}").to_lowercase();
                 assert!(
-                    named.iter().any(|key| message.contains(key.as_str())),
+                    named.iter().any(|key| message.contains(&key.to_lowercase())),
                     "the error names none of the changed keys {named:?}: {message}"
                 );
             }

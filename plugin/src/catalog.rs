@@ -138,7 +138,9 @@ pub(crate) fn barcodes_of(product: &Value) -> Vec<String> {
     let mut codes: Vec<String> = product
         .get("barCodes")
         .and_then(Value::as_array)
-        .map(|codes| codes.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+        .map(|codes| {
+            codes.iter().filter_map(Value::as_str).filter(|code| validate::is_code(code)).map(str::to_owned).collect()
+        })
         .unwrap_or_default();
     codes.sort_unstable();
     codes.dedup();

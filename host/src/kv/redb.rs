@@ -107,10 +107,8 @@ impl RedbBackend {
     /// A failed call as `unavailable`; an I/O error marks the database for reopening.
     fn failed(&self, err: impl Into<redb::Error>) -> KvError {
         let err = err.into();
-        if matches!(err, redb::Error::Io(_) | redb::Error::PreviousIo) {
-            if !self.broken.swap(true, Ordering::AcqRel) {
-                tracing::error!(path = %self.path.display(), error = %err, "redb store I/O error: it will be reopened");
-            }
+        if matches!(err, redb::Error::Io(_) | redb::Error::PreviousIo) && !self.broken.swap(true, Ordering::AcqRel) {
+            tracing::error!(path = %self.path.display(), error = %err, "redb store I/O error: it will be reopened");
         }
         KvError::Unavailable(err.to_string())
     }

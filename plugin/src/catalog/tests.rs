@@ -208,6 +208,25 @@ fn terminal_products_are_upserted_answered_by_uuid_and_doubts_reported() {
 }
 
 #[test]
+fn a_terminals_empty_or_unprintable_barcodes_are_kept_but_not_indexed() {
+    // Found by fuzzing: the index skipped the empty barcode, the audit of what to delete did not.
+    let world = World::new();
+    let token = world.register(ALICE, "alice");
+    let path = format!("/api/v1/inventories/stores/{STORE}/products");
+    let mut item = product(1, Some("460"));
+    item["barCodes"] = json!(["", "460", "a\u{7}b"]);
+    assert_eq!(world.call("POST", &path, Some(&token), Some(json!([item.clone()]))).status, 200);
+    let stored: ProductRecord =
+        storage::read(&world.kv, &storage::product_key(STORE, &uuid(1))).expect("read").expect("stored");
+    assert_eq!(stored.product["barCodes"], json!(["", "460", "a\u{7}b"]), "kept as sent");
+    assert_eq!(audit(&world, STORE), [uuid(1)]);
+    item["barCodes"] = json!([""]);
+    assert_eq!(world.call("POST", &path, Some(&token), Some(json!([item]))).status, 200);
+    assert_eq!(audit(&world, STORE), [uuid(1)]);
+    assert!(world.kv.keys().iter().all(|key| !key.contains("/bc/")), "no barcode left indexed");
+}
+
+#[test]
 fn another_users_store_is_indistinguishable_from_a_missing_one() {
     let world = World::new();
     let alice = world.register(ALICE, "alice");

@@ -252,12 +252,9 @@ pub fn lenient_item(value: Value, index: usize, unknown: &mut Vec<Unknown>) -> R
     let problem = format!("{field}: {}{value}", strict.reason);
     let parent = data.get("parentUuid").and_then(crate::input::id_text).filter(|parent| *parent != uuid);
     let barcodes: Vec<String> = match data.get("barCodes") {
-        Some(Value::Array(codes)) => codes
-            .iter()
-            .filter_map(Value::as_str)
-            .filter(|code| !code.is_empty() && code.len() <= MAX_CODE_BYTES && !code.chars().any(char::is_control))
-            .map(str::to_owned)
-            .collect(),
+        Some(Value::Array(codes)) => {
+            codes.iter().filter_map(Value::as_str).filter(|code| is_code(code)).map(str::to_owned).collect()
+        }
         _ => Vec::new(),
     };
     Ok(finish(uuid, parent, barcodes, data, vec![problem]))
@@ -297,6 +294,13 @@ fn string<'a>(value: &'a Value, subject: &str, min: usize, max: usize) -> Result
     Ok(text)
 }
 
+/// Whether `code` is a barcode the catalog indexes: non-empty, printable,
+/// at most `MAX_CODE_BYTES`. (A terminal's product may carry others; they are
+/// kept in the product, reported, and not indexed.)
+pub(crate) fn is_code(code: &str) -> bool {
+    !code.is_empty() && code.len() <= MAX_CODE_BYTES && !code.chars().any(char::is_control)
+}
+
 /// A list of barcodes or alcohol codes: non-empty printable strings.
 fn codes(value: &Value, subject: &str) -> Result<Vec<String>, ApiError> {
     let Value::Array(items) = value else {
@@ -309,11 +313,7 @@ fn codes(value: &Value, subject: &str) -> Result<Vec<String>, ApiError> {
         .iter()
         .enumerate()
         .map(|(n, code)| match code {
-            Value::String(code)
-                if !code.is_empty() && code.len() <= MAX_CODE_BYTES && !code.chars().any(char::is_control) =>
-            {
-                Ok(code.clone())
-            }
+            Value::String(code) if is_code(code) => Ok(code.clone()),
             Value::String(_) => Err(ApiError::incorrect(&format!("{subject}[{n}]"), code.clone())),
             _ => Err(ApiError::wrong_type(&format!("{subject}[{n}]"), "a string")),
         })
