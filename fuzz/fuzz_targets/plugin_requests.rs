@@ -4,7 +4,8 @@
 //! raw bytes in the body. After every answer: no panic, no 5xx (the in-memory
 //! store never fails), every error answer has the Evotor error shape, a
 //! request made with one user's token left every record of the other user
-//! untouched, and every index agrees with its records.
+//! untouched and read none of the other user's stores, and every index
+//! agrees with its records.
 #![no_main]
 
 use arbitrary::Arbitrary;
@@ -308,6 +309,18 @@ fuzz_target!(|steps: Vec<Step>| {
         let answer = world.call(&request);
         check(&format!("{method} {target}"), &answer);
         if let (Some(user), Some(before)) = (bystander, before) {
+            // A read of the other user's store reveals nothing of it: no id of its products or documents.
+            if method == "GET" {
+                for key in before.keys() {
+                    let Some(id) = key.strip_prefix("cat/").or_else(|| key.strip_prefix("docs/")) else { continue };
+                    let Some((store, rest)) = id.split_once('/') else { continue };
+                    let id = rest.strip_prefix("p/").or_else(|| rest.strip_prefix("doc/"));
+                    if let Some(id) = id.filter(|_| target.contains(store)) {
+                        let body = String::from_utf8_lossy(&answer.body);
+                        assert!(!body.contains(id), "GET {target} with another user's token showed {user}'s {id}");
+                    }
+                }
+            }
             let after = records_of(&world.kv, user);
             assert!(before == after, "{method} {target} with another user's token changed {user}'s records");
         }
