@@ -391,6 +391,17 @@ mod tests {
     }
 
     #[test]
+    fn store_faults_exist_only_in_the_fault_injection_build() {
+        let parsed = load_str("[store.faults]\ncommit_before = 5\nnamespaces = [\"evotor\"]");
+        #[cfg(feature = "fault-injection")]
+        assert_eq!(parsed.expect("the test build reads it").store.faults.map(|faults| faults.commit_before), Some(5));
+        #[cfg(not(feature = "fault-injection"))]
+        assert!(format!("{:#}", parsed.expect_err("a user's build refuses it")).contains("faults"));
+        #[cfg(feature = "fault-injection")]
+        assert!(Config::load(None).expect("defaults").store.faults.is_none(), "never on by default");
+    }
+
+    #[test]
     fn defaults_alone_are_valid() {
         let config = Config::load(None).expect("defaults");
         assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
