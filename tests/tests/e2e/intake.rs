@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 const USER: &str = "01-000000000004217";
 const STORE: &str = "20181012-5c6d-4e7f-8091-a2b3c4d5e6f7";
-const V2_SELL: &str = include_str!("../../plugin/testdata/v2-docs/01-SELL.json");
+const V2_SELL: &str = include_str!("../../../plugin/testdata/v2-docs/01-SELL.json");
 
 /// Registers `USER` with a running trial, the plugin mounted at `/`; returns the user token.
 fn register(gateway: &Gateway) -> String {

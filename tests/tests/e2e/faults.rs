@@ -4,8 +4,8 @@
 //! killed during a deploy. After each: every delivery answered 200 is stored
 //! once, whole; no delivery is stored in part; the feed has no hole and no
 //! repeat; the gateway serves again without a restart where the fault
-//! allows. Each test prints its figures (`cargo xtask test --test faults
-//! -- --nocapture` shows them).
+//! allows. Each test prints its figures (`cargo xtask test --test e2e --
+//! --nocapture faults::` shows them).
 
 use evogate_e2e::stream::{Account, Ledger, Sending, Stream, verify};
 use evogate_e2e::{ADMIN_TOKEN, Gateway, evotor_wasm, request, toml_str};

@@ -1,0 +1,23 @@
+//! The end-to-end tests: the real `evogate` binary (built by `cargo xtask
+//! test`), the real plugins, real HTTP. One test binary, so the helpers in
+//! `tests/src` are built and linked once; each module is one subject.
+//!
+//! Run one subject with its module path as the filter, e.g.
+//! `cargo xtask test --test e2e -- faults::`.
+
+/// What a `200 OK` promises when the process is killed mid-stream.
+mod durability;
+/// HTTPS, HTTP/2, certificate reload, drain, slow clients, connection limits.
+mod edges;
+/// The Evotor protocol as the Evotor cloud and the partner's systems use it.
+mod evotor;
+/// Store faults, a full disk, PostgreSQL stopped, SIGKILL during deploys.
+mod faults;
+/// Several nodes on one PostgreSQL database (skipped without one).
+mod fleet;
+/// Sandboxing, limits, isolation, plugin answers the gateway must correct.
+mod gateway;
+/// Hot swap under load, rollback, restart, the admin API and the CLI.
+mod hotswap;
+/// What the Evotor cloud really sends, taken whole.
+mod intake;
