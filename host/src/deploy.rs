@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 /// Versions kept for rollback besides the live one.
 pub const KEPT_VERSIONS: usize = 3;
@@ -403,7 +403,7 @@ impl Deployer {
                 route: managed.slot.route.clone(),
                 identity: managed.slot.current().plugin.name.clone(),
                 live: managed.live_record(),
-                previous: managed.previous.lock().map(|p| p.clone()).unwrap_or_default(),
+                previous: locked(&managed.previous).clone(),
             })
             .collect()
     }
@@ -424,7 +424,7 @@ impl Deployer {
             version: deployment.plugin.version.clone(),
             deployed_at: deployment.deployed_at,
         };
-        let kept = managed.previous.lock().map(|p| p.clone()).unwrap_or_default();
+        let kept = locked(&managed.previous).clone();
         let before = State { active: live.clone(), previous: kept.clone() };
         let mut previous = vec![live];
         previous.extend(kept);
@@ -448,7 +448,7 @@ impl Deployer {
     pub async fn rollback(&self, name: &str) -> Result<Outcome, DeployError> {
         let managed = self.managed(name)?;
         let _serial = managed.lock.lock().await;
-        let previous = managed.previous.lock().map(|p| p.clone()).unwrap_or_default();
+        let previous = locked(&managed.previous).clone();
         let Some((target, older)) = previous.split_first() else {
             return Err(DeployError::NothingToRollBack(name.into()));
         };
@@ -548,10 +548,8 @@ impl Deployer {
             .map_err(|join| DeployError::Storage(anyhow::anyhow!("the storage task failed: {join}")))?
             .map_err(DeployError::Storage)?;
         // Another node's deploy that landed after ours stays unseen, so this node follows it.
-        if let Some(seen) = seen
-            && let Ok(mut last) = managed.fleet_seen.lock()
-        {
-            *last = Some(seen);
+        if let Some(seen) = seen {
+            *locked(&managed.fleet_seen) = Some(seen);
         }
         Ok(())
     }
@@ -579,7 +577,7 @@ impl Deployer {
         let key = fleet_state_key(name);
         let Some(entry) = tokio::task::spawn_blocking(move || backend.get(FLEET_NS, &key))
             .await??
-            .filter(|entry| managed.fleet_seen.lock().map(|seen| *seen != Some(entry.version)).unwrap_or(true))
+            .filter(|entry| *locked(&managed.fleet_seen) != Some(entry.version))
         else {
             return Ok(());
         };
@@ -597,22 +595,16 @@ impl Deployer {
             self.go_live(managed, deployment, state.previous.clone());
         } else {
             self.persist(managed, &state, None).await?;
-            if let Ok(mut kept) = managed.previous.lock() {
-                kept.clone_from(&state.previous);
-            }
+            locked(&managed.previous).clone_from(&state.previous);
         }
-        if let Ok(mut seen) = managed.fleet_seen.lock() {
-            *seen = Some(entry.version);
-        }
+        *locked(&managed.fleet_seen) = Some(entry.version);
         Ok(())
     }
 
     fn go_live(&self, managed: &Managed, deployment: Deployment, previous: Vec<VersionRecord>) {
         let label = deployment.label();
         let old = managed.slot.swap(Arc::new(deployment));
-        if let Ok(mut kept) = managed.previous.lock() {
-            *kept = previous;
-        }
+        *locked(&managed.previous) = previous;
         tracing::info!(plugin = %managed.slot.name, from = %old.label(), to = %label, "swapped");
     }
 }
@@ -692,17 +684,24 @@ fn fetch_artifact(backend: &dyn Backend, name: &str, files: &PluginDir, sha256: 
     }
     let entry = backend
         .get(FLEET_NS, &fleet_artifact_key(name, sha256))
-        .map_err(|err| anyhow::anyhow!("{err}"))?
+        .with_context(|| format!("reading artifact {sha256} of plugin {name:?} from the shared store"))?
         .with_context(|| format!("the shared store has no artifact {sha256} of plugin {name:?}"))?;
     anyhow::ensure!(sha256_hex(&entry.value) == sha256, "the stored artifact of {name:?} does not match its sha256");
     files.save_artifact(sha256, &entry.value)?;
     Ok(entry.value)
 }
 
+/// Locks `mutex`, keeping its data when a panic poisoned it: every value
+/// behind these locks is replaced whole, never left half-written, so a
+/// panic elsewhere must not turn a rollback list into an empty one.
+fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// At start on a shared store: makes the fleet's state this node's own
 /// (artifact included), so the node serves what the fleet serves.
 fn adopt_fleet_state(backend: &dyn Backend, name: &str, files: &PluginDir) -> anyhow::Result<Option<u64>> {
-    let Some(entry) = backend.get(FLEET_NS, &fleet_state_key(name)).map_err(|err| anyhow::anyhow!("{err}"))? else {
+    let Some(entry) = backend.get(FLEET_NS, &fleet_state_key(name)).context("reading the fleet state")? else {
         return Ok(None);
     };
     let state: State = serde_json::from_slice(&entry.value).context("reading the fleet state")?;

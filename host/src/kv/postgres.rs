@@ -260,7 +260,6 @@ impl PostgresBackend {
         let (pool, schema) = (backend.pool.clone(), options.schema.clone());
         backend
             .run(async move { migrate(&pool, &schema).await.map_err(|err| KvError::Unavailable(format!("{err:#}"))) })
-            .map_err(|err| anyhow::anyhow!("{err}"))
             .with_context(|| format!("preparing {}", backend.describe))?;
         Ok(backend)
     }
