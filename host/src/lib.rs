@@ -6,6 +6,10 @@
 //! ([`server`]): every request runs in a fresh, limited instance of the
 //! plugin that owns its route.
 //!
+//! Everything that needs wasmtime is behind the default `runtime` feature;
+//! without it the crate is its [`config`], [`kv`] store and HTTP [`edge`]
+//! (what the fuzz targets build).
+//!
 //! ```no_run
 //! # async fn run() -> anyhow::Result<()> {
 //! let config = evogate::config::Config::load(None)?;
@@ -36,6 +40,7 @@ pub mod tls;
 #[cfg(feature = "runtime")]
 pub use server::Gateway;
 
+/// Starting a gateway: store, sandbox, plugins, request path.
 #[cfg(feature = "runtime")]
 mod runtime {
     use super::{Gateway, config, deploy, kv, sandbox, server};
@@ -113,5 +118,6 @@ mod runtime {
         Ok(App { gateway, deployer, backend })
     }
 }
+
 #[cfg(feature = "runtime")]
 pub use runtime::{App, start};
