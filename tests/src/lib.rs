@@ -50,6 +50,25 @@ pub fn guest_wasm_version(version: &str) -> PathBuf {
     path
 }
 
+/// The config of a gateway serving the Evotor plugin on `/` with server
+/// credential `server-secret` and partner API token `partner-secret`; `top`
+/// goes before the plugin table (e.g. a `[limits]` table).
+pub fn evotor_config(top: &str) -> String {
+    format!(
+        r#"
+{top}
+[[plugins]]
+name = "evotor"
+route = "/"
+wasm = {wasm}
+[plugins.config]
+server_bearer_token = "server-secret"
+partner_api_token = "partner-secret"
+"#,
+        wasm = toml_str(&evotor_wasm().to_string_lossy())
+    )
+}
+
 /// A TOML string literal.
 pub fn toml_str(text: &str) -> String {
     serde_json::to_string(text).expect("a string serializes")
@@ -101,23 +120,9 @@ impl Gateway {
         Self { child, base, admin, log, config: path, data }
     }
 
-    /// A gateway serving the Evotor plugin on `/` with server credential
-    /// `server-secret` and partner API token `partner-secret`; `top` goes
-    /// before the plugin table (e.g. a `[limits]` table).
+    /// A gateway serving the Evotor plugin as [`evotor_config`] sets it up.
     pub fn evotor(top: &str) -> Self {
-        Self::start(&format!(
-            r#"
-{top}
-[[plugins]]
-name = "evotor"
-route = "/"
-wasm = {wasm}
-[plugins.config]
-server_bearer_token = "server-secret"
-partner_api_token = "partner-secret"
-"#,
-            wasm = toml_str(&evotor_wasm().to_string_lossy())
-        ))
+        Self::start(&evotor_config(top))
     }
 
     /// A gateway serving the test plugin as `g` on `/g`; `top` goes before

@@ -8,25 +8,11 @@
 //! --nocapture faults::` shows them).
 
 use evogate_e2e::stream::{Account, Ledger, Sending, Stream, verify};
-use evogate_e2e::{ADMIN_TOKEN, Gateway, evotor_wasm, request, toml_str};
+use evogate_e2e::{ADMIN_TOKEN, Gateway, evotor_config, evotor_wasm, request, toml_str};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-const PLUGIN: &str = r#"
-[[plugins]]
-name = "evotor"
-route = "/"
-wasm = WASM
-[plugins.config]
-server_bearer_token = "server-secret"
-partner_api_token = "partner-secret"
-"#;
-
-fn evotor_config(top: &str) -> String {
-    format!("{top}\n{}", PLUGIN.replace("WASM", &toml_str(&evotor_wasm().to_string_lossy())))
-}
 
 fn admin_auth() -> String {
     format!("Bearer {ADMIN_TOKEN}")
