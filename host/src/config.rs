@@ -3,6 +3,7 @@
 //! `EVOGATE_LIMITS__REQUEST_TIMEOUT_MS=5000`).
 
 use crate::kv::BackendKind;
+use crate::outbound::OutboundRules;
 use anyhow::Context as _;
 use figment::Figment;
 use figment::providers::{Env, Format as _, Serialized, Toml};
@@ -176,6 +177,20 @@ pub struct PluginConfig {
     /// past it, 503 with `Retry-After` at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrent_requests: Option<u32>,
+    /// Where the plugin may send HTTP requests (`wasi:http/outgoing-handler`):
+    /// `SCHEME://HOST[:PORT]` entries, Spin's notation (see [`crate::outbound`]).
+    /// Empty, the default: every outgoing request is refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_outbound_hosts: Vec<String>,
+}
+
+/// What a plugin's instances are given besides the store.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PluginSettings {
+    /// The `config` interface's values (for standard components, their environment too).
+    pub config: BTreeMap<String, String>,
+    /// Where outgoing HTTP requests may go.
+    pub outbound: OutboundRules,
 }
 
 /// The Evotor plugin as `cargo xtask build` leaves it.
@@ -225,6 +240,7 @@ impl Default for Config {
                 wasm: RelativePathBuf::from(PathBuf::from(DEFAULT_PLUGIN_WASM)),
                 config: BTreeMap::new(),
                 max_concurrent_requests: None,
+                allowed_outbound_hosts: Vec::new(),
             }],
         }
     }
@@ -339,6 +355,8 @@ impl Config {
                 "max_concurrent_requests of plugin {:?} must be within 1..=limits.max_concurrent_requests",
                 plugin.name
             );
+            OutboundRules::parse(&plugin.allowed_outbound_hosts)
+                .with_context(|| format!("plugin {:?}", plugin.name))?;
             anyhow::ensure!(
                 routes.insert(normalize_route(&plugin.route)),
                 "route {:?} is served by two plugins",
@@ -355,9 +373,17 @@ impl Config {
 }
 
 impl PluginConfig {
-    /// The `config` interface's view: every value as a string (TOML strings
-    /// as they are, other values in TOML syntax).
-    pub fn plugin_settings(&self) -> BTreeMap<String, String> {
+    /// What the plugin's instances get: the `config` values, every one
+    /// as a string (TOML strings as they are, other values in TOML syntax),
+    /// and the outbound rules ([`Config::load`] refused bad ones).
+    pub fn plugin_settings(&self) -> PluginSettings {
+        PluginSettings {
+            config: self.config_strings(),
+            outbound: OutboundRules::parse(&self.allowed_outbound_hosts).unwrap_or_default(),
+        }
+    }
+
+    fn config_strings(&self) -> BTreeMap<String, String> {
         self.config
             .iter()
             .map(|(key, value)| {
@@ -437,8 +463,22 @@ mod tests {
         assert!(config.data_dir().ends_with("state"));
         assert!(config.data_dir().is_absolute());
         let settings = config.plugins[0].plugin_settings();
-        assert_eq!(settings["server_bearer_token"], "s3cret");
-        assert_eq!(settings["retries"], "3");
+        assert_eq!(settings.config["server_bearer_token"], "s3cret");
+        assert_eq!(settings.config["retries"], "3");
+        assert!(settings.outbound.is_empty(), "no outgoing requests unless listed");
+    }
+
+    #[test]
+    fn allowed_outbound_hosts_are_parsed_at_load_and_a_bad_entry_names_its_plugin() {
+        let plugin = |hosts: &str| {
+            format!("[[plugins]]\nname='std'\nroute='/std'\nwasm='a.wasm'\nallowed_outbound_hosts={hosts}")
+        };
+        let config = load_str(&plugin("['https://api.evotor.ru', 'http://127.0.0.1:8080']")).expect("valid rules");
+        let outbound = config.plugins[0].plugin_settings().outbound;
+        assert!(outbound.allows(&"https://api.evotor.ru/api/v1".parse().expect("uri")));
+        assert!(!outbound.allows(&"https://example.com/".parse().expect("uri")));
+        let err = load_str(&plugin("['api.evotor.ru']")).expect_err("no scheme");
+        assert!(format!("{err:#}").contains("\"std\"") && format!("{err:#}").contains("no scheme"), "{err:#}");
     }
 
     #[test]

@@ -107,6 +107,8 @@ pub struct PluginStatus {
     pub route: String,
     /// The name the plugin reports.
     pub identity: String,
+    /// The world the live version was built against, e.g. `wasi:http/proxy@0.2`.
+    pub world: &'static str,
     /// The live version.
     pub live: VersionRecord,
     /// Earlier versions kept for rollback, newest first.
@@ -115,7 +117,7 @@ pub struct PluginStatus {
 
 struct Managed {
     slot: Arc<Slot>,
-    settings: Arc<BTreeMap<String, String>>,
+    settings: Arc<crate::config::PluginSettings>,
     files: PluginDir,
     /// Serializes deploys and rollbacks of this plugin.
     lock: tokio::sync::Mutex<()>,
@@ -365,6 +367,7 @@ impl Deployer {
                 plugin = %plugin.name,
                 route = %plugin.route,
                 identity = %deployment.label(),
+                world = deployment.plugin.world().as_str(),
                 sha256 = %&sha256[..12],
                 wasm = %source.display(),
                 load_ms = started.elapsed().as_millis() as u64,
@@ -402,6 +405,7 @@ impl Deployer {
                 name: name.clone(),
                 route: managed.slot.route.clone(),
                 identity: managed.slot.current().plugin.name.clone(),
+                world: managed.slot.current().plugin.world().as_str(),
                 live: managed.live_record(),
                 previous: locked(&managed.previous).clone(),
             })

@@ -25,7 +25,10 @@ pub mod config;
 #[cfg(feature = "runtime")]
 pub mod deploy;
 pub mod edge;
+#[cfg(feature = "runtime")]
+mod keyvalue;
 pub mod kv;
+pub mod outbound;
 #[cfg(feature = "runtime")]
 mod plugin_log;
 #[cfg(feature = "runtime")]

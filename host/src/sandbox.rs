@@ -6,16 +6,27 @@
 //! pre-instantiated component; [`PluginVersion::handle`] then makes a new
 //! `Store` and instance for each request, so no state survives between
 //! requests and a misbehaving request cannot affect another.
+//!
+//! A component is one of two kinds, told apart by its exports when it
+//! loads ([`World`]): an evogate plugin (`evogate:plugin`, 0.2.0 or 0.1.0)
+//! or a standard `wasi:http/proxy` 0.2 component, served through
+//! `wasmtime-wasi-http`, with `wasi:keyvalue` on the same store
+//! ([`crate::keyvalue`]). Both get the same pool, limits and request path.
 
+use crate::config::PluginSettings;
 use crate::kv::{self, Namespace};
 use crate::plugin_log::LogPipe;
-use std::collections::BTreeMap;
+use bytes::Bytes;
+use http_body_util::BodyExt as _;
+use sha2::Digest as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::error::Context as _;
 use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
 /// The current world, `evogate:plugin@0.2.0`.
 mod generated {
@@ -38,7 +49,8 @@ mod generated_0_1 {
 }
 
 pub use crate::edge::{Request, Response};
-use generated::evogate::plugin0_2_0::{config as wit_config, kv as wit_kv, types as wit_types};
+pub(crate) use generated::evogate::plugin0_2_0::kv as wit_kv;
+use generated::evogate::plugin0_2_0::{config as wit_config, types as wit_types};
 use generated_0_1::evogate::plugin0_1_0 as v0_1;
 
 /// How often the epoch ticks: the deadline's granularity, and how long a
@@ -160,6 +172,8 @@ impl Sandbox {
             .context("linking the plugin world")?;
         generated_0_1::Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
             .context("linking the plugin world 0.1.0")?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).context("linking wasi:http")?;
+        crate::keyvalue::add_to_linker(&mut linker).context("linking wasi:keyvalue")?;
 
         let ticker = EpochTicker::start(engine.clone());
         let kv_calls = Arc::new(tokio::sync::Semaphore::new(limits.max_kv_calls.max(1) as usize));
@@ -172,28 +186,37 @@ impl Sandbox {
         &self,
         plugin: &str,
         wasm: Vec<u8>,
-        config: Arc<BTreeMap<String, String>>,
+        settings: Arc<PluginSettings>,
         kv: Namespace,
     ) -> wasmtime::Result<PluginVersion> {
+        let digest = hex::encode(sha2::Sha256::digest(&wasm));
         let engine = self.engine.clone();
         let component = tokio::task::spawn_blocking(move || Component::new(&engine, wasm))
             .await
             .context("the compile task failed")?
             .with_context(|| format!("compiling plugin {plugin:?}"))?;
-        let pre = self
-            .linker
-            .instantiate_pre(&component)
-            .with_context(|| format!("plugin {plugin:?} does not fit the evogate:plugin world"))?;
-        // The current world, else the first one.
+        let pre = self.linker.instantiate_pre(&component).with_context(|| {
+            format!(
+                "plugin {plugin:?} imports what evogate does not provide \
+                 (it provides the evogate:plugin world, and wasi:http/proxy 0.2 with wasi:keyvalue 0.2.0-draft and -draft2)"
+            )
+        })?;
+        // The current world, else the first one, else a standard component.
         let pre = match generated::PluginPre::new(pre.clone()) {
             Ok(current) => Pre::Current(current),
-            Err(current) => match generated_0_1::PluginPre::new(pre) {
+            Err(current) => match generated_0_1::PluginPre::new(pre.clone()) {
                 Ok(first) => Pre::First(first),
-                Err(_) => {
-                    return Err(current).with_context(|| {
-                        format!("plugin {plugin:?} lacks the evogate:plugin exports (0.2.0 or 0.1.0)")
-                    });
-                }
+                Err(_) => match ProxyPre::new(pre) {
+                    Ok(proxy) => Pre::Proxy(proxy),
+                    Err(_) => {
+                        return Err(current).with_context(|| {
+                            format!(
+                                "plugin {plugin:?} exports neither the evogate:plugin handler and identity (0.2.0 or 0.1.0) \
+                                 nor wasi:http/incoming-handler 0.2.x"
+                            )
+                        });
+                    }
+                },
             },
         };
         let mut version = PluginVersion {
@@ -202,13 +225,19 @@ impl Sandbox {
             engine: self.engine.clone(),
             limits: self.limits,
             kv_calls: self.kv_calls.clone(),
-            config,
+            settings,
             kv,
             name: String::new(),
             version: String::new(),
         };
         let (name, semver) =
             version.identity().await.with_context(|| format!("reading the identity of plugin {plugin:?}"))?;
+        // A standard component has no identity of its own: the plugin's
+        // name, and the start of its SHA-256 as the version.
+        let (name, semver) = match version.pre {
+            Pre::Proxy(_) => (plugin.to_owned(), digest[..12].to_owned()),
+            Pre::Current(_) | Pre::First(_) => (name, semver),
+        };
         for (what, text) in [("name", &name), ("version", &semver)] {
             let printable = !text.is_empty() && text.len() <= MAX_IDENTITY_BYTES && !text.chars().any(char::is_control);
             wasmtime::ensure!(
@@ -227,6 +256,29 @@ impl Sandbox {
 enum Pre {
     Current(generated::PluginPre<HostState>),
     First(generated_0_1::PluginPre<HostState>),
+    Proxy(ProxyPre<HostState>),
+}
+
+/// The world a component was built against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum World {
+    /// `evogate:plugin@0.2.0`.
+    Evogate,
+    /// `evogate:plugin@0.1.0`, the first world.
+    EvogateFirst,
+    /// The standard `wasi:http/proxy` world (0.2.x).
+    WasiHttp,
+}
+
+impl World {
+    /// The world's name, as the admin API and the logs show it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            World::Evogate => "evogate:plugin@0.2.0",
+            World::EvogateFirst => "evogate:plugin@0.1.0",
+            World::WasiHttp => "wasi:http/proxy@0.2",
+        }
+    }
 }
 
 /// One compiled plugin build, ready to serve requests.
@@ -236,11 +288,12 @@ pub struct PluginVersion {
     engine: Engine,
     limits: Limits,
     kv_calls: Arc<tokio::sync::Semaphore>,
-    config: Arc<BTreeMap<String, String>>,
+    settings: Arc<PluginSettings>,
     kv: Namespace,
-    /// The name the plugin reports in its identity.
+    /// The name the plugin reports in its identity (a standard component's: the plugin's name).
     pub name: String,
-    /// The version the plugin reports in its identity.
+    /// The version the plugin reports in its identity (a standard
+    /// component's: the first 12 hex digits of its SHA-256).
     pub version: String,
 }
 
@@ -255,6 +308,15 @@ impl std::fmt::Debug for PluginVersion {
 }
 
 impl PluginVersion {
+    /// The world the component was built against.
+    pub fn world(&self) -> World {
+        match self.pre {
+            Pre::Current(_) => World::Evogate,
+            Pre::First(_) => World::EvogateFirst,
+            Pre::Proxy(_) => World::WasiHttp,
+        }
+    }
+
     /// Answers one request in a fresh instance, within `timeout`.
     ///
     /// The plugin runs on the calling task and yields to other tasks at
@@ -291,6 +353,7 @@ impl PluginVersion {
                 }
                 Err(err) => Err(err),
             },
+            Pre::Proxy(pre) => serve_standard(pre, &mut store, request, self.limits.memory_bytes).await,
         };
         let peak = store.data().limiter.peak;
         PEAK_INSTANCE_MEMORY.fetch_max(peak, std::sync::atomic::Ordering::Relaxed);
@@ -314,6 +377,8 @@ impl PluginVersion {
                 }
                 Err(err) => Err(err),
             },
+            // No identity to read: instantiating once is the smoke test.
+            Pre::Proxy(pre) => pre.instantiate_async(&mut store).await.map(|_| (String::new(), String::new())),
         };
         self.finish(&store, result)
     }
@@ -321,15 +386,22 @@ impl PluginVersion {
     fn new_store(&self, timeout: Duration, request_id: &str) -> Store<HostState> {
         let tag: Arc<str> = format!("{}@{}", self.plugin, self.version).into();
         let request_id: Arc<str> = request_id.into();
-        // No preopened directories, environment or arguments (the builder's
-        // defaults), stdin closed, and every socket refused explicitly.
-        let wasi = WasiCtx::builder()
-            .stdout(LogPipe::new(tag.clone(), request_id.clone(), "stdout"))
-            .stderr(LogPipe::new(tag, request_id, "stderr"))
+        // No preopened directories or arguments (the builder's defaults),
+        // stdin closed, and every socket refused explicitly. A standard
+        // component reads its settings from its environment; an evogate
+        // plugin has none (it has the `config` interface).
+        let mut wasi = WasiCtx::builder();
+        wasi.stdout(LogPipe::new(tag.clone(), request_id.clone(), "stdout"))
+            .stderr(LogPipe::new(tag.clone(), request_id, "stderr"))
             .allow_tcp(false)
             .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .build();
+            .allow_ip_name_lookup(false);
+        if matches!(self.pre, Pre::Proxy(_)) {
+            for (name, value) in &self.settings.config {
+                wasi.env(name, value);
+            }
+        }
+        let wasi = wasi.build();
         let deadline = Instant::now() + timeout;
         let state = HostState {
             wasi,
@@ -338,7 +410,10 @@ impl PluginVersion {
             kv: self.kv.clone(),
             kv_calls: self.kv_calls.clone(),
             deadline,
-            config: self.config.clone(),
+            settings: self.settings.clone(),
+            http: WasiHttpCtx::new(),
+            outbound: Outbound { settings: self.settings.clone(), plugin: tag },
+            keyvalue: crate::keyvalue::KeyValueState::default(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
@@ -366,21 +441,142 @@ impl PluginVersion {
 }
 
 /// Per-request state of one instance.
-struct HostState {
+pub(crate) struct HostState {
     wasi: WasiCtx,
-    table: ResourceTable,
+    pub(crate) table: ResourceTable,
     limiter: MemoryLimiter,
     kv: Namespace,
     /// Slots for store calls on the blocking pool, shared by every instance.
     kv_calls: Arc<tokio::sync::Semaphore>,
     /// The request's deadline: how long a store call may wait for a slot.
     deadline: Instant,
-    config: Arc<BTreeMap<String, String>>,
+    settings: Arc<PluginSettings>,
+    http: WasiHttpCtx,
+    outbound: Outbound,
+    /// The standard `wasi:keyvalue` interface's per-request state.
+    pub(crate) keyvalue: crate::keyvalue::KeyValueState,
 }
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl WasiHttpView for HostState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.outbound }
+    }
+}
+
+/// Outgoing HTTP requests (`wasi:http/outgoing-handler`): sent only to
+/// the hosts the plugin's `allowed_outbound_hosts` lists, else refused with
+/// `HTTP-request-denied` before any connection is made.
+struct Outbound {
+    settings: Arc<PluginSettings>,
+    /// `plugin@version`, for the log.
+    plugin: Arc<str>,
+}
+
+type OutgoingIo = Box<dyn std::future::Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>;
+
+impl WasiHttpHooks for Outbound {
+    fn send_request(
+        &mut self,
+        request: hyper::Request<wasmtime_wasi_http::WasiBody>,
+        options: Option<wasmtime_wasi_http::RequestOptions>,
+        _: OutgoingIo,
+    ) -> Box<
+        dyn std::future::Future<
+                Output = Result<(hyper::Response<wasmtime_wasi_http::WasiBody>, OutgoingIo), wasmtime_wasi_http::Error>,
+            > + Send,
+    > {
+        let plugin = self.plugin.split('@').next().unwrap_or_default().to_owned();
+        if !self.settings.outbound.allows(request.uri()) {
+            tracing::warn!(
+                plugin = %self.plugin,
+                uri = %crate::plugin_log::escape_controls(&request.uri().to_string()),
+                "outgoing request refused: not in allowed_outbound_hosts"
+            );
+            metrics::counter!("evogate_outbound_requests_total", "plugin" => plugin, "outcome" => "refused")
+                .increment(1);
+            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+        }
+        metrics::counter!("evogate_outbound_requests_total", "plugin" => plugin, "outcome" => "sent").increment(1);
+        Box::new(async move {
+            let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            Ok((response.map(|body| body.boxed_unsync()), Box::new(io) as OutgoingIo))
+        })
+    }
+}
+
+/// Serves `request` with a standard component: its `incoming-handler`
+/// gets the request, and the answer it sets — the body read whole, at
+/// most `max_body` bytes, while the handler runs — becomes the response.
+async fn serve_standard(
+    pre: &ProxyPre<HostState>,
+    store: &mut Store<HostState>,
+    request: Request,
+    max_body: usize,
+) -> wasmtime::Result<Response> {
+    use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+    let Request { method, path, query, headers, body } = request;
+    let target = if query.is_empty() { path } else { format!("{path}?{query}") };
+    let mut incoming = hyper::Request::builder().method(method.as_str()).uri(target);
+    // The handler reads the authority from `Host` (an HTTP/2 client's is in the URI the edge has dropped).
+    if !headers.iter().any(|(name, _)| name == "host") {
+        incoming = incoming.header("host", "localhost");
+    }
+    for (name, value) in headers {
+        incoming = incoming.header(name, value);
+    }
+    let body =
+        http_body_util::Full::new(Bytes::from(body)).map_err(|never| -> wasmtime_wasi_http::Error { match never {} });
+    let incoming = incoming.body(body).context("the request as wasi:http sees it")?;
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    let incoming = store.data_mut().http().new_incoming_request(Scheme::Http, incoming)?;
+    let outparam = store.data_mut().http().new_response_outparam(sender)?;
+    let proxy = pre.instantiate_async(&mut *store).await?;
+
+    // The handler streams the body after setting the answer: read both at once.
+    let answer = async move {
+        let response = match receiver.await {
+            Ok(Ok(response)) => response,
+            Ok(Err(code)) => wasmtime::bail!("the component answered with the error {code:?}"),
+            Err(_) => wasmtime::bail!("the component never set a response"),
+        };
+        let (parts, body) = response.into_parts();
+        let body = http_body_util::Limited::new(body, max_body).collect().await.map_err(|err| {
+            if err.is::<http_body_util::LengthLimitError>() {
+                wasmtime::format_err!("the component's answer is over {max_body} bytes")
+            } else {
+                wasmtime::format_err!("reading the component's answer: {err}")
+            }
+        })?;
+        Ok(Response {
+            status: parts.status.as_u16(),
+            headers: parts
+                .headers
+                .iter()
+                .map(|(name, value)| (name.as_str().to_owned(), String::from_utf8_lossy(value.as_bytes()).into_owned()))
+                .collect(),
+            body: body.to_bytes().to_vec(),
+        })
+    };
+    let call = proxy.wasi_http_incoming_handler().call_handle(&mut *store, incoming, outparam);
+    let (mut call, mut answer) = (std::pin::pin!(call), std::pin::pin!(answer));
+    tokio::select! {
+        // A handler that failed (or returned without answering) ends the request.
+        called = &mut call => {
+            called?;
+            answer.await
+        }
+        // Answered: the handler may still be working (it may write after
+        // answering); the request ends when it returns.
+        answered = &mut answer => {
+            call.await?;
+            answered
+        }
     }
 }
 
@@ -422,7 +618,7 @@ impl wit_types::Host for HostState {}
 
 impl wit_config::Host for HostState {
     fn get(&mut self, name: String) -> Option<String> {
-        self.config.get(&name).cloned()
+        self.settings.config.get(&name).cloned()
     }
 }
 

@@ -2,8 +2,8 @@
 //! ephemeral port with a temporary data directory, talk HTTP to it, read its log.
 //!
 //! The tests need built artifacts; `cargo xtask test` builds them first.
-//! Paths can be overridden with `EVOGATE_BIN`, `EVOTOR_PLUGIN_WASM` and
-//! `TEST_GUEST_WASM`.
+//! Paths can be overridden with `EVOGATE_BIN`, `EVOTOR_PLUGIN_WASM`,
+//! `TEST_GUEST_WASM` and `STANDARD_{HELLO,COUNTER,CAS}_WASM`.
 
 pub mod stream;
 
@@ -48,6 +48,26 @@ pub fn guest_wasm_version(version: &str) -> PathBuf {
     let path = workspace_root().join(format!("target/test-guest-{version}.wasm"));
     assert!(path.is_file(), "{} is missing: build everything first with `cargo xtask test`", path.display());
     path
+}
+
+/// A standard `wasi:http/proxy` test component (`tests/standard/NAME`):
+/// `hello`, `counter` or `cas`.
+pub fn standard_wasm(name: &str) -> PathBuf {
+    let env = format!("STANDARD_{}_WASM", name.to_uppercase());
+    artifact(&env, &format!("target/wasm32-wasip2/release/standard_{name}.wasm"))
+}
+
+/// The standard hello component built as version 2 (`HELLO_VERSION=2`).
+pub fn standard_hello_v2() -> PathBuf {
+    artifact("STANDARD_HELLO_V2_WASM", "target/standard-hello-2.wasm")
+}
+
+/// A `[[plugins]]` table serving `wasm` as `name` on `/name`; `extra` goes inside it.
+pub fn plugin_table(name: &str, wasm: &Path, extra: &str) -> String {
+    format!(
+        "[[plugins]]\nname = \"{name}\"\nroute = \"/{name}\"\nwasm = {}\n{extra}\n",
+        toml_str(&wasm.to_string_lossy())
+    )
 }
 
 /// The config of a gateway serving the Evotor plugin on `/` with server

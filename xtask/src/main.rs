@@ -5,6 +5,7 @@
 //! cargo xtask test            build everything once, then run every test
 //! cargo xtask build           build the plugins (wasm32-wasip2) and the gateway, release
 //! cargo xtask bench           build, then run the gateway benchmark
+//! cargo xtask bench-serve     evogate against `wasmtime serve` on the same standard component
 //! cargo xtask fuzz [SECONDS]  run every fuzz target SECONDS each (default 60; nightly + cargo-fuzz)
 //! ```
 
@@ -57,6 +58,18 @@ fn main() -> anyhow::Result<()> {
                 "backends",
             ])
         }
+        "bench-serve" => {
+            let wasmtime = install_wasmtime_cli()?;
+            build()?;
+            let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .args(["bench", "-p", "evogate", "--bench", "serve"])
+                .env("WASMTIME_BIN", &wasmtime)
+                .status()?;
+            if !status.success() {
+                bail!("the serve bench failed ({status})");
+            }
+            Ok(())
+        }
         _ => {
             eprintln!(
                 "usage: cargo xtask <command>\n\n\
@@ -65,6 +78,7 @@ fn main() -> anyhow::Result<()> {
                  test           build everything, then run every test\n  \
                  build          build the plugins and the gateway (release)\n  \
                  bench          build, then run the benchmarks (PostgreSQL rows with EVOGATE_TEST_POSTGRES_URL)\n  \
+                 bench-serve    evogate against `wasmtime serve` on the same standard component (installs wasmtime-cli)\n  \
                  fuzz [SECONDS] run every fuzz target for SECONDS each (installs nightly and cargo-fuzz if missing)"
             );
             if task.is_empty() { Ok(()) } else { bail!("unknown command {task:?}") }
@@ -83,6 +97,7 @@ fn cargo(args: &[&str]) -> anyhow::Result<()> {
     let status = Command::new(&cargo)
         .args(args)
         .env_remove("TEST_GUEST_VERSION")
+        .env_remove("HELLO_VERSION")
         .status()
         .with_context(|| format!("running {cargo}"))?;
     if !status.success() {
@@ -107,6 +122,30 @@ fn ensure_wasm_target() -> anyhow::Result<()> {
         // Without rustup the toolchain must already carry the target; cargo will say if not.
         Err(_) => Ok(()),
     }
+}
+
+/// The wasmtime version evogate embeds: `wasmtime serve` of the same one is the anchor.
+const WASMTIME_VERSION: &str = "48.0.8";
+
+/// `wasmtime` of [`WASMTIME_VERSION`] in `target/wasmtime-cli`, installed
+/// with `cargo install` the first time (several minutes), reused after.
+fn install_wasmtime_cli() -> anyhow::Result<PathBuf> {
+    let root = Path::new("target/wasmtime-cli");
+    let bin = root.join("bin/wasmtime");
+    let installed = Command::new(&bin).arg("--version").output();
+    if installed.is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains(WASMTIME_VERSION)) {
+        return Ok(std::fs::canonicalize(bin)?);
+    }
+    run_checked(Command::new("cargo").args([
+        "install",
+        "wasmtime-cli",
+        "--version",
+        WASMTIME_VERSION,
+        "--locked",
+        "--root",
+        &root.to_string_lossy(),
+    ]))?;
+    Ok(std::fs::canonicalize(bin)?)
 }
 
 /// Versions of the test plugin the hot-swap tests deploy, besides the default 1.0.0.
@@ -134,7 +173,33 @@ fn build_plugins() -> anyhow::Result<()> {
         std::fs::copy(&guest, format!("target/test-guest-{version}.wasm"))
             .with_context(|| format!("copying {guest}"))?;
     }
-    cargo(&["build", "--release", "--target", WASM_TARGET, "-p", "evotor-partner", "-p", "test-guest"])
+    // The standard hello component's second version, then the first.
+    let hello = format!("target/{WASM_TARGET}/release/standard_hello.wasm");
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--release", "--target", WASM_TARGET, "-p", "standard-hello"])
+        .env("HELLO_VERSION", "2")
+        .env_remove("TEST_GUEST_VERSION")
+        .status()?;
+    if !status.success() {
+        bail!("building standard-hello 2 failed");
+    }
+    std::fs::copy(&hello, "target/standard-hello-2.wasm").with_context(|| format!("copying {hello}"))?;
+    cargo(&[
+        "build",
+        "--release",
+        "--target",
+        WASM_TARGET,
+        "-p",
+        "evotor-partner",
+        "-p",
+        "test-guest",
+        "-p",
+        "standard-hello",
+        "-p",
+        "standard-counter",
+        "-p",
+        "standard-cas",
+    ])
 }
 
 /// What the tests need, built once: the plugins, then every target of the

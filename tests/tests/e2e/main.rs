@@ -21,3 +21,5 @@ mod gateway;
 mod hotswap;
 /// What the Evotor cloud really sends, taken whole.
 mod intake;
+/// Standard wasi:http components: served, limited, deployed, on wasi:keyvalue.
+mod standard;

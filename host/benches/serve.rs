@@ -1,0 +1,129 @@
+//! evogate against `wasmtime serve` on the same standard component
+//! (tests/standard/hello): both as their own processes on loopback, driven
+//! by the same load generator in alternating rounds.
+//!
+//! Run with `cargo xtask bench-serve`: it installs `wasmtime-cli` of
+//! wasmtime's version into `target/wasmtime-cli` (once), builds the
+//! component and the gateway, then runs this with `WASMTIME_BIN` set.
+//! `BENCH_SECONDS` (default 3) sets the length of each throughput round.
+
+mod common;
+
+use common::{CONNECTIONS, LATENCY_REQUESTS, fetch_once, latency, median, median_pair, throughput};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const ROUNDS: usize = 3;
+
+/// A server process, killed when dropped.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+async fn wait_until_serving(addr: SocketAddr) -> anyhow::Result<bytes::Bytes> {
+    let started = Instant::now();
+    loop {
+        match fetch_once(addr).await {
+            Ok(body) => return Ok(body),
+            Err(_) if started.elapsed() < Duration::from_secs(60) => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(err) => return Err(err.context(format!("nothing answers on {addr}"))),
+        }
+    }
+}
+
+fn wasmtime_serve(wasmtime: &Path, wasm: &Path, port: u16) -> anyhow::Result<Server> {
+    let child = Command::new(wasmtime)
+        .args(["serve", "-S", "cli=y", "--addr", &format!("127.0.0.1:{port}")])
+        .arg(wasm)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    Ok(Server(child))
+}
+
+fn evogate_serve(evogate: &Path, wasm: &Path, port: u16, data: &Path) -> anyhow::Result<Server> {
+    let config = data.join("evogate.toml");
+    let wasm = serde_json::to_string(&wasm.to_string_lossy())?;
+    let data_dir = serde_json::to_string(&data.join("data").to_string_lossy())?;
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\ndata_dir = {data_dir}\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [[plugins]]\nname = \"hello\"\nroute = \"/\"\nwasm = {wasm}\n"
+        ),
+    )?;
+    // The access log stays on (its formatting is part of the work), written to nowhere.
+    let child = Command::new(evogate)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("EVOGATE_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    Ok(Server(child))
+}
+
+fn main() -> anyhow::Result<()> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let wasmtime = std::env::var_os("WASMTIME_BIN")
+        .map(PathBuf::from)
+        .ok_or_else(|| anyhow::anyhow!("WASMTIME_BIN is not set: run `cargo xtask bench-serve`"))?;
+    let wasm = root.join("target/wasm32-wasip2/release/standard_hello.wasm");
+    let evogate = root.join("target/release/evogate");
+    for path in [&wasmtime, &wasm, &evogate] {
+        anyhow::ensure!(path.is_file(), "{} is missing: run `cargo xtask bench-serve`", path.display());
+    }
+    let seconds: u64 = std::env::var("BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
+    let version = Command::new(&wasmtime).arg("--version").output()?;
+    let data = tempfile::tempdir()?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let (wasmtime_port, evogate_port) = (free_port()?, free_port()?);
+        let _wasmtime = wasmtime_serve(&wasmtime, &wasm, wasmtime_port)?;
+        let _evogate = evogate_serve(&evogate, &wasm, evogate_port, data.path())?;
+        let wasmtime_addr = SocketAddr::from(([127, 0, 0, 1], wasmtime_port));
+        let evogate_addr = SocketAddr::from(([127, 0, 0, 1], evogate_port));
+        let expected = wait_until_serving(wasmtime_addr).await?;
+        anyhow::ensure!(wait_until_serving(evogate_addr).await? == expected, "the two answers differ");
+
+        println!("component: tests/standard/hello ({} bytes)", std::fs::metadata(&wasm)?.len());
+        println!("wasmtime serve: {}", String::from_utf8_lossy(&version.stdout).trim());
+        println!("both servers their own processes; HTTP/1.1 keep-alive on loopback");
+        println!("{ROUNDS} alternating rounds; medians reported\n");
+
+        let (mut wasmtime_lat, mut evogate_lat, mut wasmtime_rps, mut evogate_rps) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            wasmtime_lat.push(latency(wasmtime_addr).await?);
+            evogate_lat.push(latency(evogate_addr).await?);
+            wasmtime_rps.push(throughput(wasmtime_addr, Duration::from_secs(seconds)).await?);
+            evogate_rps.push(throughput(evogate_addr, Duration::from_secs(seconds)).await?);
+        }
+        let (w50, w99) = median_pair(&wasmtime_lat);
+        let (e50, e99) = median_pair(&evogate_lat);
+        let (wr, er) = (median(&wasmtime_rps), median(&evogate_rps));
+        println!("sequential, 1 connection ({LATENCY_REQUESTS} requests per round):");
+        println!("  wasmtime serve  p50 {w50:7.1} µs   p99 {w99:7.1} µs");
+        println!("  evogate         p50 {e50:7.1} µs   p99 {e99:7.1} µs");
+        println!("  evogate / wasmtime serve, p50: {:.2}", e50 / w50);
+        println!("throughput, {CONNECTIONS} connections ({seconds} s per round):");
+        println!("  wasmtime serve  {wr:9.0} req/s");
+        println!("  evogate         {er:9.0} req/s");
+        println!("  evogate / wasmtime serve: {:.2}", er / wr);
+        Ok(())
+    })
+}
