@@ -2,7 +2,8 @@
 //!
 //! Checked: nothing panics; a valid configuration with values replaced or
 //! keys added is either accepted or refused with a message naming one of
-//! the keys that were changed.
+//! the keys that were changed. An `allowed_outbound_hosts` entry that
+//! parses prints back as itself, and matching any URI against it is safe.
 #![no_main]
 
 use arbitrary::Arbitrary;
@@ -46,6 +47,7 @@ const KEYS: &[&str] = &[
     "plugins.0.wasm",
     "plugins.0.max_concurrent_requests",
     "plugins.0.config",
+    "plugins.0.allowed_outbound_hosts",
     "plugins.1.name",
     "plugins.1.route",
 ];
@@ -59,6 +61,7 @@ enum Leaf {
     Address(u8, u16),
     Empty,
     Array(Vec<i64>),
+    Strings(Vec<String>),
 }
 
 impl Leaf {
@@ -71,6 +74,7 @@ impl Leaf {
             Leaf::Address(host, port) => Value::String(format!("{}.0.0.1:{port}", host % 3 * 127)),
             Leaf::Empty => Value::Table(Table::new()),
             Leaf::Array(items) => Value::Array(items.iter().map(|n| Value::Integer(*n)).collect()),
+            Leaf::Strings(items) => Value::Array(items.iter().map(|text| Value::String(text.clone())).collect()),
         }
     }
 }
@@ -90,6 +94,8 @@ enum Input {
     /// Any text as the file.
     Raw(String),
     Changes(Vec<Change>),
+    /// An `allowed_outbound_hosts` entry and a URI to match against it.
+    Rule(String, String),
 }
 
 const BASE: &str = r#"
@@ -162,6 +168,16 @@ fuzz_target!(|input: Input| {
     }
     match input {
         Input::Raw(text) => drop(Config::load_toml(&text)),
+        Input::Rule(entry, uri) => {
+            if let Ok(rule) = evogate::outbound::OutboundRule::parse(&entry) {
+                let printed = rule.to_string();
+                let again = evogate::outbound::OutboundRule::parse(&printed).expect("a printed rule parses");
+                assert_eq!(again, rule, "{entry:?} printed as {printed:?}");
+                if let Ok(uri) = uri.parse::<hyper::Uri>() {
+                    let _ = rule.allows(&uri);
+                }
+            }
+        }
         Input::Changes(changes) => {
             let mut table: Table = BASE.parse().expect("the base configuration");
             let mut named = Vec::new();

@@ -64,16 +64,26 @@ fn a_standard_component_is_served_with_request_ids_logs_metrics_and_its_environm
 }
 
 #[test]
-fn the_deadline_memory_limit_and_body_limit_hold_for_standard_components() {
+fn the_deadline_memory_limit_body_limit_and_concurrency_cap_hold_for_standard_components() {
     let gateway = standard_gateway(
         "[limits]\nrequest_timeout_ms = 500\ninstance_memory_bytes = 33554432\nmax_body_bytes = 65536",
-        "",
+        "max_concurrent_requests = 1",
     );
     let started = Instant::now();
     let spin = get(&gateway.url("/hello/spin"));
     assert_eq!(spin.status, 503, "{}", spin.text());
     assert!(spin.text().contains("deadline"), "{}", spin.text());
     assert!(started.elapsed() < Duration::from_secs(3), "stopped at its deadline: {:?}", started.elapsed());
+
+    // Its own cap: while one request spins, the next is refused at once.
+    let spinning = std::thread::spawn({
+        let url = gateway.url("/hello/spin");
+        move || get(&url).status
+    });
+    std::thread::sleep(Duration::from_millis(150));
+    let busy = get(&gateway.url("/hello/x"));
+    assert_eq!((busy.status, busy.header("retry-after")), (503, Some("1")), "{}", busy.text());
+    assert_eq!(spinning.join().expect("spinning"), 503);
 
     let grow = get(&gateway.url("/hello/grow"));
     assert_eq!(grow.status, 500, "{}", grow.text());
