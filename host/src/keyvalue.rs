@@ -234,30 +234,69 @@ impl HostState {
     }
 }
 
-impl d1::store::Host for HostState {
-    async fn open(&mut self, identifier: String) -> Result<Resource<Bucket>, d1::store::Error> {
-        let prefix = bucket_prefix(&identifier)?;
-        Ok(self.table.push(Bucket { prefix }).map_err(Failure::from)?)
-    }
+/// What both drafts declare alike: `store.open`, the bucket's calls but
+/// `list-keys` (given as `$list_keys`), and `batch`.
+macro_rules! same_in_both_drafts {
+    ($draft:ident, $($list_keys:tt)*) => {
+        impl $draft::store::Host for HostState {
+            async fn open(&mut self, identifier: String) -> Result<Resource<Bucket>, $draft::store::Error> {
+                let prefix = bucket_prefix(&identifier)?;
+                Ok(self.table.push(Bucket { prefix }).map_err(Failure::from)?)
+            }
+        }
+
+        impl $draft::store::HostBucket for HostState {
+            async fn get(&mut self, bucket: Resource<Bucket>, key: String) -> Result<Option<Vec<u8>>, $draft::store::Error> {
+                Ok(self.kv_get(&bucket, &key).await?)
+            }
+
+            async fn set(&mut self, bucket: Resource<Bucket>, key: String, value: Vec<u8>) -> Result<(), $draft::store::Error> {
+                Ok(self.kv_write(&bucket, vec![(key, Some(value))]).await?)
+            }
+
+            async fn delete(&mut self, bucket: Resource<Bucket>, key: String) -> Result<(), $draft::store::Error> {
+                Ok(self.kv_write(&bucket, vec![(key, None)]).await?)
+            }
+
+            async fn exists(&mut self, bucket: Resource<Bucket>, key: String) -> Result<bool, $draft::store::Error> {
+                Ok(self.kv_get(&bucket, &key).await?.is_some())
+            }
+
+            $($list_keys)*
+
+            async fn drop(&mut self, bucket: Resource<Bucket>) -> wasmtime::Result<()> {
+                self.table.delete(bucket)?;
+                Ok(())
+            }
+        }
+
+        impl $draft::batch::Host for HostState {
+            async fn get_many(
+                &mut self,
+                bucket: Resource<Bucket>,
+                keys: Vec<String>,
+            ) -> Result<Vec<Option<(String, Vec<u8>)>>, $draft::store::Error> {
+                Ok(self.kv_get_many(&bucket, keys).await?)
+            }
+
+            async fn set_many(
+                &mut self,
+                bucket: Resource<Bucket>,
+                key_values: Vec<(String, Vec<u8>)>,
+            ) -> Result<(), $draft::store::Error> {
+                let writes = key_values.into_iter().map(|(key, value)| (key, Some(value))).collect();
+                Ok(self.kv_write(&bucket, writes).await?)
+            }
+
+            async fn delete_many(&mut self, bucket: Resource<Bucket>, keys: Vec<String>) -> Result<(), $draft::store::Error> {
+                Ok(self.kv_write(&bucket, keys.into_iter().map(|key| (key, None)).collect()).await?)
+            }
+        }
+    };
 }
 
-impl d1::store::HostBucket for HostState {
-    async fn get(&mut self, bucket: Resource<Bucket>, key: String) -> Result<Option<Vec<u8>>, d1::store::Error> {
-        Ok(self.kv_get(&bucket, &key).await?)
-    }
-
-    async fn set(&mut self, bucket: Resource<Bucket>, key: String, value: Vec<u8>) -> Result<(), d1::store::Error> {
-        Ok(self.kv_write(&bucket, vec![(key, Some(value))]).await?)
-    }
-
-    async fn delete(&mut self, bucket: Resource<Bucket>, key: String) -> Result<(), d1::store::Error> {
-        Ok(self.kv_write(&bucket, vec![(key, None)]).await?)
-    }
-
-    async fn exists(&mut self, bucket: Resource<Bucket>, key: String) -> Result<bool, d1::store::Error> {
-        Ok(self.kv_get(&bucket, &key).await?.is_some())
-    }
-
+same_in_both_drafts!(
+    d1,
     /// The cursor is a number standing for the page's last key, valid in
     /// the request that got it (instances live for one request).
     async fn list_keys(
@@ -289,66 +328,10 @@ impl d1::store::HostBucket for HostState {
         });
         Ok(d1::store::KeyResponse { keys, cursor })
     }
+);
 
-    async fn drop(&mut self, bucket: Resource<Bucket>) -> wasmtime::Result<()> {
-        self.table.delete(bucket)?;
-        Ok(())
-    }
-}
-
-impl d1::atomics::Host for HostState {
-    async fn increment(&mut self, bucket: Resource<Bucket>, key: String, delta: u64) -> Result<u64, d1::store::Error> {
-        Ok(self.kv_increment(&bucket, &key, |current: u64| current.checked_add(delta)).await?)
-    }
-}
-
-impl d1::batch::Host for HostState {
-    async fn get_many(
-        &mut self,
-        bucket: Resource<Bucket>,
-        keys: Vec<String>,
-    ) -> Result<Vec<Option<(String, Vec<u8>)>>, d1::store::Error> {
-        Ok(self.kv_get_many(&bucket, keys).await?)
-    }
-
-    async fn set_many(
-        &mut self,
-        bucket: Resource<Bucket>,
-        key_values: Vec<(String, Vec<u8>)>,
-    ) -> Result<(), d1::store::Error> {
-        let writes = key_values.into_iter().map(|(key, value)| (key, Some(value))).collect();
-        Ok(self.kv_write(&bucket, writes).await?)
-    }
-
-    async fn delete_many(&mut self, bucket: Resource<Bucket>, keys: Vec<String>) -> Result<(), d1::store::Error> {
-        Ok(self.kv_write(&bucket, keys.into_iter().map(|key| (key, None)).collect()).await?)
-    }
-}
-
-impl d2::store::Host for HostState {
-    async fn open(&mut self, identifier: String) -> Result<Resource<Bucket>, d2::store::Error> {
-        let prefix = bucket_prefix(&identifier)?;
-        Ok(self.table.push(Bucket { prefix }).map_err(Failure::from)?)
-    }
-}
-
-impl d2::store::HostBucket for HostState {
-    async fn get(&mut self, bucket: Resource<Bucket>, key: String) -> Result<Option<Vec<u8>>, d2::store::Error> {
-        Ok(self.kv_get(&bucket, &key).await?)
-    }
-
-    async fn set(&mut self, bucket: Resource<Bucket>, key: String, value: Vec<u8>) -> Result<(), d2::store::Error> {
-        Ok(self.kv_write(&bucket, vec![(key, Some(value))]).await?)
-    }
-
-    async fn delete(&mut self, bucket: Resource<Bucket>, key: String) -> Result<(), d2::store::Error> {
-        Ok(self.kv_write(&bucket, vec![(key, None)]).await?)
-    }
-
-    async fn exists(&mut self, bucket: Resource<Bucket>, key: String) -> Result<bool, d2::store::Error> {
-        Ok(self.kv_get(&bucket, &key).await?.is_some())
-    }
-
+same_in_both_drafts!(
+    d2,
     /// The cursor is the page's last key: it holds across requests.
     async fn list_keys(
         &mut self,
@@ -358,10 +341,11 @@ impl d2::store::HostBucket for HostState {
         let (keys, cursor) = self.kv_keys(&bucket, cursor).await?;
         Ok(d2::store::KeyResponse { keys, cursor })
     }
+);
 
-    async fn drop(&mut self, bucket: Resource<Bucket>) -> wasmtime::Result<()> {
-        self.table.delete(bucket)?;
-        Ok(())
+impl d1::atomics::Host for HostState {
+    async fn increment(&mut self, bucket: Resource<Bucket>, key: String, delta: u64) -> Result<u64, d1::store::Error> {
+        Ok(self.kv_increment(&bucket, &key, |current: u64| current.checked_add(delta)).await?)
     }
 }
 
@@ -405,29 +389,6 @@ impl d2::atomics::HostCas for HostState {
     async fn drop(&mut self, cas: Resource<Cas>) -> wasmtime::Result<()> {
         self.table.delete(cas)?;
         Ok(())
-    }
-}
-
-impl d2::batch::Host for HostState {
-    async fn get_many(
-        &mut self,
-        bucket: Resource<Bucket>,
-        keys: Vec<String>,
-    ) -> Result<Vec<Option<(String, Vec<u8>)>>, d2::store::Error> {
-        Ok(self.kv_get_many(&bucket, keys).await?)
-    }
-
-    async fn set_many(
-        &mut self,
-        bucket: Resource<Bucket>,
-        key_values: Vec<(String, Vec<u8>)>,
-    ) -> Result<(), d2::store::Error> {
-        let writes = key_values.into_iter().map(|(key, value)| (key, Some(value))).collect();
-        Ok(self.kv_write(&bucket, writes).await?)
-    }
-
-    async fn delete_many(&mut self, bucket: Resource<Bucket>, keys: Vec<String>) -> Result<(), d2::store::Error> {
-        Ok(self.kv_write(&bucket, keys.into_iter().map(|key| (key, None)).collect()).await?)
     }
 }
 

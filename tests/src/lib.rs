@@ -396,6 +396,53 @@ pub fn post_chunked(url: &str, body: &[u8]) -> Reply {
     reply(agent().post(url).send(ureq::SendBody::from_reader(&mut reader)))
 }
 
+/// Clients sending `GET` in a loop, one thread per URL, until stopped:
+/// how many got 200, and every other answer.
+#[derive(Debug)]
+pub struct Load {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    served: Arc<std::sync::atomic::AtomicUsize>,
+    failures: Arc<Mutex<Vec<(u16, String)>>>,
+    clients: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    /// Starts one client per URL.
+    pub fn start(urls: impl IntoIterator<Item = String>) -> Self {
+        use std::sync::atomic::Ordering;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let clients = urls
+            .into_iter()
+            .map(|url| {
+                let (stop, served, failures) = (stop.clone(), served.clone(), failures.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        let reply = get(&url);
+                        if reply.status == 200 {
+                            served.fetch_add(1, Ordering::Relaxed);
+                        } else if let Ok(mut failures) = failures.lock() {
+                            failures.push((reply.status, reply.text()));
+                        }
+                    }
+                })
+            })
+            .collect();
+        Self { stop, served, failures, clients }
+    }
+
+    /// Stops every client: the requests answered 200, and the other answers.
+    pub fn stop(self) -> (usize, Vec<(u16, String)>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for client in self.clients {
+            client.join().expect("a load client");
+        }
+        let failures = self.failures.lock().map(|failures| failures.clone()).unwrap_or_default();
+        (self.served.load(std::sync::atomic::Ordering::Relaxed), failures)
+    }
+}
+
 /// The environment variable naming the PostgreSQL database of the multi-node tests.
 pub const POSTGRES_URL_VAR: &str = "EVOGATE_TEST_POSTGRES_URL";
 

@@ -7,7 +7,7 @@ use evogate_e2e::{ADMIN_TOKEN, Gateway, TestSchema, get, guest_wasm_version, pos
 use serde_json::{Value, json};
 use std::io::{Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -181,26 +181,7 @@ fn a_deploy_through_one_node_reaches_the_fleet_under_load_without_a_failed_reque
     let schema = TestSchema::new(&url);
     let nodes: Vec<Gateway> = (0..3).map(|_| Gateway::guest(&schema.store_table(&url), "")).collect();
     let original = get(&nodes[0].url("/g/version")).text();
-    let stop = Arc::new(AtomicBool::new(false));
-    let failures = Arc::new(Mutex::new(Vec::new()));
-    let served = Arc::new(AtomicUsize::new(0));
-    let load: Vec<_> = nodes
-        .iter()
-        .map(|node| {
-            let (url, stop, failures, served) =
-                (node.url("/g/version"), stop.clone(), failures.clone(), served.clone());
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    let reply = get(&url);
-                    if reply.status == 200 {
-                        served.fetch_add(1, Ordering::Relaxed);
-                    } else if let Ok(mut failures) = failures.lock() {
-                        failures.push((reply.status, reply.text()));
-                    }
-                }
-            })
-        })
-        .collect();
+    let load = evogate_e2e::Load::start(nodes.iter().map(|node| node.url("/g/version")));
 
     let build = std::fs::read(guest_wasm_version("2.0.0")).expect("the 2.0.0 build");
     let deployed = admin(&nodes[0], "PUT", "/plugins/g", Some(&build));
@@ -213,12 +194,9 @@ fn a_deploy_through_one_node_reaches_the_fleet_under_load_without_a_failed_reque
     let took = wait_for_version(&nodes, &original);
     assert!(took < Duration::from_secs(2), "the rollback reached the fleet in {took:?}");
 
-    stop.store(true, Ordering::Relaxed);
-    for thread in load {
-        thread.join().expect("load");
-    }
-    assert!(served.load(Ordering::Relaxed) > 100, "the load ran");
-    assert_eq!(failures.lock().expect("lock").as_slice(), &[] as &[(u16, String)], "no request failed");
+    let (served, failures) = load.stop();
+    assert!(served > 100, "the load ran");
+    assert_eq!(failures, &[] as &[(u16, String)], "no request failed");
 
     // A node started now serves what the fleet serves.
     let late = Gateway::guest(&schema.store_table(&url), "");

@@ -8,8 +8,8 @@ use evogate_e2e::{
     standard_wasm,
 };
 use std::io::{Read as _, Write as _};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 fn admin(gateway: &Gateway, method: &str, path: &str, body: Option<&[u8]>) -> Reply {
@@ -210,25 +210,8 @@ fn deploys_of_a_standard_component_under_load_drop_no_request_and_roll_back() {
     let gateway = standard_gateway("", "");
     let v1 = std::fs::read(standard_wasm("hello")).expect("v1");
     let v2 = std::fs::read(standard_hello_v2()).expect("v2");
-    let stop = Arc::new(AtomicBool::new(false));
-    let failures = Arc::new(Mutex::new(Vec::new()));
-    let served = Arc::new(AtomicUsize::new(0));
-    let clients: Vec<_> = (0..8)
-        .map(|_| {
-            let (url, stop, failures, served) =
-                (gateway.url("/hello/version"), stop.clone(), failures.clone(), served.clone());
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    let reply = get(&url);
-                    if reply.status == 200 {
-                        served.fetch_add(1, Ordering::Relaxed);
-                    } else if let Ok(mut failures) = failures.lock() {
-                        failures.push((reply.status, reply.text()));
-                    }
-                }
-            })
-        })
-        .collect();
+    // `/hello/version`: the hello component answers any path, the test plugin this one.
+    let load = evogate_e2e::Load::start((0..8).map(|_| gateway.url("/hello/version")));
     for round in 0..20 {
         let (bytes, version) = if round % 2 == 0 { (&v2, "2") } else { (&v1, "1") };
         let deployed = admin(&gateway, "PUT", "/plugins/hello", Some(bytes));
@@ -255,14 +238,9 @@ fn deploys_of_a_standard_component_under_load_drop_no_request_and_roll_back() {
     assert_eq!(refused.status, 422, "{}", refused.text());
     assert!(refused.text().contains("wasi:http/incoming-handler"), "{}", refused.text());
 
-    stop.store(true, Ordering::Relaxed);
-    for client in clients {
-        client.join().expect("client");
-    }
-    // `/hello/version`: the hello component answers any path, the test plugin this one.
-    let served = served.load(Ordering::Relaxed);
+    let (served, failures) = load.stop();
     assert!(served > 100, "the load ran ({served})");
-    assert_eq!(failures.lock().expect("lock").as_slice(), &[] as &[(u16, String)], "no request failed");
+    assert_eq!(failures, &[] as &[(u16, String)], "no request failed");
     eprintln!("{served} requests during 22 deploys and a rollback of a standard component, none failed");
 }
 
