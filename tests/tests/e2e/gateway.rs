@@ -6,7 +6,7 @@
 //!   are served; unbounded allocation and panics fail alone;
 //! - isolation: two plugins on two routes never see each other's keys.
 
-use evogate_e2e::{Gateway, get, guest_wasm, post_chunked, post_json, request, toml_str};
+use evogate_e2e::{Gateway, get, guest_wasm, plugin_table, post_chunked, post_json, request, toml_str};
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -14,22 +14,11 @@ const USER: &str = "01-000000000000001";
 
 /// Two instances of the test guest, `alpha` on `/alpha` and `beta` on `/beta`.
 fn guest_gateway(limits: &str) -> Gateway {
-    let wasm = toml_str(&guest_wasm().to_string_lossy());
+    let wasm = guest_wasm();
     Gateway::start(&format!(
-        r#"
-{limits}
-[[plugins]]
-name = "alpha"
-route = "/alpha"
-wasm = {wasm}
-[plugins.config]
-greeting = "hello alpha"
-
-[[plugins]]
-name = "beta"
-route = "/beta"
-wasm = {wasm}
-"#
+        "{limits}\n{}{}",
+        plugin_table("alpha", &wasm, "[plugins.config]\ngreeting = \"hello alpha\""),
+        plugin_table("beta", &wasm, ""),
     ))
 }
 
