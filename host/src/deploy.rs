@@ -352,7 +352,7 @@ impl Deployer {
             let sha256 = sha256_hex(&bytes);
             let started = std::time::Instant::now();
             let namespace = Namespace::new(backend.clone(), &plugin.name);
-            let version = sandbox.load(&plugin.name, bytes.clone(), settings.clone(), namespace).await?;
+            let version = sandbox.load(&plugin.name, bytes.clone(), &sha256, settings.clone(), namespace).await?;
             let deployment = Arc::new(Deployment { plugin: version, sha256: sha256.clone(), deployed_at });
             if state.is_some() {
                 tracing::info!(
@@ -489,10 +489,11 @@ impl Deployer {
     ) -> Result<Deployment, DeployError> {
         let namespace = Namespace::new(self.backend.clone(), name);
         let started = std::time::Instant::now();
-        let plugin = self.sandbox.load(name, bytes, managed.settings.clone(), namespace).await.map_err(|err| {
-            metrics::counter!("evogate_deploys_refused_total", "plugin" => name.to_owned()).increment(1);
-            DeployError::Refused(format!("{err:#}"))
-        })?;
+        let plugin =
+            self.sandbox.load(name, bytes, sha256, managed.settings.clone(), namespace).await.map_err(|err| {
+                metrics::counter!("evogate_deploys_refused_total", "plugin" => name.to_owned()).increment(1);
+                DeployError::Refused(format!("{err:#}"))
+            })?;
         tracing::info!(plugin = name, identity = %format!("{}@{}", plugin.name, plugin.version), sha256 = &sha256[..12], load_ms = started.elapsed().as_millis() as u64, "plugin version ready");
         Ok(Deployment { plugin, sha256: sha256.to_owned(), deployed_at: now_unix() })
     }

@@ -48,7 +48,7 @@ const DEFAULT_BUCKET: &str = "default";
 /// Longest bucket name.
 const MAX_BUCKET_NAME: usize = 64;
 /// Keys per `list-keys` page.
-pub(crate) const KEYS_PER_PAGE: u32 = 256;
+const KEYS_PER_PAGE: u32 = 256;
 /// `0.2.0-draft` cursors (numbers) a request keeps: the newest pages'.
 const MAX_CURSORS: usize = 64;
 /// Times `increment` rereads and retries when another writer got in between.
@@ -100,24 +100,6 @@ impl From<wit_kv::Error> for Failure {
 impl From<wasmtime::component::ResourceTableError> for Failure {
     fn from(err: wasmtime::component::ResourceTableError) -> Self {
         Failure::Other(err.to_string())
-    }
-}
-
-impl From<Failure> for d1::store::Error {
-    fn from(err: Failure) -> Self {
-        match err {
-            Failure::NoSuchStore => Self::NoSuchStore,
-            Failure::Other(why) => Self::Other(why),
-        }
-    }
-}
-
-impl From<Failure> for d2::store::Error {
-    fn from(err: Failure) -> Self {
-        match err {
-            Failure::NoSuchStore => Self::NoSuchStore,
-            Failure::Other(why) => Self::Other(why),
-        }
     }
 }
 
@@ -234,10 +216,19 @@ impl HostState {
     }
 }
 
-/// What both drafts declare alike: `store.open`, the bucket's calls but
-/// `list-keys` (given as `$list_keys`), and `batch`.
+/// What both drafts declare alike: the error, `store.open`, the bucket's
+/// calls but `list-keys` (given as `$list_keys`), and `batch`.
 macro_rules! same_in_both_drafts {
     ($draft:ident, $($list_keys:tt)*) => {
+        impl From<Failure> for $draft::store::Error {
+            fn from(err: Failure) -> Self {
+                match err {
+                    Failure::NoSuchStore => Self::NoSuchStore,
+                    Failure::Other(why) => Self::Other(why),
+                }
+            }
+        }
+
         impl $draft::store::Host for HostState {
             async fn open(&mut self, identifier: String) -> Result<Resource<Bucket>, $draft::store::Error> {
                 let prefix = bucket_prefix(&identifier)?;

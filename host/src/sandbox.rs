@@ -18,7 +18,6 @@ use crate::kv::{self, Namespace};
 use crate::plugin_log::LogPipe;
 use bytes::Bytes;
 use http_body_util::BodyExt as _;
-use sha2::Digest as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
@@ -180,16 +179,17 @@ impl Sandbox {
         Ok(Self { engine, linker, limits, kv_calls, _ticker: ticker })
     }
 
-    /// Compiles `wasm` and checks it by instantiating it once and reading
-    /// its identity. Compilation is slow: it runs on a blocking thread.
+    /// Compiles `wasm` (whose SHA-256 in hex is `sha256`) and checks it by
+    /// instantiating it once and reading its identity. Compilation is slow:
+    /// it runs on a blocking thread.
     pub async fn load(
         &self,
         plugin: &str,
         wasm: Vec<u8>,
+        sha256: &str,
         settings: Arc<PluginSettings>,
         kv: Namespace,
     ) -> wasmtime::Result<PluginVersion> {
-        let digest = hex::encode(sha2::Sha256::digest(&wasm));
         let engine = self.engine.clone();
         let component = tokio::task::spawn_blocking(move || Component::new(&engine, wasm))
             .await
@@ -235,7 +235,7 @@ impl Sandbox {
         // A standard component has no identity of its own: the plugin's
         // name, and the start of its SHA-256 as the version.
         let (name, semver) = match version.pre {
-            Pre::Proxy(_) => (plugin.to_owned(), digest[..12].to_owned()),
+            Pre::Proxy(_) => (plugin.to_owned(), sha256.chars().take(12).collect()),
             Pre::Current(_) | Pre::First(_) => (name, semver),
         };
         for (what, text) in [("name", &name), ("version", &semver)] {
@@ -412,7 +412,7 @@ impl PluginVersion {
             deadline,
             settings: self.settings.clone(),
             http: WasiHttpCtx::new(),
-            outbound: Outbound { settings: self.settings.clone(), plugin: tag },
+            outbound: Outbound { settings: self.settings.clone(), plugin: self.plugin.clone(), label: tag },
             keyvalue: crate::keyvalue::KeyValueState::default(),
         };
         let mut store = Store::new(&self.engine, state);
@@ -474,8 +474,10 @@ impl WasiHttpView for HostState {
 /// `HTTP-request-denied` before any connection is made.
 struct Outbound {
     settings: Arc<PluginSettings>,
-    /// `plugin@version`, for the log.
+    /// The plugin's name, for the metric.
     plugin: Arc<str>,
+    /// `plugin@version`, for the log.
+    label: Arc<str>,
 }
 
 type OutgoingIo = Box<dyn std::future::Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>;
@@ -491,10 +493,10 @@ impl WasiHttpHooks for Outbound {
                 Output = Result<(hyper::Response<wasmtime_wasi_http::WasiBody>, OutgoingIo), wasmtime_wasi_http::Error>,
             > + Send,
     > {
-        let plugin = self.plugin.split('@').next().unwrap_or_default().to_owned();
+        let plugin = self.plugin.to_string();
         if !self.settings.outbound.allows(request.uri()) {
             tracing::warn!(
-                plugin = %self.plugin,
+                plugin = %self.label,
                 uri = %crate::plugin_log::escape_controls(&request.uri().to_string()),
                 "outgoing request refused: not in allowed_outbound_hosts"
             );
@@ -866,7 +868,8 @@ mod tests {
             Limits { timeout: Duration::from_secs(1), memory_bytes: 1 << 20, max_instances: 4, max_kv_calls: 4 };
         let sandbox = Sandbox::new(limits, None).expect("sandbox");
         let kv = Namespace::new(Arc::new(kv::MemoryBackend::default()), "p");
-        let load = |instances| sandbox.load("p", component_with_memories(instances), Default::default(), kv.clone());
+        let load =
+            |instances| sandbox.load("p", component_with_memories(instances), "0", Default::default(), kv.clone());
         let fits = load(2).await.expect_err("no exports");
         assert!(format!("{fits:#}").contains("exports"), "two memories compile; the exports are missing: {fits:#}");
         let greedy = load(3).await.expect_err("three memories");

@@ -159,31 +159,12 @@ fn build() -> anyhow::Result<()> {
 /// The test plugin in each of its versions, and the Evotor plugin.
 fn build_plugins() -> anyhow::Result<()> {
     ensure_wasm_target()?;
-    let guest = format!("target/{WASM_TARGET}/release/test_guest.wasm");
-    // Other versions of the test plugin first (only its own crate rebuilds),
-    // then the default, so `test_guest.wasm` is 1.0.0 at the end.
+    // Other versions first (only their own crate rebuilds), then the
+    // defaults, so `test_guest.wasm` is 1.0.0 and `standard_hello.wasm` 1 at the end.
     for version in GUEST_VERSIONS {
-        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "--release", "--target", WASM_TARGET, "-p", "test-guest"])
-            .env("TEST_GUEST_VERSION", version)
-            .status()?;
-        if !status.success() {
-            bail!("building test-guest {version} failed");
-        }
-        std::fs::copy(&guest, format!("target/test-guest-{version}.wasm"))
-            .with_context(|| format!("copying {guest}"))?;
+        build_version("test-guest", "TEST_GUEST_VERSION", version, &format!("target/test-guest-{version}.wasm"))?;
     }
-    // The standard hello component's second version, then the first.
-    let hello = format!("target/{WASM_TARGET}/release/standard_hello.wasm");
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "--release", "--target", WASM_TARGET, "-p", "standard-hello"])
-        .env("HELLO_VERSION", "2")
-        .env_remove("TEST_GUEST_VERSION")
-        .status()?;
-    if !status.success() {
-        bail!("building standard-hello 2 failed");
-    }
-    std::fs::copy(&hello, "target/standard-hello-2.wasm").with_context(|| format!("copying {hello}"))?;
+    build_version("standard-hello", "HELLO_VERSION", "2", "target/standard-hello-2.wasm")?;
     cargo(&[
         "build",
         "--release",
@@ -200,6 +181,22 @@ fn build_plugins() -> anyhow::Result<()> {
         "-p",
         "standard-cas",
     ])
+}
+
+/// Builds the wasm `package` with `var=version` and keeps the component as `keep`.
+fn build_version(package: &str, var: &str, version: &str, keep: &str) -> anyhow::Result<()> {
+    let built = format!("target/{WASM_TARGET}/release/{}.wasm", package.replace('-', "_"));
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--release", "--target", WASM_TARGET, "-p", package])
+        .env_remove("TEST_GUEST_VERSION")
+        .env_remove("HELLO_VERSION")
+        .env(var, version)
+        .status()?;
+    if !status.success() {
+        bail!("building {package} {version} failed");
+    }
+    std::fs::copy(&built, keep).with_context(|| format!("copying {built}"))?;
+    Ok(())
 }
 
 /// What the tests need, built once: the plugins, then every target of the
