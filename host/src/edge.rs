@@ -55,12 +55,8 @@ pub fn request_id(headers: &hyper::HeaderMap) -> HeaderValue {
     if let Some(id) = headers.get(REQUEST_ID).filter(sane) {
         return id.clone();
     }
-    let mut random = [0u8; 12];
-    // Without the OS generator an id is still unique enough from the clock.
-    if getrandom::fill(&mut random).is_err() {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        random.copy_from_slice(&nanos.to_le_bytes()[..12]);
-    }
+    // The thread's CSPRNG (seeded from the OS, reseeded by itself): no system call per request.
+    let random: [u8; 12] = rand::random();
     HeaderValue::from_str(&hex::encode(random)).unwrap_or(HeaderValue::from_static("-"))
 }
 

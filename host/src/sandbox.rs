@@ -8,7 +8,7 @@
 //! requests and a misbehaving request cannot affect another.
 //!
 //! A component is one of two kinds, told apart by its exports when it
-//! loads ([`World`]): an evogate plugin (`evogate:plugin`, 0.2.0 or 0.1.0)
+//! loads ([`World`]): an evogate plugin (`evogate:plugin`, 0.2.x or 0.1.0)
 //! or a standard `wasi:http/proxy` 0.2 component, served through
 //! `wasmtime-wasi-http`, with `wasi:keyvalue` on the same store
 //! ([`crate::keyvalue`]). Both get the same pool, limits and request path.
@@ -27,12 +27,14 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
-/// The current world, `evogate:plugin@0.2.0`.
+/// The current world, `evogate:plugin@0.2.1`. Plugins built against 0.2.0
+/// link to it too: wasmtime matches 0.2.x imports and exports to it by
+/// semver, and 0.2.1 only adds `kv.get-many`.
 mod generated {
     wasmtime::component::bindgen!({
         path: "../wit",
-        world: "evogate:plugin/plugin@0.2.0",
-        imports: { "evogate:plugin/kv@0.2.0": async },
+        world: "evogate:plugin/plugin@0.2.1",
+        imports: { "evogate:plugin/kv@0.2.1": async },
         exports: { default: async },
     });
 }
@@ -48,8 +50,8 @@ mod generated_0_1 {
 }
 
 pub use crate::edge::{Request, Response};
-pub(crate) use generated::evogate::plugin0_2_0::kv as wit_kv;
-use generated::evogate::plugin0_2_0::{config as wit_config, types as wit_types};
+pub(crate) use generated::evogate::plugin0_2_1::kv as wit_kv;
+use generated::evogate::plugin0_2_1::{config as wit_config, types as wit_types};
 use generated_0_1::evogate::plugin0_1_0 as v0_1;
 
 /// How often the epoch ticks: the deadline's granularity, and how long a
@@ -59,6 +61,10 @@ const EPOCH_TICK: Duration = Duration::from_millis(2);
 const DEPLOY_HEADROOM: u32 = 4;
 /// Instance memory kept mapped between requests and reset in place.
 const KEEP_RESIDENT_BYTES: usize = 4 * 1024 * 1024;
+
+/// Set to `1`, plugin code shows up by name in `perf` profiles (a perf map
+/// in `/tmp/perf-PID.map`).
+pub const PERFMAP_VAR: &str = "EVOGATE_PERFMAP";
 
 /// Core instances one component may hold (its modules and shims).
 const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 8;
@@ -115,6 +121,9 @@ pub struct Sandbox {
     linker: Linker<HostState>,
     limits: Limits,
     kv_calls: Arc<tokio::sync::Semaphore>,
+    /// One per request slot of the instance pool; held by an instance until
+    /// it is dropped (after its answer), so a request never finds the pool empty.
+    instances: Arc<tokio::sync::Semaphore>,
     _ticker: EpochTicker,
 }
 
@@ -163,6 +172,10 @@ impl Sandbox {
             cache.with_directory(dir);
             config.cache(Some(wasmtime::Cache::new(cache).context("opening the compilation cache")?));
         }
+        if std::env::var_os(PERFMAP_VAR).is_some_and(|on| on == "1") {
+            // Names of compiled plugin functions in /tmp/perf-PID.map, for `perf report`.
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&config).context("creating the wasmtime engine")?;
 
         let mut linker = Linker::new(&engine);
@@ -176,7 +189,8 @@ impl Sandbox {
 
         let ticker = EpochTicker::start(engine.clone());
         let kv_calls = Arc::new(tokio::sync::Semaphore::new(limits.max_kv_calls.max(1) as usize));
-        Ok(Self { engine, linker, limits, kv_calls, _ticker: ticker })
+        let instances = Arc::new(tokio::sync::Semaphore::new(limits.max_instances.max(1) as usize));
+        Ok(Self { engine, linker, limits, kv_calls, instances, _ticker: ticker })
     }
 
     /// Compiles `wasm` (whose SHA-256 in hex is `sha256`) and checks it by
@@ -211,7 +225,7 @@ impl Sandbox {
                     Err(_) => {
                         return Err(current).with_context(|| {
                             format!(
-                                "plugin {plugin:?} exports neither the evogate:plugin handler and identity (0.2.0 or 0.1.0) \
+                                "plugin {plugin:?} exports neither the evogate:plugin handler and identity (0.2.x or 0.1.0) \
                                  nor wasi:http/incoming-handler 0.2.x"
                             )
                         });
@@ -219,12 +233,25 @@ impl Sandbox {
                 },
             },
         };
+        let world = match pre {
+            // 0.2.0 exports its handler under its own version; the linker took it by semver.
+            Pre::Current(_) => {
+                match component.component_type().exports(&self.engine).any(|(name, _)| name == HANDLER) {
+                    true => World::Evogate,
+                    false => World::Evogate0_2_0,
+                }
+            }
+            Pre::First(_) => World::EvogateFirst,
+            Pre::Proxy(_) => World::WasiHttp,
+        };
         let mut version = PluginVersion {
             plugin: plugin.into(),
             pre,
+            world,
             engine: self.engine.clone(),
             limits: self.limits,
             kv_calls: self.kv_calls.clone(),
+            instances: self.instances.clone(),
             settings,
             kv,
             name: String::new(),
@@ -259,11 +286,16 @@ enum Pre {
     Proxy(ProxyPre<HostState>),
 }
 
+/// The current world's handler, as a component built against it exports it.
+const HANDLER: &str = "evogate:plugin/handler@0.2.1";
+
 /// The world a component was built against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum World {
-    /// `evogate:plugin@0.2.0`.
+    /// `evogate:plugin@0.2.1`, the current world.
     Evogate,
+    /// `evogate:plugin@0.2.0`: the current world without `kv.get-many`.
+    Evogate0_2_0,
     /// `evogate:plugin@0.1.0`, the first world.
     EvogateFirst,
     /// The standard `wasi:http/proxy` world (0.2.x).
@@ -274,7 +306,8 @@ impl World {
     /// The world's name, as the admin API and the logs show it.
     pub fn as_str(self) -> &'static str {
         match self {
-            World::Evogate => "evogate:plugin@0.2.0",
+            World::Evogate => "evogate:plugin@0.2.1",
+            World::Evogate0_2_0 => "evogate:plugin@0.2.0",
             World::EvogateFirst => "evogate:plugin@0.1.0",
             World::WasiHttp => "wasi:http/proxy@0.2",
         }
@@ -285,9 +318,11 @@ impl World {
 pub struct PluginVersion {
     plugin: Arc<str>,
     pre: Pre,
+    world: World,
     engine: Engine,
     limits: Limits,
     kv_calls: Arc<tokio::sync::Semaphore>,
+    instances: Arc<tokio::sync::Semaphore>,
     settings: Arc<PluginSettings>,
     kv: Namespace,
     /// The name the plugin reports in its identity (a standard component's: the plugin's name).
@@ -310,11 +345,7 @@ impl std::fmt::Debug for PluginVersion {
 impl PluginVersion {
     /// The world the component was built against.
     pub fn world(&self) -> World {
-        match self.pre {
-            Pre::Current(_) => World::Evogate,
-            Pre::First(_) => World::EvogateFirst,
-            Pre::Proxy(_) => World::WasiHttp,
-        }
+        self.world
     }
 
     /// Answers one request in a fresh instance, within `timeout`.
@@ -323,6 +354,18 @@ impl PluginVersion {
     /// every epoch tick, so a busy plugin shares the thread instead of
     /// holding it; past the deadline it traps.
     pub async fn handle(&self, request: Request, timeout: Duration) -> Result<Response, Failure> {
+        self.answer(request, timeout).await.0
+    }
+
+    /// [`PluginVersion::handle`], the instance kept: dropping [`Spent`]
+    /// resets its memory for the next request, which the gateway does once
+    /// the answer is on its way.
+    pub async fn answer(&self, request: Request, timeout: Duration) -> (Result<Response, Failure>, Spent) {
+        // Free at once unless instances that answered are still being reset.
+        let deadline = tokio::time::Instant::now() + timeout;
+        let Ok(Ok(slot)) = tokio::time::timeout_at(deadline, self.instances.clone().acquire_owned()).await else {
+            return (Err(Failure::Deadline), Spent { store: None, _slot: None });
+        };
         let request_id = request.headers.iter().find(|(name, _)| name == "x-request-id").map_or("-", |(_, id)| id);
         let mut store = self.new_store(timeout, request_id);
         let result = match &self.pre {
@@ -330,8 +373,8 @@ impl PluginVersion {
                 Ok(plugin) => {
                     let Request { method, path, query, headers, body } = request;
                     let request =
-                        generated::evogate::plugin0_2_0::types::Request { method, path, query, headers, body };
-                    let handler = plugin.evogate_plugin0_2_0_handler();
+                        generated::evogate::plugin0_2_1::types::Request { method, path, query, headers, body };
+                    let handler = plugin.evogate_plugin0_2_1_handler();
                     handler.call_handle(&mut store, &request).await.map(|answer| Response {
                         status: answer.status,
                         headers: answer.headers,
@@ -358,7 +401,7 @@ impl PluginVersion {
         let peak = store.data().limiter.peak;
         PEAK_INSTANCE_MEMORY.fetch_max(peak, std::sync::atomic::Ordering::Relaxed);
         metrics::histogram!("evogate_plugin_memory_bytes", "plugin" => self.plugin.to_string()).record(peak as f64);
-        self.finish(&store, result)
+        (self.finish(&store, result), Spent { store: Some(store), _slot: Some(slot) })
     }
 
     /// Instantiates once and reads the plugin's identity.
@@ -367,7 +410,7 @@ impl PluginVersion {
         let result = match &self.pre {
             Pre::Current(pre) => match pre.instantiate_async(&mut store).await {
                 Ok(plugin) => {
-                    plugin.evogate_plugin0_2_0_identity().call_info(&mut store).await.map(|i| (i.name, i.version))
+                    plugin.evogate_plugin0_2_1_identity().call_info(&mut store).await.map(|i| (i.name, i.version))
                 }
                 Err(err) => Err(err),
             },
@@ -437,6 +480,21 @@ impl PluginVersion {
                 Failure::Trap(err)
             }
         })
+    }
+}
+
+/// An instance that has answered. Dropping it returns its slot to the
+/// pool, rewriting the memory pages the request dirtied: a few
+/// microseconds that need not delay the answer.
+pub struct Spent {
+    // Dropped in this order: the instance, then its slot.
+    store: Option<Store<HostState>>,
+    _slot: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl std::fmt::Debug for Spent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Spent").field("instance", &self.store.is_some()).finish()
     }
 }
 
@@ -711,17 +769,32 @@ fn wit_entry(entry: kv::Entry) -> wit_kv::Entry {
     wit_kv::Entry { value: entry.value, version: entry.version }
 }
 
+/// Keys a `get-many` reads on the request's task from a local store (a
+/// B-tree lookup each); more go to the blocking pool, like a scan.
+const INLINE_GET_MANY_KEYS: usize = 16;
+
 impl wit_kv::Host for HostState {
     async fn get(&mut self, key: String) -> Result<Option<wit_kv::Entry>, wit_kv::Error> {
-        // One B-tree lookup: cheap enough to run on the request's task,
-        // unless it is a round trip to a database server.
-        let entry = if self.kv.is_remote() {
-            let kv = self.kv.clone();
-            self.blocking(false, move || kv.get(&key)).await?
-        } else {
-            self.kv.get(&key)?
+        let mut answer = wit_kv::Host::get_many(self, vec![key]).await?;
+        Ok(answer.pop().flatten())
+    }
+
+    async fn get_many(&mut self, keys: Vec<String>) -> Result<Vec<Option<wit_kv::Entry>>, wit_kv::Error> {
+        let remote = match self.kv.is_remote() {
+            true => self.kv.get_many_async(keys.clone())?,
+            false => None,
         };
-        Ok(entry.map(wit_entry))
+        let answer = if let Some(read) = remote {
+            // A database: awaited here, no thread waits for the answer.
+            self.remote(read).await?
+        } else if self.kv.is_remote() || keys.len() > INLINE_GET_MANY_KEYS {
+            let kv = self.kv.clone();
+            self.blocking(false, move || kv.get_many(&keys)).await?
+        } else {
+            // A few B-tree lookups: cheap enough for the request's task.
+            self.kv.get_many(&keys)?
+        };
+        Ok(answer.into_iter().map(|entry| entry.map(wit_entry)).collect())
     }
 
     async fn scan(
@@ -730,9 +803,18 @@ impl wit_kv::Host for HostState {
         start_after: Option<String>,
         limit: u32,
     ) -> Result<Vec<(String, wit_kv::Entry)>, wit_kv::Error> {
-        // Up to 16 MiB of values: read them off the async threads.
-        let kv = self.kv.clone();
-        let page = self.blocking(false, move || kv.scan(&prefix, start_after.as_deref(), limit)).await?;
+        let remote = match self.kv.is_remote() {
+            true => self.kv.scan_async(prefix.clone(), start_after.clone(), limit)?,
+            false => None,
+        };
+        let page = match remote {
+            Some(read) => self.remote(read).await?,
+            None => {
+                // Up to 16 MiB of values: read them off the async threads.
+                let kv = self.kv.clone();
+                self.blocking(false, move || kv.scan(&prefix, start_after.as_deref(), limit)).await?
+            }
+        };
         Ok(page.into_iter().map(|(key, entry)| (key, wit_entry(entry))).collect())
     }
 
@@ -782,6 +864,20 @@ impl wit_kv::Host for HostState {
 }
 
 impl HostState {
+    /// Awaits a read from a remote store on the request's task, holding one
+    /// of the shared store-call slots while it runs; waits for a slot until
+    /// the request's deadline at most, then reads nothing.
+    fn remote<T: Send + 'static>(
+        &self,
+        read: kv::Read<T>,
+    ) -> impl std::future::Future<Output = Result<T, kv::KvError>> + Send + 'static {
+        let (slots, deadline) = (self.kv_calls.clone(), self.deadline);
+        async move {
+            let _slot = slot(&slots, deadline).await?;
+            read.await
+        }
+    }
+
     /// Runs blocking store work on tokio's blocking pool, holding one of
     /// the shared slots until the work ends — even when the request that
     /// asked for it is gone — so abandoned work cannot pile up. Waits for a
@@ -802,10 +898,7 @@ async fn blocking<T: Send + 'static>(
     commit: bool,
     work: impl FnOnce() -> Result<T, kv::KvError> + Send + 'static,
 ) -> Result<T, kv::KvError> {
-    let Ok(Ok(slot)) = tokio::time::timeout_at(deadline.into(), slots.acquire_owned()).await else {
-        metrics::counter!("evogate_kv_calls_refused_total").increment(1);
-        return Err(kv::KvError::Unavailable("too many store calls in flight".into()));
-    };
+    let slot = slot(&slots, deadline).await?;
     tokio::task::spawn_blocking(move || {
         let _slot = slot;
         work()
@@ -815,6 +908,20 @@ async fn blocking<T: Send + 'static>(
         let why = format!("store task failed: {join}");
         Err(if commit { kv::KvError::OutcomeUnknown(why) } else { kv::KvError::Unavailable(why) })
     })
+}
+
+/// One of the shared store-call slots, waited for until `deadline` at most.
+async fn slot(
+    slots: &Arc<tokio::sync::Semaphore>,
+    deadline: Instant,
+) -> Result<tokio::sync::OwnedSemaphorePermit, kv::KvError> {
+    match tokio::time::timeout_at(deadline.into(), slots.clone().acquire_owned()).await {
+        Ok(Ok(slot)) => Ok(slot),
+        _ => {
+            metrics::counter!("evogate_kv_calls_refused_total").increment(1);
+            Err(kv::KvError::Unavailable("too many store calls in flight".into()))
+        }
+    }
 }
 
 /// Advances the engine's epoch on a background thread until dropped.

@@ -483,8 +483,14 @@ impl Gateway {
         let label = deployment.label();
         // Epoch interruption stops plugin code at the deadline; this outer
         // timeout covers a host call (kv) that hangs past it.
-        let call = deployment.plugin.handle(request, remaining);
-        let outcome = tokio::time::timeout_at((deadline + HOST_CALL_GRACE).into(), call).await;
+        let call = deployment.plugin.answer(request, remaining);
+        let outcome =
+            tokio::time::timeout_at((deadline + HOST_CALL_GRACE).into(), call).await.map(|(outcome, spent)| {
+                // The instance's memory is reset once the answer is written (the
+                // task runs when this one yields); its pool slot is held until then.
+                tokio::spawn(async move { drop(spent) });
+                outcome
+            });
         drop(permit);
         drop(plugin_permit);
         self.instances_in_use();

@@ -166,6 +166,17 @@ pub fn token_owner(ctx: &Ctx<'_>, request: &Request) -> Result<String, ApiError>
         .ok_or_else(ApiError::unknown_token)
 }
 
+/// Reads the presented token's record together with `also` (keys the
+/// request reads next), in one store call, ahead of [`require_user`].
+pub fn prefetch(ctx: &Ctx<'_>, request: &Request, also: impl IntoIterator<Item = String>) {
+    let token = match presented(request) {
+        Some(Presented::Bearer(token)) if !token.is_empty() => Some(storage::token_key(&tokens::hash(&token))),
+        _ => None,
+    };
+    let keys: Vec<String> = token.into_iter().chain(also).collect();
+    ctx.kv.prefetch(&keys);
+}
+
 /// A user authenticated by token, before any billing check.
 #[derive(Debug, Clone)]
 pub struct AuthenticatedUser {
@@ -200,6 +211,12 @@ pub fn authenticate_user(ctx: &Ctx<'_>, request: &Request, settings: &Settings) 
         tokens::Status::Valid => {}
         tokens::Status::Expired => return Err(ApiError::expired_token()),
         tokens::Status::Unknown => return Err(ApiError::unknown_token()),
+    }
+    if settings.billing_enforced
+        && let Some(account_id) = &user.account_id
+    {
+        // What the billing guard reads next, unless the account says the partner bills the user.
+        ctx.kv.prefetch(&[storage::account_key(account_id), storage::installation_key(&user.user_id)]);
     }
     let mut has_billing = false;
     if let Some(account_id) = &user.account_id {

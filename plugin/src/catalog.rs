@@ -599,6 +599,10 @@ fn json_bytes(status: u16, body: Vec<u8>) -> Response {
 /// page, `X-Pagination-Next-Page`.
 pub fn get_products(ctx: &Ctx<'_>, request: &Request, params: &Params) -> Result<Response, ApiError> {
     let settings = settings(ctx)?;
+    if let Some(store) = params.get("storeUuid").filter(|store| crate::inventory::is_uuid(store)) {
+        let store = store.to_ascii_lowercase();
+        auth::prefetch(ctx, request, [storage::owner_key("store", &store), storage::catalog_directory_key(&store)]);
+    }
     let user_id = auth::require_user(ctx, request, &settings)?;
     let paging = evotor_paging(request)?;
     let store = user_store(ctx, &user_id, params)?;

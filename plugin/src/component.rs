@@ -2,12 +2,12 @@
 
 wit_bindgen::generate!({
     path: "../wit",
-    world: "evogate:plugin/plugin@0.2.0",
+    world: "evogate:plugin/plugin@0.2.1",
 });
 
 use crate::kv::{Check, Entry, Kv, KvError, Write};
-use evogate::plugin0_2_0::{config as wit_config, kv as wit_kv, types};
-use exports::evogate::plugin0_2_0::{handler, identity};
+use evogate::plugin0_2_1::{config as wit_config, kv as wit_kv, types};
+use exports::evogate::plugin0_2_1::{handler, identity};
 
 struct Component;
 
@@ -52,6 +52,10 @@ fn entry(entry: wit_kv::Entry) -> Entry {
 impl Kv for HostKv {
     fn get(&self, key: &str) -> Result<Option<Entry>, KvError> {
         wit_kv::get(key).map(|found| found.map(entry)).map_err(from_wit)
+    }
+
+    fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Entry>>, KvError> {
+        wit_kv::get_many(keys).map(|found| found.into_iter().map(|e| e.map(entry)).collect()).map_err(from_wit)
     }
 
     fn scan(&self, prefix: &str, start_after: Option<&str>, limit: u32) -> Result<Vec<(String, Entry)>, KvError> {

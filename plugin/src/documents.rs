@@ -347,13 +347,21 @@ fn ingest_documents(
     let device_limit = crate::billing::device_limit(ctx, user_id, settings)?;
     let stores: BTreeSet<&str> = documents.iter().map(|doc| doc.store.as_str()).collect();
     let devices: BTreeSet<&str> = documents.iter().filter_map(|doc| doc.device.as_deref()).collect();
+    let ids: Vec<String> = documents.iter().map(|doc| key_id(&doc.id)).collect();
+    let keys: Vec<String> = documents.iter().zip(&ids).map(|(doc, id)| storage::document_key(&doc.store, id)).collect();
+    // What the transaction reads first, in one store call: the owners of
+    // the stores and devices, the user's devices, and the documents.
+    let owners = stores.iter().map(|store| storage::owner_key("store", store));
+    let device_keys = devices.iter().map(|device| storage::owner_key("device", device));
+    let order = (!devices.is_empty()).then(|| storage::device_order_key(user_id));
+    ctx.kv.prefetch(&owners.chain(order).chain(device_keys).chain(keys.iter().cloned()).collect::<Vec<_>>());
     let (new, repeated) = storage::transact(ctx.kv, |txn| -> Result<(usize, usize), ApiError> {
         let foreign = admit(txn, user_id, &stores, &devices, device_limit, now)?;
         let (mut new, mut repeated) = (0, 0);
-        for doc in &documents {
-            let id = key_id(&doc.id);
-            let key = storage::document_key(&doc.store, &id);
-            if txn.get::<serde::de::IgnoredAny>(&key)?.is_some() {
+        // Every document's key in one store call, not one call each.
+        let stored = txn.get_many::<serde::de::IgnoredAny>(&keys)?;
+        for (((doc, id), key), stored) in documents.iter().zip(&ids).zip(&keys).zip(stored) {
+            if stored.is_some() {
                 repeated += 1;
                 continue;
             }
@@ -370,7 +378,7 @@ fn ingest_documents(
                 received_at: now,
                 document: doc.raw,
             };
-            txn.put(&key, &record);
+            txn.put(key, &record);
             let position = format!("{:013}.{id}", doc.close_date.max(0));
             let marker = json!({ "v": storage::FORMAT });
             txn.put(&format!("{}{position}", storage::documents_by_date_prefix(&doc.store)), &marker);

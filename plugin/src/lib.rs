@@ -70,5 +70,6 @@ impl std::fmt::Debug for Ctx<'_> {
 
 /// Answers one request: routes it and turns errors into Evotor error bodies.
 pub fn handle(ctx: &Ctx<'_>, request: &http::Request) -> http::Response {
-    router::dispatch(ctx, request)
+    let kv = kv::Prefetching::new(ctx.kv);
+    router::dispatch(&Ctx { kv: &kv, ..*ctx }, request)
 }

@@ -625,6 +625,21 @@ impl Txn<'_> {
         entry.map(|entry| decode(key, &entry.value)).transpose()
     }
 
+    /// Reads records in one store call (or a few, for many keys) and
+    /// remembers each version as a check; answers in the keys' order.
+    pub fn get_many<T: DeserializeOwned>(&mut self, keys: &[String]) -> Result<Vec<Option<T>>, StorageError> {
+        let entries = crate::kv::read_many(self.kv, keys)?;
+        let mut records = Vec::with_capacity(keys.len());
+        for (key, entry) in keys.iter().zip(entries) {
+            self.checks.push(match &entry {
+                Some(entry) => Check::VersionIs(key.clone(), entry.version),
+                None => Check::Absent(key.clone()),
+            });
+            records.push(entry.map(|entry| decode(key, &entry.value)).transpose()?);
+        }
+        Ok(records)
+    }
+
     /// Writes a record at commit.
     pub fn put<T: Serialize>(&mut self, key: &str, record: &T) {
         self.writes.push(Write::Set(key.to_owned(), encode(record)));

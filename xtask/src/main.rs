@@ -97,6 +97,7 @@ fn cargo(args: &[&str]) -> anyhow::Result<()> {
     let status = Command::new(&cargo)
         .args(args)
         .env_remove("TEST_GUEST_VERSION")
+        .env_remove("TEST_GUEST_WORLD")
         .env_remove("HELLO_VERSION")
         .status()
         .with_context(|| format!("running {cargo}"))?;
@@ -164,6 +165,7 @@ fn build_plugins() -> anyhow::Result<()> {
     for version in GUEST_VERSIONS {
         build_version("test-guest", "TEST_GUEST_VERSION", version, &format!("target/test-guest-{version}.wasm"))?;
     }
+    build_version("test-guest", "TEST_GUEST_WORLD", "0.2.0", "target/test-guest-world-0.2.0.wasm")?;
     build_version("standard-hello", "HELLO_VERSION", "2", "target/standard-hello-2.wasm")?;
     cargo(&[
         "build",
@@ -189,6 +191,7 @@ fn build_version(package: &str, var: &str, version: &str, keep: &str) -> anyhow:
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args(["build", "--release", "--target", WASM_TARGET, "-p", package])
         .env_remove("TEST_GUEST_VERSION")
+        .env_remove("TEST_GUEST_WORLD")
         .env_remove("HELLO_VERSION")
         .env(var, version)
         .status()?;

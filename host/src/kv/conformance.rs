@@ -281,6 +281,66 @@ fn scan_stops_early_past_the_byte_budget_but_returns_at_least_one() {
 }
 
 #[test]
+fn get_many_answers_in_the_keys_order_like_get() {
+    each_backend(|kv| {
+        kv.commit(&[], &[set("a", "1"), set("c", "3")]).expect("commit");
+        let asked: Vec<String> = ["c", "b", "a", "c", ""].map(String::from).to_vec();
+        let answer = kv.get_many(&asked).expect("get-many");
+        let one_by_one: Vec<_> = asked.iter().map(|key| kv.get(key).expect("get")).collect();
+        assert_eq!(answer, one_by_one);
+        let values: Vec<_> = answer.iter().map(|entry| entry.as_ref().map(|e| e.value.as_slice())).collect();
+        assert_eq!(values, [Some(b"3".as_slice()), None, Some(b"1"), Some(b"3"), None]);
+        assert_eq!(kv.get_many(&[]).expect("nothing asked"), Vec::new());
+    });
+}
+
+#[test]
+fn get_many_stops_early_past_the_byte_budget_but_answers_at_least_one() {
+    for (backend, _guard) in backends() {
+        let big = vec![7u8; 600];
+        let writes: Vec<_> = (0..5).map(|i| Write::Set(format!("k{i}"), big.clone())).collect();
+        backend.commit("ns", &[], &writes).expect("commit");
+        let asked: Vec<String> = ["k0", "missing", "k1", "k2", "k3"].map(String::from).to_vec();
+        let answer = backend.get_many("ns", &asked, 1000).expect("get-many");
+        assert_eq!(answer.len(), 3, "{}: k0 and the missing key leave room, k1 fills the budget", backend.describe());
+        assert_eq!(backend.get_many("ns", &asked, 1).expect("get-many").len(), 1);
+        assert_eq!(backend.get_many("ns", &asked, usize::MAX).expect("get-many").len(), 5);
+    }
+}
+
+#[test]
+fn get_many_limits_are_enforced_before_the_backend() {
+    each_backend(|kv| {
+        let many: Vec<String> = (0..=MAX_GET_MANY_KEYS).map(|i| i.to_string()).collect();
+        assert!(matches!(kv.get_many(&many), Err(KvError::TooLarge(_))));
+        assert_eq!(kv.get_many(&many[..MAX_GET_MANY_KEYS]).expect("at the limit").len(), MAX_GET_MANY_KEYS);
+        let long = vec!["a".to_owned(), "k".repeat(MAX_KEY_BYTES + 1)];
+        assert!(matches!(kv.get_many(&long), Err(KvError::TooLarge(_))));
+    });
+}
+
+/// A remote backend's reads on the request's task answer what its blocking reads answer.
+#[test]
+fn reads_on_the_request_task_answer_like_the_blocking_ones() {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    for (backend, _guard) in backends() {
+        let kv = Namespace::new(backend.clone(), "async");
+        let writes: Vec<_> = (0..20).map(|i| set(&format!("p/{i:02}"), &i.to_string())).collect();
+        kv.commit(&[], &writes).expect("commit");
+        let asked: Vec<String> = ["p/03", "p/99", "p/07"].map(String::from).to_vec();
+        match kv.get_many_async(asked.clone()).expect("within the limits") {
+            Some(read) => assert_eq!(runtime.block_on(read), kv.get_many(&asked), "{}", backend.describe()),
+            None => assert!(!backend.is_remote(), "{} reads on the blocking pool", backend.describe()),
+        }
+        if let Some(read) = kv.scan_async("p/".into(), Some("p/04".into()), 5).expect("within the limits") {
+            assert_eq!(runtime.block_on(read), kv.scan("p/", Some("p/04"), 5));
+        }
+        let refused = kv.get_many_async((0..=MAX_GET_MANY_KEYS).map(|i| i.to_string()).collect());
+        assert!(matches!(refused, Err(KvError::TooLarge(_))));
+    }
+}
+
+#[test]
 fn redb_data_survives_reopen() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("kv.redb");
@@ -353,6 +413,10 @@ proptest! {
             }
             let scanned: Vec<_> = kv.scan("", None, 1000).expect("scan")
                 .into_iter().map(|(k, e)| (k, e.value)).collect();
+            let all: Vec<String> = (0..8).map(|k| format!("k{k}")).collect();
+            let read: Vec<_> = kv.get_many(&all).expect("get-many").into_iter().map(|e| e.map(|e| e.value)).collect();
+            let modelled: Vec<_> = all.iter().map(|key| model.get(key).cloned()).collect();
+            prop_assert_eq!(read, modelled);
             let expected: Vec<_> = model.into_iter().collect();
             prop_assert_eq!(scanned, expected);
         }

@@ -104,6 +104,14 @@ impl Backend for Faulty {
         self.inner.get(ns, key)
     }
 
+    fn get_many(&self, ns: &str, keys: &[String], max_bytes: usize) -> Result<Vec<Option<Entry>>, KvError> {
+        self.maybe_slow(ns);
+        if self.strikes(ns, self.config.get, "get") {
+            return Err(KvError::Unavailable("injected fault: get".into()));
+        }
+        self.inner.get_many(ns, keys, max_bytes)
+    }
+
     fn scan(
         &self,
         ns: &str,

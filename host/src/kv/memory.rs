@@ -33,6 +33,12 @@ impl Backend for MemoryBackend {
         Ok(self.lock().namespaces.get(ns).and_then(|map| map.get(key)).cloned())
     }
 
+    fn get_many(&self, ns: &str, keys: &[String], max_bytes: usize) -> Result<Vec<Option<Entry>>, KvError> {
+        let inner = self.lock();
+        let map = inner.namespaces.get(ns);
+        super::read_many(keys, max_bytes, |key| Ok(map.and_then(|map| map.get(key)).cloned()))
+    }
+
     fn scan(
         &self,
         ns: &str,
@@ -109,6 +115,13 @@ impl Backend for Hooked {
             hook(&self.inner);
         }
         self.inner.get(ns, key)
+    }
+
+    fn get_many(&self, ns: &str, keys: &[String], max_bytes: usize) -> Result<Vec<Option<Entry>>, KvError> {
+        if let Some(hook) = &self.before_get {
+            hook(&self.inner);
+        }
+        self.inner.get_many(ns, keys, max_bytes)
     }
 
     fn scan(

@@ -34,7 +34,9 @@ pub const MAX_CHECKS_PER_COMMIT: usize = 100_000;
 pub const MAX_COMMIT_BYTES: usize = 64 * 1024 * 1024;
 /// Largest `limit` a scan may ask for.
 pub const MAX_SCAN_LIMIT: u32 = 1000;
-/// Soft cap on the value bytes one scan returns; past it the page ends early.
+/// Most keys one `get-many` may ask for.
+pub const MAX_GET_MANY_KEYS: usize = 1000;
+/// Soft cap on the value bytes one scan or `get-many` returns; past it the answer ends early.
 pub const MAX_SCAN_BYTES: usize = 16 * 1024 * 1024;
 
 /// A stored value and its version.
@@ -139,6 +141,23 @@ pub trait Backend: Send + Sync + 'static {
     /// Reads one key.
     fn get(&self, ns: &str, key: &str) -> Result<Option<Entry>, KvError>;
 
+    /// Reads `keys` (at least one) as of one moment, in their order; stops
+    /// early once the values read reach `max_bytes` (always answers the
+    /// first key). See [`read_many`].
+    fn get_many(&self, ns: &str, keys: &[String], max_bytes: usize) -> Result<Vec<Option<Entry>>, KvError>;
+
+    /// For a backend whose every call is a network round trip: `get_many`
+    /// as a future the request's own task awaits, so no thread waits for the
+    /// answer. `None` (the default): the blocking [`Backend::get_many`].
+    fn get_many_async(&self, _ns: &str, _keys: Vec<String>, _max_bytes: usize) -> Option<Read<Vec<Option<Entry>>>> {
+        None
+    }
+
+    /// [`Backend::scan`] as a future, like [`Backend::get_many_async`].
+    fn scan_async(&self, _ns: &str, _scan: Scan) -> Option<Read<Vec<(String, Entry)>>> {
+        None
+    }
+
     /// Keys of `ns` starting with `prefix`, after `start_after` (exclusive),
     /// in bytewise order; at most `limit` entries, and stops early once the
     /// returned values reach `max_bytes` (always at least one entry if any).
@@ -166,6 +185,42 @@ pub trait Backend: Send + Sync + 'static {
     fn is_shared(&self) -> bool {
         false
     }
+}
+
+/// A read running on the request's task (see [`Backend::get_many_async`]).
+pub type Read<T> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, KvError>> + Send>>;
+
+/// One scan's bounds, owned (for [`Backend::scan_async`]).
+#[derive(Debug, Clone)]
+pub struct Scan {
+    /// Keys starting with this.
+    pub prefix: String,
+    /// Only keys after this one.
+    pub start_after: Option<String>,
+    /// At most this many entries.
+    pub limit: usize,
+    /// Stop once the values reach this many bytes (at least one entry).
+    pub max_bytes: usize,
+}
+
+/// The answer to a `get-many` as every backend builds it: `read` each key
+/// in order until the values read reach `max_bytes` (the first key always).
+pub fn read_many(
+    keys: &[String],
+    max_bytes: usize,
+    mut read: impl FnMut(&str) -> Result<Option<Entry>, KvError>,
+) -> Result<Vec<Option<Entry>>, KvError> {
+    let mut answer = Vec::with_capacity(keys.len());
+    let mut bytes = 0;
+    for key in keys {
+        if !answer.is_empty() && bytes >= max_bytes {
+            break;
+        }
+        let entry = read(key)?;
+        bytes += entry.as_ref().map_or(0, |entry| entry.value.len());
+        answer.push(entry);
+    }
+    Ok(answer)
 }
 
 /// Which backend to open.
@@ -229,20 +284,48 @@ impl Namespace {
         self.backend.get(&self.name, key)
     }
 
+    /// Reads several keys as of one moment; see the WIT `kv.get-many`.
+    pub fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Entry>>, KvError> {
+        check_keys(keys)?;
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.backend.get_many(&self.name, keys, MAX_SCAN_BYTES)
+    }
+
+    /// [`Namespace::get_many`] as a future for the request's task, when the
+    /// backend offers one (a remote backend); `Ok(None)` otherwise.
+    pub fn get_many_async(&self, keys: Vec<String>) -> Result<Option<Read<Vec<Option<Entry>>>>, KvError> {
+        check_keys(&keys)?;
+        if keys.is_empty() {
+            return Ok(Some(Box::pin(std::future::ready(Ok(Vec::new())))));
+        }
+        Ok(self.backend.get_many_async(&self.name, keys, MAX_SCAN_BYTES))
+    }
+
     /// Ordered prefix scan; see the WIT `kv.scan` for the contract.
     pub fn scan(&self, prefix: &str, start_after: Option<&str>, limit: u32) -> Result<Vec<(String, Entry)>, KvError> {
-        // `limit` and the keys are guest-controlled: bound them before use.
-        if limit > MAX_SCAN_LIMIT {
-            return Err(KvError::TooLarge("scan limit over 1000"));
-        }
-        check_key(prefix)?;
-        if let Some(after) = start_after {
-            check_key(after)?;
-        }
+        check_scan(prefix, start_after, limit)?;
         if limit == 0 {
             return Ok(Vec::new());
         }
         self.backend.scan(&self.name, prefix, start_after, limit as usize, MAX_SCAN_BYTES)
+    }
+
+    /// [`Namespace::scan`] as a future for the request's task, when the
+    /// backend offers one (a remote backend); `Ok(None)` otherwise.
+    pub fn scan_async(
+        &self,
+        prefix: String,
+        start_after: Option<String>,
+        limit: u32,
+    ) -> Result<Option<Read<Vec<(String, Entry)>>>, KvError> {
+        check_scan(&prefix, start_after.as_deref(), limit)?;
+        if limit == 0 {
+            return Ok(Some(Box::pin(std::future::ready(Ok(Vec::new())))));
+        }
+        let scan = Scan { prefix, start_after, limit: limit as usize, max_bytes: MAX_SCAN_BYTES };
+        Ok(self.backend.scan_async(&self.name, scan))
     }
 
     /// Atomic, durable conditional write; see the WIT `kv.commit`.
@@ -285,6 +368,22 @@ fn check_key(key: &str) -> Result<(), KvError> {
         return Err(KvError::TooLarge("key over 1 KiB"));
     }
     Ok(())
+}
+
+fn check_keys(keys: &[String]) -> Result<(), KvError> {
+    if keys.len() > MAX_GET_MANY_KEYS {
+        return Err(KvError::TooLarge("more than 1000 keys in one get-many"));
+    }
+    keys.iter().try_for_each(|key| check_key(key))
+}
+
+// `limit` and the keys are guest-controlled: bound them before use.
+fn check_scan(prefix: &str, start_after: Option<&str>, limit: u32) -> Result<(), KvError> {
+    if limit > MAX_SCAN_LIMIT {
+        return Err(KvError::TooLarge("scan limit over 1000"));
+    }
+    check_key(prefix)?;
+    start_after.map_or(Ok(()), check_key)
 }
 
 /// Encodes a stored value as its version (8 bytes, little endian) then the bytes.

@@ -11,11 +11,15 @@
 //! (serialization failure), which the plugin sees as `conflict` and retries.
 //! Nothing is ever lost to a race.
 //!
-//! The [`Backend`] trait is synchronous (the sandbox calls it from tokio's
-//! blocking pool); this backend runs its async client on a small runtime of
-//! its own and waits for each call.
+//! Reads are futures the request's own task awaits
+//! ([`Backend::get_many_async`], [`Backend::scan_async`]): no thread waits
+//! for the database's answer. Commits go through the synchronous
+//! [`Backend`] trait from tokio's blocking pool, and run on a small runtime
+//! of the backend's own, which also drives every connection. A commit is
+//! pipelined: its statements go out together and their answers come back
+//! in one round trip (three in all: `BEGIN`, the statements, `COMMIT`).
 
-use super::{Backend, Check, Entry, KvError, Write};
+use super::{Backend, Check, Entry, KvError, Read, Scan, Write};
 use anyhow::Context as _;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use std::collections::{BTreeMap, HashMap};
@@ -56,7 +60,7 @@ pub struct PostgresBackend {
     runtime: Option<tokio::runtime::Runtime>,
     handle: tokio::runtime::Handle,
     pool: Pool,
-    sql: Sql,
+    sql: Arc<Sql>,
     schema: String,
     describe: String,
     call_timeout: Duration,
@@ -72,6 +76,7 @@ impl std::fmt::Debug for PostgresBackend {
 #[derive(Debug, Clone)]
 struct Sql {
     get: String,
+    get_many: String,
     /// Scans by bounds: `[lower inclusive | lower exclusive] × [upper | none]`.
     scan: [String; 4],
     versions: String,
@@ -86,6 +91,7 @@ struct Sql {
 impl Sql {
     fn new(schema: &str) -> Self {
         let kv = format!("{schema}.evogate_kv");
+        let current = format!("currval('{schema}.evogate_version')");
         // The answer budget is applied by the server: the page's running
         // size is summed over value lengths (`length` reads a TOASTed
         // value's size without fetching it), and only rows that start within
@@ -101,20 +107,29 @@ impl Sql {
         };
         Self {
             get: format!("SELECT value, version FROM {kv} WHERE ns = $1 AND key = $2"),
+            // In the keys' order, with the same answer budget as a scan.
+            get_many: format!(
+                "SELECT n, value, version FROM (SELECT k.n, t.value, t.version, \
+                 coalesce(sum(length(t.value)) OVER (ORDER BY k.n ROWS UNBOUNDED PRECEDING) - coalesce(length(t.value), 0), 0) AS before \
+                 FROM unnest($2::bytea[]) WITH ORDINALITY AS k(key, n) LEFT JOIN {kv} AS t ON t.ns = $1 AND t.key = k.key) AS answer \
+                 WHERE before < $3 ORDER BY n"
+            ),
             scan: [scan(">=", true), scan(">=", false), scan(">", true), scan(">", false)],
             versions: format!("SELECT key, version FROM {kv} WHERE ns = $1 AND key = ANY($2)"),
             next_version: format!("SELECT nextval('{schema}.evogate_version')"),
+            // Writes take the version `next_version` drew in the same
+            // session, so they can go out in one pipeline behind it.
             upsert: format!(
-                "INSERT INTO {kv} (ns, key, value, version) SELECT $1, k, v, $4 FROM unnest($2::bytea[], $3::bytea[]) AS t(k, v) \
+                "INSERT INTO {kv} (ns, key, value, version) SELECT $1, k, v, {current} FROM unnest($2::bytea[], $3::bytea[]) AS t(k, v) \
                  ON CONFLICT (ns, key) DO UPDATE SET value = EXCLUDED.value, version = EXCLUDED.version"
             ),
             delete: format!("DELETE FROM {kv} WHERE ns = $1 AND key = ANY($2)"),
             insert_new: format!(
-                "INSERT INTO {kv} (ns, key, value, version) SELECT $1, k, v, $4 FROM unnest($2::bytea[], $3::bytea[]) AS t(k, v) \
+                "INSERT INTO {kv} (ns, key, value, version) SELECT $1, k, v, {current} FROM unnest($2::bytea[], $3::bytea[]) AS t(k, v) \
                  ON CONFLICT (ns, key) DO NOTHING"
             ),
             update_if: format!(
-                "UPDATE {kv} AS t SET value = u.v, version = $5 FROM unnest($2::bytea[], $3::bytea[], $4::bigint[]) AS u(k, v, old) \
+                "UPDATE {kv} AS t SET value = u.v, version = {current} FROM unnest($2::bytea[], $3::bytea[], $4::bigint[]) AS u(k, v, old) \
                  WHERE t.ns = $1 AND t.key = u.k AND t.version = u.old"
             ),
             delete_if: format!(
@@ -229,13 +244,14 @@ impl PostgresBackend {
             options.schema
         );
         let tls = tokio_postgres_rustls::MakeRustlsConnect::new(tls_config(options.tls_ca.as_ref())?);
-        let manager = Manager::from_config(config, tls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("evogate-postgres")
             .enable_all()
             .build()
             .context("starting the database runtime")?;
+        let connect = ConnectOn { tls, runtime: runtime.handle().clone() };
+        let manager = Manager::from_connect(config, connect, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = {
             let _guard = runtime.enter();
             Pool::builder(manager)
@@ -252,7 +268,7 @@ impl PostgresBackend {
             runtime: Some(runtime),
             handle,
             pool,
-            sql: Sql::new(&options.schema),
+            sql: Arc::new(Sql::new(&options.schema)),
             schema: options.schema.clone(),
             describe,
             call_timeout: options.connect_timeout + options.statement_timeout,
@@ -270,6 +286,19 @@ impl PostgresBackend {
         self.run(async move {
             let client = pool.get().await.map_err(pool_error)?;
             client.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).await.map_err(|err| classify(&err))
+        })
+    }
+
+    /// `work` as a read for the request's own task, within the call timeout.
+    fn on_task<T: Send + 'static>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, KvError>> + Send + 'static,
+    ) -> Read<T> {
+        let timeout = self.call_timeout;
+        Box::pin(async move {
+            tokio::time::timeout(timeout, work)
+                .await
+                .unwrap_or_else(|_| Err(KvError::Unavailable("postgres: no answer in time".into())))
         })
     }
 
@@ -301,6 +330,47 @@ impl PostgresBackend {
             let _ = done.send(outcome);
         });
         result.recv().unwrap_or_else(|_| Err(lost("the call was dropped")))
+    }
+}
+
+/// Opens connections on the backend's runtime, which then drives them,
+/// wherever the pool is asked for one (a request's task, for reads).
+struct ConnectOn {
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
+    runtime: tokio::runtime::Handle,
+}
+
+impl deadpool_postgres::Connect for ConnectOn {
+    fn connect(
+        &self,
+        config: &tokio_postgres::Config,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<
+                    Output = Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), tokio_postgres::Error>,
+                > + Send
+                + '_,
+        >,
+    > {
+        let (config, tls, runtime) = (config.clone(), self.tls.clone(), self.runtime.clone());
+        Box::pin(async move {
+            let spawner = runtime.clone();
+            let opened = runtime.spawn(async move {
+                let (client, connection) = config.connect(tls).await?;
+                let driver = spawner.spawn(async move {
+                    if let Err(err) = connection.await {
+                        tracing::warn!(error = %err, "postgres connection closed");
+                    }
+                });
+                Ok((client, driver))
+            });
+            match opened.await {
+                Ok(opened) => opened,
+                // Only when the runtime shuts down, i.e. the backend is being
+                // dropped: the pool's create timeout then ends the wait.
+                Err(_) => std::future::pending().await,
+            }
+        })
     }
 }
 
@@ -377,6 +447,248 @@ fn version(raw: i64) -> u64 {
     u64::try_from(raw).unwrap_or_default()
 }
 
+/// Reads `keys` in one statement (see [`Backend::get_many`]).
+async fn get_many(
+    pool: Pool,
+    sql: Arc<Sql>,
+    ns: String,
+    keys: Vec<String>,
+    max_bytes: usize,
+) -> Result<Vec<Option<Entry>>, KvError> {
+    let client = pool.get().await.map_err(pool_error)?;
+    if let [key] = keys.as_slice() {
+        let statement = client.prepare_cached(&sql.get).await.map_err(|err| classify(&err))?;
+        let row = client.query_opt(&statement, &[&ns, &key.as_bytes()]).await.map_err(|err| classify(&err))?;
+        return Ok(vec![row.map(|row| Entry { value: row.get(0), version: version(row.get(1)) })]);
+    }
+    let statement = client.prepare_cached(&sql.get_many).await.map_err(|err| classify(&err))?;
+    let raw: Vec<&[u8]> = keys.iter().map(|key| key.as_bytes()).collect();
+    let budget = i64::try_from(max_bytes.max(1)).unwrap_or(i64::MAX);
+    let rows = client.query(&statement, &[&ns, &raw, &budget]).await.map_err(|err| classify(&err))?;
+    // One row per key answered, in the keys' order.
+    let mut answer = Vec::with_capacity(rows.len());
+    let mut bytes = 0;
+    for row in rows {
+        if row.get::<_, i64>(0) != answer.len() as i64 + 1 {
+            return Err(KvError::Unavailable("postgres: get-many answered out of order".into()));
+        }
+        if !answer.is_empty() && bytes >= max_bytes {
+            break;
+        }
+        let value: Option<Vec<u8>> = row.get(1);
+        bytes += value.as_ref().map_or(0, Vec::len);
+        answer.push(
+            value.map(|value| Entry { value, version: version(row.get::<_, Option<i64>>(2).unwrap_or_default()) }),
+        );
+    }
+    match answer.is_empty() {
+        true => Err(KvError::Unavailable("postgres: get-many answered no key".into())),
+        false => Ok(answer),
+    }
+}
+
+/// One scan page in one statement (see [`Backend::scan`]).
+async fn scan(pool: Pool, sql: Arc<Sql>, ns: String, scan: Scan) -> Result<Vec<(String, Entry)>, KvError> {
+    let Scan { prefix, start_after, limit, max_bytes } = scan;
+    let upper = prefix_end(prefix.as_bytes());
+    // The lower bound: the prefix itself, or the cursor when it lies past it.
+    let (lower, exclusive) = match start_after {
+        Some(after) if after.as_bytes() >= prefix.as_bytes() => (after.into_bytes(), true),
+        _ => (prefix.into_bytes(), false),
+    };
+    let text = &sql.scan[usize::from(exclusive) * 2 + usize::from(upper.is_none())];
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let budget = i64::try_from(max_bytes.max(1)).unwrap_or(i64::MAX);
+    let client = pool.get().await.map_err(pool_error)?;
+    let statement = client.prepare_cached(text).await.map_err(|err| classify(&err))?;
+    let rows = match &upper {
+        Some(upper) => client.query(&statement, &[&ns, &lower, upper, &limit, &budget]).await,
+        None => client.query(&statement, &[&ns, &lower, &limit, &budget]).await,
+    }
+    .map_err(|err| classify(&err))?;
+    let mut page = Vec::with_capacity(rows.len());
+    let mut bytes = 0;
+    for row in rows {
+        let key: Vec<u8> = row.get(0);
+        let value: Vec<u8> = row.get(1);
+        bytes += value.len();
+        let key = String::from_utf8(key).map_err(|_| KvError::Unavailable("postgres: a key is not UTF-8".into()))?;
+        page.push((key, Entry { value, version: version(row.get(2)) }));
+        if bytes >= max_bytes {
+            break;
+        }
+    }
+    Ok(page)
+}
+
+/// A commit's writes, sorted into the statements that apply them.
+#[derive(Default)]
+struct Plan {
+    /// Unconditional sets and deletes.
+    set: (Vec<Vec<u8>>, Vec<Vec<u8>>),
+    delete: Vec<Vec<u8>>,
+    /// Inserts that must find the key absent.
+    insert_new: (Vec<Vec<u8>>, Vec<Vec<u8>>),
+    /// Updates and deletes that must find the key at a version.
+    update_if: (Vec<Vec<u8>>, Vec<Vec<u8>>, Vec<i64>),
+    delete_if: (Vec<Vec<u8>>, Vec<i64>),
+}
+
+impl Plan {
+    /// The last write of each key (as in the other backends), each under
+    /// its condition from `conditions` when it has one; `Err(Conflict)` when
+    /// a key must be absent and is deleted (the checks cannot all hold).
+    fn new(writes: &[Write], stamp: u64, conditions: &HashMap<Vec<u8>, Option<u64>>) -> Result<Self, KvError> {
+        let mut last: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
+        for (key, value) in super::resolve(writes, stamp) {
+            last.insert(key.into_owned(), value.map(<[u8]>::to_vec));
+        }
+        let mut plan = Self::default();
+        for (key, value) in last {
+            let key = key.into_bytes();
+            let old = |version: u64| i64::try_from(version).unwrap_or(-1);
+            match (conditions.get(&key), value) {
+                (None, Some(value)) => {
+                    plan.set.0.push(key);
+                    plan.set.1.push(value);
+                }
+                (None, None) => plan.delete.push(key),
+                (Some(None), Some(value)) => {
+                    plan.insert_new.0.push(key);
+                    plan.insert_new.1.push(value);
+                }
+                (Some(Some(version)), Some(value)) => {
+                    plan.update_if.0.push(key);
+                    plan.update_if.1.push(value);
+                    plan.update_if.2.push(old(*version));
+                }
+                (Some(Some(version)), None) => {
+                    plan.delete_if.0.push(key);
+                    plan.delete_if.1.push(old(*version));
+                }
+                // `guard_plan` leaves "delete if absent" to the serializable path.
+                (Some(None), None) => return Err(KvError::Conflict),
+            }
+        }
+        Ok(plan)
+    }
+}
+
+/// One statement of a pipeline, with the check of its answer.
+type Pending<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), KvError>> + Send + 'a>>;
+
+/// Sends `statements` together (tokio-postgres pipelines the statements
+/// polled at once) and awaits every answer; the first failure in statement
+/// order is the result (the ones after it only say the transaction is aborted).
+async fn pipelined(statements: Vec<Pending<'_>>) -> Result<(), KvError> {
+    futures_util::future::join_all(statements).await.into_iter().collect()
+}
+
+/// A conditional statement's answer: it must have touched every row it was given.
+fn touched(done: Result<u64, tokio_postgres::Error>, wanted: usize) -> Result<(), KvError> {
+    match done.map_err(|err| classify(&err))? == wanted as u64 {
+        true => Ok(()),
+        false => Err(KvError::Conflict),
+    }
+}
+
+/// The prepared statements of a commit.
+struct Statements {
+    versions: tokio_postgres::Statement,
+    next_version: tokio_postgres::Statement,
+    insert_new: tokio_postgres::Statement,
+    update_if: tokio_postgres::Statement,
+    delete_if: tokio_postgres::Statement,
+    upsert: tokio_postgres::Statement,
+    delete: tokio_postgres::Statement,
+}
+
+/// A commit's statements inside its transaction, in as few round trips as
+/// they allow: one, or two when stamped keys need the version first.
+/// `guarded`: the checks as conditions of the writes ([`guard_plan`]);
+/// without it the checked versions are read (in the same pipeline: a
+/// failed check rolls the writes back with the transaction).
+async fn pipelined_commit(
+    txn: &deadpool_postgres::Transaction<'_>,
+    sql: &Statements,
+    ns: &String,
+    checks: &[(Vec<u8>, Option<u64>)],
+    guarded: Option<&HashMap<Vec<u8>, Option<u64>>>,
+    stamped: bool,
+    writes: &[Write],
+) -> Result<(), KvError> {
+    let failed = |err: tokio_postgres::Error| classify(&err);
+    let keys: Vec<&Vec<u8>> = checks.iter().map(|(key, _)| key).collect();
+    let read_checks = guarded.is_none() && !checks.is_empty();
+    let check_versions = || -> Pending<'_> {
+        let keys = &keys;
+        Box::pin(async move {
+            let rows = txn.query(&sql.versions, &[ns, keys]).await.map_err(failed)?;
+            let found: HashMap<Vec<u8>, u64> =
+                rows.into_iter().map(|row| (row.get::<_, Vec<u8>>(0), version(row.get(1)))).collect();
+            match checks.iter().all(|(key, want)| found.get(key).copied() == *want) {
+                true => Ok(()),
+                false => Err(KvError::Conflict),
+            }
+        })
+    };
+    // Stamped keys are named after the commit's version, so such a commit
+    // draws it first; the others draw it in the same pipeline as their
+    // writes, which read it back with `currval`.
+    let mut stamp = 0;
+    // Declared before the statements that borrow it.
+    let plan: Plan;
+    let mut statements: Vec<Pending<'_>> = Vec::new();
+    if stamped {
+        let mut head = Vec::from_iter(read_checks.then(check_versions));
+        // The lock is held to the end of the transaction: commits with
+        // stamped writes take their stamps one after another, so stamps
+        // follow commit order.
+        head.push(Box::pin(async move {
+            txn.execute("SELECT pg_advisory_xact_lock($1)", &[&STAMP_LOCK]).await.map(drop).map_err(failed)
+        }));
+        let drawn = &mut stamp;
+        head.push(Box::pin(async move {
+            let row = txn.query_one(&sql.next_version, &[]).await.map_err(failed)?;
+            *drawn = u64::try_from(row.get::<_, i64>(0)).unwrap_or_default();
+            Ok(())
+        }));
+        pipelined(head).await?;
+    } else {
+        statements.extend(read_checks.then(check_versions));
+        statements.push(Box::pin(async move { txn.query_one(&sql.next_version, &[]).await.map(drop).map_err(failed) }));
+    }
+    plan = Plan::new(writes, stamp, guarded.unwrap_or(&HashMap::new()))?;
+    if !plan.insert_new.0.is_empty() {
+        let (keys, values) = &plan.insert_new;
+        statements.push(Box::pin(async move {
+            touched(txn.execute(&sql.insert_new, &[ns, keys, values]).await, keys.len())
+        }));
+    }
+    if !plan.update_if.0.is_empty() {
+        let (keys, values, old) = &plan.update_if;
+        statements.push(Box::pin(async move {
+            touched(txn.execute(&sql.update_if, &[ns, keys, values, old]).await, keys.len())
+        }));
+    }
+    if !plan.delete_if.0.is_empty() {
+        let (keys, old) = &plan.delete_if;
+        statements
+            .push(Box::pin(async move { touched(txn.execute(&sql.delete_if, &[ns, keys, old]).await, keys.len()) }));
+    }
+    if !plan.set.0.is_empty() {
+        let (keys, values) = &plan.set;
+        statements.push(Box::pin(async move {
+            txn.execute(&sql.upsert, &[ns, keys, values]).await.map(drop).map_err(failed)
+        }));
+    }
+    if !plan.delete.is_empty() {
+        let keys = &plan.delete;
+        statements.push(Box::pin(async move { txn.execute(&sql.delete, &[ns, keys]).await.map(drop).map_err(failed) }));
+    }
+    pipelined(statements).await
+}
+
 impl Backend for PostgresBackend {
     fn describe(&self) -> String {
         self.describe.clone()
@@ -391,13 +703,16 @@ impl Backend for PostgresBackend {
     }
 
     fn get(&self, ns: &str, key: &str) -> Result<Option<Entry>, KvError> {
-        let (pool, sql, ns, key) = (self.pool.clone(), self.sql.get.clone(), ns.to_owned(), key.as_bytes().to_vec());
-        self.run(async move {
-            let client = pool.get().await.map_err(pool_error)?;
-            let statement = client.prepare_cached(&sql).await.map_err(|err| classify(&err))?;
-            let row = client.query_opt(&statement, &[&ns, &key]).await.map_err(|err| classify(&err))?;
-            Ok(row.map(|row| Entry { value: row.get(0), version: version(row.get(1)) }))
-        })
+        let read = get_many(self.pool.clone(), self.sql.clone(), ns.to_owned(), vec![key.to_owned()], usize::MAX);
+        Ok(self.run(read)?.pop().flatten())
+    }
+
+    fn get_many(&self, ns: &str, keys: &[String], max_bytes: usize) -> Result<Vec<Option<Entry>>, KvError> {
+        self.run(get_many(self.pool.clone(), self.sql.clone(), ns.to_owned(), keys.to_vec(), max_bytes))
+    }
+
+    fn get_many_async(&self, ns: &str, keys: Vec<String>, max_bytes: usize) -> Option<Read<Vec<Option<Entry>>>> {
+        Some(self.on_task(get_many(self.pool.clone(), self.sql.clone(), ns.to_owned(), keys, max_bytes)))
     }
 
     fn scan(
@@ -408,39 +723,12 @@ impl Backend for PostgresBackend {
         limit: usize,
         max_bytes: usize,
     ) -> Result<Vec<(String, Entry)>, KvError> {
-        let upper = prefix_end(prefix.as_bytes());
-        // The lower bound: the prefix itself, or the cursor when it lies past it.
-        let (lower, exclusive) = match start_after {
-            Some(after) if after.as_bytes() >= prefix.as_bytes() => (after.as_bytes().to_vec(), true),
-            _ => (prefix.as_bytes().to_vec(), false),
-        };
-        let sql = self.sql.scan[usize::from(exclusive) * 2 + usize::from(upper.is_none())].clone();
-        let (pool, ns) = (self.pool.clone(), ns.to_owned());
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let budget = i64::try_from(max_bytes.max(1)).unwrap_or(i64::MAX);
-        let rows = self.run(async move {
-            let client = pool.get().await.map_err(pool_error)?;
-            let statement = client.prepare_cached(&sql).await.map_err(|err| classify(&err))?;
-            let rows = match &upper {
-                Some(upper) => client.query(&statement, &[&ns, &lower, upper, &limit, &budget]).await,
-                None => client.query(&statement, &[&ns, &lower, &limit, &budget]).await,
-            };
-            rows.map_err(|err| classify(&err))
-        })?;
-        let mut page = Vec::with_capacity(rows.len());
-        let mut bytes = 0;
-        for row in rows {
-            let key: Vec<u8> = row.get(0);
-            let value: Vec<u8> = row.get(1);
-            bytes += value.len();
-            let key =
-                String::from_utf8(key).map_err(|_| KvError::Unavailable("postgres: a key is not UTF-8".into()))?;
-            page.push((key, Entry { value, version: version(row.get(2)) }));
-            if bytes >= max_bytes {
-                break;
-            }
-        }
-        Ok(page)
+        let bounds = Scan { prefix: prefix.to_owned(), start_after: start_after.map(str::to_owned), limit, max_bytes };
+        self.run(scan(self.pool.clone(), self.sql.clone(), ns.to_owned(), bounds))
+    }
+
+    fn scan_async(&self, ns: &str, bounds: Scan) -> Option<Read<Vec<(String, Entry)>>> {
+        Some(self.on_task(scan(self.pool.clone(), self.sql.clone(), ns.to_owned(), bounds)))
     }
 
     fn commit(&self, ns: &str, checks: &[Check], writes: &[Write]) -> Result<(), KvError> {
@@ -465,93 +753,31 @@ impl Backend for PostgresBackend {
             // read stay guarded; but an insert reads no index range, so
             // batches writing neighbouring keys no longer abort each other.
             let guarded = guard_plan(&checks, &writes);
+            // Prepared once per connection, then taken from its cache.
+            let prepare = [
+                &sql.versions,
+                &sql.next_version,
+                &sql.insert_new,
+                &sql.update_if,
+                &sql.delete_if,
+                &sql.upsert,
+                &sql.delete,
+            ]
+            .map(|text| client.prepare_cached(text));
+            let [versions, next_version, insert_new, update_if, delete_if, upsert, delete] =
+                futures_util::future::try_join_all(prepare)
+                    .await
+                    .map_err(|err| classify(&err))?
+                    .try_into()
+                    .map_err(|_| KvError::Unavailable("postgres: statements not prepared".into()))?;
             let txn = client
                 .build_transaction()
                 .isolation_level(tokio_postgres::IsolationLevel::Serializable)
                 .start()
                 .await
                 .map_err(|err| classify(&err))?;
-            if guarded.is_none() && !checks.is_empty() {
-                let keys: Vec<&Vec<u8>> = checks.iter().map(|(key, _)| key).collect();
-                let rows = txn.query(&sql.versions, &[&ns, &keys]).await.map_err(|err| classify(&err))?;
-                let found: HashMap<Vec<u8>, u64> =
-                    rows.into_iter().map(|row| (row.get::<_, Vec<u8>>(0), version(row.get(1)))).collect();
-                if checks.iter().any(|(key, want)| found.get(key).copied() != *want) {
-                    return Err(KvError::Conflict);
-                }
-            }
-            if stamped {
-                // Held to the end of the transaction: commits with stamped
-                // writes take their stamps one after another, so stamps
-                // follow commit order.
-                txn.execute("SELECT pg_advisory_xact_lock($1)", &[&STAMP_LOCK]).await.map_err(|err| classify(&err))?;
-            }
-            let version: i64 = txn.query_one(&sql.next_version, &[]).await.map_err(|err| classify(&err))?.get(0);
-            // The last write of a key wins, as in the other backends.
-            let mut last: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
-            for (key, value) in super::resolve(&writes, u64::try_from(version).unwrap_or_default()) {
-                last.insert(key.into_owned(), value.map(<[u8]>::to_vec));
-            }
-            let conditions = guarded.unwrap_or_default();
-            let (mut set_keys, mut set_values, mut deletes) = (Vec::new(), Vec::new(), Vec::new());
-            let (mut new_keys, mut new_values) = (Vec::new(), Vec::new());
-            let (mut update_keys, mut update_values, mut update_old) = (Vec::new(), Vec::new(), Vec::new());
-            let (mut delete_keys, mut delete_old) = (Vec::new(), Vec::new());
-            for (key, value) in last {
-                let key = key.into_bytes();
-                match (conditions.get(&key), value) {
-                    (None, Some(value)) => {
-                        set_keys.push(key);
-                        set_values.push(value);
-                    }
-                    (None, None) => deletes.push(key),
-                    (Some(None), Some(value)) => {
-                        new_keys.push(key);
-                        new_values.push(value);
-                    }
-                    (Some(Some(old)), Some(value)) => {
-                        update_keys.push(key);
-                        update_values.push(value);
-                        update_old.push(i64::try_from(*old).unwrap_or(-1));
-                    }
-                    (Some(Some(old)), None) => {
-                        delete_keys.push(key);
-                        delete_old.push(i64::try_from(*old).unwrap_or(-1));
-                    }
-                    // `guard_plan` leaves "delete if absent" to the serializable path.
-                    (Some(None), None) => return Err(KvError::Conflict),
-                }
-            }
-            let expect = |done: u64, wanted: usize| if done == wanted as u64 { Ok(()) } else { Err(KvError::Conflict) };
-            if !new_keys.is_empty() {
-                let done = txn
-                    .execute(&sql.insert_new, &[&ns, &new_keys, &new_values, &version])
-                    .await
-                    .map_err(|err| classify(&err))?;
-                expect(done, new_keys.len())?;
-            }
-            if !update_keys.is_empty() {
-                let done = txn
-                    .execute(&sql.update_if, &[&ns, &update_keys, &update_values, &update_old, &version])
-                    .await
-                    .map_err(|err| classify(&err))?;
-                expect(done, update_keys.len())?;
-            }
-            if !delete_keys.is_empty() {
-                let done = txn
-                    .execute(&sql.delete_if, &[&ns, &delete_keys, &delete_old])
-                    .await
-                    .map_err(|err| classify(&err))?;
-                expect(done, delete_keys.len())?;
-            }
-            if !set_keys.is_empty() {
-                txn.execute(&sql.upsert, &[&ns, &set_keys, &set_values, &version])
-                    .await
-                    .map_err(|err| classify(&err))?;
-            }
-            if !deletes.is_empty() {
-                txn.execute(&sql.delete, &[&ns, &deletes]).await.map_err(|err| classify(&err))?;
-            }
+            let statements = Statements { versions, next_version, insert_new, update_if, delete_if, upsert, delete };
+            pipelined_commit(&txn, &statements, &ns, &checks, guarded.as_ref(), stamped, &writes).await?;
             committing.store(true, Ordering::SeqCst);
             txn.commit().await.map_err(|err| match err.as_db_error() {
                 // The server answered: the commit definitely failed.

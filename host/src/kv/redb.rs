@@ -140,6 +140,23 @@ impl Backend for RedbBackend {
         })
     }
 
+    fn get_many(&self, ns: &str, keys: &[String], max_bytes: usize) -> Result<Vec<Option<Entry>>, KvError> {
+        self.with_db(|db| {
+            let name = table(ns);
+            // One read transaction: every key as of the same commit.
+            let txn = db.begin_read().map_err(|err| self.failed(err))?;
+            let table = match txn.open_table(TableDefinition::<&str, &[u8]>::new(&name)) {
+                Ok(table) => table,
+                Err(TableError::TableDoesNotExist(_)) => return super::read_many(keys, max_bytes, |_| Ok(None)),
+                Err(err) => return Err(self.failed(err)),
+            };
+            super::read_many(keys, max_bytes, |key| match table.get(key).map_err(|err| self.failed(err))? {
+                Some(raw) => decode_entry(raw.value()).map(Some),
+                None => Ok(None),
+            })
+        })
+    }
+
     fn scan(
         &self,
         ns: &str,

@@ -66,6 +66,21 @@ fn audit(world: &World, store: &str) -> Vec<String> {
 }
 
 #[test]
+fn an_evotor_page_reads_token_store_and_directory_in_one_store_call() {
+    let world = World::new();
+    let token = world.register(ALICE, "alice");
+    let items: Vec<Value> = (0..50).map(|n| product(n, None)).collect();
+    assert_eq!(partner_put(&world, STORE, &items).status, 200);
+    assert_eq!(evotor_page(&world, &token, STORE, "?page=0&size=10").status, 200, "the store is claimed");
+    let before = world.kv.calls();
+    let page = evotor_page(&world, &token, STORE, "?page=1&size=10");
+    assert_eq!(uuids_of(&page).len(), 10);
+    // Token, owner and directory together; the user (then the account); the scan.
+    let calls = world.kv.calls() - before;
+    assert!(calls <= 4, "{calls} store calls for one page");
+}
+
+#[test]
 fn evotor_pages_carry_conformant_headers_and_every_product_once() {
     let world = World::new();
     let token = world.register(ALICE, "alice");

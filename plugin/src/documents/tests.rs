@@ -165,6 +165,28 @@ fn a_redelivery_stores_nothing_and_adds_no_feed_entry() {
     assert!(problems(&world).iter().any(|p| p.contains("twice in one batch")), "{:?}", problems(&world));
 }
 
+#[test]
+fn a_batch_of_documents_costs_a_few_store_calls_not_one_per_document() {
+    let world = World::new();
+    let token = world.register(ALICE, "alice");
+    let sell = pos_doc("02-SELL");
+    let batch: Vec<Value> = (0..100)
+        .map(|n| {
+            let mut doc = sell.clone();
+            doc["uuid"] = json!(format!("00000000-0000-4000-8000-{n:012}"));
+            doc
+        })
+        .collect();
+    let before = world.kv.calls();
+    assert_eq!(put(&world, &token, STORE, json!(batch)).body_json(), json!({"accepted": 100, "duplicates": 0}));
+    let first = world.kv.calls() - before;
+    let before = world.kv.calls();
+    assert_eq!(put(&world, &token, STORE, json!(batch)).body_json(), json!({"accepted": 0, "duplicates": 100}));
+    let again = world.kv.calls() - before;
+    // Token, user, account, the store's first claim and the rest in one read each, and the commit.
+    assert!(first <= 8 && again <= 6, "{first} store calls for 100 new documents, {again} for their re-delivery");
+}
+
 /// The problems of every data issue recorded.
 fn problems(world: &World) -> Vec<String> {
     let issues = world.call("GET", "/partner/v1/data-issues?limit=1000", Some("partner"), None).body_json();
@@ -530,6 +552,9 @@ struct LosingKv<'a> {
 impl crate::kv::Kv for LosingKv<'_> {
     fn get(&self, key: &str) -> Result<Option<crate::kv::Entry>, crate::kv::KvError> {
         self.inner.get(key)
+    }
+    fn get_many(&self, keys: &[String]) -> Result<Vec<Option<crate::kv::Entry>>, crate::kv::KvError> {
+        self.inner.get_many(keys)
     }
     fn scan(
         &self,

@@ -4,9 +4,13 @@
 //!   Evotor-format 404 / 405 / 413 answers;
 //! - hostile plugins: an endless loop meets the deadline while other requests
 //!   are served; unbounded allocation and panics fail alone;
-//! - isolation: two plugins on two routes never see each other's keys.
+//! - isolation: two plugins on two routes never see each other's keys;
+//! - plugins built against every earlier world (0.1.0, 0.2.0) run beside the current one.
 
-use evogate_e2e::{Gateway, get, guest_wasm, plugin_table, post_chunked, post_json, request, toml_str};
+use evogate_e2e::{
+    ADMIN_TOKEN, Gateway, evotor_wasm, get, guest_wasm, guest_wasm_version, plugin_table, post_chunked, post_json,
+    request, toml_str,
+};
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -179,6 +183,36 @@ fn two_plugins_cannot_read_each_others_keys() {
     assert_eq!(get(&gateway.url("/beta/kv/get?key=secret")).status, 404);
     assert_eq!(get(&gateway.url("/beta/kv/scan")).text(), "", "beta's scan sees nothing");
     assert_eq!(get(&gateway.url("/alpha/kv/scan")).text(), "secret");
+}
+
+#[test]
+fn plugins_built_against_every_earlier_world_keep_linking_and_running() {
+    let gateway = Gateway::start(&format!(
+        "{}{}{}",
+        plugin_table("first", &guest_wasm(), ""),
+        plugin_table("second", &guest_wasm_version("world-0.2.0"), "[plugins.config]\ngreeting = \"hi\""),
+        plugin_table("current", &evotor_wasm(), ""),
+    ));
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let plugins = request("GET", &gateway.admin_url("/plugins"), &[("authorization", auth.as_str())], None).json();
+    let world = |name: &str| {
+        let plugin = plugins.as_array().expect("a list").iter().find(|p| p["name"] == name).cloned();
+        plugin.map(|p| p["world"].as_str().unwrap_or_default().to_owned()).unwrap_or_default()
+    };
+    assert_eq!(world("first"), "evogate:plugin@0.1.0");
+    assert_eq!(world("second"), "evogate:plugin@0.2.0");
+    assert_eq!(world("current"), "evogate:plugin@0.2.1");
+    for plugin in ["first", "second"] {
+        let put = request("POST", &gateway.url(&format!("/{plugin}/kv/put?key=k")), &[], Some(plugin.as_bytes()));
+        assert_eq!(put.status, 200, "{plugin}: {}", put.text());
+        let read = get(&gateway.url(&format!("/{plugin}/kv/get?key=k")));
+        assert_eq!((read.status, read.text().as_str()), (200, plugin));
+        assert_eq!(get(&gateway.url(&format!("/{plugin}/kv/scan"))).text(), "k");
+    }
+    let setting = get(&gateway.url("/second/config?name=greeting"));
+    assert_eq!((setting.status, setting.text().as_str()), (200, "hi"));
+    // The current world's plugin, which imports `kv.get-many`, serves beside them.
+    assert_eq!(get(&gateway.url("/current/nowhere")).status, 404);
 }
 
 #[test]
