@@ -89,6 +89,47 @@ fn concurrent_checked_increments_lose_no_update() {
     }
 }
 
+/// Write skew: two commits each check both keys and set its own only while
+/// the other's is unset. Whatever the interleaving, never both.
+#[test]
+fn a_key_only_checked_is_guarded_like_a_key_written() {
+    for (backend, _guard) in backends() {
+        let kv = Namespace::new(backend.clone(), "skew");
+        for round in 0..100 {
+            kv.commit(&[], &[set("x", "0"), set("y", "0")]).expect("reset");
+            let barrier = std::sync::Barrier::new(2);
+            std::thread::scope(|scope| {
+                for (mine, theirs) in [("x", "y"), ("y", "x")] {
+                    let (kv, barrier) = (&kv, &barrier);
+                    scope.spawn(move || {
+                        barrier.wait();
+                        loop {
+                            let own = kv.get(mine).expect("get").expect("present");
+                            let other = kv.get(theirs).expect("get").expect("present");
+                            if other.value == b"1" {
+                                return;
+                            }
+                            let checks = [
+                                Check::VersionIs(mine.into(), own.version),
+                                Check::VersionIs(theirs.into(), other.version),
+                            ];
+                            match kv.commit(&checks, &[set(mine, "1")]) {
+                                Ok(()) | Err(KvError::Conflict) => {}
+                                Err(err) => panic!("{err:?}"),
+                            }
+                            if kv.get(mine).expect("get").is_some_and(|entry| entry.value == b"1") {
+                                return;
+                            }
+                        }
+                    });
+                }
+            });
+            let both = ["x", "y"].map(|key| kv.get(key).expect("get").expect("present").value);
+            assert_ne!(both, [b"1".to_vec(), b"1".to_vec()], "{} round {round}: both set", backend.describe());
+        }
+    }
+}
+
 #[test]
 fn stamped_writes_list_in_commit_order_even_from_racing_commits() {
     for (backend, _guard) in backends() {

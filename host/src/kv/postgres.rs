@@ -5,11 +5,15 @@
 //! bytea, version bigint)` with primary key `(ns, key)`, so a prefix scan is
 //! a range query on the key's index, in bytewise order; `evogate_version`, a
 //! sequence that gives every commit a new version; `evogate_meta`, which
-//! records the schema version. A commit is one `SERIALIZABLE` transaction:
-//! it reads the versions of the checked keys, writes, and commits; when
-//! another node's commit interleaves, PostgreSQL aborts one of them
-//! (serialization failure), which the plugin sees as `conflict` and retries.
-//! Nothing is ever lost to a race.
+//! records the schema version. A commit is one transaction: a check of a
+//! key it writes is the condition of that write (insert if absent, update
+//! or delete at a version, with the rows touched counted); the other
+//! checked keys are read and locked (`FOR SHARE`) until it ends. That makes
+//! `REPEATABLE READ` enough; a check that an unwritten key stays absent
+//! (nothing to lock) runs `SERIALIZABLE`. When another node's commit
+//! interleaves, PostgreSQL aborts one of them (serialization failure,
+//! deadlock), which the plugin sees as `conflict` and retries. Nothing is
+//! ever lost to a race.
 //!
 //! Reads are futures the request's own task awaits
 //! ([`Backend::get_many_async`], [`Backend::scan_async`]): no thread waits
@@ -83,6 +87,7 @@ struct Sql {
     next_version: String,
     upsert: String,
     update: String,
+    insert: String,
     delete: String,
     insert_new: String,
     update_if: String,
@@ -116,7 +121,8 @@ impl Sql {
                  WHERE before < $3 ORDER BY n"
             ),
             scan: [scan(">=", true), scan(">=", false), scan(">", true), scan(">", false)],
-            versions: format!("SELECT key, version FROM {kv} WHERE ns = $1 AND key = ANY($2)"),
+            // Locked: until the commit ends nobody changes what it checked.
+            versions: format!("SELECT key, version FROM {kv} WHERE ns = $1 AND key = ANY($2) FOR SHARE"),
             next_version: format!("SELECT nextval('{schema}.evogate_version')"),
             // Writes take the version `next_version` drew in the same
             // session, so they can go out in one pipeline behind it.
@@ -128,6 +134,13 @@ impl Sql {
             upsert: format!(
                 "INSERT INTO {kv} (ns, key, value, version) SELECT $1, k, v, {current} FROM unnest($2::bytea[], $3::bytea[]) AS t(k, v) \
                  ON CONFLICT (ns, key) DO NOTHING RETURNING key"
+            ),
+            // Stamped keys are new: a plain insert, which reads nothing. (An
+            // `ON CONFLICT` insert first looks where the key would go, and
+            // every stamped key of every commit goes to the same place, the
+            // end of its log.)
+            insert: format!(
+                "INSERT INTO {kv} (ns, key, value, version) SELECT $1, k, v, {current} FROM unnest($2::bytea[], $3::bytea[]) AS t(k, v)"
             ),
             update: format!(
                 "UPDATE {kv} AS t SET value = u.v, version = {current} FROM unnest($2::bytea[], $3::bytea[]) AS u(k, v) \
@@ -544,6 +557,8 @@ async fn scan(pool: Pool, sql: Arc<Sql>, ns: String, scan: Scan) -> Result<Vec<(
 /// A commit's writes, sorted into the statements that apply them.
 #[derive(Default)]
 struct Plan {
+    /// Stamped keys: new by construction (the commit's own version names them).
+    fresh: (Vec<Vec<u8>>, Vec<Vec<u8>>),
     /// Unconditional sets and deletes.
     set: (Vec<Vec<u8>>, Vec<Vec<u8>>),
     delete: Vec<Vec<u8>>,
@@ -560,14 +575,24 @@ impl Plan {
     /// a key must be absent and is deleted (the checks cannot all hold).
     fn new(writes: &[Write], stamp: u64, conditions: &HashMap<Vec<u8>, Option<u64>>) -> Result<Self, KvError> {
         let mut last: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
-        for (key, value) in super::resolve(writes, stamp) {
+        let mut stamped = std::collections::HashSet::new();
+        for (write, (key, value)) in writes.iter().zip(super::resolve(writes, stamp)) {
+            match write {
+                Write::SetStamped(..) => stamped.insert(key.to_string()),
+                Write::Set(..) | Write::Delete(_) => stamped.remove(key.as_ref()),
+            };
             last.insert(key.into_owned(), value.map(<[u8]>::to_vec));
         }
         let mut plan = Self::default();
         for (key, value) in last {
+            let fresh = stamped.contains(&key);
             let key = key.into_bytes();
             let old = |version: u64| i64::try_from(version).unwrap_or(-1);
             match (conditions.get(&key), value) {
+                (None, Some(value)) if fresh => {
+                    plan.fresh.0.push(key);
+                    plan.fresh.1.push(value);
+                }
                 (None, Some(value)) => {
                     plan.set.0.push(key);
                     plan.set.1.push(value);
@@ -621,6 +646,7 @@ struct Statements {
     delete_if: tokio_postgres::Statement,
     upsert: tokio_postgres::Statement,
     update: tokio_postgres::Statement,
+    insert: tokio_postgres::Statement,
     delete: tokio_postgres::Statement,
 }
 
@@ -698,6 +724,12 @@ async fn pipelined_commit(
         let (keys, old) = &plan.delete_if;
         statements
             .push(Box::pin(async move { touched(txn.execute(&sql.delete_if, &[ns, keys, old]).await, keys.len()) }));
+    }
+    if !plan.fresh.0.is_empty() {
+        let (keys, values) = &plan.fresh;
+        statements.push(Box::pin(async move {
+            txn.execute(&sql.insert, &[ns, keys, values]).await.map(drop).map_err(failed)
+        }));
     }
     if !plan.set.0.is_empty() {
         let (keys, values) = &plan.set;
@@ -784,9 +816,7 @@ impl Backend for PostgresBackend {
             // A check of a key this commit writes (insert if absent, replace
             // if unchanged: what the plugins mostly do) becomes the condition
             // of its own write instead of a separate read; only the others
-            // are read. Still SERIALIZABLE, so keys other commits only read
-            // stay guarded; but an insert reads no index range, so batches
-            // writing neighbouring keys do not abort each other.
+            // are read.
             let guards = guard_plan(&checks, &writes);
             // Prepared once per connection, then taken from its cache.
             let prepare = [
@@ -797,23 +827,30 @@ impl Backend for PostgresBackend {
                 &sql.delete_if,
                 &sql.upsert,
                 &sql.update,
+                &sql.insert,
                 &sql.delete,
             ]
             .map(|text| client.prepare_cached(text));
-            let [versions, next_version, insert_new, update_if, delete_if, upsert, update, delete] =
+            let [versions, next_version, insert_new, update_if, delete_if, upsert, update, insert, delete] =
                 futures_util::future::try_join_all(prepare)
                     .await
                     .map_err(|err| classify(&err))?
                     .try_into()
                     .map_err(|_| KvError::Unavailable("postgres: statements not prepared".into()))?;
-            let txn = client
-                .build_transaction()
-                .isolation_level(tokio_postgres::IsolationLevel::Serializable)
-                .start()
-                .await
-                .map_err(|err| classify(&err))?;
+            // Every check holds at the commit when each is either the
+            // condition of a write or a key that exists, read and locked
+            // (`FOR SHARE`): repeatable read is enough, and takes no
+            // predicate locks — which, on index pages, made commits that
+            // read one key abort commits inserting next to it. A check that
+            // a key it does not write stays absent needs serializable.
+            let isolation = match guards.1.iter().all(|(_, expected)| expected.is_some()) {
+                true => tokio_postgres::IsolationLevel::RepeatableRead,
+                false => tokio_postgres::IsolationLevel::Serializable,
+            };
+            let txn =
+                client.build_transaction().isolation_level(isolation).start().await.map_err(|err| classify(&err))?;
             let statements =
-                Statements { versions, next_version, insert_new, update_if, delete_if, upsert, update, delete };
+                Statements { versions, next_version, insert_new, update_if, delete_if, upsert, update, insert, delete };
             pipelined_commit(&txn, &statements, &ns, &guards, stamped, &writes).await?;
             committing.store(true, Ordering::SeqCst);
             txn.commit().await.map_err(|err| match err.as_db_error() {
