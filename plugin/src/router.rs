@@ -22,6 +22,10 @@ pub type Handler = fn(&Ctx<'_>, &Request, &Params) -> Result<Response, ApiError>
 /// One path pattern and the methods it serves.
 struct Route {
     pattern: &'static str,
+    /// The pattern's bytes before its first `{name}` segment: a path that
+    /// does not start with them cannot match (one comparison rules most
+    /// routes out; splitting every pattern was most of a 404's time).
+    literal: usize,
     methods: &'static [(&'static str, Handler)],
 }
 
@@ -88,7 +92,12 @@ pub(crate) fn endpoints() -> impl Iterator<Item = (&'static str, &'static str)> 
 }
 
 const fn route(pattern: &'static str, methods: &'static [(&'static str, Handler)]) -> Route {
-    Route { pattern, methods }
+    let bytes = pattern.as_bytes();
+    let mut literal = 0;
+    while literal < bytes.len() && bytes[literal] != b'{' {
+        literal += 1;
+    }
+    Route { pattern, literal, methods }
 }
 
 /// Header in which the gateway names the route prefix the plugin is
@@ -135,7 +144,10 @@ fn is_documents_webhook(ctx: &Ctx<'_>, path: &str) -> bool {
 fn find(path: &str) -> Option<(&'static Route, Params)> {
     // One trailing slash is tolerated: `/api/v1/user/token/` is the same endpoint.
     let path = path.strip_suffix('/').filter(|p| !p.is_empty()).unwrap_or(path);
-    ROUTES.iter().find_map(|route| matches(route.pattern, path).map(|params| (route, params)))
+    ROUTES
+        .iter()
+        .filter(|route| path.as_bytes().starts_with(&route.pattern.as_bytes()[..route.literal]))
+        .find_map(|route| matches(route.pattern, path).map(|params| (route, params)))
 }
 
 fn matches(pattern: &'static str, path: &str) -> Option<Params> {
