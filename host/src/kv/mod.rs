@@ -154,7 +154,7 @@ pub trait Backend: Send + Sync + 'static {
     }
 
     /// [`Backend::scan`] as a future, like [`Backend::get_many_async`].
-    fn scan_async(&self, _ns: &str, _scan: Scan) -> Option<Read<Vec<(String, Entry)>>> {
+    fn scan_async(&self, _ns: &str, _scan: Scan) -> Option<Read<ScanPage>> {
         None
     }
 
@@ -189,6 +189,9 @@ pub trait Backend: Send + Sync + 'static {
 
 /// A read running on the request's task (see [`Backend::get_many_async`]).
 pub type Read<T> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, KvError>> + Send>>;
+
+/// One scan page: keys and entries in key order.
+pub type ScanPage = Vec<(String, Entry)>;
 
 /// One scan's bounds, owned (for [`Backend::scan_async`]).
 #[derive(Debug, Clone)]
@@ -319,7 +322,7 @@ impl Namespace {
         prefix: String,
         start_after: Option<String>,
         limit: u32,
-    ) -> Result<Option<Read<Vec<(String, Entry)>>>, KvError> {
+    ) -> Result<Option<Read<ScanPage>>, KvError> {
         check_scan(&prefix, start_after.as_deref(), limit)?;
         if limit == 0 {
             return Ok(Some(Box::pin(std::future::ready(Ok(Vec::new())))));

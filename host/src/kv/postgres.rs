@@ -684,7 +684,8 @@ async fn pipelined_commit(
     // draws it first; the others draw it in the same pipeline as their
     // writes, which read it back with `currval`.
     let mut stamp = 0;
-    // Declared before the statements that borrow them.
+    // Declared before the statements that borrow them, so dropped after them.
+    #[expect(clippy::needless_late_init, reason = "declared before the statements that borrow it")]
     let plan: Plan;
     let mut inserted: Option<std::collections::HashSet<Vec<u8>>> = None;
     let mut statements: Vec<Pending<'_>> = Vec::new();
