@@ -138,7 +138,7 @@ impl HostState {
 
     async fn kv_get(&mut self, bucket: &Resource<Bucket>, key: &str) -> Result<Option<Vec<u8>>, Failure> {
         let key = self.bucket(bucket)? + key;
-        Ok(wit_kv::Host::get(self, key).await?.map(|entry| entry.value))
+        Ok(wit_kv::Host::get(&mut self.kv, key).await?.map(|entry| entry.value))
     }
 
     async fn kv_write(
@@ -154,7 +154,7 @@ impl HostState {
                 None => wit_kv::Write::Delete(format!("{prefix}{key}")),
             })
             .collect();
-        Ok(wit_kv::Host::commit(self, Vec::new(), writes).await?)
+        Ok(wit_kv::Host::commit(&mut self.kv, Vec::new(), writes).await?)
     }
 
     /// One page of keys after `after`, and the last key when more may follow.
@@ -165,7 +165,7 @@ impl HostState {
     ) -> Result<(Vec<String>, Option<String>), Failure> {
         let prefix = self.bucket(bucket)?;
         let after = after.map(|key| format!("{prefix}{key}"));
-        let page = wit_kv::Host::scan(self, prefix.clone(), after, KEYS_PER_PAGE).await?;
+        let page = wit_kv::Host::scan(&mut self.kv, prefix.clone(), after, KEYS_PER_PAGE).await?;
         // A page can be short (the scan's byte cap): only an empty one ends the listing.
         let keys: Vec<String> =
             page.into_iter().filter_map(|(key, _)| key.strip_prefix(&prefix).map(str::to_owned)).collect();
@@ -185,7 +185,7 @@ impl HostState {
     {
         let key = self.bucket(bucket)? + key;
         for _ in 0..INCREMENT_ATTEMPTS {
-            let seen = wit_kv::Host::get(self, key.clone()).await?;
+            let seen = wit_kv::Host::get(&mut self.kv, key.clone()).await?;
             let current = match &seen {
                 Some(entry) => counter::<T>(&entry.value)?,
                 None => T::default(),
@@ -193,7 +193,7 @@ impl HostState {
             let sum = add(current).ok_or_else(|| Failure::Other("the counter would overflow".into()))?;
             let check = unchanged(key.clone(), seen.as_ref());
             let write = wit_kv::Write::Set((key.clone(), sum.to_string().into_bytes()));
-            match wit_kv::Host::commit(self, vec![check], vec![write]).await {
+            match wit_kv::Host::commit(&mut self.kv, vec![check], vec![write]).await {
                 Ok(()) => return Ok(sum),
                 Err(wit_kv::Error::Conflict) => continue,
                 Err(err) => return Err(err.into()),
@@ -353,10 +353,10 @@ impl d2::atomics::Host for HostState {
         let Cas { key, seen } = self.table.delete(cas).map_err(|err| store_error(err.into()))?;
         let check = unchanged(key.clone(), seen.as_ref());
         let write = wit_kv::Write::Set((key.clone(), value));
-        match wit_kv::Host::commit(self, vec![check], vec![write]).await {
+        match wit_kv::Host::commit(&mut self.kv, vec![check], vec![write]).await {
             Ok(()) => Ok(()),
             Err(wit_kv::Error::Conflict) => {
-                let seen = wit_kv::Host::get(self, key.clone()).await.map_err(|err| store_error(err.into()))?;
+                let seen = wit_kv::Host::get(&mut self.kv, key.clone()).await.map_err(|err| store_error(err.into()))?;
                 let cas = self.table.push(Cas { key, seen }).map_err(|err| store_error(err.into()))?;
                 Err(d2::atomics::CasError::CasFailed(cas))
             }
@@ -368,7 +368,7 @@ impl d2::atomics::Host for HostState {
 impl d2::atomics::HostCas for HostState {
     async fn new(&mut self, bucket: Resource<Bucket>, key: String) -> Result<Resource<Cas>, d2::store::Error> {
         let key = self.bucket(&bucket)? + &key;
-        let seen = wit_kv::Host::get(self, key.clone()).await.map_err(Failure::from)?;
+        let seen = wit_kv::Host::get(&mut self.kv, key.clone()).await.map_err(Failure::from)?;
         Ok(self.table.push(Cas { key, seen }).map_err(Failure::from)?)
     }
 
