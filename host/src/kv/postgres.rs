@@ -498,26 +498,18 @@ async fn get_many(
     let raw: Vec<&[u8]> = keys.iter().map(|key| key.as_bytes()).collect();
     let budget = i64::try_from(max_bytes.max(1)).unwrap_or(i64::MAX);
     let rows = client.query(&statement, &[&ns, &raw, &budget]).await.map_err(|err| classify(&err))?;
-    // One row per key answered, in the keys' order.
-    let mut answer = Vec::with_capacity(rows.len());
-    let mut bytes = 0;
-    for row in rows {
-        if row.get::<_, i64>(0) != answer.len() as i64 + 1 {
+    // One row per key answered, in the keys' order; the server's budget
+    // stops where `read_many`'s does, so rows never run out before it does.
+    let mut rows = rows.into_iter().zip(1i64..);
+    super::read_many(&keys, max_bytes, |_| {
+        let (row, n) =
+            rows.next().ok_or_else(|| KvError::Unavailable("postgres: get-many answered too few keys".into()))?;
+        if row.get::<_, i64>(0) != n {
             return Err(KvError::Unavailable("postgres: get-many answered out of order".into()));
         }
-        if !answer.is_empty() && bytes >= max_bytes {
-            break;
-        }
         let value: Option<Vec<u8>> = row.get(1);
-        bytes += value.as_ref().map_or(0, Vec::len);
-        answer.push(
-            value.map(|value| Entry { value, version: version(row.get::<_, Option<i64>>(2).unwrap_or_default()) }),
-        );
-    }
-    match answer.is_empty() {
-        true => Err(KvError::Unavailable("postgres: get-many answered no key".into())),
-        false => Ok(answer),
-    }
+        Ok(value.map(|value| Entry { value, version: version(row.get::<_, Option<i64>>(2).unwrap_or_default()) }))
+    })
 }
 
 /// One scan page in one statement (see [`Backend::scan`]).
