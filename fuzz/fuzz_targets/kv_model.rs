@@ -12,7 +12,7 @@
 
 use arbitrary::Arbitrary;
 use evogate::kv::{
-    Backend, Check, Entry, KvError, MAX_KEY_BYTES, MAX_SCAN_BYTES, MAX_VALUE_BYTES, MemoryBackend, Namespace,
+    Backend, Check, Entry, KvError, MAX_KEY_BYTES, MAX_ANSWER_BYTES, MAX_VALUE_BYTES, MemoryBackend, Namespace,
     RedbBackend, STAMP_BYTES, Write,
 };
 use libfuzzer_sys::fuzz_target;
@@ -166,7 +166,7 @@ impl Subject {
                 let mut want = Vec::new();
                 let mut bytes = 0;
                 for (key, (value, ..)) in self.models[ns].entries.range(prefix.clone()..) {
-                    if !key.starts_with(&prefix) || want.len() == limit as usize || (!want.is_empty() && bytes >= MAX_SCAN_BYTES) {
+                    if !key.starts_with(&prefix) || want.len() == limit as usize || (!want.is_empty() && bytes >= MAX_ANSWER_BYTES) {
                         break;
                     }
                     if start_after.as_ref().is_some_and(|after| key <= after) {

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{CONNECTIONS, fetch_once, median, throughput};
+use common::{CONNECTIONS, admin_deploy, fetch_once, median, throughput};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,10 +29,10 @@ fn variant(wasm: &[u8], n: usize) -> Vec<u8> {
     out
 }
 
-async fn deploy_to_first_served(app: &evogate::App, addr: SocketAddr, bytes: Vec<u8>) -> anyhow::Result<f64> {
+async fn deploy_to_first_served(admin: SocketAddr, addr: SocketAddr, bytes: Vec<u8>) -> anyhow::Result<f64> {
     let started = Instant::now();
-    let outcome = app.deployer.deploy("evotor", bytes).await?;
-    anyhow::ensure!(outcome.changed, "the deploy changed nothing");
+    let changed = admin_deploy(admin, "evotor", bytes).await?;
+    anyhow::ensure!(changed, "the deploy changed nothing");
     fetch_once(addr).await?;
     Ok(started.elapsed().as_secs_f64() * 1e3)
 }
@@ -51,25 +51,18 @@ fn main() -> anyhow::Result<()> {
         config.store.backend = evogate::kv::BackendKind::Memory;
         config.data_dir = figment::value::magic::RelativePathBuf::from(data.path().to_owned());
         config.plugins[0].wasm = figment::value::magic::RelativePathBuf::from(wasm_path.clone());
-        let app = Arc::new(evogate::start(&config).await?);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        tokio::spawn(evogate::server::serve(
-            listener,
-            app.gateway.clone(),
-            std::future::pending(),
-            evogate::server::ServeOptions::default(),
-        ));
+        let running = common::run(config).await?;
+        let (addr, admin) = (running.addr(), running.admin_addr());
 
-        println!("evotor_partner.wasm: {} bytes; deploy through Deployer::deploy, then one HTTP request", wasm.len());
+        println!("evotor_partner.wasm: {} bytes; deploy through the admin API, then one HTTP request", wasm.len());
         let mut cold = Vec::new();
         for n in 0..SAMPLES {
-            cold.push(deploy_to_first_served(&app, addr, variant(&wasm, n)).await?);
+            cold.push(deploy_to_first_served(admin, addr, variant(&wasm, n)).await?);
         }
         let mut warm = Vec::new();
         for n in 0..SAMPLES {
             // Each of these was compiled above: the cache serves it.
-            warm.push(deploy_to_first_served(&app, addr, variant(&wasm, n)).await?);
+            warm.push(deploy_to_first_served(admin, addr, variant(&wasm, n)).await?);
         }
         println!("deploy to first served, cold (compile):      median {:6.1} ms  (n={SAMPLES})", median(&cold));
         println!("deploy to first served, warm (cached build): median {:6.1} ms  (n={SAMPLES})", median(&warm));
@@ -77,13 +70,12 @@ fn main() -> anyhow::Result<()> {
         let steady = throughput(addr, Duration::from_secs(seconds)).await?;
         let storming = Arc::new(AtomicBool::new(true));
         let deploys = {
-            let app = app.clone();
             let storming = storming.clone();
             let variants: Vec<Vec<u8>> = (0..2).map(|n| variant(&wasm, n)).collect();
             tokio::spawn(async move {
                 let mut count = 0usize;
                 while storming.load(Ordering::Relaxed) {
-                    let _ = app.deployer.deploy("evotor", variants[count % 2].clone()).await;
+                    let _ = admin_deploy(admin, "evotor", variants[count % 2].clone()).await;
                     count += 1;
                 }
                 count

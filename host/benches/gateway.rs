@@ -14,7 +14,6 @@ use http_body_util::{BodyExt as _, Full};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 
@@ -33,12 +32,12 @@ fn main() -> anyhow::Result<()> {
         config.plugins[0].wasm = figment::value::magic::RelativePathBuf::from(wasm);
         let data = tempfile::tempdir()?;
         config.data_dir = figment::value::magic::RelativePathBuf::from(data.path().to_owned());
-        let gateway = evogate::start(&config).await?.gateway;
+        let gateway = common::run(config).await?;
 
         // The answer the plugin gives, served natively.
         let expected = gateway_body(&gateway).await?;
         let native_addr = serve_native(expected.clone()).await?;
-        let gateway_addr = serve_gateway(gateway.clone()).await?;
+        let gateway_addr = gateway.addr();
         anyhow::ensure!(fetch_once(native_addr).await? == expected, "native answer differs");
         anyhow::ensure!(fetch_once(gateway_addr).await? == expected, "gateway answer differs");
 
@@ -73,9 +72,8 @@ fn main() -> anyhow::Result<()> {
     })
 }
 
-async fn gateway_body(gateway: &Arc<evogate::Gateway>) -> anyhow::Result<Bytes> {
-    let version = gateway.registry.slots()[0].current();
-    let version = &version.plugin;
+async fn gateway_body(gateway: &evogate::Running) -> anyhow::Result<Bytes> {
+    let version = gateway.live_plugin("evotor").ok_or_else(|| anyhow::anyhow!("no plugin evotor"))?;
     let response = version
         .handle(trivial_request(), Duration::from_secs(5))
         .await
@@ -94,9 +92,8 @@ fn trivial_request() -> evogate::sandbox::Request {
 }
 
 /// Mean time of one fresh instance + `handle` call, no HTTP.
-async fn direct_calls(gateway: &Arc<evogate::Gateway>) -> f64 {
-    let version = gateway.registry.slots()[0].current();
-    let version = &version.plugin;
+async fn direct_calls(gateway: &evogate::Running) -> f64 {
+    let Some(version) = gateway.live_plugin("evotor") else { return f64::NAN };
     let request = trivial_request();
     let n = 5000;
     for _ in 0..500 {
@@ -135,17 +132,5 @@ async fn serve_native(body: Bytes) -> anyhow::Result<SocketAddr> {
             });
         }
     });
-    Ok(addr)
-}
-
-async fn serve_gateway(gateway: Arc<evogate::Gateway>) -> anyhow::Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(evogate::server::serve(
-        listener,
-        gateway,
-        std::future::pending(),
-        evogate::server::ServeOptions::default(),
-    ));
     Ok(addr)
 }

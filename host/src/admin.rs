@@ -12,8 +12,8 @@
 //! Everything but the health checks needs `Authorization: Bearer <admin.token>`
 //! when a token is configured.
 
-use crate::App;
 use crate::deploy::DeployError;
+use crate::run::App;
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Incoming;
@@ -171,7 +171,7 @@ impl Admin {
                 reply
             }
             (&Method::GET, ["metrics"]) => self.metrics(),
-            (&Method::GET, ["plugins"]) => json(StatusCode::OK, &serde_json::json!(self.app.deployer.list())),
+            (&Method::GET, ["plugins"]) => json(StatusCode::OK, &serde_json::json!(self.app.deployer.list().await)),
             (&Method::PUT, ["plugins", name]) => {
                 let name = (*name).to_owned();
                 self.deploy(&name, req).await
@@ -187,7 +187,7 @@ impl Admin {
     }
 
     async fn ready(&self) -> Reply {
-        if self.app.gateway.draining.load(std::sync::atomic::Ordering::SeqCst) {
+        if self.app.gateway.is_draining() {
             return problem(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
         }
         match self.probe.check(&self.app.backend).await {

@@ -143,6 +143,7 @@ pub fn error(status: StatusCode, code: u32, reason: &str) -> hyper::Response<Ful
     error_with(status, code, reason, |_| {})
 }
 
+/// [`error`] with more fields: `extra` edits the body's first error object.
 pub fn error_with(
     status: StatusCode,
     code: u32,

@@ -32,23 +32,23 @@ const H2_MAX_STREAMS: u32 = 128;
 #[derive(Debug)]
 pub struct Gateway {
     /// Routes to plugins.
-    pub registry: Registry,
+    registry: Registry,
     /// Largest accepted request body.
-    pub max_body_bytes: usize,
+    max_body_bytes: usize,
     /// Request body bytes held at once, across requests.
-    pub body_budget: BodyBudget,
+    body_budget: BodyBudget,
     /// Time budget of one request, queueing included.
-    pub request_timeout: Duration,
+    request_timeout: Duration,
     /// Most requests running at once (the instance pool's capacity).
-    pub max_instances: usize,
+    max_instances: usize,
     /// Slots for requests running at once.
-    pub permits: Arc<Semaphore>,
+    permits: Arc<Semaphore>,
     /// Per plugin: slots for its requests running at once; none left → 503 at once.
-    pub plugin_permits: HashMap<String, Arc<Semaphore>>,
+    plugin_permits: HashMap<String, Arc<Semaphore>>,
     /// Set when shutdown begins: `/readyz` answers 503 so load balancers stop sending.
-    pub draining: AtomicBool,
+    draining: AtomicBool,
     /// Keeps the engine (and its epoch ticker) alive as long as the gateway.
-    pub _sandbox: Arc<crate::sandbox::Sandbox>,
+    _sandbox: Arc<crate::sandbox::Sandbox>,
 }
 
 /// What one request came to, for the access log.
@@ -217,7 +217,7 @@ pub async fn serve(
 /// back what it did not use. Room is taken all at once, never piecemeal, so
 /// requests cannot each hold part of the budget while waiting for more.
 #[derive(Debug)]
-pub struct BodyBudget {
+pub(crate) struct BodyBudget {
     /// One permit per KiB.
     kib: Arc<Semaphore>,
 }
@@ -388,6 +388,40 @@ async fn refuse(mut stream: tokio::net::TcpStream, tls: bool) {
 }
 
 impl Gateway {
+    /// The request path over `registry` with the request limits of
+    /// `limits`, a deadline of `request_timeout` per request, and a cap on
+    /// the requests running at once per plugin named in `plugin_caps`.
+    pub(crate) fn new(
+        registry: Registry,
+        limits: &crate::config::LimitsConfig,
+        request_timeout: Duration,
+        plugin_caps: HashMap<String, usize>,
+        sandbox: Arc<crate::sandbox::Sandbox>,
+    ) -> Self {
+        let max_instances = limits.max_concurrent_requests as usize;
+        Self {
+            registry,
+            max_body_bytes: limits.max_body_bytes,
+            body_budget: BodyBudget::new(limits.body_bytes_in_flight()),
+            request_timeout,
+            max_instances,
+            permits: Arc::new(Semaphore::new(max_instances)),
+            plugin_permits: plugin_caps.into_iter().map(|(name, cap)| (name, Arc::new(Semaphore::new(cap)))).collect(),
+            draining: AtomicBool::new(false),
+            _sandbox: sandbox,
+        }
+    }
+
+    /// The plugins served and their routes.
+    pub(crate) fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Whether shutdown has begun.
+    pub(crate) fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
     /// Answers one HTTP request and writes its access-log line.
     pub async fn handle(&self, mut req: hyper::Request<Incoming>) -> hyper::Response<Full<Bytes>> {
         let started = Instant::now();

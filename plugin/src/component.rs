@@ -39,7 +39,7 @@ struct HostKv;
 fn from_wit(err: wit_kv::Error) -> KvError {
     match err {
         wit_kv::Error::Conflict => KvError::Conflict,
-        wit_kv::Error::TooLarge => KvError::TooLarge,
+        wit_kv::Error::TooLarge => KvError::TooLarge("over a kv limit"),
         wit_kv::Error::Unavailable(why) => KvError::Unavailable(why),
         wit_kv::Error::OutcomeUnknown(why) => KvError::OutcomeUnknown(why),
     }

@@ -149,7 +149,7 @@ impl From<crate::kv::KvError> for ApiError {
                 ApiError::unavailable()
             }
             crate::kv::KvError::Conflict => ApiError::unavailable(),
-            crate::kv::KvError::TooLarge => ApiError::internal("record too large"),
+            crate::kv::KvError::TooLarge(_) => ApiError::internal("record too large"),
         }
     }
 }

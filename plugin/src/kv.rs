@@ -1,68 +1,9 @@
 //! The store as protocol code sees it: the WIT `kv` semantics as a trait.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::collections::HashMap;
 
-/// A stored value and its version (changes on every write).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
-    /// Value bytes.
-    pub value: Vec<u8>,
-    /// Version; a `commit` check compares it.
-    pub version: u64,
-}
-
-/// A precondition of [`Kv::commit`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Check {
-    /// The key exists with this version.
-    VersionIs(String, u64),
-    /// The key is absent.
-    Absent(String),
-}
-
-/// One change of [`Kv::commit`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Write {
-    /// Set the key.
-    Set(String, Vec<u8>),
-    /// Delete the key.
-    Delete(String),
-    /// Set `prefix` + the commit's stamp: keys that sort in commit order (WIT `set-stamped`).
-    SetStamped(String, Vec<u8>),
-}
-
-/// The key the `index`-th stamped write of the commit stamped `stamp` gets.
-pub fn stamped_key(prefix: &str, stamp: u64, index: usize) -> String {
-    format!("{prefix}{stamp:020}.{index:06}")
-}
-
-/// Why a kv call failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KvError {
-    /// A check failed; nothing written.
-    Conflict,
-    /// Over a size limit (key 1 KiB, value 4 MiB, 100,000 writes, scan 1000).
-    TooLarge,
-    /// The store cannot serve now; nothing written.
-    Unavailable(String),
-    /// A commit's answer was lost: it may or may not have been applied.
-    OutcomeUnknown(String),
-}
-
-/// Longest key the host accepts.
-pub const MAX_KEY_BYTES: usize = 1024;
-/// Largest value the host accepts.
-pub const MAX_VALUE_BYTES: usize = 4 * 1024 * 1024;
-/// Largest scan limit the host accepts.
-pub const MAX_SCAN_LIMIT: u32 = 1000;
-/// Most keys one [`Kv::get_many`] may ask for.
-pub const MAX_GET_MANY_KEYS: usize = 1000;
-/// Value bytes past which the host ends a scan page or a `get_many` answer early.
-pub const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
-/// Most writes in one commit.
-pub const MAX_WRITES: usize = 100_000;
+pub use kv_contract::{Check, Entry, KvError, MAX_GET_MANY_KEYS, MAX_KEY_BYTES, MAX_SCAN_LIMIT, MemStore, Write};
 
 /// The host's transactional key-value store.
 pub trait Kv {
@@ -180,21 +121,41 @@ impl Kv for Prefetching<'_> {
     }
 }
 
-/// An in-memory [`Kv`] with the host's semantics and limits, for native tests.
-#[derive(Debug, Default)]
+/// The kv contract's reference store ([`MemStore`], the gateway's memory
+/// backend) as a [`Kv`], for native tests. By default it answers as little
+/// as the contract allows ([`MemKv::SHORT_ANSWERS`] entries per scan page or
+/// `get_many`), so every paging loop meets short pages;
+/// [`MemKv::with_full_answers`] for tests that count store calls.
+#[derive(Debug)]
 pub struct MemKv {
-    inner: Mutex<(BTreeMap<String, Entry>, u64)>,
+    store: MemStore,
     calls: std::sync::atomic::AtomicUsize,
 }
 
+impl Default for MemKv {
+    fn default() -> Self {
+        Self::new(MemStore::with_short_answers(Self::SHORT_ANSWERS))
+    }
+}
+
 impl MemKv {
-    fn lock(&self) -> std::sync::MutexGuard<'_, (BTreeMap<String, Entry>, u64)> {
-        self.inner.lock().unwrap_or_else(|poison| poison.into_inner())
+    /// Entries per scan page or `get_many` answer of [`MemKv::default`].
+    pub const SHORT_ANSWERS: usize = 3;
+    /// The plugin's namespace in the store.
+    const NS: &'static str = "plugin";
+
+    fn new(store: MemStore) -> Self {
+        Self { store, calls: std::sync::atomic::AtomicUsize::new(0) }
+    }
+
+    /// A store that answers scans and `get_many`s in full (up to the byte budget).
+    pub fn with_full_answers() -> Self {
+        Self::new(MemStore::default())
     }
 
     /// Every key, for assertions.
     pub fn keys(&self) -> Vec<String> {
-        self.lock().0.keys().cloned().collect()
+        self.store.keys(Self::NS)
     }
 
     /// How many calls the store has answered: each would be a host call,
@@ -203,99 +164,27 @@ impl MemKv {
         self.calls.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    fn count(&self) {
+    fn count(&self) -> kv_contract::MemNamespace<'_> {
         self.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.store.namespace(Self::NS)
     }
 }
 
 impl Kv for MemKv {
     fn get(&self, key: &str) -> Result<Option<Entry>, KvError> {
-        self.count();
-        if key.len() > MAX_KEY_BYTES {
-            return Err(KvError::TooLarge);
-        }
-        Ok(self.lock().0.get(key).cloned())
+        self.count().get(key)
     }
 
     fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Entry>>, KvError> {
-        self.count();
-        if keys.len() > MAX_GET_MANY_KEYS || keys.iter().any(|key| key.len() > MAX_KEY_BYTES) {
-            return Err(KvError::TooLarge);
-        }
-        let guard = self.lock();
-        let mut answer = Vec::with_capacity(keys.len());
-        let mut bytes = 0;
-        for key in keys {
-            if !answer.is_empty() && bytes >= MAX_ANSWER_BYTES {
-                break;
-            }
-            let entry = guard.0.get(key).cloned();
-            bytes += entry.as_ref().map_or(0, |entry| entry.value.len());
-            answer.push(entry);
-        }
-        Ok(answer)
+        self.count().get_many(keys)
     }
 
     fn scan(&self, prefix: &str, start_after: Option<&str>, limit: u32) -> Result<Vec<(String, Entry)>, KvError> {
-        self.count();
-        if limit > MAX_SCAN_LIMIT {
-            return Err(KvError::TooLarge);
-        }
-        let guard = self.lock();
-        Ok(guard
-            .0
-            .range(prefix.to_owned()..)
-            .take_while(|(key, _)| key.starts_with(prefix))
-            .filter(|(key, _)| start_after.is_none_or(|after| key.as_str() > after))
-            .take(limit as usize)
-            .map(|(key, entry)| (key.clone(), entry.clone()))
-            .collect())
+        self.count().scan(prefix, start_after, limit)
     }
 
     fn commit(&self, checks: Vec<Check>, writes: Vec<Write>) -> Result<(), KvError> {
-        self.count();
-        if writes.len() > MAX_WRITES {
-            return Err(KvError::TooLarge);
-        }
-        let mut guard = self.lock();
-        let (map, last) = &mut *guard;
-        for check in &checks {
-            let holds = match check {
-                Check::VersionIs(key, version) => map.get(key).map(|e| e.version) == Some(*version),
-                Check::Absent(key) => !map.contains_key(key),
-            };
-            if !holds {
-                return Err(KvError::Conflict);
-            }
-        }
-        for write in &writes {
-            let (Write::Set(key, _) | Write::Delete(key) | Write::SetStamped(key, _)) = write;
-            if key.len() > MAX_KEY_BYTES {
-                return Err(KvError::TooLarge);
-            }
-            if let Write::Set(_, value) | Write::SetStamped(_, value) = write
-                && value.len() > MAX_VALUE_BYTES
-            {
-                return Err(KvError::TooLarge);
-            }
-        }
-        *last += 1;
-        let mut stamped = 0;
-        for write in writes {
-            match write {
-                Write::Set(key, value) => {
-                    map.insert(key, Entry { value, version: *last });
-                }
-                Write::Delete(key) => {
-                    map.remove(&key);
-                }
-                Write::SetStamped(prefix, value) => {
-                    map.insert(stamped_key(&prefix, *last, stamped), Entry { value, version: *last });
-                    stamped += 1;
-                }
-            }
-        }
-        Ok(())
+        self.count().commit(&checks, &writes)
     }
 }
 
@@ -303,34 +192,14 @@ impl Kv for MemKv {
 mod tests {
     use super::*;
 
-    /// A store that answers at most two keys per `get_many`.
-    struct Short(MemKv);
-
-    impl Kv for Short {
-        fn get(&self, key: &str) -> Result<Option<Entry>, KvError> {
-            self.0.get(key)
-        }
-        fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Entry>>, KvError> {
-            assert!(keys.len() <= MAX_GET_MANY_KEYS, "asked {} keys at once", keys.len());
-            let mut answer = self.0.get_many(keys)?;
-            answer.truncate(2);
-            Ok(answer)
-        }
-        fn scan(&self, prefix: &str, after: Option<&str>, limit: u32) -> Result<Vec<(String, Entry)>, KvError> {
-            self.0.scan(prefix, after, limit)
-        }
-        fn commit(&self, checks: Vec<Check>, writes: Vec<Write>) -> Result<(), KvError> {
-            self.0.commit(checks, writes)
-        }
-    }
-
     fn set(key: &str, value: &str) -> Write {
         Write::Set(key.into(), value.as_bytes().to_vec())
     }
 
     #[test]
     fn read_many_asks_again_after_short_answers_and_in_batches_the_host_takes() {
-        let kv = Short(MemKv::default());
+        // Short answers (the default), and batches over the limit refused.
+        let kv = MemKv::default();
         kv.commit(vec![], (0..3000).step_by(3).map(|i| set(&format!("k{i:04}"), &i.to_string())).collect())
             .expect("commit");
         let keys: Vec<String> = (0..2500).map(|i| format!("k{i:04}")).collect();
@@ -343,7 +212,7 @@ mod tests {
 
     #[test]
     fn a_prefetched_key_is_read_once_from_one_call_and_a_commit_forgets_it() {
-        let store = MemKv::default();
+        let store = MemKv::with_full_answers();
         store.commit(vec![], vec![set("a", "1"), set("b", "2")]).expect("commit");
         let kv = Prefetching::new(&store);
         let before = store.calls();

@@ -67,25 +67,21 @@ pub fn config(data: &std::path::Path) -> anyhow::Result<evogate::config::Config>
 }
 
 /// Starts a gateway with `config` on a free port.
-pub async fn serve(config: &evogate::config::Config) -> anyhow::Result<(evogate::App, SocketAddr)> {
-    let app = evogate::start(config).await?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(evogate::server::serve(
-        listener,
-        app.gateway.clone(),
-        std::future::pending(),
-        evogate::server::ServeOptions::default(),
-    ));
-    Ok((app, addr))
+pub async fn serve(config: &evogate::config::Config) -> anyhow::Result<(evogate::Running, SocketAddr)> {
+    let mut config = config.clone();
+    config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.admin.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    let running = evogate::run(&config, std::future::pending()).await?;
+    let addr = running.addr();
+    Ok((running, addr))
 }
 
-/// One gateway on redb in `data` with the bench user registered: the app, its address, a client, the user's token.
-pub async fn single_node(data: &std::path::Path) -> anyhow::Result<(evogate::App, SocketAddr, Client, String)> {
-    let (app, addr) = serve(&config(data)?).await?;
+/// One gateway on redb in `data` with the bench user registered: the gateway, its address, a client, the user's token.
+pub async fn single_node(data: &std::path::Path) -> anyhow::Result<(evogate::Running, SocketAddr, Client, String)> {
+    let (running, addr) = serve(&config(data)?).await?;
     let mut client = connect(addr).await?;
     let token = entitled_user(&mut client).await?;
-    Ok((app, addr, client, token))
+    Ok((running, addr, client, token))
 }
 
 /// Registers the bench user with a long trial and one licensed terminal; returns its token.

@@ -33,6 +33,35 @@ pub async fn send(sender: &mut Sender) -> anyhow::Result<Bytes> {
     Ok(response.into_body().collect().await?.to_bytes())
 }
 
+/// `config` with the public and admin listeners on free loopback ports.
+pub fn on_free_ports(mut config: evogate::config::Config) -> evogate::config::Config {
+    config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.admin.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    config
+}
+
+/// Starts a gateway as the binary does ([`evogate::run`]), serving until the process ends.
+pub async fn run(config: evogate::config::Config) -> anyhow::Result<evogate::Running> {
+    evogate::run(&on_free_ports(config), std::future::pending()).await
+}
+
+/// Deploys `bytes` as plugin `name` through the admin API (`PUT /plugins/{name}`,
+/// what `evogate deploy` sends); whether it changed the live version.
+pub async fn admin_deploy(admin: SocketAddr, name: &str, bytes: Vec<u8>) -> anyhow::Result<bool> {
+    let stream = TcpStream::connect(admin).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let request = Request::put(format!("/plugins/{name}"))
+        .header("host", "bench")
+        .body(http_body_util::Full::new(Bytes::from(bytes)))?;
+    let response = sender.send_request(request).await?;
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    anyhow::ensure!(status.is_success(), "deploy: {status} {}", String::from_utf8_lossy(&body));
+    let outcome: serde_json::Value = serde_json::from_slice(&body)?;
+    Ok(outcome["changed"] == serde_json::Value::Bool(true))
+}
+
 pub async fn fetch_once(addr: SocketAddr) -> anyhow::Result<Bytes> {
     send(&mut connect(addr).await?).await
 }

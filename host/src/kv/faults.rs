@@ -173,14 +173,20 @@ mod tests {
         for n in 0..2000 {
             let key = format!("k{n}");
             match faulty.commit("a", &[], &[Write::Set(key.clone(), b"v".to_vec())]) {
-                Ok(()) => assert!(inner.get("a", &key).expect("get").is_some()),
+                Ok(()) => assert!(Backend::get(&*inner, "a", &key).expect("get").is_some()),
                 Err(KvError::Unavailable(_)) => {
                     before += 1;
-                    assert!(inner.get("a", &key).expect("get").is_none(), "nothing written before the commit");
+                    assert!(
+                        Backend::get(&*inner, "a", &key).expect("get").is_none(),
+                        "nothing written before the commit"
+                    );
                 }
                 Err(KvError::OutcomeUnknown(_)) => {
                     after += 1;
-                    assert!(inner.get("a", &key).expect("get").is_some(), "durable before the answer is lost");
+                    assert!(
+                        Backend::get(&*inner, "a", &key).expect("get").is_some(),
+                        "durable before the answer is lost"
+                    );
                 }
                 Err(other) => panic!("{other:?}"),
             }

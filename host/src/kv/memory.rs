@@ -1,28 +1,7 @@
-//! The in-memory backend: a `BTreeMap` per namespace behind one lock.
+//! The in-memory backend: the kv contract's reference store
+//! ([`kv_contract::MemStore`]) as a [`Backend`], and a hooked one for tests.
 
-use super::{Backend, Check, Entry, KvError, Page, Write, scan_start};
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Mutex, MutexGuard};
-
-/// Keeps everything in process memory; nothing survives a restart.
-#[derive(Debug, Default)]
-pub struct MemoryBackend {
-    inner: Mutex<Inner>,
-}
-
-#[derive(Debug, Default)]
-struct Inner {
-    namespaces: HashMap<String, BTreeMap<String, Entry>>,
-    last_version: u64,
-}
-
-impl MemoryBackend {
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        // A panic while holding the lock cannot leave a half-applied commit
-        // (commits mutate only after every check passed), so poison is safe to clear.
-        self.inner.lock().unwrap_or_else(|poison| poison.into_inner())
-    }
-}
+use super::{Backend, Check, Entry, KvError, MemoryBackend, Write};
 
 impl Backend for MemoryBackend {
     fn describe(&self) -> String {
@@ -30,13 +9,11 @@ impl Backend for MemoryBackend {
     }
 
     fn get(&self, ns: &str, key: &str) -> Result<Option<Entry>, KvError> {
-        Ok(self.lock().namespaces.get(ns).and_then(|map| map.get(key)).cloned())
+        Ok(MemoryBackend::get(self, ns, key))
     }
 
     fn get_many(&self, ns: &str, keys: &[String], max_bytes: usize) -> Result<Vec<Option<Entry>>, KvError> {
-        let inner = self.lock();
-        let map = inner.namespaces.get(ns);
-        super::read_many(keys, max_bytes, |key| Ok(map.and_then(|map| map.get(key)).cloned()))
+        Ok(MemoryBackend::get_many(self, ns, keys, max_bytes))
     }
 
     fn scan(
@@ -47,40 +24,11 @@ impl Backend for MemoryBackend {
         limit: usize,
         max_bytes: usize,
     ) -> Result<Vec<(String, Entry)>, KvError> {
-        let inner = self.lock();
-        let Some(map) = inner.namespaces.get(ns) else {
-            return Ok(Vec::new());
-        };
-        let mut page = Page::new(prefix, start_after, limit, max_bytes);
-        for (key, entry) in map.range::<str, _>((scan_start(prefix, start_after), std::ops::Bound::Unbounded)) {
-            if !page.offer(key, || Ok(entry.clone()))? {
-                break;
-            }
-        }
-        Ok(page.entries)
+        Ok(MemoryBackend::scan(self, ns, prefix, start_after, limit, max_bytes))
     }
 
     fn commit(&self, ns: &str, checks: &[Check], writes: &[Write]) -> Result<(), KvError> {
-        let mut inner = self.lock();
-        let current =
-            |inner: &Inner, key: &str| inner.namespaces.get(ns).and_then(|map| map.get(key)).map(|entry| entry.version);
-        if !checks.iter().all(|check| check.holds(current(&inner, check.key()))) {
-            return Err(KvError::Conflict);
-        }
-        inner.last_version += 1;
-        let version = inner.last_version;
-        let map = inner.namespaces.entry(ns.to_owned()).or_default();
-        for (key, value) in super::resolve(writes, version) {
-            match value {
-                Some(value) => {
-                    map.insert(key.into_owned(), Entry { value: value.to_vec(), version });
-                }
-                None => {
-                    map.remove(key.as_ref());
-                }
-            }
-        }
-        Ok(())
+        MemoryBackend::commit(self, ns, checks, writes)
     }
 
     fn ping(&self) -> Result<(), KvError> {
@@ -114,14 +62,14 @@ impl Backend for Hooked {
         if let Some(hook) = &self.before_get {
             hook(&self.inner);
         }
-        self.inner.get(ns, key)
+        Backend::get(&self.inner, ns, key)
     }
 
     fn get_many(&self, ns: &str, keys: &[String], max_bytes: usize) -> Result<Vec<Option<Entry>>, KvError> {
         if let Some(hook) = &self.before_get {
             hook(&self.inner);
         }
-        self.inner.get_many(ns, keys, max_bytes)
+        Backend::get_many(&self.inner, ns, keys, max_bytes)
     }
 
     fn scan(
@@ -132,7 +80,7 @@ impl Backend for Hooked {
         limit: usize,
         max_bytes: usize,
     ) -> Result<Vec<(String, Entry)>, KvError> {
-        self.inner.scan(ns, prefix, start_after, limit, max_bytes)
+        Backend::scan(&self.inner, ns, prefix, start_after, limit, max_bytes)
     }
 
     fn commit(&self, ns: &str, checks: &[Check], writes: &[Write]) -> Result<(), KvError> {

@@ -9,7 +9,8 @@
 //! does that itself: calls answer `unavailable` until the file opens again,
 //! then the same process serves on, no restart needed.
 
-use super::{Backend, Check, Entry, KvError, Page, Write, decode_entry, encode_entry, scan_start};
+use super::{Backend, Check, Entry, KvError, Write, decode_entry, encode_entry};
+use kv_contract::Page;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableError};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -173,17 +174,16 @@ impl Backend for RedbBackend {
                 Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
                 Err(err) => return Err(self.failed(err)),
             };
-            let range = table
-                .range::<&str>((scan_start(prefix, start_after), std::ops::Bound::Unbounded))
-                .map_err(|err| self.failed(err))?;
             let mut page = Page::new(prefix, start_after, limit, max_bytes);
+            let range =
+                table.range::<&str>((page.start(), std::ops::Bound::Unbounded)).map_err(|err| self.failed(err))?;
             for item in range {
                 let (key, raw) = item.map_err(|err| self.failed(err))?;
                 if !page.offer(key.value(), || decode_entry(raw.value()))? {
                     break;
                 }
             }
-            Ok(page.entries)
+            Ok(page.into_entries())
         })
     }
 

@@ -35,6 +35,12 @@ impl World {
         Self { kv: MemKv::default(), config, clock: ManualClock::at(1_000_000) }
     }
 
+    /// A world whose store answers scans and `get_many`s in full, for
+    /// tests that count store calls ([`MemKv::with_full_answers`]).
+    pub fn with_full_answers() -> Self {
+        Self { kv: MemKv::with_full_answers(), ..Self::new() }
+    }
+
     pub fn ctx(&self) -> Ctx<'_> {
         Ctx { kv: &self.kv, config: &self.config, clock: &self.clock }
     }

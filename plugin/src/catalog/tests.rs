@@ -67,7 +67,7 @@ fn audit(world: &World, store: &str) -> Vec<String> {
 
 #[test]
 fn an_evotor_page_reads_token_store_and_directory_in_one_store_call() {
-    let world = World::new();
+    let world = World::with_full_answers();
     let token = world.register(ALICE, "alice");
     let items: Vec<Value> = (0..50).map(|n| product(n, None)).collect();
     assert_eq!(partner_put(&world, STORE, &items).status, 200);

@@ -167,7 +167,7 @@ fn a_redelivery_stores_nothing_and_adds_no_feed_entry() {
 
 #[test]
 fn a_batch_of_documents_costs_a_few_store_calls_not_one_per_document() {
-    let world = World::new();
+    let world = World::with_full_answers();
     let token = world.register(ALICE, "alice");
     let sell = pos_doc("02-SELL");
     let batch: Vec<Value> = (0..100)

@@ -1,0 +1,288 @@
+//! Starting a gateway: the store, the sandbox, the plugins, then the public
+//! and admin listeners — the one way the binary, the benchmarks and any
+//! embedding process start one ([`run`]).
+
+use crate::server::{self, Gateway, ServeOptions};
+use crate::{admin, config, deploy, kv, sandbox, tls::Tls};
+use anyhow::Context as _;
+use metrics_exporter_prometheus::PrometheusHandle;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+/// A started gateway's parts: the request path, the deployer, and the store.
+pub(crate) struct App {
+    /// Serves plugin requests.
+    pub(crate) gateway: Arc<Gateway>,
+    /// Deploys and rolls back plugin versions.
+    pub(crate) deployer: Arc<deploy::Deployer>,
+    /// The key-value store.
+    pub(crate) backend: Arc<dyn kv::Backend>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App").field("store", &self.backend.describe()).finish_non_exhaustive()
+    }
+}
+
+/// A gateway serving on its listeners (see [`run`]).
+#[derive(Debug)]
+pub struct Running {
+    addr: SocketAddr,
+    admin_addr: SocketAddr,
+    app: Arc<App>,
+    serving: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// The public listener's address (the port chosen when `listen` asked for port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The admin listener's address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// The build plugin `name` serves new requests with now, to call it
+    /// without HTTP ([`sandbox::PluginVersion::handle`]); `None` for a name
+    /// not configured.
+    pub fn live_plugin(&self, name: &str) -> Option<impl std::ops::Deref<Target = sandbox::PluginVersion> + use<>> {
+        let slot = self.app.gateway.registry().slots().iter().find(|slot| slot.name == name)?;
+        Some(LivePlugin(slot.current()))
+    }
+
+    /// Waits until the gateway has stopped: `shutdown` resolved, in-flight
+    /// requests drained, both listeners closed.
+    pub async fn stopped(self) -> anyhow::Result<()> {
+        let Running { app, serving, .. } = self;
+        serving.await.context("the serving task failed")?;
+        // Every acknowledged commit is already on disk; dropping the last handle closes the store.
+        match Arc::try_unwrap(app) {
+            Ok(app) => {
+                drop(app);
+                tracing::info!("store closed");
+            }
+            Err(_) => tracing::debug!("the store closes with the process"),
+        }
+        tracing::info!("evogate stopped");
+        Ok(())
+    }
+}
+
+/// A deployment's plugin build, kept alive while it is used.
+struct LivePlugin(Arc<crate::registry::Deployment>);
+
+impl std::ops::Deref for LivePlugin {
+    type Target = sandbox::PluginVersion;
+
+    fn deref(&self) -> &sandbox::PluginVersion {
+        &self.0.plugin
+    }
+}
+
+/// Starts a gateway as `config` describes it — store, plugins (their last
+/// deployed versions), the public listener (TLS when configured) and the
+/// admin listener — and serves until `shutdown` resolves; then drains
+/// in-flight requests and stops ([`Running::stopped`]).
+///
+/// Also, for the process: installs the Prometheus metrics recorder the
+/// admin `/metrics` renders (once per process; later gateways share it),
+/// raises the open-file limit toward `limits.max_connections`, and on
+/// `SIGHUP` reloads the TLS certificates.
+pub async fn run(
+    config: &config::Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<Running> {
+    // Before anything slow (plugins compile for seconds): a certificate
+    // renewal's SIGHUP during start must not kill the process.
+    let hangup = hangup_signal();
+    let metrics = metrics_handle();
+    raise_open_file_limit(config.limits.max_connections);
+    let tls = match &config.tls {
+        Some(tls) => Some(Arc::new(Tls::new(&tls.cert.relative(), &tls.key.relative())?)),
+        None => None,
+    };
+    let admin_tls = match &config.admin.tls {
+        Some(tls) => Some(Arc::new(Tls::http1(&tls.cert.relative(), &tls.key.relative()).context("[admin.tls]")?)),
+        None => None,
+    };
+    let app = Arc::new(start(config).await?);
+    let listener =
+        tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+    let admin_listener = tokio::net::TcpListener::bind(config.admin.listen)
+        .await
+        .with_context(|| format!("binding the admin listener {}", config.admin.listen))?;
+    let addr = listener.local_addr().context("reading the bound address")?;
+    let admin_addr = admin_listener.local_addr().context("reading the admin address")?;
+    let admin = Arc::new(admin::Admin {
+        app: app.clone(),
+        metrics,
+        token: config.admin.token.clone(),
+        probe: Default::default(),
+    });
+    let reloadable = [("public", tls.clone()), ("admin", admin_tls.clone())]
+        .into_iter()
+        .filter_map(|(which, tls)| Some((which, tls?)))
+        .collect();
+    tokio::spawn(hangups(hangup, reloadable));
+    let admin_scheme = if admin_tls.is_some() { "https" } else { "http" };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let options = ServeOptions::from_config(config, tls);
+    let gateway = app.gateway.clone();
+    let serving = tokio::spawn(async move {
+        let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+        let admin_task = tokio::spawn(admin::serve(admin_listener, admin, admin_tls, async {
+            let _ = admin_stopped.await;
+        }));
+        server::serve(listener, gateway, shutdown, options).await;
+        let _ = stop_admin.send(());
+        let _ = admin_task.await;
+    });
+    tracing::info!("evogate admin listening on {admin_scheme}://{admin_addr}");
+    tracing::info!("evogate listening on {scheme}://{addr}");
+    Ok(Running { addr, admin_addr, app, serving })
+}
+
+/// Opens the store and loads every configured plugin (or its last
+/// deployed version); fails with the reason when any cannot be loaded.
+pub(crate) async fn start(config: &config::Config) -> anyhow::Result<App> {
+    // Absolute, so that every part (the compilation cache insists) agrees on it.
+    let data_dir = std::path::absolute(config.data_dir()).context("resolving data_dir")?;
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating data_dir {}", data_dir.display()))?;
+    let backend = kv::open(&config.store, &data_dir)?;
+    tracing::info!(store = %backend.describe(), "key-value store open");
+    let limits = sandbox::Limits {
+        timeout: Duration::from_millis(config.limits.request_timeout_ms),
+        memory_bytes: config.limits.instance_memory_bytes,
+        max_instances: config.limits.max_concurrent_requests,
+        max_kv_calls: config.limits.max_kv_calls_in_flight,
+    };
+    // Compiled code is loaded and run as is: only this user may write it.
+    let cache_dir = data_dir.join("cache");
+    std::fs::create_dir_all(&cache_dir).with_context(|| format!("creating {}", cache_dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&cache_dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("making {} private", cache_dir.display()))?;
+    }
+    let sandbox = Arc::new(sandbox::Sandbox::new(limits, Some(&cache_dir))?);
+    let (deployer, registry) = deploy::Deployer::start(
+        &config.plugins,
+        sandbox.clone(),
+        backend.clone(),
+        &data_dir,
+        config.admin.max_plugin_bytes,
+    )
+    .await?;
+    let plugin_caps = config
+        .plugins
+        .iter()
+        .filter_map(|plugin| plugin.max_concurrent_requests.map(|cap| (plugin.name.clone(), cap as usize)))
+        .collect();
+    let gateway = Arc::new(Gateway::new(registry, &config.limits, limits.timeout, plugin_caps, sandbox));
+    let deployer = Arc::new(deployer);
+    // On a shared store: take up deploys made through other nodes.
+    tokio::spawn(deployer.clone().follow());
+    Ok(App { gateway, deployer, backend })
+}
+
+/// The process's Prometheus recorder, installed by the first gateway;
+/// `None` when another recorder was installed before (then `/metrics` is empty).
+fn metrics_handle() -> Option<PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| match metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder() {
+            Ok(handle) => Some(handle),
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot install the metrics recorder: /metrics stays empty");
+                None
+            }
+        })
+        .clone()
+}
+
+#[cfg(unix)]
+type Hangup = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+type Hangup = ();
+
+/// Listens for `SIGHUP` from now on (its default action ends the process).
+fn hangup_signal() -> Hangup {
+    #[cfg(unix)]
+    return match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(signal) => Some(signal),
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot listen for SIGHUP");
+            None
+        }
+    };
+}
+
+/// `SIGHUP` re-reads the TLS certificates and keys (public and admin
+/// listeners); a bad new pair keeps the old one. Without TLS it changes
+/// nothing (deploys go through the admin API, and the configuration is
+/// read at start) and says so.
+async fn hangups(hangup: Hangup, tls: Vec<(&'static str, Arc<Tls>)>) {
+    #[cfg(unix)]
+    if let Some(mut hup) = hangup {
+        while hup.recv().await.is_some() {
+            if tls.is_empty() {
+                tracing::info!("SIGHUP: nothing to reload (no TLS; deploy plugins with `evogate deploy`)");
+            }
+            for (listener, tls) in &tls {
+                match tls.reload() {
+                    Ok(()) => tracing::info!(listener, "SIGHUP: TLS certificate reloaded"),
+                    Err(err) => tracing::error!(
+                        listener,
+                        error = %format!("{err:#}"),
+                        "SIGHUP: keeping the current TLS certificate"
+                    ),
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (hangup, tls);
+}
+
+/// Descriptors the gateway needs besides client connections: listeners,
+/// the store, the compilation cache, database connections, logs.
+const FILE_HEADROOM: u64 = 256;
+
+/// Raises the soft open-file limit to the hard one (a connection is a
+/// descriptor; the usual soft limit of 1024 is far below
+/// `limits.max_connections`) and warns when even that is too low.
+fn raise_open_file_limit(max_connections: usize) {
+    #[cfg(unix)]
+    {
+        use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+        let Rlimit { current, maximum } = getrlimit(Resource::Nofile);
+        // "Unlimited" is not accepted for open files: Linux's own ceiling then.
+        let target = maximum.unwrap_or(1 << 20);
+        let mut soft = current.unwrap_or(target);
+        if soft < target {
+            match setrlimit(Resource::Nofile, Rlimit { current: Some(target), maximum }) {
+                Ok(()) => soft = target,
+                Err(err) => tracing::warn!(error = %err, "cannot raise the open-file limit"),
+            }
+        }
+        let needed = max_connections as u64 + FILE_HEADROOM;
+        if soft < needed {
+            tracing::warn!(
+                open_files = soft,
+                needed,
+                "the open-file limit is below limits.max_connections plus {FILE_HEADROOM}: connections past it fail \
+                 to be accepted; raise the hard limit (ulimit -Hn, LimitNOFILE=) or lower limits.max_connections"
+            );
+        } else {
+            tracing::debug!(open_files = soft, "open-file limit");
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = max_connections;
+}
