@@ -4,7 +4,7 @@
 use crate::config::Settings;
 use crate::errors::ApiError;
 use crate::http::{Request, Response};
-use crate::input::{self, Object};
+use crate::input::{self, Fields, Object};
 use crate::router::Params;
 use crate::storage::{self, Account, LoginIndex, StorageError, Tariff, UserRecord};
 use crate::{Ctx, auth, passwords, tokens};
@@ -64,14 +64,12 @@ fn registration(body: Object, settings: &Settings) -> Result<Registration, ApiEr
     if fields.len() > MAX_FIELDS {
         return Err(ApiError::incorrect("customFields", format!("{} fields, at most {MAX_FIELDS}", fields.len())));
     }
-    let password = match fields.remove(&settings.password_field) {
-        None | Some(Value::Null) => None,
-        Some(value) => Some(credential(&value, &settings.password_field)?.to_owned()),
+    let text = |fields: &Object, field: &str| -> Result<Option<String>, ApiError> {
+        Fields::of(fields).get(field).map(|value| credential(value, field).map(str::to_owned)).transpose()
     };
-    let login = match fields.get(&settings.login_field) {
-        None | Some(Value::Null) => None,
-        Some(value) => Some(credential(value, &settings.login_field)?.to_owned()),
-    };
+    let password = text(&fields, &settings.password_field)?;
+    fields.remove(&settings.password_field);
+    let login = text(&fields, &settings.login_field)?;
     for (name, value) in &fields {
         let size = value.to_string().len();
         if size > MAX_FIELD_BYTES || name.len() > MAX_CREDENTIAL_CHARS {
@@ -172,14 +170,9 @@ pub fn verify(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Result<Response, 
     let settings = settings(ctx)?;
     let body = input::object(&request.body)?;
     let (user_id, _) = input::user_id(&body)?;
-    let login_value = body.get(&settings.login_field).filter(|v| !v.is_null());
-    let password_value = body.get(&settings.password_field).filter(|v| !v.is_null());
-    let login =
-        credential(login_value.ok_or_else(|| ApiError::missing(&settings.login_field))?, &settings.login_field)?;
-    let password = credential(
-        password_value.ok_or_else(|| ApiError::missing(&settings.password_field))?,
-        &settings.password_field,
-    )?;
+    let given = Fields::of(&body);
+    let login = credential(given.required(&settings.login_field)?, &settings.login_field)?;
+    let password = credential(given.required(&settings.password_field)?, &settings.password_field)?;
 
     // Unknown login, disabled account, no password or a wrong one: one
     // path, one full hash each, one answer.

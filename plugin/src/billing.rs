@@ -14,7 +14,7 @@
 
 use crate::errors::ApiError;
 use crate::http::{Request, Response};
-use crate::input::{self, Object};
+use crate::input::{self, Fields, Object};
 use crate::router::Params;
 use crate::storage::{self, Issue, StorageError, Txn};
 use crate::{Ctx, auth, time};
@@ -107,10 +107,6 @@ pub struct Event {
     pub problems: Vec<String>,
 }
 
-fn optional<'a>(body: &'a Object, field: &str) -> Option<&'a Value> {
-    body.get(field).filter(|value| !value.is_null())
-}
-
 /// A whole number as a number or a numeric string.
 fn whole(value: &Value) -> Option<u64> {
     match value {
@@ -124,7 +120,7 @@ fn whole(value: &Value) -> Option<u64> {
 
 /// A short text (any scalar, as text); a problem noted when it is something else.
 fn text(body: &Object, field: &str, problems: &mut Vec<String>) -> Option<String> {
-    match optional(body, field)? {
+    match Fields::of(body).get(field)? {
         Value::String(text) if !text.is_empty() => Some(text.chars().take(256).collect()),
         Value::Number(number) => Some(number.to_string()),
         other => {
@@ -138,17 +134,18 @@ fn text(body: &Object, field: &str, problems: &mut Vec<String>) -> Option<String
 /// (`subscriptionId`, `sequenceNumber`, `userId`) → 2002 / 2003; every
 /// other oddity is kept and noted.
 pub fn parse_event(body: &Object, now_ms: i64) -> Result<Event, ApiError> {
-    let subscription_id = match optional(body, "subscriptionId") {
+    let fields = Fields::of(body);
+    let subscription_id = match fields.get("subscriptionId") {
         None => return Err(ApiError::missing("subscriptionId")),
         Some(value) => input::id_text(value).ok_or_else(|| ApiError::incorrect("subscriptionId", value.clone()))?,
     };
-    let sequence = match optional(body, "sequenceNumber") {
+    let sequence = match fields.get("sequenceNumber") {
         None => return Err(ApiError::missing("sequenceNumber")),
         Some(value) => {
             whole(value).filter(|n| *n >= 1).ok_or_else(|| ApiError::incorrect("sequenceNumber", value.clone()))?
         }
     };
-    let user_id = match optional(body, "userId").or_else(|| optional(body, "userUuid")) {
+    let user_id = match fields.get("userId").or_else(|| fields.get("userUuid")) {
         None => return Err(ApiError::missing("userId")),
         Some(value) => input::id_text(value).ok_or_else(|| ApiError::incorrect("userId", value.clone()))?,
     };
@@ -156,44 +153,44 @@ pub fn parse_event(body: &Object, now_ms: i64) -> Result<Event, ApiError> {
     if !input::is_user_id(&user_id) {
         problems.push(format!("userId {user_id:?} is not NN-NNNNNNNNNNNNNNN"));
     }
-    if !crate::inventory::is_uuid(&subscription_id) {
+    if !crate::input::is_uuid(&subscription_id) {
         problems.push(format!("subscriptionId {subscription_id:?} is not a uuid"));
     }
     let product_id = text(body, "productId", &mut problems).unwrap_or_default();
-    let found = optional(body, "timestamp").map(|value| ("timestamp", value));
+    let found = fields.get("timestamp").map(|value| ("timestamp", value));
     let timestamp = time::or_arrival(found, "timestamp", now_ms, &mut problems);
     let kind = text(body, "type", &mut problems).unwrap_or_default();
     if Kind::of(&kind) == Kind::Other {
         problems.push(format!("unknown event type {kind:?}: kept, the state unchanged"));
     }
-    let trial_days = optional(body, "trialPeriodDuration").and_then(|value| {
+    let trial_days = fields.get("trialPeriodDuration").and_then(|value| {
         let days = time::days(value);
         if days.is_none() {
             problems.push(format!("trialPeriodDuration {value} is not a number of days: no trial"));
         }
         days
     });
-    let device_number = optional(body, "deviceNumber").and_then(|value| {
+    let device_number = fields.get("deviceNumber").and_then(|value| {
         let count = whole(value);
         if count.is_none() {
             problems.push(format!("deviceNumber {value} is not a whole number: ignored"));
         }
         count
     });
-    let next_billing_date = optional(body, "nextBillingDate").and_then(|value| {
+    let next_billing_date = fields.get("nextBillingDate").and_then(|value| {
         let date = time::timestamp(value);
         if date.is_none() {
             problems.push(format!("nextBillingDate {value} is not a date-time: ignored"));
         }
         date
     });
-    let charged_sum = optional(body, "chargedSum").cloned();
+    let charged_sum = fields.get("chargedSum").cloned();
     if let Some(sum) = &charged_sum
         && !sum.get("amount").is_some_and(|amount| amount.is_number() || amount.is_string())
     {
         problems.push(format!("chargedSum {sum} has no amount"));
     }
-    let addons = optional(body, "addons").cloned();
+    let addons = fields.get("addons").cloned();
     if addons.as_ref().is_some_and(|addons| !addons.is_array()) {
         problems.push("addons is not an array".into());
     }
@@ -562,15 +559,16 @@ pub struct Installation {
 pub fn installation_event(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Result<Response, ApiError> {
     let caller = caller(ctx, request)?;
     let body = input::object(&request.body)?;
+    let fields = Fields::of(&body);
     let now = ctx.clock.now_unix();
-    let id = match optional(&body, "id") {
+    let id = match fields.get("id") {
         None => return Err(ApiError::missing("id")),
         Some(Value::String(id)) if !id.is_empty() && id.len() <= 256 => id.clone(),
         Some(Value::Number(id)) => id.to_string(),
         Some(other) => return Err(ApiError::incorrect("id", other.clone())),
     };
-    let data = optional(&body, "data").and_then(Value::as_object);
-    let named = data.and_then(|data| optional(data, "userId")).or_else(|| optional(&body, "userId"));
+    let data = fields.get("data").and_then(Value::as_object);
+    let named = data.and_then(|data| Fields::of(data).get("userId")).or_else(|| fields.get("userId"));
     let user_id = match (named, &caller) {
         // A user token names the user when the event does not.
         (None, Caller::User(user)) => user.clone(),
@@ -583,9 +581,9 @@ pub fn installation_event(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Resul
         return Err(ApiError::incorrect("data.userId", user_id));
     }
     let mut problems = Vec::new();
-    let found = optional(&body, "timestamp").map(|value| ("timestamp", value));
+    let found = fields.get("timestamp").map(|value| ("timestamp", value));
     let at = time::or_arrival(found, "timestamp", time::millis(now), &mut problems);
-    let kind = optional(&body, "type").and_then(Value::as_str).unwrap_or_default().to_owned();
+    let kind = fields.get("type").and_then(Value::as_str).unwrap_or_default().to_owned();
     let installed = match kind.as_str() {
         "ApplicationInstalled" => Some(true),
         "ApplicationUninstalled" => Some(false),
@@ -594,7 +592,7 @@ pub fn installation_event(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Resul
             None
         }
     };
-    if data.and_then(|data| optional(data, "productId")).is_none() {
+    if data.and_then(|data| Fields::of(data).get("productId")).is_none() {
         problems.push("no data.productId".into());
     }
     let event_key = storage::installation_event_key(&storage::sha256_hex(id.as_bytes()));

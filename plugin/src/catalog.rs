@@ -470,7 +470,7 @@ fn store_owner(ctx: &Ctx<'_>, store: &str) -> Result<Option<String>, ApiError> {
 /// The store of an Evotor-side call, from the path: see [`claim_store`].
 fn user_store(ctx: &Ctx<'_>, user_id: &str, params: &Params) -> Result<String, ApiError> {
     let store = params.get("storeUuid").unwrap_or_default();
-    if !crate::inventory::is_uuid(store) {
+    if !crate::input::is_uuid(store) {
         return Err(ApiError::not_found());
     }
     let store = store.to_ascii_lowercase();
@@ -599,7 +599,7 @@ fn json_bytes(status: u16, body: Vec<u8>) -> Response {
 /// page, `X-Pagination-Next-Page`.
 pub fn get_products(ctx: &Ctx<'_>, request: &Request, params: &Params) -> Result<Response, ApiError> {
     let settings = settings(ctx)?;
-    if let Some(store) = params.get("storeUuid").filter(|store| crate::inventory::is_uuid(store)) {
+    if let Some(store) = params.get("storeUuid").filter(|store| crate::input::is_uuid(store)) {
         let store = store.to_ascii_lowercase();
         auth::prefetch(ctx, request, [storage::owner_key("store", &store), storage::catalog_directory_key(&store)]);
     }
@@ -697,7 +697,7 @@ pub fn partner_delete_products(ctx: &Ctx<'_>, request: &Request, params: &Params
     let mut uuids = Vec::with_capacity(values.len());
     for (index, value) in values.iter().enumerate() {
         match value.as_str() {
-            Some(uuid) if crate::inventory::is_uuid(uuid) => uuids.push(uuid.to_ascii_lowercase()),
+            Some(uuid) if crate::input::is_uuid(uuid) => uuids.push(uuid.to_ascii_lowercase()),
             _ => return Err(ApiError::incorrect(&format!("[{index}]"), value.clone())),
         }
     }

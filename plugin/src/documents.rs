@@ -21,8 +21,7 @@ use crate::accounts::settings;
 use crate::config::Settings;
 use crate::errors::ApiError;
 use crate::http::{Request, Response};
-use crate::input::{self, Object};
-use crate::inventory::is_uuid;
+use crate::input::{self, Fields, Object, is_uuid};
 use crate::partner_api::{paging, query, require_partner, store_param};
 use crate::router::Params;
 use crate::storage::{self, Issue, StorageError};
@@ -150,7 +149,8 @@ pub fn key_id(id: &str) -> String {
 
 /// The first of `fields` present and not `null`, with its name.
 fn first_of<'v>(object: &'v Object, fields: &[&'static str]) -> Option<(&'static str, &'v Value)> {
-    fields.iter().find_map(|field| object.get(*field).filter(|value| !value.is_null()).map(|value| (*field, value)))
+    let given = Fields::of(object);
+    fields.iter().find_map(|field| given.get(field).map(|value| (*field, value)))
 }
 
 /// A document of a delivery, understood as far as it can be.

@@ -67,7 +67,7 @@ pub fn id_str(text: &str) -> Option<String> {
     let text = text.trim();
     let usable =
         (1..=128).contains(&text.len()) && !text.chars().any(|c| c == '/' || c.is_control() || c.is_whitespace());
-    usable.then(|| if crate::inventory::is_uuid(text) { text.to_ascii_lowercase() } else { text.to_owned() })
+    usable.then(|| if is_uuid(text) { text.to_ascii_lowercase() } else { text.to_owned() })
 }
 
 /// `values` when there are at most `max` of them; else 400 code 2003.
@@ -78,13 +78,9 @@ pub fn bounded(values: Vec<Value>, max: usize) -> Result<Vec<Value>, ApiError> {
     Ok(values)
 }
 
-/// A required string field: missing (or null) → 2002; not a string → 2001.
+/// A required string field of a top-level object ([`Fields::required_str`]).
 pub fn required_str<'a>(object: &'a Object, field: &str) -> Result<&'a str, ApiError> {
-    match object.get(field) {
-        None | Some(Value::Null) => Err(ApiError::missing(field)),
-        Some(Value::String(text)) => Ok(text),
-        Some(_) => Err(ApiError::wrong_type(field, "a string")),
-    }
+    Fields::of(object).required_str(field)
 }
 
 /// Whether `id` is an Evotor user id: `^[0-9]{2}-[0-9]{15}$`.
@@ -126,6 +122,144 @@ pub fn percent_decode(text: &str) -> Option<String> {
         index += 1;
     }
     String::from_utf8(out).ok()
+}
+
+/// Whether `id` is a UUID in the canonical 8-4-4-4-12 hex form, version
+/// 1–5, RFC 4122 variant (either case).
+pub fn is_uuid(id: &str) -> bool {
+    let bytes = id.as_bytes();
+    bytes.len() == 36
+        && bytes.iter().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => *b == b'-',
+            _ => b.is_ascii_hexdigit(),
+        })
+        && (b'1'..=b'5').contains(&bytes[14])
+        && matches!(bytes[19], b'8' | b'9' | b'a' | b'b' | b'A' | b'B')
+}
+
+/// The fields of one JSON object, read by type, each error naming the
+/// field by its JSON path (`[3].uuid` for field `uuid` of a batch's item 3)
+/// as the subject of the Evotor error or the text of a data issue.
+///
+/// A field set to `null` reads as absent: Evotor sends both for "not given".
+#[derive(Debug, Clone, Copy)]
+pub struct Fields<'a> {
+    object: &'a Object,
+    /// The object's own path with its trailing `.`, or empty at the top.
+    at: &'a str,
+}
+
+impl<'a> Fields<'a> {
+    /// The fields of a body's top-level object.
+    pub fn of(object: &'a Object) -> Self {
+        Self { object, at: "" }
+    }
+
+    /// The fields of the object at path `at` (with its trailing `.`, e.g. `[3].`).
+    pub fn at(object: &'a Object, at: &'a str) -> Self {
+        Self { object, at }
+    }
+
+    /// The path of `field`: the subject of its errors.
+    pub fn path(&self, field: &str) -> String {
+        format!("{}{field}", self.at)
+    }
+
+    /// The field's value; `None` when it is absent or `null`.
+    pub fn get(&self, field: &str) -> Option<&'a Value> {
+        self.object.get(field).filter(|value| !value.is_null())
+    }
+
+    /// The field, which must be given: absent or `null` → 2002.
+    pub fn required(&self, field: &str) -> Result<&'a Value, ApiError> {
+        self.get(field).ok_or_else(|| ApiError::missing(&self.path(field)))
+    }
+
+    /// A required string: absent → 2002; not a string → 2001.
+    pub fn required_str(&self, field: &str) -> Result<&'a str, ApiError> {
+        self.required(field).and_then(|value| self.as_str(field, value))
+    }
+
+    /// An optional string: not a string → 2001.
+    pub fn optional_str(&self, field: &str) -> Result<Option<&'a str>, ApiError> {
+        self.get(field).map(|value| self.as_str(field, value)).transpose()
+    }
+
+    /// A required boolean: absent → 2002; not a boolean → 2001.
+    pub fn required_bool(&self, field: &str) -> Result<bool, ApiError> {
+        self.required(field).and_then(|value| self.as_bool(field, value))
+    }
+
+    /// An optional boolean: not a boolean → 2001.
+    pub fn optional_bool(&self, field: &str) -> Result<Option<bool>, ApiError> {
+        self.get(field).map(|value| self.as_bool(field, value)).transpose()
+    }
+
+    /// A required UUID, lower-cased: absent → 2002; not a string → 2001; not a UUID → 2003.
+    pub fn required_uuid(&self, field: &str) -> Result<String, ApiError> {
+        self.required(field).and_then(|value| self.as_uuid(field, value))
+    }
+
+    /// An optional UUID, lower-cased: not a string → 2001; not a UUID → 2003.
+    pub fn optional_uuid(&self, field: &str) -> Result<Option<String>, ApiError> {
+        self.get(field).map(|value| self.as_uuid(field, value)).transpose()
+    }
+
+    /// A required id ([`id_text`]: a string or number that can name a
+    /// record): absent → 2002; unusable → 2003.
+    pub fn required_id(&self, field: &str) -> Result<String, ApiError> {
+        let value = self.required(field)?;
+        id_text(value).ok_or_else(|| ApiError::incorrect(&self.path(field), value.clone()))
+    }
+
+    /// An optional object: not an object → 2001.
+    pub fn optional_object(&self, field: &str) -> Result<Option<&'a Object>, ApiError> {
+        match self.get(field) {
+            None => Ok(None),
+            Some(Value::Object(object)) => Ok(Some(object)),
+            Some(_) => Err(ApiError::wrong_type(&self.path(field), "an object")),
+        }
+    }
+
+    /// A text field read leniently, for data kept as received: its text,
+    /// or `None` with what is wrong noted in `problems` (by field name: the
+    /// item's data issue names the item) — absent or blank when `required`,
+    /// longer than `max_chars`, not a string.
+    pub fn noted_text(
+        &self,
+        field: &str,
+        required: bool,
+        max_chars: usize,
+        problems: &mut Vec<String>,
+    ) -> Option<&'a str> {
+        match self.get(field) {
+            None if required => problems.push(format!("{field} missing")),
+            None => {}
+            Some(Value::String(text)) if required && text.trim().is_empty() => problems.push(format!("{field} empty")),
+            Some(Value::String(text)) if text.chars().count() > max_chars => {
+                problems.push(format!("{field} longer than {max_chars} characters"));
+            }
+            Some(Value::String(text)) => return Some(text),
+            Some(other) => problems.push(format!("{field} is not a string: {other}")),
+        }
+        None
+    }
+
+    fn as_str(&self, field: &str, value: &'a Value) -> Result<&'a str, ApiError> {
+        value.as_str().ok_or_else(|| ApiError::wrong_type(&self.path(field), "a string"))
+    }
+
+    fn as_bool(&self, field: &str, value: &Value) -> Result<bool, ApiError> {
+        value.as_bool().ok_or_else(|| ApiError::wrong_type(&self.path(field), "a boolean"))
+    }
+
+    fn as_uuid(&self, field: &str, value: &Value) -> Result<String, ApiError> {
+        let text = self.as_str(field, value)?;
+        if !is_uuid(text) {
+            return Err(ApiError::incorrect(&self.path(field), text));
+        }
+        Ok(text.to_ascii_lowercase())
+    }
 }
 
 #[cfg(test)]
@@ -195,6 +329,51 @@ mod tests {
         assert_eq!(id_text(&json!(42)).as_deref(), Some("42"));
         for bad in [json!(""), json!("a/b"), json!("a b"), json!("x".repeat(129)), json!(null), json!({})] {
             assert_eq!(id_text(&bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn fields_read_by_type_with_null_as_absent_and_errors_naming_the_json_path() {
+        let object = obj(json!({
+            "name": "Till", "flag": true, "nothing": null, "number": 5,
+            "uuid": "20170228-F4F1-401B-80FA-9ECCA8451FFB", "bad": "nope", "nested": {"a": 1}
+        }));
+        let fields = Fields::at(&object, "[3].");
+        let subject = |err: ApiError| (err.code, err.subject.unwrap_or_default());
+        assert_eq!(fields.required_str("name").expect("name"), "Till");
+        assert_eq!(fields.required_str("nothing").map_err(subject), Err((2002, "[3].nothing".into())));
+        assert_eq!(fields.required_str("absent").map_err(subject), Err((2002, "[3].absent".into())));
+        assert_eq!(fields.required_str("number").map_err(subject), Err((2001, "[3].number".into())));
+        assert_eq!(fields.optional_str("nothing").expect("null is absent"), None);
+        assert_eq!(fields.required_bool("flag").expect("flag"), true);
+        assert_eq!(fields.optional_bool("name").map_err(subject), Err((2001, "[3].name".into())));
+        assert_eq!(fields.required_uuid("uuid").expect("uuid"), "20170228-f4f1-401b-80fa-9ecca8451ffb");
+        assert_eq!(fields.optional_uuid("bad").map_err(subject), Err((2003, "[3].bad".into())));
+        assert_eq!(fields.required_id("number").expect("a number names a record"), "5");
+        assert_eq!(fields.optional_object("nested").expect("object").map(Object::len), Some(1));
+        assert_eq!(fields.optional_object("flag").map_err(subject), Err((2001, "[3].flag".into())));
+        let mut problems = Vec::new();
+        assert_eq!(fields.noted_text("name", true, 3, &mut problems), None);
+        assert_eq!(fields.noted_text("nothing", true, 10, &mut problems), None);
+        assert_eq!(fields.noted_text("number", false, 10, &mut problems), None);
+        assert_eq!(fields.noted_text("absent", false, 10, &mut problems), None);
+        assert_eq!(problems, ["name longer than 3 characters", "nothing missing", "number is not a string: 5"]);
+        assert_eq!(Fields::of(&object).path("name"), "name");
+    }
+
+    #[test]
+    fn uuids_are_canonical_versions_1_to_5_of_the_rfc_variant_in_either_case() {
+        assert!(is_uuid("20170228-f4f1-401b-80fa-9ecca8451ffb"));
+        assert!(is_uuid("20170228-F4F1-401B-80FA-9ECCA8451FFB"));
+        for bad in [
+            "",
+            "20170228-f4f1-401b-80fa-9ecca8451ff",
+            "20170228f4f1-401b-80fa-9ecca8451ffba",
+            "20170228-f4f1-601b-80fa-9ecca8451ffb",
+            "20170228-f4f1-401b-c0fa-9ecca8451ffb",
+            "2017022g-f4f1-401b-80fa-9ecca8451ffb",
+        ] {
+            assert!(!is_uuid(bad), "{bad}");
         }
     }
 

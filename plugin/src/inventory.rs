@@ -11,6 +11,7 @@
 use crate::accounts::settings;
 use crate::errors::ApiError;
 use crate::http::{Request, Response};
+use crate::input::{Fields, is_uuid};
 use crate::router::Params;
 use crate::storage::{self, DeviceOrder, EntityRecord, Issue, OwnerIndex};
 use crate::{Ctx, auth};
@@ -52,74 +53,41 @@ impl Kind {
     }
 }
 
-/// Whether `id` is an Evotor uuid (`uuid4`-style, any case).
-pub fn is_uuid(id: &str) -> bool {
-    let bytes = id.as_bytes();
-    bytes.len() == 36
-        && bytes.iter().enumerate().all(|(i, b)| match i {
-            8 | 13 | 18 | 23 => *b == b'-',
-            _ => b.is_ascii_hexdigit(),
-        })
-        && (b'1'..=b'5').contains(&bytes[14])
-        && matches!(bytes[19], b'8' | b'9' | b'a' | b'b' | b'A' | b'B')
-}
-
-/// Notes a problem with text field `field` of `item`: missing when
-/// `required`, empty when `required`, over-long, or not a string.
-fn check_text(item: &Map<String, Value>, field: &str, required: bool, problems: &mut Vec<String>) -> Option<String> {
-    match item.get(field) {
-        None | Some(Value::Null) if required => problems.push(format!("{field} missing")),
-        None | Some(Value::Null) => {}
-        Some(Value::String(value)) if required && value.trim().is_empty() => problems.push(format!("{field} empty")),
-        Some(Value::String(value)) if value.chars().count() > MAX_TEXT_CHARS => {
-            problems.push(format!("{field} longer than {MAX_TEXT_CHARS} characters"));
-        }
-        Some(Value::String(value)) => return Some(value.clone()),
-        Some(other) => problems.push(format!("{field} is not a string: {other}")),
-    }
-    None
-}
-
 /// Reads one entity of `kind` (`at` is `[3].`): refused only without a
 /// usable `uuid`. Returns its id and what looks wrong in it.
 fn validate(kind: Kind, item: &Map<String, Value>, at: &str) -> Result<(String, Vec<String>), ApiError> {
-    let id = match item.get("uuid") {
-        None | Some(Value::Null) => return Err(ApiError::missing(&format!("{at}uuid"))),
-        Some(value) => {
-            crate::input::id_text(value).ok_or_else(|| ApiError::incorrect(&format!("{at}uuid"), value.clone()))?
-        }
-    };
+    let fields = Fields::at(item, at);
+    let id = fields.required_id("uuid")?;
     let mut problems = Vec::new();
     if !is_uuid(&id) {
         problems.push(format!("uuid {id:?} is not a uuid"));
     }
-    check_text(item, "code", false, &mut problems);
+    let mut text = |field: &str, required: bool| fields.noted_text(field, required, MAX_TEXT_CHARS, &mut problems);
+    text("code", false);
     match kind {
         Kind::Store => {
-            check_text(item, "name", true, &mut problems);
-            check_text(item, "address", false, &mut problems);
+            text("name", true);
+            text("address", false);
         }
         Kind::Employee => {
-            check_text(item, "name", true, &mut problems);
-            check_text(item, "lastName", false, &mut problems);
-            check_text(item, "patronymicName", false, &mut problems);
-            match check_text(item, "role", true, &mut problems).as_deref() {
+            text("name", true);
+            text("lastName", false);
+            text("patronymicName", false);
+            match text("role", true) {
                 Some("ADMIN" | "CASHIER" | "MANUAL") | None => {}
                 Some(other) => problems.push(format!("unknown role {other:?}")),
             }
-            let phone = match item.get("phone") {
-                None | Some(Value::Null) => None,
-                Some(Value::Number(number)) => Some(number.to_string()),
-                Some(Value::String(number)) => Some(number.clone()),
-                Some(other) => Some(other.to_string()),
-            };
+            let phone = fields.get("phone").map(|phone| match phone {
+                Value::String(number) => number.clone(),
+                other => other.to_string(),
+            });
             if let Some(phone) = phone
                 && !(phone.len() == 11 && phone.starts_with('7') && phone.bytes().all(|b| b.is_ascii_digit()))
             {
                 problems.push(format!("phone {phone} is not 7XXXXXXXXXX"));
             }
-            match item.get("stores") {
-                None | Some(Value::Null) => problems.push("stores missing".into()),
+            match fields.get("stores") {
+                None => problems.push("stores missing".into()),
                 Some(Value::Array(stores)) => {
                     for store in stores {
                         // Evotor sends `{storeUuid}` objects; plain uuid strings are taken too.
@@ -137,14 +105,14 @@ fn validate(kind: Kind, item: &Map<String, Value>, at: &str) -> Result<(String, 
             }
         }
         Kind::Device => {
-            check_text(item, "name", false, &mut problems);
-            if let Some(store) = check_text(item, "storeUuid", false, &mut problems)
-                && !is_uuid(&store)
+            text("name", false);
+            if let Some(store) = text("storeUuid", false)
+                && !is_uuid(store)
             {
                 problems.push(format!("storeUuid {store:?} is not a uuid"));
             }
-            match item.get("timezoneOffset") {
-                None | Some(Value::Null) => {}
+            match fields.get("timezoneOffset") {
+                None => {}
                 Some(Value::Number(offset)) if offset.is_i64() => {}
                 Some(other) => problems.push(format!("timezoneOffset {other} is not a whole number")),
             }

@@ -16,7 +16,7 @@
 use crate::accounts::{credential, new_account_id, settings};
 use crate::errors::ApiError;
 use crate::http::{Request, Response};
-use crate::input::{self, Object};
+use crate::input::{self, Fields, Object};
 use crate::router::Params;
 use crate::storage::{self, Account, LoginIndex, StorageError, UserRecord};
 use crate::{Ctx, auth, passwords, tokens};
@@ -76,7 +76,7 @@ pub(crate) fn paging(request: &Request) -> Result<(Option<&str>, u32), ApiError>
 /// The `{storeUuid}` of a partner path, lower case; not a uuid → 400 2003.
 pub(crate) fn store_param(params: &Params) -> Result<String, ApiError> {
     let store = params.get("storeUuid").unwrap_or_default();
-    if crate::inventory::is_uuid(store) {
+    if crate::input::is_uuid(store) {
         Ok(store.to_ascii_lowercase())
     } else {
         Err(ApiError::incorrect("storeUuid", store))
@@ -110,14 +110,6 @@ fn load_account(ctx: &Ctx<'_>, params: &Params) -> Result<Account, ApiError> {
     storage::read::<Account>(ctx.kv, &storage::account_key(id))?.ok_or_else(ApiError::not_found)
 }
 
-fn optional_bool(body: &Object, field: &str) -> Result<Option<bool>, ApiError> {
-    match body.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Bool(flag)) => Ok(Some(*flag)),
-        Some(_) => Err(ApiError::wrong_type(field, "a boolean")),
-    }
-}
-
 fn optional_name(body: &Object) -> Result<Option<Option<String>>, ApiError> {
     match body.get("displayName") {
         None => Ok(None),
@@ -141,29 +133,25 @@ fn hash_password(password: &str, ctx: &Ctx<'_>) -> Result<String, ApiError> {
 pub fn create_account(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Result<Response, ApiError> {
     require_partner(ctx, request)?;
     let body = input::object(&request.body)?;
-    let login = match body.get("login") {
-        None | Some(Value::Null) => None,
-        Some(value) => Some(credential(value, "login")?.to_owned()),
-    };
-    let password_hash = match body.get("password") {
-        None | Some(Value::Null) => None,
+    let given = Fields::of(&body);
+    let login = given.get("login").map(|value| credential(value, "login")).transpose()?.map(str::to_owned);
+    let password_hash = match given.get("password") {
+        None => None,
         Some(value) => Some(hash_password(credential(value, "password")?, ctx)?),
     };
-    let fields = match body.get("fields") {
-        None | Some(Value::Null) => Object::new(),
-        Some(Value::Object(fields)) if fields.len() <= crate::accounts::MAX_FIELDS => fields.clone(),
-        Some(Value::Object(fields)) => return Err(ApiError::incorrect("fields", format!("{} fields", fields.len()))),
-        Some(_) => return Err(ApiError::wrong_type("fields", "an object")),
-    };
+    let fields = given.optional_object("fields")?.cloned().unwrap_or_default();
+    if fields.len() > crate::accounts::MAX_FIELDS {
+        return Err(ApiError::incorrect("fields", format!("{} fields", fields.len())));
+    }
     let now = ctx.clock.now_unix();
     let account = Account {
         v: storage::FORMAT,
         id: new_account_id()?,
         login,
         password_hash,
-        has_billing: optional_bool(&body, "hasBilling")?.unwrap_or(false),
+        has_billing: Fields::of(&body).optional_bool("hasBilling")?.unwrap_or(false),
         display_name: optional_name(&body)?.flatten(),
-        disabled: optional_bool(&body, "disabled")?.unwrap_or(false),
+        disabled: Fields::of(&body).optional_bool("disabled")?.unwrap_or(false),
         user_id: None,
         fields,
         created_at: now,
@@ -216,8 +204,8 @@ pub fn update_account(ctx: &Ctx<'_>, request: &Request, params: &Params) -> Resu
         Some(Value::Null) => Some(None),
         Some(value) => Some(Some(hash_password(credential(value, "password")?, ctx)?)),
     };
-    let has_billing = optional_bool(&body, "hasBilling")?;
-    let disabled = optional_bool(&body, "disabled")?;
+    let has_billing = Fields::of(&body).optional_bool("hasBilling")?;
+    let disabled = Fields::of(&body).optional_bool("disabled")?;
     let display_name = optional_name(&body)?;
     let now = ctx.clock.now_unix();
     let account = storage::transact(ctx.kv, |txn| -> Result<Account, ApiError> {

@@ -6,7 +6,7 @@
 //! measure names) and log such a value once.
 
 use crate::errors::ApiError;
-use crate::inventory::is_uuid;
+use crate::input::Fields;
 use serde_json::{Map, Number, Value};
 
 /// Product types whose required fields are known.
@@ -116,40 +116,22 @@ pub fn item(value: Value, index: usize, unknown: &mut Vec<Unknown>) -> Result<It
     let Value::Object(data) = value else {
         return Err(ApiError::wrong_type(&format!("[{index}]"), "an object"));
     };
-    let uuid = match data.get("uuid") {
-        None | Some(Value::Null) => return Err(ApiError::missing(&at("uuid"))),
-        Some(Value::String(id)) if is_uuid(id) => id.to_ascii_lowercase(),
-        Some(Value::String(id)) => return Err(ApiError::incorrect(&at("uuid"), id.as_str())),
-        Some(_) => return Err(ApiError::wrong_type(&at("uuid"), "a string")),
-    };
-    let group = match data.get("group") {
-        None | Some(Value::Null) => return Err(ApiError::missing(&at("group"))),
-        Some(Value::Bool(group)) => *group,
-        Some(_) => return Err(ApiError::wrong_type(&at("group"), "a boolean")),
-    };
-    match data.get("name") {
-        None | Some(Value::Null) => return Err(ApiError::missing(&at("name"))),
-        Some(Value::String(name)) if (1..=100).contains(&name.chars().count()) => {}
-        Some(Value::String(name)) => {
-            return Err(ApiError::incorrect(&at("name"), format!("<{} characters>", name.chars().count())));
-        }
-        Some(_) => return Err(ApiError::wrong_type(&at("name"), "a string")),
+    let prefix = format!("[{index}].");
+    let fields = Fields::at(&data, &prefix);
+    let uuid = fields.required_uuid("uuid")?;
+    let group = fields.required_bool("group")?;
+    let name = fields.required_str("name")?;
+    if !(1..=100).contains(&name.chars().count()) {
+        return Err(ApiError::incorrect(&at("name"), format!("<{} characters>", name.chars().count())));
     }
-    let parent = match data.get("parentUuid") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(id)) if is_uuid(id) => Some(id.to_ascii_lowercase()),
-        Some(Value::String(id)) => return Err(ApiError::incorrect(&at("parentUuid"), id.as_str())),
-        Some(_) => return Err(ApiError::wrong_type(&at("parentUuid"), "a string")),
-    };
+    let parent = fields.optional_uuid("parentUuid")?;
     if parent.as_deref() == Some(uuid.as_str()) {
         return Err(ApiError::incorrect(&at("parentUuid"), uuid.as_str()));
     }
-    let kind = match data.get("type") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(kind)) if !kind.is_empty() => Some(kind.clone()),
-        Some(Value::String(_)) => return Err(ApiError::incorrect(&at("type"), "")),
-        Some(_) => return Err(ApiError::wrong_type(&at("type"), "a string")),
-    };
+    let kind = fields.optional_str("type")?.map(str::to_owned);
+    if kind.as_deref() == Some("") {
+        return Err(ApiError::incorrect(&at("type"), ""));
+    }
     match (group, &kind) {
         (true, Some(kind)) => return Err(ApiError::incorrect(&at("type"), kind.as_str())),
         (false, None) => return Err(ApiError::missing(&at("type"))),
@@ -237,11 +219,8 @@ pub fn lenient_item(value: Value, index: usize, unknown: &mut Vec<Unknown>) -> R
     let Value::Object(data) = value else {
         return Err(ApiError::wrong_type(&format!("[{index}]"), "an object"));
     };
-    let uuid = match data.get("uuid") {
-        None | Some(Value::Null) => return Err(ApiError::missing(&format!("[{index}].uuid"))),
-        Some(value) => crate::input::id_text(value)
-            .ok_or_else(|| ApiError::incorrect(&format!("[{index}].uuid"), value.clone()))?,
-    };
+    let prefix = format!("[{index}].");
+    let uuid = Fields::at(&data, &prefix).required_id("uuid")?;
     let strict = match item(Value::Object(data.clone()), index, unknown) {
         Ok(item) => return Ok(item),
         Err(err) => err,
