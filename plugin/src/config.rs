@@ -2,6 +2,15 @@
 
 use std::collections::BTreeMap;
 
+/// Default argon2id memory cost, KiB (OWASP's minimum for argon2id).
+pub const DEFAULT_ARGON2_MEMORY_KIB: u32 = 19 * 1024;
+/// Default argon2id passes.
+pub const DEFAULT_ARGON2_ITERATIONS: u32 = 2;
+/// Default time a subscription may stay unpaid (`PENDING`) and still be used.
+pub const DEFAULT_PENDING_GRACE_SECS: u64 = 3 * 86_400;
+/// Default longest wait for a missing event: just over Evotor's three days of retries.
+pub const DEFAULT_GAP_TIMEOUT_SECS: u64 = 3 * 86_400 + 3600;
+
 /// Read-only settings by name.
 pub trait Config {
     /// The setting `name`, if configured.
@@ -71,8 +80,8 @@ impl Settings {
             password_field: config.non_empty("password_field").unwrap_or_else(|| "password".into()),
             user_token_ttl_secs: (ttl > 0).then_some(ttl),
             user_token_grace_secs: number(config, "user_token_grace_secs", 86_400)?,
-            argon2_memory_kib: number(config, "password_argon2_memory_kib", crate::passwords::DEFAULT_MEMORY_KIB)?,
-            argon2_iterations: number(config, "password_argon2_iterations", crate::passwords::DEFAULT_ITERATIONS)?,
+            argon2_memory_kib: number(config, "password_argon2_memory_kib", DEFAULT_ARGON2_MEMORY_KIB)?,
+            argon2_iterations: number(config, "password_argon2_iterations", DEFAULT_ARGON2_ITERATIONS)?,
             argon2_parallelism: number(config, "password_argon2_parallelism", 1)?,
             billing_enforced: match config.non_empty("billing_enforcement").as_deref() {
                 None | Some("evotor") => true,
@@ -81,12 +90,8 @@ impl Settings {
                     return Err(format!("setting billing_enforcement = {other:?} must be \"evotor\" or \"off\""));
                 }
             },
-            pending_grace_secs: number(
-                config,
-                "billing_pending_grace_secs",
-                crate::billing::DEFAULT_PENDING_GRACE_SECS,
-            )?,
-            gap_timeout_secs: number(config, "billing_gap_timeout_secs", crate::billing::DEFAULT_GAP_TIMEOUT_SECS)?,
+            pending_grace_secs: number(config, "billing_pending_grace_secs", DEFAULT_PENDING_GRACE_SECS)?,
+            gap_timeout_secs: number(config, "billing_gap_timeout_secs", DEFAULT_GAP_TIMEOUT_SECS)?,
         })
     }
 }

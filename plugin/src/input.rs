@@ -345,7 +345,7 @@ mod tests {
         assert_eq!(fields.required_str("absent").map_err(subject), Err((2002, "[3].absent".into())));
         assert_eq!(fields.required_str("number").map_err(subject), Err((2001, "[3].number".into())));
         assert_eq!(fields.optional_str("nothing").expect("null is absent"), None);
-        assert_eq!(fields.required_bool("flag").expect("flag"), true);
+        assert!(fields.required_bool("flag").expect("flag"));
         assert_eq!(fields.optional_bool("name").map_err(subject), Err((2001, "[3].name".into())));
         assert_eq!(fields.required_uuid("uuid").expect("uuid"), "20170228-f4f1-401b-80fa-9ecca8451ffb");
         assert_eq!(fields.optional_uuid("bad").map_err(subject), Err((2003, "[3].bad".into())));

@@ -1,4 +1,6 @@
 //! The only code that builds keys: every record layout and index lives here.
+//! The storage layer: imports only the base modules (`kv`, `errors`,
+//! `context`); the domain builds on it, the endpoints read through it.
 //!
 //! Keys (ids are validated before they reach this module, so they hold no
 //! `/`; logins and tokens appear only as SHA-256 hex digests):
@@ -12,22 +14,22 @@
 //! | `tokens/{sha256(token)}` | [`TokenIndex`] → userId |
 //! | `owners/{kind}/{uuid}` | [`OwnerIndex`]: which user an Evotor store, employee or device belongs to |
 //! | `user/{userId}/{kind}/{uuid}` | [`EntityRecord`]: the entity as Evotor last sent it |
-//! | `subs/{subscriptionId}/state` | [`crate::billing::Subscription`] |
+//! | `subs/{subscriptionId}/state` | [`crate::domain::billing::Subscription`] |
 //! | `subs/{subscriptionId}/event/{seq:010}` | a subscription event as received |
 //! | `user/{userId}/sub/{subscriptionId}` | marker: the user's subscriptions |
 //! | `user/{userId}/device-order` | [`DeviceOrder`]: the user's devices in first-registration order |
-//! | `user/{userId}/installation` | [`crate::billing::Installation`] |
+//! | `user/{userId}/installation` | [`crate::domain::billing::Installation`] |
 //! | `installs/{sha256(id)}` | an installation event as received |
 //! | `legacy-events/{sha256(body)}` | a legacy `/user/event` as received |
-//! | `cat/{store}/p/{uuid}` | [`crate::catalog::ProductRecord`]: a product or group of a store |
-//! | `cat/{store}/dir` | [`crate::catalog::Directory`]: product counts per key range, for offset paging |
+//! | `cat/{store}/p/{uuid}` | [`crate::domain::catalog::ProductRecord`]: a product or group of a store |
+//! | `cat/{store}/dir` | [`crate::domain::catalog::Directory`]: product counts per key range, for offset paging |
 //! | `cat/{store}/bc/{sha256(barcode)[..32]}/{uuid}` | barcode index entry |
 //! | `cat/{store}/kids/{parentUuid}/{uuid}` | child index: items under a group |
 //! | `cat/{store}/orphan/{uuid}` | an item whose `parentUuid` names nothing in the store |
-//! | `docs/{store}/doc/{id}` | [`crate::documents::DocumentRecord`]: a terminal document as received |
+//! | `docs/{store}/doc/{id}` | [`crate::domain::documents::DocumentRecord`]: a terminal document as received |
 //! | `docs/{store}/by-date/{closeDate ms:013}.{id}` | document index by close date |
 //! | `docs/{store}/by-type/{type}/{closeDate ms:013}.{id}` | document index by type and close date |
-//! | `receipts/{sha256(event id)[..32]}/{userId}` | [`crate::documents::ReceiptRecord`]: a receipt event as received (older ones without `/{userId}`) |
+//! | `receipts/{sha256(event id)[..32]}/{userId}` | [`crate::domain::documents::ReceiptRecord`]: a receipt event as received (older ones without `/{userId}`) |
 //! | `rcpts/{store}/by-date/{dateTime ms:013}.{sha256(event id)[..32]}.{userId}` | receipt index by date (older ones without `.{userId}`) |
 //! | `feed/{stamp}` | [`FeedEntry`]: one accepted change; the host's commit stamp orders them |
 //! | `issues/{sha256(user, store, entity, problem)[..32]}` | [`IssueRecord`]: doubtful input that was accepted |
@@ -777,6 +779,34 @@ fn backoff(attempt: u32) {
     let mut random = [0u8; 2];
     let jitter = if getrandom::fill(&mut random).is_ok() { u64::from(u16::from_le_bytes(random)) } else { 0 };
     std::thread::sleep(std::time::Duration::from_micros(jitter % (ceiling_ms * 1000)));
+}
+
+/// Logs `message` unless the same `topic` was logged earlier the same UTC
+/// day: each request runs in a fresh instance, so "once" is kept in the store.
+pub(crate) fn log_once_a_day(ctx: &crate::Ctx<'_>, topic: &str, message: &str) {
+    log_once_in(ctx, topic, ctx.clock.now_unix() / 86_400 + 1, message);
+}
+
+/// Logs `message` the first time `topic` comes up, ever: each request is a
+/// fresh instance, so the memory of it is kept in the store.
+pub(crate) fn log_once(ctx: &crate::Ctx<'_>, topic: &str, message: &str) {
+    log_once_in(ctx, topic, 0, message);
+}
+
+/// Logs `message` unless `topic` was already logged in `period`.
+fn log_once_in(ctx: &crate::Ctx<'_>, topic: &str, period: u64, message: &str) {
+    let key = meta_key(&format!("logged/{topic}"));
+    let logged: Result<Option<u64>, _> = read(ctx.kv, &key);
+    if matches!(logged, Ok(Some(logged)) if logged == period) {
+        return;
+    }
+    eprintln!("{message}");
+    // Losing this write only means logging again; the request's answer does not depend on it.
+    let _ = transact(ctx.kv, |txn| -> Result<(), StorageError> {
+        let _: Option<u64> = txn.get(&key)?;
+        txn.put(&key, &period);
+        Ok(())
+    });
 }
 
 #[cfg(test)]

@@ -1,23 +1,37 @@
-//! Path and method dispatch. Unknown path → 404; known path, other
-//! method → 405 with `Allow`; both in the Evotor error format.
+//! The HTTP face of the plugin: the Evotor protocol's endpoints and the
+//! partner API, each handler given its path's parameters by name; here the
+//! routing. Unknown path → 404; known path, other method → 405 with
+//! `Allow`; both in the Evotor error format.
+//!
+//! May import `domain`, `storage` and the base modules; nothing imports it
+//! but the crate root (`handle`).
 
+mod accounts;
+pub(crate) mod auth;
+mod billing;
+mod catalog;
+mod documents;
+mod inventory;
+mod partner;
+
+use crate::Ctx;
 use crate::errors::ApiError;
 use crate::http::{Request, Response};
-use crate::{Ctx, accounts, billing, catalog, documents, inventory, partner_api};
 
 /// Values of the `{name}` segments of a matched route.
 #[derive(Debug, Default)]
-pub struct Params(Vec<(&'static str, String)>);
+struct Params(Vec<(&'static str, String)>);
 
 impl Params {
-    /// The value of segment `{name}`.
-    pub fn get(&self, name: &str) -> Option<&str> {
-        self.0.iter().find(|(key, _)| *key == name).map(|(_, value)| value.as_str())
+    /// The value of segment `{name}` (every name of the matched pattern has one).
+    fn get(&self, name: &str) -> &str {
+        self.0.iter().find(|(key, _)| *key == name).map_or("", |(_, value)| value.as_str())
     }
 }
 
-/// A request handler.
-pub type Handler = fn(&Ctx<'_>, &Request, &Params) -> Result<Response, ApiError>;
+/// How a route calls its handler: with the values of its path's `{name}`
+/// segments as the handler's own arguments.
+type Handler = fn(&Ctx<'_>, &Request, &Params) -> Result<Response, ApiError>;
 
 /// One path pattern and the methods it serves.
 struct Route {
@@ -32,57 +46,115 @@ struct Route {
 /// Every endpoint of the protocol this plugin serves.
 const ROUTES: &[Route] = &[
     // Evotor → partner, server-authorized.
-    route("/api/v1/user/create", &[("POST", accounts::create)]),
-    route("/api/v1/user/verify", &[("POST", accounts::verify)]),
-    route("/api/v1/user/token", &[("POST", accounts::store_cloud_token)]),
-    route("/api/v1/user/tariff", &[("POST", accounts::tariff)]),
+    route("/api/v1/user/create", &[("POST", |ctx, request, _| accounts::create(ctx, request))]),
+    route("/api/v1/user/verify", &[("POST", |ctx, request, _| accounts::verify(ctx, request))]),
+    route("/api/v1/user/token", &[("POST", |ctx, request, _| accounts::store_cloud_token(ctx, request))]),
+    route("/api/v1/user/tariff", &[("POST", |ctx, request, _| accounts::tariff(ctx, request))]),
     // Evotor → partner, server or user token.
-    route("/api/v1/subscription/event", &[("POST", billing::subscription_event)]),
-    route("/api/v2/installation/event", &[("POST", billing::installation_event)]),
-    route("/api/v1/user/event", &[("POST", billing::legacy_event)]),
+    route("/api/v1/subscription/event", &[("POST", |ctx, request, _| billing::subscription_event(ctx, request))]),
+    route("/api/v2/installation/event", &[("POST", |ctx, request, _| billing::installation_event(ctx, request))]),
+    route("/api/v1/user/event", &[("POST", |ctx, request, _| billing::legacy_event(ctx, request))]),
     // Evotor → partner, user token.
-    route("/api/v1/inventories/stores", &[("PUT", inventory::put_stores)]),
-    route("/api/v1/inventories/employees", &[("PUT", inventory::put_employees)]),
-    route("/api/v1/inventories/devices", &[("PUT", inventory::put_devices)]),
+    route("/api/v1/inventories/stores", &[("PUT", |ctx, request, _| inventory::put_stores(ctx, request))]),
+    route("/api/v1/inventories/employees", &[("PUT", |ctx, request, _| inventory::put_employees(ctx, request))]),
+    route("/api/v1/inventories/devices", &[("PUT", |ctx, request, _| inventory::put_devices(ctx, request))]),
     route(
         "/api/v1/inventories/stores/{storeUuid}/products",
-        &[("GET", catalog::get_products), ("POST", catalog::post_products)],
+        &[
+            ("GET", |ctx, request, path| catalog::get_products(ctx, request, path.get("storeUuid"))),
+            ("POST", |ctx, request, path| catalog::post_products(ctx, request, path.get("storeUuid"))),
+        ],
     ),
-    route("/api/v1/commodities", &[("GET", catalog::commodity)]),
-    route("/api/v1/inventories/stores/{storeUuid}/documents", &[("PUT", documents::put_documents)]),
-    route("/api/v1/receipt", &[("POST", documents::post_receipts)]),
-    route("/api/v1/receipts", &[("POST", documents::post_receipts)]),
-    route("/api/v2/receipts", &[("POST", documents::post_receipts)]),
+    route("/api/v1/commodities", &[("GET", |ctx, request, _| catalog::commodity(ctx, request))]),
+    route(
+        "/api/v1/inventories/stores/{storeUuid}/documents",
+        &[("PUT", |ctx, request, path| documents::put_documents(ctx, request, path.get("storeUuid")))],
+    ),
+    route("/api/v1/receipt", &[("POST", |ctx, request, _| documents::post_receipts(ctx, request))]),
+    route("/api/v1/receipts", &[("POST", |ctx, request, _| documents::post_receipts(ctx, request))]),
+    route("/api/v2/receipts", &[("POST", |ctx, request, _| documents::post_receipts(ctx, request))]),
     // The partner's own API.
-    route("/partner/v1/accounts", &[("GET", partner_api::list_accounts), ("POST", partner_api::create_account)]),
+    route(
+        "/partner/v1/accounts",
+        &[
+            ("GET", |ctx, request, _| partner::list_accounts(ctx, request)),
+            ("POST", |ctx, request, _| partner::create_account(ctx, request)),
+        ],
+    ),
     route(
         "/partner/v1/accounts/{accountId}",
         &[
-            ("GET", partner_api::get_account),
-            ("PATCH", partner_api::update_account),
-            ("DELETE", partner_api::delete_account),
+            ("GET", |ctx, request, path| partner::get_account(ctx, request, path.get("accountId"))),
+            ("PATCH", |ctx, request, path| partner::update_account(ctx, request, path.get("accountId"))),
+            ("DELETE", |ctx, request, path| partner::delete_account(ctx, request, path.get("accountId"))),
         ],
     ),
-    route("/partner/v1/users", &[("GET", partner_api::list_users)]),
-    route("/partner/v1/users/{userId}", &[("GET", partner_api::get_user)]),
-    route("/partner/v1/users/{userId}/subscriptions", &[("GET", partner_api::user_subscriptions)]),
-    route("/partner/v1/users/{userId}/subscriptions/{subscriptionId}/resolve-gap", &[("POST", billing::resolve_gap)]),
-    route("/partner/v1/users/{userId}/entitlement", &[("GET", partner_api::user_entitlement)]),
-    route("/partner/v1/users/{userId}/stores", &[("GET", partner_api::user_entities)]),
-    route("/partner/v1/users/{userId}/employees", &[("GET", partner_api::user_entities)]),
-    route("/partner/v1/users/{userId}/devices", &[("GET", partner_api::user_entities)]),
-    route("/partner/v1/stores/{storeUuid}/documents", &[("GET", documents::partner_list_documents)]),
-    route("/partner/v1/stores/{storeUuid}/documents/{id}", &[("GET", documents::partner_get_document)]),
-    route("/partner/v1/stores/{storeUuid}/receipts", &[("GET", documents::partner_list_receipts)]),
-    route("/partner/v1/receipts/{id}", &[("GET", documents::partner_get_receipt)]),
-    route("/partner/v1/feed", &[("GET", partner_api::feed)]),
-    route("/partner/v1/data-issues", &[("GET", partner_api::data_issues)]),
+    route("/partner/v1/users", &[("GET", |ctx, request, _| partner::list_users(ctx, request))]),
+    route(
+        "/partner/v1/users/{userId}",
+        &[("GET", |ctx, request, path| partner::get_user(ctx, request, path.get("userId")))],
+    ),
+    route(
+        "/partner/v1/users/{userId}/subscriptions",
+        &[("GET", |ctx, request, path| partner::user_subscriptions(ctx, request, path.get("userId")))],
+    ),
+    route(
+        "/partner/v1/users/{userId}/subscriptions/{subscriptionId}/resolve-gap",
+        &[("POST", |ctx, request, path| {
+            billing::resolve_gap(ctx, request, path.get("userId"), path.get("subscriptionId"))
+        })],
+    ),
+    route(
+        "/partner/v1/users/{userId}/entitlement",
+        &[("GET", |ctx, request, path| partner::user_entitlement(ctx, request, path.get("userId")))],
+    ),
+    route(
+        "/partner/v1/users/{userId}/stores",
+        &[("GET", |ctx, request, path| partner::user_entities(ctx, request, path.get("userId")))],
+    ),
+    route(
+        "/partner/v1/users/{userId}/employees",
+        &[("GET", |ctx, request, path| partner::user_entities(ctx, request, path.get("userId")))],
+    ),
+    route(
+        "/partner/v1/users/{userId}/devices",
+        &[("GET", |ctx, request, path| partner::user_entities(ctx, request, path.get("userId")))],
+    ),
+    route(
+        "/partner/v1/stores/{storeUuid}/documents",
+        &[("GET", |ctx, request, path| documents::partner_list_documents(ctx, request, path.get("storeUuid")))],
+    ),
+    route(
+        "/partner/v1/stores/{storeUuid}/documents/{id}",
+        &[("GET", |ctx, request, path| {
+            documents::partner_get_document(ctx, request, path.get("storeUuid"), path.get("id"))
+        })],
+    ),
+    route(
+        "/partner/v1/stores/{storeUuid}/receipts",
+        &[("GET", |ctx, request, path| documents::partner_list_receipts(ctx, request, path.get("storeUuid")))],
+    ),
+    route(
+        "/partner/v1/receipts/{id}",
+        &[("GET", |ctx, request, path| documents::partner_get_receipt(ctx, request, path.get("id")))],
+    ),
+    route("/partner/v1/feed", &[("GET", |ctx, request, _| partner::feed(ctx, request))]),
+    route("/partner/v1/data-issues", &[("GET", |ctx, request, _| partner::data_issues(ctx, request))]),
     route(
         "/partner/v1/stores/{storeUuid}/products",
-        &[("GET", catalog::partner_list_products), ("PUT", catalog::partner_put_products)],
+        &[
+            ("GET", |ctx, request, path| catalog::partner_list_products(ctx, request, path.get("storeUuid"))),
+            ("PUT", |ctx, request, path| catalog::partner_put_products(ctx, request, path.get("storeUuid"))),
+        ],
     ),
-    route("/partner/v1/stores/{storeUuid}/products/delete", &[("POST", catalog::partner_delete_products)]),
-    route("/partner/v1/stores/{storeUuid}/catalog-issues", &[("GET", catalog::partner_catalog_issues)]),
+    route(
+        "/partner/v1/stores/{storeUuid}/products/delete",
+        &[("POST", |ctx, request, path| catalog::partner_delete_products(ctx, request, path.get("storeUuid")))],
+    ),
+    route(
+        "/partner/v1/stores/{storeUuid}/catalog-issues",
+        &[("GET", |ctx, request, path| catalog::partner_catalog_issues(ctx, request, path.get("storeUuid")))],
+    ),
 ];
 
 /// Every (pattern, method) served, for the checks of the API description.
@@ -102,7 +174,7 @@ const fn route(pattern: &'static str, methods: &'static [(&'static str, Handler)
 
 /// Header in which the gateway names the route prefix the plugin is
 /// mounted at (`/evotor` for `route = "/evotor"`); absent or `/` at the root.
-pub const BASE_PATH_HEADER: &str = "x-evogate-base-path";
+pub(crate) const BASE_PATH_HEADER: &str = "x-evogate-base-path";
 
 /// The request's path below the plugin's mount point: the protocol's paths
 /// are the same whatever route the operator mounts the plugin at.
@@ -116,7 +188,7 @@ fn local_path(request: &Request) -> &str {
 }
 
 /// Routes `request` and renders any error.
-pub fn dispatch(ctx: &Ctx<'_>, request: &Request) -> Response {
+pub(crate) fn dispatch(ctx: &Ctx<'_>, request: &Request) -> Response {
     let path = local_path(request);
     let result = match find(path) {
         None if request.method == "PUT" && is_documents_webhook(ctx, path) => {
@@ -136,8 +208,8 @@ pub fn dispatch(ctx: &Ctx<'_>, request: &Request) -> Response {
 
 /// Whether `path` is the configured bare documents webhook (`documents_webhook_path`, default `/`).
 fn is_documents_webhook(ctx: &Ctx<'_>, path: &str) -> bool {
-    let configured = ctx.config.get(documents::DOCUMENTS_WEBHOOK_PATH);
-    let webhook = configured.as_deref().unwrap_or(documents::DEFAULT_DOCUMENTS_WEBHOOK_PATH);
+    let configured = ctx.config.get(crate::domain::documents::DOCUMENTS_WEBHOOK_PATH);
+    let webhook = configured.as_deref().unwrap_or(crate::domain::documents::DEFAULT_DOCUMENTS_WEBHOOK_PATH);
     !webhook.is_empty() && (path == webhook || path.strip_suffix('/') == Some(webhook))
 }
 
@@ -200,7 +272,7 @@ mod tests {
     #[test]
     fn patterns_capture_segments_and_need_the_same_length() {
         let params = matches("/stores/{store}/products", "/stores/abc/products").expect("match");
-        assert_eq!(params.get("store"), Some("abc"));
+        assert_eq!(params.get("store"), "abc");
         assert!(matches("/stores/{store}/products", "/stores//products").is_none());
         assert!(matches("/stores/{store}", "/stores/a/b").is_none());
         assert!(matches("/stores/{store}/x", "/stores/a").is_none());

@@ -8,13 +8,11 @@
 //! issue, and the rest of the call is kept. Devices past the licensed
 //! number are not registered: 405 code 1005 names them.
 
-use crate::accounts::settings;
+use crate::Ctx;
+use crate::config::Settings;
 use crate::errors::ApiError;
-use crate::http::{Request, Response};
 use crate::input::{Fields, is_uuid};
-use crate::router::Params;
 use crate::storage::{self, DeviceOrder, EntityRecord, Issue, OwnerIndex};
-use crate::{Ctx, auth};
 use serde_json::{Map, Value, json};
 
 /// Most entities one call may carry.
@@ -55,7 +53,7 @@ impl Kind {
 
 /// Reads one entity of `kind` (`at` is `[3].`): refused only without a
 /// usable `uuid`. Returns its id and what looks wrong in it.
-fn validate(kind: Kind, item: &Map<String, Value>, at: &str) -> Result<(String, Vec<String>), ApiError> {
+pub(crate) fn validate(kind: Kind, item: &Map<String, Value>, at: &str) -> Result<(String, Vec<String>), ApiError> {
     let fields = Fields::at(item, at);
     let id = fields.required_id("uuid")?;
     let mut problems = Vec::new();
@@ -121,26 +119,11 @@ fn validate(kind: Kind, item: &Map<String, Value>, at: &str) -> Result<(String, 
     Ok((id, problems))
 }
 
-/// `PUT /api/v1/inventories/stores`.
-pub fn put_stores(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Result<Response, ApiError> {
-    mirror(ctx, request, Kind::Store)
-}
-
-/// `PUT /api/v1/inventories/employees`.
-pub fn put_employees(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Result<Response, ApiError> {
-    mirror(ctx, request, Kind::Employee)
-}
-
-/// `PUT /api/v1/inventories/devices`.
-pub fn put_devices(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Result<Response, ApiError> {
-    mirror(ctx, request, Kind::Device)
-}
-
 /// Within a transaction: makes the entity `uuid` of `kind`, which nobody
 /// owns, the user's, known by its uuid alone until Evotor sends it itself.
 /// Returns our id of it.
 pub fn adopt(txn: &mut storage::Txn<'_>, user_id: &str, kind: Kind, uuid: &str, now: u64) -> Result<String, ApiError> {
-    let partner_id = crate::accounts::new_account_id()?;
+    let partner_id = crate::domain::accounts::new_account_id()?;
     let owner = OwnerIndex { v: storage::FORMAT, user_id: user_id.to_owned(), partner_id: partner_id.clone() };
     txn.put(&storage::owner_key(kind.name(), uuid), &owner);
     let record = EntityRecord {
@@ -226,10 +209,18 @@ pub fn register_devices(
     Ok(issues)
 }
 
-fn mirror(ctx: &Ctx<'_>, request: &Request, kind: Kind) -> Result<Response, ApiError> {
-    let settings = settings(ctx)?;
-    let user_id = auth::require_user(ctx, request, &settings)?;
-    let items = crate::input::array(&request.body, MAX_BATCH)?;
+/// Mirrors the entities of `kind` in `items` (a delivery of user
+/// `user_id`): refused whole only when an item has no usable `uuid`;
+/// everything else is kept, doubts recorded as data issues. Answers each
+/// item's `uuid` and `partnerId` (an entity of another user: its `uuid`
+/// alone, unchanged), and the devices refused past the licence.
+pub(crate) fn mirror_items(
+    ctx: &Ctx<'_>,
+    settings: &Settings,
+    user_id: &str,
+    kind: Kind,
+    items: Vec<Value>,
+) -> Result<(Vec<Value>, Vec<String>), ApiError> {
     // Read everything first: an item without an id refuses the whole call, nothing written.
     let mut batch: Vec<(String, Map<String, Value>, Vec<String>)> = Vec::with_capacity(items.len());
     let mut positions: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
@@ -255,24 +246,24 @@ fn mirror(ctx: &Ctx<'_>, request: &Request, kind: Kind) -> Result<Response, ApiE
     }
 
     let device_limit = match kind {
-        Kind::Device => crate::billing::device_limit(ctx, &user_id, &settings)?,
+        Kind::Device => crate::domain::billing::device_limit(ctx, user_id, settings)?,
         _ => None,
     };
     let now = ctx.clock.now_unix();
-    let (mapped, over) = storage::transact(ctx.kv, |txn| -> Result<_, ApiError> {
+    storage::transact(ctx.kv, |txn| -> Result<_, ApiError> {
         let mut mapped = Vec::new();
         let mut over = Vec::new();
-        let order_key = storage::device_order_key(&user_id);
+        let order_key = storage::device_order_key(user_id);
         let mut order = match kind {
             Kind::Device => txn.get::<DeviceOrder>(&order_key)?.unwrap_or_default(),
             _ => DeviceOrder::default(),
         };
         let registered = order.devices.len();
         for (id, item, problems) in &batch {
-            let issue = |problem: String| Issue::new(Some(&user_id), kind.name(), id, problem);
+            let issue = |problem: String| Issue::new(Some(user_id), kind.name(), id, problem);
             let owner_key = storage::owner_key(kind.name(), id);
             let owner = match kind {
-                Kind::Device => match admit_device(txn, &mut order, &user_id, id, device_limit)? {
+                Kind::Device => match admit_device(txn, &mut order, user_id, id, device_limit)? {
                     Admission::Licensed { owned: true } => txn.get::<OwnerIndex>(&owner_key)?,
                     Admission::Licensed { owned: false } => None,
                     Admission::Foreign(owner) => {
@@ -298,14 +289,14 @@ fn mirror(ctx: &Ctx<'_>, request: &Request, kind: Kind) -> Result<Response, ApiE
                 None => {
                     let owner = OwnerIndex {
                         v: storage::FORMAT,
-                        user_id: user_id.clone(),
-                        partner_id: crate::accounts::new_account_id()?,
+                        user_id: user_id.to_owned(),
+                        partner_id: crate::domain::accounts::new_account_id()?,
                     };
                     txn.put(&owner_key, &owner);
                     owner.partner_id
                 }
             };
-            let key = storage::entity_key(&user_id, kind.name(), id);
+            let key = storage::entity_key(user_id, kind.name(), id);
             let data = Value::Object(item.clone());
             if txn.get::<EntityRecord>(&key)?.is_none_or(|known| known.data != data) {
                 let record = EntityRecord {
@@ -316,7 +307,7 @@ fn mirror(ctx: &Ctx<'_>, request: &Request, kind: Kind) -> Result<Response, ApiE
                     updated_at: now,
                 };
                 txn.put(&key, &record);
-                txn.emit(kind.feed_kind(), now, Some(&user_id), json!({ "uuid": id, "partnerId": partner_id }));
+                txn.emit(kind.feed_kind(), now, Some(user_id), json!({ "uuid": id, "partnerId": partner_id }));
                 for problem in problems {
                     txn.issue(now, issue(problem.clone()));
                 }
@@ -328,22 +319,13 @@ fn mirror(ctx: &Ctx<'_>, request: &Request, kind: Kind) -> Result<Response, ApiE
             txn.put(&order_key, &order);
         }
         Ok((mapped, over))
-    })?;
-    if over.is_empty() {
-        return Ok(Response::json(200, &Value::Array(mapped)));
-    }
-    // The definitions' answer for a device past the licence: 405 code 1005, each device named.
-    let errors: Vec<Value> = over
-        .iter()
-        .map(|id| json!({ "code": 1005, "reason": "not allowed", "subject": "deviceUuid", "value": id }))
-        .collect();
-    Ok(Response::json(405, &json!({ "errors": errors })))
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::accounts::tests::World;
+    use crate::domain::accounts::tests::World;
 
     const USER: &str = "01-000000000000001";
     const STORE: &str = "20170228-F4F1-401B-80FA-9ECCA8451FFB";

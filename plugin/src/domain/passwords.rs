@@ -4,11 +4,6 @@ use crate::config::Settings;
 use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 
-/// Default argon2id memory cost, KiB (OWASP's minimum for argon2id).
-pub const DEFAULT_MEMORY_KIB: u32 = 19 * 1024;
-/// Default argon2id passes.
-pub const DEFAULT_ITERATIONS: u32 = 2;
-
 fn hasher(settings: &Settings) -> Result<Argon2<'static>, String> {
     let params = Params::new(settings.argon2_memory_kib, settings.argon2_iterations, settings.argon2_parallelism, None)
         .map_err(|err| format!("invalid argon2 settings: {err}"))?;

@@ -1,5 +1,7 @@
 use super::*;
-use crate::accounts::tests::World;
+use crate::config::{DEFAULT_GAP_TIMEOUT_SECS, DEFAULT_PENDING_GRACE_SECS};
+use crate::domain::accounts::tests::World;
+use crate::http::Response;
 use proptest::prelude::*;
 
 const USER: &str = "01-000000000000001";
@@ -324,7 +326,7 @@ fn events_before_the_user_exists_count_once_the_user_appears() {
     post(&world, &created(SUB, "P14DT", 2));
     let token = world.register(USER, "ivan");
     assert_eq!(world.whoami(&token), Ok(USER.to_owned()));
-    let e = entitlement(&world.ctx(), USER, &crate::accounts::settings(&world.ctx()).expect("settings"))
+    let e = entitlement(&world.ctx(), USER, &crate::domain::accounts::settings(&world.ctx()).expect("settings"))
         .expect("entitlement");
     assert_eq!((e.usable, e.licensed_devices), (true, 2));
 }
@@ -374,11 +376,11 @@ fn licensed_devices_sum_over_usable_subscriptions() {
     let mut second = created(SUB2, "P0DT", 2);
     second["sequenceNumber"] = json!(1);
     post(&world, &second);
-    let e = entitlement(&world.ctx(), USER, &crate::accounts::settings(&world.ctx()).expect("settings"))
+    let e = entitlement(&world.ctx(), USER, &crate::domain::accounts::settings(&world.ctx()).expect("settings"))
         .expect("entitlement");
     assert_eq!(e.licensed_devices, 5);
     post(&world, &event(SUB2, 2, "SubscriptionTerminated", json!({})));
-    let e = entitlement(&world.ctx(), USER, &crate::accounts::settings(&world.ctx()).expect("settings"))
+    let e = entitlement(&world.ctx(), USER, &crate::domain::accounts::settings(&world.ctx()).expect("settings"))
         .expect("entitlement");
     assert_eq!(e.licensed_devices, 3);
     let view = world.call("GET", &format!("/partner/v1/users/{USER}/entitlement"), Some("partner"), None).body_json();
@@ -525,7 +527,7 @@ fn licensed_devices_saturate_instead_of_wrapping() {
     let mut second = created(SUB2, "P14DT", 5);
     second["sequenceNumber"] = json!(1);
     post(&world, &second);
-    let e = entitlement(&world.ctx(), USER, &crate::accounts::settings(&world.ctx()).expect("settings"))
+    let e = entitlement(&world.ctx(), USER, &crate::domain::accounts::settings(&world.ctx()).expect("settings"))
         .expect("entitlement");
     assert_eq!(e.licensed_devices, u64::MAX);
 }

@@ -1,6 +1,8 @@
 use super::*;
 use crate::clock::ManualClock;
 use crate::config::MapConfig;
+use crate::endpoints::auth;
+use crate::http::{Request, Response};
 use crate::kv::Kv as _;
 use crate::kv::MemKv;
 use proptest::prelude::*;

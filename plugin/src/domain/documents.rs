@@ -17,15 +17,12 @@
 //! request commits atomically: all of its new documents, their indexes and
 //! their feed entries, or none.
 
-use crate::accounts::settings;
+use crate::Ctx;
 use crate::config::Settings;
 use crate::errors::ApiError;
-use crate::http::{Request, Response};
+use crate::http::Response;
 use crate::input::{self, Fields, Object, is_uuid};
-use crate::partner_api::{paging, query, require_partner, store_param};
-use crate::router::Params;
-use crate::storage::{self, Issue, StorageError};
-use crate::{Ctx, auth};
+use crate::storage::{self, Issue};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
@@ -264,32 +261,8 @@ fn document<'a>(
 }
 
 /// A type name safe in keys: `^[A-Z0-9_]{1,64}$`.
-fn is_type_name(kind: &str) -> bool {
+pub(crate) fn is_type_name(kind: &str) -> bool {
     (1..=64).contains(&kind.len()) && kind.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
-}
-
-/// The `{storeUuid}` of an Evotor path, lower case; not an id → 404.
-fn path_store(params: &Params) -> Result<String, ApiError> {
-    params
-        .get("storeUuid")
-        .and_then(input::id_str)
-        .map(|store| store.to_ascii_lowercase())
-        .ok_or_else(ApiError::not_found)
-}
-
-/// `PUT /api/v1/inventories/stores/{storeUuid}/documents`: one document or an array.
-pub fn put_documents(ctx: &Ctx<'_>, request: &Request, params: &Params) -> Result<Response, ApiError> {
-    let settings = settings(ctx)?;
-    let user_id = auth::require_user(ctx, request, &settings)?;
-    let store = path_store(params)?;
-    ingest_documents(ctx, &settings, &user_id, &request.body, Some(&store))
-}
-
-/// `PUT {documents_webhook_path}`: each document names its own store.
-pub fn put_documents_bare(ctx: &Ctx<'_>, request: &Request) -> Result<Response, ApiError> {
-    let settings = settings(ctx)?;
-    let user_id = auth::require_user(ctx, request, &settings)?;
-    ingest_documents(ctx, &settings, &user_id, &request.body, None)
 }
 
 /// The stores and devices a delivery names: each store becomes the user's
@@ -307,15 +280,15 @@ fn admit(
 ) -> Result<Vec<Issue>, ApiError> {
     let mut issues = Vec::new();
     for store in stores {
-        if let Some(owner) = crate::catalog::claim_in(txn, user_id, store, now)? {
+        if let Some(owner) = crate::domain::catalog::claim_in(txn, user_id, store, now)? {
             issues.push(Issue::new(Some(user_id), "store", store, format!("belongs to user {owner}")).in_store(store));
         }
     }
-    issues.extend(crate::inventory::register_devices(txn, user_id, devices, device_limit, now)?);
+    issues.extend(crate::domain::inventory::register_devices(txn, user_id, devices, device_limit, now)?);
     Ok(issues)
 }
 
-fn ingest_documents(
+pub(crate) fn ingest_documents(
     ctx: &Ctx<'_>,
     settings: &Settings,
     user_id: &str,
@@ -344,7 +317,7 @@ fn ingest_documents(
             }
         }
     }
-    let device_limit = crate::billing::device_limit(ctx, user_id, settings)?;
+    let device_limit = crate::domain::billing::device_limit(ctx, user_id, settings)?;
     let stores: BTreeSet<&str> = documents.iter().map(|doc| doc.store.as_str()).collect();
     let devices: BTreeSet<&str> = documents.iter().filter_map(|doc| doc.device.as_deref()).collect();
     let ids: Vec<String> = documents.iter().map(|doc| key_id(&doc.id)).collect();
@@ -407,12 +380,12 @@ fn same_json(a: &RawValue, b: &RawValue) -> bool {
 
 /// A receipt event of a delivery, understood as far as it can be.
 struct Receipt<'a> {
-    id: String,
-    store: Option<String>,
-    device: Option<String>,
-    date_time: i64,
-    raw: &'a RawValue,
-    problems: Vec<String>,
+    pub(crate) id: String,
+    pub(crate) store: Option<String>,
+    pub(crate) device: Option<String>,
+    pub(crate) date_time: i64,
+    pub(crate) raw: &'a RawValue,
+    pub(crate) problems: Vec<String>,
 }
 
 /// Reads receipt event `at`; refused only without an id (`id`, or `data.id`).
@@ -459,32 +432,52 @@ fn receipt<'a>(raw: &'a RawValue, at: &str, user_id: &str, now_ms: i64) -> Resul
     })
 }
 
-/// `POST /api/v1/receipt`, `POST /api/v1/receipts`, `POST /api/v2/receipts`:
-/// one receipt event or an array of them.
-pub fn post_receipts(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Result<Response, ApiError> {
-    let settings = settings(ctx)?;
-    let user_id = auth::require_user(ctx, request, &settings)?;
+pub(crate) fn document_view(record: DocumentRecord) -> Value {
+    json!({
+        "id": record.id, "storeUuid": record.store_uuid, "type": record.r#type, "closeDate": record.close_date,
+        "version": record.version, "format": record.format, "deviceUuid": record.device_uuid,
+        "userId": record.user_id, "receivedAt": record.received_at,
+        "document": record.document,
+    })
+}
+
+pub(crate) fn receipt_view(record: ReceiptRecord) -> Value {
+    json!({
+        "id": record.id, "storeUuid": record.store_uuid, "dateTime": record.date_time, "userId": record.user_id,
+        "receivedAt": record.received_at, "event": record.event,
+    })
+}
+
+/// Records receipt events `raws` of user `user_id` (`array`: the delivery
+/// was an array, so errors name items by index), each once: the number
+/// new and the number already recorded.
+pub(crate) fn ingest_receipts(
+    ctx: &Ctx<'_>,
+    settings: &Settings,
+    user_id: &str,
+    raws: Vec<&RawValue>,
+    array: bool,
+) -> Result<(usize, usize), ApiError> {
     let now = ctx.clock.now_unix();
     let now_ms = crate::time::millis(now);
-    let (raws, array) = input::raw_items(&request.body, MAX_BATCH)?;
     let mut receipts = Vec::with_capacity(raws.len());
     let mut seen = BTreeSet::new();
     for (index, raw) in raws.into_iter().enumerate() {
         let at = if array { format!("[{index}].") } else { String::new() };
-        let receipt = receipt(raw, &at, &user_id, now_ms)?;
+        let receipt = receipt(raw, &at, user_id, now_ms)?;
         if seen.insert(receipt.id.clone()) {
             receipts.push(receipt);
         }
     }
-    let device_limit = crate::billing::device_limit(ctx, &user_id, &settings)?;
+    let device_limit = crate::domain::billing::device_limit(ctx, user_id, settings)?;
     let stores: BTreeSet<&str> = receipts.iter().filter_map(|receipt| receipt.store.as_deref()).collect();
     let devices: BTreeSet<&str> = receipts.iter().filter_map(|receipt| receipt.device.as_deref()).collect();
-    let (new, repeated) = storage::transact(ctx.kv, |txn| -> Result<(usize, usize), ApiError> {
-        let foreign = admit(txn, &user_id, &stores, &devices, device_limit, now)?;
+    storage::transact(ctx.kv, |txn| -> Result<(usize, usize), ApiError> {
+        let foreign = admit(txn, user_id, &stores, &devices, device_limit, now)?;
         let (mut new, mut repeated) = (0, 0);
         for receipt in &receipts {
             let hash = storage::receipt_id_hash(&receipt.id);
-            let key = storage::receipt_key(&hash, &user_id);
+            let key = storage::receipt_key(&hash, user_id);
             // Receipts of this version are kept per user; older ones under the id alone.
             let legacy = txn.get::<ReceiptRecord>(&storage::receipt_key_by_hash(&hash))?;
             if legacy.is_some_and(|legacy| legacy.user_id == user_id)
@@ -499,7 +492,7 @@ pub fn post_receipts(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Result<Res
                 id: &receipt.id,
                 store_uuid: store,
                 date_time: receipt.date_time,
-                user_id: &user_id,
+                user_id,
                 received_at: now,
                 event: receipt.raw,
             };
@@ -512,9 +505,9 @@ pub fn post_receipts(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Result<Res
                 );
                 txn.put(&index, &json!({ "v": storage::FORMAT }));
             }
-            txn.emit("receipt.received", now, Some(&user_id), json!({ "storeUuid": receipt.store, "id": receipt.id }));
+            txn.emit("receipt.received", now, Some(user_id), json!({ "storeUuid": receipt.store, "id": receipt.id }));
             for problem in &receipt.problems {
-                let mut issue = Issue::new(Some(&user_id), "receipt", &receipt.id, problem.as_str());
+                let mut issue = Issue::new(Some(user_id), "receipt", &receipt.id, problem.as_str());
                 issue.store = receipt.store.clone();
                 txn.issue(now, issue);
             }
@@ -526,129 +519,7 @@ pub fn post_receipts(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Result<Res
             }
         }
         Ok((new, repeated))
-    })?;
-    Ok(Response::json(200, &json!({ "accepted": new, "duplicates": repeated })))
-}
-
-/// A date bound of a listing: ISO 8601 or Unix milliseconds.
-fn bound(request: &Request, name: &str) -> Result<Option<i64>, ApiError> {
-    let Some(text) = query(request, name).filter(|text| !text.is_empty()) else { return Ok(None) };
-    let decoded = input::percent_decode(text).ok_or_else(|| ApiError::incorrect(name, text))?;
-    let millis = decoded.parse::<i64>().ok().or_else(|| crate::time::parse_datetime(&decoded));
-    millis.map(Some).ok_or_else(|| ApiError::incorrect(name, text))
-}
-
-/// Index entries under `prefix` (`{ms:013}.{id}`) within `[from, to)` after the cursor `after`.
-fn window(ctx: &Ctx<'_>, request: &Request, prefix: &str) -> Result<(Vec<String>, Option<String>), ApiError> {
-    let (after, limit) = paging(request)?;
-    let from = bound(request, "from")?;
-    let to = bound(request, "to")?;
-    let start = match (after, from) {
-        (Some(after), _) => Some(format!("{prefix}{after}")),
-        // `{ms:013}` sorts before every `{ms:013}.{id}`: the scan starts at `from` inclusive.
-        (None, Some(from)) => Some(format!("{prefix}{:013}", from.max(0))),
-        (None, None) => None,
-    };
-    let entries = storage::collect(ctx.kv, prefix, start, limit as usize)?;
-    let mut positions = Vec::new();
-    let mut ended = entries.len() < limit as usize;
-    for (key, _) in entries {
-        let position = key.strip_prefix(prefix).unwrap_or_default().to_owned();
-        let millis = position.split('.').next().and_then(|ms| ms.parse::<i64>().ok()).unwrap_or(0);
-        if to.is_some_and(|to| millis >= to) {
-            ended = true;
-            break;
-        }
-        positions.push(position);
-    }
-    let next = if ended { None } else { positions.last().cloned() };
-    Ok((positions, next))
-}
-
-fn document_view(record: DocumentRecord) -> Value {
-    json!({
-        "id": record.id, "storeUuid": record.store_uuid, "type": record.r#type, "closeDate": record.close_date,
-        "version": record.version, "format": record.format, "deviceUuid": record.device_uuid,
-        "userId": record.user_id, "receivedAt": record.received_at,
-        "document": record.document,
     })
-}
-
-fn receipt_view(record: ReceiptRecord) -> Value {
-    json!({
-        "id": record.id, "storeUuid": record.store_uuid, "dateTime": record.date_time, "userId": record.user_id,
-        "receivedAt": record.received_at, "event": record.event,
-    })
-}
-
-/// `GET /partner/v1/stores/{storeUuid}/documents?type=&from=&to=&after=&limit=`.
-pub fn partner_list_documents(ctx: &Ctx<'_>, request: &Request, params: &Params) -> Result<Response, ApiError> {
-    require_partner(ctx, request)?;
-    let store = store_param(params)?;
-    let prefix = match query(request, "type").filter(|kind| !kind.is_empty()) {
-        Some(kind) if is_type_name(kind) => storage::documents_by_type_prefix(&store, kind),
-        Some(kind) => return Err(ApiError::incorrect("type", kind)),
-        None => storage::documents_by_date_prefix(&store),
-    };
-    let (positions, next) = window(ctx, request, &prefix)?;
-    let mut items = Vec::with_capacity(positions.len());
-    for position in &positions {
-        let id = position.split_once('.').map(|(_, id)| id).unwrap_or_default();
-        let key = storage::document_key(&store, id);
-        let record = storage::read::<DocumentRecord>(ctx.kv, &key)?.ok_or(StorageError::Corrupt(key))?;
-        items.push(document_view(record));
-    }
-    Ok(Response::json(200, &json!({ "items": items, "next": next })))
-}
-
-/// `GET /partner/v1/stores/{storeUuid}/documents/{id}`.
-pub fn partner_get_document(ctx: &Ctx<'_>, request: &Request, params: &Params) -> Result<Response, ApiError> {
-    require_partner(ctx, request)?;
-    let store = store_param(params)?;
-    let id = params
-        .get("id")
-        .and_then(input::percent_decode)
-        .and_then(|id| input::id_str(&id))
-        .ok_or_else(ApiError::not_found)?;
-    let record = storage::read::<DocumentRecord>(ctx.kv, &storage::document_key(&store, &key_id(&id)))?;
-    Ok(Response::json(200, &document_view(record.ok_or_else(ApiError::not_found)?)))
-}
-
-/// `GET /partner/v1/stores/{storeUuid}/receipts?from=&to=&after=&limit=`.
-pub fn partner_list_receipts(ctx: &Ctx<'_>, request: &Request, params: &Params) -> Result<Response, ApiError> {
-    require_partner(ctx, request)?;
-    let store = store_param(params)?;
-    let (positions, next) = window(ctx, request, &storage::receipts_by_date_prefix(&store))?;
-    let mut items = Vec::with_capacity(positions.len());
-    for position in &positions {
-        // `{ms}.{hash}.{userId}`, or `{ms}.{hash}` for receipts kept before they were per user.
-        let mut parts = position.split('.').skip(1);
-        let hash = parts.next().unwrap_or_default();
-        let key = match parts.next() {
-            Some(user_id) => storage::receipt_key(hash, user_id),
-            None => storage::receipt_key_by_hash(hash),
-        };
-        let record = storage::read::<ReceiptRecord>(ctx.kv, &key)?.ok_or(StorageError::Corrupt(key))?;
-        items.push(receipt_view(record));
-    }
-    Ok(Response::json(200, &json!({ "items": items, "next": next })))
-}
-
-/// `GET /partner/v1/receipts/{id}[?userId=]`: one receipt event by its id
-/// (the first user's when several users sent one with the same id).
-pub fn partner_get_receipt(ctx: &Ctx<'_>, request: &Request, params: &Params) -> Result<Response, ApiError> {
-    require_partner(ctx, request)?;
-    let id = params.get("id").and_then(input::percent_decode).ok_or_else(ApiError::not_found)?;
-    let user = query(request, "userId").filter(|user| !user.is_empty());
-    let prefix = storage::receipt_key_by_hash(&storage::receipt_id_hash(&id));
-    // The id's own key (kept before receipts were per user), then `{key}/{userId}`.
-    for (key, entry) in storage::scan_all(ctx.kv, &prefix)? {
-        let record: ReceiptRecord = storage::decode(&key, &entry.value)?;
-        if record.id == id && user.is_none_or(|user| record.user_id == user) {
-            return Ok(Response::json(200, &receipt_view(record)));
-        }
-    }
-    Err(ApiError::not_found())
 }
 
 #[cfg(test)]

@@ -23,14 +23,11 @@
 
 pub mod validate;
 
-use crate::accounts::settings;
+use crate::Ctx;
 use crate::errors::ApiError;
-use crate::http::{Request, Response};
+use crate::http::Response;
 use crate::input;
-use crate::partner_api::{paging, query, require_partner, store_param};
-use crate::router::Params;
 use crate::storage::{self, Issue, OwnerIndex, StorageError, Txn};
-use crate::{Ctx, auth};
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -128,10 +125,10 @@ struct Marker {
 /// An item whose parent is missing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Orphan {
-    v: u32,
-    uuid: String,
-    parent_uuid: String,
+pub(crate) struct Orphan {
+    pub(crate) v: u32,
+    pub(crate) uuid: String,
+    pub(crate) parent_uuid: String,
 }
 
 pub(crate) fn barcodes_of(product: &Value) -> Vec<String> {
@@ -374,7 +371,7 @@ impl<'t, 'k> Change<'t, 'k> {
 }
 
 /// Validates a request body of items: a JSON array of at most [`MAX_BATCH`], each uuid once.
-fn items(ctx: &Ctx<'_>, body: &[u8]) -> Result<Vec<Item>, ApiError> {
+pub(crate) fn items(ctx: &Ctx<'_>, body: &[u8]) -> Result<Vec<Item>, ApiError> {
     let values = input::array(body, MAX_BATCH)?;
     let mut unknown = Vec::new();
     let mut seen = HashSet::with_capacity(values.len());
@@ -393,7 +390,7 @@ fn items(ctx: &Ctx<'_>, body: &[u8]) -> Result<Vec<Item>, ApiError> {
 /// Reads the items a terminal sends: refused only without an id; an item
 /// sent twice keeps its last version, and both that and whatever else looks
 /// wrong are named in each item's problems.
-fn terminal_items(ctx: &Ctx<'_>, body: &[u8]) -> Result<Vec<Item>, ApiError> {
+pub(crate) fn terminal_items(ctx: &Ctx<'_>, body: &[u8]) -> Result<Vec<Item>, ApiError> {
     let values = input::array(body, MAX_BATCH)?;
     let mut unknown = Vec::new();
     let mut positions: HashMap<String, usize> = HashMap::with_capacity(values.len());
@@ -423,12 +420,12 @@ fn log_unknown(ctx: &Ctx<'_>, mut unknown: Vec<Unknown>) {
     unknown.dedup();
     for Unknown { field, value } in unknown {
         let topic = format!("unknown/{field}/{}", &storage::sha256_hex(value.as_bytes())[..32]);
-        auth::log_once(ctx, &topic, &format!("catalog: kept an unknown {field} value {value:?}"));
+        storage::log_once(ctx, &topic, &format!("catalog: kept an unknown {field} value {value:?}"));
     }
 }
 
 /// Upserts `items` into `store` in one commit.
-fn upsert_all(ctx: &Ctx<'_>, store: &str, items: &[Item], source: &str) -> Result<(), ApiError> {
+pub(crate) fn upsert_all(ctx: &Ctx<'_>, store: &str, items: &[Item], source: &str) -> Result<(), ApiError> {
     let now = ctx.clock.now_unix();
     let batch: HashSet<String> = items.iter().map(|item| item.uuid.clone()).collect();
     let owner = store_owner(ctx, store)?;
@@ -467,17 +464,6 @@ fn store_owner(ctx: &Ctx<'_>, store: &str) -> Result<Option<String>, ApiError> {
     Ok(storage::read::<OwnerIndex>(ctx.kv, &storage::owner_key("store", store))?.map(|owner| owner.user_id))
 }
 
-/// The store of an Evotor-side call, from the path: see [`claim_store`].
-fn user_store(ctx: &Ctx<'_>, user_id: &str, params: &Params) -> Result<String, ApiError> {
-    let store = params.get("storeUuid").unwrap_or_default();
-    if !crate::input::is_uuid(store) {
-        return Err(ApiError::not_found());
-    }
-    let store = store.to_ascii_lowercase();
-    claim_store(ctx, user_id, &store)?;
-    Ok(store)
-}
-
 /// Succeeds when `store` (lower case) is the user's, or nobody's yet and
 /// now becomes the user's. Another user's store is 404, as a missing one.
 pub fn claim_store(ctx: &Ctx<'_>, user_id: &str, store: &str) -> Result<(), ApiError> {
@@ -504,7 +490,8 @@ pub fn claim_in(txn: &mut Txn<'_>, user_id: &str, store: &str, now: u64) -> Resu
         Some(owner) if owner.user_id == user_id => Ok(None),
         Some(owner) => Ok(Some(owner.user_id)),
         None => {
-            let partner_id = crate::inventory::adopt(txn, user_id, crate::inventory::Kind::Store, store, now)?;
+            let partner_id =
+                crate::domain::inventory::adopt(txn, user_id, crate::domain::inventory::Kind::Store, store, now)?;
             txn.emit("store.claimed", now, Some(user_id), json!({ "uuid": store, "partnerId": partner_id }));
             Ok(None)
         }
@@ -514,33 +501,17 @@ pub fn claim_in(txn: &mut Txn<'_>, user_id: &str, store: &str, now: u64) -> Resu
 /// Page size when Evotor sends `page` without `size`.
 pub const DEFAULT_PAGE_SIZE: u64 = 1000;
 
-/// `page` and `size` of an Evotor listing: neither (the whole catalog),
-/// both, `page` alone (of [`DEFAULT_PAGE_SIZE`]) or `size` alone (page 0).
-fn evotor_paging(request: &Request) -> Result<Option<(u64, u64)>, ApiError> {
-    let number = |name: &str| -> Result<Option<u64>, ApiError> {
-        match query(request, name).map(str::trim) {
-            None | Some("") => Ok(None),
-            Some(text) => text.parse::<u64>().map(Some).map_err(|_| ApiError::incorrect(name, text)),
-        }
-    };
-    let (page, size) = (number("page")?, number("size")?);
-    if page.is_none() && size.is_none() {
-        return Ok(None);
-    }
-    let size = match size {
-        None => DEFAULT_PAGE_SIZE,
-        Some(size @ 1..=MAX_PAGE_SIZE) => size,
-        Some(size) => return Err(ApiError::incorrect("size", size)),
-    };
-    Ok(Some((page.unwrap_or(0), size)))
-}
-
 /// Up to `size` items of a store from item number `offset` on, as a JSON
 /// array (the whole catalog with `size` = `u64::MAX`), their count and the
 /// catalog's total. The array is built from the stored products as they
 /// are, a scan page at a time, into one buffer sized from the first page,
 /// so a large catalog fits the instance's memory.
-fn products_page(ctx: &Ctx<'_>, store: &str, offset: u64, size: u64) -> Result<(Vec<u8>, u64, u64), ApiError> {
+pub(crate) fn products_page(
+    ctx: &Ctx<'_>,
+    store: &str,
+    offset: u64,
+    size: u64,
+) -> Result<(Vec<u8>, u64, u64), ApiError> {
     let directory: Directory = storage::read(ctx.kv, &storage::catalog_directory_key(store))?.unwrap_or_default();
     let total = directory.total();
     let mut body = Vec::from(*b"[");
@@ -586,72 +557,22 @@ fn products_page(ctx: &Ctx<'_>, store: &str, offset: u64, size: u64) -> Result<(
     Ok((body, count, total))
 }
 
-fn json_bytes(status: u16, body: Vec<u8>) -> Response {
+pub(crate) fn json_bytes(status: u16, body: Vec<u8>) -> Response {
     Response { status, headers: vec![("content-type".into(), "application/json; charset=utf-8".into())], body }
 }
 
-/// `GET /api/v1/inventories/stores/{storeUuid}/products[?page=&size=]`.
-///
-/// Without `page` and `size`: every product and group of the store, no
-/// paging headers. With them: that page, with `X-Total-Items-Count`,
-/// `X-Pagination-Page-Size` (the items on this page),
-/// `X-Pagination-Total-Page-Count` (at least 1) and, when there is a next
-/// page, `X-Pagination-Next-Page`.
-pub fn get_products(ctx: &Ctx<'_>, request: &Request, params: &Params) -> Result<Response, ApiError> {
-    let settings = settings(ctx)?;
-    if let Some(store) = params.get("storeUuid").filter(|store| crate::input::is_uuid(store)) {
-        let store = store.to_ascii_lowercase();
-        auth::prefetch(ctx, request, [storage::owner_key("store", &store), storage::catalog_directory_key(&store)]);
-    }
-    let user_id = auth::require_user(ctx, request, &settings)?;
-    let paging = evotor_paging(request)?;
-    let store = user_store(ctx, &user_id, params)?;
-    let Some((page, size)) = paging else {
-        let (body, _, _) = products_page(ctx, &store, 0, u64::MAX)?;
-        return Ok(json_bytes(200, body));
-    };
-    let (body, count, total) = products_page(ctx, &store, page.saturating_mul(size), size)?;
-    let mut response = json_bytes(200, body);
-    response.headers.push(("x-total-items-count".into(), total.to_string()));
-    response.headers.push(("x-pagination-page-size".into(), count.to_string()));
-    response.headers.push(("x-pagination-total-page-count".into(), total.div_ceil(size).max(1).to_string()));
-    if page.saturating_add(1).saturating_mul(size) < total {
-        response.headers.push(("x-pagination-next-page".into(), (page + 1).to_string()));
-    }
-    Ok(response)
-}
-
-/// `POST /api/v1/inventories/stores/{storeUuid}/products`.
-pub fn post_products(ctx: &Ctx<'_>, request: &Request, params: &Params) -> Result<Response, ApiError> {
-    let settings = settings(ctx)?;
-    let user_id = auth::require_user(ctx, request, &settings)?;
-    let items = terminal_items(ctx, &request.body)?;
-    let store = user_store(ctx, &user_id, params)?;
-    upsert_all(ctx, &store, &items, "evotor")?;
-    let answer: Vec<Value> = items.iter().map(|item| json!({ "uuid": item.uuid })).collect();
-    Ok(Response::json(200, &Value::Array(answer)))
-}
-
-/// `GET /api/v1/commodities?scanCode=&alcCode=`.
-pub fn commodity(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Result<Response, ApiError> {
-    let settings = settings(ctx)?;
-    let user_id = auth::require_user(ctx, request, &settings)?;
-    let scan_code = match query(request, "scanCode").map(input::percent_decode) {
-        None => return Err(ApiError::missing("scanCode")),
-        Some(None) => return Err(ApiError::incorrect("scanCode", "not UTF-8")),
-        Some(Some(code)) if code.is_empty() => return Err(ApiError::missing("scanCode")),
-        Some(Some(code)) if code.len() > 128 => return Err(ApiError::incorrect("scanCode", "over 128 bytes")),
-        Some(Some(code)) => code,
-    };
-    let alc_code = match query(request, "alcCode").map(input::percent_decode) {
-        Some(None) => return Err(ApiError::incorrect("alcCode", "not UTF-8")),
-        Some(Some(code)) if !code.is_empty() => Some(code),
-        _ => None,
-    };
-    let stores_prefix = storage::entities_prefix(&user_id, "store");
+/// The product of one of user `user_id`'s stores with barcode `scan_code`
+/// (and excise code `alc_code`, when given), if any.
+pub(crate) fn find_commodity(
+    ctx: &Ctx<'_>,
+    user_id: &str,
+    scan_code: &str,
+    alc_code: Option<&str>,
+) -> Result<Option<Value>, ApiError> {
+    let stores_prefix = storage::entities_prefix(user_id, "store");
     for (key, _) in storage::scan_all(ctx.kv, &stores_prefix)? {
         let Some(store) = key.strip_prefix(&stores_prefix) else { continue };
-        let prefix = storage::barcode_prefix(store, &scan_code);
+        let prefix = storage::barcode_prefix(store, scan_code);
         for (key, _) in storage::scan_all(ctx.kv, &prefix)? {
             let Some(uuid) = key.strip_prefix(&prefix) else { continue };
             let Some(record) = storage::read::<ProductRecord>(ctx.kv, &storage::product_key(store, uuid))? else {
@@ -661,57 +582,22 @@ pub fn commodity(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Result<Respons
             let has = |field: &str, code: &str| {
                 product.get(field).and_then(Value::as_array).is_some_and(|codes| codes.iter().any(|c| c == code))
             };
-            if has("barCodes", &scan_code) && alc_code.as_deref().is_none_or(|alc| has("alcoCodes", alc)) {
-                return Ok(Response::json(
-                    200,
-                    &json!({
-                        "name": product["name"],
-                        "alcCodes": product.get("alcoCodes").cloned().unwrap_or(json!([])),
-                        "scanCodes": product.get("barCodes").cloned().unwrap_or(json!([])),
-                        "alcoholByVolume": product.get("alcoholByVolume"),
-                        "alcoholProductKindCode": product.get("alcoholProductKindCode"),
-                        "tareVolume": product.get("tareVolume"),
-                        "measure": product.get("measureName"),
-                    }),
-                ));
+            if has("barCodes", scan_code) && alc_code.is_none_or(|alc| has("alcoCodes", alc)) {
+                return Ok(Some(record.product));
             }
         }
     }
-    Err(ApiError::not_found())
+    Ok(None)
 }
 
-/// `PUT /partner/v1/stores/{storeUuid}/products`: bulk upsert, all or nothing.
-pub fn partner_put_products(ctx: &Ctx<'_>, request: &Request, params: &Params) -> Result<Response, ApiError> {
-    require_partner(ctx, request)?;
-    let store = store_param(params)?;
-    let items = items(ctx, &request.body)?;
-    upsert_all(ctx, &store, &items, "partner")?;
-    Ok(Response::json(200, &json!({ "upserted": items.len() })))
-}
-
-/// `POST /partner/v1/stores/{storeUuid}/products/delete`: a JSON array of uuids.
-pub fn partner_delete_products(ctx: &Ctx<'_>, request: &Request, params: &Params) -> Result<Response, ApiError> {
-    require_partner(ctx, request)?;
-    let store = store_param(params)?;
-    let values = input::array(&request.body, MAX_BATCH)?;
-    let mut uuids = Vec::with_capacity(values.len());
-    for (index, value) in values.iter().enumerate() {
-        match value.as_str() {
-            Some(uuid) if crate::input::is_uuid(uuid) => uuids.push(uuid.to_ascii_lowercase()),
-            _ => return Err(ApiError::incorrect(&format!("[{index}]"), value.clone())),
-        }
-    }
-    uuids.sort_unstable();
-    uuids.dedup();
-    if uuids.is_empty() {
-        return Ok(Response::json(200, &json!({ "deleted": 0 })));
-    }
-    let owner = store_owner(ctx, &store)?;
+/// Deletes products `uuids` of `store` (as the partner); how many there were.
+pub(crate) fn delete_products(ctx: &Ctx<'_>, store: &str, uuids: &[String]) -> Result<usize, ApiError> {
+    let owner = store_owner(ctx, store)?;
     let now = ctx.clock.now_unix();
-    let deleted = storage::transact(ctx.kv, |txn| -> Result<usize, ApiError> {
-        let mut change = Change::begin(txn, &store)?;
+    storage::transact(ctx.kv, |txn| -> Result<usize, ApiError> {
+        let mut change = Change::begin(txn, store)?;
         let mut deleted = Vec::new();
-        for uuid in &uuids {
+        for uuid in uuids {
             if change.delete(uuid)? {
                 deleted.push(uuid.as_str());
             }
@@ -722,36 +608,7 @@ pub fn partner_delete_products(ctx: &Ctx<'_>, request: &Request, params: &Params
             txn.emit("products.deleted", now, owner.as_deref(), data);
         }
         Ok(deleted.len())
-    })?;
-    Ok(Response::json(200, &json!({ "deleted": deleted })))
-}
-
-/// `GET /partner/v1/stores/{storeUuid}/products?after=&limit=`.
-pub fn partner_list_products(ctx: &Ctx<'_>, request: &Request, params: &Params) -> Result<Response, ApiError> {
-    require_partner(ctx, request)?;
-    let store = store_param(params)?;
-    let (after, limit) = paging(request)?;
-    let (records, next) = storage::page::<ProductRecord>(ctx.kv, &storage::products_prefix(&store), after, limit)?;
-    let total =
-        storage::read::<Directory>(ctx.kv, &storage::catalog_directory_key(&store))?.unwrap_or_default().total();
-    let items: Vec<Value> = records
-        .into_iter()
-        .map(|record| json!({ "product": record.product, "source": record.source, "updatedAt": record.updated_at }))
-        .collect();
-    Ok(Response::json(200, &json!({ "items": items, "next": next, "total": total })))
-}
-
-/// `GET /partner/v1/stores/{storeUuid}/catalog-issues?after=&limit=`: items whose parent is missing.
-pub fn partner_catalog_issues(ctx: &Ctx<'_>, request: &Request, params: &Params) -> Result<Response, ApiError> {
-    require_partner(ctx, request)?;
-    let store = store_param(params)?;
-    let (after, limit) = paging(request)?;
-    let (orphans, next) = storage::page::<Orphan>(ctx.kv, &storage::orphans_prefix(&store), after, limit)?;
-    let items: Vec<Value> = orphans
-        .into_iter()
-        .map(|orphan| json!({ "uuid": orphan.uuid, "problem": "missing parent", "parentUuid": orphan.parent_uuid }))
-        .collect();
-    Ok(Response::json(200, &json!({ "items": items, "next": next })))
+    })
 }
 
 #[cfg(test)]

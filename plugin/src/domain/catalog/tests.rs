@@ -1,5 +1,5 @@
 use super::*;
-use crate::accounts::tests::World;
+use crate::domain::accounts::tests::World;
 use crate::kv::Kv as _;
 use proptest::prelude::*;
 
@@ -60,9 +60,9 @@ fn uuids_of(response: &Response) -> Vec<String> {
 
 /// Recomputes every index of `store` from its products and compares.
 fn audit(world: &World, store: &str) -> Vec<String> {
-    let problems = crate::audit::problems(&world.kv);
+    let problems = crate::domain::audit::problems(&world.kv);
     assert!(problems.is_empty(), "{problems:?}");
-    crate::audit::catalog(&world.kv, &world.kv.keys(), store).expect("consistent")
+    crate::domain::audit::catalog(&world.kv, &world.kv.keys(), store).expect("consistent")
 }
 
 #[test]

@@ -7,7 +7,7 @@
 //! by date and one by type; every index entry (tokens, logins, owners,
 //! document and receipt indexes) names a record that exists.
 
-use crate::catalog::{Directory, ProductRecord};
+use crate::domain::catalog::{Directory, ProductRecord};
 use crate::kv::MemKv;
 use crate::storage::{self, LoginIndex, OwnerIndex, TokenIndex};
 use std::collections::{BTreeMap, BTreeSet};
@@ -84,10 +84,10 @@ pub fn catalog(kv: &MemKv, keys: &[String], store: &str) -> Result<Vec<String>, 
     }
     let mut want = Vec::new();
     for (uuid, product) in &products {
-        for code in crate::catalog::barcodes_of(product) {
+        for code in crate::domain::catalog::barcodes_of(product) {
             want.push(storage::barcode_key(store, &code, uuid));
         }
-        if let Some(parent) = crate::catalog::parent_of(product) {
+        if let Some(parent) = crate::domain::catalog::parent_of(product) {
             want.push(storage::child_key(store, &parent, uuid));
             if !products.contains_key(&parent) {
                 want.push(storage::orphan_key(store, uuid));
@@ -127,7 +127,7 @@ pub fn catalog(kv: &MemKv, keys: &[String], store: &str) -> Result<Vec<String>, 
         if range.count != inside as u64 {
             return Err(format!("catalog of {store}: range {index} counts {} of {inside} items", range.count));
         }
-        if range.count > crate::catalog::SPLIT_ABOVE {
+        if range.count > crate::domain::catalog::SPLIT_ABOVE {
             return Err(format!("catalog of {store}: range {index} holds {} items, past the split", range.count));
         }
     }

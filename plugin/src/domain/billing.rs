@@ -13,18 +13,11 @@
 //! we do not know yet, or whose account is disabled or gone, are kept.
 
 use crate::errors::ApiError;
-use crate::http::{Request, Response};
 use crate::input::{self, Fields, Object};
-use crate::router::Params;
 use crate::storage::{self, Issue, StorageError, Txn};
-use crate::{Ctx, auth, time};
+use crate::{Ctx, time};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-
-/// Default time a subscription may stay unpaid (`PENDING`) and still be used.
-pub const DEFAULT_PENDING_GRACE_SECS: u64 = 3 * 86_400;
-/// Default longest wait for a missing event: just over Evotor's three days of retries.
-pub const DEFAULT_GAP_TIMEOUT_SECS: u64 = 3 * 86_400 + 3600;
 
 /// A subscription's life-cycle state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -355,19 +348,9 @@ struct StoredEvent {
 }
 
 /// Where the request came from: the Evotor cloud, or a user's token.
-enum Caller {
+pub(crate) enum Caller {
     Server,
     User(String),
-}
-
-/// The server credential, or any user token we issued: events are taken
-/// whatever the state of the account (disabled, lapsed, expired token), as
-/// the one that revives it must get through.
-fn caller(ctx: &Ctx<'_>, request: &Request) -> Result<Caller, ApiError> {
-    if auth::is_server(ctx, request) {
-        return Ok(Caller::Server);
-    }
-    auth::token_owner(ctx, request).map(Caller::User)
 }
 
 /// Result of storing one subscription event.
@@ -504,41 +487,6 @@ fn has_waiting(txn: &Txn<'_>, state: &Subscription) -> Result<bool, ApiError> {
     Ok(!txn.scan_keys(&prefix, Some(&after), 1)?.is_empty())
 }
 
-/// `POST /api/v1/subscription/event` (server authorization or the user's token).
-pub fn subscription_event(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Result<Response, ApiError> {
-    let caller = caller(ctx, request)?;
-    let settings = crate::accounts::settings(ctx)?;
-    let body = input::object(&request.body)?;
-    let event = parse_event(&body, time::millis(ctx.clock.now_unix()))?;
-    if let Caller::User(user_id) = &caller
-        && *user_id != event.user_id
-    {
-        // A user's token speaks for that user only.
-        return Err(ApiError::incorrect("userId", event.user_id.as_str()));
-    }
-    record_event(ctx, &event, &body, settings.gap_timeout_secs)?;
-    Ok(Response::empty(200))
-}
-
-/// `POST /partner/v1/users/{userId}/subscriptions/{subscriptionId}/resolve-gap`:
-/// applies the events waiting behind a gap now; answers the state.
-pub fn resolve_gap(ctx: &Ctx<'_>, request: &Request, params: &Params) -> Result<Response, ApiError> {
-    crate::partner_api::require_partner(ctx, request)?;
-    let user_id = params.get("userId").unwrap_or_default();
-    let subscription_id = params.get("subscriptionId").unwrap_or_default().to_ascii_lowercase();
-    let now = ctx.clock.now_unix();
-    let state = storage::transact(ctx.kv, |txn| -> Result<Subscription, ApiError> {
-        let key = storage::subscription_key(&subscription_id);
-        let mut state =
-            txn.get::<Subscription>(&key)?.filter(|state| state.user_id == user_id).ok_or_else(ApiError::not_found)?;
-        if skip_gaps(txn, &mut state, now, time::millis(now), "resolved by the partner")? || state.gap_since.is_some() {
-            txn.put(&key, &state);
-        }
-        Ok(state)
-    })?;
-    Ok(Response::json(200, &json!({ "state": state })))
-}
-
 /// The app's installation state for a user, by the latest event time.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -551,99 +499,6 @@ pub struct Installation {
     pub at: i64,
     /// That event's id.
     pub event_id: String,
-}
-
-/// `POST /api/v2/installation/event` (server authorization or the user's
-/// token): `ApplicationInstalled` / `ApplicationUninstalled`, once per `id`.
-/// Refused only without an `id` or a user (`data.userId`).
-pub fn installation_event(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Result<Response, ApiError> {
-    let caller = caller(ctx, request)?;
-    let body = input::object(&request.body)?;
-    let fields = Fields::of(&body);
-    let now = ctx.clock.now_unix();
-    let id = match fields.get("id") {
-        None => return Err(ApiError::missing("id")),
-        Some(Value::String(id)) if !id.is_empty() && id.len() <= 256 => id.clone(),
-        Some(Value::Number(id)) => id.to_string(),
-        Some(other) => return Err(ApiError::incorrect("id", other.clone())),
-    };
-    let data = fields.get("data").and_then(Value::as_object);
-    let named = data.and_then(|data| Fields::of(data).get("userId")).or_else(|| fields.get("userId"));
-    let user_id = match (named, &caller) {
-        // A user token names the user when the event does not.
-        (None, Caller::User(user)) => user.clone(),
-        (None, Caller::Server) => return Err(ApiError::missing("data.userId")),
-        (Some(value), _) => input::id_text(value).ok_or_else(|| ApiError::incorrect("data.userId", value.clone()))?,
-    };
-    if let Caller::User(caller) = &caller
-        && *caller != user_id
-    {
-        return Err(ApiError::incorrect("data.userId", user_id));
-    }
-    let mut problems = Vec::new();
-    let found = fields.get("timestamp").map(|value| ("timestamp", value));
-    let at = time::or_arrival(found, "timestamp", time::millis(now), &mut problems);
-    let kind = fields.get("type").and_then(Value::as_str).unwrap_or_default().to_owned();
-    let installed = match kind.as_str() {
-        "ApplicationInstalled" => Some(true),
-        "ApplicationUninstalled" => Some(false),
-        other => {
-            problems.push(format!("unknown installation event type {other:?}: kept"));
-            None
-        }
-    };
-    if data.and_then(|data| Fields::of(data).get("productId")).is_none() {
-        problems.push("no data.productId".into());
-    }
-    let event_key = storage::installation_event_key(&storage::sha256_hex(id.as_bytes()));
-    storage::transact(ctx.kv, |txn| -> Result<(), ApiError> {
-        if txn.get::<StoredEvent>(&event_key)?.is_some() {
-            return Ok(());
-        }
-        txn.put(&event_key, &StoredEvent { v: storage::FORMAT, received_at: now, event: Value::Object(body.clone()) });
-        txn.emit("installation.event", now, Some(&user_id), json!({ "id": id, "type": kind }));
-        for problem in &problems {
-            txn.issue(now, Issue::new(Some(&user_id), "installation-event", &id, problem.as_str()));
-        }
-        if let Some(installed) = installed {
-            let key = storage::installation_key(&user_id);
-            let current = txn.get::<Installation>(&key)?;
-            if current.as_ref().is_none_or(|current| at > current.at) {
-                txn.put(&key, &Installation { v: storage::FORMAT, installed, at, event_id: id.clone() });
-            }
-        }
-        Ok(())
-    })?;
-    Ok(Response::empty(200))
-}
-
-/// `POST /api/v1/user/event` (legacy billing events; the server credential
-/// or a user token): each distinct event is recorded once.
-pub fn legacy_event(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Result<Response, ApiError> {
-    let caller = caller(ctx, request)?;
-    let body = input::object(&request.body)?;
-    let key = storage::legacy_event_key(&storage::sha256_hex(&request.body));
-    let now = ctx.clock.now_unix();
-    let named = ["userUuid", "userId"].iter().find_map(|field| body.get(*field).and_then(Value::as_str));
-    let user = match &caller {
-        Caller::User(user) => Some(user.as_str()),
-        Caller::Server => named.filter(|id| input::is_user_id(id)),
-    };
-    storage::transact(ctx.kv, |txn| -> Result<(), ApiError> {
-        if txn.get::<StoredEvent>(&key)?.is_none() {
-            txn.put(&key, &StoredEvent { v: storage::FORMAT, received_at: now, event: Value::Object(body.clone()) });
-            txn.emit("legacy-event.received", now, user, json!({ "type": body.get("type") }));
-            if let (Caller::User(caller), Some(named)) = (&caller, named)
-                && caller != named
-            {
-                let issue =
-                    Issue::new(Some(caller), "legacy-event", &key[key.len() - 16..], format!("names user {named}"));
-                txn.issue(now, issue);
-            }
-        }
-        Ok(())
-    })?;
-    Ok(Response::empty(200))
 }
 
 /// What a user may use now, and why not.
@@ -725,6 +580,107 @@ fn partner_bills(ctx: &Ctx<'_>, user_id: &str) -> Result<bool, ApiError> {
     };
     let Some(account_id) = user.account_id else { return Ok(false) };
     Ok(storage::read::<storage::Account>(ctx.kv, &storage::account_key(&account_id))?.is_some_and(|a| a.has_billing))
+}
+
+/// Applies the events of subscription `subscription_id` of user `user_id`
+/// waiting behind a gap now (the partner resolved it); its state after.
+pub(crate) fn resolve_gap_now(ctx: &Ctx<'_>, user_id: &str, subscription_id: &str) -> Result<Subscription, ApiError> {
+    let now = ctx.clock.now_unix();
+    storage::transact(ctx.kv, |txn| -> Result<Subscription, ApiError> {
+        let key = storage::subscription_key(subscription_id);
+        let mut state =
+            txn.get::<Subscription>(&key)?.filter(|state| state.user_id == user_id).ok_or_else(ApiError::not_found)?;
+        if skip_gaps(txn, &mut state, now, time::millis(now), "resolved by the partner")? || state.gap_since.is_some() {
+            txn.put(&key, &state);
+        }
+        Ok(state)
+    })
+}
+
+/// Records an installation event (`ApplicationInstalled` /
+/// `ApplicationUninstalled`) once per `id`, the installation state when it
+/// is newer. Refused only without an `id` or a user (`data.userId`).
+pub(crate) fn record_installation_event(ctx: &Ctx<'_>, caller: &Caller, body: Object) -> Result<(), ApiError> {
+    let fields = Fields::of(&body);
+    let now = ctx.clock.now_unix();
+    let id = match fields.get("id") {
+        None => return Err(ApiError::missing("id")),
+        Some(Value::String(id)) if !id.is_empty() && id.len() <= 256 => id.clone(),
+        Some(Value::Number(id)) => id.to_string(),
+        Some(other) => return Err(ApiError::incorrect("id", other.clone())),
+    };
+    let data = fields.get("data").and_then(Value::as_object);
+    let named = data.and_then(|data| Fields::of(data).get("userId")).or_else(|| fields.get("userId"));
+    let user_id = match (named, caller) {
+        // A user token names the user when the event does not.
+        (None, Caller::User(user)) => user.clone(),
+        (None, Caller::Server) => return Err(ApiError::missing("data.userId")),
+        (Some(value), _) => input::id_text(value).ok_or_else(|| ApiError::incorrect("data.userId", value.clone()))?,
+    };
+    if let Caller::User(caller) = caller
+        && *caller != user_id
+    {
+        return Err(ApiError::incorrect("data.userId", user_id));
+    }
+    let mut problems = Vec::new();
+    let found = fields.get("timestamp").map(|value| ("timestamp", value));
+    let at = time::or_arrival(found, "timestamp", time::millis(now), &mut problems);
+    let kind = fields.get("type").and_then(Value::as_str).unwrap_or_default().to_owned();
+    let installed = match kind.as_str() {
+        "ApplicationInstalled" => Some(true),
+        "ApplicationUninstalled" => Some(false),
+        other => {
+            problems.push(format!("unknown installation event type {other:?}: kept"));
+            None
+        }
+    };
+    if data.and_then(|data| Fields::of(data).get("productId")).is_none() {
+        problems.push("no data.productId".into());
+    }
+    let event_key = storage::installation_event_key(&storage::sha256_hex(id.as_bytes()));
+    storage::transact(ctx.kv, |txn| -> Result<(), ApiError> {
+        if txn.get::<StoredEvent>(&event_key)?.is_some() {
+            return Ok(());
+        }
+        txn.put(&event_key, &StoredEvent { v: storage::FORMAT, received_at: now, event: Value::Object(body.clone()) });
+        txn.emit("installation.event", now, Some(&user_id), json!({ "id": id, "type": kind }));
+        for problem in &problems {
+            txn.issue(now, Issue::new(Some(&user_id), "installation-event", &id, problem.as_str()));
+        }
+        if let Some(installed) = installed {
+            let key = storage::installation_key(&user_id);
+            let current = txn.get::<Installation>(&key)?;
+            if current.as_ref().is_none_or(|current| at > current.at) {
+                txn.put(&key, &Installation { v: storage::FORMAT, installed, at, event_id: id.clone() });
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Records a legacy billing event (`raw`, its body `body`) once.
+pub(crate) fn record_legacy_event(ctx: &Ctx<'_>, caller: &Caller, body: Object, raw: &[u8]) -> Result<(), ApiError> {
+    let key = storage::legacy_event_key(&storage::sha256_hex(raw));
+    let now = ctx.clock.now_unix();
+    let named = ["userUuid", "userId"].iter().find_map(|field| body.get(*field).and_then(Value::as_str));
+    let user = match caller {
+        Caller::User(user) => Some(user.as_str()),
+        Caller::Server => named.filter(|id| input::is_user_id(id)),
+    };
+    storage::transact(ctx.kv, |txn| -> Result<(), ApiError> {
+        if txn.get::<StoredEvent>(&key)?.is_none() {
+            txn.put(&key, &StoredEvent { v: storage::FORMAT, received_at: now, event: Value::Object(body.clone()) });
+            txn.emit("legacy-event.received", now, user, json!({ "type": body.get("type") }));
+            if let (Caller::User(caller), Some(named)) = (caller, named)
+                && caller != named
+            {
+                let issue =
+                    Issue::new(Some(caller), "legacy-event", &key[key.len() - 16..], format!("names user {named}"));
+                txn.issue(now, issue);
+            }
+        }
+        Ok(())
+    })
 }
 
 #[cfg(test)]

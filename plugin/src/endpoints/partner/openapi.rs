@@ -2,11 +2,11 @@
 //! partner endpoints the router serves, and every documented success
 //! answer matches what a real call returns.
 
-use crate::accounts::tests::World;
+use crate::domain::accounts::tests::World;
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 
-const SPEC: &str = include_str!("../../../openapi/partner-api.json");
+const SPEC: &str = include_str!("../../../../openapi/partner-api.json");
 const USER: &str = "01-000000000000001";
 const STORE: &str = "20170228-f4f1-401b-80fa-9ecca8451ffb";
 const DEVICE: &str = "5a188de4-49b8-4cb4-800e-eb6b5202437e";
@@ -90,7 +90,7 @@ fn the_description_lists_exactly_the_partner_endpoints_served() {
                 .map(move |method| (path.clone(), method.to_uppercase()))
         })
         .collect();
-    let served: BTreeSet<(String, String)> = crate::router::endpoints()
+    let served: BTreeSet<(String, String)> = crate::endpoints::endpoints()
         .filter(|(pattern, _)| pattern.starts_with("/partner/"))
         .map(|(pattern, method)| (pattern.to_owned(), method.to_owned()))
         .collect();
@@ -125,7 +125,7 @@ fn populated() -> (World, String) {
         Some(json!([orphan])),
     );
     assert_eq!(posted.status, 200);
-    let sell = crate::documents::tests::relaxed_json(include_str!("../../testdata/pos-docs/02-SELL.json"));
+    let sell = crate::domain::documents::tests::relaxed_json(include_str!("../../../testdata/pos-docs/02-SELL.json"));
     user_call(&format!("/api/v1/inventories/stores/{STORE}/documents"), json!([sell]));
     let receipt = json!({"id": "evt-1", "timestamp": 1, "userId": USER, "type": "ReceiptCreated", "version": 2,
         "data": {"id": "r", "deviceId": DEVICE, "storeId": STORE, "dateTime": "2026-01-02T10:00:00.000+0000", "items": []}});

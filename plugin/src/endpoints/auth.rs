@@ -1,9 +1,10 @@
 //! Who may call: the Evotor cloud's server credential.
 
 use crate::config::Settings;
+use crate::domain::tokens;
 use crate::errors::ApiError;
 use crate::http::Request;
-use crate::{Ctx, storage, tokens};
+use crate::{Ctx, storage};
 use base64::Engine as _;
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
@@ -64,7 +65,7 @@ fn presented(request: &Request) -> Option<Presented> {
 pub fn require_server(ctx: &Ctx<'_>, request: &Request) -> Result<(), ApiError> {
     let (bearer, basic) = server_credentials(ctx);
     if bearer.is_none() && basic.is_none() {
-        log_once_a_day(
+        storage::log_once_a_day(
             ctx,
             "no-server-credential",
             &format!(
@@ -96,7 +97,7 @@ fn server_credentials(ctx: &Ctx<'_>) -> (Option<String>, Option<Vec<Vec<u8>>>) {
         };
         match decode_base64(encoded) {
             Some(pair) => basic.push(pair),
-            None => log_once_a_day(
+            None => storage::log_once_a_day(
                 ctx,
                 "bad-basic-credential",
                 &format!("{SERVER_BASIC_CREDENTIAL} is not `Basic <base64>`: ignoring it"),
@@ -116,34 +117,6 @@ fn presents(request: &Request, bearer: Option<String>, basic: Option<Vec<Vec<u8>
         }
         None => false,
     }
-}
-
-/// Logs `message` unless the same `topic` was logged earlier the same UTC
-/// day: each request runs in a fresh instance, so "once" is kept in the store.
-fn log_once_a_day(ctx: &Ctx<'_>, topic: &str, message: &str) {
-    log_once_in(ctx, topic, ctx.clock.now_unix() / 86_400 + 1, message);
-}
-
-/// Logs `message` the first time `topic` comes up, ever: each request is a
-/// fresh instance, so the memory of it is kept in the store.
-pub(crate) fn log_once(ctx: &Ctx<'_>, topic: &str, message: &str) {
-    log_once_in(ctx, topic, 0, message);
-}
-
-/// Logs `message` unless `topic` was already logged in `period`.
-fn log_once_in(ctx: &Ctx<'_>, topic: &str, period: u64, message: &str) {
-    let key = storage::meta_key(&format!("logged/{topic}"));
-    let logged: Result<Option<u64>, _> = storage::read(ctx.kv, &key);
-    if matches!(logged, Ok(Some(logged)) if logged == period) {
-        return;
-    }
-    eprintln!("{message}");
-    // Losing this write only means logging again; the request's answer does not depend on it.
-    let _ = storage::transact(ctx.kv, |txn| -> Result<(), storage::StorageError> {
-        let _: Option<u64> = txn.get(&key)?;
-        txn.put(&key, &period);
-        Ok(())
-    });
 }
 
 /// Whether the request carries a configured server credential (no log, no error).
@@ -239,7 +212,7 @@ pub fn require_user(ctx: &Ctx<'_>, request: &Request, settings: &Settings) -> Re
         return Err(ApiError::payment_required(&user.user_id));
     }
     if settings.billing_enforced && !user.has_billing {
-        let entitlement = crate::billing::entitlement(ctx, &user.user_id, settings)?;
+        let entitlement = crate::domain::billing::entitlement(ctx, &user.user_id, settings)?;
         if !entitlement.usable {
             return Err(ApiError::payment_required(&user.user_id));
         }

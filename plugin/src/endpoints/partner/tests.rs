@@ -1,5 +1,5 @@
 use super::*;
-use crate::accounts::tests::World;
+use crate::domain::accounts::tests::World;
 
 const USER: &str = "01-000000000000001";
 

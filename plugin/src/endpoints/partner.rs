@@ -13,13 +13,15 @@
 //! | `GET /partner/v1/users?after=&limit=` | Evotor users in id order |
 //! | `GET /partner/v1/users/{userId}` | a user: linked account, Evotor cloud token, tariff, token status |
 
-use crate::accounts::{credential, new_account_id, settings};
+use crate::Ctx;
+use crate::domain::accounts::{credential, new_account_id, settings};
+use crate::domain::passwords;
+use crate::domain::tokens;
+use crate::endpoints::auth;
 use crate::errors::ApiError;
 use crate::http::{Request, Response};
 use crate::input::{self, Fields, Object};
-use crate::router::Params;
 use crate::storage::{self, Account, LoginIndex, StorageError, UserRecord};
-use crate::{Ctx, auth, passwords, tokens};
 use serde_json::{Value, json};
 
 /// Config key of the partner API's bearer token.
@@ -74,8 +76,7 @@ pub(crate) fn paging(request: &Request) -> Result<(Option<&str>, u32), ApiError>
 }
 
 /// The `{storeUuid}` of a partner path, lower case; not a uuid → 400 2003.
-pub(crate) fn store_param(params: &Params) -> Result<String, ApiError> {
-    let store = params.get("storeUuid").unwrap_or_default();
+pub(crate) fn store_param(store: &str) -> Result<String, ApiError> {
     if crate::input::is_uuid(store) {
         Ok(store.to_ascii_lowercase())
     } else {
@@ -102,8 +103,7 @@ fn valid_account_id(id: &str) -> bool {
     id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-fn load_account(ctx: &Ctx<'_>, params: &Params) -> Result<Account, ApiError> {
-    let id = params.get("accountId").unwrap_or_default();
+fn load_account(ctx: &Ctx<'_>, id: &str) -> Result<Account, ApiError> {
     if !valid_account_id(id) {
         return Err(ApiError::not_found());
     }
@@ -130,7 +130,7 @@ fn hash_password(password: &str, ctx: &Ctx<'_>) -> Result<String, ApiError> {
 }
 
 /// `POST /partner/v1/accounts`.
-pub fn create_account(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Result<Response, ApiError> {
+pub fn create_account(ctx: &Ctx<'_>, request: &Request) -> Result<Response, ApiError> {
     require_partner(ctx, request)?;
     let body = input::object(&request.body)?;
     let given = Fields::of(&body);
@@ -140,7 +140,7 @@ pub fn create_account(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Result<Re
         Some(value) => Some(hash_password(credential(value, "password")?, ctx)?),
     };
     let fields = given.optional_object("fields")?.cloned().unwrap_or_default();
-    if fields.len() > crate::accounts::MAX_FIELDS {
+    if fields.len() > crate::domain::accounts::MAX_FIELDS {
         return Err(ApiError::incorrect("fields", format!("{} fields", fields.len())));
     }
     let now = ctx.clock.now_unix();
@@ -175,7 +175,7 @@ pub fn create_account(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Result<Re
 }
 
 /// `GET /partner/v1/accounts`.
-pub fn list_accounts(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Result<Response, ApiError> {
+pub fn list_accounts(ctx: &Ctx<'_>, request: &Request) -> Result<Response, ApiError> {
     require_partner(ctx, request)?;
     let (after, limit) = paging(request)?;
     let (accounts, next) = storage::page::<Account>(ctx.kv, storage::ACCOUNTS_PREFIX, after, limit)?;
@@ -184,15 +184,15 @@ pub fn list_accounts(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Result<Res
 }
 
 /// `GET /partner/v1/accounts/{accountId}`.
-pub fn get_account(ctx: &Ctx<'_>, request: &Request, params: &Params) -> Result<Response, ApiError> {
+pub fn get_account(ctx: &Ctx<'_>, request: &Request, account_id: &str) -> Result<Response, ApiError> {
     require_partner(ctx, request)?;
-    Ok(Response::json(200, &account_view(&load_account(ctx, params)?)))
+    Ok(Response::json(200, &account_view(&load_account(ctx, account_id)?)))
 }
 
 /// `PATCH /partner/v1/accounts/{accountId}`.
-pub fn update_account(ctx: &Ctx<'_>, request: &Request, params: &Params) -> Result<Response, ApiError> {
+pub fn update_account(ctx: &Ctx<'_>, request: &Request, account_id: &str) -> Result<Response, ApiError> {
     require_partner(ctx, request)?;
-    let id = load_account(ctx, params)?.id;
+    let id = load_account(ctx, account_id)?.id;
     let body = input::object(&request.body)?;
     if let Some(field) =
         body.keys().find(|k| !["password", "hasBilling", "displayName", "disabled"].contains(&k.as_str()))
@@ -230,9 +230,9 @@ pub fn update_account(ctx: &Ctx<'_>, request: &Request, params: &Params) -> Resu
 }
 
 /// `DELETE /partner/v1/accounts/{accountId}`.
-pub fn delete_account(ctx: &Ctx<'_>, request: &Request, params: &Params) -> Result<Response, ApiError> {
+pub fn delete_account(ctx: &Ctx<'_>, request: &Request, account_id: &str) -> Result<Response, ApiError> {
     require_partner(ctx, request)?;
-    let id = load_account(ctx, params)?.id;
+    let id = load_account(ctx, account_id)?.id;
     storage::transact(ctx.kv, |txn| -> Result<(), ApiError> {
         let account = txn.get::<Account>(&storage::account_key(&id))?.ok_or_else(ApiError::not_found)?;
         if let Some(login) = &account.login {
@@ -291,9 +291,8 @@ fn user_view(ctx: &Ctx<'_>, user_id: &str, user: Option<&UserRecord>) -> Result<
 }
 
 /// `GET /partner/v1/users/{userId}`: what the service knows about a user.
-pub fn get_user(ctx: &Ctx<'_>, request: &Request, params: &Params) -> Result<Response, ApiError> {
+pub fn get_user(ctx: &Ctx<'_>, request: &Request, user_id: &str) -> Result<Response, ApiError> {
     require_partner(ctx, request)?;
-    let user_id = params.get("userId").unwrap_or_default();
     if !input::is_user_id(user_id) {
         return Err(ApiError::incorrect("userId", user_id));
     }
@@ -305,18 +304,17 @@ pub fn get_user(ctx: &Ctx<'_>, request: &Request, params: &Params) -> Result<Res
     Ok(Response::json(200, &user_view(ctx, user_id, user.as_ref())?))
 }
 
-fn user_param(params: &Params) -> Result<&str, ApiError> {
-    let user_id = params.get("userId").unwrap_or_default();
+fn user_param(user_id: &str) -> Result<&str, ApiError> {
     if input::is_user_id(user_id) { Ok(user_id) } else { Err(ApiError::incorrect("userId", user_id)) }
 }
 
 /// `GET /partner/v1/users/{userId}/subscriptions`: each subscription's state and events.
-pub fn user_subscriptions(ctx: &Ctx<'_>, request: &Request, params: &Params) -> Result<Response, ApiError> {
+pub fn user_subscriptions(ctx: &Ctx<'_>, request: &Request, user_id: &str) -> Result<Response, ApiError> {
     require_partner(ctx, request)?;
-    let user_id = user_param(params)?;
+    let user_id = user_param(user_id)?;
     let mut items = Vec::new();
     let settings = settings(ctx)?;
-    for subscription in crate::billing::subscriptions(ctx, user_id, settings.gap_timeout_secs)? {
+    for subscription in crate::domain::billing::subscriptions(ctx, user_id, settings.gap_timeout_secs)? {
         let prefix = storage::subscription_events_prefix(&subscription.subscription_id);
         let events = storage::scan_all(ctx.kv, &prefix)?
             .into_iter()
@@ -328,11 +326,11 @@ pub fn user_subscriptions(ctx: &Ctx<'_>, request: &Request, params: &Params) -> 
 }
 
 /// `GET /partner/v1/users/{userId}/entitlement`: usable?, licensed devices, why not.
-pub fn user_entitlement(ctx: &Ctx<'_>, request: &Request, params: &Params) -> Result<Response, ApiError> {
+pub fn user_entitlement(ctx: &Ctx<'_>, request: &Request, user_id: &str) -> Result<Response, ApiError> {
     require_partner(ctx, request)?;
-    let user_id = user_param(params)?;
+    let user_id = user_param(user_id)?;
     let settings = settings(ctx)?;
-    let entitlement = crate::billing::entitlement(ctx, user_id, &settings)?;
+    let entitlement = crate::domain::billing::entitlement(ctx, user_id, &settings)?;
     Ok(Response::json(
         200,
         &json!({ "userId": user_id, "enforced": settings.billing_enforced, "entitlement": entitlement }),
@@ -340,7 +338,7 @@ pub fn user_entitlement(ctx: &Ctx<'_>, request: &Request, params: &Params) -> Re
 }
 
 /// `GET /partner/v1/users`.
-pub fn list_users(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Result<Response, ApiError> {
+pub fn list_users(ctx: &Ctx<'_>, request: &Request) -> Result<Response, ApiError> {
     require_partner(ctx, request)?;
     let (after, limit) = paging(request)?;
     let (users, next) = storage::page::<UserRecord>(ctx.kv, storage::USERS_PREFIX, after, limit)?;
@@ -349,9 +347,9 @@ pub fn list_users(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Result<Respon
 }
 
 /// `GET /partner/v1/users/{userId}/{stores,employees,devices}`: what Evotor mirrored for a user.
-pub fn user_entities(ctx: &Ctx<'_>, request: &Request, params: &Params) -> Result<Response, ApiError> {
+pub fn user_entities(ctx: &Ctx<'_>, request: &Request, user_id: &str) -> Result<Response, ApiError> {
     require_partner(ctx, request)?;
-    let user_id = user_param(params)?;
+    let user_id = user_param(user_id)?;
     let kind = match request.path.trim_end_matches('/').rsplit('/').next() {
         Some("stores") => "store",
         Some("employees") => "employee",
@@ -372,7 +370,7 @@ pub fn user_entities(ctx: &Ctx<'_>, request: &Request, params: &Params) -> Resul
 
 /// `GET /partner/v1/data-issues?after=&limit=`: what was accepted although
 /// it looked wrong, one item per distinct issue with how often it was seen.
-pub fn data_issues(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Result<Response, ApiError> {
+pub fn data_issues(ctx: &Ctx<'_>, request: &Request) -> Result<Response, ApiError> {
     require_partner(ctx, request)?;
     let (after, limit) = paging(request)?;
     let (issues, next) = storage::page::<storage::IssueRecord>(ctx.kv, storage::ISSUES_PREFIX, after, limit)?;
@@ -392,7 +390,7 @@ pub fn data_issues(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Result<Respo
 /// `GET /partner/v1/feed?after=&limit=`: every accepted change in commit
 /// order. `next` is where to resume: the last entry's cursor, or `after`
 /// again when nothing new has happened.
-pub fn feed(ctx: &Ctx<'_>, request: &Request, _: &Params) -> Result<Response, ApiError> {
+pub fn feed(ctx: &Ctx<'_>, request: &Request) -> Result<Response, ApiError> {
     require_partner(ctx, request)?;
     let (after, limit) = paging(request)?;
     // A cursor is a commit stamp: 20 digits, `.`, 6 digits.

@@ -1,5 +1,6 @@
 use super::*;
-use crate::accounts::tests::World;
+use crate::domain::accounts::tests::World;
+use crate::http::{Request, Response};
 
 const ALICE: &str = "01-000000000000001";
 const BOB: &str = "02-000000000000002";
@@ -9,29 +10,29 @@ const DEVICE: &str = "5a188de4-49b8-4cb4-800e-eb6b5202437e";
 
 /// The real terminal documents, as files with `//` comments and trailing commas.
 const POS_DOCS: &[(&str, &str)] = &[
-    ("01-ACCEPT", include_str!("../../testdata/pos-docs/01-ACCEPT.json")),
-    ("02-SELL", include_str!("../../testdata/pos-docs/02-SELL.json")),
-    ("03-PAYBACK", include_str!("../../testdata/pos-docs/03-PAYBACK.json")),
-    ("04-CASH_INCOME", include_str!("../../testdata/pos-docs/04-CASH_INCOME.json")),
-    ("05-CASH_OUTCOME", include_str!("../../testdata/pos-docs/05-CASH_OUTCOME.json")),
-    ("06-CLOSE_SESSION", include_str!("../../testdata/pos-docs/06-CLOSE_SESSION.json")),
-    ("07-OPEN_SESSION", include_str!("../../testdata/pos-docs/07-OPEN_SESSION.json")),
-    ("08-INVENTORY", include_str!("../../testdata/pos-docs/08-INVENTORY.json")),
-    ("09-WRITE_OFF", include_str!("../../testdata/pos-docs/09-WRITE_OFF.json")),
-    ("10-RETURN", include_str!("../../testdata/pos-docs/10-RETURN.json")),
-    ("11-REVALUATION", include_str!("../../testdata/pos-docs/11-REVALUATION.json")),
-    ("12-FPRINT_X_REPORT", include_str!("../../testdata/pos-docs/12-FPRINT_X_REPORT.json")),
-    ("13-FPRINT-Z-REPORT", include_str!("../../testdata/pos-docs/13-FPRINT-Z-REPORT.json")),
-    ("14-BUY", include_str!("../../testdata/pos-docs/14-BUY.json")),
-    ("15-BUYBACK", include_str!("../../testdata/pos-docs/15-BUYBACK.json")),
-    ("16-OPEN_TARE", include_str!("../../testdata/pos-docs/16-OPEN_TARE.json")),
+    ("01-ACCEPT", include_str!("../../../testdata/pos-docs/01-ACCEPT.json")),
+    ("02-SELL", include_str!("../../../testdata/pos-docs/02-SELL.json")),
+    ("03-PAYBACK", include_str!("../../../testdata/pos-docs/03-PAYBACK.json")),
+    ("04-CASH_INCOME", include_str!("../../../testdata/pos-docs/04-CASH_INCOME.json")),
+    ("05-CASH_OUTCOME", include_str!("../../../testdata/pos-docs/05-CASH_OUTCOME.json")),
+    ("06-CLOSE_SESSION", include_str!("../../../testdata/pos-docs/06-CLOSE_SESSION.json")),
+    ("07-OPEN_SESSION", include_str!("../../../testdata/pos-docs/07-OPEN_SESSION.json")),
+    ("08-INVENTORY", include_str!("../../../testdata/pos-docs/08-INVENTORY.json")),
+    ("09-WRITE_OFF", include_str!("../../../testdata/pos-docs/09-WRITE_OFF.json")),
+    ("10-RETURN", include_str!("../../../testdata/pos-docs/10-RETURN.json")),
+    ("11-REVALUATION", include_str!("../../../testdata/pos-docs/11-REVALUATION.json")),
+    ("12-FPRINT_X_REPORT", include_str!("../../../testdata/pos-docs/12-FPRINT_X_REPORT.json")),
+    ("13-FPRINT-Z-REPORT", include_str!("../../../testdata/pos-docs/13-FPRINT-Z-REPORT.json")),
+    ("14-BUY", include_str!("../../../testdata/pos-docs/14-BUY.json")),
+    ("15-BUYBACK", include_str!("../../../testdata/pos-docs/15-BUYBACK.json")),
+    ("16-OPEN_TARE", include_str!("../../../testdata/pos-docs/16-OPEN_TARE.json")),
 ];
 
 /// Documents in the V2 format, as the developer console's hooks send them.
 const V2_DOCS: &[(&str, &str)] = &[
-    ("01-SELL", include_str!("../../testdata/v2-docs/01-SELL.json")),
-    ("02-PAYBACK", include_str!("../../testdata/v2-docs/02-PAYBACK.json")),
-    ("03-ACCEPT", include_str!("../../testdata/v2-docs/03-ACCEPT.json")),
+    ("01-SELL", include_str!("../../../testdata/v2-docs/01-SELL.json")),
+    ("02-PAYBACK", include_str!("../../../testdata/v2-docs/02-PAYBACK.json")),
+    ("03-ACCEPT", include_str!("../../../testdata/v2-docs/03-ACCEPT.json")),
 ];
 
 /// Strips `//` comments and trailing commas outside strings.

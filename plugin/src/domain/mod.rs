@@ -1,0 +1,17 @@
+//! The rules of the service, over [`crate::storage`]: accounts and their
+//! tokens and passwords, billing (subscriptions, installations,
+//! entitlement), the inventory mirrors (stores, employees, terminals), the
+//! product catalog, documents and receipts.
+//!
+//! May import `storage` and the base modules (`kv`, `input`, `errors`,
+//! `time`, `clock`, `config`, `http`, `context`); never `endpoints`. Within
+//! the layer, modules import only those listed before them.
+
+pub mod accounts;
+pub mod audit;
+pub mod billing;
+pub mod catalog;
+pub mod documents;
+pub mod inventory;
+pub mod passwords;
+pub mod tokens;

@@ -1,0 +1,146 @@
+//! Terminal documents and receipts: Evotor's deliveries and the partner's reading API.
+
+use crate::Ctx;
+use crate::domain::accounts::settings;
+use crate::domain::documents::{
+    DocumentRecord, MAX_BATCH, ReceiptRecord, document_view, ingest_documents, ingest_receipts, is_type_name, key_id,
+    receipt_view,
+};
+use crate::endpoints::auth;
+use crate::endpoints::partner::{paging, query, require_partner, store_param};
+use crate::errors::ApiError;
+use crate::http::{Request, Response};
+use crate::input::{self};
+use crate::storage::{self, StorageError};
+use serde_json::json;
+
+/// The `{storeUuid}` of an Evotor path, lower case; not an id → 404.
+fn path_store(store: &str) -> Result<String, ApiError> {
+    input::id_str(store).map(|store| store.to_ascii_lowercase()).ok_or_else(ApiError::not_found)
+}
+
+/// `PUT /api/v1/inventories/stores/{storeUuid}/documents`: one document or an array.
+pub fn put_documents(ctx: &Ctx<'_>, request: &Request, store: &str) -> Result<Response, ApiError> {
+    let settings = settings(ctx)?;
+    let user_id = auth::require_user(ctx, request, &settings)?;
+    let store = path_store(store)?;
+    ingest_documents(ctx, &settings, &user_id, &request.body, Some(&store))
+}
+
+/// `PUT {documents_webhook_path}`: each document names its own store.
+pub fn put_documents_bare(ctx: &Ctx<'_>, request: &Request) -> Result<Response, ApiError> {
+    let settings = settings(ctx)?;
+    let user_id = auth::require_user(ctx, request, &settings)?;
+    ingest_documents(ctx, &settings, &user_id, &request.body, None)
+}
+
+/// `POST /api/v1/receipt`, `POST /api/v1/receipts`, `POST /api/v2/receipts`:
+/// one receipt event or an array of them.
+pub fn post_receipts(ctx: &Ctx<'_>, request: &Request) -> Result<Response, ApiError> {
+    let settings = settings(ctx)?;
+    let user_id = auth::require_user(ctx, request, &settings)?;
+    let (raws, array) = input::raw_items(&request.body, MAX_BATCH)?;
+    let (new, repeated) = ingest_receipts(ctx, &settings, &user_id, raws, array)?;
+    Ok(Response::json(200, &json!({ "accepted": new, "duplicates": repeated })))
+}
+
+/// A date bound of a listing: ISO 8601 or Unix milliseconds.
+fn bound(request: &Request, name: &str) -> Result<Option<i64>, ApiError> {
+    let Some(text) = query(request, name).filter(|text| !text.is_empty()) else { return Ok(None) };
+    let decoded = input::percent_decode(text).ok_or_else(|| ApiError::incorrect(name, text))?;
+    let millis = decoded.parse::<i64>().ok().or_else(|| crate::time::parse_datetime(&decoded));
+    millis.map(Some).ok_or_else(|| ApiError::incorrect(name, text))
+}
+
+/// Index entries under `prefix` (`{ms:013}.{id}`) within `[from, to)` after the cursor `after`.
+fn window(ctx: &Ctx<'_>, request: &Request, prefix: &str) -> Result<(Vec<String>, Option<String>), ApiError> {
+    let (after, limit) = paging(request)?;
+    let from = bound(request, "from")?;
+    let to = bound(request, "to")?;
+    let start = match (after, from) {
+        (Some(after), _) => Some(format!("{prefix}{after}")),
+        // `{ms:013}` sorts before every `{ms:013}.{id}`: the scan starts at `from` inclusive.
+        (None, Some(from)) => Some(format!("{prefix}{:013}", from.max(0))),
+        (None, None) => None,
+    };
+    let entries = storage::collect(ctx.kv, prefix, start, limit as usize)?;
+    let mut positions = Vec::new();
+    let mut ended = entries.len() < limit as usize;
+    for (key, _) in entries {
+        let position = key.strip_prefix(prefix).unwrap_or_default().to_owned();
+        let millis = position.split('.').next().and_then(|ms| ms.parse::<i64>().ok()).unwrap_or(0);
+        if to.is_some_and(|to| millis >= to) {
+            ended = true;
+            break;
+        }
+        positions.push(position);
+    }
+    let next = if ended { None } else { positions.last().cloned() };
+    Ok((positions, next))
+}
+
+/// `GET /partner/v1/stores/{storeUuid}/documents?type=&from=&to=&after=&limit=`.
+pub fn partner_list_documents(ctx: &Ctx<'_>, request: &Request, store: &str) -> Result<Response, ApiError> {
+    require_partner(ctx, request)?;
+    let store = store_param(store)?;
+    let prefix = match query(request, "type").filter(|kind| !kind.is_empty()) {
+        Some(kind) if is_type_name(kind) => storage::documents_by_type_prefix(&store, kind),
+        Some(kind) => return Err(ApiError::incorrect("type", kind)),
+        None => storage::documents_by_date_prefix(&store),
+    };
+    let (positions, next) = window(ctx, request, &prefix)?;
+    let mut items = Vec::with_capacity(positions.len());
+    for position in &positions {
+        let id = position.split_once('.').map(|(_, id)| id).unwrap_or_default();
+        let key = storage::document_key(&store, id);
+        let record = storage::read::<DocumentRecord>(ctx.kv, &key)?.ok_or(StorageError::Corrupt(key))?;
+        items.push(document_view(record));
+    }
+    Ok(Response::json(200, &json!({ "items": items, "next": next })))
+}
+
+/// `GET /partner/v1/stores/{storeUuid}/documents/{id}`.
+pub fn partner_get_document(ctx: &Ctx<'_>, request: &Request, store: &str, id: &str) -> Result<Response, ApiError> {
+    require_partner(ctx, request)?;
+    let store = store_param(store)?;
+    let id = input::percent_decode(id).and_then(|id| input::id_str(&id)).ok_or_else(ApiError::not_found)?;
+    let record = storage::read::<DocumentRecord>(ctx.kv, &storage::document_key(&store, &key_id(&id)))?;
+    Ok(Response::json(200, &document_view(record.ok_or_else(ApiError::not_found)?)))
+}
+
+/// `GET /partner/v1/stores/{storeUuid}/receipts?from=&to=&after=&limit=`.
+pub fn partner_list_receipts(ctx: &Ctx<'_>, request: &Request, store: &str) -> Result<Response, ApiError> {
+    require_partner(ctx, request)?;
+    let store = store_param(store)?;
+    let (positions, next) = window(ctx, request, &storage::receipts_by_date_prefix(&store))?;
+    let mut items = Vec::with_capacity(positions.len());
+    for position in &positions {
+        // `{ms}.{hash}.{userId}`, or `{ms}.{hash}` for receipts kept before they were per user.
+        let mut parts = position.split('.').skip(1);
+        let hash = parts.next().unwrap_or_default();
+        let key = match parts.next() {
+            Some(user_id) => storage::receipt_key(hash, user_id),
+            None => storage::receipt_key_by_hash(hash),
+        };
+        let record = storage::read::<ReceiptRecord>(ctx.kv, &key)?.ok_or(StorageError::Corrupt(key))?;
+        items.push(receipt_view(record));
+    }
+    Ok(Response::json(200, &json!({ "items": items, "next": next })))
+}
+
+/// `GET /partner/v1/receipts/{id}[?userId=]`: one receipt event by its id
+/// (the first user's when several users sent one with the same id).
+pub fn partner_get_receipt(ctx: &Ctx<'_>, request: &Request, id: &str) -> Result<Response, ApiError> {
+    require_partner(ctx, request)?;
+    let id = input::percent_decode(id).ok_or_else(ApiError::not_found)?;
+    let user = query(request, "userId").filter(|user| !user.is_empty());
+    let prefix = storage::receipt_key_by_hash(&storage::receipt_id_hash(&id));
+    // The id's own key (kept before receipts were per user), then `{key}/{userId}`.
+    for (key, entry) in storage::scan_all(ctx.kv, &prefix)? {
+        let record: ReceiptRecord = storage::decode(&key, &entry.value)?;
+        if record.id == id && user.is_none_or(|user| record.user_id == user) {
+            return Ok(Response::json(200, &receipt_view(record)));
+        }
+    }
+    Err(ApiError::not_found())
+}
