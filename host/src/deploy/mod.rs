@@ -435,4 +435,13 @@ mod tests {
             assert!(matches!(validate(garbage, 64), Err(DeployError::Invalid(_))));
         }
     }
+
+    #[tokio::test]
+    async fn a_failed_storage_task_is_reported_with_its_cause() {
+        let join = tokio::spawn(async { panic!("the disk caught fire") }).await.expect_err("the task panicked");
+        let DeployError::Storage(err) = storage_task_failed(join) else { panic!("not a storage error") };
+        assert_eq!(err.to_string(), "the storage task failed");
+        let cause = err.source().map(ToString::to_string).unwrap_or_default();
+        assert!(cause.contains("the disk caught fire"), "{cause}");
+    }
 }
