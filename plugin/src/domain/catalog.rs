@@ -25,7 +25,6 @@ pub mod validate;
 
 use crate::Ctx;
 use crate::errors::ApiError;
-use crate::http::Response;
 use crate::input;
 use crate::storage::{self, Issue, OwnerIndex, StorageError, Txn};
 use serde::de::IgnoredAny;
@@ -555,10 +554,6 @@ pub(crate) fn products_page(
     }
     body.push(b']');
     Ok((body, count, total))
-}
-
-pub(crate) fn json_bytes(status: u16, body: Vec<u8>) -> Response {
-    Response { status, headers: vec![("content-type".into(), "application/json; charset=utf-8".into())], body }
 }
 
 /// The product of one of user `user_id`'s stores with barcode `scan_code`

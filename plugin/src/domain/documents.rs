@@ -20,7 +20,6 @@
 use crate::Ctx;
 use crate::config::Settings;
 use crate::errors::ApiError;
-use crate::http::Response;
 use crate::input::{self, Fields, Object, is_uuid};
 use crate::storage::{self, Issue};
 use serde::{Deserialize, Serialize};
@@ -294,7 +293,7 @@ pub(crate) fn ingest_documents(
     user_id: &str,
     body: &[u8],
     path_store: Option<&str>,
-) -> Result<Response, ApiError> {
+) -> Result<(usize, usize), ApiError> {
     let now = ctx.clock.now_unix();
     let now_ms = crate::time::millis(now);
     let (raws, array) = input::raw_items(body, MAX_BATCH)?;
@@ -370,7 +369,7 @@ pub(crate) fn ingest_documents(
         }
         Ok((new, repeated))
     })?;
-    Ok(Response::json(200, &json!({ "accepted": new, "duplicates": repeated })))
+    Ok((new, repeated))
 }
 
 /// Whether two JSON texts hold the same value.

@@ -1,4 +1,5 @@
-//! Evotor account registration, login check, cloud token and tariff: `/api/v1/user/*`.
+//! Evotor account registration, login check, cloud token and tariff:
+//! `/api/v1/user/*`.
 
 use crate::Ctx;
 use crate::domain::accounts::{
@@ -8,7 +9,7 @@ use crate::endpoints::auth;
 use crate::errors::ApiError;
 use crate::http::{Request, Response};
 use crate::input::{self, Fields};
-use crate::storage::{self};
+use crate::storage;
 use serde_json::json;
 
 /// `POST /api/v1/user/create`: registers a partner account for an Evotor

@@ -1,4 +1,6 @@
-//! Subscription, installation and legacy events (`/api/v1/subscription/event`, `/api/v2/installation/event`, `/api/v1/user/event`) and the partner's gap resolution.
+//! Billing events from Evotor — subscriptions (`/api/v1/subscription/event`),
+//! installations (`/api/v2/installation/event`), legacy (`/api/v1/user/event`) —
+//! and the partner's gap resolution.
 
 use crate::domain::billing::{
     Caller, parse_event, record_event, record_installation_event, record_legacy_event, resolve_gap_now,
@@ -6,7 +8,7 @@ use crate::domain::billing::{
 use crate::endpoints::auth;
 use crate::errors::ApiError;
 use crate::http::{Request, Response};
-use crate::input::{self};
+use crate::input;
 use crate::{Ctx, time};
 use serde_json::json;
 

@@ -1,17 +1,18 @@
-//! The product catalog both ways: Evotor's pages and uploads, the commodity lookup, and the partner's catalog API.
+//! The product catalog both ways: Evotor's pages and uploads, the commodity
+//! lookup, and the partner's catalog API.
 
 use crate::Ctx;
 use crate::domain::accounts::settings;
 use crate::domain::catalog::{
     DEFAULT_PAGE_SIZE, Directory, MAX_BATCH, MAX_PAGE_SIZE, Orphan, ProductRecord, claim_store, delete_products,
-    find_commodity, items, json_bytes, products_page, terminal_items, upsert_all,
+    find_commodity, items, products_page, terminal_items, upsert_all,
 };
 use crate::endpoints::auth;
 use crate::endpoints::partner::{paging, query, require_partner, store_param};
 use crate::errors::ApiError;
 use crate::http::{Request, Response};
 use crate::input;
-use crate::storage::{self};
+use crate::storage;
 use serde_json::{Value, json};
 
 /// The store of an Evotor-side call, from the path: see [`claim_store`].
@@ -43,6 +44,11 @@ fn evotor_paging(request: &Request) -> Result<Option<(u64, u64)>, ApiError> {
         Some(size) => return Err(ApiError::incorrect("size", size)),
     };
     Ok(Some((page.unwrap_or(0), size)))
+}
+
+/// A JSON answer whose body is already encoded.
+fn json_bytes(status: u16, body: Vec<u8>) -> Response {
+    Response { status, headers: vec![("content-type".into(), "application/json; charset=utf-8".into())], body }
 }
 
 /// `GET /api/v1/inventories/stores/{storeUuid}/products[?page=&size=]`.

@@ -1,4 +1,5 @@
-//! Terminal documents and receipts: Evotor's deliveries and the partner's reading API.
+//! Terminal documents and receipts: Evotor's deliveries and the partner's
+//! reading API.
 
 use crate::Ctx;
 use crate::domain::accounts::settings;
@@ -10,7 +11,7 @@ use crate::endpoints::auth;
 use crate::endpoints::partner::{paging, query, require_partner, store_param};
 use crate::errors::ApiError;
 use crate::http::{Request, Response};
-use crate::input::{self};
+use crate::input;
 use crate::storage::{self, StorageError};
 use serde_json::json;
 
@@ -24,14 +25,21 @@ pub fn put_documents(ctx: &Ctx<'_>, request: &Request, store: &str) -> Result<Re
     let settings = settings(ctx)?;
     let user_id = auth::require_user(ctx, request, &settings)?;
     let store = path_store(store)?;
-    ingest_documents(ctx, &settings, &user_id, &request.body, Some(&store))
+    let (new, repeated) = ingest_documents(ctx, &settings, &user_id, &request.body, Some(&store))?;
+    Ok(accepted(new, repeated))
 }
 
 /// `PUT {documents_webhook_path}`: each document names its own store.
 pub fn put_documents_bare(ctx: &Ctx<'_>, request: &Request) -> Result<Response, ApiError> {
     let settings = settings(ctx)?;
     let user_id = auth::require_user(ctx, request, &settings)?;
-    ingest_documents(ctx, &settings, &user_id, &request.body, None)
+    let (new, repeated) = ingest_documents(ctx, &settings, &user_id, &request.body, None)?;
+    Ok(accepted(new, repeated))
+}
+
+/// The answer to a delivery: how many items were new, how many already known.
+fn accepted(new: usize, repeated: usize) -> Response {
+    Response::json(200, &json!({ "accepted": new, "duplicates": repeated }))
 }
 
 /// `POST /api/v1/receipt`, `POST /api/v1/receipts`, `POST /api/v2/receipts`:
@@ -41,7 +49,7 @@ pub fn post_receipts(ctx: &Ctx<'_>, request: &Request) -> Result<Response, ApiEr
     let user_id = auth::require_user(ctx, request, &settings)?;
     let (raws, array) = input::raw_items(&request.body, MAX_BATCH)?;
     let (new, repeated) = ingest_receipts(ctx, &settings, &user_id, raws, array)?;
-    Ok(Response::json(200, &json!({ "accepted": new, "duplicates": repeated })))
+    Ok(accepted(new, repeated))
 }
 
 /// A date bound of a listing: ISO 8601 or Unix milliseconds.

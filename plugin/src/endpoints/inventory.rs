@@ -1,4 +1,5 @@
-//! The mirrors of a user's stores, employees and terminals: `PUT /api/v1/inventories/{stores,employees,devices}`.
+//! The mirrors of a user's stores, employees and terminals:
+//! `PUT /api/v1/inventories/{stores,employees,devices}`.
 
 use crate::Ctx;
 use crate::domain::accounts::settings;

@@ -1,4 +1,5 @@
 use super::*;
+use crate::http::Response;
 use crate::domain::accounts::tests::World;
 use crate::kv::Kv as _;
 use proptest::prelude::*;
