@@ -11,7 +11,7 @@
 //! loads ([`World`]): an evogate plugin (`evogate:plugin`, 0.2.x or 0.1.0)
 //! or a standard `wasi:http/proxy` 0.2 component, served through
 //! `wasmtime-wasi-http`, with `wasi:keyvalue` on the same store
-//! ([`crate::keyvalue`]). Both get the same pool, limits and request path.
+//! (`keyvalue.rs`). Both get the same pool, limits and request path.
 
 use crate::config::PluginSettings;
 use crate::kv::host::KvCtx;

@@ -33,6 +33,8 @@
 //! format (migrating on read, writing back in the new format on its next
 //! write); it never rewrites data in bulk.
 
+#![deny(missing_docs)]
+
 pub mod clock;
 pub mod config;
 mod context;

@@ -1,6 +1,6 @@
 use super::*;
-use crate::http::Response;
 use crate::domain::accounts::tests::World;
+use crate::http::Response;
 use crate::kv::Kv as _;
 use proptest::prelude::*;
 
