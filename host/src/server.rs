@@ -388,13 +388,12 @@ async fn refuse(mut stream: tokio::net::TcpStream, tls: bool) {
 }
 
 impl Gateway {
-    /// The request path over `registry` with the request limits of
-    /// `limits`, a deadline of `request_timeout` per request, and a cap on
-    /// the requests running at once per plugin named in `plugin_caps`.
+    /// The request path over `registry` with the request limits and the
+    /// per-request deadline of `limits`, and a cap on the requests running
+    /// at once per plugin named in `plugin_caps`.
     pub(crate) fn new(
         registry: Registry,
         limits: &crate::config::LimitsConfig,
-        request_timeout: Duration,
         plugin_caps: HashMap<String, usize>,
         sandbox: Arc<crate::sandbox::Sandbox>,
     ) -> Self {
@@ -403,7 +402,7 @@ impl Gateway {
             registry,
             max_body_bytes: limits.max_body_bytes,
             body_budget: BodyBudget::new(limits.body_bytes_in_flight()),
-            request_timeout,
+            request_timeout: Duration::from_millis(limits.request_timeout_ms),
             max_instances,
             permits: Arc::new(Semaphore::new(max_instances)),
             plugin_permits: plugin_caps.into_iter().map(|(name, cap)| (name, Arc::new(Semaphore::new(cap)))).collect(),

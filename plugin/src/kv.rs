@@ -3,7 +3,8 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-pub use kv_contract::{Check, Entry, KvError, MAX_GET_MANY_KEYS, MAX_KEY_BYTES, MAX_SCAN_LIMIT, MemStore, Write};
+use kv_contract::MemStore;
+pub use kv_contract::{Check, Entry, KvError, MAX_GET_MANY_KEYS, MAX_KEY_BYTES, MAX_SCAN_LIMIT, Write};
 
 /// The host's transactional key-value store.
 pub trait Kv {
