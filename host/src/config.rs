@@ -147,10 +147,19 @@ pub struct LimitsConfig {
     /// before its listener closes); 0 closes the listener at once.
     #[serde(default)]
     pub drain_grace_ms: u64,
+    /// Slowest a request body may arrive once its first bytes are in and
+    /// room is held for it, after a second's grace; a slower one gets 408
+    /// and its room back. 0: no minimum (the request deadline still holds).
+    #[serde(default = "default_min_body_rate")]
+    pub min_body_bytes_per_sec: u64,
 }
 
 fn default_kv_calls() -> u32 {
     64
+}
+
+fn default_min_body_rate() -> u64 {
+    64 * 1024
 }
 
 impl LimitsConfig {
@@ -225,6 +234,7 @@ impl Default for Config {
                 max_header_bytes: 64 * 1024,
                 drain_timeout_ms: 10_000,
                 drain_grace_ms: 0,
+                min_body_bytes_per_sec: default_min_body_rate(),
             },
             tls: None,
             admin: AdminConfig {

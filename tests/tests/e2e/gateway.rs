@@ -428,3 +428,60 @@ fn a_host_call_copying_more_than_the_largest_commit_traps_before_the_host_alloca
     assert!(gateway.wait_for_log("too much data is being copied"), "{}", gateway.log());
     assert_eq!(get(&gateway.url("/alpha/version")).status, 200);
 }
+
+/// A connection that sent a request head declaring `length` body bytes and
+/// then `sent` of them, and holds still.
+fn held_head(gateway: &Gateway, path: &str, length: usize, sent: &[u8]) -> std::net::TcpStream {
+    use std::io::Write as _;
+    let addr = gateway.url("").trim_start_matches("http://").trim_end_matches('/').to_owned();
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    write!(stream, "PUT {path} HTTP/1.1\r\nhost: x\r\ncontent-length: {length}\r\n\r\n").expect("head");
+    stream.write_all(sent).expect("body start");
+    stream
+}
+
+#[test]
+fn clients_that_send_a_head_and_no_body_stall_nobody() {
+    // Eight heads of 32 MiB bodies would have held the whole budget before a byte arrived.
+    let gateway = guest_gateway(
+        "[limits]\nmax_body_bytes = 33554432\nmax_body_bytes_in_flight = 67108864\nrequest_timeout_ms = 8000\n",
+    );
+    let heads: Vec<_> = (0..8).map(|_| held_head(&gateway, "/alpha/version", 32 << 20, b"")).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    let bodyless = get(&gateway.url("/alpha/version"));
+    let bodyless_took = started.elapsed();
+    assert_eq!(bodyless.status, 200);
+    assert!(bodyless_took < Duration::from_millis(100), "a GET without a body waited {bodyless_took:?}");
+    let started = Instant::now();
+    let small = request("PUT", &gateway.url("/alpha/version"), &[], Some(b"{\"small\":true}"));
+    let small_took = started.elapsed();
+    assert_eq!(small.status, 200);
+    assert!(small_took < Duration::from_secs(1), "a small PUT waited {small_took:?}");
+    drop(heads);
+
+    // Clients that send the first bytes of a large body and then stall hold
+    // room only for a moment: past the minimum rate they get 408.
+    let stalled: Vec<_> = (0..2).map(|_| held_head(&gateway, "/alpha/version", 32 << 20, b"{\"x\":")).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    let body = vec![b' '; 30 << 20];
+    let large = request("PUT", &gateway.url("/alpha/version"), &[], Some(&body));
+    assert_eq!(large.status, 200, "{}", large.text());
+    let large_took = started.elapsed();
+    assert!(large_took < Duration::from_secs(3), "a large body waited {large_took:?} behind stalled ones");
+    for mut stream in stalled {
+        use std::io::Read as _;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        let (mut answer, mut chunk) = (Vec::new(), [0u8; 4096]);
+        while let Ok(read @ 1..) = stream.read(&mut chunk) {
+            answer.extend_from_slice(&chunk[..read]);
+            if answer.ends_with(b"}") {
+                break;
+            }
+        }
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(answer.contains("too slowly"), "{answer}");
+    }
+}
