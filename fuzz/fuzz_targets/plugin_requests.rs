@@ -5,7 +5,9 @@
 //! store never fails), every error answer has the Evotor error shape, a
 //! request made with one user's token left every record of the other user
 //! untouched and read none of the other user's stores, and every index
-//! agrees with its records.
+//! agrees with its records. Evotor's event webhooks are part of it, signed
+//! or, in half the runs, unsigned: a delivery not signed with the secret
+//! (any credential but the server's) is answered 401 and changes nothing.
 #![no_main]
 
 use arbitrary::Arbitrary;
@@ -69,6 +71,29 @@ enum Body {
     Raw(Vec<u8>),
 }
 
+/// One run: whether the events webhook takes unsigned deliveries, and the steps.
+#[derive(Arbitrary, Debug)]
+struct Input {
+    unsigned_events: bool,
+    steps: Vec<Step>,
+}
+
+/// The events webhook's secret in a signed run.
+const EVENTS_SECRET: &str = "hook-secret";
+
+/// `X-Hub-Signature` of `body` keyed by `secret`.
+fn signature(secret: &str, body: &[u8]) -> String {
+    use hmac::Mac as _;
+    let mut mac = hmac::Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).expect("any key length");
+    mac.update(body);
+    format!("sha1={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// Routes of the events webhook among the templates.
+fn is_event_route(n: u8) -> bool {
+    n % 23 >= 19
+}
+
 #[derive(Arbitrary, Debug)]
 struct Step {
     route: u8,
@@ -92,7 +117,10 @@ fn template(n: u8, user: &str, store: &str) -> (&'static str, String, Option<Val
     let product = json!({"uuid": "6c3bfd7a-4e1b-4c55-9d3e-0d7f0c1a0001", "group": false, "name": "Cider", "type": "NORMAL",
                          "allowToSell": true, "measureName": "шт", "price": 99.9, "quantity": 3, "tax": "VAT_20",
                          "barCodes": ["4600000000017"]});
-    match n % 19 {
+    let envelope = |id: &str, kind: &str, action: &str, payload: Value| {
+        json!({"id": id, "timestamp": 1_790_000_000_000u64, "type": kind, "action": action, "payload": payload})
+    };
+    match n % 23 {
         0 => (
             "POST",
             "/api/v1/user/create".into(),
@@ -148,7 +176,33 @@ fn template(n: u8, user: &str, store: &str) -> (&'static str, String, Option<Val
         15 => ("GET", "/partner/v1/data-issues".into(), None),
         16 => ("PUT", format!("/partner/v1/stores/{store}/products"), Some(json!([product]))),
         17 => ("GET", format!("/partner/v1/stores/{store}/documents"), None),
-        _ => ("POST", format!("/partner/v1/users/{user}/subscriptions/{SUBSCRIPTION}/resolve-gap"), Some(json!({}))),
+        18 => ("POST", format!("/partner/v1/users/{user}/subscriptions/{SUBSCRIPTION}/resolve-gap"), Some(json!({}))),
+        19 => (
+            "POST",
+            "/events".into(),
+            Some(envelope("ev-store", "StoreEvent", "updated", json!({"id": store, "name": "Lavka", "user_id": user,
+                "updated_at": "2026-11-01T10:00:00.000+0000"}))),
+        ),
+        20 => (
+            "POST",
+            "/events".into(),
+            Some(envelope("ev-product", "Product", "created", json!({"id": "6c3bfd7a-4e1b-4c55-9d3e-0d7f0c1a0002",
+                "store_id": store, "user_id": user, "name": "Kvass", "price": 60, "type": "NORMAL",
+                "barcodes": ["4600000000024"], "updated_at": "2026-11-01T10:00:00.000+0000"}))),
+        ),
+        21 => {
+            let mut document = relaxed(V2_SELL);
+            document["store_id"] = json!(store);
+            document["user_id"] = json!(user);
+            document["device_id"] = json!(DEVICE);
+            ("POST", "/events".into(), Some(envelope("ev-doc", "DocumentEvent", "created", document)))
+        }
+        _ => (
+            "POST",
+            "/events".into(),
+            Some(json!([envelope("ev-order", "Order", "created", json!({"user_id": user})),
+                envelope("ev-device", "device", "removed", json!({"id": DEVICE, "store_id": store, "user_id": user}))])),
+        ),
     }
 }
 
@@ -246,17 +300,18 @@ fn records_of(kv: &MemKv, user: &str) -> BTreeMap<String, u64> {
         .collect()
 }
 
-fuzz_target!(|steps: Vec<Step>| {
-    let world = World {
-        kv: MemKv::default(),
-        config: MapConfig::from([
-            ("server_bearer_token", "srv"),
-            ("partner_api_token", "partner"),
-            ("password_argon2_memory_kib", "8"),
-            ("password_argon2_iterations", "1"),
-        ]),
-        clock: ManualClock::at(1_790_000_000),
-    };
+fuzz_target!(|input: Input| {
+    let Input { unsigned_events, steps } = input;
+    let mut config = MapConfig::from([
+        ("server_bearer_token", "srv"),
+        ("partner_api_token", "partner"),
+        ("password_argon2_memory_kib", "8"),
+        ("password_argon2_iterations", "1"),
+    ]);
+    let events_setting =
+        if unsigned_events { ("events_webhook_allow_unsigned", "true") } else { ("events_webhook_secret", EVENTS_SECRET) };
+    config.0.insert(events_setting.0.into(), events_setting.1.into());
+    let world = World { kv: MemKv::default(), config, clock: ManualClock::at(1_790_000_000) };
     // Both users exist, with a token each, before the steps.
     let mut tokens = Vec::new();
     for user in USERS {
@@ -278,12 +333,18 @@ fuzz_target!(|steps: Vec<Step>| {
         let mut request = Request::new(method, &target);
         let token = |n: usize| tokens[n].clone().unwrap_or_default();
         // Whose records a user token must leave alone: the user it does not belong to.
+        // (An event names its user itself: whoever may deliver events may speak for every user.)
         let bystander = match step.auth {
+            _ if is_event_route(step.route) => None,
             Auth::Own => Some(USERS[1 - who]),
             Auth::Other => Some(USERS[who]),
             _ => None,
         };
         let before = bystander.map(|user| records_of(&world.kv, user));
+        let event = is_event_route(step.route);
+        // Deliveries are authenticated by their signature: only "the server" signs with the secret.
+        let forged = event && !unsigned_events && !matches!(step.auth, Auth::Server);
+        let untouched = forged.then(|| USERS.map(|user| records_of(&world.kv, user)));
         let authorization = match step.auth {
             Auth::None => None,
             Auth::Server => Some("Bearer srv".to_owned()),
@@ -306,8 +367,16 @@ fuzz_target!(|steps: Vec<Step>| {
                 request = request.json(&body);
             }
         }
+        if event && !unsigned_events {
+            let secret = if matches!(step.auth, Auth::Server) { EVENTS_SECRET } else { "not-the-secret" };
+            request = request.header("x-hub-signature", &signature(secret, &request.body));
+        }
         let answer = world.call(&request);
         check(&format!("{method} {target}"), &answer);
+        if let Some(untouched) = untouched {
+            assert_eq!(answer.status, 401, "a forged delivery to {target} was answered {}", answer.status);
+            assert!(untouched == USERS.map(|user| records_of(&world.kv, user)), "a forged delivery changed records");
+        }
         if let (Some(user), Some(before)) = (bystander, before) {
             // A read of the other user's store reveals nothing of it: no id of its products or documents.
             if method == "GET" {

@@ -114,7 +114,10 @@ impl OutputStream for LogPipe {
     }
 
     fn flush(&mut self) -> Result<(), StreamError> {
-        self.lock().flush();
+        // A partial line stays pending: Rust's `eprintln!` writes (and
+        // flushes) each piece of its format apart, and one line must stay
+        // one log event. It is logged at its newline, at 4 KiB, or when the
+        // instance ends.
         Ok(())
     }
 
@@ -180,6 +183,22 @@ mod tests {
         assert_eq!(log.lines().count(), 2, "{log}");
         assert!(!log.chars().any(|c| c.is_control() && c != '\n'), "{log:?}");
         assert!(log.contains(r"one\r fake INFO line\u{1b}[31m\u{7}\u{2028}two\u{85}"), "{log}");
+    }
+
+    #[test]
+    fn a_line_written_and_flushed_in_pieces_is_one_log_line() {
+        let log = captured(|| {
+            let mut pipe = LogPipe::new("p@1".into(), "id".into(), "stderr");
+            for piece in ["refused delivery ", "ed9eb563", ": no signature (401)\n", "unterminated"] {
+                OutputStream::write(&mut pipe, Bytes::from(piece)).expect("write");
+                OutputStream::flush(&mut pipe).expect("flush");
+            }
+            drop(pipe);
+        });
+        let lines: Vec<&str> = log.lines().collect();
+        assert_eq!(lines.len(), 2, "{log}");
+        assert!(lines[0].contains("refused delivery ed9eb563: no signature (401)"), "{log}");
+        assert!(lines[1].contains("unterminated"), "the rest is logged when the instance ends: {log}");
     }
 
     #[test]

@@ -54,6 +54,12 @@ impl ApiError {
         }
     }
 
+    /// 401 code 1001: an events webhook delivery whose `X-Hub-Signature` is
+    /// missing or does not match.
+    pub fn bad_signature() -> Self {
+        Self { subject: Some("X-Hub-Signature".into()), ..Self::new(401, 1001, "signature mismatch") }
+    }
+
     /// 401 code 1002: the user token is unknown (never issued, revoked, or replaced).
     pub fn unknown_token() -> Self {
         Self { headers: vec![("www-authenticate".into(), "Bearer".into())], ..Self::new(401, 1002, "unknown token") }

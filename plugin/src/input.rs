@@ -64,10 +64,16 @@ pub fn id_text(value: &Value) -> Option<String> {
 
 /// [`id_text`] of a text (a path segment, say).
 pub fn id_str(text: &str) -> Option<String> {
+    id_as_sent(text).map(|id| if is_uuid(&id) { id.to_ascii_lowercase() } else { id })
+}
+
+/// A usable id exactly as it was sent (trimmed): what answers show; keys
+/// take its [`id_str`] form, so ids compare case-insensitively.
+pub fn id_as_sent(text: &str) -> Option<String> {
     let text = text.trim();
     let usable =
         (1..=128).contains(&text.len()) && !text.chars().any(|c| c == '/' || c.is_control() || c.is_whitespace());
-    usable.then(|| if is_uuid(text) { text.to_ascii_lowercase() } else { text.to_owned() })
+    usable.then(|| text.to_owned())
 }
 
 /// `values` when there are at most `max` of them; else 400 code 2003.

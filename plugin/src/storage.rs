@@ -187,6 +187,13 @@ pub struct EntityRecord {
     pub data: Value,
     /// Last update, Unix seconds.
     pub updated_at: u64,
+    /// When Evotor removed it (a removal event), Unix seconds: kept, listed only when asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removed_at: Option<u64>,
+    /// The time of the state held (an event's `updated_at` or timestamp, a
+    /// mirror call's arrival), Unix ms: older events do not overwrite it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order_ms: Option<i64>,
 }
 
 /// Key of the owner index of an entity.
@@ -253,6 +260,12 @@ pub fn subscription_events_prefix(subscription_id: &str) -> String {
     format!("subs/{subscription_id}/event/")
 }
 
+/// Key of a subscription event that names another user than the
+/// subscription's owner (kept, never applied).
+pub fn foreign_subscription_event_key(subscription_id: &str, user_id: &str, sequence: u64) -> String {
+    format!("subs/{subscription_id}/foreign/{user_id}/{sequence:010}")
+}
+
 /// Key of the marker linking a user to a subscription.
 pub fn user_subscription_key(user_id: &str, subscription_id: &str) -> String {
     format!("{}{subscription_id}", user_subscriptions_prefix(user_id))
@@ -284,8 +297,16 @@ pub fn installation_key(user_id: &str) -> String {
     format!("user/{user_id}/installation")
 }
 
-/// Key of an installation event by the digest of its id.
-pub fn installation_event_key(id_hash: &str) -> String {
+/// Key of a user's installation event by the digest of its id: whose
+/// event it is is part of its identity, so one user's delivery can never
+/// make another's a duplicate.
+pub fn installation_event_key(user_id: &str, id_hash: &str) -> String {
+    format!("user/{user_id}/installs/{id_hash}")
+}
+
+/// Key of an installation event as earlier formats kept it, by the digest
+/// of its id alone; read, never written.
+pub fn legacy_installation_event_key(id_hash: &str) -> String {
     format!("installs/{id_hash}")
 }
 
@@ -709,8 +730,14 @@ impl Txn<'_> {
                 user_id: event.user_id,
                 data: event.data,
             };
-            self.writes.push(Write::SetStamped(FEED_PREFIX.to_owned(), encode(&entry)));
+            self.append(FEED_PREFIX, &entry);
         }
+    }
+
+    /// Appends `record` under `prefix` with a stamped key: the host orders
+    /// such entries by commit.
+    pub fn append<T: Serialize>(&mut self, prefix: &str, record: &T) {
+        self.writes.push(Write::SetStamped(prefix.to_owned(), encode(record)));
     }
 
     /// Keys under `prefix` after `start_after` as committed, up to `limit`.

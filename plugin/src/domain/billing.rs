@@ -212,8 +212,13 @@ pub struct Subscription {
     pub v: u32,
     /// The subscription.
     pub subscription_id: String,
-    /// Its user.
+    /// Its user: the one its first event named, until an event with the
+    /// server credential names one (then that user, for good).
     pub user_id: String,
+    /// Whether an event with the server credential named `user_id` (states
+    /// of earlier formats: not known, so not confirmed).
+    #[serde(default)]
+    pub owner_confirmed: bool,
     /// The app.
     pub product_id: String,
     /// The last sequence number applied; every earlier one was applied or skipped.
@@ -249,11 +254,12 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    fn new(event: &Event) -> Self {
+    fn new(event: &Event, caller: &Caller) -> Self {
         Self {
             v: storage::FORMAT,
             subscription_id: event.subscription_id.clone(),
             user_id: event.user_id.clone(),
+            owner_confirmed: matches!(caller, Caller::Server),
             product_id: event.product_id.clone(),
             applied_through: 0,
             gap_since: None,
@@ -348,8 +354,11 @@ struct StoredEvent {
 }
 
 /// Where the request came from: the Evotor cloud, or a user's token.
-pub(crate) enum Caller {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// The server credential (the Evotor cloud).
     Server,
+    /// A user token we issued, of this user.
     User(String),
 }
 
@@ -362,6 +371,9 @@ pub enum Stored {
     Waiting,
     /// Seen before: nothing changed.
     Duplicate,
+    /// It names another user than the subscription's owner: kept beside the
+    /// subscription and reported, never applied.
+    Foreign,
 }
 
 /// The stored event `sequence` of a subscription, read.
@@ -427,28 +439,125 @@ fn skip_gaps(txn: &mut Txn<'_>, state: &mut Subscription, now: u64, now_ms: i64,
     Ok(applied)
 }
 
+/// Keeps an event that names another user than the subscription's owner
+/// beside the subscription (once per user and sequence number) and reports
+/// it; it is never applied.
+fn keep_foreign(
+    txn: &mut Txn<'_>,
+    now: u64,
+    event: &Event,
+    stored: &StoredEvent,
+    owner: &str,
+) -> Result<Stored, ApiError> {
+    let key = storage::foreign_subscription_event_key(&event.subscription_id, &event.user_id, event.sequence);
+    if txn.get::<StoredEvent>(&key)?.is_some() {
+        return Ok(Stored::Duplicate);
+    }
+    txn.put(&key, stored);
+    let problem = format!(
+        "event {} names user {}, the subscription is user {owner}'s: kept, not applied",
+        event.sequence, event.user_id
+    );
+    txn.issue(now, Issue::new(Some(&event.user_id), "subscription", &event.subscription_id, problem.clone()));
+    txn.issue(now, Issue::new(Some(owner), "subscription", &event.subscription_id, problem));
+    Ok(Stored::Foreign)
+}
+
+/// Evotor named another owner than the user whose own token built the
+/// subscription so far: that user's events are set aside (kept as foreign
+/// events, reported) and the subscription starts again from Evotor's.
+fn set_aside(txn: &mut Txn<'_>, now: u64, state: &Subscription, owner: &str) -> Result<(), ApiError> {
+    let prefix = storage::subscription_events_prefix(&state.subscription_id);
+    let mut after: Option<String> = None;
+    let mut moved = 0u64;
+    loop {
+        let keys = txn.scan_keys(&prefix, after.as_deref(), crate::kv::MAX_SCAN_LIMIT as usize)?;
+        let Some(last) = keys.last().cloned() else { break };
+        for key in keys {
+            let Some(stored) = txn.get::<StoredEvent>(&key)? else { continue };
+            let sequence = key.strip_prefix(&prefix).and_then(|seq| seq.parse::<u64>().ok()).unwrap_or_default();
+            let foreign = storage::foreign_subscription_event_key(&state.subscription_id, &state.user_id, sequence);
+            txn.put(&foreign, &stored);
+            txn.delete(&key);
+            moved += 1;
+        }
+        after = Some(last);
+    }
+    txn.delete(&storage::user_subscription_key(&state.user_id, &state.subscription_id));
+    let problem = format!(
+        "Evotor names user {owner} as the owner: {moved} event(s) user {}'s token sent set aside, not applied",
+        state.user_id
+    );
+    txn.issue(now, Issue::new(Some(&state.user_id), "subscription", &state.subscription_id, problem.clone()));
+    txn.issue(now, Issue::new(Some(owner), "subscription", &state.subscription_id, problem));
+    Ok(())
+}
+
 /// Stores `event` once and applies whatever became contiguous; a gap older
-/// than `gap_timeout_secs` is skipped.
-pub fn record_event(ctx: &Ctx<'_>, event: &Event, raw: &Object, gap_timeout_secs: u64) -> Result<Stored, ApiError> {
+/// than `gap_timeout_secs` is skipped. The subscription belongs to the user
+/// its first event named until an event of the server credential names
+/// one; an event naming another user is kept and reported, never applied.
+pub fn record_event(
+    ctx: &Ctx<'_>,
+    caller: &Caller,
+    event: &Event,
+    raw: &Object,
+    gap_timeout_secs: u64,
+) -> Result<Stored, ApiError> {
     let now = ctx.clock.now_unix();
+    // Evotor naming another owner first sets the old owner's events aside
+    // (one commit), then takes the event as any other (the next).
+    loop {
+        if let Some(stored) = record_event_once(ctx, caller, event, raw, gap_timeout_secs, now)? {
+            return Ok(stored);
+        }
+    }
+}
+
+/// One attempt of [`record_event`]: `None` when the subscription changed
+/// hands in this commit and the event is still to be recorded.
+fn record_event_once(
+    ctx: &Ctx<'_>,
+    caller: &Caller,
+    event: &Event,
+    raw: &Object,
+    gap_timeout_secs: u64,
+    now: u64,
+) -> Result<Option<Stored>, ApiError> {
     let now_ms = time::millis(now);
     storage::transact(ctx.kv, |txn| {
         let state_key = storage::subscription_key(&event.subscription_id);
-        let existing = txn.get::<Subscription>(&state_key)?;
-        let is_new = existing.is_none();
-        let mut state = existing.unwrap_or_else(|| Subscription::new(event));
+        let stored = StoredEvent { v: storage::FORMAT, received_at: now, event: Value::Object(raw.clone()) };
+        let mut confirmed = false;
+        let (mut state, is_new) = match txn.get::<Subscription>(&state_key)? {
+            None => (Subscription::new(event, caller), true),
+            Some(mut state) if state.user_id == event.user_id => {
+                confirmed = *caller == Caller::Server && !state.owner_confirmed;
+                state.owner_confirmed |= confirmed;
+                (state, false)
+            }
+            Some(state) if *caller == Caller::Server && !state.owner_confirmed => {
+                set_aside(txn, now, &state, &event.user_id)?;
+                let fresh = Subscription::new(event, caller);
+                txn.put(
+                    &storage::user_subscription_key(&event.user_id, &event.subscription_id),
+                    &json!({ "v": storage::FORMAT }),
+                );
+                txn.put(&state_key, &fresh);
+                return Ok(None);
+            }
+            Some(state) => return keep_foreign(txn, now, event, &stored, &state.user_id).map(Some),
+        };
         state.migrate(now);
         let event_key = storage::subscription_event_key(&event.subscription_id, event.sequence);
         if event.sequence <= state.applied_through || txn.get::<StoredEvent>(&event_key)?.is_some() {
-            return Ok(Stored::Duplicate);
+            if confirmed {
+                txn.put(&state_key, &state);
+            }
+            return Ok(Some(Stored::Duplicate));
         }
-        let stored = StoredEvent { v: storage::FORMAT, received_at: now, event: Value::Object(raw.clone()) };
         txn.put(&event_key, &stored);
-        let mut problems = event.problems.clone();
-        if state.user_id != event.user_id {
-            problems.push(format!("names user {}, the subscription is user {}'s", event.user_id, state.user_id));
-        }
-        for problem in problems {
+        for problem in event.problems.clone() {
             txn.issue(now, Issue::new(Some(&event.user_id), "subscription", &event.subscription_id, problem));
         }
         let outcome = if Some(event.sequence) == state.applied_through.checked_add(1) {
@@ -476,7 +585,7 @@ pub fn record_event(ctx: &Ctx<'_>, event: &Event, raw: &Object, gap_timeout_secs
             );
         }
         txn.put(&state_key, &state);
-        Ok(outcome)
+        Ok(Some(outcome))
     })
 }
 
@@ -637,9 +746,17 @@ pub(crate) fn record_installation_event(ctx: &Ctx<'_>, caller: &Caller, body: Ob
     if data.and_then(|data| Fields::of(data).get("productId")).is_none() {
         problems.push("no data.productId".into());
     }
-    let event_key = storage::installation_event_key(&storage::sha256_hex(id.as_bytes()));
+    let id_hash = storage::sha256_hex(id.as_bytes());
+    let event_key = storage::installation_event_key(&user_id, &id_hash);
+    let legacy_key = storage::legacy_installation_event_key(&id_hash);
     storage::transact(ctx.kv, |txn| -> Result<(), ApiError> {
         if txn.get::<StoredEvent>(&event_key)?.is_some() {
+            return Ok(());
+        }
+        // Kept by an earlier format under its id alone: the same event only if it named this user.
+        if let Some(legacy) = txn.get::<StoredEvent>(&legacy_key)?
+            && installation_user(&legacy.event).is_some_and(|named| named == user_id)
+        {
             return Ok(());
         }
         txn.put(&event_key, &StoredEvent { v: storage::FORMAT, received_at: now, event: Value::Object(body.clone()) });
@@ -656,6 +773,12 @@ pub(crate) fn record_installation_event(ctx: &Ctx<'_>, caller: &Caller, body: Ob
         }
         Ok(())
     })
+}
+
+/// The user an installation event as stored names (`data.userId`, else `userId`).
+fn installation_user(event: &Value) -> Option<String> {
+    let named = event.pointer("/data/userId").or_else(|| event.get("userId"))?;
+    input::id_text(named)
 }
 
 /// Records a legacy billing event (`raw`, its body `body`) once.

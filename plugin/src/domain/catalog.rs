@@ -459,7 +459,7 @@ pub(crate) fn upsert_all(ctx: &Ctx<'_>, store: &str, items: &[Item], source: &st
 }
 
 /// The user who owns `store`, if anyone does yet.
-fn store_owner(ctx: &Ctx<'_>, store: &str) -> Result<Option<String>, ApiError> {
+pub(crate) fn store_owner(ctx: &Ctx<'_>, store: &str) -> Result<Option<String>, ApiError> {
     Ok(storage::read::<OwnerIndex>(ctx.kv, &storage::owner_key("store", store))?.map(|owner| owner.user_id))
 }
 
@@ -585,8 +585,9 @@ pub(crate) fn find_commodity(
     Ok(None)
 }
 
-/// Deletes products `uuids` of `store` (as the partner); how many there were.
-pub(crate) fn delete_products(ctx: &Ctx<'_>, store: &str, uuids: &[String]) -> Result<usize, ApiError> {
+/// Deletes the items `uuids` of `store` in one commit (`source`: who asked,
+/// for the feed); how many there were.
+pub(crate) fn delete_products(ctx: &Ctx<'_>, store: &str, uuids: &[String], source: &str) -> Result<usize, ApiError> {
     let owner = store_owner(ctx, store)?;
     let now = ctx.clock.now_unix();
     storage::transact(ctx.kv, |txn| -> Result<usize, ApiError> {
@@ -599,7 +600,7 @@ pub(crate) fn delete_products(ctx: &Ctx<'_>, store: &str, uuids: &[String]) -> R
         }
         if !deleted.is_empty() {
             change.finish()?;
-            let data = json!({ "storeUuid": store, "source": "partner", "uuids": deleted });
+            let data = json!({ "storeUuid": store, "source": source, "uuids": deleted });
             txn.emit("products.deleted", now, owner.as_deref(), data);
         }
         Ok(deleted.len())

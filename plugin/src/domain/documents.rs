@@ -51,6 +51,10 @@ const KNOWN_TYPES: &[&str] = &[
     "CASH_INCOME",
     "CASH_OUTCOME",
     "OPEN_TARE",
+    // The V2 documents of the REST API (`rest_documents.md`).
+    "POS_OPEN_SESSION",
+    "X_REPORT",
+    "Z_REPORT",
 ];
 
 /// A terminal document as stored.
@@ -151,7 +155,10 @@ fn first_of<'v>(object: &'v Object, fields: &[&'static str]) -> Option<(&'static
 
 /// A document of a delivery, understood as far as it can be.
 struct Document<'a> {
+    /// The key form of the id (a uuid in lower case).
     id: String,
+    /// The id exactly as sent: what answers show.
+    sent_id: String,
     store: String,
     kind: String,
     close_date: i64,
@@ -179,10 +186,13 @@ fn document<'a>(
     let format = if v2 { "V2" } else { "V1" };
     let mut problems = Vec::new();
     let id_fields: &[&str] = if v2 { &["id", "uuid"] } else { &["uuid", "id"] };
-    let id = match first_of(&doc, id_fields) {
+    let (id, sent_id) = match first_of(&doc, id_fields) {
         None => return Err(ApiError::missing(&format!("{at}{}", id_fields[0]))),
         Some((field, value)) => {
-            input::id_text(value).ok_or_else(|| ApiError::incorrect(&format!("{at}{field}"), value.clone()))?
+            let id =
+                input::id_text(value).ok_or_else(|| ApiError::incorrect(&format!("{at}{field}"), value.clone()))?;
+            let sent = value.as_str().and_then(input::id_as_sent).unwrap_or_else(|| id.clone());
+            (id, sent)
         }
     };
     if !is_uuid(&id) {
@@ -256,7 +266,7 @@ fn document<'a>(
     {
         problems.push(format!("user_id {owner} is not the delivering user"));
     }
-    Ok(Document { id, store, kind, close_date, version, format, device, raw, problems })
+    Ok(Document { id, sent_id, store, kind, close_date, version, format, device, raw, problems })
 }
 
 /// A type name safe in keys: `^[A-Z0-9_]{1,64}$`.
@@ -339,7 +349,7 @@ pub(crate) fn ingest_documents(
             }
             let record = NewDocument {
                 v: storage::FORMAT,
-                id: &doc.id,
+                id: &doc.sent_id,
                 store_uuid: &doc.store,
                 r#type: &doc.kind,
                 close_date: doc.close_date,
@@ -355,10 +365,11 @@ pub(crate) fn ingest_documents(
             let marker = json!({ "v": storage::FORMAT });
             txn.put(&format!("{}{position}", storage::documents_by_date_prefix(&doc.store)), &marker);
             txn.put(&format!("{}{position}", storage::documents_by_type_prefix(&doc.store, &doc.kind)), &marker);
-            let data = json!({ "storeUuid": doc.store, "id": doc.id, "type": doc.kind, "format": doc.format });
+            let data = json!({ "storeUuid": doc.store, "id": doc.sent_id, "type": doc.kind, "format": doc.format });
             txn.emit("document.received", now, Some(user_id), data);
             for problem in &doc.problems {
-                txn.issue(now, Issue::new(Some(user_id), "document", &doc.id, problem.as_str()).in_store(&doc.store));
+                let issue = Issue::new(Some(user_id), "document", &doc.sent_id, problem.as_str());
+                txn.issue(now, issue.in_store(&doc.store));
             }
             new += 1;
         }

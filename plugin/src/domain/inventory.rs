@@ -41,6 +41,15 @@ impl Kind {
         }
     }
 
+    /// The feed entry of a removal of the kind.
+    pub fn removed_feed_kind(self) -> &'static str {
+        match self {
+            Kind::Store => "store.removed",
+            Kind::Employee => "employee.removed",
+            Kind::Device => "device.removed",
+        }
+    }
+
     /// The storage name of the kind.
     pub fn name(self) -> &'static str {
         match self {
@@ -52,7 +61,8 @@ impl Kind {
 }
 
 /// Reads one entity of `kind` (`at` is `[3].`): refused only without a
-/// usable `uuid`. Returns its id and what looks wrong in it.
+/// usable `uuid`. Returns its id (the key form: a uuid in lower case) and
+/// what looks wrong in it.
 pub(crate) fn validate(kind: Kind, item: &Map<String, Value>, at: &str) -> Result<(String, Vec<String>), ApiError> {
     let fields = Fields::at(item, at);
     let id = fields.required_id("uuid")?;
@@ -132,6 +142,8 @@ pub fn adopt(txn: &mut storage::Txn<'_>, user_id: &str, kind: Kind, uuid: &str, 
         partner_id: partner_id.clone(),
         data: json!({ "uuid": uuid }),
         updated_at: now,
+        removed_at: None,
+        order_ms: None,
     };
     txn.put(&storage::entity_key(user_id, kind.name(), uuid), &record);
     Ok(partner_id)
@@ -209,6 +221,123 @@ pub fn register_devices(
     Ok(issues)
 }
 
+/// The `uuid` of `item` exactly as sent (`id`, its key form, when it cannot be read so).
+fn sent_uuid(item: &Map<String, Value>, id: &str) -> String {
+    item.get("uuid").and_then(Value::as_str).and_then(crate::input::id_as_sent).unwrap_or_else(|| id.to_owned())
+}
+
+/// What an event does to a mirrored entity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntityChange {
+    /// `created`, `updated`: its state as sent.
+    Upsert,
+    /// `removed`: kept, marked removed.
+    Remove,
+}
+
+/// What became of an event's change to a mirrored entity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntityOutcome {
+    /// The record changed.
+    Changed,
+    /// The record already held it.
+    Unchanged,
+    /// The record holds a newer state: nothing changed.
+    Stale,
+    /// Another user's entity: nothing changed.
+    Foreign(String),
+    /// A terminal past the licensed number: not registered.
+    OverLicence,
+}
+
+/// Within a transaction: applies an event's `change` to entity `id` (as
+/// Evotor sent it) of `kind` of user `user_id`, whose state `payload` is as
+/// of `order_ms`. A state older than the stored one changes nothing, and
+/// neither does an update as old as a removal; a new terminal is
+/// registered while the licence (`limit`) allows.
+#[expect(clippy::too_many_arguments, reason = "one event's parts, each needed")]
+pub(crate) fn apply_event(
+    txn: &mut storage::Txn<'_>,
+    user_id: &str,
+    kind: Kind,
+    id: &str,
+    payload: &Map<String, Value>,
+    order_ms: i64,
+    change: EntityChange,
+    limit: Option<u64>,
+    now: u64,
+) -> Result<EntityOutcome, ApiError> {
+    let uuid = id.to_ascii_lowercase();
+    let owner_key = storage::owner_key(kind.name(), &uuid);
+    let owner = txn.get::<OwnerIndex>(&owner_key)?;
+    if let Some(owner) = owner.as_ref().filter(|owner| owner.user_id != user_id) {
+        return Ok(EntityOutcome::Foreign(owner.user_id.clone()));
+    }
+    let key = storage::entity_key(user_id, kind.name(), &uuid);
+    let known = txn.get::<EntityRecord>(&key)?;
+    if let Some(known) = &known
+        && let Some(stored) = known.order_ms
+        && (order_ms < stored || (order_ms == stored && known.removed_at.is_some() && change == EntityChange::Upsert))
+    {
+        return Ok(EntityOutcome::Stale);
+    }
+    if kind == Kind::Device && change == EntityChange::Upsert && owner.is_none() {
+        let order_key = storage::device_order_key(user_id);
+        let mut order = txn.get::<DeviceOrder>(&order_key)?.unwrap_or_default();
+        match admit_device(txn, &mut order, user_id, &uuid, limit)? {
+            Admission::OverLicence => return Ok(EntityOutcome::OverLicence),
+            Admission::Foreign(owner) => return Ok(EntityOutcome::Foreign(owner)),
+            Admission::Licensed { .. } => {
+                order.v = storage::FORMAT;
+                txn.put(&order_key, &order);
+            }
+        }
+    }
+    let partner_id = match owner {
+        Some(owner) => owner.partner_id,
+        None => {
+            let owner = OwnerIndex {
+                v: storage::FORMAT,
+                user_id: user_id.to_owned(),
+                partner_id: crate::domain::accounts::new_account_id()?,
+            };
+            txn.put(&owner_key, &owner);
+            owner.partner_id
+        }
+    };
+    let removed_at = match change {
+        EntityChange::Upsert => None,
+        EntityChange::Remove => Some(known.as_ref().and_then(|known| known.removed_at).unwrap_or(now)),
+    };
+    // A removal keeps the last state when its payload carries none of its own.
+    let data = match (change, &known) {
+        (EntityChange::Remove, Some(known)) if payload.len() <= 2 => known.data.clone(),
+        _ => Value::Object(payload.clone()),
+    };
+    let unchanged = known.as_ref().is_some_and(|known| {
+        known.data == data && known.removed_at.is_some() == removed_at.is_some() && known.order_ms == Some(order_ms)
+    });
+    if unchanged {
+        return Ok(EntityOutcome::Unchanged);
+    }
+    let record = EntityRecord {
+        v: storage::FORMAT,
+        uuid: id.to_owned(),
+        partner_id: partner_id.clone(),
+        data,
+        updated_at: now,
+        removed_at,
+        order_ms: Some(order_ms),
+    };
+    txn.put(&key, &record);
+    let feed = match change {
+        EntityChange::Upsert => kind.feed_kind(),
+        EntityChange::Remove => kind.removed_feed_kind(),
+    };
+    txn.emit(feed, now, Some(user_id), json!({ "uuid": id, "partnerId": partner_id }));
+    Ok(EntityOutcome::Changed)
+}
+
 /// Mirrors the entities of `kind` in `items` (a delivery of user
 /// `user_id`): refused whole only when an item has no usable `uuid`;
 /// everything else is kept, doubts recorded as data issues. Answers each
@@ -222,6 +351,7 @@ pub(crate) fn mirror_items(
     items: Vec<Value>,
 ) -> Result<(Vec<Value>, Vec<String>), ApiError> {
     // Read everything first: an item without an id refuses the whole call, nothing written.
+    // Each entity by its key form: ids compare case-insensitively.
     let mut batch: Vec<(String, Map<String, Value>, Vec<String>)> = Vec::with_capacity(items.len());
     let mut positions: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     for (index, item) in items.into_iter().enumerate() {
@@ -260,6 +390,7 @@ pub(crate) fn mirror_items(
         };
         let registered = order.devices.len();
         for (id, item, problems) in &batch {
+            let sent = sent_uuid(item, id);
             let issue = |problem: String| Issue::new(Some(user_id), kind.name(), id, problem);
             let owner_key = storage::owner_key(kind.name(), id);
             let owner = match kind {
@@ -298,20 +429,23 @@ pub(crate) fn mirror_items(
             };
             let key = storage::entity_key(user_id, kind.name(), id);
             let data = Value::Object(item.clone());
-            if txn.get::<EntityRecord>(&key)?.is_none_or(|known| known.data != data) {
+            if txn.get::<EntityRecord>(&key)?.is_none_or(|known| known.data != data || known.removed_at.is_some()) {
                 let record = EntityRecord {
                     v: storage::FORMAT,
-                    uuid: id.clone(),
+                    uuid: sent.clone(),
                     partner_id: partner_id.clone(),
                     data,
                     updated_at: now,
+                    removed_at: None,
+                    order_ms: Some(crate::time::millis(now)),
                 };
                 txn.put(&key, &record);
-                txn.emit(kind.feed_kind(), now, Some(user_id), json!({ "uuid": id, "partnerId": partner_id }));
+                txn.emit(kind.feed_kind(), now, Some(user_id), json!({ "uuid": sent, "partnerId": partner_id }));
                 for problem in problems {
                     txn.issue(now, issue(problem.clone()));
                 }
             }
+            // The definitions answer uuids in lower case; the partner API shows them as sent.
             mapped.push(json!({ "uuid": id, "partnerId": partner_id }));
         }
         if order.devices.len() != registered {
@@ -352,7 +486,7 @@ mod tests {
         );
         assert_eq!(first.status, 200, "{}", String::from_utf8_lossy(&first.body));
         let partner_id = first.body_json()[0]["partnerId"].clone();
-        assert_eq!(first.body_json()[0]["uuid"], STORE.to_lowercase());
+        assert_eq!(first.body_json()[0]["uuid"], STORE.to_lowercase(), "the definitions' lower case");
         let again = world.call(
             "PUT",
             "/api/v1/inventories/stores",
@@ -364,6 +498,12 @@ mod tests {
             .expect("read")
             .expect("stored");
         assert_eq!(stored.data["name"], "Renamed");
+        assert_eq!(stored.uuid, STORE.to_lowercase(), "the partner API shows the uuid as last sent");
+        let listed = world.call("GET", &format!("/partner/v1/users/{USER}/stores"), Some("partner"), None);
+        assert_eq!(listed.body_json()["items"][0]["uuid"], STORE.to_lowercase());
+        world.call("PUT", "/api/v1/inventories/stores", Some(&token), Some(json!([{"uuid": STORE, "name": "Again"}])));
+        let listed = world.call("GET", &format!("/partner/v1/users/{USER}/stores"), Some("partner"), None);
+        assert_eq!(listed.body_json()["items"][0]["uuid"], STORE, "as Evotor sent it");
     }
 
     #[test]

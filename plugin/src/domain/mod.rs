@@ -1,7 +1,8 @@
 //! The rules of the service, over [`crate::storage`]: accounts and their
 //! tokens and passwords, billing (subscriptions, installations,
 //! entitlement), the inventory mirrors (stores, employees, terminals), the
-//! product catalog, documents and receipts.
+//! product catalog, documents and receipts, and Evotor's event webhooks,
+//! which feed all of these.
 //!
 //! May import `storage` and the base modules (`kv`, `input`, `errors`,
 //! `time`, `clock`, `config`, `http`, `context`); never `endpoints`. Within
@@ -12,6 +13,7 @@ pub mod audit;
 pub mod billing;
 pub mod catalog;
 pub mod documents;
+pub mod events;
 pub mod inventory;
 pub mod passwords;
 pub mod tokens;

@@ -34,7 +34,7 @@ pub fn subscription_event(ctx: &Ctx<'_>, request: &Request) -> Result<Response, 
         // A user's token speaks for that user only.
         return Err(ApiError::incorrect("userId", event.user_id.as_str()));
     }
-    record_event(ctx, &event, &body, settings.gap_timeout_secs)?;
+    record_event(ctx, &caller, &event, &body, settings.gap_timeout_secs)?;
     Ok(Response::empty(200))
 }
 

@@ -150,7 +150,7 @@ pub fn partner_delete_products(ctx: &Ctx<'_>, request: &Request, store: &str) ->
     if uuids.is_empty() {
         return Ok(Response::json(200, &json!({ "deleted": 0 })));
     }
-    let deleted = delete_products(ctx, &store, &uuids)?;
+    let deleted = delete_products(ctx, &store, &uuids, "partner")?;
     Ok(Response::json(200, &json!({ "deleted": deleted })))
 }
 

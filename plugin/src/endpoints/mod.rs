@@ -11,6 +11,7 @@ pub(crate) mod auth;
 mod billing;
 mod catalog;
 mod documents;
+mod events;
 mod inventory;
 mod partner;
 
@@ -139,6 +140,7 @@ const ROUTES: &[Route] = &[
         &[("GET", |ctx, request, path| documents::partner_get_receipt(ctx, request, path.get("id")))],
     ),
     route("/partner/v1/feed", &[("GET", |ctx, request, _| partner::feed(ctx, request))]),
+    route("/partner/v1/events", &[("GET", |ctx, request, _| events::list(ctx, request))]),
     route("/partner/v1/data-issues", &[("GET", |ctx, request, _| partner::data_issues(ctx, request))]),
     route(
         "/partner/v1/stores/{storeUuid}/products",
@@ -191,6 +193,7 @@ fn local_path(request: &Request) -> &str {
 pub(crate) fn dispatch(ctx: &Ctx<'_>, request: &Request) -> Response {
     let path = local_path(request);
     let result = match find(path) {
+        _ if request.method == "POST" && events::is_events_webhook(ctx, path) => events::receive(ctx, request),
         None if request.method == "PUT" && is_documents_webhook(ctx, path) => {
             documents::put_documents_bare(ctx, request)
         }

@@ -77,10 +77,10 @@ pub(crate) fn paging(request: &Request) -> Result<(Option<&str>, u32), ApiError>
 
 /// The `{storeUuid}` of a partner path, lower case; not a uuid → 400 2003.
 pub(crate) fn store_param(store: &str) -> Result<String, ApiError> {
-    if crate::input::is_uuid(store) {
-        Ok(store.to_ascii_lowercase())
-    } else {
-        Err(ApiError::incorrect("storeUuid", store))
+    // Every id the intake takes can be read back (`00000000-0000-…` included).
+    match crate::input::percent_decode(store).as_deref().and_then(crate::input::id_str) {
+        Some(store) => Ok(store.to_ascii_lowercase()),
+        None => Err(ApiError::incorrect("storeUuid", store)),
     }
 }
 
@@ -357,12 +357,22 @@ pub fn user_entities(ctx: &Ctx<'_>, request: &Request, user_id: &str) -> Result<
         _ => return Err(ApiError::not_found()),
     };
     let (after, limit) = paging(request)?;
+    let removed = match query(request, "removed") {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => return Err(ApiError::incorrect("removed", other)),
+    };
     let (records, next) =
         storage::page::<storage::EntityRecord>(ctx.kv, &storage::entities_prefix(user_id, kind), after, limit)?;
+    // Removed entities (a removal event) are kept, and listed only when asked for.
     let items: Vec<Value> = records
         .into_iter()
+        .filter(|record| removed || record.removed_at.is_none())
         .map(|record| {
-            json!({ "uuid": record.uuid, "partnerId": record.partner_id, "data": record.data, "updatedAt": record.updated_at })
+            json!({
+                "uuid": record.uuid, "partnerId": record.partner_id, "data": record.data,
+                "updatedAt": record.updated_at, "removedAt": record.removed_at,
+            })
         })
         .collect();
     Ok(Response::json(200, &json!({ "items": items, "next": next })))

@@ -9,6 +9,8 @@
 mod durability;
 /// HTTPS, HTTP/2, certificate reload, drain, slow clients, connection limits.
 mod edges;
+/// Evotor's signed event webhooks: signed deliveries taken once, forged ones never.
+mod events;
 /// The Evotor protocol as the Evotor cloud and the partner's systems use it.
 mod evotor;
 /// Store faults, a full disk, PostgreSQL stopped, SIGKILL during deploys.

@@ -531,3 +531,83 @@ fn licensed_devices_saturate_instead_of_wrapping() {
         .expect("entitlement");
     assert_eq!(e.licensed_devices, u64::MAX);
 }
+
+const OTHER: &str = "02-000000000000002";
+
+fn foreign_issues(world: &World) -> Vec<Value> {
+    let answer = world.call("GET", "/partner/v1/data-issues?limit=100", Some("partner"), None);
+    let items = answer.body_json()["items"].as_array().cloned().unwrap_or_default();
+    items.into_iter().filter(|issue| issue["entity"] == "subscription").collect()
+}
+
+#[test]
+fn a_users_token_never_changes_another_users_subscription() {
+    let world = enforced();
+    let victim = world.register(USER, "ivan");
+    let attacker = world.register(OTHER, "petr");
+    assert_eq!(post(&world, &created(SUB, "P14DT", 1)).status, 200);
+    assert_eq!(post(&world, &event(SUB, 2, "SubscriptionActivated", json!({}))).status, 200);
+    let mut terminate = event(SUB, 3, "SubscriptionTerminated", json!({}));
+    terminate["userId"] = json!(OTHER);
+    let answer = world.call("POST", "/api/v1/subscription/event", Some(&attacker), Some(terminate.clone()));
+    assert_eq!(answer.status, 200, "kept, not refused");
+    let s = state(&world, SUB);
+    assert_eq!((s.user_id.as_str(), s.applied_through, s.status), (USER, 2, Some(Status::Active)));
+    assert_eq!(world.whoami(&victim), Ok(USER.to_owned()), "the owner is not cut off");
+    assert!(world.whoami(&attacker).is_err(), "nor does the attacker gain it");
+    let kept = storage::foreign_subscription_event_key(SUB, OTHER, 3);
+    assert!(storage::read::<Value>(&world.kv, &kept).expect("read").is_some(), "the foreign event is kept");
+    let issues = foreign_issues(&world);
+    assert!(issues.iter().any(|i| i["userId"] == USER && i["problem"].as_str().unwrap_or("").contains("not applied")));
+    // Evotor's own event 3 is not a duplicate of the foreign one.
+    assert_eq!(post(&world, &event(SUB, 3, "SubscriptionRenewed", json!({}))).status, 200);
+    assert_eq!(state(&world, SUB).applied_through, 3);
+    // The server credential cannot move a confirmed subscription either.
+    assert_eq!(post(&world, &terminate).status, 200);
+    assert_eq!(state(&world, SUB).status, Some(Status::Active));
+}
+
+#[test]
+fn evotor_names_the_owner_of_a_subscription_a_users_token_squatted() {
+    let world = enforced();
+    let victim = world.register(USER, "ivan");
+    let squatter = world.register(OTHER, "petr");
+    let mut squat = created(SUB, "P14DT", 50);
+    squat["userId"] = json!(OTHER);
+    let answer = world.call("POST", "/api/v1/subscription/event", Some(&squatter), Some(squat));
+    assert_eq!(answer.status, 200);
+    assert_eq!(state(&world, SUB).user_id, OTHER);
+    // Evotor's real first event names the victim: it owns the subscription from now on.
+    assert_eq!(post(&world, &created(SUB, "P14DT", 1)).status, 200);
+    let s = state(&world, SUB);
+    assert_eq!((s.user_id.as_str(), s.owner_confirmed, s.device_number), (USER, true, Some(1)));
+    assert_eq!(world.whoami(&victim), Ok(USER.to_owned()));
+    assert_eq!(world.whoami(&squatter), Err(1004), "the squatter's subscription marker is gone");
+    let kept = storage::foreign_subscription_event_key(SUB, OTHER, 1);
+    assert!(storage::read::<Value>(&world.kv, &kept).expect("read").is_some());
+    assert!(foreign_issues(&world).iter().any(|i| i["problem"].as_str().unwrap_or("").contains("set aside")));
+    // The victim's own token keeps working on it; the squatter's does nothing.
+    let renew = event(SUB, 2, "SubscriptionActivated", json!({}));
+    assert_eq!(world.call("POST", "/api/v1/subscription/event", Some(&victim), Some(renew)).status, 200);
+    assert_eq!(state(&world, SUB).status, Some(Status::Active));
+}
+
+#[test]
+fn one_users_installation_event_id_never_makes_anothers_a_duplicate() {
+    let world = enforced();
+    let squatter = world.register(OTHER, "petr");
+    let install = |user: &str, kind: &str| json!({"id": "evt-1", "timestamp": stamp(T0), "type": kind, "data": {"productId": PRODUCT, "userId": user}});
+    let first =
+        world.call("POST", "/api/v2/installation/event", Some(&squatter), Some(install(OTHER, "ApplicationInstalled")));
+    assert_eq!(first.status, 200);
+    assert_eq!(world.server("/api/v2/installation/event", install(USER, "ApplicationUninstalled")).status, 200);
+    let state: Installation =
+        storage::read(&world.kv, &storage::installation_key(USER)).expect("read").expect("the victim's event counted");
+    assert!(!state.installed);
+    // A re-delivery of either is still a duplicate.
+    assert_eq!(world.server("/api/v2/installation/event", install(USER, "ApplicationUninstalled")).status, 200);
+    let feed = world.call("GET", "/partner/v1/feed?limit=100", Some("partner"), None).body_json();
+    let installs =
+        feed["items"].as_array().expect("items").iter().filter(|e| e["kind"] == "installation.event").count();
+    assert_eq!(installs, 2);
+}

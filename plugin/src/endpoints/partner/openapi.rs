@@ -99,7 +99,7 @@ fn the_description_lists_exactly_the_partner_endpoints_served() {
 
 /// A world with one of everything the partner API shows.
 fn populated() -> (World, String) {
-    let world = World::new();
+    let world = World::with(&[("events_webhook_allow_unsigned", "true")]);
     let token = world.register(USER, "ivan");
     let trial = json!({"subscriptionId": "a99fbf70-6307-4acc-b61c-741ee9eef6c1", "productId": "p", "userId": USER,
         "timestamp": "2026-01-01T00:00:00.000+0000", "sequenceNumber": 1, "type": "SubscriptionCreated",
@@ -130,6 +130,9 @@ fn populated() -> (World, String) {
     let receipt = json!({"id": "evt-1", "timestamp": 1, "userId": USER, "type": "ReceiptCreated", "version": 2,
         "data": {"id": "r", "deviceId": DEVICE, "storeId": STORE, "dateTime": "2026-01-02T10:00:00.000+0000", "items": []}});
     assert_eq!(world.call("POST", "/api/v2/receipts", Some(&token), Some(receipt)).status, 200);
+    let order =
+        json!({"id": "ev-1", "timestamp": 1, "type": "Order", "action": "created", "payload": {"user_id": USER}});
+    assert_eq!(world.call("POST", "/events", None, Some(order)).status, 200);
     let account =
         world.call("POST", "/partner/v1/accounts", Some("partner"), Some(json!({"login": "desk", "password": "pw"})));
     let account_id = account.body_json()["id"].as_str().expect("id").to_owned();

@@ -1,0 +1,537 @@
+//! Evotor's signed event webhooks ("Hookshot"): the envelope
+//! `{id, timestamp, type, action, payload}`, whatever delivered it.
+//!
+//! Evotor counts any answer below 500 as delivered, so an event is refused
+//! only when it can never become usable (no `id`); everything else is kept.
+//! Each event is taken once by its `id`; its effect depends on its type:
+//!
+//! | type (any spelling) | actions | effect |
+//! |---|---|---|
+//! | store, device, employee | created, updated | the mirror the inventory `PUT`s write |
+//! | store, device, employee | removed | the record kept, marked removed |
+//! | document | created | what a `PUT` of that V2 document does |
+//! | product, product group | created, updated, removed | the store's catalog, source `evotor` |
+//! | everything else | any | a raw event record (`GET /partner/v1/events`) |
+//!
+//! Events of one entity may arrive out of order: an event older than what
+//! is stored (its payload's `updated_at`, else the envelope's `timestamp`)
+//! never overwrites newer data, nor brings back a removed entity. Whatever
+//! an event was not applied to (another user's entity, a terminal past the
+//! licence, an older state, an unusable payload) is kept as a raw event and
+//! reported as a data issue.
+
+use crate::Ctx;
+use crate::config::Settings;
+use crate::domain::catalog;
+use crate::domain::inventory::{self, EntityChange, EntityOutcome};
+use crate::errors::ApiError;
+use crate::input::{self, Fields, Object};
+use crate::storage::{self, Issue, Txn};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+/// Most events one delivery may carry.
+pub const MAX_EVENTS: usize = 1000;
+
+/// What an event is about, whichever spelling named it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `StoreEvent`, `Store`, `store`.
+    Store,
+    /// `DeviceEvent`, `Device`.
+    Device,
+    /// `EmployeeEvent`, `Employee`.
+    Employee,
+    /// `DocumentEvent`, `Document`.
+    Document,
+    /// `ProductEvent`, `Product`.
+    Product,
+    /// `ProductGroupEvent`, `ProductGroup`, `product_group`.
+    ProductGroup,
+    /// `ProductImageEvent`, `ProductImage`: kept as a raw event.
+    ProductImage,
+    /// `SystemEvent`, `system`: kept as a raw event.
+    System,
+    /// Any other type (`Order`, `Settings`, `Token`, …): kept as a raw event.
+    Other,
+}
+
+/// A type name compared as Evotor's spellings differ: case and `_`/`-`
+/// ignored, a trailing `Event` dropped (`ProductGroupEvent` = `product_group`).
+pub fn normalized(name: &str) -> String {
+    let plain: String = name.chars().filter(char::is_ascii_alphanumeric).map(|c| c.to_ascii_lowercase()).collect();
+    match plain.strip_suffix("event") {
+        Some(stem) if !stem.is_empty() => stem.to_owned(),
+        _ => plain,
+    }
+}
+
+impl Kind {
+    /// The kind of an event `type`, in any spelling.
+    pub fn of(name: &str) -> Self {
+        match normalized(name).as_str() {
+            "store" => Kind::Store,
+            "device" => Kind::Device,
+            "employee" => Kind::Employee,
+            "document" => Kind::Document,
+            "product" => Kind::Product,
+            "productgroup" => Kind::ProductGroup,
+            "productimage" => Kind::ProductImage,
+            "system" => Kind::System,
+            _ => Kind::Other,
+        }
+    }
+
+    fn entity(self) -> Option<inventory::Kind> {
+        match self {
+            Kind::Store => Some(inventory::Kind::Store),
+            Kind::Device => Some(inventory::Kind::Device),
+            Kind::Employee => Some(inventory::Kind::Employee),
+            _ => None,
+        }
+    }
+}
+
+/// One event of a delivery, read as far as it can be.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// `id`, as sent.
+    pub id: String,
+    /// `type`, as sent (empty when absent).
+    pub r#type: String,
+    /// What the type names.
+    pub kind: Kind,
+    /// `action`, lower case (empty when absent).
+    pub action: String,
+    /// `timestamp`, Unix milliseconds, when usable.
+    pub timestamp: Option<i64>,
+    /// `payload.user_id`, when usable.
+    pub user_id: Option<String>,
+    /// The payload object (empty when absent).
+    pub payload: Object,
+    /// The event as received.
+    pub raw: Object,
+    /// What looks wrong in it.
+    pub problems: Vec<String>,
+}
+
+/// Reads event `at` (`[3].` in an array, empty alone): refused only without a usable `id`.
+pub fn parse(value: Value, at: &str) -> Result<Event, ApiError> {
+    let Value::Object(raw) = value else {
+        return Err(ApiError::wrong_type(if at.is_empty() { "event" } else { at.trim_end_matches('.') }, "an object"));
+    };
+    let fields = Fields::at(&raw, at);
+    let id = fields.required_id("id")?;
+    let mut problems = Vec::new();
+    let r#type = match fields.get("type") {
+        Some(Value::String(name)) => name.chars().take(128).collect(),
+        None => {
+            problems.push("no type".to_owned());
+            String::new()
+        }
+        Some(other) => {
+            problems.push(format!("type {other} is not a string"));
+            String::new()
+        }
+    };
+    let action = match fields.get("action") {
+        Some(Value::String(action)) => action.chars().take(64).collect::<String>().to_ascii_lowercase(),
+        None => String::new(),
+        Some(other) => {
+            problems.push(format!("action {other} is not a string"));
+            String::new()
+        }
+    };
+    let timestamp = fields.get("timestamp").and_then(|value| {
+        let at = crate::time::timestamp(value);
+        if at.is_none() {
+            problems.push(format!("timestamp {value} is not a time"));
+        }
+        at
+    });
+    let payload = match fields.get("payload") {
+        Some(Value::Object(payload)) => payload.clone(),
+        None => Object::new(),
+        Some(other) => {
+            problems.push(format!("payload is not an object: {}", truncate(&other.to_string())));
+            Object::new()
+        }
+    };
+    let user_id = match payload.get("user_id").or_else(|| payload.get("userId")) {
+        None => None,
+        Some(value) => {
+            let user = input::id_text(value).filter(|user| input::is_user_id(user));
+            if user.is_none() {
+                problems.push(format!("payload.user_id {} is not NN-NNNNNNNNNNNNNNN", truncate(&value.to_string())));
+            }
+            user
+        }
+    };
+    let kind = Kind::of(&r#type);
+    Ok(Event { id, r#type, kind, action, timestamp, user_id, payload, raw, problems })
+}
+
+fn truncate(text: &str) -> String {
+    text.chars().take(64).collect()
+}
+
+/// Reads a delivery: one event or an array of at most [`MAX_EVENTS`].
+pub fn parse_delivery(json: &[u8]) -> Result<Vec<Event>, ApiError> {
+    let value: Value = serde_json::from_slice(json).map_err(|err| ApiError::syntax(&err.to_string()))?;
+    match value {
+        Value::Array(items) => {
+            if items.len() > MAX_EVENTS {
+                return Err(ApiError::incorrect("events", format!("{} events, at most {MAX_EVENTS}", items.len())));
+            }
+            items.into_iter().enumerate().map(|(index, item)| parse(item, &format!("[{index}]."))).collect()
+        }
+        value => Ok(vec![parse(value, "")?]),
+    }
+}
+
+/// What became of an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    /// Its effect is in the store.
+    Applied,
+    /// Older than what is stored: nothing changed.
+    Stale,
+    /// Kept as a raw event: its type has no effect of its own.
+    Kept,
+    /// Kept as a raw event, not applied (another user's entity, a terminal
+    /// past the licence, an unusable payload): a data issue says why.
+    NotApplied,
+    /// Taken before: nothing changed.
+    Duplicate,
+}
+
+/// The idempotency marker of an event: it was taken.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Seen {
+    v: u32,
+    received_at: u64,
+    outcome: Outcome,
+}
+
+/// One event as listed by `GET /partner/v1/events`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventRecord {
+    /// Storage format version.
+    pub v: u32,
+    /// The event's id.
+    pub id: String,
+    /// Its type, as sent.
+    pub r#type: String,
+    /// Its type, normalized (`store`, `productgroup`, `order`, …).
+    pub kind: String,
+    /// Its action.
+    pub action: String,
+    /// Its timestamp, Unix milliseconds.
+    pub timestamp: Option<i64>,
+    /// Its user.
+    pub user_id: Option<String>,
+    /// When it arrived, Unix seconds.
+    pub received_at: u64,
+    /// The delivery that brought it (`X-Evotor-Delivery`).
+    pub delivery: Option<String>,
+    /// What became of it.
+    pub outcome: Outcome,
+    /// The event as received (a document event's payload is the stored document's: its ids only here).
+    pub event: Value,
+}
+
+/// Key of an event's idempotency marker.
+fn seen_key(id: &str) -> String {
+    format!("events/seen/{}", &storage::sha256_hex(id.as_bytes())[..32])
+}
+
+/// Prefix of the event log, in commit order (stamped keys).
+pub const LOG_PREFIX: &str = "events/log/";
+
+/// Key of the order record of a product or group (`{store}/{uuid}`, lower case).
+fn product_order_key(store: &str, uuid: &str) -> String {
+    format!("events/order/product/{store}/{uuid}")
+}
+
+/// The newest state of a catalog item an event brought: what older events
+/// must not overwrite.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ProductOrder {
+    v: u32,
+    order_ms: i64,
+    removed: bool,
+}
+
+/// The time that orders an event among those of its entity: the payload's
+/// `updated_at`, else the envelope's `timestamp`, else its arrival.
+fn order_of(event: &Event, now_ms: i64) -> i64 {
+    event.payload.get("updated_at").and_then(crate::time::timestamp).or(event.timestamp).unwrap_or(now_ms)
+}
+
+/// Takes the events of one delivery (`delivery`: its `X-Evotor-Delivery`):
+/// each is applied and marked taken, or found taken before. Answers how
+/// many were new and how many repeated.
+pub fn take(
+    ctx: &Ctx<'_>,
+    settings: &Settings,
+    events: Vec<Event>,
+    delivery: Option<&str>,
+) -> Result<(usize, usize), ApiError> {
+    let (mut new, mut repeated) = (0, 0);
+    for event in events {
+        match take_one(ctx, settings, event, delivery)? {
+            Outcome::Duplicate => repeated += 1,
+            _ => new += 1,
+        }
+    }
+    Ok((new, repeated))
+}
+
+/// Takes one event once.
+fn take_one(ctx: &Ctx<'_>, settings: &Settings, event: Event, delivery: Option<&str>) -> Result<Outcome, ApiError> {
+    let key = seen_key(&event.id);
+    if storage::read::<Seen>(ctx.kv, &key)?.is_some() {
+        return Ok(Outcome::Duplicate);
+    }
+    let now = ctx.clock.now_unix();
+    let now_ms = crate::time::millis(now);
+    let mut problems = event.problems.clone();
+    // Store, device and employee events change the mirror in the marker's own commit.
+    if let (Some(entity), Some(user_id)) = (event.kind.entity(), event.user_id.as_deref()) {
+        let change = match event.action.as_str() {
+            "created" | "updated" => Some(EntityChange::Upsert),
+            "removed" | "deleted" => Some(EntityChange::Remove),
+            _ => None,
+        };
+        let id = match event.payload.get("id").or_else(|| event.payload.get("uuid")) {
+            Some(Value::String(id)) => input::id_as_sent(id),
+            Some(other) => input::id_text(other),
+            None => None,
+        };
+        if let (Some(change), Some(id)) = (change, id) {
+            let limit = match (entity, change) {
+                (inventory::Kind::Device, EntityChange::Upsert) => {
+                    crate::domain::billing::device_limit(ctx, user_id, settings)?
+                }
+                _ => None,
+            };
+            let order = order_of(&event, now_ms);
+            return storage::transact(ctx.kv, |txn| -> Result<Outcome, ApiError> {
+                if txn.get::<Seen>(&key)?.is_some() {
+                    return Ok(Outcome::Duplicate);
+                }
+                let mut problems = problems.clone();
+                let applied =
+                    inventory::apply_event(txn, user_id, entity, &id, &event.payload, order, change, limit, now)?;
+                let outcome = match applied {
+                    EntityOutcome::Changed | EntityOutcome::Unchanged => Outcome::Applied,
+                    EntityOutcome::Stale => Outcome::Stale,
+                    EntityOutcome::Foreign(owner) => {
+                        problems.push(format!("{} {id} belongs to user {owner}: not changed", entity.name()));
+                        Outcome::NotApplied
+                    }
+                    EntityOutcome::OverLicence => {
+                        problems.push(format!("terminal {id} is past the licensed number: not registered"));
+                        Outcome::NotApplied
+                    }
+                };
+                record(txn, &event, delivery, outcome, &problems, now);
+                Ok(outcome)
+            });
+        }
+        if change.is_none() {
+            problems.push(format!("action {:?} has no effect on a {}: kept", event.action, entity.name()));
+        } else {
+            problems.push(format!("payload has no usable id: kept, not applied"));
+        }
+    }
+    let outcome = match (event.kind, event.user_id.as_deref()) {
+        (Kind::Document, Some(user_id)) => document(ctx, settings, &event, user_id, &mut problems)?,
+        (Kind::Product | Kind::ProductGroup, Some(user_id)) => {
+            product(ctx, &event, user_id, order_of(&event, now_ms), &mut problems)?
+        }
+        (Kind::Store | Kind::Device | Kind::Employee, _) => Outcome::NotApplied,
+        (Kind::Document | Kind::Product | Kind::ProductGroup, None) => {
+            problems.push("no payload.user_id: kept, not applied".to_owned());
+            Outcome::NotApplied
+        }
+        (Kind::ProductImage | Kind::System | Kind::Other, _) => Outcome::Kept,
+    };
+    if event.kind == Kind::Other {
+        problems.push(format!("unknown event type {:?}: kept", event.r#type));
+    }
+    storage::transact(ctx.kv, |txn| -> Result<Outcome, ApiError> {
+        if txn.get::<Seen>(&key)?.is_some() {
+            return Ok(Outcome::Duplicate);
+        }
+        record(txn, &event, delivery, outcome, &problems, now);
+        Ok(outcome)
+    })
+}
+
+/// Within the event's last commit: its marker, its log entry, its feed
+/// entry and data issues.
+fn record(txn: &mut Txn<'_>, event: &Event, delivery: Option<&str>, outcome: Outcome, problems: &[String], now: u64) {
+    txn.put(&seen_key(&event.id), &Seen { v: storage::FORMAT, received_at: now, outcome });
+    let mut raw = Value::Object(event.raw.clone());
+    if event.kind == Kind::Document && outcome == Outcome::Applied {
+        // The document itself is the stored document; the log names it.
+        let ids: Object = ["id", "store_id", "device_id", "type", "user_id"]
+            .iter()
+            .filter_map(|field| event.payload.get(*field).map(|value| ((*field).to_owned(), value.clone())))
+            .collect();
+        raw["payload"] = Value::Object(ids);
+    }
+    let entry = EventRecord {
+        v: storage::FORMAT,
+        id: event.id.clone(),
+        r#type: event.r#type.clone(),
+        kind: normalized(&event.r#type),
+        action: event.action.clone(),
+        timestamp: event.timestamp,
+        user_id: event.user_id.clone(),
+        received_at: now,
+        delivery: delivery.map(|delivery| delivery.chars().take(128).collect()),
+        outcome,
+        event: raw,
+    };
+    txn.append(LOG_PREFIX, &entry);
+    if matches!(outcome, Outcome::Kept | Outcome::NotApplied) {
+        let data = json!({ "id": event.id, "type": event.r#type, "action": event.action, "outcome": outcome });
+        txn.emit("event.received", now, event.user_id.as_deref(), data);
+    }
+    for problem in problems {
+        txn.issue(now, Issue::new(event.user_id.as_deref(), "event", &event.id, problem.as_str()));
+    }
+}
+
+/// A document event: what a `PUT` of that V2 document does.
+fn document(
+    ctx: &Ctx<'_>,
+    settings: &Settings,
+    event: &Event,
+    user_id: &str,
+    problems: &mut Vec<String>,
+) -> Result<Outcome, ApiError> {
+    if !matches!(event.action.as_str(), "created" | "") {
+        problems.push(format!("document action {:?}: kept, not applied", event.action));
+        return Ok(Outcome::NotApplied);
+    }
+    let body = serde_json::to_vec(&event.payload).map_err(|_| ApiError::internal("payload not serializable"))?;
+    match crate::domain::documents::ingest_documents(ctx, settings, user_id, &body, None) {
+        Ok(_) => Ok(Outcome::Applied),
+        // The store failing is for Evotor to retry; anything else about the document is ours to keep.
+        Err(err) if err.status >= 500 => Err(err),
+        Err(err) => {
+            let subject = err.subject.as_deref().map(|subject| format!(" ({subject})")).unwrap_or_default();
+            problems.push(format!("document not stored: {}{subject}; kept as a raw event", err.reason));
+            Ok(Outcome::NotApplied)
+        }
+    }
+}
+
+/// The v1 catalog item (as terminals read it) of a v2 product or group
+/// payload: `id`→`uuid`, `parent_id`→`parentUuid`, `barcodes`→`barCodes`,
+/// `cost_price`→`costPrice`, `measure_name`→`measureName`,
+/// `allow_to_sell`→`allowToSell`, `article_number`→`articleNumber`,
+/// `alcocodes`→`alcoCodes`, `alcohol_by_volume`→`alcoholByVolume`,
+/// `alcohol_product_kind_code`→`alcoholProductKindCode`,
+/// `tare_volume`→`tareVolume`, `group` from the event type; the names that
+/// are the same in both (`name`, `code`, `price`, `quantity`, `tax`,
+/// `type`, `description`, `attributes`, …) as they are. The ids, user and
+/// times of the v2 resource are not part of a v1 item.
+pub fn v1_item(payload: &Object, group: bool) -> Value {
+    let mut item = Object::new();
+    for (field, value) in payload {
+        let name = match field.as_str() {
+            "id" => "uuid",
+            "parent_id" => "parentUuid",
+            "barcodes" => "barCodes",
+            "cost_price" => "costPrice",
+            "measure_name" => "measureName",
+            "allow_to_sell" => "allowToSell",
+            "article_number" => "articleNumber",
+            "alcocodes" | "alco_codes" => "alcoCodes",
+            "alcohol_by_volume" => "alcoholByVolume",
+            "alcohol_product_kind_code" => "alcoholProductKindCode",
+            "tare_volume" => "tareVolume",
+            "store_id" | "user_id" | "created_at" | "updated_at" | "modified_at" => continue,
+            "type" if group => continue,
+            other => other,
+        };
+        item.insert(name.to_owned(), value.clone());
+    }
+    item.insert("group".to_owned(), Value::Bool(group));
+    Value::Object(item)
+}
+
+/// A product or group event: the store's catalog, source `evotor`, unless
+/// an event already brought a newer state.
+fn product(
+    ctx: &Ctx<'_>,
+    event: &Event,
+    user_id: &str,
+    order: i64,
+    problems: &mut Vec<String>,
+) -> Result<Outcome, ApiError> {
+    let fields = Fields::of(&event.payload);
+    let ids = (
+        fields.get("store_id").and_then(input::id_text),
+        fields.get("id").or_else(|| fields.get("uuid")).and_then(input::id_text),
+    );
+    let (Some(store), Some(uuid)) = ids else {
+        problems.push("payload has no usable store_id or id: kept, not applied".to_owned());
+        return Ok(Outcome::NotApplied);
+    };
+    let (store, uuid) = (store.to_ascii_lowercase(), uuid.to_ascii_lowercase());
+    let removed = match event.action.as_str() {
+        "created" | "updated" => false,
+        "removed" | "deleted" => true,
+        other => {
+            problems.push(format!("product action {other:?}: kept, not applied"));
+            return Ok(Outcome::NotApplied);
+        }
+    };
+    if let Some(owner) = catalog::store_owner(ctx, &store)?
+        && owner != user_id
+    {
+        problems.push(format!("store {store} belongs to user {owner}: its catalog not changed"));
+        return Ok(Outcome::NotApplied);
+    }
+    let order_key = product_order_key(&store, &uuid);
+    if let Some(known) = storage::read::<ProductOrder>(ctx.kv, &order_key)?
+        && (order < known.order_ms || (order == known.order_ms && known.removed && !removed))
+    {
+        return Ok(Outcome::Stale);
+    }
+    catalog::claim_store(ctx, user_id, &store)?;
+    if removed {
+        catalog::delete_products(ctx, &store, std::slice::from_ref(&uuid), "evotor")?;
+    } else {
+        let group = event.kind == Kind::ProductGroup;
+        let mut unknown = Vec::new();
+        let item = match catalog::validate::lenient_item(v1_item(&event.payload, group), 0, &mut unknown) {
+            Ok(item) => item,
+            Err(err) => {
+                problems.push(format!("product not usable: {}: kept, not applied", err.reason));
+                return Ok(Outcome::NotApplied);
+            }
+        };
+        catalog::upsert_all(ctx, &store, &[item], "evotor")?;
+    }
+    storage::transact(ctx.kv, |txn| -> Result<(), ApiError> {
+        let newer = txn.get::<ProductOrder>(&order_key)?.is_some_and(|known| known.order_ms > order);
+        if !newer {
+            txn.put(&order_key, &ProductOrder { v: storage::FORMAT, order_ms: order, removed });
+        }
+        Ok(())
+    })?;
+    Ok(Outcome::Applied)
+}
+
+#[cfg(test)]
+mod tests;

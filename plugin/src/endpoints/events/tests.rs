@@ -1,0 +1,522 @@
+use super::*;
+use crate::domain::accounts::tests::World;
+use crate::storage::EntityRecord;
+use proptest::prelude::*;
+use serde_json::Value;
+
+const SECRET: &str = "console-secret";
+const USER: &str = "02-200000000000108";
+const OTHER: &str = "02-200000000000109";
+const STORE: &str = "20180417-2396-4075-808C-50046017B78F";
+const DEVICE: &str = "20180716-D877-40E8-8033-350054333E4B";
+const EMPLOYEE: &str = "20180417-A1FF-4089-8048-D71414E1568D";
+
+fn world() -> World {
+    World::with(&[(EVENTS_WEBHOOK_SECRET, SECRET)])
+}
+
+fn sign(secret: &str, body: &[u8]) -> String {
+    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).expect("any key length");
+    mac.update(body);
+    format!("sha1={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// Delivers `body` as Evotor does: JSON under its v2 media type, signed with `secret`.
+fn deliver_raw(world: &World, body: &[u8], signature: Option<&str>, content_type: &str) -> crate::http::Response {
+    let mut request = Request::new("POST", "/events")
+        .header("content-type", content_type)
+        .header("user-agent", "Evotor-Hookshot")
+        .header("x-evotor-delivery", "ed9eb563-f27e-8ed4-4d82-b801f57033c4");
+    if let Some(signature) = signature {
+        request = request.header("x-hub-signature", signature);
+    }
+    request.body = body.to_vec();
+    crate::handle(&world.ctx(), &request)
+}
+
+fn deliver(world: &World, event: &Value) -> crate::http::Response {
+    let body = serde_json::to_vec(event).expect("json");
+    deliver_raw(world, &body, Some(&sign(SECRET, &body)), "application/vnd.evotor.v2+json;charset=UTF-8")
+}
+
+fn envelope(id: &str, kind: &str, action: &str, timestamp: i64, payload: Value) -> Value {
+    json!({"id": id, "timestamp": timestamp, "type": kind, "action": action, "payload": payload})
+}
+
+fn store_payload(name: &str, updated_at: &str) -> Value {
+    json!({"id": STORE, "name": name, "address": "Lenina 1", "user_id": USER,
+           "created_at": "2018-04-17T10:11:49.670+0000", "updated_at": updated_at})
+}
+
+fn entity(world: &World, kind: &str, id: &str) -> Option<EntityRecord> {
+    storage::read(&world.kv, &storage::entity_key(USER, kind, &id.to_ascii_lowercase())).expect("read")
+}
+
+fn listed(world: &World, query: &str) -> Value {
+    let answer = world.call("GET", &format!("/partner/v1/events{query}"), Some("partner"), None);
+    assert_eq!(answer.status, 200, "{}", String::from_utf8_lossy(&answer.body));
+    answer.body_json()
+}
+
+fn feed_kinds(world: &World) -> Vec<String> {
+    let feed = world.call("GET", "/partner/v1/feed?limit=1000", Some("partner"), None).body_json();
+    feed["items"].as_array().expect("items").iter().filter_map(|e| e["kind"].as_str().map(str::to_owned)).collect()
+}
+
+fn issues(world: &World) -> Vec<Value> {
+    let answer = world.call("GET", "/partner/v1/data-issues?limit=1000", Some("partner"), None).body_json();
+    answer["items"].as_array().cloned().unwrap_or_default()
+}
+
+/// The examples of Evotor's `rest_events.md` and `rest_webhooks_overview.md`.
+fn evotor_examples() -> Vec<Value> {
+    vec![
+        envelope(
+            "ded7bf3a-3c51-4f0e-9872-05f75aab041d",
+            "StoreEvent",
+            "updated",
+            1534431863189,
+            store_payload("Новое имя 1534431862462", "2018-08-16T15:04:22.548+0000"),
+        ),
+        envelope(
+            "5e84621d-e5c7-4348-84ce-981bfaac0978",
+            "DeviceEvent",
+            "updated",
+            1534431843930,
+            json!({"created_at": "2018-07-16T16:26:31.160+0000", "id": DEVICE, "name": "Новое имя 1534431843089",
+                   "store_id": STORE, "updated_at": "2018-08-16T15:04:03.455+0000", "user_id": USER}),
+        ),
+        envelope(
+            "5e84621d-e5c7-4348-84ce-981bfaac0979",
+            "EmployeeEvent",
+            "updated",
+            1534431843930,
+            json!({"id": EMPLOYEE, "role": "ADMIN", "name": "Администратор", "stores": [STORE], "user_id": USER,
+                   "created_at": "2018-04-17T10:11:49.244+0000", "updated_at": "2018-07-16T16:00:10.662+0000"}),
+        ),
+        envelope(
+            "a7619739-3548-450c-8752-34bd565b7f1e",
+            "DocumentEvent",
+            "created",
+            1534431848373,
+            json!({"body": {}, "close_date": "2018-08-16T15:04:08.221+0000", "close_user_id": USER,
+                   "device_id": DEVICE, "extras": {}, "id": "a7619739-3548-450c-8752-34bd565b7f1e", "number": 42,
+                   "session_id": "74e23e47-f393-4927-bb56-87ba127ad700", "session_number": 42, "store_id": STORE,
+                   "time_zone_offset": 10800000, "type": "OPEN_SESSION", "user_id": USER, "version": "V2"}),
+        ),
+        envelope(
+            "0e748db2-877d-4c12-bf27-9f040c09eae3",
+            "ProductEvent",
+            "created",
+            1534431851496,
+            json!({"allow_to_sell": true, "cost_price": 1, "created_at": "2018-08-16T15:04:11.472+0000",
+                   "id": "4be33817-bfb2-4e9f-90d0-3286c8c39f7e", "measure_name": "литр",
+                   "name": "Простой новый продукт 1534431849835", "price": 1, "store_id": STORE, "tax": "NO_VAT",
+                   "type": "NORMAL", "updated_at": "2018-08-16T15:04:11.472+0000", "user_id": USER,
+                   "barcodes": ["2000000000060"]}),
+        ),
+        envelope(
+            "28774f47-48d4-4e63-8952-481cd5a1db44",
+            "ProductImageEvent",
+            "created",
+            1534431860945,
+            json!({"created_at": "2018-08-16T15:04:20.672+0000", "id": "7ad64074-db99-41a7-a798-c9ccc5c81bf4",
+                   "meta": {"extension": "png", "file_size": 132385, "height": 300, "width": 300},
+                   "product_id": "251d1a99-f94f-4716-a37b-fd55c7a65edb", "store_id": STORE,
+                   "updated_at": "2018-08-16T15:04:20.672+0000",
+                   "url": "https://static-test.evotor.ru/images/x", "user_id": USER}),
+        ),
+        json!({"action": "ping", "id": "35f9916b-ecf5-48e6-bffb-95ae85a35e37", "timestamp": 1534431886387i64, "type": "SystemEvent"}),
+        envelope(
+            "0d274a9f-2903-4d44-9209-93ad69a8fd3a",
+            "DeviceEvent",
+            "removed",
+            1534435744919,
+            json!({"id": "20180417-2396-4075-808C-50046017B700", "name": "Созданное имя", "store_id": STORE,
+                   "user_id": USER, "created_at": "2018-08-16T16:09:04.408+0000",
+                   "updated_at": "2018-08-16T16:09:04.408+0000"}),
+        ),
+    ]
+}
+
+/// The 2025 spelling of a 2019 type: `StoreEvent` → `Store`.
+fn respelled(mut event: Value) -> Value {
+    let kind = event["type"].as_str().unwrap_or_default().trim_end_matches("Event").to_owned();
+    event["type"] = json!(kind);
+    event["id"] = json!(format!("{}-2025", event["id"].as_str().unwrap_or_default()));
+    event
+}
+
+#[test]
+fn every_evotor_example_is_taken_in_both_spellings_and_both_encodings() {
+    for spelling in [false, true] {
+        for form in [false, true] {
+            let world = world();
+            for example in evotor_examples() {
+                let event = if spelling { respelled(example) } else { example };
+                let json = serde_json::to_vec(&event).expect("json");
+                let answer = if form {
+                    let body: String = form_urlencoded::Serializer::new(String::new())
+                        .append_pair("payload", std::str::from_utf8(&json).expect("utf-8"))
+                        .finish();
+                    let signature = sign(SECRET, body.as_bytes());
+                    deliver_raw(&world, body.as_bytes(), Some(&signature), "application/x-www-form-urlencoded")
+                } else {
+                    deliver(&world, &event)
+                };
+                assert_eq!(answer.status, 200, "{event}: {}", String::from_utf8_lossy(&answer.body));
+                assert_eq!(answer.body_json(), json!({"accepted": 1, "duplicates": 0}));
+            }
+            let label = format!("spelling 2025: {spelling}, form: {form}");
+            let store = entity(&world, "store", STORE).expect("store mirrored");
+            assert_eq!(store.data["name"], "Новое имя 1534431862462", "{label}");
+            assert_eq!(store.uuid, STORE, "the id as Evotor sent it: {label}");
+            assert!(entity(&world, "device", DEVICE).is_some(), "{label}");
+            assert!(entity(&world, "employee", EMPLOYEE).is_some(), "{label}");
+            let removed = entity(&world, "device", "20180417-2396-4075-808C-50046017B700").expect("kept");
+            assert!(removed.removed_at.is_some(), "{label}");
+            let documents = world.call("GET", &format!("/partner/v1/stores/{STORE}/documents"), Some("partner"), None);
+            assert_eq!(documents.body_json()["items"].as_array().map(Vec::len), Some(1), "{label}");
+            let products = world.call("GET", &format!("/partner/v1/stores/{STORE}/products"), Some("partner"), None);
+            assert_eq!(products.body_json()["items"][0]["product"]["barCodes"], json!(["2000000000060"]), "{label}");
+            let raw = listed(&world, "");
+            let outcomes: Vec<&str> =
+                raw["items"].as_array().expect("items").iter().filter_map(|e| e["outcome"].as_str()).collect();
+            assert_eq!(outcomes.len(), 8, "every event is listed: {label}");
+            assert_eq!(outcomes.iter().filter(|o| **o == "kept").count(), 2, "image and system: {label}");
+            let kinds = feed_kinds(&world);
+            for kind in ["store.upserted", "device.upserted", "employee.upserted", "document.received"] {
+                assert!(kinds.iter().any(|k| k == kind), "{kind} in {kinds:?}: {label}");
+            }
+            assert!(kinds.iter().any(|k| k == "device.removed"), "{label}");
+            assert_eq!(kinds.iter().filter(|k| *k == "event.received").count(), 2, "{label}");
+        }
+    }
+}
+
+#[test]
+fn type_spellings_are_one_type() {
+    use crate::domain::events::Kind;
+    for name in ["StoreEvent", "Store", "store", "STORE", "storeevent"] {
+        assert_eq!(Kind::of(name), Kind::Store, "{name}");
+    }
+    for name in ["ProductGroupEvent", "ProductGroup", "product_group", "product-group"] {
+        assert_eq!(Kind::of(name), Kind::ProductGroup, "{name}");
+    }
+    assert_eq!(Kind::of("Order"), Kind::Other);
+    assert_eq!(Kind::of("Event"), Kind::Other);
+    assert_eq!(Kind::of(""), Kind::Other);
+}
+
+#[test]
+fn a_bad_or_missing_signature_is_401_and_stores_nothing() {
+    let world = world();
+    let event = evotor_examples().remove(0);
+    let body = serde_json::to_vec(&event).expect("json");
+    let good = sign(SECRET, &body);
+    let cases = [
+        ("no signature", None),
+        ("another secret", Some(sign("not-the-secret", &body))),
+        ("truncated", Some(good[..good.len() - 2].to_owned())),
+        ("another body", Some(sign(SECRET, b"{}"))),
+        ("no scheme", Some(good.trim_start_matches("sha1=").to_owned())),
+        ("not hex", Some("sha1=zz".to_owned())),
+    ];
+    for (label, signature) in cases {
+        let before = world.kv.keys();
+        let answer = deliver_raw(&world, &body, signature.as_deref(), "application/json");
+        assert_eq!((answer.status, answer.body_json()["errors"][0]["code"].as_u64()), (401, Some(1001)), "{label}");
+        let after: Vec<String> = world.kv.keys().into_iter().filter(|key| !key.starts_with("issues/")).collect();
+        let before: Vec<String> = before.into_iter().filter(|key| !key.starts_with("issues/")).collect();
+        assert_eq!(before, after, "{label}: nothing stored but the refusal count");
+    }
+    let refused: u64 = issues(&world)
+        .iter()
+        .filter(|issue| issue["entity"] == "events-webhook")
+        .filter_map(|issue| issue["count"].as_u64())
+        .sum();
+    assert_eq!(refused, 6, "each refusal counted where the partner sees it");
+    assert_eq!(deliver_raw(&world, &body, Some(&good), "application/json").status, 200);
+    // The signature is over the bytes received, not over a re-encoding.
+    let spaced = serde_json::to_vec_pretty(&event).expect("json");
+    assert_eq!(deliver_raw(&world, &spaced, Some(&good), "application/json").status, 401);
+}
+
+#[test]
+fn the_previous_secret_verifies_during_a_rotation() {
+    let world = World::with(&[(EVENTS_WEBHOOK_SECRET, "new-secret"), (EVENTS_WEBHOOK_PREVIOUS_SECRET, SECRET)]);
+    let event = evotor_examples().remove(0);
+    let body = serde_json::to_vec(&event).expect("json");
+    assert_eq!(deliver_raw(&world, &body, Some(&sign(SECRET, &body)), "application/json").status, 200);
+    let second = respelled(event);
+    let body = serde_json::to_vec(&second).expect("json");
+    assert_eq!(deliver_raw(&world, &body, Some(&sign("new-secret", &body)), "application/json").status, 200);
+    assert_eq!(deliver_raw(&world, &body, Some(&sign("older", &body)), "application/json").status, 401);
+}
+
+#[test]
+fn without_a_secret_the_path_is_404_unless_unsigned_is_allowed_explicitly() {
+    let event = evotor_examples().remove(0);
+    let body = serde_json::to_vec(&event).expect("json");
+    let closed = World::new();
+    assert_eq!(deliver_raw(&closed, &body, None, "application/json").status, 404);
+    let almost = World::with(&[(EVENTS_WEBHOOK_ALLOW_UNSIGNED, "yes")]);
+    assert_eq!(deliver_raw(&almost, &body, None, "application/json").status, 404, "only \"true\" opens it");
+    let open = World::with(&[(EVENTS_WEBHOOK_ALLOW_UNSIGNED, "true")]);
+    assert_eq!(deliver_raw(&open, &body, None, "application/json").status, 200);
+    let elsewhere = World::with(&[(EVENTS_WEBHOOK_SECRET, SECRET), (EVENTS_WEBHOOK_PATH, "/hooks/evotor")]);
+    let signature = sign(SECRET, &body);
+    assert_eq!(deliver_raw(&elsewhere, &body, Some(&signature), "application/json").status, 404);
+    let mut request = Request::new("POST", "/hooks/evotor/").header("x-hub-signature", &signature);
+    request.body = body;
+    assert_eq!(crate::handle(&elsewhere.ctx(), &request).status, 200);
+}
+
+#[test]
+fn only_what_can_never_be_usable_is_refused() {
+    let world = world();
+    let signed = |body: &[u8]| deliver_raw(&world, body, Some(&sign(SECRET, body)), "application/json").status;
+    assert_eq!(signed(b"not json"), 400);
+    assert_eq!(signed(br#"{"type":"StoreEvent","action":"updated","payload":{}}"#), 400, "no id");
+    assert_eq!(signed(br#"[{"id":"a","type":"x"},{"type":"x"}]"#), 400, "an event without an id refuses the array");
+    assert!(world.kv.keys().iter().all(|key| !key.starts_with("events/")), "nothing stored");
+    // Everything else is kept: unknown types and actions, missing fields, extra fields, unknown users.
+    for (n, event) in [
+        json!({"id": "e1", "type": "Order", "action": "created", "payload": {"user_id": USER, "total": 5}}),
+        json!({"id": "e2", "type": "StoreEvent", "action": "teleported", "payload": {"id": STORE, "user_id": USER}}),
+        json!({"id": "e3", "type": "StoreEvent", "action": "updated", "payload": {"id": STORE}}),
+        json!({"id": "e4"}),
+        json!({"id": "e5", "type": "StoreEvent", "action": "updated", "payload": {"id": STORE, "user_id": "01-999999999999999", "x": [1]}}),
+        json!({"id": 6, "type": 7, "action": null, "timestamp": "yesterday", "payload": "text"}),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let body = serde_json::to_vec(&event).expect("json");
+        assert_eq!(signed(&body), 200, "{n}: {event}");
+    }
+    let all = listed(&world, "?limit=100");
+    assert_eq!(all["items"].as_array().map(Vec::len), Some(6));
+    let problems: Vec<String> =
+        issues(&world).iter().filter_map(|issue| issue["problem"].as_str().map(str::to_owned)).collect();
+    assert!(problems.iter().any(|p| p.contains("unknown event type \"Order\"")), "{problems:?}");
+    assert!(problems.iter().any(|p| p.contains("teleported")), "{problems:?}");
+    let unknown_user: EntityRecord =
+        storage::read(&world.kv, &storage::entity_key("01-999999999999999", "store", &STORE.to_ascii_lowercase()))
+            .expect("read")
+            .expect("a user never registered still gets its store");
+    assert_eq!(unknown_user.data["x"], json!([1]), "extra fields kept");
+}
+
+#[test]
+fn a_redelivery_stores_nothing_and_adds_no_feed_entry() {
+    let world = world();
+    for event in evotor_examples() {
+        assert_eq!(deliver(&world, &event).status, 200);
+    }
+    let (keys, feed) = (world.kv.keys(), feed_kinds(&world));
+    for event in evotor_examples() {
+        let answer = deliver(&world, &event);
+        assert_eq!(answer.body_json(), json!({"accepted": 0, "duplicates": 1}));
+    }
+    assert_eq!(world.kv.keys(), keys);
+    assert_eq!(feed_kinds(&world), feed);
+    let batch = Value::Array(evotor_examples());
+    assert_eq!(deliver(&world, &batch).body_json(), json!({"accepted": 0, "duplicates": 8}));
+}
+
+#[test]
+fn older_events_never_overwrite_newer_state_nor_bring_back_a_removed_entity() {
+    let world = world();
+    let newer = envelope("n", "StoreEvent", "updated", 2_000, store_payload("Newer", "2018-08-16T15:00:00.000+0000"));
+    let older = envelope("o", "StoreEvent", "updated", 1_000, store_payload("Older", "2018-08-15T15:00:00.000+0000"));
+    assert_eq!(deliver(&world, &newer).status, 200);
+    assert_eq!(deliver(&world, &older).status, 200);
+    assert_eq!(entity(&world, "store", STORE).expect("store").data["name"], "Newer");
+    assert!(listed(&world, "")["items"].as_array().expect("items").iter().any(|e| e["outcome"] == "stale"));
+
+    let removed = envelope("r", "StoreEvent", "removed", 3_000, store_payload("Newer", "2018-08-17T15:00:00.000+0000"));
+    assert_eq!(deliver(&world, &removed).status, 200);
+    let late = envelope("l", "StoreEvent", "updated", 2_500, store_payload("Late", "2018-08-16T20:00:00.000+0000"));
+    assert_eq!(deliver(&world, &late).status, 200);
+    let record = entity(&world, "store", STORE).expect("kept");
+    assert!(record.removed_at.is_some(), "an older update does not bring it back");
+    assert_eq!(record.data["name"], "Newer");
+    assert!(feed_kinds(&world).iter().any(|kind| kind == "store.removed"));
+
+    let listing = |query: &str| {
+        let answer = world.call("GET", &format!("/partner/v1/users/{USER}/stores{query}"), Some("partner"), None);
+        answer.body_json()["items"].as_array().map(Vec::len)
+    };
+    assert_eq!(listing(""), Some(0), "removed entities are left out");
+    assert_eq!(listing("?removed=true"), Some(1));
+    let back = envelope("b", "StoreEvent", "created", 4_000, store_payload("Back", "2018-08-18T15:00:00.000+0000"));
+    assert_eq!(deliver(&world, &back).status, 200);
+    assert_eq!(listing(""), Some(1), "a newer creation brings it back");
+
+    // Products alike: a removal is not undone by an older update.
+    let product = |id: &str, action: &str, updated: &str, name: &str| {
+        envelope(
+            id,
+            "Product",
+            action,
+            0,
+            json!({"id": "4be33817-bfb2-4e9f-90d0-3286c8c39f7e", "store_id": STORE,
+            "user_id": USER, "name": name, "price": 1, "updated_at": updated, "type": "NORMAL"}),
+        )
+    };
+    let products = || {
+        let answer = world.call("GET", &format!("/partner/v1/stores/{STORE}/products"), Some("partner"), None);
+        answer.body_json()["items"].as_array().map(Vec::len).unwrap_or_default()
+    };
+    assert_eq!(deliver(&world, &product("p1", "created", "2018-08-16T15:00:00.000+0000", "A")).status, 200);
+    assert_eq!(products(), 1);
+    assert_eq!(deliver(&world, &product("p2", "removed", "2018-08-17T15:00:00.000+0000", "A")).status, 200);
+    assert_eq!(products(), 0);
+    assert_eq!(deliver(&world, &product("p3", "updated", "2018-08-16T20:00:00.000+0000", "B")).status, 200);
+    assert_eq!(products(), 0, "the older update stays out");
+}
+
+#[test]
+fn an_entity_pushed_by_the_2017_protocol_and_by_an_event_is_one_record() {
+    let world = world();
+    let token = world.register(USER, "ivan");
+    let pushed =
+        world.call("PUT", "/api/v1/inventories/stores", Some(&token), Some(json!([{"uuid": STORE, "name": "Pushed"}])));
+    assert_eq!(pushed.status, 200);
+    let partner_id = pushed.body_json()[0]["partnerId"].clone();
+    let event =
+        envelope("x", "StoreEvent", "updated", i64::MAX / 4, store_payload("Evented", "2100-01-01T00:00:00.000+0000"));
+    assert_eq!(deliver(&world, &event).status, 200);
+    let record = entity(&world, "store", STORE).expect("one record");
+    assert_eq!((record.data["name"].as_str(), json!(record.partner_id)), (Some("Evented"), partner_id));
+    let stores = world.call("GET", &format!("/partner/v1/users/{USER}/stores"), Some("partner"), None).body_json();
+    assert_eq!(stores["items"].as_array().map(Vec::len), Some(1));
+
+    // A document pushed by PUT and then by an event is one document.
+    let document = json!({"id": "a7619739-3548-450c-8752-34bd565b7f1e", "store_id": STORE, "device_id": DEVICE,
+        "type": "SELL", "close_date": "2018-08-16T15:04:08.221+0000", "user_id": USER, "version": "V2", "body": {}});
+    let put = world.call(
+        "PUT",
+        &format!("/api/v1/inventories/stores/{STORE}/documents"),
+        Some(&token),
+        Some(json!([document.clone()])),
+    );
+    assert_eq!(put.body_json()["accepted"], 1);
+    assert_eq!(deliver(&world, &envelope("d", "DocumentEvent", "created", 0, document)).status, 200);
+    let listed = world.call("GET", &format!("/partner/v1/stores/{STORE}/documents"), Some("partner"), None);
+    assert_eq!(listed.body_json()["items"].as_array().map(Vec::len), Some(1));
+    let received = feed_kinds(&world).into_iter().filter(|kind| kind == "document.received").count();
+    assert_eq!(received, 1);
+}
+
+#[test]
+fn another_users_entity_is_never_changed_by_an_event_only_reported() {
+    let world = world();
+    let mine = envelope("m", "StoreEvent", "created", 1_000, store_payload("Mine", "2018-08-16T15:00:00.000+0000"));
+    assert_eq!(deliver(&world, &mine).status, 200);
+    let mut theirs = store_payload("Theirs", "2018-08-17T15:00:00.000+0000");
+    theirs["user_id"] = json!(OTHER);
+    assert_eq!(deliver(&world, &envelope("t", "StoreEvent", "updated", 2_000, theirs)).status, 200);
+    assert_eq!(entity(&world, "store", STORE).expect("mine").data["name"], "Mine");
+    let other: Option<EntityRecord> =
+        storage::read(&world.kv, &storage::entity_key(OTHER, "store", &STORE.to_ascii_lowercase())).expect("read");
+    assert!(other.is_none());
+    assert!(issues(&world).iter().any(|i| i["problem"].as_str().is_some_and(|p| p.contains("belongs to user"))));
+    let item = listed(&world, "?userId=02-200000000000109");
+    assert_eq!(item["items"][0]["outcome"], "not-applied");
+}
+
+#[test]
+fn a_terminal_past_the_licence_is_kept_and_reported_with_200() {
+    let world = World::with(&[(EVENTS_WEBHOOK_SECRET, SECRET), ("billing_enforcement", "evotor")]);
+    let device =
+        envelope("d", "DeviceEvent", "created", 1_000, json!({"id": DEVICE, "store_id": STORE, "user_id": USER}));
+    assert_eq!(deliver(&world, &device).status, 200);
+    assert!(entity(&world, "device", DEVICE).is_none(), "no subscription: not registered");
+    assert_eq!(listed(&world, "")["items"][0]["outcome"], "not-applied");
+    assert!(issues(&world).iter().any(|i| i["problem"].as_str().is_some_and(|p| p.contains("licensed"))));
+}
+
+#[test]
+fn the_listing_filters_by_type_in_any_spelling_and_by_user_and_pages() {
+    let world = world();
+    for n in 0..5 {
+        let mut order =
+            json!({"id": format!("o{n}"), "type": "Order", "action": "created", "payload": {"user_id": USER}});
+        if n % 2 == 1 {
+            order["payload"]["user_id"] = json!(OTHER);
+        }
+        assert_eq!(deliver(&world, &order).status, 200);
+    }
+    assert_eq!(deliver(&world, &evotor_examples().remove(0)).status, 200);
+    let orders = listed(&world, "?type=OrderEvent");
+    assert_eq!(orders["items"].as_array().map(Vec::len), Some(5));
+    let stores = listed(&world, "?type=store");
+    assert_eq!(stores["items"].as_array().map(Vec::len), Some(1));
+    let theirs = listed(&world, &format!("?type=order&userId={OTHER}"));
+    assert_eq!(theirs["items"].as_array().map(Vec::len), Some(2));
+    let first = listed(&world, "?type=Order&limit=2");
+    assert_eq!(first["items"].as_array().map(Vec::len), Some(2));
+    let next = first["next"].as_str().expect("a next page");
+    let rest = listed(&world, &format!("?type=Order&limit=10&after={next}"));
+    let ids: Vec<&str> = rest["items"].as_array().expect("items").iter().filter_map(|e| e["id"].as_str()).collect();
+    assert_eq!(ids, ["o2", "o3", "o4"]);
+    assert!(rest["next"].is_null(), "the end");
+    let anonymous = world.call("GET", "/partner/v1/events", None, None);
+    assert_eq!(anonymous.status, 401);
+}
+
+#[test]
+fn the_store_failing_answers_503_so_evotor_retries() {
+    struct Down<'a>(&'a crate::kv::MemKv);
+    impl crate::kv::Kv for Down<'_> {
+        fn get(&self, key: &str) -> Result<Option<crate::kv::Entry>, crate::kv::KvError> {
+            self.0.get(key)
+        }
+        fn get_many(&self, keys: &[String]) -> Result<Vec<Option<crate::kv::Entry>>, crate::kv::KvError> {
+            self.0.get_many(keys)
+        }
+        fn scan(
+            &self,
+            prefix: &str,
+            start_after: Option<&str>,
+            limit: u32,
+        ) -> Result<Vec<(String, crate::kv::Entry)>, crate::kv::KvError> {
+            self.0.scan(prefix, start_after, limit)
+        }
+        fn commit(&self, _: Vec<crate::kv::Check>, _: Vec<crate::kv::Write>) -> Result<(), crate::kv::KvError> {
+            Err(crate::kv::KvError::Unavailable("disk full".into()))
+        }
+    }
+    let world = world();
+    let down = Down(&world.kv);
+    let ctx = Ctx { kv: &down, config: &world.config, clock: &world.clock };
+    let body = serde_json::to_vec(&evotor_examples().remove(0)).expect("json");
+    let mut request = Request::new("POST", "/events").header("x-hub-signature", &sign(SECRET, &body));
+    request.body = body;
+    let answer = crate::handle(&ctx, &request);
+    assert_eq!(answer.status, 503);
+    assert!(answer.headers.iter().any(|(name, _)| name == "retry-after"));
+    assert_eq!(deliver_raw(&world, &request.body, request.header_value("x-hub-signature"), "").status, 200);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn any_body_with_any_wrong_signature_is_401_and_the_store_untouched(
+        body in proptest::collection::vec(any::<u8>(), 0..512),
+        signature in "(sha1=)?[0-9a-f]{0,44}",
+        valid_json in any::<bool>(),
+    ) {
+        let world = world();
+        let body = if valid_json { serde_json::to_vec(&json!({"id": "x", "junk": body})).expect("json") } else { body };
+        prop_assume!(signature != sign(SECRET, &body));
+        let before: Vec<String> = world.kv.keys();
+        let answer = deliver_raw(&world, &body, Some(&signature), "application/json");
+        prop_assert_eq!(answer.status, 401);
+        let after: Vec<String> = world.kv.keys().into_iter().filter(|key| !key.starts_with("issues/")).collect();
+        prop_assert_eq!(before, after);
+    }
+}

@@ -1,0 +1,95 @@
+//! Evotor's signed event webhooks through the real gateway: a delivery as
+//! Evotor's Hookshot sends it (signed, `User-Agent: Evotor-Hookshot`, no
+//! `Authorization`), JSON or form-encoded; forged ones refused and never
+//! stored; a re-delivery taken once; the result read back as the partner
+//! does.
+
+use evogate_e2e::{Gateway, evotor_wasm, request, toml_str};
+use hmac::Mac as _;
+use serde_json::{Value, json};
+
+const SECRET: &str = "console-secret";
+const USER: &str = "02-200000000000108";
+const STORE: &str = "20180417-2396-4075-808C-50046017B78F";
+
+fn gateway() -> Gateway {
+    Gateway::start(&format!(
+        r#"
+[[plugins]]
+name = "evotor"
+route = "/evotor"
+wasm = {wasm}
+[plugins.config]
+server_bearer_token = "server-secret"
+partner_api_token = "partner-secret"
+events_webhook_secret = "{SECRET}"
+"#,
+        wasm = toml_str(&evotor_wasm().to_string_lossy())
+    ))
+}
+
+fn sign(secret: &str, body: &[u8]) -> String {
+    let mut mac = hmac::Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).expect("any key length");
+    mac.update(body);
+    format!("sha1={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+fn deliver(gateway: &Gateway, body: &[u8], signature: Option<&str>, content_type: &str) -> evogate_e2e::Reply {
+    let mut headers = vec![
+        ("user-agent", "Evotor-Hookshot"),
+        ("x-evotor-delivery", "ed9eb563-f27e-8ed4-4d82-b801f57033c4"),
+        ("content-type", content_type),
+    ];
+    if let Some(signature) = signature {
+        headers.push(("x-hub-signature", signature));
+    }
+    request("POST", &gateway.url("/evotor/events"), &headers, Some(body))
+}
+
+fn partner(gateway: &Gateway, path: &str) -> Value {
+    let reply = request("GET", &gateway.url(path), &[("authorization", "Bearer partner-secret")], None);
+    assert_eq!(reply.status, 200, "{path}: {}", reply.text());
+    reply.json()
+}
+
+#[test]
+fn a_signed_delivery_is_stored_once_and_a_forged_one_never() {
+    let gateway = gateway();
+    let store_event = json!({"id": "ded7bf3a-3c51-4f0e-9872-05f75aab041d", "timestamp": 1534431863189i64,
+        "type": "StoreEvent", "action": "updated", "payload": {"address": "Новый адрес", "id": STORE,
+        "name": "Новое имя", "user_id": USER, "created_at": "2018-04-17T10:11:49.670+0000",
+        "updated_at": "2018-08-16T15:04:22.548+0000"}});
+    let body = serde_json::to_vec_pretty(&store_event).expect("json");
+
+    let forged = deliver(&gateway, &body, Some(&sign("guess", &body)), "application/vnd.evotor.v2+json;charset=UTF-8");
+    assert_eq!((forged.status, forged.error_code()), (401, Some(1001)), "{}", forged.text());
+    let unsigned = deliver(&gateway, &body, None, "application/vnd.evotor.v2+json;charset=UTF-8");
+    assert_eq!(unsigned.status, 401);
+    assert!(gateway.wait_for_log("refused delivery ed9eb563-f27e-8ed4-4d82-b801f57033c4"), "{}", gateway.log());
+    assert_eq!(partner(&gateway, "/evotor/partner/v1/events")["items"], json!([]), "nothing stored");
+
+    let signature = sign(SECRET, &body);
+    let taken = deliver(&gateway, &body, Some(&signature), "application/vnd.evotor.v2+json;charset=UTF-8");
+    assert_eq!(taken.status, 200, "{}", taken.text());
+    assert_eq!(taken.json(), json!({"accepted": 1, "duplicates": 0}));
+    let again = deliver(&gateway, &body, Some(&signature), "application/vnd.evotor.v2+json;charset=UTF-8");
+    assert_eq!(again.json(), json!({"accepted": 0, "duplicates": 1}));
+
+    // The console's form encoding: the JSON in the `payload` field, the signature over the form.
+    let order = json!({"id": "o-1", "timestamp": 1534431863190i64, "type": "Order", "action": "created",
+        "payload": {"user_id": USER, "total": 100}});
+    let form = form_urlencoded::Serializer::new(String::new()).append_pair("payload", &order.to_string()).finish();
+    let form_taken =
+        deliver(&gateway, form.as_bytes(), Some(&sign(SECRET, form.as_bytes())), "application/x-www-form-urlencoded");
+    assert_eq!(form_taken.status, 200, "{}", form_taken.text());
+
+    let stores = partner(&gateway, &format!("/evotor/partner/v1/users/{USER}/stores"));
+    assert_eq!(stores["items"][0]["uuid"], STORE, "the id as Evotor sent it");
+    assert_eq!(stores["items"][0]["data"]["name"], "Новое имя");
+    let events = partner(&gateway, "/evotor/partner/v1/events?type=OrderEvent");
+    assert_eq!(events["items"][0]["event"]["payload"]["total"], 100);
+    assert_eq!(events["items"][0]["outcome"], "kept");
+    let issues = partner(&gateway, "/evotor/partner/v1/data-issues");
+    let refusals = issues["items"].as_array().expect("items").iter().find(|i| i["entity"] == "events-webhook");
+    assert_eq!(refusals.and_then(|i| i["count"].as_u64()), Some(2), "{issues}");
+}
