@@ -147,15 +147,7 @@ pub async fn serve(
 
 impl Admin {
     fn authorized(&self, req: &hyper::Request<Incoming>) -> bool {
-        let Some(want) = self.token.as_deref().filter(|t| !t.is_empty()) else { return true };
-        let given = req
-            .headers()
-            .get(hyper::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-            .unwrap_or_default()
-            .trim();
-        Sha256::digest(given.as_bytes()).ct_eq(&Sha256::digest(want.as_bytes())).into()
+        token_matches(self.token.as_deref(), req.headers())
     }
 
     async fn handle(&self, req: hyper::Request<Incoming>) -> Reply {
@@ -242,10 +234,46 @@ fn outcome(result: Result<crate::deploy::Outcome, DeployError>) -> Reply {
     }
 }
 
+/// Whether `headers` carry exactly one `Authorization: Bearer <want>` (the
+/// scheme in any case, as everywhere in evogate), compared in constant
+/// time; anything goes when no token is configured.
+fn token_matches(want: Option<&str>, headers: &hyper::HeaderMap) -> bool {
+    let Some(want) = want.filter(|t| !t.is_empty()) else { return true };
+    let mut given = headers.get_all(hyper::header::AUTHORIZATION).iter();
+    let (Some(value), None) = (given.next(), given.next()) else { return false };
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|value| value.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
+        .unwrap_or_default();
+    Sha256::digest(token.as_bytes()).ct_eq(&Sha256::digest(want.as_bytes())).into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::kv::{Backend, Hooked, KvError, MemoryBackend};
+
+    #[test]
+    fn the_admin_token_is_taken_with_the_scheme_in_any_case_and_only_once() {
+        let headers = |values: &[&str]| {
+            let mut headers = hyper::HeaderMap::new();
+            for value in values {
+                headers.append(hyper::header::AUTHORIZATION, HeaderValue::from_str(value).expect("a header value"));
+            }
+            headers
+        };
+        for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+            assert!(token_matches(Some("s3cret"), &headers(&[&format!("{scheme} s3cret")])), "{scheme}");
+        }
+        assert!(!token_matches(Some("s3cret"), &headers(&["Bearer s3cret", "Bearer s3cret"])), "two headers");
+        assert!(!token_matches(Some("s3cret"), &headers(&["Basic s3cret"])));
+        assert!(!token_matches(Some("s3cret"), &headers(&["s3cret"])));
+        assert!(!token_matches(Some("s3cret"), &headers(&[])));
+        assert!(token_matches(None, &headers(&[])));
+    }
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// A ping that hangs until released (a database that accepts TCP and never answers).

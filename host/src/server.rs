@@ -35,6 +35,8 @@ pub struct Gateway {
     registry: Registry,
     /// Largest accepted request body.
     max_body_bytes: usize,
+    /// Largest accepted request head (request line and headers).
+    max_header_bytes: usize,
     /// Request body bytes held at once, across requests.
     body_budget: BodyBudget,
     /// Time budget of one request, queueing included.
@@ -477,6 +479,7 @@ impl Gateway {
         Self {
             registry,
             max_body_bytes: limits.max_body_bytes,
+            max_header_bytes: limits.max_header_bytes,
             body_budget: BodyBudget::new(limits.body_bytes_in_flight(), limits.min_body_bytes_per_sec),
             request_timeout: Duration::from_millis(limits.request_timeout_ms),
             max_instances,
@@ -526,6 +529,16 @@ impl Gateway {
     }
 
     async fn dispatch(&self, req: hyper::Request<Incoming>, started: Instant) -> Served {
+        if head_bytes(&req) > self.max_header_bytes {
+            // hyper bounds its read buffer, not the head: a head may pass it by up to its read size.
+            let response = error(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, 431, "request head too large");
+            return Served { response, plugin: None };
+        }
+        if req.headers().get_all(hyper::header::AUTHORIZATION).iter().nth(1).is_some() {
+            // One proxy would pick the first, another the last: which credential is meant cannot be known.
+            let response = error(StatusCode::BAD_REQUEST, 400, "several Authorization headers");
+            return Served { response, plugin: None };
+        }
         let Some(slot) = self.registry.route(req.uri().path()) else {
             return Served { response: error(StatusCode::NOT_FOUND, 404, "not found"), plugin: None };
         };
@@ -639,6 +652,15 @@ impl Gateway {
         let in_use = self.max_instances.saturating_sub(self.permits.available_permits());
         metrics::gauge!("evogate_instances_in_use").set(in_use as f64);
     }
+}
+
+/// The size of a request's head as sent over HTTP/1.1: the request line
+/// and each header line with their line ends.
+fn head_bytes<B>(req: &hyper::Request<B>) -> usize {
+    let target = req.uri().path_and_query().map_or(1, |target| target.as_str().len());
+    let line = req.method().as_str().len() + 1 + target + " HTTP/1.1\r\n".len();
+    let headers: usize = req.headers().iter().map(|(name, value)| name.as_str().len() + 2 + value.len() + 2).sum();
+    line + headers + 2
 }
 
 fn deadline_exceeded() -> hyper::Response<Full<Bytes>> {

@@ -3,7 +3,7 @@
 //!
 //! Evotor counts any answer below 500 as delivered, so an event is refused
 //! only when it can never become usable (no `id`); everything else is kept.
-//! Each event is taken once by its `id`; its effect depends on its type:
+//! Each event is taken once by its type and `id`; its effect depends on its type:
 //!
 //! | type (any spelling) | actions | effect |
 //! |---|---|---|
@@ -243,9 +243,11 @@ pub struct EventRecord {
     pub event: Value,
 }
 
-/// Key of an event's idempotency marker.
-fn seen_key(id: &str) -> String {
-    format!("events/seen/{}", &storage::sha256_hex(id.as_bytes())[..32])
+/// Key of an event's idempotency marker: its type (in any spelling, so a
+/// webhook delivery and the events API's copy of it are one) and its id.
+fn seen_key(event: &Event) -> String {
+    let identity = format!("{}\n{}", normalized(&event.r#type), event.id);
+    format!("events/seen/{}", &storage::sha256_hex(identity.as_bytes())[..32])
 }
 
 /// Prefix of the event log, in commit order (stamped keys).
@@ -293,7 +295,7 @@ pub fn take(
 
 /// Takes one event once.
 fn take_one(ctx: &Ctx<'_>, settings: &Settings, event: Event, delivery: Option<&str>) -> Result<Outcome, ApiError> {
-    let key = seen_key(&event.id);
+    let key = seen_key(&event);
     if storage::read::<Seen>(ctx.kv, &key)?.is_some() {
         return Ok(Outcome::Duplicate);
     }
@@ -376,7 +378,7 @@ fn take_one(ctx: &Ctx<'_>, settings: &Settings, event: Event, delivery: Option<&
 /// Within the event's last commit: its marker, its log entry, its feed
 /// entry and data issues.
 fn record(txn: &mut Txn<'_>, event: &Event, delivery: Option<&str>, outcome: Outcome, problems: &[String], now: u64) {
-    txn.put(&seen_key(&event.id), &Seen { v: storage::FORMAT, received_at: now, outcome });
+    txn.put(&seen_key(event), &Seen { v: storage::FORMAT, received_at: now, outcome });
     let mut raw = Value::Object(event.raw.clone());
     if event.kind == Kind::Document && outcome == Outcome::Applied {
         // The document itself is the stored document; the log names it.

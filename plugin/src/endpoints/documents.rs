@@ -87,6 +87,47 @@ fn window(ctx: &Ctx<'_>, request: &Request, prefix: &str) -> Result<(Vec<String>
     Ok((positions, next))
 }
 
+/// Stored bytes one listing answers at most (at least one item): large
+/// documents make shorter pages with a `next`, never an answer past the
+/// instance's memory.
+const PAGE_BYTES: usize = 4 << 20;
+
+/// A listing's page, cut at [`PAGE_BYTES`] of stored records.
+struct BudgetedPage {
+    items: Vec<serde_json::Value>,
+    next: Option<String>,
+    bytes: usize,
+    /// The position of the last item taken.
+    last: Option<String>,
+    cut: bool,
+}
+
+impl BudgetedPage {
+    fn new(capacity: usize, next: Option<String>) -> Self {
+        Self { items: Vec::with_capacity(capacity), next, bytes: 0, last: None, cut: false }
+    }
+
+    /// Whether a record of `bytes` at `position` still fits; the page ends before the first that does not.
+    fn fits(&mut self, bytes: usize, position: &str) -> bool {
+        if !self.items.is_empty() && self.bytes + bytes > PAGE_BYTES {
+            self.cut = true;
+            return false;
+        }
+        self.bytes += bytes;
+        self.last = Some(position.to_owned());
+        true
+    }
+
+    fn push(&mut self, item: serde_json::Value) {
+        self.items.push(item);
+    }
+
+    fn into_response(self) -> Response {
+        let next = if self.cut { self.last } else { self.next };
+        Response::json(200, &json!({ "items": self.items, "next": next }))
+    }
+}
+
 /// `GET /partner/v1/stores/{storeUuid}/documents?type=&from=&to=&after=&limit=`.
 pub fn partner_list_documents(ctx: &Ctx<'_>, request: &Request, store: &str) -> Result<Response, ApiError> {
     require_partner(ctx, request)?;
@@ -97,14 +138,17 @@ pub fn partner_list_documents(ctx: &Ctx<'_>, request: &Request, store: &str) -> 
         None => storage::documents_by_date_prefix(&store),
     };
     let (positions, next) = window(ctx, request, &prefix)?;
-    let mut items = Vec::with_capacity(positions.len());
+    let mut page = BudgetedPage::new(positions.len(), next);
     for position in &positions {
         let id = position.split_once('.').map(|(_, id)| id).unwrap_or_default();
         let key = storage::document_key(&store, id);
-        let record = storage::read::<DocumentRecord>(ctx.kv, &key)?.ok_or(StorageError::Corrupt(key))?;
-        items.push(document_view(record));
+        let entry = ctx.kv.get(&key)?.ok_or_else(|| StorageError::Corrupt(key.clone()))?;
+        if !page.fits(entry.value.len(), position) {
+            break;
+        }
+        page.push(document_view(storage::decode::<DocumentRecord>(&key, &entry.value)?));
     }
-    Ok(Response::json(200, &json!({ "items": items, "next": next })))
+    Ok(page.into_response())
 }
 
 /// `GET /partner/v1/stores/{storeUuid}/documents/{id}`.
@@ -121,7 +165,7 @@ pub fn partner_list_receipts(ctx: &Ctx<'_>, request: &Request, store: &str) -> R
     require_partner(ctx, request)?;
     let store = store_param(store)?;
     let (positions, next) = window(ctx, request, &storage::receipts_by_date_prefix(&store))?;
-    let mut items = Vec::with_capacity(positions.len());
+    let mut page = BudgetedPage::new(positions.len(), next);
     for position in &positions {
         // `{ms}.{hash}.{userId}`, or `{ms}.{hash}` for receipts kept before they were per user.
         let mut parts = position.split('.').skip(1);
@@ -130,10 +174,13 @@ pub fn partner_list_receipts(ctx: &Ctx<'_>, request: &Request, store: &str) -> R
             Some(user_id) => storage::receipt_key(hash, user_id),
             None => storage::receipt_key_by_hash(hash),
         };
-        let record = storage::read::<ReceiptRecord>(ctx.kv, &key)?.ok_or(StorageError::Corrupt(key))?;
-        items.push(receipt_view(record));
+        let entry = ctx.kv.get(&key)?.ok_or_else(|| StorageError::Corrupt(key.clone()))?;
+        if !page.fits(entry.value.len(), position) {
+            break;
+        }
+        page.push(receipt_view(storage::decode::<ReceiptRecord>(&key, &entry.value)?));
     }
-    Ok(Response::json(200, &json!({ "items": items, "next": next })))
+    Ok(page.into_response())
 }
 
 /// `GET /partner/v1/receipts/{id}[?userId=]`: one receipt event by its id

@@ -521,3 +521,25 @@ fn guest_table() -> String {
     let wasm = evogate_e2e::toml_str(&evogate_e2e::guest_wasm().to_string_lossy());
     format!("[[plugins]]\nname = \"g\"\nroute = \"/g\"\nwasm = {wasm}\n")
 }
+
+#[test]
+fn a_head_over_max_header_bytes_is_431_however_it_is_split_and_two_credentials_are_400() {
+    let gateway = Gateway::guest("[limits]\nmax_header_bytes = 16384", "");
+    // Under hyper's own buffer bound, yet over the limit as a head: several headers of 3,000 bytes.
+    let value = "v".repeat(3000);
+    let headers: Vec<(String, &str)> = (0..7).map(|n| (format!("x-part-{n}"), value.as_str())).collect();
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(name, value)| (name.as_str(), *value)).collect();
+    let reply = request("GET", &gateway.url("/g/version"), &headers, None);
+    assert_eq!((reply.status, reply.error_code()), (431, Some(431)), "{}", reply.text());
+    let within = request("GET", &gateway.url("/g/version"), &headers[..4], None);
+    assert_eq!(within.status, 200, "12 KB of headers fit 16 KiB");
+    let two = request(
+        "GET",
+        &gateway.url("/g/version"),
+        &[("authorization", "Bearer a"), ("authorization", "Bearer b")],
+        None,
+    );
+    assert_eq!((two.status, two.text().contains("several Authorization headers")), (400, true), "{}", two.text());
+    let one = request("GET", &gateway.url("/g/version"), &[("authorization", "Bearer a")], None);
+    assert_eq!(one.status, 200);
+}

@@ -93,3 +93,41 @@ fn a_signed_delivery_is_stored_once_and_a_forged_one_never() {
     let refusals = issues["items"].as_array().expect("items").iter().find(|i| i["entity"] == "events-webhook");
     assert_eq!(refusals.and_then(|i| i["count"].as_u64()), Some(2), "{issues}");
 }
+
+#[test]
+fn every_example_of_evotors_pages_is_taken_in_both_spellings_and_both_encodings() {
+    let gateway = gateway();
+    let examples: Vec<Value> =
+        serde_json::from_str(include_str!("../../../plugin/testdata/evotor-api/cloud-2019/events.json")).expect("json");
+    let mut taken = 0;
+    for example in &examples {
+        for (spelling, form) in [(false, false), (true, true)] {
+            let mut event = example.clone();
+            if spelling {
+                // The 2025 spelling: `StoreEvent` → `Store`; the same event, so a duplicate.
+                let kind = event["type"].as_str().unwrap_or_default().trim_end_matches("Event").to_owned();
+                event["type"] = json!(kind);
+            }
+            let json = event.to_string();
+            let (body, content_type) = if form {
+                let body = form_urlencoded::Serializer::new(String::new()).append_pair("payload", &json).finish();
+                (body.into_bytes(), "application/x-www-form-urlencoded")
+            } else {
+                (json.into_bytes(), "application/vnd.evotor.v2+json;charset=UTF-8")
+            };
+            let reply = deliver(&gateway, &body, Some(&sign(SECRET, &body)), content_type);
+            assert_eq!(reply.status, 200, "{event}: {}", reply.text());
+            taken += reply.json()["accepted"].as_u64().unwrap_or_default();
+        }
+    }
+    assert_eq!(taken as usize, examples.len(), "each once, whatever its spelling");
+    let events = partner(&gateway, "/evotor/partner/v1/events?limit=100");
+    assert_eq!(events["items"].as_array().map(Vec::len), Some(examples.len()));
+    let documents = partner(&gateway, &format!("/evotor/partner/v1/stores/{STORE}/documents"));
+    assert_eq!(documents["items"][0]["type"], "OPEN_SESSION");
+    let products = partner(&gateway, &format!("/evotor/partner/v1/stores/{STORE}/products"));
+    assert_eq!(products["items"][0]["source"], "evotor");
+    let devices = partner(&gateway, &format!("/evotor/partner/v1/users/{USER}/devices?removed=true"));
+    let removed = devices["items"].as_array().expect("items").iter().filter(|d| !d["removedAt"].is_null()).count();
+    assert_eq!(removed, 1, "{devices}");
+}

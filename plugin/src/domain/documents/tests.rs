@@ -597,3 +597,34 @@ fn a_commit_with_an_unknown_outcome_is_re_read_and_leaves_each_document_stored_o
         assert_eq!(again.body_json(), json!({"accepted": 0, "duplicates": 2}), "both stored, once");
     }
 }
+
+#[test]
+fn large_documents_make_shorter_pages_with_a_next_never_a_failed_listing() {
+    let world = World::new();
+    let token = world.register(ALICE, "alice");
+    let filler = "x".repeat(1_500_000);
+    for n in 0..6 {
+        let document = json!({"id": format!("big-{n}"), "store_id": STORE, "device_id": DEVICE, "type": "SELL",
+            "close_date": 1_700_000_000_000i64 + n, "user_id": ALICE, "version": "V2", "body": {"filler": filler}});
+        assert_eq!(put(&world, &token, STORE, json!([document])).status, 200);
+    }
+    let (mut seen, mut after, mut pages) = (Vec::new(), None::<String>, 0);
+    loop {
+        let query = after.as_deref().map(|after| format!("&after={after}")).unwrap_or_default();
+        let answer =
+            world.call("GET", &format!("/partner/v1/stores/{STORE}/documents?limit=100{query}"), Some("partner"), None);
+        assert_eq!(answer.status, 200);
+        assert!(answer.body.len() < 8 << 20, "a page stays small: {} bytes", answer.body.len());
+        let body = answer.body_json();
+        let items = body["items"].as_array().expect("items");
+        assert!(!items.is_empty());
+        seen.extend(items.iter().filter_map(|item| item["id"].as_str().map(str::to_owned)));
+        pages += 1;
+        match body["next"].as_str() {
+            Some(next) => after = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(seen, (0..6).map(|n| format!("big-{n}")).collect::<Vec<_>>(), "each once, in order");
+    assert!(pages >= 3, "{pages} pages");
+}

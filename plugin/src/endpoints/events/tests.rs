@@ -68,75 +68,11 @@ fn issues(world: &World) -> Vec<Value> {
     answer["items"].as_array().cloned().unwrap_or_default()
 }
 
-/// The examples of Evotor's `rest_events.md` and `rest_webhooks_overview.md`.
+/// The examples of Evotor's `rest_events.md` and `rest_webhooks_overview.md`, verbatim.
+pub(crate) const EVOTOR_EXAMPLES: &str = include_str!("../../../testdata/evotor-api/cloud-2019/events.json");
+
 fn evotor_examples() -> Vec<Value> {
-    vec![
-        envelope(
-            "ded7bf3a-3c51-4f0e-9872-05f75aab041d",
-            "StoreEvent",
-            "updated",
-            1534431863189,
-            store_payload("Новое имя 1534431862462", "2018-08-16T15:04:22.548+0000"),
-        ),
-        envelope(
-            "5e84621d-e5c7-4348-84ce-981bfaac0978",
-            "DeviceEvent",
-            "updated",
-            1534431843930,
-            json!({"created_at": "2018-07-16T16:26:31.160+0000", "id": DEVICE, "name": "Новое имя 1534431843089",
-                   "store_id": STORE, "updated_at": "2018-08-16T15:04:03.455+0000", "user_id": USER}),
-        ),
-        envelope(
-            "5e84621d-e5c7-4348-84ce-981bfaac0979",
-            "EmployeeEvent",
-            "updated",
-            1534431843930,
-            json!({"id": EMPLOYEE, "role": "ADMIN", "name": "Администратор", "stores": [STORE], "user_id": USER,
-                   "created_at": "2018-04-17T10:11:49.244+0000", "updated_at": "2018-07-16T16:00:10.662+0000"}),
-        ),
-        envelope(
-            "a7619739-3548-450c-8752-34bd565b7f1e",
-            "DocumentEvent",
-            "created",
-            1534431848373,
-            json!({"body": {}, "close_date": "2018-08-16T15:04:08.221+0000", "close_user_id": USER,
-                   "device_id": DEVICE, "extras": {}, "id": "a7619739-3548-450c-8752-34bd565b7f1e", "number": 42,
-                   "session_id": "74e23e47-f393-4927-bb56-87ba127ad700", "session_number": 42, "store_id": STORE,
-                   "time_zone_offset": 10800000, "type": "OPEN_SESSION", "user_id": USER, "version": "V2"}),
-        ),
-        envelope(
-            "0e748db2-877d-4c12-bf27-9f040c09eae3",
-            "ProductEvent",
-            "created",
-            1534431851496,
-            json!({"allow_to_sell": true, "cost_price": 1, "created_at": "2018-08-16T15:04:11.472+0000",
-                   "id": "4be33817-bfb2-4e9f-90d0-3286c8c39f7e", "measure_name": "литр",
-                   "name": "Простой новый продукт 1534431849835", "price": 1, "store_id": STORE, "tax": "NO_VAT",
-                   "type": "NORMAL", "updated_at": "2018-08-16T15:04:11.472+0000", "user_id": USER,
-                   "barcodes": ["2000000000060"]}),
-        ),
-        envelope(
-            "28774f47-48d4-4e63-8952-481cd5a1db44",
-            "ProductImageEvent",
-            "created",
-            1534431860945,
-            json!({"created_at": "2018-08-16T15:04:20.672+0000", "id": "7ad64074-db99-41a7-a798-c9ccc5c81bf4",
-                   "meta": {"extension": "png", "file_size": 132385, "height": 300, "width": 300},
-                   "product_id": "251d1a99-f94f-4716-a37b-fd55c7a65edb", "store_id": STORE,
-                   "updated_at": "2018-08-16T15:04:20.672+0000",
-                   "url": "https://static-test.evotor.ru/images/x", "user_id": USER}),
-        ),
-        json!({"action": "ping", "id": "35f9916b-ecf5-48e6-bffb-95ae85a35e37", "timestamp": 1534431886387i64, "type": "SystemEvent"}),
-        envelope(
-            "0d274a9f-2903-4d44-9209-93ad69a8fd3a",
-            "DeviceEvent",
-            "removed",
-            1534435744919,
-            json!({"id": "20180417-2396-4075-808C-50046017B700", "name": "Созданное имя", "store_id": STORE,
-                   "user_id": USER, "created_at": "2018-08-16T16:09:04.408+0000",
-                   "updated_at": "2018-08-16T16:09:04.408+0000"}),
-        ),
-    ]
+    serde_json::from_str(EVOTOR_EXAMPLES).expect("the examples are JSON")
 }
 
 /// The 2025 spelling of a 2019 type: `StoreEvent` → `Store`.
@@ -178,7 +114,12 @@ fn every_evotor_example_is_taken_in_both_spellings_and_both_encodings() {
             let documents = world.call("GET", &format!("/partner/v1/stores/{STORE}/documents"), Some("partner"), None);
             assert_eq!(documents.body_json()["items"].as_array().map(Vec::len), Some(1), "{label}");
             let products = world.call("GET", &format!("/partner/v1/stores/{STORE}/products"), Some("partner"), None);
-            assert_eq!(products.body_json()["items"][0]["product"]["barCodes"], json!(["2000000000060"]), "{label}");
+            let product = &products.body_json()["items"][0];
+            assert_eq!(
+                (&product["product"]["name"], &product["source"]),
+                (&json!("Простой новый продукт 1534431849835"), &json!("evotor")),
+                "{label}"
+            );
             let raw = listed(&world, "");
             let outcomes: Vec<&str> =
                 raw["items"].as_array().expect("items").iter().filter_map(|e| e["outcome"].as_str()).collect();
@@ -519,4 +460,85 @@ proptest! {
         let after: Vec<String> = world.kv.keys().into_iter().filter(|key| !key.starts_with("issues/")).collect();
         prop_assert_eq!(before, after);
     }
+}
+
+#[test]
+fn products_from_events_reach_terminals_in_the_v1_shape_and_by_barcode() {
+    let world = world();
+    let token = world.register(USER, "ivan");
+    let group = envelope(
+        "g",
+        "ProductGroupEvent",
+        "created",
+        1,
+        json!({"id": "1be33817-bfb2-4e9f-90d0-3286c8c39f7e",
+        "store_id": STORE, "user_id": USER, "name": "Напитки", "updated_at": "2018-08-16T15:00:00.000+0000"}),
+    );
+    let product = envelope(
+        "p",
+        "ProductEvent",
+        "created",
+        2,
+        json!({"id": "4be33817-bfb2-4e9f-90d0-3286c8c39f7e",
+        "parent_id": "1be33817-bfb2-4e9f-90d0-3286c8c39f7e", "store_id": STORE, "user_id": USER, "name": "Квас",
+        "price": 60, "quantity": 3, "measure_name": "шт", "tax": "NO_VAT", "allow_to_sell": true, "type": "NORMAL",
+        "barcodes": ["4600000000024"], "updated_at": "2018-08-16T15:00:00.000+0000"}),
+    );
+    assert_eq!(deliver(&world, &group).status, 200);
+    assert_eq!(deliver(&world, &product).status, 200);
+    let read = world.call("GET", &format!("/api/v1/inventories/stores/{STORE}/products"), Some(&token), None);
+    assert_eq!(read.status, 200, "{}", String::from_utf8_lossy(&read.body));
+    let items = read.body_json();
+    let kvass = items.as_array().expect("an array").iter().find(|item| item["name"] == "Квас").expect("the product");
+    assert_eq!(kvass["uuid"], "4be33817-bfb2-4e9f-90d0-3286c8c39f7e");
+    assert_eq!(kvass["parentUuid"], "1be33817-bfb2-4e9f-90d0-3286c8c39f7e");
+    assert_eq!(
+        (&kvass["group"], &kvass["allowToSell"], &kvass["measureName"]),
+        (&json!(false), &json!(true), &json!("шт"))
+    );
+    assert!(kvass.get("store_id").is_none() && kvass.get("barcodes").is_none(), "{kvass}");
+    let drinks = items.as_array().expect("an array").iter().find(|item| item["name"] == "Напитки").expect("the group");
+    assert_eq!(drinks["group"], true);
+    let found = world.call("GET", "/api/v1/commodities?scanCode=4600000000024", Some(&token), None);
+    assert_eq!(found.status, 200, "{}", String::from_utf8_lossy(&found.body));
+    assert!(found.body_json().to_string().contains("Квас"));
+    let feed = world.call("GET", "/partner/v1/feed?limit=1000", Some("partner"), None).body_json();
+    let sources: Vec<&Value> = feed["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|e| e["kind"] == "products.upserted")
+        .map(|e| &e["data"]["source"])
+        .collect();
+    assert_eq!(sources, [&json!("evotor"), &json!("evotor")]);
+}
+
+#[test]
+fn every_store_id_the_intake_takes_can_be_read_back() {
+    let world = world();
+    let store = "00000000-0000-0000-0000-000000000000";
+    let document = json!({"id": "doc-1", "store_id": store, "device_id": DEVICE, "type": "Z_REPORT", "user_id": USER,
+        "close_date": "2018-08-16T15:04:08.221+0000", "version": "V2", "body": {}});
+    assert_eq!(deliver(&world, &envelope("z", "DocumentEvent", "created", 0, document)).status, 200);
+    let listed = world.call("GET", &format!("/partner/v1/stores/{store}/documents"), Some("partner"), None);
+    assert_eq!(listed.status, 200, "{}", String::from_utf8_lossy(&listed.body));
+    assert_eq!(listed.body_json()["items"][0]["type"], "Z_REPORT");
+    let problems: Vec<String> =
+        issues(&world).iter().filter_map(|issue| issue["problem"].as_str().map(str::to_owned)).collect();
+    assert!(!problems.iter().any(|p| p.contains("unknown document type")), "Z_REPORT is known: {problems:?}");
+}
+
+#[test]
+fn the_same_event_through_the_webhook_and_the_events_api_is_taken_once() {
+    let world = world();
+    let webhook = evotor_examples().remove(0);
+    let mut api = webhook.clone();
+    api["type"] = json!("Store");
+    api["source"] = json!("APPLICATION");
+    assert_eq!(deliver(&world, &webhook).body_json()["accepted"], 1);
+    assert_eq!(deliver(&world, &api).body_json()["duplicates"], 1);
+    // Another type under the same id is another event (Evotor's own examples share one between two types).
+    let mut other = webhook;
+    other["type"] = json!("Order");
+    assert_eq!(deliver(&world, &other).body_json()["accepted"], 1);
 }
