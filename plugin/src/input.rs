@@ -17,11 +17,70 @@ pub fn object(body: &[u8]) -> Result<Object, ApiError> {
 }
 
 /// Parses the body as a JSON array of at most `max` items; anything else
-/// is 400 (2001 for the shape, 2003 for the count).
+/// is 400 (2001 for the shape, 2003 for the count). Items are counted while
+/// they are parsed: a huge array is refused at item `max + 1`, before the
+/// rest of it takes memory.
 pub fn array(body: &[u8], max: usize) -> Result<Vec<Value>, ApiError> {
-    match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Array(values)) => bounded(values, max),
-        Ok(_) => Err(ApiError::syntax("expected a JSON array")),
+    match first_byte(body) {
+        Some(b'[') => bounded_array(body, max),
+        _ => match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+            Ok(_) => Err(ApiError::syntax("expected a JSON array")),
+            Err(_) => Err(ApiError::syntax("malformed JSON")),
+        },
+    }
+}
+
+/// The first byte of `body` that is not white space.
+fn first_byte(body: &[u8]) -> Option<u8> {
+    body.iter().find(|byte| !byte.is_ascii_whitespace()).copied()
+}
+
+/// The message of the error that ends a parse at too many items.
+const TOO_MANY: &str = "evogate: more items than allowed";
+
+/// A JSON array of at most `max` items of `T`, counted as they are parsed.
+struct Bounded<T> {
+    max: usize,
+    items: std::marker::PhantomData<T>,
+}
+
+impl<'de, T: serde::Deserialize<'de>> serde::de::DeserializeSeed<'de> for Bounded<T> {
+    type Value = Vec<T>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Vec<T>, D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for Bounded<T> {
+    type Value = Vec<T>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "an array of at most {} items", self.max)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element()? {
+            if items.len() == self.max {
+                return Err(serde::de::Error::custom(TOO_MANY));
+            }
+            items.push(item);
+        }
+        Ok(items)
+    }
+}
+
+/// Parses `body`, a JSON array, into at most `max` items.
+fn bounded_array<'de, T: serde::Deserialize<'de>>(body: &'de [u8], max: usize) -> Result<Vec<T>, ApiError> {
+    use serde::de::DeserializeSeed as _;
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let parsed = Bounded { max, items: std::marker::PhantomData }.deserialize(&mut deserializer);
+    match parsed.and_then(|items| deserializer.end().map(|()| items)) {
+        Ok(items) => Ok(items),
+        Err(err) if err.to_string().starts_with(TOO_MANY) => {
+            Err(ApiError::incorrect("body", format!("more than {max} items")))
+        }
         Err(_) => Err(ApiError::syntax("malformed JSON")),
     }
 }
@@ -30,15 +89,8 @@ pub fn array(body: &[u8], max: usize) -> Result<Vec<Value>, ApiError> {
 /// left unparsed (slices of `body`), and whether it was an array. Anything
 /// but an object or an array is 400 code 2001; more than `max` items 2003.
 pub fn raw_items(body: &[u8], max: usize) -> Result<(Vec<&RawValue>, bool), ApiError> {
-    let first = body.iter().find(|byte| !byte.is_ascii_whitespace());
-    match first {
-        Some(b'[') => {
-            let items: Vec<&RawValue> = serde_json::from_slice(body).map_err(|_| ApiError::syntax("malformed JSON"))?;
-            if items.len() > max {
-                return Err(ApiError::incorrect("body", format!("{} items, at most {max}", items.len())));
-            }
-            Ok((items, true))
-        }
+    match first_byte(body).as_ref() {
+        Some(b'[') => Ok((bounded_array(body, max)?, true)),
         Some(b'{') => {
             let item: &RawValue = serde_json::from_slice(body).map_err(|_| ApiError::syntax("malformed JSON"))?;
             Ok((vec![item], false))
@@ -74,14 +126,6 @@ pub fn id_as_sent(text: &str) -> Option<String> {
     let usable =
         (1..=128).contains(&text.len()) && !text.chars().any(|c| c == '/' || c.is_control() || c.is_whitespace());
     usable.then(|| text.to_owned())
-}
-
-/// `values` when there are at most `max` of them; else 400 code 2003.
-pub fn bounded(values: Vec<Value>, max: usize) -> Result<Vec<Value>, ApiError> {
-    if values.len() > max {
-        return Err(ApiError::incorrect("body", format!("{} items, at most {max}", values.len())));
-    }
-    Ok(values)
 }
 
 /// A required string field of a top-level object ([`Fields::required_str`]).
@@ -390,5 +434,25 @@ mod tests {
                 prop_assert_eq!(err.code, 2001);
             }
         }
+    }
+
+    #[test]
+    fn arrays_are_counted_while_parsed_and_refused_past_their_limit() {
+        let within = array(b"[1, 2, 3]", 3).expect("three fit");
+        assert_eq!(within.len(), 3);
+        let over = array(b"[1, 2, 3, 4]", 3).expect_err("four do not");
+        assert_eq!((over.status, over.code), (400, 2003));
+        // The parse stops at the first item past the limit: what follows is never read.
+        let mut huge = b"[".to_vec();
+        huge.extend(std::iter::repeat_n(&b"0,"[..], 1_000_000).flatten());
+        huge.extend_from_slice(b"this is not JSON");
+        let refused = array(&huge, 10_000).expect_err("a million items");
+        assert_eq!(refused.code, 2003, "refused for its count, not for what comes after it");
+        let (raws, _) = raw_items(b"[{}, {}]", 2).expect("two fit");
+        assert_eq!(raws.len(), 2);
+        assert_eq!(raw_items(&huge, 10_000).map(|_| ()).expect_err("refused").code, 2003);
+        assert_eq!(array(b"{}", 3).expect_err("an object").code, 2001);
+        assert_eq!(array(b"[1, 2", 3).expect_err("cut short").code, 2001);
+        assert_eq!(array(b"[1] x", 3).expect_err("trailing bytes").code, 2001);
     }
 }

@@ -177,16 +177,14 @@ fn truncate(text: &str) -> String {
 
 /// Reads a delivery: one event or an array of at most [`MAX_EVENTS`].
 pub fn parse_delivery(json: &[u8]) -> Result<Vec<Event>, ApiError> {
-    let value: Value = serde_json::from_slice(json).map_err(|err| ApiError::syntax(&err.to_string()))?;
-    match value {
-        Value::Array(items) => {
-            if items.len() > MAX_EVENTS {
-                return Err(ApiError::incorrect("events", format!("{} events, at most {MAX_EVENTS}", items.len())));
-            }
-            items.into_iter().enumerate().map(|(index, item)| parse(item, &format!("[{index}]."))).collect()
-        }
-        value => Ok(vec![parse(value, "")?]),
-    }
+    let (raws, array) = input::raw_items(json, MAX_EVENTS)?;
+    raws.into_iter()
+        .enumerate()
+        .map(|(index, raw)| {
+            let value = serde_json::from_str(raw.get()).map_err(|_| ApiError::syntax("malformed JSON"))?;
+            parse(value, &if array { format!("[{index}].") } else { String::new() })
+        })
+        .collect()
 }
 
 /// What became of an event.
