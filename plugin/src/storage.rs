@@ -370,6 +370,12 @@ pub fn document_key(store: &str, id: &str) -> String {
     format!("docs/{store}/doc/{id}")
 }
 
+/// Key of a document a user delivered into a store another user owns:
+/// kept apart, so it can never make the owner's own delivery a duplicate.
+pub fn foreign_document_key(store: &str, user_id: &str, id: &str) -> String {
+    format!("user/{user_id}/foreign-docs/{store}/{id}")
+}
+
 /// Prefix of a store's documents by close date.
 pub fn documents_by_date_prefix(store: &str) -> String {
     format!("docs/{store}/by-date/")

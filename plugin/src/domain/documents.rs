@@ -279,22 +279,25 @@ pub(crate) fn is_type_name(kind: &str) -> bool {
 /// allows (past it: 405 1005). Another user's store or device is a data
 /// issue, returned to be noted when the delivery stores something (a
 /// re-delivery counts nothing).
-fn admit(
+fn admit<'s>(
     txn: &mut storage::Txn<'_>,
     user_id: &str,
-    stores: &BTreeSet<&str>,
+    stores: &BTreeSet<&'s str>,
     devices: &BTreeSet<&str>,
     device_limit: Option<u64>,
     now: u64,
-) -> Result<Vec<Issue>, ApiError> {
+) -> Result<(Vec<Issue>, BTreeSet<&'s str>), ApiError> {
     let mut issues = Vec::new();
+    let mut foreign = BTreeSet::new();
     for store in stores {
         if let Some(owner) = crate::domain::catalog::claim_in(txn, user_id, store, now)? {
-            issues.push(Issue::new(Some(user_id), "store", store, format!("belongs to user {owner}")).in_store(store));
+            let problem = format!("belongs to user {owner}: the documents kept apart, out of its listings");
+            issues.push(Issue::new(Some(user_id), "store", store, problem).in_store(store));
+            foreign.insert(*store);
         }
     }
     issues.extend(crate::domain::inventory::register_devices(txn, user_id, devices, device_limit, now)?);
-    Ok(issues)
+    Ok((issues, foreign))
 }
 
 pub(crate) fn ingest_documents(
@@ -330,15 +333,26 @@ pub(crate) fn ingest_documents(
     let stores: BTreeSet<&str> = documents.iter().map(|doc| doc.store.as_str()).collect();
     let devices: BTreeSet<&str> = documents.iter().filter_map(|doc| doc.device.as_deref()).collect();
     let ids: Vec<String> = documents.iter().map(|doc| key_id(&doc.id)).collect();
-    let keys: Vec<String> = documents.iter().zip(&ids).map(|(doc, id)| storage::document_key(&doc.store, id)).collect();
+    let owned_keys: Vec<String> =
+        documents.iter().zip(&ids).map(|(doc, id)| storage::document_key(&doc.store, id)).collect();
     // What the transaction reads first, in one store call: the owners of
     // the stores and devices, the user's devices, and the documents.
     let owners = stores.iter().map(|store| storage::owner_key("store", store));
     let device_keys = devices.iter().map(|device| storage::owner_key("device", device));
     let order = (!devices.is_empty()).then(|| storage::device_order_key(user_id));
-    ctx.kv.prefetch(&owners.chain(order).chain(device_keys).chain(keys.iter().cloned()).collect::<Vec<_>>());
+    ctx.kv.prefetch(&owners.chain(order).chain(device_keys).chain(owned_keys.iter().cloned()).collect::<Vec<_>>());
     let (new, repeated) = storage::transact(ctx.kv, |txn| -> Result<(usize, usize), ApiError> {
-        let foreign = admit(txn, user_id, &stores, &devices, device_limit, now)?;
+        let (issues, foreign) = admit(txn, user_id, &stores, &devices, device_limit, now)?;
+        // Documents into another user's store are the deliverer's, apart from the owner's.
+        let keys: Vec<String> = documents
+            .iter()
+            .zip(&ids)
+            .zip(&owned_keys)
+            .map(|((doc, id), key)| match foreign.contains(doc.store.as_str()) {
+                true => storage::foreign_document_key(&doc.store, user_id, id),
+                false => key.clone(),
+            })
+            .collect();
         let (mut new, mut repeated) = (0, 0);
         // Every document's key in one store call, not one call each.
         let stored = txn.get_many::<serde::de::IgnoredAny>(&keys)?;
@@ -361,11 +375,17 @@ pub(crate) fn ingest_documents(
                 document: doc.raw,
             };
             txn.put(key, &record);
-            let position = format!("{:013}.{id}", doc.close_date.max(0));
-            let marker = json!({ "v": storage::FORMAT });
-            txn.put(&format!("{}{position}", storage::documents_by_date_prefix(&doc.store)), &marker);
-            txn.put(&format!("{}{position}", storage::documents_by_type_prefix(&doc.store, &doc.kind)), &marker);
-            let data = json!({ "storeUuid": doc.store, "id": doc.sent_id, "type": doc.kind, "format": doc.format });
+            let kept_apart = foreign.contains(doc.store.as_str());
+            if !kept_apart {
+                let position = format!("{:013}.{id}", doc.close_date.max(0));
+                let marker = json!({ "v": storage::FORMAT });
+                txn.put(&format!("{}{position}", storage::documents_by_date_prefix(&doc.store)), &marker);
+                txn.put(&format!("{}{position}", storage::documents_by_type_prefix(&doc.store, &doc.kind)), &marker);
+            }
+            let mut data = json!({ "storeUuid": doc.store, "id": doc.sent_id, "type": doc.kind, "format": doc.format });
+            if kept_apart {
+                data["keptApart"] = json!(true);
+            }
             txn.emit("document.received", now, Some(user_id), data);
             for problem in &doc.problems {
                 let issue = Issue::new(Some(user_id), "document", &doc.sent_id, problem.as_str());
@@ -374,7 +394,7 @@ pub(crate) fn ingest_documents(
             new += 1;
         }
         if new > 0 {
-            for issue in foreign {
+            for issue in issues {
                 txn.issue(now, issue);
             }
         }
@@ -483,7 +503,7 @@ pub(crate) fn ingest_receipts(
     let stores: BTreeSet<&str> = receipts.iter().filter_map(|receipt| receipt.store.as_deref()).collect();
     let devices: BTreeSet<&str> = receipts.iter().filter_map(|receipt| receipt.device.as_deref()).collect();
     storage::transact(ctx.kv, |txn| -> Result<(usize, usize), ApiError> {
-        let foreign = admit(txn, user_id, &stores, &devices, device_limit, now)?;
+        let (issues, foreign) = admit(txn, user_id, &stores, &devices, device_limit, now)?;
         let (mut new, mut repeated) = (0, 0);
         for receipt in &receipts {
             let hash = storage::receipt_id_hash(&receipt.id);
@@ -507,7 +527,8 @@ pub(crate) fn ingest_receipts(
                 event: receipt.raw,
             };
             txn.put(&key, &record);
-            if !store.is_empty() {
+            // A receipt into another user's store stays out of that store's listing.
+            if !store.is_empty() && !foreign.contains(store) {
                 let index = format!(
                     "{}{:013}.{hash}.{user_id}",
                     storage::receipts_by_date_prefix(store),
@@ -524,7 +545,7 @@ pub(crate) fn ingest_receipts(
             new += 1;
         }
         if new > 0 {
-            for issue in foreign {
+            for issue in issues {
                 txn.issue(now, issue);
             }
         }

@@ -342,7 +342,9 @@ fn another_users_store_is_a_data_issue_and_unlicensed_devices_are_refused() {
     bobs["deviceUuid"] = json!("5a188de4-49b8-4cb4-800e-eb6b52024371");
     let foreign = put(&world, &bob, STORE, json!([bobs.clone()]));
     assert_eq!(foreign.status, 200, "taken: Evotor would retry a refusal for three days");
-    assert!(problems(&world).iter().any(|p| p == &format!("belongs to user {ALICE}")));
+    assert!(
+        problems(&world).iter().any(|p| p.starts_with(&format!("belongs to user {ALICE}: the documents kept apart")))
+    );
     assert_eq!(put(&world, &bob, STORE, json!([bobs])).body_json(), json!({"accepted": 0, "duplicates": 1}));
     let issues = world.call("GET", "/partner/v1/data-issues", Some("partner"), None).body_json();
     let counted: Vec<&Value> =
@@ -627,4 +629,28 @@ fn large_documents_make_shorter_pages_with_a_next_never_a_failed_listing() {
     }
     assert_eq!(seen, (0..6).map(|n| format!("big-{n}")).collect::<Vec<_>>(), "each once, in order");
     assert!(pages >= 3, "{pages} pages");
+}
+
+#[test]
+fn a_document_another_user_sends_into_a_store_first_never_makes_the_owners_a_duplicate() {
+    let world = World::new();
+    let alice = world.register(ALICE, "alice");
+    let bob = world.register(BOB, "bob");
+    // Alice's store is hers; Bob sends a document with the id of her real one into it first.
+    let store = json!([{"uuid": STORE, "name": "Alice's"}]);
+    assert_eq!(world.call("PUT", "/api/v1/inventories/stores", Some(&alice), Some(store)).status, 200);
+    let mut squatted = pos_doc("02-SELL");
+    squatted["closeResultSum"] = json!("0.00");
+    assert_eq!(put(&world, &bob, STORE, json!([squatted])).body_json(), json!({"accepted": 1, "duplicates": 0}));
+    let listed = |world: &World| {
+        let answer = world.call("GET", &format!("/partner/v1/stores/{STORE}/documents"), Some("partner"), None);
+        answer.body_json()["items"].as_array().cloned().unwrap_or_default()
+    };
+    assert!(listed(&world).is_empty(), "Bob's document stays out of Alice's listings");
+    let real = put(&world, &alice, STORE, json!([pos_doc("02-SELL")]));
+    assert_eq!(real.body_json(), json!({"accepted": 1, "duplicates": 0}), "Alice's real delivery is stored");
+    let items = listed(&world);
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0]["userId"], ALICE);
+    assert!(problems(&world).iter().any(|p| p.contains("kept apart")));
 }
