@@ -221,6 +221,26 @@ pub fn register_devices(
     Ok(issues)
 }
 
+/// Within a transaction: our id of the entity whose owner index (at
+/// `owner_key`) is `owner` — the user's, or nobody's yet and now the user's.
+fn take_ownership(
+    txn: &mut storage::Txn<'_>,
+    owner_key: &str,
+    owner: Option<OwnerIndex>,
+    user_id: &str,
+) -> Result<String, ApiError> {
+    if let Some(owner) = owner {
+        return Ok(owner.partner_id);
+    }
+    let owner = OwnerIndex {
+        v: storage::FORMAT,
+        user_id: user_id.to_owned(),
+        partner_id: crate::domain::accounts::new_account_id()?,
+    };
+    txn.put(owner_key, &owner);
+    Ok(owner.partner_id)
+}
+
 /// The `uuid` of `item` exactly as sent (`id`, its key form, when it cannot be read so).
 fn sent_uuid(item: &Map<String, Value>, id: &str) -> String {
     item.get("uuid").and_then(Value::as_str).and_then(crate::input::id_as_sent).unwrap_or_else(|| id.to_owned())
@@ -293,18 +313,7 @@ pub(crate) fn apply_event(
             }
         }
     }
-    let partner_id = match owner {
-        Some(owner) => owner.partner_id,
-        None => {
-            let owner = OwnerIndex {
-                v: storage::FORMAT,
-                user_id: user_id.to_owned(),
-                partner_id: crate::domain::accounts::new_account_id()?,
-            };
-            txn.put(&owner_key, &owner);
-            owner.partner_id
-        }
-    };
+    let partner_id = take_ownership(txn, &owner_key, owner, user_id)?;
     let removed_at = match change {
         EntityChange::Upsert => None,
         EntityChange::Remove => Some(known.as_ref().and_then(|known| known.removed_at).unwrap_or(now)),
@@ -415,18 +424,7 @@ pub(crate) fn mirror_items(
                 mapped.push(json!({ "uuid": id }));
                 continue;
             }
-            let partner_id = match owner {
-                Some(owner) => owner.partner_id,
-                None => {
-                    let owner = OwnerIndex {
-                        v: storage::FORMAT,
-                        user_id: user_id.to_owned(),
-                        partner_id: crate::domain::accounts::new_account_id()?,
-                    };
-                    txn.put(&owner_key, &owner);
-                    owner.partner_id
-                }
-            };
+            let partner_id = take_ownership(txn, &owner_key, owner, user_id)?;
             let key = storage::entity_key(user_id, kind.name(), id);
             let data = Value::Object(item.clone());
             if txn.get::<EntityRecord>(&key)?.is_none_or(|known| known.data != data || known.removed_at.is_some()) {
