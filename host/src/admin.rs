@@ -9,8 +9,8 @@
 //! | `PUT /plugins/{name}` | body: a component; deploys it → 200 with the outcome, 400/422 with the reason |
 //! | `POST /plugins/{name}/rollback` | back to the previous version |
 //!
-//! Everything but the health checks needs `Authorization: Bearer <admin.token>`
-//! when a token is configured.
+//! Everything but the health checks needs `Authorization: Bearer <token>`:
+//! `admin.token`, or the one made at the first start in `data_dir/admin.token`.
 
 use crate::deploy::DeployError;
 use crate::run::App;
@@ -98,6 +98,9 @@ fn problem(status: StatusCode, message: &str) -> Reply {
 /// Time a client of the admin API has for its TLS handshake and request head.
 const ADMIN_HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Admin connections open at once; more are closed at once.
+const MAX_ADMIN_CONNECTIONS: usize = 64;
+
 /// Serves the admin API on `listener` (over HTTPS with `tls`) until `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
@@ -106,6 +109,8 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
+    // Admin connections have their own bound: idle ones can never take the public listener's descriptors.
+    let connections = Arc::new(tokio::sync::Semaphore::new(MAX_ADMIN_CONNECTIONS));
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -118,6 +123,12 @@ pub async fn serve(
             },
             () = &mut shutdown => return,
         };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            metrics::counter!("evogate_admin_connections_refused_total").increment(1);
+            tracing::warn!(limit = MAX_ADMIN_CONNECTIONS, "admin connection limit reached; closing a connection");
+            drop(stream);
+            continue;
+        };
         let admin = admin.clone();
         let service = hyper::service::service_fn(move |req| {
             let admin = admin.clone();
@@ -125,6 +136,7 @@ pub async fn serve(
         });
         let tls = tls.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let mut http = hyper::server::conn::http1::Builder::new();
             http.timer(TokioTimer::new()).header_read_timeout(ADMIN_HEAD_TIMEOUT);
             let served = match tls {

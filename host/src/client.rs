@@ -63,7 +63,11 @@ impl AdminArgs {
             None => addr.clone(),
         };
         let tls = https.then(|| configured_cert.into_iter().chain(self.admin_ca.clone()).collect());
-        Ok(Target { addr, host, tls, token: self.token.clone().or(config.admin.token) })
+        let token = match self.token.clone() {
+            Some(token) => Some(token),
+            None => config.admin_token()?,
+        };
+        Ok(Target { addr, host, tls, token })
     }
 }
 

@@ -380,7 +380,31 @@ impl Config {
     pub fn data_dir(&self) -> PathBuf {
         self.data_dir.relative()
     }
+
+    /// Where the admin token lives when `admin.token` is not set: generated
+    /// at the first start, readable by the user running evogate only.
+    pub fn admin_token_file(&self) -> PathBuf {
+        self.data_dir().join(ADMIN_TOKEN_FILE)
+    }
+
+    /// The admin token the API requires: `admin.token`, else the contents
+    /// of [`Config::admin_token_file`], if it exists.
+    pub fn admin_token(&self) -> anyhow::Result<Option<String>> {
+        if let Some(token) = self.admin.token.as_deref().filter(|token| !token.is_empty()) {
+            return Ok(Some(token.to_owned()));
+        }
+        let path = self.admin_token_file();
+        match std::fs::read_to_string(&path) {
+            Ok(token) if !token.trim().is_empty() => Ok(Some(token.trim().to_owned())),
+            Ok(_) => anyhow::bail!("{} is empty: delete it to have a new token made", path.display()),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(err) => Err(anyhow::Error::new(err).context(format!("reading {}", path.display()))),
+        }
+    }
 }
+
+/// The admin token's file in `data_dir`.
+const ADMIN_TOKEN_FILE: &str = "admin.token";
 
 impl PluginConfig {
     /// What the plugin's instances get: the `config` values, every one

@@ -121,7 +121,7 @@ pub async fn run(
     let admin = Arc::new(admin::Admin {
         app: app.clone(),
         metrics,
-        token: config.admin.token.clone(),
+        token: Some(admin_token(config)?),
         probe: Default::default(),
     });
     let reloadable = [("public", tls.clone()), ("admin", admin_tls.clone())]
@@ -223,6 +223,30 @@ fn hangup_signal() -> Hangup {
     };
 }
 
+/// The admin API's token: `admin.token`, else the one kept in the data
+/// directory, made at the first start (256 random bits, in a file only the
+/// user running evogate may read): the admin API is never open.
+fn admin_token(config: &config::Config) -> anyhow::Result<String> {
+    if let Some(token) = config.admin_token()? {
+        return Ok(token);
+    }
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let token = hex::encode(rand::random::<[u8; 32]>());
+    let path = config.admin_token_file();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(token.as_bytes())
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("writing {}", path.display()))?;
+    tracing::info!(file = %path.display(), "no admin.token configured: made one; the evogate commands read it from there");
+    Ok(token)
+}
+
 /// `SIGHUP` re-reads the TLS certificates and keys (public and admin
 /// listeners); a bad new pair keeps the old one. Without TLS it changes
 /// nothing (deploys go through the admin API, and the configuration is
@@ -285,4 +309,26 @@ fn raise_open_file_limit(max_connections: usize) {
     }
     #[cfg(not(unix))]
     let _ = max_connections;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_admin_token_one_is_made_once_readable_by_its_user_only_and_read_back() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = config::Config::default();
+        config.data_dir = figment::value::magic::RelativePathBuf::from(dir.path().to_path_buf());
+        assert_eq!(config.admin_token().expect("read"), None, "none before the first start");
+        let made = admin_token(&config).expect("made");
+        assert_eq!(made.len(), 64, "256 bits in hex");
+        let mode = std::fs::metadata(config.admin_token_file()).expect("the file").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(admin_token(&config).expect("again"), made, "the next start keeps it");
+        assert_eq!(config.admin_token().expect("read"), Some(made.clone()), "what the commands read");
+        config.admin.token = Some("configured".into());
+        assert_eq!(admin_token(&config).expect("configured"), "configured", "admin.token wins");
+    }
 }

@@ -61,6 +61,9 @@ pub struct Settings {
     pub pending_grace_secs: u64,
     /// How long events wait for a missing earlier one (`billing_gap_timeout_secs`).
     pub gap_timeout_secs: u64,
+    /// Whether billing events are taken with the server credential only
+    /// (`billing_events_auth`: `any` | `server`).
+    pub billing_events_server_only: bool,
 }
 
 impl Settings {
@@ -92,6 +95,13 @@ impl Settings {
             },
             pending_grace_secs: number(config, "billing_pending_grace_secs", DEFAULT_PENDING_GRACE_SECS)?,
             gap_timeout_secs: number(config, "billing_gap_timeout_secs", DEFAULT_GAP_TIMEOUT_SECS)?,
+            billing_events_server_only: match config.non_empty("billing_events_auth").as_deref() {
+                None | Some("any") => false,
+                Some("server") => true,
+                Some(other) => {
+                    return Err(format!("setting billing_events_auth = {other:?} must be \"any\" or \"server\""));
+                }
+            },
         })
     }
 }

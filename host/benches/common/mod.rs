@@ -33,10 +33,14 @@ pub async fn send(sender: &mut Sender) -> anyhow::Result<Bytes> {
     Ok(response.into_body().collect().await?.to_bytes())
 }
 
-/// `config` with the public and admin listeners on free loopback ports.
+/// The admin token of the benches' gateways.
+pub const ADMIN_TOKEN: &str = "bench-admin-token";
+
+/// `config` with the public and admin listeners on free loopback ports, the admin API behind [`ADMIN_TOKEN`].
 pub fn on_free_ports(mut config: evogate::config::Config) -> evogate::config::Config {
     config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     config.admin.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.admin.token = Some(ADMIN_TOKEN.to_owned());
     config
 }
 
@@ -53,6 +57,7 @@ pub async fn admin_deploy(admin: SocketAddr, name: &str, bytes: Vec<u8>) -> anyh
     tokio::spawn(conn);
     let request = Request::put(format!("/plugins/{name}"))
         .header("host", "bench")
+        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
         .body(http_body_util::Full::new(Bytes::from(bytes)))?;
     let response = sender.send_request(request).await?;
     let status = response.status();

@@ -350,6 +350,10 @@ fn keep<T: Clone>(field: &mut Option<T>, value: &Option<T>) {
 struct StoredEvent {
     v: u32,
     received_at: u64,
+    /// Whether a user token delivered it (`None`: kept by an earlier format,
+    /// not known); Evotor's own event with its number replaces it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    by_user_token: Option<bool>,
     event: Value,
 }
 
@@ -437,6 +441,45 @@ fn skip_gaps(txn: &mut Txn<'_>, state: &mut Subscription, now: u64, now_ms: i64,
     }
     state.gap_since = None;
     Ok(applied)
+}
+
+/// Rebuilds `state` from its stored events in sequence order, with
+/// `replacement` instead of the event stored under its number (the commit
+/// that writes it is this one, so the store still holds the old one).
+fn replay(txn: &mut Txn<'_>, state: &mut Subscription, replacement: &Event, now_ms: i64) -> Result<(), ApiError> {
+    let through = state.applied_through;
+    let mut fresh = state.clone();
+    fresh.applied_through = 0;
+    fresh.status = None;
+    fresh.plan_id = None;
+    fresh.device_number = None;
+    fresh.next_billing_date = None;
+    fresh.trial_end = None;
+    fresh.created_at = None;
+    fresh.charged_sum = None;
+    fresh.addons = None;
+    let prefix = storage::subscription_events_prefix(&state.subscription_id);
+    let mut after: Option<String> = None;
+    'pages: loop {
+        let keys = txn.scan_keys(&prefix, after.as_deref(), crate::kv::MAX_SCAN_LIMIT as usize)?;
+        let Some(last) = keys.last().cloned() else { break };
+        for key in keys {
+            let Some(sequence) = key.strip_prefix(&prefix).and_then(|seq| seq.parse::<u64>().ok()) else { continue };
+            if sequence > through {
+                break 'pages;
+            }
+            if sequence == replacement.sequence {
+                fresh.apply(replacement);
+            } else if let Some(event) = stored_event(txn, &state.subscription_id, sequence, now_ms)? {
+                fresh.apply(&event);
+            }
+        }
+        after = Some(last);
+    }
+    // Numbers skipped past a gap stay skipped.
+    fresh.applied_through = through;
+    *state = fresh;
+    Ok(())
 }
 
 /// Keeps an event that names another user than the subscription's owner
@@ -527,7 +570,9 @@ fn record_event_once(
     let now_ms = time::millis(now);
     storage::transact(ctx.kv, |txn| {
         let state_key = storage::subscription_key(&event.subscription_id);
-        let stored = StoredEvent { v: storage::FORMAT, received_at: now, event: Value::Object(raw.clone()) };
+        let by_user_token = Some(*caller != Caller::Server);
+        let stored =
+            StoredEvent { v: storage::FORMAT, received_at: now, by_user_token, event: Value::Object(raw.clone()) };
         let mut confirmed = false;
         let (mut state, is_new) = match txn.get::<Subscription>(&state_key)? {
             None => (Subscription::new(event, caller), true),
@@ -550,13 +595,27 @@ fn record_event_once(
         };
         state.migrate(now);
         let event_key = storage::subscription_event_key(&event.subscription_id, event.sequence);
-        if event.sequence <= state.applied_through || txn.get::<StoredEvent>(&event_key)?.is_some() {
+        let known = txn.get::<StoredEvent>(&event_key)?;
+        // Evotor's own event outranks one a user token sent with its number.
+        let replaces =
+            *caller == Caller::Server && known.as_ref().is_some_and(|known| known.by_user_token == Some(true));
+        if !replaces && (event.sequence <= state.applied_through || known.is_some()) {
             if confirmed {
                 txn.put(&state_key, &state);
             }
             return Ok(Some(Stored::Duplicate));
         }
         txn.put(&event_key, &stored);
+        if replaces {
+            let problem = format!("event {} a user token sent was replaced by Evotor's own", event.sequence);
+            txn.issue(now, Issue::new(Some(&event.user_id), "subscription", &event.subscription_id, problem));
+            if event.sequence <= state.applied_through {
+                replay(txn, &mut state, event, now_ms)?;
+                announce(txn, now, event);
+                txn.put(&state_key, &state);
+                return Ok(Some(Stored::Applied));
+            }
+        }
         for problem in event.problems.clone() {
             txn.issue(now, Issue::new(Some(&event.user_id), "subscription", &event.subscription_id, problem));
         }
@@ -608,6 +667,10 @@ pub struct Installation {
     pub at: i64,
     /// That event's id.
     pub event_id: String,
+    /// Whether a user token delivered that event (`None`: kept by an earlier
+    /// format, not known). Evotor's own events outrank a user token's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by_user_token: Option<bool>,
 }
 
 /// What a user may use now, and why not.
@@ -733,7 +796,13 @@ pub(crate) fn record_installation_event(ctx: &Ctx<'_>, caller: &Caller, body: Ob
     }
     let mut problems = Vec::new();
     let found = fields.get("timestamp").map(|value| ("timestamp", value));
-    let at = time::or_arrival(found, "timestamp", time::millis(now), &mut problems);
+    let mut at = time::or_arrival(found, "timestamp", time::millis(now), &mut problems);
+    let by_user_token = matches!(caller, Caller::User(_));
+    if by_user_token && at > time::millis(now) {
+        // A user's own clock may not decide the future.
+        problems.push(format!("timestamp {at} is in the future: taken as its arrival"));
+        at = time::millis(now);
+    }
     let kind = fields.get("type").and_then(Value::as_str).unwrap_or_default().to_owned();
     let installed = match kind.as_str() {
         "ApplicationInstalled" => Some(true),
@@ -748,6 +817,12 @@ pub(crate) fn record_installation_event(ctx: &Ctx<'_>, caller: &Caller, body: Ob
     }
     let id_hash = storage::sha256_hex(id.as_bytes());
     let event_key = storage::installation_event_key(&user_id, &id_hash);
+    let stored = |body: &Object| StoredEvent {
+        v: storage::FORMAT,
+        received_at: now,
+        by_user_token: Some(by_user_token),
+        event: Value::Object(body.clone()),
+    };
     let legacy_key = storage::legacy_installation_event_key(&id_hash);
     storage::transact(ctx.kv, |txn| -> Result<(), ApiError> {
         if txn.get::<StoredEvent>(&event_key)?.is_some() {
@@ -759,7 +834,7 @@ pub(crate) fn record_installation_event(ctx: &Ctx<'_>, caller: &Caller, body: Ob
         {
             return Ok(());
         }
-        txn.put(&event_key, &StoredEvent { v: storage::FORMAT, received_at: now, event: Value::Object(body.clone()) });
+        txn.put(&event_key, &stored(&body));
         txn.emit("installation.event", now, Some(&user_id), json!({ "id": id, "type": kind }));
         for problem in &problems {
             txn.issue(now, Issue::new(Some(&user_id), "installation-event", &id, problem.as_str()));
@@ -767,8 +842,16 @@ pub(crate) fn record_installation_event(ctx: &Ctx<'_>, caller: &Caller, body: Ob
         if let Some(installed) = installed {
             let key = storage::installation_key(&user_id);
             let current = txn.get::<Installation>(&key)?;
-            if current.as_ref().is_none_or(|current| at > current.at) {
-                txn.put(&key, &Installation { v: storage::FORMAT, installed, at, event_id: id.clone() });
+            // The latest event decides, but a user token's never outranks Evotor's own.
+            let decides = match &current {
+                None => true,
+                Some(current) if !by_user_token && current.by_user_token != Some(false) => true,
+                Some(current) if by_user_token && current.by_user_token == Some(false) => false,
+                Some(current) => at > current.at,
+            };
+            if decides {
+                let by_user_token = Some(by_user_token);
+                txn.put(&key, &Installation { v: storage::FORMAT, installed, at, event_id: id.clone(), by_user_token });
             }
         }
         Ok(())
@@ -792,7 +875,9 @@ pub(crate) fn record_legacy_event(ctx: &Ctx<'_>, caller: &Caller, body: Object, 
     };
     storage::transact(ctx.kv, |txn| -> Result<(), ApiError> {
         if txn.get::<StoredEvent>(&key)?.is_none() {
-            txn.put(&key, &StoredEvent { v: storage::FORMAT, received_at: now, event: Value::Object(body.clone()) });
+            let by_user_token = Some(matches!(caller, Caller::User(_)));
+            let event = Value::Object(body.clone());
+            txn.put(&key, &StoredEvent { v: storage::FORMAT, received_at: now, by_user_token, event });
             txn.emit("legacy-event.received", now, user, json!({ "type": body.get("type") }));
             if let (Caller::User(caller), Some(named)) = (caller, named)
                 && caller != named

@@ -19,6 +19,7 @@
 
 use crate::Ctx;
 use crate::config::Settings;
+use crate::domain::inventory::PastLicence;
 use crate::errors::ApiError;
 use crate::input::{self, Fields, Object, is_uuid};
 use crate::storage::{self, Issue};
@@ -285,6 +286,7 @@ fn admit<'s>(
     stores: &BTreeSet<&'s str>,
     devices: &BTreeSet<&str>,
     device_limit: Option<u64>,
+    past_licence: PastLicence,
     now: u64,
 ) -> Result<(Vec<Issue>, BTreeSet<&'s str>), ApiError> {
     let mut issues = Vec::new();
@@ -296,16 +298,21 @@ fn admit<'s>(
             foreign.insert(*store);
         }
     }
-    issues.extend(crate::domain::inventory::register_devices(txn, user_id, devices, device_limit, now)?);
+    issues.extend(crate::domain::inventory::register_devices(txn, user_id, devices, device_limit, past_licence, now)?);
     Ok((issues, foreign))
 }
 
+/// Stores the documents of a delivery (`body`: one or an array) of user
+/// `user_id`, into `path_store` or each into the store it names; a terminal
+/// past the licence is refused or reported as `past_licence` says. Answers
+/// how many were new and how many known.
 pub(crate) fn ingest_documents(
     ctx: &Ctx<'_>,
     settings: &Settings,
     user_id: &str,
     body: &[u8],
     path_store: Option<&str>,
+    past_licence: PastLicence,
 ) -> Result<(usize, usize), ApiError> {
     let now = ctx.clock.now_unix();
     let now_ms = crate::time::millis(now);
@@ -342,7 +349,7 @@ pub(crate) fn ingest_documents(
     let order = (!devices.is_empty()).then(|| storage::device_order_key(user_id));
     ctx.kv.prefetch(&owners.chain(order).chain(device_keys).chain(owned_keys.iter().cloned()).collect::<Vec<_>>());
     let (new, repeated) = storage::transact(ctx.kv, |txn| -> Result<(usize, usize), ApiError> {
-        let (issues, foreign) = admit(txn, user_id, &stores, &devices, device_limit, now)?;
+        let (issues, foreign) = admit(txn, user_id, &stores, &devices, device_limit, past_licence, now)?;
         // Documents into another user's store are the deliverer's, apart from the owner's.
         let keys: Vec<String> = documents
             .iter()
@@ -503,7 +510,7 @@ pub(crate) fn ingest_receipts(
     let stores: BTreeSet<&str> = receipts.iter().filter_map(|receipt| receipt.store.as_deref()).collect();
     let devices: BTreeSet<&str> = receipts.iter().filter_map(|receipt| receipt.device.as_deref()).collect();
     storage::transact(ctx.kv, |txn| -> Result<(usize, usize), ApiError> {
-        let (issues, foreign) = admit(txn, user_id, &stores, &devices, device_limit, now)?;
+        let (issues, foreign) = admit(txn, user_id, &stores, &devices, device_limit, PastLicence::Refuse, now)?;
         let (mut new, mut repeated) = (0, 0);
         for receipt in &receipts {
             let hash = storage::receipt_id_hash(&receipt.id);

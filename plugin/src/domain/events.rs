@@ -346,7 +346,7 @@ fn take_one(ctx: &Ctx<'_>, settings: &Settings, event: Event, delivery: Option<&
         if change.is_none() {
             problems.push(format!("action {:?} has no effect on a {}: kept", event.action, entity.name()));
         } else {
-            problems.push(format!("payload has no usable id: kept, not applied"));
+            problems.push("payload has no usable id: kept, not applied".to_owned());
         }
     }
     let outcome = match (event.kind, event.user_id.as_deref()) {
@@ -354,8 +354,9 @@ fn take_one(ctx: &Ctx<'_>, settings: &Settings, event: Event, delivery: Option<&
         (Kind::Product | Kind::ProductGroup, Some(user_id)) => {
             product(ctx, &event, user_id, order_of(&event, now_ms), &mut problems)?
         }
-        (Kind::Store | Kind::Device | Kind::Employee, _) => Outcome::NotApplied,
-        (Kind::Document | Kind::Product | Kind::ProductGroup, None) => {
+        // Its problem is noted above.
+        (Kind::Store | Kind::Device | Kind::Employee, Some(_)) => Outcome::NotApplied,
+        (Kind::Store | Kind::Device | Kind::Employee | Kind::Document | Kind::Product | Kind::ProductGroup, None) => {
             problems.push("no payload.user_id: kept, not applied".to_owned());
             Outcome::NotApplied
         }
@@ -422,7 +423,8 @@ fn document(
         return Ok(Outcome::NotApplied);
     }
     let body = serde_json::to_vec(&event.payload).map_err(|_| ApiError::internal("payload not serializable"))?;
-    match crate::domain::documents::ingest_documents(ctx, settings, user_id, &body, None) {
+    let past_licence = inventory::PastLicence::Report;
+    match crate::domain::documents::ingest_documents(ctx, settings, user_id, &body, None, past_licence) {
         Ok(_) => Ok(Outcome::Applied),
         // The store failing is for Evotor to retry; anything else about the document is ours to keep.
         Err(err) if err.status >= 500 => Err(err),

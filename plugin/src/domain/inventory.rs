@@ -182,16 +182,28 @@ fn admit_device(
     Ok(Admission::Licensed { owned })
 }
 
+/// What a delivery naming a terminal past the licence comes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PastLicence {
+    /// Refused whole, 405 1005 (the 2017 protocol's answer: Evotor shows it).
+    Refuse,
+    /// Kept, the terminal not registered, a data issue (an event webhook,
+    /// where any 4xx loses the event for good).
+    Report,
+}
+
 /// Within a transaction: the devices a document or receipt delivery names.
 /// Each new one is registered as the user's while the licence allows; one
-/// past it refuses the delivery (405 1005). Returns the data issues of
-/// devices that are another user's, for the caller to note when the
-/// delivery stores something.
+/// past it refuses the delivery (405 1005) or, with [`PastLicence::Report`],
+/// is left unregistered. Returns the data issues (devices that are another
+/// user's or past the licence), for the caller to note when the delivery
+/// stores something.
 pub fn register_devices(
     txn: &mut storage::Txn<'_>,
     user_id: &str,
     devices: &std::collections::BTreeSet<&str>,
     limit: Option<u64>,
+    past_licence: PastLicence,
     now: u64,
 ) -> Result<Vec<Issue>, ApiError> {
     let mut issues = Vec::new();
@@ -211,7 +223,13 @@ pub fn register_devices(
             Admission::Foreign(owner) => {
                 issues.push(Issue::new(Some(user_id), "device", device, format!("belongs to user {owner}")));
             }
-            Admission::OverLicence => return Err(ApiError::device_not_allowed(device)),
+            Admission::OverLicence if past_licence == PastLicence::Refuse => {
+                return Err(ApiError::device_not_allowed(device));
+            }
+            Admission::OverLicence => {
+                let problem = "past the licensed number of terminals: not registered, its data kept";
+                issues.push(Issue::new(Some(user_id), "device", device, problem));
+            }
         }
     }
     if order.devices.len() != registered {

@@ -14,10 +14,14 @@ use serde_json::json;
 
 /// The server credential, or any user token we issued: events are taken
 /// whatever the state of the account (disabled, lapsed, expired token), as
-/// the one that revives it must get through.
+/// the one that revives it must get through. With `billing_events_auth =
+/// "server"`, the server credential only (401 1001 otherwise).
 fn caller(ctx: &Ctx<'_>, request: &Request) -> Result<Caller, ApiError> {
     if auth::is_server(ctx, request) {
         return Ok(Caller::Server);
+    }
+    if crate::domain::accounts::settings(ctx)?.billing_events_server_only {
+        return Err(ApiError::server_unauthorized());
     }
     auth::token_owner(ctx, request).map(Caller::User)
 }

@@ -7,6 +7,7 @@ use crate::domain::documents::{
     DocumentRecord, MAX_BATCH, ReceiptRecord, document_view, ingest_documents, ingest_receipts, is_type_name, key_id,
     receipt_view,
 };
+use crate::domain::inventory::PastLicence;
 use crate::endpoints::auth;
 use crate::endpoints::partner::{paging, query, require_partner, store_param};
 use crate::errors::ApiError;
@@ -25,7 +26,7 @@ pub fn put_documents(ctx: &Ctx<'_>, request: &Request, store: &str) -> Result<Re
     let settings = settings(ctx)?;
     let user_id = auth::require_user(ctx, request, &settings)?;
     let store = path_store(store)?;
-    let (new, repeated) = ingest_documents(ctx, &settings, &user_id, &request.body, Some(&store))?;
+    let (new, repeated) = ingest_documents(ctx, &settings, &user_id, &request.body, Some(&store), PastLicence::Refuse)?;
     Ok(accepted(new, repeated))
 }
 
@@ -33,7 +34,7 @@ pub fn put_documents(ctx: &Ctx<'_>, request: &Request, store: &str) -> Result<Re
 pub fn put_documents_bare(ctx: &Ctx<'_>, request: &Request) -> Result<Response, ApiError> {
     let settings = settings(ctx)?;
     let user_id = auth::require_user(ctx, request, &settings)?;
-    let (new, repeated) = ingest_documents(ctx, &settings, &user_id, &request.body, None)?;
+    let (new, repeated) = ingest_documents(ctx, &settings, &user_id, &request.body, None, PastLicence::Refuse)?;
     Ok(accepted(new, repeated))
 }
 

@@ -611,3 +611,73 @@ fn one_users_installation_event_id_never_makes_anothers_a_duplicate() {
         feed["items"].as_array().expect("items").iter().filter(|e| e["kind"] == "installation.event").count();
     assert_eq!(installs, 2);
 }
+
+#[test]
+fn evotors_own_event_replaces_one_a_user_token_sent_with_its_number() {
+    let world = enforced();
+    let token = world.register(USER, "ivan");
+    assert_eq!(post(&world, &created(SUB, "P14DT", 1)).status, 200);
+    // The user pre-sends number 2 with a huge licence, applied at once (it is next).
+    let greedy = event(SUB, 2, "SubscriptionActivated", json!({"deviceNumber": 1_000_000}));
+    assert_eq!(world.call("POST", "/api/v1/subscription/event", Some(&token), Some(greedy)).status, 200);
+    assert_eq!(state(&world, SUB).device_number, Some(1_000_000));
+    // And number 4, waiting behind the gap at 3.
+    let early = event(SUB, 4, "SubscriptionRenewed", json!({}));
+    assert_eq!(world.call("POST", "/api/v1/subscription/event", Some(&token), Some(early)).status, 200);
+    // Evotor's real 2 and 4 are not duplicates: they replace the user's, the state replayed.
+    assert_eq!(post(&world, &event(SUB, 2, "SubscriptionActivated", json!({"deviceNumber": 2}))).status, 200);
+    let s = state(&world, SUB);
+    assert_eq!((s.applied_through, s.status, s.device_number), (2, Some(Status::Active), Some(2)));
+    assert_eq!(post(&world, &event(SUB, 4, "SubscriptionTerminated", json!({}))).status, 200);
+    assert_eq!(post(&world, &event(SUB, 3, "SubscriptionRenewed", json!({}))).status, 200);
+    let s = state(&world, SUB);
+    assert_eq!((s.applied_through, s.status), (4, Some(Status::Terminated)), "Evotor's 4 applied, not the user's");
+    // A user token cannot take the number back.
+    let again = event(SUB, 4, "SubscriptionRenewed", json!({}));
+    assert_eq!(world.call("POST", "/api/v1/subscription/event", Some(&token), Some(again)).status, 200);
+    assert_eq!(state(&world, SUB).status, Some(Status::Terminated));
+    assert!(foreign_issues(&world).iter().any(|i| i["problem"].as_str().unwrap_or("").contains("replaced by Evotor")));
+}
+
+#[test]
+fn a_user_tokens_installation_event_never_outranks_evotors_nor_decides_the_future() {
+    let world = enforced();
+    let token = world.register(USER, "ivan");
+    let install = |id: &str, kind: &str, at: i64| json!({"id": id, "timestamp": stamp(at), "type": kind, "data": {"productId": PRODUCT, "userId": USER}});
+    let installed = || -> Installation {
+        storage::read(&world.kv, &storage::installation_key(USER)).expect("read").expect("state")
+    };
+    // Dated a year ahead by the user's token: taken as of its arrival.
+    let future = install("u-1", "ApplicationInstalled", T0 + 365 * 86_400_000);
+    assert_eq!(world.call("POST", "/api/v2/installation/event", Some(&token), Some(future)).status, 200);
+    assert!(installed().installed);
+    assert!(installed().at <= T0, "not in the future");
+    // Evotor's uninstall, even dated before the user's event, decides.
+    assert_eq!(
+        world.server("/api/v2/installation/event", install("s-1", "ApplicationUninstalled", T0 - 5000)).status,
+        200
+    );
+    assert!(!installed().installed);
+    // A user token's later event does not undo Evotor's.
+    let later = install("u-2", "ApplicationInstalled", T0 - 1000);
+    assert_eq!(world.call("POST", "/api/v2/installation/event", Some(&token), Some(later)).status, 200);
+    assert!(!installed().installed);
+    // Evotor's own later event does.
+    assert_eq!(world.server("/api/v2/installation/event", install("s-2", "ApplicationInstalled", T0)).status, 200);
+    assert!(installed().installed);
+}
+
+#[test]
+fn billing_events_auth_server_refuses_user_tokens() {
+    let world = World::with(&[("billing_enforcement", "evotor"), ("billing_events_auth", "server")]);
+    let token = world.register(USER, "ivan");
+    let own = world.call("POST", "/api/v1/subscription/event", Some(&token), Some(created(SUB, "P14DT", 1)));
+    assert_eq!((own.status, own.body_json()["errors"][0]["code"].as_u64()), (401, Some(1001)));
+    let install = json!({"id": "i", "timestamp": stamp(T0), "type": "ApplicationInstalled", "data": {"userId": USER}});
+    assert_eq!(world.call("POST", "/api/v2/installation/event", Some(&token), Some(install.clone())).status, 401);
+    assert_eq!(world.call("POST", "/api/v1/user/event", Some(&token), Some(json!({"type": "X"}))).status, 401);
+    assert_eq!(post(&world, &created(SUB, "P14DT", 1)).status, 200, "the server credential still works");
+    assert_eq!(world.server("/api/v2/installation/event", install).status, 200);
+    let bad = World::with(&[("billing_events_auth", "users")]);
+    assert_eq!(bad.server("/api/v1/subscription/event", created(SUB, "P14DT", 1)).status, 500);
+}

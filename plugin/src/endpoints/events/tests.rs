@@ -377,6 +377,14 @@ fn a_terminal_past_the_licence_is_kept_and_reported_with_200() {
     assert!(entity(&world, "device", DEVICE).is_none(), "no subscription: not registered");
     assert_eq!(listed(&world, "")["items"][0]["outcome"], "not-applied");
     assert!(issues(&world).iter().any(|i| i["problem"].as_str().is_some_and(|p| p.contains("licensed"))));
+    // A document from that terminal is data the merchant made: stored and listed, the terminal not registered.
+    let document = json!({"id": "doc-1", "store_id": STORE, "device_id": DEVICE, "type": "SELL", "user_id": USER,
+        "close_date": "2018-08-16T15:04:08.221+0000", "version": "V2", "body": {}});
+    assert_eq!(deliver(&world, &envelope("doc", "DocumentEvent", "created", 0, document)).status, 200);
+    let listed = world.call("GET", &format!("/partner/v1/stores/{STORE}/documents"), Some("partner"), None);
+    assert_eq!(listed.body_json()["items"].as_array().map(Vec::len), Some(1));
+    assert!(entity(&world, "device", DEVICE).is_none(), "still not registered");
+    assert!(issues(&world).iter().any(|i| i["problem"].as_str().is_some_and(|p| p.contains("its data kept"))));
 }
 
 #[test]
