@@ -413,6 +413,9 @@ pub const FEED_PREFIX: &str = "feed/";
 /// Prefix of the data issues.
 pub const ISSUES_PREFIX: &str = "issues/";
 
+/// Distinct data issues one commit writes one by one; the rest are grouped.
+pub const MAX_ISSUES_PER_COMMIT: usize = 32;
+
 /// Something doubtful in input that was accepted all the same: what, where,
 /// and for whom. The same issue again counts up one record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -692,8 +695,30 @@ impl Txn<'_> {
     }
 
     /// Writes the noted data issues: each read (a check) and counted up.
+    /// Past [`MAX_ISSUES_PER_COMMIT`] distinct ones, the rest of each user's
+    /// and entity's are counted in one issue naming the first of them: what
+    /// one request writes stays bounded by its size, not by its items.
     fn write_issues(&mut self) -> Result<(), StorageError> {
-        for (key, (issue, count, now)) in std::mem::take(&mut self.issues) {
+        let mut issues = std::mem::take(&mut self.issues);
+        if issues.len() > MAX_ISSUES_PER_COMMIT {
+            let rest = issues.split_off(&issues.keys().nth(MAX_ISSUES_PER_COMMIT).cloned().unwrap_or_default());
+            let mut grouped: std::collections::BTreeMap<(Option<String>, &'static str), (Issue, u64, u64, u64)> =
+                std::collections::BTreeMap::new();
+            for (_, (issue, count, now)) in rest {
+                let group = grouped.entry((issue.user_id.clone(), issue.entity)).or_insert((issue, 0, 0, now));
+                group.1 += count;
+                group.2 += 1;
+            }
+            for ((user_id, entity), (first, count, distinct, now)) in grouped {
+                let problem = format!(
+                    "{distinct} more {entity} issues in one delivery, counted here (the first: {} {})",
+                    first.entity_id, first.problem
+                );
+                let summary = Issue { user_id, store: first.store, entity, entity_id: "*".into(), problem };
+                issues.insert(summary.key(), (summary, count, now));
+            }
+        }
+        for (key, (issue, count, now)) in issues {
             let record = match self.get::<IssueRecord>(&key)? {
                 Some(mut known) => {
                     known.last_seen = now;

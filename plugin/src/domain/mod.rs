@@ -16,4 +16,5 @@ pub mod documents;
 pub mod events;
 pub mod inventory;
 pub mod passwords;
+pub mod purge;
 pub mod tokens;

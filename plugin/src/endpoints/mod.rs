@@ -106,6 +106,10 @@ const ROUTES: &[Route] = &[
         })],
     ),
     route(
+        "/partner/v1/users/{userId}/data",
+        &[("DELETE", |ctx, request, path| partner::purge_user(ctx, request, path.get("userId")))],
+    ),
+    route(
         "/partner/v1/users/{userId}/entitlement",
         &[("GET", |ctx, request, path| partner::user_entitlement(ctx, request, path.get("userId")))],
     ),

@@ -325,6 +325,20 @@ pub fn user_subscriptions(ctx: &Ctx<'_>, request: &Request, user_id: &str) -> Re
     Ok(Response::json(200, &json!({ "userId": user_id, "subscriptions": items })))
 }
 
+/// `DELETE /partner/v1/users/{userId}/data`: erases everything stored for
+/// the user; 200 when nothing is left, 202 when the user's data outgrew one
+/// call (call again: it goes on where it stopped).
+pub fn purge_user(ctx: &Ctx<'_>, request: &Request, user_id: &str) -> Result<Response, ApiError> {
+    require_partner(ctx, request)?;
+    let user_id = user_param(user_id)?;
+    let progress = crate::domain::purge::purge(ctx, user_id)?;
+    let status = if progress.complete { 200 } else { 202 };
+    Ok(Response::json(
+        status,
+        &json!({ "userId": user_id, "deleted": progress.deleted, "complete": progress.complete }),
+    ))
+}
+
 /// `GET /partner/v1/users/{userId}/entitlement`: usable?, licensed devices, why not.
 pub fn user_entitlement(ctx: &Ctx<'_>, request: &Request, user_id: &str) -> Result<Response, ApiError> {
     require_partner(ctx, request)?;

@@ -654,3 +654,26 @@ fn a_document_another_user_sends_into_a_store_first_never_makes_the_owners_a_dup
     assert_eq!(items[0]["userId"], ALICE);
     assert!(problems(&world).iter().any(|p| p.contains("kept apart")));
 }
+
+#[test]
+fn one_delivery_writes_a_bounded_number_of_data_issues_however_many_items_it_carries() {
+    let world = World::new();
+    let token = world.register(ALICE, "alice");
+    // A thousand receipts, each with its own problems (no store, no terminal, no date).
+    let receipts: Vec<Value> = (0..1000)
+        .map(|n| json!({"id": format!("r-{n}"), "userId": ALICE, "type": "ReceiptCreated", "data": {}}))
+        .collect();
+    let answer = world.call("POST", "/api/v2/receipts", Some(&token), Some(Value::Array(receipts)));
+    assert_eq!(answer.body_json()["accepted"], 1000);
+    let issues: Vec<String> =
+        world.kv.keys().into_iter().filter(|key| key.starts_with(storage::ISSUES_PREFIX)).collect();
+    assert!(issues.len() <= storage::MAX_ISSUES_PER_COMMIT + 4, "{} issue records", issues.len());
+    let listed = world.call("GET", "/partner/v1/data-issues?limit=1000", Some("partner"), None).body_json();
+    let summary = listed["items"].as_array().expect("items").iter().find(|i| i["entityId"] == "*").expect("a summary");
+    assert!(
+        summary["problem"].as_str().unwrap_or_default().contains("more receipt issues in one delivery"),
+        "{summary}"
+    );
+    let total: u64 = listed["items"].as_array().expect("items").iter().filter_map(|i| i["count"].as_u64()).sum();
+    assert_eq!(total, 3000, "every problem still counted: {listed}");
+}

@@ -1,0 +1,247 @@
+//! Erasing everything stored for one Evotor user (a merchant's request
+//! under 152-FZ or the GDPR): `DELETE /partner/v1/users/{userId}/data`.
+//!
+//! What goes: the stores the user owns with their documents, receipt
+//! indexes and catalogs; the user's terminals and employees; its
+//! subscriptions with their events; its receipts, installation events and
+//! documents kept apart; its data issues; its cloud token, its user record
+//! and every token issued to it (a linked partner account stays, unlinked).
+//! The change feed keeps its entries (ids, no content) and gets one
+//! `user.purged`.
+//!
+//! A user's data can outgrow one request, so a call erases at most
+//! [`BUDGET`] records and says whether it is done; calling again goes on
+//! where it stopped (every step is idempotent, the full scans resume from a
+//! cursor kept under `meta/`).
+
+use crate::Ctx;
+use crate::domain::documents::ReceiptRecord;
+use crate::domain::tokens;
+use crate::errors::ApiError;
+use crate::storage::{self, Account, EntityRecord, IssueRecord, UserRecord};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+/// Most records one call erases.
+pub const BUDGET: usize = 20_000;
+/// Keys deleted in one commit.
+const CHUNK: usize = 1000;
+
+/// How far an erasure has come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Records erased by this call.
+    pub deleted: usize,
+    /// Whether nothing of the user is left.
+    pub complete: bool,
+}
+
+/// Where the scans of the shared key spaces stopped (`meta/purge/{user}`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Cursor {
+    v: u32,
+    /// `receipts/` scanned up to this key.
+    receipts_after: Option<String>,
+    receipts_done: bool,
+    /// `issues/` scanned up to this key.
+    issues_after: Option<String>,
+    issues_done: bool,
+}
+
+/// A call's remaining budget.
+struct Budget {
+    left: usize,
+    deleted: usize,
+}
+
+impl Budget {
+    fn spent(&self) -> bool {
+        self.left == 0
+    }
+
+    /// Deletes `keys` in commits of [`CHUNK`].
+    fn delete(&mut self, ctx: &Ctx<'_>, keys: &[String]) -> Result<(), ApiError> {
+        for chunk in keys.chunks(CHUNK) {
+            storage::transact(ctx.kv, |txn| -> Result<(), ApiError> {
+                for key in chunk {
+                    txn.delete(key);
+                }
+                Ok(())
+            })?;
+            self.left = self.left.saturating_sub(chunk.len());
+            self.deleted += chunk.len();
+        }
+        Ok(())
+    }
+
+    /// Deletes every key under `prefix` while the budget lasts; whether none is left.
+    fn delete_prefix(&mut self, ctx: &Ctx<'_>, prefix: &str) -> Result<bool, ApiError> {
+        while !self.spent() {
+            let keys: Vec<String> =
+                storage::collect(ctx.kv, prefix, None, CHUNK.min(self.left))?.into_iter().map(|(key, _)| key).collect();
+            if keys.is_empty() {
+                return Ok(true);
+            }
+            self.delete(ctx, &keys)?;
+        }
+        Ok(storage::collect(ctx.kv, prefix, None, 1)?.is_empty())
+    }
+}
+
+fn cursor_key(user_id: &str) -> String {
+    storage::meta_key(&format!("purge/{user_id}"))
+}
+
+/// Erases what is stored for `user_id`, at most [`BUDGET`] records a call.
+pub fn purge(ctx: &Ctx<'_>, user_id: &str) -> Result<Progress, ApiError> {
+    purge_at_most(ctx, user_id, BUDGET)
+}
+
+/// [`purge`] with a budget of `records`.
+fn purge_at_most(ctx: &Ctx<'_>, user_id: &str, records: usize) -> Result<Progress, ApiError> {
+    let mut budget = Budget { left: records, deleted: 0 };
+    let done = purge_within(ctx, user_id, &mut budget)?;
+    if done {
+        let now = ctx.clock.now_unix();
+        storage::transact(ctx.kv, |txn| -> Result<(), ApiError> {
+            txn.delete(&cursor_key(user_id));
+            txn.emit("user.purged", now, Some(user_id), json!({ "userId": user_id }));
+            Ok(())
+        })?;
+    }
+    Ok(Progress { deleted: budget.deleted, complete: done })
+}
+
+/// The steps, each idempotent; `true` once every one is through.
+fn purge_within(ctx: &Ctx<'_>, user_id: &str, budget: &mut Budget) -> Result<bool, ApiError> {
+    // The stores the user owns, with what lives under them; then its terminals and employees.
+    for kind in ["store", "device", "employee"] {
+        let prefix = storage::entities_prefix(user_id, kind);
+        for (key, entry) in storage::scan_all(ctx.kv, &prefix)? {
+            let record: EntityRecord = storage::decode(&key, &entry.value)?;
+            let uuid = record.uuid.to_ascii_lowercase();
+            if kind == "store" {
+                for head in ["docs", "cat", "rcpts"] {
+                    if !budget.delete_prefix(ctx, &format!("{head}/{uuid}/"))? {
+                        return Ok(false);
+                    }
+                }
+            }
+            let owner_key = storage::owner_key(kind, &uuid);
+            let owned =
+                storage::read::<storage::OwnerIndex>(ctx.kv, &owner_key)?.is_some_and(|owner| owner.user_id == user_id);
+            let mut keys = vec![key];
+            if owned {
+                keys.push(owner_key);
+            }
+            budget.delete(ctx, &keys)?;
+            if budget.spent() {
+                return Ok(false);
+            }
+        }
+    }
+    // Its subscriptions and their events.
+    let prefix = storage::user_subscriptions_prefix(user_id);
+    for (key, _) in storage::scan_all(ctx.kv, &prefix)? {
+        let id = key.strip_prefix(&prefix).unwrap_or_default().to_owned();
+        let state = storage::read::<crate::domain::billing::Subscription>(ctx.kv, &storage::subscription_key(&id))?;
+        if state.is_some_and(|state| state.user_id == user_id) && !budget.delete_prefix(ctx, &format!("subs/{id}/"))? {
+            return Ok(false);
+        }
+        budget.delete(ctx, &[key])?;
+        if budget.spent() {
+            return Ok(false);
+        }
+    }
+    // Its receipts and data issues, found by a scan of each shared key space.
+    let mut cursor = storage::read::<Cursor>(ctx.kv, &cursor_key(user_id))?.unwrap_or_default();
+    let suffix = format!("/{user_id}");
+    let receipt_of_user = |key: &str, value: &[u8]| -> Result<bool, ApiError> {
+        // `receipts/{hash}/{user}`, or `receipts/{hash}` as earlier formats kept them.
+        if key.ends_with(&suffix) {
+            return Ok(true);
+        }
+        let legacy = key.strip_prefix("receipts/").is_some_and(|rest| !rest.contains('/'));
+        Ok(legacy && storage::decode::<ReceiptRecord>(key, value)?.user_id == user_id)
+    };
+    let issue_of_user = |key: &str, value: &[u8]| -> Result<bool, ApiError> {
+        Ok(storage::decode::<IssueRecord>(key, value)?.user_id.as_deref() == Some(user_id))
+    };
+    let scanned =
+        scan_delete(ctx, budget, "receipts/", &mut cursor.receipts_after, &mut cursor.receipts_done, receipt_of_user)
+            .and_then(|receipts| match receipts {
+                true => scan_delete(
+                    ctx,
+                    budget,
+                    storage::ISSUES_PREFIX,
+                    &mut cursor.issues_after,
+                    &mut cursor.issues_done,
+                    issue_of_user,
+                ),
+                false => Ok(false),
+            });
+    // Where the scans stopped is kept even when a step failed: the next call goes on from there.
+    cursor.v = storage::FORMAT;
+    storage::transact(ctx.kv, |txn| -> Result<(), ApiError> {
+        txn.put(&cursor_key(user_id), &cursor);
+        Ok(())
+    })?;
+    if !scanned? {
+        return Ok(false);
+    }
+    // Last, what names the user itself: everything under `user/{id}/`, its tokens, its record.
+    if !budget.delete_prefix(ctx, &format!("user/{user_id}/"))? {
+        return Ok(false);
+    }
+    storage::transact(ctx.kv, |txn| -> Result<(), ApiError> {
+        let key = storage::user_key(user_id);
+        if let Some(mut user) = txn.get::<UserRecord>(&key)? {
+            tokens::revoke_all(txn, &mut user);
+            if let Some(account_id) = &user.account_id
+                && let Some(mut account) = txn.get::<Account>(&storage::account_key(account_id))?
+            {
+                account.user_id = None;
+                txn.put(&storage::account_key(account_id), &account);
+            }
+            txn.delete(&key);
+        }
+        Ok(())
+    })?;
+    Ok(true)
+}
+
+/// Scans `prefix` from `after`, deleting each entry `matches` picks, while
+/// the budget lasts; `done` once the scan reached the end.
+fn scan_delete(
+    ctx: &Ctx<'_>,
+    budget: &mut Budget,
+    prefix: &str,
+    after: &mut Option<String>,
+    done: &mut bool,
+    matches: impl Fn(&str, &[u8]) -> Result<bool, ApiError>,
+) -> Result<bool, ApiError> {
+    // Scanning costs too: a budget unit reads this many entries.
+    const READS_PER_UNIT: usize = 10;
+    while !*done && !budget.spent() {
+        let entries = storage::collect(ctx.kv, prefix, after.clone(), CHUNK)?;
+        let Some((last, _)) = entries.last() else {
+            *done = true;
+            break;
+        };
+        let last = last.clone();
+        let mut doomed = Vec::new();
+        for (key, entry) in &entries {
+            if matches(key, &entry.value)? {
+                doomed.push(key.clone());
+            }
+        }
+        budget.delete(ctx, &doomed)?;
+        budget.left = budget.left.saturating_sub(entries.len() / READS_PER_UNIT);
+        *after = Some(last);
+    }
+    Ok(*done)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,125 @@
+use super::*;
+use crate::domain::accounts::tests::World;
+use crate::kv::Kv as _;
+use serde_json::Value;
+
+const ALICE: &str = "01-000000000000001";
+const BOB: &str = "02-000000000000002";
+const ALICES_STORE: &str = "20170228-f4f1-401b-80fa-9ecca8451ffb";
+const BOBS_STORE: &str = "20170228-f4f1-401b-80fa-9ecca8451ffc";
+
+/// A world where Alice and Bob each have stores, a terminal, an employee,
+/// products, documents, receipts, a subscription and data issues.
+fn populated() -> (World, String) {
+    let world = World::new();
+    let mut bobs_token = String::new();
+    for (user, login, store, n) in [(ALICE, "alice", ALICES_STORE, 1), (BOB, "bob", BOBS_STORE, 2)] {
+        let token = world.register(user, login);
+        let call = |method: &str, path: &str, body: Value| {
+            let answer = world.call(method, path, Some(&token), Some(body));
+            assert_eq!(answer.status, 200, "{path}: {}", String::from_utf8_lossy(&answer.body));
+        };
+        let device = format!("5a188de4-49b8-4cb4-800e-eb6b5202437{n}");
+        call("PUT", "/api/v1/inventories/stores", json!([{"uuid": store, "name": ""}]));
+        call("PUT", "/api/v1/inventories/devices", json!([{"uuid": device, "storeUuid": store}]));
+        call(
+            "PUT",
+            "/api/v1/inventories/employees",
+            json!([{"uuid": format!("e-{n}"), "name": "E", "role": "ADMIN", "stores": []}]),
+        );
+        let product = json!([{"uuid": format!("6c3bfd7a-4e1b-4c55-9d3e-0d7f0c1a000{n}"), "group": true, "name": "G"}]);
+        call("POST", &format!("/api/v1/inventories/stores/{store}/products"), product);
+        let document = json!([{"id": format!("doc-{n}"), "store_id": store, "device_id": device, "type": "SELL",
+            "close_date": 1_700_000_000_000i64, "user_id": user, "version": "V2", "body": {}}]);
+        call("PUT", &format!("/api/v1/inventories/stores/{store}/documents"), document);
+        let receipt = json!({"id": format!("rcpt-{n}"), "timestamp": 1, "userId": user, "type": "ReceiptCreated",
+            "data": {"id": "r", "deviceId": device, "storeId": store, "dateTime": 1_700_000_000_000i64}});
+        call("POST", "/api/v2/receipts", receipt);
+        assert_eq!(world.server("/api/v1/user/token", json!({"userId": user, "token": "cloud"})).status, 200);
+        let subscription = json!({"subscriptionId": format!("a99fbf70-6307-4acc-b61c-741ee9eef6c{n}"), "productId": "p",
+            "userId": user, "sequenceNumber": 1, "timestamp": 1, "type": "SubscriptionCreated"});
+        assert_eq!(world.server("/api/v1/subscription/event", subscription).status, 200);
+        if user == BOB {
+            bobs_token = token;
+        }
+    }
+    (world, bobs_token)
+}
+
+/// Every key and value that names `user` or one of its stores.
+fn traces(world: &World, user: &str, store: &str) -> Vec<String> {
+    world
+        .kv
+        .keys()
+        .into_iter()
+        .filter(|key| !key.starts_with("feed/"))
+        .filter(|key| {
+            let value =
+                world.kv.get(key).ok().flatten().map(|entry| String::from_utf8_lossy(&entry.value).into_owned());
+            key.contains(user) || key.contains(store) || value.is_some_and(|value| value.contains(user))
+        })
+        .collect()
+}
+
+#[test]
+fn erasing_a_user_leaves_nothing_of_it_and_everything_of_the_others() {
+    let (world, bobs_token) = populated();
+    assert!(!traces(&world, ALICE, ALICES_STORE).is_empty());
+    let bobs_before: Vec<(String, u64)> = traces(&world, BOB, BOBS_STORE)
+        .into_iter()
+        .map(|key| {
+            let version = world.kv.get(&key).expect("get").expect("entry").version;
+            (key, version)
+        })
+        .collect();
+    let answer = world.call("DELETE", &format!("/partner/v1/users/{ALICE}/data"), Some("partner"), None);
+    assert_eq!(answer.status, 200, "{}", String::from_utf8_lossy(&answer.body));
+    assert_eq!(answer.body_json()["complete"], true);
+    assert!(answer.body_json()["deleted"].as_u64().unwrap_or_default() > 10);
+    assert_eq!(traces(&world, ALICE, ALICES_STORE), Vec::<String>::new(), "nothing of Alice is left");
+    let bobs_after: Vec<(String, u64)> = traces(&world, BOB, BOBS_STORE)
+        .into_iter()
+        .map(|key| {
+            let version = world.kv.get(&key).expect("get").expect("entry").version;
+            (key, version)
+        })
+        .collect();
+    assert_eq!(bobs_before, bobs_after, "Bob's data untouched");
+    assert_eq!(world.whoami(&bobs_token), Ok(BOB.to_owned()));
+    let feed = world.call("GET", "/partner/v1/feed?limit=1000", Some("partner"), None).body_json();
+    let purged: Vec<&Value> =
+        feed["items"].as_array().expect("items").iter().filter(|e| e["kind"] == "user.purged").collect();
+    assert_eq!(purged.len(), 1);
+    assert_eq!(purged[0]["userId"], ALICE);
+    let again = world.call("DELETE", &format!("/partner/v1/users/{ALICE}/data"), Some("partner"), None);
+    assert_eq!((again.status, again.body_json()["deleted"].as_u64()), (200, Some(0)), "idempotent");
+    let profile = world.call("GET", &format!("/partner/v1/users/{ALICE}"), Some("partner"), None);
+    assert_eq!(profile.status, 404, "the user itself is gone");
+}
+
+#[test]
+fn an_erasure_larger_than_one_call_goes_on_where_it_stopped() {
+    let (world, _) = populated();
+    let mut calls = 0;
+    loop {
+        let progress = purge_at_most(&world.ctx(), ALICE, 3).expect("purge");
+        calls += 1;
+        assert!(progress.deleted <= 3 + CHUNK, "{progress:?}");
+        if progress.complete {
+            break;
+        }
+        assert!(calls < 200, "it makes progress");
+    }
+    assert!(calls > 3, "{calls} calls");
+    assert_eq!(traces(&world, ALICE, ALICES_STORE), Vec::<String>::new());
+    assert!(!traces(&world, BOB, BOBS_STORE).is_empty());
+}
+
+#[test]
+fn only_the_partner_may_erase_and_only_a_user_id() {
+    let (world, bobs_token) = populated();
+    let path = format!("/partner/v1/users/{ALICE}/data");
+    assert_eq!(world.call("DELETE", &path, Some(&bobs_token), None).status, 401);
+    assert_eq!(world.call("DELETE", "/partner/v1/users/nobody/data", Some("partner"), None).status, 400);
+    assert!(!traces(&world, ALICE, ALICES_STORE).is_empty());
+}
