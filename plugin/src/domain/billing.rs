@@ -690,32 +690,56 @@ pub struct Entitlement {
 /// behind it were answered already and are not sent again).
 pub fn subscriptions(ctx: &Ctx<'_>, user_id: &str, gap_timeout_secs: u64) -> Result<Vec<Subscription>, ApiError> {
     let prefix = storage::user_subscriptions_prefix(user_id);
-    let now = ctx.clock.now_unix();
     let mut out = Vec::new();
     for (key, _) in storage::scan_all(ctx.kv, &prefix)? {
         let id = key.strip_prefix(&prefix).unwrap_or_default();
-        let Some(state) = storage::read::<Subscription>(ctx.kv, &storage::subscription_key(id))? else { continue };
-        let timed_out = state.gap_since.is_some_and(|since| now.saturating_sub(since) >= gap_timeout_secs);
-        if !timed_out && state.waiting.is_empty() {
-            out.push(state);
-            continue;
-        }
-        let state = storage::transact(ctx.kv, |txn| -> Result<Subscription, ApiError> {
-            let key = storage::subscription_key(id);
-            let mut state = txn.get::<Subscription>(&key)?.ok_or(StorageError::Corrupt(key.clone()))?;
-            let mut changed = state.migrate(now);
-            if state.gap_since.is_some_and(|since| now.saturating_sub(since) >= gap_timeout_secs) {
-                skip_gaps(txn, &mut state, now, time::millis(now), "waited past billing_gap_timeout_secs")?;
-                changed = true;
-            }
-            if changed {
-                txn.put(&key, &state);
-            }
-            Ok(state)
-        })?;
-        out.push(state);
+        out.extend(subscription_now(ctx, id, gap_timeout_secs)?);
     }
     Ok(out)
+}
+
+/// Up to `limit` subscriptions of a user after the subscription id `after`,
+/// as [`subscriptions`] reads them, and where the next page starts.
+pub fn subscriptions_page(
+    ctx: &Ctx<'_>,
+    user_id: &str,
+    gap_timeout_secs: u64,
+    after: Option<&str>,
+    limit: u32,
+) -> Result<(Vec<Subscription>, Option<String>), ApiError> {
+    let prefix = storage::user_subscriptions_prefix(user_id);
+    let markers = storage::collect(ctx.kv, &prefix, after.map(|after| format!("{prefix}{after}")), limit as usize)?;
+    let ids: Vec<String> = markers.iter().filter_map(|(key, _)| key.strip_prefix(&prefix).map(str::to_owned)).collect();
+    let next = (ids.len() == limit as usize).then(|| ids.last().cloned()).flatten();
+    let mut out = Vec::with_capacity(ids.len());
+    for id in &ids {
+        out.extend(subscription_now(ctx, id, gap_timeout_secs)?);
+    }
+    Ok((out, next))
+}
+
+/// Subscription `id` as of now: a gap that has waited past
+/// `gap_timeout_secs` skipped, a state of the first format brought up to date.
+fn subscription_now(ctx: &Ctx<'_>, id: &str, gap_timeout_secs: u64) -> Result<Option<Subscription>, ApiError> {
+    let now = ctx.clock.now_unix();
+    let Some(state) = storage::read::<Subscription>(ctx.kv, &storage::subscription_key(id))? else { return Ok(None) };
+    let timed_out = state.gap_since.is_some_and(|since| now.saturating_sub(since) >= gap_timeout_secs);
+    if !timed_out && state.waiting.is_empty() {
+        return Ok(Some(state));
+    }
+    storage::transact(ctx.kv, |txn| -> Result<Option<Subscription>, ApiError> {
+        let key = storage::subscription_key(id);
+        let mut state = txn.get::<Subscription>(&key)?.ok_or(StorageError::Corrupt(key.clone()))?;
+        let mut changed = state.migrate(now);
+        if state.gap_since.is_some_and(|since| now.saturating_sub(since) >= gap_timeout_secs) {
+            skip_gaps(txn, &mut state, now, time::millis(now), "waited past billing_gap_timeout_secs")?;
+            changed = true;
+        }
+        if changed {
+            txn.put(&key, &state);
+        }
+        Ok(Some(state))
+    })
 }
 
 /// The user's entitlement at the clock's now.

@@ -308,21 +308,46 @@ fn user_param(user_id: &str) -> Result<&str, ApiError> {
     if input::is_user_id(user_id) { Ok(user_id) } else { Err(ApiError::incorrect("userId", user_id)) }
 }
 
-/// `GET /partner/v1/users/{userId}/subscriptions`: each subscription's state and events.
+/// Event bytes one page of subscriptions answers at most: a subscription
+/// whose events do not fit shows those that do (`eventsComplete: false`),
+/// the next page starts after it.
+const SUBSCRIPTION_PAGE_BYTES: usize = 4 << 20;
+
+/// `GET /partner/v1/users/{userId}/subscriptions?after=&limit=`: each
+/// subscription's state and events, paged by subscription id.
 pub fn user_subscriptions(ctx: &Ctx<'_>, request: &Request, user_id: &str) -> Result<Response, ApiError> {
     require_partner(ctx, request)?;
     let user_id = user_param(user_id)?;
-    let mut items = Vec::new();
+    let (after, limit) = paging(request)?;
     let settings = settings(ctx)?;
-    for subscription in crate::domain::billing::subscriptions(ctx, user_id, settings.gap_timeout_secs)? {
+    let (page, mut next) =
+        crate::domain::billing::subscriptions_page(ctx, user_id, settings.gap_timeout_secs, after, limit)?;
+    let mut items: Vec<Value> = Vec::with_capacity(page.len());
+    let mut bytes = 0;
+    for subscription in page {
         let prefix = storage::subscription_events_prefix(&subscription.subscription_id);
-        let events = storage::scan_all(ctx.kv, &prefix)?
-            .into_iter()
-            .map(|(key, entry)| serde_json::from_slice::<Value>(&entry.value).map_err(|_| StorageError::Corrupt(key)))
-            .collect::<Result<Vec<_>, _>>()?;
-        items.push(json!({ "state": subscription, "events": events }));
+        let (mut events, mut complete, mut cursor) = (Vec::new(), true, None::<String>);
+        'scan: loop {
+            let entries = storage::collect(ctx.kv, &prefix, cursor.clone(), 100)?;
+            let Some((last, _)) = entries.last() else { break };
+            cursor = Some(last.clone());
+            for (key, entry) in entries {
+                if bytes + entry.value.len() > SUBSCRIPTION_PAGE_BYTES && !(items.is_empty() && events.is_empty()) {
+                    complete = false;
+                    break 'scan;
+                }
+                bytes += entry.value.len();
+                events.push(serde_json::from_slice::<Value>(&entry.value).map_err(|_| StorageError::Corrupt(key))?);
+            }
+        }
+        if !complete && !items.is_empty() {
+            // It comes first on the next page, with the whole budget.
+            next = items.last().and_then(|item| item["state"]["subscriptionId"].as_str().map(str::to_owned));
+            break;
+        }
+        items.push(json!({ "state": subscription, "events": events, "eventsComplete": complete }));
     }
-    Ok(Response::json(200, &json!({ "userId": user_id, "subscriptions": items })))
+    Ok(Response::json(200, &json!({ "userId": user_id, "subscriptions": items, "next": next })))
 }
 
 /// `DELETE /partner/v1/users/{userId}/data`: erases everything stored for

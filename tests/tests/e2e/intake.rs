@@ -188,3 +188,34 @@ fn the_plugin_works_mounted_under_a_route_prefix() {
     let unprefixed = post_json(&gateway.url("/api/v1/user/create"), Some("server-secret"), &json!({"userId": USER}));
     assert_eq!(unprefixed.status, 404, "nothing is served outside the route");
 }
+
+#[test]
+fn ten_documents_of_three_mib_in_one_delivery_are_taken_and_listed() {
+    let gateway = Gateway::evotor("");
+    let token = register(&gateway);
+    let template: Value = serde_json::from_str(V2_SELL).expect("JSON");
+    let docs: Vec<Value> = (0u64..10)
+        .map(|n| {
+            let mut doc = template.clone();
+            doc["id"] = json!(format!("8d3c2f1e-5b7a-4c9d-9e0f-{n:012x}"));
+            doc["extras"] = json!({"padding": "x".repeat(3 << 20)});
+            doc
+        })
+        .collect();
+    let body = Value::from(docs).to_string();
+    assert!(body.len() > 30 << 20 && body.len() < 32 << 20, "{} bytes", body.len());
+    let reply =
+        bare_token(&gateway, "PUT", &format!("/api/v1/inventories/stores/{STORE}/documents"), &token, body.as_bytes());
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json(), json!({"accepted": 10, "duplicates": 0}));
+    let (mut listed, mut after) = (0, String::new());
+    loop {
+        let page = partner(&gateway, &format!("/partner/v1/stores/{STORE}/documents?limit=1000{after}"));
+        listed += page["items"].as_array().map_or(0, Vec::len);
+        match page["next"].as_str() {
+            Some(next) => after = format!("&after={next}"),
+            None => break,
+        }
+    }
+    assert_eq!(listed, 10);
+}

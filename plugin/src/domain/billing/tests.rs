@@ -681,3 +681,33 @@ fn billing_events_auth_server_refuses_user_tokens() {
     let bad = World::with(&[("billing_events_auth", "users")]);
     assert_eq!(bad.server("/api/v1/subscription/event", created(SUB, "P14DT", 1)).status, 500);
 }
+
+#[test]
+fn subscriptions_page_and_large_events_never_fail_the_listing() {
+    let world = World::new();
+    let big = "x".repeat(1_500_000);
+    for (n, sub) in [SUB, SUB2].iter().enumerate() {
+        for seq in 1..=4u64 {
+            let kind = if seq == 1 { "SubscriptionCreated" } else { "SubscriptionRenewed" };
+            assert_eq!(post(&world, &event(sub, seq, kind, json!({"note": big, "n": n}))).status, 200);
+        }
+    }
+    let page = |query: &str| {
+        let answer =
+            world.call("GET", &format!("/partner/v1/users/{USER}/subscriptions{query}"), Some("partner"), None);
+        assert_eq!(answer.status, 200);
+        assert!(answer.body.len() < 8 << 20, "{} bytes", answer.body.len());
+        answer.body_json()
+    };
+    let first = page("");
+    let items = first["subscriptions"].as_array().expect("items");
+    assert_eq!(items.len(), 1, "the second does not fit beside the first's 6 MB of events");
+    assert_eq!(items[0]["eventsComplete"], false, "4 events of 1.5 MB: those that fit");
+    assert!(!items[0]["events"].as_array().expect("events").is_empty());
+    let next = first["next"].as_str().expect("a next page");
+    let second = page(&format!("?after={next}"));
+    assert_eq!(second["subscriptions"][0]["state"]["subscriptionId"], SUB2);
+    assert!(second["next"].is_null());
+    let small = page("?limit=1");
+    assert_eq!(small["subscriptions"].as_array().map(Vec::len), Some(1));
+}
