@@ -64,6 +64,9 @@ pub struct Settings {
     /// Whether billing events are taken with the server credential only
     /// (`billing_events_auth`: `any` | `server`).
     pub billing_events_server_only: bool,
+    /// How long documents and receipts are kept, by their own date
+    /// (`retention_days`; none: for good).
+    pub retention_days: Option<u64>,
 }
 
 impl Settings {
@@ -95,6 +98,10 @@ impl Settings {
             },
             pending_grace_secs: number(config, "billing_pending_grace_secs", DEFAULT_PENDING_GRACE_SECS)?,
             gap_timeout_secs: number(config, "billing_gap_timeout_secs", DEFAULT_GAP_TIMEOUT_SECS)?,
+            retention_days: match number::<u64>(config, "retention_days", 0)? {
+                0 => None,
+                days => Some(days),
+            },
             billing_events_server_only: match config.non_empty("billing_events_auth").as_deref() {
                 None | Some("any") => false,
                 Some("server") => true,

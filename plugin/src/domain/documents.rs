@@ -64,7 +64,7 @@ const KNOWN_TYPES: &[&str] = &[
 pub struct DocumentRecord {
     /// Storage format version.
     pub v: u32,
-    /// The document's id (`uuid` in V1, `id` in V2), uuids in lower case.
+    /// The document's id (`uuid` in V1, `id` in V2), as sent.
     pub id: String,
     /// The store, lower case.
     pub store_uuid: String,
@@ -407,7 +407,74 @@ pub(crate) fn ingest_documents(
         }
         Ok((new, repeated))
     })?;
+    for store in &stores {
+        expire(ctx, settings, store)?;
+    }
     Ok((new, repeated))
+}
+
+/// Index entries each write looks at for what outlived `retention_days`.
+const EXPIRED_PER_WRITE: usize = 100;
+
+/// The type of a stored document, read without keeping the document.
+#[derive(Deserialize)]
+struct DocumentType {
+    r#type: String,
+}
+
+/// Erases the documents and receipts of `store` older than
+/// `retention_days` (by close date, receipt date), at most
+/// [`EXPIRED_PER_WRITE`] of each a call: each write to a store takes away
+/// some of what outlived its time, so a store that keeps receiving data
+/// stays within it.
+fn expire(ctx: &Ctx<'_>, settings: &Settings, store: &str) -> Result<(), ApiError> {
+    let Some(days) = settings.retention_days else { return Ok(()) };
+    let now = ctx.clock.now_unix();
+    let cutoff =
+        crate::time::millis(now).saturating_sub(i64::try_from(days.saturating_mul(86_400_000)).unwrap_or(i64::MAX));
+    let older =
+        |position: &str| position.split('.').next().and_then(|ms| ms.parse::<i64>().ok()).is_some_and(|ms| ms < cutoff);
+    let documents = storage::documents_by_date_prefix(store);
+    let receipts = storage::receipts_by_date_prefix(store);
+    let document_positions: Vec<String> = storage::collect(ctx.kv, &documents, None, EXPIRED_PER_WRITE)?
+        .into_iter()
+        .filter_map(|(key, _)| key.strip_prefix(&documents).map(str::to_owned))
+        .take_while(|position| older(position))
+        .collect();
+    let receipt_positions: Vec<String> = storage::collect(ctx.kv, &receipts, None, EXPIRED_PER_WRITE)?
+        .into_iter()
+        .filter_map(|(key, _)| key.strip_prefix(&receipts).map(str::to_owned))
+        .take_while(|position| older(position))
+        .collect();
+    if document_positions.is_empty() && receipt_positions.is_empty() {
+        return Ok(());
+    }
+    storage::transact(ctx.kv, |txn| -> Result<(), ApiError> {
+        for position in &document_positions {
+            let id = position.split_once('.').map(|(_, id)| id).unwrap_or_default();
+            let key = storage::document_key(store, id);
+            if let Some(document) = txn.get::<DocumentType>(&key)? {
+                txn.delete(&format!("{}{position}", storage::documents_by_type_prefix(store, &document.r#type)));
+            }
+            txn.delete(&key);
+            txn.delete(&format!("{documents}{position}"));
+        }
+        for position in &receipt_positions {
+            let mut parts = position.split('.').skip(1);
+            let hash = parts.next().unwrap_or_default();
+            match parts.next() {
+                Some(user_id) => txn.delete(&storage::receipt_key(hash, user_id)),
+                None => txn.delete(&storage::receipt_key_by_hash(hash)),
+            }
+            txn.delete(&format!("{receipts}{position}"));
+        }
+        let data = json!({
+            "storeUuid": store, "documents": document_positions.len(), "receipts": receipt_positions.len(),
+            "retentionDays": days,
+        });
+        txn.emit("data.expired", now, None, data);
+        Ok(())
+    })
 }
 
 /// Whether two JSON texts hold the same value.
@@ -509,7 +576,7 @@ pub(crate) fn ingest_receipts(
     let device_limit = crate::domain::billing::device_limit(ctx, user_id, settings)?;
     let stores: BTreeSet<&str> = receipts.iter().filter_map(|receipt| receipt.store.as_deref()).collect();
     let devices: BTreeSet<&str> = receipts.iter().filter_map(|receipt| receipt.device.as_deref()).collect();
-    storage::transact(ctx.kv, |txn| -> Result<(usize, usize), ApiError> {
+    let (new, repeated) = storage::transact(ctx.kv, |txn| -> Result<(usize, usize), ApiError> {
         let (issues, foreign) = admit(txn, user_id, &stores, &devices, device_limit, PastLicence::Refuse, now)?;
         let (mut new, mut repeated) = (0, 0);
         for receipt in &receipts {
@@ -557,7 +624,11 @@ pub(crate) fn ingest_receipts(
             }
         }
         Ok((new, repeated))
-    })
+    })?;
+    for store in &stores {
+        expire(ctx, settings, store)?;
+    }
+    Ok((new, repeated))
 }
 
 #[cfg(test)]

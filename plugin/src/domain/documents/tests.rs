@@ -677,3 +677,44 @@ fn one_delivery_writes_a_bounded_number_of_data_issues_however_many_items_it_car
     let total: u64 = listed["items"].as_array().expect("items").iter().filter_map(|i| i["count"].as_u64()).sum();
     assert_eq!(total, 3000, "every problem still counted: {listed}");
 }
+
+#[test]
+fn documents_and_receipts_past_retention_days_are_erased_as_their_store_receives_more() {
+    let world = World::with(&[("retention_days", "30")]);
+    let token = world.register(ALICE, "alice");
+    world.clock.advance(100 * 86_400);
+    let now_ms = crate::time::millis(crate::clock::Clock::now_unix(&world.clock));
+    let day = 86_400_000i64;
+    let document = |id: &str, at: i64| {
+        json!({"id": id, "store_id": STORE, "device_id": DEVICE, "type": "SELL", "close_date": at, "user_id": ALICE,
+               "version": "V2", "body": {}})
+    };
+    let receipt = |id: &str, at: i64| json!({"id": id, "userId": ALICE, "type": "ReceiptCreated", "data": {"id": id, "storeId": STORE, "deviceId": DEVICE, "dateTime": at}});
+    // Kept while within 30 days…
+    assert_eq!(put(&world, &token, STORE, json!([document("old", now_ms - 20 * day)])).status, 200);
+    assert_eq!(
+        world.call("POST", "/api/v2/receipts", Some(&token), Some(receipt("old-r", now_ms - 20 * day))).status,
+        200
+    );
+    let listed = |path: &str| {
+        let answer = world.call("GET", &format!("/partner/v1/stores/{STORE}/{path}"), Some("partner"), None);
+        answer.body_json()["items"]
+            .as_array()
+            .map(|items| items.iter().filter_map(|i| i["id"].as_str().map(str::to_owned)).collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    assert_eq!(listed("documents"), ["old"]);
+    // …and erased by a later write to the store once they are past them.
+    world.clock.advance(15 * 86_400);
+    assert_eq!(put(&world, &token, STORE, json!([document("new", now_ms + 15 * day)])).status, 200);
+    assert_eq!(listed("documents"), ["new"]);
+    assert_eq!(
+        world.call("POST", "/api/v2/receipts", Some(&token), Some(receipt("new-r", now_ms + 15 * day))).status,
+        200
+    );
+    assert_eq!(listed("receipts"), ["new-r"]);
+    assert!(world.kv.keys().iter().all(|key| !key.contains("/doc/old")), "the record itself is gone");
+    let feed = world.call("GET", "/partner/v1/feed?limit=1000", Some("partner"), None).body_json();
+    assert!(feed["items"].as_array().expect("items").iter().any(|e| e["kind"] == "data.expired"));
+    assert!(crate::audit::problems(&world.kv).is_empty(), "{:?}", crate::audit::problems(&world.kv));
+}
