@@ -115,7 +115,7 @@ struct NewDocument<'a> {
 pub struct ReceiptRecord {
     /// Storage format version.
     pub v: u32,
-    /// The event id.
+    /// The event id, as sent.
     pub id: String,
     /// The store (`data.storeId`), lower case; empty when the event names none.
     pub store_uuid: String,
@@ -484,7 +484,10 @@ fn same_json(a: &RawValue, b: &RawValue) -> bool {
 
 /// A receipt event of a delivery, understood as far as it can be.
 struct Receipt<'a> {
+    /// The key form of the id (a uuid in lower case).
     pub(crate) id: String,
+    /// The id exactly as sent: what answers show.
+    pub(crate) sent_id: String,
     pub(crate) store: Option<String>,
     pub(crate) device: Option<String>,
     pub(crate) date_time: i64,
@@ -502,10 +505,13 @@ fn receipt<'a>(raw: &'a RawValue, at: &str, user_id: &str, now_ms: i64) -> Resul
         _ => None,
     };
     let mut problems = Vec::new();
-    let id = match first_of(&event, &["id"]).or_else(|| data.and_then(|data| first_of(data, &["id"]))) {
+    let (id, sent_id) = match first_of(&event, &["id"]).or_else(|| data.and_then(|data| first_of(data, &["id"]))) {
         None => return Err(ApiError::missing(&format!("{at}id"))),
         Some((field, value)) => {
-            input::id_text(value).ok_or_else(|| ApiError::incorrect(&format!("{at}{field}"), value.clone()))?
+            let id =
+                input::id_text(value).ok_or_else(|| ApiError::incorrect(&format!("{at}{field}"), value.clone()))?;
+            let sent = value.as_str().and_then(input::id_as_sent).unwrap_or_else(|| id.clone());
+            (id, sent)
         }
     };
     match event.get("userId").and_then(Value::as_str) {
@@ -514,7 +520,7 @@ fn receipt<'a>(raw: &'a RawValue, at: &str, user_id: &str, now_ms: i64) -> Resul
     }
     let Some(data) = data else {
         problems.push("no data object".into());
-        return Ok(Receipt { id, store: None, device: None, date_time: now_ms, raw, problems });
+        return Ok(Receipt { id, sent_id, store: None, device: None, date_time: now_ms, raw, problems });
     };
     let store = first_of(data, &["storeId", "storeUuid"]).and_then(|(_, value)| input::id_text(value));
     if store.is_none() {
@@ -528,6 +534,7 @@ fn receipt<'a>(raw: &'a RawValue, at: &str, user_id: &str, now_ms: i64) -> Resul
     let date_time = crate::time::or_arrival(found, "data.dateTime", now_ms, &mut problems);
     Ok(Receipt {
         id,
+        sent_id,
         store: store.map(|store| store.to_ascii_lowercase()),
         device: device.map(|device| device.to_ascii_lowercase()),
         date_time,
@@ -593,7 +600,7 @@ pub(crate) fn ingest_receipts(
             let store = receipt.store.as_deref().unwrap_or_default();
             let record = NewReceipt {
                 v: storage::FORMAT,
-                id: &receipt.id,
+                id: &receipt.sent_id,
                 store_uuid: store,
                 date_time: receipt.date_time,
                 user_id,
@@ -610,9 +617,10 @@ pub(crate) fn ingest_receipts(
                 );
                 txn.put(&index, &json!({ "v": storage::FORMAT }));
             }
-            txn.emit("receipt.received", now, Some(user_id), json!({ "storeUuid": receipt.store, "id": receipt.id }));
+            let data = json!({ "storeUuid": receipt.store, "id": receipt.sent_id });
+            txn.emit("receipt.received", now, Some(user_id), data);
             for problem in &receipt.problems {
-                let mut issue = Issue::new(Some(user_id), "receipt", &receipt.id, problem.as_str());
+                let mut issue = Issue::new(Some(user_id), "receipt", &receipt.sent_id, problem.as_str());
                 issue.store = receipt.store.clone();
                 txn.issue(now, issue);
             }

@@ -188,13 +188,14 @@ pub fn partner_list_receipts(ctx: &Ctx<'_>, request: &Request, store: &str) -> R
 /// (the first user's when several users sent one with the same id).
 pub fn partner_get_receipt(ctx: &Ctx<'_>, request: &Request, id: &str) -> Result<Response, ApiError> {
     require_partner(ctx, request)?;
-    let id = input::percent_decode(id).ok_or_else(ApiError::not_found)?;
+    let id = input::percent_decode(id).and_then(|id| input::id_str(&id)).ok_or_else(ApiError::not_found)?;
     let user = query(request, "userId").filter(|user| !user.is_empty());
     let prefix = storage::receipt_key_by_hash(&storage::receipt_id_hash(&id));
     // The id's own key (kept before receipts were per user), then `{key}/{userId}`.
     for (key, entry) in storage::scan_all(ctx.kv, &prefix)? {
         let record: ReceiptRecord = storage::decode(&key, &entry.value)?;
-        if record.id == id && user.is_none_or(|user| record.user_id == user) {
+        // Ids compare case-insensitively; the record keeps it as sent.
+        if record.id.eq_ignore_ascii_case(&id) && user.is_none_or(|user| record.user_id == user) {
             return Ok(Response::json(200, &receipt_view(record)));
         }
     }

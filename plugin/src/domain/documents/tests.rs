@@ -718,3 +718,26 @@ fn documents_and_receipts_past_retention_days_are_erased_as_their_store_receives
     assert!(feed["items"].as_array().expect("items").iter().any(|e| e["kind"] == "data.expired"));
     assert!(crate::audit::problems(&world.kv).is_empty(), "{:?}", crate::audit::problems(&world.kv));
 }
+
+#[test]
+fn the_partner_api_shows_document_and_receipt_ids_as_sent_and_finds_them_in_any_case() {
+    let world = World::new();
+    let token = world.register(ALICE, "alice");
+    let id = "20170222-D58C-40E0-8051-B53ADFF38860";
+    let document = json!({"id": id, "store_id": STORE, "device_id": DEVICE, "type": "SELL",
+        "close_date": 1_700_000_000_000i64, "user_id": ALICE, "version": "V2", "body": {}});
+    assert_eq!(put(&world, &token, STORE, json!([document])).status, 200);
+    let listed = world.call("GET", &format!("/partner/v1/stores/{STORE}/documents"), Some("partner"), None).body_json();
+    assert_eq!(listed["items"][0]["id"], id);
+    for asked in [id.to_owned(), id.to_lowercase()] {
+        let one = world.call("GET", &format!("/partner/v1/stores/{STORE}/documents/{asked}"), Some("partner"), None);
+        assert_eq!((one.status, one.body_json()["id"].clone()), (200, json!(id)), "{asked}");
+    }
+    let receipt = json!({"id": id, "userId": ALICE, "type": "ReceiptCreated",
+        "data": {"id": "r", "storeId": STORE, "deviceId": DEVICE, "dateTime": 1_700_000_000_000i64}});
+    assert_eq!(world.call("POST", "/api/v2/receipts", Some(&token), Some(receipt)).status, 200);
+    for asked in [id.to_owned(), id.to_lowercase()] {
+        let one = world.call("GET", &format!("/partner/v1/receipts/{asked}"), Some("partner"), None);
+        assert_eq!((one.status, one.body_json()["id"].clone()), (200, json!(id)), "{asked}");
+    }
+}
