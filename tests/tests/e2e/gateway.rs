@@ -410,8 +410,9 @@ fn request_bodies_held_at_once_stay_within_their_budget_and_every_request_is_ans
     );
     // Two bodies held by the gateway at most, each also copied into its plugin instance.
     assert!(bounded_peak < 64 + 2 * 32 + 120, "{bounded_peak} MiB");
-    // The load is concurrent enough to show: without the budget the gateway holds more bodies at once.
-    assert!(bounded_peak + 64 < unbounded_peak, "{bounded_peak} MiB vs {unbounded_peak} MiB");
+    // The load is concurrent enough to show: without the budget the gateway holds more bodies at once
+    // (at least one more, whatever else the machine is running beside this test).
+    assert!(bounded_peak + 30 < unbounded_peak, "{bounded_peak} MiB vs {unbounded_peak} MiB");
 }
 
 #[test]
