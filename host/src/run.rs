@@ -319,8 +319,8 @@ mod tests {
     fn without_admin_token_one_is_made_once_readable_by_its_user_only_and_read_back() {
         use std::os::unix::fs::PermissionsExt as _;
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut config = config::Config::default();
-        config.data_dir = figment::value::magic::RelativePathBuf::from(dir.path().to_path_buf());
+        let data_dir = figment::value::magic::RelativePathBuf::from(dir.path().to_path_buf());
+        let mut config = config::Config { data_dir, ..Default::default() };
         assert_eq!(config.admin_token().expect("read"), None, "none before the first start");
         let made = admin_token(&config).expect("made");
         assert_eq!(made.len(), 64, "256 bits in hex");

@@ -416,6 +416,9 @@ pub const ISSUES_PREFIX: &str = "issues/";
 /// Distinct data issues one commit writes one by one; the rest are grouped.
 pub const MAX_ISSUES_PER_COMMIT: usize = 32;
 
+/// The issues past [`MAX_ISSUES_PER_COMMIT`] are grouped by user and entity.
+type GroupKey = (Option<String>, &'static str);
+
 /// Something doubtful in input that was accepted all the same: what, where,
 /// and for whom. The same issue again counts up one record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -702,7 +705,8 @@ impl Txn<'_> {
         let mut issues = std::mem::take(&mut self.issues);
         if issues.len() > MAX_ISSUES_PER_COMMIT {
             let rest = issues.split_off(&issues.keys().nth(MAX_ISSUES_PER_COMMIT).cloned().unwrap_or_default());
-            let mut grouped: std::collections::BTreeMap<(Option<String>, &'static str), (Issue, u64, u64, u64)> =
+            // Per (user, entity): the first issue, how often all were seen, how many were distinct, when.
+            let mut grouped: std::collections::BTreeMap<GroupKey, (Issue, u64, u64, u64)> =
                 std::collections::BTreeMap::new();
             for (_, (issue, count, now)) in rest {
                 let group = grouped.entry((issue.user_id.clone(), issue.entity)).or_insert((issue, 0, 0, now));
