@@ -186,6 +186,11 @@ pub struct PluginConfig {
     /// past it, 503 with `Retry-After` at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrent_requests: Option<u32>,
+    /// Requests of this plugin running at once with one and the same
+    /// `Authorization` value (one user's token, say), at most; past it, 503
+    /// with `Retry-After` at once. None, the default: no such cap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent_per_credential: Option<u32>,
     /// Where the plugin may send HTTP requests (`wasi:http/outgoing-handler`):
     /// `SCHEME://HOST[:PORT]` entries, Spin's notation (see [`crate::outbound`]).
     /// Empty, the default: every outgoing request is refused.
@@ -250,6 +255,7 @@ impl Default for Config {
                 wasm: RelativePathBuf::from(PathBuf::from(DEFAULT_PLUGIN_WASM)),
                 config: BTreeMap::new(),
                 max_concurrent_requests: None,
+                max_concurrent_per_credential: None,
                 allowed_outbound_hosts: Vec::new(),
             }],
         }
@@ -363,6 +369,13 @@ impl Config {
             anyhow::ensure!(
                 plugin.max_concurrent_requests.is_none_or(|cap| (1..=limits.max_concurrent_requests).contains(&cap)),
                 "max_concurrent_requests of plugin {:?} must be within 1..=limits.max_concurrent_requests",
+                plugin.name
+            );
+            anyhow::ensure!(
+                plugin
+                    .max_concurrent_per_credential
+                    .is_none_or(|cap| (1..=limits.max_concurrent_requests).contains(&cap)),
+                "max_concurrent_per_credential of plugin {:?} must be within 1..=limits.max_concurrent_requests",
                 plugin.name
             );
             OutboundRules::parse(&plugin.allowed_outbound_hosts)
@@ -557,6 +570,10 @@ mod tests {
             ("[limits]\nmax_body_bytes = 1000\nmax_body_bytes_in_flight = 999", "max_body_bytes_in_flight"),
             ("[tls]\ncert = 'c.pem'", "key"),
             ("[[plugins]]\nname='a'\nroute='/'\nwasm='a'\nmax_concurrent_requests = 100000", "max_concurrent_requests"),
+            (
+                "[[plugins]]\nname='a'\nroute='/'\nwasm='a'\nmax_concurrent_per_credential = 0",
+                "max_concurrent_per_credential",
+            ),
         ] {
             let err = load_str(bad).expect_err(bad);
             assert!(format!("{err:#}").contains(key), "{bad}: {err:#}");

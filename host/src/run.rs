@@ -184,7 +184,12 @@ pub(crate) async fn start(config: &config::Config) -> anyhow::Result<App> {
         .iter()
         .filter_map(|plugin| plugin.max_concurrent_requests.map(|cap| (plugin.name.clone(), cap as usize)))
         .collect();
-    let gateway = Arc::new(Gateway::new(registry, &config.limits, plugin_caps, sandbox));
+    let credential_caps = config
+        .plugins
+        .iter()
+        .filter_map(|plugin| plugin.max_concurrent_per_credential.map(|cap| (plugin.name.clone(), cap as usize)))
+        .collect();
+    let gateway = Arc::new(Gateway::new(registry, &config.limits, plugin_caps, credential_caps, sandbox));
     let deployer = Arc::new(deployer);
     // On a shared store: take up deploys made through other nodes.
     tokio::spawn(deployer.clone().follow());

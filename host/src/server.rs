@@ -47,6 +47,10 @@ pub struct Gateway {
     permits: Arc<Semaphore>,
     /// Per plugin: slots for its requests running at once; none left → 503 at once.
     plugin_permits: HashMap<String, Arc<Semaphore>>,
+    /// Per plugin: requests running at once with one `Authorization` value, at most.
+    credential_caps: HashMap<String, usize>,
+    /// Requests running now per (plugin, digest of an `Authorization` value).
+    per_credential: Arc<std::sync::Mutex<HashMap<(String, [u8; 32]), usize>>>,
     /// Set when shutdown begins: `/readyz` answers 503 so load balancers stop sending.
     draining: AtomicBool,
     /// Keeps the engine (and its epoch ticker) alive as long as the gateway.
@@ -473,6 +477,7 @@ impl Gateway {
         registry: Registry,
         limits: &crate::config::LimitsConfig,
         plugin_caps: HashMap<String, usize>,
+        credential_caps: HashMap<String, usize>,
         sandbox: Arc<crate::sandbox::Sandbox>,
     ) -> Self {
         let max_instances = limits.max_concurrent_requests as usize;
@@ -485,6 +490,8 @@ impl Gateway {
             max_instances,
             permits: Arc::new(Semaphore::new(max_instances)),
             plugin_permits: plugin_caps.into_iter().map(|(name, cap)| (name, Arc::new(Semaphore::new(cap)))).collect(),
+            credential_caps,
+            per_credential: Arc::default(),
             draining: AtomicBool::new(false),
             _sandbox: sandbox,
         }
@@ -589,6 +596,15 @@ impl Gateway {
                 return Err(error(StatusCode::REQUEST_TIMEOUT, 408, "request body not received in time"));
             }
         };
+        // One credential (one user's token) may not take more than its share of the plugin.
+        let _credential_slot = match self.credential_slot(plugin, &parts.headers) {
+            Ok(slot) => slot,
+            Err(()) => {
+                metrics::counter!("evogate_requests_refused_total", "plugin" => plugin.to_owned(), "reason" => "credential")
+                    .increment(1);
+                return Err(busy());
+            }
+        };
         let request = plugin_request(&parts, route, body);
 
         // The plugin's own cap answers at once; the shared pool waits (bounded by connections and the deadline).
@@ -647,7 +663,42 @@ impl Gateway {
     }
 }
 
+/// A request counted against its credential's cap until it ends.
+struct CredentialSlot {
+    counts: Arc<std::sync::Mutex<HashMap<(String, [u8; 32]), usize>>>,
+    key: (String, [u8; 32]),
+}
+
+impl Drop for CredentialSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(|poison| poison.into_inner());
+        if let Some(count) = counts.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.key);
+            }
+        }
+    }
+}
+
 impl Gateway {
+    /// A slot for a request of `plugin` with these headers under the
+    /// plugin's per-credential cap (`None`: no cap, or no credential);
+    /// `Err` when the credential has its share running already.
+    fn credential_slot(&self, plugin: &str, headers: &hyper::HeaderMap) -> Result<Option<CredentialSlot>, ()> {
+        use sha2::Digest as _;
+        let Some(&cap) = self.credential_caps.get(plugin) else { return Ok(None) };
+        let Some(credential) = headers.get(hyper::header::AUTHORIZATION) else { return Ok(None) };
+        let key = (plugin.to_owned(), <[u8; 32]>::from(sha2::Sha256::digest(credential.as_bytes())));
+        let mut counts = self.per_credential.lock().unwrap_or_else(|poison| poison.into_inner());
+        let count = counts.entry(key.clone()).or_insert(0);
+        if *count >= cap {
+            return Err(());
+        }
+        *count += 1;
+        Ok(Some(CredentialSlot { counts: self.per_credential.clone(), key }))
+    }
+
     fn instances_in_use(&self) {
         let in_use = self.max_instances.saturating_sub(self.permits.available_permits());
         metrics::gauge!("evogate_instances_in_use").set(in_use as f64);

@@ -486,3 +486,25 @@ fn clients_that_send_a_head_and_no_body_stall_nobody() {
         assert!(answer.contains("too slowly"), "{answer}");
     }
 }
+
+#[test]
+fn one_credential_gets_at_most_its_share_of_a_plugin_and_others_are_served() {
+    let wasm = guest_wasm();
+    let gateway = Gateway::start(&format!(
+        "[limits]\nrequest_timeout_ms = 2000\n{}",
+        plugin_table("alpha", &wasm, "max_concurrent_per_credential = 1"),
+    ));
+    let busy = {
+        let url = gateway.url("/alpha/loop");
+        std::thread::spawn(move || request("GET", &url, &[("authorization", "Bearer user-a")], None).status)
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let same = request("GET", &gateway.url("/alpha/version"), &[("authorization", "Bearer user-a")], None);
+    assert_eq!((same.status, same.header("retry-after")), (503, Some("1")), "user a has its one request running");
+    let other = request("GET", &gateway.url("/alpha/version"), &[("authorization", "Bearer user-b")], None);
+    assert_eq!(other.status, 200, "another credential is served");
+    assert_eq!(get(&gateway.url("/alpha/version")).status, 200, "so is a request without one");
+    assert_eq!(busy.join().expect("the looping request"), 503, "it ran into its deadline");
+    let again = request("GET", &gateway.url("/alpha/version"), &[("authorization", "Bearer user-a")], None);
+    assert_eq!(again.status, 200, "its slot is free again");
+}
