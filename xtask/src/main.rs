@@ -56,6 +56,8 @@ fn main() -> anyhow::Result<()> {
                 "documents",
                 "--bench",
                 "backends",
+                "--bench",
+                "fairness",
             ])
         }
         "bench-serve" => {
