@@ -67,6 +67,9 @@ pub struct Settings {
     /// How long documents and receipts are kept, by their own date
     /// (`retention_days`; none: for good).
     pub retention_days: Option<u64>,
+    /// Most documents and receipts one user may have stored
+    /// (`user_quota_records`; none: no quota).
+    pub user_quota_records: Option<u64>,
 }
 
 impl Settings {
@@ -98,6 +101,10 @@ impl Settings {
             },
             pending_grace_secs: number(config, "billing_pending_grace_secs", DEFAULT_PENDING_GRACE_SECS)?,
             gap_timeout_secs: number(config, "billing_gap_timeout_secs", DEFAULT_GAP_TIMEOUT_SECS)?,
+            user_quota_records: match number::<u64>(config, "user_quota_records", 0)? {
+                0 => None,
+                records => Some(records),
+            },
             retention_days: match number::<u64>(config, "retention_days", 0)? {
                 0 => None,
                 days => Some(days),

@@ -84,6 +84,16 @@ impl ApiError {
         }
     }
 
+    /// 402 code 1004: the user has stored as many documents and receipts
+    /// as `user_quota_records` allows.
+    pub fn quota_exceeded(user_id: &str, quota: u64) -> Self {
+        Self {
+            subject: Some("userUuid".into()),
+            value: Some(user_id.into()),
+            ..Self::new(402, 1004, &format!("quota exceeded: {quota} documents and receipts stored"))
+        }
+    }
+
     /// 405 code 1005: the device is not among the licensed ones.
     pub fn device_not_allowed(device_uuid: &str) -> Self {
         Self {

@@ -26,7 +26,7 @@ use crate::storage::{self, Issue};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// Most documents or receipts one request may carry.
 pub const MAX_BATCH: usize = 10_000;
@@ -404,6 +404,7 @@ pub(crate) fn ingest_documents(
             for issue in issues {
                 txn.issue(now, issue);
             }
+            count_usage(txn, settings, user_id, new)?;
         }
         Ok((new, repeated))
     })?;
@@ -413,13 +414,45 @@ pub(crate) fn ingest_documents(
     Ok((new, repeated))
 }
 
+/// How many documents and receipts a user has stored, counted while
+/// `user_quota_records` is set (`user/{id}/usage`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Usage {
+    v: u32,
+    records: u64,
+}
+
+fn usage_key(user_id: &str) -> String {
+    format!("user/{user_id}/usage")
+}
+
+/// Within the commit that stores `new` records of `user_id`: counts them,
+/// or refuses the whole delivery past the user's quota (402 1004, what the
+/// protocol answers a user whose plan does not allow the call).
+fn count_usage(txn: &mut storage::Txn<'_>, settings: &Settings, user_id: &str, new: usize) -> Result<(), ApiError> {
+    let Some(quota) = settings.user_quota_records else { return Ok(()) };
+    let key = usage_key(user_id);
+    let mut usage = txn.get::<Usage>(&key)?.unwrap_or_default();
+    let after = usage.records.saturating_add(new as u64);
+    if after > quota {
+        return Err(ApiError::quota_exceeded(user_id, quota));
+    }
+    usage.v = storage::FORMAT;
+    usage.records = after;
+    txn.put(&key, &usage);
+    Ok(())
+}
+
 /// Index entries each write looks at for what outlived `retention_days`.
 const EXPIRED_PER_WRITE: usize = 100;
 
-/// The type of a stored document, read without keeping the document.
+/// The type and deliverer of a stored document, read without keeping the document.
 #[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct DocumentType {
     r#type: String,
+    user_id: String,
 }
 
 /// Erases the documents and receipts of `store` older than
@@ -450,11 +483,14 @@ fn expire(ctx: &Ctx<'_>, settings: &Settings, store: &str) -> Result<(), ApiErro
         return Ok(());
     }
     storage::transact(ctx.kv, |txn| -> Result<(), ApiError> {
+        // Whose counted records go, when quotas are counted.
+        let mut freed: BTreeMap<String, u64> = BTreeMap::new();
         for position in &document_positions {
             let id = position.split_once('.').map(|(_, id)| id).unwrap_or_default();
             let key = storage::document_key(store, id);
             if let Some(document) = txn.get::<DocumentType>(&key)? {
                 txn.delete(&format!("{}{position}", storage::documents_by_type_prefix(store, &document.r#type)));
+                *freed.entry(document.user_id).or_default() += 1;
             }
             txn.delete(&key);
             txn.delete(&format!("{documents}{position}"));
@@ -463,10 +499,22 @@ fn expire(ctx: &Ctx<'_>, settings: &Settings, store: &str) -> Result<(), ApiErro
             let mut parts = position.split('.').skip(1);
             let hash = parts.next().unwrap_or_default();
             match parts.next() {
-                Some(user_id) => txn.delete(&storage::receipt_key(hash, user_id)),
+                Some(user_id) => {
+                    txn.delete(&storage::receipt_key(hash, user_id));
+                    *freed.entry(user_id.to_owned()).or_default() += 1;
+                }
                 None => txn.delete(&storage::receipt_key_by_hash(hash)),
             }
             txn.delete(&format!("{receipts}{position}"));
+        }
+        if settings.user_quota_records.is_some() {
+            for (user_id, records) in freed {
+                let key = usage_key(&user_id);
+                if let Some(mut usage) = txn.get::<Usage>(&key)? {
+                    usage.records = usage.records.saturating_sub(records);
+                    txn.put(&key, &usage);
+                }
+            }
         }
         let data = json!({
             "storeUuid": store, "documents": document_positions.len(), "receipts": receipt_positions.len(),
@@ -630,6 +678,7 @@ pub(crate) fn ingest_receipts(
             for issue in issues {
                 txn.issue(now, issue);
             }
+            count_usage(txn, settings, user_id, new)?;
         }
         Ok((new, repeated))
     })?;

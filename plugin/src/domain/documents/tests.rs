@@ -680,7 +680,7 @@ fn one_delivery_writes_a_bounded_number_of_data_issues_however_many_items_it_car
 
 #[test]
 fn documents_and_receipts_past_retention_days_are_erased_as_their_store_receives_more() {
-    let world = World::with(&[("retention_days", "30")]);
+    let world = World::with(&[("retention_days", "30"), ("user_quota_records", "100")]);
     let token = world.register(ALICE, "alice");
     world.clock.advance(100 * 86_400);
     let now_ms = crate::time::millis(crate::clock::Clock::now_unix(&world.clock));
@@ -717,6 +717,8 @@ fn documents_and_receipts_past_retention_days_are_erased_as_their_store_receives
     let feed = world.call("GET", "/partner/v1/feed?limit=1000", Some("partner"), None).body_json();
     assert!(feed["items"].as_array().expect("items").iter().any(|e| e["kind"] == "data.expired"));
     assert!(crate::audit::problems(&world.kv).is_empty(), "{:?}", crate::audit::problems(&world.kv));
+    let usage: Value = storage::read(&world.kv, &format!("user/{ALICE}/usage")).expect("read").expect("counted");
+    assert_eq!(usage["records"], 2, "what expired no longer counts against the quota");
 }
 
 #[test]
@@ -740,4 +742,38 @@ fn the_partner_api_shows_document_and_receipt_ids_as_sent_and_finds_them_in_any_
         let one = world.call("GET", &format!("/partner/v1/receipts/{asked}"), Some("partner"), None);
         assert_eq!((one.status, one.body_json()["id"].clone()), (200, json!(id)), "{asked}");
     }
+}
+
+#[test]
+fn a_user_past_its_quota_is_answered_402_and_nothing_of_the_delivery_is_stored() {
+    let world = World::with(&[("user_quota_records", "3")]);
+    let alice = world.register(ALICE, "alice");
+    let bob = world.register(BOB, "bob");
+    let document = |id: &str| {
+        json!({"id": id, "store_id": STORE, "device_id": DEVICE, "type": "SELL", "close_date": 1_700_000_000_000i64,
+               "user_id": ALICE, "version": "V2", "body": {}})
+    };
+    assert_eq!(put(&world, &alice, STORE, json!([document("d1"), document("d2")])).status, 200);
+    let over = put(&world, &alice, STORE, json!([document("d3"), document("d4")]));
+    assert_eq!((over.status, over.body_json()["errors"][0]["code"].as_u64()), (402, Some(1004)));
+    assert!(over.body_json()["errors"][0]["reason"].as_str().unwrap_or_default().contains("quota exceeded"));
+    let listed = world.call("GET", &format!("/partner/v1/stores/{STORE}/documents"), Some("partner"), None);
+    assert_eq!(listed.body_json()["items"].as_array().map(Vec::len), Some(2), "nothing of it stored");
+    // A re-delivery stores nothing, so it costs nothing; one more record fits.
+    assert_eq!(put(&world, &alice, STORE, json!([document("d1"), document("d3")])).body_json()["accepted"], 1);
+    let receipt =
+        json!({"id": "r", "userId": ALICE, "type": "ReceiptCreated", "data": {"storeId": STORE, "deviceId": DEVICE}});
+    assert_eq!(
+        world.call("POST", "/api/v2/receipts", Some(&alice), Some(receipt.clone())).status,
+        402,
+        "receipts count too"
+    );
+    // Another user has a quota of its own.
+    assert_eq!(world.call("POST", "/api/v2/receipts", Some(&bob), Some(receipt)).status, 200);
+    // Erasing the user frees its quota.
+    let erased = world.call("DELETE", &format!("/partner/v1/users/{ALICE}/data"), Some("partner"), None);
+    assert_eq!(erased.status, 200);
+    // (The partner account of the first registration stays, its login with it: a new login.)
+    let alice = world.register(ALICE, "alice-again");
+    assert_eq!(put(&world, &alice, STORE, json!([document("d1"), document("d2"), document("d3")])).status, 200);
 }
