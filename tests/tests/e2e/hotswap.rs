@@ -366,3 +366,27 @@ fn a_gateway_killed_during_deploys_restarts_on_a_consistent_version() {
         assert!(builds.contains(&artifact), "round {round}: the artifact is whole");
     }
 }
+
+#[test]
+fn idle_admin_connections_are_capped_apart_from_the_public_listener() {
+    use std::io::Read as _;
+    let gateway = Gateway::guest("[limits]\nmax_connections = 100", "");
+    let admin = gateway.admin_url("").trim_start_matches("http://").trim_end_matches('/').to_owned();
+    // Far more idle admin connections than the admin listener takes.
+    let idle: Vec<std::net::TcpStream> = (0..90).filter_map(|_| std::net::TcpStream::connect(&admin).ok()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let closed = idle
+        .iter()
+        .filter(|stream| {
+            let mut stream = *stream;
+            stream.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
+            matches!(stream.read(&mut [0u8; 1]), Ok(0))
+        })
+        .count();
+    assert!(closed >= 90 - 64, "{closed} of 90 idle admin connections closed at once");
+    assert_eq!(evogate_e2e::get(&gateway.url("/g/version")).status, 200, "the public listener is untouched");
+    drop(idle);
+    std::thread::sleep(Duration::from_millis(100));
+    let health = request("GET", &gateway.admin_url("/healthz"), &[], None);
+    assert_eq!(health.status, 200, "the admin listener serves again once they are gone");
+}
