@@ -23,20 +23,6 @@ const LIGHT_SAMPLES: usize = 300;
 const LIGHT_USER: &str = "02-000000000000002";
 const LIGHT_DEVICE: &str = "5a188de4-49b8-4cb4-800e-eb6b52024300";
 
-/// The light user: registered with a trial and one terminal; its token.
-async fn light_user(client: &mut evotor::Client) -> anyhow::Result<String> {
-    let user = json!({"userId": LIGHT_USER, "username": "light", "password": "light-password"});
-    let created = call(client, "POST", "/api/v1/user/create", "srv", json_body(&user)).await?;
-    let token = serde_json::from_slice::<Value>(&created)?["token"].as_str().unwrap_or_default().to_owned();
-    let trial = json!({"subscriptionId": "6e3f7a52-0000-4000-8000-000000000002", "productId": "bench",
-        "userId": LIGHT_USER, "timestamp": "2026-01-01T00:00:00.000+0000", "sequenceNumber": 1,
-        "type": "SubscriptionCreated", "planId": "basic", "trialPeriodDuration": "P3650DT", "deviceNumber": 1});
-    call(client, "POST", "/api/v1/subscription/event", "srv", json_body(&trial)).await?;
-    let device = json!([{"uuid": LIGHT_DEVICE, "name": "Till"}]);
-    call(client, "PUT", "/api/v1/inventories/devices", &token, json_body(&device)).await?;
-    Ok(token)
-}
-
 /// The light user's p50 and p95 in ms, with `heavy` clients of the heavy user running meanwhile.
 async fn measure(cap: Option<u32>, heavy: usize) -> anyhow::Result<(f64, f64, usize)> {
     let data = tempfile::tempdir()?;
@@ -45,7 +31,7 @@ async fn measure(cap: Option<u32>, heavy: usize) -> anyhow::Result<(f64, f64, us
     let (_running, addr) = evotor::serve(&config).await?;
     let mut client = evotor::connect(addr).await?;
     let heavy_token = evotor::entitled_user(&mut client).await?;
-    let light_token = light_user(&mut client).await?;
+    let light_token = evotor::entitled(&mut client, LIGHT_USER, "light", LIGHT_DEVICE, 2).await?;
     for batch in 0..PRODUCTS / 10_000 {
         let items: Vec<Value> = (batch * 10_000..(batch + 1) * 10_000).map(product).collect();
         call(

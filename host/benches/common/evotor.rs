@@ -86,15 +86,21 @@ pub async fn single_node(data: &std::path::Path) -> anyhow::Result<(evogate::Run
 
 /// Registers the bench user with a long trial and one licensed terminal; returns its token.
 pub async fn entitled_user(client: &mut Client) -> anyhow::Result<String> {
-    let user = json!({"userId": USER, "username": "bench", "password": "bench-password"});
-    let created = call(client, "POST", "/api/v1/user/create", "srv", json_body(&user)).await?;
+    entitled(client, USER, "bench", DEVICE, 1).await
+}
+
+/// Registers `user` (login `login`) with a long trial (subscription number
+/// `n`) and terminal `device`; returns its token.
+pub async fn entitled(client: &mut Client, user: &str, login: &str, device: &str, n: u32) -> anyhow::Result<String> {
+    let registration = json!({"userId": user, "username": login, "password": "bench-password"});
+    let created = call(client, "POST", "/api/v1/user/create", "srv", json_body(&registration)).await?;
     let token = serde_json::from_slice::<Value>(&created)?["token"].as_str().unwrap_or_default().to_owned();
-    let trial = json!({"subscriptionId": "6e3f7a52-0000-4000-8000-000000000001", "productId": "bench",
-        "userId": USER, "timestamp": "2026-01-01T00:00:00.000+0000", "sequenceNumber": 1,
+    let trial = json!({"subscriptionId": format!("6e3f7a52-0000-4000-8000-{n:012}"), "productId": "bench",
+        "userId": user, "timestamp": "2026-01-01T00:00:00.000+0000", "sequenceNumber": 1,
         "type": "SubscriptionCreated", "planId": "basic", "trialPeriodDuration": "P3650DT", "deviceNumber": 1});
     call(client, "POST", "/api/v1/subscription/event", "srv", json_body(&trial)).await?;
-    let device = json!([{"uuid": DEVICE, "name": "Till"}]);
-    call(client, "PUT", "/api/v1/inventories/devices", &token, json_body(&device)).await?;
+    let terminal = json!([{"uuid": device, "name": "Till"}]);
+    call(client, "PUT", "/api/v1/inventories/devices", &token, json_body(&terminal)).await?;
     Ok(token)
 }
 
