@@ -61,29 +61,28 @@ fn traces(world: &World, user: &str, store: &str) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn erasing_a_user_leaves_nothing_of_it_and_everything_of_the_others() {
-    let (world, bobs_token) = populated();
-    assert!(!traces(&world, ALICE, ALICES_STORE).is_empty());
-    let bobs_before: Vec<(String, u64)> = traces(&world, BOB, BOBS_STORE)
+/// The [`traces`] of `user` with the version of each.
+fn versions(world: &World, user: &str, store: &str) -> Vec<(String, u64)> {
+    traces(world, user, store)
         .into_iter()
         .map(|key| {
             let version = world.kv.get(&key).expect("get").expect("entry").version;
             (key, version)
         })
-        .collect();
+        .collect()
+}
+
+#[test]
+fn erasing_a_user_leaves_nothing_of_it_and_everything_of_the_others() {
+    let (world, bobs_token) = populated();
+    assert!(!traces(&world, ALICE, ALICES_STORE).is_empty());
+    let bobs_before = versions(&world, BOB, BOBS_STORE);
     let answer = world.call("DELETE", &format!("/partner/v1/users/{ALICE}/data"), Some("partner"), None);
     assert_eq!(answer.status, 200, "{}", String::from_utf8_lossy(&answer.body));
     assert_eq!(answer.body_json()["complete"], true);
     assert!(answer.body_json()["deleted"].as_u64().unwrap_or_default() > 10);
     assert_eq!(traces(&world, ALICE, ALICES_STORE), Vec::<String>::new(), "nothing of Alice is left");
-    let bobs_after: Vec<(String, u64)> = traces(&world, BOB, BOBS_STORE)
-        .into_iter()
-        .map(|key| {
-            let version = world.kv.get(&key).expect("get").expect("entry").version;
-            (key, version)
-        })
-        .collect();
+    let bobs_after = versions(&world, BOB, BOBS_STORE);
     assert_eq!(bobs_before, bobs_after, "Bob's data untouched");
     assert_eq!(world.whoami(&bobs_token), Ok(BOB.to_owned()));
     let feed = world.call("GET", "/partner/v1/feed?limit=1000", Some("partner"), None).body_json();
