@@ -260,7 +260,8 @@ struct World {
 
 impl World {
     fn call(&self, request: &Request) -> Response {
-        let ctx = Ctx { kv: &self.kv, config: &self.config, clock: &self.clock };
+        let http = evotor_partner::outgoing::Scripted::default();
+        let ctx = Ctx { kv: &self.kv, config: &self.config, clock: &self.clock, http: &http };
         evotor_partner::handle(&ctx, request)
     }
 }

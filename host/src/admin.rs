@@ -5,9 +5,10 @@
 //! | `GET /healthz` | 200 while the process runs (no token needed) |
 //! | `GET /readyz` | 200 when every plugin is loaded and the store answers, else 503 (no token needed) |
 //! | `GET /metrics` | Prometheus text format |
-//! | `GET /plugins` | every plugin: route, identity, live version, sha256, deployed at, kept versions |
+//! | `GET /plugins` | every plugin: route, identity, live version, sha256, deployed at, kept versions, jobs |
 //! | `PUT /plugins/{name}` | body: a component; deploys it → 200 with the outcome, 400/422 with the reason |
 //! | `POST /plugins/{name}/rollback` | back to the previous version |
+//! | `POST /plugins/{name}/jobs/{job}/run` | runs a scheduled job now → 200 with its outcome, 404, 409 while it runs |
 //!
 //! Everything but the health checks needs `Authorization: Bearer <token>`:
 //! `admin.token`, or the one made at the first start in `data_dir/admin.token`.
@@ -175,19 +176,45 @@ impl Admin {
                 reply
             }
             (&Method::GET, ["metrics"]) => self.metrics(),
-            (&Method::GET, ["plugins"]) => json(StatusCode::OK, &serde_json::json!(self.app.deployer.list().await)),
+            (&Method::GET, ["plugins"]) => self.plugins().await,
+            (&Method::POST, ["plugins", name, "jobs", job, "run"]) => self.run_job(name, job).await,
             (&Method::PUT, ["plugins", name]) => {
                 let name = (*name).to_owned();
                 self.deploy(&name, req).await
             }
             (&Method::POST, ["plugins", name, "rollback"]) => outcome(self.app.deployer.rollback(name).await),
-            (_, ["healthz" | "readyz" | "metrics" | "plugins"] | ["plugins", _] | ["plugins", _, "rollback"]) => {
-                problem(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
-            }
+            (
+                _,
+                ["healthz" | "readyz" | "metrics" | "plugins"]
+                | ["plugins", _]
+                | ["plugins", _, "rollback"]
+                | ["plugins", _, "jobs", _, "run"],
+            ) => problem(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
             _ => problem(StatusCode::NOT_FOUND, "not found"),
         };
         tracing::info!(target: "evogate::admin", %method, path, status = reply.status().as_u16());
         reply
+    }
+
+    /// Every plugin, each with its jobs (schedule, next tick here, last run in the fleet).
+    async fn plugins(&self) -> Reply {
+        let mut list = serde_json::json!(self.app.deployer.list().await);
+        for plugin in list.as_array_mut().into_iter().flatten() {
+            let name = plugin["name"].as_str().unwrap_or_default().to_owned();
+            plugin["jobs"] = serde_json::json!(self.app.scheduler.status(&name).await);
+        }
+        json(StatusCode::OK, &list)
+    }
+
+    /// Runs a job now and answers its outcome (`outcome`: `ok`, `error`, …).
+    async fn run_job(&self, plugin: &str, job: &str) -> Reply {
+        use crate::jobs::RunNowError;
+        match self.app.scheduler.run_now(plugin, job).await {
+            Ok(run) => json(StatusCode::OK, &serde_json::json!(run)),
+            Err(err @ RunNowError::Unknown(..)) => problem(StatusCode::NOT_FOUND, &err.to_string()),
+            Err(err @ RunNowError::Running(..)) => problem(StatusCode::CONFLICT, &err.to_string()),
+            Err(err @ RunNowError::Store(_)) => problem(StatusCode::SERVICE_UNAVAILABLE, &err.to_string()),
+        }
     }
 
     async fn ready(&self) -> Reply {

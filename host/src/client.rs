@@ -149,6 +149,13 @@ fn when(value: &serde_json::Value) -> String {
     httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
 }
 
+fn when_ms(value: &serde_json::Value) -> String {
+    match value.as_u64() {
+        Some(ms) => httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)),
+        None => "-".into(),
+    }
+}
+
 fn print_outcome(verb: &str, value: &serde_json::Value) {
     let deployed = &value["deployed"];
     if value["changed"] == false {
@@ -194,6 +201,25 @@ pub fn rollback(args: &AdminArgs, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `evogate run-job NAME JOB`: fails unless the run's outcome is `ok`.
+pub fn run_job(args: &AdminArgs, name: &str, job: &str) -> anyhow::Result<()> {
+    let value = call(args, "POST", &format!("/plugins/{name}/jobs/{job}/run"), Vec::new())?;
+    let outcome = value["outcome"].as_str().unwrap_or("?");
+    let took =
+        value["finishedMs"].as_u64().zip(value["startedMs"].as_u64()).map(|(end, start)| end.saturating_sub(start));
+    if !args.json {
+        println!(
+            "{name}/{job}: {outcome} in {} ms on {} ({}){}",
+            took.map_or_else(|| "?".into(), |ms| ms.to_string()),
+            value["node"].as_str().unwrap_or("?"),
+            value["version"].as_str().unwrap_or("?"),
+            value["error"].as_str().map(|error| format!(": {error}")).unwrap_or_default()
+        );
+    }
+    anyhow::ensure!(outcome == "ok", "job {name}/{job} ended with outcome {outcome}");
+    Ok(())
+}
+
 /// `evogate plugins`.
 pub fn plugins(args: &AdminArgs) -> anyhow::Result<()> {
     let value = call(args, "GET", "/plugins", Vec::new())?;
@@ -211,6 +237,17 @@ pub fn plugins(args: &AdminArgs) -> anyhow::Result<()> {
             short(&live["sha256"]),
             when(&live["deployedAt"]),
         );
+        for job in plugin["jobs"].as_array().map(Vec::as_slice).unwrap_or_default() {
+            let last = &job["lastRun"];
+            println!(
+                "    job {}: every {} s, last {} {}, next {}",
+                job["name"].as_str().unwrap_or("?"),
+                job["everySeconds"],
+                last["outcome"].as_str().unwrap_or(if last["running"] == true { "running" } else { "never" }),
+                when_ms(&last["startedMs"]),
+                when_ms(&job["nextRunMs"]),
+            );
+        }
         for old in plugin["previous"].as_array().map(Vec::as_slice).unwrap_or_default() {
             println!(
                 "    kept: {} ({}) deployed {}",

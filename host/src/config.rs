@@ -152,6 +152,14 @@ pub struct LimitsConfig {
     /// and its room back. 0: no minimum (the request deadline still holds).
     #[serde(default = "default_min_body_rate")]
     pub min_body_bytes_per_sec: u64,
+    /// Largest response body a plugin's outgoing request may receive; past
+    /// it the plugin's read fails (`HTTP-response-body-size`).
+    #[serde(default = "default_outbound_response_bytes")]
+    pub max_outbound_response_bytes: usize,
+}
+
+fn default_outbound_response_bytes() -> usize {
+    8 * 1024 * 1024
 }
 
 fn default_kv_calls() -> u32 {
@@ -196,6 +204,85 @@ pub struct PluginConfig {
     /// Empty, the default: every outgoing request is refused.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_outbound_hosts: Vec<String>,
+    /// PEM file of CA certificates trusted for the plugin's outgoing HTTPS
+    /// requests besides the public roots (a private endpoint, a test server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbound_ca: Option<RelativePathBuf>,
+    /// Scheduled jobs: `[[plugins.jobs]]` entries, run through the plugin's
+    /// `scheduled` export (world `plugin-with-jobs`, 0.2.2 on).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub jobs: Vec<JobConfig>,
+}
+
+/// One `[[plugins.jobs]]` entry.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct JobConfig {
+    /// Job name, `[a-z0-9_-]{1,64}`, unique in its plugin; the plugin's `run` gets it.
+    pub name: String,
+    /// How often it runs: a duration such as `"2s"`, `"15m"`, `"1h 30m"`,
+    /// `"1d"`, from 1 s to 7 days. Ticks fall on whole multiples of it since
+    /// the Unix epoch, so every node agrees on them (`"1d"` runs at 00:00 UTC).
+    pub every: String,
+    /// Longest one run may take (default 60 s, at most 1 h); past it the
+    /// instance traps and the run counts as `timeout`.
+    #[serde(default = "default_job_timeout")]
+    pub timeout_ms: u64,
+    /// A random delay of up to this (a duration, less than `every`) before
+    /// each run, so jobs of many gateways do not all call out at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jitter: Option<String>,
+}
+
+/// Longest `timeout_ms` of a job.
+pub const MAX_JOB_TIMEOUT_MS: u64 = 3_600_000;
+/// Shortest and longest `every` of a job.
+const JOB_EVERY_RANGE: std::ops::RangeInclusive<std::time::Duration> =
+    std::time::Duration::from_secs(1)..=std::time::Duration::from_secs(7 * 24 * 3600);
+
+fn default_job_timeout() -> u64 {
+    60_000
+}
+
+/// A job's schedule, checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobSchedule {
+    /// The interval between ticks.
+    pub every: std::time::Duration,
+    /// Random delay of up to this before a run.
+    pub jitter: std::time::Duration,
+    /// Longest one run may take.
+    pub timeout: std::time::Duration,
+}
+
+impl JobConfig {
+    /// The schedule, or why the entry is not one.
+    pub fn schedule(&self) -> anyhow::Result<JobSchedule> {
+        let name_ok = !self.name.is_empty()
+            && self.name.len() <= 64
+            && self.name.bytes().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-'));
+        anyhow::ensure!(name_ok, "job name {:?} must match [a-z0-9_-]{{1,64}}", self.name);
+        let every = humantime::parse_duration(&self.every)
+            .with_context(|| format!("job {:?}: every = {:?} is not a duration like \"15m\"", self.name, self.every))?;
+        anyhow::ensure!(
+            JOB_EVERY_RANGE.contains(&every) && every.subsec_nanos() == 0,
+            "job {:?}: every = {:?} must be whole seconds from 1s to 7d",
+            self.name,
+            self.every
+        );
+        let jitter = match &self.jitter {
+            Some(jitter) => humantime::parse_duration(jitter)
+                .with_context(|| format!("job {:?}: jitter = {jitter:?} is not a duration like \"5s\"", self.name))?,
+            None => std::time::Duration::ZERO,
+        };
+        anyhow::ensure!(jitter < every, "job {:?}: jitter must be less than every", self.name);
+        anyhow::ensure!(
+            (1..=MAX_JOB_TIMEOUT_MS).contains(&self.timeout_ms),
+            "job {:?}: timeout_ms must be within 1..={MAX_JOB_TIMEOUT_MS}",
+            self.name
+        );
+        Ok(JobSchedule { every, jitter, timeout: std::time::Duration::from_millis(self.timeout_ms) })
+    }
 }
 
 /// What a plugin's instances are given besides the store.
@@ -205,6 +292,8 @@ pub struct PluginSettings {
     pub config: BTreeMap<String, String>,
     /// Where outgoing HTTP requests may go.
     pub outbound: OutboundRules,
+    /// Extra CA certificates (PEM) for outgoing HTTPS.
+    pub outbound_ca: Option<PathBuf>,
 }
 
 /// The Evotor plugin as `cargo xtask build` leaves it.
@@ -240,6 +329,7 @@ impl Default for Config {
                 drain_timeout_ms: 10_000,
                 drain_grace_ms: 0,
                 min_body_bytes_per_sec: default_min_body_rate(),
+                max_outbound_response_bytes: default_outbound_response_bytes(),
             },
             tls: None,
             admin: AdminConfig {
@@ -257,6 +347,8 @@ impl Default for Config {
                 max_concurrent_requests: None,
                 max_concurrent_per_credential: None,
                 allowed_outbound_hosts: Vec::new(),
+                outbound_ca: None,
+                jobs: Vec::new(),
             }],
         }
     }
@@ -334,6 +426,7 @@ impl Config {
         );
         anyhow::ensure!(limits.drain_timeout_ms <= 3_600_000, "limits.drain_timeout_ms must be at most 3600000");
         anyhow::ensure!(limits.drain_grace_ms <= 600_000, "limits.drain_grace_ms must be at most 600000");
+        anyhow::ensure!(limits.max_outbound_response_bytes > 0, "limits.max_outbound_response_bytes must be positive");
         if self.store.backend == BackendKind::Postgres {
             self.store.postgres_options()?;
             anyhow::ensure!((1..=1000).contains(&self.store.pool_size), "store.pool_size must be within 1..=1000");
@@ -380,6 +473,16 @@ impl Config {
             );
             OutboundRules::parse(&plugin.allowed_outbound_hosts)
                 .with_context(|| format!("plugin {:?}", plugin.name))?;
+            let mut jobs = std::collections::HashSet::new();
+            for job in &plugin.jobs {
+                job.schedule().with_context(|| format!("plugin {:?}", plugin.name))?;
+                anyhow::ensure!(
+                    jobs.insert(&job.name),
+                    "plugin {:?}: job {:?} is declared twice",
+                    plugin.name,
+                    job.name
+                );
+            }
             anyhow::ensure!(
                 routes.insert(normalize_route(&plugin.route)),
                 "route {:?} is served by two plugins",
@@ -427,6 +530,7 @@ impl PluginConfig {
         PluginSettings {
             config: self.config_strings(),
             outbound: OutboundRules::parse(&self.allowed_outbound_hosts).unwrap_or_default(),
+            outbound_ca: self.outbound_ca.as_ref().map(RelativePathBuf::relative),
         }
     }
 

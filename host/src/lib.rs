@@ -28,9 +28,13 @@ pub mod config;
 mod deploy;
 pub mod edge;
 #[cfg(feature = "runtime")]
+mod jobs;
+#[cfg(feature = "runtime")]
 mod keyvalue;
 pub mod kv;
 pub mod outbound;
+#[cfg(feature = "runtime")]
+mod outgoing;
 #[cfg(feature = "runtime")]
 mod plugin_log;
 #[cfg(feature = "runtime")]

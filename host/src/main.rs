@@ -42,6 +42,16 @@ enum Command {
         #[command(flatten)]
         admin: client::AdminArgs,
     },
+    /// Run one of a plugin's scheduled jobs now and wait for its outcome
+    /// (exit status 1 unless it is `ok`).
+    RunJob {
+        /// The plugin's configured name.
+        name: String,
+        /// The job's name (`[[plugins.jobs]] name`).
+        job: String,
+        #[command(flatten)]
+        admin: client::AdminArgs,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -58,6 +68,7 @@ fn main() -> std::process::ExitCode {
         Command::Serve { config } => serve(config),
         Command::Deploy { name, file, admin } => client::deploy(&admin, &name, &file),
         Command::Plugins { admin } => client::plugins(&admin),
+        Command::RunJob { name, job, admin } => client::run_job(&admin, &name, &job),
         Command::Rollback { name, admin } => client::rollback(&admin, &name),
     };
     match result {

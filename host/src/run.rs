@@ -19,6 +19,8 @@ pub(crate) struct App {
     pub(crate) deployer: Arc<deploy::Deployer>,
     /// The key-value store.
     pub(crate) backend: Arc<dyn kv::Backend>,
+    /// Runs the plugins' scheduled jobs.
+    pub(crate) scheduler: Arc<crate::jobs::Scheduler>,
 }
 
 impl std::fmt::Debug for App {
@@ -133,12 +135,15 @@ pub async fn run(
     let scheme = if tls.is_some() { "https" } else { "http" };
     let options = ServeOptions::from_config(config, tls);
     let gateway = app.gateway.clone();
+    let scheduler = app.scheduler.clone();
+    let drain_timeout = Duration::from_millis(config.limits.drain_timeout_ms);
     let serving = tokio::spawn(async move {
         let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
         let admin_task = tokio::spawn(admin::serve(admin_listener, admin, admin_tls, async {
             let _ = admin_stopped.await;
         }));
         server::serve(listener, gateway, shutdown, options).await;
+        scheduler.drain(drain_timeout).await;
         let _ = stop_admin.send(());
         let _ = admin_task.await;
     });
@@ -160,6 +165,7 @@ pub(crate) async fn start(config: &config::Config) -> anyhow::Result<App> {
         memory_bytes: config.limits.instance_memory_bytes,
         max_instances: config.limits.max_concurrent_requests,
         max_kv_calls: config.limits.max_kv_calls_in_flight,
+        max_outbound_response_bytes: config.limits.max_outbound_response_bytes,
     };
     // Compiled code is loaded and run as is: only this user may write it.
     let cache_dir = data_dir.join("cache");
@@ -193,7 +199,9 @@ pub(crate) async fn start(config: &config::Config) -> anyhow::Result<App> {
     let deployer = Arc::new(deployer);
     // On a shared store: take up deploys made through other nodes.
     tokio::spawn(deployer.clone().follow());
-    Ok(App { gateway, deployer, backend })
+    let scheduler = Arc::new(crate::jobs::Scheduler::new(&config.plugins, gateway.registry().slots(), backend.clone()));
+    scheduler.start();
+    Ok(App { gateway, deployer, backend, scheduler })
 }
 
 /// The process's Prometheus recorder, installed by the first gateway;

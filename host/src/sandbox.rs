@@ -26,17 +26,24 @@ use wasmtime::error::Context as _;
 use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
-use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-/// The current world, `evogate:plugin@0.2.1`. Plugins built against 0.2.0
-/// link to it too: wasmtime matches 0.2.x imports and exports to it by
-/// semver, and 0.2.1 only adds `kv.get-many`.
+/// The current world, `evogate:plugin@0.2.2`, with the optional
+/// `scheduled` export (`plugin-with-jobs`). Plugins built against 0.2.0 and
+/// 0.2.1 link to it too: wasmtime matches 0.2.x imports and exports to it by
+/// semver, and each 0.2.x only added to the one before. Exports are looked
+/// up one interface at a time, so a plugin without `scheduled` loads as well.
 mod generated {
     wasmtime::component::bindgen!({
         path: "../wit",
-        world: "evogate:plugin/plugin@0.2.1",
-        imports: { "evogate:plugin/kv@0.2.1": async },
+        world: "evogate:plugin/plugin-with-jobs@0.2.2",
+        imports: { "evogate:plugin/kv@0.2.2": async },
         exports: { default: async },
+        with: {
+            "wasi:http": wasmtime_wasi_http::p2::bindings::http,
+            "wasi:io": wasmtime_wasi::p2::bindings::io,
+            "wasi:clocks": wasmtime_wasi::p2::bindings::clocks,
+        },
     });
 }
 
@@ -51,8 +58,11 @@ mod generated_0_1 {
 }
 
 pub use crate::edge::{Request, Response};
-pub(crate) use generated::evogate::plugin0_2_1::kv as wit_kv;
-use generated::evogate::plugin0_2_1::{config as wit_config, types as wit_types};
+pub(crate) use generated::evogate::plugin0_2_2::kv as wit_kv;
+use generated::evogate::plugin0_2_2::{config as wit_config, types as wit_types};
+use generated::exports::evogate::plugin0_2_2::{
+    handler as wit_handler, identity as wit_identity, scheduled as wit_scheduled,
+};
 pub(crate) use generated_0_1::evogate::plugin0_1_0 as v0_1;
 
 /// How often the epoch ticks: the deadline's granularity, and how long a
@@ -100,6 +110,26 @@ pub struct Limits {
     /// plugins; a call that finds none free by its request's deadline fails
     /// as `unavailable` without touching the store.
     pub max_kv_calls: u32,
+    /// Largest response body an outgoing request may receive; past it the
+    /// plugin's read of the body fails with `HTTP-response-body-size`.
+    pub max_outbound_response_bytes: usize,
+}
+
+/// One run of a scheduled job, as the plugin is told of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobRun {
+    /// The job's configured name.
+    pub job: String,
+    /// When the tick was due (Unix milliseconds); for a manual run, when it was asked.
+    pub scheduled_at_ms: u64,
+    /// Whether an operator asked for the run.
+    pub manual: bool,
+}
+
+impl From<wit_types::Response> for Response {
+    fn from(answer: wit_types::Response) -> Self {
+        Response { status: answer.status, headers: answer.headers, body: answer.body }
+    }
 }
 
 /// Why a request's sandbox failed.
@@ -220,7 +250,7 @@ impl Sandbox {
             )
         })?;
         // The current world, else the first one, else a standard component.
-        let pre = match generated::PluginPre::new(pre.clone()) {
+        let pre = match Current::new(pre.clone()) {
             Ok(current) => Pre::Current(current),
             Err(current) => match generated_0_1::PluginPre::new(pre.clone()) {
                 Ok(first) => Pre::First(first),
@@ -238,22 +268,26 @@ impl Sandbox {
             },
         };
         let world = match pre {
-            // 0.2.0 exports its handler under its own version; the linker took it by semver.
+            // A 0.2.x plugin exports its handler under its own version; the lookup took it by semver.
             Pre::Current(_) => {
-                match component.component_type().exports(&self.engine).any(|(name, _)| name == HANDLER) {
-                    true => World::Evogate,
-                    false => World::Evogate0_2_0,
-                }
+                let exports: Vec<String> =
+                    component.component_type().exports(&self.engine).map(|(name, _)| name.to_owned()).collect();
+                World::evogate_from_exports(&exports)
             }
             Pre::First(_) => World::EvogateFirst,
             Pre::Proxy(_) => World::WasiHttp,
         };
+        let outbound = Arc::new(
+            crate::outgoing::Client::new(settings.outbound_ca.as_deref(), self.limits.max_outbound_response_bytes)
+                .map_err(|err| wasmtime::format_err!("plugin {plugin:?}: outbound_ca: {err:#}"))?,
+        );
         let mut version = PluginVersion {
             plugin: plugin.into(),
             pre,
             world,
             engine: self.engine.clone(),
             limits: self.limits,
+            outbound,
             kv_calls: self.kv_calls.clone(),
             instances: self.instances.clone(),
             settings,
@@ -285,20 +319,37 @@ impl Sandbox {
 
 /// A compiled component, by the world it was built against.
 enum Pre {
-    Current(generated::PluginPre<HostState>),
+    Current(Current),
     First(generated_0_1::PluginPre<HostState>),
     Proxy(ProxyPre<HostState>),
 }
 
-/// The current world's handler, as a component built against it exports it.
-const HANDLER: &str = "evogate:plugin/handler@0.2.1";
+/// A 0.2.x plugin: its component, and where its exports are.
+struct Current {
+    pre: wasmtime::component::InstancePre<HostState>,
+    handler: wit_handler::GuestIndices,
+    identity: wit_identity::GuestIndices,
+    /// Only in plugins built against `plugin-with-jobs` (0.2.2 on).
+    scheduled: Option<wit_scheduled::GuestIndices>,
+}
+
+impl Current {
+    fn new(pre: wasmtime::component::InstancePre<HostState>) -> wasmtime::Result<Self> {
+        let handler = wit_handler::GuestIndices::new(&pre)?;
+        let identity = wit_identity::GuestIndices::new(&pre)?;
+        let scheduled = wit_scheduled::GuestIndices::new(&pre).ok();
+        Ok(Self { pre, handler, identity, scheduled })
+    }
+}
 
 /// The world a component was built against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum World {
-    /// `evogate:plugin@0.2.1`, the current world.
+    /// `evogate:plugin@0.2.2`, the current world (outgoing HTTP, scheduled jobs).
     Evogate,
-    /// `evogate:plugin@0.2.0`: the current world without `kv.get-many`.
+    /// `evogate:plugin@0.2.1`: the current world without outgoing HTTP and jobs.
+    Evogate0_2_1,
+    /// `evogate:plugin@0.2.0`: 0.2.1 without `kv.get-many`.
     Evogate0_2_0,
     /// `evogate:plugin@0.1.0`, the first world.
     EvogateFirst,
@@ -310,10 +361,23 @@ impl World {
     /// The world's name, as the admin API and the logs show it.
     pub fn as_str(self) -> &'static str {
         match self {
-            World::Evogate => "evogate:plugin@0.2.1",
+            World::Evogate => "evogate:plugin@0.2.2",
+            World::Evogate0_2_1 => "evogate:plugin@0.2.1",
             World::Evogate0_2_0 => "evogate:plugin@0.2.0",
             World::EvogateFirst => "evogate:plugin@0.1.0",
             World::WasiHttp => "wasi:http/proxy@0.2",
+        }
+    }
+
+    /// Which 0.2.x a component's export names say it was built against.
+    fn evogate_from_exports(exports: &[String]) -> Self {
+        let exported = |version: &str| exports.iter().any(|name| *name == format!("evogate:plugin/handler@{version}"));
+        if exported("0.2.0") {
+            World::Evogate0_2_0
+        } else if exported("0.2.1") {
+            World::Evogate0_2_1
+        } else {
+            World::Evogate
         }
     }
 }
@@ -325,6 +389,8 @@ pub struct PluginVersion {
     world: World,
     engine: Engine,
     limits: Limits,
+    /// How outgoing requests are sent (TLS roots, response cap).
+    outbound: Arc<crate::outgoing::Client>,
     kv_calls: Arc<tokio::sync::Semaphore>,
     instances: Arc<tokio::sync::Semaphore>,
     settings: Arc<PluginSettings>,
@@ -365,41 +431,35 @@ impl PluginVersion {
     /// resets its memory for the next request, which the gateway does once
     /// the answer is on its way.
     pub async fn answer(&self, request: Request, timeout: Duration) -> (Result<Response, Failure>, Spent) {
-        // Free at once unless instances that answered are still being reset.
-        let deadline = tokio::time::Instant::now() + timeout;
-        let Ok(Ok(slot)) = tokio::time::timeout_at(deadline, self.instances.clone().acquire_owned()).await else {
+        let Some(slot) = self.slot(timeout).await else {
             return (Err(Failure::Deadline), Spent { store: None, _slot: None });
         };
         let request_id = request.headers.iter().find(|(name, _)| name == "x-request-id").map_or("-", |(_, id)| id);
         let mut store = self.new_store(timeout, request_id);
         let result = match &self.pre {
-            Pre::Current(pre) => match pre.instantiate_async(&mut store).await {
-                Ok(plugin) => {
-                    let Request { method, path, query, headers, body } = request;
-                    let request =
-                        generated::evogate::plugin0_2_1::types::Request { method, path, query, headers, body };
-                    let handler = plugin.evogate_plugin0_2_1_handler();
-                    handler.call_handle(&mut store, &request).await.map(|answer| Response {
-                        status: answer.status,
-                        headers: answer.headers,
-                        body: answer.body,
-                    })
+            Pre::Current(current) => {
+                let Request { method, path, query, headers, body } = request;
+                let request = wit_types::Request { method, path, query, headers, body };
+                match current.pre.instantiate_async(&mut store).await {
+                    Ok(instance) => match current.handler.load(&mut store, &instance) {
+                        Ok(handler) => handler.call_handle(&mut store, &request).await.map(Response::from),
+                        Err(err) => Err(err),
+                    },
+                    Err(err) => Err(err),
                 }
-                Err(err) => Err(err),
-            },
-            Pre::First(pre) => match pre.instantiate_async(&mut store).await {
-                Ok(plugin) => {
-                    let Request { method, path, query, headers, body } = request;
-                    let request = v0_1::types::Request { method, path, query, headers, body };
-                    let handler = plugin.evogate_plugin0_1_0_handler();
-                    handler.call_handle(&mut store, &request).await.map(|answer| Response {
-                        status: answer.status,
-                        headers: answer.headers,
-                        body: answer.body,
-                    })
+            }
+            Pre::First(pre) => {
+                let Request { method, path, query, headers, body } = request;
+                let request = v0_1::types::Request { method, path, query, headers, body };
+                match pre.instantiate_async(&mut store).await {
+                    Ok(plugin) => {
+                        plugin.evogate_plugin0_1_0_handler().call_handle(&mut store, &request).await.map(|answer| {
+                            Response { status: answer.status, headers: answer.headers, body: answer.body }
+                        })
+                    }
+                    Err(err) => Err(err),
                 }
-                Err(err) => Err(err),
-            },
+            }
             Pre::Proxy(pre) => serve_standard(pre, &mut store, request, self.limits.memory_bytes).await,
         };
         let peak = store.data().limiter.peak;
@@ -408,14 +468,59 @@ impl PluginVersion {
         (self.finish(&store, result), Spent { store: Some(store), _slot: Some(slot) })
     }
 
+    /// A slot of the instance pool, waited for at most `timeout` (free at
+    /// once unless instances that answered are still being reset).
+    async fn slot(&self, timeout: Duration) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        match tokio::time::timeout_at(deadline, self.instances.clone().acquire_owned()).await {
+            Ok(Ok(slot)) => Some(slot),
+            _ => None,
+        }
+    }
+
+    /// Whether the plugin exports `scheduled` (built against `plugin-with-jobs`, 0.2.2 on).
+    pub fn runs_jobs(&self) -> bool {
+        matches!(&self.pre, Pre::Current(Current { scheduled: Some(_), .. }))
+    }
+
+    /// Runs one scheduled job in a fresh instance, within `timeout` (the
+    /// instance's deadline, its store calls' and its outgoing requests').
+    /// `Ok(Err(message))`: the plugin reported the run failed. Plugins
+    /// that do not export `scheduled` ([`PluginVersion::runs_jobs`]) fail
+    /// with a trap saying so.
+    pub async fn run_job(&self, run: JobRun, timeout: Duration) -> Result<Result<(), String>, Failure> {
+        let Pre::Current(Current { pre, scheduled: Some(scheduled), .. }) = &self.pre else {
+            return Err(Failure::Trap(wasmtime::format_err!("the plugin does not export evogate:plugin/scheduled")));
+        };
+        let Some(_slot) = self.slot(timeout).await else {
+            return Err(Failure::Deadline);
+        };
+        let mut store = self.new_store(timeout, &format!("job:{}", run.job));
+        let run = wit_scheduled::JobRun {
+            job: run.job,
+            scheduled_at_ms: run.scheduled_at_ms,
+            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+            manual: run.manual,
+        };
+        let result = match pre.instantiate_async(&mut store).await {
+            Ok(instance) => match scheduled.load(&mut store, &instance) {
+                Ok(guest) => guest.call_run(&mut store, &run).await,
+                Err(err) => Err(err),
+            },
+            Err(err) => Err(err),
+        };
+        self.finish(&store, result)
+    }
+
     /// Instantiates once and reads the plugin's identity.
     async fn identity(&self) -> Result<(String, String), Failure> {
         let mut store = self.new_store(self.limits.timeout, "-");
         let result = match &self.pre {
-            Pre::Current(pre) => match pre.instantiate_async(&mut store).await {
-                Ok(plugin) => {
-                    plugin.evogate_plugin0_2_1_identity().call_info(&mut store).await.map(|i| (i.name, i.version))
-                }
+            Pre::Current(current) => match current.pre.instantiate_async(&mut store).await {
+                Ok(instance) => match current.identity.load(&mut store, &instance) {
+                    Ok(identity) => identity.call_info(&mut store).await.map(|i| (i.name, i.version)),
+                    Err(err) => Err(err),
+                },
                 Err(err) => Err(err),
             },
             Pre::First(pre) => match pre.instantiate_async(&mut store).await {
@@ -457,7 +562,13 @@ impl PluginVersion {
             kv: KvCtx::new(self.kv.clone(), self.kv_calls.clone(), deadline),
             settings: self.settings.clone(),
             http: WasiHttpCtx::new(),
-            outbound: Outbound { settings: self.settings.clone(), plugin: self.plugin.clone(), label: tag },
+            outbound: crate::outgoing::Hooks::new(
+                self.outbound.clone(),
+                self.settings.clone(),
+                self.plugin.clone(),
+                tag,
+                deadline,
+            ),
             keyvalue: crate::keyvalue::KeyValueState::default(),
         };
         let mut store = Store::new(&self.engine, state);
@@ -509,7 +620,7 @@ pub(crate) struct HostState {
     pub(crate) kv: KvCtx,
     settings: Arc<PluginSettings>,
     http: WasiHttpCtx,
-    outbound: Outbound,
+    outbound: crate::outgoing::Hooks,
     /// The standard `wasi:keyvalue` interface's per-request state.
     pub(crate) keyvalue: crate::keyvalue::KeyValueState,
 }
@@ -523,49 +634,6 @@ impl WasiView for HostState {
 impl WasiHttpView for HostState {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
         WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.outbound }
-    }
-}
-
-/// Outgoing HTTP requests (`wasi:http/outgoing-handler`): sent only to
-/// the hosts the plugin's `allowed_outbound_hosts` lists, else refused with
-/// `HTTP-request-denied` before any connection is made.
-struct Outbound {
-    settings: Arc<PluginSettings>,
-    /// The plugin's name, for the metric.
-    plugin: Arc<str>,
-    /// `plugin@version`, for the log.
-    label: Arc<str>,
-}
-
-type OutgoingIo = Box<dyn std::future::Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>;
-
-impl WasiHttpHooks for Outbound {
-    fn send_request(
-        &mut self,
-        request: hyper::Request<wasmtime_wasi_http::WasiBody>,
-        options: Option<wasmtime_wasi_http::RequestOptions>,
-        _: OutgoingIo,
-    ) -> Box<
-        dyn std::future::Future<
-                Output = Result<(hyper::Response<wasmtime_wasi_http::WasiBody>, OutgoingIo), wasmtime_wasi_http::Error>,
-            > + Send,
-    > {
-        let plugin = self.plugin.to_string();
-        if !self.settings.outbound.allows(request.uri()) {
-            tracing::warn!(
-                plugin = %self.label,
-                uri = %crate::plugin_log::escape_controls(&request.uri().to_string()),
-                "outgoing request refused: not in allowed_outbound_hosts"
-            );
-            metrics::counter!("evogate_outbound_requests_total", "plugin" => plugin, "outcome" => "refused")
-                .increment(1);
-            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
-        }
-        metrics::counter!("evogate_outbound_requests_total", "plugin" => plugin, "outcome" => "sent").increment(1);
-        Box::new(async move {
-            let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
-            Ok((response.map(|body| body.boxed_unsync()), Box::new(io) as OutgoingIo))
-        })
     }
 }
 
@@ -736,8 +804,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_component_that_would_take_more_than_its_share_of_the_pool_is_refused_when_it_loads() {
-        let limits =
-            Limits { timeout: Duration::from_secs(1), memory_bytes: 1 << 20, max_instances: 4, max_kv_calls: 4 };
+        let limits = Limits {
+            timeout: Duration::from_secs(1),
+            memory_bytes: 1 << 20,
+            max_instances: 4,
+            max_kv_calls: 4,
+            max_outbound_response_bytes: 1 << 20,
+        };
         let sandbox = Sandbox::new(limits, None).expect("sandbox");
         let kv = Namespace::new(Arc::new(kv::MemoryBackend::default()), "p");
         let load =

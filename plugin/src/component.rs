@@ -2,12 +2,13 @@
 
 wit_bindgen::generate!({
     path: "../wit",
-    world: "evogate:plugin/plugin@0.2.1",
+    world: "evogate:plugin/plugin@0.2.2",
+    generate_all,
 });
 
 use crate::kv::{Check, Entry, Kv, KvError, Write};
-use evogate::plugin0_2_1::{config as wit_config, kv as wit_kv, types};
-use exports::evogate::plugin0_2_1::{handler, identity};
+use evogate::plugin0_2_2::{config as wit_config, kv as wit_kv, types};
+use exports::evogate::plugin0_2_2::{handler, identity};
 
 struct Component;
 
@@ -20,7 +21,7 @@ impl handler::Guest for Component {
             headers: request.headers,
             body: request.body,
         };
-        let ctx = crate::Ctx { kv: &HostKv, config: &HostConfig, clock: &crate::clock::SystemClock };
+        let ctx = crate::Ctx { kv: &HostKv, config: &HostConfig, clock: &crate::clock::SystemClock, http: &HostHttp };
         let response = crate::handle(&ctx, &request);
         types::Response { status: response.status, headers: response.headers, body: response.body }
     }
@@ -96,5 +97,86 @@ struct HostConfig;
 impl crate::config::Config for HostConfig {
     fn get(&self, name: &str) -> Option<String> {
         wit_config::get(name)
+    }
+}
+
+/// Outgoing HTTP through `wasi:http/outgoing-handler`.
+struct HostHttp;
+
+impl crate::outgoing::Http for HostHttp {
+    fn send(&self, request: &crate::outgoing::Request) -> Result<crate::outgoing::Response, crate::outgoing::Error> {
+        use crate::outgoing::Error;
+        use wasi::http::{outgoing_handler, types as http};
+        use wasi::io::streams::StreamError;
+        let code = |code: http::ErrorCode| match code {
+            http::ErrorCode::HttpRequestDenied => Error::Denied,
+            http::ErrorCode::ConnectionTimeout | http::ErrorCode::ConnectionReadTimeout => Error::Timeout,
+            http::ErrorCode::HttpResponseBodySize(_) => Error::TooLarge,
+            other => Error::Failed(format!("{other:?}")),
+        };
+        let bad = |what: &str| Error::Failed(format!("bad {what} in {}", request.url));
+        let (scheme, rest) = request.url.split_once("://").ok_or_else(|| bad("URL"))?;
+        let (authority, path) = match rest.find('/') {
+            Some(at) => rest.split_at(at),
+            None => (rest, "/"),
+        };
+        let headers = http::Fields::new();
+        for (name, value) in &request.headers {
+            headers.append(name, value.as_bytes()).map_err(|_| bad("header"))?;
+        }
+        let outgoing = http::OutgoingRequest::new(headers);
+        let scheme = match scheme {
+            "https" => http::Scheme::Https,
+            "http" => http::Scheme::Http,
+            other => http::Scheme::Other(other.into()),
+        };
+        let method = match request.method.as_str() {
+            "GET" => http::Method::Get,
+            "POST" => http::Method::Post,
+            "PUT" => http::Method::Put,
+            "DELETE" => http::Method::Delete,
+            other => http::Method::Other(other.into()),
+        };
+        outgoing.set_method(&method).map_err(|()| bad("method"))?;
+        outgoing.set_scheme(Some(&scheme)).map_err(|()| bad("scheme"))?;
+        outgoing.set_authority(Some(authority)).map_err(|()| bad("host"))?;
+        outgoing.set_path_with_query(Some(path)).map_err(|()| bad("path"))?;
+        let body = outgoing.body().map_err(|()| bad("body"))?;
+        {
+            let stream = body.write().map_err(|()| bad("body"))?;
+            for chunk in request.body.chunks(4096) {
+                stream.blocking_write_and_flush(chunk).map_err(|err| Error::Failed(format!("{err:?}")))?;
+            }
+        }
+        http::OutgoingBody::finish(body, None).map_err(code)?;
+        let future = outgoing_handler::handle(outgoing, None).map_err(code)?;
+        future.subscribe().block();
+        let response = future
+            .get()
+            .ok_or_else(|| Error::Failed("no answer".into()))?
+            .map_err(|()| Error::Failed("the answer was taken twice".into()))?
+            .map_err(code)?;
+        let status = response.status();
+        let headers = response
+            .headers()
+            .entries()
+            .into_iter()
+            .map(|(name, value)| (name.to_ascii_lowercase(), String::from_utf8_lossy(&value).into_owned()))
+            .collect();
+        let body = response.consume().map_err(|()| Error::Failed("no body".into()))?;
+        let stream = body.stream().map_err(|()| Error::Failed("no body stream".into()))?;
+        let mut bytes = Vec::new();
+        loop {
+            match stream.blocking_read(64 * 1024) {
+                Ok(chunk) => bytes.extend(chunk),
+                Err(StreamError::Closed) => break,
+                Err(StreamError::LastOperationFailed(err)) => {
+                    return Err(http::http_error_code(&err).map_or_else(|| Error::Failed(err.to_debug_string()), code));
+                }
+            }
+        }
+        drop(stream);
+        let _ = http::IncomingBody::finish(body);
+        Ok(crate::outgoing::Response { status, headers, body: bytes })
     }
 }

@@ -1,6 +1,6 @@
-//! What every request handler is given: the store, the settings, the clock.
+//! What every request handler is given: the store, the settings, the clock, outgoing HTTP.
 
-use crate::{clock, config, kv};
+use crate::{clock, config, kv, outgoing};
 
 /// What a request handler may use.
 #[derive(Clone, Copy)]
@@ -11,6 +11,8 @@ pub struct Ctx<'a> {
     pub config: &'a dyn config::Config,
     /// Wall-clock time.
     pub clock: &'a dyn clock::Clock,
+    /// Outgoing HTTP.
+    pub http: &'a dyn outgoing::Http,
 }
 
 impl std::fmt::Debug for Ctx<'_> {

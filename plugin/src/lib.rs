@@ -11,7 +11,8 @@
 //! let kv = evotor_partner::kv::MemKv::default();
 //! let config = evotor_partner::config::MapConfig::from([("server_bearer_token", "s3cret")]);
 //! let clock = evotor_partner::clock::FixedClock(1_700_000_000);
-//! let ctx = Ctx { kv: &kv, config: &config, clock: &clock };
+//! let http = evotor_partner::outgoing::Scripted::default();
+//! let ctx = Ctx { kv: &kv, config: &config, clock: &clock, http: &http };
 //! let response = evotor_partner::handle(&ctx, &Request::new("GET", "/nowhere"));
 //! assert_eq!(response.status, 404);
 //! ```
@@ -44,6 +45,7 @@ mod errors;
 pub mod http;
 mod input;
 pub mod kv;
+pub mod outgoing;
 mod storage;
 mod time;
 

@@ -305,7 +305,15 @@ impl World {
         if let Some(body) = body {
             request = request.json(body);
         }
-        handle(&Ctx { kv: &self.kv, config: &self.config, clock: &self.clock }, &request)
+        handle(
+            &Ctx {
+                kv: &self.kv,
+                config: &self.config,
+                clock: &self.clock,
+                http: &evotor_partner::outgoing::Scripted::default(),
+            },
+            &request,
+        )
     }
 
     fn ok(&self, method: &str, target: &str, authorization: &str, body: Value) -> Value {

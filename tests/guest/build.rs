@@ -1,12 +1,18 @@
-//! `TEST_GUEST_WORLD=0.2.0` builds the test plugin against
-//! `evogate:plugin@0.2.0` instead of 0.1.0.
+//! `TEST_GUEST_WORLD=0.2.0`, `0.2.1` or `0.2.2` builds the test plugin against
+//! that version of `evogate:plugin` instead of 0.1.0.
 
 fn main() {
-    println!("cargo::rustc-check-cfg=cfg(world_0_2_0)");
+    println!("cargo::rustc-check-cfg=cfg(world_0_2_0, world_0_2_1, world_0_2_2)");
     println!("cargo::rerun-if-env-changed=TEST_GUEST_WORLD");
     match std::env::var("TEST_GUEST_WORLD").as_deref() {
         Ok("0.2.0") => println!("cargo::rustc-cfg=world_0_2_0"),
+        Ok("0.2.1") => println!("cargo::rustc-cfg=world_0_2_1"),
+        Ok("0.2.2") => println!("cargo::rustc-cfg=world_0_2_2"),
         Ok("0.1.0") | Err(_) => {}
-        Ok(other) => panic!("TEST_GUEST_WORLD={other:?}: the test plugin is built against 0.1.0 (default) or 0.2.0"),
+        Ok(other) => {
+            panic!(
+                "TEST_GUEST_WORLD={other:?}: the test plugin is built against 0.1.0 (default), 0.2.0, 0.2.1 or 0.2.2"
+            )
+        }
     }
 }

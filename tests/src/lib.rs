@@ -6,6 +6,7 @@
 //! `TEST_GUEST_WASM` and `STANDARD_{HELLO,COUNTER,CAS}_WASM`.
 
 pub mod stream;
+pub mod upstream;
 
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};

@@ -58,6 +58,8 @@ fn main() -> anyhow::Result<()> {
                 "backends",
                 "--bench",
                 "fairness",
+                "--bench",
+                "jobs",
             ])
         }
         "bench-serve" => {
@@ -167,7 +169,9 @@ fn build_plugins() -> anyhow::Result<()> {
     for version in GUEST_VERSIONS {
         build_version("test-guest", "TEST_GUEST_VERSION", version, &format!("target/test-guest-{version}.wasm"))?;
     }
-    build_version("test-guest", "TEST_GUEST_WORLD", "0.2.0", "target/test-guest-world-0.2.0.wasm")?;
+    for world in ["0.2.0", "0.2.1", "0.2.2"] {
+        build_version("test-guest", "TEST_GUEST_WORLD", world, &format!("target/test-guest-world-{world}.wasm"))?;
+    }
     build_version("standard-hello", "HELLO_VERSION", "2", "target/standard-hello-2.wasm")?;
     cargo(&[
         "build",

@@ -184,23 +184,6 @@ fn is_identifier(name: &str) -> bool {
         && name.len() <= 63
 }
 
-fn tls_config(extra_ca: Option<&PathBuf>) -> anyhow::Result<rustls::ClientConfig> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject as _;
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(path) = extra_ca {
-        for cert in CertificateDer::pem_file_iter(path).with_context(|| format!("reading {}", path.display()))? {
-            roots.add(cert.with_context(|| format!("parsing {}", path.display()))?)?;
-        }
-    }
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
-}
-
 /// The store's view of a database error: contention is a conflict, anything else unavailability.
 fn classify(err: &tokio_postgres::Error) -> KvError {
     match err.code() {
@@ -266,7 +249,8 @@ impl PostgresBackend {
             config.get_dbname().unwrap_or("postgres"),
             options.schema
         );
-        let tls = tokio_postgres_rustls::MakeRustlsConnect::new(tls_config(options.tls_ca.as_ref())?);
+        let tls =
+            tokio_postgres_rustls::MakeRustlsConnect::new(crate::outbound::client_tls(options.tls_ca.as_deref())?);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("evogate-postgres")

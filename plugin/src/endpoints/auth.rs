@@ -229,7 +229,7 @@ mod tests {
 
     fn check(config: &MapConfig, authorization: Option<&str>) -> Result<(), ApiError> {
         let (kv, clock) = (MemKv::default(), FixedClock(0));
-        let ctx = Ctx { kv: &kv, config, clock: &clock };
+        let ctx = Ctx { kv: &kv, config, clock: &clock, http: &crate::outgoing::Scripted::default() };
         let mut request = Request::new("POST", "/api/v1/user/token");
         if let Some(value) = authorization {
             request = request.header("Authorization", value);
@@ -256,7 +256,7 @@ mod tests {
         let config = MapConfig::default();
         let request = Request::new("POST", "/api/v1/user/token");
         let at = |clock: &FixedClock| {
-            let ctx = Ctx { kv: &kv, config: &config, clock };
+            let ctx = Ctx { kv: &kv, config: &config, clock, http: &crate::outgoing::Scripted::default() };
             assert!(require_server(&ctx, &request).is_err());
             kv.get(&storage::meta_key("logged/no-server-credential")).expect("get").map(|e| e.version)
         };

@@ -258,7 +258,10 @@ mod tests {
 
     fn call(request: Request) -> Response {
         let (kv, config, clock) = (MemKv::default(), MapConfig::default(), FixedClock(0));
-        dispatch(&Ctx { kv: &kv, config: &config, clock: &clock }, &request)
+        dispatch(
+            &Ctx { kv: &kv, config: &config, clock: &clock, http: &crate::outgoing::Scripted::default() },
+            &request,
+        )
     }
 
     #[test]

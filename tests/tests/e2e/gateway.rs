@@ -5,7 +5,7 @@
 //! - hostile plugins: an endless loop meets the deadline while other requests
 //!   are served; unbounded allocation and panics fail alone;
 //! - isolation: two plugins on two routes never see each other's keys;
-//! - plugins built against every earlier world (0.1.0, 0.2.0) run beside the current one.
+//! - plugins built against every earlier world (0.1.0, 0.2.0, 0.2.1) run beside the current one (0.2.2).
 
 use evogate_e2e::{
     ADMIN_TOKEN, Gateway, evotor_wasm, get, guest_wasm, guest_wasm_version, plugin_table, post_chunked, post_json,
@@ -188,10 +188,12 @@ fn two_plugins_cannot_read_each_others_keys() {
 #[test]
 fn plugins_built_against_every_earlier_world_keep_linking_and_running() {
     let gateway = Gateway::start(&format!(
-        "{}{}{}",
+        "{}{}{}{}{}",
         plugin_table("first", &guest_wasm(), ""),
         plugin_table("second", &guest_wasm_version("world-0.2.0"), "[plugins.config]\ngreeting = \"hi\""),
-        plugin_table("current", &evotor_wasm(), ""),
+        plugin_table("third", &guest_wasm_version("world-0.2.1"), ""),
+        plugin_table("fourth", &guest_wasm_version("world-0.2.2"), ""),
+        plugin_table("evotor", &evotor_wasm(), ""),
     ));
     let auth = format!("Bearer {ADMIN_TOKEN}");
     let plugins = request("GET", &gateway.admin_url("/plugins"), &[("authorization", auth.as_str())], None).json();
@@ -201,8 +203,10 @@ fn plugins_built_against_every_earlier_world_keep_linking_and_running() {
     };
     assert_eq!(world("first"), "evogate:plugin@0.1.0");
     assert_eq!(world("second"), "evogate:plugin@0.2.0");
-    assert_eq!(world("current"), "evogate:plugin@0.2.1");
-    for plugin in ["first", "second"] {
+    assert_eq!(world("third"), "evogate:plugin@0.2.1");
+    assert_eq!(world("fourth"), "evogate:plugin@0.2.2");
+    assert_eq!(world("evotor"), "evogate:plugin@0.2.2");
+    for plugin in ["first", "second", "third", "fourth"] {
         let put = request("POST", &gateway.url(&format!("/{plugin}/kv/put?key=k")), &[], Some(plugin.as_bytes()));
         assert_eq!(put.status, 200, "{plugin}: {}", put.text());
         let read = get(&gateway.url(&format!("/{plugin}/kv/get?key=k")));
@@ -211,8 +215,8 @@ fn plugins_built_against_every_earlier_world_keep_linking_and_running() {
     }
     let setting = get(&gateway.url("/second/config?name=greeting"));
     assert_eq!((setting.status, setting.text().as_str()), (200, "hi"));
-    // The current world's plugin, which imports `kv.get-many`, serves beside them.
-    assert_eq!(get(&gateway.url("/current/nowhere")).status, 404);
+    // The Evotor plugin, which imports `kv.get-many` and outgoing HTTP, serves beside them.
+    assert_eq!(get(&gateway.url("/evotor/nowhere")).status, 404);
 }
 
 #[test]

@@ -23,5 +23,9 @@ mod gateway;
 mod hotswap;
 /// What the Evotor cloud really sends, taken whole.
 mod intake;
+/// Scheduled jobs: ticks, the admin API and CLI, outcomes, hot swap, one run per tick across nodes.
+mod jobs;
+/// Outgoing HTTP of evogate plugins: allow-list, caps, deadline, TLS.
+mod outgoing;
 /// Standard wasi:http components: served, limited, deployed, on wasi:keyvalue.
 mod standard;

@@ -15,6 +15,7 @@ pub(crate) struct World {
     pub kv: MemKv,
     pub config: MapConfig,
     pub clock: ManualClock,
+    pub http: crate::outgoing::Scripted,
 }
 
 impl World {
@@ -34,7 +35,7 @@ impl World {
         for (key, value) in extra {
             config.0.insert((*key).into(), (*value).into());
         }
-        Self { kv: MemKv::default(), config, clock: ManualClock::at(1_000_000) }
+        Self { kv: MemKv::default(), config, clock: ManualClock::at(1_000_000), http: Default::default() }
     }
 
     /// A world whose store answers scans and `get_many`s in full, for
@@ -44,7 +45,7 @@ impl World {
     }
 
     pub fn ctx(&self) -> Ctx<'_> {
-        Ctx { kv: &self.kv, config: &self.config, clock: &self.clock }
+        Ctx { kv: &self.kv, config: &self.config, clock: &self.clock, http: &self.http }
     }
 
     pub fn call(&self, method: &str, path: &str, bearer: Option<&str>, body: Option<Value>) -> Response {

@@ -586,7 +586,7 @@ fn a_commit_with_an_unknown_outcome_is_re_read_and_leaves_each_document_stored_o
         let world = World::new();
         let token = world.register(ALICE, "alice");
         let losing = LosingKv { inner: &world.kv, lose_next: std::cell::Cell::new(Some(applied)) };
-        let ctx = Ctx { kv: &losing, config: &world.config, clock: &world.clock };
+        let ctx = Ctx { kv: &losing, config: &world.config, clock: &world.clock, http: &world.http };
         let request = Request::new("PUT", &format!("/api/v1/inventories/stores/{STORE}/documents"))
             .header("authorization", &format!("Bearer {token}"))
             .json(&json!([pos_doc("02-SELL"), pos_doc("03-PAYBACK")]));

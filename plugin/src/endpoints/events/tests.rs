@@ -440,7 +440,7 @@ fn the_store_failing_answers_503_so_evotor_retries() {
     }
     let world = world();
     let down = Down(&world.kv);
-    let ctx = Ctx { kv: &down, config: &world.config, clock: &world.clock };
+    let ctx = Ctx { kv: &down, config: &world.config, clock: &world.clock, http: &world.http };
     let body = serde_json::to_vec(&evotor_examples().remove(0)).expect("json");
     let mut request = Request::new("POST", "/events").header("x-hub-signature", &sign(SECRET, &body));
     request.body = body;

@@ -12,7 +12,7 @@ fn partner_api_is_absent_without_its_token() {
     let world = World::new();
     let mut config = world.config.clone();
     config.0.remove(PARTNER_API_TOKEN);
-    let ctx = Ctx { kv: &world.kv, config: &config, clock: &world.clock };
+    let ctx = Ctx { kv: &world.kv, config: &config, clock: &world.clock, http: &world.http };
     let request = Request::new("GET", "/partner/v1/accounts").header("authorization", "Bearer ");
     assert_eq!(crate::handle(&ctx, &request).status, 404);
 }
