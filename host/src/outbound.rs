@@ -181,6 +181,29 @@ impl OutboundRules {
     }
 }
 
+/// TLS toward the servers evogate calls (PostgreSQL, plugins' outgoing
+/// requests): the public roots (webpki), plus the certificates of
+/// `extra_ca`, a PEM file, when given.
+pub(crate) fn client_tls(extra_ca: Option<&std::path::Path>) -> anyhow::Result<rustls::ClientConfig> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = extra_ca {
+        let mut added = 0;
+        for cert in CertificateDer::pem_file_iter(path).with_context(|| format!("reading {}", path.display()))? {
+            roots.add(cert.with_context(|| format!("parsing {}", path.display()))?)?;
+            added += 1;
+        }
+        anyhow::ensure!(added > 0, "{} holds no PEM certificate", path.display());
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -241,27 +264,4 @@ mod tests {
             assert_eq!(OutboundRule::parse(entry).expect(entry).to_string(), entry);
         }
     }
-}
-
-/// TLS toward the servers evogate calls (PostgreSQL, plugins' outgoing
-/// requests): the public roots (webpki), plus the certificates of
-/// `extra_ca`, a PEM file, when given.
-pub(crate) fn client_tls(extra_ca: Option<&std::path::Path>) -> anyhow::Result<rustls::ClientConfig> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject as _;
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(path) = extra_ca {
-        let mut added = 0;
-        for cert in CertificateDer::pem_file_iter(path).with_context(|| format!("reading {}", path.display()))? {
-            roots.add(cert.with_context(|| format!("parsing {}", path.display()))?)?;
-            added += 1;
-        }
-        anyhow::ensure!(added > 0, "{} holds no PEM certificate", path.display());
-    }
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
 }

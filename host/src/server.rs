@@ -23,6 +23,9 @@ use tokio::sync::Semaphore;
 /// How long the gateway waits past the deadline for a plugin stuck in a
 /// host call (which epoch interruption cannot stop) before answering 503.
 const HOST_CALL_GRACE: Duration = Duration::from_millis(500);
+
+/// Requests running per (plugin, SHA-256 of the `Authorization` value).
+type CredentialCounts = Arc<std::sync::Mutex<HashMap<(String, [u8; 32]), usize>>>;
 /// HTTP/2 pings an idle connection this often, and drops it when a ping goes unanswered.
 const H2_KEEP_ALIVE: Duration = Duration::from_secs(30);
 /// Streams one HTTP/2 connection may run at once.
@@ -50,7 +53,7 @@ pub struct Gateway {
     /// Per plugin: requests running at once with one `Authorization` value, at most.
     credential_caps: HashMap<String, usize>,
     /// Requests running now per (plugin, digest of an `Authorization` value).
-    per_credential: Arc<std::sync::Mutex<HashMap<(String, [u8; 32]), usize>>>,
+    per_credential: CredentialCounts,
     /// Set when shutdown begins: `/readyz` answers 503 so load balancers stop sending.
     draining: AtomicBool,
     /// Keeps the engine (and its epoch ticker) alive as long as the gateway.
@@ -665,7 +668,7 @@ impl Gateway {
 
 /// A request counted against its credential's cap until it ends.
 struct CredentialSlot {
-    counts: Arc<std::sync::Mutex<HashMap<(String, [u8; 32]), usize>>>,
+    counts: CredentialCounts,
     key: (String, [u8; 32]),
 }
 
