@@ -13,8 +13,8 @@
 //! Everything but the health checks needs `Authorization: Bearer <token>`:
 //! `admin.token`, or the one made at the first start in `data_dir/admin.token`.
 
+use crate::app::App;
 use crate::deploy::DeployError;
-use crate::run::App;
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Incoming;

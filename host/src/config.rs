@@ -3,6 +3,7 @@
 //! `EVOGATE_LIMITS__REQUEST_TIMEOUT_MS=5000`).
 
 use crate::kv::BackendKind;
+pub use crate::kv::StoreConfig;
 use crate::outbound::OutboundRules;
 use anyhow::Context as _;
 use figment::Figment;
@@ -62,52 +63,6 @@ pub struct TlsConfig {
     pub cert: RelativePathBuf,
     /// Its private key (PKCS#8, PKCS#1 or SEC1).
     pub key: RelativePathBuf,
-}
-
-/// `[store]`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct StoreConfig {
-    /// `memory` (tests; nothing kept), `redb` (a file in `data_dir`) or `postgres` (shared by nodes).
-    pub backend: BackendKind,
-    /// PostgreSQL URL (`postgres://user:password@host:port/db?sslmode=require`); also `EVOGATE_STORE_URL`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub url: Option<String>,
-    /// PostgreSQL schema of evogate's tables, created if missing.
-    pub schema: String,
-    /// PostgreSQL connections per node, at most.
-    pub pool_size: usize,
-    /// Time to connect to PostgreSQL or to wait for a free connection.
-    pub connect_timeout_ms: u64,
-    /// Longest a PostgreSQL statement may run.
-    pub statement_timeout_ms: u64,
-    /// PEM file of extra CA certificates trusted for `sslmode=require`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls_ca: Option<RelativePathBuf>,
-    /// Store calls that fail on purpose, for the test suite (only in builds
-    /// with the `fault-injection` feature).
-    #[cfg(feature = "fault-injection")]
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub faults: Option<crate::kv::FaultsConfig>,
-}
-
-impl StoreConfig {
-    /// The PostgreSQL settings; fails when `url` is missing.
-    pub fn postgres_options(&self) -> anyhow::Result<crate::kv::PostgresOptions> {
-        let url = self
-            .url
-            .clone()
-            .filter(|url| !url.is_empty())
-            .context("store.backend = \"postgres\" needs store.url (or EVOGATE_STORE_URL)")?;
-        Ok(crate::kv::PostgresOptions {
-            url,
-            schema: self.schema.clone(),
-            pool_size: self.pool_size,
-            connect_timeout: std::time::Duration::from_millis(self.connect_timeout_ms),
-            statement_timeout: std::time::Duration::from_millis(self.statement_timeout_ms),
-            tls_ca: self.tls_ca.as_ref().map(RelativePathBuf::relative),
-        })
-    }
 }
 
 /// `[limits]`.
@@ -375,10 +330,19 @@ impl Config {
     /// Merges the environment over `figment`, then reads and checks the result.
     fn extract(figment: Figment) -> anyhow::Result<Self> {
         let config: Config = figment
-            // LOG, CONFIG and ADMIN_* are the CLI's; TEST_POSTGRES_URL is the test suites'.
+            // LOG, CONFIG and ADMIN_* are the CLI's, PERFMAP the profiler switch; TEST_POSTGRES_URL is the test suites'.
             .merge(
                 Env::prefixed("EVOGATE_")
-                    .ignore(&["LOG", "CONFIG", "ADMIN_ADDR", "ADMIN_TOKEN", "STORE_URL", "TEST_POSTGRES_URL"])
+                    .ignore(&[
+                        "LOG",
+                        "CONFIG",
+                        "ADMIN_ADDR",
+                        "ADMIN_TOKEN",
+                        "ADMIN_CA",
+                        "PERFMAP",
+                        "STORE_URL",
+                        "TEST_POSTGRES_URL",
+                    ])
                     .split("__"),
             )
             // The database URL under its conventional single name too.

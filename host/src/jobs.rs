@@ -288,7 +288,7 @@ impl Scheduler {
         // The version live now runs it to the end, whatever is deployed meanwhile.
         let deployment = job.slot.current();
         let label = deployment.label();
-        let mut done = Lease { version: Some(label.clone()), ..lease };
+        let mut done = Lease { version: Some(label.to_owned()), ..lease };
         if !deployment.plugin.runs_jobs() {
             if job.warned.lock().map(|mut warned| warned.insert(deployment.sha256.clone())).unwrap_or(true) {
                 tracing::warn!(

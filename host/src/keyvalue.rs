@@ -11,7 +11,8 @@
 //! `delete-many` are one commit each, so they land whole or not at all.
 //! Counters (`increment`) are decimal text, as `wasmtime serve` keeps them.
 
-use crate::sandbox::{HostState, wit_kv};
+use crate::bindings::wit_kv;
+use crate::kv::host::KvCtx;
 use std::collections::VecDeque;
 use wasmtime::component::Resource;
 
@@ -131,7 +132,7 @@ fn unchanged(key: String, seen: Option<&wit_kv::Entry>) -> wit_kv::Check {
 }
 
 /// The operations both drafts share, on the store calls of the `kv` interface.
-impl HostState {
+impl KeyValueView<'_> {
     fn bucket(&self, bucket: &Resource<Bucket>) -> Result<String, Failure> {
         Ok(self.table.get(bucket)?.prefix.clone())
     }
@@ -229,14 +230,14 @@ macro_rules! same_in_both_drafts {
             }
         }
 
-        impl $draft::store::Host for HostState {
+        impl $draft::store::Host for KeyValueView<'_> {
             async fn open(&mut self, identifier: String) -> Result<Resource<Bucket>, $draft::store::Error> {
                 let prefix = bucket_prefix(&identifier)?;
                 Ok(self.table.push(Bucket { prefix }).map_err(Failure::from)?)
             }
         }
 
-        impl $draft::store::HostBucket for HostState {
+        impl $draft::store::HostBucket for KeyValueView<'_> {
             async fn get(&mut self, bucket: Resource<Bucket>, key: String) -> Result<Option<Vec<u8>>, $draft::store::Error> {
                 Ok(self.kv_get(&bucket, &key).await?)
             }
@@ -261,7 +262,7 @@ macro_rules! same_in_both_drafts {
             }
         }
 
-        impl $draft::batch::Host for HostState {
+        impl $draft::batch::Host for KeyValueView<'_> {
             async fn get_many(
                 &mut self,
                 bucket: Resource<Bucket>,
@@ -334,13 +335,13 @@ same_in_both_drafts!(
     }
 );
 
-impl d1::atomics::Host for HostState {
+impl d1::atomics::Host for KeyValueView<'_> {
     async fn increment(&mut self, bucket: Resource<Bucket>, key: String, delta: u64) -> Result<u64, d1::store::Error> {
         Ok(self.kv_increment(&bucket, &key, |current: u64| current.checked_add(delta)).await?)
     }
 }
 
-impl d2::atomics::Host for HostState {
+impl d2::atomics::Host for KeyValueView<'_> {
     async fn increment(&mut self, bucket: Resource<Bucket>, key: String, delta: i64) -> Result<i64, d2::store::Error> {
         Ok(self.kv_increment(&bucket, &key, |current: i64| current.checked_add(delta)).await?)
     }
@@ -365,7 +366,7 @@ impl d2::atomics::Host for HostState {
     }
 }
 
-impl d2::atomics::HostCas for HostState {
+impl d2::atomics::HostCas for KeyValueView<'_> {
     async fn new(&mut self, bucket: Resource<Bucket>, key: String) -> Result<Resource<Cas>, d2::store::Error> {
         let key = self.bucket(&bucket)? + &key;
         let seen = wit_kv::Host::get(&mut self.kv, key.clone()).await.map_err(Failure::from)?;
@@ -383,11 +384,30 @@ impl d2::atomics::HostCas for HostState {
     }
 }
 
-/// Adds both drafts' interfaces to `linker`.
-pub(crate) fn add_to_linker(linker: &mut wasmtime::component::Linker<HostState>) -> wasmtime::Result<()> {
-    use wasmtime::component::HasSelf;
-    draft::Imports::add_to_linker::<HostState, HasSelf<HostState>>(linker, |state| state)?;
-    draft2::Imports::add_to_linker::<HostState, HasSelf<HostState>>(linker, |state| state)?;
+/// What the `wasi:keyvalue` calls of one instance use, lent by the store's data.
+pub(crate) struct KeyValueView<'a> {
+    /// The instance's resources (buckets, cas handles).
+    pub(crate) table: &'a mut wasmtime::component::ResourceTable,
+    /// The evogate `kv` context the calls go through.
+    pub(crate) kv: &'a mut KvCtx,
+    /// Cursors of key listings.
+    pub(crate) keyvalue: &'a mut KeyValueState,
+}
+
+/// [`wasmtime::component::HasData`] for the linker: the store's data lends a [`KeyValueView`].
+struct View;
+
+impl wasmtime::component::HasData for View {
+    type Data<'a> = KeyValueView<'a>;
+}
+
+/// Adds both drafts' interfaces to `linker`, served by the view `get` lends from the store's data.
+pub(crate) fn add_to_linker<T: Send + 'static>(
+    linker: &mut wasmtime::component::Linker<T>,
+    get: fn(&mut T) -> KeyValueView<'_>,
+) -> wasmtime::Result<()> {
+    draft::Imports::add_to_linker::<T, View>(linker, get)?;
+    draft2::Imports::add_to_linker::<T, View>(linker, get)?;
     Ok(())
 }
 

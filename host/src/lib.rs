@@ -23,6 +23,10 @@
 
 #[cfg(feature = "runtime")]
 mod admin;
+#[cfg(feature = "runtime")]
+mod app;
+#[cfg(feature = "runtime")]
+mod bindings;
 pub mod config;
 #[cfg(feature = "runtime")]
 mod deploy;

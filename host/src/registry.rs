@@ -21,9 +21,9 @@ pub struct Deployment {
 }
 
 impl Deployment {
-    /// `name@version` for logs and metrics.
-    pub fn label(&self) -> String {
-        format!("{}@{}", self.plugin.name, self.plugin.version)
+    /// `plugin@version` for logs ([`PluginVersion::label`]).
+    pub fn label(&self) -> &str {
+        self.plugin.label()
     }
 }
 

@@ -2,6 +2,7 @@
 //! and admin listeners — the one way the binary, the benchmarks and any
 //! embedding process start one ([`run`]).
 
+use crate::app::App;
 use crate::server::{self, Gateway, ServeOptions};
 use crate::{admin, config, deploy, kv, sandbox, tls::Tls};
 use anyhow::Context as _;
@@ -10,24 +11,6 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
-
-/// A started gateway's parts: the request path, the deployer, and the store.
-pub(crate) struct App {
-    /// Serves plugin requests.
-    pub(crate) gateway: Arc<Gateway>,
-    /// Deploys and rolls back plugin versions.
-    pub(crate) deployer: Arc<deploy::Deployer>,
-    /// The key-value store.
-    pub(crate) backend: Arc<dyn kv::Backend>,
-    /// Runs the plugins' scheduled jobs.
-    pub(crate) scheduler: Arc<crate::jobs::Scheduler>,
-}
-
-impl std::fmt::Debug for App {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("App").field("store", &self.backend.describe()).finish_non_exhaustive()
-    }
-}
 
 /// A gateway serving on its listeners (see [`run`]).
 #[derive(Debug)]

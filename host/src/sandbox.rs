@@ -28,42 +28,8 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-/// The current world, `evogate:plugin@0.2.2`, with the optional
-/// `scheduled` export (`plugin-with-jobs`). Plugins built against 0.2.0 and
-/// 0.2.1 link to it too: wasmtime matches 0.2.x imports and exports to it by
-/// semver, and each 0.2.x only added to the one before. Exports are looked
-/// up one interface at a time, so a plugin without `scheduled` loads as well.
-mod generated {
-    wasmtime::component::bindgen!({
-        path: "../wit",
-        world: "evogate:plugin/plugin-with-jobs@0.2.2",
-        imports: { "evogate:plugin/kv@0.2.2": async },
-        exports: { default: async },
-        with: {
-            "wasi:http": wasmtime_wasi_http::p2::bindings::http,
-            "wasi:io": wasmtime_wasi::p2::bindings::io,
-            "wasi:clocks": wasmtime_wasi::p2::bindings::clocks,
-        },
-    });
-}
-
-/// The first world, `evogate:plugin@0.1.0`: plugins built against it keep running.
-mod generated_0_1 {
-    wasmtime::component::bindgen!({
-        path: "../wit",
-        world: "evogate:plugin/plugin@0.1.0",
-        imports: { "evogate:plugin/kv@0.1.0": async },
-        exports: { default: async },
-    });
-}
-
+use crate::bindings::{generated_0_1, v0_1, wit_config, wit_handler, wit_identity, wit_kv, wit_scheduled, wit_types};
 pub use crate::edge::{Request, Response};
-pub(crate) use generated::evogate::plugin0_2_2::kv as wit_kv;
-use generated::evogate::plugin0_2_2::{config as wit_config, types as wit_types};
-use generated::exports::evogate::plugin0_2_2::{
-    handler as wit_handler, identity as wit_identity, scheduled as wit_scheduled,
-};
-pub(crate) use generated_0_1::evogate::plugin0_1_0 as v0_1;
 
 /// How often the epoch ticks: the deadline's granularity, and how long a
 /// plugin runs before it yields its thread to other requests.
@@ -219,7 +185,12 @@ impl Sandbox {
             .context("linking config 0.1.0")?;
         kv::host::add_to_linker(&mut linker, |s: &mut HostState| &mut s.kv).context("linking kv")?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).context("linking wasi:http")?;
-        crate::keyvalue::add_to_linker(&mut linker).context("linking wasi:keyvalue")?;
+        crate::keyvalue::add_to_linker(&mut linker, |s: &mut HostState| crate::keyvalue::KeyValueView {
+            table: &mut s.table,
+            kv: &mut s.kv,
+            keyvalue: &mut s.keyvalue,
+        })
+        .context("linking wasi:keyvalue")?;
 
         let ticker = EpochTicker::start(engine.clone());
         let kv_calls = Arc::new(tokio::sync::Semaphore::new(limits.max_kv_calls.max(1) as usize));
@@ -294,6 +265,7 @@ impl Sandbox {
             kv,
             name: String::new(),
             version: String::new(),
+            label: Arc::from(plugin),
         };
         let (name, semver) =
             version.identity().await.with_context(|| format!("reading the identity of plugin {plugin:?}"))?;
@@ -311,6 +283,7 @@ impl Sandbox {
                 crate::plugin_log::escape_controls(&text.chars().take(MAX_IDENTITY_BYTES).collect::<String>())
             );
         }
+        version.label = format!("{plugin}@{semver}").into();
         version.name = name;
         version.version = semver;
         Ok(version)
@@ -400,6 +373,9 @@ pub struct PluginVersion {
     /// The version the plugin reports in its identity (a standard
     /// component's: the first 12 hex digits of its SHA-256).
     pub version: String,
+    /// `plugin@version`: the configured name and the reported version, as
+    /// the access log, warnings, job logs and the plugin's own output name it.
+    label: Arc<str>,
 }
 
 impl std::fmt::Debug for PluginVersion {
@@ -413,6 +389,12 @@ impl std::fmt::Debug for PluginVersion {
 }
 
 impl PluginVersion {
+    /// `plugin@version`: the configured name and the version the build
+    /// reports, the one name logs and metrics give this build.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
     /// The world the component was built against.
     pub fn world(&self) -> World {
         self.world
@@ -536,7 +518,7 @@ impl PluginVersion {
     }
 
     fn new_store(&self, timeout: Duration, request_id: &str) -> Store<HostState> {
-        let tag: Arc<str> = format!("{}@{}", self.plugin, self.version).into();
+        let tag = self.label.clone();
         let request_id: Arc<str> = request_id.into();
         // No preopened directories or arguments (the builder's defaults),
         // stdin closed, and every socket refused explicitly. A standard
@@ -614,15 +596,15 @@ impl std::fmt::Debug for Spent {
 /// Per-request state of one instance.
 pub(crate) struct HostState {
     wasi: WasiCtx,
-    pub(crate) table: ResourceTable,
+    table: ResourceTable,
     limiter: MemoryLimiter,
     /// The evogate `kv` interface's per-request state.
-    pub(crate) kv: KvCtx,
+    kv: KvCtx,
     settings: Arc<PluginSettings>,
     http: WasiHttpCtx,
     outbound: crate::outgoing::Hooks,
     /// The standard `wasi:keyvalue` interface's per-request state.
-    pub(crate) keyvalue: crate::keyvalue::KeyValueState,
+    keyvalue: crate::keyvalue::KeyValueState,
 }
 
 impl WasiView for HostState {

@@ -553,7 +553,7 @@ impl Gateway {
             return Served { response: error(StatusCode::NOT_FOUND, 404, "not found"), plugin: None };
         };
         let deployment = slot.current();
-        let label = format!("{}@{}", slot.name, deployment.plugin.version);
+        let label = deployment.label().to_owned();
         let response = match self.call(req, started, &slot.name, &slot.route, deployment).await {
             Ok(response) => into_http(response, &label),
             Err(response) => response,

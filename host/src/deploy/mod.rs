@@ -226,7 +226,7 @@ impl Deployer {
             tracing::info!(
                 plugin = %plugin.name,
                 route = %plugin.route,
-                identity = %deployment.label(),
+                identity = %format!("{}@{}", deployment.plugin.name, deployment.plugin.version),
                 world = deployment.plugin.world().as_str(),
                 sha256 = %&sha256[..12],
                 wasm = %source.display(),
@@ -407,7 +407,7 @@ impl Deployer {
         deployment: Deployment,
         previous: Vec<VersionRecord>,
     ) {
-        let label = deployment.label();
+        let label = deployment.label().to_owned();
         let old = managed.slot.swap(Arc::new(deployment));
         guard.previous = previous;
         tracing::info!(plugin = %managed.slot.name, from = %old.label(), to = %label, "swapped");

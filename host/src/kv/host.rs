@@ -6,7 +6,7 @@
 //! runs in a debug-level span (`kv.get`, `kv.commit`, …).
 
 use super::{self as kv, Namespace};
-use crate::sandbox::{v0_1, wit_kv};
+use crate::bindings::{v0_1, wit_kv};
 use std::sync::Arc;
 use std::time::Instant;
 use tracing::Instrument as _;

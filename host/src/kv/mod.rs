@@ -23,6 +23,9 @@ pub type MemoryBackend = kv_contract::MemStore;
 pub use self::postgres::{PostgresBackend, PostgresOptions};
 pub use self::redb::RedbBackend;
 
+use anyhow::Context as _;
+use figment::value::magic::RelativePathBuf;
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
 pub use kv_contract::{
@@ -119,8 +122,54 @@ pub enum BackendKind {
     Postgres,
 }
 
+/// `[store]` of the configuration: which backend, and its settings.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `memory` (tests; nothing kept), `redb` (a file in `data_dir`) or `postgres` (shared by nodes).
+    pub backend: BackendKind,
+    /// PostgreSQL URL (`postgres://user:password@host:port/db?sslmode=require`); also `EVOGATE_STORE_URL`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// PostgreSQL schema of evogate's tables, created if missing.
+    pub schema: String,
+    /// PostgreSQL connections per node, at most.
+    pub pool_size: usize,
+    /// Time to connect to PostgreSQL or to wait for a free connection.
+    pub connect_timeout_ms: u64,
+    /// Longest a PostgreSQL statement may run.
+    pub statement_timeout_ms: u64,
+    /// PEM file of extra CA certificates trusted for `sslmode=require`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ca: Option<RelativePathBuf>,
+    /// Store calls that fail on purpose, for the test suite (only in builds
+    /// with the `fault-injection` feature).
+    #[cfg(feature = "fault-injection")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub faults: Option<FaultsConfig>,
+}
+
+impl StoreConfig {
+    /// The PostgreSQL settings; fails when `url` is missing.
+    pub fn postgres_options(&self) -> anyhow::Result<PostgresOptions> {
+        let url = self
+            .url
+            .clone()
+            .filter(|url| !url.is_empty())
+            .context("store.backend = \"postgres\" needs store.url (or EVOGATE_STORE_URL)")?;
+        Ok(PostgresOptions {
+            url,
+            schema: self.schema.clone(),
+            pool_size: self.pool_size,
+            connect_timeout: std::time::Duration::from_millis(self.connect_timeout_ms),
+            statement_timeout: std::time::Duration::from_millis(self.statement_timeout_ms),
+            tls_ca: self.tls_ca.as_ref().map(RelativePathBuf::relative),
+        })
+    }
+}
+
 /// Opens the configured backend.
-pub fn open(store: &crate::config::StoreConfig, data_dir: &std::path::Path) -> anyhow::Result<Arc<dyn Backend>> {
+pub fn open(store: &StoreConfig, data_dir: &std::path::Path) -> anyhow::Result<Arc<dyn Backend>> {
     let backend: Arc<dyn Backend> = match store.backend {
         BackendKind::Memory => Arc::new(MemoryBackend::default()),
         BackendKind::Redb => Arc::new(RedbBackend::open(&data_dir.join("evogate.redb"))?),

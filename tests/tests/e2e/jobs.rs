@@ -101,7 +101,7 @@ fn a_job_runs_at_every_tick_and_the_admin_api_shows_its_last_and_next_run() {
     assert!(tick["nextRunMs"].as_u64().is_some_and(|next| next % 1000 == 0 && next + 1000 >= now_ms()), "{tick}");
     let last = &tick["lastRun"];
     assert!(matches!(last["outcome"].as_str(), Some("ok") | None), "{last}");
-    assert_eq!(last["version"], "test-guest@1.0.0");
+    assert_eq!(last["version"], "g@1.0.0", "the configured name and the reported version");
     let log = gateway.log();
     assert!(
         log.contains("job run started") && log.contains("job run ended") && log.contains("outcome=\"ok\""),
