@@ -85,19 +85,6 @@ pub struct ServeOptions {
     pub drain_grace: Duration,
 }
 
-impl Default for ServeOptions {
-    fn default() -> Self {
-        Self {
-            tls: None,
-            max_connections: 4096,
-            header_read_timeout: Duration::from_secs(10),
-            max_header_bytes: 64 * 1024,
-            drain: Duration::from_secs(10),
-            drain_grace: Duration::ZERO,
-        }
-    }
-}
-
 impl ServeOptions {
     /// The options `config` asks for, with `tls` loaded by the caller.
     pub fn from_config(config: &crate::config::Config, tls: Option<Arc<Tls>>) -> Self {
