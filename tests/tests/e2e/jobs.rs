@@ -77,15 +77,30 @@ fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
     false
 }
 
+/// Every one-second tick between the first run and the last either ran or
+/// was left out because the run before was still going (on a loaded machine
+/// a run may outlast its second), and then some node said so in its log.
+fn assert_every_tick_ran_or_was_left_out_in_the_open(runs: &[(u64, u64, u64, bool, String)], nodes: &[&Gateway]) {
+    let ran: Vec<u64> = runs.iter().filter(|run| !run.3).map(|run| run.0).collect();
+    let (Some(first), Some(last)) = (ran.iter().min(), ran.iter().max()) else { return };
+    let logs: Vec<String> = nodes.iter().map(|node| node.log()).collect();
+    for tick in (*first..=*last).step_by(1000) {
+        let reported = || {
+            logs.iter()
+                .any(|log| log.lines().any(|l| l.contains("tick left out") && l.contains(&format!("tick={tick}"))))
+        };
+        assert!(ran.contains(&tick) || reported(), "tick {tick} neither ran nor was reported left out: {ran:?}");
+    }
+    assert!(ran.len() * 2 > ((last - first) / 1000 + 1) as usize, "most ticks ran: {ran:?}");
+}
+
 #[test]
 fn a_job_runs_at_every_tick_and_the_admin_api_shows_its_last_and_next_run() {
     let gateway = Gateway::start(&with_jobs("", &current(), &job("tick", "1s", ""), ""));
     assert!(wait_until(Duration::from_secs(6), || count(&gateway, "tick") >= 3), "three ticks in 6 s");
     let runs = runs(&gateway, "tick");
     assert_eq!(runs.len() as u64, count(&gateway, "tick"), "one record per run");
-    for pair in runs.windows(2) {
-        assert_eq!(pair[1].0 - pair[0].0, 1000, "consecutive ticks, one second apart: {runs:?}");
-    }
+    assert_every_tick_ran_or_was_left_out_in_the_open(&runs, &[&gateway]);
     for (scheduled, started, ended, manual, version) in &runs {
         assert_eq!(scheduled % 1000, 0, "ticks fall on whole seconds");
         assert!(started >= scheduled && ended >= started && !manual && version == "1.0.0", "{runs:?}");
@@ -256,11 +271,7 @@ fn three_nodes_run_each_tick_once_never_two_at_once_and_survive_the_runner_kille
     ticks.sort_unstable();
     ticks.dedup();
     assert_eq!(ticks.len(), records.len(), "no tick ran twice: {records:?}");
-    assert_eq!(
-        ticks.last().map(|last| (last - ticks[0]) / 1000 + 1),
-        Some(ticks.len() as u64),
-        "no tick left out: {ticks:?}"
-    );
+    assert_every_tick_ran_or_was_left_out_in_the_open(&records, &nodes.iter().collect::<Vec<_>>());
     let mut spans: Vec<(u64, u64)> = records.iter().map(|r| (r.1, r.2)).collect();
     spans.sort_unstable();
     assert!(spans.windows(2).all(|pair| pair[1].0 >= pair[0].1), "runs never overlapped: {spans:?}");
