@@ -2,13 +2,13 @@
 
 wit_bindgen::generate!({
     path: "../wit",
-    world: "evogate:plugin/plugin@0.2.2",
+    world: "evogate:plugin/plugin-with-jobs@0.2.2",
     generate_all,
 });
 
 use crate::kv::{Check, Entry, Kv, KvError, Write};
 use evogate::plugin0_2_2::{config as wit_config, kv as wit_kv, types};
-use exports::evogate::plugin0_2_2::{handler, identity};
+use exports::evogate::plugin0_2_2::{handler, identity, scheduled};
 
 struct Component;
 
@@ -30,6 +30,19 @@ impl handler::Guest for Component {
 impl identity::Guest for Component {
     fn info() -> identity::PluginInfo {
         identity::PluginInfo { name: crate::NAME.into(), version: crate::VERSION.into() }
+    }
+}
+
+impl scheduled::Guest for Component {
+    fn run(run: scheduled::JobRun) -> Result<(), String> {
+        let run = crate::JobRun {
+            job: run.job,
+            scheduled_at_ms: run.scheduled_at_ms,
+            timeout_ms: run.timeout_ms,
+            manual: run.manual,
+        };
+        let ctx = crate::Ctx { kv: &HostKv, config: &HostConfig, clock: &crate::clock::SystemClock, http: &HostHttp };
+        crate::run_job(&ctx, &run)
     }
 }
 

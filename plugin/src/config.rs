@@ -120,6 +120,106 @@ impl Settings {
     }
 }
 
+/// Default base URL of the Evotor cloud's REST API.
+pub const DEFAULT_EVOTOR_API_URL: &str = "https://api.evotor.ru";
+
+/// How the user's cloud token is sent to the Evotor cloud (`evotor_api_auth`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloudAuth {
+    /// `Authorization: Bearer <token>` (`bearer`, the default: the 2019 REST API).
+    Bearer,
+    /// `X-Authorization: <token>` (`x-authorization`: the 2017 definitions and older clients).
+    XAuthorization,
+}
+
+/// The settings of the cloud sync (the `sync` job and `/partner/v1/users/{id}/sync`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloudSettings {
+    /// Base URL of the REST API, without a trailing `/` (`evotor_api_url`).
+    pub api_url: String,
+    /// How the user's token is sent (`evotor_api_auth`).
+    pub auth: CloudAuth,
+    /// The application's id and publisher token (`evotor_app_id`,
+    /// `evotor_publisher_token`): with them documents are recovered from the
+    /// application's event feed, without them from each store's documents.
+    pub publisher: Option<(String, String)>,
+    /// Most requests one run makes for one user, and for the feed (`sync_max_requests_per_user`).
+    pub max_requests_per_user: u32,
+    /// Most requests one run makes in all (`sync_max_requests_per_run`).
+    pub max_requests_per_run: u32,
+    /// How far back a window of documents or feed events starts before the
+    /// last position known complete, seconds (`sync_overlap_secs`).
+    pub overlap_secs: u64,
+    /// How long before now a window ends, seconds: what is newer may still
+    /// be arriving in the cloud (`sync_settle_secs`).
+    pub settle_secs: u64,
+    /// How far back the first window of a store or of the feed starts, days (`sync_lookback_days`).
+    pub lookback_days: u64,
+    /// How long `POST /partner/v1/users/{id}/sync` may take, seconds (`sync_now_budget_secs`).
+    pub now_budget_secs: u64,
+}
+
+impl CloudSettings {
+    /// Reads the sync settings; a malformed value is an error naming its key.
+    pub fn read(config: &dyn Config) -> Result<Self, String> {
+        fn number(
+            config: &dyn Config,
+            key: &str,
+            default: u64,
+            range: std::ops::RangeInclusive<u64>,
+        ) -> Result<u64, String> {
+            let value = match config.non_empty(key) {
+                None => default,
+                Some(text) => {
+                    text.trim().parse().map_err(|_| format!("setting {key} = {text:?} is not a valid number"))?
+                }
+            };
+            if range.contains(&value) {
+                Ok(value)
+            } else {
+                Err(format!("setting {key} = {value} must be within {}..={}", range.start(), range.end()))
+            }
+        }
+        let api_url = config.non_empty("evotor_api_url").unwrap_or_else(|| DEFAULT_EVOTOR_API_URL.into());
+        let api_url = api_url.trim().trim_end_matches('/').to_owned();
+        let authority = api_url.strip_prefix("https://").or_else(|| api_url.strip_prefix("http://"));
+        if authority.is_none_or(|rest| rest.is_empty() || rest.contains(['?', '#'])) {
+            return Err(format!("setting evotor_api_url = {api_url:?} must be an http:// or https:// URL"));
+        }
+        let auth = match config.non_empty("evotor_api_auth").as_deref() {
+            None | Some("bearer") => CloudAuth::Bearer,
+            Some("x-authorization") => CloudAuth::XAuthorization,
+            Some(other) => {
+                return Err(format!("setting evotor_api_auth = {other:?} must be \"bearer\" or \"x-authorization\""));
+            }
+        };
+        let publisher = match (config.non_empty("evotor_app_id"), config.non_empty("evotor_publisher_token")) {
+            (Some(app), Some(token)) => {
+                if !app.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') || app.len() > 128 {
+                    return Err(format!("setting evotor_app_id = {app:?} is not an application id"));
+                }
+                Some((app, token))
+            }
+            (None, None) => None,
+            (Some(_), None) => return Err("setting evotor_app_id needs evotor_publisher_token as well".into()),
+            (None, Some(_)) => return Err("setting evotor_publisher_token needs evotor_app_id as well".into()),
+        };
+        let max_requests_per_user = number(config, "sync_max_requests_per_user", 100, 1..=100_000)?;
+        let max_requests_per_run = number(config, "sync_max_requests_per_run", 2000, 1..=1_000_000)?;
+        Ok(Self {
+            api_url,
+            auth,
+            publisher,
+            max_requests_per_user: u32::try_from(max_requests_per_user).unwrap_or(u32::MAX),
+            max_requests_per_run: u32::try_from(max_requests_per_run).unwrap_or(u32::MAX),
+            overlap_secs: number(config, "sync_overlap_secs", 600, 0..=7 * 86_400)?,
+            settle_secs: number(config, "sync_settle_secs", 60, 0..=86_400)?,
+            lookback_days: number(config, "sync_lookback_days", 7, 0..=366)?,
+            now_budget_secs: number(config, "sync_now_budget_secs", 10, 1..=600)?,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,5 +234,35 @@ mod tests {
         assert_eq!((settings.login_field.as_str(), settings.user_token_ttl_secs), ("email", Some(3600)));
         let bad = MapConfig::from([("user_token_grace_secs", "a day")]);
         assert!(Settings::read(&bad).expect_err("garbage").contains("user_token_grace_secs"));
+    }
+
+    #[test]
+    fn cloud_settings_have_defaults_and_refuse_what_cannot_work() {
+        let cloud = CloudSettings::read(&MapConfig::default()).expect("defaults");
+        assert_eq!(
+            (cloud.api_url.as_str(), cloud.auth, cloud.publisher),
+            (DEFAULT_EVOTOR_API_URL, CloudAuth::Bearer, None)
+        );
+        let custom = MapConfig::from([
+            ("evotor_api_url", "http://127.0.0.1:9/"),
+            ("evotor_api_auth", "x-authorization"),
+            ("evotor_app_id", "app-1"),
+            ("evotor_publisher_token", "pub"),
+        ]);
+        let cloud = CloudSettings::read(&custom).expect("custom");
+        assert_eq!(cloud.api_url, "http://127.0.0.1:9");
+        assert_eq!((cloud.auth, cloud.publisher), (CloudAuth::XAuthorization, Some(("app-1".into(), "pub".into()))));
+        for (key, value, named) in [
+            ("evotor_api_url", "ftp://api.evotor.ru", "evotor_api_url"),
+            ("evotor_api_url", "https://", "evotor_api_url"),
+            ("evotor_api_auth", "basic", "evotor_api_auth"),
+            ("evotor_app_id", "app", "evotor_publisher_token"),
+            ("evotor_publisher_token", "pub", "evotor_app_id"),
+            ("sync_max_requests_per_user", "0", "sync_max_requests_per_user"),
+            ("sync_settle_secs", "soon", "sync_settle_secs"),
+        ] {
+            let why = CloudSettings::read(&MapConfig::from([(key, value)])).expect_err(value);
+            assert!(why.contains(named), "{key} = {value}: {why}");
+        }
     }
 }

@@ -66,3 +66,40 @@ pub fn handle(ctx: &Ctx<'_>, request: &http::Request) -> http::Response {
     let kv = kv::Prefetching::new(ctx.kv);
     endpoints::dispatch(&Ctx { kv: &kv, ..*ctx }, request)
 }
+
+/// One run of a scheduled job, as the gateway starts it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobRun {
+    /// The job's name (`[[plugins.jobs]] name`).
+    pub job: String,
+    /// When the tick was due, Unix milliseconds.
+    pub scheduled_at_ms: u64,
+    /// How long the run may take before the gateway ends it, ms.
+    pub timeout_ms: u64,
+    /// Started by an operator rather than the schedule.
+    pub manual: bool,
+}
+
+/// Share of a job's timeout a run plans to use: the rest is room for the
+/// request in flight and the commit after it.
+const JOB_TIME_SHARE: (u64, u64) = (3, 4);
+
+/// Runs one scheduled job: `sync` (the Evotor cloud sync, the time-based
+/// rules of billing); any other name is an error naming the one there is.
+/// A line on stderr says what the run did.
+pub fn run_job(ctx: &Ctx<'_>, run: &JobRun) -> Result<(), String> {
+    if run.job != domain::sync::JOB {
+        return Err(format!("no job {:?} here: this plugin runs {:?}", run.job, domain::sync::JOB));
+    }
+    let kv = kv::Prefetching::new(ctx.kv);
+    let ctx = Ctx { kv: &kv, ..*ctx };
+    let budget_secs = run.timeout_ms.saturating_mul(JOB_TIME_SHARE.0) / JOB_TIME_SHARE.1 / 1000;
+    let deadline = ctx.clock.now_unix() + budget_secs.max(1);
+    match domain::sync::run(&ctx, deadline) {
+        Ok(summary) => {
+            eprintln!("sync: {summary}");
+            Ok(())
+        }
+        Err(err) => Err(format!("sync stopped: {} ({})", err.reason, err.status)),
+    }
+}

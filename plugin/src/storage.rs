@@ -33,6 +33,9 @@
 //! | `rcpts/{store}/by-date/{dateTime ms:013}.{sha256(event id)[..32]}.{userId}` | receipt index by date (older ones without `.{userId}`) |
 //! | `feed/{stamp}` | [`FeedEntry`]: one accepted change; the host's commit stamp orders them |
 //! | `issues/{sha256(user, store, entity, problem)[..32]}` | [`IssueRecord`]: doubtful input that was accepted |
+//! | `sync/users/{userId}` | [`crate::domain::sync::UserSync`]: what the cloud sync read for a user, and where it goes on |
+//! | `sync/feed` | [`crate::domain::sync::FeedSync`]: the position in the application's event feed |
+//! | `sync/next-user` | where the next run of the sync job starts among the users |
 //! | `meta/{name}` | small service records |
 //!
 //! Every value is JSON with `"v"`: the storage format version (see the
@@ -194,7 +197,26 @@ pub struct EntityRecord {
     /// mirror call's arrival), Unix ms: older events do not overwrite it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub order_ms: Option<i64>,
+    /// What brought the state held: `inventory` (a `PUT` of the 2017
+    /// protocol), `event` (an event webhook) or `cloud` (read from the
+    /// Evotor cloud); none in records of earlier versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
+
+/// Prefix of the cloud sync's state of each user.
+pub const SYNC_USERS_PREFIX: &str = "sync/users/";
+
+/// Key of the cloud sync's state of a user.
+pub fn sync_user_key(user_id: &str) -> String {
+    format!("{SYNC_USERS_PREFIX}{user_id}")
+}
+
+/// Key of the position in the application's event feed.
+pub const SYNC_FEED_KEY: &str = "sync/feed";
+
+/// Key of the user the next sync run starts after.
+pub const SYNC_NEXT_USER_KEY: &str = "sync/next-user";
 
 /// Key of the owner index of an entity.
 pub fn owner_key(kind: &str, uuid: &str) -> String {
@@ -241,7 +263,7 @@ pub fn token_key(token_hash: &str) -> String {
     format!("tokens/{token_hash}")
 }
 
-fn cloud_token_key(user_id: &str) -> String {
+pub fn cloud_token_key(user_id: &str) -> String {
     format!("user/{user_id}/cloud-token")
 }
 
@@ -579,20 +601,6 @@ pub(crate) fn collect(
         entries.extend(batch);
     }
     Ok(entries)
-}
-
-/// Records the latest Evotor cloud token of a user (latest wins); the
-/// same token again changes nothing.
-pub fn put_cloud_token(kv: &dyn Kv, user_id: &str, token: &str, now: u64) -> Result<(), StorageError> {
-    transact(kv, |txn| {
-        let key = cloud_token_key(user_id);
-        if txn.get::<CloudToken>(&key)?.is_some_and(|known| known.token == token) {
-            return Ok(());
-        }
-        txn.put(&key, &CloudToken { v: FORMAT, token: token.to_owned(), received_at: now });
-        txn.emit("cloud-token.received", now, Some(user_id), Value::Null);
-        Ok(())
-    })
 }
 
 /// The Evotor cloud token of a user, if Evotor sent one.

@@ -5,6 +5,7 @@
 //! Paths can be overridden with `EVOGATE_BIN`, `EVOTOR_PLUGIN_WASM`,
 //! `TEST_GUEST_WASM` and `STANDARD_{HELLO,COUNTER,CAS}_WASM`.
 
+pub mod cloud;
 pub mod stream;
 pub mod upstream;
 

@@ -251,6 +251,12 @@ pub struct Subscription {
     pub charged_sum: Option<Value>,
     /// The current addons.
     pub addons: Option<Value>,
+    /// When the sync job found it no longer usable with time alone (the
+    /// trial over, unpaid past the grace, the paid period over) and said so
+    /// in the feed (`subscription.lapsed`), Unix seconds; cleared by the
+    /// next event applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lapsed_at: Option<u64>,
 }
 
 impl Subscription {
@@ -273,6 +279,7 @@ impl Subscription {
             created_at: None,
             charged_sum: None,
             addons: None,
+            lapsed_at: None,
         }
     }
 
@@ -290,6 +297,7 @@ impl Subscription {
     /// Applies the next event in sequence.
     pub fn apply(&mut self, event: &Event) {
         self.applied_through = event.sequence;
+        self.lapsed_at = None;
         keep(&mut self.plan_id, &event.plan_id);
         keep(&mut self.device_number, &event.device_number);
         keep(&mut self.next_billing_date, &event.next_billing_date);
@@ -740,6 +748,89 @@ fn subscription_now(ctx: &Ctx<'_>, id: &str, gap_timeout_secs: u64) -> Result<Op
         }
         Ok(Some(state))
     })
+}
+
+/// What one pass of the time-based rules did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TimeRules {
+    /// Subscriptions looked at.
+    pub checked: u64,
+    /// Gaps that had waited past `billing_gap_timeout_secs`, skipped.
+    pub gaps_skipped: u64,
+    /// Subscriptions newly found lapsed (`subscription.lapsed` in the feed).
+    pub lapsed: u64,
+}
+
+/// Why a subscription stopped being usable with time alone, if it did.
+fn lapse_reason(state: &Subscription, now_ms: i64, pending_grace_secs: u64) -> Option<&'static str> {
+    if state.lapsed_at.is_some() || state.usable(now_ms, pending_grace_secs) {
+        return None;
+    }
+    match state.status? {
+        Status::Trial => Some("the trial ended"),
+        Status::Pending => Some("unpaid past billing_pending_grace_secs"),
+        Status::TerminationRequested => Some("the paid period ended"),
+        Status::Active | Status::Terminated => None,
+    }
+}
+
+/// Applies the rules that depend on time alone to the subscriptions after
+/// `after` (a subscription id; none: from the first), in id order, while
+/// `more()` allows: a gap that waited past `billing_gap_timeout_secs` is
+/// skipped, a subscription that lapsed (trial over, unpaid past the grace,
+/// paid period over) is announced once in the feed. Answers what it did and
+/// the subscription to go on after, or none when it went through them all.
+pub(crate) fn apply_time_rules(
+    ctx: &Ctx<'_>,
+    settings: &crate::config::Settings,
+    after: Option<&str>,
+    more: &dyn Fn() -> bool,
+) -> Result<(TimeRules, Option<String>), ApiError> {
+    const PREFIX: &str = "subs/";
+    let mut done = TimeRules::default();
+    let mut start = after.map(storage::subscription_key);
+    // The last subscription looked at: where the next pass goes on.
+    let mut resume = after.map(str::to_owned);
+    loop {
+        if !more() {
+            return Ok((done, resume));
+        }
+        let page = ctx.kv.scan(PREFIX, start.as_deref(), 1).map_err(StorageError::Kv)?;
+        let Some((key, _)) = page.into_iter().next() else { return Ok((done, None)) };
+        let Some((id, rest)) = key.strip_prefix(PREFIX).and_then(|rest| rest.split_once('/')) else {
+            start = Some(key);
+            continue;
+        };
+        if rest != "state" {
+            // Its events come before its state: past them at once.
+            start = Some(format!("{PREFIX}{id}/event/~"));
+            continue;
+        }
+        start = Some(key.clone());
+        resume = Some(id.to_owned());
+        let waiting = storage::read::<Subscription>(ctx.kv, &key)?.is_some_and(|state| state.gap_since.is_some());
+        let Some(state) = subscription_now(ctx, id, settings.gap_timeout_secs)? else { continue };
+        done.checked += 1;
+        if waiting && state.gap_since.is_none() {
+            done.gaps_skipped += 1;
+        }
+        let now = ctx.clock.now_unix();
+        if lapse_reason(&state, time::millis(now), settings.pending_grace_secs).is_none() {
+            continue;
+        }
+        let lapsed = storage::transact(ctx.kv, |txn| -> Result<bool, ApiError> {
+            let Some(mut state) = txn.get::<Subscription>(&key)? else { return Ok(false) };
+            let Some(reason) = lapse_reason(&state, time::millis(now), settings.pending_grace_secs) else {
+                return Ok(false);
+            };
+            state.lapsed_at = Some(now);
+            let data = json!({ "subscriptionId": state.subscription_id, "status": state.status, "reason": reason });
+            txn.emit("subscription.lapsed", now, Some(&state.user_id), data);
+            txn.put(&key, &state);
+            Ok(true)
+        })?;
+        done.lapsed += u64::from(lapsed);
+    }
 }
 
 /// The user's entitlement at the clock's now.

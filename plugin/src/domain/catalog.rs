@@ -423,12 +423,12 @@ fn log_unknown(ctx: &Ctx<'_>, mut unknown: Vec<Unknown>) {
     }
 }
 
-/// Upserts `items` into `store` in one commit.
-pub(crate) fn upsert_all(ctx: &Ctx<'_>, store: &str, items: &[Item], source: &str) -> Result<(), ApiError> {
+/// Upserts `items` into `store` in one commit; answers how many changed.
+pub(crate) fn upsert_all(ctx: &Ctx<'_>, store: &str, items: &[Item], source: &str) -> Result<usize, ApiError> {
     let now = ctx.clock.now_unix();
     let batch: HashSet<String> = items.iter().map(|item| item.uuid.clone()).collect();
     let owner = store_owner(ctx, store)?;
-    storage::transact(ctx.kv, |txn| -> Result<(), ApiError> {
+    storage::transact(ctx.kv, |txn| -> Result<usize, ApiError> {
         for item in items {
             for problem in &item.problems {
                 let issue = Issue::new(owner.as_deref(), "product", &item.uuid, problem.as_str());
@@ -449,12 +449,13 @@ pub(crate) fn upsert_all(ctx: &Ctx<'_>, store: &str, items: &[Item], source: &st
             }
         }
         if changed.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         change.finish()?;
+        let count = changed.len();
         let data = json!({ "storeUuid": store, "source": source, "uuids": changed });
         txn.emit("products.upserted", now, owner.as_deref(), data);
-        Ok(())
+        Ok(count)
     })
 }
 

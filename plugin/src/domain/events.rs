@@ -23,7 +23,7 @@
 use crate::Ctx;
 use crate::config::Settings;
 use crate::domain::catalog;
-use crate::domain::inventory::{self, EntityChange, EntityOutcome};
+use crate::domain::inventory::{self, EntityChange, EntityOutcome, Source};
 use crate::errors::ApiError;
 use crate::input::{self, Fields, Object};
 use crate::storage::{self, Issue, Txn};
@@ -325,8 +325,18 @@ fn take_one(ctx: &Ctx<'_>, settings: &Settings, event: Event, delivery: Option<&
                     return Ok(Outcome::Duplicate);
                 }
                 let mut problems = problems.clone();
-                let applied =
-                    inventory::apply_event(txn, user_id, entity, &id, &event.payload, order, change, limit, now)?;
+                let applied = inventory::apply_event(
+                    txn,
+                    user_id,
+                    entity,
+                    &id,
+                    &event.payload,
+                    order,
+                    change,
+                    limit,
+                    now,
+                    Source::Event,
+                )?;
                 let outcome = match applied {
                     EntityOutcome::Changed | EntityOutcome::Unchanged => Outcome::Applied,
                     EntityOutcome::Stale => Outcome::Stale,
@@ -533,6 +543,76 @@ fn product(
         Ok(())
     })?;
     Ok(Outcome::Applied)
+}
+
+/// A page of a store's products or product groups as the cloud lists
+/// them (`GET /stores/{id}/products`, `…/product-groups`) of user
+/// `user_id`: each into the store's catalog (source `evotor`) as its event
+/// would, unless an event brought a newer state. Answers how many items
+/// changed the catalog; what could not be used is noted in `problems`.
+pub(crate) fn apply_catalog_page(
+    ctx: &Ctx<'_>,
+    user_id: &str,
+    store: &str,
+    group: bool,
+    items: &[Object],
+    problems: &mut Vec<String>,
+) -> Result<usize, ApiError> {
+    let store = store.to_ascii_lowercase();
+    if let Some(owner) = catalog::store_owner(ctx, &store)?
+        && owner != user_id
+    {
+        problems.push(format!("store {store} belongs to user {owner}: its catalog not changed"));
+        return Ok(0);
+    }
+    let now_ms = crate::time::millis(ctx.clock.now_unix());
+    let mut fresh = Vec::with_capacity(items.len());
+    for payload in items {
+        let Some(uuid) = payload.get("id").or_else(|| payload.get("uuid")).and_then(input::id_text) else {
+            problems.push("an item without a usable id: skipped".to_owned());
+            continue;
+        };
+        let uuid = uuid.to_ascii_lowercase();
+        let order = payload.get("updated_at").and_then(crate::time::timestamp).unwrap_or(now_ms);
+        fresh.push((product_order_key(&store, &uuid), order, payload));
+    }
+    let keys: Vec<String> = fresh.iter().map(|(key, _, _)| key.clone()).collect();
+    ctx.kv.prefetch(&keys);
+    let mut usable = Vec::with_capacity(fresh.len());
+    let mut orders = Vec::with_capacity(fresh.len());
+    for (key, order, payload) in fresh {
+        if storage::read::<ProductOrder>(ctx.kv, &key)?
+            .is_some_and(|known| order < known.order_ms || (order == known.order_ms && known.removed))
+        {
+            continue;
+        }
+        let mut unknown = Vec::new();
+        match catalog::validate::lenient_item(v1_item(payload, group), 0, &mut unknown) {
+            Ok(item) => {
+                usable.push(item);
+                orders.push((key, order));
+            }
+            Err(err) => problems.push(format!(
+                "{} not usable: {}: skipped",
+                if group { "group" } else { "product" },
+                err.reason
+            )),
+        }
+    }
+    if usable.is_empty() {
+        return Ok(0);
+    }
+    catalog::claim_store(ctx, user_id, &store)?;
+    let changed = catalog::upsert_all(ctx, &store, &usable, "evotor")?;
+    storage::transact(ctx.kv, |txn| -> Result<(), ApiError> {
+        for (key, order) in &orders {
+            if txn.get::<ProductOrder>(key)?.is_none_or(|known| known.order_ms <= *order) {
+                txn.put(key, &ProductOrder { v: storage::FORMAT, order_ms: *order, removed: false });
+            }
+        }
+        Ok(())
+    })?;
+    Ok(changed)
 }
 
 #[cfg(test)]

@@ -144,6 +144,7 @@ pub fn adopt(txn: &mut storage::Txn<'_>, user_id: &str, kind: Kind, uuid: &str, 
         updated_at: now,
         removed_at: None,
         order_ms: None,
+        source: None,
     };
     txn.put(&storage::entity_key(user_id, kind.name(), uuid), &record);
     Ok(partner_id)
@@ -264,6 +265,28 @@ fn sent_uuid(item: &Map<String, Value>, id: &str) -> String {
     item.get("uuid").and_then(Value::as_str).and_then(crate::input::id_as_sent).unwrap_or_else(|| id.to_owned())
 }
 
+/// What brought an entity's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// A `PUT /api/v1/inventories/…` of the 2017 protocol.
+    Inventory,
+    /// An event webhook, or the same event read from the application's feed.
+    Event,
+    /// Read from the Evotor cloud by the sync.
+    Cloud,
+}
+
+impl Source {
+    /// Its stored name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::Inventory => "inventory",
+            Source::Event => "event",
+            Source::Cloud => "cloud",
+        }
+    }
+}
+
 /// What an event does to a mirrored entity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EntityChange {
@@ -292,7 +315,7 @@ pub enum EntityOutcome {
 /// Evotor sent it) of `kind` of user `user_id`, whose state `payload` is as
 /// of `order_ms`. A state older than the stored one changes nothing, and
 /// neither does an update as old as a removal; a new terminal is
-/// registered while the licence (`limit`) allows.
+/// registered while the licence (`limit`) allows. `source` says what brought it.
 #[expect(clippy::too_many_arguments, reason = "one event's parts, each needed")]
 pub(crate) fn apply_event(
     txn: &mut storage::Txn<'_>,
@@ -304,6 +327,7 @@ pub(crate) fn apply_event(
     change: EntityChange,
     limit: Option<u64>,
     now: u64,
+    source: Source,
 ) -> Result<EntityOutcome, ApiError> {
     let uuid = id.to_ascii_lowercase();
     let owner_key = storage::owner_key(kind.name(), &uuid);
@@ -355,6 +379,7 @@ pub(crate) fn apply_event(
         updated_at: now,
         removed_at,
         order_ms: Some(order_ms),
+        source: Some(source.name().to_owned()),
     };
     txn.put(&key, &record);
     let feed = match change {
@@ -454,6 +479,7 @@ pub(crate) fn mirror_items(
                     updated_at: now,
                     removed_at: None,
                     order_ms: Some(crate::time::millis(now)),
+                    source: Some(Source::Inventory.name().to_owned()),
                 };
                 txn.put(&key, &record);
                 txn.emit(kind.feed_kind(), now, Some(user_id), json!({ "uuid": sent, "partnerId": partner_id }));

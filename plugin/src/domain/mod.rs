@@ -2,7 +2,8 @@
 //! tokens and passwords, billing (subscriptions, installations,
 //! entitlement), the inventory mirrors (stores, employees, terminals), the
 //! product catalog, documents and receipts, and Evotor's event webhooks,
-//! which feed all of these.
+//! which feed all of these; the sync, which reads the same from the Evotor
+//! cloud.
 //!
 //! May import `storage` and the base modules (`kv`, `input`, `errors`,
 //! `time`, `clock`, `config`, `http`, `context`); never `endpoints`. Within
@@ -17,4 +18,5 @@ pub mod events;
 pub mod inventory;
 pub mod passwords;
 pub mod purge;
+pub mod sync;
 pub mod tokens;

@@ -206,6 +206,7 @@ fn purge_within(ctx: &Ctx<'_>, user_id: &str, budget: &mut Budget) -> Result<boo
             }
             txn.delete(&key);
         }
+        txn.delete(&storage::sync_user_key(user_id));
         Ok(())
     })?;
     Ok(true)

@@ -9,7 +9,6 @@ use crate::endpoints::auth;
 use crate::errors::ApiError;
 use crate::http::{Request, Response};
 use crate::input::{self, Fields};
-use crate::storage;
 use serde_json::json;
 
 /// `POST /api/v1/user/create`: registers a partner account for an Evotor
@@ -54,7 +53,7 @@ pub fn store_cloud_token(ctx: &Ctx<'_>, request: &Request) -> Result<Response, A
         // The value is a secret: say how long it was, never what it was.
         return Err(ApiError::incorrect("token", format!("<{} bytes>", token.len())));
     }
-    storage::put_cloud_token(ctx.kv, &user_id, token, ctx.clock.now_unix())?;
+    crate::domain::sync::put_cloud_token(ctx, &user_id, token)?;
     Ok(Response::empty(200))
 }
 

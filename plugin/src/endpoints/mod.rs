@@ -14,6 +14,7 @@ mod documents;
 mod events;
 mod inventory;
 mod partner;
+mod sync;
 
 use crate::Ctx;
 use crate::errors::ApiError;
@@ -112,6 +113,13 @@ const ROUTES: &[Route] = &[
     route(
         "/partner/v1/users/{userId}/entitlement",
         &[("GET", |ctx, request, path| partner::user_entitlement(ctx, request, path.get("userId")))],
+    ),
+    route(
+        "/partner/v1/users/{userId}/sync",
+        &[
+            ("GET", |ctx, request, path| sync::status(ctx, request, path.get("userId"))),
+            ("POST", |ctx, request, path| sync::run_now(ctx, request, path.get("userId"))),
+        ],
     ),
     route(
         "/partner/v1/users/{userId}/stores",

@@ -12,6 +12,7 @@
 //! | `DELETE /partner/v1/accounts/{id}` | delete; unlinks its Evotor user and revokes the user's tokens → 204 |
 //! | `GET /partner/v1/users?after=&limit=` | Evotor users in id order |
 //! | `GET /partner/v1/users/{userId}` | a user: linked account, Evotor cloud token, tariff, token status |
+//! | `GET`, `POST /partner/v1/users/{userId}/sync` | the cloud sync of a user: where it stands; run it now |
 
 use crate::Ctx;
 use crate::domain::accounts::{credential, new_account_id, settings};
@@ -304,7 +305,7 @@ pub fn get_user(ctx: &Ctx<'_>, request: &Request, user_id: &str) -> Result<Respo
     Ok(Response::json(200, &user_view(ctx, user_id, user.as_ref())?))
 }
 
-fn user_param(user_id: &str) -> Result<&str, ApiError> {
+pub(crate) fn user_param(user_id: &str) -> Result<&str, ApiError> {
     if input::is_user_id(user_id) { Ok(user_id) } else { Err(ApiError::incorrect("userId", user_id)) }
 }
 
@@ -410,7 +411,7 @@ pub fn user_entities(ctx: &Ctx<'_>, request: &Request, user_id: &str) -> Result<
         .map(|record| {
             json!({
                 "uuid": record.uuid, "partnerId": record.partner_id, "data": record.data,
-                "updatedAt": record.updated_at, "removedAt": record.removed_at,
+                "updatedAt": record.updated_at, "removedAt": record.removed_at, "source": record.source,
             })
         })
         .collect();

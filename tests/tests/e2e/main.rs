@@ -31,3 +31,5 @@ mod jobs;
 mod outgoing;
 /// Standard wasi:http components: served, limited, deployed, on wasi:keyvalue.
 mod standard;
+/// The Evotor plugin's cloud sync against a mock Evotor cloud.
+mod sync;

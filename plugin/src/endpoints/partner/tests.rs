@@ -137,9 +137,9 @@ fn listings_page_with_a_cursor() {
 fn user_shows_cloud_token_tariff_and_token_states() {
     let world = World::new();
     assert_eq!(partner(&world, "GET", &format!("/partner/v1/users/{USER}"), None).status, 404);
-    storage::put_cloud_token(&world.kv, USER, "evotor-token", 42).expect("store");
+    crate::domain::sync::put_cloud_token(&world.ctx(), USER, "evotor-token").expect("store");
     let body = partner(&world, "GET", &format!("/partner/v1/users/{USER}"), None).body_json();
-    assert_eq!(body["cloudToken"], json!({"token": "evotor-token", "receivedAt": 42}));
+    assert_eq!(body["cloudToken"], json!({"token": "evotor-token", "receivedAt": 1_000_000}));
     assert_eq!(body["account"], Value::Null);
     world.register(USER, "ivan");
     world.register(USER, "ivan");

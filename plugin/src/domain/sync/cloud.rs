@@ -1,0 +1,237 @@
+//! One page of the Evotor cloud's REST API: the request (headers, cursor),
+//! and the answer read as `{"items": […], "paging": {"next_cursor": …}}` or
+//! as the reason there is none.
+
+use crate::config::{CloudAuth, CloudSettings};
+use crate::outgoing::{self, Http};
+use serde_json::Value;
+
+/// What `Accept` asks for: version 2 of the REST API.
+pub const ACCEPT: &str = "application/vnd.evotor.v2+json";
+/// Longest error message kept from an answer, in characters.
+const MAX_MESSAGE_CHARS: usize = 300;
+/// Wait after a 429 without a usable `X-RateLimit-Reset`, seconds.
+pub const DEFAULT_RESET_SECS: u64 = 60;
+/// Longest wait a `X-RateLimit-Reset` may ask for, seconds.
+pub const MAX_RESET_SECS: u64 = 3600;
+
+/// Who a request is made as.
+#[derive(Debug, Clone, Copy)]
+pub enum Credential<'a> {
+    /// A user's cloud token, sent as `evotor_api_auth` says.
+    User(&'a str),
+    /// The application's publisher token (always `Authorization: Bearer`).
+    Publisher(&'a str),
+}
+
+/// One page of a listing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page {
+    /// `items`, as sent.
+    pub items: Vec<Value>,
+    /// `paging.next_cursor`: the next page, if any.
+    pub next: Option<String>,
+}
+
+/// Why a request brought no page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// 401 or 403: the token is no longer usable (or the app lacks the
+    /// permission, or the user removed it) until a new token arrives.
+    Refused {
+        /// The status.
+        status: u16,
+        /// The cloud's message.
+        message: String,
+    },
+    /// 429: wait this many seconds (`X-RateLimit-Reset`).
+    RateLimited {
+        /// Seconds until the window resets.
+        reset_secs: u64,
+    },
+    /// 404: the resource is gone (a store removed meanwhile).
+    Gone {
+        /// The cloud's message.
+        message: String,
+    },
+    /// Anything else (5xx, a time-out, a refused connection, the gateway's
+    /// allow-list, an answer over the cap or not a listing): tried again on
+    /// a later run.
+    Retry {
+        /// The status, when there was an answer.
+        status: Option<u16>,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+impl Failure {
+    /// The status, when the cloud answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Failure::Refused { status, .. } => Some(*status),
+            Failure::RateLimited { .. } => Some(429),
+            Failure::Gone { .. } => Some(404),
+            Failure::Retry { status, .. } => *status,
+        }
+    }
+
+    /// What went wrong, for the partner to read.
+    pub fn message(&self) -> String {
+        match self {
+            Failure::Refused { message, .. } | Failure::Gone { message } | Failure::Retry { message, .. } => {
+                message.clone()
+            }
+            Failure::RateLimited { reset_secs } => format!("rate limited for {reset_secs} s (X-RateLimit-Reset)"),
+        }
+    }
+}
+
+/// `path?query` of the first page (`query` without `?`, may be empty), or
+/// of the page at `cursor` (the filters go with the first page only).
+pub fn url(settings: &CloudSettings, path: &str, query: &str, cursor: Option<&str>) -> String {
+    match cursor {
+        Some(cursor) => {
+            let cursor: String = form_urlencoded::byte_serialize(cursor.as_bytes()).collect();
+            format!("{}{path}?cursor={cursor}", settings.api_url)
+        }
+        None if query.is_empty() => format!("{}{path}", settings.api_url),
+        None => format!("{}{path}?{query}", settings.api_url),
+    }
+}
+
+/// GETs one page at `url` as `credential`.
+pub fn get_page(
+    http: &dyn Http,
+    settings: &CloudSettings,
+    url: &str,
+    credential: Credential<'_>,
+) -> Result<Page, Failure> {
+    let auth = match (credential, settings.auth) {
+        (Credential::User(token), CloudAuth::Bearer) | (Credential::Publisher(token), _) => {
+            ("authorization", format!("Bearer {token}"))
+        }
+        (Credential::User(token), CloudAuth::XAuthorization) => ("x-authorization", token.to_owned()),
+    };
+    let request = outgoing::Request {
+        method: "GET".into(),
+        url: url.to_owned(),
+        headers: vec![("accept".into(), ACCEPT.into()), (auth.0.into(), auth.1)],
+        body: Vec::new(),
+    };
+    let response = http.send(&request).map_err(|err| Failure::Retry {
+        status: None,
+        message: match err {
+            outgoing::Error::Denied => {
+                "the gateway refused the request: the host is not in allowed_outbound_hosts".to_owned()
+            }
+            outgoing::Error::Timeout => "no answer in time".to_owned(),
+            outgoing::Error::TooLarge => "the answer is over the gateway's max_outbound_response_bytes".to_owned(),
+            outgoing::Error::Failed(why) => format!("the request failed: {}", clip(&why)),
+        },
+    })?;
+    match response.status {
+        200 => page(&response.body),
+        401 | 403 => Err(Failure::Refused { status: response.status, message: message(&response) }),
+        404 => Err(Failure::Gone { message: message(&response) }),
+        429 => {
+            let reset = response.header("x-ratelimit-reset").and_then(|text| text.trim().parse::<u64>().ok());
+            Err(Failure::RateLimited { reset_secs: reset.unwrap_or(DEFAULT_RESET_SECS).clamp(1, MAX_RESET_SECS) })
+        }
+        status => Err(Failure::Retry { status: Some(status), message: message(&response) }),
+    }
+}
+
+/// Reads a listing.
+fn page(body: &[u8]) -> Result<Page, Failure> {
+    let bad = |why: &str| Failure::Retry { status: Some(200), message: format!("the answer is not a listing: {why}") };
+    let Ok(Value::Object(mut listing)) = serde_json::from_slice::<Value>(body) else {
+        return Err(bad("not a JSON object"));
+    };
+    let items = match listing.remove("items") {
+        Some(Value::Array(items)) => items,
+        None => Vec::new(),
+        Some(_) => return Err(bad("items is not an array")),
+    };
+    let next = match listing.get("paging").and_then(|paging| paging.get("next_cursor")) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(cursor)) if cursor.is_empty() => None,
+        Some(Value::String(cursor)) if cursor.len() <= 4096 => Some(cursor.clone()),
+        Some(_) => return Err(bad("paging.next_cursor is not a usable string")),
+    };
+    Ok(Page { items, next })
+}
+
+/// The cloud's error message (`{"message": …}`, else `code`, else the status).
+fn message(response: &outgoing::Response) -> String {
+    let body = serde_json::from_slice::<Value>(&response.body).ok();
+    let field = |name: &str| body.as_ref().and_then(|body| body.get(name)).and_then(Value::as_str).map(clip);
+    let text = field("message").or_else(|| field("code")).unwrap_or_default();
+    if text.is_empty() { format!("HTTP {}", response.status) } else { format!("HTTP {}: {text}", response.status) }
+}
+
+fn clip(text: &str) -> String {
+    text.chars().take(MAX_MESSAGE_CHARS).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::MapConfig;
+    use crate::outgoing::{Response, Scripted};
+
+    fn answer(status: u16, headers: &[(&str, &str)], body: &str) -> Result<Response, outgoing::Error> {
+        let headers = headers.iter().map(|(name, value)| ((*name).to_owned(), (*value).to_owned())).collect();
+        Ok(Response { status, headers, body: body.as_bytes().to_vec() })
+    }
+
+    #[test]
+    fn a_page_is_asked_with_the_configured_credential_and_read_with_its_cursor() {
+        let settings = CloudSettings::read(&MapConfig::from([("evotor_api_auth", "x-authorization")])).expect("ok");
+        let http = Scripted::new([
+            answer(200, &[], r#"{"items":[{"id":"a"}],"paging":{"next_cursor":"c 2"}}"#),
+            answer(200, &[], r#"{"items":[],"paging":{}}"#),
+        ]);
+        let first = url(&settings, "/stores", "", None);
+        let page = get_page(&http, &settings, &first, Credential::User("tok")).expect("page");
+        assert_eq!((page.items.len(), page.next.as_deref()), (1, Some("c 2")));
+        let next = url(&settings, "/stores", "since=1", page.next.as_deref());
+        assert_eq!(next, "https://api.evotor.ru/stores?cursor=c+2", "the filters go with the first page only");
+        assert_eq!(get_page(&http, &settings, &next, Credential::Publisher("pub")).expect("last").next, None);
+        let sent = http.sent();
+        assert!(sent[0].headers.contains(&("x-authorization".into(), "tok".into())));
+        assert!(sent[0].headers.contains(&("accept".into(), ACCEPT.into())));
+        assert!(sent[1].headers.contains(&("authorization".into(), "Bearer pub".into())), "publisher: always Bearer");
+    }
+
+    #[test]
+    fn every_failure_says_what_comes_next() {
+        let settings = CloudSettings::read(&MapConfig::default()).expect("defaults");
+        let http = Scripted::new([
+            answer(401, &[], r#"{"code":"unauthorized","message":"token expired"}"#),
+            answer(429, &[("x-ratelimit-reset", "17")], ""),
+            answer(429, &[("x-ratelimit-reset", "soon")], ""),
+            answer(503, &[], "<html>"),
+            answer(404, &[], ""),
+            answer(200, &[], "not json"),
+            answer(200, &[], r#"{"items":{}}"#),
+            Err(outgoing::Error::Denied),
+            Err(outgoing::Error::Timeout),
+        ]);
+        let next = || get_page(&http, &settings, "https://api.evotor.ru/stores", Credential::User("t"));
+        assert_eq!(next(), Err(Failure::Refused { status: 401, message: "HTTP 401: token expired".into() }));
+        assert_eq!(next(), Err(Failure::RateLimited { reset_secs: 17 }));
+        assert_eq!(next(), Err(Failure::RateLimited { reset_secs: DEFAULT_RESET_SECS }));
+        assert_eq!(next(), Err(Failure::Retry { status: Some(503), message: "HTTP 503".into() }));
+        assert_eq!(next(), Err(Failure::Gone { message: "HTTP 404".into() }));
+        for _ in 0..2 {
+            assert!(
+                matches!(next(), Err(Failure::Retry { status: Some(200), message }) if message.contains("listing"))
+            );
+        }
+        assert!(
+            matches!(next(), Err(Failure::Retry { status: None, message }) if message.contains("allowed_outbound_hosts"))
+        );
+        assert!(matches!(next(), Err(Failure::Retry { status: None, .. })));
+    }
+}
