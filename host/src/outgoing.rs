@@ -9,7 +9,10 @@
 //!   `HTTP-request-denied` before a connection is made;
 //! - never past the deadline of the request (or job run) that makes it:
 //!   connecting, waiting for the answer and reading its body all end there
-//!   (`connection-timeout` / `connection-read-timeout`);
+//!   (`connection-timeout` / `connection-read-timeout`), and sooner where
+//!   the plugin's `request-options` ask: `connect-timeout` for the
+//!   connection (and TLS), `first-byte-timeout` for the answer's head,
+//!   `between-bytes-timeout` for each wait on its body;
 //! - TLS verified against the public roots (webpki) and the plugin's
 //!   `outbound_ca`, when it has one;
 //! - redirects are not followed: the plugin gets the 3xx and follows it
@@ -30,7 +33,7 @@ use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
@@ -47,29 +50,42 @@ impl Client {
         Ok(Self { tls: tokio_rustls::TlsConnector::from(Arc::new(tls)), max_response_bytes })
     }
 
-    /// Sends `request` on a new connection; everything ends at `deadline`.
+    /// Sends `request` on a new connection; everything ends at `deadline`,
+    /// and sooner where the plugin's `options` say so.
     async fn send(
         &self,
         mut request: hyper::Request<WasiBody>,
         deadline: tokio::time::Instant,
+        options: RequestOptions,
     ) -> Result<(hyper::Response<WasiBody>, OutgoingIo), Error> {
+        let within = |timeout: Option<Duration>| match timeout {
+            Some(timeout) => deadline.min(tokio::time::Instant::now() + timeout),
+            None => deadline,
+        };
         let uri = request.uri();
         let host = uri.host().ok_or(Error::HttpRequestUriInvalid)?.to_owned();
         let tls = uri.scheme() == Some(&hyper::http::uri::Scheme::HTTPS);
         let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
         // `[v6]` in a URI, a bare address to connect to.
         let bare = host.trim_start_matches('[').trim_end_matches(']').to_owned();
-        let tcp = tokio::net::TcpStream::connect((bare.as_str(), port)).await.map_err(Error::Connect)?;
-        let _ = tcp.set_nodelay(true);
-        let stream: Box<dyn Stream> = if tls {
-            let name = match bare.parse::<std::net::IpAddr>() {
-                Ok(ip) => rustls::pki_types::ServerName::from(ip),
-                Err(_) => rustls::pki_types::ServerName::try_from(bare).map_err(|_| Error::HttpRequestUriInvalid)?,
+        let connect = async {
+            let tcp = tokio::net::TcpStream::connect((bare.as_str(), port)).await.map_err(Error::Connect)?;
+            let _ = tcp.set_nodelay(true);
+            let stream: Box<dyn Stream> = if tls {
+                let name = match bare.parse::<std::net::IpAddr>() {
+                    Ok(ip) => rustls::pki_types::ServerName::from(ip),
+                    Err(_) => rustls::pki_types::ServerName::try_from(bare.clone())
+                        .map_err(|_| Error::HttpRequestUriInvalid)?,
+                };
+                Box::new(self.tls.connect(name, tcp).await.map_err(Error::Tls)?)
+            } else {
+                Box::new(tcp)
             };
-            Box::new(self.tls.connect(name, tcp).await.map_err(Error::Tls)?)
-        } else {
-            Box::new(tcp)
+            Ok::<_, Error>(stream)
         };
+        let stream = tokio::time::timeout_at(within(options.connect_timeout), connect)
+            .await
+            .map_err(|_| Error::ConnectionTimeout)??;
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         // The request line carries the path only (not the authority: that is for proxies).
         let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
@@ -79,7 +95,8 @@ impl Client {
         // Wait for the answer while driving the connection.
         let mut connection = Some(connection);
         let mut answer = std::pin::pin!(sender.send_request(request));
-        let response = std::future::poll_fn(|cx| {
+        let first_byte_by = within(options.first_byte_timeout);
+        let head = std::future::poll_fn(|cx| {
             if let Poll::Ready(answer) = answer.as_mut().poll(cx) {
                 return Poll::Ready(answer.map_err(Error::from));
             }
@@ -90,8 +107,9 @@ impl Client {
                 Ok(()) => answer.as_mut().poll(cx).map_err(Error::from),
                 Err(err) => Poll::Ready(Err(Error::from(err))),
             }
-        })
-        .await?;
+        });
+        let response =
+            tokio::time::timeout_at(first_byte_by, head).await.map_err(|_| Error::ConnectionReadTimeout)??;
         let io: OutgoingIo = Box::new(async move {
             match connection {
                 Some(connection) => match tokio::time::timeout_at(deadline, connection).await {
@@ -102,9 +120,10 @@ impl Client {
             }
         });
         let max = self.max_response_bytes;
+        let between = options.between_bytes_timeout;
         let response = response.map(|body| {
-            Capped { inner: body, left: max, max, deadline: Box::pin(tokio::time::sleep_until(deadline)) }
-                .boxed_unsync()
+            let deadline = Box::pin(tokio::time::sleep_until(deadline));
+            Capped { inner: body, left: max, max, deadline, between, gap: None }.boxed_unsync()
         });
         Ok((response, io))
     }
@@ -115,12 +134,16 @@ impl<T: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static> Stream for T {}
 
 type OutgoingIo = Box<dyn Future<Output = Result<(), Error>> + Send>;
 
-/// A response body that ends at the deadline and past `max` bytes.
+/// A response body that ends at the deadline, past `max` bytes, and when
+/// nothing came for `between` (the plugin's `between-bytes-timeout`).
 struct Capped {
     inner: hyper::body::Incoming,
     left: usize,
     max: usize,
     deadline: Pin<Box<tokio::time::Sleep>>,
+    between: Option<Duration>,
+    /// Since the last frame, when `between` is set.
+    gap: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Body for Capped {
@@ -130,6 +153,7 @@ impl Body for Capped {
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
+                self.gap = None;
                 let size = frame.data_ref().map_or(0, Bytes::len);
                 match self.left.checked_sub(size) {
                     Some(left) => {
@@ -142,7 +166,12 @@ impl Body for Capped {
             Poll::Ready(Some(Err(err))) => Poll::Ready(Some(Err(Error::from(err)))),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
-                ready!(self.deadline.as_mut().poll(cx));
+                if self.deadline.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Some(Err(Error::ConnectionReadTimeout)));
+                }
+                let Some(between) = self.between else { return Poll::Pending };
+                let gap = self.gap.get_or_insert_with(|| Box::pin(tokio::time::sleep(between)));
+                ready!(gap.as_mut().poll(cx));
                 Poll::Ready(Some(Err(Error::ConnectionReadTimeout)))
             }
         }
@@ -188,7 +217,7 @@ impl WasiHttpHooks for Hooks {
     fn send_request(
         &mut self,
         request: hyper::Request<WasiBody>,
-        _options: Option<RequestOptions>,
+        options: Option<RequestOptions>,
         _: OutgoingIo,
     ) -> Sent {
         let plugin = self.plugin.to_string();
@@ -204,7 +233,8 @@ impl WasiHttpHooks for Hooks {
             let started = Instant::now();
             let method = request.method().clone();
             let deadline = tokio::time::Instant::from_std(deadline);
-            let sent = match tokio::time::timeout_at(deadline, client.send(request, deadline)).await {
+            let options = options.unwrap_or_default();
+            let sent = match tokio::time::timeout_at(deadline, client.send(request, deadline, options)).await {
                 Ok(sent) => sent,
                 Err(_) => Err(Error::ConnectionTimeout),
             };

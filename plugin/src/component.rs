@@ -162,7 +162,19 @@ impl crate::outgoing::Http for HostHttp {
             }
         }
         http::OutgoingBody::finish(body, None).map_err(code)?;
-        let future = outgoing_handler::handle(outgoing, None).map_err(code)?;
+        let options = match request.timeout {
+            None => None,
+            Some(timeout) => {
+                let options = http::RequestOptions::new();
+                let nanos = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
+                // A host that cannot honour an option still applies its own deadline.
+                let _ = options.set_connect_timeout(Some(nanos));
+                let _ = options.set_first_byte_timeout(Some(nanos));
+                let _ = options.set_between_bytes_timeout(Some(nanos));
+                Some(options)
+            }
+        };
+        let future = outgoing_handler::handle(outgoing, options).map_err(code)?;
         future.subscribe().block();
         let response = future
             .get()

@@ -157,6 +157,9 @@ pub struct CloudSettings {
     pub lookback_days: u64,
     /// How long `POST /partner/v1/users/{id}/sync` may take, seconds (`sync_now_budget_secs`).
     pub now_budget_secs: u64,
+    /// Longest wait on one request (connecting, the answer's head, each
+    /// part of its body), seconds (`sync_request_timeout_secs`).
+    pub request_timeout_secs: u64,
 }
 
 impl CloudSettings {
@@ -216,6 +219,7 @@ impl CloudSettings {
             settle_secs: number(config, "sync_settle_secs", 60, 0..=86_400)?,
             lookback_days: number(config, "sync_lookback_days", 7, 0..=366)?,
             now_budget_secs: number(config, "sync_now_budget_secs", 10, 1..=600)?,
+            request_timeout_secs: number(config, "sync_request_timeout_secs", 20, 1..=600)?,
         })
     }
 }

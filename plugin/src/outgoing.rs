@@ -15,6 +15,10 @@ pub struct Request {
     pub headers: Vec<(String, String)>,
     /// The body; empty for none.
     pub body: Vec<u8>,
+    /// Each wait (for the connection, the answer's head, each part of its
+    /// body) at most this long, else [`Error::Timeout`]; none: only the
+    /// gateway's deadline (of the request or job run) applies.
+    pub timeout: Option<std::time::Duration>,
 }
 
 /// An answer, read whole.
@@ -90,8 +94,13 @@ mod tests {
         let answer =
             Response { status: 200, headers: vec![("x-ratelimit-reset".into(), "5".into())], body: b"{}".to_vec() };
         let client = Scripted::new([Ok(answer.clone()), Err(Error::Timeout)]);
-        let request =
-            Request { method: "GET".into(), url: "https://api.evotor.ru/stores".into(), headers: vec![], body: vec![] };
+        let request = Request {
+            method: "GET".into(),
+            url: "https://api.evotor.ru/stores".into(),
+            headers: vec![],
+            body: vec![],
+            timeout: None,
+        };
         assert_eq!(client.send(&request), Ok(answer));
         assert_eq!(client.send(&request).map(|r| r.status), Err(Error::Timeout));
         assert!(matches!(client.send(&request), Err(Error::Failed(_))));

@@ -206,3 +206,24 @@ fn the_publisher_feed_recovers_documents_for_every_user_with_x_authorization() {
     run_sync(&gateway);
     assert_eq!(count(&partner(&gateway, "GET", "/partner/v1/events?limit=100")), 3, "taken once");
 }
+
+#[test]
+fn a_cloud_that_stops_answering_costs_its_user_a_backoff_not_the_run() {
+    let cloud = MockCloud::start(100);
+    let gateway = gateway(&cloud.url, &cloud.url, "sync_request_timeout_secs = 1\nbilling_enforcement = \"off\"\n");
+    cloud.account("token-1", account(STORE, 1));
+    cloud.account("token-2", account("20180101-CCCC-401B-80FA-9ECCA8451FFB", 1));
+    cloud_token(&gateway, SLOW, "token-1");
+    cloud_token(&gateway, USER, "token-2");
+    cloud.trouble("token-1", Trouble::Slow(std::time::Duration::from_secs(20)));
+    let started = std::time::Instant::now();
+    run_sync(&gateway);
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "the run did not wait for the slow answer");
+    let slow = partner(&gateway, "GET", &format!("/partner/v1/users/{SLOW}/sync"));
+    let message = slow["lastError"]["message"].as_str().unwrap_or_default().to_owned();
+    assert!(message.contains("sync_request_timeout_secs"), "{slow}");
+    assert_eq!(slow["waitReason"], "backoff");
+    let other = partner(&gateway, "GET", &format!("/partner/v1/users/{USER}/sync"));
+    assert_eq!(other["lastRun"]["outcome"], "complete", "{other}");
+    assert_eq!(count(&partner(&gateway, "GET", &format!("/partner/v1/users/{USER}/devices"))), 1);
+}

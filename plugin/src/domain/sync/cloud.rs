@@ -118,6 +118,7 @@ pub fn get_page(
         url: url.to_owned(),
         headers: vec![("accept".into(), ACCEPT.into()), (auth.0.into(), auth.1)],
         body: Vec::new(),
+        timeout: Some(std::time::Duration::from_secs(settings.request_timeout_secs)),
     };
     let response = http.send(&request).map_err(|err| Failure::Retry {
         status: None,
@@ -125,7 +126,9 @@ pub fn get_page(
             outgoing::Error::Denied => {
                 "the gateway refused the request: the host is not in allowed_outbound_hosts".to_owned()
             }
-            outgoing::Error::Timeout => "no answer in time".to_owned(),
+            outgoing::Error::Timeout => {
+                format!("no answer within sync_request_timeout_secs ({} s)", settings.request_timeout_secs)
+            }
             outgoing::Error::TooLarge => "the answer is over the gateway's max_outbound_response_bytes".to_owned(),
             outgoing::Error::Failed(why) => format!("the request failed: {}", clip(&why)),
         },
