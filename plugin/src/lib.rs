@@ -94,7 +94,7 @@ pub fn run_job(ctx: &Ctx<'_>, run: &JobRun) -> Result<(), String> {
     let kv = kv::Prefetching::new(ctx.kv);
     let ctx = Ctx { kv: &kv, ..*ctx };
     let budget_secs = run.timeout_ms.saturating_mul(JOB_TIME_SHARE.0) / JOB_TIME_SHARE.1 / 1000;
-    let deadline = ctx.clock.now_unix() + budget_secs.max(1);
+    let deadline = ctx.clock.now_unix().saturating_add(budget_secs.max(1));
     match domain::sync::run(&ctx, deadline) {
         Ok(summary) => {
             eprintln!("sync: {summary}");

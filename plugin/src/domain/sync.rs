@@ -216,13 +216,13 @@ impl Progress {
     fn failed(&mut self, failure: &Failure, path: &str, now: u64) {
         match failure {
             Failure::RateLimited { reset_secs } => {
-                self.wait_until = Some(now + reset_secs);
+                self.wait_until = Some(now.saturating_add(*reset_secs));
                 self.wait_reason = Some("rate-limited".into());
             }
             Failure::Retry { .. } | Failure::Gone { .. } => {
                 self.failures = self.failures.saturating_add(1);
                 let wait = (60u64 << self.failures.saturating_sub(1).min(6)).min(MAX_BACKOFF_SECS);
-                self.wait_until = Some(now + wait);
+                self.wait_until = Some(now.saturating_add(wait));
                 self.wait_reason = Some("backoff".into());
             }
             Failure::Refused { .. } => {}
@@ -1009,7 +1009,7 @@ pub fn run(ctx: &Ctx<'_>, deadline: u64) -> Result<Summary, ApiError> {
 pub fn run_user(ctx: &Ctx<'_>, user_id: &str) -> Result<(Outcome, Option<RunReport>), ApiError> {
     let settings = crate::domain::accounts::settings(ctx)?;
     let cloud = CloudSettings::read(ctx.config).map_err(|why| ApiError::internal(&why))?;
-    let deadline = ctx.clock.now_unix() + cloud.now_budget_secs;
+    let deadline = ctx.clock.now_unix().saturating_add(cloud.now_budget_secs);
     let mut budget = Budget { clock: ctx.clock, deadline, requests: cloud.max_requests_per_user };
     sync_user(ctx, &settings, &cloud, user_id, &mut budget)
 }

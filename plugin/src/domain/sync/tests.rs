@@ -440,3 +440,34 @@ fn a_run_out_of_time_stops_before_asking_and_the_next_goes_on() {
     run_job(&world, &cloud);
     assert_eq!(cloud.sent().len(), 9);
 }
+
+#[test]
+fn erasing_a_users_data_erases_its_sync_state_and_its_token() {
+    let world = world(&[]);
+    let cloud = Cloud::with("cloud-1", account());
+    token(&world, USER, "cloud-1");
+    run_job(&world, &cloud);
+    let erased = partner(&world, &cloud, "DELETE", &format!("/partner/v1/users/{USER}/data"));
+    assert_eq!(erased["complete"], true);
+    let request =
+        Request::new("GET", &format!("/partner/v1/users/{USER}/sync")).header("authorization", "Bearer partner");
+    assert_eq!(crate::handle(&ctx(&world, &cloud), &request).status, 404);
+    let asked = cloud.sent().len();
+    run_job(&world, &cloud);
+    assert_eq!(cloud.sent().len(), asked, "nothing is asked for an erased user");
+}
+
+#[test]
+fn the_plugin_runs_the_sync_job_and_names_it_for_any_other() {
+    let world = world(&[]);
+    let cloud = Cloud::with("cloud-1", account());
+    token(&world, USER, "cloud-1");
+    let job = |name: &str| crate::JobRun { job: name.into(), scheduled_at_ms: 0, timeout_ms: 60_000, manual: false };
+    assert_eq!(crate::run_job(&ctx(&world, &cloud), &job("sync")), Ok(()));
+    assert_eq!(cloud.sent().len(), 9);
+    let other = crate::run_job(&ctx(&world, &cloud), &job("tick")).expect_err("no such job");
+    assert!(other.contains("\"sync\""), "{other}");
+    let broken = World::with(&[("evotor_api_auth", "basic")]);
+    let failed = crate::run_job(&ctx(&broken, &cloud), &job("sync")).expect_err("a bad setting");
+    assert!(failed.contains("evotor_api_auth"), "{failed}");
+}
