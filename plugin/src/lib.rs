@@ -47,6 +47,8 @@ mod input;
 pub mod kv;
 pub mod outgoing;
 mod storage;
+#[cfg(test)]
+mod testing;
 mod time;
 
 pub use context::Ctx;

@@ -227,4 +227,4 @@ pub(crate) fn set_tariff(ctx: &Ctx<'_>, user_id: &str, tariff_id: &str, active: 
 }
 
 #[cfg(test)]
-pub(crate) mod tests;
+mod tests;

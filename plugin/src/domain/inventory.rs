@@ -501,7 +501,7 @@ pub(crate) fn mirror_items(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::accounts::tests::World;
+    use crate::testing::World;
 
     const USER: &str = "01-000000000000001";
     const STORE: &str = "20170228-F4F1-401B-80FA-9ECCA8451FFB";

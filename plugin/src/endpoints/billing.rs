@@ -50,7 +50,7 @@ pub fn resolve_gap(
     user_id: &str,
     subscription_id: &str,
 ) -> Result<Response, ApiError> {
-    crate::endpoints::partner::require_partner(ctx, request)?;
+    crate::endpoints::request::require_partner(ctx, request)?;
     let subscription_id = subscription_id.to_ascii_lowercase();
     let state = resolve_gap_now(ctx, user_id, &subscription_id)?;
     Ok(Response::json(200, &json!({ "state": state })))

@@ -8,7 +8,7 @@ use crate::domain::catalog::{
     find_commodity, items, products_page, terminal_items, upsert_all,
 };
 use crate::endpoints::auth;
-use crate::endpoints::partner::{paging, query, require_partner, store_param};
+use crate::endpoints::request::{paging, query, require_partner, store_param};
 use crate::errors::ApiError;
 use crate::http::{Request, Response};
 use crate::input;

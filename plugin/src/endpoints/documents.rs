@@ -9,7 +9,7 @@ use crate::domain::documents::{
 };
 use crate::domain::inventory::PastLicence;
 use crate::endpoints::auth;
-use crate::endpoints::partner::{paging, query, require_partner, store_param};
+use crate::endpoints::request::{paging, query, require_partner, store_param};
 use crate::errors::ApiError;
 use crate::http::{Request, Response};
 use crate::input;

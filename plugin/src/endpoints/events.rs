@@ -6,7 +6,7 @@
 use crate::Ctx;
 use crate::domain::accounts::settings;
 use crate::domain::events::{self, EventRecord, LOG_PREFIX, normalized};
-use crate::endpoints::partner::{paging, query, require_partner};
+use crate::endpoints::request::{paging, query, require_partner};
 use crate::errors::ApiError;
 use crate::http::{Request, Response};
 use crate::input;

@@ -1,6 +1,6 @@
 //! The HTTP face of the plugin: the Evotor protocol's endpoints and the
 //! partner API, each handler given its path's parameters by name; here the
-//! routing. Unknown path → 404; known path, other method → 405 with
+//! routing, in `request` what the partner API's handlers share. Unknown path → 404; known path, other method → 405 with
 //! `Allow`; both in the Evotor error format.
 //!
 //! May import `domain`, `storage` and the base modules; nothing imports it
@@ -14,6 +14,7 @@ mod documents;
 mod events;
 mod inventory;
 mod partner;
+mod request;
 mod sync;
 
 use crate::Ctx;

@@ -3,7 +3,7 @@
 
 use crate::Ctx;
 use crate::domain::sync;
-use crate::endpoints::partner::{require_partner, user_param};
+use crate::endpoints::request::{require_partner, user_param};
 use crate::errors::ApiError;
 use crate::http::{Request, Response};
 use serde_json::json;

@@ -1,7 +1,7 @@
 use super::*;
 use crate::config::{DEFAULT_GAP_TIMEOUT_SECS, DEFAULT_PENDING_GRACE_SECS};
-use crate::domain::accounts::tests::World;
 use crate::http::Response;
+use crate::testing::World;
 use proptest::prelude::*;
 
 const USER: &str = "01-000000000000001";

@@ -1,7 +1,7 @@
 use super::*;
-use crate::domain::accounts::tests::World;
 use crate::http::Response;
 use crate::kv::Kv as _;
+use crate::testing::World;
 use proptest::prelude::*;
 
 const ALICE: &str = "01-000000000000001";

@@ -1,6 +1,6 @@
 use super::*;
-use crate::domain::accounts::tests::World;
 use crate::http::{Request, Response};
+use crate::testing::World;
 
 const ALICE: &str = "01-000000000000001";
 const BOB: &str = "02-000000000000002";

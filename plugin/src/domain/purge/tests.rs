@@ -1,6 +1,6 @@
 use super::*;
-use crate::domain::accounts::tests::World;
 use crate::kv::Kv as _;
+use crate::testing::World;
 use serde_json::Value;
 
 const ALICE: &str = "01-000000000000001";

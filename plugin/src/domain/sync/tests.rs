@@ -3,9 +3,9 @@
 //! refused tokens, failing pages, and the publisher's event feed.
 
 use super::*;
-use crate::domain::accounts::tests::World;
 use crate::http::Request;
 use crate::outgoing::{self, Http};
+use crate::testing::World;
 use std::cell::RefCell;
 
 const USER: &str = "01-000000000000001";

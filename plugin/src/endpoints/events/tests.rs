@@ -1,6 +1,6 @@
 use super::*;
-use crate::domain::accounts::tests::World;
 use crate::storage::EntityRecord;
+use crate::testing::World;
 use proptest::prelude::*;
 use serde_json::Value;
 

@@ -2,7 +2,7 @@
 //! partner endpoints the router serves, and every documented success
 //! answer matches what a real call returns.
 
-use crate::domain::accounts::tests::World;
+use crate::testing::World;
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 

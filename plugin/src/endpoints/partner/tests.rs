@@ -1,5 +1,6 @@
 use super::*;
-use crate::domain::accounts::tests::World;
+use crate::endpoints::request::PARTNER_API_TOKEN;
+use crate::testing::World;
 
 const USER: &str = "01-000000000000001";
 

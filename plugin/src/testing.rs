@@ -1,0 +1,83 @@
+//! What the plugin's native tests share: a [`World`] with its own store,
+//! settings, clock and scripted outgoing HTTP, and calls into it as the
+//! Evotor cloud and the partner make them.
+
+use crate::Ctx;
+use crate::clock::ManualClock;
+use crate::config::MapConfig;
+use crate::domain::accounts::settings;
+use crate::endpoints::auth;
+use crate::http::{Request, Response};
+use crate::kv::MemKv;
+use serde_json::{Value, json};
+
+/// A plugin with cheap password hashing, a hand-moved clock and its own store.
+pub(crate) struct World {
+    pub kv: MemKv,
+    pub config: MapConfig,
+    pub clock: ManualClock,
+    pub http: crate::outgoing::Scripted,
+}
+
+impl World {
+    pub fn new() -> Self {
+        Self::with(&[])
+    }
+
+    pub fn with(extra: &[(&str, &str)]) -> Self {
+        let mut config = MapConfig::from([
+            ("server_bearer_token", "srv"),
+            ("partner_api_token", "partner"),
+            ("password_argon2_memory_kib", "64"),
+            ("password_argon2_iterations", "1"),
+            // Billing has its own tests; here every user is entitled.
+            ("billing_enforcement", "off"),
+        ]);
+        for (key, value) in extra {
+            config.0.insert((*key).into(), (*value).into());
+        }
+        Self { kv: MemKv::default(), config, clock: ManualClock::at(1_000_000), http: Default::default() }
+    }
+
+    /// A world whose store answers scans and `get_many`s in full, for
+    /// tests that count store calls ([`MemKv::with_full_answers`]).
+    pub fn with_full_answers() -> Self {
+        Self { kv: MemKv::with_full_answers(), ..Self::new() }
+    }
+
+    pub fn ctx(&self) -> Ctx<'_> {
+        Ctx { kv: &self.kv, config: &self.config, clock: &self.clock, http: &self.http }
+    }
+
+    pub fn call(&self, method: &str, path: &str, bearer: Option<&str>, body: Option<Value>) -> Response {
+        let mut request = Request::new(method, path);
+        if let Some(token) = bearer {
+            request = request.header("authorization", &format!("Bearer {token}"));
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        crate::handle(&self.ctx(), &request)
+    }
+
+    pub fn server(&self, path: &str, body: Value) -> Response {
+        self.call("POST", path, Some("srv"), Some(body))
+    }
+
+    /// Registers `user` with a login and password; returns the user token.
+    pub fn register(&self, user: &str, login: &str) -> String {
+        let response = self.server(
+            "/api/v1/user/create",
+            json!({"userId": user, "username": login, "password": "pw-1", "shop": "Lavka"}),
+        );
+        assert_eq!(response.status, 200, "{}", String::from_utf8_lossy(&response.body));
+        response.body_json()["token"].as_str().expect("token").to_owned()
+    }
+
+    /// Who `token` authenticates as, or the error code.
+    pub fn whoami(&self, token: &str) -> Result<String, u32> {
+        let settings = settings(&self.ctx()).expect("settings");
+        let request = Request::new("GET", "/").header("authorization", &format!("Bearer {token}"));
+        auth::require_user(&self.ctx(), &request, &settings).map_err(|err| err.code)
+    }
+}
