@@ -11,7 +11,7 @@
 
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::io::{BufReader, Read as _, Write as _};
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -105,23 +105,12 @@ impl MockCloud {
 
     fn serve(&self, stream: std::net::TcpStream) {
         let mut reader = BufReader::new(stream);
-        let mut line = String::new();
-        if reader.read_line(&mut line).is_err() {
-            return;
-        }
-        let target = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
+        let Some((target, headers)) = crate::upstream::read_head(&mut reader) else { return };
         let mut token = String::new();
         let mut length = 0usize;
-        loop {
-            let mut header = String::new();
-            match reader.read_line(&mut header) {
-                Ok(0) | Err(_) => return,
-                Ok(_) if header == "\r\n" => break,
-                Ok(_) => {}
-            }
-            let Some((name, value)) = header.split_once(':') else { continue };
-            let value = value.trim();
-            match name.to_ascii_lowercase().as_str() {
+        for (name, value) in &headers {
+            let value = value.as_str();
+            match name.as_str() {
                 "authorization" => token = value.strip_prefix("Bearer ").unwrap_or(value).to_owned(),
                 "x-authorization" => token = value.to_owned(),
                 "content-length" => length = value.parse().unwrap_or(0),

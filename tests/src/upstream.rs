@@ -9,7 +9,7 @@
 //! | `/slow` | nothing for 30 s |
 //! | anything else | 404 |
 
-use std::io::{BufRead as _, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -74,21 +74,29 @@ impl Upstream {
     }
 }
 
-fn answer(stream: impl Read + Write) {
-    let mut reader = BufReader::new(stream);
+/// Reads a request's head: its target and its headers (names in lower
+/// case); none when the client went away first.
+pub(crate) fn read_head(reader: &mut impl std::io::BufRead) -> Option<(String, Vec<(String, String)>)> {
     let mut line = String::new();
-    if reader.read_line(&mut line).is_err() {
-        return;
-    }
+    reader.read_line(&mut line).ok()?;
     let target = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
+    let mut headers = Vec::new();
     loop {
         let mut header = String::new();
         match reader.read_line(&mut header) {
-            Ok(0) | Err(_) => return,
-            Ok(_) if header == "\r\n" => break,
+            Ok(0) | Err(_) => return None,
+            Ok(_) if header == "\r\n" => return Some((target, headers)),
             Ok(_) => {}
         }
+        if let Some((name, value)) = header.split_once(':') {
+            headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
+        }
     }
+}
+
+fn answer(stream: impl Read + Write) {
+    let mut reader = BufReader::new(stream);
+    let Some((target, _)) = read_head(&mut reader) else { return };
     let (path, query) = target.split_once('?').unwrap_or((&target, ""));
     let (status, extra, body): (&str, &str, Vec<u8>) = match path {
         "/hello" => ("200 OK", "", b"hello".to_vec()),

@@ -174,28 +174,21 @@ pub struct ErrorReport {
 
 /// What a reader of the cloud (a user's sync, the feed) keeps between runs.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", default)]
 pub struct Progress {
     /// Nothing is asked before this time, Unix seconds.
-    #[serde(default)]
     pub wait_until: Option<u64>,
     /// Why: `rate-limited` or `backoff`.
-    #[serde(default)]
     pub wait_reason: Option<String>,
     /// Failed requests in a row.
-    #[serde(default)]
     pub failures: u32,
     /// The last run that asked for something.
-    #[serde(default)]
     pub last_run: Option<RunReport>,
     /// The last request that went wrong.
-    #[serde(default)]
     pub last_error: Option<ErrorReport>,
     /// Items read in all.
-    #[serde(default)]
     pub read: u64,
     /// Items that were new or changed something, in all.
-    #[serde(default)]
     pub new: u64,
 }
 
@@ -228,6 +221,15 @@ impl Progress {
             Failure::Refused { .. } => {}
         }
         self.last_error = Some(report(failure, path, now));
+    }
+}
+
+/// How a run that met `failure` ends.
+fn outcome_of(failure: &Failure) -> Outcome {
+    match failure {
+        Failure::Refused { .. } => Outcome::TokenRefused,
+        Failure::RateLimited { .. } => Outcome::RateLimited,
+        Failure::Gone { .. } | Failure::Retry { .. } => Outcome::Failed,
     }
 }
 
@@ -767,11 +769,7 @@ fn sync_user(
             }
             Err(failure) => {
                 let path = task.path();
-                let outcome = match &failure {
-                    Failure::Refused { .. } => Outcome::TokenRefused,
-                    Failure::RateLimited { .. } => Outcome::RateLimited,
-                    Failure::Gone { .. } | Failure::Retry { .. } => Outcome::Failed,
-                };
+                let outcome = outcome_of(&failure);
                 update_user(ctx, user_id, &hash, |txn, state| {
                     state.progress.failed(&failure, &path, now);
                     if let Failure::Refused { status, message } = &failure {
@@ -866,11 +864,7 @@ fn sync_feed(
             }
             Err(failure) => {
                 update(&|state| state.progress.failed(&failure, &path, now))?;
-                break match failure {
-                    Failure::RateLimited { .. } => Outcome::RateLimited,
-                    Failure::Refused { .. } => Outcome::TokenRefused,
-                    Failure::Gone { .. } | Failure::Retry { .. } => Outcome::Failed,
-                };
+                break outcome_of(&failure);
             }
         }
     };
