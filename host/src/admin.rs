@@ -125,7 +125,7 @@ pub async fn serve(
             () = &mut shutdown => return,
         };
         let Ok(permit) = connections.clone().try_acquire_owned() else {
-            metrics::counter!("evogate_admin_connections_refused_total").increment(1);
+            metrics::counter!(crate::telemetry::ADMIN_CONNECTIONS_REFUSED).increment(1);
             tracing::warn!(limit = MAX_ADMIN_CONNECTIONS, "admin connection limit reached; closing a connection");
             drop(stream);
             continue;

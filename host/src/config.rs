@@ -163,6 +163,10 @@ pub struct PluginConfig {
     /// requests besides the public roots (a private endpoint, a test server).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outbound_ca: Option<RelativePathBuf>,
+    /// How the gateway's own errors on this route are written: `"problem"`
+    /// (RFC 9457, the default) or `"evotor"` (Evotor's `{"errors":[…]}`).
+    #[serde(default)]
+    pub error_format: crate::edge::ErrorFormat,
     /// Scheduled jobs: `[[plugins.jobs]]` entries, run through the plugin's
     /// `scheduled` export (world `plugin-with-jobs`, 0.2.2 on).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -303,6 +307,7 @@ impl Default for Config {
                 max_concurrent_per_credential: None,
                 allowed_outbound_hosts: Vec::new(),
                 outbound_ca: None,
+                error_format: crate::edge::ErrorFormat::Evotor,
                 jobs: Vec::new(),
             }],
         }

@@ -102,12 +102,12 @@ pub fn is_hop_by_hop(name: &HeaderName) -> bool {
 /// Converts a plugin's answer, dropping headers that are not valid HTTP.
 /// A status outside 200–599 (an informational status cannot end a request)
 /// or more than [`MAX_RESPONSE_HEADERS`] headers make it a 500, logged.
-pub fn into_http(response: Response, label: &str) -> hyper::Response<Full<Bytes>> {
+pub fn into_http(response: Response, label: &str, format: ErrorFormat) -> hyper::Response<Full<Bytes>> {
     let status = match StatusCode::from_u16(response.status) {
         Ok(status) if (200..=599).contains(&response.status) => status,
         _ => {
             tracing::error!(plugin = %label, status = response.status, "plugin answered a status outside 200-599");
-            return error(StatusCode::INTERNAL_SERVER_ERROR, 500, "plugin answered an invalid status");
+            return error(format, StatusCode::INTERNAL_SERVER_ERROR, "plugin answered an invalid status");
         }
     };
     if response.headers.len() > MAX_RESPONSE_HEADERS {
@@ -117,7 +117,7 @@ pub fn into_http(response: Response, label: &str) -> hyper::Response<Full<Bytes>
             limit = MAX_RESPONSE_HEADERS,
             "plugin answered too many headers"
         );
-        return error(StatusCode::INTERNAL_SERVER_ERROR, 500, "plugin answered too many headers");
+        return error(format, StatusCode::INTERNAL_SERVER_ERROR, "plugin answered too many headers");
     }
     let mut out = hyper::Response::new(Full::new(Bytes::from(response.body)));
     *out.status_mut() = status;
@@ -138,24 +138,55 @@ pub fn into_http(response: Response, label: &str) -> hyper::Response<Full<Bytes>
     out
 }
 
-/// An Evotor-format error answer: `{"errors":[{"code":…,"reason":"…"}]}`.
-pub fn error(status: StatusCode, code: u32, reason: &str) -> hyper::Response<Full<Bytes>> {
-    error_with(status, code, reason, |_| {})
+/// How the gateway writes its own error answers (a body too large, a
+/// deadline, no route) for one plugin's route: `[[plugins]] error_format`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ErrorFormat {
+    /// RFC 9457 problem details, `application/problem+json`:
+    /// `{"type":"about:blank","title":"Payload Too Large","status":413,"detail":"payload too large"}`.
+    /// The default, and the format of answers no route serves.
+    #[default]
+    Problem,
+    /// Evotor's error body, which the Evotor cloud reads:
+    /// `{"errors":[{"code":413,"reason":"payload too large"}]}`.
+    Evotor,
 }
 
-/// [`error`] with more fields: `extra` edits the body's first error object.
+/// The gateway's error answer `status` in `format`; `detail` says what
+/// happened (Evotor's `reason`, the problem's `detail`).
+pub fn error(format: ErrorFormat, status: StatusCode, detail: &str) -> hyper::Response<Full<Bytes>> {
+    error_with(format, status, detail, |_| {})
+}
+
+/// [`error`] with more fields: `extra` edits the object that carries
+/// `detail` (Evotor's first error, or the problem itself).
 pub fn error_with(
+    format: ErrorFormat,
     status: StatusCode,
-    code: u32,
-    reason: &str,
+    detail: &str,
     extra: impl FnOnce(&mut serde_json::Value),
 ) -> hyper::Response<Full<Bytes>> {
-    let mut item = serde_json::json!({ "code": code, "reason": reason });
-    extra(&mut item);
-    let body = serde_json::json!({ "errors": [item] }).to_string();
-    let mut response = hyper::Response::new(Full::new(Bytes::from(body)));
+    let (body, content_type) = match format {
+        ErrorFormat::Evotor => {
+            let mut item = serde_json::json!({ "code": status.as_u16(), "reason": detail });
+            extra(&mut item);
+            (serde_json::json!({ "errors": [item] }), "application/json")
+        }
+        ErrorFormat::Problem => {
+            let mut problem = serde_json::json!({
+                "type": "about:blank",
+                "title": status.canonical_reason().unwrap_or("Error"),
+                "status": status.as_u16(),
+                "detail": detail,
+            });
+            extra(&mut problem);
+            (problem, "application/problem+json")
+        }
+    };
+    let mut response = hyper::Response::new(Full::new(Bytes::from(body.to_string())));
     *response.status_mut() = status;
-    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
 }
 
@@ -167,13 +198,42 @@ mod tests {
         Response { status, headers, body: b"body".to_vec() }
     }
 
+    async fn parts(response: hyper::Response<Full<Bytes>>) -> (u16, String, serde_json::Value) {
+        use http_body_util::BodyExt as _;
+        let status = response.status().as_u16();
+        let content_type = response.headers()[CONTENT_TYPE].to_str().unwrap().to_owned();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, content_type, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn gateway_errors_take_the_format_of_their_route() {
+        let extra = |e: &mut serde_json::Value| e["value"] = 10.into();
+        let evotor = parts(error_with(ErrorFormat::Evotor, StatusCode::PAYLOAD_TOO_LARGE, "too big", extra)).await;
+        assert_eq!(
+            evotor,
+            (
+                413,
+                "application/json".to_owned(),
+                serde_json::json!({ "errors": [{ "code": 413, "reason": "too big", "value": 10 }] })
+            )
+        );
+        let problem = parts(error_with(ErrorFormat::Problem, StatusCode::PAYLOAD_TOO_LARGE, "too big", extra)).await;
+        let expected = serde_json::json!({
+            "type": "about:blank", "title": "Payload Too Large", "status": 413, "detail": "too big", "value": 10
+        });
+        assert_eq!(problem, (413, "application/problem+json".to_owned(), expected));
+        let bad = into_http(answer(99, vec![]), "p@1", ErrorFormat::Problem);
+        assert_eq!(parts(bad).await.2["detail"], "plugin answered an invalid status");
+    }
+
     #[test]
     fn statuses_outside_200_to_599_become_500() {
         for status in [0, 100, 101, 103, 199, 600, 999, 1000, u16::MAX] {
-            assert_eq!(into_http(answer(status, vec![]), "p@1").status(), 500, "status {status}");
+            assert_eq!(into_http(answer(status, vec![]), "p@1", ErrorFormat::Evotor).status(), 500, "status {status}");
         }
         for status in [200, 204, 302, 404, 503, 599] {
-            assert_eq!(into_http(answer(status, vec![]), "p@1").status().as_u16(), status);
+            assert_eq!(into_http(answer(status, vec![]), "p@1", ErrorFormat::Evotor).status().as_u16(), status);
         }
     }
 
@@ -181,11 +241,14 @@ mod tests {
     fn header_count_is_capped_and_a_flood_of_one_name_does_not_panic() {
         let same = |n: usize| (0..n).map(|_| ("x-same".to_owned(), "v".to_owned())).collect();
         let distinct = |n: usize| (0..n).map(|i| (format!("x-h{i}"), "v".to_owned())).collect();
-        let ok = into_http(answer(200, distinct(MAX_RESPONSE_HEADERS)), "p@1");
+        let ok = into_http(answer(200, distinct(MAX_RESPONSE_HEADERS)), "p@1", ErrorFormat::Evotor);
         assert_eq!((ok.status().as_u16(), ok.headers().len()), (200, MAX_RESPONSE_HEADERS));
-        assert_eq!(into_http(answer(200, same(MAX_RESPONSE_HEADERS)), "p@1").headers().len(), MAX_RESPONSE_HEADERS);
+        assert_eq!(
+            into_http(answer(200, same(MAX_RESPONSE_HEADERS)), "p@1", ErrorFormat::Evotor).headers().len(),
+            MAX_RESPONSE_HEADERS
+        );
         for flood in [distinct(MAX_RESPONSE_HEADERS + 1), distinct(30_000), same(40_000)] {
-            assert_eq!(into_http(answer(200, flood), "p@1").status(), 500);
+            assert_eq!(into_http(answer(200, flood), "p@1", ErrorFormat::Evotor).status(), 500);
         }
     }
 
@@ -201,7 +264,7 @@ mod tests {
             ("x-kept", "yes"),
         ]
         .map(|(name, value)| (name.to_owned(), value.to_owned()));
-        let out = into_http(answer(200, headers.to_vec()), "p@1");
+        let out = into_http(answer(200, headers.to_vec()), "p@1", ErrorFormat::Evotor);
         let names: Vec<&str> = out.headers().keys().map(HeaderName::as_str).collect();
         assert_eq!(names, ["x-kept"]);
     }

@@ -326,7 +326,7 @@ impl Scheduler {
                 Err(Failure::MemoryLimit) => ("memory", Some("memory limit exceeded".into())),
                 Err(Failure::Trap(err)) => ("trap", Some(format!("{err:#}"))),
             };
-            metrics::histogram!("evogate_job_duration_seconds", "plugin" => job.plugin.clone(), "job" => job.name.clone())
+            metrics::histogram!(crate::telemetry::JOB_DURATION, "plugin" => job.plugin.clone(), "job" => job.name.clone())
                 .record(elapsed.as_secs_f64());
             let error_text = error.as_deref().map(crate::plugin_log::escape_controls);
             tracing::info!(
@@ -337,7 +337,7 @@ impl Scheduler {
             done.error = error.map(|error| error.chars().take(1024).collect());
         }
         let outcome = done.outcome.clone().unwrap_or_default();
-        metrics::counter!("evogate_job_runs_total", "plugin" => job.plugin.clone(), "job" => job.name.clone(), "outcome" => outcome)
+        metrics::counter!(crate::telemetry::JOB_RUNS, "plugin" => job.plugin.clone(), "job" => job.name.clone(), "outcome" => outcome)
             .increment(1);
         done.running = false;
         done.expires_ms = 0;
@@ -445,7 +445,7 @@ impl Scheduler {
 }
 
 fn missed(job: &Job, reason: &'static str) {
-    metrics::counter!("evogate_job_ticks_missed_total", "plugin" => job.plugin.clone(), "job" => job.name.clone(), "reason" => reason)
+    metrics::counter!(crate::telemetry::JOB_TICKS_MISSED, "plugin" => job.plugin.clone(), "job" => job.name.clone(), "reason" => reason)
         .increment(1);
 }
 

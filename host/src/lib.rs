@@ -50,6 +50,9 @@ pub mod sandbox;
 #[cfg(feature = "runtime")]
 mod server;
 #[cfg(feature = "runtime")]
+mod settings;
+mod telemetry;
+#[cfg(feature = "runtime")]
 mod tls;
 
 #[cfg(feature = "runtime")]

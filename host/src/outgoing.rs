@@ -224,7 +224,7 @@ impl WasiHttpHooks for Hooks {
         let uri = crate::plugin_log::escape_controls(&request.uri().to_string()).into_owned();
         if !self.settings.outbound.allows(request.uri()) {
             tracing::warn!(plugin = %self.label, %uri, "outgoing request refused: not in allowed_outbound_hosts");
-            metrics::counter!("evogate_outbound_requests_total", "plugin" => plugin, "outcome" => "refused")
+            metrics::counter!(crate::telemetry::OUTBOUND_REQUESTS, "plugin" => plugin, "outcome" => "refused")
                 .increment(1);
             return Box::new(async { Err(Error::HttpRequestDenied) });
         }
@@ -239,10 +239,11 @@ impl WasiHttpHooks for Hooks {
                 Err(_) => Err(Error::ConnectionTimeout),
             };
             let elapsed = started.elapsed();
-            metrics::histogram!("evogate_outbound_request_seconds", "plugin" => plugin.clone())
+            metrics::histogram!(crate::telemetry::OUTBOUND_DURATION, "plugin" => plugin.clone())
                 .record(elapsed.as_secs_f64());
             let outcome = if sent.is_ok() { "ok" } else { "error" };
-            metrics::counter!("evogate_outbound_requests_total", "plugin" => plugin, "outcome" => outcome).increment(1);
+            metrics::counter!(crate::telemetry::OUTBOUND_REQUESTS, "plugin" => plugin, "outcome" => outcome)
+                .increment(1);
             match &sent {
                 Ok((response, _)) => tracing::debug!(
                     plugin = %label, %method, %uri, status = response.status().as_u16(),

@@ -5,6 +5,7 @@
 //! and finishes on it whatever happens to the slot meanwhile.
 
 use crate::config::normalize_route;
+use crate::edge::ErrorFormat;
 use crate::sandbox::PluginVersion;
 use arc_swap::ArcSwap;
 use std::sync::Arc;
@@ -34,6 +35,8 @@ pub struct Slot {
     pub name: String,
     /// The route prefix, normalized (no trailing slash except `/`).
     pub route: String,
+    /// How the gateway writes its own errors on this route.
+    pub error_format: ErrorFormat,
     current: ArcSwap<Deployment>,
 }
 
@@ -58,10 +61,16 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Adds a plugin on `route`.
-    pub fn insert(&mut self, name: &str, route: &str, deployment: Arc<Deployment>) -> Arc<Slot> {
+    /// Adds a plugin on `route`, its gateway errors written in `error_format`.
+    pub fn insert(
+        &mut self,
+        name: &str,
+        route: &str,
+        error_format: ErrorFormat,
+        deployment: Arc<Deployment>,
+    ) -> Arc<Slot> {
         let route = normalize_route(route).to_owned();
-        let slot = Arc::new(Slot { name: name.into(), route, current: ArcSwap::new(deployment) });
+        let slot = Arc::new(Slot { name: name.into(), route, error_format, current: ArcSwap::new(deployment) });
         self.slots.push(slot.clone());
         self.slots.sort_by_key(|slot| std::cmp::Reverse(slot.route.len()));
         slot

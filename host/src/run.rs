@@ -4,13 +4,13 @@
 
 use crate::app::App;
 use crate::server::{self, Gateway, ServeOptions};
+use crate::settings::Settings;
 use crate::{admin, config, deploy, kv, sandbox, tls::Tls};
 use anyhow::Context as _;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 /// A gateway serving on its listeners (see [`run`]).
 #[derive(Debug)]
@@ -95,7 +95,8 @@ pub async fn run(
         Some(tls) => Some(Arc::new(Tls::http1(&tls.cert.relative(), &tls.key.relative()).context("[admin.tls]")?)),
         None => None,
     };
-    let app = Arc::new(start(config).await?);
+    let settings = Settings::from_config(config);
+    let app = Arc::new(start(config, &settings).await?);
     let listener =
         tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let admin_listener = tokio::net::TcpListener::bind(config.admin.listen)
@@ -116,10 +117,10 @@ pub async fn run(
     tokio::spawn(hangups(hangup, reloadable));
     let admin_scheme = if admin_tls.is_some() { "https" } else { "http" };
     let scheme = if tls.is_some() { "https" } else { "http" };
-    let options = ServeOptions::from_config(config, tls);
+    let options = ServeOptions { tls, ..settings.serve };
     let gateway = app.gateway.clone();
     let scheduler = app.scheduler.clone();
-    let drain_timeout = Duration::from_millis(config.limits.drain_timeout_ms);
+    let drain_timeout = options.drain;
     let serving = tokio::spawn(async move {
         let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
         let admin_task = tokio::spawn(admin::serve(admin_listener, admin, admin_tls, async {
@@ -137,19 +138,12 @@ pub async fn run(
 
 /// Opens the store and loads every configured plugin (or its last
 /// deployed version); fails with the reason when any cannot be loaded.
-pub(crate) async fn start(config: &config::Config) -> anyhow::Result<App> {
+pub(crate) async fn start(config: &config::Config, settings: &Settings) -> anyhow::Result<App> {
     // Absolute, so that every part (the compilation cache insists) agrees on it.
     let data_dir = std::path::absolute(config.data_dir()).context("resolving data_dir")?;
     std::fs::create_dir_all(&data_dir).with_context(|| format!("creating data_dir {}", data_dir.display()))?;
     let backend = kv::open(&config.store, &data_dir)?;
     tracing::info!(store = %backend.describe(), "key-value store open");
-    let limits = sandbox::Limits {
-        timeout: Duration::from_millis(config.limits.request_timeout_ms),
-        memory_bytes: config.limits.instance_memory_bytes,
-        max_instances: config.limits.max_concurrent_requests,
-        max_kv_calls: config.limits.max_kv_calls_in_flight,
-        max_outbound_response_bytes: config.limits.max_outbound_response_bytes,
-    };
     // Compiled code is loaded and run as is: only this user may write it.
     let cache_dir = data_dir.join("cache");
     std::fs::create_dir_all(&cache_dir).with_context(|| format!("creating {}", cache_dir.display()))?;
@@ -159,7 +153,7 @@ pub(crate) async fn start(config: &config::Config) -> anyhow::Result<App> {
         std::fs::set_permissions(&cache_dir, std::fs::Permissions::from_mode(0o700))
             .with_context(|| format!("making {} private", cache_dir.display()))?;
     }
-    let sandbox = Arc::new(sandbox::Sandbox::new(limits, Some(&cache_dir))?);
+    let sandbox = Arc::new(sandbox::Sandbox::new(settings.sandbox, Some(&cache_dir))?);
     let (deployer, registry) = deploy::Deployer::start(
         &config.plugins,
         sandbox.clone(),
@@ -168,17 +162,7 @@ pub(crate) async fn start(config: &config::Config) -> anyhow::Result<App> {
         config.admin.max_plugin_bytes,
     )
     .await?;
-    let plugin_caps = config
-        .plugins
-        .iter()
-        .filter_map(|plugin| plugin.max_concurrent_requests.map(|cap| (plugin.name.clone(), cap as usize)))
-        .collect();
-    let credential_caps = config
-        .plugins
-        .iter()
-        .filter_map(|plugin| plugin.max_concurrent_per_credential.map(|cap| (plugin.name.clone(), cap as usize)))
-        .collect();
-    let gateway = Arc::new(Gateway::new(registry, &config.limits, plugin_caps, credential_caps, sandbox));
+    let gateway = Arc::new(Gateway::new(registry, settings.requests.clone(), sandbox));
     let deployer = Arc::new(deployer);
     // On a shared store: take up deploys made through other nodes.
     tokio::spawn(deployer.clone().follow());
@@ -193,7 +177,10 @@ fn metrics_handle() -> Option<PrometheusHandle> {
     static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
     HANDLE
         .get_or_init(|| match metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder() {
-            Ok(handle) => Some(handle),
+            Ok(handle) => {
+                crate::telemetry::describe();
+                Some(handle)
+            }
             Err(err) => {
                 tracing::warn!(error = %err, "cannot install the metrics recorder: /metrics stays empty");
                 None

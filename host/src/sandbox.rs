@@ -446,7 +446,7 @@ impl PluginVersion {
         };
         let peak = store.data().limiter.peak;
         PEAK_INSTANCE_MEMORY.fetch_max(peak, std::sync::atomic::Ordering::Relaxed);
-        metrics::histogram!("evogate_plugin_memory_bytes", "plugin" => self.plugin.to_string()).record(peak as f64);
+        metrics::histogram!(crate::telemetry::PLUGIN_MEMORY, "plugin" => self.plugin.to_string()).record(peak as f64);
         (self.finish(&store, result), Spent { store: Some(store), _slot: Some(slot) })
     }
 

@@ -3,7 +3,7 @@
 //! HTTPS with HTTP/2 and HTTP/1.1 by ALPN; connection and concurrency limits;
 //! graceful drain on shutdown.
 
-use crate::edge::{REQUEST_ID, error, error_with, into_http, plugin_request, request_id};
+use crate::edge::{ErrorFormat, REQUEST_ID, error, error_with, into_http, plugin_request, request_id};
 use crate::registry::Registry;
 use crate::sandbox::{Failure, Response as PluginResponse};
 use crate::tls::Tls;
@@ -85,18 +85,25 @@ pub struct ServeOptions {
     pub drain_grace: Duration,
 }
 
-impl ServeOptions {
-    /// The options `config` asks for, with `tls` loaded by the caller.
-    pub fn from_config(config: &crate::config::Config, tls: Option<Arc<Tls>>) -> Self {
-        Self {
-            tls,
-            max_connections: config.limits.max_connections,
-            header_read_timeout: Duration::from_millis(config.limits.header_read_timeout_ms),
-            max_header_bytes: config.limits.max_header_bytes,
-            drain: Duration::from_millis(config.limits.drain_timeout_ms),
-            drain_grace: Duration::from_millis(config.limits.drain_grace_ms),
-        }
-    }
+/// What every request on its way to a plugin obeys.
+#[derive(Debug, Clone)]
+pub struct RequestLimits {
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// Largest accepted request head (request line and headers).
+    pub max_header_bytes: usize,
+    /// Request body bytes held at once, across requests.
+    pub body_bytes_in_flight: usize,
+    /// The least rate a body that holds room must keep up.
+    pub min_body_bytes_per_sec: u64,
+    /// Time budget of one request, queueing included.
+    pub timeout: Duration,
+    /// Most requests running at once (the instance pool's capacity).
+    pub max_instances: usize,
+    /// Per plugin: requests running at once, at most.
+    pub plugin_caps: HashMap<String, usize>,
+    /// Per plugin: requests running at once with one `Authorization` value, at most.
+    pub credential_caps: HashMap<String, usize>,
 }
 
 /// Serves connections from `listener` until `shutdown` resolves; then marks
@@ -143,7 +150,7 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let Ok(permit) = connections.clone().try_acquire_owned() else {
-            metrics::counter!("evogate_connections_refused_total").increment(1);
+            metrics::counter!(crate::telemetry::CONNECTIONS_REFUSED).increment(1);
             tracing::warn!(%peer, limit = options.max_connections, "connection limit reached; refusing a connection");
             tokio::spawn(refuse(stream, options.tls.is_some()));
             continue;
@@ -442,16 +449,17 @@ fn http2(options: &ServeOptions) -> hyper::server::conn::http2::Builder<TokioExe
     builder
 }
 
-/// Answers a connection past the limit: plain HTTP gets a 503 in the Evotor
-/// format with `Retry-After`; a TLS connection is closed (no handshake is spent on it).
+/// Answers a connection past the limit: plain HTTP gets a 503 problem
+/// (no route is known yet) with `Retry-After`; a TLS connection is closed
+/// (no handshake is spent on it).
 async fn refuse(mut stream: tokio::net::TcpStream, tls: bool) {
     use tokio::io::AsyncWriteExt as _;
     if tls {
         return;
     }
-    let body = r#"{"errors":[{"code":503,"reason":"too many connections"}]}"#;
+    let body = r#"{"type":"about:blank","title":"Service Unavailable","status":503,"detail":"too many connections"}"#;
     let reply = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n\
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/problem+json\r\nretry-after: 1\r\n\
          connection: close\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
     );
@@ -460,27 +468,22 @@ async fn refuse(mut stream: tokio::net::TcpStream, tls: bool) {
 }
 
 impl Gateway {
-    /// The request path over `registry` with the request limits and the
-    /// per-request deadline of `limits`, and a cap on the requests running
-    /// at once per plugin named in `plugin_caps`.
-    pub(crate) fn new(
-        registry: Registry,
-        limits: &crate::config::LimitsConfig,
-        plugin_caps: HashMap<String, usize>,
-        credential_caps: HashMap<String, usize>,
-        sandbox: Arc<crate::sandbox::Sandbox>,
-    ) -> Self {
-        let max_instances = limits.max_concurrent_requests as usize;
+    /// The request path over `registry`, every request held to `limits`.
+    pub(crate) fn new(registry: Registry, limits: RequestLimits, sandbox: Arc<crate::sandbox::Sandbox>) -> Self {
         Self {
             registry,
             max_body_bytes: limits.max_body_bytes,
             max_header_bytes: limits.max_header_bytes,
-            body_budget: BodyBudget::new(limits.body_bytes_in_flight(), limits.min_body_bytes_per_sec),
-            request_timeout: Duration::from_millis(limits.request_timeout_ms),
-            max_instances,
-            permits: Arc::new(Semaphore::new(max_instances)),
-            plugin_permits: plugin_caps.into_iter().map(|(name, cap)| (name, Arc::new(Semaphore::new(cap)))).collect(),
-            credential_caps,
+            body_budget: BodyBudget::new(limits.body_bytes_in_flight, limits.min_body_bytes_per_sec),
+            request_timeout: limits.timeout,
+            max_instances: limits.max_instances,
+            permits: Arc::new(Semaphore::new(limits.max_instances)),
+            plugin_permits: limits
+                .plugin_caps
+                .into_iter()
+                .map(|(name, cap)| (name, Arc::new(Semaphore::new(cap))))
+                .collect(),
+            credential_caps: limits.credential_caps,
             per_credential: Arc::default(),
             draining: AtomicBool::new(false),
             _sandbox: sandbox,
@@ -519,30 +522,33 @@ impl Gateway {
             plugin = if label.is_empty() { "-" } else { label.as_str() },
             request_id = request_id.to_str().unwrap_or("-"),
         );
-        metrics::histogram!("evogate_request_duration_seconds", "plugin" => name.clone()).record(elapsed.as_secs_f64());
-        metrics::counter!("evogate_requests_total", "plugin" => name, "route" => route, "status" => status.to_string())
+        metrics::histogram!(crate::telemetry::REQUEST_DURATION, "plugin" => name.clone()).record(elapsed.as_secs_f64());
+        metrics::counter!(crate::telemetry::REQUESTS, "plugin" => name, "route" => route, "status" => status.to_string())
             .increment(1);
         served.response
     }
 
     async fn dispatch(&self, req: hyper::Request<Incoming>, started: Instant) -> Served {
+        let slot = self.registry.route(req.uri().path());
+        // The route's plugin picks how the gateway's errors read; no route: a problem.
+        let format = slot.map_or(ErrorFormat::Problem, |slot| slot.error_format);
         if head_bytes(&req) > self.max_header_bytes {
             // hyper bounds its read buffer, not the head: a head may pass it by up to its read size.
-            let response = error(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, 431, "request head too large");
+            let response = error(format, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "request head too large");
             return Served { response, plugin: None };
         }
         if req.headers().get_all(hyper::header::AUTHORIZATION).iter().nth(1).is_some() {
             // One proxy would pick the first, another the last: which credential is meant cannot be known.
-            let response = error(StatusCode::BAD_REQUEST, 400, "several Authorization headers");
+            let response = error(format, StatusCode::BAD_REQUEST, "several Authorization headers");
             return Served { response, plugin: None };
         }
-        let Some(slot) = self.registry.route(req.uri().path()) else {
-            return Served { response: error(StatusCode::NOT_FOUND, 404, "not found"), plugin: None };
+        let Some(slot) = slot else {
+            return Served { response: error(format, StatusCode::NOT_FOUND, "not found"), plugin: None };
         };
         let deployment = slot.current();
         let label = deployment.label().to_owned();
-        let response = match self.call(req, started, &slot.name, &slot.route, deployment).await {
-            Ok(response) => into_http(response, &label),
+        let response = match self.call(req, started, slot, deployment).await {
+            Ok(response) => into_http(response, &label, format),
             Err(response) => response,
         };
         Served { response, plugin: Some((slot.name.clone(), slot.route.clone(), label)) }
@@ -554,13 +560,13 @@ impl Gateway {
         &self,
         req: hyper::Request<Incoming>,
         started: Instant,
-        plugin: &str,
-        route: &str,
+        slot: &crate::registry::Slot,
         deployment: Arc<crate::registry::Deployment>,
     ) -> Result<PluginResponse, hyper::Response<Full<Bytes>>> {
+        let (plugin, route, format) = (slot.name.as_str(), slot.route.as_str(), slot.error_format);
         let deadline = started + self.request_timeout;
         let too_large = || {
-            error_with(StatusCode::PAYLOAD_TOO_LARGE, 413, "payload too large", |e| {
+            error_with(format, StatusCode::PAYLOAD_TOO_LARGE, "payload too large", |e| {
                 e["subject"] = "body".into();
                 e["value"] = self.max_body_bytes.into();
             })
@@ -576,23 +582,23 @@ impl Gateway {
             Ok(Ok(read)) => read,
             Ok(Err(BodyError::TooLarge)) => return Err(too_large()),
             Ok(Err(BodyError::Unreadable)) => {
-                return Err(error(StatusCode::BAD_REQUEST, 400, "request body could not be read"));
+                return Err(error(format, StatusCode::BAD_REQUEST, "request body could not be read"));
             }
             Ok(Err(BodyError::TooSlow)) => {
-                metrics::counter!("evogate_slow_bodies_total").increment(1);
-                return Err(error(StatusCode::REQUEST_TIMEOUT, 408, "request body arriving too slowly"));
+                metrics::counter!(crate::telemetry::SLOW_BODIES).increment(1);
+                return Err(error(format, StatusCode::REQUEST_TIMEOUT, "request body arriving too slowly"));
             }
             Err(_) => {
-                return Err(error(StatusCode::REQUEST_TIMEOUT, 408, "request body not received in time"));
+                return Err(error(format, StatusCode::REQUEST_TIMEOUT, "request body not received in time"));
             }
         };
         // One credential (one user's token) may not take more than its share of the plugin.
         let _credential_slot = match self.credential_slot(plugin, &parts.headers) {
             Ok(slot) => slot,
             Err(()) => {
-                metrics::counter!("evogate_requests_refused_total", "plugin" => plugin.to_owned(), "reason" => "credential")
+                metrics::counter!(crate::telemetry::REQUESTS_REFUSED, "plugin" => plugin.to_owned(), "reason" => "credential")
                     .increment(1);
-                return Err(busy());
+                return Err(unavailable(format, BUSY));
             }
         };
         let request = plugin_request(&parts, route, body);
@@ -600,15 +606,15 @@ impl Gateway {
         // The plugin's own cap answers at once; the shared pool waits (bounded by connections and the deadline).
         let plugin_permit = match self.plugin_permits.get(plugin).map(|permits| permits.clone().try_acquire_owned()) {
             Some(Err(_)) => {
-                metrics::counter!("evogate_requests_refused_total", "plugin" => plugin.to_owned()).increment(1);
-                return Err(busy());
+                metrics::counter!(crate::telemetry::REQUESTS_REFUSED, "plugin" => plugin.to_owned()).increment(1);
+                return Err(unavailable(format, BUSY));
             }
             Some(Ok(permit)) => Some(permit),
             None => None,
         };
         let Ok(Ok(permit)) = tokio::time::timeout_at(deadline.into(), self.permits.clone().acquire_owned()).await
         else {
-            return Err(busy());
+            return Err(unavailable(format, BUSY));
         };
         self.instances_in_use();
         let remaining = deadline.saturating_duration_since(Instant::now());
@@ -627,7 +633,7 @@ impl Gateway {
         drop(plugin_permit);
         self.instances_in_use();
         let failure = |kind: &'static str| {
-            metrics::counter!("evogate_plugin_failures_total", "plugin" => plugin.to_owned(), "kind" => kind)
+            metrics::counter!(crate::telemetry::PLUGIN_FAILURES, "plugin" => plugin.to_owned(), "kind" => kind)
                 .increment(1);
         };
         match outcome {
@@ -635,19 +641,19 @@ impl Gateway {
             Ok(Err(Failure::Deadline)) | Err(_) => {
                 failure("deadline");
                 tracing::warn!(plugin = %label, "request deadline exceeded");
-                Err(deadline_exceeded())
+                Err(unavailable(format, "deadline exceeded"))
             }
             Ok(Err(Failure::MemoryLimit)) => {
                 failure("memory_limit");
                 tracing::warn!(plugin = %label, "plugin hit its memory limit");
-                Err(error(StatusCode::INTERNAL_SERVER_ERROR, 500, "memory limit exceeded"))
+                Err(error(format, StatusCode::INTERNAL_SERVER_ERROR, "memory limit exceeded"))
             }
             Ok(Err(Failure::Trap(err))) => {
                 failure("trap");
                 // The trap's backtrace names the plugin's own functions: escaped.
                 let trap = format!("{err:?}");
                 tracing::error!(plugin = %label, error = %crate::plugin_log::escape_controls(&trap), "plugin trapped");
-                Err(error(StatusCode::INTERNAL_SERVER_ERROR, 500, "plugin failed"))
+                Err(error(format, StatusCode::INTERNAL_SERVER_ERROR, "plugin failed"))
             }
         }
     }
@@ -691,7 +697,7 @@ impl Gateway {
 
     fn instances_in_use(&self) {
         let in_use = self.max_instances.saturating_sub(self.permits.available_permits());
-        metrics::gauge!("evogate_instances_in_use").set(in_use as f64);
+        metrics::gauge!(crate::telemetry::INSTANCES_IN_USE).set(in_use as f64);
     }
 }
 
@@ -704,14 +710,12 @@ fn head_bytes<B>(req: &hyper::Request<B>) -> usize {
     line + headers + 2
 }
 
-fn deadline_exceeded() -> hyper::Response<Full<Bytes>> {
-    let mut response = error(StatusCode::SERVICE_UNAVAILABLE, 503, "deadline exceeded");
-    response.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
-    response
-}
+/// Why a request found no room to run.
+const BUSY: &str = "too many requests in progress";
 
-fn busy() -> hyper::Response<Full<Bytes>> {
-    let mut response = error(StatusCode::SERVICE_UNAVAILABLE, 503, "too many requests in progress");
+/// A 503 the client should retry in a second.
+fn unavailable(format: ErrorFormat, detail: &str) -> hyper::Response<Full<Bytes>> {
+    let mut response = error(format, StatusCode::SERVICE_UNAVAILABLE, detail);
     response.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
     response
 }

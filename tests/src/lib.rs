@@ -72,23 +72,25 @@ pub fn plugin_table(name: &str, wasm: &Path, extra: &str) -> String {
     )
 }
 
-/// The config of a gateway serving the Evotor plugin on `/` with server
-/// credential `server-secret` and partner API token `partner-secret`; `top`
-/// goes before the plugin table (e.g. a `[limits]` table).
-pub fn evotor_config(top: &str) -> String {
+/// The Evotor plugin's `[[plugins]]` table on `route` as an operator writes
+/// it: the gateway's errors in Evotor's body, server credential
+/// `server-secret`, partner API token `partner-secret`; `table` goes inside
+/// the table (e.g. `allowed_outbound_hosts`, `[[plugins.jobs]]`), `settings`
+/// into its `[plugins.config]`.
+pub fn evotor_table(route: &str, table: &str, settings: &str) -> String {
     format!(
-        r#"
-{top}
-[[plugins]]
-name = "evotor"
-route = "/"
-wasm = {wasm}
-[plugins.config]
-server_bearer_token = "server-secret"
-partner_api_token = "partner-secret"
-"#,
+        "[[plugins]]\nname = \"evotor\"\nroute = {route}\nwasm = {wasm}\nerror_format = \"evotor\"\n{table}\n\
+         [plugins.config]\nserver_bearer_token = \"server-secret\"\npartner_api_token = \"partner-secret\"\n{settings}\n",
+        route = toml_str(route),
         wasm = toml_str(&evotor_wasm().to_string_lossy())
     )
+}
+
+/// The config of a gateway serving the Evotor plugin on `/` as
+/// [`evotor_table`] writes it; `top` goes before the plugin table (e.g. a
+/// `[limits]` table).
+pub fn evotor_config(top: &str) -> String {
+    format!("{top}\n{}", evotor_table("/", "", ""))
 }
 
 /// A TOML string literal.
@@ -327,6 +329,18 @@ impl Reply {
     /// The code of the first Evotor error item.
     pub fn error_code(&self) -> Option<u64> {
         self.json()["errors"][0]["code"].as_u64()
+    }
+
+    /// The status and detail of an RFC 9457 problem answer
+    /// (`application/problem+json` with `type`, `title`, `status`,
+    /// `detail`); `None` for any other answer.
+    pub fn problem(&self) -> Option<(u64, String)> {
+        if self.header("content-type") != Some("application/problem+json") {
+            return None;
+        }
+        let body = self.json();
+        (body["type"] == "about:blank" && body["title"].is_string()).then_some(())?;
+        Some((body["status"].as_u64()?, body["detail"].as_str()?.to_owned()))
     }
 }
 

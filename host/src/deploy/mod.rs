@@ -233,7 +233,7 @@ impl Deployer {
                 load_ms = started.elapsed().as_millis() as u64,
                 "plugin loaded"
             );
-            let slot = registry.insert(&plugin.name, &plugin.route, deployment);
+            let slot = registry.insert(&plugin.name, &plugin.route, plugin.error_format, deployment);
             files.save_artifact(&sha256, &bytes)?;
             let entry = Managed {
                 slot,
@@ -308,7 +308,7 @@ impl Deployer {
         }
         self.publish_or_restore(managed, &mut guard, name, &state, artifacts, &before).await?;
         self.go_live(managed, &mut guard, deployment, state.previous);
-        metrics::counter!("evogate_deploys_total", "plugin" => name.to_owned()).increment(1);
+        metrics::counter!(crate::telemetry::DEPLOYS, "plugin" => name.to_owned()).increment(1);
         Ok(Outcome { name: name.into(), deployed: record, changed: true, live: managed.live_record() })
     }
 
@@ -340,7 +340,7 @@ impl Deployer {
         let artifacts = vec![(target.sha256.clone(), bytes_for_fleet)];
         self.publish_or_restore(managed, &mut guard, name, &state, artifacts, &before).await?;
         self.go_live(managed, &mut guard, deployment, state.previous);
-        metrics::counter!("evogate_rollbacks_total", "plugin" => name.to_owned()).increment(1);
+        metrics::counter!(crate::telemetry::ROLLBACKS, "plugin" => name.to_owned()).increment(1);
         Ok(Outcome { name: name.into(), deployed: record, changed: true, live: managed.live_record() })
     }
 
@@ -355,7 +355,7 @@ impl Deployer {
         let started = std::time::Instant::now();
         let plugin =
             self.sandbox.load(name, bytes, sha256, managed.settings.clone(), namespace).await.map_err(|err| {
-                metrics::counter!("evogate_deploys_refused_total", "plugin" => name.to_owned()).increment(1);
+                metrics::counter!(crate::telemetry::DEPLOYS_REFUSED, "plugin" => name.to_owned()).increment(1);
                 DeployError::Refused(err.into())
             })?;
         tracing::info!(plugin = name, identity = %format!("{}@{}", plugin.name, plugin.version), sha256 = &sha256[..12], load_ms = started.elapsed().as_millis() as u64, "plugin version ready");

@@ -79,7 +79,7 @@ impl Faulty {
         let hit = draw % 1000 < u64::from(rate);
         if hit {
             tracing::warn!(kind, namespace = ns, "injected store fault");
-            metrics::counter!("evogate_store_faults_injected_total", "kind" => kind).increment(1);
+            metrics::counter!(crate::telemetry::STORE_FAULTS_INJECTED, "kind" => kind).increment(1);
         }
         hit
     }

@@ -212,13 +212,13 @@ impl wit_kv::Host for KvCtx {
         let started = Instant::now();
         let span = tracing::debug_span!("kv.commit", checks = checks.len(), writes = writes.len());
         let result = self.blocking(true, move || kv.commit(&checks, &writes)).instrument(span).await;
-        metrics::histogram!("evogate_kv_commit_duration_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!(crate::telemetry::KV_COMMIT_DURATION).record(started.elapsed().as_secs_f64());
         result.map_err(|err| {
             match &err {
-                kv::KvError::Conflict => metrics::counter!("evogate_kv_conflicts_total").increment(1),
+                kv::KvError::Conflict => metrics::counter!(crate::telemetry::KV_CONFLICTS).increment(1),
                 kv::KvError::Unavailable(why) => tracing::error!(error = %why, "kv commit failed"),
                 kv::KvError::OutcomeUnknown(why) => {
-                    metrics::counter!("evogate_kv_outcome_unknown_total").increment(1);
+                    metrics::counter!(crate::telemetry::KV_OUTCOME_UNKNOWN).increment(1);
                     tracing::error!(error = %why, "kv commit outcome unknown")
                 }
                 kv::KvError::TooLarge(_) => {}
@@ -283,7 +283,7 @@ async fn slot(
     match tokio::time::timeout_at(deadline.into(), slots.clone().acquire_owned()).await {
         Ok(Ok(slot)) => Ok(slot),
         _ => {
-            metrics::counter!("evogate_kv_calls_refused_total").increment(1);
+            metrics::counter!(crate::telemetry::KV_CALLS_REFUSED).increment(1);
             Err(kv::KvError::Unavailable("too many store calls in flight".into()))
         }
     }

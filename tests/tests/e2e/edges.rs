@@ -10,6 +10,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Why the gateway refuses a request no slot is free for.
+const BUSY: &str = "too many requests in progress";
+
 /// A fresh self-signed certificate for `localhost` and 127.0.0.1: (certificate PEM, key PEM, certificate DER).
 fn certificate() -> (String, String, CertificateDer<'static>) {
     let key = rcgen::KeyPair::generate().expect("a key");
@@ -489,7 +492,7 @@ fn the_plugin_concurrency_cap_answers_503_with_retry_after_and_recovers() {
     assert_eq!((served, refused.len()), (2, 4), "{results:?}");
     for (_, retry_after, body) in refused {
         assert_eq!(retry_after.as_deref(), Some("1"));
-        assert_eq!(body["errors"][0]["code"], 503, "the Evotor error format");
+        assert_eq!((body["status"].as_u64(), body["detail"].as_str()), (Some(503), Some(BUSY)), "a problem: {body}");
     }
     assert_eq!(get(&gateway.url("/g/version")).status, 200, "capacity comes back");
 }
@@ -507,7 +510,8 @@ fn connections_past_the_cap_get_503_and_oversized_heads_get_431() {
     let _ = third.read_to_string(&mut reply);
     assert!(reply.starts_with("HTTP/1.1 503"), "{reply}");
     assert!(reply.to_ascii_lowercase().contains("retry-after: 1"));
-    assert!(reply.contains(r#""code":503"#));
+    assert!(reply.to_ascii_lowercase().contains("content-type: application/problem+json"), "{reply}");
+    assert!(reply.contains(r#""status":503"#) && reply.contains("too many connections"), "{reply}");
     drop((first, second));
     std::thread::sleep(Duration::from_millis(100));
     let big = "a".repeat(40_000);
@@ -518,8 +522,7 @@ fn connections_past_the_cap_get_503_and_oversized_heads_get_431() {
 
 /// The `[[plugins]]` table of the test plugin as `g` on `/g`.
 fn guest_table() -> String {
-    let wasm = evogate_e2e::toml_str(&evogate_e2e::guest_wasm().to_string_lossy());
-    format!("[[plugins]]\nname = \"g\"\nroute = \"/g\"\nwasm = {wasm}\n")
+    evogate_e2e::plugin_table("g", &evogate_e2e::guest_wasm(), "")
 }
 
 #[test]

@@ -4,7 +4,7 @@
 //! stored; a re-delivery taken once; the result read back as the partner
 //! does.
 
-use evogate_e2e::{Gateway, evotor_wasm, request, toml_str};
+use evogate_e2e::{Gateway, evotor_table, request};
 use hmac::Mac as _;
 use serde_json::{Value, json};
 
@@ -13,19 +13,7 @@ const USER: &str = "02-200000000000108";
 const STORE: &str = "20180417-2396-4075-808C-50046017B78F";
 
 fn gateway() -> Gateway {
-    Gateway::start(&format!(
-        r#"
-[[plugins]]
-name = "evotor"
-route = "/evotor"
-wasm = {wasm}
-[plugins.config]
-server_bearer_token = "server-secret"
-partner_api_token = "partner-secret"
-events_webhook_secret = "{SECRET}"
-"#,
-        wasm = toml_str(&evotor_wasm().to_string_lossy())
-    ))
+    Gateway::start(&evotor_table("/evotor", "", &format!("events_webhook_secret = \"{SECRET}\"")))
 }
 
 fn sign(secret: &str, body: &[u8]) -> String {

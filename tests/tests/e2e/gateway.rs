@@ -1,7 +1,8 @@
 //! End to end: the real `evogate` binary, the real plugins, real HTTP.
 //!
 //! - the Evotor plugin: the cloud token is stored and survives a restart;
-//!   Evotor-format 404 / 405 / 413 answers;
+//!   Evotor-format 404 / 405 / 413 answers; the gateway's own errors in each
+//!   route's format (Evotor's, or RFC 9457 problems);
 //! - hostile plugins: an endless loop meets the deadline while other requests
 //!   are served; unbounded allocation and panics fail alone;
 //! - isolation: two plugins on two routes never see each other's keys;
@@ -73,19 +74,29 @@ fn unknown_path_and_wrong_method_answer_in_evotor_format() {
 fn a_path_no_plugin_serves_is_404_from_the_gateway() {
     let gateway = guest_gateway("");
     let reply = get(&gateway.url("/gamma/version"));
-    assert_eq!((reply.status, reply.error_code()), (404, Some(404)));
+    assert_eq!((reply.status, reply.problem()), (404, Some((404, "not found".into()))), "{}", reply.text());
     let prefix_only = get(&gateway.url("/alphabet/version"));
     assert_eq!(prefix_only.status, 404, "routes match whole segments");
 }
 
 #[test]
-fn oversized_bodies_get_413_with_or_without_content_length() {
-    let gateway = Gateway::evotor("[limits]\nmax_body_bytes = 1024");
+fn oversized_bodies_get_413_with_or_without_content_length_in_the_format_of_their_route() {
+    let guest = plugin_table("g", &guest_wasm(), "");
+    let gateway = Gateway::evotor(&format!("[limits]\nmax_body_bytes = 1024\n{guest}"));
     let big = vec![b'x'; 4096];
     let declared = request("POST", &gateway.url("/api/v1/user/token"), &[], Some(&big));
     assert_eq!((declared.status, declared.error_code()), (413, Some(413)));
+    assert_eq!(declared.header("content-type"), Some("application/json"));
+    assert_eq!(declared.json()["errors"][0]["value"], 1024, "{}", declared.text());
     let streamed = post_chunked(&gateway.url("/api/v1/user/token"), &big);
     assert_eq!((streamed.status, streamed.error_code()), (413, Some(413)));
+    // The same limit on the standard-format route next to it: a problem.
+    for reply in
+        [request("POST", &gateway.url("/g/echo"), &[], Some(&big)), post_chunked(&gateway.url("/g/echo"), &big)]
+    {
+        assert_eq!((reply.status, reply.problem()), (413, Some((413, "payload too large".into()))), "{}", reply.text());
+        assert_eq!(reply.json()["value"], 1024);
+    }
     let fits =
         post_json(&gateway.url("/api/v1/user/token"), Some("server-secret"), &json!({"userId": USER, "token": "t"}));
     assert_eq!(fits.status, 200, "a body under the limit still passes");
@@ -116,8 +127,7 @@ fn endless_loops_hit_the_deadline_while_other_requests_are_served() {
 
     for looping in loops {
         let (looped, took) = looping.join().expect("loop thread");
-        assert_eq!((looped.status, looped.error_code()), (503, Some(503)));
-        assert_eq!(looped.json()["errors"][0]["reason"], "deadline exceeded");
+        assert_eq!((looped.status, looped.problem()), (503, Some((503, "deadline exceeded".into()))));
         assert!(took >= Duration::from_millis(1400) && took < Duration::from_secs(5), "{took:?}");
     }
     assert!(gateway.wait_for_log("deadline exceeded"));
@@ -128,8 +138,7 @@ fn endless_loops_hit_the_deadline_while_other_requests_are_served() {
 fn unbounded_allocation_fails_that_request_only() {
     let gateway = guest_gateway("[limits]\ninstance_memory_bytes = 16777216");
     let reply = get(&gateway.url("/alpha/alloc"));
-    assert_eq!((reply.status, reply.error_code()), (500, Some(500)));
-    assert_eq!(reply.json()["errors"][0]["reason"], "memory limit exceeded");
+    assert_eq!((reply.status, reply.problem()), (500, Some((500, "memory limit exceeded".into()))));
     assert!(gateway.wait_for_log("memory limit"));
     assert_eq!(get(&gateway.url("/alpha/version")).status, 200);
 }
@@ -138,7 +147,7 @@ fn unbounded_allocation_fails_that_request_only() {
 fn a_panic_is_500_logged_with_the_plugin_and_the_host_lives_on() {
     let gateway = guest_gateway("");
     let reply = get(&gateway.url("/alpha/panic"));
-    assert_eq!((reply.status, reply.error_code()), (500, Some(500)));
+    assert_eq!((reply.status, reply.problem()), (500, Some((500, "plugin failed".into()))));
     assert!(gateway.wait_for_log("the test guest panics on request"), "{}", gateway.log());
     let log = gateway.log();
     let line = log.lines().find(|l| l.contains("the test guest panics")).unwrap_or_default();

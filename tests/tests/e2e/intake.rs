@@ -3,7 +3,7 @@
 //! timestamps, tokens without a scheme, the largest delivery the limits
 //! allow, a whole catalog unpaged, the plugin mounted under a prefix.
 
-use evogate_e2e::{Gateway, evotor_wasm, post_json, request, toml_str};
+use evogate_e2e::{Gateway, evotor_table, post_json, request};
 use serde_json::{Value, json};
 
 const USER: &str = "01-000000000004217";
@@ -164,11 +164,7 @@ fn a_catalog_of_100000_products_answers_whole_unpaged() {
 
 #[test]
 fn the_plugin_works_mounted_under_a_route_prefix() {
-    let gateway = Gateway::start(&format!(
-        "[[plugins]]\nname = \"evotor\"\nroute = \"/evotor\"\nwasm = {}\n[plugins.config]\n\
-         server_bearer_token = \"server-secret\"\npartner_api_token = \"partner-secret\"\n",
-        toml_str(&evotor_wasm().to_string_lossy())
-    ));
+    let gateway = Gateway::start(&evotor_table("/evotor", "", ""));
     let token = register_at(&gateway, "/evotor");
     let reply = bare_token(&gateway, "PUT", "/evotor", &token, V2_SELL.as_bytes());
     assert_eq!(reply.json(), json!({"accepted": 1, "duplicates": 0}), "the bare webhook is the route itself");

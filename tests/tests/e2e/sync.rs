@@ -6,7 +6,7 @@
 //! not allow.
 
 use evogate_e2e::cloud::{Account, MockCloud, Trouble};
-use evogate_e2e::{Gateway, request, toml_str};
+use evogate_e2e::{Gateway, evotor_table, request, toml_str};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 
@@ -22,26 +22,9 @@ const DEVICE: &str = "20170301-AAAA-401B-80FA-9ECCA8451FFB";
 /// The Evotor plugin on `/` with the sync job (run by hand here), calling
 /// `api_url`, allowed to reach `allowed`.
 fn gateway(api_url: &str, allowed: &str, settings: &str) -> Gateway {
-    Gateway::start(&format!(
-        r#"
-[[plugins]]
-name = "evotor"
-route = "/"
-wasm = {wasm}
-allowed_outbound_hosts = [{allowed}]
-[[plugins.jobs]]
-name = "sync"
-every = "1h"
-[plugins.config]
-server_bearer_token = "server-secret"
-partner_api_token = "partner-secret"
-evotor_api_url = {api_url}
-{settings}
-"#,
-        wasm = toml_str(&evogate_e2e::evotor_wasm().to_string_lossy()),
-        allowed = toml_str(allowed),
-        api_url = toml_str(api_url),
-    ))
+    let table =
+        format!("allowed_outbound_hosts = [{}]\n[[plugins.jobs]]\nname = \"sync\"\nevery = \"1h\"", toml_str(allowed));
+    Gateway::start(&evotor_table("/", &table, &format!("evotor_api_url = {}\n{settings}", toml_str(api_url))))
 }
 
 fn now_ms() -> i64 {

@@ -1,0 +1,153 @@
+//! Every metric the gateway records, named and described once: the code
+//! records through these constants, `/metrics` carries their help text,
+//! and the table in `docs/operations.md` is checked against [`ALL`].
+
+// Without the runtime only the store's metrics are recorded.
+#![cfg_attr(not(feature = "runtime"), allow(dead_code))]
+
+/// What a metric is in Prometheus' terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// One metric: its name, kind, label names and what it counts.
+#[derive(Debug)]
+pub(crate) struct Metric {
+    pub name: &'static str,
+    pub kind: Kind,
+    /// The label names (Prometheus takes them from each recording; the docs table lists them).
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub labels: &'static [&'static str],
+    pub help: &'static str,
+}
+
+macro_rules! metrics_table {
+    ($($id:ident: $kind:ident $name:literal [$($label:literal),*] $help:literal;)*) => {
+        $(pub(crate) const $id: &str = $name;)*
+        /// Every metric, in the order the docs list them.
+        pub(crate) const ALL: &[Metric] =
+            &[$(Metric { name: $name, kind: Kind::$kind, labels: &[$($label),*], help: $help }),*];
+    };
+}
+
+metrics_table! {
+    REQUESTS: Counter "evogate_requests_total" ["plugin", "route", "status"]
+        "requests answered; plugin and route are empty for a request no route serves";
+    REQUEST_DURATION: Histogram "evogate_request_duration_seconds" ["plugin"]
+        "time from a request's head to its answer";
+    PLUGIN_FAILURES: Counter "evogate_plugin_failures_total" ["plugin", "kind"]
+        "requests a plugin failed: kind trap, deadline or memory_limit";
+    PLUGIN_MEMORY: Histogram "evogate_plugin_memory_bytes" ["plugin"]
+        "the linear memory each request's instance grew to (what limits.instance_memory_bytes has to hold)";
+    INSTANCES_IN_USE: Gauge "evogate_instances_in_use" []
+        "plugin instances serving a request now";
+    REQUESTS_REFUSED: Counter "evogate_requests_refused_total" ["plugin", "reason"]
+        "requests answered 503 at once by a plugin's max_concurrent_requests, or, with reason=credential, by its max_concurrent_per_credential";
+    CONNECTIONS_REFUSED: Counter "evogate_connections_refused_total" []
+        "connections past limits.max_connections";
+    ADMIN_CONNECTIONS_REFUSED: Counter "evogate_admin_connections_refused_total" []
+        "admin connections past the admin listener's 64";
+    SLOW_BODIES: Counter "evogate_slow_bodies_total" []
+        "request bodies cut off by limits.min_body_bytes_per_sec";
+    KV_COMMIT_DURATION: Histogram "evogate_kv_commit_duration_seconds" []
+        "time of one store commit";
+    KV_CONFLICTS: Counter "evogate_kv_conflicts_total" []
+        "commits refused because a checked key had changed";
+    KV_OUTCOME_UNKNOWN: Counter "evogate_kv_outcome_unknown_total" []
+        "commits whose outcome the store could not tell";
+    KV_CALLS_REFUSED: Counter "evogate_kv_calls_refused_total" []
+        "store calls refused as unavailable: no room under limits.max_kv_calls_in_flight by the request's deadline";
+    DEPLOYS: Counter "evogate_deploys_total" ["plugin"]
+        "plugin versions deployed";
+    DEPLOYS_REFUSED: Counter "evogate_deploys_refused_total" ["plugin"]
+        "deploys refused because the component did not load";
+    ROLLBACKS: Counter "evogate_rollbacks_total" ["plugin"]
+        "rollbacks to the previous version";
+    OUTBOUND_REQUESTS: Counter "evogate_outbound_requests_total" ["plugin", "outcome"]
+        "the plugins' outgoing HTTP requests: outcome ok, error, or refused by allowed_outbound_hosts";
+    OUTBOUND_DURATION: Histogram "evogate_outbound_request_seconds" ["plugin"]
+        "time of one outgoing request up to its response head";
+    JOB_RUNS: Counter "evogate_job_runs_total" ["plugin", "job", "outcome"]
+        "scheduled job runs: outcome ok, error, timeout, memory or trap";
+    JOB_DURATION: Histogram "evogate_job_duration_seconds" ["plugin", "job"]
+        "time of one job run";
+    JOB_TICKS_MISSED: Counter "evogate_job_ticks_missed_total" ["plugin", "job", "reason"]
+        "job ticks not run: reason still_running or store_unavailable";
+    STORE_FAULTS_INJECTED: Counter "evogate_store_faults_injected_total" ["kind"]
+        "store faults injected (the test build only)";
+}
+
+/// Gives the process's recorder each metric's help text (Prometheus `# HELP`).
+pub(crate) fn describe() {
+    for metric in ALL {
+        match metric.kind {
+            Kind::Counter => metrics::describe_counter!(metric.name, metric.help),
+            Kind::Gauge => metrics::describe_gauge!(metric.name, metric.help),
+            Kind::Histogram => metrics::describe_histogram!(metric.name, metric.help),
+        }
+    }
+}
+
+/// The metrics table of `docs/operations.md`, as [`ALL`] writes it.
+#[cfg(test)]
+fn docs_table() -> String {
+    let mut table = String::from("| metric | type | labels | what it counts |\n|---|---|---|---|\n");
+    for metric in ALL {
+        let kind = match metric.kind {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
+        };
+        let labels = metric.labels.iter().map(|label| format!("`{label}`")).collect::<Vec<_>>().join(", ");
+        table.push_str(&format!("| `{}` | {kind} | {labels} | {} |\n", metric.name, metric.help));
+    }
+    table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_operations_guide_lists_every_metric_as_the_code_names_it() {
+        let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/operations.md")).unwrap();
+        let table = docs_table();
+        assert!(docs.contains(&table), "docs/operations.md must hold this metrics table:\n{table}");
+    }
+
+    #[test]
+    fn metric_names_are_unique_and_prometheus_names() {
+        let mut names: Vec<&str> = ALL.iter().map(|metric| metric.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), ALL.len());
+        for metric in ALL {
+            assert!(metric.name.starts_with("evogate_"), "{}", metric.name);
+            assert!(metric.name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'), "{}", metric.name);
+            assert_eq!(metric.kind == Kind::Counter, metric.name.ends_with("_total"), "{}", metric.name);
+        }
+    }
+
+    /// A metric recorded under a literal name would bypass the table.
+    #[test]
+    fn the_code_records_metrics_only_by_the_names_above() {
+        let mut files = vec![std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/src"))];
+        let mut literal = Vec::new();
+        while let Some(path) = files.pop() {
+            if path.is_dir() {
+                files.extend(std::fs::read_dir(&path).unwrap().map(|entry| entry.unwrap().path()));
+            } else if path.extension().is_some_and(|ext| ext == "rs") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                for macro_call in ["counter!(\"", "gauge!(\"", "histogram!(\""] {
+                    if text.contains(macro_call) {
+                        literal.push(format!("{}: {macro_call}", path.display()));
+                    }
+                }
+            }
+        }
+        assert!(literal.is_empty(), "metrics recorded under a literal name: {literal:?}");
+    }
+}
