@@ -36,4 +36,4 @@ pub(crate) use generated::exports::evogate::plugin0_2_2::{
     handler as wit_handler, identity as wit_identity, scheduled as wit_scheduled,
 };
 /// The first world's interfaces.
-pub(crate) use generated_0_1::evogate::plugin0_1_0 as v0_1;
+pub(crate) use generated_0_1::evogate::plugin0_1_0 as wit_0_1;

@@ -299,7 +299,7 @@ same_in_both_drafts!(
         let after = match cursor {
             None => None,
             Some(cursor) => {
-                let found = self.keyvalue.cursors.iter().find(|(id, _)| *id == cursor);
+                let found = self.state.cursors.iter().find(|(id, _)| *id == cursor);
                 let Some((_, key)) = found else {
                     return Err(d1::store::Error::Other(format!(
                         "unknown list-keys cursor {cursor}: cursors hold within one request, for its {MAX_CURSORS} newest pages"
@@ -310,7 +310,7 @@ same_in_both_drafts!(
         };
         let (keys, last) = self.kv_keys(&bucket, after).await?;
         let cursor = last.map(|key| {
-            let state = &mut self.keyvalue;
+            let state = &mut self.state;
             state.next_cursor += 1;
             if state.cursors.len() == MAX_CURSORS {
                 state.cursors.pop_front();
@@ -391,7 +391,7 @@ pub(crate) struct KeyValueView<'a> {
     /// The evogate `kv` context the calls go through.
     pub(crate) kv: &'a mut KvCtx,
     /// Cursors of key listings.
-    pub(crate) keyvalue: &'a mut KeyValueState,
+    pub(crate) state: &'a mut KeyValueState,
 }
 
 /// [`wasmtime::component::HasData`] for the linker: the store's data lends a [`KeyValueView`].

@@ -28,7 +28,9 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use crate::bindings::{generated_0_1, v0_1, wit_config, wit_handler, wit_identity, wit_kv, wit_scheduled, wit_types};
+use crate::bindings::{
+    generated_0_1, wit_0_1, wit_config, wit_handler, wit_identity, wit_kv, wit_scheduled, wit_types,
+};
 pub use crate::edge::{Request, Response};
 
 /// How often the epoch ticks: the deadline's granularity, and how long a
@@ -179,16 +181,16 @@ impl Sandbox {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).context("linking WASI")?;
         wit_types::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s).context("linking types")?;
         wit_config::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s).context("linking config")?;
-        v0_1::types::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
+        wit_0_1::types::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
             .context("linking types 0.1.0")?;
-        v0_1::config::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
+        wit_0_1::config::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
             .context("linking config 0.1.0")?;
-        kv::host::add_to_linker(&mut linker, |s: &mut HostState| &mut s.kv).context("linking kv")?;
+        kv::host::add_to_linker(&mut linker, |s: &mut HostState| &mut s.evogate_kv).context("linking kv")?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).context("linking wasi:http")?;
         crate::keyvalue::add_to_linker(&mut linker, |s: &mut HostState| crate::keyvalue::KeyValueView {
             table: &mut s.table,
-            kv: &mut s.kv,
-            keyvalue: &mut s.keyvalue,
+            kv: &mut s.evogate_kv,
+            state: &mut s.wasi_keyvalue,
         })
         .context("linking wasi:keyvalue")?;
 
@@ -224,9 +226,9 @@ impl Sandbox {
         let pre = match Current::new(pre.clone()) {
             Ok(current) => Pre::Current(current),
             Err(current) => match generated_0_1::PluginPre::new(pre.clone()) {
-                Ok(first) => Pre::First(first),
+                Ok(first) => Pre::Evogate0_1_0(first),
                 Err(_) => match ProxyPre::new(pre) {
-                    Ok(proxy) => Pre::Proxy(proxy),
+                    Ok(proxy) => Pre::WasiHttp(proxy),
                     Err(_) => {
                         return Err(current).with_context(|| {
                             format!(
@@ -245,8 +247,8 @@ impl Sandbox {
                     component.component_type().exports(&self.engine).map(|(name, _)| name.to_owned()).collect();
                 World::evogate_from_exports(&exports)
             }
-            Pre::First(_) => World::EvogateFirst,
-            Pre::Proxy(_) => World::WasiHttp,
+            Pre::Evogate0_1_0(_) => World::Evogate0_1_0,
+            Pre::WasiHttp(_) => World::WasiHttp,
         };
         let outbound = Arc::new(
             crate::outgoing::Client::new(settings.outbound_ca.as_deref(), self.limits.max_outbound_response_bytes)
@@ -268,12 +270,12 @@ impl Sandbox {
             label: Arc::from(plugin),
         };
         let (name, semver) =
-            version.identity().await.with_context(|| format!("reading the identity of plugin {plugin:?}"))?;
+            version.read_identity().await.with_context(|| format!("reading the identity of plugin {plugin:?}"))?;
         // A standard component has no identity of its own: the plugin's
         // name, and the start of its SHA-256 as the version.
         let (name, semver) = match version.pre {
-            Pre::Proxy(_) => (plugin.to_owned(), sha256.chars().take(12).collect()),
-            Pre::Current(_) | Pre::First(_) => (name, semver),
+            Pre::WasiHttp(_) => (plugin.to_owned(), sha256.chars().take(12).collect()),
+            Pre::Current(_) | Pre::Evogate0_1_0(_) => (name, semver),
         };
         for (what, text) in [("name", &name), ("version", &semver)] {
             let printable = !text.is_empty() && text.len() <= MAX_IDENTITY_BYTES && !text.chars().any(char::is_control);
@@ -293,8 +295,8 @@ impl Sandbox {
 /// A compiled component, by the world it was built against.
 enum Pre {
     Current(Current),
-    First(generated_0_1::PluginPre<HostState>),
-    Proxy(ProxyPre<HostState>),
+    Evogate0_1_0(generated_0_1::PluginPre<HostState>),
+    WasiHttp(ProxyPre<HostState>),
 }
 
 /// A 0.2.x plugin: its component, and where its exports are.
@@ -325,7 +327,7 @@ pub enum World {
     /// `evogate:plugin@0.2.0`: 0.2.1 without `kv.get-many`.
     Evogate0_2_0,
     /// `evogate:plugin@0.1.0`, the first world.
-    EvogateFirst,
+    Evogate0_1_0,
     /// The standard `wasi:http/proxy` world (0.2.x).
     WasiHttp,
 }
@@ -337,7 +339,7 @@ impl World {
             World::Evogate => "evogate:plugin@0.2.2",
             World::Evogate0_2_1 => "evogate:plugin@0.2.1",
             World::Evogate0_2_0 => "evogate:plugin@0.2.0",
-            World::EvogateFirst => "evogate:plugin@0.1.0",
+            World::Evogate0_1_0 => "evogate:plugin@0.1.0",
             World::WasiHttp => "wasi:http/proxy@0.2",
         }
     }
@@ -395,6 +397,12 @@ impl PluginVersion {
         &self.label
     }
 
+    /// `name@version` as the build reports itself in its identity (its
+    /// [`label`](Self::label) names it by the configured name instead).
+    pub fn identity(&self) -> String {
+        format!("{}@{}", self.name, self.version)
+    }
+
     /// The world the component was built against.
     pub fn world(&self) -> World {
         self.world
@@ -430,9 +438,9 @@ impl PluginVersion {
                     Err(err) => Err(err),
                 }
             }
-            Pre::First(pre) => {
+            Pre::Evogate0_1_0(pre) => {
                 let Request { method, path, query, headers, body } = request;
-                let request = v0_1::types::Request { method, path, query, headers, body };
+                let request = wit_0_1::types::Request { method, path, query, headers, body };
                 match pre.instantiate_async(&mut store).await {
                     Ok(plugin) => {
                         plugin.evogate_plugin0_1_0_handler().call_handle(&mut store, &request).await.map(|answer| {
@@ -442,7 +450,7 @@ impl PluginVersion {
                     Err(err) => Err(err),
                 }
             }
-            Pre::Proxy(pre) => serve_standard(pre, &mut store, request, self.limits.memory_bytes).await,
+            Pre::WasiHttp(pre) => serve_standard(pre, &mut store, request, self.limits.memory_bytes).await,
         };
         let peak = store.data().limiter.peak;
         PEAK_INSTANCE_MEMORY.fetch_max(peak, std::sync::atomic::Ordering::Relaxed);
@@ -495,7 +503,7 @@ impl PluginVersion {
     }
 
     /// Instantiates once and reads the plugin's identity.
-    async fn identity(&self) -> Result<(String, String), Failure> {
+    async fn read_identity(&self) -> Result<(String, String), Failure> {
         let mut store = self.new_store(self.limits.timeout, "-");
         let result = match &self.pre {
             Pre::Current(current) => match current.pre.instantiate_async(&mut store).await {
@@ -505,14 +513,14 @@ impl PluginVersion {
                 },
                 Err(err) => Err(err),
             },
-            Pre::First(pre) => match pre.instantiate_async(&mut store).await {
+            Pre::Evogate0_1_0(pre) => match pre.instantiate_async(&mut store).await {
                 Ok(plugin) => {
                     plugin.evogate_plugin0_1_0_identity().call_info(&mut store).await.map(|i| (i.name, i.version))
                 }
                 Err(err) => Err(err),
             },
             // No identity to read: instantiating once is the smoke test.
-            Pre::Proxy(pre) => pre.instantiate_async(&mut store).await.map(|_| (String::new(), String::new())),
+            Pre::WasiHttp(pre) => pre.instantiate_async(&mut store).await.map(|_| (String::new(), String::new())),
         };
         self.finish(&store, result)
     }
@@ -530,7 +538,7 @@ impl PluginVersion {
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false);
-        if matches!(self.pre, Pre::Proxy(_)) {
+        if matches!(self.pre, Pre::WasiHttp(_)) {
             for (name, value) in &self.settings.config {
                 wasi.env(name, value);
             }
@@ -541,7 +549,7 @@ impl PluginVersion {
             wasi,
             table: ResourceTable::new(),
             limiter: MemoryLimiter { max_bytes: self.limits.memory_bytes, hit: false, peak: 0 },
-            kv: KvCtx::new(self.kv.clone(), self.kv_calls.clone(), deadline),
+            evogate_kv: KvCtx::new(self.kv.clone(), self.kv_calls.clone(), deadline),
             settings: self.settings.clone(),
             http: WasiHttpCtx::new(),
             outbound: crate::outgoing::Hooks::new(
@@ -551,7 +559,7 @@ impl PluginVersion {
                 tag,
                 deadline,
             ),
-            keyvalue: crate::keyvalue::KeyValueState::default(),
+            wasi_keyvalue: crate::keyvalue::KeyValueState::default(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
@@ -599,12 +607,12 @@ pub(crate) struct HostState {
     table: ResourceTable,
     limiter: MemoryLimiter,
     /// The evogate `kv` interface's per-request state.
-    kv: KvCtx,
+    evogate_kv: KvCtx,
     settings: Arc<PluginSettings>,
     http: WasiHttpCtx,
     outbound: crate::outgoing::Hooks,
     /// The standard `wasi:keyvalue` interface's per-request state.
-    keyvalue: crate::keyvalue::KeyValueState,
+    wasi_keyvalue: crate::keyvalue::KeyValueState,
 }
 
 impl WasiView for HostState {
@@ -731,9 +739,9 @@ impl wit_config::Host for HostState {
     }
 }
 
-impl v0_1::types::Host for HostState {}
+impl wit_0_1::types::Host for HostState {}
 
-impl v0_1::config::Host for HostState {
+impl wit_0_1::config::Host for HostState {
     fn get(&mut self, name: String) -> Option<String> {
         wit_config::Host::get(self, name)
     }

@@ -7,7 +7,7 @@
 //!   ([`check_key`], [`check_get_many`], [`check_scan`], [`check_commit`]);
 //! - the answer rules every store follows: the stamped-key format
 //!   ([`stamped_key`], [`resolve`]), the byte budget of a `get-many`
-//!   ([`read_many`]) and of a scan page ([`Page`]);
+//!   ([`get_many_answer`]) and of a scan page ([`Page`]);
 //! - [`MemStore`], the reference in-memory store with exactly those
 //!   semantics. It is the gateway's `memory` backend and the store plugins'
 //!   native tests run against; [`MemStore::with_short_answers`] makes it
@@ -199,7 +199,7 @@ pub fn check_commit(checks: &[Check], writes: &[Write]) -> Result<(), KvError> {
 
 /// A `get-many` answer as every store builds it: `read` each key in order
 /// until the values read reach `max_bytes` (the first key always).
-pub fn read_many(
+pub fn get_many_answer(
     keys: &[String],
     max_bytes: usize,
     mut read: impl FnMut(&str) -> Result<Option<Entry>, KvError>,
@@ -307,12 +307,12 @@ impl MemStore {
         self.lock().namespaces.get(ns).and_then(|map| map.get(key)).cloned()
     }
 
-    /// Reads `keys` of `ns` as of one moment, in their order, within `max_bytes` ([`read_many`]).
+    /// Reads `keys` of `ns` as of one moment, in their order, within `max_bytes` ([`get_many_answer`]).
     pub fn get_many(&self, ns: &str, keys: &[String], max_bytes: usize) -> Vec<Option<Entry>> {
         let inner = self.lock();
         let map = inner.namespaces.get(ns);
         let keys = &keys[..keys.len().min(self.short.unwrap_or(usize::MAX))];
-        let read = read_many(keys, max_bytes, |key| Ok(map.and_then(|map| map.get(key)).cloned()));
+        let read = get_many_answer(keys, max_bytes, |key| Ok(map.and_then(|map| map.get(key)).cloned()));
         read.unwrap_or_default() // the reader above never fails
     }
 

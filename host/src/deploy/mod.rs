@@ -226,7 +226,7 @@ impl Deployer {
             tracing::info!(
                 plugin = %plugin.name,
                 route = %plugin.route,
-                identity = %format!("{}@{}", deployment.plugin.name, deployment.plugin.version),
+                identity = %deployment.plugin.identity(),
                 world = deployment.plugin.world().as_str(),
                 sha256 = %&sha256[..12],
                 wasm = %source.display(),
@@ -358,7 +358,7 @@ impl Deployer {
                 metrics::counter!(crate::telemetry::DEPLOYS_REFUSED, "plugin" => name.to_owned()).increment(1);
                 DeployError::Refused(err.into())
             })?;
-        tracing::info!(plugin = name, identity = %format!("{}@{}", plugin.name, plugin.version), sha256 = &sha256[..12], load_ms = started.elapsed().as_millis() as u64, "plugin version ready");
+        tracing::info!(plugin = name, identity = %plugin.identity(), sha256 = &sha256[..12], load_ms = started.elapsed().as_millis() as u64, "plugin version ready");
         Ok(Deployment { plugin, sha256: sha256.to_owned(), deployed_at: now_unix() })
     }
 

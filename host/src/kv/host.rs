@@ -6,7 +6,7 @@
 //! runs in a debug-level span (`kv.get`, `kv.commit`, …).
 
 use super::{self as kv, Namespace};
-use crate::bindings::{v0_1, wit_kv};
+use crate::bindings::{wit_0_1, wit_kv};
 use std::sync::Arc;
 use std::time::Instant;
 use tracing::Instrument as _;
@@ -36,7 +36,7 @@ pub(crate) fn add_to_linker<T: Send + 'static>(
     get: fn(&mut T) -> &mut KvCtx,
 ) -> wasmtime::Result<()> {
     wit_kv::add_to_linker::<T, Ctx>(linker, get)?;
-    v0_1::kv::add_to_linker::<T, Ctx>(linker, get)
+    wit_0_1::kv::add_to_linker::<T, Ctx>(linker, get)
 }
 
 /// [`HasData`] for the linker: the store's data lends a [`KvCtx`].
@@ -58,24 +58,24 @@ impl From<kv::KvError> for wit_kv::Error {
 }
 
 /// 0.1.0 has no `outcome-unknown`: its `unavailable` says so in the message.
-impl From<wit_kv::Error> for v0_1::kv::Error {
+impl From<wit_kv::Error> for wit_0_1::kv::Error {
     fn from(err: wit_kv::Error) -> Self {
         match err {
-            wit_kv::Error::Conflict => v0_1::kv::Error::Conflict,
-            wit_kv::Error::TooLarge => v0_1::kv::Error::TooLarge,
-            wit_kv::Error::Unavailable(why) => v0_1::kv::Error::Unavailable(why),
-            wit_kv::Error::OutcomeUnknown(why) => v0_1::kv::Error::Unavailable(format!("outcome unknown: {why}")),
+            wit_kv::Error::Conflict => wit_0_1::kv::Error::Conflict,
+            wit_kv::Error::TooLarge => wit_0_1::kv::Error::TooLarge,
+            wit_kv::Error::Unavailable(why) => wit_0_1::kv::Error::Unavailable(why),
+            wit_kv::Error::OutcomeUnknown(why) => wit_0_1::kv::Error::Unavailable(format!("outcome unknown: {why}")),
         }
     }
 }
 
-fn entry_0_1(entry: wit_kv::Entry) -> v0_1::kv::Entry {
-    v0_1::kv::Entry { value: entry.value, version: entry.version }
+fn entry_0_1(entry: wit_kv::Entry) -> wit_0_1::kv::Entry {
+    wit_0_1::kv::Entry { value: entry.value, version: entry.version }
 }
 
 /// The first world's store calls: the current ones, with the types converted.
-impl v0_1::kv::Host for KvCtx {
-    async fn get(&mut self, key: String) -> Result<Option<v0_1::kv::Entry>, v0_1::kv::Error> {
+impl wit_0_1::kv::Host for KvCtx {
+    async fn get(&mut self, key: String) -> Result<Option<wit_0_1::kv::Entry>, wit_0_1::kv::Error> {
         Ok(wit_kv::Host::get(self, key).await?.map(entry_0_1))
     }
 
@@ -84,37 +84,37 @@ impl v0_1::kv::Host for KvCtx {
         prefix: String,
         start_after: Option<String>,
         limit: u32,
-    ) -> Result<Vec<(String, v0_1::kv::Entry)>, v0_1::kv::Error> {
+    ) -> Result<Vec<(String, wit_0_1::kv::Entry)>, wit_0_1::kv::Error> {
         let page = wit_kv::Host::scan(self, prefix, start_after, limit).await?;
         Ok(page.into_iter().map(|(key, entry)| (key, entry_0_1(entry))).collect())
     }
 
     async fn commit(
         &mut self,
-        checks: Vec<v0_1::kv::Check>,
-        writes: Vec<v0_1::kv::Write>,
-    ) -> Result<(), v0_1::kv::Error> {
+        checks: Vec<wit_0_1::kv::Check>,
+        writes: Vec<wit_0_1::kv::Write>,
+    ) -> Result<(), wit_0_1::kv::Error> {
         self.commit_stamped(checks, writes, Vec::new()).await
     }
 
     async fn commit_stamped(
         &mut self,
-        checks: Vec<v0_1::kv::Check>,
-        writes: Vec<v0_1::kv::Write>,
+        checks: Vec<wit_0_1::kv::Check>,
+        writes: Vec<wit_0_1::kv::Write>,
         stamped: Vec<(String, Vec<u8>)>,
-    ) -> Result<(), v0_1::kv::Error> {
+    ) -> Result<(), wit_0_1::kv::Error> {
         let checks = checks
             .into_iter()
             .map(|check| match check {
-                v0_1::kv::Check::VersionIs(pair) => wit_kv::Check::VersionIs(pair),
-                v0_1::kv::Check::Absent(key) => wit_kv::Check::Absent(key),
+                wit_0_1::kv::Check::VersionIs(pair) => wit_kv::Check::VersionIs(pair),
+                wit_0_1::kv::Check::Absent(key) => wit_kv::Check::Absent(key),
             })
             .collect();
         let writes = writes
             .into_iter()
             .map(|write| match write {
-                v0_1::kv::Write::Set(pair) => wit_kv::Write::Set(pair),
-                v0_1::kv::Write::Delete(key) => wit_kv::Write::Delete(key),
+                wit_0_1::kv::Write::Set(pair) => wit_kv::Write::Set(pair),
+                wit_0_1::kv::Write::Delete(key) => wit_kv::Write::Delete(key),
             })
             .collect();
         Ok(wit_kv::Host::commit_stamped(self, checks, writes, stamped).await?)

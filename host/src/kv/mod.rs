@@ -30,7 +30,7 @@ use std::sync::Arc;
 
 pub use kv_contract::{
     Check, Entry, KvError, MAX_ANSWER_BYTES, MAX_CHECKS_PER_COMMIT, MAX_COMMIT_BYTES, MAX_GET_MANY_KEYS, MAX_KEY_BYTES,
-    MAX_SCAN_LIMIT, MAX_VALUE_BYTES, MAX_WRITES_PER_COMMIT, STAMP_BYTES, Write, read_many, resolve, stamped_key,
+    MAX_SCAN_LIMIT, MAX_VALUE_BYTES, MAX_WRITES_PER_COMMIT, STAMP_BYTES, Write, get_many_answer, resolve, stamped_key,
 };
 use kv_contract::{check_commit, check_get_many, check_key, check_scan};
 
@@ -47,7 +47,7 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Reads `keys` (at least one) as of one moment, in their order; stops
     /// early once the values read reach `max_bytes` (always answers the
-    /// first key). See [`read_many`].
+    /// first key). See [`get_many_answer`].
     fn get_many(&self, ns: &str, keys: &[String], max_bytes: usize) -> Result<Vec<Option<Entry>>, KvError>;
 
     /// For a backend whose every call is a network round trip: `get_many`

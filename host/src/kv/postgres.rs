@@ -483,9 +483,9 @@ async fn get_many(
     let budget = i64::try_from(max_bytes.max(1)).unwrap_or(i64::MAX);
     let rows = client.query(&statement, &[&ns, &raw, &budget]).await.map_err(|err| classify(&err))?;
     // One row per key answered, in the keys' order; the server's budget
-    // stops where `read_many`'s does, so rows never run out before it does.
+    // stops where `get_many_answer`'s does, so rows never run out before it does.
     let mut rows = rows.into_iter().zip(1i64..);
-    super::read_many(&keys, max_bytes, |_| {
+    super::get_many_answer(&keys, max_bytes, |_| {
         let (row, n) =
             rows.next().ok_or_else(|| KvError::Unavailable("postgres: get-many answered too few keys".into()))?;
         if row.get::<_, i64>(0) != n {

@@ -148,10 +148,10 @@ impl Backend for RedbBackend {
             let txn = db.begin_read().map_err(|err| self.failed(err))?;
             let table = match txn.open_table(TableDefinition::<&str, &[u8]>::new(&name)) {
                 Ok(table) => table,
-                Err(TableError::TableDoesNotExist(_)) => return super::read_many(keys, max_bytes, |_| Ok(None)),
+                Err(TableError::TableDoesNotExist(_)) => return super::get_many_answer(keys, max_bytes, |_| Ok(None)),
                 Err(err) => return Err(self.failed(err)),
             };
-            super::read_many(keys, max_bytes, |key| match table.get(key).map_err(|err| self.failed(err))? {
+            super::get_many_answer(keys, max_bytes, |key| match table.get(key).map_err(|err| self.failed(err))? {
                 Some(raw) => decode_entry(raw.value()).map(Some),
                 None => Ok(None),
             })
