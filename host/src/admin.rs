@@ -113,15 +113,8 @@ pub async fn serve(
     // Admin connections have their own bound: idle ones can never take the public listener's descriptors.
     let connections = Arc::new(tokio::sync::Semaphore::new(MAX_ADMIN_CONNECTIONS));
     loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(err) => {
-                    tracing::warn!(error = %err, "admin accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let (stream, peer) = tokio::select! {
+            accepted = crate::tls::accept(&listener, "admin") => accepted,
             () = &mut shutdown => return,
         };
         let Ok(permit) = connections.clone().try_acquire_owned() else {
@@ -142,13 +135,9 @@ pub async fn serve(
             http.timer(TokioTimer::new()).header_read_timeout(ADMIN_HEAD_TIMEOUT);
             let served = match tls {
                 None => http.serve_connection(TokioIo::new(stream), service).await,
-                Some(tls) => match tokio::time::timeout(ADMIN_HEAD_TIMEOUT, tls.acceptor().accept(stream)).await {
-                    Ok(Ok(stream)) => http.serve_connection(TokioIo::new(stream), service).await,
-                    Ok(Err(err)) => {
-                        tracing::debug!(error = %err, "admin TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => return,
+                Some(tls) => match tls.handshake(stream, peer, ADMIN_HEAD_TIMEOUT).await {
+                    Some(stream) => http.serve_connection(TokioIo::new(stream), service).await,
+                    None => return,
                 },
             };
             if let Err(err) = served {

@@ -126,15 +126,7 @@ pub async fn serve(
     let mut closing: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
     loop {
         let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(err) => {
-                    // Usually EMFILE: back off instead of spinning.
-                    tracing::warn!(error = %err, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            accepted = crate::tls::accept(&listener, "public") => accepted,
             () = &mut shutdown, if closing.is_none() => {
                 gateway.draining.store(true, Ordering::SeqCst);
                 if !options.drain_grace.is_zero() {
@@ -174,18 +166,7 @@ pub async fn serve(
                     drive(conn, hyper::server::conn::http1::Connection::graceful_shutdown, stopped, None).await
                 }
                 Some(tls) => {
-                    let handshake = tokio::time::timeout(options.header_read_timeout, tls.acceptor().accept(stream));
-                    let stream = match handshake.await {
-                        Ok(Ok(stream)) => stream,
-                        Ok(Err(err)) => {
-                            tracing::debug!(%peer, error = %err, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(%peer, "TLS handshake timed out");
-                            return;
-                        }
-                    };
+                    let Some(stream) = tls.handshake(stream, peer, options.header_read_timeout).await else { return };
                     if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
                         // HTTP/2 has no head timeout of its own: a connection without open
                         // streams (or that never sent its preface) closes after the same time.

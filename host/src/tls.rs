@@ -1,4 +1,5 @@
-//! HTTPS for the public and admin listeners: rustls (TLS 1.2 and 1.3,
+//! Accepting connections for the public and admin listeners, and their
+//! HTTPS: rustls (TLS 1.2 and 1.3,
 //! ring), HTTP/2 and HTTP/1.1 by ALPN (the admin listener: HTTP/1.1), and a
 //! certificate that can be replaced while connections stay open (`SIGHUP`
 //! re-reads the files).
@@ -90,8 +91,45 @@ impl Tls {
         Ok(())
     }
 
+    /// The TLS handshake of a new connection from `peer` with the
+    /// certificate in use, within `timeout`; `None` (logged at debug) when
+    /// it fails or takes longer.
+    pub async fn handshake(
+        &self,
+        stream: tokio::net::TcpStream,
+        peer: std::net::SocketAddr,
+        timeout: std::time::Duration,
+    ) -> Option<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+        match tokio::time::timeout(timeout, self.acceptor().accept(stream)).await {
+            Ok(Ok(stream)) => Some(stream),
+            Ok(Err(err)) => {
+                tracing::debug!(%peer, error = %err, "TLS handshake failed");
+                None
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "TLS handshake timed out");
+                None
+            }
+        }
+    }
+
     /// Accepts new TLS connections with the certificate in use.
     pub fn acceptor(&self) -> &tokio_rustls::TlsAcceptor {
         &self.acceptor
+    }
+}
+
+/// The next connection on `listener`. A failed accept (usually EMFILE: no
+/// descriptor free) is logged and retried after a pause instead of
+/// spinning; `which` names the listener in the log.
+pub async fn accept(listener: &tokio::net::TcpListener, which: &str) -> (tokio::net::TcpStream, std::net::SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(accepted) => return accepted,
+            Err(err) => {
+                tracing::warn!(listener = which, error = %err, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
     }
 }
