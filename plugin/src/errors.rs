@@ -1,12 +1,21 @@
 //! Evotor error answers: `{"errors":[{"code":N,"reason":"…","subject":"…","value":…}]}`.
+//!
+//! [`ApiError`] is Evotor's error model, which the domain speaks: a code
+//! and a reason, with the field and value concerned. Evotor's definitions
+//! tie each code to an HTTP status (1001 to 401, 1004 to 402, 2005 to 409,
+//! …) and to the few headers that go with it (`WWW-Authenticate`, `Allow`,
+//! `Retry-After`), so the error carries them; it is not an HTTP type, and
+//! only the endpoints make it an answer ([`ApiError::into_response`]). A
+//! base module: it imports only [`crate::http`] (for that answer) and
+//! [`crate::kv`] (for mapping the store's errors).
 
 use crate::http::Response;
 use serde_json::{Value, json};
 
-/// An error answer: HTTP status plus one Evotor error item.
+/// One Evotor error item, with the HTTP status Evotor's definitions give it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiError {
-    /// HTTP status.
+    /// The HTTP status that goes with the code.
     pub status: u16,
     /// Evotor error code (1xxx auth, 2xxx request), or the HTTP status for
     /// errors the protocol does not number (404, 405, 500).

@@ -23,10 +23,18 @@
 //! - `endpoints`: the Evotor protocol and the partner API over HTTP —
 //!   routing, request authentication, reading requests, writing answers;
 //! - `domain`: the rules — accounts and tokens, billing, inventory,
-//!   catalog, documents;
+//!   catalog, documents, the cloud sync;
 //! - `storage`: key layouts, records, transactions over the store;
 //! - the base: [`kv`], `input`, `errors`, `time`, [`clock`], [`config`],
-//!   [`http`], [`Ctx`].
+//!   [`http`], [`outgoing`], [`Ctx`].
+//!
+//! Only the endpoints see HTTP requests and answers: the domain imports no
+//! [`http`] (it reaches the Evotor cloud through [`outgoing`], the sync's
+//! client). The domain does speak Evotor's error codes: it fails with
+//! `errors::ApiError`, which is Evotor's error model — a code and a reason
+//! (with the field and value concerned), each code tied to its HTTP status
+//! by Evotor's definitions — not an HTTP type; only the endpoints turn it
+//! into an answer.
 //!
 //! ## Stored data
 //! Every stored record is JSON with a `"v"` field, the storage format

@@ -1,5 +1,6 @@
 //! Partner accounts and the Evotor calls around them: `/user/create`,
-//! `/user/verify`, `/user/token`, `/user/tariff` (all server-authorized).
+//! `/user/verify`, `/user/token`, `/user/tariff` (all server-authorized),
+//! and the partner API's creating, changing and deleting of accounts.
 
 use crate::Ctx;
 use crate::config::Settings;
@@ -7,7 +8,7 @@ use crate::domain::passwords;
 use crate::domain::tokens;
 use crate::errors::ApiError;
 use crate::input::{self, Fields, Object};
-use crate::storage::{self, Account, LoginIndex, StorageError, Tariff, UserRecord};
+use crate::storage::{self, Account, LoginIndex, StorageError, Tariff, Txn, UserRecord};
 use serde_json::{Value, json};
 
 /// Longest Evotor cloud token accepted, in bytes.
@@ -32,6 +33,39 @@ pub fn new_account_id() -> Result<String, ApiError> {
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes).map_err(|_| ApiError::internal("no randomness available"))?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Hashes a new password; a failure (unusable argon2 settings, no
+/// randomness) is logged and answered 500.
+pub fn hash_password(password: &str, settings: &Settings) -> Result<String, ApiError> {
+    passwords::hash(password, settings).map_err(|why| {
+        eprintln!("hashing a password failed: {why}");
+        ApiError::internal("password hashing failed")
+    })
+}
+
+/// Refuses `login` when another account holds it (in any letter case):
+/// 409 2005 about `subject`, the field that carried it.
+fn login_free(txn: &mut Txn<'_>, login: Option<&str>, subject: &str) -> Result<(), ApiError> {
+    if let Some(login) = login
+        && txn.get::<LoginIndex>(&storage::login_key(login))?.is_some()
+    {
+        return Err(ApiError::already_exists(subject));
+    }
+    Ok(())
+}
+
+/// Stores the new `account` with the index of its login, and announces it.
+fn insert(txn: &mut Txn<'_>, account: &Account, now: u64) -> Result<(), ApiError> {
+    if txn.get::<Account>(&storage::account_key(&account.id))?.is_some() {
+        return Err(ApiError::internal("account id collision"));
+    }
+    if let Some(login) = &account.login {
+        txn.put(&storage::login_key(login), &LoginIndex { v: storage::FORMAT, account_id: account.id.clone() });
+    }
+    txn.put(&storage::account_key(&account.id), account);
+    txn.emit("account.created", now, account.user_id.as_deref(), json!({ "accountId": account.id }));
+    Ok(())
 }
 
 /// Checks a login or password: a string of 1..=256 characters.
@@ -112,23 +146,11 @@ pub(crate) fn register(ctx: &Ctx<'_>, settings: &Settings, reg: &Registration) -
                 return Err(ApiError::already_exists(reg.id_field));
             }
         } else {
-            if let Some(login) = &reg.login
-                && txn.get::<LoginIndex>(&storage::login_key(login))?.is_some()
-            {
-                return Err(ApiError::already_exists(&settings.login_field));
-            }
+            login_free(txn, reg.login.as_deref(), &settings.login_field)?;
             let hash = match &mut password_hash {
                 Some(hash) => hash.clone(),
                 None => {
-                    let hash = reg
-                        .password
-                        .as_deref()
-                        .map(|password| passwords::hash(password, settings))
-                        .transpose()
-                        .map_err(|why| {
-                            eprintln!("hashing a password failed: {why}");
-                            ApiError::internal("password hashing failed")
-                        })?;
+                    let hash = reg.password.as_deref().map(|password| hash_password(password, settings)).transpose()?;
                     password_hash = Some(hash.clone());
                     hash
                 }
@@ -146,14 +168,7 @@ pub(crate) fn register(ctx: &Ctx<'_>, settings: &Settings, reg: &Registration) -
                 created_at: now,
                 updated_at: now,
             };
-            if txn.get::<Account>(&storage::account_key(&account.id))?.is_some() {
-                return Err(ApiError::internal("account id collision"));
-            }
-            if let Some(login) = &reg.login {
-                txn.put(&storage::login_key(login), &LoginIndex { v: storage::FORMAT, account_id: account.id.clone() });
-            }
-            txn.put(&storage::account_key(&account.id), &account);
-            txn.emit("account.created", now, Some(&reg.user_id), json!({ "accountId": account.id }));
+            insert(txn, &account, now)?;
             user.account_id = Some(account.id);
         }
         let token = tokens::issue(txn, &mut user, now, settings)?;
@@ -224,6 +239,93 @@ pub(crate) fn set_tariff(ctx: &Ctx<'_>, user_id: &str, tariff_id: &str, active: 
         Ok(())
     })?;
     Ok(())
+}
+
+/// An account the partner creates (`POST /partner/v1/accounts`), its
+/// request read and its password hashed.
+pub(crate) struct NewAccount {
+    pub(crate) login: Option<String>,
+    pub(crate) password_hash: Option<String>,
+    pub(crate) has_billing: bool,
+    pub(crate) display_name: Option<String>,
+    pub(crate) disabled: bool,
+    pub(crate) fields: Object,
+}
+
+/// Creates the account `new`, linked to no Evotor user yet (`/user/verify`
+/// links one); a login another account holds is 409 2005.
+pub(crate) fn create(ctx: &Ctx<'_>, new: NewAccount) -> Result<Account, ApiError> {
+    let now = ctx.clock.now_unix();
+    let account = Account {
+        v: storage::FORMAT,
+        id: new_account_id()?,
+        login: new.login,
+        password_hash: new.password_hash,
+        has_billing: new.has_billing,
+        display_name: new.display_name,
+        disabled: new.disabled,
+        user_id: None,
+        fields: new.fields,
+        created_at: now,
+        updated_at: now,
+    };
+    storage::transact(ctx.kv, |txn| {
+        login_free(txn, account.login.as_deref(), "login")?;
+        insert(txn, &account, now)
+    })?;
+    Ok(account)
+}
+
+/// What the partner changes of an account (`PATCH /partner/v1/accounts/{id}`):
+/// each `None` leaves its field as it is; the password comes hashed.
+pub(crate) struct AccountChange {
+    pub(crate) password_hash: Option<Option<String>>,
+    pub(crate) has_billing: Option<bool>,
+    pub(crate) disabled: Option<bool>,
+    pub(crate) display_name: Option<Option<String>>,
+}
+
+/// Applies `change` to account `id`; no such account is 404.
+pub(crate) fn update(ctx: &Ctx<'_>, id: &str, change: &AccountChange) -> Result<Account, ApiError> {
+    let now = ctx.clock.now_unix();
+    storage::transact(ctx.kv, |txn| -> Result<Account, ApiError> {
+        let mut account = txn.get::<Account>(&storage::account_key(id))?.ok_or_else(ApiError::not_found)?;
+        if let Some(hash) = &change.password_hash {
+            account.password_hash.clone_from(hash);
+        }
+        if let Some(flag) = change.has_billing {
+            account.has_billing = flag;
+        }
+        if let Some(flag) = change.disabled {
+            account.disabled = flag;
+        }
+        if let Some(name) = &change.display_name {
+            account.display_name.clone_from(name);
+        }
+        account.updated_at = now;
+        txn.put(&storage::account_key(id), &account);
+        Ok(account)
+    })
+}
+
+/// Deletes account `id`: frees its login, unlinks its Evotor user and
+/// revokes the user's tokens; no such account is 404.
+pub(crate) fn delete(ctx: &Ctx<'_>, id: &str) -> Result<(), ApiError> {
+    storage::transact(ctx.kv, |txn| -> Result<(), ApiError> {
+        let account = txn.get::<Account>(&storage::account_key(id))?.ok_or_else(ApiError::not_found)?;
+        if let Some(login) = &account.login {
+            txn.delete(&storage::login_key(login));
+        }
+        if let Some(user_id) = &account.user_id
+            && let Some(mut user) = txn.get::<UserRecord>(&storage::user_key(user_id))?
+        {
+            user.account_id = None;
+            tokens::revoke_all(txn, &mut user);
+            txn.put(&storage::user_key(user_id), &user);
+        }
+        txn.delete(&storage::account_key(id));
+        Ok(())
+    })
 }
 
 #[cfg(test)]

@@ -6,8 +6,12 @@
 //! cloud.
 //!
 //! May import `storage` and the base modules (`kv`, `input`, `errors`,
-//! `time`, `clock`, `config`, `http`, `context`); never `endpoints`. Within
-//! the layer, modules import only those listed before them.
+//! `time`, `clock`, `config`, `outgoing`, `context`); never `endpoints`,
+//! nor `http`: requests and answers are the endpoints' business. Errors are
+//! `errors::ApiError`, Evotor's error codes (see the crate docs), not HTTP.
+//! Within the layer imports point down, never in a cycle: `passwords` and
+//! `tokens` at the bottom, `billing`, `inventory`, `accounts`, `catalog`, then
+//! `documents` and `audit`, `events` and `purge`, and `sync` on top.
 
 pub mod accounts;
 pub mod audit;

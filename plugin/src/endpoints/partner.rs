@@ -15,14 +15,13 @@
 //! | `GET`, `POST /partner/v1/users/{userId}/sync` | the cloud sync of a user: where it stands; run it now |
 
 use crate::Ctx;
-use crate::domain::accounts::{credential, new_account_id, settings};
-use crate::domain::passwords;
+use crate::domain::accounts::{self, AccountChange, NewAccount, credential, hash_password, settings};
 use crate::domain::tokens;
 use crate::endpoints::request::{paging, query, require_partner, user_param};
 use crate::errors::ApiError;
 use crate::http::{Request, Response};
 use crate::input::{self, Fields, Object};
-use crate::storage::{self, Account, LoginIndex, StorageError, UserRecord};
+use crate::storage::{self, Account, StorageError, UserRecord};
 use serde_json::{Value, json};
 
 fn account_view(account: &Account) -> Value {
@@ -63,13 +62,6 @@ fn optional_name(body: &Object) -> Result<Option<Option<String>>, ApiError> {
     }
 }
 
-fn hash_password(password: &str, ctx: &Ctx<'_>) -> Result<String, ApiError> {
-    passwords::hash(password, &settings(ctx)?).map_err(|why| {
-        eprintln!("hashing a password failed: {why}");
-        ApiError::internal("password hashing failed")
-    })
-}
-
 /// `POST /partner/v1/accounts`.
 pub fn create_account(ctx: &Ctx<'_>, request: &Request) -> Result<Response, ApiError> {
     require_partner(ctx, request)?;
@@ -78,40 +70,21 @@ pub fn create_account(ctx: &Ctx<'_>, request: &Request) -> Result<Response, ApiE
     let login = given.get("login").map(|value| credential(value, "login")).transpose()?.map(str::to_owned);
     let password_hash = match given.get("password") {
         None => None,
-        Some(value) => Some(hash_password(credential(value, "password")?, ctx)?),
+        Some(value) => Some(hash_password(credential(value, "password")?, &settings(ctx)?)?),
     };
     let fields = given.optional_object("fields")?.cloned().unwrap_or_default();
-    if fields.len() > crate::domain::accounts::MAX_FIELDS {
+    if fields.len() > accounts::MAX_FIELDS {
         return Err(ApiError::incorrect("fields", format!("{} fields", fields.len())));
     }
-    let now = ctx.clock.now_unix();
-    let account = Account {
-        v: storage::FORMAT,
-        id: new_account_id()?,
+    let new = NewAccount {
         login,
         password_hash,
         has_billing: Fields::of(&body).optional_bool("hasBilling")?.unwrap_or(false),
         display_name: optional_name(&body)?.flatten(),
         disabled: Fields::of(&body).optional_bool("disabled")?.unwrap_or(false),
-        user_id: None,
         fields,
-        created_at: now,
-        updated_at: now,
     };
-    storage::transact(ctx.kv, |txn| {
-        if let Some(login) = &account.login {
-            if txn.get::<LoginIndex>(&storage::login_key(login))?.is_some() {
-                return Err(ApiError::already_exists("login"));
-            }
-            txn.put(&storage::login_key(login), &LoginIndex { v: storage::FORMAT, account_id: account.id.clone() });
-        }
-        if txn.get::<Account>(&storage::account_key(&account.id))?.is_some() {
-            return Err(ApiError::internal("account id collision"));
-        }
-        txn.put(&storage::account_key(&account.id), &account);
-        txn.emit("account.created", now, None, json!({ "accountId": account.id }));
-        Ok(())
-    })?;
+    let account = accounts::create(ctx, new)?;
     Ok(Response::json(201, &account_view(&account)))
 }
 
@@ -143,30 +116,15 @@ pub fn update_account(ctx: &Ctx<'_>, request: &Request, account_id: &str) -> Res
     let password_hash = match body.get("password") {
         None => None,
         Some(Value::Null) => Some(None),
-        Some(value) => Some(Some(hash_password(credential(value, "password")?, ctx)?)),
+        Some(value) => Some(Some(hash_password(credential(value, "password")?, &settings(ctx)?)?)),
     };
-    let has_billing = Fields::of(&body).optional_bool("hasBilling")?;
-    let disabled = Fields::of(&body).optional_bool("disabled")?;
-    let display_name = optional_name(&body)?;
-    let now = ctx.clock.now_unix();
-    let account = storage::transact(ctx.kv, |txn| -> Result<Account, ApiError> {
-        let mut account = txn.get::<Account>(&storage::account_key(&id))?.ok_or_else(ApiError::not_found)?;
-        if let Some(hash) = &password_hash {
-            account.password_hash.clone_from(hash);
-        }
-        if let Some(flag) = has_billing {
-            account.has_billing = flag;
-        }
-        if let Some(flag) = disabled {
-            account.disabled = flag;
-        }
-        if let Some(name) = &display_name {
-            account.display_name.clone_from(name);
-        }
-        account.updated_at = now;
-        txn.put(&storage::account_key(&id), &account);
-        Ok(account)
-    })?;
+    let change = AccountChange {
+        password_hash,
+        has_billing: Fields::of(&body).optional_bool("hasBilling")?,
+        disabled: Fields::of(&body).optional_bool("disabled")?,
+        display_name: optional_name(&body)?,
+    };
+    let account = accounts::update(ctx, &id, &change)?;
     Ok(Response::json(200, &account_view(&account)))
 }
 
@@ -174,21 +132,7 @@ pub fn update_account(ctx: &Ctx<'_>, request: &Request, account_id: &str) -> Res
 pub fn delete_account(ctx: &Ctx<'_>, request: &Request, account_id: &str) -> Result<Response, ApiError> {
     require_partner(ctx, request)?;
     let id = load_account(ctx, account_id)?.id;
-    storage::transact(ctx.kv, |txn| -> Result<(), ApiError> {
-        let account = txn.get::<Account>(&storage::account_key(&id))?.ok_or_else(ApiError::not_found)?;
-        if let Some(login) = &account.login {
-            txn.delete(&storage::login_key(login));
-        }
-        if let Some(user_id) = &account.user_id
-            && let Some(mut user) = txn.get::<UserRecord>(&storage::user_key(user_id))?
-        {
-            user.account_id = None;
-            tokens::revoke_all(txn, &mut user);
-            txn.put(&storage::user_key(user_id), &user);
-        }
-        txn.delete(&storage::account_key(&id));
-        Ok(())
-    })?;
+    accounts::delete(ctx, &id)?;
     Ok(Response::empty(204))
 }
 
