@@ -14,8 +14,8 @@
 use arbitrary::Arbitrary;
 use evogate::config::normalize_route;
 use evogate::edge::{
-    BASE_PATH, MAX_RESPONSE_HEADERS, REQUEST_ID, Response, into_http, is_hop_by_hop, plugin_request, request_id,
-    route_matches,
+    BASE_PATH, ErrorFormat, MAX_RESPONSE_HEADERS, REQUEST_ID, Response, into_http, is_hop_by_hop, plugin_request,
+    request_id, route_matches,
 };
 use http_body_util::BodyExt as _;
 use hyper::header::{HeaderName, HeaderValue};
@@ -114,11 +114,14 @@ fn answer(answer: Answer) {
     }
     let kept: Vec<(HeaderName, HeaderValue)> = headers
         .iter()
-        .filter_map(|(name, value)| Some((HeaderName::from_bytes(name.as_bytes()).ok()?, HeaderValue::from_str(value).ok()?)))
+        .filter_map(|(name, value)| {
+            Some((HeaderName::from_bytes(name.as_bytes()).ok()?, HeaderValue::from_str(value).ok()?))
+        })
         .filter(|(name, _)| !is_hop_by_hop(name))
         .collect();
     let valid = (200..=599).contains(&answer.status) && headers.len() <= MAX_RESPONSE_HEADERS;
-    let response = into_http(Response { status: answer.status, headers, body: answer.body.clone() }, "fuzz@0");
+    let format = if answer.padding % 2 == 0 { ErrorFormat::Evotor } else { ErrorFormat::Problem };
+    let response = into_http(Response { status: answer.status, headers, body: answer.body.clone() }, "fuzz@0", format);
     let status = response.status().as_u16();
     let out: Vec<(HeaderName, HeaderValue)> =
         response.headers().iter().map(|(name, value)| (name.clone(), value.clone())).collect();
@@ -141,7 +144,12 @@ fn answer(answer: Answer) {
     } else {
         assert_eq!(status, 500, "an invalid answer is a 500");
         let error: serde_json::Value = serde_json::from_slice(&body).expect("an error answer is JSON");
-        assert!(error["errors"][0]["code"] == 500 && error["errors"][0]["reason"].is_string(), "{error}");
+        match format {
+            ErrorFormat::Evotor => {
+                assert!(error["errors"][0]["code"] == 500 && error["errors"][0]["reason"].is_string(), "{error}")
+            }
+            ErrorFormat::Problem => assert!(error["status"] == 500 && error["detail"].is_string(), "{error}"),
+        }
     }
 }
 

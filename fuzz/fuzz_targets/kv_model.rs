@@ -12,7 +12,7 @@
 
 use arbitrary::Arbitrary;
 use evogate::kv::{
-    Backend, Check, Entry, KvError, MAX_KEY_BYTES, MAX_ANSWER_BYTES, MAX_VALUE_BYTES, MemoryBackend, Namespace,
+    Backend, Check, Entry, KvError, MAX_ANSWER_BYTES, MAX_KEY_BYTES, MAX_VALUE_BYTES, MemoryBackend, Namespace,
     RedbBackend, STAMP_BYTES, Write,
 };
 use libfuzzer_sys::fuzz_target;
@@ -117,7 +117,12 @@ fuzz_target!(|ops: Vec<Op>| {
     for op in ops.iter().take(64) {
         // Large values cost time on the file backend: a few per input.
         if let Op::Commit { writes, .. } = op {
-            large += writes.iter().filter(|w| matches!(w, WriteOp::Set(_, v) | WriteOp::SetStamped(_, v) if !matches!(v, Value::Small(_)))).count();
+            large += writes
+                .iter()
+                .filter(
+                    |w| matches!(w, WriteOp::Set(_, v) | WriteOp::SetStamped(_, v) if !matches!(v, Value::Small(_))),
+                )
+                .count();
             if large > 24 {
                 break;
             }
@@ -149,11 +154,13 @@ impl Subject {
             }
             Op::Scan { ns, prefix, start_after, limit } => {
                 let ns = usize::from(*ns);
-                let (prefix, start_after, limit) = (prefix.text(), start_after.as_ref().map(Key::text), u32::from(*limit));
+                let (prefix, start_after, limit) =
+                    (prefix.text(), start_after.as_ref().map(Key::text), u32::from(*limit));
                 let got = self.namespaces[ns].scan(&prefix, start_after.as_deref(), limit);
                 let too_large = if limit > 1000 {
                     Some("scan limit over 1000")
-                } else if prefix.len() > MAX_KEY_BYTES || start_after.as_ref().is_some_and(|a| a.len() > MAX_KEY_BYTES) {
+                } else if prefix.len() > MAX_KEY_BYTES || start_after.as_ref().is_some_and(|a| a.len() > MAX_KEY_BYTES)
+                {
                     Some("key over 1 KiB")
                 } else {
                     None
@@ -166,7 +173,10 @@ impl Subject {
                 let mut want = Vec::new();
                 let mut bytes = 0;
                 for (key, (value, ..)) in self.models[ns].entries.range(prefix.clone()..) {
-                    if !key.starts_with(&prefix) || want.len() == limit as usize || (!want.is_empty() && bytes >= MAX_ANSWER_BYTES) {
+                    if !key.starts_with(&prefix)
+                        || want.len() == limit as usize
+                        || (!want.is_empty() && bytes >= MAX_ANSWER_BYTES)
+                    {
                         break;
                     }
                     if start_after.as_ref().is_some_and(|after| key <= after) {
@@ -270,7 +280,9 @@ impl Subject {
         }
         let model = &self.models[ns];
         let holds = checks.iter().all(|check| match check {
-            Check::VersionIs(key, version) => model.entries.get(key).is_some_and(|(_, _, known)| *known == Some(*version)),
+            Check::VersionIs(key, version) => {
+                model.entries.get(key).is_some_and(|(_, _, known)| *known == Some(*version))
+            }
             Check::Absent(key) => !model.entries.contains_key(key),
         });
         if !holds {

@@ -15,8 +15,8 @@ use evotor_partner::Ctx;
 use evotor_partner::clock::ManualClock;
 use evotor_partner::config::MapConfig;
 use evotor_partner::http::{Request, Response};
-use evotor_partner::kv::MemKv;
 use evotor_partner::kv::Kv as _;
+use evotor_partner::kv::MemKv;
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -117,9 +117,7 @@ fn template(n: u8, user: &str, store: &str) -> (&'static str, String, Option<Val
     let product = json!({"uuid": "6c3bfd7a-4e1b-4c55-9d3e-0d7f0c1a0001", "group": false, "name": "Cider", "type": "NORMAL",
                          "allowToSell": true, "measureName": "шт", "price": 99.9, "quantity": 3, "tax": "VAT_20",
                          "barCodes": ["4600000000017"]});
-    let envelope = |id: &str, kind: &str, action: &str, payload: Value| {
-        json!({"id": id, "timestamp": 1_790_000_000_000u64, "type": kind, "action": action, "payload": payload})
-    };
+    let envelope = |id: &str, kind: &str, action: &str, payload: Value| json!({"id": id, "timestamp": 1_790_000_000_000u64, "type": kind, "action": action, "payload": payload});
     match n % 23 {
         0 => (
             "POST",
@@ -180,15 +178,25 @@ fn template(n: u8, user: &str, store: &str) -> (&'static str, String, Option<Val
         19 => (
             "POST",
             "/events".into(),
-            Some(envelope("ev-store", "StoreEvent", "updated", json!({"id": store, "name": "Lavka", "user_id": user,
-                "updated_at": "2026-11-01T10:00:00.000+0000"}))),
+            Some(envelope(
+                "ev-store",
+                "StoreEvent",
+                "updated",
+                json!({"id": store, "name": "Lavka", "user_id": user,
+                "updated_at": "2026-11-01T10:00:00.000+0000"}),
+            )),
         ),
         20 => (
             "POST",
             "/events".into(),
-            Some(envelope("ev-product", "Product", "created", json!({"id": "6c3bfd7a-4e1b-4c55-9d3e-0d7f0c1a0002",
+            Some(envelope(
+                "ev-product",
+                "Product",
+                "created",
+                json!({"id": "6c3bfd7a-4e1b-4c55-9d3e-0d7f0c1a0002",
                 "store_id": store, "user_id": user, "name": "Kvass", "price": 60, "type": "NORMAL",
-                "barcodes": ["4600000000024"], "updated_at": "2026-11-01T10:00:00.000+0000"}))),
+                "barcodes": ["4600000000024"], "updated_at": "2026-11-01T10:00:00.000+0000"}),
+            )),
         ),
         21 => {
             let mut document = relaxed(V2_SELL);
@@ -200,8 +208,10 @@ fn template(n: u8, user: &str, store: &str) -> (&'static str, String, Option<Val
         _ => (
             "POST",
             "/events".into(),
-            Some(json!([envelope("ev-order", "Order", "created", json!({"user_id": user})),
-                envelope("ev-device", "device", "removed", json!({"id": DEVICE, "store_id": store, "user_id": user}))])),
+            Some(json!([
+                envelope("ev-order", "Order", "created", json!({"user_id": user})),
+                envelope("ev-device", "device", "removed", json!({"id": DEVICE, "store_id": store, "user_id": user}))
+            ])),
         ),
     }
 }
@@ -284,21 +294,20 @@ fn records_of(kv: &MemKv, user: &str) -> BTreeMap<String, u64> {
         .filter_map(|key| key.strip_prefix("owners/store/"))
         .filter(|store| {
             let owner = kv.get(&format!("owners/store/{store}")).ok().flatten();
-            owner.and_then(|entry| serde_json::from_slice::<Value>(&entry.value).ok()).is_some_and(|o| o["userId"] == user)
+            owner
+                .and_then(|entry| serde_json::from_slice::<Value>(&entry.value).ok())
+                .is_some_and(|o| o["userId"] == user)
         })
         .collect();
     let mine = |key: &str| {
         key == format!("users/{user}")
             || key.starts_with(&format!("user/{user}/"))
             || (key.starts_with("receipts/") && key.ends_with(&format!("/{user}")))
-            || stores.iter().any(|store| {
-                ["docs", "cat", "rcpts"].iter().any(|head| key.starts_with(&format!("{head}/{store}/")))
-            })
+            || stores
+                .iter()
+                .any(|store| ["docs", "cat", "rcpts"].iter().any(|head| key.starts_with(&format!("{head}/{store}/"))))
     };
-    keys.iter()
-        .filter(|key| mine(key))
-        .filter_map(|key| Some((key.clone(), kv.get(key).ok()??.version)))
-        .collect()
+    keys.iter().filter(|key| mine(key)).filter_map(|key| Some((key.clone(), kv.get(key).ok()??.version))).collect()
 }
 
 fuzz_target!(|input: Input| {
@@ -309,8 +318,11 @@ fuzz_target!(|input: Input| {
         ("password_argon2_memory_kib", "8"),
         ("password_argon2_iterations", "1"),
     ]);
-    let events_setting =
-        if unsigned_events { ("events_webhook_allow_unsigned", "true") } else { ("events_webhook_secret", EVENTS_SECRET) };
+    let events_setting = if unsigned_events {
+        ("events_webhook_allow_unsigned", "true")
+    } else {
+        ("events_webhook_secret", EVENTS_SECRET)
+    };
     config.0.insert(events_setting.0.into(), events_setting.1.into());
     let world = World { kv: MemKv::default(), config, clock: ManualClock::at(1_790_000_000) };
     // Both users exist, with a token each, before the steps.
