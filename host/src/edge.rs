@@ -201,9 +201,9 @@ mod tests {
     async fn parts(response: hyper::Response<Full<Bytes>>) -> (u16, String, serde_json::Value) {
         use http_body_util::BodyExt as _;
         let status = response.status().as_u16();
-        let content_type = response.headers()[CONTENT_TYPE].to_str().unwrap().to_owned();
-        let body = response.into_body().collect().await.unwrap().to_bytes();
-        (status, content_type, serde_json::from_slice(&body).unwrap())
+        let content_type = response.headers()[CONTENT_TYPE].to_str().expect("ASCII").to_owned();
+        let body = response.into_body().collect().await.expect("a full body").to_bytes();
+        (status, content_type, serde_json::from_slice(&body).expect("JSON"))
     }
 
     #[tokio::test]

@@ -113,7 +113,8 @@ mod tests {
 
     #[test]
     fn the_operations_guide_lists_every_metric_as_the_code_names_it() {
-        let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/operations.md")).unwrap();
+        let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/operations.md"))
+            .expect("docs/operations.md");
         let table = docs_table();
         assert!(docs.contains(&table), "docs/operations.md must hold this metrics table:\n{table}");
     }
@@ -138,9 +139,11 @@ mod tests {
         let mut literal = Vec::new();
         while let Some(path) = files.pop() {
             if path.is_dir() {
-                files.extend(std::fs::read_dir(&path).unwrap().map(|entry| entry.unwrap().path()));
+                files.extend(
+                    std::fs::read_dir(&path).expect("a source directory").map(|entry| entry.expect("an entry").path()),
+                );
             } else if path.extension().is_some_and(|ext| ext == "rs") {
-                let text = std::fs::read_to_string(&path).unwrap();
+                let text = std::fs::read_to_string(&path).expect("a source file");
                 for macro_call in ["counter!(\"", "gauge!(\"", "histogram!(\""] {
                     if text.contains(macro_call) {
                         literal.push(format!("{}: {macro_call}", path.display()));
