@@ -25,8 +25,8 @@ pub(crate) struct Metric {
 }
 
 macro_rules! metrics_table {
-    ($($id:ident: $kind:ident $name:literal [$($label:literal),*] $help:literal;)*) => {
-        $(pub(crate) const $id: &str = $name;)*
+    ($($(#[$attr:meta])* $id:ident: $kind:ident $name:literal [$($label:literal),*] $help:literal;)*) => {
+        $($(#[$attr])* pub(crate) const $id: &str = $name;)*
         /// Every metric, in the order the docs list them.
         pub(crate) const ALL: &[Metric] =
             &[$(Metric { name: $name, kind: Kind::$kind, labels: &[$($label),*], help: $help }),*];
@@ -76,6 +76,7 @@ metrics_table! {
         "time of one job run";
     JOB_TICKS_MISSED: Counter "evogate_job_ticks_missed_total" ["plugin", "job", "reason"]
         "job ticks not run: reason still_running or store_unavailable";
+    #[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
     STORE_FAULTS_INJECTED: Counter "evogate_store_faults_injected_total" ["kind"]
         "store faults injected (the test build only)";
 }

@@ -1,6 +1,7 @@
-//! The operator's settings for this plugin (`[plugins.config]`).
+//! The operator's settings for this plugin (`[plugins.config]`), read
+//! through the SDK's [`Config`] into typed settings with their defaults.
 
-use std::collections::BTreeMap;
+pub use evogate_plugin::config::*;
 
 /// Default argon2id memory cost, KiB (OWASP's minimum for argon2id).
 pub const DEFAULT_ARGON2_MEMORY_KIB: u32 = 19 * 1024;
@@ -10,33 +11,6 @@ pub const DEFAULT_ARGON2_ITERATIONS: u32 = 2;
 pub const DEFAULT_PENDING_GRACE_SECS: u64 = 3 * 86_400;
 /// Default longest wait for a missing event: just over Evotor's three days of retries.
 pub const DEFAULT_GAP_TIMEOUT_SECS: u64 = 3 * 86_400 + 3600;
-
-/// Read-only settings by name.
-pub trait Config {
-    /// The setting `name`, if configured.
-    fn get(&self, name: &str) -> Option<String>;
-
-    /// The setting `name` when configured and not empty.
-    fn non_empty(&self, name: &str) -> Option<String> {
-        self.get(name).filter(|value| !value.is_empty())
-    }
-}
-
-/// Settings from a map, for tests and native use.
-#[derive(Debug, Clone, Default)]
-pub struct MapConfig(pub BTreeMap<String, String>);
-
-impl<const N: usize> From<[(&str, &str); N]> for MapConfig {
-    fn from(pairs: [(&str, &str); N]) -> Self {
-        Self(pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect())
-    }
-}
-
-impl Config for MapConfig {
-    fn get(&self, name: &str) -> Option<String> {
-        self.0.get(name).cloned()
-    }
-}
 
 /// The plugin's typed settings, read from [`Config`] with their defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]

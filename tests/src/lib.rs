@@ -45,6 +45,16 @@ pub fn guest_wasm() -> PathBuf {
     artifact("TEST_GUEST_WASM", "target/wasm32-wasip2/release/test_guest.wasm")
 }
 
+/// The `xtask` binary (`cargo xtask`), built with the workspace.
+pub fn xtask_bin() -> PathBuf {
+    artifact("XTASK_BIN", "target/release/xtask")
+}
+
+/// The SDK's example plugin (`examples/counter`).
+pub fn counter_wasm() -> PathBuf {
+    artifact("COUNTER_WASM", "target/wasm32-wasip2/release/evogate_counter.wasm")
+}
+
 /// The test plugin built as `version` (`1.0.0` is [`guest_wasm`]).
 pub fn guest_wasm_version(version: &str) -> PathBuf {
     let path = workspace_root().join(format!("target/test-guest-{version}.wasm"));

@@ -7,7 +7,10 @@
 //! cargo xtask bench           build, then run the gateway benchmark
 //! cargo xtask bench-serve     evogate against `wasmtime serve` on the same standard component
 //! cargo xtask fuzz [SECONDS]  run every fuzz target SECONDS each (default 60; nightly + cargo-fuzz)
+//! cargo xtask new-plugin NAME [DIR]  a plugin crate of one's own, from the SDK's example
 //! ```
+
+mod new_plugin;
 
 use anyhow::{Context as _, bail};
 use std::path::{Path, PathBuf};
@@ -20,9 +23,11 @@ fn main() -> anyhow::Result<()> {
     let task = args.next().unwrap_or_default();
     let rest: Vec<String> = args.skip_while(|arg| arg == "--").collect();
     let root = workspace_root();
+    let invoked_in = std::env::current_dir().context("reading the working directory")?;
     std::env::set_current_dir(&root).with_context(|| format!("entering {}", root.display()))?;
     match task.as_str() {
         "build" => build(),
+        "new-plugin" => new_plugin::new_plugin(&root, &invoked_in, &rest),
         "run" => {
             build()?;
             run(&rest)
@@ -83,7 +88,8 @@ fn main() -> anyhow::Result<()> {
                  build          build the plugins and the gateway (release)\n  \
                  bench          build, then run the benchmarks (PostgreSQL rows with EVOGATE_TEST_POSTGRES_URL)\n  \
                  bench-serve    evogate against `wasmtime serve` on the same standard component (installs wasmtime-cli)\n  \
-                 fuzz [SECONDS] run every fuzz target for SECONDS each (installs nightly and cargo-fuzz if missing)"
+                 fuzz [SECONDS] run every fuzz target for SECONDS each (installs nightly and cargo-fuzz if missing)\n  \
+                 new-plugin NAME [DIR]  make a plugin crate of one's own (docs/writing-a-plugin.md)"
             );
             if task.is_empty() { Ok(()) } else { bail!("unknown command {task:?}") }
         }
@@ -181,6 +187,8 @@ fn build_plugins() -> anyhow::Result<()> {
         "-p",
         "evotor-partner",
         "-p",
+        "evogate-counter",
+        "-p",
         "test-guest",
         "-p",
         "standard-hello",
@@ -221,7 +229,7 @@ fn build_for_tests() -> anyhow::Result<()> {
 }
 
 /// Features of the build the tests run.
-const TEST_FEATURES: &str = "evogate/fault-injection";
+const TEST_FEATURES: &str = "evogate/fault-injection,evogate-plugin/testing";
 
 fn run(args: &[String]) -> anyhow::Result<()> {
     let mut serve: Vec<String> = vec!["serve".into()];

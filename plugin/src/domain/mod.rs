@@ -14,6 +14,7 @@
 //! `documents` and `audit`, `events` and `purge`, and `sync` on top.
 
 pub mod accounts;
+#[cfg(any(test, feature = "testing"))]
 pub mod audit;
 pub mod billing;
 pub mod catalog;

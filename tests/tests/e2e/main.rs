@@ -29,6 +29,8 @@ mod intake;
 mod jobs;
 /// Outgoing HTTP of evogate plugins: allow-list, caps, deadline, TLS.
 mod outgoing;
+/// The plugin SDK: its example deployed on a running gateway, `cargo xtask new-plugin`.
+mod sdk;
 /// Standard wasi:http components: served, limited, deployed, on wasi:keyvalue.
 mod standard;
 /// The Evotor plugin's cloud sync against a mock Evotor cloud.

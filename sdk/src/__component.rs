@@ -1,52 +1,53 @@
-//! The component glue: the only code that touches the generated bindings.
+//! The component glue behind [`crate::export_plugin!`]: the world's
+//! bindings, the host's store, settings and outgoing HTTP behind the SDK's
+//! traits, and the calls from the exports into a [`Plugin`]. Not for
+//! direct use.
 
-wit_bindgen::generate!({
-    path: "../wit",
-    world: "evogate:plugin/plugin-with-jobs@0.2.2",
-    generate_all,
-});
+/// The bindings of `evogate:plugin/plugin-with-jobs@0.2.2`.
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "evogate:plugin/plugin-with-jobs@0.2.2",
+        generate_all,
+        pub_export_macro: true,
+        default_bindings_module: "::evogate_plugin::__component::bindings",
+    });
+}
 
 use crate::kv::{Check, Entry, Kv, KvError, Write};
-use evogate::plugin0_2_2::{config as wit_config, kv as wit_kv, types};
-use exports::evogate::plugin0_2_2::{handler, identity, scheduled};
+use crate::{Ctx, JobRun, Plugin};
+pub use bindings::evogate::plugin0_2_2::types;
+use bindings::evogate::plugin0_2_2::{config as wit_config, kv as wit_kv};
+pub use bindings::exports::evogate::plugin0_2_2::{handler, identity, scheduled};
 
-struct Component;
-
-impl handler::Guest for Component {
-    fn handle(request: types::Request) -> types::Response {
-        let request = crate::http::Request {
-            method: request.method,
-            path: request.path,
-            query: request.query,
-            headers: request.headers,
-            body: request.body,
-        };
-        let ctx = crate::Ctx { kv: &HostKv, config: &HostConfig, clock: &crate::clock::SystemClock, http: &HostHttp };
-        let response = crate::handle(&ctx, &request);
-        types::Response { status: response.status, headers: response.headers, body: response.body }
-    }
+fn host_ctx<R>(run: impl FnOnce(&Ctx<'_>) -> R) -> R {
+    run(&Ctx { kv: &HostKv, config: &HostConfig, clock: &crate::clock::SystemClock, http: &HostHttp })
 }
 
-impl identity::Guest for Component {
-    fn info() -> identity::PluginInfo {
-        identity::PluginInfo { name: crate::NAME.into(), version: crate::VERSION.into() }
-    }
+/// `handler.handle`: the request to `P`, its answer back.
+pub fn handle<P: Plugin>(request: types::Request) -> types::Response {
+    let request = crate::http::Request {
+        method: request.method,
+        path: request.path,
+        query: request.query,
+        headers: request.headers,
+        body: request.body,
+    };
+    let response = host_ctx(|ctx| P::handle(ctx, &request));
+    types::Response { status: response.status, headers: response.headers, body: response.body }
 }
 
-impl scheduled::Guest for Component {
-    fn run(run: scheduled::JobRun) -> Result<(), String> {
-        let run = crate::JobRun {
-            job: run.job,
-            scheduled_at_ms: run.scheduled_at_ms,
-            timeout_ms: run.timeout_ms,
-            manual: run.manual,
-        };
-        let ctx = crate::Ctx { kv: &HostKv, config: &HostConfig, clock: &crate::clock::SystemClock, http: &HostHttp };
-        crate::run_job(&ctx, &run)
-    }
+/// `identity.info`: `P`'s name and version.
+pub fn info<P: Plugin>() -> identity::PluginInfo {
+    identity::PluginInfo { name: P::NAME.into(), version: P::VERSION.into() }
 }
 
-export!(Component);
+/// `scheduled.run`: the job run to `P`.
+pub fn run<P: Plugin>(run: scheduled::JobRun) -> Result<(), String> {
+    let run =
+        JobRun { job: run.job, scheduled_at_ms: run.scheduled_at_ms, timeout_ms: run.timeout_ms, manual: run.manual };
+    host_ctx(|ctx| P::run_job(ctx, &run))
+}
 
 struct HostKv;
 
@@ -119,8 +120,8 @@ struct HostHttp;
 impl crate::outgoing::Http for HostHttp {
     fn send(&self, request: &crate::outgoing::Request) -> Result<crate::outgoing::Response, crate::outgoing::Error> {
         use crate::outgoing::Error;
-        use wasi::http::{outgoing_handler, types as http};
-        use wasi::io::streams::StreamError;
+        use bindings::wasi::http::{outgoing_handler, types as http};
+        use bindings::wasi::io::streams::StreamError;
         let code = |code: http::ErrorCode| match code {
             http::ErrorCode::HttpRequestDenied => Error::Denied,
             http::ErrorCode::ConnectionTimeout | http::ErrorCode::ConnectionReadTimeout => Error::Timeout,
