@@ -206,3 +206,34 @@ fn every_configuration_key_is_documented_in_docs_configuration_md() {
         "the fault-injection-only `faults` field must be left out"
     );
 }
+
+/// Each fenced block after `<!-- file: PATH -->` in the docs, with PATH.
+fn quoted_files(text: &str) -> Vec<(String, String)> {
+    let mut quoted = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("<!-- file: ") {
+        let after = &rest[at + "<!-- file: ".len()..];
+        let (path, after) = after.split_once(" -->").expect("a closed marker");
+        let fence = after.find("```").expect("a fenced block after the marker");
+        let body = after[fence..].split_once('\n').expect("a fence line").1;
+        let end = body.find("\n```").map_or(body.len(), |end| end + 1);
+        quoted.push((path.to_owned(), body[..end].to_owned()));
+        rest = &body[end..];
+    }
+    quoted
+}
+
+/// The guide's code is the example's, which CI builds, tests and deploys.
+#[test]
+fn code_the_docs_quote_from_a_file_is_that_file() {
+    let root = evogate_e2e::workspace_root();
+    let mut checked = 0;
+    for file in markdown_files(&root) {
+        for (path, quoted) in quoted_files(&read(&root.join(&file))) {
+            let actual = read(&root.join(&path));
+            assert!(quoted == actual, "{} quotes {path}, which now reads:\n{actual}", file.display());
+            checked += 1;
+        }
+    }
+    assert!(checked >= 3, "the plugin guide quotes the example's manifest, code and tests");
+}
