@@ -9,10 +9,10 @@
 //! it is the only place the generated bindings are touched.
 //!
 //! With the `testing` feature the same traits have native fakes —
-//! [`kv::MemKv`], the reference store with the gateway's exact semantics
-//! (short answers included), [`config::MapConfig`], [`clock::FixedClock`]
-//! and [`clock::ManualClock`], and [`outgoing::Scripted`] — gathered in
-//! [`testing::Fakes`], so the whole plugin is tested with `cargo test`,
+//! `kv::MemKv`, the reference store with the gateway's exact semantics
+//! (short answers included), `config::MapConfig`, `clock::FixedClock` and
+//! `clock::ManualClock`, and `outgoing::Scripted` — gathered in
+//! `testing::Fakes`, so the whole plugin is tested with `cargo test`,
 //! no WebAssembly involved:
 //!
 //! ```
