@@ -50,6 +50,8 @@ fn run(program: &Path, args: &[&str], dir: &Path, target: &Path) -> Result<Strin
         .current_dir(dir)
         // Cached between runs, and apart from the workspace's build (locked while the tests run).
         .env("CARGO_TARGET_DIR", target)
+        // One compiler at a time: the other end-to-end tests run beside it, some of them timed.
+        .env("CARGO_BUILD_JOBS", "1")
         .env_remove("RUSTUP_TOOLCHAIN")
         .output()
         .expect("running a command");
