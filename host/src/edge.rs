@@ -167,6 +167,25 @@ pub fn error_with(
     detail: &str,
     extra: impl FnOnce(&mut serde_json::Value),
 ) -> hyper::Response<Full<Bytes>> {
+    let (body, content_type) = error_body_with(format, status, detail, extra);
+    let mut response = hyper::Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+/// The body and content type of [`error`]'s answer, for a reply written
+/// without hyper (a connection refused before any request is read).
+pub fn error_body(format: ErrorFormat, status: StatusCode, detail: &str) -> (String, &'static str) {
+    error_body_with(format, status, detail, |_| {})
+}
+
+fn error_body_with(
+    format: ErrorFormat,
+    status: StatusCode,
+    detail: &str,
+    extra: impl FnOnce(&mut serde_json::Value),
+) -> (String, &'static str) {
     let (body, content_type) = match format {
         ErrorFormat::Evotor => {
             let mut item = serde_json::json!({ "code": status.as_u16(), "reason": detail });
@@ -184,10 +203,7 @@ pub fn error_with(
             (problem, "application/problem+json")
         }
     };
-    let mut response = hyper::Response::new(Full::new(Bytes::from(body.to_string())));
-    *response.status_mut() = status;
-    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-    response
+    (body.to_string(), content_type)
 }
 
 #[cfg(test)]

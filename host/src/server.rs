@@ -438,9 +438,10 @@ async fn refuse(mut stream: tokio::net::TcpStream, tls: bool) {
     if tls {
         return;
     }
-    let body = r#"{"type":"about:blank","title":"Service Unavailable","status":503,"detail":"too many connections"}"#;
+    let (body, content_type) =
+        crate::edge::error_body(ErrorFormat::Problem, StatusCode::SERVICE_UNAVAILABLE, "too many connections");
     let reply = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/problem+json\r\nretry-after: 1\r\n\
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: {content_type}\r\nretry-after: 1\r\n\
          connection: close\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
     );

@@ -2,19 +2,16 @@
 //! running gateway and serving from the shared store; a crate made by
 //! `cargo xtask new-plugin` builds, tests and deploys as it is.
 
-use evogate_e2e::{ADMIN_TOKEN, Gateway, counter_wasm, guest_wasm, plugin_table, request, workspace_root, xtask_bin};
+use evogate_e2e::{Gateway, counter_wasm, guest_wasm, plugin_table, request, workspace_root, xtask_bin};
 use std::path::Path;
 use std::process::Command;
 
-fn admin() -> (&'static str, String) {
-    ("authorization", format!("Bearer {ADMIN_TOKEN}"))
-}
+const AUTH: (&str, &str) = ("authorization", "Bearer admin-secret");
 
 /// Deploys `wasm` as plugin `name` through the admin API, as `evogate deploy` does.
 fn deploy(gateway: &Gateway, name: &str, wasm: &Path) {
-    let (header, value) = admin();
     let bytes = std::fs::read(wasm).expect("the plugin's build");
-    let reply = request("PUT", &gateway.admin_url(&format!("/plugins/{name}")), &[(header, &value)], Some(&bytes));
+    let reply = request("PUT", &gateway.admin_url(&format!("/plugins/{name}")), &[AUTH], Some(&bytes));
     assert_eq!(reply.status, 200, "{}", reply.text());
 }
 
@@ -30,13 +27,12 @@ fn the_example_plugin_deploys_on_a_running_gateway_counts_and_keeps_its_counts_a
     request("POST", &gateway.url("/counter/counters/errors"), &[], None);
     let listed = request("GET", &gateway.url("/counter/counters"), &[], None).json();
     assert_eq!(listed["items"], serde_json::json!([{"name": "errors", "value": 1}, {"name": "visits", "value": 3}]));
-    let (header, value) = admin();
-    let plugins = request("GET", &gateway.admin_url("/plugins"), &[(header, &value)], None).json();
+    let plugins = request("GET", &gateway.admin_url("/plugins"), &[AUTH], None).json();
     let live = &plugins.as_array().expect("plugins")[0];
     assert_eq!((&live["identity"], &live["live"]["version"]), (&"evogate-counter".into(), &"1.0.0".into()), "{live}");
     assert_eq!(live["world"], "evogate:plugin@0.2.2");
     // Data lives in the plugin's namespace, not in its build: back and forth, the counts stay.
-    let rollback = request("POST", &gateway.admin_url("/plugins/counter/rollback"), &[(header, &value)], None);
+    let rollback = request("POST", &gateway.admin_url("/plugins/counter/rollback"), &[AUTH], None);
     assert_eq!(rollback.status, 200, "{}", rollback.text());
     deploy(&gateway, "counter", &counter_wasm());
     let read = request("GET", &gateway.url("/counter/counters/visits"), &[], None);
