@@ -351,7 +351,7 @@ fn sigterm_drains_accepted_requests_flips_readiness_and_exits_zero() {
     let status = gateway.wait_exit(Duration::from_secs(10)).expect("the process exits after draining");
     assert!(status.success(), "{status:?}");
     assert!(started.elapsed() < Duration::from_secs(5), "it did not wait for the whole drain timeout");
-    assert!(gateway.log().contains("draining in-flight requests"));
+    assert!(gateway.wait_for_log("draining in-flight requests"), "{}", gateway.log());
 }
 
 #[test]
@@ -375,7 +375,7 @@ fn sigterm_with_a_grace_period_turns_unready_first_and_keeps_serving_new_request
     let status = gateway.wait_exit(Duration::from_secs(10)).expect("the process exits after the grace period");
     assert!(status.success(), "{status:?}");
     assert!(signalled.elapsed() >= Duration::from_millis(1500), "not before the grace period ended");
-    assert!(gateway.log().contains("still accepting during the grace period"));
+    assert!(gateway.wait_for_log("still accepting during the grace period"), "{}", gateway.log());
 }
 
 #[test]

@@ -276,8 +276,8 @@ fn a_damaged_live_artifact_is_not_served_after_a_restart_the_last_intact_version
     std::fs::write(dir.join(format!("{live}.wasm")), damaged).expect("damage");
     gateway.restart();
     assert_eq!(served_version(&gateway), "1.0.0", "the previous kept version, intact");
-    assert!(gateway.log().contains("does not match the sha256"), "{}", gateway.log());
-    assert!(gateway.log().contains("falling back to an earlier kept version"), "{}", gateway.log());
+    assert!(gateway.wait_for_log("does not match the sha256"), "{}", gateway.log());
+    assert!(gateway.wait_for_log("falling back to an earlier kept version"), "{}", gateway.log());
     let listed = request("GET", &gateway.admin_url("/plugins"), &[AUTH], None).json();
     assert_eq!(listed[0]["live"]["version"], "1.0.0");
 }
