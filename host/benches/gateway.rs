@@ -2,8 +2,12 @@
 //! (HTTP on loopback → fresh plugin instance → answer) against the same
 //! hyper server answering natively, measured in one run, rounds alternated.
 //!
-//! Run with `cargo xtask bench` (it builds the plugin first), or
-//! `cargo bench -p evogate --bench gateway` once `target/wasm32-wasip2/release/evotor_partner.wasm` exists.
+//! Then the cost of a fresh instance + call without HTTP, for the Evotor
+//! plugin beside the smallest evogate plugin (the test guest's `/version`)
+//! and a standard `wasi:http` component, in the same run.
+//!
+//! Run with `cargo xtask bench` (it builds the plugins first), or
+//! `cargo bench -p evogate --bench gateway` after `cargo xtask build`.
 //! `BENCH_SECONDS` (default 3) sets the length of each throughput round.
 
 mod common;
@@ -18,6 +22,8 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 
 const ROUNDS: usize = 3;
+/// The smaller plugins measured beside the Evotor plugin: name (and route) and file.
+const SMALL: &[(&str, &str)] = &[("guest", "test_guest.wasm"), ("hello", "standard_hello.wasm")];
 
 fn main() -> anyhow::Result<()> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -30,6 +36,15 @@ fn main() -> anyhow::Result<()> {
         let mut config = evogate::config::Config::default();
         config.store.backend = evogate::kv::BackendKind::Memory;
         config.plugins[0].wasm = figment::value::magic::RelativePathBuf::from(wasm);
+        for (name, file) in SMALL {
+            let wasm = root.join("target/wasm32-wasip2/release").join(file);
+            anyhow::ensure!(wasm.is_file(), "{} is missing: run `cargo xtask build`", wasm.display());
+            let mut plugin = config.plugins[0].clone();
+            (plugin.name, plugin.route) = ((*name).into(), format!("/{name}"));
+            plugin.wasm = figment::value::magic::RelativePathBuf::from(wasm);
+            plugin.config.clear();
+            config.plugins.push(plugin);
+        }
         let data = tempfile::tempdir()?;
         config.data_dir = figment::value::magic::RelativePathBuf::from(data.path().to_owned());
         let gateway = common::run(config).await?;
@@ -48,26 +63,42 @@ fn main() -> anyhow::Result<()> {
         let mut gateway_lat = Vec::new();
         let mut native_rps = Vec::new();
         let mut gateway_rps = Vec::new();
-        for _ in 0..ROUNDS {
+        // `BENCH_DIRECT_ONLY=1`: only the calls without HTTP, e.g. to profile an instance.
+        let rounds = if std::env::var_os("BENCH_DIRECT_ONLY").is_some_and(|on| on == "1") { 0 } else { ROUNDS };
+        for _ in 0..rounds {
             native_lat.push(latency(native_addr).await?);
             gateway_lat.push(latency(gateway_addr).await?);
             native_rps.push(throughput(native_addr, Duration::from_secs(seconds)).await?);
             gateway_rps.push(throughput(gateway_addr, Duration::from_secs(seconds)).await?);
         }
-        let direct = direct_calls(&gateway).await;
+        let mut direct = Vec::new();
+        let direct_rounds = if rounds == 0 { 10 } else { 1 };
+        for (name, path) in [("evotor", PATH), ("guest", "/version"), ("hello", "/")] {
+            let mut means = Vec::new();
+            for _ in 0..direct_rounds {
+                means.push(direct_calls(&gateway, name, path).await?);
+            }
+            direct.push((name, median(&means)));
+        }
 
-        let (n50, n99) = median_pair(&native_lat);
-        let (g50, g99) = median_pair(&gateway_lat);
-        let (nr, gr) = (median(&native_rps), median(&gateway_rps));
-        println!("sequential, 1 connection ({LATENCY_REQUESTS} requests per round):");
-        println!("  native   p50 {n50:7.1} µs   p99 {n99:7.1} µs");
-        println!("  gateway  p50 {g50:7.1} µs   p99 {g99:7.1} µs");
-        println!("  sandbox overhead per request (p50 difference): {:.1} µs", g50 - n50);
-        println!("throughput, {CONNECTIONS} connections ({seconds} s per round):");
-        println!("  native   {nr:9.0} req/s");
-        println!("  gateway  {gr:9.0} req/s");
-        println!("  gateway / native: {:.2}", gr / nr);
-        println!("instance + call without HTTP (PluginVersion::handle): {direct:.1} µs mean");
+        if rounds > 0 {
+            let (n50, n99) = median_pair(&native_lat);
+            let (g50, g99) = median_pair(&gateway_lat);
+            let (nr, gr) = (median(&native_rps), median(&gateway_rps));
+            println!("sequential, 1 connection ({LATENCY_REQUESTS} requests per round):");
+            println!("  native   p50 {n50:7.1} µs   p99 {n99:7.1} µs");
+            println!("  gateway  p50 {g50:7.1} µs   p99 {g99:7.1} µs");
+            println!("  sandbox overhead per request (p50 difference): {:.1} µs", g50 - n50);
+            println!("throughput, {CONNECTIONS} connections ({seconds} s per round):");
+            println!("  native   {nr:9.0} req/s");
+            println!("  gateway  {gr:9.0} req/s");
+            println!("  gateway / native: {:.2}", gr / nr);
+        }
+        println!("fresh instance + call without HTTP (PluginVersion::handle), mean:");
+        let evotor = direct[0].1;
+        for (name, micros) in &direct {
+            println!("  {name:<7} {micros:6.1} µs   {:.2} of the Evotor plugin's", micros / evotor);
+        }
         Ok(())
     })
 }
@@ -82,19 +113,25 @@ async fn gateway_body(gateway: &evogate::Running) -> anyhow::Result<Bytes> {
 }
 
 fn trivial_request() -> evogate::sandbox::Request {
+    request_for(PATH)
+}
+
+fn request_for(path: &str) -> evogate::sandbox::Request {
     evogate::sandbox::Request {
         method: "GET".into(),
-        path: PATH.into(),
+        path: path.into(),
         query: String::new(),
         headers: vec![("host".into(), "bench".into())],
         body: Vec::new(),
     }
 }
 
-/// Mean time of one fresh instance + `handle` call, no HTTP.
-async fn direct_calls(gateway: &evogate::Running) -> f64 {
-    let Some(version) = gateway.live_plugin("evotor") else { return f64::NAN };
-    let request = trivial_request();
+/// Mean time of one fresh instance + `handle` call of plugin `name`, no HTTP.
+async fn direct_calls(gateway: &evogate::Running, name: &str, path: &str) -> anyhow::Result<f64> {
+    let version = gateway.live_plugin(name).ok_or_else(|| anyhow::anyhow!("no plugin {name}"))?;
+    let request = request_for(path);
+    let first = version.handle(request.clone(), Duration::from_secs(5)).await;
+    anyhow::ensure!(first.is_ok_and(|answer| answer.status < 500), "{name} {path} does not answer");
     let n = 5000;
     for _ in 0..500 {
         let _ = version.handle(request.clone(), Duration::from_secs(5)).await;
@@ -103,7 +140,7 @@ async fn direct_calls(gateway: &evogate::Running) -> f64 {
     for _ in 0..n {
         let _ = version.handle(request.clone(), Duration::from_secs(5)).await;
     }
-    started.elapsed().as_secs_f64() * 1e6 / f64::from(n)
+    Ok(started.elapsed().as_secs_f64() * 1e6 / f64::from(n))
 }
 
 async fn serve_native(body: Bytes) -> anyhow::Result<SocketAddr> {

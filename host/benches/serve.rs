@@ -9,40 +9,15 @@
 
 mod common;
 
-use common::{CONNECTIONS, LATENCY_REQUESTS, fetch_once, latency, median, median_pair, throughput};
+use common::{
+    CONNECTIONS, LATENCY_REQUESTS, Server, free_port, latency, median, median_pair, throughput, wait_until_serving,
+};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 const ROUNDS: usize = 3;
-
-/// A server process, killed when dropped.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-async fn wait_until_serving(addr: SocketAddr) -> anyhow::Result<bytes::Bytes> {
-    let started = Instant::now();
-    loop {
-        match fetch_once(addr).await {
-            Ok(body) => return Ok(body),
-            Err(_) if started.elapsed() < Duration::from_secs(60) => {
-                tokio::time::sleep(Duration::from_millis(50)).await
-            }
-            Err(err) => return Err(err.context(format!("nothing answers on {addr}"))),
-        }
-    }
-}
 
 fn wasmtime_serve(wasmtime: &Path, wasm: &Path, port: u16) -> anyhow::Result<Server> {
     let child = Command::new(wasmtime)

@@ -56,8 +56,17 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // Log lines (the access log among them) are written to stderr by a
+    // thread of their own, in batches, so a request's thread never waits
+    // on the terminal or pipe. Not lossy: when the queue is full the
+    // writer waits, rather than drop lines.
+    let (writer, flush_on_exit) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .buffered_lines_limit(LOG_QUEUE_LINES)
+        .thread_name("evogate-log")
+        .finish(std::io::BufWriter::new(std::io::stderr()));
     tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("EVOGATE_LOG")
@@ -71,6 +80,8 @@ fn main() -> std::process::ExitCode {
         Command::RunJob { name, job, admin } => client::run_job(&admin, &name, &job),
         Command::Rollback { name, admin } => client::rollback(&admin, &name),
     };
+    // Every queued line is out before the last word.
+    drop(flush_on_exit);
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
@@ -79,6 +90,9 @@ fn main() -> std::process::ExitCode {
         }
     }
 }
+
+/// Log lines waiting for the writer thread, at most; past it, loggers wait.
+const LOG_QUEUE_LINES: usize = 64 * 1024;
 
 fn serve(config_file: Option<PathBuf>) -> anyhow::Result<()> {
     let config = evogate::config::Config::load(config_file.as_deref())?;

@@ -37,6 +37,8 @@ pub struct Slot {
     pub route: String,
     /// How the gateway writes its own errors on this route.
     pub error_format: ErrorFormat,
+    /// What each answered request records, registered once.
+    pub(crate) metrics: crate::telemetry::RouteMetrics,
     current: ArcSwap<Deployment>,
 }
 
@@ -70,7 +72,9 @@ impl Registry {
         deployment: Arc<Deployment>,
     ) -> Arc<Slot> {
         let route = normalize_route(route).to_owned();
-        let slot = Arc::new(Slot { name: name.into(), route, error_format, current: ArcSwap::new(deployment) });
+        let metrics = crate::telemetry::RouteMetrics::new(name, &route);
+        let slot =
+            Arc::new(Slot { name: name.into(), route, error_format, metrics, current: ArcSwap::new(deployment) });
         self.slots.push(slot.clone());
         self.slots.sort_by_key(|slot| std::cmp::Reverse(slot.route.len()));
         slot

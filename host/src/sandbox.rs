@@ -268,6 +268,7 @@ impl Sandbox {
             name: String::new(),
             version: String::new(),
             label: Arc::from(plugin),
+            memory_metric: metrics::histogram!(crate::telemetry::PLUGIN_MEMORY, "plugin" => plugin.to_owned()),
         };
         let (name, semver) =
             version.read_identity().await.with_context(|| format!("reading the identity of plugin {plugin:?}"))?;
@@ -378,6 +379,8 @@ pub struct PluginVersion {
     /// `plugin@version`: the configured name and the reported version, as
     /// the access log, warnings, job logs and the plugin's own output name it.
     label: Arc<str>,
+    /// [`crate::telemetry::PLUGIN_MEMORY`] of this plugin, registered once.
+    memory_metric: metrics::Histogram,
 }
 
 impl std::fmt::Debug for PluginVersion {
@@ -454,7 +457,7 @@ impl PluginVersion {
         };
         let peak = store.data().limiter.peak;
         PEAK_INSTANCE_MEMORY.fetch_max(peak, std::sync::atomic::Ordering::Relaxed);
-        metrics::histogram!(crate::telemetry::PLUGIN_MEMORY, "plugin" => self.plugin.to_string()).record(peak as f64);
+        self.memory_metric.record(peak as f64);
         (self.finish(&store, result), Spent { store: Some(store), _slot: Some(slot) })
     }
 

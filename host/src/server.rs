@@ -56,15 +56,19 @@ pub struct Gateway {
     per_credential: CredentialCounts,
     /// Set when shutdown begins: `/readyz` answers 503 so load balancers stop sending.
     draining: AtomicBool,
+    /// What requests no route serves record.
+    unrouted: crate::telemetry::RouteMetrics,
+    /// [`crate::telemetry::INSTANCES_IN_USE`], registered once.
+    in_use: metrics::Gauge,
     /// Keeps the engine (and its epoch ticker) alive as long as the gateway.
     _sandbox: Arc<crate::sandbox::Sandbox>,
 }
 
 /// What one request came to, for the access log.
-struct Served {
+struct Served<'a> {
     response: hyper::Response<Full<Bytes>>,
-    /// Plugin name, route and `name@version` of the deployment that answered.
-    plugin: Option<(String, String, String)>,
+    /// The route that answered and the `name@version` of its deployment.
+    plugin: Option<(&'a crate::registry::Slot, String)>,
 }
 
 /// How the public listener treats connections.
@@ -468,6 +472,8 @@ impl Gateway {
             credential_caps: limits.credential_caps,
             per_credential: Arc::default(),
             draining: AtomicBool::new(false),
+            unrouted: crate::telemetry::RouteMetrics::new("", ""),
+            in_use: metrics::gauge!(crate::telemetry::INSTANCES_IN_USE),
             _sandbox: sandbox,
         }
     }
@@ -494,23 +500,24 @@ impl Gateway {
         served.response.headers_mut().insert(REQUEST_ID, request_id.clone());
         let status = served.response.status().as_u16();
         let elapsed = started.elapsed();
-        let (name, route, label) = served.plugin.unwrap_or_default();
+        let (metrics, label) = match &served.plugin {
+            Some((slot, label)) => (&slot.metrics, label.as_str()),
+            None => (&self.unrouted, ""),
+        };
         tracing::info!(
             target: "evogate::access",
             %method,
             path,
             status,
             latency_us = elapsed.as_micros() as u64,
-            plugin = if label.is_empty() { "-" } else { label.as_str() },
+            plugin = if label.is_empty() { "-" } else { label },
             request_id = request_id.to_str().unwrap_or("-"),
         );
-        metrics::histogram!(crate::telemetry::REQUEST_DURATION, "plugin" => name.clone()).record(elapsed.as_secs_f64());
-        metrics::counter!(crate::telemetry::REQUESTS, "plugin" => name, "route" => route, "status" => status.to_string())
-            .increment(1);
+        metrics.answered(status, elapsed);
         served.response
     }
 
-    async fn dispatch(&self, req: hyper::Request<Incoming>, started: Instant) -> Served {
+    async fn dispatch(&self, req: hyper::Request<Incoming>, started: Instant) -> Served<'_> {
         let slot = self.registry.route(req.uri().path());
         // The route's plugin picks how the gateway's errors read; no route: a problem.
         let format = slot.map_or(ErrorFormat::Problem, |slot| slot.error_format);
@@ -533,7 +540,7 @@ impl Gateway {
             Ok(response) => into_http(response, &label, format),
             Err(response) => response,
         };
-        Served { response, plugin: Some((slot.name.clone(), slot.route.clone(), label)) }
+        Served { response, plugin: Some((slot, label)) }
     }
 
     /// Reads the body, waits for a slot and runs the plugin; `Err` is a
@@ -679,7 +686,7 @@ impl Gateway {
 
     fn instances_in_use(&self) {
         let in_use = self.max_instances.saturating_sub(self.permits.available_permits());
-        metrics::gauge!(crate::telemetry::INSTANCES_IN_USE).set(in_use as f64);
+        self.in_use.set(in_use as f64);
     }
 }
 

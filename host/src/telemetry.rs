@@ -81,6 +81,55 @@ metrics_table! {
         "store faults injected (the test build only)";
 }
 
+/// The metrics every answered request of one route records, registered
+/// once when the route is made rather than looked up (and their labels
+/// allocated) per request. Registered after the process's recorder is
+/// installed ([`crate::run`] installs it first), as handles keep the
+/// recorder they were registered with.
+pub(crate) struct RouteMetrics {
+    duration: metrics::Histogram,
+    /// [`REQUESTS`] by status, 100–599, each registered at its first use.
+    by_status: Box<[std::sync::OnceLock<metrics::Counter>]>,
+    plugin: String,
+    route: String,
+}
+
+impl RouteMetrics {
+    const FIRST_STATUS: u16 = 100;
+    const STATUSES: usize = 500;
+
+    /// The handles of plugin `plugin` on `route` (both empty: requests no route serves).
+    pub(crate) fn new(plugin: &str, route: &str) -> Self {
+        Self {
+            duration: metrics::histogram!(REQUEST_DURATION, "plugin" => plugin.to_owned()),
+            by_status: (0..Self::STATUSES).map(|_| std::sync::OnceLock::new()).collect(),
+            plugin: plugin.to_owned(),
+            route: route.to_owned(),
+        }
+    }
+
+    /// Counts one answer with `status` that took `elapsed`.
+    pub(crate) fn answered(&self, status: u16, elapsed: std::time::Duration) {
+        self.duration.record(elapsed.as_secs_f64());
+        let register = || {
+            let labels =
+                [("plugin", self.plugin.clone()), ("route", self.route.clone()), ("status", status.to_string())];
+            metrics::counter!(REQUESTS, &labels)
+        };
+        match self.by_status.get(usize::from(status.wrapping_sub(Self::FIRST_STATUS))) {
+            Some(counter) => counter.get_or_init(register).increment(1),
+            // hyper allows up to 999; such a status is rare enough to look up.
+            None => register().increment(1),
+        }
+    }
+}
+
+impl std::fmt::Debug for RouteMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteMetrics").field("plugin", &self.plugin).field("route", &self.route).finish_non_exhaustive()
+    }
+}
+
 /// Gives the process's recorder each metric's help text (Prometheus `# HELP`).
 pub(crate) fn describe() {
     for metric in ALL {
@@ -118,6 +167,32 @@ mod tests {
             .expect("docs/operations.md");
         let table = docs_table();
         assert!(docs.contains(&table), "docs/operations.md must hold this metrics table:\n{table}");
+    }
+
+    #[test]
+    fn route_metrics_count_each_status_apart_under_the_routes_labels() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        // Each status registers at its first answer: with the recorder in scope, as the
+        // process's global recorder always is.
+        metrics::with_local_recorder(&recorder, || {
+            let (served, unrouted) = (RouteMetrics::new("shop", "/shop"), RouteMetrics::new("", ""));
+            for status in [200, 200, 404, 999] {
+                served.answered(status, std::time::Duration::from_millis(3));
+            }
+            unrouted.answered(404, std::time::Duration::from_millis(1));
+        });
+        let rendered = handle.render();
+        for line in [
+            r#"evogate_requests_total{plugin="shop",route="/shop",status="200"} 2"#,
+            r#"evogate_requests_total{plugin="shop",route="/shop",status="404"} 1"#,
+            r#"evogate_requests_total{plugin="shop",route="/shop",status="999"} 1"#,
+            r#"evogate_requests_total{plugin="",route="",status="404"} 1"#,
+            r#"evogate_request_duration_seconds_count{plugin="shop"} 4"#,
+            r#"evogate_request_duration_seconds_count{plugin=""} 1"#,
+        ] {
+            assert!(rendered.contains(line), "{line} in:\n{rendered}");
+        }
     }
 
     #[test]

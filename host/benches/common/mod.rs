@@ -124,3 +124,31 @@ pub fn median_pair(values: &[(f64, f64)]) -> (f64, f64) {
     let p99: Vec<f64> = values.iter().map(|v| v.1).collect();
     (median(&p50), median(&p99))
 }
+
+/// A server process, killed when dropped.
+pub struct Server(pub std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Waits up to a minute for `addr` to answer the trivial request; its answer.
+pub async fn wait_until_serving(addr: SocketAddr) -> anyhow::Result<Bytes> {
+    let started = Instant::now();
+    loop {
+        match fetch_once(addr).await {
+            Ok(body) => return Ok(body),
+            Err(_) if started.elapsed() < Duration::from_secs(60) => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(err) => return Err(err.context(format!("nothing answers on {addr}"))),
+        }
+    }
+}

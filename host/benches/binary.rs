@@ -1,0 +1,98 @@
+//! The `evogate` binary against another build of itself: both serve the
+//! Evotor plugin as their own processes, their log read from a pipe as a
+//! service manager reads it, driven by the same load generator in
+//! alternating rounds. What it measures is the whole process as deployed
+//! (logging, metrics, the runtime's threads), which the in-process
+//! `gateway` bench leaves out.
+//!
+//! Run with `EVOGATE_BASE_BIN=/path/to/other/evogate cargo bench -p evogate --bench binary`
+//! after `cargo xtask build`; the build under test is `target/release/evogate`.
+//! `BENCH_SECONDS` (default 3) sets the length of each throughput round.
+
+mod common;
+
+use common::{CONNECTIONS, LATENCY_REQUESTS, PATH, Server, free_port, latency, median, median_pair, throughput};
+use std::io::Read as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const ROUNDS: usize = 5;
+
+/// Starts `evogate serve` on `port` with the Evotor plugin; its stderr is read and dropped by a thread.
+fn serve(evogate: &Path, wasm: &Path, port: u16, data: &Path) -> anyhow::Result<Server> {
+    std::fs::create_dir_all(data)?;
+    let config = data.join("evogate.toml");
+    let wasm = serde_json::to_string(&wasm.to_string_lossy())?;
+    let data_dir = serde_json::to_string(&data.join("data").to_string_lossy())?;
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\ndata_dir = {data_dir}\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [[plugins]]\nname = \"evotor\"\nroute = \"/\"\nwasm = {wasm}\nerror_format = \"evotor\"\n"
+        ),
+    )?;
+    let mut child = Command::new(evogate)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("EVOGATE_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut log = child.stderr.take().expect("piped");
+    std::thread::spawn(move || {
+        let mut buffer = [0; 64 * 1024];
+        while log.read(&mut buffer).is_ok_and(|read| read > 0) {}
+    });
+    Ok(Server(child))
+}
+
+fn main() -> anyhow::Result<()> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let base = std::env::var_os("EVOGATE_BASE_BIN").map(PathBuf::from).ok_or_else(|| {
+        anyhow::anyhow!("EVOGATE_BASE_BIN is not set: point it at the evogate binary to compare against")
+    })?;
+    let wasm = root.join(evogate::config::DEFAULT_PLUGIN_WASM);
+    let candidate = root.join("target/release/evogate");
+    for path in [&base, &wasm, &candidate] {
+        anyhow::ensure!(path.is_file(), "{} is missing: run `cargo xtask build`", path.display());
+    }
+    let seconds: u64 = std::env::var("BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
+    let data = tempfile::tempdir()?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let (base_port, candidate_port) = (free_port()?, free_port()?);
+        let _base = serve(&base, &wasm, base_port, &data.path().join("base"))?;
+        let _candidate = serve(&candidate, &wasm, candidate_port, &data.path().join("candidate"))?;
+        let base_addr = SocketAddr::from(([127, 0, 0, 1], base_port));
+        let candidate_addr = SocketAddr::from(([127, 0, 0, 1], candidate_port));
+        let expected = common::wait_until_serving(base_addr).await?;
+        anyhow::ensure!(common::wait_until_serving(candidate_addr).await? == expected, "the two answers differ");
+
+        println!("base:      {}", base.display());
+        println!("candidate: {}", candidate.display());
+        println!("GET {PATH} (the Evotor plugin's 404), access log on, read from a pipe; HTTP/1.1 keep-alive");
+        println!("{ROUNDS} alternating rounds; medians reported\n");
+        let (mut base_lat, mut cand_lat, mut base_rps, mut cand_rps) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            base_lat.push(latency(base_addr).await?);
+            cand_lat.push(latency(candidate_addr).await?);
+            base_rps.push(throughput(base_addr, Duration::from_secs(seconds)).await?);
+            cand_rps.push(throughput(candidate_addr, Duration::from_secs(seconds)).await?);
+        }
+        let (b50, b99) = median_pair(&base_lat);
+        let (c50, c99) = median_pair(&cand_lat);
+        let ratios: Vec<f64> = cand_rps.iter().zip(&base_rps).map(|(c, b)| c / b).collect();
+        println!("sequential, 1 connection ({LATENCY_REQUESTS} requests per round):");
+        println!("  base       p50 {b50:7.1} µs   p99 {b99:7.1} µs");
+        println!("  candidate  p50 {c50:7.1} µs   p99 {c99:7.1} µs   p50 candidate / base: {:.2}", c50 / b50);
+        println!("throughput, {CONNECTIONS} connections ({seconds} s per round):");
+        println!("  base       {:9.0} req/s", median(&base_rps));
+        println!("  candidate  {:9.0} req/s", median(&cand_rps));
+        let shown: Vec<String> = ratios.iter().map(|ratio| format!("{ratio:.2}")).collect();
+        println!("  candidate / base, per round: {}; median {:.2}", shown.join(" "), median(&ratios));
+        Ok(())
+    })
+}
