@@ -5,9 +5,10 @@
 //! (logging, metrics, the runtime's threads), which the in-process
 //! `gateway` bench leaves out.
 //!
-//! Run with `EVOGATE_BASE_BIN=/path/to/other/evogate cargo bench -p evogate --bench binary`
+//! Run with `BENCH_BASE_EVOGATE=/path/to/other/evogate cargo bench -p evogate --bench binary`
 //! after `cargo xtask build`; the build under test is `target/release/evogate`.
-//! `BENCH_SECONDS` (default 3) sets the length of each throughput round.
+//! `BENCH_SECONDS` (default 3) sets the length of each throughput round;
+//! `BENCH_SHOW_LOG=1` shows both processes' logs.
 
 mod common;
 
@@ -43,15 +44,19 @@ fn serve(evogate: &Path, wasm: &Path, port: u16, data: &Path) -> anyhow::Result<
     let mut log = child.stderr.take().expect("piped");
     std::thread::spawn(move || {
         let mut buffer = [0; 64 * 1024];
-        while log.read(&mut buffer).is_ok_and(|read| read > 0) {}
+        while let Ok(read @ 1..) = log.read(&mut buffer) {
+            if std::env::var_os("BENCH_SHOW_LOG").is_some() {
+                eprint!("{}", String::from_utf8_lossy(&buffer[..read]));
+            }
+        }
     });
     Ok(Server(child))
 }
 
 fn main() -> anyhow::Result<()> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let base = std::env::var_os("EVOGATE_BASE_BIN").map(PathBuf::from).ok_or_else(|| {
-        anyhow::anyhow!("EVOGATE_BASE_BIN is not set: point it at the evogate binary to compare against")
+    let base = std::env::var_os("BENCH_BASE_EVOGATE").map(PathBuf::from).ok_or_else(|| {
+        anyhow::anyhow!("BENCH_BASE_EVOGATE is not set: point it at the evogate binary to compare against")
     })?;
     let wasm = root.join(evogate::config::DEFAULT_PLUGIN_WASM);
     let candidate = root.join("target/release/evogate");
