@@ -23,17 +23,7 @@ const ROUNDS: usize = 5;
 
 /// Starts `evogate serve` on `port` with the Evotor plugin; its stderr is read and dropped by a thread.
 fn serve(evogate: &Path, wasm: &Path, port: u16, data: &Path) -> anyhow::Result<Server> {
-    std::fs::create_dir_all(data)?;
-    let config = data.join("evogate.toml");
-    let wasm = serde_json::to_string(&wasm.to_string_lossy())?;
-    let data_dir = serde_json::to_string(&data.join("data").to_string_lossy())?;
-    std::fs::write(
-        &config,
-        format!(
-            "listen = \"127.0.0.1:{port}\"\ndata_dir = {data_dir}\n[admin]\nlisten = \"127.0.0.1:0\"\n\
-             [[plugins]]\nname = \"evotor\"\nroute = \"/\"\nwasm = {wasm}\nerror_format = \"evotor\"\n"
-        ),
-    )?;
+    let config = common::serve_config(data, port, "evotor", wasm, "error_format = \"evotor\"\n")?;
     let mut child = Command::new(evogate)
         .args(["serve", "--config"])
         .arg(&config)

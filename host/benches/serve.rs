@@ -30,16 +30,7 @@ fn wasmtime_serve(wasmtime: &Path, wasm: &Path, port: u16) -> anyhow::Result<Ser
 }
 
 fn evogate_serve(evogate: &Path, wasm: &Path, port: u16, data: &Path) -> anyhow::Result<Server> {
-    let config = data.join("evogate.toml");
-    let wasm = serde_json::to_string(&wasm.to_string_lossy())?;
-    let data_dir = serde_json::to_string(&data.join("data").to_string_lossy())?;
-    std::fs::write(
-        &config,
-        format!(
-            "listen = \"127.0.0.1:{port}\"\ndata_dir = {data_dir}\n[admin]\nlisten = \"127.0.0.1:0\"\n\
-             [[plugins]]\nname = \"hello\"\nroute = \"/\"\nwasm = {wasm}\n"
-        ),
-    )?;
+    let config = common::serve_config(data, port, "hello", wasm, "")?;
     // The access log stays on (its formatting is part of the work), written to nowhere.
     let child = Command::new(evogate)
         .args(["serve", "--config"])

@@ -152,3 +152,26 @@ pub async fn wait_until_serving(addr: SocketAddr) -> anyhow::Result<Bytes> {
         }
     }
 }
+
+/// Writes `DIR/evogate.toml` for `evogate serve` on `port` with one plugin on `/`,
+/// its data in `DIR/data`; `extra` is appended to the plugin's table. The file's path.
+pub fn serve_config(
+    dir: &std::path::Path,
+    port: u16,
+    plugin: &str,
+    wasm: &std::path::Path,
+    extra: &str,
+) -> anyhow::Result<std::path::PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let config = dir.join("evogate.toml");
+    let wasm = serde_json::to_string(&wasm.to_string_lossy())?;
+    let data_dir = serde_json::to_string(&dir.join("data").to_string_lossy())?;
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\ndata_dir = {data_dir}\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [[plugins]]\nname = \"{plugin}\"\nroute = \"/\"\nwasm = {wasm}\n{extra}"
+        ),
+    )?;
+    Ok(config)
+}
