@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 
 const ROUNDS: usize = 3;
-/// The smaller plugins measured beside the Evotor plugin: name (and route) and file.
-const SMALL: &[(&str, &str)] = &[("guest", "test_guest.wasm"), ("hello", "standard_hello.wasm")];
+/// The smaller plugins measured beside the Evotor plugin: name (and route), file, and the path called.
+const SMALL: &[(&str, &str, &str)] = &[("guest", "test_guest.wasm", "/version"), ("hello", "standard_hello.wasm", "/")];
 
 fn main() -> anyhow::Result<()> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -36,7 +36,7 @@ fn main() -> anyhow::Result<()> {
         let mut config = evogate::config::Config::default();
         config.store.backend = evogate::kv::BackendKind::Memory;
         config.plugins[0].wasm = figment::value::magic::RelativePathBuf::from(wasm);
-        for (name, file) in SMALL {
+        for (name, file, _) in SMALL {
             let wasm = root.join("target/wasm32-wasip2/release").join(file);
             anyhow::ensure!(wasm.is_file(), "{} is missing: run `cargo xtask build`", wasm.display());
             let mut plugin = config.plugins[0].clone();
@@ -73,7 +73,8 @@ fn main() -> anyhow::Result<()> {
         }
         let mut direct = Vec::new();
         let direct_rounds = if rounds == 0 { 10 } else { 1 };
-        for (name, path) in [("evotor", PATH), ("guest", "/version"), ("hello", "/")] {
+        let measured = SMALL.iter().map(|(name, _, path)| (*name, *path));
+        for (name, path) in std::iter::once(("evotor", PATH)).chain(measured) {
             let mut means = Vec::new();
             for _ in 0..direct_rounds {
                 means.push(direct_calls(&gateway, name, path).await?);

@@ -81,11 +81,12 @@ metrics_table! {
         "store faults injected (the test build only)";
 }
 
-/// The metrics every answered request of one route records, registered
-/// once when the route is made rather than looked up (and their labels
-/// allocated) per request. Registered after the process's recorder is
-/// installed ([`crate::run`] installs it first), as handles keep the
-/// recorder they were registered with.
+/// The metrics every answered request of one route records, each handle
+/// registered once (the duration when the route is made, a status's count
+/// at its first answer) rather than looked up, with its labels allocated,
+/// per request. Handles keep the recorder they were registered with, so
+/// routes are made after the process's recorder is installed
+/// ([`crate::run`] installs it first).
 pub(crate) struct RouteMetrics {
     duration: metrics::Histogram,
     /// [`REQUESTS`] by status, 100–599, each registered at its first use.
