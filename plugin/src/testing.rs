@@ -74,6 +74,20 @@ impl World {
         response.body_json()["token"].as_str().expect("token").to_owned()
     }
 
+    /// What `token` decides from its grant (`None`: the records decide)
+    /// and from the records, as error codes.
+    pub fn decisions(&self, token: &str) -> (Option<Result<(), u32>>, Result<(), u32>) {
+        let settings = settings(&self.ctx()).expect("settings");
+        let request = Request::new("GET", "/").header("authorization", &format!("Bearer {token}"));
+        auth::both_decisions(&self.ctx(), &request, &settings)
+    }
+
+    /// The grant in `token`'s record, if it has one.
+    pub fn grant(&self, token: &str) -> Option<crate::storage::Grant> {
+        let key = crate::storage::token_key(&crate::domain::tokens::hash(token));
+        crate::storage::read::<crate::storage::TokenIndex>(&self.kv, &key).expect("read").expect("issued").grant
+    }
+
     /// Who `token` authenticates as, or the error code.
     pub fn whoami(&self, token: &str) -> Result<String, u32> {
         let settings = settings(&self.ctx()).expect("settings");

@@ -294,6 +294,12 @@ impl Subscription {
         true
     }
 
+    /// Whether reading the state at `now` (Unix seconds) changes it: a gap
+    /// has waited past `gap_timeout_secs`, or the state is of the first format.
+    pub fn due_for_update(&self, now: u64, gap_timeout_secs: u64) -> bool {
+        !self.waiting.is_empty() || self.gap_since.is_some_and(|since| now.saturating_sub(since) >= gap_timeout_secs)
+    }
+
     /// Applies the next event in sequence.
     pub fn apply(&mut self, event: &Event) {
         self.applied_through = event.sequence;
@@ -576,7 +582,7 @@ fn record_event_once(
     now: u64,
 ) -> Result<Option<Stored>, ApiError> {
     let now_ms = time::millis(now);
-    storage::transact(ctx.kv, |txn| {
+    storage::transact(ctx, |txn| {
         let state_key = storage::subscription_key(&event.subscription_id);
         let by_user_token = Some(*caller != Caller::Server);
         let stored =
@@ -731,11 +737,10 @@ pub fn subscriptions_page(
 fn subscription_now(ctx: &Ctx<'_>, id: &str, gap_timeout_secs: u64) -> Result<Option<Subscription>, ApiError> {
     let now = ctx.clock.now_unix();
     let Some(state) = storage::read::<Subscription>(ctx.kv, &storage::subscription_key(id))? else { return Ok(None) };
-    let timed_out = state.gap_since.is_some_and(|since| now.saturating_sub(since) >= gap_timeout_secs);
-    if !timed_out && state.waiting.is_empty() {
+    if !state.due_for_update(now, gap_timeout_secs) {
         return Ok(Some(state));
     }
-    storage::transact(ctx.kv, |txn| -> Result<Option<Subscription>, ApiError> {
+    storage::transact(ctx, |txn| -> Result<Option<Subscription>, ApiError> {
         let key = storage::subscription_key(id);
         let mut state = txn.get::<Subscription>(&key)?.ok_or(StorageError::Corrupt(key.clone()))?;
         let mut changed = state.migrate(now);
@@ -818,7 +823,7 @@ pub(crate) fn apply_time_rules(
         if lapse_reason(&state, time::millis(now), settings.pending_grace_secs).is_none() {
             continue;
         }
-        let lapsed = storage::transact(ctx.kv, |txn| -> Result<bool, ApiError> {
+        let lapsed = storage::transact(ctx, |txn| -> Result<bool, ApiError> {
             let Some(mut state) = txn.get::<Subscription>(&key)? else { return Ok(false) };
             let Some(reason) = lapse_reason(&state, time::millis(now), settings.pending_grace_secs) else {
                 return Ok(false);
@@ -835,21 +840,38 @@ pub(crate) fn apply_time_rules(
 
 /// The user's entitlement at the clock's now.
 pub fn entitlement(ctx: &Ctx<'_>, user_id: &str, settings: &crate::config::Settings) -> Result<Entitlement, ApiError> {
-    let now = time::millis(ctx.clock.now_unix());
-    if let Some(installation) = storage::read::<Installation>(ctx.kv, &storage::installation_key(user_id))?
-        && !installation.installed
-    {
-        return Ok(Entitlement { usable: false, licensed_devices: 0, reason: Some("the app is uninstalled".into()) });
+    let now = ctx.clock.now_unix();
+    let installation = storage::read::<Installation>(ctx.kv, &storage::installation_key(user_id))?;
+    if installation.as_ref().is_some_and(|installation| !installation.installed) {
+        return Ok(Entitlement::of(installation.as_ref(), &[], now, settings));
     }
     let subscriptions = subscriptions(ctx, user_id, settings.gap_timeout_secs)?;
-    let usable: Vec<&Subscription> =
-        subscriptions.iter().filter(|s| s.usable(now, settings.pending_grace_secs)).collect();
-    if usable.is_empty() {
-        let reason = if subscriptions.is_empty() { "no subscription" } else { "no usable subscription" };
-        return Ok(Entitlement { usable: false, licensed_devices: 0, reason: Some(reason.into()) });
+    Ok(Entitlement::of(installation.as_ref(), &subscriptions, now, settings))
+}
+
+impl Entitlement {
+    /// What the installation state and the subscriptions (brought up to
+    /// date: see [`Subscription::due_for_update`]) entitle a user to at `now`
+    /// (Unix seconds).
+    pub fn of(
+        installation: Option<&Installation>,
+        subscriptions: &[Subscription],
+        now: u64,
+        settings: &crate::config::Settings,
+    ) -> Self {
+        if installation.is_some_and(|installation| !installation.installed) {
+            return Entitlement { usable: false, licensed_devices: 0, reason: Some("the app is uninstalled".into()) };
+        }
+        let now = time::millis(now);
+        let usable: Vec<&Subscription> =
+            subscriptions.iter().filter(|s| s.usable(now, settings.pending_grace_secs)).collect();
+        if usable.is_empty() {
+            let reason = if subscriptions.is_empty() { "no subscription" } else { "no usable subscription" };
+            return Entitlement { usable: false, licensed_devices: 0, reason: Some(reason.into()) };
+        }
+        let licensed_devices = usable.iter().fold(0u64, |sum, s| sum.saturating_add(s.devices()));
+        Entitlement { usable: true, licensed_devices, reason: None }
     }
-    let licensed_devices = usable.iter().fold(0u64, |sum, s| sum.saturating_add(s.devices()));
-    Ok(Entitlement { usable: true, licensed_devices, reason: None })
 }
 
 /// How many devices `user_id` may have registered: none when billing is
@@ -873,7 +895,7 @@ fn partner_bills(ctx: &Ctx<'_>, user_id: &str) -> Result<bool, ApiError> {
 /// waiting behind a gap now (the partner resolved it); its state after.
 pub(crate) fn resolve_gap_now(ctx: &Ctx<'_>, user_id: &str, subscription_id: &str) -> Result<Subscription, ApiError> {
     let now = ctx.clock.now_unix();
-    storage::transact(ctx.kv, |txn| -> Result<Subscription, ApiError> {
+    storage::transact(ctx, |txn| -> Result<Subscription, ApiError> {
         let key = storage::subscription_key(subscription_id);
         let mut state =
             txn.get::<Subscription>(&key)?.filter(|state| state.user_id == user_id).ok_or_else(ApiError::not_found)?;
@@ -939,7 +961,7 @@ pub(crate) fn record_installation_event(ctx: &Ctx<'_>, caller: &Caller, body: Ob
         event: Value::Object(body.clone()),
     };
     let legacy_key = storage::legacy_installation_event_key(&id_hash);
-    storage::transact(ctx.kv, |txn| -> Result<(), ApiError> {
+    storage::transact(ctx, |txn| -> Result<(), ApiError> {
         if txn.get::<StoredEvent>(&event_key)?.is_some() {
             return Ok(());
         }
@@ -988,7 +1010,7 @@ pub(crate) fn record_legacy_event(ctx: &Ctx<'_>, caller: &Caller, body: Object, 
         Caller::User(user) => Some(user.as_str()),
         Caller::Server => named.filter(|id| input::is_user_id(id)),
     };
-    storage::transact(ctx.kv, |txn| -> Result<(), ApiError> {
+    storage::transact(ctx, |txn| -> Result<(), ApiError> {
         if txn.get::<StoredEvent>(&key)?.is_none() {
             let by_user_token = Some(matches!(caller, Caller::User(_)));
             let event = Value::Object(body.clone());

@@ -428,7 +428,7 @@ pub(crate) fn upsert_all(ctx: &Ctx<'_>, store: &str, items: &[Item], source: &st
     let now = ctx.clock.now_unix();
     let batch: HashSet<String> = items.iter().map(|item| item.uuid.clone()).collect();
     let owner = store_owner(ctx, store)?;
-    storage::transact(ctx.kv, |txn| -> Result<usize, ApiError> {
+    storage::transact(ctx, |txn| -> Result<usize, ApiError> {
         for item in items {
             for problem in &item.problems {
                 let issue = Issue::new(owner.as_deref(), "product", &item.uuid, problem.as_str());
@@ -474,7 +474,7 @@ pub fn claim_store(ctx: &Ctx<'_>, user_id: &str, store: &str) -> Result<(), ApiE
         None => {}
     }
     let now = ctx.clock.now_unix();
-    storage::transact(ctx.kv, |txn| -> Result<(), ApiError> {
+    storage::transact(ctx, |txn| -> Result<(), ApiError> {
         match claim_in(txn, user_id, store, now)? {
             None => Ok(()),
             Some(_) => Err(ApiError::not_found()),
@@ -591,7 +591,7 @@ pub(crate) fn find_commodity(
 pub(crate) fn delete_products(ctx: &Ctx<'_>, store: &str, uuids: &[String], source: &str) -> Result<usize, ApiError> {
     let owner = store_owner(ctx, store)?;
     let now = ctx.clock.now_unix();
-    storage::transact(ctx.kv, |txn| -> Result<usize, ApiError> {
+    storage::transact(ctx, |txn| -> Result<usize, ApiError> {
         let mut change = Change::begin(txn, store)?;
         let mut deleted = Vec::new();
         for uuid in uuids {

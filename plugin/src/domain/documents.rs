@@ -348,7 +348,7 @@ pub(crate) fn ingest_documents(
     let device_keys = devices.iter().map(|device| storage::owner_key("device", device));
     let order = (!devices.is_empty()).then(|| storage::device_order_key(user_id));
     ctx.kv.prefetch(&owners.chain(order).chain(device_keys).chain(owned_keys.iter().cloned()).collect::<Vec<_>>());
-    let (new, repeated) = storage::transact(ctx.kv, |txn| -> Result<(usize, usize), ApiError> {
+    let (new, repeated) = storage::transact(ctx, |txn| -> Result<(usize, usize), ApiError> {
         let (issues, foreign) = admit(txn, user_id, &stores, &devices, device_limit, past_licence, now)?;
         // Documents into another user's store are the deliverer's, apart from the owner's.
         let keys: Vec<String> = documents
@@ -482,7 +482,7 @@ fn expire(ctx: &Ctx<'_>, settings: &Settings, store: &str) -> Result<(), ApiErro
     if document_positions.is_empty() && receipt_positions.is_empty() {
         return Ok(());
     }
-    storage::transact(ctx.kv, |txn| -> Result<(), ApiError> {
+    storage::transact(ctx, |txn| -> Result<(), ApiError> {
         // Whose counted records go, when quotas are counted.
         let mut freed: BTreeMap<String, u64> = BTreeMap::new();
         for position in &document_positions {
@@ -631,7 +631,7 @@ pub(crate) fn ingest_receipts(
     let device_limit = crate::domain::billing::device_limit(ctx, user_id, settings)?;
     let stores: BTreeSet<&str> = receipts.iter().filter_map(|receipt| receipt.store.as_deref()).collect();
     let devices: BTreeSet<&str> = receipts.iter().filter_map(|receipt| receipt.device.as_deref()).collect();
-    let (new, repeated) = storage::transact(ctx.kv, |txn| -> Result<(usize, usize), ApiError> {
+    let (new, repeated) = storage::transact(ctx, |txn| -> Result<(usize, usize), ApiError> {
         let (issues, foreign) = admit(txn, user_id, &stores, &devices, device_limit, PastLicence::Refuse, now)?;
         let (mut new, mut repeated) = (0, 0);
         for receipt in &receipts {

@@ -320,7 +320,7 @@ fn take_one(ctx: &Ctx<'_>, settings: &Settings, event: Event, delivery: Option<&
                 _ => None,
             };
             let order = order_of(&event, now_ms);
-            return storage::transact(ctx.kv, |txn| -> Result<Outcome, ApiError> {
+            return storage::transact(ctx, |txn| -> Result<Outcome, ApiError> {
                 if txn.get::<Seen>(&key)?.is_some() {
                     return Ok(Outcome::Duplicate);
                 }
@@ -375,7 +375,7 @@ fn take_one(ctx: &Ctx<'_>, settings: &Settings, event: Event, delivery: Option<&
     if event.kind == Kind::Other {
         problems.push(format!("unknown event type {:?}: kept", event.r#type));
     }
-    storage::transact(ctx.kv, |txn| -> Result<Outcome, ApiError> {
+    storage::transact(ctx, |txn| -> Result<Outcome, ApiError> {
         if txn.get::<Seen>(&key)?.is_some() {
             return Ok(Outcome::Duplicate);
         }
@@ -535,7 +535,7 @@ fn product(
         };
         catalog::upsert_all(ctx, &store, &[item], "evotor")?;
     }
-    storage::transact(ctx.kv, |txn| -> Result<(), ApiError> {
+    storage::transact(ctx, |txn| -> Result<(), ApiError> {
         let newer = txn.get::<ProductOrder>(&order_key)?.is_some_and(|known| known.order_ms > order);
         if !newer {
             txn.put(&order_key, &ProductOrder { v: storage::FORMAT, order_ms: order, removed });
@@ -604,7 +604,7 @@ pub(crate) fn apply_catalog_page(
     }
     catalog::claim_store(ctx, user_id, &store)?;
     let changed = catalog::upsert_all(ctx, &store, &usable, "evotor")?;
-    storage::transact(ctx.kv, |txn| -> Result<(), ApiError> {
+    storage::transact(ctx, |txn| -> Result<(), ApiError> {
         for (key, order) in &orders {
             if txn.get::<ProductOrder>(key)?.is_none_or(|known| known.order_ms <= *order) {
                 txn.put(key, &ProductOrder { v: storage::FORMAT, order_ms: *order, removed: false });

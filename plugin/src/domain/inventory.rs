@@ -432,7 +432,7 @@ pub(crate) fn mirror_items(
         _ => None,
     };
     let now = ctx.clock.now_unix();
-    storage::transact(ctx.kv, |txn| -> Result<_, ApiError> {
+    storage::transact(ctx, |txn| -> Result<_, ApiError> {
         let mut mapped = Vec::new();
         let mut over = Vec::new();
         let order_key = storage::device_order_key(user_id);

@@ -63,7 +63,7 @@ impl Budget {
     /// Deletes `keys` in commits of [`CHUNK`].
     fn delete(&mut self, ctx: &Ctx<'_>, keys: &[String]) -> Result<(), ApiError> {
         for chunk in keys.chunks(CHUNK) {
-            storage::transact(ctx.kv, |txn| -> Result<(), ApiError> {
+            storage::transact(ctx, |txn| -> Result<(), ApiError> {
                 for key in chunk {
                     txn.delete(key);
                 }
@@ -104,7 +104,7 @@ fn purge_at_most(ctx: &Ctx<'_>, user_id: &str, records: usize) -> Result<Progres
     let done = purge_within(ctx, user_id, &mut budget)?;
     if done {
         let now = ctx.clock.now_unix();
-        storage::transact(ctx.kv, |txn| -> Result<(), ApiError> {
+        storage::transact(ctx, |txn| -> Result<(), ApiError> {
             txn.delete(&cursor_key(user_id));
             txn.emit("user.purged", now, Some(user_id), json!({ "userId": user_id }));
             Ok(())
@@ -183,7 +183,7 @@ fn purge_within(ctx: &Ctx<'_>, user_id: &str, budget: &mut Budget) -> Result<boo
             });
     // Where the scans stopped is kept even when a step failed: the next call goes on from there.
     cursor.v = storage::FORMAT;
-    storage::transact(ctx.kv, |txn| -> Result<(), ApiError> {
+    storage::transact(ctx, |txn| -> Result<(), ApiError> {
         txn.put(&cursor_key(user_id), &cursor);
         Ok(())
     })?;
@@ -194,7 +194,7 @@ fn purge_within(ctx: &Ctx<'_>, user_id: &str, budget: &mut Budget) -> Result<boo
     if !budget.delete_prefix(ctx, &format!("user/{user_id}/"))? {
         return Ok(false);
     }
-    storage::transact(ctx.kv, |txn| -> Result<(), ApiError> {
+    storage::transact(ctx, |txn| -> Result<(), ApiError> {
         let key = storage::user_key(user_id);
         if let Some(mut user) = txn.get::<UserRecord>(&key)? {
             tokens::revoke_all(txn, &mut user);

@@ -348,7 +348,7 @@ pub(crate) fn token_received(txn: &mut Txn<'_>, user_id: &str, token: &str, now:
 /// token again changes nothing) and, with a new one, starts its backfill.
 pub(crate) fn put_cloud_token(ctx: &Ctx<'_>, user_id: &str, token: &str) -> Result<(), ApiError> {
     let now = ctx.clock.now_unix();
-    storage::transact(ctx.kv, |txn| -> Result<(), ApiError> {
+    storage::transact(ctx, |txn| -> Result<(), ApiError> {
         let key = storage::cloud_token_key(user_id);
         if txn.get::<CloudToken>(&key)?.is_none_or(|known| known.token != token) {
             txn.put(&key, &CloudToken { v: storage::FORMAT, token: token.to_owned(), received_at: now });
@@ -511,7 +511,7 @@ fn mirror(
     };
     let now = ctx.clock.now_unix();
     let now_ms = crate::time::millis(now);
-    storage::transact(ctx.kv, |txn| -> Result<u64, ApiError> {
+    storage::transact(ctx, |txn| -> Result<u64, ApiError> {
         let mut new = 0;
         for item in items {
             let id = match item.get("id").or_else(|| item.get("uuid")) {
@@ -634,7 +634,7 @@ fn note_problems(ctx: &Ctx<'_>, user_id: Option<&str>, path: &str, problems: Vec
         return Ok(());
     }
     let now = ctx.clock.now_unix();
-    storage::transact(ctx.kv, |txn| -> Result<(), ApiError> {
+    storage::transact(ctx, |txn| -> Result<(), ApiError> {
         for problem in &problems {
             txn.issue(now, Issue::new(user_id, "sync", path, problem.as_str()));
         }
@@ -652,7 +652,7 @@ fn update_user(
     change: impl Fn(&mut Txn<'_>, &mut UserSync),
 ) -> Result<Option<UserSync>, ApiError> {
     let key = storage::sync_user_key(user_id);
-    storage::transact(ctx.kv, |txn| -> Result<Option<UserSync>, ApiError> {
+    storage::transact(ctx, |txn| -> Result<Option<UserSync>, ApiError> {
         let Some(mut state) = txn.get::<UserSync>(&key)? else { return Ok(None) };
         if state.token_hash != token_hash {
             return Ok(Some(state));
@@ -716,7 +716,7 @@ fn sync_user(
     let Some(token) = storage::cloud_token(ctx.kv, user_id)? else { return Ok((Outcome::NoToken, None)) };
     if state.token_hash != tokens::hash(&token.token) {
         // A token of an earlier version, stored without its sync state's update.
-        storage::transact(ctx.kv, |txn| token_received(txn, user_id, &token.token, ctx.clock.now_unix()))?;
+        storage::transact(ctx, |txn| token_received(txn, user_id, &token.token, ctx.clock.now_unix()))?;
         let Some(fresh) = user_state(ctx, user_id)? else { return Ok((Outcome::NoToken, None)) };
         state = fresh;
     }
@@ -809,7 +809,7 @@ fn sync_feed(
 ) -> Result<Outcome, ApiError> {
     let path = format!("/api/apps/{app}/events");
     let update = |change: &dyn Fn(&mut FeedSync)| -> Result<FeedSync, ApiError> {
-        storage::transact(ctx.kv, |txn| -> Result<FeedSync, ApiError> {
+        storage::transact(ctx, |txn| -> Result<FeedSync, ApiError> {
             let mut state = txn.get::<FeedSync>(storage::SYNC_FEED_KEY)?.unwrap_or_default();
             state.v = storage::FORMAT;
             change(&mut state);
@@ -934,7 +934,7 @@ fn adopt(ctx: &Ctx<'_>, run: &mut RunState, budget: &Budget<'_>) -> Result<(), A
                 && user_state(ctx, user_id)?.is_none()
             {
                 let now = ctx.clock.now_unix();
-                storage::transact(ctx.kv, |txn| token_received(txn, user_id, &token.token, now))?;
+                storage::transact(ctx, |txn| token_received(txn, user_id, &token.token, now))?;
             }
         }
     }
@@ -991,7 +991,7 @@ pub fn run(ctx: &Ctx<'_>, deadline: u64) -> Result<Summary, ApiError> {
         }
     }
     run.v = storage::FORMAT;
-    storage::transact(ctx.kv, |txn| -> Result<(), ApiError> {
+    storage::transact(ctx, |txn| -> Result<(), ApiError> {
         txn.put(storage::SYNC_NEXT_USER_KEY, &run);
         Ok(())
     })?;

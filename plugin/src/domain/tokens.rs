@@ -37,7 +37,7 @@ pub fn issue(txn: &mut Txn<'_>, user: &mut UserRecord, now: u64, settings: &Sett
         keep
     });
     let hash = hash(&token);
-    txn.put(&storage::token_key(&hash), &TokenIndex { v: storage::FORMAT, user_id: user.user_id.clone() });
+    txn.put(&storage::token_key(&hash), &TokenIndex { v: storage::FORMAT, user_id: user.user_id.clone(), grant: None });
     user.tokens.push(IssuedToken { hash, issued_at: now, superseded_at: None });
     Ok(token)
 }

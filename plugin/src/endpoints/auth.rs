@@ -1,11 +1,13 @@
 //! Who may call: the Evotor cloud's server credential.
 
 use crate::config::Settings;
+use crate::domain::billing::{self, Entitlement, Installation, Subscription};
 use crate::domain::tokens;
 use crate::errors::ApiError;
 use crate::http::Request;
 use crate::{Ctx, storage};
 use base64::Engine as _;
+use serde::Deserialize as _;
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
 
@@ -150,22 +152,20 @@ pub fn prefetch(ctx: &Ctx<'_>, request: &Request, also: impl IntoIterator<Item =
     ctx.kv.prefetch(&keys);
 }
 
-/// A user authenticated by token, before any billing check.
-#[derive(Debug, Clone)]
-pub struct AuthenticatedUser {
-    /// The Evotor user.
-    pub user_id: String,
-    /// The user's record.
-    pub record: storage::UserRecord,
-    /// Whether the partner bills this user itself (billing checks do not apply).
-    pub has_billing: bool,
-}
-
-/// Resolves `Authorization: Bearer <user token>` (or the bare token) to
-/// exactly one Evotor user.
-/// Unknown, revoked or replaced-past-grace token, or a disabled account →
-/// 401 1002; past its lifetime → 401 1003.
-pub fn authenticate_user(ctx: &Ctx<'_>, request: &Request, settings: &Settings) -> Result<AuthenticatedUser, ApiError> {
+/// The Evotor user a request acts for: the one door of every user-scoped
+/// endpoint. `Authorization: Bearer <user token>` (or the bare token) must
+/// name exactly one user: unknown, revoked or replaced-past-grace token, or
+/// a disabled account → 401 1002; past its lifetime → 401 1003. Then the
+/// billing guard: the legacy tariff INACTIVE, or (with `billing_enforcement
+/// = "evotor"`, for users the partner does not bill itself) no usable
+/// subscription or the app uninstalled → 402 1004.
+///
+/// The token's record carries a copy of everything this decides from (its
+/// [`storage::Grant`]), so one read, prefetched with the request's other
+/// keys ([`prefetch`]), decides; a grant that is missing (records of earlier
+/// versions), not trusted now, or incomplete leaves the decision to the
+/// records themselves, and a missing or old one is then built again.
+pub fn require_user(ctx: &Ctx<'_>, request: &Request, settings: &Settings) -> Result<String, ApiError> {
     let token = match presented(request) {
         Some(Presented::Bearer(token)) if !token.is_empty() => token,
         _ => return Err(ApiError::unknown_token()),
@@ -174,50 +174,125 @@ pub fn authenticate_user(ctx: &Ctx<'_>, request: &Request, settings: &Settings) 
     let Some(index) = storage::read::<storage::TokenIndex>(ctx.kv, &storage::token_key(&hash))? else {
         return Err(ApiError::unknown_token());
     };
-    let Some(user) = storage::read::<storage::UserRecord>(ctx.kv, &storage::user_key(&index.user_id))? else {
+    let now = ctx.clock.now_unix();
+    let grant = index.grant.as_ref().filter(|grant| storage::grants::trusted(grant, now));
+    if let Some(decided) = grant.and_then(|grant| decide_by_grant(grant, &index.user_id, now, settings)) {
+        return decided.map(|()| index.user_id);
+    }
+    let decided = decide_by_records(ctx, &index.user_id, &hash, now, settings);
+    if grant.is_none() && !matches!(decided, Err(ApiError { code: 1002, .. })) {
+        // The next request decides from the grant. Should this commit fail,
+        // nothing is lost: the records decided this one, and the next
+        // request tries again.
+        let _ = storage::grants::refresh(ctx, &hash);
+    }
+    decided.map(|()| index.user_id)
+}
+
+/// The decision for the token `request` presents, made both ways: from its
+/// grant (`None` when it is missing, not trusted now, or leaves it to the
+/// records) and from the records; Evotor's error codes.
+#[cfg(test)]
+pub(crate) fn both_decisions(
+    ctx: &Ctx<'_>,
+    request: &Request,
+    settings: &Settings,
+) -> (Option<Result<(), u32>>, Result<(), u32>) {
+    let Some(Presented::Bearer(token)) = presented(request) else { panic!("no bearer token") };
+    let hash = tokens::hash(&token);
+    let Some(index) = storage::read::<storage::TokenIndex>(ctx.kv, &storage::token_key(&hash)).expect("read") else {
+        return (None, Err(ApiError::unknown_token().code));
+    };
+    let now = ctx.clock.now_unix();
+    let code = |result: Result<(), ApiError>| result.map_err(|err| err.code);
+    let by_grant = index
+        .grant
+        .as_ref()
+        .filter(|grant| storage::grants::trusted(grant, now))
+        .and_then(|grant| decide_by_grant(grant, &index.user_id, now, settings))
+        .map(code);
+    (by_grant, code(decide_by_records(ctx, &index.user_id, &hash, now, settings)))
+}
+
+/// Decides from a trusted grant; `None` when the records must decide (an
+/// incomplete grant, a copy this build cannot read, or a subscription that
+/// reading would change: see [`Subscription::due_for_update`]).
+fn decide_by_grant(
+    grant: &storage::Grant,
+    user_id: &str,
+    now: u64,
+    settings: &Settings,
+) -> Option<Result<(), ApiError>> {
+    if grant.partial {
+        return None;
+    }
+    let installation: Option<Installation> = match &grant.installation {
+        None => None,
+        Some(value) => Some(Installation::deserialize(value).ok()?),
+    };
+    let subscriptions =
+        grant.subscriptions.iter().map(Subscription::deserialize).collect::<Result<Vec<Subscription>, _>>().ok()?;
+    if subscriptions.iter().any(|subscription| subscription.due_for_update(now, settings.gap_timeout_secs)) {
+        return None;
+    }
+    Some(decide(user_id, Some(&grant.token), grant.account, grant.tariff.as_ref(), now, settings, || {
+        Ok(Entitlement::of(installation.as_ref(), &subscriptions, now, settings))
+    }))
+}
+
+/// Decides from the user's records.
+fn decide_by_records(ctx: &Ctx<'_>, user_id: &str, hash: &str, now: u64, settings: &Settings) -> Result<(), ApiError> {
+    let Some(user) = storage::read::<storage::UserRecord>(ctx.kv, &storage::user_key(user_id))? else {
         return Err(ApiError::unknown_token());
     };
-    let Some(issued) = user.tokens.iter().find(|issued| issued.hash == hash) else {
-        return Err(ApiError::unknown_token());
+    let issued = user.tokens.iter().find(|issued| issued.hash == hash);
+    let account = match &user.account_id {
+        None => None,
+        Some(account_id) => {
+            if settings.billing_enforced {
+                // What the billing guard reads next, unless the account says the partner bills the user.
+                ctx.kv.prefetch(&[storage::account_key(account_id), storage::installation_key(user_id)]);
+            }
+            let account = storage::read::<storage::Account>(ctx.kv, &storage::account_key(account_id))?;
+            Some(storage::grants::account_grant(account.as_ref()))
+        }
     };
-    match tokens::usable(issued, ctx.clock.now_unix(), settings) {
+    decide(user_id, issued, account, user.tariff.as_ref(), now, settings, || {
+        billing::entitlement(ctx, user_id, settings)
+    })
+}
+
+/// The decision, from its inputs however they were read: the token as the
+/// user's record lists it (`None`: not listed), the linked account's state,
+/// the legacy tariff, and the user's entitlement, asked for only when the
+/// billing guard needs it.
+fn decide(
+    user_id: &str,
+    issued: Option<&storage::IssuedToken>,
+    account: Option<storage::AccountGrant>,
+    tariff: Option<&storage::Tariff>,
+    now: u64,
+    settings: &Settings,
+    entitlement: impl FnOnce() -> Result<Entitlement, ApiError>,
+) -> Result<(), ApiError> {
+    let issued = issued.ok_or_else(ApiError::unknown_token)?;
+    match tokens::usable(issued, now, settings) {
         tokens::Status::Valid => {}
         tokens::Status::Expired => return Err(ApiError::expired_token()),
         tokens::Status::Unknown => return Err(ApiError::unknown_token()),
     }
-    if settings.billing_enforced
-        && let Some(account_id) = &user.account_id
-    {
-        // What the billing guard reads next, unless the account says the partner bills the user.
-        ctx.kv.prefetch(&[storage::account_key(account_id), storage::installation_key(&user.user_id)]);
+    let has_billing = match account {
+        None => false,
+        Some(account) if account.usable => account.has_billing,
+        Some(_) => return Err(ApiError::unknown_token()),
+    };
+    if tariff.is_some_and(|tariff| !tariff.active) {
+        return Err(ApiError::payment_required(user_id));
     }
-    let mut has_billing = false;
-    if let Some(account_id) = &user.account_id {
-        match storage::read::<storage::Account>(ctx.kv, &storage::account_key(account_id))? {
-            Some(account) if !account.disabled => has_billing = account.has_billing,
-            _ => return Err(ApiError::unknown_token()),
-        }
+    if settings.billing_enforced && !has_billing && !entitlement()?.usable {
+        return Err(ApiError::payment_required(user_id));
     }
-    Ok(AuthenticatedUser { user_id: user.user_id.clone(), record: user, has_billing })
-}
-
-/// The Evotor user a request acts for: the one door of every user-scoped
-/// endpoint. [`authenticate_user`], then the billing guard: the legacy
-/// tariff INACTIVE, or (with `billing_enforcement = "evotor"`, for users the
-/// partner does not bill itself) no usable subscription or the app
-/// uninstalled → 402 1004.
-pub fn require_user(ctx: &Ctx<'_>, request: &Request, settings: &Settings) -> Result<String, ApiError> {
-    let user = authenticate_user(ctx, request, settings)?;
-    if user.record.tariff.as_ref().is_some_and(|tariff| !tariff.active) {
-        return Err(ApiError::payment_required(&user.user_id));
-    }
-    if settings.billing_enforced && !user.has_billing {
-        let entitlement = crate::domain::billing::entitlement(ctx, &user.user_id, settings)?;
-        if !entitlement.usable {
-            return Err(ApiError::payment_required(&user.user_id));
-        }
-    }
-    Ok(user.user_id)
+    Ok(())
 }
 
 #[cfg(test)]

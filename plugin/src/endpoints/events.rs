@@ -94,7 +94,7 @@ fn refused(ctx: &Ctx<'_>, delivery: Option<&str>, missing: bool) {
     let delivery = delivery.unwrap_or("-").escape_debug().to_string();
     eprintln!("events webhook: refused delivery {delivery}: {why} (401)");
     let now = ctx.clock.now_unix();
-    let counted = storage::transact(ctx.kv, |txn| -> Result<(), ApiError> {
+    let counted = storage::transact(ctx, |txn| -> Result<(), ApiError> {
         let problem = "a delivery without a valid X-Hub-Signature was refused (401); the log names each";
         txn.issue(now, Issue::new(None, "events-webhook", "signature", problem));
         Ok(())

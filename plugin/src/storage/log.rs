@@ -27,7 +27,7 @@ fn log_once_in(ctx: &crate::Ctx<'_>, topic: &str, period: u64, message: &str) {
     }
     eprintln!("{message}");
     // Losing this write only means logging again; the request's answer does not depend on it.
-    let _ = transact(ctx.kv, |txn| -> Result<(), StorageError> {
+    let _ = transact(ctx, |txn| -> Result<(), StorageError> {
         let _: Option<u64> = txn.get(&key)?;
         txn.put(&key, &period);
         Ok(())

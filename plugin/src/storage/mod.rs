@@ -11,6 +11,7 @@
 //! | `txn` | [`Txn`] and [`transact`]: read-modify-write with retry on conflict, the feed |
 //! | `issues` | data issues ([`Issue`]), noted in a transaction and counted in its commit |
 //! | `log` | [`log_once`] and [`log_once_a_day`], remembered in `meta/logged/…` |
+//! | `grants` | [`Grant`]s: what authorizing a user-token request needs, in the token's record, rebuilt by every commit that changes it |
 //!
 //! Everything is re-exported here: callers write `storage::X`.
 //!
@@ -23,7 +24,7 @@
 //! | `user/{userId}/cloud-token` | [`CloudToken`] |
 //! | `accounts/{accountId}` | [`Account`] |
 //! | `logins/{sha256(lowercase login)}` | [`LoginIndex`] → account id |
-//! | `tokens/{sha256(token)}` | [`TokenIndex`] → userId |
+//! | `tokens/{sha256(token)}` | [`TokenIndex`] → userId, with the token's [`Grant`] |
 //! | `owners/{kind}/{uuid}` | [`OwnerIndex`]: which user an Evotor store, employee or device belongs to |
 //! | `user/{userId}/{kind}/{uuid}` | [`EntityRecord`]: the entity as Evotor last sent it |
 //! | `subs/{subscriptionId}/state` | [`crate::domain::billing::Subscription`] |
@@ -67,6 +68,7 @@
 //! conflict, so concurrent requests never lose each other's writes.
 
 mod codec;
+pub mod grants;
 mod issues;
 mod keys;
 mod log;

@@ -105,14 +105,58 @@ pub struct LoginIndex {
     pub account_id: String,
 }
 
-/// `tokens/…` → the user a token belongs to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// `tokens/…` → the user a token belongs to, and what authorizing a
+/// request with it needs ([`Grant`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TokenIndex {
     /// Storage format version.
     pub v: u32,
     /// The user.
     pub user_id: String,
+    /// A copy of the records that decide whether the token authorizes a
+    /// request, rebuilt in every commit that changes one of them (records
+    /// of earlier versions have none: the request reads the records and
+    /// the grant is built then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant: Option<Grant>,
+}
+
+/// What authorizing a user-token request needs, copied from the records
+/// that hold it: the decision is made when the request arrives, by the
+/// same code as from the records, since it depends on the time and the
+/// settings. See [`super::grants`] for when it is written and trusted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Grant {
+    /// [`super::grants::GRANT_FORMAT`] of the build that wrote it: any other is not trusted.
+    pub format: u32,
+    /// When it was built, Unix seconds: trusted for [`super::grants::GRANT_MAX_AGE_SECS`].
+    pub built_at: u64,
+    /// Some input could not be copied (too many subscriptions, an
+    /// unreadable record): the records decide.
+    #[serde(default)]
+    pub partial: bool,
+    /// The token as the user's record lists it.
+    pub token: IssuedToken,
+    /// The linked account's state; `None` when the user has no account.
+    pub account: Option<AccountGrant>,
+    /// The user's legacy tariff.
+    pub tariff: Option<Tariff>,
+    /// The user's installation state, as stored.
+    pub installation: Option<Value>,
+    /// The user's subscription states, as stored.
+    pub subscriptions: Vec<Value>,
+}
+
+/// The state of a user's linked account, as a [`Grant`] holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AccountGrant {
+    /// The account exists and is not disabled.
+    pub usable: bool,
+    /// The partner bills the user itself.
+    pub has_billing: bool,
 }
 
 /// `owners/…`: the one user an Evotor entity belongs to, and our id of it.

@@ -3,9 +3,10 @@ use crate::kv::{Kv as _, MemKv, Write};
 
 #[test]
 fn transact_applies_writes_only_when_reads_still_hold() {
-    let kv = MemKv::default();
+    let world = crate::testing::World::new();
+    let kv = &world.kv;
     let mut runs = 0;
-    let result: Result<(), StorageError> = transact(&kv, |txn| {
+    let result: Result<(), StorageError> = transact(&world.ctx(), |txn| {
         runs += 1;
         let current: Option<u32> = txn.get("counter")?;
         if runs == 1 {
@@ -17,13 +18,14 @@ fn transact_applies_writes_only_when_reads_still_hold() {
     });
     assert!(result.is_ok());
     assert_eq!(runs, 2, "the conflict made it run again");
-    assert_eq!(read::<u32>(&kv, "counter").expect("read"), Some(11), "no lost update");
+    assert_eq!(read::<u32>(kv, "counter").expect("read"), Some(11), "no lost update");
 }
 
 #[test]
 fn an_error_in_the_body_writes_nothing() {
-    let kv = MemKv::default();
-    let result: Result<(), crate::errors::ApiError> = transact(&kv, |txn| {
+    let world = crate::testing::World::new();
+    let kv = &world.kv;
+    let result: Result<(), crate::errors::ApiError> = transact(&world.ctx(), |txn| {
         txn.put("a", &1);
         Err(crate::errors::ApiError::not_found())
     });

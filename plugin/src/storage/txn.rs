@@ -3,14 +3,17 @@
 //! changes a transaction announces go to the feed in the same commit.
 
 use super::codec::{FORMAT, StorageError, decode, encode};
+use super::grants;
 use super::issues::Issue;
 use super::keys::FEED_PREFIX;
 use super::read::collect;
 use super::records::FeedEntry;
+use crate::Ctx;
 use crate::kv::{Check, Kv, KvError, Write};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use std::collections::BTreeSet;
 
 /// How often [`transact`] tries before giving up on a contended record.
 const MAX_ATTEMPTS: u32 = 24;
@@ -39,6 +42,12 @@ pub struct Txn<'a> {
     pub(super) issues: std::collections::BTreeMap<String, (Issue, u64, u64)>,
     /// Lines to log once the commit holds.
     pub(super) logs: Vec<String>,
+    /// When the transaction runs, Unix seconds.
+    now: u64,
+    /// Users whose grant inputs this transaction writes (see [`super::grants`]).
+    grants_due: BTreeSet<String>,
+    /// Keys written whose stored record names a user whose grant inputs change too.
+    named_before: Vec<String>,
 }
 
 impl std::fmt::Debug for Txn<'_> {
@@ -75,12 +84,97 @@ impl Txn<'_> {
 
     /// Writes a record at commit.
     pub fn put<T: Serialize>(&mut self, key: &str, record: &T) {
-        self.writes.push(Write::Set(key.to_owned(), encode(record)));
+        let bytes = encode(record);
+        self.note_grant_input(key, Some(&bytes));
+        self.writes.push(Write::Set(key.to_owned(), bytes));
     }
 
     /// Deletes a key at commit.
     pub fn delete(&mut self, key: &str) {
+        self.note_grant_input(key, None);
         self.writes.push(Write::Delete(key.to_owned()));
+    }
+
+    /// Notes the users whose grants a write of `key` (with `value`, or a
+    /// delete) makes due for a rebuild before the commit.
+    fn note_grant_input(&mut self, key: &str, value: Option<&[u8]>) {
+        if let Some(user) = grants::user_in_key(key) {
+            self.grants_due.insert(user.to_owned());
+        } else if grants::user_in_record(key) {
+            self.grants_due.extend(value.and_then(grants::user_named_by));
+            self.named_before.push(key.to_owned());
+        }
+    }
+
+    /// Makes `user_id`'s grants due for a rebuild in this transaction.
+    pub(super) fn rebuild_grant_of(&mut self, user_id: &str) {
+        self.grants_due.insert(user_id.to_owned());
+    }
+
+    /// Rebuilds the grants due: those of the users named by the keys
+    /// written, and by the records those keys held before.
+    fn rebuild_due_grants(&mut self) -> Result<(), StorageError> {
+        let named_before = std::mem::take(&mut self.named_before);
+        if !named_before.is_empty() {
+            for entry in crate::kv::read_many(self.kv, &named_before)?.into_iter().flatten() {
+                self.grants_due.extend(grants::user_named_by(&entry.value));
+            }
+        }
+        for user in std::mem::take(&mut self.grants_due) {
+            grants::rebuild(self, &user, self.now)?;
+        }
+        Ok(())
+    }
+
+    /// The value `key` will hold after this transaction: its last write
+    /// here, else the store's (read as a check).
+    pub(super) fn latest(&mut self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.latest_many(std::slice::from_ref(&key.to_owned()))?.pop().flatten())
+    }
+
+    /// [`Txn::latest`] of several keys, those not written here read in one store call.
+    pub(super) fn latest_many(&mut self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
+        let mut answer: Vec<Option<Option<Vec<u8>>>> = keys.iter().map(|key| self.written(key)).collect();
+        let unread: Vec<String> =
+            keys.iter().zip(&answer).filter(|(_, written)| written.is_none()).map(|(key, _)| key.clone()).collect();
+        let mut stored = crate::kv::read_many(self.kv, &unread)?.into_iter();
+        for (key, slot) in keys.iter().zip(answer.iter_mut()) {
+            if slot.is_none() {
+                let entry = stored.next().flatten();
+                self.checks.push(match &entry {
+                    Some(entry) => Check::VersionIs(key.clone(), entry.version),
+                    None => Check::Absent(key.clone()),
+                });
+                *slot = Some(entry.map(|entry| entry.value));
+            }
+        }
+        Ok(answer.into_iter().map(Option::flatten).collect())
+    }
+
+    /// The last write of `key` in this transaction: `Some(None)` for a delete.
+    fn written(&self, key: &str) -> Option<Option<Vec<u8>>> {
+        self.writes.iter().rev().find_map(|write| match write {
+            Write::Set(written, value) if written == key => Some(Some(value.clone())),
+            Write::Delete(written) if written == key => Some(None),
+            _ => None,
+        })
+    }
+
+    /// Up to `limit` keys under `prefix` after this transaction: the
+    /// store's (as committed) with this transaction's writes and deletes.
+    pub(super) fn latest_keys(&self, prefix: &str, limit: usize) -> Result<Vec<String>, StorageError> {
+        // Deletes here may remove some of the first stored keys: read as many more.
+        let deletes = self.writes.iter().filter(|write| matches!(write, Write::Delete(key) if key.starts_with(prefix)));
+        let mut keys: BTreeSet<String> =
+            self.scan_keys(prefix, None, limit.saturating_add(deletes.count()))?.into_iter().collect();
+        for write in &self.writes {
+            match write {
+                Write::Set(key, _) if key.starts_with(prefix) => keys.insert(key.clone()),
+                Write::Delete(key) => keys.remove(key),
+                _ => false,
+            };
+        }
+        Ok(keys.into_iter().take(limit).collect())
     }
 
     /// Announces a change in the feed; the entry commits with the change or not at all.
@@ -123,13 +217,15 @@ impl Txn<'_> {
     }
 }
 
-/// Runs `body` in a [`Txn`] and commits its writes; on a conflict (someone
-/// changed what it read) runs it again, up to a bound. An `Err` from `body`
-/// writes nothing.
-pub fn transact<R, E>(kv: &dyn Kv, mut body: impl FnMut(&mut Txn<'_>) -> Result<R, E>) -> Result<R, E>
+/// Runs `body` in a [`Txn`] and commits its writes, with the grants of the
+/// users whose authorization they change rebuilt ([`super::grants`]); on a
+/// conflict (someone changed what it read) runs it again, up to a bound.
+/// An `Err` from `body` writes nothing.
+pub fn transact<R, E>(ctx: &Ctx<'_>, mut body: impl FnMut(&mut Txn<'_>) -> Result<R, E>) -> Result<R, E>
 where
     E: From<StorageError>,
 {
+    let kv = ctx.kv;
     for attempt in 0..MAX_ATTEMPTS {
         if attempt > 0 {
             backoff(attempt);
@@ -141,8 +237,12 @@ where
             events: Vec::new(),
             issues: std::collections::BTreeMap::new(),
             logs: Vec::new(),
+            now: ctx.clock.now_unix(),
+            grants_due: BTreeSet::new(),
+            named_before: Vec::new(),
         };
         let result = body(&mut txn)?;
+        txn.rebuild_due_grants()?;
         txn.write_issues()?;
         txn.append_feed();
         if txn.writes.is_empty() {

@@ -711,3 +711,240 @@ fn subscriptions_page_and_large_events_never_fail_the_listing() {
     let small = page("?limit=1");
     assert_eq!(small["subscriptions"].as_array().map(Vec::len), Some(1));
 }
+
+/// A user token's grant (see `storage::grants`) decides as the records do.
+mod grants {
+    use super::*;
+    use crate::clock::Clock as _;
+    use crate::kv::Kv as _;
+    use crate::storage::grants::{GRANT_MAX_AGE_SECS, trusted};
+
+    /// What can happen to a user between two requests.
+    #[derive(Debug, Clone)]
+    enum Step {
+        Event { second: bool, seq: u64, kind: u8 },
+        Install { id: u8, installed: bool, at_secs: i64 },
+        PartnerBills(bool),
+        Disabled(bool),
+        NewToken,
+        Wait(u64),
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            4 => (any::<bool>(), 1u64..6, 0u8..7).prop_map(|(second, seq, kind)| Step::Event { second, seq, kind }),
+            1 => (0u8..4, any::<bool>(), 0i64..200_000).prop_map(|(id, installed, at_secs)| Step::Install { id, installed, at_secs }),
+            1 => any::<bool>().prop_map(Step::PartnerBills),
+            1 => any::<bool>().prop_map(Step::Disabled),
+            1 => Just(Step::NewToken),
+            2 => prop_oneof![0u64..120, 0u64..4 * 86_400].prop_map(Step::Wait),
+        ]
+    }
+
+    fn account_id(world: &World) -> String {
+        let user = world.call("GET", &format!("/partner/v1/users/{USER}"), Some("partner"), None).body_json();
+        user["account"]["id"].as_str().expect("account").to_owned()
+    }
+
+    fn take(world: &World, step: &Step, tokens: &mut Vec<String>) {
+        match *step {
+            Step::Event { second, seq, kind } => {
+                let sub = if second { SUB2 } else { SUB };
+                let body = match kind {
+                    0 => created(sub, "P14DT", 2),
+                    1 => created(sub, "P0DT", 1),
+                    2 => event(
+                        sub,
+                        seq,
+                        "SubscriptionActivated",
+                        json!({"nextBillingDate": stamp(T0 + 30 * 86_400_000)}),
+                    ),
+                    3 => {
+                        event(sub, seq, "SubscriptionRenewed", json!({"nextBillingDate": stamp(T0 + 60 * 86_400_000)}))
+                    }
+                    4 => event(sub, seq, "SubscriptionTerminationRequested", json!({})),
+                    5 => event(sub, seq, "SubscriptionTerminated", json!({})),
+                    _ => event(sub, seq, "SubscriptionTermsChanged", json!({"deviceNumber": 3})),
+                };
+                assert_eq!(post(world, &body).status, 200);
+            }
+            Step::Install { id, installed, at_secs } => {
+                let kind = if installed { "ApplicationInstalled" } else { "ApplicationUninstalled" };
+                let body = json!({"id": format!("i{id}"), "timestamp": stamp(T0 + at_secs * 1000), "version": 1,
+                    "type": kind, "data": {"productId": PRODUCT, "userId": USER}});
+                assert_eq!(world.server("/api/v2/installation/event", body).status, 200);
+            }
+            Step::PartnerBills(flag) | Step::Disabled(flag) => {
+                let field = if matches!(step, Step::PartnerBills(_)) { "hasBilling" } else { "disabled" };
+                let path = format!("/partner/v1/accounts/{}", account_id(world));
+                assert_eq!(world.call("PATCH", &path, Some("partner"), Some(json!({ field: flag }))).status, 200);
+            }
+            Step::NewToken => {
+                let verified = world
+                    .server("/api/v1/user/verify", json!({"userId": USER, "username": "ivan", "password": "pw-1"}));
+                if verified.status == 200 {
+                    tokens.push(verified.body_json()["token"].as_str().expect("token").to_owned());
+                }
+            }
+            Step::Wait(secs) => world.clock.advance(secs),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// After any history of billing and account changes and of time,
+        /// a trusted grant decides every token exactly as the records do,
+        /// and after a request every token has one again.
+        #[test]
+        fn a_trusted_grant_decides_as_the_records(steps in prop::collection::vec(step(), 1..24)) {
+            let world = enforced();
+            let mut tokens = vec![world.register(USER, "ivan")];
+            for step in &steps {
+                take(&world, step, &mut tokens);
+                for token in &tokens {
+                    let (by_grant, by_records) = world.decisions(token);
+                    if let Some(by_grant) = by_grant {
+                        prop_assert_eq!(by_grant, by_records, "after {:?}", step);
+                    }
+                    // A request builds a missing or old grant again (unless the
+                    // token no longer works at all, or a gap waits on its timeout).
+                    let _ = world.whoami(token);
+                    let now = world.clock.now_unix();
+                    if world.whoami(token) != Err(1002) {
+                        prop_assert!(world.grant(token).is_some_and(|grant| trusted(&grant, now)), "after {:?}", step);
+                        let (by_grant, by_records) = world.decisions(token);
+                        prop_assert_eq!(by_grant.unwrap_or(by_records), by_records);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_change_of_what_authorizes_takes_effect_at_once() {
+        let world = enforced();
+        let token = world.register(USER, "ivan");
+        let built = world.grant(&token).expect("a grant from the registration's commit");
+        assert_eq!(world.decisions(&token).0, Some(Err(1004)), "no subscription: decided by the grant");
+        post(&world, &created(SUB, "P14DT", 2));
+        assert_eq!(world.decisions(&token).0, Some(Ok(())), "the event's commit rebuilt it");
+        assert_eq!(world.grant(&token).expect("grant").subscriptions.len(), 1);
+        assert_ne!(world.grant(&token), Some(built));
+        let path = format!("/partner/v1/accounts/{}", account_id(&world));
+        world.call("PATCH", &path, Some("partner"), Some(json!({"disabled": true})));
+        assert_eq!(world.decisions(&token).0, Some(Err(1002)), "a disabled account");
+        world.call("PATCH", &path, Some("partner"), Some(json!({"disabled": false})));
+        post(&world, &event(SUB, 2, "SubscriptionTerminated", json!({})));
+        assert_eq!(world.decisions(&token).0, Some(Err(1004)), "terminated");
+        assert_eq!(world.call("DELETE", &path, Some("partner"), None).status, 204);
+        assert_eq!(world.whoami(&token), Err(1002), "the account's deletion revoked the token");
+    }
+
+    #[test]
+    fn a_token_record_of_an_earlier_version_gets_its_grant_on_first_use() {
+        let world = enforced();
+        let token = world.register(USER, "ivan");
+        post(&world, &created(SUB, "P14DT", 2));
+        let key = storage::token_key(&crate::domain::tokens::hash(&token));
+        let earlier = json!({"v": 1, "userId": USER}).to_string().into_bytes();
+        world.kv.commit(Vec::new(), vec![crate::kv::Write::Set(key, earlier)]).expect("write");
+        assert_eq!(world.grant(&token), None);
+        assert_eq!(world.whoami(&token), Ok(USER.to_owned()), "the records decide");
+        assert_eq!(world.decisions(&token).0, Some(Ok(())), "and the grant is built");
+    }
+
+    #[test]
+    fn a_grant_a_version_before_grants_left_behind_is_not_used_past_its_age() {
+        let world = enforced();
+        let token = world.register(USER, "ivan");
+        post(&world, &created(SUB, "P14DT", 2));
+        assert_eq!(world.whoami(&token), Ok(USER.to_owned()));
+        // An earlier plugin version (live again after a rollback) ends the
+        // subscription without knowing grants.
+        let mut ended = state(&world, SUB);
+        ended.status = Some(Status::Terminated);
+        let write = crate::kv::Write::Set(storage::subscription_key(SUB), storage::encode(&ended));
+        world.kv.commit(Vec::new(), vec![write]).expect("write");
+        assert_eq!(world.decisions(&token), (Some(Ok(())), Err(1004)), "the copy is stale for now");
+        world.clock.advance(GRANT_MAX_AGE_SECS);
+        assert_eq!(world.whoami(&token), Err(1004), "past its age the records decide");
+        assert_eq!(world.decisions(&token), (Some(Err(1004)), Err(1004)), "and the grant is built again");
+    }
+
+    /// The store, with one other commit landing just before this view's first commit.
+    struct Interleaved<'a> {
+        kv: &'a crate::kv::MemKv,
+        before_first_commit: std::cell::RefCell<Option<Box<dyn FnOnce() + 'a>>>,
+        commits: std::cell::Cell<u32>,
+    }
+
+    impl crate::kv::Kv for Interleaved<'_> {
+        fn get(&self, key: &str) -> Result<Option<crate::kv::Entry>, crate::kv::KvError> {
+            self.kv.get(key)
+        }
+        fn get_many(&self, keys: &[String]) -> Result<Vec<Option<crate::kv::Entry>>, crate::kv::KvError> {
+            self.kv.get_many(keys)
+        }
+        fn scan(
+            &self,
+            prefix: &str,
+            start_after: Option<&str>,
+            limit: u32,
+        ) -> Result<Vec<(String, crate::kv::Entry)>, crate::kv::KvError> {
+            self.kv.scan(prefix, start_after, limit)
+        }
+        fn commit(
+            &self,
+            checks: Vec<crate::kv::Check>,
+            writes: Vec<crate::kv::Write>,
+        ) -> Result<(), crate::kv::KvError> {
+            if let Some(other) = self.before_first_commit.borrow_mut().take() {
+                other();
+            }
+            self.commits.set(self.commits.get() + 1);
+            self.kv.commit(checks, writes)
+        }
+    }
+
+    #[test]
+    fn commits_changing_one_users_subscriptions_at_once_never_lose_one_from_the_grant() {
+        let world = enforced();
+        let token = world.register(USER, "ivan");
+        post(&world, &created(SUB, "P14DT", 2));
+        // Another request adds a second subscription after this commit
+        // built its grant and before it reaches the store.
+        let kv = Interleaved {
+            kv: &world.kv,
+            before_first_commit: std::cell::RefCell::new(Some(Box::new(|| {
+                assert_eq!(post(&world, &created(SUB2, "P14DT", 1)).status, 200);
+            }))),
+            commits: std::cell::Cell::new(0),
+        };
+        let ctx = crate::Ctx { kv: &kv, ..world.ctx() };
+        storage::transact(&ctx, |txn| -> Result<(), ApiError> {
+            let mut state = txn.get::<Subscription>(&storage::subscription_key(SUB))?.expect("state");
+            state.status = Some(Status::Active);
+            txn.put(&storage::subscription_key(SUB), &state);
+            Ok(())
+        })
+        .expect("commit");
+        assert_eq!(kv.commits.get(), 2, "the token record read for the grant made the two commits conflict");
+        let grant = world.grant(&token).expect("grant");
+        assert_eq!(grant.subscriptions.len(), 2, "{grant:?}");
+        assert_eq!(world.decisions(&token).0, Some(Ok(())));
+    }
+
+    #[test]
+    fn a_user_with_more_subscriptions_than_a_grant_holds_is_decided_by_the_records() {
+        let world = enforced();
+        let token = world.register(USER, "ivan");
+        for n in 0..=crate::storage::grants::MAX_GRANT_SUBSCRIPTIONS {
+            let sub = format!("a99fbf70-6307-4acc-b61c-{n:012}");
+            assert_eq!(post(&world, &created(&sub, "P14DT", 1)).status, 200);
+        }
+        let grant = world.grant(&token).expect("grant");
+        assert!(grant.partial && grant.subscriptions.is_empty());
+        assert_eq!(world.decisions(&token), (None, Ok(())));
+        assert_eq!(world.whoami(&token), Ok(USER.to_owned()));
+    }
+}

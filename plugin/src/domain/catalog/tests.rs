@@ -76,9 +76,9 @@ fn an_evotor_page_reads_token_store_and_directory_in_one_store_call() {
     let before = world.kv.calls();
     let page = evotor_page(&world, &token, STORE, "?page=1&size=10");
     assert_eq!(uuids_of(&page).len(), 10);
-    // Token, owner and directory together; the user (then the account); the scan.
+    // Token (whose grant authorizes), owner and directory together; the scan.
     let calls = world.kv.calls() - before;
-    assert!(calls <= 4, "{calls} store calls for one page");
+    assert_eq!(calls, 2, "store calls for one page");
 }
 
 #[test]

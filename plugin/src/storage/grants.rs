@@ -1,0 +1,170 @@
+//! Grants: what authorizing a user-token request needs, kept in the
+//! token's own record (`tokens/{sha256}`), so that one read — in the same
+//! store call as the other keys the request reads first — decides it.
+//!
+//! A [`Grant`] copies the *inputs* of the decision: the issued token's
+//! dates, the linked account's state, the legacy tariff, the installation
+//! state and the user's subscription states. The decision itself depends on
+//! the time and the settings, so it is made when the request arrives, by the
+//! same code that decides from the records.
+//!
+//! **Written in the same commit as every change of its inputs.** [`Txn`]
+//! notes the users whose inputs a transaction writes, by key (`users/{id}`,
+//! `user/{id}/installation`, `user/{id}/sub/…`) or, for `accounts/…` and
+//! `subs/{id}/state`, by the user the record names before and after; then
+//! [`super::transact`] rebuilds those users' grants before it commits,
+//! from the transaction's own writes over the store. Each token record is
+//! read as a check and rewritten, so two commits changing one user's inputs
+//! conflict (and the later one runs again) instead of the later one writing
+//! a copy without the other's change.
+//!
+//! **Trusted only when current.** A grant is used when its `format` is this
+//! build's [`GRANT_FORMAT`] and it was built less than
+//! [`GRANT_MAX_AGE_SECS`] ago; otherwise the request reads the records and
+//! the grant is built again. The age bound covers plugin versions from
+//! before grants (live again after a rollback): they change the inputs
+//! without rebuilding grants, and such a copy is never used once older than
+//! the bound. Token records without a grant (written before grants) are
+//! migrated the same way, on their first use.
+
+use super::codec::{FORMAT, StorageError, decode};
+use super::keys::{ACCOUNTS_PREFIX, USERS_PREFIX, account_key, installation_key, token_key, user_key};
+use super::keys::{subscription_key, user_subscriptions_prefix};
+use super::records::{Account, AccountGrant, Grant, TokenIndex, UserRecord};
+use super::txn::{Txn, transact};
+use crate::Ctx;
+use serde::Deserialize;
+use serde_json::Value;
+
+/// The grant format this build writes and trusts.
+pub const GRANT_FORMAT: u32 = 1;
+
+/// How long a grant is trusted after it was built, in seconds.
+pub const GRANT_MAX_AGE_SECS: u64 = 60;
+
+/// The most subscriptions a grant copies; a user with more is decided
+/// from the records (the grant says so).
+pub const MAX_GRANT_SUBSCRIPTIONS: usize = 16;
+
+/// Whether `grant` may decide a request at `now` (Unix seconds).
+pub fn trusted(grant: &Grant, now: u64) -> bool {
+    grant.format == GRANT_FORMAT
+        && now.saturating_sub(grant.built_at) < GRANT_MAX_AGE_SECS
+        && grant.built_at <= now.saturating_add(GRANT_MAX_AGE_SECS)
+}
+
+/// A linked account's state as a grant holds it: an account that is gone
+/// or disabled authorizes nothing.
+pub fn account_grant(account: Option<&Account>) -> AccountGrant {
+    match account {
+        Some(account) if !account.disabled => AccountGrant { usable: true, has_billing: account.has_billing },
+        _ => AccountGrant { usable: false, has_billing: false },
+    }
+}
+
+/// The user a write to `key` changes the grant inputs of, when the key names it.
+pub(super) fn user_in_key(key: &str) -> Option<&str> {
+    if let Some(user) = key.strip_prefix(USERS_PREFIX) {
+        return Some(user);
+    }
+    let (user, rest) = key.strip_prefix("user/")?.split_once('/')?;
+    (rest == "installation" || rest.starts_with("sub/")).then_some(user)
+}
+
+/// Whether a write to `key` changes the grant inputs of the user its
+/// record names (before or after): an account, a subscription's state.
+pub(super) fn user_in_record(key: &str) -> bool {
+    key.starts_with(ACCOUNTS_PREFIX) || (key.starts_with("subs/") && key.ends_with("/state"))
+}
+
+/// The user a stored account or subscription state names.
+pub(super) fn user_named_by(bytes: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Named {
+        user_id: Option<String>,
+    }
+    serde_json::from_slice::<Named>(bytes).ok()?.user_id
+}
+
+/// Rebuilds, inside `txn`, the grants of `user_id`'s tokens from the
+/// transaction's writes over the store, as of `now`.
+pub(super) fn rebuild(txn: &mut Txn<'_>, user_id: &str, now: u64) -> Result<(), StorageError> {
+    let key = user_key(user_id);
+    let Some(bytes) = txn.latest(&key)? else { return Ok(()) };
+    let Ok(user) = decode::<UserRecord>(&key, &bytes) else { return Ok(()) };
+    if user.tokens.is_empty() {
+        return Ok(());
+    }
+    let mut keys: Vec<String> = user.tokens.iter().map(|issued| token_key(&issued.hash)).collect();
+    keys.push(installation_key(user_id));
+    keys.extend(user.account_id.as_deref().map(account_key));
+    let mut found = txn.latest_many(&keys)?;
+    let account = user.account_id.as_ref().map(|_| found.pop().flatten());
+    let installation = found.pop().flatten();
+    let markers = txn.latest_keys(&user_subscriptions_prefix(user_id), MAX_GRANT_SUBSCRIPTIONS + 1)?;
+    let mut partial = markers.len() > MAX_GRANT_SUBSCRIPTIONS;
+    let mut subscriptions = Vec::new();
+    if !partial {
+        let prefix = user_subscriptions_prefix(user_id);
+        let states: Vec<String> =
+            markers.iter().filter_map(|marker| marker.strip_prefix(&prefix)).map(subscription_key).collect();
+        for state in txn.latest_many(&states)?.into_iter().flatten() {
+            match serde_json::from_slice::<Value>(&state) {
+                Ok(state) => subscriptions.push(state),
+                Err(_) => partial = true,
+            }
+        }
+    }
+    let account = match account {
+        None => None,
+        Some(None) => Some(account_grant(None)),
+        Some(Some(bytes)) => match serde_json::from_slice::<Account>(&bytes) {
+            Ok(account) => Some(account_grant(Some(&account))),
+            Err(_) => {
+                partial = true;
+                None
+            }
+        },
+    };
+    let installation = match installation.map(|bytes| serde_json::from_slice::<Value>(&bytes)).transpose() {
+        Ok(installation) => installation,
+        Err(_) => {
+            partial = true;
+            None
+        }
+    };
+    for (issued, (key, record)) in user.tokens.iter().zip(keys.iter().zip(found)) {
+        let Some(record) = record else { continue };
+        let Ok(mut index) = decode::<TokenIndex>(key, &record) else { continue };
+        if index.user_id != user_id {
+            continue;
+        }
+        index.v = FORMAT;
+        index.grant = Some(Grant {
+            format: GRANT_FORMAT,
+            built_at: now,
+            partial,
+            token: issued.clone(),
+            account,
+            tariff: user.tariff.clone(),
+            installation: installation.clone(),
+            subscriptions: if partial { Vec::new() } else { subscriptions.clone() },
+        });
+        txn.put(key, &index);
+    }
+    Ok(())
+}
+
+/// Builds the grant of the token with this hash again unless it is trusted
+/// now (the request that found it missing or old decided from the records).
+pub fn refresh(ctx: &Ctx<'_>, token_hash: &str) -> Result<(), StorageError> {
+    let now = ctx.clock.now_unix();
+    transact(ctx, |txn| -> Result<(), StorageError> {
+        let Some(index) = txn.get::<TokenIndex>(&token_key(token_hash))? else { return Ok(()) };
+        if !index.grant.as_ref().is_some_and(|grant| trusted(grant, now)) {
+            txn.rebuild_grant_of(&index.user_id);
+        }
+        Ok(())
+    })
+}
