@@ -202,6 +202,43 @@ fn stamped_writes_list_in_commit_order_even_from_racing_commits() {
 }
 
 #[test]
+fn a_reader_following_a_log_misses_no_entry_of_racing_commits() {
+    // A stamp drawn out of commit order shows as an entry that appears
+    // behind a reader's position: a feed reader going on from its cursor
+    // would never see it.
+    for (backend, _guard) in full_backends() {
+        let kv = Namespace::new(backend, "log");
+        let finished = std::sync::atomic::AtomicU8::new(0);
+        let (writers, commits) = (4u8, 60u8);
+        let seen = std::thread::scope(|scope| {
+            for thread in 0..writers {
+                let (kv, finished) = (&kv, &finished);
+                scope.spawn(move || {
+                    for n in 0..commits {
+                        kv.commit(&[], &[Write::SetStamped("log/".into(), vec![thread, n])]).expect("commit");
+                    }
+                    finished.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                });
+            }
+            let (mut cursor, mut seen) = (None::<String>, 0usize);
+            loop {
+                let all_written = finished.load(std::sync::atomic::Ordering::SeqCst) == writers;
+                let page = kv.scan("log/", cursor.as_deref(), MAX_SCAN_LIMIT).expect("scan");
+                match page.last() {
+                    Some((last, _)) => cursor = Some(last.clone()),
+                    None if all_written => break seen,
+                    None => {}
+                }
+                seen += page.len();
+            }
+        });
+        let written = usize::from(writers) * usize::from(commits);
+        assert_eq!(scan_all(&kv, "log/").len(), written, "{}", kv.describe());
+        assert_eq!(seen, written, "{}: entries appeared behind the reader's position", kv.describe());
+    }
+}
+
+#[test]
 fn the_postgres_suite_runs_when_a_database_is_given() {
     match std::env::var(POSTGRES_URL_VAR) {
         Ok(url) if !url.is_empty() => assert!(full_backends().len() == 3, "PostgreSQL at {url} is in the suite"),

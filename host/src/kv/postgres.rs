@@ -85,6 +85,8 @@ struct Sql {
     scan: [String; 4],
     versions: String,
     next_version: String,
+    /// Taken by commits with stamped writes before they draw their version.
+    stamp_lock: String,
     upsert: String,
     update: String,
     insert: String,
@@ -124,6 +126,7 @@ impl Sql {
             // Locked: until the commit ends nobody changes what it checked.
             versions: format!("SELECT key, version FROM {kv} WHERE ns = $1 AND key = ANY($2) FOR SHARE"),
             next_version: format!("SELECT nextval('{schema}.evogate_version')"),
+            stamp_lock: "SELECT pg_advisory_xact_lock($1)".into(),
             // Writes take the version `next_version` drew in the same
             // session, so they can go out in one pipeline behind it.
             // A set inserts the keys that are new (most are: index entries,
@@ -617,6 +620,7 @@ fn touched(done: Result<u64, tokio_postgres::Error>, wanted: usize) -> Result<()
 struct Statements {
     versions: tokio_postgres::Statement,
     next_version: tokio_postgres::Statement,
+    stamp_lock: tokio_postgres::Statement,
     insert_new: tokio_postgres::Statement,
     update_if: tokio_postgres::Statement,
     delete_if: tokio_postgres::Statement,
@@ -669,10 +673,13 @@ async fn pipelined_commit(
         let mut head = Vec::from_iter(read_checks.then(check_versions));
         // The lock is held to the end of the transaction: commits with
         // stamped writes take their stamps one after another, so stamps
-        // follow commit order.
-        head.push(Box::pin(async move {
-            txn.execute("SELECT pg_advisory_xact_lock($1)", &[&STAMP_LOCK]).await.map(drop).map_err(failed)
-        }));
+        // follow commit order. Prepared, it goes out ahead of `nextval` in
+        // the pipeline and the server runs them in that order; a statement
+        // sent as text would be parsed first, in a round trip of its own,
+        // while `nextval` ran ahead of the lock.
+        head.push(Box::pin(
+            async move { txn.execute(&sql.stamp_lock, &[&STAMP_LOCK]).await.map(drop).map_err(failed) },
+        ));
         let drawn = &mut stamp;
         head.push(Box::pin(async move {
             let row = txn.query_one(&sql.next_version, &[]).await.map_err(failed)?;
@@ -799,6 +806,7 @@ impl Backend for PostgresBackend {
             let prepare = [
                 &sql.versions,
                 &sql.next_version,
+                &sql.stamp_lock,
                 &sql.insert_new,
                 &sql.update_if,
                 &sql.delete_if,
@@ -808,7 +816,7 @@ impl Backend for PostgresBackend {
                 &sql.delete,
             ]
             .map(|text| client.prepare_cached(text));
-            let [versions, next_version, insert_new, update_if, delete_if, upsert, update, insert, delete] =
+            let [versions, next_version, stamp_lock, insert_new, update_if, delete_if, upsert, update, insert, delete] =
                 futures_util::future::try_join_all(prepare)
                     .await
                     .map_err(|err| classify(&err))?
@@ -826,8 +834,18 @@ impl Backend for PostgresBackend {
             };
             let txn =
                 client.build_transaction().isolation_level(isolation).start().await.map_err(|err| classify(&err))?;
-            let statements =
-                Statements { versions, next_version, insert_new, update_if, delete_if, upsert, update, insert, delete };
+            let statements = Statements {
+                versions,
+                next_version,
+                stamp_lock,
+                insert_new,
+                update_if,
+                delete_if,
+                upsert,
+                update,
+                insert,
+                delete,
+            };
             pipelined_commit(&txn, &statements, &ns, &guards, stamped, &writes).await?;
             committing.store(true, Ordering::SeqCst);
             txn.commit().await.map_err(|err| match err.as_db_error() {
