@@ -95,3 +95,33 @@ impl World {
         auth::require_user(&self.ctx(), &request, &settings).map_err(|err| err.code)
     }
 }
+
+/// What a [`CommitThrough`] does with a commit: the store underneath, then the commit's checks and writes.
+type CommitFn<'a> = dyn Fn(&MemKv, Vec<crate::kv::Check>, Vec<crate::kv::Write>) -> Result<(), crate::kv::KvError> + 'a;
+
+/// A store whose reads go straight to `kv` and whose commits go through
+/// `commit`: for tests of a commit that fails, is lost, or meets another.
+pub(crate) struct CommitThrough<'a> {
+    pub kv: &'a MemKv,
+    pub commit: Box<CommitFn<'a>>,
+}
+
+impl crate::kv::Kv for CommitThrough<'_> {
+    fn get(&self, key: &str) -> Result<Option<crate::kv::Entry>, crate::kv::KvError> {
+        self.kv.get(key)
+    }
+    fn get_many(&self, keys: &[String]) -> Result<Vec<Option<crate::kv::Entry>>, crate::kv::KvError> {
+        self.kv.get_many(keys)
+    }
+    fn scan(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<(String, crate::kv::Entry)>, crate::kv::KvError> {
+        self.kv.scan(prefix, start_after, limit)
+    }
+    fn commit(&self, checks: Vec<crate::kv::Check>, writes: Vec<crate::kv::Write>) -> Result<(), crate::kv::KvError> {
+        (self.commit)(self.kv, checks, writes)
+    }
+}

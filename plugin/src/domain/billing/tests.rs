@@ -871,41 +871,6 @@ mod grants {
         assert_eq!(world.decisions(&token), (Some(Err(1004)), Err(1004)), "and the grant is built again");
     }
 
-    /// The store, with one other commit landing just before this view's first commit.
-    struct Interleaved<'a> {
-        kv: &'a crate::kv::MemKv,
-        before_first_commit: std::cell::RefCell<Option<Box<dyn FnOnce() + 'a>>>,
-        commits: std::cell::Cell<u32>,
-    }
-
-    impl crate::kv::Kv for Interleaved<'_> {
-        fn get(&self, key: &str) -> Result<Option<crate::kv::Entry>, crate::kv::KvError> {
-            self.kv.get(key)
-        }
-        fn get_many(&self, keys: &[String]) -> Result<Vec<Option<crate::kv::Entry>>, crate::kv::KvError> {
-            self.kv.get_many(keys)
-        }
-        fn scan(
-            &self,
-            prefix: &str,
-            start_after: Option<&str>,
-            limit: u32,
-        ) -> Result<Vec<(String, crate::kv::Entry)>, crate::kv::KvError> {
-            self.kv.scan(prefix, start_after, limit)
-        }
-        fn commit(
-            &self,
-            checks: Vec<crate::kv::Check>,
-            writes: Vec<crate::kv::Write>,
-        ) -> Result<(), crate::kv::KvError> {
-            if let Some(other) = self.before_first_commit.borrow_mut().take() {
-                other();
-            }
-            self.commits.set(self.commits.get() + 1);
-            self.kv.commit(checks, writes)
-        }
-    }
-
     #[test]
     fn commits_changing_one_users_subscriptions_at_once_never_lose_one_from_the_grant() {
         let world = enforced();
@@ -913,12 +878,16 @@ mod grants {
         post(&world, &created(SUB, "P14DT", 2));
         // Another request adds a second subscription after this commit
         // built its grant and before it reaches the store.
-        let kv = Interleaved {
+        let commits = std::cell::Cell::new(0);
+        let kv = crate::testing::CommitThrough {
             kv: &world.kv,
-            before_first_commit: std::cell::RefCell::new(Some(Box::new(|| {
-                assert_eq!(post(&world, &created(SUB2, "P14DT", 1)).status, 200);
-            }))),
-            commits: std::cell::Cell::new(0),
+            commit: Box::new(|kv, checks, writes| {
+                commits.set(commits.get() + 1);
+                if commits.get() == 1 {
+                    assert_eq!(post(&world, &created(SUB2, "P14DT", 1)).status, 200);
+                }
+                kv.commit(checks, writes)
+            }),
         };
         let ctx = crate::Ctx { kv: &kv, ..world.ctx() };
         storage::transact(&ctx, |txn| -> Result<(), ApiError> {
@@ -928,7 +897,7 @@ mod grants {
             Ok(())
         })
         .expect("commit");
-        assert_eq!(kv.commits.get(), 2, "the token record read for the grant made the two commits conflict");
+        assert_eq!(commits.get(), 2, "the token record read for the grant made the two commits conflict");
         let grant = world.grant(&token).expect("grant");
         assert_eq!(grant.subscriptions.len(), 2, "{grant:?}");
         assert_eq!(world.decisions(&token).0, Some(Ok(())));

@@ -1,4 +1,5 @@
 use super::*;
+use crate::kv::Kv as _;
 use crate::http::{Request, Response};
 use crate::testing::World;
 
@@ -545,54 +546,32 @@ fn the_feed_has_every_accepted_change_once_in_commit_order() {
     assert_eq!(bad.status, 400);
 }
 
-/// A store whose next commit answers "outcome unknown": applied first when
-/// `applied`, else not applied at all.
-struct LosingKv<'a> {
-    inner: &'a crate::kv::MemKv,
-    lose_next: std::cell::Cell<Option<bool>>,
-}
-
-impl crate::kv::Kv for LosingKv<'_> {
-    fn get(&self, key: &str) -> Result<Option<crate::kv::Entry>, crate::kv::KvError> {
-        self.inner.get(key)
-    }
-    fn get_many(&self, keys: &[String]) -> Result<Vec<Option<crate::kv::Entry>>, crate::kv::KvError> {
-        self.inner.get_many(keys)
-    }
-    fn scan(
-        &self,
-        prefix: &str,
-        start_after: Option<&str>,
-        limit: u32,
-    ) -> Result<Vec<(String, crate::kv::Entry)>, crate::kv::KvError> {
-        self.inner.scan(prefix, start_after, limit)
-    }
-    fn commit(&self, checks: Vec<crate::kv::Check>, writes: Vec<crate::kv::Write>) -> Result<(), crate::kv::KvError> {
-        match self.lose_next.take() {
-            None => self.inner.commit(checks, writes),
-            Some(applied) => {
-                if applied {
-                    self.inner.commit(checks, writes)?;
-                }
-                Err(crate::kv::KvError::OutcomeUnknown("the connection broke after COMMIT".into()))
-            }
-        }
-    }
-}
-
 #[test]
 fn a_commit_with_an_unknown_outcome_is_re_read_and_leaves_each_document_stored_once() {
     for applied in [true, false] {
         let world = World::new();
         let token = world.register(ALICE, "alice");
-        let losing = LosingKv { inner: &world.kv, lose_next: std::cell::Cell::new(Some(applied)) };
-        let ctx = Ctx { kv: &losing, config: &world.config, clock: &world.clock, http: &world.http };
+        // The next commit answers "outcome unknown": applied first when `applied`, else not at all.
+        let lose_next = std::cell::Cell::new(Some(applied));
+        let losing = crate::testing::CommitThrough {
+            kv: &world.kv,
+            commit: Box::new(|kv, checks, writes| match lose_next.take() {
+                None => kv.commit(checks, writes),
+                Some(applied) => {
+                    if applied {
+                        kv.commit(checks, writes)?;
+                    }
+                    Err(crate::kv::KvError::OutcomeUnknown("the connection broke after COMMIT".into()))
+                }
+            }),
+        };
+        let ctx = Ctx { kv: &losing, ..world.ctx() };
         let request = Request::new("PUT", &format!("/api/v1/inventories/stores/{STORE}/documents"))
             .header("authorization", &format!("Bearer {token}"))
             .json(&json!([pos_doc("02-SELL"), pos_doc("03-PAYBACK")]));
         let answer = crate::handle(&ctx, &request);
         assert_eq!(answer.status, 200, "applied first: {applied}");
-        assert_eq!(losing.lose_next.take(), None, "the lost commit happened");
+        assert_eq!(lose_next.take(), None, "the lost commit happened");
         let kinds = feed_kinds(&world);
         assert_eq!(kinds.iter().filter(|kind| kind.starts_with("document")).count(), 2, "applied {applied}: {kinds:?}");
         let again = put(&world, &token, STORE, json!([pos_doc("02-SELL"), pos_doc("03-PAYBACK")]));

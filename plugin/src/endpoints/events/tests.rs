@@ -418,28 +418,11 @@ fn the_listing_filters_by_type_in_any_spelling_and_by_user_and_pages() {
 
 #[test]
 fn the_store_failing_answers_503_so_evotor_retries() {
-    struct Down<'a>(&'a crate::kv::MemKv);
-    impl crate::kv::Kv for Down<'_> {
-        fn get(&self, key: &str) -> Result<Option<crate::kv::Entry>, crate::kv::KvError> {
-            self.0.get(key)
-        }
-        fn get_many(&self, keys: &[String]) -> Result<Vec<Option<crate::kv::Entry>>, crate::kv::KvError> {
-            self.0.get_many(keys)
-        }
-        fn scan(
-            &self,
-            prefix: &str,
-            start_after: Option<&str>,
-            limit: u32,
-        ) -> Result<Vec<(String, crate::kv::Entry)>, crate::kv::KvError> {
-            self.0.scan(prefix, start_after, limit)
-        }
-        fn commit(&self, _: Vec<crate::kv::Check>, _: Vec<crate::kv::Write>) -> Result<(), crate::kv::KvError> {
-            Err(crate::kv::KvError::Unavailable("disk full".into()))
-        }
-    }
     let world = world();
-    let down = Down(&world.kv);
+    let down = crate::testing::CommitThrough {
+        kv: &world.kv,
+        commit: Box::new(|_, _, _| Err(crate::kv::KvError::Unavailable("disk full".into()))),
+    };
     let ctx = Ctx { kv: &down, config: &world.config, clock: &world.clock, http: &world.http };
     let body = serde_json::to_vec(&evotor_examples().remove(0)).expect("json");
     let mut request = Request::new("POST", "/events").header("x-hub-signature", &sign(SECRET, &body));
