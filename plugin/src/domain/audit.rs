@@ -5,7 +5,8 @@
 //! Checked: each catalog item has exactly its barcode, child and orphan
 //! entries and the directory counts it; each document has exactly one entry
 //! by date and one by type; every index entry (tokens, logins, owners,
-//! document and receipt indexes) names a record that exists.
+//! document and receipt indexes) names a record that exists; every token's
+//! grant is what the records make.
 
 use crate::domain::catalog::{Directory, ProductRecord};
 use crate::kv::MemKv;
@@ -29,6 +30,10 @@ pub fn problems(kv: &MemKv) -> Vec<String> {
     }
     for store in stores("docs/") {
         documents(&keys, &store, &mut problems);
+    }
+    match storage::grants::stale(kv) {
+        Ok(stale) => problems.extend(stale),
+        Err(err) => problems.push(format!("grants not read: {err:?}")),
     }
     let exists = |key: &str| keys.binary_search_by(|probe| probe.as_str().cmp(key)).is_ok();
     for key in &keys {

@@ -87,29 +87,62 @@ pub(super) fn user_named_by(bytes: &[u8]) -> Option<String> {
     serde_json::from_slice::<Named>(bytes).ok()?.user_id
 }
 
-/// Rebuilds, inside `txn`, the grants of `user_id`'s tokens from the
-/// transaction's writes over the store, as of `now`.
-pub(super) fn rebuild(txn: &mut Txn<'_>, user_id: &str, now: u64) -> Result<(), StorageError> {
+/// Where grants are built from: a transaction (its writes over the store,
+/// every read a check) or the store as committed.
+pub(super) trait Source {
+    /// The values of `keys`, in their order.
+    fn values(&mut self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, StorageError>;
+    /// Up to `limit` keys under `prefix`, in order.
+    fn keys(&mut self, prefix: &str, limit: usize) -> Result<Vec<String>, StorageError>;
+}
+
+impl Source for Txn<'_> {
+    fn values(&mut self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
+        self.latest_many(keys)
+    }
+    fn keys(&mut self, prefix: &str, limit: usize) -> Result<Vec<String>, StorageError> {
+        self.latest_keys(prefix, limit)
+    }
+}
+
+#[cfg(any(test, feature = "testing"))]
+impl Source for &dyn crate::kv::Kv {
+    fn values(&mut self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
+        Ok(crate::kv::read_many(*self, keys)?.into_iter().map(|entry| entry.map(|entry| entry.value)).collect())
+    }
+    fn keys(&mut self, prefix: &str, limit: usize) -> Result<Vec<String>, StorageError> {
+        Ok(super::read::collect(*self, prefix, None, limit)?.into_iter().map(|(key, _)| key).collect())
+    }
+}
+
+/// The token records of `user_id` (key and record) with their grants as
+/// `source` makes them at `now`: the tokens the user's record lists whose
+/// records exist and name the user.
+pub(super) fn build(
+    source: &mut impl Source,
+    user_id: &str,
+    now: u64,
+) -> Result<Vec<(String, TokenIndex)>, StorageError> {
     let key = user_key(user_id);
-    let Some(bytes) = txn.latest(&key)? else { return Ok(()) };
-    let Ok(user) = decode::<UserRecord>(&key, &bytes) else { return Ok(()) };
+    let Some(bytes) = source.values(std::slice::from_ref(&key))?.pop().flatten() else { return Ok(Vec::new()) };
+    let Ok(user) = decode::<UserRecord>(&key, &bytes) else { return Ok(Vec::new()) };
     if user.tokens.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let mut keys: Vec<String> = user.tokens.iter().map(|issued| token_key(&issued.hash)).collect();
     keys.push(installation_key(user_id));
     keys.extend(user.account_id.as_deref().map(account_key));
-    let mut found = txn.latest_many(&keys)?;
+    let mut found = source.values(&keys)?;
     let account = user.account_id.as_ref().map(|_| found.pop().flatten());
     let installation = found.pop().flatten();
-    let markers = txn.latest_keys(&user_subscriptions_prefix(user_id), MAX_GRANT_SUBSCRIPTIONS + 1)?;
+    let prefix = user_subscriptions_prefix(user_id);
+    let markers = source.keys(&prefix, MAX_GRANT_SUBSCRIPTIONS + 1)?;
     let mut partial = markers.len() > MAX_GRANT_SUBSCRIPTIONS;
     let mut subscriptions = Vec::new();
     if !partial {
-        let prefix = user_subscriptions_prefix(user_id);
         let states: Vec<String> =
             markers.iter().filter_map(|marker| marker.strip_prefix(&prefix)).map(subscription_key).collect();
-        for state in txn.latest_many(&states)?.into_iter().flatten() {
+        for state in source.values(&states)?.into_iter().flatten() {
             match serde_json::from_slice::<Value>(&state) {
                 Ok(state) => subscriptions.push(state),
                 Err(_) => partial = true,
@@ -134,9 +167,10 @@ pub(super) fn rebuild(txn: &mut Txn<'_>, user_id: &str, now: u64) -> Result<(), 
             None
         }
     };
-    for (issued, (key, record)) in user.tokens.iter().zip(keys.iter().zip(found)) {
+    let mut built = Vec::new();
+    for (issued, (key, record)) in user.tokens.iter().zip(keys.into_iter().zip(found)) {
         let Some(record) = record else { continue };
-        let Ok(mut index) = decode::<TokenIndex>(key, &record) else { continue };
+        let Ok(mut index) = decode::<TokenIndex>(&key, &record) else { continue };
         if index.user_id != user_id {
             continue;
         }
@@ -151,9 +185,37 @@ pub(super) fn rebuild(txn: &mut Txn<'_>, user_id: &str, now: u64) -> Result<(), 
             installation: installation.clone(),
             subscriptions: if partial { Vec::new() } else { subscriptions.clone() },
         });
-        txn.put(key, &index);
+        built.push((key, index));
+    }
+    Ok(built)
+}
+
+/// Rebuilds, inside `txn`, the grants of `user_id`'s tokens from the
+/// transaction's writes over the store, as of `now`.
+pub(super) fn rebuild(txn: &mut Txn<'_>, user_id: &str, now: u64) -> Result<(), StorageError> {
+    for (key, index) in build(txn, user_id, now)? {
+        txn.put(&key, &index);
     }
     Ok(())
+}
+
+/// The token records whose grant (of this build's format) differs from
+/// what the records make now: none, since every commit that changes the
+/// records rebuilds it. For audits of the store.
+#[cfg(any(test, feature = "testing"))]
+pub fn stale(kv: &dyn crate::kv::Kv) -> Result<Vec<String>, StorageError> {
+    let mut stale = Vec::new();
+    for (key, entry) in super::read::collect(kv, "tokens/", None, usize::MAX)? {
+        let Ok(index) = decode::<TokenIndex>(&key, &entry.value) else { continue };
+        let Some(grant) = index.grant.filter(|grant| grant.format == GRANT_FORMAT) else { continue };
+        let mut source = kv;
+        let rebuilt = build(&mut source, &index.user_id, grant.built_at)?;
+        let fresh = rebuilt.into_iter().find(|(rebuilt, _)| *rebuilt == key).and_then(|(_, index)| index.grant);
+        if fresh.as_ref() != Some(&grant) {
+            stale.push(format!("{key}: grant {grant:?}, the records make {fresh:?}"));
+        }
+    }
+    Ok(stale)
 }
 
 /// Builds the grant of the token with this hash again unless it is trusted

@@ -126,13 +126,8 @@ impl Txn<'_> {
         Ok(())
     }
 
-    /// The value `key` will hold after this transaction: its last write
-    /// here, else the store's (read as a check).
-    pub(super) fn latest(&mut self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
-        Ok(self.latest_many(std::slice::from_ref(&key.to_owned()))?.pop().flatten())
-    }
-
-    /// [`Txn::latest`] of several keys, those not written here read in one store call.
+    /// The values `keys` will hold after this transaction: each one's last
+    /// write here, else the store's (read as a check), those in one store call.
     pub(super) fn latest_many(&mut self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
         let mut answer: Vec<Option<Option<Vec<u8>>>> = keys.iter().map(|key| self.written(key)).collect();
         let unread: Vec<String> =

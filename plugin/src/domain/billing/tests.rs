@@ -801,6 +801,8 @@ mod grants {
             let mut tokens = vec![world.register(USER, "ivan")];
             for step in &steps {
                 take(&world, step, &mut tokens);
+                let stale = crate::storage::grants::stale(&world.kv).expect("read");
+                prop_assert!(stale.is_empty(), "after {:?}: {:?}", step, stale);
                 for token in &tokens {
                     let (by_grant, by_records) = world.decisions(token);
                     if let Some(by_grant) = by_grant {

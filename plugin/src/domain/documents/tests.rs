@@ -1,6 +1,6 @@
 use super::*;
-use crate::kv::Kv as _;
 use crate::http::{Request, Response};
+use crate::kv::Kv as _;
 use crate::testing::World;
 
 const ALICE: &str = "01-000000000000001";
