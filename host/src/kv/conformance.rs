@@ -239,6 +239,30 @@ fn a_reader_following_a_log_misses_no_entry_of_racing_commits() {
 }
 
 #[test]
+fn a_plain_key_shaped_like_a_stamped_key_keeps_the_last_write() {
+    // PostgreSQL names stamped keys in the database unless a plain key of
+    // the commit could be one of them; either way the last write of a key
+    // wins. The key aimed at is the next commit's own stamped key: the
+    // version after the one a commit just drew.
+    each_backend(|kv| {
+        for round in 0..4 {
+            kv.commit(&[], &[set("probe", "x")]).expect("commit");
+            let next = kv.get("probe").expect("get").expect("present").version + 1;
+            let shaped = stamped_key("s/", next, 0);
+            let stamped = Write::SetStamped("s/".into(), b"stamped".to_vec());
+            let plain = Write::Set(shaped.clone(), b"plain".to_vec());
+            let (writes, last) = match round % 2 {
+                0 => ([stamped, plain], &b"plain"[..]),
+                _ => ([plain, stamped], &b"stamped"[..]),
+            };
+            kv.commit(&[Check::Absent(format!("s/{round}"))], &writes).expect("commit");
+            let value = kv.get(&shaped).expect("get").map(|entry| entry.value);
+            assert_eq!(value.as_deref(), Some(last), "{} round {round}", kv.describe());
+        }
+    });
+}
+
+#[test]
 fn the_postgres_suite_runs_when_a_database_is_given() {
     match std::env::var(POSTGRES_URL_VAR) {
         Ok(url) if !url.is_empty() => assert!(full_backends().len() == 3, "PostgreSQL at {url} is in the suite"),

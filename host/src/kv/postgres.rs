@@ -87,6 +87,8 @@ struct Sql {
     next_version: String,
     /// Taken by commits with stamped writes before they draw their version.
     stamp_lock: String,
+    /// Stamped writes, their keys named by the database after the version drawn.
+    insert_stamped: String,
     upsert: String,
     update: String,
     insert: String,
@@ -127,6 +129,12 @@ impl Sql {
             versions: format!("SELECT key, version FROM {kv} WHERE ns = $1 AND key = ANY($2) FOR SHARE"),
             next_version: format!("SELECT nextval('{schema}.evogate_version')"),
             stamp_lock: "SELECT pg_advisory_xact_lock($1)".into(),
+            // `{prefix}{version:020}.{position:06}`, as `kv_contract::stamped_key` names them.
+            insert_stamped: format!(
+                "INSERT INTO {kv} (ns, key, value, version) \
+                 SELECT $1, t.p || convert_to(lpad({current}::text, 20, '0') || '.' || lpad(t.i::text, 6, '0'), 'UTF8'), t.v, {current} \
+                 FROM unnest($2::bytea[], $3::int4[], $4::bytea[]) AS t(p, i, v)"
+            ),
             // Writes take the version `next_version` drew in the same
             // session, so they can go out in one pipeline behind it.
             // A set inserts the keys that are new (most are: index entries,
@@ -552,10 +560,15 @@ impl Plan {
     /// The last write of each key (as in the other backends), each under
     /// its condition from `conditions` when it has one; `Err(Conflict)` when
     /// a key must be absent and is deleted (the checks cannot all hold).
-    fn new(writes: &[Write], stamp: u64, conditions: &HashMap<Vec<u8>, Option<u64>>) -> Result<Self, KvError> {
+    /// Stamped writes are named after `stamp`, or left out without one (the
+    /// database names them: [`Stamped`]).
+    fn new(writes: &[Write], stamp: Option<u64>, conditions: &HashMap<Vec<u8>, Option<u64>>) -> Result<Self, KvError> {
         let mut last: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
         let mut stamped = std::collections::HashSet::new();
-        for (write, (key, value)) in writes.iter().zip(super::resolve(writes, stamp)) {
+        for (write, (key, value)) in writes.iter().zip(super::resolve(writes, stamp.unwrap_or_default())) {
+            if stamp.is_none() && matches!(write, Write::SetStamped(..)) {
+                continue;
+            }
             match write {
                 Write::SetStamped(..) => stamped.insert(key.to_string()),
                 Write::Set(..) | Write::Delete(_) => stamped.remove(key.as_ref()),
@@ -598,6 +611,50 @@ impl Plan {
     }
 }
 
+/// A commit's stamped writes, for `insert_stamped`: each one's prefix, its
+/// position among them (the key's last part) and its value.
+#[derive(Default)]
+struct Stamped {
+    prefixes: Vec<Vec<u8>>,
+    positions: Vec<i32>,
+    values: Vec<Vec<u8>>,
+}
+
+impl Stamped {
+    fn of(writes: &[Write]) -> Self {
+        let mut stamped = Self::default();
+        for write in writes {
+            if let Write::SetStamped(prefix, value) = write {
+                stamped.positions.push(i32::try_from(stamped.prefixes.len()).unwrap_or(i32::MAX));
+                stamped.prefixes.push(prefix.as_bytes().to_vec());
+                stamped.values.push(value.clone());
+            }
+        }
+        stamped
+    }
+}
+
+/// Whether a key the commit writes plainly or checks has the shape of one
+/// of its stamped keys (a stamped write's prefix and a stamp): then which
+/// write of that key is the last depends on the stamp, which must be known first.
+fn names_a_stamped_key(writes: &[Write], checks: &[(Vec<u8>, Option<u64>)]) -> bool {
+    let prefixes: Vec<&[u8]> = writes
+        .iter()
+        .filter_map(|write| match write {
+            Write::SetStamped(prefix, _) => Some(prefix.as_bytes()),
+            _ => None,
+        })
+        .collect();
+    let shaped = |key: &[u8]| {
+        prefixes.iter().any(|prefix| key.len() == prefix.len() + super::STAMP_BYTES && key.starts_with(prefix))
+    };
+    let plain = writes.iter().filter_map(|write| match write {
+        Write::Set(key, _) | Write::Delete(key) => Some(key.as_bytes()),
+        Write::SetStamped(..) => None,
+    });
+    plain.chain(checks.iter().map(|(key, _)| key.as_slice())).any(shaped)
+}
+
 /// One statement of a pipeline, with the check of its answer.
 type Pending<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), KvError>> + Send + 'a>>;
 
@@ -621,6 +678,7 @@ struct Statements {
     versions: tokio_postgres::Statement,
     next_version: tokio_postgres::Statement,
     stamp_lock: tokio_postgres::Statement,
+    insert_stamped: tokio_postgres::Statement,
     insert_new: tokio_postgres::Statement,
     update_if: tokio_postgres::Statement,
     delete_if: tokio_postgres::Statement,
@@ -631,8 +689,9 @@ struct Statements {
 }
 
 /// A commit's statements inside its transaction, in as few round trips as
-/// they allow: one; one more when stamped keys need the version first, and
-/// one more when a set overwrites keys that exist.
+/// they allow: one; one more when stamped keys must be named before the
+/// writes (see [`names_a_stamped_key`]), and one more when a set overwrites
+/// keys that exist.
 /// `guards`: the checks as [`guard_plan`] split them; those to read are
 /// read in the same pipeline as the writes (a failed check rolls the
 /// writes back with the transaction).
@@ -660,26 +719,28 @@ async fn pipelined_commit(
             }
         })
     };
-    // Stamped keys are named after the commit's version, so such a commit
-    // draws it first; the others draw it in the same pipeline as their
-    // writes, which read it back with `currval`.
+    // The lock is held to the end of the transaction: commits with stamped
+    // writes take their versions one after another, so stamps follow commit
+    // order. Prepared, it goes out ahead of `nextval` in the pipeline and the
+    // server runs them in that order (a statement sent as text would be
+    // parsed first, in a round trip of its own, while `nextval` ran ahead).
+    let lock = || -> Pending<'_> {
+        Box::pin(async move { txn.execute(&sql.stamp_lock, &[&STAMP_LOCK]).await.map(drop).map_err(failed) })
+    };
+    // Stamped keys are named after the commit's version. The database names
+    // them from the version the pipeline draws (`insert_stamped`), unless
+    // another key of the commit could be one of them: then the version is
+    // drawn first and every key is known before the writes.
+    let stamps_first = stamped && names_a_stamped_key(writes, checks);
     let mut stamp = 0;
     // Declared before the statements that borrow them, so dropped after them.
-    #[expect(clippy::needless_late_init, reason = "declared before the statements that borrow it")]
     let plan: Plan;
+    let in_sql: Stamped;
     let mut inserted: Option<std::collections::HashSet<Vec<u8>>> = None;
     let mut statements: Vec<Pending<'_>> = Vec::new();
-    if stamped {
+    if stamps_first {
         let mut head = Vec::from_iter(read_checks.then(check_versions));
-        // The lock is held to the end of the transaction: commits with
-        // stamped writes take their stamps one after another, so stamps
-        // follow commit order. Prepared, it goes out ahead of `nextval` in
-        // the pipeline and the server runs them in that order; a statement
-        // sent as text would be parsed first, in a round trip of its own,
-        // while `nextval` ran ahead of the lock.
-        head.push(Box::pin(
-            async move { txn.execute(&sql.stamp_lock, &[&STAMP_LOCK]).await.map(drop).map_err(failed) },
-        ));
+        head.push(lock());
         let drawn = &mut stamp;
         head.push(Box::pin(async move {
             let row = txn.query_one(&sql.next_version, &[]).await.map_err(failed)?;
@@ -687,11 +748,24 @@ async fn pipelined_commit(
             Ok(())
         }));
         pipelined(head).await?;
+        in_sql = Stamped::default();
+        plan = Plan::new(writes, Some(stamp), conditions)?;
     } else {
         statements.extend(read_checks.then(check_versions));
+        if stamped {
+            statements.push(lock());
+        }
         statements.push(Box::pin(async move { txn.query_one(&sql.next_version, &[]).await.map(drop).map_err(failed) }));
+        in_sql = Stamped::of(writes);
+        plan = Plan::new(writes, None, conditions)?;
     }
-    plan = Plan::new(writes, stamp, conditions)?;
+    if !in_sql.prefixes.is_empty() {
+        let Stamped { prefixes, positions, values } = &in_sql;
+        statements.push(Box::pin(async move {
+            txn.execute(&sql.insert_stamped, &[ns, prefixes, positions, values]).await.map(drop).map_err(failed)
+        }));
+    }
+
     if !plan.insert_new.0.is_empty() {
         let (keys, values) = &plan.insert_new;
         statements.push(Box::pin(async move {
@@ -807,6 +881,7 @@ impl Backend for PostgresBackend {
                 &sql.versions,
                 &sql.next_version,
                 &sql.stamp_lock,
+                &sql.insert_stamped,
                 &sql.insert_new,
                 &sql.update_if,
                 &sql.delete_if,
@@ -816,12 +891,23 @@ impl Backend for PostgresBackend {
                 &sql.delete,
             ]
             .map(|text| client.prepare_cached(text));
-            let [versions, next_version, stamp_lock, insert_new, update_if, delete_if, upsert, update, insert, delete] =
-                futures_util::future::try_join_all(prepare)
-                    .await
-                    .map_err(|err| classify(&err))?
-                    .try_into()
-                    .map_err(|_| KvError::Unavailable("postgres: statements not prepared".into()))?;
+            let [
+                versions,
+                next_version,
+                stamp_lock,
+                insert_stamped,
+                insert_new,
+                update_if,
+                delete_if,
+                upsert,
+                update,
+                insert,
+                delete,
+            ] = futures_util::future::try_join_all(prepare)
+                .await
+                .map_err(|err| classify(&err))?
+                .try_into()
+                .map_err(|_| KvError::Unavailable("postgres: statements not prepared".into()))?;
             // Every check holds at the commit when each is either the
             // condition of a write or a key that exists, read and locked
             // (`FOR SHARE`): repeatable read is enough, and takes no
@@ -838,6 +924,7 @@ impl Backend for PostgresBackend {
                 versions,
                 next_version,
                 stamp_lock,
+                insert_stamped,
                 insert_new,
                 update_if,
                 delete_if,
