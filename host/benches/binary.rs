@@ -12,7 +12,7 @@
 
 mod common;
 
-use common::{CONNECTIONS, LATENCY_REQUESTS, PATH, Server, free_port, latency, median, median_pair, throughput};
+use common::{CONNECTIONS, LATENCY_REQUESTS, PATH, Rounds, Server, free_port, median};
 use std::io::Read as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -70,22 +70,15 @@ fn main() -> anyhow::Result<()> {
         println!("candidate: {}", candidate.display());
         println!("GET {PATH} (the Evotor plugin's 404), access log on, read from a pipe; HTTP/1.1 keep-alive");
         println!("{ROUNDS} alternating rounds; medians reported\n");
-        let (mut base_lat, mut cand_lat, mut base_rps, mut cand_rps) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for _ in 0..ROUNDS {
-            base_lat.push(latency(base_addr).await?);
-            cand_lat.push(latency(candidate_addr).await?);
-            base_rps.push(throughput(base_addr, Duration::from_secs(seconds)).await?);
-            cand_rps.push(throughput(candidate_addr, Duration::from_secs(seconds)).await?);
-        }
-        let (b50, b99) = median_pair(&base_lat);
-        let (c50, c99) = median_pair(&cand_lat);
-        let ratios: Vec<f64> = cand_rps.iter().zip(&base_rps).map(|(c, b)| c / b).collect();
+        let rounds = Rounds::measure([base_addr, candidate_addr], ROUNDS, Duration::from_secs(seconds)).await?;
+        let ((b50, b99), (c50, c99)) = (rounds.latency(0), rounds.latency(1));
+        let ratios: Vec<f64> = rounds.throughput[1].iter().zip(&rounds.throughput[0]).map(|(c, b)| c / b).collect();
         println!("sequential, 1 connection ({LATENCY_REQUESTS} requests per round):");
         println!("  base       p50 {b50:7.1} µs   p99 {b99:7.1} µs");
         println!("  candidate  p50 {c50:7.1} µs   p99 {c99:7.1} µs   p50 candidate / base: {:.2}", c50 / b50);
         println!("throughput, {CONNECTIONS} connections ({seconds} s per round):");
-        println!("  base       {:9.0} req/s", median(&base_rps));
-        println!("  candidate  {:9.0} req/s", median(&cand_rps));
+        println!("  base       {:9.0} req/s", rounds.throughput(0));
+        println!("  candidate  {:9.0} req/s", rounds.throughput(1));
         let shown: Vec<String> = ratios.iter().map(|ratio| format!("{ratio:.2}")).collect();
         println!("  candidate / base, per round: {}; median {:.2}", shown.join(" "), median(&ratios));
         Ok(())

@@ -13,7 +13,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::{CONNECTIONS, LATENCY_REQUESTS, PATH, fetch_once, latency, median, median_pair, throughput};
+use common::{CONNECTIONS, LATENCY_REQUESTS, PATH, Rounds, fetch_once, median};
 use http_body_util::{BodyExt as _, Full};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
@@ -59,18 +59,9 @@ fn main() -> anyhow::Result<()> {
         println!("trivial request: GET {PATH} (404 from the Evotor plugin's router), HTTP/1.1 keep-alive on loopback");
         println!("{ROUNDS} alternating rounds; medians reported\n");
 
-        let mut native_lat = Vec::new();
-        let mut gateway_lat = Vec::new();
-        let mut native_rps = Vec::new();
-        let mut gateway_rps = Vec::new();
         // `BENCH_DIRECT_ONLY=1`: only the calls without HTTP, e.g. to profile an instance.
         let rounds = if std::env::var_os("BENCH_DIRECT_ONLY").is_some_and(|on| on == "1") { 0 } else { ROUNDS };
-        for _ in 0..rounds {
-            native_lat.push(latency(native_addr).await?);
-            gateway_lat.push(latency(gateway_addr).await?);
-            native_rps.push(throughput(native_addr, Duration::from_secs(seconds)).await?);
-            gateway_rps.push(throughput(gateway_addr, Duration::from_secs(seconds)).await?);
-        }
+        let http = Rounds::measure([native_addr, gateway_addr], rounds, Duration::from_secs(seconds)).await?;
         let mut direct = Vec::new();
         let direct_rounds = if rounds == 0 { 10 } else { 1 };
         let measured = SMALL.iter().map(|(name, _, path)| (*name, *path));
@@ -83,9 +74,8 @@ fn main() -> anyhow::Result<()> {
         }
 
         if rounds > 0 {
-            let (n50, n99) = median_pair(&native_lat);
-            let (g50, g99) = median_pair(&gateway_lat);
-            let (nr, gr) = (median(&native_rps), median(&gateway_rps));
+            let ((n50, n99), (g50, g99)) = (http.latency(0), http.latency(1));
+            let (nr, gr) = (http.throughput(0), http.throughput(1));
             println!("sequential, 1 connection ({LATENCY_REQUESTS} requests per round):");
             println!("  native   p50 {n50:7.1} µs   p99 {n99:7.1} µs");
             println!("  gateway  p50 {g50:7.1} µs   p99 {g99:7.1} µs");

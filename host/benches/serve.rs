@@ -9,9 +9,7 @@
 
 mod common;
 
-use common::{
-    CONNECTIONS, LATENCY_REQUESTS, Server, free_port, latency, median, median_pair, throughput, wait_until_serving,
-};
+use common::{CONNECTIONS, LATENCY_REQUESTS, Rounds, Server, free_port, wait_until_serving};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -71,17 +69,9 @@ fn main() -> anyhow::Result<()> {
         println!("both servers their own processes; HTTP/1.1 keep-alive on loopback");
         println!("{ROUNDS} alternating rounds; medians reported\n");
 
-        let (mut wasmtime_lat, mut evogate_lat, mut wasmtime_rps, mut evogate_rps) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for _ in 0..ROUNDS {
-            wasmtime_lat.push(latency(wasmtime_addr).await?);
-            evogate_lat.push(latency(evogate_addr).await?);
-            wasmtime_rps.push(throughput(wasmtime_addr, Duration::from_secs(seconds)).await?);
-            evogate_rps.push(throughput(evogate_addr, Duration::from_secs(seconds)).await?);
-        }
-        let (w50, w99) = median_pair(&wasmtime_lat);
-        let (e50, e99) = median_pair(&evogate_lat);
-        let (wr, er) = (median(&wasmtime_rps), median(&evogate_rps));
+        let rounds = Rounds::measure([wasmtime_addr, evogate_addr], ROUNDS, Duration::from_secs(seconds)).await?;
+        let ((w50, w99), (e50, e99)) = (rounds.latency(0), rounds.latency(1));
+        let (wr, er) = (rounds.throughput(0), rounds.throughput(1));
         println!("sequential, 1 connection ({LATENCY_REQUESTS} requests per round):");
         println!("  wasmtime serve  p50 {w50:7.1} µs   p99 {w99:7.1} µs");
         println!("  evogate         p50 {e50:7.1} µs   p99 {e99:7.1} µs");

@@ -113,6 +113,42 @@ pub async fn throughput(addr: SocketAddr, length: Duration) -> anyhow::Result<f6
     Ok(total as f64 / started.elapsed().as_secs_f64())
 }
 
+/// Two servers measured in alternating rounds, so both see the same
+/// machine: each round measures the first's latency, the second's, then
+/// the first's throughput and the second's, for `seconds` each.
+pub struct Rounds {
+    /// Per server, each round's (p50, p99) in µs.
+    pub latency: [Vec<(f64, f64)>; 2],
+    /// Per server, each round's requests per second.
+    pub throughput: [Vec<f64>; 2],
+}
+
+impl Rounds {
+    /// `rounds` alternating rounds against `servers`.
+    pub async fn measure(servers: [SocketAddr; 2], rounds: usize, seconds: Duration) -> anyhow::Result<Self> {
+        let mut measured = Self { latency: [Vec::new(), Vec::new()], throughput: [Vec::new(), Vec::new()] };
+        for _ in 0..rounds {
+            for (side, addr) in servers.iter().enumerate() {
+                measured.latency[side].push(latency(*addr).await?);
+            }
+            for (side, addr) in servers.iter().enumerate() {
+                measured.throughput[side].push(throughput(*addr, seconds).await?);
+            }
+        }
+        Ok(measured)
+    }
+
+    /// The median (p50, p99) of `side`.
+    pub fn latency(&self, side: usize) -> (f64, f64) {
+        median_pair(&self.latency[side])
+    }
+
+    /// The median throughput of `side`.
+    pub fn throughput(&self, side: usize) -> f64 {
+        median(&self.throughput[side])
+    }
+}
+
 pub fn median(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
