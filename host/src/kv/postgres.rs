@@ -688,6 +688,51 @@ struct Statements {
     delete: tokio_postgres::Statement,
 }
 
+impl Statements {
+    /// The statements on `client`: prepared once per connection, all in
+    /// one round trip, then taken from its cache.
+    async fn prepare(client: &deadpool_postgres::Client, sql: &Sql) -> Result<Self, tokio_postgres::Error> {
+        let (
+            versions,
+            next_version,
+            stamp_lock,
+            insert_stamped,
+            insert_new,
+            update_if,
+            delete_if,
+            upsert,
+            update,
+            insert,
+            delete,
+        ) = tokio::try_join!(
+            client.prepare_cached(&sql.versions),
+            client.prepare_cached(&sql.next_version),
+            client.prepare_cached(&sql.stamp_lock),
+            client.prepare_cached(&sql.insert_stamped),
+            client.prepare_cached(&sql.insert_new),
+            client.prepare_cached(&sql.update_if),
+            client.prepare_cached(&sql.delete_if),
+            client.prepare_cached(&sql.upsert),
+            client.prepare_cached(&sql.update),
+            client.prepare_cached(&sql.insert),
+            client.prepare_cached(&sql.delete),
+        )?;
+        Ok(Self {
+            versions,
+            next_version,
+            stamp_lock,
+            insert_stamped,
+            insert_new,
+            update_if,
+            delete_if,
+            upsert,
+            update,
+            insert,
+            delete,
+        })
+    }
+}
+
 /// A commit's statements inside its transaction, in as few round trips as
 /// they allow: one; one more when stamped keys must be named before the
 /// writes (see [`names_a_stamped_key`]), and one more when a set overwrites
@@ -876,38 +921,7 @@ impl Backend for PostgresBackend {
             // of its own write instead of a separate read; only the others
             // are read.
             let guards = guard_plan(&checks, &writes);
-            // Prepared once per connection, then taken from its cache.
-            let prepare = [
-                &sql.versions,
-                &sql.next_version,
-                &sql.stamp_lock,
-                &sql.insert_stamped,
-                &sql.insert_new,
-                &sql.update_if,
-                &sql.delete_if,
-                &sql.upsert,
-                &sql.update,
-                &sql.insert,
-                &sql.delete,
-            ]
-            .map(|text| client.prepare_cached(text));
-            let [
-                versions,
-                next_version,
-                stamp_lock,
-                insert_stamped,
-                insert_new,
-                update_if,
-                delete_if,
-                upsert,
-                update,
-                insert,
-                delete,
-            ] = futures_util::future::try_join_all(prepare)
-                .await
-                .map_err(|err| classify(&err))?
-                .try_into()
-                .map_err(|_| KvError::Unavailable("postgres: statements not prepared".into()))?;
+            let statements = Statements::prepare(&client, &sql).await.map_err(|err| classify(&err))?;
             // Every check holds at the commit when each is either the
             // condition of a write or a key that exists, read and locked
             // (`FOR SHARE`): repeatable read is enough, and takes no
@@ -920,19 +934,6 @@ impl Backend for PostgresBackend {
             };
             let txn =
                 client.build_transaction().isolation_level(isolation).start().await.map_err(|err| classify(&err))?;
-            let statements = Statements {
-                versions,
-                next_version,
-                stamp_lock,
-                insert_stamped,
-                insert_new,
-                update_if,
-                delete_if,
-                upsert,
-                update,
-                insert,
-                delete,
-            };
             pipelined_commit(&txn, &statements, &ns, &guards, stamped, &writes).await?;
             committing.store(true, Ordering::SeqCst);
             txn.commit().await.map_err(|err| match err.as_db_error() {
