@@ -175,8 +175,8 @@ pub fn require_user(ctx: &Ctx<'_>, request: &Request, settings: &Settings) -> Re
         return Err(ApiError::unknown_token());
     };
     let now = ctx.clock.now_unix();
-    let grant = index.grant.as_ref().filter(|grant| storage::grants::trusted(grant, now));
-    if let Some(decided) = grant.and_then(|grant| decide_by_grant(grant, &index.user_id, now, settings)) {
+    let (grant, decided) = by_grant(&index, now, settings);
+    if let Some(decided) = decided {
         return decided.map(|()| index.user_id);
     }
     let decided = decide_by_records(ctx, &index.user_id, &hash, now, settings);
@@ -205,13 +205,18 @@ pub(crate) fn both_decisions(
     };
     let now = ctx.clock.now_unix();
     let code = |result: Result<(), ApiError>| result.map_err(|err| err.code);
-    let by_grant = index
-        .grant
-        .as_ref()
-        .filter(|grant| storage::grants::trusted(grant, now))
-        .and_then(|grant| decide_by_grant(grant, &index.user_id, now, settings))
-        .map(code);
-    (by_grant, code(decide_by_records(ctx, &index.user_id, &hash, now, settings)))
+    (by_grant(&index, now, settings).1.map(code), code(decide_by_records(ctx, &index.user_id, &hash, now, settings)))
+}
+
+/// The token's grant if it is trusted at `now`, and what it decides
+/// (`None`: the records decide).
+fn by_grant<'a>(
+    index: &'a storage::TokenIndex,
+    now: u64,
+    settings: &Settings,
+) -> (Option<&'a storage::Grant>, Option<Result<(), ApiError>>) {
+    let grant = index.grant.as_ref().filter(|grant| storage::grants::trusted(grant, now));
+    (grant, grant.and_then(|grant| decide_by_grant(grant, &index.user_id, now, settings)))
 }
 
 /// Decides from a trusted grant; `None` when the records must decide (an

@@ -67,14 +67,15 @@ pub(super) fn user_in_key(key: &str) -> Option<&str> {
     if let Some(user) = key.strip_prefix(USERS_PREFIX) {
         return Some(user);
     }
-    let (user, rest) = key.strip_prefix("user/")?.split_once('/')?;
-    (rest == "installation" || rest.starts_with("sub/")).then_some(user)
+    let (user, _) = key.strip_prefix("user/")?.split_once('/')?;
+    (key == installation_key(user) || key.starts_with(&user_subscriptions_prefix(user))).then_some(user)
 }
 
 /// Whether a write to `key` changes the grant inputs of the user its
 /// record names (before or after): an account, a subscription's state.
 pub(super) fn user_in_record(key: &str) -> bool {
-    key.starts_with(ACCOUNTS_PREFIX) || (key.starts_with("subs/") && key.ends_with("/state"))
+    let subscription = key.strip_prefix("subs/").and_then(|rest| rest.split_once('/')).map(|(id, _)| id);
+    key.starts_with(ACCOUNTS_PREFIX) || subscription.is_some_and(|id| key == subscription_key(id))
 }
 
 /// The user a stored account or subscription state names.

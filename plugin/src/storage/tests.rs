@@ -53,3 +53,18 @@ fn pages_carry_a_cursor_until_the_end() {
     let (last, next) = page::<u32>(&kv, ACCOUNTS_PREFIX, Some("3"), 2).expect("page");
     assert_eq!((last, next), (vec![4], None));
 }
+
+#[test]
+fn the_writes_that_change_a_grant_are_known_by_their_keys() {
+    let user = "01-000000000000001";
+    for key in [user_key(user), installation_key(user), user_subscription_key(user, "s1")] {
+        assert_eq!(grants::user_in_key(&key), Some(user), "{key}");
+    }
+    let others = [cloud_token_key(user), installation_event_key(user, "h"), device_order_key(user), token_key("h")];
+    for key in others {
+        assert_eq!(grants::user_in_key(&key), None, "{key}");
+        assert!(!grants::user_in_record(&key), "{key}");
+    }
+    assert!(grants::user_in_record(&account_key("a1")) && grants::user_in_record(&subscription_key("s1")));
+    assert!(!grants::user_in_record(&subscription_event_key("s1", 3)));
+}
