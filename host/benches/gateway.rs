@@ -14,6 +14,7 @@ mod common;
 
 use bytes::Bytes;
 use common::{CONNECTIONS, LATENCY_REQUESTS, PATH, Rounds, fetch_once, median};
+use evogate::sandbox::{Laps, Phase};
 use http_body_util::{BodyExt as _, Full};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
@@ -22,6 +23,8 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 
 const ROUNDS: usize = 3;
+/// An instance's steps, in the order the breakdown prints them.
+const PHASES: [Phase; 4] = [Phase::Store, Phase::Instantiate, Phase::Call, Phase::Reset];
 /// The smaller plugins measured beside the Evotor plugin: name (and route), file, and the path called.
 const SMALL: &[(&str, &str, &str)] = &[("guest", "test_guest.wasm", "/version"), ("hello", "standard_hello.wasm", "/")];
 
@@ -66,11 +69,15 @@ fn main() -> anyhow::Result<()> {
         let direct_rounds = if rounds == 0 { 10 } else { 1 };
         let measured = SMALL.iter().map(|(name, _, path)| (*name, *path));
         for (name, path) in std::iter::once(("evotor", PATH)).chain(measured) {
-            let mut means = Vec::new();
+            let (mut means, mut steps) = (Vec::new(), [const { Vec::new() }; 4]);
             for _ in 0..direct_rounds {
-                means.push(direct_calls(&gateway, name, path).await?);
+                let (mean, phases) = direct_calls(&gateway, name, path).await?;
+                means.push(mean);
+                for (step, micros) in steps.iter_mut().zip(phases) {
+                    step.push(micros);
+                }
             }
-            direct.push((name, median(&means)));
+            direct.push((name, median(&means), steps.map(|step| median(&step))));
         }
 
         if rounds > 0 {
@@ -87,8 +94,12 @@ fn main() -> anyhow::Result<()> {
         }
         println!("fresh instance + call without HTTP (PluginVersion::handle), mean:");
         let evotor = direct[0].1;
-        for (name, micros) in &direct {
+        for (name, micros, _) in &direct {
             println!("  {name:<7} {micros:6.1} µs   {:.2} of the Evotor plugin's", micros / evotor);
+        }
+        println!("where it goes (PluginVersion::answer_timed, µs): store  instantiate  call  reset");
+        for (name, _, [store, instantiate, call, reset]) in &direct {
+            println!("  {name:<7} {store:12.2} {instantiate:12.2} {call:5.2} {reset:6.2}");
         }
         Ok(())
     })
@@ -117,8 +128,10 @@ fn request_for(path: &str) -> evogate::sandbox::Request {
     }
 }
 
-/// Mean time of one fresh instance + `handle` call of plugin `name`, no HTTP.
-async fn direct_calls(gateway: &evogate::Running, name: &str, path: &str) -> anyhow::Result<f64> {
+/// Mean time of one fresh instance + `handle` call of plugin `name`, no
+/// HTTP, and where it went: the instance's steps timed in a second loop
+/// (the clock reads add to each step; the loop above has none).
+async fn direct_calls(gateway: &evogate::Running, name: &str, path: &str) -> anyhow::Result<(f64, [f64; 4])> {
     let version = gateway.live_plugin(name).ok_or_else(|| anyhow::anyhow!("no plugin {name}"))?;
     let request = request_for(path);
     let first = version.handle(request.clone(), Duration::from_secs(5)).await;
@@ -131,7 +144,14 @@ async fn direct_calls(gateway: &evogate::Running, name: &str, path: &str) -> any
     for _ in 0..n {
         let _ = version.handle(request.clone(), Duration::from_secs(5)).await;
     }
-    Ok(started.elapsed().as_secs_f64() * 1e6 / f64::from(n))
+    let mean = started.elapsed().as_secs_f64() * 1e6 / f64::from(n);
+    let mut laps = Laps::new();
+    for _ in 0..n {
+        let (_, spent) = version.answer_timed(request.clone(), Duration::from_secs(5), &mut laps).await;
+        spent.reset(&mut laps);
+    }
+    let phases = PHASES.map(|phase| laps.total(phase).as_secs_f64() * 1e6 / f64::from(n));
+    Ok((mean, phases))
 }
 
 async fn serve_native(body: Bytes) -> anyhow::Result<SocketAddr> {

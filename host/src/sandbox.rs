@@ -424,18 +424,34 @@ impl PluginVersion {
     /// resets its memory for the next request, which the gateway does once
     /// the answer is on its way.
     pub async fn answer(&self, request: Request, timeout: Duration) -> (Result<Response, Failure>, Spent) {
+        self.answer_timed(request, timeout, &mut Laps::off()).await
+    }
+
+    /// [`PluginVersion::answer`], the time of each step of the instance's
+    /// life added to `laps` (for benchmarks: see [`Laps`]).
+    pub async fn answer_timed(
+        &self,
+        request: Request,
+        timeout: Duration,
+        laps: &mut Laps,
+    ) -> (Result<Response, Failure>, Spent) {
         let Some(slot) = self.slot(timeout).await else {
             return (Err(Failure::Deadline), Spent { store: None, _slot: None });
         };
+        laps.start();
         let request_id = request.headers.iter().find(|(name, _)| name == "x-request-id").map_or("-", |(_, id)| id);
         let mut store = self.new_store(timeout, request_id);
+        laps.lap(Phase::Store);
         let result = match &self.pre {
             Pre::Current(current) => {
                 let Request { method, path, query, headers, body } = request;
                 let request = wit_types::Request { method, path, query, headers, body };
                 match current.pre.instantiate_async(&mut store).await {
                     Ok(instance) => match current.handler.load(&mut store, &instance) {
-                        Ok(handler) => handler.call_handle(&mut store, &request).await.map(Response::from),
+                        Ok(handler) => {
+                            laps.lap(Phase::Instantiate);
+                            handler.call_handle(&mut store, &request).await.map(Response::from)
+                        }
                         Err(err) => Err(err),
                     },
                     Err(err) => Err(err),
@@ -446,6 +462,7 @@ impl PluginVersion {
                 let request = wit_0_1::types::Request { method, path, query, headers, body };
                 match pre.instantiate_async(&mut store).await {
                     Ok(plugin) => {
+                        laps.lap(Phase::Instantiate);
                         plugin.evogate_plugin0_1_0_handler().call_handle(&mut store, &request).await.map(|answer| {
                             Response { status: answer.status, headers: answer.headers, body: answer.body }
                         })
@@ -453,8 +470,9 @@ impl PluginVersion {
                     Err(err) => Err(err),
                 }
             }
-            Pre::WasiHttp(pre) => serve_standard(pre, &mut store, request, self.limits.memory_bytes).await,
+            Pre::WasiHttp(pre) => serve_standard(pre, &mut store, request, self.limits.memory_bytes, laps).await,
         };
+        laps.lap(Phase::Call);
         let peak = store.data().limiter.peak;
         PEAK_INSTANCE_MEMORY.fetch_max(peak, std::sync::atomic::Ordering::Relaxed);
         self.memory_metric.record(peak as f64);
@@ -598,6 +616,76 @@ pub struct Spent {
     _slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
+impl Spent {
+    /// Resets the instance now, its time added to `laps` as [`Phase::Reset`].
+    pub fn reset(self, laps: &mut Laps) {
+        laps.start();
+        drop(self);
+        laps.lap(Phase::Reset);
+    }
+}
+
+/// A step of a fresh instance's life, as [`Laps`] times it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Making the store: the WASI context and the per-request host state.
+    Store,
+    /// Instantiating the component from its pre-instantiated form.
+    Instantiate,
+    /// The call into the plugin until its answer is back on the host.
+    Call,
+    /// Resetting the instance's memory and tables for the next request.
+    Reset,
+}
+
+/// Where fresh instances' time goes, summed over the requests timed: the
+/// benchmarks' breakdown of an instance ([`PluginVersion::answer_timed`],
+/// [`Spent::reset`]). Off ([`Laps::off`]) it reads no clock.
+#[derive(Debug, Clone)]
+pub struct Laps {
+    on: bool,
+    since: Option<Instant>,
+    /// Total time per [`Phase`], in the enum's order.
+    totals: [Duration; 4],
+}
+
+impl Default for Laps {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Laps {
+    /// Laps that time each phase.
+    pub fn new() -> Self {
+        Self { on: true, ..Self::off() }
+    }
+
+    /// Laps that time nothing: the serving path's.
+    pub fn off() -> Self {
+        Self { on: false, since: None, totals: [Duration::ZERO; 4] }
+    }
+
+    fn start(&mut self) {
+        if self.on {
+            self.since = Some(Instant::now());
+        }
+    }
+
+    fn lap(&mut self, phase: Phase) {
+        if let Some(since) = self.since {
+            let now = Instant::now();
+            self.totals[phase as usize] += now - since;
+            self.since = Some(now);
+        }
+    }
+
+    /// Total time spent in `phase`.
+    pub fn total(&self, phase: Phase) -> Duration {
+        self.totals[phase as usize]
+    }
+}
+
 impl std::fmt::Debug for Spent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Spent").field("instance", &self.store.is_some()).finish()
@@ -638,6 +726,7 @@ async fn serve_standard(
     store: &mut Store<HostState>,
     request: Request,
     max_body: usize,
+    laps: &mut Laps,
 ) -> wasmtime::Result<Response> {
     use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
     let Request { method, path, query, headers, body } = request;
@@ -657,6 +746,7 @@ async fn serve_standard(
     let incoming = store.data_mut().http().new_incoming_request(Scheme::Http, incoming)?;
     let outparam = store.data_mut().http().new_response_outparam(sender)?;
     let proxy = pre.instantiate_async(&mut *store).await?;
+    laps.lap(Phase::Instantiate);
 
     // The handler streams the body after setting the answer: read both at once.
     let answer = async move {
