@@ -27,6 +27,31 @@ struct Row {
     documents_per_second: f64,
     conflicts_per_batch: f64,
     pages_per_second: f64,
+    /// CPU time per catalog page: this process's (gateway and load
+    /// generator), and PostgreSQL's processes' on this machine.
+    page_cpu: Option<(Duration, Duration)>,
+}
+
+/// CPU time used so far by this process and by the processes named
+/// `postgres` (the server's backends and its background workers), read
+/// from Linux's `/proc`; `None` elsewhere.
+fn cpu_times() -> Option<(Duration, Duration)> {
+    // Fields 14 and 15 of `/proc/PID/stat` (after the parenthesised name):
+    // user and system time in USER_HZ ticks, 100 a second on Linux.
+    fn ticks(stat: &str) -> Option<u64> {
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+    }
+    let to_time = |ticks: u64| Duration::from_millis(ticks * 10);
+    let own = ticks(&std::fs::read_to_string("/proc/self/stat").ok()?)?;
+    let mut postgres = 0;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let dir = entry.path();
+        if std::fs::read_to_string(dir.join("comm")).is_ok_and(|comm| comm.trim_end() == "postgres") {
+            postgres += std::fs::read_to_string(dir.join("stat")).ok().as_deref().and_then(ticks).unwrap_or(0);
+        }
+    }
+    Some((to_time(own), to_time(postgres)))
 }
 
 fn conflicts(metrics: &metrics_exporter_prometheus::PrometheusHandle) -> f64 {
@@ -84,6 +109,7 @@ async fn measure(
         )
         .await?;
     }
+    let cpu_before = cpu_times();
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
     let mut readers = Vec::new();
@@ -106,7 +132,15 @@ async fn measure(
         pages += reader.await??;
     }
     let pages_per_second = pages as f64 / started.elapsed().as_secs_f64();
-    Ok(Row { setup: setup.into(), documents_per_second, conflicts_per_batch, pages_per_second })
+    let page_cpu = cpu_before.zip(cpu_times()).map(|((own, postgres), (own_after, postgres_after))| {
+        let per_page = |time: Duration| time / u32::try_from(pages.max(1)).unwrap_or(u32::MAX);
+        (per_page(own_after.saturating_sub(own)), per_page(postgres_after.saturating_sub(postgres)))
+    });
+    Ok(Row { setup: setup.into(), documents_per_second, conflicts_per_batch, pages_per_second, page_cpu })
+}
+
+fn num_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -169,6 +203,21 @@ fn main() -> anyhow::Result<()> {
                 row.documents_per_second / base.0,
                 row.pages_per_second / base.1
             );
+        }
+        if rows.iter().all(|row| row.page_cpu.is_some()) {
+            println!("CPU time per catalog page (from /proc; the machine has {} cores):", num_cpus());
+            println!("{:<20} {:>22} {:>14} {:>10}", "setup", "gateway + load (µs)", "postgres (µs)", "total");
+            for row in &rows {
+                let (own, postgres) = row.page_cpu.unwrap_or_default();
+                let micros = |time: Duration| time.as_secs_f64() * 1e6;
+                println!(
+                    "{:<20} {:>22.0} {:>14.0} {:>10.0}",
+                    row.setup,
+                    micros(own),
+                    micros(postgres),
+                    micros(own + postgres)
+                );
+            }
         }
         Ok(())
     })
