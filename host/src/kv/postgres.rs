@@ -18,8 +18,9 @@
 //! Reads are futures the request's own task awaits
 //! ([`Backend::get_many_async`], [`Backend::scan_async`]): no thread waits
 //! for the database's answer. Commits go through the synchronous
-//! [`Backend`] trait from tokio's blocking pool, and run on a small runtime
-//! of the backend's own, which also drives every connection. A commit is
+//! [`Backend`] trait from tokio's blocking pool and run, like the
+//! connections, on the runtime that serves the requests (a small one of
+//! the backend's own when it is opened outside such a runtime). A commit is
 //! pipelined: its statements go out together and their answers come back
 //! in one round trip (three in all: `BEGIN`, the statements, `COMMIT`).
 
@@ -60,7 +61,8 @@ pub struct PostgresOptions {
 
 /// A PostgreSQL database shared by every plugin and every node.
 pub struct PostgresBackend {
-    /// Owned here; shut down without waiting when the backend goes.
+    /// The runtime the backend started for itself, when it was opened
+    /// outside a serving one; shut down without waiting when the backend goes.
     runtime: Option<tokio::runtime::Runtime>,
     handle: tokio::runtime::Handle,
     pool: Pool,
@@ -262,16 +264,34 @@ impl PostgresBackend {
         );
         let tls =
             tokio_postgres_rustls::MakeRustlsConnect::new(crate::outbound::client_tls(options.tls_ca.as_deref())?);
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("evogate-postgres")
-            .enable_all()
-            .build()
-            .context("starting the database runtime")?;
-        let connect = ConnectOn { tls, runtime: runtime.handle().clone() };
+        // The connections and the commits run on the runtime that serves the
+        // requests when the backend is opened on one with threads to spare:
+        // a read's answer then wakes the request's task from the same
+        // threads instead of crossing from another runtime's, which on a
+        // small machine cost a third of a catalog page's time
+        // (docs/benchmarks.md). Opened elsewhere (a tool, a single-threaded
+        // test), the backend starts a small runtime of its own for them.
+        let serving = tokio::runtime::Handle::try_current().ok().filter(|current| {
+            current.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+                && current.metrics().num_workers() >= 2
+        });
+        let (runtime, handle) = match serving {
+            Some(serving) => (None, serving),
+            None => {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .thread_name("evogate-postgres")
+                    .enable_all()
+                    .build()
+                    .context("starting the database runtime")?;
+                let handle = runtime.handle().clone();
+                (Some(runtime), handle)
+            }
+        };
+        let connect = ConnectOn { tls, runtime: handle.clone() };
         let manager = Manager::from_connect(config, connect, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = {
-            let _guard = runtime.enter();
+            let _guard = handle.enter();
             Pool::builder(manager)
                 .max_size(options.pool_size)
                 .runtime(deadpool_postgres::Runtime::Tokio1)
@@ -281,9 +301,8 @@ impl PostgresBackend {
                 .build()
                 .context("building the connection pool")?
         };
-        let handle = runtime.handle().clone();
         let backend = Self {
-            runtime: Some(runtime),
+            runtime,
             handle,
             pool,
             sql: Arc::new(Sql::new(&options.schema)),
