@@ -872,6 +872,28 @@ impl Drop for EpochTicker {
 mod tests {
     use super::*;
 
+    #[test]
+    fn laps_add_each_step_from_the_end_of_the_one_before_and_off_they_time_nothing() {
+        let pause = Duration::from_millis(20);
+        let mut laps = Laps::new();
+        laps.start();
+        std::thread::sleep(pause);
+        laps.lap(Phase::Store);
+        laps.lap(Phase::Call);
+        laps.start();
+        std::thread::sleep(pause);
+        laps.lap(Phase::Store);
+        assert!(laps.total(Phase::Store) >= pause * 2, "both steps summed");
+        assert!(laps.total(Phase::Call) < pause, "timed from the end of the step before");
+        assert_eq!(laps.total(Phase::Instantiate), Duration::ZERO);
+
+        let mut off = Laps::off();
+        off.start();
+        std::thread::sleep(pause);
+        off.lap(Phase::Store);
+        assert_eq!(off.total(Phase::Store), Duration::ZERO);
+    }
+
     /// A component of `instances` instances of one core module holding one memory.
     fn component_with_memories(instances: u8) -> Vec<u8> {
         let module = [b"\0asm\x01\0\0\0".as_slice(), &[5, 3, 1, 0, 1]].concat();
