@@ -55,6 +55,7 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    return_large_buffers_to_the_system();
     let cli = Cli::parse();
     // Log lines (the access log among them) are written to stderr by a
     // thread of their own, in batches, so a request's thread never waits
@@ -92,6 +93,27 @@ fn main() -> std::process::ExitCode {
 }
 
 /// Log lines waiting for the writer thread, at most; past it, loggers wait.
+/// Sets glibc's mmap threshold once, so that request bodies (up to
+/// `limits.max_body_bytes`) and other large buffers go back to the system
+/// when freed. Left to itself, glibc raises the threshold to the size of
+/// the first large buffer freed (up to 32 MiB) and keeps freed bodies in its
+/// heap from then on: the process then holds far more than
+/// `limits.max_body_bytes_in_flight` once the bodies are gone.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn return_large_buffers_to_the_system() {
+    /// Allocations of this size and more are mapped from the system.
+    const LARGE_BUFFER_BYTES: i32 = 4 << 20;
+    // SAFETY: called first in `main`, before any other thread exists;
+    // `mallopt` only sets a parameter of the allocator.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, LARGE_BUFFER_BYTES);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn return_large_buffers_to_the_system() {}
+
 const LOG_QUEUE_LINES: usize = 64 * 1024;
 
 fn serve(config_file: Option<PathBuf>) -> anyhow::Result<()> {
