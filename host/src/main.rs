@@ -92,7 +92,6 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// Log lines waiting for the writer thread, at most; past it, loggers wait.
 /// Sets glibc's mmap threshold once, so that request bodies (up to
 /// `limits.max_body_bytes`) and other large buffers go back to the system
 /// when freed. Left to itself, glibc raises the threshold to the size of
@@ -114,6 +113,7 @@ fn return_large_buffers_to_the_system() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn return_large_buffers_to_the_system() {}
 
+/// Log lines waiting for the writer thread, at most; past it, loggers wait.
 const LOG_QUEUE_LINES: usize = 64 * 1024;
 
 fn serve(config_file: Option<PathBuf>) -> anyhow::Result<()> {
