@@ -82,12 +82,11 @@ fn connector(files: &[PathBuf]) -> anyhow::Result<tokio_rustls::TlsConnector> {
             roots.add(cert).with_context(|| format!("trusting the certificate in {}", file.display()))?;
         }
     }
-    let config =
-        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .context("choosing TLS versions")?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+    let config = rustls::ClientConfig::builder_with_provider(evogate::outbound::tls_provider())
+        .with_safe_default_protocol_versions()
+        .context("choosing TLS versions")?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)))
 }
 

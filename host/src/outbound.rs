@@ -197,11 +197,20 @@ pub(crate) fn client_tls(extra_ca: Option<&std::path::Path>) -> anyhow::Result<r
         }
         anyhow::ensure!(added > 0, "{} holds no PEM certificate", path.display());
     }
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
+    Ok(rustls::ClientConfig::builder_with_provider(tls_provider())
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth())
+}
+
+/// The TLS implementation of every listener and client of the gateway:
+/// rustls on *ring*, which builds without a C toolchain. rustls deprecates
+/// it for lacking post-quantum key exchange (aws-lc-rs has it, and needs
+/// cmake and a C compiler to build); classical key exchange is what Evotor's
+/// cloud and PostgreSQL offer today.
+#[allow(deprecated)]
+pub fn tls_provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
+    std::sync::Arc::new(rustls::crypto::ring::default_provider())
 }
 
 #[cfg(test)]

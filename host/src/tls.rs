@@ -32,7 +32,7 @@ pub struct Tls {
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    crate::outbound::tls_provider()
 }
 
 /// Reads a PEM certificate chain and its private key, and checks they belong together.
