@@ -426,37 +426,47 @@ fn log_unknown(ctx: &Ctx<'_>, mut unknown: Vec<Unknown>) {
 /// Upserts `items` into `store` in one commit; answers how many changed.
 pub(crate) fn upsert_all(ctx: &Ctx<'_>, store: &str, items: &[Item], source: &str) -> Result<usize, ApiError> {
     let now = ctx.clock.now_unix();
-    let batch: HashSet<String> = items.iter().map(|item| item.uuid.clone()).collect();
     let owner = store_owner(ctx, store)?;
-    storage::transact(ctx, |txn| -> Result<usize, ApiError> {
-        for item in items {
-            for problem in &item.problems {
-                let issue = Issue::new(owner.as_deref(), "product", &item.uuid, problem.as_str());
-                txn.issue(now, issue.in_store(store));
-            }
+    storage::transact(ctx, |txn| upsert_in(txn, store, owner.as_deref(), items, source, now))
+}
+
+/// Within `txn`: upserts `items` into `store` of `owner`; answers how many changed.
+pub(crate) fn upsert_in(
+    txn: &mut Txn<'_>,
+    store: &str,
+    owner: Option<&str>,
+    items: &[Item],
+    source: &str,
+    now: u64,
+) -> Result<usize, ApiError> {
+    let batch: HashSet<String> = items.iter().map(|item| item.uuid.clone()).collect();
+    for item in items {
+        for problem in &item.problems {
+            let issue = Issue::new(owner, "product", &item.uuid, problem.as_str());
+            txn.issue(now, issue.in_store(store));
         }
-        let mut change = Change::begin(txn, store)?;
-        let mut changed = Vec::new();
-        for item in items {
-            let record = ProductRecord {
-                v: storage::FORMAT,
-                source: source.to_owned(),
-                updated_at: now,
-                product: Value::Object(item.data.clone()),
-            };
-            if change.upsert(item.clone(), &batch, record)? {
-                changed.push(item.uuid.as_str());
-            }
+    }
+    let mut change = Change::begin(txn, store)?;
+    let mut changed = Vec::new();
+    for item in items {
+        let record = ProductRecord {
+            v: storage::FORMAT,
+            source: source.to_owned(),
+            updated_at: now,
+            product: Value::Object(item.data.clone()),
+        };
+        if change.upsert(item.clone(), &batch, record)? {
+            changed.push(item.uuid.as_str());
         }
-        if changed.is_empty() {
-            return Ok(0);
-        }
-        change.finish()?;
-        let count = changed.len();
-        let data = json!({ "storeUuid": store, "source": source, "uuids": changed });
-        txn.emit("products.upserted", now, owner.as_deref(), data);
-        Ok(count)
-    })
+    }
+    if changed.is_empty() {
+        return Ok(0);
+    }
+    change.finish()?;
+    let count = changed.len();
+    let data = json!({ "storeUuid": store, "source": source, "uuids": changed });
+    txn.emit("products.upserted", now, owner, data);
+    Ok(count)
 }
 
 /// The user who owns `store`, if anyone does yet.
@@ -591,21 +601,31 @@ pub(crate) fn find_commodity(
 pub(crate) fn delete_products(ctx: &Ctx<'_>, store: &str, uuids: &[String], source: &str) -> Result<usize, ApiError> {
     let owner = store_owner(ctx, store)?;
     let now = ctx.clock.now_unix();
-    storage::transact(ctx, |txn| -> Result<usize, ApiError> {
-        let mut change = Change::begin(txn, store)?;
-        let mut deleted = Vec::new();
-        for uuid in uuids {
-            if change.delete(uuid)? {
-                deleted.push(uuid.as_str());
-            }
+    storage::transact(ctx, |txn| delete_in(txn, store, owner.as_deref(), uuids, source, now))
+}
+
+/// Within `txn`: deletes the items `uuids` of `store` of `owner`; how many there were.
+pub(crate) fn delete_in(
+    txn: &mut Txn<'_>,
+    store: &str,
+    owner: Option<&str>,
+    uuids: &[String],
+    source: &str,
+    now: u64,
+) -> Result<usize, ApiError> {
+    let mut change = Change::begin(txn, store)?;
+    let mut deleted = Vec::new();
+    for uuid in uuids {
+        if change.delete(uuid)? {
+            deleted.push(uuid.as_str());
         }
-        if !deleted.is_empty() {
-            change.finish()?;
-            let data = json!({ "storeUuid": store, "source": source, "uuids": deleted });
-            txn.emit("products.deleted", now, owner.as_deref(), data);
-        }
-        Ok(deleted.len())
-    })
+    }
+    if !deleted.is_empty() {
+        change.finish()?;
+        let data = json!({ "storeUuid": store, "source": source, "uuids": deleted });
+        txn.emit("products.deleted", now, owner, data);
+    }
+    Ok(deleted.len())
 }
 
 #[cfg(test)]

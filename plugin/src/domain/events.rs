@@ -26,7 +26,7 @@ use crate::domain::catalog;
 use crate::domain::inventory::{self, EntityChange, EntityOutcome, Source};
 use crate::errors::ApiError;
 use crate::input::{self, Fields, Object};
-use crate::storage::{self, Issue, Txn};
+use crate::storage::{self, Issue, OwnerIndex, Txn};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -266,10 +266,35 @@ struct ProductOrder {
     removed: bool,
 }
 
+/// How far past the gateway's clock a state's own time may be and still
+/// order it: clocks differ by seconds, not by more.
+pub const MAX_CLOCK_SKEW_MS: i64 = 5 * 60 * 1000;
+
+/// The time that orders a state among those of its entity: the time it
+/// claims (`claimed`, when usable), else its arrival `now_ms`. A claim
+/// further ahead than [`MAX_CLOCK_SKEW_MS`] would make every later genuine
+/// state look older and freeze the entity, so it counts as its arrival;
+/// the second value says so, for a data issue.
+pub(crate) fn ordering_time(claimed: Option<i64>, now_ms: i64) -> (i64, Option<String>) {
+    match claimed {
+        Some(at) if at > now_ms.saturating_add(MAX_CLOCK_SKEW_MS) => {
+            let problem = format!(
+                "updated_at/timestamp {at} ms is more than {} s ahead of the gateway's clock: ordered by its arrival ({now_ms} ms)",
+                MAX_CLOCK_SKEW_MS / 1000
+            );
+            (now_ms, Some(problem))
+        }
+        Some(at) => (at, None),
+        None => (now_ms, None),
+    }
+}
+
 /// The time that orders an event among those of its entity: the payload's
-/// `updated_at`, else the envelope's `timestamp`, else its arrival.
-fn order_of(event: &Event, now_ms: i64) -> i64 {
-    event.payload.get("updated_at").and_then(crate::time::timestamp).or(event.timestamp).unwrap_or(now_ms)
+/// `updated_at`, else the envelope's `timestamp`, else its arrival (see
+/// [`ordering_time`] for a time in the future).
+fn order_of(event: &Event, now_ms: i64) -> (i64, Option<String>) {
+    let claimed = event.payload.get("updated_at").and_then(crate::time::timestamp).or(event.timestamp);
+    ordering_time(claimed, now_ms)
 }
 
 /// Takes the events of one delivery (`delivery`: its `X-Evotor-Delivery`):
@@ -300,6 +325,8 @@ fn take_one(ctx: &Ctx<'_>, settings: &Settings, event: Event, delivery: Option<&
     let now = ctx.clock.now_unix();
     let now_ms = crate::time::millis(now);
     let mut problems = event.problems.clone();
+    let (order, future) = order_of(&event, now_ms);
+    problems.extend(future);
     // Store, device and employee events change the mirror in the marker's own commit.
     if let (Some(entity), Some(user_id)) = (event.kind.entity(), event.user_id.as_deref()) {
         let change = match event.action.as_str() {
@@ -319,7 +346,6 @@ fn take_one(ctx: &Ctx<'_>, settings: &Settings, event: Event, delivery: Option<&
                 }
                 _ => None,
             };
-            let order = order_of(&event, now_ms);
             return storage::transact(ctx, |txn| -> Result<Outcome, ApiError> {
                 if txn.get::<Seen>(&key)?.is_some() {
                     return Ok(Outcome::Duplicate);
@@ -359,11 +385,21 @@ fn take_one(ctx: &Ctx<'_>, settings: &Settings, event: Event, delivery: Option<&
             problems.push("payload has no usable id: kept, not applied".to_owned());
         }
     }
+    if let (Kind::Product | Kind::ProductGroup, Some(user_id)) = (event.kind, event.user_id.as_deref()) {
+        // Which state is newer is decided in the commit that writes it, with the event's marker.
+        return storage::transact(ctx, |txn| -> Result<Outcome, ApiError> {
+            if txn.get::<Seen>(&key)?.is_some() {
+                return Ok(Outcome::Duplicate);
+            }
+            let mut problems = problems.clone();
+            let outcome = product(txn, &event, user_id, order, now, &mut problems)?;
+            record(txn, &event, delivery, outcome, &problems, now);
+            Ok(outcome)
+        });
+    }
     let outcome = match (event.kind, event.user_id.as_deref()) {
         (Kind::Document, Some(user_id)) => document(ctx, settings, &event, user_id, &mut problems)?,
-        (Kind::Product | Kind::ProductGroup, Some(user_id)) => {
-            product(ctx, &event, user_id, order_of(&event, now_ms), &mut problems)?
-        }
+        (Kind::Product | Kind::ProductGroup, Some(_)) => unreachable!("taken above"),
         // Its problem is noted above.
         (Kind::Store | Kind::Device | Kind::Employee, Some(_)) => Outcome::NotApplied,
         (Kind::Store | Kind::Device | Kind::Employee | Kind::Document | Kind::Product | Kind::ProductGroup, None) => {
@@ -481,13 +517,22 @@ pub fn v1_item(payload: &Object, group: bool) -> Value {
     Value::Object(item)
 }
 
-/// A product or group event: the store's catalog, source `evotor`, unless
-/// an event already brought a newer state.
+/// Whether a catalog item's stored order makes a state at `order`
+/// (`removed`: a removal) stale: older, or as old as a removal and not one.
+fn stale(known: Option<&ProductOrder>, order: i64, removed: bool) -> bool {
+    known.is_some_and(|known| order < known.order_ms || (order == known.order_ms && known.removed && !removed))
+}
+
+/// Within `txn`: a product or group event into the store's catalog, source
+/// `evotor`, unless an event already brought a newer state. The order is
+/// read and written in the commit that changes the catalog, so of two
+/// events of one item delivered at once the newer one's state stays.
 fn product(
-    ctx: &Ctx<'_>,
+    txn: &mut Txn<'_>,
     event: &Event,
     user_id: &str,
     order: i64,
+    now: u64,
     problems: &mut Vec<String>,
 ) -> Result<Outcome, ApiError> {
     let fields = Fields::of(&event.payload);
@@ -508,48 +553,44 @@ fn product(
             return Ok(Outcome::NotApplied);
         }
     };
-    if let Some(owner) = catalog::store_owner(ctx, &store)?
-        && owner != user_id
-    {
-        problems.push(format!("store {store} belongs to user {owner}: its catalog not changed"));
-        return Ok(Outcome::NotApplied);
-    }
-    let order_key = product_order_key(&store, &uuid);
-    if let Some(known) = storage::read::<ProductOrder>(ctx.kv, &order_key)?
-        && (order < known.order_ms || (order == known.order_ms && known.removed && !removed))
-    {
-        return Ok(Outcome::Stale);
-    }
-    catalog::claim_store(ctx, user_id, &store)?;
-    if removed {
-        catalog::delete_products(ctx, &store, std::slice::from_ref(&uuid), "evotor")?;
+    let item = if removed {
+        None
     } else {
         let group = event.kind == Kind::ProductGroup;
         let mut unknown = Vec::new();
-        let item = match catalog::validate::lenient_item(v1_item(&event.payload, group), 0, &mut unknown) {
-            Ok(item) => item,
+        match catalog::validate::lenient_item(v1_item(&event.payload, group), 0, &mut unknown) {
+            Ok(item) => Some(item),
             Err(err) => {
                 problems.push(format!("product not usable: {}: kept, not applied", err.reason));
                 return Ok(Outcome::NotApplied);
             }
-        };
-        catalog::upsert_all(ctx, &store, &[item], "evotor")?;
-    }
-    storage::transact(ctx, |txn| -> Result<(), ApiError> {
-        let newer = txn.get::<ProductOrder>(&order_key)?.is_some_and(|known| known.order_ms > order);
-        if !newer {
-            txn.put(&order_key, &ProductOrder { v: storage::FORMAT, order_ms: order, removed });
         }
-        Ok(())
-    })?;
+    };
+    if let Some(owner) = txn.get::<OwnerIndex>(&storage::owner_key("store", &store))?
+        && owner.user_id != user_id
+    {
+        problems.push(format!("store {store} belongs to user {}: its catalog not changed", owner.user_id));
+        return Ok(Outcome::NotApplied);
+    }
+    let order_key = product_order_key(&store, &uuid);
+    if stale(txn.get::<ProductOrder>(&order_key)?.as_ref(), order, removed) {
+        return Ok(Outcome::Stale);
+    }
+    catalog::claim_in(txn, user_id, &store, now)?;
+    match item {
+        None => catalog::delete_in(txn, &store, Some(user_id), std::slice::from_ref(&uuid), "evotor", now)?,
+        Some(item) => catalog::upsert_in(txn, &store, Some(user_id), &[item], "evotor", now)?,
+    };
+    txn.put(&order_key, &ProductOrder { v: storage::FORMAT, order_ms: order, removed });
     Ok(Outcome::Applied)
 }
 
 /// A page of a store's products or product groups as the cloud lists
 /// them (`GET /stores/{id}/products`, `…/product-groups`) of user
 /// `user_id`: each into the store's catalog (source `evotor`) as its event
-/// would, unless an event brought a newer state. Answers how many items
-/// changed the catalog; what could not be used is noted in `problems`.
+/// would, unless an event brought a newer state; decided and written in
+/// one commit. Answers how many items changed the catalog; what could not
+/// be used is noted in `problems`.
 pub(crate) fn apply_catalog_page(
     ctx: &Ctx<'_>,
     user_id: &str,
@@ -559,13 +600,8 @@ pub(crate) fn apply_catalog_page(
     problems: &mut Vec<String>,
 ) -> Result<usize, ApiError> {
     let store = store.to_ascii_lowercase();
-    if let Some(owner) = catalog::store_owner(ctx, &store)?
-        && owner != user_id
-    {
-        problems.push(format!("store {store} belongs to user {owner}: its catalog not changed"));
-        return Ok(0);
-    }
-    let now_ms = crate::time::millis(ctx.clock.now_unix());
+    let now = ctx.clock.now_unix();
+    let now_ms = crate::time::millis(now);
     let mut fresh = Vec::with_capacity(items.len());
     for payload in items {
         let Some(uuid) = payload.get("id").or_else(|| payload.get("uuid")).and_then(input::id_text) else {
@@ -573,25 +609,11 @@ pub(crate) fn apply_catalog_page(
             continue;
         };
         let uuid = uuid.to_ascii_lowercase();
-        let order = payload.get("updated_at").and_then(crate::time::timestamp).unwrap_or(now_ms);
-        fresh.push((product_order_key(&store, &uuid), order, payload));
-    }
-    let keys: Vec<String> = fresh.iter().map(|(key, _, _)| key.clone()).collect();
-    ctx.kv.prefetch(&keys);
-    let mut usable = Vec::with_capacity(fresh.len());
-    let mut orders = Vec::with_capacity(fresh.len());
-    for (key, order, payload) in fresh {
-        if storage::read::<ProductOrder>(ctx.kv, &key)?
-            .is_some_and(|known| order < known.order_ms || (order == known.order_ms && known.removed))
-        {
-            continue;
-        }
+        let (order, future) = ordering_time(payload.get("updated_at").and_then(crate::time::timestamp), now_ms);
+        problems.extend(future.map(|problem| format!("{} {uuid}: {problem}", if group { "group" } else { "product" })));
         let mut unknown = Vec::new();
         match catalog::validate::lenient_item(v1_item(payload, group), 0, &mut unknown) {
-            Ok(item) => {
-                usable.push(item);
-                orders.push((key, order));
-            }
+            Ok(item) => fresh.push((product_order_key(&store, &uuid), order, item)),
             Err(err) => problems.push(format!(
                 "{} not usable: {}: skipped",
                 if group { "group" } else { "product" },
@@ -599,19 +621,30 @@ pub(crate) fn apply_catalog_page(
             )),
         }
     }
-    if usable.is_empty() {
+    if fresh.is_empty() {
         return Ok(0);
     }
-    catalog::claim_store(ctx, user_id, &store)?;
-    let changed = catalog::upsert_all(ctx, &store, &usable, "evotor")?;
-    storage::transact(ctx, |txn| -> Result<(), ApiError> {
-        for (key, order) in &orders {
-            if txn.get::<ProductOrder>(key)?.is_none_or(|known| known.order_ms <= *order) {
+    let keys: Vec<String> = fresh.iter().map(|(key, _, _)| key.clone()).collect();
+    ctx.kv.prefetch(&keys);
+    let (changed, foreign) = storage::transact(ctx, |txn| -> Result<(usize, Option<String>), ApiError> {
+        if let Some(owner) = catalog::claim_in(txn, user_id, &store, now)? {
+            return Ok((0, Some(owner)));
+        }
+        let mut usable = Vec::with_capacity(fresh.len());
+        for (key, order, item) in &fresh {
+            if !stale(txn.get::<ProductOrder>(key)?.as_ref(), *order, false) {
+                usable.push(item.clone());
                 txn.put(key, &ProductOrder { v: storage::FORMAT, order_ms: *order, removed: false });
             }
         }
-        Ok(())
+        if usable.is_empty() {
+            return Ok((0, None));
+        }
+        Ok((catalog::upsert_in(txn, &store, Some(user_id), &usable, "evotor", now)?, None))
     })?;
+    if let Some(owner) = foreign {
+        problems.push(format!("store {store} belongs to user {owner}: its catalog not changed"));
+    }
     Ok(changed)
 }
 

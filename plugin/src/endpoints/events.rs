@@ -10,7 +10,7 @@ use crate::endpoints::request::{paging, query, require_partner};
 use crate::errors::ApiError;
 use crate::http::{Request, Response};
 use crate::input;
-use crate::storage::{self, Issue};
+use crate::storage::{self, Issue, IssueRecord};
 use hmac::{Hmac, Mac as _};
 use serde_json::json;
 
@@ -45,18 +45,25 @@ pub fn signature_valid(secret: &[u8], body: &[u8], signature: &str) -> bool {
     mac.verify_slice(&digest).is_ok()
 }
 
-/// The JSON of a delivery: the body, or its `payload` field when form-encoded.
-fn delivered_json(request: &Request) -> Result<Vec<u8>, ApiError> {
-    let form = request
-        .header_value("content-type")
-        .is_some_and(|kind| kind.trim().to_ascii_lowercase().starts_with("application/x-www-form-urlencoded"));
-    if !form {
-        return Ok(request.body.clone());
+/// The JSON of a delivery, decided from the signed bytes alone: the
+/// `Content-Type` is not signed, so it never chooses how they are read. A
+/// body that is JSON is the JSON, whatever the header says; otherwise the
+/// body must be a form of exactly one field, `payload`, holding the JSON
+/// (how Hookshot posts form-encoded deliveries). Anything else is refused as
+/// malformed: reading the `payload=` pair of a body that has more in it
+/// would take an event the signer never sent (a string inside a signed JSON
+/// event can carry `&payload=…&`).
+pub fn delivered_json(body: &[u8]) -> Result<Vec<u8>, ApiError> {
+    if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok() {
+        return Ok(body.to_vec());
     }
-    form_urlencoded::parse(&request.body)
-        .find(|(name, _)| name == "payload")
-        .map(|(_, payload)| payload.into_owned().into_bytes())
-        .ok_or_else(|| ApiError::missing("payload"))
+    let mut fields = form_urlencoded::parse(body);
+    match (fields.next(), fields.next()) {
+        (Some((name, payload)), None) if name == "payload" && body.starts_with(b"payload=") => {
+            Ok(payload.into_owned().into_bytes())
+        }
+        _ => Err(ApiError::syntax("malformed JSON: the body is neither JSON nor a form of one payload field")),
+    }
 }
 
 /// `POST {events_webhook_path}`: one event or an array. 200 once every
@@ -81,22 +88,37 @@ pub fn receive(ctx: &Ctx<'_>, request: &Request) -> Result<Response, ApiError> {
         }
     }
     let settings = settings(ctx)?;
-    let json = delivered_json(request)?;
+    let json = delivered_json(&request.body)?;
     let delivered = events::parse_delivery(&json)?;
     let (new, repeated) = events::take(ctx, &settings, delivered, delivery.as_deref())?;
     Ok(Response::json(200, &json!({ "accepted": new, "duplicates": repeated })))
 }
 
-/// Logs a refused delivery and counts it where the partner sees it: one
-/// data issue counts every refusal.
+/// How often, at most, refused deliveries are noted (a log line and the
+/// data issue's count): refusals cost no credential, so each must not cost
+/// a durable commit. The gateway's `evogate_requests_total` counts each 401.
+pub const REFUSALS_NOTED_EVERY_SECS: u64 = 60;
+
+/// Notes a refused delivery where the partner sees it, at most once every
+/// [`REFUSALS_NOTED_EVERY_SECS`] for each reason: one data issue counts
+/// the intervals with refusals, the log names the first delivery of each.
 fn refused(ctx: &Ctx<'_>, delivery: Option<&str>, missing: bool) {
     let why = if missing { "no X-Hub-Signature" } else { "X-Hub-Signature does not match" };
-    let delivery = delivery.unwrap_or("-").escape_debug().to_string();
-    eprintln!("events webhook: refused delivery {delivery}: {why} (401)");
+    let problem = format!(
+        "deliveries were refused with 401 ({why}); noted at most once a minute, the gateway's metrics count each"
+    );
     let now = ctx.clock.now_unix();
+    let key = storage::issue_key(None, None, REFUSED_ENTITY, REFUSED_ID, &problem);
+    // A read, not a commit: within the interval nothing is written or logged.
+    if let Ok(Some(known)) = storage::read::<IssueRecord>(ctx.kv, &key)
+        && now < known.last_seen.saturating_add(REFUSALS_NOTED_EVERY_SECS)
+    {
+        return;
+    }
+    let delivery = delivery.unwrap_or("-").escape_debug().to_string();
+    eprintln!("events webhook: refused delivery {delivery}: {why} (401); the next are noted after a minute");
     let counted = storage::transact(ctx, |txn| -> Result<(), ApiError> {
-        let problem = "a delivery without a valid X-Hub-Signature was refused (401); the log names each";
-        txn.issue(now, Issue::new(None, "events-webhook", "signature", problem));
+        txn.issue(now, Issue::new(None, REFUSED_ENTITY, REFUSED_ID, problem.as_str()));
         Ok(())
     });
     if let Err(err) = counted {
@@ -104,8 +126,17 @@ fn refused(ctx: &Ctx<'_>, delivery: Option<&str>, missing: bool) {
     }
 }
 
+/// The data issue of refused deliveries: its entity and id.
+const REFUSED_ENTITY: &str = "events-webhook";
+const REFUSED_ID: &str = "signature";
+
 /// Most log entries one listing reads while filtering.
 const MAX_SCANNED: usize = 10_000;
+
+/// Stored bytes of the events one page answers at most: past them the page
+/// ends early (with at least one event) and `next` goes on from there, so
+/// large events never make a page the instance cannot build.
+pub const PAGE_BYTES: usize = 4 << 20;
 
 /// `GET /partner/v1/events?type=&userId=&after=&limit=`: the events taken,
 /// in the order they were, filtered by type (any spelling) and user.
@@ -121,18 +152,25 @@ pub fn list(ctx: &Ctx<'_>, request: &Request) -> Result<Response, ApiError> {
     let kind = decoded("type")?.map(|kind| normalized(&kind));
     let user = decoded("userId")?;
     let mut cursor = after.map(|after| format!("{LOG_PREFIX}{after}"));
-    let (mut items, mut scanned) = (Vec::new(), 0);
+    let (mut items, mut scanned, mut bytes) = (Vec::new(), 0, 0usize);
     let mut ended = false;
-    while items.len() < limit as usize && !ended && scanned < MAX_SCANNED {
+    let mut full = false;
+    while !full && !ended && scanned < MAX_SCANNED {
         let entries = storage::collect(ctx.kv, LOG_PREFIX, cursor.clone(), limit as usize)?;
         ended = entries.len() < limit as usize;
         for (key, entry) in entries {
-            scanned += 1;
-            cursor = Some(key.clone());
             let record: EventRecord = storage::decode(&key, &entry.value)?;
             let wanted = kind.as_ref().is_none_or(|kind| *kind == record.kind)
                 && user.as_ref().is_none_or(|user| record.user_id.as_ref() == Some(user));
+            if wanted && !items.is_empty() && bytes + entry.value.len() > PAGE_BYTES {
+                // This one starts the next page.
+                full = true;
+                break;
+            }
+            scanned += 1;
+            cursor = Some(key.clone());
             if wanted {
+                bytes += entry.value.len();
                 let position = key.strip_prefix(LOG_PREFIX).unwrap_or_default();
                 items.push(json!({
                     "cursor": position, "id": record.id, "type": record.r#type, "kind": record.kind,
@@ -141,12 +179,12 @@ pub fn list(ctx: &Ctx<'_>, request: &Request) -> Result<Response, ApiError> {
                     "event": record.event,
                 }));
                 if items.len() == limit as usize {
+                    full = true;
                     break;
                 }
             }
         }
     }
-    let full = items.len() == limit as usize;
     let next =
         if ended && !full { None } else { cursor.and_then(|key| key.strip_prefix(LOG_PREFIX).map(str::to_owned)) };
     Ok(Response::json(200, &json!({ "items": items, "next": next })))

@@ -43,7 +43,15 @@ fn events_are_ordered_by_updated_at_then_timestamp_then_arrival() {
         parse(raw, "").expect("event")
     };
     let updated = event(json!({"updated_at": "2018-08-16T15:04:22.548+0000"}), Some(1));
-    assert_eq!(order_of(&updated, 9), 1_534_431_862_548);
-    assert_eq!(order_of(&event(json!({}), Some(5)), 9), 5);
-    assert_eq!(order_of(&event(json!({}), None), 9), 9);
+    let now = 1_600_000_000_000;
+    assert_eq!(order_of(&updated, now), (1_534_431_862_548, None));
+    assert_eq!(order_of(&event(json!({}), Some(5)), now), (5, None));
+    assert_eq!(order_of(&event(json!({}), None), now), (now, None));
+    // Within the clock skew a time ahead of the gateway's is taken; past it, the arrival with a problem.
+    let ahead = now + MAX_CLOCK_SKEW_MS;
+    assert_eq!(order_of(&event(json!({}), Some(ahead)), now), (ahead, None));
+    let (order, problem) = order_of(&event(json!({"updated_at": "2099-01-01T00:00:00.000+0000"}), Some(1)), now);
+    assert_eq!(order, now);
+    assert!(problem.is_some_and(|problem| problem.contains("ahead of the gateway's clock")));
+    assert_eq!(order_of(&event(json!({}), Some(i64::MAX)), now).0, now);
 }

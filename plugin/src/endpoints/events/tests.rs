@@ -1,4 +1,5 @@
 use super::*;
+use crate::kv::Kv as _;
 use crate::storage::EntityRecord;
 use crate::testing::World;
 use proptest::prelude::*;
@@ -11,8 +12,13 @@ const STORE: &str = "20180417-2396-4075-808C-50046017B78F";
 const DEVICE: &str = "20180716-D877-40E8-8033-350054333E4B";
 const EMPLOYEE: &str = "20180417-A1FF-4089-8048-D71414E1568D";
 
+/// The gateway's clock in these tests: 2026-12-01, after every time the events carry.
+const NOW: u64 = 1_796_083_200;
+
 fn world() -> World {
-    World::with(&[(EVENTS_WEBHOOK_SECRET, SECRET)])
+    let world = World::with(&[(EVENTS_WEBHOOK_SECRET, SECRET)]);
+    world.clock.0.set(NOW);
+    world
 }
 
 fn sign(secret: &str, body: &[u8]) -> String {
@@ -171,12 +177,35 @@ fn a_bad_or_missing_signature_is_401_and_stores_nothing() {
         let before: Vec<String> = before.into_iter().filter(|key| !key.starts_with("issues/")).collect();
         assert_eq!(before, after, "{label}: nothing stored but the refusal count");
     }
-    let refused: u64 = issues(&world)
-        .iter()
-        .filter(|issue| issue["entity"] == "events-webhook")
-        .filter_map(|issue| issue["count"].as_u64())
-        .sum();
-    assert_eq!(refused, 6, "each refusal counted where the partner sees it");
+    let refused = |world: &World| -> Vec<u64> {
+        issues(world)
+            .iter()
+            .filter(|issue| issue["entity"] == "events-webhook")
+            .filter_map(|issue| issue["count"].as_u64())
+            .collect()
+    };
+    assert_eq!(refused(&world), [1, 1], "refusals noted where the partner sees them, one record per reason");
+    // Within the minute, a flood of refusals writes nothing at all.
+    let versions = |world: &World| -> Vec<(String, u64)> {
+        world
+            .kv
+            .keys()
+            .into_iter()
+            .map(|key| {
+                let version = world.kv.get(&key).expect("get").expect("entry").version;
+                (key, version)
+            })
+            .collect()
+    };
+    let before = versions(&world);
+    for _ in 0..200 {
+        assert_eq!(deliver_raw(&world, &body, Some("sha1=00"), "application/json").status, 401);
+        assert_eq!(deliver_raw(&world, &body, None, "application/json").status, 401);
+    }
+    assert_eq!(versions(&world), before, "no commit for a refusal within the minute");
+    world.clock.advance(REFUSALS_NOTED_EVERY_SECS);
+    assert_eq!(deliver_raw(&world, &body, None, "application/json").status, 401);
+    assert_eq!(refused(&world).iter().sum::<u64>(), 3, "the next minute's refusals are noted again");
     assert_eq!(deliver_raw(&world, &body, Some(&good), "application/json").status, 200);
     // The signature is over the bytes received, not over a re-encoding.
     let spaced = serde_json::to_vec_pretty(&event).expect("json");
@@ -532,4 +561,142 @@ fn the_same_event_through_the_webhook_and_the_events_api_is_taken_once() {
     let mut other = webhook;
     other["type"] = json!("Order");
     assert_eq!(deliver(&world, &other).body_json()["accepted"], 1);
+}
+
+/// Evotor's genuine ProductEvent for `user`, whose name a merchant chose.
+fn product_event(id: &str, user: &str, store: &str, name: &str, price: f64, updated_at: &str) -> Value {
+    envelope(
+        id,
+        "ProductEvent",
+        "updated",
+        1_534_431_849_835,
+        json!({"id": "4be33817-bfb2-4e9f-90d0-3286c8c39f7e", "store_id": store, "user_id": user, "name": name,
+               "price": price, "type": "NORMAL", "updated_at": updated_at}),
+    )
+}
+
+fn price_of(world: &World, store: &str) -> Option<f64> {
+    let answer = world.call("GET", &format!("/partner/v1/stores/{store}/products"), Some("partner"), None);
+    answer.body_json()["items"][0]["product"]["price"].as_f64()
+}
+
+#[test]
+fn a_signed_json_delivery_replayed_as_a_form_is_the_same_json_never_another_event() {
+    let world = world();
+    let victim_store = "20190417-2396-4075-808C-50046017B7AA";
+    let genuine = product_event("v1", OTHER, victim_store, "Tea", 99.9, "2026-11-01T10:00:00.000+0000");
+    assert_eq!(deliver(&world, &genuine).status, 200);
+    assert_eq!(price_of(&world, victim_store), Some(99.9));
+
+    // A merchant names a product so that the signed JSON carries a form field.
+    let forged = product_event("forged", OTHER, victim_store, "x", 0.01, "2099-01-01T00:00:00.000+0000");
+    let smuggled: String =
+        form_urlencoded::Serializer::new(String::new()).append_pair("payload", &forged.to_string()).finish();
+    let carrier = product_event("c1", USER, STORE, &format!("&{smuggled}&"), 5.0, "2026-11-01T10:00:00.000+0000");
+    let body = serde_json::to_vec(&carrier).expect("json");
+    let signature = sign(SECRET, &body);
+    assert_eq!(deliver_raw(&world, &body, Some(&signature), "application/json").status, 200);
+
+    // The same signed bytes under any content type are that JSON: taken before, nothing else.
+    for content_type in
+        ["application/x-www-form-urlencoded", "application/x-www-form-urlencoded; charset=utf-8", "text/plain", ""]
+    {
+        let answer = deliver_raw(&world, &body, Some(&signature), content_type);
+        assert_eq!(answer.status, 200, "{content_type}: {}", String::from_utf8_lossy(&answer.body));
+        assert_eq!(answer.body_json(), json!({"accepted": 0, "duplicates": 1}), "{content_type}");
+    }
+    assert_eq!(price_of(&world, victim_store), Some(99.9), "the other user's price is untouched");
+    let ids: Vec<Value> =
+        listed(&world, "")["items"].as_array().expect("items").iter().map(|e| e["id"].clone()).collect();
+    assert_eq!(ids, [json!("v1"), json!("c1")], "no forged event was taken");
+
+    // Evotor's genuine later update still applies.
+    let later = product_event("v2", OTHER, victim_store, "Tea", 120.0, "2026-11-20T10:00:00.000+0000");
+    assert_eq!(deliver(&world, &later).status, 200);
+    assert_eq!(price_of(&world, victim_store), Some(120.0));
+}
+
+#[test]
+fn a_form_delivery_is_taken_only_when_the_whole_body_is_one_payload_field() {
+    let world = world();
+    let event = product_event("f1", USER, STORE, "Tea", 10.0, "2026-11-01T10:00:00.000+0000");
+    let json = event.to_string();
+    let one = form_urlencoded::Serializer::new(String::new()).append_pair("payload", &json).finish();
+    let two = form_urlencoded::Serializer::new(String::new())
+        .append_pair("payload", &json)
+        .append_pair("payload", &json)
+        .finish();
+    let extra = form_urlencoded::Serializer::new(String::new())
+        .append_pair("other", "1")
+        .append_pair("payload", &json)
+        .finish();
+    let form = "application/x-www-form-urlencoded";
+    for refused in [&two, &extra, &format!("x{one}"), &"payload".to_owned()] {
+        let answer = deliver_raw(&world, refused.as_bytes(), Some(&sign(SECRET, refused.as_bytes())), form);
+        assert_eq!(answer.status, 400, "{refused}");
+    }
+    assert_eq!(price_of(&world, STORE), None, "nothing taken from a refused form");
+    // Whatever the header says, a one-field form is the payload.
+    for content_type in [form, "application/json"] {
+        let answer = deliver_raw(&world, one.as_bytes(), Some(&sign(SECRET, one.as_bytes())), content_type);
+        assert_eq!(answer.status, 200, "{content_type}: {}", String::from_utf8_lossy(&answer.body));
+    }
+    assert_eq!(price_of(&world, STORE), Some(10.0));
+}
+
+#[test]
+fn a_time_far_ahead_never_freezes_an_entity() {
+    let world = world();
+    let ahead = product_event("p1", USER, STORE, "Tea", 0.01, "2099-01-01T00:00:00.000+0000");
+    assert_eq!(deliver(&world, &ahead).status, 200);
+    assert_eq!(price_of(&world, STORE), Some(0.01));
+    let reported = issues(&world)
+        .iter()
+        .any(|issue| issue["problem"].as_str().is_some_and(|problem| problem.contains("ahead of the gateway's clock")));
+    assert!(reported, "the future time is a data issue: {:?}", issues(&world));
+    // Evotor's genuine update a little later wins.
+    world.clock.advance(60);
+    let genuine = product_event("p2", USER, STORE, "Tea", 99.9, "2026-12-01T00:01:00.000+0000");
+    assert_eq!(deliver(&world, &genuine).status, 200);
+    assert_eq!(price_of(&world, STORE), Some(99.9));
+
+    // A store alike, and a time within the clock skew still orders.
+    let store =
+        |id: &str, name: &str, updated: &str| envelope(id, "StoreEvent", "updated", 0, store_payload(name, updated));
+    assert_eq!(deliver(&world, &store("s1", "Future", "2100-01-01T00:00:00.000+0000")).status, 200);
+    world.clock.advance(60);
+    assert_eq!(deliver(&world, &store("s2", "Now", "2026-12-01T00:02:00.000+0000")).status, 200);
+    assert_eq!(entity(&world, "store", STORE).expect("store").data["name"], "Now");
+    assert_eq!(deliver(&world, &store("s3", "Skewed", "2026-12-01T00:06:00.000+0000")).status, 200);
+    assert_eq!(deliver(&world, &store("s4", "Older", "2026-12-01T00:04:00.000+0000")).status, 200);
+    assert_eq!(entity(&world, "store", STORE).expect("store").data["name"], "Skewed", "within the skew it orders");
+}
+
+#[test]
+fn a_page_of_large_events_ends_at_its_byte_cap_and_the_next_goes_on() {
+    let world = world();
+    let big = "x".repeat(1_500_000);
+    for n in 0..5 {
+        let order = json!({"id": format!("big-{n}"), "type": "Order", "action": "created",
+                           "payload": {"user_id": USER, "note": big}});
+        assert_eq!(deliver(&world, &order).status, 200);
+    }
+    let (mut seen, mut after, mut pages) = (Vec::new(), String::new(), 0);
+    loop {
+        let answer = world.call("GET", &format!("/partner/v1/events?limit=20{after}"), Some("partner"), None);
+        assert_eq!(answer.status, 200, "{}", String::from_utf8_lossy(&answer.body));
+        assert!(answer.body.len() < PAGE_BYTES + 1_600_000, "one page: {} bytes", answer.body.len());
+        let page = answer.body_json();
+        let items = page["items"].as_array().expect("items");
+        assert!(!items.is_empty() || page["next"].is_null());
+        seen.extend(items.iter().map(|item| item["id"].as_str().unwrap_or_default().to_owned()));
+        pages += 1;
+        match page["next"].as_str() {
+            Some(next) => after = format!("&after={next}"),
+            None => break,
+        }
+        assert!(pages < 10, "the pages end");
+    }
+    assert_eq!(seen, (0..5).map(|n| format!("big-{n}")).collect::<Vec<_>>());
+    assert!(pages >= 2, "5 events of 1.5 MB do not fit one page");
 }
