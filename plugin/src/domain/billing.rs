@@ -300,6 +300,23 @@ impl Subscription {
         !self.waiting.is_empty() || self.gap_since.is_some_and(|since| now.saturating_sub(since) >= gap_timeout_secs)
     }
 
+    /// The subscription as it is before any event is applied: its identity,
+    /// owner and skipped numbers kept.
+    fn unapplied(&self) -> Self {
+        Self {
+            applied_through: 0,
+            status: None,
+            plan_id: None,
+            device_number: None,
+            next_billing_date: None,
+            trial_end: None,
+            created_at: None,
+            charged_sum: None,
+            addons: None,
+            ..self.clone()
+        }
+    }
+
     /// Applies the next event in sequence.
     pub fn apply(&mut self, event: &Event) {
         self.applied_through = event.sequence;
@@ -392,6 +409,9 @@ pub enum Stored {
     /// It names another user than the subscription's owner: kept beside the
     /// subscription and reported, never applied.
     Foreign,
+    /// A user token sent it for a subscription Evotor speaks for: kept
+    /// beside the subscription and reported, never applied.
+    Kept,
 }
 
 /// The stored event `sequence` of a subscription, read.
@@ -462,16 +482,7 @@ fn skip_gaps(txn: &mut Txn<'_>, state: &mut Subscription, now: u64, now_ms: i64,
 /// that writes it is this one, so the store still holds the old one).
 fn replay(txn: &mut Txn<'_>, state: &mut Subscription, replacement: &Event, now_ms: i64) -> Result<(), ApiError> {
     let through = state.applied_through;
-    let mut fresh = state.clone();
-    fresh.applied_through = 0;
-    fresh.status = None;
-    fresh.plan_id = None;
-    fresh.device_number = None;
-    fresh.next_billing_date = None;
-    fresh.trial_end = None;
-    fresh.created_at = None;
-    fresh.charged_sum = None;
-    fresh.addons = None;
+    let mut fresh = state.unapplied();
     let prefix = storage::subscription_events_prefix(&state.subscription_id);
     let mut after: Option<String> = None;
     'pages: loop {
@@ -520,6 +531,80 @@ fn keep_foreign(
     Ok(Stored::Foreign)
 }
 
+/// A user token's event for a subscription Evotor speaks for: kept beside
+/// the subscription (once per sequence number) and reported, never applied.
+fn keep_user_tokens(txn: &mut Txn<'_>, now: u64, event: &Event, stored: &StoredEvent) -> Result<Stored, ApiError> {
+    let key = storage::foreign_subscription_event_key(&event.subscription_id, &event.user_id, event.sequence);
+    if txn.get::<StoredEvent>(&key)?.is_some() {
+        return Ok(Stored::Duplicate);
+    }
+    txn.put(&key, stored);
+    let problem = format!(
+        "event {} came with the user's token after Evotor's own events: kept, not applied (Evotor's events alone make the state)",
+        event.sequence
+    );
+    txn.issue(now, Issue::new(Some(&event.user_id), "subscription", &event.subscription_id, problem));
+    Ok(Stored::Kept)
+}
+
+/// Evotor speaks for a subscription its owner's token built so far: the
+/// events that token sent are set aside (kept beside it, reported) and the
+/// state is rebuilt from Evotor's own events alone, in one commit; answers
+/// how many were set aside. A user token's event applied before Evotor
+/// spoke must not outlive Evotor's events replacing those around it.
+fn evotor_speaks(txn: &mut Txn<'_>, now: u64, state: &mut Subscription, now_ms: i64) -> Result<u64, ApiError> {
+    let prefix = storage::subscription_events_prefix(&state.subscription_id);
+    let mut after: Option<String> = None;
+    let mut moved = std::collections::BTreeSet::new();
+    let mut evotors = std::collections::BTreeMap::new();
+    loop {
+        let keys = txn.scan_keys(&prefix, after.as_deref(), crate::kv::MAX_SCAN_LIMIT as usize)?;
+        let Some(last) = keys.last().cloned() else { break };
+        for key in keys {
+            let Some(sequence) = key.strip_prefix(&prefix).and_then(|seq| seq.parse::<u64>().ok()) else { continue };
+            let Some(stored) = txn.get::<StoredEvent>(&key)? else { continue };
+            if stored.by_user_token == Some(true) {
+                let kept = storage::foreign_subscription_event_key(&state.subscription_id, &state.user_id, sequence);
+                txn.put(&kept, &stored);
+                txn.delete(&key);
+                moved.insert(sequence);
+            } else {
+                evotors.insert(sequence, stored);
+            }
+        }
+        after = Some(last);
+    }
+    if moved.is_empty() {
+        return Ok(0);
+    }
+    // The state again from Evotor's events: contiguous ones applied, numbers skipped before stay skipped.
+    let mut fresh = state.unapplied();
+    loop {
+        let Some(next) = fresh.applied_through.checked_add(1) else { break };
+        match evotors.get(&next) {
+            Some(stored) => {
+                let Value::Object(body) = &stored.event else {
+                    let key = storage::subscription_event_key(&state.subscription_id, next);
+                    return Err(StorageError::Corrupt(key).into());
+                };
+                fresh.apply(&parse_event(body, now_ms)?);
+            }
+            None if state.skipped.contains(&next) => fresh.applied_through = next,
+            None => break,
+        }
+    }
+    let waiting = evotors.range(fresh.applied_through.saturating_add(1)..).next().is_some();
+    fresh.gap_since = if waiting { Some(state.gap_since.unwrap_or(now)) } else { None };
+    *state = fresh;
+    let problem = format!(
+        "Evotor's own events now speak for the subscription: {} event(s) the user's token sent set aside, not applied; \
+         the state rebuilt from Evotor's",
+        moved.len()
+    );
+    txn.issue(now, Issue::new(Some(&state.user_id), "subscription", &state.subscription_id, problem));
+    Ok(moved.len() as u64)
+}
+
 /// Evotor named another owner than the user whose own token built the
 /// subscription so far: that user's events are set aside (kept as foreign
 /// events, reported) and the subscription starts again from Evotor's.
@@ -554,6 +639,9 @@ fn set_aside(txn: &mut Txn<'_>, now: u64, state: &Subscription, owner: &str) -> 
 /// than `gap_timeout_secs` is skipped. The subscription belongs to the user
 /// its first event named until an event of the server credential names
 /// one; an event naming another user is kept and reported, never applied.
+/// Once an event of the server credential named the owner, the state is
+/// what Evotor's events alone make: a user token's events are kept and
+/// reported, never applied.
 pub fn record_event(
     ctx: &Ctx<'_>,
     caller: &Caller,
@@ -562,8 +650,9 @@ pub fn record_event(
     gap_timeout_secs: u64,
 ) -> Result<Stored, ApiError> {
     let now = ctx.clock.now_unix();
-    // Evotor naming another owner first sets the old owner's events aside
-    // (one commit), then takes the event as any other (the next).
+    // Evotor naming another owner first sets the old owner's events aside,
+    // and Evotor speaking first for the owner sets aside what the owner's
+    // token sent (one commit); then the event is taken as any other (the next).
     loop {
         if let Some(stored) = record_event_once(ctx, caller, event, raw, gap_timeout_secs, now)? {
             return Ok(stored);
@@ -572,7 +661,8 @@ pub fn record_event(
 }
 
 /// One attempt of [`record_event`]: `None` when the subscription changed
-/// hands in this commit and the event is still to be recorded.
+/// hands, or Evotor first spoke for it, in this commit and the event is
+/// still to be recorded.
 fn record_event_once(
     ctx: &Ctx<'_>,
     caller: &Caller,
@@ -592,7 +682,17 @@ fn record_event_once(
             None => (Subscription::new(event, caller), true),
             Some(mut state) if state.user_id == event.user_id => {
                 confirmed = *caller == Caller::Server && !state.owner_confirmed;
-                state.owner_confirmed |= confirmed;
+                if confirmed {
+                    state.owner_confirmed = true;
+                    state.migrate(now);
+                    if evotor_speaks(txn, now, &mut state, now_ms)? > 0 {
+                        // The event itself in the next commit, on the rebuilt state.
+                        txn.put(&state_key, &state);
+                        return Ok(None);
+                    }
+                } else if *caller != Caller::Server && state.owner_confirmed {
+                    return keep_user_tokens(txn, now, event, &stored).map(Some);
+                }
                 (state, false)
             }
             Some(state) if *caller == Caller::Server && !state.owner_confirmed => {

@@ -586,9 +586,11 @@ fn evotor_names_the_owner_of_a_subscription_a_users_token_squatted() {
     let kept = storage::foreign_subscription_event_key(SUB, OTHER, 1);
     assert!(storage::read::<Value>(&world.kv, &kept).expect("read").is_some());
     assert!(foreign_issues(&world).iter().any(|i| i["problem"].as_str().unwrap_or("").contains("set aside")));
-    // The victim's own token keeps working on it; the squatter's does nothing.
+    // Evotor speaks for it now: even the owner's own token is kept, not applied; Evotor's event is.
     let renew = event(SUB, 2, "SubscriptionActivated", json!({}));
-    assert_eq!(world.call("POST", "/api/v1/subscription/event", Some(&victim), Some(renew)).status, 200);
+    assert_eq!(world.call("POST", "/api/v1/subscription/event", Some(&victim), Some(renew.clone())).status, 200);
+    assert_eq!(state(&world, SUB).status, Some(Status::Trial));
+    assert_eq!(post(&world, &renew).status, 200);
     assert_eq!(state(&world, SUB).status, Some(Status::Active));
 }
 
@@ -613,18 +615,19 @@ fn one_users_installation_event_id_never_makes_anothers_a_duplicate() {
 }
 
 #[test]
-fn evotors_own_event_replaces_one_a_user_token_sent_with_its_number() {
+fn once_evotor_speaks_a_user_tokens_events_are_kept_not_applied() {
     let world = enforced();
     let token = world.register(USER, "ivan");
     assert_eq!(post(&world, &created(SUB, "P14DT", 1)).status, 200);
-    // The user pre-sends number 2 with a huge licence, applied at once (it is next).
+    // The user pre-sends number 2 with a huge licence, and number 4.
     let greedy = event(SUB, 2, "SubscriptionActivated", json!({"deviceNumber": 1_000_000}));
     assert_eq!(world.call("POST", "/api/v1/subscription/event", Some(&token), Some(greedy)).status, 200);
-    assert_eq!(state(&world, SUB).device_number, Some(1_000_000));
-    // And number 4, waiting behind the gap at 3.
     let early = event(SUB, 4, "SubscriptionRenewed", json!({}));
     assert_eq!(world.call("POST", "/api/v1/subscription/event", Some(&token), Some(early)).status, 200);
-    // Evotor's real 2 and 4 are not duplicates: they replace the user's, the state replayed.
+    let s = state(&world, SUB);
+    assert_eq!((s.applied_through, s.device_number), (1, Some(1)), "Evotor spoke first: nothing of the user's applied");
+    assert!(foreign_issues(&world).iter().any(|i| i["problem"].as_str().unwrap_or("").contains("kept, not applied")));
+    // Evotor's real 2, 3 and 4 apply as they come.
     assert_eq!(post(&world, &event(SUB, 2, "SubscriptionActivated", json!({"deviceNumber": 2}))).status, 200);
     let s = state(&world, SUB);
     assert_eq!((s.applied_through, s.status, s.device_number), (2, Some(Status::Active), Some(2)));
@@ -632,11 +635,53 @@ fn evotors_own_event_replaces_one_a_user_token_sent_with_its_number() {
     assert_eq!(post(&world, &event(SUB, 3, "SubscriptionRenewed", json!({}))).status, 200);
     let s = state(&world, SUB);
     assert_eq!((s.applied_through, s.status), (4, Some(Status::Terminated)), "Evotor's 4 applied, not the user's");
-    // A user token cannot take the number back.
-    let again = event(SUB, 4, "SubscriptionRenewed", json!({}));
-    assert_eq!(world.call("POST", "/api/v1/subscription/event", Some(&token), Some(again)).status, 200);
-    assert_eq!(state(&world, SUB).status, Some(Status::Terminated));
-    assert!(foreign_issues(&world).iter().any(|i| i["problem"].as_str().unwrap_or("").contains("replaced by Evotor")));
+    // A user token cannot take a number back, nor add one.
+    for seq in [4, 5] {
+        let again = event(SUB, seq, "SubscriptionRenewed", json!({}));
+        assert_eq!(world.call("POST", "/api/v1/subscription/event", Some(&token), Some(again)).status, 200);
+    }
+    let s = state(&world, SUB);
+    assert_eq!((s.applied_through, s.status), (4, Some(Status::Terminated)));
+}
+
+#[test]
+fn a_user_tokens_events_before_evotor_spoke_do_not_outlive_evotors() {
+    let world = enforced();
+    let token = world.register(USER, "ivan");
+    // The user's token sends 1–5, a huge licence, before Evotor says anything.
+    let user_events = [
+        created(SUB, "P14DT", 1_000_000),
+        event(SUB, 2, "SubscriptionActivated", json!({"deviceNumber": 1_000_000})),
+        event(SUB, 3, "SubscriptionActivated", json!({"deviceNumber": 1_000_000})),
+        event(SUB, 4, "SubscriptionActivated", json!({"deviceNumber": 1_000_000})),
+        event(SUB, 5, "SubscriptionActivated", json!({"deviceNumber": 1_000_000})),
+    ];
+    for body in user_events {
+        assert_eq!(world.call("POST", "/api/v1/subscription/event", Some(&token), Some(body)).status, 200);
+    }
+    let s = state(&world, SUB);
+    assert_eq!((s.applied_through, s.status, s.device_number), (5, Some(Status::Active), Some(1_000_000)));
+    // Evotor's own 1 and 2: its events alone make the state.
+    assert_eq!(post(&world, &created(SUB, "P14DT", 1)).status, 200);
+    let s = state(&world, SUB);
+    assert_eq!((s.applied_through, s.status, s.device_number), (1, Some(Status::Trial), Some(1)));
+    assert_eq!(post(&world, &event(SUB, 2, "SubscriptionTerminated", json!({}))).status, 200);
+    let s = state(&world, SUB);
+    assert_eq!((s.applied_through, s.status, s.device_number), (2, Some(Status::Terminated), Some(1)));
+    let e = entitlement(&world.ctx(), USER, &crate::domain::accounts::settings(&world.ctx()).expect("settings"))
+        .expect("entitlement");
+    assert!(!e.usable, "terminated, whatever the user's token sent");
+    assert!(
+        foreign_issues(&world)
+            .iter()
+            .any(|i| i["problem"].as_str().unwrap_or("").contains("5 event(s) the user's token")),
+        "{:?}",
+        foreign_issues(&world)
+    );
+    // Evotor's later numbers are not taken as duplicates of the user's.
+    assert_eq!(post(&world, &event(SUB, 3, "SubscriptionActivated", json!({"deviceNumber": 3}))).status, 200);
+    let s = state(&world, SUB);
+    assert_eq!((s.applied_through, s.status, s.device_number), (3, Some(Status::Active), Some(3)));
 }
 
 #[test]
