@@ -106,6 +106,12 @@ pub enum CloudAuth {
     XAuthorization,
 }
 
+/// Default of `sync_now_budget_secs`: the request, its cloud calls and the
+/// commits after them fit the gateway's default 8 s request deadline
+/// (`limits.request_timeout_ms`), so a stalled cloud is answered and
+/// recorded, never cut off with a 503.
+pub const DEFAULT_NOW_BUDGET_SECS: u64 = 6;
+
 /// The settings of the cloud sync (the `sync` job and `/partner/v1/users/{id}/sync`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CloudSettings {
@@ -192,7 +198,7 @@ impl CloudSettings {
             overlap_secs: number(config, "sync_overlap_secs", 600, 0..=7 * 86_400)?,
             settle_secs: number(config, "sync_settle_secs", 60, 0..=86_400)?,
             lookback_days: number(config, "sync_lookback_days", 7, 0..=366)?,
-            now_budget_secs: number(config, "sync_now_budget_secs", 10, 1..=600)?,
+            now_budget_secs: number(config, "sync_now_budget_secs", DEFAULT_NOW_BUDGET_SECS, 1..=600)?,
             request_timeout_secs: number(config, "sync_request_timeout_secs", 20, 1..=600)?,
         })
     }

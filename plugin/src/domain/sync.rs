@@ -328,6 +328,11 @@ struct RunState {
     adopted_after: Option<String>,
     #[serde(default)]
     adopted: bool,
+    /// The user a run is syncing now: found set by the next run, the run
+    /// before ended inside that user (a trap, the instance's memory, the
+    /// job's time limit), which is that user's failure, not everyone's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    current: Option<String>,
 }
 
 /// Within the commit that stores a cloud token: a changed token (or one
@@ -377,8 +382,16 @@ struct Budget<'c> {
 }
 
 impl Budget<'_> {
+    /// Whether one more request may start: one is left, and a second at least before the deadline.
     fn more(&self) -> bool {
         self.requests > 0 && self.clock.now_unix() < self.deadline
+    }
+
+    /// The longest the next request may take: `configured`
+    /// (`sync_request_timeout_secs`), but never past the deadline, so a
+    /// stalled cloud ends the run in time to save where it is.
+    fn timeout(&self, configured: u64) -> u64 {
+        configured.min(self.deadline.saturating_sub(self.clock.now_unix())).max(1)
     }
 
     fn within(&self) -> bool {
@@ -530,7 +543,11 @@ fn mirror(
             if txn.get::<EntityRecord>(&key)?.is_some_and(|known| known.data == data && known.removed_at.is_none()) {
                 continue;
             }
-            let order = item.get("updated_at").and_then(crate::time::timestamp).unwrap_or(now_ms);
+            let (order, future) =
+                events::ordering_time(item.get("updated_at").and_then(crate::time::timestamp), now_ms);
+            if let Some(problem) = future {
+                txn.issue(now, Issue::new(Some(user_id), kind.name(), &id, problem));
+            }
             let outcome = inventory::apply_event(
                 txn,
                 user_id,
@@ -743,7 +760,8 @@ fn sync_user(
         mine.requests -= 1;
         run.requests += 1;
         let now = ctx.clock.now_unix();
-        let answer = cloud::get_page(ctx.http, cloud, &task.url(cloud), Credential::User(&token.token));
+        let timeout = mine.timeout(cloud.request_timeout_secs);
+        let answer = cloud::get_page(ctx.http, cloud, &task.url(cloud), Credential::User(&token.token), timeout);
         let changed = match answer {
             Ok(page) => {
                 let applied = apply(ctx, settings, user_id, &task, &page)?;
@@ -839,7 +857,9 @@ fn sync_feed(
         };
         mine.requests -= 1;
         run.requests += 1;
-        match cloud::get_page(ctx.http, cloud, &window_url(cloud, &path, &window), Credential::Publisher(token)) {
+        let timeout = mine.timeout(cloud.request_timeout_secs);
+        let url = window_url(cloud, &path, &window);
+        match cloud::get_page(ctx.http, cloud, &url, Credential::Publisher(token), timeout) {
             Ok(page) => {
                 let mut problems = Vec::new();
                 let mut taken = Vec::with_capacity(page.items.len());
@@ -965,6 +985,15 @@ pub fn run(ctx: &Ctx<'_>, deadline: u64) -> Result<Summary, ApiError> {
             .entry(if outcome == Outcome::Complete { "feed-complete" } else { "feed-other" })
             .or_default() += 1;
     }
+    if let Some(culprit) = run.current.take() {
+        // The last run ended inside this user: its failure, backed off; the others go on after it.
+        user_failed(
+            ctx,
+            &culprit,
+            "the last run ended while syncing this user (a trap, the instance's memory or the job's time limit)",
+        )?;
+        run.user_after = Some(culprit);
+    }
     // Every user once, from where the last run stopped.
     let mut users: Vec<String> = Vec::new();
     for (key, _) in storage::scan_all(ctx.kv, storage::SYNC_USERS_PREFIX)? {
@@ -978,7 +1007,18 @@ pub fn run(ctx: &Ctx<'_>, deadline: u64) -> Result<Summary, ApiError> {
         if !budget.more() {
             break;
         }
-        let (outcome, report) = sync_user(ctx, &settings, &cloud, user_id, &mut budget)?;
+        // Where the run is, saved before each user: a run that dies inside one goes on after it next time.
+        run.current = Some(user_id.clone());
+        save_run(ctx, &mut run)?;
+        let (outcome, report) = match sync_user(ctx, &settings, &cloud, user_id, &mut budget) {
+            Ok(done) => done,
+            // One user's data failing is that user's: recorded, backed off, the run goes on.
+            Err(err) if err.status != 503 => {
+                user_failed(ctx, user_id, &format!("{} ({})", err.reason, err.status))?;
+                (Outcome::Failed, None)
+            }
+            Err(err) => return Err(err),
+        };
         summary.users += 1;
         *summary.outcomes.entry(outcome_name(outcome)).or_default() += 1;
         if let Some(report) = report {
@@ -986,16 +1026,37 @@ pub fn run(ctx: &Ctx<'_>, deadline: u64) -> Result<Summary, ApiError> {
             summary.read += report.read;
             summary.new += report.new;
         }
-        if outcome != Outcome::Budget {
-            run.user_after = Some(user_id.clone());
-        }
+        // Its turn is over, whatever it still has to read: a long backfill goes on at its next
+        // turn, after every other user has had one.
+        run.user_after = Some(user_id.clone());
     }
+    run.current = None;
+    save_run(ctx, &mut run)?;
+    Ok(summary)
+}
+
+fn save_run(ctx: &Ctx<'_>, run: &mut RunState) -> Result<(), ApiError> {
     run.v = storage::FORMAT;
     storage::transact(ctx, |txn| -> Result<(), ApiError> {
-        txn.put(storage::SYNC_NEXT_USER_KEY, &run);
+        txn.put(storage::SYNC_NEXT_USER_KEY, &*run);
         Ok(())
+    })
+}
+
+/// Records that syncing `user_id` failed with `why` outside a cloud
+/// request (its data, the store, the instance): backed off like a failed
+/// request, and a data issue.
+fn user_failed(ctx: &Ctx<'_>, user_id: &str, why: &str) -> Result<(), ApiError> {
+    let now = ctx.clock.now_unix();
+    let failure = Failure::Retry { status: None, message: why.to_owned() };
+    let Some(state) = user_state(ctx, user_id)? else { return Ok(()) };
+    update_user(ctx, user_id, &state.token_hash, |txn, state| {
+        state.progress.failed(&failure, "sync", now);
+        let problem = format!("syncing the user failed: {why}; it is tried again after a backoff");
+        txn.issue(now, Issue::new(Some(user_id), "sync", "run", problem));
     })?;
-    Ok(summary)
+    eprintln!("sync: user {user_id} failed: {why}");
+    Ok(())
 }
 
 /// Syncs one user now (`POST /partner/v1/users/{id}/sync`), within

@@ -100,12 +100,13 @@ pub fn url(settings: &CloudSettings, path: &str, query: &str, cursor: Option<&st
     }
 }
 
-/// GETs one page at `url` as `credential`.
+/// GETs one page at `url` as `credential`, waiting at most `timeout_secs`.
 pub fn get_page(
     http: &dyn Http,
     settings: &CloudSettings,
     url: &str,
     credential: Credential<'_>,
+    timeout_secs: u64,
 ) -> Result<Page, Failure> {
     let auth = match (credential, settings.auth) {
         (Credential::User(token), CloudAuth::Bearer) | (Credential::Publisher(token), _) => {
@@ -118,13 +119,16 @@ pub fn get_page(
         url: url.to_owned(),
         headers: vec![("accept".into(), ACCEPT.into()), (auth.0.into(), auth.1)],
         body: Vec::new(),
-        timeout: Some(std::time::Duration::from_secs(settings.request_timeout_secs)),
+        timeout: Some(std::time::Duration::from_secs(timeout_secs)),
     };
     let response = http.send(&request).map_err(|err| Failure::Retry {
         status: None,
         message: match err {
             outgoing::Error::Denied => {
                 "the gateway refused the request: the host is not in allowed_outbound_hosts".to_owned()
+            }
+            outgoing::Error::Timeout if timeout_secs < settings.request_timeout_secs => {
+                format!("no answer within the {timeout_secs} s left of the run's time")
             }
             outgoing::Error::Timeout => {
                 format!("no answer within sync_request_timeout_secs ({} s)", settings.request_timeout_secs)
@@ -196,11 +200,11 @@ mod tests {
             answer(200, &[], r#"{"items":[],"paging":{}}"#),
         ]);
         let first = url(&settings, "/stores", "", None);
-        let page = get_page(&http, &settings, &first, Credential::User("tok")).expect("page");
+        let page = get_page(&http, &settings, &first, Credential::User("tok"), 20).expect("page");
         assert_eq!((page.items.len(), page.next.as_deref()), (1, Some("c 2")));
         let next = url(&settings, "/stores", "since=1", page.next.as_deref());
         assert_eq!(next, "https://api.evotor.ru/stores?cursor=c+2", "the filters go with the first page only");
-        assert_eq!(get_page(&http, &settings, &next, Credential::Publisher("pub")).expect("last").next, None);
+        assert_eq!(get_page(&http, &settings, &next, Credential::Publisher("pub"), 20).expect("last").next, None);
         let sent = http.sent();
         assert!(sent[0].headers.contains(&("x-authorization".into(), "tok".into())));
         assert!(sent[0].headers.contains(&("accept".into(), ACCEPT.into())));
@@ -221,7 +225,7 @@ mod tests {
             Err(outgoing::Error::Denied),
             Err(outgoing::Error::Timeout),
         ]);
-        let next = || get_page(&http, &settings, "https://api.evotor.ru/stores", Credential::User("t"));
+        let next = || get_page(&http, &settings, "https://api.evotor.ru/stores", Credential::User("t"), 20);
         assert_eq!(next(), Err(Failure::Refused { status: 401, message: "HTTP 401: token expired".into() }));
         assert_eq!(next(), Err(Failure::RateLimited { reset_secs: 17 }));
         assert_eq!(next(), Err(Failure::RateLimited { reset_secs: DEFAULT_RESET_SECS }));

@@ -36,6 +36,8 @@ struct Cloud {
     /// Per token (or `pub`): answers to give before the real one, in order.
     scripted: RefCell<BTreeMap<String, Vec<Scripted>>>,
     sent: RefCell<Vec<(String, String)>>,
+    /// The time-out of every request so far.
+    timeouts: RefCell<Vec<Option<std::time::Duration>>>,
 }
 
 impl Cloud {
@@ -78,6 +80,7 @@ impl Http for Cloud {
             header("authorization").and_then(|v| v.strip_prefix("Bearer ").map(str::to_owned)).unwrap_or_default();
         let target = request.url.strip_prefix("https://api.evotor.ru").expect("the configured API").to_owned();
         self.sent.borrow_mut().push((token.clone(), target.clone()));
+        self.timeouts.borrow_mut().push(request.timeout);
         assert_eq!(header("accept").as_deref(), Some(cloud::ACCEPT));
         if let Some(answers) = self.scripted.borrow_mut().get_mut(&token)
             && !answers.is_empty()
@@ -470,4 +473,119 @@ fn the_plugin_runs_the_sync_job_and_names_it_for_any_other() {
     let broken = World::with(&[("evotor_api_auth", "basic")]);
     let failed = crate::run_job(&ctx(&broken, &cloud), &job("sync")).expect_err("a bad setting");
     assert!(failed.contains("evotor_api_auth"), "{failed}");
+}
+
+/// An account whose employees take `pages` pages of two to list.
+fn endless(pages: usize, n: u8) -> Account {
+    let mut account = account();
+    account.stores = vec![store(&format!("20180101-CCCC-401B-80FA-9ECCA8451F{n:02}"), "Other")];
+    account.devices.clear();
+    account.documents.clear();
+    account.products.clear();
+    account.groups.clear();
+    account.employees = (0..pages * 2)
+        .map(|e| json!({"id": format!("20170302-{n:04}-401B-80FA-9ECCA84{e:05}"), "name": "E", "stores": []}))
+        .collect();
+    account
+}
+
+#[test]
+fn users_take_turns_so_long_backfills_never_starve_the_others() {
+    const THIRD: &str = "03-000000000000003";
+    let world = world(&[("sync_max_requests_per_user", "3"), ("sync_max_requests_per_run", "6")]);
+    let cloud = Cloud::with("cloud-1", endless(500, 1));
+    cloud.accounts.borrow_mut().insert("cloud-2".into(), endless(500, 2));
+    let mut third = account();
+    third.documents.clear();
+    cloud.accounts.borrow_mut().insert("cloud-3".into(), third);
+    token(&world, USER, "cloud-1");
+    token(&world, OTHER, "cloud-2");
+    token(&world, THIRD, "cloud-3");
+    let mut served_third_at = None;
+    for run_number in 1..=6 {
+        run_job(&world, &cloud);
+        if served_third_at.is_none() && cloud.sent_with("cloud-3") > 0 {
+            served_third_at = Some(run_number);
+        }
+    }
+    assert!(served_third_at.is_some_and(|at| at <= 2), "the third user first served in run {served_third_at:?}");
+    // Each took its turns: all three were asked alike, within one turn's allowance.
+    let (a, b, c) = (cloud.sent_with("cloud-1"), cloud.sent_with("cloud-2"), cloud.sent_with("cloud-3"));
+    assert!(a.abs_diff(b) <= 3 && c >= 6, "requests per user: {a}, {b}, {c}");
+}
+
+
+#[test]
+fn one_users_data_failing_is_that_users_failure_and_the_run_goes_on() {
+    let world = world(&[]);
+    // A store whose record the store cannot take (over its 4 MiB a value): storing it fails.
+    let mut broken = account();
+    broken.stores[0]["address"] = json!("x".repeat(5 << 20));
+    let cloud = Cloud::with("cloud-1", broken);
+    let mut other = account();
+    other.stores = vec![store("20180101-CCCC-401B-80FA-9ECCA8451FFB", "Other")];
+    for item in other.devices.iter_mut().chain(&mut other.employees) {
+        item["id"] = json!(format!("{}9", &item["id"].as_str().expect("id")[..35]));
+    }
+    other.documents.clear();
+    cloud.accounts.borrow_mut().insert("cloud-2".into(), other);
+    token(&world, USER, "cloud-1");
+    token(&world, OTHER, "cloud-2");
+    let summary = run_job(&world, &cloud);
+    assert_eq!((summary.outcomes.get("failed"), summary.outcomes.get("complete")), (Some(&1), Some(&1)), "{summary}");
+    let status = partner(&world, &cloud, "GET", &format!("/partner/v1/users/{USER}/sync"));
+    assert_eq!(status["waitReason"], "backoff", "{status}");
+    assert!(status["lastError"]["message"].as_str().is_some_and(|m| m.contains("too large")), "{status}");
+    let other = partner(&world, &cloud, "GET", &format!("/partner/v1/users/{OTHER}/sync"));
+    assert_eq!(other["backfill"]["complete"], true, "the other user synced: {other}");
+    // Backed off: the next run does not ask for the broken user at once.
+    let asked = cloud.sent_with("cloud-1");
+    run_job(&world, &cloud);
+    assert_eq!(cloud.sent_with("cloud-1"), asked);
+}
+
+#[test]
+fn a_run_that_died_inside_a_user_backs_that_user_off_and_goes_on_after_it() {
+    let world = world(&[]);
+    let cloud = Cloud::with("cloud-1", account());
+    let mut other = account();
+    other.stores = vec![store("20180101-CCCC-401B-80FA-9ECCA8451FFB", "Other")];
+    other.documents.clear();
+    cloud.accounts.borrow_mut().insert("cloud-2".into(), other);
+    token(&world, USER, "cloud-1");
+    token(&world, OTHER, "cloud-2");
+    // What a run that trapped inside USER left behind.
+    let died = RunState { v: storage::FORMAT, current: Some(USER.to_owned()), ..RunState::default() };
+    storage::transact(&world.ctx(), |txn| -> Result<(), ApiError> {
+        txn.put(storage::SYNC_NEXT_USER_KEY, &died);
+        Ok(())
+    })
+    .expect("store");
+    run_job(&world, &cloud);
+    assert_eq!(cloud.sent_with("cloud-1"), 0, "the culprit waits");
+    assert!(cloud.sent_with("cloud-2") > 0, "the others go on");
+    let status = partner(&world, &cloud, "GET", &format!("/partner/v1/users/{USER}/sync"));
+    assert!(status["lastError"]["message"].as_str().is_some_and(|m| m.contains("last run ended")), "{status}");
+    let saved: RunState = storage::read(&world.kv, storage::SYNC_NEXT_USER_KEY).expect("read").expect("saved");
+    assert_eq!(saved.current, None, "a run that ended saves that it did");
+}
+
+#[test]
+fn no_cloud_request_waits_past_the_runs_deadline() {
+    let world = world(&[]);
+    let cloud = Cloud::with("cloud-1", account());
+    token(&world, USER, "cloud-1");
+    // Five seconds left of the run: no request may wait the configured 20.
+    run(&ctx(&world, &cloud), NOW + 5).expect("a run");
+    let timeouts = cloud.timeouts.borrow().clone();
+    assert!(!timeouts.is_empty());
+    assert!(timeouts.iter().all(|t| t.is_some_and(|t| t.as_secs() <= 5)), "{timeouts:?}");
+    // The partner's sync-now stays within its budget, under the gateway's 8 s request deadline.
+    cloud.timeouts.borrow_mut().clear();
+    let request =
+        Request::new("POST", &format!("/partner/v1/users/{USER}/sync")).header("authorization", "Bearer partner");
+    assert_eq!(crate::handle(&ctx(&world, &cloud), &request).status, 200);
+    let timeouts = cloud.timeouts.borrow().clone();
+    assert!(timeouts.iter().all(|t| t.is_some_and(|t| t.as_secs() <= crate::config::DEFAULT_NOW_BUDGET_SECS)));
+    assert!(crate::config::DEFAULT_NOW_BUDGET_SECS < 8);
 }
