@@ -145,11 +145,20 @@ fn documents(keys: &[String], store: &str, problems: &mut Vec<String>) {
     let mut records = BTreeSet::new();
     let mut by_date: BTreeMap<&str, usize> = BTreeMap::new();
     let mut by_type: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut parts = BTreeSet::new();
     for key in keys {
         let Some(rest) = key.strip_prefix(&head) else { continue };
         // Index entries end `{closeDate ms:013}.{id}`; ids may hold dots, the time does not.
         if let Some(id) = rest.strip_prefix("doc/") {
             records.insert(id.to_owned());
+        } else if let Some(part) = rest.strip_prefix("part/") {
+            // Parts of a large document: `{id}/{n:04}`, of a document there is.
+            match part.rsplit_once('/') {
+                Some((id, _)) => {
+                    parts.insert(id.to_owned());
+                }
+                None => problems.push(format!("{key}: not a part key")),
+            }
         } else if let Some(entry) = rest.strip_prefix("by-date/") {
             match entry.split_once('.') {
                 Some((_, id)) => *by_date.entry(id).or_default() += 1,
@@ -175,6 +184,11 @@ fn documents(keys: &[String], store: &str, problems: &mut Vec<String>) {
     for id in by_date.keys().chain(by_type.keys()) {
         if !records.contains(*id) {
             problems.push(format!("documents of {store}: an index entry names no document {id}"));
+        }
+    }
+    for id in &parts {
+        if !records.contains(id) {
+            problems.push(format!("documents of {store}: parts of no document {id}"));
         }
     }
 }

@@ -22,7 +22,7 @@ use crate::config::Settings;
 use crate::domain::inventory::PastLicence;
 use crate::errors::ApiError;
 use crate::input::{self, Fields, Object, is_uuid};
-use crate::storage::{self, Issue};
+use crate::storage::{self, Issue, StorageError};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
@@ -84,8 +84,79 @@ pub struct DocumentRecord {
     pub user_id: String,
     /// When it arrived, Unix seconds.
     pub received_at: u64,
-    /// The document exactly as received.
+    /// The document exactly as received (`null` while its [`parts`](Self::parts) are apart).
     pub document: Value,
+    /// How many [`Part`]s hold the document's text, when it is too large for
+    /// one record; 0 when the record holds it. [`whole`] puts it back.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub parts: u32,
+}
+
+fn is_zero(parts: &u32) -> bool {
+    *parts == 0
+}
+
+/// A document's text larger than this is stored in parts of at most this
+/// many bytes: a part's record, its text escaped (at worst twice as long),
+/// stays under the store's 4 MiB a value.
+pub const PART_BYTES: usize = 1_900_000;
+
+/// One part of a document's text, in order (`docs/{store}/part/{id}/{n:04}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Part {
+    /// Storage format version.
+    pub v: u32,
+    /// This part of the JSON text, cut between characters.
+    pub text: String,
+}
+
+/// `text` cut into parts of at most [`PART_BYTES`], between characters.
+fn cut(text: &str) -> Vec<&str> {
+    let mut parts = Vec::with_capacity(text.len() / PART_BYTES + 1);
+    let mut rest = text;
+    while !rest.is_empty() {
+        let mut end = rest.len().min(PART_BYTES);
+        while !rest.is_char_boundary(end) {
+            end -= 1;
+        }
+        let (part, tail) = rest.split_at(end);
+        parts.push(part);
+        rest = tail;
+    }
+    parts
+}
+
+/// `record` (read at `key`) with its document whole: its parts read back
+/// and joined when it has them.
+pub(crate) fn whole(kv: &dyn crate::kv::Kv, key: &str, mut record: DocumentRecord) -> Result<DocumentRecord, ApiError> {
+    if record.parts == 0 {
+        return Ok(record);
+    }
+    let prefix = parts_prefix_of(key).ok_or_else(|| StorageError::Corrupt(key.to_owned()))?;
+    let mut text = String::with_capacity(record.parts as usize * PART_BYTES);
+    let mut read = 0;
+    for (part_key, entry) in storage::collect(kv, &prefix, None, record.parts as usize)? {
+        text.push_str(&storage::decode::<Part>(&part_key, &entry.value)?.text);
+        read += 1;
+    }
+    if read != record.parts {
+        return Err(StorageError::Corrupt(key.to_owned()).into());
+    }
+    record.document = serde_json::from_str(&text).map_err(|_| StorageError::Corrupt(key.to_owned()))?;
+    record.parts = 0;
+    Ok(record)
+}
+
+/// The parts prefix of the document stored at `key` (its own store's, or kept apart).
+pub(crate) fn parts_prefix_of(key: &str) -> Option<String> {
+    let parts: Vec<&str> = key.split('/').collect();
+    match parts.as_slice() {
+        ["docs", store, "doc", id] => Some(storage::document_parts_prefix(store, id)),
+        ["user", user_id, "foreign-docs", store, id] => {
+            Some(storage::foreign_document_parts_prefix(store, user_id, id))
+        }
+        _ => None,
+    }
 }
 
 fn v1() -> String {
@@ -106,7 +177,10 @@ struct NewDocument<'a> {
     device_uuid: Option<&'a str>,
     user_id: &'a str,
     received_at: u64,
-    document: &'a RawValue,
+    /// `None` (`null`) while the document is in `parts`.
+    document: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "is_zero")]
+    parts: u32,
 }
 
 /// A receipt event as stored.
@@ -368,6 +442,9 @@ pub(crate) fn ingest_documents(
                 repeated += 1;
                 continue;
             }
+            // A document too large for one record is kept whole, in parts beside its record.
+            let text = doc.raw.get();
+            let parts = if text.len() > PART_BYTES { cut(text) } else { Vec::new() };
             let record = NewDocument {
                 v: storage::FORMAT,
                 id: &doc.sent_id,
@@ -379,9 +456,15 @@ pub(crate) fn ingest_documents(
                 device_uuid: doc.device.as_deref(),
                 user_id,
                 received_at: now,
-                document: doc.raw,
+                document: parts.is_empty().then_some(doc.raw),
+                parts: u32::try_from(parts.len()).unwrap_or(u32::MAX),
             };
             txn.put(key, &record);
+            if let Some(prefix) = parts_prefix_of(key) {
+                for (n, text) in parts.iter().enumerate() {
+                    txn.put(&format!("{prefix}{n:04}"), &Part { v: storage::FORMAT, text: (*text).to_owned() });
+                }
+            }
             let kept_apart = foreign.contains(doc.store.as_str());
             if !kept_apart {
                 let position = format!("{:013}.{id}", doc.close_date.max(0));
@@ -453,6 +536,8 @@ const EXPIRED_PER_WRITE: usize = 100;
 struct DocumentType {
     r#type: String,
     user_id: String,
+    #[serde(default)]
+    parts: u32,
 }
 
 /// Erases the documents and receipts of `store` older than
@@ -490,6 +575,10 @@ fn expire(ctx: &Ctx<'_>, settings: &Settings, store: &str) -> Result<(), ApiErro
             let key = storage::document_key(store, id);
             if let Some(document) = txn.get::<DocumentType>(&key)? {
                 txn.delete(&format!("{}{position}", storage::documents_by_type_prefix(store, &document.r#type)));
+                let parts = storage::document_parts_prefix(store, id);
+                for n in 0..document.parts {
+                    txn.delete(&format!("{parts}{n:04}"));
+                }
                 *freed.entry(document.user_id).or_default() += 1;
             }
             txn.delete(&key);

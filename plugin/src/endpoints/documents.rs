@@ -4,8 +4,8 @@
 use crate::Ctx;
 use crate::domain::accounts::settings;
 use crate::domain::documents::{
-    DocumentRecord, MAX_BATCH, ReceiptRecord, document_view, ingest_documents, ingest_receipts, is_type_name, key_id,
-    receipt_view,
+    DocumentRecord, MAX_BATCH, PART_BYTES, ReceiptRecord, document_view, ingest_documents, ingest_receipts,
+    is_type_name, key_id, receipt_view, whole,
 };
 use crate::domain::inventory::PastLicence;
 use crate::endpoints::auth;
@@ -144,10 +144,12 @@ pub fn partner_list_documents(ctx: &Ctx<'_>, request: &Request, store: &str) -> 
         let id = position.split_once('.').map(|(_, id)| id).unwrap_or_default();
         let key = storage::document_key(&store, id);
         let entry = ctx.kv.get(&key)?.ok_or_else(|| StorageError::Corrupt(key.clone()))?;
-        if !page.fits(entry.value.len(), position) {
+        let record = storage::decode::<DocumentRecord>(&key, &entry.value)?;
+        let size = entry.value.len().saturating_add(record.parts as usize * PART_BYTES);
+        if !page.fits(size, position) {
             break;
         }
-        page.push(document_view(storage::decode::<DocumentRecord>(&key, &entry.value)?));
+        page.push(document_view(whole(ctx.kv, &key, record)?));
     }
     Ok(page.into_response())
 }
@@ -157,8 +159,9 @@ pub fn partner_get_document(ctx: &Ctx<'_>, request: &Request, store: &str, id: &
     require_partner(ctx, request)?;
     let store = store_param(store)?;
     let id = input::percent_decode(id).and_then(|id| input::id_str(&id)).ok_or_else(ApiError::not_found)?;
-    let record = storage::read::<DocumentRecord>(ctx.kv, &storage::document_key(&store, &key_id(&id)))?;
-    Ok(Response::json(200, &document_view(record.ok_or_else(ApiError::not_found)?)))
+    let key = storage::document_key(&store, &key_id(&id));
+    let record = storage::read::<DocumentRecord>(ctx.kv, &key)?.ok_or_else(ApiError::not_found)?;
+    Ok(Response::json(200, &document_view(whole(ctx.kv, &key, record)?)))
 }
 
 /// `GET /partner/v1/stores/{storeUuid}/receipts?from=&to=&after=&limit=`.

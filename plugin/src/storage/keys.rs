@@ -185,6 +185,17 @@ pub fn document_key(store: &str, id: &str) -> String {
     format!("docs/{store}/doc/{id}")
 }
 
+/// Prefix of the parts of a document too large for one record (see
+/// [`crate::domain::documents::PART_BYTES`]), in order.
+pub fn document_parts_prefix(store: &str, id: &str) -> String {
+    format!("docs/{store}/part/{id}/")
+}
+
+/// Prefix of the parts of a large document kept apart.
+pub fn foreign_document_parts_prefix(store: &str, user_id: &str, id: &str) -> String {
+    format!("user/{user_id}/foreign-parts/{store}/{id}/")
+}
+
 /// Key of a document a user delivered into a store another user owns:
 /// kept apart, so it can never make the owner's own delivery a duplicate.
 pub fn foreign_document_key(store: &str, user_id: &str, id: &str) -> String {

@@ -756,3 +756,53 @@ fn a_user_past_its_quota_is_answered_402_and_nothing_of_the_delivery_is_stored()
     let alice = world.register(ALICE, "alice-again");
     assert_eq!(put(&world, &alice, STORE, json!([document("d1"), document("d2"), document("d3")])).status, 200);
 }
+
+#[test]
+fn a_document_larger_than_a_record_is_kept_whole_in_parts_and_expires_whole() {
+    let world = World::with(&[("retention_days", "30")]);
+    let token = world.register(ALICE, "alice");
+    world.clock.advance(100 * 86_400);
+    let now_ms = crate::time::millis(crate::clock::Clock::now_unix(&world.clock));
+    // 5.3 MB, with quotes and multi-byte characters across the cuts.
+    let lines: Vec<Value> = (0..60_000)
+        .map(|n| json!({"name": format!("Сидр \"яблочный\" №{n}"), "price": n, "note": "é".repeat(20)}))
+        .collect();
+    let big = json!({"id": "big-1", "store_id": STORE, "device_id": DEVICE, "type": "SELL", "close_date": now_ms,
+                     "user_id": ALICE, "version": "V2", "body": {"positions": lines}});
+    let size = big.to_string().len();
+    assert!(size > 5_000_000 && size > 4 * 1024 * 1024, "{size} bytes");
+    let small = json!({"id": "small-1", "store_id": STORE, "device_id": DEVICE, "type": "SELL", "close_date": now_ms,
+                       "user_id": ALICE, "version": "V2", "body": {}});
+    let answer = put(&world, &token, STORE, json!([big.clone(), small]));
+    assert_eq!(answer.status, 200, "{}", String::from_utf8_lossy(&answer.body));
+    assert_eq!(answer.body_json()["accepted"], 2);
+    let parts = world.kv.keys().into_iter().filter(|key| key.contains("/part/big-1/")).count();
+    assert!(parts >= 3, "{parts} parts");
+    let read = world.call("GET", &format!("/partner/v1/stores/{STORE}/documents/big-1"), Some("partner"), None);
+    assert_eq!(read.status, 200);
+    assert_eq!(read.body_json()["document"], big, "read back whole, byte for byte the same JSON");
+    let listed = world.call("GET", &format!("/partner/v1/stores/{STORE}/documents"), Some("partner"), None);
+    let items = listed.body_json()["items"].as_array().cloned().expect("items");
+    assert!(items.iter().any(|item| item["document"] == big), "the listing shows it whole");
+    assert_eq!(put(&world, &token, STORE, json!([big.clone()])).body_json()["duplicates"], 1, "taken once");
+    assert!(crate::audit::problems(&world.kv).is_empty(), "{:?}", crate::audit::problems(&world.kv));
+    // Past retention_days the whole of it goes, parts too.
+    world.clock.advance(40 * 86_400);
+    let later = json!({"id": "later", "store_id": STORE, "device_id": DEVICE, "type": "SELL",
+                       "close_date": now_ms + 40 * 86_400_000i64, "user_id": ALICE, "version": "V2", "body": {}});
+    assert_eq!(put(&world, &token, STORE, json!([later])).status, 200);
+    assert!(world.kv.keys().iter().all(|key| !key.contains("big-1")), "no part of it is left");
+    assert!(crate::audit::problems(&world.kv).is_empty(), "{:?}", crate::audit::problems(&world.kv));
+}
+
+#[test]
+fn cutting_keeps_every_character_and_each_part_fits_a_record() {
+    let text = format!("[{}]", "\"é—\\\"x".repeat(700_000));
+    let parts = cut(&text);
+    assert_eq!(parts.concat(), text);
+    for part in &parts {
+        assert!(part.len() <= PART_BYTES);
+        let record = serde_json::to_vec(&Part { v: 1, text: (*part).to_owned() }).expect("json");
+        assert!(record.len() <= 4 * 1024 * 1024, "{} bytes", record.len());
+    }
+}
