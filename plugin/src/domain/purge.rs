@@ -1,13 +1,20 @@
 //! Erasing everything stored for one Evotor user (a merchant's request
 //! under 152-FZ or the GDPR): `DELETE /partner/v1/users/{userId}/data`.
 //!
+//! First the user's deliveries stop: every token issued to it is revoked
+//! in one commit, so nothing it sends lands behind the erasure.
+//!
 //! What goes: the stores the user owns with their documents, receipt
-//! indexes and catalogs; the user's terminals and employees; its
-//! subscriptions with their events; its receipts, installation events and
-//! documents kept apart; its data issues; its cloud token, its user record
-//! and every token issued to it (a linked partner account stays, unlinked).
-//! The change feed keeps its entries (ids, no content) and gets one
-//! `user.purged`.
+//! indexes, catalogs and the order of their events; the user's terminals
+//! and employees; its subscriptions with their events, and its events kept
+//! beside another user's; its receipts, installation events (earlier
+//! formats too), legacy billing events and documents kept apart; every
+//! event taken that is the user's or names it; its data issues and those
+//! of others that name it; its cloud token, its user record and every
+//! token issued to it (a linked partner account stays, unlinked). The
+//! change feed keeps its entries (ids, no content) and gets one
+//! `user.purged`. [`LAYOUTS`] says, for each key layout of the store, how
+//! it is erased or why it is kept.
 //!
 //! A user's data can outgrow one request, so a call erases at most
 //! [`BUDGET`] records and says whether it is done; calling again goes on
@@ -47,7 +54,118 @@ struct Cursor {
     /// `issues/` scanned up to this key.
     issues_after: Option<String>,
     issues_done: bool,
+    /// The other shared key spaces ([`SCANS`]), by prefix: scanned up to
+    /// this key, or through (`None` in the map: not started).
+    #[serde(default)]
+    scans: std::collections::BTreeMap<String, Scanned>,
 }
+
+/// How far the scan of one shared key space came.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Scanned {
+    after: Option<String>,
+    done: bool,
+}
+
+/// How each key layout of the store (the table in `storage`'s docs) is
+/// erased for a user, or why it is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(test), allow(dead_code))] // the record of the steps; a test holds it against the store
+enum Erasure {
+    /// Under `user/{userId}/`, deleted last.
+    UnderUser,
+    /// The user's own record, or a token issued to it: deleted (tokens first of all).
+    UserRecord,
+    /// Under a store the user owns, deleted with the store.
+    OwnedStore,
+    /// Of an entity the user owns, deleted with it.
+    OwnedEntity,
+    /// Of a subscription the user owns, deleted with it.
+    OwnedSubscription,
+    /// Found by a scan of a shared key space, matching the user.
+    Scanned,
+    /// Kept: it holds nothing of the user (the reason is in the table).
+    Kept(&'static str),
+}
+
+/// Every key layout of the store and its erasure; a test holds it against
+/// the table in `storage`'s docs, so a new layout cannot miss its step.
+#[cfg_attr(not(test), allow(dead_code))]
+const LAYOUTS: &[(&str, Erasure)] = &[
+    ("users/{userId}", Erasure::UserRecord),
+    ("user/{userId}/cloud-token", Erasure::UnderUser),
+    ("accounts/{accountId}", Erasure::Kept("the partner's own account: it stays, unlinked from the user")),
+    ("logins/{sha256(lowercase login)}", Erasure::Kept("the partner account's login, which stays")),
+    ("tokens/{sha256(token)}", Erasure::UserRecord),
+    ("owners/{kind}/{uuid}", Erasure::OwnedEntity),
+    ("user/{userId}/{kind}/{uuid}", Erasure::UnderUser),
+    ("subs/{subscriptionId}/state", Erasure::OwnedSubscription),
+    ("subs/{subscriptionId}/event/{seq:010}", Erasure::OwnedSubscription),
+    ("subs/{subscriptionId}/foreign/{userId}/{seq:010}", Erasure::Scanned),
+    ("user/{userId}/sub/{subscriptionId}", Erasure::UnderUser),
+    ("user/{userId}/device-order", Erasure::UnderUser),
+    ("user/{userId}/installation", Erasure::UnderUser),
+    ("user/{userId}/installs/{sha256(id)}", Erasure::UnderUser),
+    ("installs/{sha256(id)}", Erasure::Scanned),
+    ("legacy-events/{sha256(body)}", Erasure::Scanned),
+    ("cat/{store}/p/{uuid}", Erasure::OwnedStore),
+    ("cat/{store}/dir", Erasure::OwnedStore),
+    ("cat/{store}/bc/{sha256(barcode)[..32]}/{uuid}", Erasure::OwnedStore),
+    ("cat/{store}/kids/{parentUuid}/{uuid}", Erasure::OwnedStore),
+    ("cat/{store}/orphan/{uuid}", Erasure::OwnedStore),
+    ("docs/{store}/doc/{id}", Erasure::OwnedStore),
+    ("docs/{store}/part/{id}/{n:04}", Erasure::OwnedStore),
+    ("user/{userId}/foreign-parts/{store}/{id}/{n:04}", Erasure::UnderUser),
+    ("docs/{store}/by-date/{closeDate ms:013}.{id}", Erasure::OwnedStore),
+    ("docs/{store}/by-type/{type}/{closeDate ms:013}.{id}", Erasure::OwnedStore),
+    ("user/{userId}/foreign-docs/{store}/{id}", Erasure::UnderUser),
+    ("user/{userId}/usage", Erasure::UnderUser),
+    ("receipts/{sha256(event id)[..32]}/{userId}", Erasure::Scanned),
+    ("rcpts/{store}/by-date/{dateTime ms:013}.{sha256(event id)[..32]}.{userId}", Erasure::OwnedStore),
+    (
+        "events/seen/{sha256(type, id)[..32]}",
+        Erasure::Kept(
+            "a digest, a time and an outcome: nothing of the event; it keeps a late re-delivery from coming back",
+        ),
+    ),
+    ("events/log/{stamp}", Erasure::Scanned),
+    ("events/order/product/{store}/{uuid}", Erasure::OwnedStore),
+    ("feed/{stamp}", Erasure::Kept("ids only, no content; partner systems' positions depend on it")),
+    ("issues/{sha256(user, store, entity, id, problem)[..32]}", Erasure::Scanned),
+    ("sync/users/{userId}", Erasure::UserRecord),
+    ("sync/feed", Erasure::Kept("a position in the application's feed, of no user")),
+    ("sync/next-user", Erasure::Kept("a position among user ids: the next run goes on after it")),
+    ("meta/{name}", Erasure::Kept("service records; the erasure's own cursor is deleted when it completes")),
+];
+
+/// The heads of what lives under a store the user owns.
+const STORE_HEADS: [&str; 4] = ["docs", "cat", "rcpts", "events/order/product"];
+
+/// A shared key space scanned for a user's records (besides `receipts/`
+/// and `issues/`): its prefix and whether an entry is the user's.
+struct SharedScan {
+    prefix: &'static str,
+    matches: fn(user_id: &str, key: &str, value: &[u8]) -> bool,
+}
+
+/// Whether a record's bytes name the user (its id is `NN-NNNNNNNNNNNNNNN`,
+/// so it never appears inside another id by chance).
+fn names(user_id: &str, value: &[u8]) -> bool {
+    let needle = user_id.as_bytes();
+    value.windows(needle.len()).any(|window| window == needle)
+}
+
+/// The shared key spaces scanned after receipts and data issues.
+const SCANS: [SharedScan; 4] = [
+    // Every event taken: those of the user, or naming it.
+    SharedScan { prefix: "events/log/", matches: |user, _, value| names(user, value) },
+    // Legacy `/user/event` bodies and earlier installation events.
+    SharedScan { prefix: "legacy-events/", matches: |user, _, value| names(user, value) },
+    SharedScan { prefix: "installs/", matches: |user, _, value| names(user, value) },
+    // The user's events kept beside another user's subscription.
+    SharedScan { prefix: "subs/", matches: |user, key, _| key.contains(&format!("/foreign/{user}/")) },
+];
 
 /// A call's remaining budget.
 struct Budget {
@@ -115,6 +233,17 @@ fn purge_at_most(ctx: &Ctx<'_>, user_id: &str, records: usize) -> Result<Progres
 
 /// The steps, each idempotent; `true` once every one is through.
 fn purge_within(ctx: &Ctx<'_>, user_id: &str, budget: &mut Budget) -> Result<bool, ApiError> {
+    // First the user's deliveries stop: every token issued to it revoked, in one commit.
+    storage::transact(ctx, |txn| -> Result<(), ApiError> {
+        let key = storage::user_key(user_id);
+        if let Some(mut user) = txn.get::<UserRecord>(&key)?
+            && !user.tokens.is_empty()
+        {
+            tokens::revoke_all(txn, &mut user);
+            txn.put(&key, &user);
+        }
+        Ok(())
+    })?;
     // The stores the user owns, with what lives under them; then its terminals and employees.
     for kind in ["store", "device", "employee"] {
         let prefix = storage::entities_prefix(user_id, kind);
@@ -122,7 +251,7 @@ fn purge_within(ctx: &Ctx<'_>, user_id: &str, budget: &mut Budget) -> Result<boo
             let record: EntityRecord = storage::decode(&key, &entry.value)?;
             let uuid = record.uuid.to_ascii_lowercase();
             if kind == "store" {
-                for head in ["docs", "cat", "rcpts"] {
+                for head in STORE_HEADS {
                     if !budget.delete_prefix(ctx, &format!("{head}/{uuid}/"))? {
                         return Ok(false);
                     }
@@ -165,10 +294,11 @@ fn purge_within(ctx: &Ctx<'_>, user_id: &str, budget: &mut Budget) -> Result<boo
         let legacy = key.strip_prefix("receipts/").is_some_and(|rest| !rest.contains('/'));
         Ok(legacy && storage::decode::<ReceiptRecord>(key, value)?.user_id == user_id)
     };
+    // The user's data issues, and another user's that name it.
     let issue_of_user = |key: &str, value: &[u8]| -> Result<bool, ApiError> {
-        Ok(storage::decode::<IssueRecord>(key, value)?.user_id.as_deref() == Some(user_id))
+        Ok(storage::decode::<IssueRecord>(key, value)?.user_id.as_deref() == Some(user_id) || names(user_id, value))
     };
-    let scanned =
+    let mut scanned =
         scan_delete(ctx, budget, "receipts/", &mut cursor.receipts_after, &mut cursor.receipts_done, receipt_of_user)
             .and_then(|receipts| match receipts {
                 true => scan_delete(
@@ -181,6 +311,14 @@ fn purge_within(ctx: &Ctx<'_>, user_id: &str, budget: &mut Budget) -> Result<boo
                 ),
                 false => Ok(false),
             });
+    for scan in &SCANS {
+        if !matches!(scanned, Ok(true)) {
+            break;
+        }
+        let position = cursor.scans.entry(scan.prefix.to_owned()).or_default();
+        let matches = |key: &str, value: &[u8]| Ok(key.starts_with(scan.prefix) && (scan.matches)(user_id, key, value));
+        scanned = scan_delete(ctx, budget, scan.prefix, &mut position.after, &mut position.done, matches);
+    }
     // Where the scans stopped is kept even when a step failed: the next call goes on from there.
     cursor.v = storage::FORMAT;
     storage::transact(ctx, |txn| -> Result<(), ApiError> {

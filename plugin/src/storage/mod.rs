@@ -34,6 +34,7 @@
 //! | `user/{userId}/device-order` | [`DeviceOrder`]: the user's devices in first-registration order |
 //! | `user/{userId}/installation` | [`crate::domain::billing::Installation`] |
 //! | `user/{userId}/installs/{sha256(id)}` | an installation event as received (earlier formats: `installs/{sha256(id)}`, read, never written) |
+//! | `installs/{sha256(id)}` | an installation event as earlier formats kept it: read, never written |
 //! | `legacy-events/{sha256(body)}` | a legacy `/user/event` as received |
 //! | `cat/{store}/p/{uuid}` | [`crate::domain::catalog::ProductRecord`]: a product or group of a store |
 //! | `cat/{store}/dir` | [`crate::domain::catalog::Directory`]: product counts per key range, for offset paging |
@@ -41,9 +42,11 @@
 //! | `cat/{store}/kids/{parentUuid}/{uuid}` | child index: items under a group |
 //! | `cat/{store}/orphan/{uuid}` | [`crate::domain::catalog::Orphan`]: an item whose `parentUuid` names nothing in the store |
 //! | `docs/{store}/doc/{id}` | [`crate::domain::documents::DocumentRecord`]: a terminal document as received |
+//! | `docs/{store}/part/{id}/{n:04}` | [`crate::domain::documents::Part`]: part `n` of a document too large for one record |
 //! | `docs/{store}/by-date/{closeDate ms:013}.{id}` | document index by close date |
 //! | `docs/{store}/by-type/{type}/{closeDate ms:013}.{id}` | document index by type and close date |
 //! | `user/{userId}/foreign-docs/{store}/{id}` | [`crate::domain::documents::DocumentRecord`]: a document delivered into a store another user owns, kept apart |
+//! | `user/{userId}/foreign-parts/{store}/{id}/{n:04}` | [`crate::domain::documents::Part`]: part `n` of a large document kept apart |
 //! | `user/{userId}/usage` | [`crate::domain::documents::Usage`]: how many documents and receipts the user stored, under `user_quota_records` |
 //! | `receipts/{sha256(event id)[..32]}/{userId}` | [`crate::domain::documents::ReceiptRecord`]: a receipt event as received (older ones without `/{userId}`) |
 //! | `rcpts/{store}/by-date/{dateTime ms:013}.{sha256(event id)[..32]}.{userId}` | receipt index by date (older ones without `.{userId}`) |

@@ -105,7 +105,15 @@ fn register_verify_cloud_token_then_user_calls_until_the_tariff_lapses() {
     );
     assert_eq!(user.status, 200);
     let user = user.json();
-    assert_eq!(user["cloudToken"]["token"], "evotor-cloud");
+    assert!(user["cloudToken"].is_object(), "a cloud token is present");
+    assert!(!user.to_string().contains("evotor-cloud\""), "the cloud token itself only from its endpoint");
+    let cloud = request(
+        "GET",
+        &gateway.url(&format!("/partner/v1/users/{USER}/cloud-token")),
+        &[("authorization", "Bearer partner-secret")],
+        None,
+    );
+    assert_eq!(cloud.json()["token"], "evotor-cloud");
     assert_eq!(user["account"]["login"], "shop-owner");
     assert_eq!(user["tariff"]["status"], "ACTIVE");
     assert!(!user.to_string().contains(&token), "issued tokens are never shown");
@@ -187,7 +195,7 @@ fn install_trial_activate_terminate_is_402_and_renewal_lets_the_user_back() {
     event(3, "SubscriptionTerminated", json!({}));
     let lapsed = call();
     assert_eq!((lapsed.status, lapsed.error_code()), (402, Some(1004)), "terminated");
-    // A lapsed user's own token still delivers the event that revives it.
+    // Evotor speaks for the subscription: the user's own token delivering a renewal is kept, not applied.
     let renewed = subscription_event(
         user,
         sub,
@@ -196,6 +204,9 @@ fn install_trial_activate_terminate_is_402_and_renewal_lets_the_user_back() {
         json!({"nextBillingDate": "2099-02-01T00:00:00.000+0000"}),
     );
     assert_eq!(post_json(&gateway.url("/api/v1/subscription/event"), Some(&token), &renewed).status, 200);
+    assert_eq!(call().status, 402, "a user token's renewal does not revive it");
+    // Evotor's own renewal does.
+    event(4, "SubscriptionRenewed", json!({"nextBillingDate": "2099-02-01T00:00:00.000+0000"}));
     assert_eq!(call().status, 200, "renewed");
 }
 
@@ -318,4 +329,65 @@ fn the_partner_publishes_a_catalog_that_terminals_page_through_and_scan() {
     assert_eq!(scan(&bob, "4600000001234").status, 404, "another user's catalog is invisible");
     let foreign = get(&gateway.url(&format!("/api/v1/inventories/stores/{STORE}/products")), &bob);
     assert_eq!(foreign.status, 404, "another user's store answers as a missing one");
+}
+
+#[test]
+fn deliveries_during_an_erasure_never_survive_it() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let gateway = Gateway::evotor("");
+    let account = evogate_e2e::stream::Account::register(&gateway, 7);
+    let partner = [("authorization", "Bearer partner-secret")];
+    let erase = || {
+        let url = gateway.url(&format!("/partner/v1/users/{}/data", account.user));
+        loop {
+            let reply = request("DELETE", &url, &partner, None);
+            assert!(matches!(reply.status, 200 | 202), "{} {}", reply.status, reply.text());
+            if reply.json()["complete"] == true {
+                return reply.json()["deleted"].as_u64().expect("deleted");
+            }
+        }
+    };
+    let (stop, accepted, erased) = (AtomicBool::new(false), AtomicUsize::new(0), AtomicBool::new(false));
+    let statuses_after_erasure = std::thread::scope(|scope| {
+        let sender = scope.spawn(|| {
+            let auth = format!("Bearer {}", account.token);
+            let headers = [("content-type", "application/json"), ("authorization", auth.as_str())];
+            let url = gateway.url(&format!("/api/v1/inventories/stores/{}/documents", account.store));
+            let mut after = Vec::new();
+            for batch in 0.. {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let was_erased = erased.load(Ordering::Acquire);
+                let docs: Vec<serde_json::Value> = (0..5).map(|n| account.document(batch, n)).collect();
+                let reply = request("PUT", &url, &headers, Some(serde_json::Value::from(docs).to_string().as_bytes()));
+                if reply.status == 200 {
+                    accepted.fetch_add(1, Ordering::Release);
+                }
+                if was_erased {
+                    after.push(reply.status);
+                }
+            }
+            after
+        });
+        while accepted.load(Ordering::Acquire) < 3 {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        erase();
+        erased.store(true, Ordering::Release);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        stop.store(true, Ordering::Relaxed);
+        sender.join().expect("sender")
+    });
+    assert!(!statuses_after_erasure.is_empty(), "deliveries went on after the erasure");
+    assert!(statuses_after_erasure.iter().all(|status| *status == 401), "{statuses_after_erasure:?}");
+    // A second erasure finds whatever a delivery in flight left, and then nothing is left.
+    erase();
+    let documents =
+        request("GET", &gateway.url(&format!("/partner/v1/stores/{}/documents", account.store)), &partner, None);
+    let left = if documents.status == 200 { documents.json()["items"].as_array().map_or(0, Vec::len) } else { 0 };
+    assert_eq!(left, 0, "no document of the erased user survives");
+    let user = request("GET", &gateway.url(&format!("/partner/v1/users/{}", account.user)), &partner, None);
+    assert_eq!(user.status, 404, "the user is gone");
+    assert_eq!(erase(), 0, "nothing more to find");
 }

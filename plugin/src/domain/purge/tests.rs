@@ -11,7 +11,7 @@ const BOBS_STORE: &str = "20170228-f4f1-401b-80fa-9ecca8451ffc";
 /// A world where Alice and Bob each have stores, a terminal, an employee,
 /// products, documents, receipts, a subscription and data issues.
 fn populated() -> (World, String) {
-    let world = World::new();
+    let world = World::with(&[("events_webhook_allow_unsigned", "true")]);
     let mut bobs_token = String::new();
     for (user, login, store, n) in [(ALICE, "alice", ALICES_STORE, 1), (BOB, "bob", BOBS_STORE, 2)] {
         let token = world.register(user, login);
@@ -39,10 +39,30 @@ fn populated() -> (World, String) {
         let subscription = json!({"subscriptionId": format!("a99fbf70-6307-4acc-b61c-741ee9eef6c{n}"), "productId": "p",
             "userId": user, "sequenceNumber": 1, "timestamp": 1, "type": "SubscriptionCreated"});
         assert_eq!(world.server("/api/v1/subscription/event", subscription).status, 200);
+        // Events with personal data, a product event, a legacy billing event.
+        let order = json!({"id": format!("order-{n}"), "type": "Order", "action": "created",
+            "payload": {"user_id": user, "customer": {"name": "Ivan", "phone": "+7 900 000-00-0{n}"}}});
+        assert_eq!(world.call("POST", "/events", None, Some(order)).status, 200);
+        let product = json!({"id": format!("pe-{n}"), "type": "ProductEvent", "action": "created",
+            "payload": {"id": format!("7c3bfd7a-4e1b-4c55-9d3e-0d7f0c1a000{n}"), "store_id": store, "user_id": user,
+                        "name": "Tea", "price": 1, "type": "NORMAL"}});
+        assert_eq!(world.call("POST", "/events", None, Some(product)).status, 200);
+        let legacy = json!({"type": "ApplicationInstalled", "userId": user, "customer": "Ivan"});
+        assert_eq!(world.server("/api/v1/user/event", legacy).status, 200);
+        // An installation event as earlier formats kept it.
+        let install = json!({"v": 1, "receivedAt": 1, "event": {"id": format!("i-{n}"), "data": {"userId": user}}});
+        world
+            .kv
+            .commit(vec![], vec![crate::kv::Write::Set(format!("installs/{n:064}"), install.to_string().into_bytes())])
+            .expect("an earlier format's record");
         if user == BOB {
             bobs_token = token;
         }
     }
+    // Alice's event for Bob's subscription: kept beside it.
+    let stray = json!({"subscriptionId": "a99fbf70-6307-4acc-b61c-741ee9eef6c2", "productId": "p", "userId": ALICE,
+        "sequenceNumber": 2, "timestamp": 1, "type": "SubscriptionRenewed"});
+    assert_eq!(world.server("/api/v1/subscription/event", stray).status, 200);
     (world, bobs_token)
 }
 
@@ -61,10 +81,13 @@ fn traces(world: &World, user: &str, store: &str) -> Vec<String> {
         .collect()
 }
 
-/// The [`traces`] of `user` with the version of each.
-fn versions(world: &World, user: &str, store: &str) -> Vec<(String, u64)> {
+/// The [`traces`] of `user` with the version of each, but those that also
+/// name `erased` (another user's data issue about it goes with it).
+fn versions(world: &World, user: &str, store: &str, erased: &str) -> Vec<(String, u64)> {
+    let theirs = traces(world, erased, "\0");
     traces(world, user, store)
         .into_iter()
+        .filter(|key| !theirs.contains(key))
         .map(|key| {
             let version = world.kv.get(&key).expect("get").expect("entry").version;
             (key, version)
@@ -76,13 +99,13 @@ fn versions(world: &World, user: &str, store: &str) -> Vec<(String, u64)> {
 fn erasing_a_user_leaves_nothing_of_it_and_everything_of_the_others() {
     let (world, bobs_token) = populated();
     assert!(!traces(&world, ALICE, ALICES_STORE).is_empty());
-    let bobs_before = versions(&world, BOB, BOBS_STORE);
+    let bobs_before = versions(&world, BOB, BOBS_STORE, ALICE);
     let answer = world.call("DELETE", &format!("/partner/v1/users/{ALICE}/data"), Some("partner"), None);
     assert_eq!(answer.status, 200, "{}", String::from_utf8_lossy(&answer.body));
     assert_eq!(answer.body_json()["complete"], true);
     assert!(answer.body_json()["deleted"].as_u64().unwrap_or_default() > 10);
     assert_eq!(traces(&world, ALICE, ALICES_STORE), Vec::<String>::new(), "nothing of Alice is left");
-    let bobs_after = versions(&world, BOB, BOBS_STORE);
+    let bobs_after = versions(&world, BOB, BOBS_STORE, ALICE);
     assert_eq!(bobs_before, bobs_after, "Bob's data untouched");
     assert_eq!(world.whoami(&bobs_token), Ok(BOB.to_owned()));
     let feed = world.call("GET", "/partner/v1/feed?limit=1000", Some("partner"), None).body_json();
@@ -121,4 +144,62 @@ fn only_the_partner_may_erase_and_only_a_user_id() {
     assert_eq!(world.call("DELETE", &path, Some(&bobs_token), None).status, 401);
     assert_eq!(world.call("DELETE", "/partner/v1/users/nobody/data", Some("partner"), None).status, 400);
     assert!(!traces(&world, ALICE, ALICES_STORE).is_empty());
+}
+
+#[test]
+fn every_key_layout_has_an_erasure_step() {
+    let docs = include_str!("../../storage/mod.rs");
+    let table = docs.split("//! | key | value |").nth(1).expect("the table of keys");
+    let documented: std::collections::BTreeSet<&str> = table
+        .lines()
+        .skip(1)
+        .take_while(|line| line.starts_with("//! |"))
+        .filter_map(|line| line.strip_prefix("//! | `"))
+        .filter_map(|row| row.split_once("` |").map(|(key, _)| key))
+        .collect();
+    assert!(documented.len() > 30, "{documented:?}");
+    let erased: std::collections::BTreeSet<&str> = LAYOUTS.iter().map(|(key, _)| *key).collect();
+    let missing: Vec<&&str> = documented.difference(&erased).collect();
+    assert!(missing.is_empty(), "layouts without an erasure step: {missing:?}");
+    let gone: Vec<&&str> = erased.difference(&documented).collect();
+    assert!(gone.is_empty(), "erasure steps of layouts the store no longer has: {gone:?}");
+    // Each step names where it acts: the shared key spaces are scanned, the stores' heads deleted.
+    for (key, erasure) in LAYOUTS {
+        match erasure {
+            Erasure::UnderUser => assert!(key.starts_with("user/{userId}/"), "{key}"),
+            Erasure::OwnedStore => {
+                assert!(STORE_HEADS.iter().any(|head| key.starts_with(&format!("{head}/{{store}}/"))))
+            }
+            Erasure::Scanned => {
+                let scanned = ["receipts/", storage::ISSUES_PREFIX].into_iter().chain(SCANS.iter().map(|s| s.prefix));
+                assert!(scanned.into_iter().any(|prefix| key.starts_with(prefix)), "{key} is scanned by no step");
+            }
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn a_users_deliveries_stop_when_its_erasure_starts() {
+    let (world, _) = populated();
+    let alices_token = world.register(ALICE, "alice");
+    assert_eq!(world.whoami(&alices_token), Ok(ALICE.to_owned()));
+    let document = |n: usize| {
+        json!([{"id": format!("late-{n}"), "store_id": ALICES_STORE, "device_id": "5a188de4-49b8-4cb4-800e-eb6b52024371",
+            "type": "SELL", "close_date": 1_700_000_000_000i64, "user_id": ALICE, "version": "V2", "body": {}}])
+    };
+    let path = format!("/api/v1/inventories/stores/{ALICES_STORE}/documents");
+    let mut calls = 0;
+    loop {
+        let progress = purge_at_most(&world.ctx(), ALICE, 5).expect("purge");
+        calls += 1;
+        // A delivery between two steps of the erasure is refused: the tokens went first.
+        let late = world.call("PUT", &path, Some(&alices_token), Some(document(calls)));
+        assert_eq!(late.status, 401, "call {calls}: {}", String::from_utf8_lossy(&late.body));
+        if progress.complete {
+            break;
+        }
+        assert!(calls < 300, "it makes progress");
+    }
+    assert_eq!(traces(&world, ALICE, ALICES_STORE), Vec::<String>::new(), "nothing of Alice is left");
 }
