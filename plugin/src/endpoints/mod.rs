@@ -98,6 +98,10 @@ const ROUTES: &[Route] = &[
         &[("GET", |ctx, request, path| partner::get_user(ctx, request, path.get("userId")))],
     ),
     route(
+        "/partner/v1/users/{userId}/cloud-token",
+        &[("GET", |ctx, request, path| partner::user_cloud_token(ctx, request, path.get("userId")))],
+    ),
+    route(
         "/partner/v1/users/{userId}/subscriptions",
         &[("GET", |ctx, request, path| partner::user_subscriptions(ctx, request, path.get("userId")))],
     ),

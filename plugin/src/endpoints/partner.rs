@@ -143,8 +143,9 @@ fn user_view(ctx: &Ctx<'_>, user_id: &str, user: Option<&UserRecord>) -> Result<
         Some(id) => storage::read::<Account>(ctx.kv, &storage::account_key(id))?,
         None => None,
     };
+    // Whether there is one and how it ends; the token itself only from its own endpoint.
     let cloud_token = storage::cloud_token(ctx.kv, user_id)?
-        .map(|token| json!({ "token": token.token, "receivedAt": token.received_at }));
+        .map(|token| json!({ "last4": token_tail(&token.token), "receivedAt": token.received_at }));
     let tokens: Vec<Value> = user
         .map(|user| user.tokens.as_slice())
         .unwrap_or_default()
@@ -173,6 +174,25 @@ fn user_view(ctx: &Ctx<'_>, user_id: &str, user: Option<&UserRecord>) -> Result<
         "tariff": tariff,
         "tokens": tokens,
     }))
+}
+
+/// The last four characters of a cloud token, enough to tell two apart;
+/// nothing of a token shorter than 16 characters.
+fn token_tail(token: &str) -> Option<String> {
+    let count = token.chars().count();
+    (count >= 16).then(|| token.chars().skip(count - 4).collect())
+}
+
+/// `GET /partner/v1/users/{userId}/cloud-token`: the user's Evotor cloud
+/// token itself, for the partner's own calls to the cloud; each read is logged.
+pub fn user_cloud_token(ctx: &Ctx<'_>, request: &Request, user_id: &str) -> Result<Response, ApiError> {
+    require_partner(ctx, request)?;
+    if !input::is_user_id(user_id) {
+        return Err(ApiError::incorrect("userId", user_id));
+    }
+    let token = storage::cloud_token(ctx.kv, user_id)?.ok_or_else(ApiError::not_found)?;
+    eprintln!("partner API: the Evotor cloud token of user {user_id} was read");
+    Ok(Response::json(200, &json!({ "token": token.token, "receivedAt": token.received_at })))
 }
 
 /// `GET /partner/v1/users/{userId}`: what the service knows about a user.

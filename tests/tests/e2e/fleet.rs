@@ -398,8 +398,8 @@ fn a_database_outage_answers_503_loses_no_acknowledged_write_and_heals_itself() 
         assert_eq!(retry_after.as_deref(), Some("1"));
     }
     for n in acknowledged.lock().expect("lock").iter() {
-        let view = partner(&node, "GET", &format!("/partner/v1/users/{}", user_id(*n)), None).json();
-        assert_eq!(view["cloudToken"]["token"], format!("cloud-{n}"), "acknowledged write {n} is kept");
+        let view = partner(&node, "GET", &format!("/partner/v1/users/{}/cloud-token", user_id(*n)), None).json();
+        assert_eq!(view["token"], format!("cloud-{n}"), "acknowledged write {n} is kept");
     }
 }
 

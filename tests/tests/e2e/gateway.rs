@@ -42,7 +42,15 @@ fn cloud_token_is_stored_and_survives_a_restart() {
         None,
     );
     assert_eq!(user.status, 200, "{}", user.text());
-    assert_eq!(user.json()["cloudToken"]["token"], "evotor-cloud-token");
+    assert_eq!(user.json()["cloudToken"]["last4"], "oken", "present, only its last characters shown");
+    let cloud = request(
+        "GET",
+        &gateway.url(&format!("/partner/v1/users/{USER}/cloud-token")),
+        &[("authorization", "Bearer partner-secret")],
+        None,
+    );
+    assert_eq!(cloud.json()["token"], "evotor-cloud-token");
+    assert!(gateway.wait_for_log("cloud token of user"), "reading it is logged");
     assert!(!gateway.log().contains("evotor-cloud-token"), "the token is never logged");
 }
 
