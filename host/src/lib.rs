@@ -28,6 +28,7 @@ mod app;
 #[cfg(feature = "runtime")]
 mod bindings;
 pub mod config;
+mod data_dir;
 #[cfg(feature = "runtime")]
 mod deploy;
 pub mod edge;

@@ -5,7 +5,7 @@
 use crate::app::App;
 use crate::server::{self, Gateway, ServeOptions};
 use crate::settings::Settings;
-use crate::{admin, config, deploy, kv, sandbox, tls::Tls};
+use crate::{admin, config, data_dir, deploy, kv, sandbox, tls::Tls};
 use anyhow::Context as _;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::future::Future;
@@ -141,7 +141,8 @@ pub async fn run(
 pub(crate) async fn start(config: &config::Config, settings: &Settings) -> anyhow::Result<App> {
     // Absolute, so that every part (the compilation cache insists) agrees on it.
     let data_dir = std::path::absolute(config.data_dir()).context("resolving data_dir")?;
-    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating data_dir {}", data_dir.display()))?;
+    data_dir::create(&data_dir).with_context(|| format!("creating data_dir {}", data_dir.display()))?;
+    data_dir::make_private(&data_dir).with_context(|| format!("making data_dir {} private", data_dir.display()))?;
     let backend = kv::open(&config.store, &data_dir)?;
     tracing::info!(store = %backend.describe(), "key-value store open");
     // Compiled code is loaded and run as is: only this user may write it.

@@ -45,8 +45,15 @@ impl RedbBackend {
     pub fn open(path: &Path) -> anyhow::Result<Self> {
         use anyhow::Context as _;
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating data directory {}", dir.display()))?;
+            crate::data_dir::create(dir).with_context(|| format!("creating data directory {}", dir.display()))?;
         }
+        // Every merchant's cloud token is in it: made readable by this user
+        // only (redb would make it with the process's umask).
+        let mut file = std::fs::OpenOptions::new();
+        file.read(true).write(true).create(true).truncate(false);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut file, 0o600);
+        file.open(path).with_context(|| format!("creating redb store {}", path.display()))?;
         let db = Database::create(path).with_context(|| format!("opening redb store {}", path.display()))?;
         Ok(Self {
             db: RwLock::new(Some(db)),
