@@ -99,8 +99,71 @@ fn problem(status: StatusCode, message: &str) -> Reply {
 /// Time a client of the admin API has for its TLS handshake and request head.
 const ADMIN_HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Admin connections open at once; more are closed at once.
+/// Admin connections open at once. A connection past them closes the
+/// oldest idle one (no request in flight) to take its place, so idle
+/// connections can never lock out a health check; when every one is busy,
+/// the new one waits [`ADMIN_ADMISSION_WAIT`] for a place, then is closed.
 const MAX_ADMIN_CONNECTIONS: usize = 64;
+
+/// How long a connection past [`MAX_ADMIN_CONNECTIONS`] waits for a place.
+const ADMIN_ADMISSION_WAIT: Duration = Duration::from_secs(1);
+
+/// One open admin connection, as the listener sees it.
+#[derive(Debug, Default)]
+struct AdminConnection {
+    /// Requests in flight on it.
+    busy: std::sync::atomic::AtomicUsize,
+    /// Told when a newer connection needs its place (it closes once idle).
+    evict: tokio::sync::Notify,
+}
+
+/// The open admin connections, oldest first.
+#[derive(Debug, Default)]
+struct AdminConnections {
+    open: std::sync::Mutex<std::collections::VecDeque<Arc<AdminConnection>>>,
+}
+
+impl AdminConnections {
+    fn add(&self) -> Arc<AdminConnection> {
+        let connection = Arc::new(AdminConnection::default());
+        self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push_back(connection.clone());
+        connection
+    }
+
+    fn remove(&self, connection: &Arc<AdminConnection>) {
+        let mut open = self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        open.retain(|other| !Arc::ptr_eq(other, connection));
+    }
+
+    /// Tells the oldest idle connection to close; whether there was one.
+    fn evict_oldest_idle(&self) -> bool {
+        let mut open = self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let idle = open.iter().position(|c| c.busy.load(std::sync::atomic::Ordering::Acquire) == 0);
+        match idle.and_then(|index| open.remove(index)) {
+            Some(connection) => {
+                connection.evict.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Counts a request in flight on its connection while alive.
+struct Busy(Arc<AdminConnection>);
+
+impl Busy {
+    fn new(connection: &Arc<AdminConnection>) -> Self {
+        connection.busy.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Self(connection.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.busy.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
 
 /// Serves the admin API on `listener` (over HTTPS with `tls`) until `shutdown` resolves.
 pub async fn serve(
@@ -111,40 +174,101 @@ pub async fn serve(
 ) {
     tokio::pin!(shutdown);
     // Admin connections have their own bound: idle ones can never take the public listener's descriptors.
-    let connections = Arc::new(tokio::sync::Semaphore::new(MAX_ADMIN_CONNECTIONS));
+    let places = Arc::new(tokio::sync::Semaphore::new(MAX_ADMIN_CONNECTIONS));
+    let open = Arc::new(AdminConnections::default());
     loop {
         let (stream, peer) = tokio::select! {
             accepted = crate::tls::accept(&listener, "admin") => accepted,
             () = &mut shutdown => return,
         };
-        let Ok(permit) = connections.clone().try_acquire_owned() else {
-            metrics::counter!(crate::telemetry::ADMIN_CONNECTIONS_REFUSED).increment(1);
-            tracing::warn!(limit = MAX_ADMIN_CONNECTIONS, "admin connection limit reached; closing a connection");
-            drop(stream);
-            continue;
-        };
-        let admin = admin.clone();
-        let service = hyper::service::service_fn(move |req| {
-            let admin = admin.clone();
-            async move { Ok::<_, std::convert::Infallible>(admin.handle(req).await) }
-        });
-        let tls = tls.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let mut http = hyper::server::conn::http1::Builder::new();
-            http.timer(TokioTimer::new()).header_read_timeout(ADMIN_HEAD_TIMEOUT);
-            let served = match tls {
-                None => http.serve_connection(TokioIo::new(stream), service).await,
-                Some(tls) => match tls.handshake(stream, peer, ADMIN_HEAD_TIMEOUT).await {
-                    Some(stream) => http.serve_connection(TokioIo::new(stream), service).await,
-                    None => return,
-                },
-            };
-            if let Err(err) = served {
-                tracing::debug!(error = %err, "admin connection ended with an error");
+        let permit = match places.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                // Full: the oldest idle connection makes room; the wait is the new one's, not the listener's.
+                let evicted = open.evict_oldest_idle();
+                let (admin, tls, open, places) = (admin.clone(), tls.clone(), open.clone(), places.clone());
+                tokio::spawn(async move {
+                    match tokio::time::timeout(ADMIN_ADMISSION_WAIT, places.acquire_owned()).await {
+                        Ok(Ok(permit)) => serve_admin_connection(stream, peer, admin, tls, open, permit).await,
+                        _ => {
+                            metrics::counter!(crate::telemetry::ADMIN_CONNECTIONS_REFUSED).increment(1);
+                            tracing::warn!(
+                                limit = MAX_ADMIN_CONNECTIONS,
+                                evicted,
+                                "admin connection limit reached with every connection busy; closing a connection"
+                            );
+                        }
+                    }
+                });
+                continue;
             }
-        });
+        };
+        tokio::spawn(serve_admin_connection(stream, peer, admin.clone(), tls.clone(), open.clone(), permit));
     }
+}
+
+/// Serves one admin connection holding `permit`, until it ends or a newer
+/// connection needs its place while it is idle.
+async fn serve_admin_connection(
+    stream: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    admin: Arc<Admin>,
+    tls: Option<Arc<crate::tls::Tls>>,
+    open: Arc<AdminConnections>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let _permit = permit;
+    let connection = open.add();
+    let service = {
+        let connection = connection.clone();
+        hyper::service::service_fn(move |req| {
+            let (admin, busy) = (admin.clone(), Busy::new(&connection));
+            async move {
+                let reply = admin.handle(req).await;
+                drop(busy);
+                Ok::<_, std::convert::Infallible>(reply)
+            }
+        })
+    };
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(ADMIN_HEAD_TIMEOUT);
+    let served = match tls {
+        None => until_evicted(http.serve_connection(TokioIo::new(stream), service), &connection).await,
+        Some(tls) => {
+            let handshake = tokio::select! {
+                stream = tls.handshake(stream, peer, ADMIN_HEAD_TIMEOUT) => stream,
+                () = connection.evict.notified() => None,
+            };
+            match handshake {
+                Some(stream) => until_evicted(http.serve_connection(TokioIo::new(stream), service), &connection).await,
+                None => Ok(()),
+            }
+        }
+    };
+    open.remove(&connection);
+    if let Err(err) = served {
+        tracing::debug!(error = %err, "admin connection ended with an error");
+    }
+}
+
+/// Drives `served` to its end; told to make room, it shuts down gracefully
+/// (at once when idle, after the request in flight otherwise).
+async fn until_evicted<I, S>(
+    served: hyper::server::conn::http1::Connection<I, S>,
+    connection: &AdminConnection,
+) -> Result<(), hyper::Error>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S: hyper::service::HttpService<Incoming>,
+    S::ResBody: hyper::body::Body + 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    tokio::pin!(served);
+    tokio::select! {
+        result = served.as_mut() => return result,
+        () = connection.evict.notified() => served.as_mut().graceful_shutdown(),
+    }
+    served.await
 }
 
 impl Admin {

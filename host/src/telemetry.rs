@@ -49,7 +49,7 @@ metrics_table! {
     CONNECTIONS_REFUSED: Counter "evogate_connections_refused_total" []
         "connections past limits.max_connections";
     ADMIN_CONNECTIONS_REFUSED: Counter "evogate_admin_connections_refused_total" []
-        "admin connections past the admin listener's 64";
+        "admin connections closed past the admin listener's 64, every one of those busy for a second";
     SLOW_BODIES: Counter "evogate_slow_bodies_total" []
         "request bodies cut off by limits.min_body_bytes_per_sec";
     KV_COMMIT_DURATION: Histogram "evogate_kv_commit_duration_seconds" []
