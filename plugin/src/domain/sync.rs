@@ -752,6 +752,8 @@ fn sync_user(
         deadline: budget.deadline,
         requests: budget.requests.min(cloud.max_requests_per_user),
     };
+    // After a page too large to read, this user's pages are asked for with a smaller `limit`.
+    let mut limit: Option<usize> = None;
     let outcome = loop {
         if !mine.more() {
             break Outcome::Budget;
@@ -761,8 +763,26 @@ fn sync_user(
         run.requests += 1;
         let now = ctx.clock.now_unix();
         let timeout = mine.timeout(cloud.request_timeout_secs);
-        let answer = cloud::get_page(ctx.http, cloud, &task.url(cloud), Credential::User(&token.token), timeout);
+        let url = cloud::with_limit(task.url(cloud), limit);
+        let answer = cloud::get_page(ctx.http, cloud, &url, Credential::User(&token.token), timeout);
         let changed = match answer {
+            Ok(Page { oversize: Some(count), next, .. }) => match cloud::smaller_limit(limit, count) {
+                Some(smaller) => {
+                    limit = Some(smaller);
+                    continue;
+                }
+                None => {
+                    let problem = format!(
+                        "a page of {} held {count} items even when asked for {} at most: skipped, its items not read",
+                        task.path(),
+                        cloud::MIN_PAGE_LIMIT
+                    );
+                    update_user(ctx, user_id, &hash, |txn, state| {
+                        advance(state, &task, next.clone(), &[], now);
+                        txn.issue(now, Issue::new(Some(user_id), "sync", &task.path(), problem.as_str()));
+                    })?
+                }
+            },
             Ok(page) => {
                 let applied = apply(ctx, settings, user_id, &task, &page)?;
                 run.read += applied.read;
@@ -847,6 +867,8 @@ fn sync_feed(
         deadline: budget.deadline,
         requests: budget.requests.min(cloud.max_requests_per_user),
     };
+    // After a page too large to read, the feed's pages are asked for with a smaller `limit`.
+    let mut limit: Option<usize> = None;
     let outcome = loop {
         if !mine.more() {
             break Outcome::Budget;
@@ -858,8 +880,25 @@ fn sync_feed(
         mine.requests -= 1;
         run.requests += 1;
         let timeout = mine.timeout(cloud.request_timeout_secs);
-        let url = window_url(cloud, &path, &window);
+        let url = cloud::with_limit(window_url(cloud, &path, &window), limit);
         match cloud::get_page(ctx.http, cloud, &url, Credential::Publisher(token), timeout) {
+            Ok(Page { oversize: Some(count), next, .. }) => match cloud::smaller_limit(limit, count) {
+                Some(smaller) => limit = Some(smaller),
+                None => {
+                    let problem = format!(
+                        "a page of the feed held {count} items even when asked for {} at most: skipped, its events not read",
+                        cloud::MIN_PAGE_LIMIT
+                    );
+                    note_problems(ctx, None, &path, vec![problem])?;
+                    state = update(&|state| {
+                        let position =
+                            state.position.get_or_insert(Position { through_ms: window.since_ms, window: None });
+                        if position.window.as_ref().is_none_or(|current| *current == window) {
+                            advance_position(position, &window, next.clone());
+                        }
+                    })?;
+                }
+            },
             Ok(page) => {
                 let mut problems = Vec::new();
                 let mut taken = Vec::with_capacity(page.items.len());

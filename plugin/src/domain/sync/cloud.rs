@@ -31,6 +31,68 @@ pub struct Page {
     pub items: Vec<Value>,
     /// `paging.next_cursor`: the next page, if any.
     pub next: Option<String>,
+    /// How many items a page held when they were more than
+    /// [`MAX_PAGE_ITEMS`]: then `items` is empty, none of them read (their
+    /// values could outgrow the instance's memory), and the page is to be
+    /// asked for again with a smaller `limit`.
+    pub oversize: Option<usize>,
+}
+
+/// Most items a page may hold to be read: the cloud's own page size.
+pub const MAX_PAGE_ITEMS: usize = 1000;
+
+/// The smallest `limit` a page is asked for again with.
+pub const MIN_PAGE_LIMIT: usize = 10;
+
+/// The `limit` to ask a page again with, after one held `items` items under
+/// `limit` (`None`: the cloud's default); `None` when it cannot be smaller.
+pub fn smaller_limit(limit: Option<usize>, items: usize) -> Option<usize> {
+    let asked = limit.unwrap_or(MAX_PAGE_ITEMS);
+    if asked <= MIN_PAGE_LIMIT {
+        return None;
+    }
+    Some((asked.min(items) / 4).max(MIN_PAGE_LIMIT))
+}
+
+/// `url` asking for at most `limit` items.
+pub fn with_limit(url: String, limit: Option<usize>) -> String {
+    match limit {
+        None => url,
+        Some(limit) if url.contains('?') => format!("{url}&limit={limit}"),
+        Some(limit) => format!("{url}?limit={limit}"),
+    }
+}
+
+/// A count of a sequence's elements, read without keeping any.
+struct Count(usize);
+
+impl<'de> serde::Deserialize<'de> for Count {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Counting;
+        impl<'de> serde::de::Visitor<'de> for Counting {
+            type Value = Count;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an array")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Count, A::Error> {
+                let mut count = 0;
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
+                    count += 1;
+                }
+                Ok(Count(count))
+            }
+        }
+        deserializer.deserialize_seq(Counting)
+    }
+}
+
+/// A listing's shape, its items counted, not read.
+#[derive(serde::Deserialize)]
+struct Shape {
+    #[serde(default)]
+    items: Option<Count>,
+    #[serde(default)]
+    paging: Option<Value>,
 }
 
 /// Why a request brought no page.
@@ -149,9 +211,21 @@ pub fn get_page(
     }
 }
 
-/// Reads a listing.
+/// Reads a listing: its items are counted first, and read only when there
+/// are at most [`MAX_PAGE_ITEMS`] of them.
 fn page(body: &[u8]) -> Result<Page, Failure> {
     let bad = |why: &str| Failure::Retry { status: Some(200), message: format!("the answer is not a listing: {why}") };
+    let cursor = |paging: Option<&Value>| match paging.and_then(|paging| paging.get("next_cursor")) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(cursor)) if cursor.is_empty() => Ok(None),
+        Some(Value::String(cursor)) if cursor.len() <= 4096 => Ok(Some(cursor.clone())),
+        Some(_) => Err(bad("paging.next_cursor is not a usable string")),
+    };
+    if let Ok(Shape { items: Some(Count(count)), paging }) = serde_json::from_slice::<Shape>(body)
+        && count > MAX_PAGE_ITEMS
+    {
+        return Ok(Page { items: Vec::new(), next: cursor(paging.as_ref())?, oversize: Some(count) });
+    }
     let Ok(Value::Object(mut listing)) = serde_json::from_slice::<Value>(body) else {
         return Err(bad("not a JSON object"));
     };
@@ -160,13 +234,8 @@ fn page(body: &[u8]) -> Result<Page, Failure> {
         None => Vec::new(),
         Some(_) => return Err(bad("items is not an array")),
     };
-    let next = match listing.get("paging").and_then(|paging| paging.get("next_cursor")) {
-        None | Some(Value::Null) => None,
-        Some(Value::String(cursor)) if cursor.is_empty() => None,
-        Some(Value::String(cursor)) if cursor.len() <= 4096 => Some(cursor.clone()),
-        Some(_) => return Err(bad("paging.next_cursor is not a usable string")),
-    };
-    Ok(Page { items, next })
+    let next = cursor(listing.get("paging"))?;
+    Ok(Page { items, next, oversize: None })
 }
 
 /// The cloud's error message (`{"message": …}`, else `code`, else the status).

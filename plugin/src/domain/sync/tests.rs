@@ -25,8 +25,8 @@ struct Account {
     documents: Vec<Value>,
 }
 
-/// A status and headers to answer instead of the data.
-type Scripted = (u16, Vec<(String, String)>);
+/// A status, headers and (when not the default error) a body to answer instead of the data.
+type Scripted = (u16, Vec<(String, String)>, Option<Value>);
 
 /// A fake Evotor cloud: pages of two items; the cursor carries the filter.
 #[derive(Default)]
@@ -49,7 +49,11 @@ impl Cloud {
 
     fn then_answer(&self, token: &str, status: u16, headers: &[(&str, &str)]) {
         let headers = headers.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
-        self.scripted.borrow_mut().entry(token.into()).or_default().push((status, headers));
+        self.scripted.borrow_mut().entry(token.into()).or_default().push((status, headers, None));
+    }
+
+    fn then_page(&self, token: &str, body: Value) {
+        self.scripted.borrow_mut().entry(token.into()).or_default().push((200, Vec::new(), Some(body)));
     }
 
     /// (token, path and query) of every request so far.
@@ -85,8 +89,9 @@ impl Http for Cloud {
         if let Some(answers) = self.scripted.borrow_mut().get_mut(&token)
             && !answers.is_empty()
         {
-            let (status, headers) = answers.remove(0);
-            return Ok(json_answer(status, headers, &json!({"code": "x", "message": "scripted"})));
+            let (status, headers, body) = answers.remove(0);
+            let body = body.unwrap_or_else(|| json!({"code": "x", "message": "scripted"}));
+            return Ok(json_answer(status, headers, &body));
         }
         let (path, query) = target.split_once('?').unwrap_or((&target, ""));
         let params: BTreeMap<String, String> = form_urlencoded::parse(query.as_bytes()).into_owned().collect();
@@ -514,7 +519,6 @@ fn users_take_turns_so_long_backfills_never_starve_the_others() {
     assert!(a.abs_diff(b) <= 3 && c >= 6, "requests per user: {a}, {b}, {c}");
 }
 
-
 #[test]
 fn one_users_data_failing_is_that_users_failure_and_the_run_goes_on() {
     let world = world(&[]);
@@ -588,4 +592,50 @@ fn no_cloud_request_waits_past_the_runs_deadline() {
     let timeouts = cloud.timeouts.borrow().clone();
     assert!(timeouts.iter().all(|t| t.is_some_and(|t| t.as_secs() <= crate::config::DEFAULT_NOW_BUDGET_SECS)));
     assert!(crate::config::DEFAULT_NOW_BUDGET_SECS < 8);
+}
+
+/// A page of `count` tiny items: far more than a page holds.
+fn flood(count: usize) -> Value {
+    json!({"items": vec![json!({}); count], "paging": {}})
+}
+
+#[test]
+fn a_page_too_large_to_read_is_asked_for_again_smaller() {
+    let world = world(&[]);
+    let cloud = Cloud::with("cloud-1", account());
+    token(&world, USER, "cloud-1");
+    cloud.then_page("cloud-1", flood(5000));
+    let summary = run_job(&world, &cloud);
+    assert_eq!(summary.outcomes.get("complete"), Some(&1), "{summary}");
+    let sent = cloud.sent();
+    assert!(!sent[0].1.contains("limit="), "the first page at the cloud's own size");
+    assert!(sent[1..].iter().all(|(_, url)| url.contains("limit=250")), "then smaller: {sent:?}");
+    let status = partner(&world, &cloud, "GET", &format!("/partner/v1/users/{USER}/sync"));
+    assert_eq!(status["backfill"]["complete"], true, "{status}");
+    let stores = partner(&world, &cloud, "GET", &format!("/partner/v1/users/{USER}/stores"));
+    assert_eq!(items(&stores), 1, "nothing of the flood was stored");
+}
+
+#[test]
+fn a_cloud_that_floods_every_page_is_skipped_with_a_data_issue_and_the_rest_goes_on() {
+    let world = world(&[]);
+    let cloud = Cloud::with("cloud-1", account());
+    token(&world, USER, "cloud-1");
+    // Asked for 1000, 250, 62, 15 and 10: too many every time.
+    for _ in 0..5 {
+        cloud.then_page("cloud-1", flood(5000));
+    }
+    run_job(&world, &cloud);
+    let limits: Vec<String> = cloud.sent().iter().take(5).map(|(_, url)| url.clone()).collect();
+    for (url, limit) in limits.iter().zip(["", "limit=250", "limit=62", "limit=15", "limit=10"]) {
+        assert!(url.contains(limit), "{url} asks {limit}");
+    }
+    let issues = partner(&world, &cloud, "GET", "/partner/v1/data-issues?limit=100");
+    let skipped =
+        issues["items"].as_array().expect("items").iter().any(|issue| {
+            issue["problem"].as_str().is_some_and(|problem| problem.contains("skipped, its items not read"))
+        });
+    assert!(skipped, "{issues}");
+    let status = partner(&world, &cloud, "GET", &format!("/partner/v1/users/{USER}/sync"));
+    assert_eq!(status["backfill"]["complete"], true, "the other listings were read: {status}");
 }
