@@ -423,23 +423,66 @@ fn log_unknown(ctx: &Ctx<'_>, mut unknown: Vec<Unknown>) {
     }
 }
 
-/// Upserts `items` into `store` in one commit; answers how many changed.
+/// Writes one commit of a catalog change plans for at most: under the
+/// store's 100,000 a commit with room for what an item's change may add
+/// beyond its estimate (children found again, the directory).
+const WRITES_PER_COMMIT: usize = 40_000;
+
+/// Item uuids one commit of a deletion takes: each may delete 100 barcode
+/// entries and orphan its children.
+const DELETES_PER_COMMIT: usize = 200;
+
+/// The writes an item's upsert may make: its record, its barcodes (the old
+/// ones deleted, the new ones written), its child and orphan entries.
+pub(crate) fn writes_of(item: &Item) -> usize {
+    4 + 2 * item.barcodes.len()
+}
+
+/// `items` cut into runs of consecutive items that each fit one commit
+/// (one run when they all do).
+pub(crate) fn commits_of<T>(items: &[T], writes: impl Fn(&T) -> usize) -> Vec<&[T]> {
+    let mut runs = Vec::new();
+    let (mut start, mut planned) = (0, 0);
+    for (index, item) in items.iter().enumerate() {
+        let more = writes(item);
+        if index > start && planned + more > WRITES_PER_COMMIT {
+            runs.push(&items[start..index]);
+            (start, planned) = (index, 0);
+        }
+        planned += more;
+    }
+    if start < items.len() {
+        runs.push(&items[start..]);
+    }
+    runs
+}
+
+/// Upserts `items` into `store`: in one commit when they fit the store's
+/// limits on a commit, else in as few as they need (each idempotent, so a
+/// request answered with an error and sent again completes); answers how
+/// many changed.
 pub(crate) fn upsert_all(ctx: &Ctx<'_>, store: &str, items: &[Item], source: &str) -> Result<usize, ApiError> {
     let now = ctx.clock.now_unix();
     let owner = store_owner(ctx, store)?;
-    storage::transact(ctx, |txn| upsert_in(txn, store, owner.as_deref(), items, source, now))
+    let batch: HashSet<String> = items.iter().map(|item| item.uuid.clone()).collect();
+    let mut changed = 0;
+    for run in commits_of(items, writes_of) {
+        changed += storage::transact(ctx, |txn| upsert_in(txn, store, owner.as_deref(), run, &batch, source, now))?;
+    }
+    Ok(changed)
 }
 
-/// Within `txn`: upserts `items` into `store` of `owner`; answers how many changed.
+/// Within `txn`: upserts `items` into `store` of `owner`; `batch` holds the
+/// uuids of the whole request (`items` may be a run of it); answers how many changed.
 pub(crate) fn upsert_in(
     txn: &mut Txn<'_>,
     store: &str,
     owner: Option<&str>,
     items: &[Item],
+    batch: &HashSet<String>,
     source: &str,
     now: u64,
 ) -> Result<usize, ApiError> {
-    let batch: HashSet<String> = items.iter().map(|item| item.uuid.clone()).collect();
     for item in items {
         for problem in &item.problems {
             let issue = Issue::new(owner, "product", &item.uuid, problem.as_str());
@@ -455,7 +498,7 @@ pub(crate) fn upsert_in(
             updated_at: now,
             product: Value::Object(item.data.clone()),
         };
-        if change.upsert(item.clone(), &batch, record)? {
+        if change.upsert(item.clone(), batch, record)? {
             changed.push(item.uuid.as_str());
         }
     }
@@ -596,12 +639,16 @@ pub(crate) fn find_commodity(
     Ok(None)
 }
 
-/// Deletes the items `uuids` of `store` in one commit (`source`: who asked,
-/// for the feed); how many there were.
+/// Deletes the items `uuids` of `store` (`source`: who asked, for the
+/// feed), in commits of [`DELETES_PER_COMMIT`]; how many there were.
 pub(crate) fn delete_products(ctx: &Ctx<'_>, store: &str, uuids: &[String], source: &str) -> Result<usize, ApiError> {
     let owner = store_owner(ctx, store)?;
     let now = ctx.clock.now_unix();
-    storage::transact(ctx, |txn| delete_in(txn, store, owner.as_deref(), uuids, source, now))
+    let mut deleted = 0;
+    for run in uuids.chunks(DELETES_PER_COMMIT) {
+        deleted += storage::transact(ctx, |txn| delete_in(txn, store, owner.as_deref(), run, source, now))?;
+    }
+    Ok(deleted)
 }
 
 /// Within `txn`: deletes the items `uuids` of `store` of `owner`; how many there were.

@@ -579,7 +579,10 @@ fn product(
     catalog::claim_in(txn, user_id, &store, now)?;
     match item {
         None => catalog::delete_in(txn, &store, Some(user_id), std::slice::from_ref(&uuid), "evotor", now)?,
-        Some(item) => catalog::upsert_in(txn, &store, Some(user_id), &[item], "evotor", now)?,
+        Some(item) => {
+            let batch = std::collections::HashSet::from([item.uuid.clone()]);
+            catalog::upsert_in(txn, &store, Some(user_id), &[item], &batch, "evotor", now)?
+        }
     };
     txn.put(&order_key, &ProductOrder { v: storage::FORMAT, order_ms: order, removed });
     Ok(Outcome::Applied)
@@ -626,24 +629,31 @@ pub(crate) fn apply_catalog_page(
     }
     let keys: Vec<String> = fresh.iter().map(|(key, _, _)| key.clone()).collect();
     ctx.kv.prefetch(&keys);
-    let (changed, foreign) = storage::transact(ctx, |txn| -> Result<(usize, Option<String>), ApiError> {
-        if let Some(owner) = catalog::claim_in(txn, user_id, &store, now)? {
-            return Ok((0, Some(owner)));
-        }
-        let mut usable = Vec::with_capacity(fresh.len());
-        for (key, order, item) in &fresh {
-            if !stale(txn.get::<ProductOrder>(key)?.as_ref(), *order, false) {
-                usable.push(item.clone());
-                txn.put(key, &ProductOrder { v: storage::FORMAT, order_ms: *order, removed: false });
+    let batch: std::collections::HashSet<String> = fresh.iter().map(|(_, _, item)| item.uuid.clone()).collect();
+    let mut changed = 0;
+    // In as few commits as the store's limits on one allow; each decides and writes its items' order.
+    for run in catalog::commits_of(&fresh, |(_, _, item)| catalog::writes_of(item)) {
+        let (count, foreign) = storage::transact(ctx, |txn| -> Result<(usize, Option<String>), ApiError> {
+            if let Some(owner) = catalog::claim_in(txn, user_id, &store, now)? {
+                return Ok((0, Some(owner)));
             }
+            let mut usable = Vec::with_capacity(run.len());
+            for (key, order, item) in run {
+                if !stale(txn.get::<ProductOrder>(key)?.as_ref(), *order, false) {
+                    usable.push(item.clone());
+                    txn.put(key, &ProductOrder { v: storage::FORMAT, order_ms: *order, removed: false });
+                }
+            }
+            if usable.is_empty() {
+                return Ok((0, None));
+            }
+            Ok((catalog::upsert_in(txn, &store, Some(user_id), &usable, &batch, "evotor", now)?, None))
+        })?;
+        if let Some(owner) = foreign {
+            problems.push(format!("store {store} belongs to user {owner}: its catalog not changed"));
+            break;
         }
-        if usable.is_empty() {
-            return Ok((0, None));
-        }
-        Ok((catalog::upsert_in(txn, &store, Some(user_id), &usable, "evotor", now)?, None))
-    })?;
-    if let Some(owner) = foreign {
-        problems.push(format!("store {store} belongs to user {owner}: its catalog not changed"));
+        changed += count;
     }
     Ok(changed)
 }

@@ -462,3 +462,40 @@ proptest! {
         run(ops)?;
     }
 }
+
+#[test]
+fn a_catalog_past_one_commits_limits_is_written_in_several_and_whole() {
+    let world = World::new();
+    // 1000 products of 100 barcodes each: more than 100,000 writes, past what one commit may hold.
+    let items: Vec<Value> = (0..1000u32)
+        .map(|n| {
+            let mut item = product(n, None);
+            item["barCodes"] = json!((0..100).map(|b| format!("{n:05}{b:03}")).collect::<Vec<_>>());
+            item
+        })
+        .collect();
+    let answer = partner_put(&world, STORE, &items);
+    assert_eq!(answer.status, 200, "{}", String::from_utf8_lossy(&answer.body));
+    let barcodes = world.kv.keys().iter().filter(|key| key.contains("/bc/")).count();
+    assert_eq!(barcodes, 100_000);
+    assert_eq!(audit(&world, STORE).len(), 1000, "every index agrees with the products");
+    let found = world.call("GET", &format!("/partner/v1/stores/{STORE}/products?limit=1000"), Some("partner"), None);
+    assert_eq!(found.body_json()["items"].as_array().map(Vec::len), Some(1000));
+    // And deleted likewise.
+    let uuids: Vec<String> = (0..1000u32).map(uuid).collect();
+    assert_eq!(partner_delete(&world, STORE, &uuids).status, 200);
+    assert_eq!(world.kv.keys().iter().filter(|key| key.contains("/bc/")).count(), 0);
+    assert!(audit(&world, STORE).is_empty());
+}
+
+#[test]
+fn runs_of_a_change_keep_every_item_once_in_order_and_within_the_limit() {
+    let writes = [5usize, 30_000, 30_000, 1, 39_999, 50_000, 2];
+    let runs = commits_of(&writes, |w| *w);
+    assert_eq!(runs.concat(), writes);
+    for run in &runs {
+        assert!(run.len() == 1 || run.iter().sum::<usize>() <= WRITES_PER_COMMIT, "{run:?}");
+    }
+    assert_eq!(commits_of(&[1usize, 2, 3], |w| *w).len(), 1, "what fits is one commit");
+    assert!(commits_of::<usize>(&[], |w| *w).is_empty());
+}
