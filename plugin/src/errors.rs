@@ -35,6 +35,11 @@ impl ApiError {
         Self { status, code, reason: reason.into(), subject: None, value: None, headers: Vec::new() }
     }
 
+    /// 413, the gateway's own code for it: the body is over `limit` bytes.
+    pub fn too_large(what: &str, limit: usize) -> Self {
+        Self::new(413, 413, &format!("{what} over {limit} bytes"))
+    }
+
     /// 400 code 2001: the body is not JSON or has the wrong shape.
     pub fn syntax(detail: &str) -> Self {
         Self::new(400, 2001, detail)

@@ -33,6 +33,18 @@ use serde_json::{Value, json};
 /// Most events one delivery may carry.
 pub const MAX_EVENTS: usize = 1000;
 
+/// Largest delivery the webhook reads, in bytes: its events are each read
+/// whole into the instance's memory, one at a time.
+pub const MAX_DELIVERY_BYTES: usize = 16 << 20;
+
+/// Largest event, in bytes of its JSON: it is kept as received in one
+/// record of the event log, which must stay under the store's 4 MiB a value.
+pub const MAX_EVENT_BYTES: usize = 3_500_000;
+
+/// Data issues one delivery notes one by one; past them, each user's
+/// further problems in that delivery are counted in one issue.
+pub const MAX_ISSUES_PER_DELIVERY: usize = 32;
+
 /// What an event is about, whichever spelling named it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -175,9 +187,16 @@ fn truncate(text: &str) -> String {
     text.chars().take(64).collect()
 }
 
-/// Reads a delivery: one event or an array of at most [`MAX_EVENTS`].
+/// Reads a delivery: one event or an array of at most [`MAX_EVENTS`], none
+/// over [`MAX_EVENT_BYTES`] (413: it could never be kept as received).
 pub fn parse_delivery(json: &[u8]) -> Result<Vec<Event>, ApiError> {
+    if json.len() > MAX_DELIVERY_BYTES {
+        return Err(ApiError::too_large("a delivery", MAX_DELIVERY_BYTES));
+    }
     let (raws, array) = input::raw_items(json, MAX_EVENTS)?;
+    if raws.iter().any(|raw| raw.get().len() > MAX_EVENT_BYTES) {
+        return Err(ApiError::too_large("an event", MAX_EVENT_BYTES));
+    }
     raws.into_iter()
         .enumerate()
         .map(|(index, raw)| {
@@ -307,8 +326,11 @@ pub fn take(
     delivery: Option<&str>,
 ) -> Result<(usize, usize), ApiError> {
     let (mut new, mut repeated) = (0, 0);
+    let mut noted = 0;
     for event in events {
-        match take_one(ctx, settings, event, delivery)? {
+        let (outcome, problems) = take_one(ctx, settings, event, delivery, noted)?;
+        noted += problems;
+        match outcome {
             Outcome::Duplicate => repeated += 1,
             _ => new += 1,
         }
@@ -316,12 +338,38 @@ pub fn take(
     Ok((new, repeated))
 }
 
-/// Takes one event once.
-fn take_one(ctx: &Ctx<'_>, settings: &Settings, event: Event, delivery: Option<&str>) -> Result<Outcome, ApiError> {
+/// Takes one event once, after `noted` data issues of its delivery;
+/// answers what became of it and how many problems it had.
+fn take_one(
+    ctx: &Ctx<'_>,
+    settings: &Settings,
+    event: Event,
+    delivery: Option<&str>,
+    noted: usize,
+) -> Result<(Outcome, usize), ApiError> {
     let key = seen_key(&event);
     if storage::read::<Seen>(ctx.kv, &key)?.is_some() {
-        return Ok(Outcome::Duplicate);
+        return Ok((Outcome::Duplicate, 0));
     }
+    let mut count = 0;
+    let outcome = take_new(ctx, settings, &event, &key, delivery, noted, &mut count)?;
+    Ok((outcome, count))
+}
+
+/// [`take_one`] of an event not seen before; `count` gets how many problems it had.
+fn take_new(
+    ctx: &Ctx<'_>,
+    settings: &Settings,
+    event: &Event,
+    key: &str,
+    delivery: Option<&str>,
+    noted: usize,
+    count: &mut usize,
+) -> Result<Outcome, ApiError> {
+    let record = |txn: &mut Txn<'_>, event: &Event, outcome: Outcome, problems: &[String], now: u64| {
+        record(txn, event, delivery, outcome, problems, now, noted);
+        problems.len()
+    };
     let now = ctx.clock.now_unix();
     let now_ms = crate::time::millis(now);
     let mut problems = event.problems.clone();
@@ -375,7 +423,7 @@ fn take_one(ctx: &Ctx<'_>, settings: &Settings, event: Event, delivery: Option<&
                         Outcome::NotApplied
                     }
                 };
-                record(txn, &event, delivery, outcome, &problems, now);
+                *count = record(txn, event, outcome, &problems, now);
                 Ok(outcome)
             });
         }
@@ -393,7 +441,7 @@ fn take_one(ctx: &Ctx<'_>, settings: &Settings, event: Event, delivery: Option<&
             }
             let mut problems = problems.clone();
             let outcome = product(txn, &event, user_id, order, now, &mut problems)?;
-            record(txn, &event, delivery, outcome, &problems, now);
+            *count = record(txn, event, outcome, &problems, now);
             Ok(outcome)
         });
     }
@@ -415,14 +463,25 @@ fn take_one(ctx: &Ctx<'_>, settings: &Settings, event: Event, delivery: Option<&
         if txn.get::<Seen>(&key)?.is_some() {
             return Ok(Outcome::Duplicate);
         }
-        record(txn, &event, delivery, outcome, &problems, now);
+        *count = record(txn, event, outcome, &problems, now);
         Ok(outcome)
     })
 }
 
 /// Within the event's last commit: its marker, its log entry, its feed
 /// entry and data issues.
-fn record(txn: &mut Txn<'_>, event: &Event, delivery: Option<&str>, outcome: Outcome, problems: &[String], now: u64) {
+/// `noted`: the data issues the event's delivery noted before it; past
+/// [`MAX_ISSUES_PER_DELIVERY`] its problems are counted in one issue of the
+/// user's for the delivery (its log entry still lists them).
+fn record(
+    txn: &mut Txn<'_>,
+    event: &Event,
+    delivery: Option<&str>,
+    outcome: Outcome,
+    problems: &[String],
+    now: u64,
+    noted: usize,
+) {
     txn.put(&seen_key(event), &Seen { v: storage::FORMAT, received_at: now, outcome });
     let mut raw = Value::Object(event.raw.clone());
     if event.kind == Kind::Document && outcome == Outcome::Applied {
@@ -451,8 +510,17 @@ fn record(txn: &mut Txn<'_>, event: &Event, delivery: Option<&str>, outcome: Out
         let data = json!({ "id": event.id, "type": event.r#type, "action": event.action, "outcome": outcome });
         txn.emit("event.received", now, event.user_id.as_deref(), data);
     }
-    for problem in problems {
-        txn.issue(now, Issue::new(event.user_id.as_deref(), "event", &event.id, problem.as_str()));
+    for (index, problem) in problems.iter().enumerate() {
+        let issue = if noted + index < MAX_ISSUES_PER_DELIVERY {
+            Issue::new(event.user_id.as_deref(), "event", &event.id, problem.as_str())
+        } else {
+            let more = format!(
+                "more than {MAX_ISSUES_PER_DELIVERY} event problems in one delivery: the rest counted here \
+                 (GET /partner/v1/events lists each event's outcome)"
+            );
+            Issue::new(event.user_id.as_deref(), "event", "*", more)
+        };
+        txn.issue(now, issue);
     }
 }
 

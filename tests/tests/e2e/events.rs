@@ -217,3 +217,34 @@ fn of_a_newer_and_an_older_event_delivered_at_once_the_newer_state_stays() {
     let stale = later["items"].as_array().expect("items").iter().filter(|item| item["product"]["price"] != 3.0).count();
     assert_eq!(stale, 0, "no later update was taken as stale");
 }
+
+#[test]
+fn the_largest_events_fit_the_default_instance_memory_and_a_25_mb_event_is_refused_and_noted() {
+    let gateway = gateway();
+    let json_type = "application/vnd.evotor.v2+json;charset=UTF-8";
+    // Four events just under 3.5 MB each, in one delivery just under its 16 MiB cap.
+    let events: Vec<Value> = (0..4)
+        .map(|n| {
+            json!({"id": format!("big-{n}"), "type": "Order", "action": "created",
+                   "payload": {"user_id": USER, "note": "x".repeat(3_499_000 - 120)}})
+        })
+        .collect();
+    let body = serde_json::to_vec(&events).expect("json");
+    assert!(body.len() > 13_900_000 && body.len() < 16 << 20, "{} bytes", body.len());
+    let taken = deliver(&gateway, &body, Some(&sign(SECRET, &body)), json_type);
+    assert_eq!(taken.status, 200, "{}", taken.text());
+    assert_eq!(taken.json(), json!({"accepted": 4, "duplicates": 0}));
+    // A 25 MB event: refused at intake (Evotor counts 413 as delivered), noted for the partner, never a 500.
+    let huge = json!({"id": "huge", "type": "Order", "action": "created",
+                      "payload": {"user_id": USER, "note": "x".repeat(25_000_000)}});
+    let body = serde_json::to_vec(&huge).expect("json");
+    let refused = deliver(&gateway, &body, Some(&sign(SECRET, &body)), json_type);
+    assert_eq!(refused.status, 413, "{}", refused.text());
+    let issues = partner(&gateway, "/evotor/partner/v1/data-issues");
+    let noted = issues["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .any(|issue| issue["problem"].as_str().is_some_and(|problem| problem.contains("413")));
+    assert!(noted, "{issues}");
+}

@@ -700,3 +700,38 @@ fn a_page_of_large_events_ends_at_its_byte_cap_and_the_next_goes_on() {
     assert_eq!(seen, (0..5).map(|n| format!("big-{n}")).collect::<Vec<_>>());
     assert!(pages >= 2, "5 events of 1.5 MB do not fit one page");
 }
+
+#[test]
+fn an_event_too_large_to_keep_is_refused_with_413_and_noted_and_one_that_fits_is_taken() {
+    let world = world();
+    let event = |id: &str, bytes: usize| json!({"id": id, "type": "Order", "action": "created", "payload": {"user_id": USER, "note": "x".repeat(bytes)}});
+    let fits = event("fits", crate::domain::events::MAX_EVENT_BYTES - 200);
+    assert_eq!(deliver(&world, &fits).status, 200, "the largest event kept as received");
+    let first = listed(&world, "?limit=1");
+    assert_eq!(first["items"][0]["event"], fits);
+    let over = deliver(&world, &event("over", crate::domain::events::MAX_EVENT_BYTES));
+    assert_eq!(over.status, 413);
+    let noted = issues(&world).iter().any(|issue| {
+        issue["entity"] == "events-webhook" && issue["problem"].as_str().is_some_and(|p| p.contains("413"))
+    });
+    assert!(noted, "{:?}", issues(&world));
+    // A delivery over its own cap is refused before it is read.
+    let many: Vec<Value> = (0..6).map(|n| event(&format!("m{n}"), 3_000_000)).collect();
+    assert_eq!(deliver(&world, &Value::from(many)).status, 413);
+    assert_eq!(listed(&world, "")["items"].as_array().map(Vec::len), Some(1), "nothing of them stored");
+}
+
+#[test]
+fn one_delivery_notes_at_most_32_issues_one_by_one_and_counts_the_rest() {
+    let world = world();
+    // 200 events, each with a problem of its own (an unknown type names itself).
+    let events: Vec<Value> = (0..200)
+        .map(|n| json!({"id": format!("u{n}"), "type": format!("Unknown{n}"), "action": "x", "payload": {"user_id": USER}}))
+        .collect();
+    let answer = deliver(&world, &Value::from(events));
+    assert_eq!(answer.body_json()["accepted"], 200);
+    let issues = issues(&world);
+    assert!(issues.len() <= 33, "{} issue records from one delivery", issues.len());
+    let rest = issues.iter().find(|issue| issue["entityId"] == "*").expect("the rest counted in one");
+    assert_eq!(rest["count"], 200 - 32);
+}
