@@ -11,6 +11,10 @@ use crate::http::{Request, Response};
 use crate::kv::MemKv;
 use serde_json::{Value, json};
 
+/// Where a [`World`]'s clock starts, Unix seconds: 2027-01-01, after the
+/// dates of the test data, as a real gateway's clock is.
+pub const WORLD_START: u64 = 1_798_761_600;
+
 /// A plugin with cheap password hashing, a hand-moved clock and its own store.
 pub(crate) struct World {
     pub kv: MemKv,
@@ -36,7 +40,7 @@ impl World {
         for (key, value) in extra {
             config.0.insert((*key).into(), (*value).into());
         }
-        Self { kv: MemKv::default(), config, clock: ManualClock::at(1_000_000), http: Default::default() }
+        Self { kv: MemKv::default(), config, clock: ManualClock::at(WORLD_START), http: Default::default() }
     }
 
     /// A world whose store answers scans and `get_many`s in full, for

@@ -128,6 +128,23 @@ pub fn or_arrival(found: Option<(&str, &Value)>, missing: &str, arrival: i64, pr
     }
 }
 
+/// How far ahead of its arrival a document's or receipt's date may be and
+/// still file it: terminals' clocks and time zones err by hours, not more.
+pub const MAX_DATE_AHEAD_MS: i64 = 86_400_000;
+
+/// Where a record dated `at` (its `field`) that arrived at `arrival` is
+/// filed in its store's date index: at its date, or, when that is more
+/// than [`MAX_DATE_AHEAD_MS`] ahead, at its arrival (with a problem), so
+/// that it is listed among what arrived then and expires with it.
+pub fn filed_at(at: i64, field: &str, arrival: i64, problems: &mut Vec<String>) -> i64 {
+    if at > arrival.saturating_add(MAX_DATE_AHEAD_MS) {
+        problems.push(format!("{field} {at} ms is more than a day after its arrival: filed at its arrival"));
+        arrival
+    } else {
+        at
+    }
+}
+
 /// Reads a trial length: an ISO 8601 duration of whole days (`PnD`,
 /// `PnDT`, `PnDT0H`), or a number of days as a number or numeric string.
 pub fn days(value: &Value) -> Option<u32> {

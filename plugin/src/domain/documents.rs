@@ -237,6 +237,8 @@ struct Document<'a> {
     store: String,
     kind: String,
     close_date: i64,
+    /// Where its store's date index files it (see [`crate::time::filed_at`]).
+    filed_at: i64,
     version: String,
     format: &'static str,
     device: Option<String>,
@@ -341,7 +343,8 @@ fn document<'a>(
     {
         problems.push(format!("user_id {owner} is not the delivering user"));
     }
-    Ok(Document { id, sent_id, store, kind, close_date, version, format, device, raw, problems })
+    let filed_at = crate::time::filed_at(close_date, "closeDate", now_ms, &mut problems);
+    Ok(Document { id, sent_id, store, kind, close_date, filed_at, version, format, device, raw, problems })
 }
 
 /// A type name safe in keys: `^[A-Z0-9_]{1,64}$`.
@@ -466,9 +469,13 @@ pub(crate) fn ingest_documents(
                 }
             }
             let kept_apart = foreign.contains(doc.store.as_str());
-            if !kept_apart {
-                let position = format!("{:013}.{id}", doc.close_date.max(0));
-                let marker = json!({ "v": storage::FORMAT });
+            let marker = json!({ "v": storage::FORMAT });
+            if kept_apart {
+                // Apart from the store's indexes, but where retention finds it.
+                let prefix = storage::foreign_documents_by_date_prefix(user_id);
+                txn.put(&format!("{prefix}{:013}/{}/{id}", doc.filed_at.max(0), doc.store), &marker);
+            } else {
+                let position = format!("{:013}.{id}", doc.filed_at.max(0));
                 txn.put(&format!("{}{position}", storage::documents_by_date_prefix(&doc.store)), &marker);
                 txn.put(&format!("{}{position}", storage::documents_by_type_prefix(&doc.store, &doc.kind)), &marker);
             }
@@ -494,6 +501,7 @@ pub(crate) fn ingest_documents(
     for store in &stores {
         expire(ctx, settings, store)?;
     }
+    expire_kept_apart(ctx, settings, user_id)?;
     Ok((new, repeated))
 }
 
@@ -538,6 +546,56 @@ struct DocumentType {
     user_id: String,
     #[serde(default)]
     parts: u32,
+}
+
+/// Erases the documents user `user_id` delivered into other users' stores
+/// (kept apart) older than `retention_days`, at most [`EXPIRED_PER_WRITE`]
+/// a call, as [`expire`] does for a store's own.
+fn expire_kept_apart(ctx: &Ctx<'_>, settings: &Settings, user_id: &str) -> Result<(), ApiError> {
+    let Some(days) = settings.retention_days else { return Ok(()) };
+    let now = ctx.clock.now_unix();
+    let cutoff =
+        crate::time::millis(now).saturating_sub(i64::try_from(days.saturating_mul(86_400_000)).unwrap_or(i64::MAX));
+    let prefix = storage::foreign_documents_by_date_prefix(user_id);
+    // `{ms:013}/{store}/{id}`.
+    let expired: Vec<(String, String, String)> = storage::collect(ctx.kv, &prefix, None, EXPIRED_PER_WRITE)?
+        .into_iter()
+        .filter_map(|(key, _)| {
+            let mut parts = key.strip_prefix(&prefix)?.splitn(3, '/');
+            let (at, store, id) = (parts.next()?, parts.next()?, parts.next()?);
+            Some((key.clone(), at.to_owned(), format!("{store}/{id}")))
+        })
+        .take_while(|(_, at, _)| at.parse::<i64>().is_ok_and(|at| at < cutoff))
+        .collect();
+    if expired.is_empty() {
+        return Ok(());
+    }
+    storage::transact(ctx, |txn| -> Result<(), ApiError> {
+        let mut freed = 0u64;
+        for (index, _, place) in &expired {
+            let (store, id) = place.split_once('/').unwrap_or_default();
+            let key = storage::foreign_document_key(store, user_id, id);
+            if let Some(document) = txn.get::<DocumentType>(&key)? {
+                let parts = storage::foreign_document_parts_prefix(store, user_id, id);
+                for n in 0..document.parts {
+                    txn.delete(&format!("{parts}{n:04}"));
+                }
+                freed += 1;
+            }
+            txn.delete(&key);
+            txn.delete(index);
+        }
+        if settings.user_quota_records.is_some() {
+            let key = usage_key(user_id);
+            if let Some(mut usage) = txn.get::<Usage>(&key)? {
+                usage.records = usage.records.saturating_sub(freed);
+                txn.put(&key, &usage);
+            }
+        }
+        let data = json!({ "userId": user_id, "keptApart": expired.len(), "retentionDays": days });
+        txn.emit("data.expired", now, Some(user_id), data);
+        Ok(())
+    })
 }
 
 /// Erases the documents and receipts of `store` older than
@@ -628,6 +686,8 @@ struct Receipt<'a> {
     pub(crate) store: Option<String>,
     pub(crate) device: Option<String>,
     pub(crate) date_time: i64,
+    /// Where its store's date index files it (see [`crate::time::filed_at`]).
+    pub(crate) filed_at: i64,
     pub(crate) raw: &'a RawValue,
     pub(crate) problems: Vec<String>,
 }
@@ -657,7 +717,16 @@ fn receipt<'a>(raw: &'a RawValue, at: &str, user_id: &str, now_ms: i64) -> Resul
     }
     let Some(data) = data else {
         problems.push("no data object".into());
-        return Ok(Receipt { id, sent_id, store: None, device: None, date_time: now_ms, raw, problems });
+        return Ok(Receipt {
+            id,
+            sent_id,
+            store: None,
+            device: None,
+            date_time: now_ms,
+            filed_at: now_ms,
+            raw,
+            problems,
+        });
     };
     let store = first_of(data, &["storeId", "storeUuid"]).and_then(|(_, value)| input::id_text(value));
     if store.is_none() {
@@ -669,12 +738,14 @@ fn receipt<'a>(raw: &'a RawValue, at: &str, user_id: &str, now_ms: i64) -> Resul
     }
     let found = first_of(data, &["dateTime"]).or_else(|| first_of(&event, &["timestamp"]));
     let date_time = crate::time::or_arrival(found, "data.dateTime", now_ms, &mut problems);
+    let filed_at = crate::time::filed_at(date_time, "data.dateTime", now_ms, &mut problems);
     Ok(Receipt {
         id,
         sent_id,
         store: store.map(|store| store.to_ascii_lowercase()),
         device: device.map(|device| device.to_ascii_lowercase()),
         date_time,
+        filed_at,
         raw,
         problems,
     })
@@ -750,7 +821,7 @@ pub(crate) fn ingest_receipts(
                 let index = format!(
                     "{}{:013}.{hash}.{user_id}",
                     storage::receipts_by_date_prefix(store),
-                    receipt.date_time.max(0)
+                    receipt.filed_at.max(0)
                 );
                 txn.put(&index, &json!({ "v": storage::FORMAT }));
             }

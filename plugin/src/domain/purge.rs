@@ -117,6 +117,7 @@ const LAYOUTS: &[(&str, Erasure)] = &[
     ("docs/{store}/doc/{id}", Erasure::OwnedStore),
     ("docs/{store}/part/{id}/{n:04}", Erasure::OwnedStore),
     ("user/{userId}/foreign-parts/{store}/{id}/{n:04}", Erasure::UnderUser),
+    ("user/{userId}/foreign-by-date/{closeDate ms:013}/{store}/{id}", Erasure::UnderUser),
     ("docs/{store}/by-date/{closeDate ms:013}.{id}", Erasure::OwnedStore),
     ("docs/{store}/by-type/{type}/{closeDate ms:013}.{id}", Erasure::OwnedStore),
     ("user/{userId}/foreign-docs/{store}/{id}", Erasure::UnderUser),

@@ -191,6 +191,11 @@ pub fn document_parts_prefix(store: &str, id: &str) -> String {
     format!("docs/{store}/part/{id}/")
 }
 
+/// Prefix of a user's documents kept apart, by date (where retention finds them).
+pub fn foreign_documents_by_date_prefix(user_id: &str) -> String {
+    format!("user/{user_id}/foreign-by-date/")
+}
+
 /// Prefix of the parts of a large document kept apart.
 pub fn foreign_document_parts_prefix(store: &str, user_id: &str, id: &str) -> String {
     format!("user/{user_id}/foreign-parts/{store}/{id}/")

@@ -46,6 +46,7 @@
 //! | `docs/{store}/by-date/{closeDate ms:013}.{id}` | document index by close date |
 //! | `docs/{store}/by-type/{type}/{closeDate ms:013}.{id}` | document index by type and close date |
 //! | `user/{userId}/foreign-docs/{store}/{id}` | [`crate::domain::documents::DocumentRecord`]: a document delivered into a store another user owns, kept apart |
+//! | `user/{userId}/foreign-by-date/{closeDate ms:013}/{store}/{id}` | index of the user's documents kept apart by close date, where `retention_days` finds them |
 //! | `user/{userId}/foreign-parts/{store}/{id}/{n:04}` | [`crate::domain::documents::Part`]: part `n` of a large document kept apart |
 //! | `user/{userId}/usage` | [`crate::domain::documents::Usage`]: how many documents and receipts the user stored, under `user_quota_records` |
 //! | `receipts/{sha256(event id)[..32]}/{userId}` | [`crate::domain::documents::ReceiptRecord`]: a receipt event as received (older ones without `/{userId}`) |

@@ -9,8 +9,8 @@ const SUB: &str = "a99fbf70-6307-4acc-b61c-741ee9eef6c0";
 const SUB2: &str = "a99fbf70-6307-4acc-b61c-741ee9eef6c1";
 const PRODUCT: &str = "c0d01e35-5193-4cc2-9bfb-be20e0679498";
 
-/// Milliseconds of the World's clock start (1_000_000 s).
-const T0: i64 = 1_000_000_000;
+/// Milliseconds of the World's clock start ([`crate::testing::WORLD_START`]).
+const T0: i64 = crate::testing::WORLD_START as i64 * 1000;
 
 fn stamp(ms: i64) -> String {
     // Evotor's format with a +0000 offset.
@@ -181,7 +181,7 @@ fn a_gap_kept_by_the_first_storage_format_starts_its_clock_on_upgrade() {
     crate::kv::Kv::commit(&world.kv, Vec::new(), vec![write]).expect("old format");
     world.clock.advance(DEFAULT_PENDING_GRACE_SECS + 10);
     assert_eq!(world.whoami(&token), Err(1004), "still waiting: the clock starts now");
-    assert_eq!(state(&world, SUB).gap_since, Some(1_000_000 + DEFAULT_PENDING_GRACE_SECS + 10));
+    assert_eq!(state(&world, SUB).gap_since, Some(crate::testing::WORLD_START + DEFAULT_PENDING_GRACE_SECS + 10));
     world.clock.advance(DEFAULT_GAP_TIMEOUT_SECS);
     assert_eq!(world.whoami(&token), Ok(USER.to_owned()), "then the waiting activation applies");
     let stored = crate::kv::Kv::get(&world.kv, &storage::subscription_key(SUB)).expect("get").expect("state").value;
@@ -285,7 +285,11 @@ fn events_ahead_of_a_gap_wait_and_duplicates_change_nothing() {
     assert_eq!(post(&world, &terminated).status, 200);
     assert_eq!(post(&world, &activated).status, 200);
     let s = state(&world, SUB);
-    assert_eq!((s.applied_through, s.gap_since, s.status), (0, Some(1_000_000), None), "the gap shows");
+    assert_eq!(
+        (s.applied_through, s.gap_since, s.status),
+        (0, Some(crate::testing::WORLD_START), None),
+        "the gap shows"
+    );
     assert_eq!(post(&world, &created(SUB, "P0DT", 1)).status, 200);
     let s = state(&world, SUB);
     assert_eq!((s.applied_through, s.gap_since, s.status), (3, None, Some(Status::Terminated)));

@@ -806,3 +806,36 @@ fn cutting_keeps_every_character_and_each_part_fits_a_record() {
         assert!(record.len() <= 4 * 1024 * 1024, "{} bytes", record.len());
     }
 }
+
+#[test]
+fn documents_dated_far_ahead_and_documents_kept_apart_expire_too() {
+    let world = World::with(&[("retention_days", "30")]);
+    let alice = world.register(ALICE, "alice");
+    let bob = world.register(BOB, "bob");
+    world.clock.advance(100 * 86_400);
+    let now_ms = crate::time::millis(crate::clock::Clock::now_unix(&world.clock));
+    let day = 86_400_000i64;
+    let document = |id: &str, at: i64, user: &str| {
+        json!({"id": id, "store_id": STORE, "device_id": DEVICE, "type": "SELL", "close_date": at, "user_id": user,
+               "version": "V2", "body": {}})
+    };
+    // Dated 2999: filed at its arrival, with a data issue.
+    let y2999 = 32_503_680_000_000i64;
+    assert_eq!(put(&world, &alice, STORE, json!([document("future", y2999, ALICE)])).status, 200);
+    assert!(problems(&world).iter().any(|p| p.contains("more than a day after its arrival")), "{:?}", problems(&world));
+    let listed = world.call("GET", &format!("/partner/v1/stores/{STORE}/documents"), Some("partner"), None);
+    assert_eq!(listed.body_json()["items"][0]["closeDate"], y2999, "its own date is shown as sent");
+    // Bob's document into Alice's store: kept apart.
+    assert_eq!(put(&world, &bob, STORE, json!([document("bobs", now_ms, BOB)])).status, 200);
+    assert!(world.kv.keys().iter().any(|key| key.contains("/foreign-docs/") && key.ends_with("/bobs")));
+    // Past retention_days both go, with the next writes of their store and of their deliverer.
+    world.clock.advance(31 * 86_400);
+    let later = now_ms + 31 * day;
+    assert_eq!(put(&world, &alice, STORE, json!([document("alice-later", later, ALICE)])).status, 200);
+    assert_eq!(put(&world, &bob, STORE, json!([document("bob-later", later, BOB)])).status, 200);
+    let keys = world.kv.keys();
+    assert!(keys.iter().all(|key| !key.contains("future")), "the far-dated document expired");
+    assert!(keys.iter().all(|key| !key.ends_with("/bobs")), "the kept-apart document expired: {keys:?}");
+    assert!(keys.iter().any(|key| key.ends_with("/bob-later")), "the newer one stays");
+    assert!(crate::audit::problems(&world.kv).is_empty(), "{:?}", crate::audit::problems(&world.kv));
+}

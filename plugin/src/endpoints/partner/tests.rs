@@ -143,10 +143,18 @@ fn user_shows_cloud_token_tariff_and_token_states() {
     let token = "f1e2d3c4-0000-4000-8000-00000000a1b2";
     crate::domain::sync::put_cloud_token(&world.ctx(), USER, token).expect("store");
     let body = partner(&world, "GET", &format!("/partner/v1/users/{USER}"), None).body_json();
-    assert_eq!(body["cloudToken"], json!({"last4": "a1b2", "receivedAt": 1_000_000}), "present, not shown");
+    assert_eq!(
+        body["cloudToken"],
+        json!({"last4": "a1b2", "receivedAt": crate::testing::WORLD_START}),
+        "present, not shown"
+    );
     assert!(!String::from_utf8_lossy(&partner(&world, "GET", "/partner/v1/users", None).body).contains(token));
     let cloud = partner(&world, "GET", &format!("/partner/v1/users/{USER}/cloud-token"), None);
-    assert_eq!(cloud.body_json(), json!({"token": token, "receivedAt": 1_000_000}), "only from its own endpoint");
+    assert_eq!(
+        cloud.body_json(),
+        json!({"token": token, "receivedAt": crate::testing::WORLD_START}),
+        "only from its own endpoint"
+    );
     let anonymous = world.call("GET", &format!("/partner/v1/users/{USER}/cloud-token"), Some("guess"), None);
     assert_eq!(anonymous.status, 401);
     assert_eq!(body["account"], Value::Null);
