@@ -388,6 +388,15 @@ struct StoredEvent {
     event: Value,
 }
 
+/// `user_quota_records` when `caller` is a user's token: what a user's own
+/// deliveries store counts against it; the Evotor cloud's do not.
+fn user_quota(ctx: &Ctx<'_>, caller: &Caller) -> Result<Option<u64>, ApiError> {
+    match caller {
+        Caller::User(_) => Ok(crate::domain::accounts::settings(ctx)?.user_quota_records),
+        Caller::Server => Ok(None),
+    }
+}
+
 /// Where the request came from: the Evotor cloud, or a user's token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Caller {
@@ -650,11 +659,12 @@ pub fn record_event(
     gap_timeout_secs: u64,
 ) -> Result<Stored, ApiError> {
     let now = ctx.clock.now_unix();
+    let quota = user_quota(ctx, caller)?;
     // Evotor naming another owner first sets the old owner's events aside,
     // and Evotor speaking first for the owner sets aside what the owner's
     // token sent (one commit); then the event is taken as any other (the next).
     loop {
-        if let Some(stored) = record_event_once(ctx, caller, event, raw, gap_timeout_secs, now)? {
+        if let Some(stored) = record_event_once(ctx, caller, event, raw, gap_timeout_secs, now, quota)? {
             return Ok(stored);
         }
     }
@@ -670,8 +680,14 @@ fn record_event_once(
     raw: &Object,
     gap_timeout_secs: u64,
     now: u64,
+    quota: Option<u64>,
 ) -> Result<Option<Stored>, ApiError> {
     let now_ms = time::millis(now);
+    // A user token's event, once stored, counts against the user's quota.
+    let count = |txn: &mut Txn<'_>| match caller {
+        Caller::User(user_id) => crate::domain::documents::count_against(txn, quota, user_id, 1),
+        Caller::Server => Ok(()),
+    };
     storage::transact(ctx, |txn| {
         let state_key = storage::subscription_key(&event.subscription_id);
         let by_user_token = Some(*caller != Caller::Server);
@@ -691,7 +707,11 @@ fn record_event_once(
                         return Ok(None);
                     }
                 } else if *caller != Caller::Server && state.owner_confirmed {
-                    return keep_user_tokens(txn, now, event, &stored).map(Some);
+                    let kept = keep_user_tokens(txn, now, event, &stored)?;
+                    if kept == Stored::Kept {
+                        count(txn)?;
+                    }
+                    return Ok(Some(kept));
                 }
                 (state, false)
             }
@@ -705,7 +725,13 @@ fn record_event_once(
                 txn.put(&state_key, &fresh);
                 return Ok(None);
             }
-            Some(state) => return keep_foreign(txn, now, event, &stored, &state.user_id).map(Some),
+            Some(state) => {
+                let kept = keep_foreign(txn, now, event, &stored, &state.user_id)?;
+                if kept == Stored::Foreign {
+                    count(txn)?;
+                }
+                return Ok(Some(kept));
+            }
         };
         state.migrate(now);
         let event_key = storage::subscription_event_key(&event.subscription_id, event.sequence);
@@ -718,6 +744,9 @@ fn record_event_once(
                 txn.put(&state_key, &state);
             }
             return Ok(Some(Stored::Duplicate));
+        }
+        if !replaces {
+            count(txn)?;
         }
         txn.put(&event_key, &stored);
         if replaces {
@@ -1061,6 +1090,7 @@ pub(crate) fn record_installation_event(ctx: &Ctx<'_>, caller: &Caller, body: Ob
         event: Value::Object(body.clone()),
     };
     let legacy_key = storage::legacy_installation_event_key(&id_hash);
+    let quota = user_quota(ctx, caller)?;
     storage::transact(ctx, |txn| -> Result<(), ApiError> {
         if txn.get::<StoredEvent>(&event_key)?.is_some() {
             return Ok(());
@@ -1070,6 +1100,9 @@ pub(crate) fn record_installation_event(ctx: &Ctx<'_>, caller: &Caller, body: Ob
             && installation_user(&legacy.event).is_some_and(|named| named == user_id)
         {
             return Ok(());
+        }
+        if by_user_token {
+            crate::domain::documents::count_against(txn, quota, &user_id, 1)?;
         }
         txn.put(&event_key, &stored(&body));
         txn.emit("installation.event", now, Some(&user_id), json!({ "id": id, "type": kind }));
@@ -1110,8 +1143,12 @@ pub(crate) fn record_legacy_event(ctx: &Ctx<'_>, caller: &Caller, body: Object, 
         Caller::User(user) => Some(user.as_str()),
         Caller::Server => named.filter(|id| input::is_user_id(id)),
     };
+    let quota = user_quota(ctx, caller)?;
     storage::transact(ctx, |txn| -> Result<(), ApiError> {
         if txn.get::<StoredEvent>(&key)?.is_none() {
+            if let Caller::User(user_id) = caller {
+                crate::domain::documents::count_against(txn, quota, user_id, 1)?;
+            }
             let by_user_token = Some(matches!(caller, Caller::User(_)));
             let event = Value::Object(body.clone());
             txn.put(&key, &StoredEvent { v: storage::FORMAT, received_at: now, by_user_token, event });

@@ -462,18 +462,49 @@ pub(crate) fn commits_of<T>(items: &[T], writes: impl Fn(&T) -> usize) -> Vec<&[
 /// request answered with an error and sent again completes); answers how
 /// many changed.
 pub(crate) fn upsert_all(ctx: &Ctx<'_>, store: &str, items: &[Item], source: &str) -> Result<usize, ApiError> {
+    upsert_counted(ctx, store, items, source, None)
+}
+
+/// [`upsert_all`] of a user's delivery (`counted`: the settings and the
+/// user): the items it adds count against the user's `user_quota_records`,
+/// in the commits that add them; a delivery that would pass the quota is
+/// refused whole (402 1004) before anything is written.
+pub(crate) fn upsert_counted(
+    ctx: &Ctx<'_>,
+    store: &str,
+    items: &[Item],
+    source: &str,
+    counted: Option<(&crate::config::Settings, &str)>,
+) -> Result<usize, ApiError> {
     let now = ctx.clock.now_unix();
     let owner = store_owner(ctx, store)?;
     let batch: HashSet<String> = items.iter().map(|item| item.uuid.clone()).collect();
+    let counted = counted.filter(|(settings, _)| settings.user_quota_records.is_some());
+    if let Some((settings, user_id)) = counted {
+        // The whole delivery, checked before any of its commits.
+        let keys: Vec<String> = items.iter().map(|item| storage::product_key(store, &item.uuid)).collect();
+        let mut new = 0;
+        for chunk in keys.chunks(crate::kv::MAX_GET_MANY_KEYS) {
+            new += crate::kv::read_many(ctx.kv, chunk)?.iter().filter(|entry| entry.is_none()).count();
+        }
+        crate::domain::documents::check_quota(ctx.kv, settings, user_id, new)?;
+    }
     let mut changed = 0;
     for run in commits_of(items, writes_of) {
-        changed += storage::transact(ctx, |txn| upsert_in(txn, store, owner.as_deref(), run, &batch, source, now))?;
+        changed += storage::transact(ctx, |txn| -> Result<usize, ApiError> {
+            let (changed, added) = upsert_in(txn, store, owner.as_deref(), run, &batch, source, now)?;
+            if let Some((settings, user_id)) = counted {
+                crate::domain::documents::count_usage(txn, settings, user_id, added)?;
+            }
+            Ok(changed)
+        })?;
     }
     Ok(changed)
 }
 
 /// Within `txn`: upserts `items` into `store` of `owner`; `batch` holds the
-/// uuids of the whole request (`items` may be a run of it); answers how many changed.
+/// uuids of the whole request (`items` may be a run of it); answers how
+/// many changed and how many of those are new.
 pub(crate) fn upsert_in(
     txn: &mut Txn<'_>,
     store: &str,
@@ -482,7 +513,7 @@ pub(crate) fn upsert_in(
     batch: &HashSet<String>,
     source: &str,
     now: u64,
-) -> Result<usize, ApiError> {
+) -> Result<(usize, usize), ApiError> {
     for item in items {
         for problem in &item.problems {
             let issue = Issue::new(owner, "product", &item.uuid, problem.as_str());
@@ -503,13 +534,14 @@ pub(crate) fn upsert_in(
         }
     }
     if changed.is_empty() {
-        return Ok(0);
+        return Ok((0, 0));
     }
+    let added = change.added.len();
     change.finish()?;
     let count = changed.len();
     let data = json!({ "storeUuid": store, "source": source, "uuids": changed });
     txn.emit("products.upserted", now, owner, data);
-    Ok(count)
+    Ok((count, added))
 }
 
 /// The user who owns `store`, if anyone does yet.

@@ -649,7 +649,7 @@ fn product(
         None => catalog::delete_in(txn, &store, Some(user_id), std::slice::from_ref(&uuid), "evotor", now)?,
         Some(item) => {
             let batch = std::collections::HashSet::from([item.uuid.clone()]);
-            catalog::upsert_in(txn, &store, Some(user_id), &[item], &batch, "evotor", now)?
+            catalog::upsert_in(txn, &store, Some(user_id), &[item], &batch, "evotor", now)?.0
         }
     };
     txn.put(&order_key, &ProductOrder { v: storage::FORMAT, order_ms: order, removed });
@@ -715,7 +715,7 @@ pub(crate) fn apply_catalog_page(
             if usable.is_empty() {
                 return Ok((0, None));
             }
-            Ok((catalog::upsert_in(txn, &store, Some(user_id), &usable, &batch, "evotor", now)?, None))
+            Ok((catalog::upsert_in(txn, &store, Some(user_id), &usable, &batch, "evotor", now)?.0, None))
         })?;
         if let Some(owner) = foreign {
             problems.push(format!("store {store} belongs to user {owner}: its catalog not changed"));

@@ -441,6 +441,7 @@ pub(crate) fn mirror_items(
             _ => DeviceOrder::default(),
         };
         let registered = order.devices.len();
+        let mut created = 0;
         for (id, item, problems) in &batch {
             let sent = sent_uuid(item, id);
             let issue = |problem: String| Issue::new(Some(user_id), kind.name(), id, problem);
@@ -470,7 +471,9 @@ pub(crate) fn mirror_items(
             let partner_id = take_ownership(txn, &owner_key, owner, user_id)?;
             let key = storage::entity_key(user_id, kind.name(), id);
             let data = Value::Object(item.clone());
-            if txn.get::<EntityRecord>(&key)?.is_none_or(|known| known.data != data || known.removed_at.is_some()) {
+            let known = txn.get::<EntityRecord>(&key)?;
+            created += usize::from(known.is_none());
+            if known.is_none_or(|known| known.data != data || known.removed_at.is_some()) {
                 let record = EntityRecord {
                     v: storage::FORMAT,
                     uuid: sent.clone(),
@@ -494,6 +497,7 @@ pub(crate) fn mirror_items(
             order.v = storage::FORMAT;
             txn.put(&order_key, &order);
         }
+        crate::domain::documents::count_usage(txn, settings, user_id, created)?;
         Ok((mapped, over))
     })
 }

@@ -5,7 +5,7 @@ use crate::Ctx;
 use crate::domain::accounts::settings;
 use crate::domain::catalog::{
     DEFAULT_PAGE_SIZE, Directory, MAX_BATCH, MAX_PAGE_SIZE, Orphan, ProductRecord, claim_store, delete_products,
-    find_commodity, items, products_page, terminal_items, upsert_all,
+    find_commodity, items, products_page, terminal_items, upsert_all, upsert_counted,
 };
 use crate::endpoints::auth;
 use crate::endpoints::request::{paging, query, require_partner, store_param};
@@ -88,7 +88,7 @@ pub fn post_products(ctx: &Ctx<'_>, request: &Request, store: &str) -> Result<Re
     let user_id = auth::require_user(ctx, request, &settings)?;
     let items = terminal_items(ctx, &request.body)?;
     let store = user_store(ctx, &user_id, store)?;
-    upsert_all(ctx, &store, &items, "evotor")?;
+    upsert_counted(ctx, &store, &items, "evotor", Some((&settings, &user_id)))?;
     let answer: Vec<Value> = items.iter().map(|item| json!({ "uuid": item.uuid })).collect();
     Ok(Response::json(200, &Value::Array(answer)))
 }

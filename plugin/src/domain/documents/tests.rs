@@ -839,3 +839,50 @@ fn documents_dated_far_ahead_and_documents_kept_apart_expire_too() {
     assert!(keys.iter().any(|key| key.ends_with("/bob-later")), "the newer one stays");
     assert!(crate::audit::problems(&world.kv).is_empty(), "{:?}", crate::audit::problems(&world.kv));
 }
+
+#[test]
+fn every_record_a_users_deliveries_create_counts_against_its_quota() {
+    let world = World::with(&[("billing_enforcement", "off"), ("user_quota_records", "10")]);
+    let token = world.register(ALICE, "alice");
+    let stores = |range: std::ops::Range<u32>| {
+        Value::from(
+            range.map(|n| json!({"uuid": format!("20170228-f4f1-401b-80fa-{n:012}"), "name": "S"})).collect::<Vec<_>>(),
+        )
+    };
+    let call = |method: &str, path: &str, body: Value| world.call(method, path, Some(&token), Some(body));
+    let quota_code = |response: &Response| (response.status, response.body_json()["errors"][0]["code"].as_u64());
+    assert_eq!(call("PUT", "/api/v1/inventories/stores", stores(0..7)).status, 200);
+    // Sending the same stores again adds nothing.
+    assert_eq!(call("PUT", "/api/v1/inventories/stores", stores(0..7)).status, 200);
+    let over = call("PUT", "/api/v1/inventories/stores", stores(7..11));
+    assert_eq!(quota_code(&over), (402, Some(1004)), "4 more stores would make 11");
+    let listed = world.call("GET", &format!("/partner/v1/users/{ALICE}/stores"), Some("partner"), None).body_json();
+    assert_eq!(listed["items"].as_array().map(Vec::len), Some(7), "nothing of a refused delivery is stored");
+    let store = "20170228-f4f1-401b-80fa-000000000000";
+    let products = |range: std::ops::Range<u32>| {
+        Value::from(
+            range
+                .map(|n| json!({"uuid": format!("6c3bfd7a-4e1b-4c55-9d3e-{n:012}"), "group": true, "name": "G"}))
+                .collect::<Vec<_>>(),
+        )
+    };
+    let path = format!("/api/v1/inventories/stores/{store}/products");
+    assert_eq!(quota_code(&call("POST", &path, products(0..4))), (402, Some(1004)), "4 products would make 11");
+    assert!(world.kv.keys().iter().all(|key| !key.contains("/p/6c3bfd7a")), "none of them written");
+    assert_eq!(call("POST", &path, products(0..2)).status, 200, "2 make 9");
+    let event = |seq: u64| {
+        json!({"subscriptionId": "a99fbf70-6307-4acc-b61c-741ee9eef6c1", "productId": "p",
+        "userId": ALICE, "sequenceNumber": seq, "timestamp": 1, "type": "SubscriptionCreated"})
+    };
+    assert_eq!(call("POST", "/api/v1/subscription/event", event(1)).status, 200, "the 10th record");
+    assert_eq!(quota_code(&call("POST", "/api/v1/subscription/event", event(2))), (402, Some(1004)));
+    assert_eq!(
+        quota_code(&call("POST", "/api/v1/user/event", json!({"type": "X", "userId": ALICE, "blob": "x"}))),
+        (402, Some(1004))
+    );
+    let install = json!({"id": "i-1", "timestamp": 1, "type": "ApplicationInstalled", "data": {"userId": ALICE}});
+    assert_eq!(quota_code(&call("POST", "/api/v2/installation/event", install.clone())), (402, Some(1004)));
+    // What the Evotor cloud sends is not the user's delivery: it is taken.
+    assert_eq!(world.server("/api/v1/subscription/event", event(2)).status, 200);
+    assert_eq!(world.server("/api/v2/installation/event", install).status, 200);
+}
