@@ -814,6 +814,7 @@ pub(crate) fn ingest_receipts(
     raws: Vec<&RawValue>,
     array: bool,
 ) -> Result<(usize, usize), ApiError> {
+    input::within_item_limit(&raws)?;
     let now = ctx.clock.now_unix();
     let now_ms = crate::time::millis(now);
     let mut receipts = Vec::with_capacity(raws.len());

@@ -216,7 +216,11 @@ pub(crate) fn dispatch(ctx: &Ctx<'_>, request: &Request) -> Response {
         }
         None => Err(ApiError::not_found()),
         Some((route, params)) => match route.methods.iter().find(|(method, _)| *method == request.method) {
-            Some((_, handler)) => handler(ctx, request, &params),
+            Some((_, handler)) => handler(ctx, request, &params).inspect_err(|err| {
+                if err.status == 413 {
+                    too_large(ctx, route.pattern, &err.reason);
+                }
+            }),
             None => {
                 let allow: Vec<&str> = route.methods.iter().map(|(method, _)| *method).collect();
                 Err(ApiError::method_not_allowed(&allow))
@@ -224,6 +228,21 @@ pub(crate) fn dispatch(ctx: &Ctx<'_>, request: &Request) -> Response {
         },
     };
     result.unwrap_or_else(ApiError::into_response)
+}
+
+/// Logs a delivery to `route` refused with 413 by the plugin's own limits
+/// and notes it as a data issue: Evotor counts the answer as delivered.
+fn too_large(ctx: &Ctx<'_>, route: &str, why: &str) {
+    eprintln!("{route}: a delivery was refused: {why} (413)");
+    let now = ctx.clock.now_unix();
+    let problem = format!("a delivery was refused with 413 ({why}); it is not sent again");
+    let noted = crate::storage::transact(ctx, |txn| -> Result<(), ApiError> {
+        txn.issue(now, crate::storage::Issue::new(None, "request", route, problem.as_str()));
+        Ok(())
+    });
+    if let Err(err) = noted {
+        eprintln!("{route}: the refusal was not noted ({})", err.reason);
+    }
 }
 
 /// Whether `path` is the configured bare documents webhook (`documents_webhook_path`, default `/`).

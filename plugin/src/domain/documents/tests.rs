@@ -886,3 +886,34 @@ fn every_record_a_users_deliveries_create_counts_against_its_quota() {
     assert_eq!(world.server("/api/v1/subscription/event", event(2)).status, 200);
     assert_eq!(world.server("/api/v2/installation/event", install).status, 200);
 }
+
+#[test]
+fn an_item_too_large_for_a_record_is_refused_with_413_and_noted_never_a_500() {
+    let world = World::with(&[("billing_enforcement", "off")]);
+    let token = world.register(ALICE, "alice");
+    let big = "x".repeat(crate::input::MAX_ITEM_BYTES);
+    let calls: [(&str, String, Value); 4] = [
+        ("PUT", "/api/v1/inventories/stores".into(), json!([{"uuid": STORE, "name": "S", "address": big}])),
+        (
+            "POST",
+            format!("/api/v1/inventories/stores/{STORE}/products"),
+            json!([{"uuid": DEVICE, "group": true, "name": big}]),
+        ),
+        ("POST", "/api/v2/receipts".into(), receipt_event("huge", ALICE, &big)),
+        ("POST", "/api/v1/user/event".into(), json!({"type": "X", "userId": ALICE, "blob": big})),
+    ];
+    for (method, path, body) in calls {
+        let before = world.kv.keys().into_iter().filter(|key| !key.starts_with("issues/")).count();
+        let answer = world.call(method, &path, Some(&token), Some(body));
+        assert_eq!(answer.status, 413, "{method} {path}: {}", String::from_utf8_lossy(&answer.body));
+        let after = world.kv.keys().into_iter().filter(|key| !key.starts_with("issues/")).count();
+        assert_eq!(before, after, "{path}: nothing stored");
+    }
+    let noted = problems(&world).iter().filter(|p| p.contains("refused with 413")).count();
+    assert_eq!(noted, 4, "{:?}", problems(&world));
+    // Just under the limit is taken.
+    let fits = "x".repeat(crate::input::MAX_ITEM_BYTES - 100);
+    let answer =
+        world.call("PUT", "/api/v1/inventories/stores", Some(&token), Some(json!([{"uuid": STORE, "address": fits}])));
+    assert_eq!(answer.status, 200);
+}
