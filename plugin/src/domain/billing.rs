@@ -205,7 +205,7 @@ pub fn parse_event(body: &Object, now_ms: i64) -> Result<Event, ApiError> {
 }
 
 /// A subscription as its events so far make it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Subscription {
     /// Storage format version.
@@ -267,19 +267,7 @@ impl Subscription {
             user_id: event.user_id.clone(),
             owner_confirmed: matches!(caller, Caller::Server),
             product_id: event.product_id.clone(),
-            applied_through: 0,
-            gap_since: None,
-            skipped: Vec::new(),
-            waiting: Vec::new(),
-            status: None,
-            plan_id: None,
-            device_number: None,
-            next_billing_date: None,
-            trial_end: None,
-            created_at: None,
-            charged_sum: None,
-            addons: None,
-            lapsed_at: None,
+            ..Self::default()
         }
     }
 

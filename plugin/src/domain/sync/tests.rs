@@ -188,6 +188,17 @@ fn account() -> Account {
     }
 }
 
+/// Another user's account: a store, terminal and employee of its own, no documents.
+fn other_account() -> Account {
+    let mut other = account();
+    other.stores = vec![store("20180101-CCCC-401B-80FA-9ECCA8451FFB", "Other")];
+    for item in other.devices.iter_mut().chain(&mut other.employees) {
+        item["id"] = json!(format!("{}9", &item["id"].as_str().expect("id")[..35]));
+    }
+    other.documents.clear();
+    other
+}
+
 fn feed_kinds(world: &World, cloud: &Cloud) -> Vec<String> {
     let feed = partner(world, cloud, "GET", "/partner/v1/feed?limit=1000");
     feed["items"].as_array().expect("items").iter().map(|item| item["kind"].as_str().unwrap_or("").to_owned()).collect()
@@ -265,13 +276,7 @@ fn a_document_pushed_and_pulled_is_one_record_and_only_the_clouds_own_are_added(
 fn a_rate_limited_user_waits_for_the_reset_and_the_others_go_on() {
     let world = world(&[]);
     let cloud = Cloud::with("cloud-1", account());
-    let mut other = account();
-    other.stores = vec![store("20180101-CCCC-401B-80FA-9ECCA8451FFB", "Other")];
-    for item in other.devices.iter_mut().chain(&mut other.employees) {
-        item["id"] = json!(format!("{}9", &item["id"].as_str().expect("id")[..35]));
-    }
-    other.documents.clear();
-    cloud.accounts.borrow_mut().insert("cloud-2".into(), other);
+    cloud.accounts.borrow_mut().insert("cloud-2".into(), other_account());
     token(&world, USER, "cloud-1");
     token(&world, OTHER, "cloud-2");
     cloud.then_answer("cloud-1", 429, &[("x-ratelimit-reset", "30"), ("x-ratelimit-remaining", "0")]);
@@ -526,13 +531,7 @@ fn one_users_data_failing_is_that_users_failure_and_the_run_goes_on() {
     let mut broken = account();
     broken.stores[0]["address"] = json!("x".repeat(5 << 20));
     let cloud = Cloud::with("cloud-1", broken);
-    let mut other = account();
-    other.stores = vec![store("20180101-CCCC-401B-80FA-9ECCA8451FFB", "Other")];
-    for item in other.devices.iter_mut().chain(&mut other.employees) {
-        item["id"] = json!(format!("{}9", &item["id"].as_str().expect("id")[..35]));
-    }
-    other.documents.clear();
-    cloud.accounts.borrow_mut().insert("cloud-2".into(), other);
+    cloud.accounts.borrow_mut().insert("cloud-2".into(), other_account());
     token(&world, USER, "cloud-1");
     token(&world, OTHER, "cloud-2");
     let summary = run_job(&world, &cloud);
@@ -552,10 +551,7 @@ fn one_users_data_failing_is_that_users_failure_and_the_run_goes_on() {
 fn a_run_that_died_inside_a_user_backs_that_user_off_and_goes_on_after_it() {
     let world = world(&[]);
     let cloud = Cloud::with("cloud-1", account());
-    let mut other = account();
-    other.stores = vec![store("20180101-CCCC-401B-80FA-9ECCA8451FFB", "Other")];
-    other.documents.clear();
-    cloud.accounts.borrow_mut().insert("cloud-2".into(), other);
+    cloud.accounts.borrow_mut().insert("cloud-2".into(), other_account());
     token(&world, USER, "cloud-1");
     token(&world, OTHER, "cloud-2");
     // What a run that trapped inside USER left behind.
