@@ -673,7 +673,7 @@ fn record_event_once(
     let now_ms = time::millis(now);
     // A user token's event, once stored, counts against the user's quota.
     let count = |txn: &mut Txn<'_>| match caller {
-        Caller::User(user_id) => crate::domain::documents::count_against(txn, quota, user_id, 1),
+        Caller::User(user_id) => crate::domain::quota::count_against(txn, quota, user_id, 1),
         Caller::Server => Ok(()),
     };
     storage::transact(ctx, |txn| {
@@ -1090,7 +1090,7 @@ pub(crate) fn record_installation_event(ctx: &Ctx<'_>, caller: &Caller, body: Ob
             return Ok(());
         }
         if by_user_token {
-            crate::domain::documents::count_against(txn, quota, &user_id, 1)?;
+            crate::domain::quota::count_against(txn, quota, &user_id, 1)?;
         }
         txn.put(&event_key, &stored(&body));
         txn.emit("installation.event", now, Some(&user_id), json!({ "id": id, "type": kind }));
@@ -1135,7 +1135,7 @@ pub(crate) fn record_legacy_event(ctx: &Ctx<'_>, caller: &Caller, body: Object, 
     storage::transact(ctx, |txn| -> Result<(), ApiError> {
         if txn.get::<StoredEvent>(&key)?.is_none() {
             if let Caller::User(user_id) = caller {
-                crate::domain::documents::count_against(txn, quota, user_id, 1)?;
+                crate::domain::quota::count_against(txn, quota, user_id, 1)?;
             }
             let by_user_token = Some(matches!(caller, Caller::User(_)));
             let event = Value::Object(body.clone());

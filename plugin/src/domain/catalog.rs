@@ -487,14 +487,14 @@ pub(crate) fn upsert_counted(
         for chunk in keys.chunks(crate::kv::MAX_GET_MANY_KEYS) {
             new += crate::kv::read_many(ctx.kv, chunk)?.iter().filter(|entry| entry.is_none()).count();
         }
-        crate::domain::documents::check_quota(ctx.kv, settings, user_id, new)?;
+        crate::domain::quota::check_quota(ctx.kv, settings, user_id, new)?;
     }
     let mut changed = 0;
     for run in commits_of(items, writes_of) {
         changed += storage::transact(ctx, |txn| -> Result<usize, ApiError> {
             let (changed, added) = upsert_in(txn, store, owner.as_deref(), run, &batch, source, now)?;
             if let Some((settings, user_id)) = counted {
-                crate::domain::documents::count_usage(txn, settings, user_id, added)?;
+                crate::domain::quota::count_usage(txn, settings, user_id, added)?;
             }
             Ok(changed)
         })?;

@@ -20,6 +20,7 @@
 use crate::Ctx;
 use crate::config::Settings;
 use crate::domain::inventory::PastLicence;
+use crate::domain::quota;
 use crate::errors::ApiError;
 use crate::input::{self, Fields, Object, is_uuid};
 use crate::storage::{self, Issue, StorageError};
@@ -494,7 +495,7 @@ pub(crate) fn ingest_documents(
             for issue in issues {
                 txn.issue(now, issue);
             }
-            count_usage(txn, settings, user_id, new)?;
+            quota::count_usage(txn, settings, user_id, new)?;
         }
         Ok((new, repeated))
     })?;
@@ -503,73 +504,6 @@ pub(crate) fn ingest_documents(
     }
     expire_kept_apart(ctx, settings, user_id)?;
     Ok((new, repeated))
-}
-
-/// How many documents and receipts a user has stored, counted while
-/// `user_quota_records` is set (`user/{id}/usage`).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Usage {
-    v: u32,
-    records: u64,
-}
-
-fn usage_key(user_id: &str) -> String {
-    format!("user/{user_id}/usage")
-}
-
-/// Within the commit that stores `new` records of `user_id`'s delivery
-/// (documents, receipts, stores, terminals, employees, products, billing
-/// events): counts them, or refuses the whole delivery past the user's
-/// quota (402 1004, what the protocol answers a user whose plan does not
-/// allow the call).
-pub(crate) fn count_usage(
-    txn: &mut storage::Txn<'_>,
-    settings: &Settings,
-    user_id: &str,
-    new: usize,
-) -> Result<(), ApiError> {
-    count_against(txn, settings.user_quota_records, user_id, new)
-}
-
-/// Whether `new` more records of `user_id` stay within the user's quota:
-/// 402 1004 when they would not. Reads only: a delivery written in several
-/// commits is checked whole first.
-pub(crate) fn check_quota(
-    kv: &dyn crate::kv::Kv,
-    settings: &Settings,
-    user_id: &str,
-    new: usize,
-) -> Result<(), ApiError> {
-    let Some(quota) = settings.user_quota_records else { return Ok(()) };
-    let usage = storage::read::<Usage>(kv, &usage_key(user_id))?.unwrap_or_default();
-    if usage.records.saturating_add(new as u64) > quota {
-        return Err(ApiError::quota_exceeded(user_id, quota));
-    }
-    Ok(())
-}
-
-/// [`count_usage`] against `quota` (`None`: not counted).
-pub(crate) fn count_against(
-    txn: &mut storage::Txn<'_>,
-    quota: Option<u64>,
-    user_id: &str,
-    new: usize,
-) -> Result<(), ApiError> {
-    let Some(quota) = quota else { return Ok(()) };
-    if new == 0 {
-        return Ok(());
-    }
-    let key = usage_key(user_id);
-    let mut usage = txn.get::<Usage>(&key)?.unwrap_or_default();
-    let after = usage.records.saturating_add(new as u64);
-    if after > quota {
-        return Err(ApiError::quota_exceeded(user_id, quota));
-    }
-    usage.v = storage::FORMAT;
-    usage.records = after;
-    txn.put(&key, &usage);
-    Ok(())
 }
 
 /// Index entries each write looks at for what outlived `retention_days`.
@@ -623,8 +557,8 @@ fn expire_kept_apart(ctx: &Ctx<'_>, settings: &Settings, user_id: &str) -> Resul
             txn.delete(index);
         }
         if settings.user_quota_records.is_some() {
-            let key = usage_key(user_id);
-            if let Some(mut usage) = txn.get::<Usage>(&key)? {
+            let key = quota::usage_key(user_id);
+            if let Some(mut usage) = txn.get::<quota::Usage>(&key)? {
                 usage.records = usage.records.saturating_sub(freed);
                 txn.put(&key, &usage);
             }
@@ -693,8 +627,8 @@ fn expire(ctx: &Ctx<'_>, settings: &Settings, store: &str) -> Result<(), ApiErro
         }
         if settings.user_quota_records.is_some() {
             for (user_id, records) in freed {
-                let key = usage_key(&user_id);
-                if let Some(mut usage) = txn.get::<Usage>(&key)? {
+                let key = quota::usage_key(&user_id);
+                if let Some(mut usage) = txn.get::<quota::Usage>(&key)? {
                     usage.records = usage.records.saturating_sub(records);
                     txn.put(&key, &usage);
                 }
@@ -876,7 +810,7 @@ pub(crate) fn ingest_receipts(
             for issue in issues {
                 txn.issue(now, issue);
             }
-            count_usage(txn, settings, user_id, new)?;
+            quota::count_usage(txn, settings, user_id, new)?;
         }
         Ok((new, repeated))
     })?;

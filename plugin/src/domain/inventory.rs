@@ -497,7 +497,7 @@ pub(crate) fn mirror_items(
             order.v = storage::FORMAT;
             txn.put(&order_key, &order);
         }
-        crate::domain::documents::count_usage(txn, settings, user_id, created)?;
+        crate::domain::quota::count_usage(txn, settings, user_id, created)?;
         Ok((mapped, over))
     })
 }

@@ -10,7 +10,7 @@
 //! nor `http`: requests and answers are the endpoints' business. Errors are
 //! `errors::ApiError`, Evotor's error codes (see the crate docs), not HTTP.
 //! Within the layer imports point down, never in a cycle: `passwords` and
-//! `tokens` at the bottom, `billing`, `inventory`, `accounts`, `catalog`, then
+//! `tokens` and `quota` at the bottom, `billing`, `inventory`, `accounts`, `catalog`, then
 //! `documents` and `audit`, `events` and `purge`, and `sync` on top.
 
 pub mod accounts;
@@ -23,5 +23,6 @@ pub mod events;
 pub mod inventory;
 pub mod passwords;
 pub mod purge;
+pub mod quota;
 pub mod sync;
 pub mod tokens;

@@ -48,7 +48,7 @@
 //! | `user/{userId}/foreign-docs/{store}/{id}` | [`crate::domain::documents::DocumentRecord`]: a document delivered into a store another user owns, kept apart |
 //! | `user/{userId}/foreign-by-date/{closeDate ms:013}/{store}/{id}` | index of the user's documents kept apart by close date, where `retention_days` finds them |
 //! | `user/{userId}/foreign-parts/{store}/{id}/{n:04}` | [`crate::domain::documents::Part`]: part `n` of a large document kept apart |
-//! | `user/{userId}/usage` | [`crate::domain::documents::Usage`]: how many documents and receipts the user stored, under `user_quota_records` |
+//! | `user/{userId}/usage` | [`crate::domain::quota::Usage`]: how many records the user's own deliveries stored, under `user_quota_records` |
 //! | `receipts/{sha256(event id)[..32]}/{userId}` | [`crate::domain::documents::ReceiptRecord`]: a receipt event as received (older ones without `/{userId}`) |
 //! | `rcpts/{store}/by-date/{dateTime ms:013}.{sha256(event id)[..32]}.{userId}` | receipt index by date (older ones without `.{userId}`) |
 //! | `events/seen/{sha256(type, id)[..32]}` | [`crate::domain::events::Seen`]: an event's idempotency marker |
