@@ -1,7 +1,8 @@
 //! A started gateway's parts, as the listeners use them.
 
-use crate::server::Gateway;
-use crate::{deploy, jobs, kv};
+use crate::control::{deploy, jobs};
+use crate::http::server::Gateway;
+use crate::kv;
 use std::sync::Arc;
 
 /// A started gateway's parts: the request path, the deployer, and the store.

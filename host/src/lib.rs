@@ -21,40 +21,30 @@
 
 #![deny(missing_docs)]
 
-#[cfg(feature = "runtime")]
-mod admin;
+// The leaves: what every part reads, and what the fuzz targets build.
+pub mod config;
+mod data_dir;
+pub mod edge;
+pub mod kv;
+pub mod outbound;
+mod telemetry;
+
+// The gateway itself, behind the `runtime` feature: the HTTP side, the
+// control plane, the wasmtime runtime, and their assembly.
 #[cfg(feature = "runtime")]
 mod app;
 #[cfg(feature = "runtime")]
-mod bindings;
-pub mod config;
-mod data_dir;
+mod control;
 #[cfg(feature = "runtime")]
-mod deploy;
-pub mod edge;
-#[cfg(feature = "runtime")]
-mod jobs;
-#[cfg(feature = "runtime")]
-mod keyvalue;
-pub mod kv;
-pub mod outbound;
-#[cfg(feature = "runtime")]
-mod outgoing;
-#[cfg(feature = "runtime")]
-mod plugin_log;
-#[cfg(feature = "runtime")]
-mod registry;
+mod http;
 #[cfg(feature = "runtime")]
 mod run;
 #[cfg(feature = "runtime")]
-pub mod sandbox;
-#[cfg(feature = "runtime")]
-mod server;
+mod runtime;
 #[cfg(feature = "runtime")]
 mod settings;
-mod telemetry;
-#[cfg(feature = "runtime")]
-mod tls;
 
 #[cfg(feature = "runtime")]
 pub use run::{Running, run};
+#[cfg(feature = "runtime")]
+pub use runtime::sandbox;

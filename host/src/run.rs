@@ -3,9 +3,12 @@
 //! embedding process start one ([`run`]).
 
 use crate::app::App;
-use crate::server::{self, Gateway, ServeOptions};
+use crate::control::deploy;
+use crate::http::server::{self, Gateway, ServeOptions};
+use crate::http::{admin, tls::Tls};
+use crate::runtime::sandbox;
 use crate::settings::Settings;
-use crate::{admin, config, data_dir, deploy, kv, sandbox, tls::Tls};
+use crate::{config, data_dir, kv};
 use anyhow::Context as _;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::future::Future;
@@ -59,7 +62,7 @@ impl Running {
 }
 
 /// A deployment's plugin build, kept alive while it is used.
-struct LivePlugin(Arc<crate::registry::Deployment>);
+struct LivePlugin(Arc<crate::control::registry::Deployment>);
 
 impl std::ops::Deref for LivePlugin {
     type Target = sandbox::PluginVersion;
@@ -167,7 +170,8 @@ pub(crate) async fn start(config: &config::Config, settings: &Settings) -> anyho
     let deployer = Arc::new(deployer);
     // On a shared store: take up deploys made through other nodes.
     tokio::spawn(deployer.clone().follow());
-    let scheduler = Arc::new(crate::jobs::Scheduler::new(&config.plugins, gateway.registry().slots(), backend.clone()));
+    let scheduler =
+        Arc::new(crate::control::jobs::Scheduler::new(&config.plugins, gateway.registry().slots(), backend.clone()));
     scheduler.start();
     Ok(App { gateway, deployer, backend, scheduler })
 }

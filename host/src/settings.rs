@@ -4,8 +4,8 @@
 //! [`Duration`]s) and derived values are worked out here, nowhere else.
 
 use crate::config::Config;
-use crate::sandbox::Limits;
-use crate::server::{RequestLimits, ServeOptions};
+use crate::http::server::{RequestLimits, ServeOptions};
+use crate::runtime::sandbox::Limits;
 use std::time::Duration;
 
 /// What [`crate::run`] hands to each part it starts.

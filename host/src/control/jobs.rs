@@ -24,9 +24,9 @@
 //! to well within [`LEASE_TTL`] (NTP does).
 
 use crate::config::{JobConfig, JobSchedule, PluginConfig};
+use crate::control::registry::Slot;
 use crate::kv::{Backend, Check, KvError, Write};
-use crate::registry::Slot;
-use crate::sandbox::{Failure, JobRun};
+use crate::runtime::sandbox::{Failure, JobRun};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -328,7 +328,7 @@ impl Scheduler {
             };
             metrics::histogram!(crate::telemetry::JOB_DURATION, "plugin" => job.plugin.clone(), "job" => job.name.clone())
                 .record(elapsed.as_secs_f64());
-            let error_text = error.as_deref().map(crate::plugin_log::escape_controls);
+            let error_text = error.as_deref().map(crate::runtime::plugin_log::escape_controls);
             tracing::info!(
                 plugin = %label, job = %job.name, tick, manual, outcome, duration_ms = elapsed.as_millis() as u64,
                 error = error_text.as_deref().unwrap_or(""), "job run ended"

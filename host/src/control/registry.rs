@@ -6,7 +6,7 @@
 
 use crate::config::normalize_route;
 use crate::edge::ErrorFormat;
-use crate::sandbox::PluginVersion;
+use crate::runtime::sandbox::PluginVersion;
 use arc_swap::ArcSwap;
 use std::sync::Arc;
 

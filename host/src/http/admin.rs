@@ -14,7 +14,7 @@
 //! `admin.token`, or the one made at the first start in `data_dir/admin.token`.
 
 use crate::app::App;
-use crate::deploy::DeployError;
+use crate::control::deploy::DeployError;
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Incoming;
@@ -169,7 +169,7 @@ impl Drop for Busy {
 pub async fn serve(
     listener: TcpListener,
     admin: Arc<Admin>,
-    tls: Option<Arc<crate::tls::Tls>>,
+    tls: Option<Arc<crate::http::tls::Tls>>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
@@ -178,7 +178,7 @@ pub async fn serve(
     let open = Arc::new(AdminConnections::default());
     loop {
         let (stream, peer) = tokio::select! {
-            accepted = crate::tls::accept(&listener, "admin") => accepted,
+            accepted = crate::http::tls::accept(&listener, "admin") => accepted,
             () = &mut shutdown => return,
         };
         let permit = match places.clone().try_acquire_owned() {
@@ -213,7 +213,7 @@ async fn serve_admin_connection(
     stream: tokio::net::TcpStream,
     peer: std::net::SocketAddr,
     admin: Arc<Admin>,
-    tls: Option<Arc<crate::tls::Tls>>,
+    tls: Option<Arc<crate::http::tls::Tls>>,
     open: Arc<AdminConnections>,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) {
@@ -321,7 +321,7 @@ impl Admin {
 
     /// Runs a job now and answers its outcome (`outcome`: `ok`, `error`, …).
     async fn run_job(&self, plugin: &str, job: &str) -> Reply {
-        use crate::jobs::RunNowError;
+        use crate::control::jobs::RunNowError;
         match self.app.scheduler.run_now(plugin, job).await {
             Ok(run) => json(StatusCode::OK, &serde_json::json!(run)),
             Err(err @ RunNowError::Unknown(..)) => problem(StatusCode::NOT_FOUND, &err.to_string()),
@@ -369,7 +369,7 @@ fn problem_free(text: &'static str) -> Reply {
     hyper::Response::new(Full::new(Bytes::from_static(text.as_bytes())))
 }
 
-fn outcome(result: Result<crate::deploy::Outcome, DeployError>) -> Reply {
+fn outcome(result: Result<crate::control::deploy::Outcome, DeployError>) -> Reply {
     match result {
         Ok(outcome) => json(StatusCode::OK, &serde_json::json!(outcome)),
         Err(err) => {

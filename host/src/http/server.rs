@@ -3,10 +3,10 @@
 //! HTTPS with HTTP/2 and HTTP/1.1 by ALPN; connection and concurrency limits;
 //! graceful drain on shutdown.
 
+use crate::control::registry::Registry;
 use crate::edge::{ErrorFormat, REQUEST_ID, error, error_with, into_http, plugin_request, request_id};
-use crate::registry::Registry;
-use crate::sandbox::{Failure, Response as PluginResponse};
-use crate::tls::Tls;
+use crate::http::tls::Tls;
+use crate::runtime::sandbox::{Failure, Response as PluginResponse};
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use hyper::StatusCode;
@@ -61,14 +61,14 @@ pub struct Gateway {
     /// [`crate::telemetry::INSTANCES_IN_USE`], registered once.
     in_use: metrics::Gauge,
     /// Keeps the engine (and its epoch ticker) alive as long as the gateway.
-    _sandbox: Arc<crate::sandbox::Sandbox>,
+    _sandbox: Arc<crate::runtime::sandbox::Sandbox>,
 }
 
 /// What one request came to, for the access log.
 struct Served<'a> {
     response: hyper::Response<Full<Bytes>>,
     /// The route that answered and the `name@version` of its deployment.
-    plugin: Option<(&'a crate::registry::Slot, String)>,
+    plugin: Option<(&'a crate::control::registry::Slot, String)>,
 }
 
 /// How the public listener treats connections.
@@ -130,7 +130,7 @@ pub async fn serve(
     let mut closing: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
     loop {
         let (stream, peer) = tokio::select! {
-            accepted = crate::tls::accept(&listener, "public") => accepted,
+            accepted = crate::http::tls::accept(&listener, "public") => accepted,
             () = &mut shutdown, if closing.is_none() => {
                 gateway.draining.store(true, Ordering::SeqCst);
                 if !options.drain_grace.is_zero() {
@@ -455,7 +455,11 @@ async fn refuse(mut stream: tokio::net::TcpStream, tls: bool) {
 
 impl Gateway {
     /// The request path over `registry`, every request held to `limits`.
-    pub(crate) fn new(registry: Registry, limits: RequestLimits, sandbox: Arc<crate::sandbox::Sandbox>) -> Self {
+    pub(crate) fn new(
+        registry: Registry,
+        limits: RequestLimits,
+        sandbox: Arc<crate::runtime::sandbox::Sandbox>,
+    ) -> Self {
         Self {
             registry,
             max_body_bytes: limits.max_body_bytes,
@@ -549,8 +553,8 @@ impl Gateway {
         &self,
         req: hyper::Request<Incoming>,
         started: Instant,
-        slot: &crate::registry::Slot,
-        deployment: Arc<crate::registry::Deployment>,
+        slot: &crate::control::registry::Slot,
+        deployment: Arc<crate::control::registry::Deployment>,
     ) -> Result<PluginResponse, hyper::Response<Full<Bytes>>> {
         let (plugin, route, format) = (slot.name.as_str(), slot.route.as_str(), slot.error_format);
         let deadline = started + self.request_timeout;
@@ -641,7 +645,7 @@ impl Gateway {
                 failure("trap");
                 // The trap's backtrace names the plugin's own functions: escaped.
                 let trap = format!("{err:?}");
-                tracing::error!(plugin = %label, error = %crate::plugin_log::escape_controls(&trap), "plugin trapped");
+                tracing::error!(plugin = %label, error = %crate::runtime::plugin_log::escape_controls(&trap), "plugin trapped");
                 Err(error(format, StatusCode::INTERNAL_SERVER_ERROR, "plugin failed"))
             }
         }

@@ -8,8 +8,6 @@
 
 #[cfg(feature = "fault-injection")]
 mod faults;
-#[cfg(feature = "runtime")]
-pub(crate) mod host;
 mod memory;
 mod postgres;
 mod redb;

@@ -247,3 +247,19 @@ impl Backend for RedbBackend {
         self.with_db(|db| db.begin_read().map(drop).map_err(|err| self.failed(err)))
     }
 }
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    #[test]
+    fn a_new_store_file_and_its_directory_are_readable_by_this_user_only() {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let store = temp.path().join("data/evogate.redb");
+        drop(RedbBackend::open(&store).expect("open"));
+        let mode = |path: &Path| std::fs::metadata(path).expect("metadata").permissions().mode() & 0o777;
+        assert_eq!(mode(&store), 0o600, "the store holds every merchant's cloud token");
+        assert_eq!(mode(store.parent().expect("dir")), 0o700);
+    }
+}

@@ -11,8 +11,8 @@
 //! `delete-many` are one commit each, so they land whole or not at all.
 //! Counters (`increment`) are decimal text, as `wasmtime serve` keeps them.
 
-use crate::bindings::wit_kv;
-use crate::kv::host::KvCtx;
+use crate::runtime::bindings::wit_kv;
+use crate::runtime::kv::KvCtx;
 use std::collections::VecDeque;
 use wasmtime::component::Resource;
 

@@ -5,8 +5,8 @@
 //! lend one. Every call goes through the namespace's policy layer, and each
 //! runs in a debug-level span (`kv.get`, `kv.commit`, …).
 
-use super::{self as kv, Namespace};
-use crate::bindings::{wit_0_1, wit_kv};
+use crate::kv::{self, Namespace};
+use crate::runtime::bindings::{wit_0_1, wit_kv};
 use std::sync::Arc;
 use std::time::Instant;
 use tracing::Instrument as _;

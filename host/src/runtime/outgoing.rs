@@ -221,7 +221,7 @@ impl WasiHttpHooks for Hooks {
         _: OutgoingIo,
     ) -> Sent {
         let plugin = self.plugin.to_string();
-        let uri = crate::plugin_log::escape_controls(&request.uri().to_string()).into_owned();
+        let uri = crate::runtime::plugin_log::escape_controls(&request.uri().to_string()).into_owned();
         if !self.settings.outbound.allows(request.uri()) {
             tracing::warn!(plugin = %self.label, %uri, "outgoing request refused: not in allowed_outbound_hosts");
             metrics::counter!(crate::telemetry::OUTBOUND_REQUESTS, "plugin" => plugin, "outcome" => "refused")

@@ -14,9 +14,9 @@
 //! (`keyvalue.rs`). Both get the same pool, limits and request path.
 
 use crate::config::PluginSettings;
-use crate::kv::host::KvCtx;
 use crate::kv::{self, Namespace};
-use crate::plugin_log::LogPipe;
+use crate::runtime::kv::KvCtx;
+use crate::runtime::plugin_log::LogPipe;
 use bytes::Bytes;
 use http_body_util::BodyExt as _;
 use std::sync::Arc;
@@ -28,10 +28,10 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use crate::bindings::{
+pub use crate::edge::{Request, Response};
+use crate::runtime::bindings::{
     generated_0_1, wit_0_1, wit_config, wit_handler, wit_identity, wit_kv, wit_scheduled, wit_types,
 };
-pub use crate::edge::{Request, Response};
 
 /// How often the epoch ticks: the deadline's granularity, and how long a
 /// plugin runs before it yields its thread to other requests.
@@ -185,12 +185,14 @@ impl Sandbox {
             .context("linking types 0.1.0")?;
         wit_0_1::config::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
             .context("linking config 0.1.0")?;
-        kv::host::add_to_linker(&mut linker, |s: &mut HostState| &mut s.evogate_kv).context("linking kv")?;
+        crate::runtime::kv::add_to_linker(&mut linker, |s: &mut HostState| &mut s.evogate_kv).context("linking kv")?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).context("linking wasi:http")?;
-        crate::keyvalue::add_to_linker(&mut linker, |s: &mut HostState| crate::keyvalue::KeyValueView {
-            table: &mut s.table,
-            kv: &mut s.evogate_kv,
-            state: &mut s.wasi_keyvalue,
+        crate::runtime::keyvalue::add_to_linker(&mut linker, |s: &mut HostState| {
+            crate::runtime::keyvalue::KeyValueView {
+                table: &mut s.table,
+                kv: &mut s.evogate_kv,
+                state: &mut s.wasi_keyvalue,
+            }
         })
         .context("linking wasi:keyvalue")?;
 
@@ -251,8 +253,11 @@ impl Sandbox {
             Pre::WasiHttp(_) => World::WasiHttp,
         };
         let outbound = Arc::new(
-            crate::outgoing::Client::new(settings.outbound_ca.as_deref(), self.limits.max_outbound_response_bytes)
-                .map_err(|err| wasmtime::format_err!("plugin {plugin:?}: outbound_ca: {err:#}"))?,
+            crate::runtime::outgoing::Client::new(
+                settings.outbound_ca.as_deref(),
+                self.limits.max_outbound_response_bytes,
+            )
+            .map_err(|err| wasmtime::format_err!("plugin {plugin:?}: outbound_ca: {err:#}"))?,
         );
         let mut version = PluginVersion {
             plugin: plugin.into(),
@@ -283,7 +288,7 @@ impl Sandbox {
             wasmtime::ensure!(
                 printable,
                 "plugin {plugin:?} reports an identity {what} that is empty, over {MAX_IDENTITY_BYTES} bytes or holds control characters: {:?}",
-                crate::plugin_log::escape_controls(&text.chars().take(MAX_IDENTITY_BYTES).collect::<String>())
+                crate::runtime::plugin_log::escape_controls(&text.chars().take(MAX_IDENTITY_BYTES).collect::<String>())
             );
         }
         version.label = format!("{plugin}@{semver}").into();
@@ -366,7 +371,7 @@ pub struct PluginVersion {
     engine: Engine,
     limits: Limits,
     /// How outgoing requests are sent (TLS roots, response cap).
-    outbound: Arc<crate::outgoing::Client>,
+    outbound: Arc<crate::runtime::outgoing::Client>,
     kv_calls: Arc<tokio::sync::Semaphore>,
     instances: Arc<tokio::sync::Semaphore>,
     settings: Arc<PluginSettings>,
@@ -573,14 +578,14 @@ impl PluginVersion {
             evogate_kv: KvCtx::new(self.kv.clone(), self.kv_calls.clone(), deadline),
             settings: self.settings.clone(),
             http: WasiHttpCtx::new(),
-            outbound: crate::outgoing::Hooks::new(
+            outbound: crate::runtime::outgoing::Hooks::new(
                 self.outbound.clone(),
                 self.settings.clone(),
                 self.plugin.clone(),
                 tag,
                 deadline,
             ),
-            wasi_keyvalue: crate::keyvalue::KeyValueState::default(),
+            wasi_keyvalue: crate::runtime::keyvalue::KeyValueState::default(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
@@ -701,9 +706,9 @@ pub(crate) struct HostState {
     evogate_kv: KvCtx,
     settings: Arc<PluginSettings>,
     http: WasiHttpCtx,
-    outbound: crate::outgoing::Hooks,
+    outbound: crate::runtime::outgoing::Hooks,
     /// The standard `wasi:keyvalue` interface's per-request state.
-    wasi_keyvalue: crate::keyvalue::KeyValueState,
+    wasi_keyvalue: crate::runtime::keyvalue::KeyValueState,
 }
 
 impl WasiView for HostState {

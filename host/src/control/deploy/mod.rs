@@ -25,9 +25,9 @@ pub use self::artifacts::{VersionRecord, sha256_hex};
 
 use self::artifacts::{PluginDir, State};
 use crate::config::PluginConfig;
+use crate::control::registry::{Deployment, Registry, Slot};
 use crate::kv::{Backend, Namespace};
-use crate::registry::{Deployment, Registry, Slot};
-use crate::sandbox::Sandbox;
+use crate::runtime::sandbox::Sandbox;
 use anyhow::Context as _;
 use serde::Serialize;
 use std::collections::BTreeMap;

@@ -1,0 +1,12 @@
+//! The runtime: the wasmtime engine, per-request instances and plugin
+//! versions (`sandbox`), the generated bindings of the guest worlds
+//! (`bindings`), and the host side of each interface a guest imports:
+//! evogate's `kv` (`kv`), `wasi:keyvalue` (`keyvalue`), outgoing HTTP
+//! (`outgoing`) and plugin logs (`plugin_log`).
+
+pub(crate) mod bindings;
+pub(crate) mod keyvalue;
+pub(crate) mod kv;
+pub(crate) mod outgoing;
+pub(crate) mod plugin_log;
+pub mod sandbox;
