@@ -576,8 +576,7 @@ fn evotor_speaks(txn: &mut Txn<'_>, now: u64, state: &mut Subscription, now_ms: 
     }
     // The state again from Evotor's events: contiguous ones applied, numbers skipped before stay skipped.
     let mut fresh = state.unapplied();
-    loop {
-        let Some(next) = fresh.applied_through.checked_add(1) else { break };
+    while let Some(next) = fresh.applied_through.checked_add(1) {
         match evotors.get(&next) {
             Some(stored) => {
                 let Value::Object(body) = &stored.event else {

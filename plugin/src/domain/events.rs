@@ -373,7 +373,7 @@ fn take_new(
     let now = ctx.clock.now_unix();
     let now_ms = crate::time::millis(now);
     let mut problems = event.problems.clone();
-    let (order, future) = order_of(&event, now_ms);
+    let (order, future) = order_of(event, now_ms);
     problems.extend(future);
     // Store, device and employee events change the mirror in the marker's own commit.
     if let (Some(entity), Some(user_id)) = (event.kind.entity(), event.user_id.as_deref()) {
@@ -395,7 +395,7 @@ fn take_new(
                 _ => None,
             };
             return storage::transact(ctx, |txn| -> Result<Outcome, ApiError> {
-                if txn.get::<Seen>(&key)?.is_some() {
+                if txn.get::<Seen>(key)?.is_some() {
                     return Ok(Outcome::Duplicate);
                 }
                 let mut problems = problems.clone();
@@ -436,17 +436,17 @@ fn take_new(
     if let (Kind::Product | Kind::ProductGroup, Some(user_id)) = (event.kind, event.user_id.as_deref()) {
         // Which state is newer is decided in the commit that writes it, with the event's marker.
         return storage::transact(ctx, |txn| -> Result<Outcome, ApiError> {
-            if txn.get::<Seen>(&key)?.is_some() {
+            if txn.get::<Seen>(key)?.is_some() {
                 return Ok(Outcome::Duplicate);
             }
             let mut problems = problems.clone();
-            let outcome = product(txn, &event, user_id, order, now, &mut problems)?;
+            let outcome = product(txn, event, user_id, order, now, &mut problems)?;
             *count = record(txn, event, outcome, &problems, now);
             Ok(outcome)
         });
     }
     let outcome = match (event.kind, event.user_id.as_deref()) {
-        (Kind::Document, Some(user_id)) => document(ctx, settings, &event, user_id, &mut problems)?,
+        (Kind::Document, Some(user_id)) => document(ctx, settings, event, user_id, &mut problems)?,
         (Kind::Product | Kind::ProductGroup, Some(_)) => unreachable!("taken above"),
         // Its problem is noted above.
         (Kind::Store | Kind::Device | Kind::Employee, Some(_)) => Outcome::NotApplied,
@@ -460,7 +460,7 @@ fn take_new(
         problems.push(format!("unknown event type {:?}: kept", event.r#type));
     }
     storage::transact(ctx, |txn| -> Result<Outcome, ApiError> {
-        if txn.get::<Seen>(&key)?.is_some() {
+        if txn.get::<Seen>(key)?.is_some() {
             return Ok(Outcome::Duplicate);
         }
         *count = record(txn, event, outcome, &problems, now);
