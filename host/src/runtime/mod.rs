@@ -5,8 +5,11 @@
 //! (`outgoing`) and plugin logs (`plugin_log`).
 
 pub(crate) mod bindings;
+mod evogate;
+mod evogate_0_1;
 pub(crate) mod keyvalue;
 pub(crate) mod kv;
 pub(crate) mod outgoing;
 pub(crate) mod plugin_log;
 pub mod sandbox;
+mod wasi_http;

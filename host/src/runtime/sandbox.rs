@@ -15,10 +15,10 @@
 
 use crate::config::PluginSettings;
 use crate::kv::{self, Namespace};
+use crate::runtime::evogate::Current;
 use crate::runtime::kv::KvCtx;
 use crate::runtime::plugin_log::LogPipe;
-use bytes::Bytes;
-use http_body_util::BodyExt as _;
+use crate::runtime::{evogate_0_1, wasi_http};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
@@ -29,9 +29,7 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 pub use crate::edge::{Request, Response};
-use crate::runtime::bindings::{
-    generated_0_1, wit_0_1, wit_config, wit_handler, wit_identity, wit_kv, wit_scheduled, wit_types,
-};
+use crate::runtime::bindings::{generated_0_1, wit_0_1, wit_config, wit_kv, wit_scheduled, wit_types};
 
 /// How often the epoch ticks: the deadline's granularity, and how long a
 /// plugin runs before it yields its thread to other requests.
@@ -298,29 +296,13 @@ impl Sandbox {
     }
 }
 
-/// A compiled component, by the world it was built against.
+/// A compiled component, by the world it was built against: each world's
+/// calls are in a file of its own (`evogate.rs`, `evogate_0_1.rs`,
+/// `wasi_http.rs`).
 enum Pre {
     Current(Current),
-    Evogate0_1_0(generated_0_1::PluginPre<HostState>),
-    WasiHttp(ProxyPre<HostState>),
-}
-
-/// A 0.2.x plugin: its component, and where its exports are.
-struct Current {
-    pre: wasmtime::component::InstancePre<HostState>,
-    handler: wit_handler::GuestIndices,
-    identity: wit_identity::GuestIndices,
-    /// Only in plugins built against `plugin-with-jobs` (0.2.2 on).
-    scheduled: Option<wit_scheduled::GuestIndices>,
-}
-
-impl Current {
-    fn new(pre: wasmtime::component::InstancePre<HostState>) -> wasmtime::Result<Self> {
-        let handler = wit_handler::GuestIndices::new(&pre)?;
-        let identity = wit_identity::GuestIndices::new(&pre)?;
-        let scheduled = wit_scheduled::GuestIndices::new(&pre).ok();
-        Ok(Self { pre, handler, identity, scheduled })
-    }
+    Evogate0_1_0(evogate_0_1::Pre),
+    WasiHttp(wasi_http::Pre),
 }
 
 /// The world a component was built against.
@@ -448,34 +430,9 @@ impl PluginVersion {
         let mut store = self.new_store(timeout, request_id);
         laps.lap(Phase::Store);
         let result = match &self.pre {
-            Pre::Current(current) => {
-                let Request { method, path, query, headers, body } = request;
-                let request = wit_types::Request { method, path, query, headers, body };
-                match current.pre.instantiate_async(&mut store).await {
-                    Ok(instance) => match current.handler.load(&mut store, &instance) {
-                        Ok(handler) => {
-                            laps.lap(Phase::Instantiate);
-                            handler.call_handle(&mut store, &request).await.map(Response::from)
-                        }
-                        Err(err) => Err(err),
-                    },
-                    Err(err) => Err(err),
-                }
-            }
-            Pre::Evogate0_1_0(pre) => {
-                let Request { method, path, query, headers, body } = request;
-                let request = wit_0_1::types::Request { method, path, query, headers, body };
-                match pre.instantiate_async(&mut store).await {
-                    Ok(plugin) => {
-                        laps.lap(Phase::Instantiate);
-                        plugin.evogate_plugin0_1_0_handler().call_handle(&mut store, &request).await.map(|answer| {
-                            Response { status: answer.status, headers: answer.headers, body: answer.body }
-                        })
-                    }
-                    Err(err) => Err(err),
-                }
-            }
-            Pre::WasiHttp(pre) => serve_standard(pre, &mut store, request, self.limits.memory_bytes, laps).await,
+            Pre::Current(current) => current.handle(&mut store, request, laps).await,
+            Pre::Evogate0_1_0(pre) => evogate_0_1::handle(pre, &mut store, request, laps).await,
+            Pre::WasiHttp(pre) => wasi_http::handle(pre, &mut store, request, self.limits.memory_bytes, laps).await,
         };
         laps.lap(Phase::Call);
         let peak = store.data().limiter.peak;
@@ -496,7 +453,7 @@ impl PluginVersion {
 
     /// Whether the plugin exports `scheduled` (built against `plugin-with-jobs`, 0.2.2 on).
     pub fn runs_jobs(&self) -> bool {
-        matches!(&self.pre, Pre::Current(Current { scheduled: Some(_), .. }))
+        matches!(&self.pre, Pre::Current(current) if current.runs_jobs())
     }
 
     /// Runs one scheduled job in a fresh instance, within `timeout` (the
@@ -505,7 +462,7 @@ impl PluginVersion {
     /// that do not export `scheduled` ([`PluginVersion::runs_jobs`]) fail
     /// with a trap saying so.
     pub async fn run_job(&self, run: JobRun, timeout: Duration) -> Result<Result<(), String>, Failure> {
-        let Pre::Current(Current { pre, scheduled: Some(scheduled), .. }) = &self.pre else {
+        let Pre::Current(current) = &self.pre else {
             return Err(Failure::Trap(wasmtime::format_err!("the plugin does not export evogate:plugin/scheduled")));
         };
         let Some(_slot) = self.slot(timeout).await else {
@@ -518,13 +475,7 @@ impl PluginVersion {
             timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
             manual: run.manual,
         };
-        let result = match pre.instantiate_async(&mut store).await {
-            Ok(instance) => match scheduled.load(&mut store, &instance) {
-                Ok(guest) => guest.call_run(&mut store, &run).await,
-                Err(err) => Err(err),
-            },
-            Err(err) => Err(err),
-        };
+        let result = current.run_job(&mut store, &run).await;
         self.finish(&store, result)
     }
 
@@ -532,21 +483,12 @@ impl PluginVersion {
     async fn read_identity(&self) -> Result<(String, String), Failure> {
         let mut store = self.new_store(self.limits.timeout, "-");
         let result = match &self.pre {
-            Pre::Current(current) => match current.pre.instantiate_async(&mut store).await {
-                Ok(instance) => match current.identity.load(&mut store, &instance) {
-                    Ok(identity) => identity.call_info(&mut store).await.map(|i| (i.name, i.version)),
-                    Err(err) => Err(err),
-                },
-                Err(err) => Err(err),
-            },
-            Pre::Evogate0_1_0(pre) => match pre.instantiate_async(&mut store).await {
-                Ok(plugin) => {
-                    plugin.evogate_plugin0_1_0_identity().call_info(&mut store).await.map(|i| (i.name, i.version))
-                }
-                Err(err) => Err(err),
-            },
+            Pre::Current(current) => current.identity(&mut store).await,
+            Pre::Evogate0_1_0(pre) => evogate_0_1::identity(pre, &mut store).await,
             // No identity to read: instantiating once is the smoke test.
-            Pre::WasiHttp(pre) => pre.instantiate_async(&mut store).await.map(|_| (String::new(), String::new())),
+            Pre::WasiHttp(pre) => {
+                wasi_http::instantiate(pre, &mut store).await.map(|()| (String::new(), String::new()))
+            }
         };
         self.finish(&store, result)
     }
@@ -677,7 +619,7 @@ impl Laps {
         }
     }
 
-    fn lap(&mut self, phase: Phase) {
+    pub(super) fn lap(&mut self, phase: Phase) {
         if let Some(since) = self.since {
             let now = Instant::now();
             self.totals[phase as usize] += now - since;
@@ -720,78 +662,6 @@ impl WasiView for HostState {
 impl WasiHttpView for HostState {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
         WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.outbound }
-    }
-}
-
-/// Serves `request` with a standard component: its `incoming-handler`
-/// gets the request, and the answer it sets — the body read whole, at
-/// most `max_body` bytes, while the handler runs — becomes the response.
-async fn serve_standard(
-    pre: &ProxyPre<HostState>,
-    store: &mut Store<HostState>,
-    request: Request,
-    max_body: usize,
-    laps: &mut Laps,
-) -> wasmtime::Result<Response> {
-    use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
-    let Request { method, path, query, headers, body } = request;
-    let target = if query.is_empty() { path } else { format!("{path}?{query}") };
-    let mut incoming = hyper::Request::builder().method(method.as_str()).uri(target);
-    // The handler reads the authority from `Host` (an HTTP/2 client's is in the URI the edge has dropped).
-    if !headers.iter().any(|(name, _)| name == "host") {
-        incoming = incoming.header("host", "localhost");
-    }
-    for (name, value) in headers {
-        incoming = incoming.header(name, value);
-    }
-    let body =
-        http_body_util::Full::new(Bytes::from(body)).map_err(|never| -> wasmtime_wasi_http::Error { match never {} });
-    let incoming = incoming.body(body).context("the request as wasi:http sees it")?;
-    let (sender, receiver) = tokio::sync::oneshot::channel();
-    let incoming = store.data_mut().http().new_incoming_request(Scheme::Http, incoming)?;
-    let outparam = store.data_mut().http().new_response_outparam(sender)?;
-    let proxy = pre.instantiate_async(&mut *store).await?;
-    laps.lap(Phase::Instantiate);
-
-    // The handler streams the body after setting the answer: read both at once.
-    let answer = async move {
-        let response = match receiver.await {
-            Ok(Ok(response)) => response,
-            Ok(Err(code)) => wasmtime::bail!("the component answered with the error {code:?}"),
-            Err(_) => wasmtime::bail!("the component never set a response"),
-        };
-        let (parts, body) = response.into_parts();
-        let body = http_body_util::Limited::new(body, max_body).collect().await.map_err(|err| {
-            if err.is::<http_body_util::LengthLimitError>() {
-                wasmtime::format_err!("the component's answer is over {max_body} bytes")
-            } else {
-                wasmtime::format_err!("reading the component's answer: {err}")
-            }
-        })?;
-        Ok(Response {
-            status: parts.status.as_u16(),
-            headers: parts
-                .headers
-                .iter()
-                .map(|(name, value)| (name.as_str().to_owned(), String::from_utf8_lossy(value.as_bytes()).into_owned()))
-                .collect(),
-            body: body.to_bytes().to_vec(),
-        })
-    };
-    let call = proxy.wasi_http_incoming_handler().call_handle(&mut *store, incoming, outparam);
-    let (mut call, mut answer) = (std::pin::pin!(call), std::pin::pin!(answer));
-    tokio::select! {
-        // A handler that failed (or returned without answering) ends the request.
-        called = &mut call => {
-            called?;
-            answer.await
-        }
-        // Answered: the handler may still be working (it may write after
-        // answering); the request ends when it returns.
-        answered = &mut answer => {
-            call.await?;
-            answered
-        }
     }
 }
 
