@@ -547,8 +547,9 @@ impl Gateway {
         Served { response, plugin: Some((slot, label)) }
     }
 
-    /// Reads the body, waits for a slot and runs the plugin; `Err` is a
-    /// finished error response.
+    /// Admits a request step by step, runs the plugin and answers: each
+    /// step below is named for what it checks, and an `Err` is the finished
+    /// error response of the step that refused.
     async fn call(
         &self,
         req: hyper::Request<Incoming>,
@@ -558,96 +559,93 @@ impl Gateway {
     ) -> Result<PluginResponse, hyper::Response<Full<Bytes>>> {
         let (plugin, route, format) = (slot.name.as_str(), slot.route.as_str(), slot.error_format);
         let deadline = started + self.request_timeout;
-        let too_large = || {
-            error_with(format, StatusCode::PAYLOAD_TOO_LARGE, "payload too large", |e| {
-                e["subject"] = "body".into();
-                e["value"] = self.max_body_bytes.into();
-            })
-        };
-        let declared =
-            req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|len| len > self.max_body_bytes as u64) {
-            return Err(too_large());
-        }
+        declared_length_within(req.headers(), self.max_body_bytes).map_err(|()| self.too_large(format))?;
         let (parts, body) = req.into_parts();
-        let read = self.body_budget.read(body, self.max_body_bytes);
-        let (body, _body_held) = match tokio::time::timeout_at(deadline.into(), read).await {
-            Ok(Ok(read)) => read,
-            Ok(Err(BodyError::TooLarge)) => return Err(too_large()),
-            Ok(Err(BodyError::Unreadable)) => {
-                return Err(error(format, StatusCode::BAD_REQUEST, "request body could not be read"));
-            }
-            Ok(Err(BodyError::TooSlow)) => {
-                metrics::counter!(crate::telemetry::SLOW_BODIES).increment(1);
-                return Err(error(format, StatusCode::REQUEST_TIMEOUT, "request body arriving too slowly"));
-            }
-            Err(_) => {
-                return Err(error(format, StatusCode::REQUEST_TIMEOUT, "request body not received in time"));
-            }
-        };
-        // One credential (one user's token) may not take more than its share of the plugin.
-        let _credential_slot = match self.credential_slot(plugin, &parts.headers) {
-            Ok(slot) => slot,
-            Err(()) => {
-                metrics::counter!(crate::telemetry::REQUESTS_REFUSED, "plugin" => plugin.to_owned(), "reason" => "credential")
-                    .increment(1);
-                return Err(unavailable(format, BUSY));
-            }
-        };
+        let (body, _body_held) = self.read_body(body, deadline, format).await?;
+        let _credential_slot = self.admit_credential(plugin, &parts.headers, format)?;
         let request = plugin_request(&parts, route, body);
-
-        // The plugin's own cap answers at once; the shared pool waits (bounded by connections and the deadline).
-        let plugin_permit = match self.plugin_permits.get(plugin).map(|permits| permits.clone().try_acquire_owned()) {
-            Some(Err(_)) => {
-                metrics::counter!(crate::telemetry::REQUESTS_REFUSED, "plugin" => plugin.to_owned()).increment(1);
-                return Err(unavailable(format, BUSY));
-            }
-            Some(Ok(permit)) => Some(permit),
-            None => None,
-        };
-        let Ok(Ok(permit)) = tokio::time::timeout_at(deadline.into(), self.permits.clone().acquire_owned()).await
-        else {
-            return Err(unavailable(format, BUSY));
-        };
+        let plugin_permit = self.admit_to_plugin(plugin, format)?;
+        let permit = self.admit_to_pool(deadline, format).await?;
         self.instances_in_use();
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        let label = deployment.label();
-        // Epoch interruption stops plugin code at the deadline; this outer
-        // timeout covers a host call (kv) that hangs past it.
-        let call = deployment.plugin.answer(request, remaining);
-        let outcome =
-            tokio::time::timeout_at((deadline + HOST_CALL_GRACE).into(), call).await.map(|(outcome, spent)| {
-                // The instance's memory is reset once the answer is written (the
-                // task runs when this one yields); its pool slot is held until then.
-                tokio::spawn(async move { drop(spent) });
-                outcome
-            });
+        let label = deployment.label().to_owned();
+        let outcome = run_plugin(&deployment, request, deadline).await;
         drop(permit);
         drop(plugin_permit);
         self.instances_in_use();
-        let failure = |kind: &'static str| {
-            metrics::counter!(crate::telemetry::PLUGIN_FAILURES, "plugin" => plugin.to_owned(), "kind" => kind)
+        answer_of(outcome, plugin, &label, format)
+    }
+
+    /// The 413 of a body over `max_body_bytes`.
+    fn too_large(&self, format: ErrorFormat) -> hyper::Response<Full<Bytes>> {
+        error_with(format, StatusCode::PAYLOAD_TOO_LARGE, "payload too large", |e| {
+            e["subject"] = "body".into();
+            e["value"] = self.max_body_bytes.into();
+        })
+    }
+
+    /// Step: the body, read whole within the in-flight budget, at its
+    /// minimum rate and by the deadline (the budget's hold with it).
+    async fn read_body(
+        &self,
+        body: Incoming,
+        deadline: Instant,
+        format: ErrorFormat,
+    ) -> Result<(Vec<u8>, BodyRoom), hyper::Response<Full<Bytes>>> {
+        let read = self.body_budget.read(body, self.max_body_bytes);
+        match tokio::time::timeout_at(deadline.into(), read).await {
+            Ok(Ok(read)) => Ok(read),
+            Ok(Err(BodyError::TooLarge)) => Err(self.too_large(format)),
+            Ok(Err(BodyError::Unreadable)) => {
+                Err(error(format, StatusCode::BAD_REQUEST, "request body could not be read"))
+            }
+            Ok(Err(BodyError::TooSlow)) => {
+                metrics::counter!(crate::telemetry::SLOW_BODIES).increment(1);
+                Err(error(format, StatusCode::REQUEST_TIMEOUT, "request body arriving too slowly"))
+            }
+            Err(_) => Err(error(format, StatusCode::REQUEST_TIMEOUT, "request body not received in time")),
+        }
+    }
+
+    /// Step: one credential (one user's token) may not take more than its
+    /// share of the plugin.
+    fn admit_credential(
+        &self,
+        plugin: &str,
+        headers: &hyper::HeaderMap,
+        format: ErrorFormat,
+    ) -> Result<Option<CredentialSlot>, hyper::Response<Full<Bytes>>> {
+        self.credential_slot(plugin, headers).map_err(|()| {
+            metrics::counter!(crate::telemetry::REQUESTS_REFUSED, "plugin" => plugin.to_owned(), "reason" => "credential")
                 .increment(1);
-        };
-        match outcome {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(Failure::Deadline)) | Err(_) => {
-                failure("deadline");
-                tracing::warn!(plugin = %label, "request deadline exceeded");
-                Err(unavailable(format, "deadline exceeded"))
+            unavailable(format, BUSY)
+        })
+    }
+
+    /// Step: the plugin's own cap (`max_concurrent_requests`) answers at once.
+    fn admit_to_plugin(
+        &self,
+        plugin: &str,
+        format: ErrorFormat,
+    ) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, hyper::Response<Full<Bytes>>> {
+        match self.plugin_permits.get(plugin).map(|permits| permits.clone().try_acquire_owned()) {
+            Some(Err(_)) => {
+                metrics::counter!(crate::telemetry::REQUESTS_REFUSED, "plugin" => plugin.to_owned()).increment(1);
+                Err(unavailable(format, BUSY))
             }
-            Ok(Err(Failure::MemoryLimit)) => {
-                failure("memory_limit");
-                tracing::warn!(plugin = %label, "plugin hit its memory limit");
-                Err(error(format, StatusCode::INTERNAL_SERVER_ERROR, "memory limit exceeded"))
-            }
-            Ok(Err(Failure::Trap(err))) => {
-                failure("trap");
-                // The trap's backtrace names the plugin's own functions: escaped.
-                let trap = format!("{err:?}");
-                tracing::error!(plugin = %label, error = %crate::runtime::plugin_log::escape_controls(&trap), "plugin trapped");
-                Err(error(format, StatusCode::INTERNAL_SERVER_ERROR, "plugin failed"))
-            }
+            Some(Ok(permit)) => Ok(Some(permit)),
+            None => Ok(None),
+        }
+    }
+
+    /// Step: a slot of the shared instance pool, waited for until the deadline.
+    async fn admit_to_pool(
+        &self,
+        deadline: Instant,
+        format: ErrorFormat,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, hyper::Response<Full<Bytes>>> {
+        match tokio::time::timeout_at(deadline.into(), self.permits.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(unavailable(format, BUSY)),
         }
     }
 }
@@ -703,6 +701,71 @@ fn head_bytes<B>(req: &hyper::Request<B>) -> usize {
     line + headers + 2
 }
 
+/// Step: a declared `Content-Length` over `max` is refused before a byte of the body is read.
+fn declared_length_within(headers: &hyper::HeaderMap, max: usize) -> Result<(), ()> {
+    let declared = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    match declared.is_some_and(|len| len > max as u64) {
+        true => Err(()),
+        false => Ok(()),
+    }
+}
+
+/// Step: the plugin's call, by the deadline. Epoch interruption stops
+/// plugin code at the deadline; the outer timeout covers a host call (kv)
+/// that hangs past it. `Err(())`: that outer timeout.
+async fn run_plugin(
+    deployment: &crate::control::registry::Deployment,
+    request: crate::edge::Request,
+    deadline: Instant,
+) -> Result<Result<PluginResponse, Failure>, ()> {
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    let call = deployment.plugin.answer(request, remaining);
+    tokio::time::timeout_at((deadline + HOST_CALL_GRACE).into(), call)
+        .await
+        .map(|(outcome, spent)| {
+            // The instance's memory is reset once the answer is written (the
+            // task runs when this one yields); its pool slot is held until then.
+            tokio::spawn(async move { drop(spent) });
+            outcome
+        })
+        .map_err(drop)
+}
+
+/// Step: the plugin's outcome as the client gets it: its answer, or the
+/// gateway's error for a deadline (503), a memory limit or a trap (500),
+/// each counted and logged.
+fn answer_of(
+    outcome: Result<Result<PluginResponse, Failure>, ()>,
+    plugin: &str,
+    label: &str,
+    format: ErrorFormat,
+) -> Result<PluginResponse, hyper::Response<Full<Bytes>>> {
+    let failure = |kind: &'static str| {
+        metrics::counter!(crate::telemetry::PLUGIN_FAILURES, "plugin" => plugin.to_owned(), "kind" => kind)
+            .increment(1);
+    };
+    match outcome {
+        Ok(Ok(response)) => Ok(response),
+        Ok(Err(Failure::Deadline)) | Err(()) => {
+            failure("deadline");
+            tracing::warn!(plugin = %label, "request deadline exceeded");
+            Err(unavailable(format, "deadline exceeded"))
+        }
+        Ok(Err(Failure::MemoryLimit)) => {
+            failure("memory_limit");
+            tracing::warn!(plugin = %label, "plugin hit its memory limit");
+            Err(error(format, StatusCode::INTERNAL_SERVER_ERROR, "memory limit exceeded"))
+        }
+        Ok(Err(Failure::Trap(err))) => {
+            failure("trap");
+            // The trap's backtrace names the plugin's own functions: escaped.
+            let trap = format!("{err:?}");
+            tracing::error!(plugin = %label, error = %crate::runtime::plugin_log::escape_controls(&trap), "plugin trapped");
+            Err(error(format, StatusCode::INTERNAL_SERVER_ERROR, "plugin failed"))
+        }
+    }
+}
+
 /// Why a request found no room to run.
 const BUSY: &str = "too many requests in progress";
 
@@ -711,4 +774,38 @@ fn unavailable(format: ErrorFormat, detail: &str) -> hyper::Response<Full<Bytes>
     let mut response = error(format, StatusCode::SERVICE_UNAVAILABLE, detail);
     response.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_declared_length_over_the_limit_is_refused_before_the_body() {
+        let with = |length: &str| {
+            let mut headers = hyper::HeaderMap::new();
+            headers.insert(CONTENT_LENGTH, HeaderValue::from_str(length).expect("header"));
+            headers
+        };
+        assert_eq!(declared_length_within(&with("100"), 100), Ok(()));
+        assert_eq!(declared_length_within(&with("101"), 100), Err(()));
+        assert_eq!(declared_length_within(&hyper::HeaderMap::new(), 100), Ok(()), "chunked: read and counted");
+        assert_eq!(declared_length_within(&with("not a number"), 100), Ok(()), "hyper refuses it first");
+    }
+
+    #[test]
+    fn each_plugin_outcome_is_answered_as_the_client_should_see_it() {
+        let answered = PluginResponse { status: 201, headers: Vec::new(), body: b"ok".to_vec() };
+        let status = |outcome| match answer_of(outcome, "p", "p@1", ErrorFormat::Problem) {
+            Ok(response) => response.status,
+            Err(response) => response.status().as_u16(),
+        };
+        assert_eq!(status(Ok(Ok(answered))), 201);
+        assert_eq!(status(Ok(Err(Failure::Deadline))), 503, "the deadline: Evotor retries");
+        assert_eq!(status(Err(())), 503, "a host call hung past the deadline");
+        assert_eq!(status(Ok(Err(Failure::MemoryLimit))), 500);
+        assert_eq!(status(Ok(Err(Failure::Trap(wasmtime::format_err!("unreachable"))))), 500);
+        let retry = answer_of(Ok(Err(Failure::Deadline)), "p", "p@1", ErrorFormat::Evotor).expect_err("an error");
+        assert_eq!(retry.headers().get(RETRY_AFTER).map(HeaderValue::as_bytes), Some(&b"1"[..]));
+    }
 }
