@@ -550,28 +550,8 @@ fn keep_user_tokens(txn: &mut Txn<'_>, now: u64, event: &Event, stored: &StoredE
 /// how many were set aside. A user token's event applied before Evotor
 /// spoke must not outlive Evotor's events replacing those around it.
 fn evotor_speaks(txn: &mut Txn<'_>, now: u64, state: &mut Subscription, now_ms: i64) -> Result<u64, ApiError> {
-    let prefix = storage::subscription_events_prefix(&state.subscription_id);
-    let mut after: Option<String> = None;
-    let mut moved = std::collections::BTreeSet::new();
-    let mut evotors = std::collections::BTreeMap::new();
-    loop {
-        let keys = txn.scan_keys(&prefix, after.as_deref(), crate::kv::MAX_SCAN_LIMIT as usize)?;
-        let Some(last) = keys.last().cloned() else { break };
-        for key in keys {
-            let Some(sequence) = key.strip_prefix(&prefix).and_then(|seq| seq.parse::<u64>().ok()) else { continue };
-            let Some(stored) = txn.get::<StoredEvent>(&key)? else { continue };
-            if stored.by_user_token == Some(true) {
-                let kept = storage::foreign_subscription_event_key(&state.subscription_id, &state.user_id, sequence);
-                txn.put(&kept, &stored);
-                txn.delete(&key);
-                moved.insert(sequence);
-            } else {
-                evotors.insert(sequence, stored);
-            }
-        }
-        after = Some(last);
-    }
-    if moved.is_empty() {
+    let (moved, evotors) = move_aside(txn, state, |stored| stored.by_user_token == Some(true))?;
+    if moved == 0 {
         return Ok(0);
     }
     // The state again from Evotor's events: contiguous ones applied, numbers skipped before stay skipped.
@@ -593,34 +573,50 @@ fn evotor_speaks(txn: &mut Txn<'_>, now: u64, state: &mut Subscription, now_ms: 
     fresh.gap_since = if waiting { Some(state.gap_since.unwrap_or(now)) } else { None };
     *state = fresh;
     let problem = format!(
-        "Evotor's own events now speak for the subscription: {} event(s) the user's token sent set aside, not applied; \
-         the state rebuilt from Evotor's",
-        moved.len()
+        "Evotor's own events now speak for the subscription: {moved} event(s) the user's token sent set aside, not applied; \
+         the state rebuilt from Evotor's"
     );
     txn.issue(now, Issue::new(Some(&state.user_id), "subscription", &state.subscription_id, problem));
-    Ok(moved.len() as u64)
+    Ok(moved)
+}
+
+/// Within `txn`: moves the stored events of `state`'s subscription that
+/// `aside` picks beside it (`subs/…/foreign/{owner}/…`, kept, never
+/// applied); answers how many moved and the events that stay, by number.
+fn move_aside(
+    txn: &mut Txn<'_>,
+    state: &Subscription,
+    aside: impl Fn(&StoredEvent) -> bool,
+) -> Result<(u64, std::collections::BTreeMap<u64, StoredEvent>), ApiError> {
+    let prefix = storage::subscription_events_prefix(&state.subscription_id);
+    let mut after: Option<String> = None;
+    let (mut moved, mut staying) = (0u64, std::collections::BTreeMap::new());
+    loop {
+        let keys = txn.scan_keys(&prefix, after.as_deref(), crate::kv::MAX_SCAN_LIMIT as usize)?;
+        let Some(last) = keys.last().cloned() else { break };
+        for key in keys {
+            let Some(stored) = txn.get::<StoredEvent>(&key)? else { continue };
+            let sequence = key.strip_prefix(&prefix).and_then(|seq| seq.parse::<u64>().ok());
+            if aside(&stored) {
+                let sequence = sequence.unwrap_or_default();
+                let kept = storage::foreign_subscription_event_key(&state.subscription_id, &state.user_id, sequence);
+                txn.put(&kept, &stored);
+                txn.delete(&key);
+                moved += 1;
+            } else if let Some(sequence) = sequence {
+                staying.insert(sequence, stored);
+            }
+        }
+        after = Some(last);
+    }
+    Ok((moved, staying))
 }
 
 /// Evotor named another owner than the user whose own token built the
 /// subscription so far: that user's events are set aside (kept as foreign
 /// events, reported) and the subscription starts again from Evotor's.
 fn set_aside(txn: &mut Txn<'_>, now: u64, state: &Subscription, owner: &str) -> Result<(), ApiError> {
-    let prefix = storage::subscription_events_prefix(&state.subscription_id);
-    let mut after: Option<String> = None;
-    let mut moved = 0u64;
-    loop {
-        let keys = txn.scan_keys(&prefix, after.as_deref(), crate::kv::MAX_SCAN_LIMIT as usize)?;
-        let Some(last) = keys.last().cloned() else { break };
-        for key in keys {
-            let Some(stored) = txn.get::<StoredEvent>(&key)? else { continue };
-            let sequence = key.strip_prefix(&prefix).and_then(|seq| seq.parse::<u64>().ok()).unwrap_or_default();
-            let foreign = storage::foreign_subscription_event_key(&state.subscription_id, &state.user_id, sequence);
-            txn.put(&foreign, &stored);
-            txn.delete(&key);
-            moved += 1;
-        }
-        after = Some(last);
-    }
+    let (moved, _) = move_aside(txn, state, |_| true)?;
     txn.delete(&storage::user_subscription_key(&state.user_id, &state.subscription_id));
     let problem = format!(
         "Evotor names user {owner} as the owner: {moved} event(s) user {}'s token sent set aside, not applied",

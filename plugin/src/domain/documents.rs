@@ -466,7 +466,7 @@ pub(crate) fn ingest_documents(
             txn.put(key, &record);
             if let Some(prefix) = parts_prefix_of(key) {
                 for (n, text) in parts.iter().enumerate() {
-                    txn.put(&format!("{prefix}{n:04}"), &Part { v: storage::FORMAT, text: (*text).to_owned() });
+                    txn.put(&part_key(&prefix, n), &Part { v: storage::FORMAT, text: (*text).to_owned() });
                 }
             }
             let kept_apart = foreign.contains(doc.store.as_str());
@@ -519,14 +519,30 @@ struct DocumentType {
     parts: u32,
 }
 
+/// Unix milliseconds before which records are past `retention_days` at `now`.
+fn retention_cutoff(now: u64, days: u64) -> i64 {
+    crate::time::millis(now).saturating_sub(i64::try_from(days.saturating_mul(86_400_000)).unwrap_or(i64::MAX))
+}
+
+/// Key of part `n` of the document whose parts are under `prefix`.
+fn part_key(prefix: &str, n: usize) -> String {
+    format!("{prefix}{n:04}")
+}
+
+/// Within `txn`: deletes the `parts` parts under `prefix`.
+fn delete_parts(txn: &mut storage::Txn<'_>, prefix: &str, parts: u32) {
+    for n in 0..parts as usize {
+        txn.delete(&part_key(prefix, n));
+    }
+}
+
 /// Erases the documents user `user_id` delivered into other users' stores
 /// (kept apart) older than `retention_days`, at most [`EXPIRED_PER_WRITE`]
 /// a call, as [`expire`] does for a store's own.
 fn expire_kept_apart(ctx: &Ctx<'_>, settings: &Settings, user_id: &str) -> Result<(), ApiError> {
     let Some(days) = settings.retention_days else { return Ok(()) };
     let now = ctx.clock.now_unix();
-    let cutoff =
-        crate::time::millis(now).saturating_sub(i64::try_from(days.saturating_mul(86_400_000)).unwrap_or(i64::MAX));
+    let cutoff = retention_cutoff(now, days);
     let prefix = storage::foreign_documents_by_date_prefix(user_id);
     // `{ms:013}/{store}/{id}`.
     let expired: Vec<(String, String, String)> = storage::collect(ctx.kv, &prefix, None, EXPIRED_PER_WRITE)?
@@ -547,22 +563,13 @@ fn expire_kept_apart(ctx: &Ctx<'_>, settings: &Settings, user_id: &str) -> Resul
             let (store, id) = place.split_once('/').unwrap_or_default();
             let key = storage::foreign_document_key(store, user_id, id);
             if let Some(document) = txn.get::<DocumentType>(&key)? {
-                let parts = storage::foreign_document_parts_prefix(store, user_id, id);
-                for n in 0..document.parts {
-                    txn.delete(&format!("{parts}{n:04}"));
-                }
+                delete_parts(txn, &storage::foreign_document_parts_prefix(store, user_id, id), document.parts);
                 freed += 1;
             }
             txn.delete(&key);
             txn.delete(index);
         }
-        if settings.user_quota_records.is_some() {
-            let key = quota::usage_key(user_id);
-            if let Some(mut usage) = txn.get::<quota::Usage>(&key)? {
-                usage.records = usage.records.saturating_sub(freed);
-                txn.put(&key, &usage);
-            }
-        }
+        quota::give_back(txn, settings, user_id, freed)?;
         let data = json!({ "userId": user_id, "keptApart": expired.len(), "retentionDays": days });
         txn.emit("data.expired", now, Some(user_id), data);
         Ok(())
@@ -577,8 +584,7 @@ fn expire_kept_apart(ctx: &Ctx<'_>, settings: &Settings, user_id: &str) -> Resul
 fn expire(ctx: &Ctx<'_>, settings: &Settings, store: &str) -> Result<(), ApiError> {
     let Some(days) = settings.retention_days else { return Ok(()) };
     let now = ctx.clock.now_unix();
-    let cutoff =
-        crate::time::millis(now).saturating_sub(i64::try_from(days.saturating_mul(86_400_000)).unwrap_or(i64::MAX));
+    let cutoff = retention_cutoff(now, days);
     let older =
         |position: &str| position.split('.').next().and_then(|ms| ms.parse::<i64>().ok()).is_some_and(|ms| ms < cutoff);
     let documents = storage::documents_by_date_prefix(store);
@@ -604,10 +610,7 @@ fn expire(ctx: &Ctx<'_>, settings: &Settings, store: &str) -> Result<(), ApiErro
             let key = storage::document_key(store, id);
             if let Some(document) = txn.get::<DocumentType>(&key)? {
                 txn.delete(&format!("{}{position}", storage::documents_by_type_prefix(store, &document.r#type)));
-                let parts = storage::document_parts_prefix(store, id);
-                for n in 0..document.parts {
-                    txn.delete(&format!("{parts}{n:04}"));
-                }
+                delete_parts(txn, &storage::document_parts_prefix(store, id), document.parts);
                 *freed.entry(document.user_id).or_default() += 1;
             }
             txn.delete(&key);
@@ -625,14 +628,8 @@ fn expire(ctx: &Ctx<'_>, settings: &Settings, store: &str) -> Result<(), ApiErro
             }
             txn.delete(&format!("{receipts}{position}"));
         }
-        if settings.user_quota_records.is_some() {
-            for (user_id, records) in freed {
-                let key = quota::usage_key(&user_id);
-                if let Some(mut usage) = txn.get::<quota::Usage>(&key)? {
-                    usage.records = usage.records.saturating_sub(records);
-                    txn.put(&key, &usage);
-                }
-            }
+        for (user_id, records) in freed {
+            quota::give_back(txn, settings, &user_id, records)?;
         }
         let data = json!({
             "storeUuid": store, "documents": document_positions.len(), "receipts": receipt_positions.len(),

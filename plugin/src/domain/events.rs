@@ -37,13 +37,9 @@ pub const MAX_EVENTS: usize = 1000;
 /// whole into the instance's memory, one at a time.
 pub const MAX_DELIVERY_BYTES: usize = 16 << 20;
 
-/// Largest event, in bytes of its JSON: it is kept as received in one
-/// record of the event log, which must stay under the store's 4 MiB a value.
-pub const MAX_EVENT_BYTES: usize = 3_500_000;
-
 /// Data issues one delivery notes one by one; past them, each user's
 /// further problems in that delivery are counted in one issue.
-pub const MAX_ISSUES_PER_DELIVERY: usize = 32;
+pub const MAX_ISSUES_PER_DELIVERY: usize = storage::MAX_ISSUES_PER_COMMIT;
 
 /// What an event is about, whichever spelling named it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -188,15 +184,14 @@ fn truncate(text: &str) -> String {
 }
 
 /// Reads a delivery: one event or an array of at most [`MAX_EVENTS`], none
-/// over [`MAX_EVENT_BYTES`] (413: it could never be kept as received).
+/// over [`input::MAX_ITEM_BYTES`] (413: it could never be kept as received
+/// in one record of the event log).
 pub fn parse_delivery(json: &[u8]) -> Result<Vec<Event>, ApiError> {
     if json.len() > MAX_DELIVERY_BYTES {
         return Err(ApiError::too_large("a delivery", MAX_DELIVERY_BYTES));
     }
     let (raws, array) = input::raw_items(json, MAX_EVENTS)?;
-    if raws.iter().any(|raw| raw.get().len() > MAX_EVENT_BYTES) {
-        return Err(ApiError::too_large("an event", MAX_EVENT_BYTES));
-    }
+    input::within_item_limit(&raws)?;
     raws.into_iter()
         .enumerate()
         .map(|(index, raw)| {
@@ -347,28 +342,14 @@ fn take_one(
     delivery: Option<&str>,
     noted: usize,
 ) -> Result<(Outcome, usize), ApiError> {
-    let key = seen_key(&event);
-    if storage::read::<Seen>(ctx.kv, &key)?.is_some() {
+    let (event, key) = (&event, &seen_key(&event));
+    if storage::read::<Seen>(ctx.kv, key)?.is_some() {
         return Ok((Outcome::Duplicate, 0));
     }
-    let mut count = 0;
-    let outcome = take_new(ctx, settings, &event, &key, delivery, noted, &mut count)?;
-    Ok((outcome, count))
-}
-
-/// [`take_one`] of an event not seen before; `count` gets how many problems it had.
-fn take_new(
-    ctx: &Ctx<'_>,
-    settings: &Settings,
-    event: &Event,
-    key: &str,
-    delivery: Option<&str>,
-    noted: usize,
-    count: &mut usize,
-) -> Result<Outcome, ApiError> {
-    let record = |txn: &mut Txn<'_>, event: &Event, outcome: Outcome, problems: &[String], now: u64| {
+    // Its last commit: the marker, the log entry and the problems, counted for the delivery.
+    let record = |txn: &mut Txn<'_>, outcome: Outcome, problems: &[String], now: u64| {
         record(txn, event, delivery, outcome, problems, now, noted);
-        problems.len()
+        (outcome, problems.len())
     };
     let now = ctx.clock.now_unix();
     let now_ms = crate::time::millis(now);
@@ -394,9 +375,9 @@ fn take_new(
                 }
                 _ => None,
             };
-            return storage::transact(ctx, |txn| -> Result<Outcome, ApiError> {
+            return storage::transact(ctx, |txn| -> Result<(Outcome, usize), ApiError> {
                 if txn.get::<Seen>(key)?.is_some() {
-                    return Ok(Outcome::Duplicate);
+                    return Ok((Outcome::Duplicate, 0));
                 }
                 let mut problems = problems.clone();
                 let applied = inventory::apply_event(
@@ -423,8 +404,7 @@ fn take_new(
                         Outcome::NotApplied
                     }
                 };
-                *count = record(txn, event, outcome, &problems, now);
-                Ok(outcome)
+                Ok(record(txn, outcome, &problems, now))
             });
         }
         if change.is_none() {
@@ -435,14 +415,13 @@ fn take_new(
     }
     if let (Kind::Product | Kind::ProductGroup, Some(user_id)) = (event.kind, event.user_id.as_deref()) {
         // Which state is newer is decided in the commit that writes it, with the event's marker.
-        return storage::transact(ctx, |txn| -> Result<Outcome, ApiError> {
+        return storage::transact(ctx, |txn| -> Result<(Outcome, usize), ApiError> {
             if txn.get::<Seen>(key)?.is_some() {
-                return Ok(Outcome::Duplicate);
+                return Ok((Outcome::Duplicate, 0));
             }
             let mut problems = problems.clone();
             let outcome = product(txn, event, user_id, order, now, &mut problems)?;
-            *count = record(txn, event, outcome, &problems, now);
-            Ok(outcome)
+            Ok(record(txn, outcome, &problems, now))
         });
     }
     let outcome = match (event.kind, event.user_id.as_deref()) {
@@ -459,17 +438,17 @@ fn take_new(
     if event.kind == Kind::Other {
         problems.push(format!("unknown event type {:?}: kept", event.r#type));
     }
-    storage::transact(ctx, |txn| -> Result<Outcome, ApiError> {
+    storage::transact(ctx, |txn| -> Result<(Outcome, usize), ApiError> {
         if txn.get::<Seen>(key)?.is_some() {
-            return Ok(Outcome::Duplicate);
+            return Ok((Outcome::Duplicate, 0));
         }
-        *count = record(txn, event, outcome, &problems, now);
-        Ok(outcome)
+        Ok(record(txn, outcome, &problems, now))
     })
 }
 
 /// Within the event's last commit: its marker, its log entry, its feed
 /// entry and data issues.
+///
 /// `noted`: the data issues the event's delivery noted before it; past
 /// [`MAX_ISSUES_PER_DELIVERY`] its problems are counted in one issue of the
 /// user's for the delivery (its log entry still lists them).

@@ -53,6 +53,25 @@ pub(crate) fn check_quota(
     Ok(())
 }
 
+/// Within the commit that erases `records` of `user_id` (retention): they
+/// count no more, when quotas are counted.
+pub(crate) fn give_back(
+    txn: &mut storage::Txn<'_>,
+    settings: &Settings,
+    user_id: &str,
+    records: u64,
+) -> Result<(), ApiError> {
+    if settings.user_quota_records.is_none() {
+        return Ok(());
+    }
+    let key = usage_key(user_id);
+    if let Some(mut usage) = txn.get::<Usage>(&key)? {
+        usage.records = usage.records.saturating_sub(records);
+        txn.put(&key, &usage);
+    }
+    Ok(())
+}
+
 /// [`count_usage`] against `quota` (`None`: not counted).
 pub(crate) fn count_against(
     txn: &mut storage::Txn<'_>,

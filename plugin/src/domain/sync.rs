@@ -890,13 +890,7 @@ fn sync_feed(
                         cloud::MIN_PAGE_LIMIT
                     );
                     note_problems(ctx, None, &path, vec![problem])?;
-                    state = update(&|state| {
-                        let position =
-                            state.position.get_or_insert(Position { through_ms: window.since_ms, window: None });
-                        if position.window.as_ref().is_none_or(|current| *current == window) {
-                            advance_position(position, &window, next.clone());
-                        }
-                    })?;
+                    state = update(&|state| advance_feed(state, &window, next.clone()))?;
                 }
             },
             Ok(page) => {
@@ -914,10 +908,7 @@ fn sync_feed(
                 run.read += applied.read;
                 run.new += applied.new;
                 state = update(&|state| {
-                    let position = state.position.get_or_insert(Position { through_ms: window.since_ms, window: None });
-                    if position.window.as_ref().is_none_or(|current| *current == window) {
-                        advance_position(position, &window, page.next.clone());
-                    }
+                    advance_feed(state, &window, page.next.clone());
                     state.progress.succeeded(&applied);
                 })?;
             }
@@ -934,6 +925,15 @@ fn sync_feed(
         update(&|state| state.progress.last_run = Some(run.clone()))?;
     }
     Ok(outcome)
+}
+
+/// Moves the feed's position past a page of `window` that ended at `next`
+/// (unless another window is under way).
+fn advance_feed(state: &mut FeedSync, window: &Window, next: Option<String>) {
+    let position = state.position.get_or_insert(Position { through_ms: window.since_ms, window: None });
+    if position.window.as_ref().is_none_or(|current| current == window) {
+        advance_position(position, window, next);
+    }
 }
 
 /// What one run of the sync job did.

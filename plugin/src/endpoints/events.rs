@@ -91,7 +91,7 @@ pub fn receive(ctx: &Ctx<'_>, request: &Request) -> Result<Response, ApiError> {
     let json = delivered_json(&request.body)?;
     let delivered = match events::parse_delivery(&json) {
         Err(err) if err.status == 413 => {
-            too_large(ctx, delivery.as_deref(), &err.reason);
+            crate::endpoints::note_too_large(ctx, REFUSED_ENTITY, delivery.as_deref().unwrap_or("-"), &err.reason);
             return Err(err);
         }
         parsed => parsed?,
@@ -129,22 +129,6 @@ fn refused(ctx: &Ctx<'_>, delivery: Option<&str>, missing: bool) {
     });
     if let Err(err) = counted {
         eprintln!("events webhook: the refusal was not counted ({})", err.reason);
-    }
-}
-
-/// Logs a signed delivery refused with 413 and notes it as a data issue:
-/// Evotor counts the answer as delivered and does not send it again.
-fn too_large(ctx: &Ctx<'_>, delivery: Option<&str>, why: &str) {
-    let delivery = delivery.unwrap_or("-");
-    eprintln!("events webhook: refused delivery {}: {why} (413)", delivery.escape_debug());
-    let now = ctx.clock.now_unix();
-    let problem = format!("a delivery was refused with 413 ({why}); Evotor does not send it again");
-    let noted = storage::transact(ctx, |txn| -> Result<(), ApiError> {
-        txn.issue(now, Issue::new(None, REFUSED_ENTITY, delivery, problem.as_str()));
-        Ok(())
-    });
-    if let Err(err) = noted {
-        eprintln!("events webhook: the refusal was not noted ({})", err.reason);
     }
 }
 

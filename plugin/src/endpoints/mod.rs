@@ -218,7 +218,7 @@ pub(crate) fn dispatch(ctx: &Ctx<'_>, request: &Request) -> Response {
         Some((route, params)) => match route.methods.iter().find(|(method, _)| *method == request.method) {
             Some((_, handler)) => handler(ctx, request, &params).inspect_err(|err| {
                 if err.status == 413 {
-                    too_large(ctx, route.pattern, &err.reason);
+                    note_too_large(ctx, "request", route.pattern, &err.reason);
                 }
             }),
             None => {
@@ -230,18 +230,19 @@ pub(crate) fn dispatch(ctx: &Ctx<'_>, request: &Request) -> Response {
     result.unwrap_or_else(ApiError::into_response)
 }
 
-/// Logs a delivery to `route` refused with 413 by the plugin's own limits
-/// and notes it as a data issue: Evotor counts the answer as delivered.
-fn too_large(ctx: &Ctx<'_>, route: &str, why: &str) {
-    eprintln!("{route}: a delivery was refused: {why} (413)");
+/// Logs a delivery refused with 413 by the plugin's own limits and notes
+/// it as a data issue of `entity` `id` (a route, a webhook delivery):
+/// Evotor counts the answer as delivered and does not send it again.
+pub(crate) fn note_too_large(ctx: &Ctx<'_>, entity: &'static str, id: &str, why: &str) {
+    eprintln!("{entity} {}: a delivery was refused: {why} (413)", id.escape_debug());
     let now = ctx.clock.now_unix();
     let problem = format!("a delivery was refused with 413 ({why}); it is not sent again");
     let noted = crate::storage::transact(ctx, |txn| -> Result<(), ApiError> {
-        txn.issue(now, crate::storage::Issue::new(None, "request", route, problem.as_str()));
+        txn.issue(now, crate::storage::Issue::new(None, entity, id, problem.as_str()));
         Ok(())
     });
     if let Err(err) = noted {
-        eprintln!("{route}: the refusal was not noted ({})", err.reason);
+        eprintln!("{entity} {}: the refusal was not noted ({})", id.escape_debug(), err.reason);
     }
 }
 

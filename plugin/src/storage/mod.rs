@@ -81,7 +81,7 @@ mod records;
 mod txn;
 
 pub use codec::{FORMAT, StorageError, decode};
-pub use issues::Issue;
+pub use issues::{Issue, MAX_ISSUES_PER_COMMIT};
 pub use keys::*;
 pub(crate) use log::{log_once, log_once_a_day};
 pub(crate) use read::collect;
@@ -89,12 +89,9 @@ pub use read::{cloud_token, page, read, scan_all};
 pub use records::*;
 pub use txn::{Txn, transact};
 
-// Only tests elsewhere use these directly: they write raw records and
-// check the bound on issue records.
+// Only tests elsewhere use it directly: they write raw records.
 #[cfg(test)]
 pub(crate) use codec::encode;
-#[cfg(test)]
-pub use issues::MAX_ISSUES_PER_COMMIT;
 
 #[cfg(test)]
 mod tests;

@@ -705,11 +705,11 @@ fn a_page_of_large_events_ends_at_its_byte_cap_and_the_next_goes_on() {
 fn an_event_too_large_to_keep_is_refused_with_413_and_noted_and_one_that_fits_is_taken() {
     let world = world();
     let event = |id: &str, bytes: usize| json!({"id": id, "type": "Order", "action": "created", "payload": {"user_id": USER, "note": "x".repeat(bytes)}});
-    let fits = event("fits", crate::domain::events::MAX_EVENT_BYTES - 200);
+    let fits = event("fits", crate::input::MAX_ITEM_BYTES - 200);
     assert_eq!(deliver(&world, &fits).status, 200, "the largest event kept as received");
     let first = listed(&world, "?limit=1");
     assert_eq!(first["items"][0]["event"], fits);
-    let over = deliver(&world, &event("over", crate::domain::events::MAX_EVENT_BYTES));
+    let over = deliver(&world, &event("over", crate::input::MAX_ITEM_BYTES));
     assert_eq!(over.status, 413);
     let noted = issues(&world).iter().any(|issue| {
         issue["entity"] == "events-webhook" && issue["problem"].as_str().is_some_and(|p| p.contains("413"))
