@@ -167,6 +167,10 @@ pub struct PluginConfig {
     /// (RFC 9457, the default) or `"evotor"` (Evotor's `{"errors":[…]}`).
     #[serde(default)]
     pub error_format: crate::edge::ErrorFormat,
+    /// The plugins this one may call in process, by name, with requests to
+    /// `http://NAME.evogate.internal/…` (see `docs/evotor-apps.md`); none by default.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub calls: Vec<String>,
     /// Scheduled jobs: `[[plugins.jobs]]` entries, run through the plugin's
     /// `scheduled` export (world `plugin-with-jobs`, 0.2.2 on).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -253,6 +257,8 @@ pub struct PluginSettings {
     pub outbound: OutboundRules,
     /// Extra CA certificates (PEM) for outgoing HTTPS.
     pub outbound_ca: Option<PathBuf>,
+    /// The plugins it may call in process (`calls`).
+    pub calls: Vec<String>,
 }
 
 /// The Evotor plugin as `cargo xtask build` leaves it.
@@ -306,6 +312,7 @@ impl Default for Config {
                 max_concurrent_requests: None,
                 max_concurrent_per_credential: None,
                 allowed_outbound_hosts: Vec::new(),
+                calls: Vec::new(),
                 outbound_ca: None,
                 error_format: crate::edge::ErrorFormat::Evotor,
                 jobs: Vec::new(),
@@ -452,6 +459,16 @@ impl Config {
                     job.name
                 );
             }
+            let mut callees = std::collections::HashSet::new();
+            for callee in &plugin.calls {
+                anyhow::ensure!(
+                    self.plugins.iter().any(|other| other.name == *callee),
+                    "plugin {:?}: calls = [{callee:?}], but no plugin is named {callee:?}",
+                    plugin.name
+                );
+                anyhow::ensure!(callee != &plugin.name, "plugin {:?}: a plugin cannot call itself", plugin.name);
+                anyhow::ensure!(callees.insert(callee), "plugin {:?}: {callee:?} is in calls twice", plugin.name);
+            }
             anyhow::ensure!(
                 routes.insert(normalize_route(&plugin.route)),
                 "route {:?} is served by two plugins",
@@ -500,6 +517,7 @@ impl PluginConfig {
             config: self.config_strings(),
             outbound: OutboundRules::parse(&self.allowed_outbound_hosts).unwrap_or_default(),
             outbound_ca: self.outbound_ca.as_ref().map(RelativePathBuf::relative),
+            calls: self.calls.clone(),
         }
     }
 
@@ -599,6 +617,27 @@ mod tests {
         assert!(!outbound.allows(&"https://example.com/".parse().expect("uri")));
         let err = load_str(&plugin("['api.evotor.ru']")).expect_err("no scheme");
         assert!(format!("{err:#}").contains("\"std\"") && format!("{err:#}").contains("no scheme"), "{err:#}");
+    }
+
+    #[test]
+    fn a_plugin_calls_only_other_configured_plugins_each_named_once() {
+        let two = |calls: &str| {
+            format!(
+                "[[plugins]]\nname='evotor'\nroute='/'\nwasm='e.wasm'\n\
+                 [[plugins]]\nname='loyalty'\nroute='/loyalty'\nwasm='l.wasm'\ncalls={calls}"
+            )
+        };
+        let config = load_str(&two("['evotor']")).expect("valid");
+        assert_eq!(config.plugins[1].plugin_settings().calls, ["evotor"]);
+        assert!(config.plugins[0].plugin_settings().calls.is_empty(), "none by default");
+        for (calls, says) in [
+            ("['evotr']", "no plugin is named \"evotr\""),
+            ("['loyalty']", "cannot call itself"),
+            ("['evotor', 'evotor']", "twice"),
+        ] {
+            let err = load_str(&two(calls)).expect_err(calls);
+            assert!(format!("{err:#}").contains(says), "{calls}: {err:#}");
+        }
     }
 
     #[test]

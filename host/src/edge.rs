@@ -61,8 +61,10 @@ pub fn request_id(headers: &hyper::HeaderMap) -> HeaderValue {
 }
 
 /// The plugin's view of a request served on `route`: method, path, query,
-/// headers (values not UTF-8 made lossy) and the gateway's base-path header,
-/// which a client cannot forge.
+/// headers (values not UTF-8 made lossy) and the gateway's base-path header.
+/// Every `x-evogate-*` header is the gateway's: a client's is dropped, so
+/// none can pass for the base path or for a calling plugin
+/// (`x-evogate-caller`).
 pub fn plugin_request(parts: &hyper::http::request::Parts, route: &str, body: Vec<u8>) -> Request {
     Request {
         method: parts.method.as_str().to_owned(),
@@ -71,7 +73,7 @@ pub fn plugin_request(parts: &hyper::http::request::Parts, route: &str, body: Ve
         headers: parts
             .headers
             .iter()
-            .filter(|(name, _)| *name != BASE_PATH)
+            .filter(|(name, _)| !name.as_str().starts_with("x-evogate-"))
             .map(|(name, value)| (name.as_str().to_owned(), String::from_utf8_lossy(value.as_bytes()).into_owned()))
             .chain(std::iter::once((BASE_PATH.as_str().to_owned(), route.to_owned())))
             .collect(),
@@ -241,6 +243,23 @@ mod tests {
         assert_eq!(problem, (413, "application/problem+json".to_owned(), expected));
         let bad = into_http(answer(99, vec![]), "p@1", ErrorFormat::Problem);
         assert_eq!(parts(bad).await.2["detail"], "plugin answered an invalid status");
+    }
+
+    #[test]
+    fn a_client_cannot_pass_for_the_gateway_or_for_a_calling_plugin() {
+        let (parts, ()) = hyper::Request::builder()
+            .uri("/evotor/extension/v1/session")
+            .header("x-evogate-caller", "loyalty")
+            .header("X-Evogate-Base-Path", "/")
+            .header("x-evogate-anything", "x")
+            .header("x-evotor-store-uuid", "s")
+            .body(())
+            .expect("request")
+            .into_parts();
+        let request = plugin_request(&parts, "/evotor", Vec::new());
+        let names: Vec<(&str, &str)> =
+            request.headers.iter().map(|(name, value)| (name.as_str(), value.as_str())).collect();
+        assert_eq!(names, [("x-evotor-store-uuid", "s"), ("x-evogate-base-path", "/evotor")]);
     }
 
     #[test]

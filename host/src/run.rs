@@ -166,7 +166,10 @@ pub(crate) async fn start(config: &config::Config, settings: &Settings) -> anyho
         config.admin.max_plugin_bytes,
     )
     .await?;
-    let gateway = Arc::new(Gateway::new(registry, settings.requests.clone(), sandbox));
+    let gateway = Arc::new(Gateway::new(registry, settings.requests.clone(), sandbox.clone()));
+    let weak = Arc::downgrade(&gateway);
+    let router: std::sync::Weak<dyn crate::runtime::calls::Router> = weak;
+    sandbox.serve_calls(router);
     let deployer = Arc::new(deployer);
     // On a shared store: take up deploys made through other nodes.
     tokio::spawn(deployer.clone().follow());

@@ -70,6 +70,10 @@ metrics_table! {
         "the plugins' outgoing HTTP requests: outcome ok, error, or refused by allowed_outbound_hosts";
     OUTBOUND_DURATION: Histogram "evogate_outbound_request_seconds" ["plugin"]
         "time of one outgoing request up to its response head";
+    PLUGIN_CALLS: Counter "evogate_plugin_calls_total" ["caller", "callee", "outcome"]
+        "calls between plugins in process: outcome ok (an answer below 500), error (500 and up), or refused (not in calls, a call back, too deep, no such plugin)";
+    PLUGIN_CALL_DURATION: Histogram "evogate_plugin_call_seconds" ["caller", "callee"]
+        "time of one call between plugins, up to the callee's answer";
     JOB_RUNS: Counter "evogate_job_runs_total" ["plugin", "job", "outcome"]
         "scheduled job runs: outcome ok, error, timeout, memory or trap";
     JOB_DURATION: Histogram "evogate_job_duration_seconds" ["plugin", "job"]

@@ -6,7 +6,8 @@
 use crate::control::registry::Registry;
 use crate::edge::{ErrorFormat, REQUEST_ID, error, error_with, into_http, plugin_request, request_id};
 use crate::http::tls::Tls;
-use crate::runtime::sandbox::{Failure, Response as PluginResponse};
+use crate::runtime::calls::Chain;
+use crate::runtime::sandbox::{Failure, Laps, Response as PluginResponse};
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use hyper::StatusCode;
@@ -35,9 +36,9 @@ const H2_MAX_STREAMS: u32 = 128;
 #[derive(Debug)]
 pub struct Gateway {
     /// Routes to plugins.
-    registry: Registry,
+    pub(super) registry: Registry,
     /// Largest accepted request body.
-    max_body_bytes: usize,
+    pub(super) max_body_bytes: usize,
     /// Largest accepted request head (request line and headers).
     max_header_bytes: usize,
     /// Request body bytes held at once, across requests.
@@ -47,7 +48,7 @@ pub struct Gateway {
     /// Most requests running at once (the instance pool's capacity).
     max_instances: usize,
     /// Slots for requests running at once.
-    permits: Arc<Semaphore>,
+    pub(super) permits: Arc<Semaphore>,
     /// Per plugin: slots for its requests running at once; none left → 503 at once.
     plugin_permits: HashMap<String, Arc<Semaphore>>,
     /// Per plugin: requests running at once with one `Authorization` value, at most.
@@ -568,7 +569,7 @@ impl Gateway {
         let permit = self.admit_to_pool(deadline, format).await?;
         self.instances_in_use();
         let label = deployment.label().to_owned();
-        let outcome = run_plugin(&deployment, request, deadline).await;
+        let outcome = run_plugin(&deployment, request, deadline, Chain::start(plugin)).await;
         drop(permit);
         drop(plugin_permit);
         self.instances_in_use();
@@ -622,7 +623,7 @@ impl Gateway {
     }
 
     /// Step: the plugin's own cap (`max_concurrent_requests`) answers at once.
-    fn admit_to_plugin(
+    pub(super) fn admit_to_plugin(
         &self,
         plugin: &str,
         format: ErrorFormat,
@@ -686,7 +687,7 @@ impl Gateway {
         Ok(Some(CredentialSlot { counts: self.per_credential.clone(), key }))
     }
 
-    fn instances_in_use(&self) {
+    pub(super) fn instances_in_use(&self) {
         let in_use = self.max_instances.saturating_sub(self.permits.available_permits());
         self.in_use.set(in_use as f64);
     }
@@ -713,13 +714,15 @@ fn declared_length_within(headers: &hyper::HeaderMap, max: usize) -> Result<(), 
 /// Step: the plugin's call, by the deadline. Epoch interruption stops
 /// plugin code at the deadline; the outer timeout covers a host call (kv)
 /// that hangs past it. `Err(())`: that outer timeout.
-async fn run_plugin(
+pub(super) async fn run_plugin(
     deployment: &crate::control::registry::Deployment,
     request: crate::edge::Request,
     deadline: Instant,
+    chain: Chain,
 ) -> Result<Result<PluginResponse, Failure>, ()> {
     let remaining = deadline.saturating_duration_since(Instant::now());
-    let call = deployment.plugin.answer(request, remaining);
+    let mut laps = Laps::off();
+    let call = deployment.plugin.answer_in(request, remaining, chain, &mut laps);
     tokio::time::timeout_at((deadline + HOST_CALL_GRACE).into(), call)
         .await
         .map(|(outcome, spent)| {
@@ -734,7 +737,7 @@ async fn run_plugin(
 /// Step: the plugin's outcome as the client gets it: its answer, or the
 /// gateway's error for a deadline (503), a memory limit or a trap (500),
 /// each counted and logged.
-fn answer_of(
+pub(super) fn answer_of(
     outcome: Result<Result<PluginResponse, Failure>, ()>,
     plugin: &str,
     label: &str,
@@ -767,10 +770,10 @@ fn answer_of(
 }
 
 /// Why a request found no room to run.
-const BUSY: &str = "too many requests in progress";
+pub(super) const BUSY: &str = "too many requests in progress";
 
 /// A 503 the client should retry in a second.
-fn unavailable(format: ErrorFormat, detail: &str) -> hyper::Response<Full<Bytes>> {
+pub(super) fn unavailable(format: ErrorFormat, detail: &str) -> hyper::Response<Full<Bytes>> {
     let mut response = error(format, StatusCode::SERVICE_UNAVAILABLE, detail);
     response.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
     response

@@ -2,9 +2,11 @@
 //! versions (`sandbox`), the generated bindings of the guest worlds
 //! (`bindings`), and the host side of each interface a guest imports:
 //! evogate's `kv` (`kv`), `wasi:keyvalue` (`keyvalue`), outgoing HTTP
-//! (`outgoing`) and plugin logs (`plugin_log`).
+//! (`outgoing`), in which calls to other plugins (`calls`), and plugin
+//! logs (`plugin_log`).
 
 pub(crate) mod bindings;
+pub mod calls;
 mod evogate;
 mod evogate_0_1;
 pub(crate) mod keyvalue;

@@ -20,6 +20,9 @@
 //! - a response body over `limits.max_outbound_response_bytes` fails the
 //!   plugin's read with `HTTP-response-body-size`.
 //!
+//! A request to `http://NAME.evogate.internal/…` is a call to plugin
+//! `NAME` of this gateway, served in process (`calls.rs`).
+//!
 //! Each request counts in `evogate_outbound_requests_total{plugin,outcome}`
 //! (`refused`, `ok`, `error`) and `evogate_outbound_request_seconds{plugin}`.
 
@@ -196,6 +199,8 @@ pub(crate) struct Hooks {
     label: Arc<str>,
     /// The instance's deadline: no request outlives it.
     deadline: Instant,
+    /// Calls to other plugins (`http://NAME.evogate.internal/…`).
+    calls: crate::runtime::calls::Calls,
 }
 
 impl Hooks {
@@ -206,9 +211,15 @@ impl Hooks {
         plugin: Arc<str>,
         label: Arc<str>,
         deadline: Instant,
+        calls: crate::runtime::calls::Calls,
     ) -> Self {
-        Self { client, settings, plugin, label, deadline }
+        Self { client, settings, plugin, label, deadline, calls }
     }
+}
+
+/// The connection of an answer that had none (an in-process call).
+fn no_connection() -> OutgoingIo {
+    Box::new(async { Ok(()) })
 }
 
 type Sent = Box<dyn Future<Output = Result<(hyper::Response<WasiBody>, OutgoingIo), Error>> + Send>;
@@ -220,6 +231,12 @@ impl WasiHttpHooks for Hooks {
         options: Option<RequestOptions>,
         _: OutgoingIo,
     ) -> Sent {
+        if let Some(callee) = crate::runtime::calls::callee_of(request.uri()) {
+            // Another plugin of this gateway: served in process, never over the network.
+            let callee = callee.to_owned();
+            let sent = self.calls.send(&callee, request, self.deadline);
+            return Box::new(async move { sent.await.map(|response| (response, no_connection())) });
+        }
         let plugin = self.plugin.to_string();
         let uri = crate::runtime::plugin_log::escape_controls(&request.uri().to_string()).into_owned();
         if !self.settings.outbound.allows(request.uri()) {

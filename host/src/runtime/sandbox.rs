@@ -15,11 +15,12 @@
 
 use crate::config::PluginSettings;
 use crate::kv::{self, Namespace};
+use crate::runtime::calls::{Calls, Chain, Router, RouterCell};
 use crate::runtime::evogate::Current;
 use crate::runtime::kv::KvCtx;
 use crate::runtime::plugin_log::LogPipe;
 use crate::runtime::{evogate_0_1, wasi_http};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::error::Context as _;
@@ -121,6 +122,8 @@ pub struct Sandbox {
     /// One per request slot of the instance pool; held by an instance until
     /// it is dropped (after its answer), so a request never finds the pool empty.
     instances: Arc<tokio::sync::Semaphore>,
+    /// What serves the plugins' calls to each other, once the gateway exists.
+    router: RouterCell,
     _ticker: EpochTicker,
 }
 
@@ -197,7 +200,13 @@ impl Sandbox {
         let ticker = EpochTicker::start(engine.clone());
         let kv_calls = Arc::new(tokio::sync::Semaphore::new(limits.max_kv_calls.max(1) as usize));
         let instances = Arc::new(tokio::sync::Semaphore::new(limits.max_instances.max(1) as usize));
-        Ok(Self { engine, linker, limits, kv_calls, instances, _ticker: ticker })
+        Ok(Self { engine, linker, limits, kv_calls, instances, router: RouterCell::default(), _ticker: ticker })
+    }
+
+    /// Has `router` serve the calls plugins make to each other
+    /// ([`crate::runtime::calls`]); until then every such call is refused.
+    pub fn serve_calls(&self, router: Weak<dyn Router>) {
+        let _ = self.router.set(router);
     }
 
     /// Compiles `wasm` (whose SHA-256 in hex is `sha256`) and checks it by
@@ -257,6 +266,7 @@ impl Sandbox {
             )
             .map_err(|err| wasmtime::format_err!("plugin {plugin:?}: outbound_ca: {err:#}"))?,
         );
+        let settings_calls: Arc<[String]> = settings.calls.clone().into();
         let mut version = PluginVersion {
             plugin: plugin.into(),
             pre,
@@ -268,6 +278,8 @@ impl Sandbox {
             instances: self.instances.clone(),
             settings,
             kv,
+            calls: settings_calls,
+            router: self.router.clone(),
             name: String::new(),
             version: String::new(),
             label: Arc::from(plugin),
@@ -358,6 +370,9 @@ pub struct PluginVersion {
     instances: Arc<tokio::sync::Semaphore>,
     settings: Arc<PluginSettings>,
     kv: Namespace,
+    /// The plugins it may call (`calls`).
+    calls: Arc<[String]>,
+    router: RouterCell,
     /// The name the plugin reports in its identity (a standard component's: the plugin's name).
     pub name: String,
     /// The version the plugin reports in its identity (a standard
@@ -422,12 +437,24 @@ impl PluginVersion {
         timeout: Duration,
         laps: &mut Laps,
     ) -> (Result<Response, Failure>, Spent) {
+        self.answer_in(request, timeout, Chain::start(&self.plugin), laps).await
+    }
+
+    /// [`PluginVersion::answer`] for a request that came along `chain`:
+    /// from a client (a chain of this plugin alone) or from other plugins.
+    pub(crate) async fn answer_in(
+        &self,
+        request: Request,
+        timeout: Duration,
+        chain: Chain,
+        laps: &mut Laps,
+    ) -> (Result<Response, Failure>, Spent) {
         let Some(slot) = self.slot(timeout).await else {
             return (Err(Failure::Deadline), Spent { store: None, _slot: None });
         };
         laps.start();
         let request_id = request.headers.iter().find(|(name, _)| name == "x-request-id").map_or("-", |(_, id)| id);
-        let mut store = self.new_store(timeout, request_id);
+        let mut store = self.new_store(timeout, request_id, chain);
         laps.lap(Phase::Store);
         let result = match &self.pre {
             Pre::Current(current) => current.handle(&mut store, request, laps).await,
@@ -468,7 +495,7 @@ impl PluginVersion {
         let Some(_slot) = self.slot(timeout).await else {
             return Err(Failure::Deadline);
         };
-        let mut store = self.new_store(timeout, &format!("job:{}", run.job));
+        let mut store = self.new_store(timeout, &format!("job:{}", run.job), Chain::start(&self.plugin));
         let run = wit_scheduled::JobRun {
             job: run.job,
             scheduled_at_ms: run.scheduled_at_ms,
@@ -481,7 +508,7 @@ impl PluginVersion {
 
     /// Instantiates once and reads the plugin's identity.
     async fn read_identity(&self) -> Result<(String, String), Failure> {
-        let mut store = self.new_store(self.limits.timeout, "-");
+        let mut store = self.new_store(self.limits.timeout, "-", Chain::start(&self.plugin));
         let result = match &self.pre {
             Pre::Current(current) => current.identity(&mut store).await,
             Pre::Evogate0_1_0(pre) => evogate_0_1::identity(pre, &mut store).await,
@@ -493,7 +520,7 @@ impl PluginVersion {
         self.finish(&store, result)
     }
 
-    fn new_store(&self, timeout: Duration, request_id: &str) -> Store<HostState> {
+    fn new_store(&self, timeout: Duration, request_id: &str, chain: Chain) -> Store<HostState> {
         let tag = self.label.clone();
         let request_id: Arc<str> = request_id.into();
         // No preopened directories or arguments (the builder's defaults),
@@ -502,7 +529,7 @@ impl PluginVersion {
         // plugin has none (it has the `config` interface).
         let mut wasi = WasiCtx::builder();
         wasi.stdout(LogPipe::new(tag.clone(), request_id.clone(), "stdout"))
-            .stderr(LogPipe::new(tag.clone(), request_id, "stderr"))
+            .stderr(LogPipe::new(tag.clone(), request_id.clone(), "stderr"))
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false);
@@ -526,6 +553,7 @@ impl PluginVersion {
                 self.plugin.clone(),
                 tag,
                 deadline,
+                Calls { router: self.router.clone(), allowed: self.calls.clone(), chain, request_id },
             ),
             wasi_keyvalue: crate::runtime::keyvalue::KeyValueState::default(),
         };
