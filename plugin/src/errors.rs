@@ -132,6 +132,11 @@ impl ApiError {
         Self { headers: vec![("www-authenticate".into(), "Bearer".into())], ..Self::new(401, 401, "unauthorized") }
     }
 
+    /// 403: `subject` names something of another user (`value`).
+    pub fn forbidden(subject: &str, value: impl Into<Value>) -> Self {
+        Self { subject: Some(subject.into()), value: Some(value.into()), ..Self::new(403, 403, "forbidden") }
+    }
+
     /// 404: no such resource.
     pub fn not_found() -> Self {
         Self::new(404, 404, "not found")

@@ -138,6 +138,11 @@ impl crate::outgoing::Http for HostHttp {
         for (name, value) in &request.headers {
             headers.append(name, value.as_bytes()).map_err(|_| bad("header"))?;
         }
+        // The body's length up front, not chunked: what servers expect of a body known whole.
+        let declared = request.headers.iter().any(|(name, _)| name.eq_ignore_ascii_case("content-length"));
+        if !declared && (!request.body.is_empty() || !matches!(request.method.as_str(), "GET" | "HEAD")) {
+            headers.append("content-length", request.body.len().to_string().as_bytes()).map_err(|_| bad("header"))?;
+        }
         let outgoing = http::OutgoingRequest::new(headers);
         let scheme = match scheme {
             "https" => http::Scheme::Https,

@@ -653,22 +653,37 @@ pub(crate) fn find_commodity(
     let stores_prefix = storage::entities_prefix(user_id, "store");
     for (key, _) in storage::scan_all(ctx.kv, &stores_prefix)? {
         let Some(store) = key.strip_prefix(&stores_prefix) else { continue };
-        let prefix = storage::barcode_prefix(store, scan_code);
-        for (key, _) in storage::scan_all(ctx.kv, &prefix)? {
-            let Some(uuid) = key.strip_prefix(&prefix) else { continue };
-            let Some(record) = storage::read::<ProductRecord>(ctx.kv, &storage::product_key(store, uuid))? else {
-                continue;
+        for record in with_barcode(ctx, store, scan_code)? {
+            let has_alc = |alc: &str| {
+                record
+                    .product
+                    .get("alcoCodes")
+                    .and_then(Value::as_array)
+                    .is_some_and(|codes| codes.iter().any(|c| c == alc))
             };
-            let product = &record.product;
-            let has = |field: &str, code: &str| {
-                product.get(field).and_then(Value::as_array).is_some_and(|codes| codes.iter().any(|c| c == code))
-            };
-            if has("barCodes", scan_code) && alc_code.is_none_or(|alc| has("alcoCodes", alc)) {
+            if alc_code.is_none_or(has_alc) {
                 return Ok(Some(record.product));
             }
         }
     }
     Ok(None)
+}
+
+/// The items of `store` (lower case) whose `barCodes` hold `barcode`, by the barcode index.
+pub(crate) fn with_barcode(ctx: &Ctx<'_>, store: &str, barcode: &str) -> Result<Vec<ProductRecord>, ApiError> {
+    let prefix = storage::barcode_prefix(store, barcode);
+    let mut found = Vec::new();
+    for (key, _) in storage::scan_all(ctx.kv, &prefix)? {
+        let Some(uuid) = key.strip_prefix(&prefix) else { continue };
+        let Some(record) = storage::read::<ProductRecord>(ctx.kv, &storage::product_key(store, uuid))? else {
+            continue;
+        };
+        let codes = record.product.get("barCodes").and_then(Value::as_array);
+        if codes.is_some_and(|codes| codes.iter().any(|code| code == barcode)) {
+            found.push(record);
+        }
+    }
+    Ok(found)
 }
 
 /// Deletes the items `uuids` of `store` (`source`: who asked, for the

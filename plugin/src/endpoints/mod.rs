@@ -1,5 +1,5 @@
-//! The HTTP face of the plugin: the Evotor protocol's endpoints and the
-//! partner API, each handler given its path's parameters by name; here the
+//! The HTTP face of the plugin: the Evotor protocol's endpoints, the
+//! partner API and the extension API (other plugins of the gateway only), each handler given its path's parameters by name; here the
 //! routing, in `request` what the partner API's handlers share. Unknown path → 404; known path, other method → 405 with
 //! `Allow`; both in the Evotor error format.
 //!
@@ -12,6 +12,7 @@ mod billing;
 mod catalog;
 mod documents;
 mod events;
+mod extension;
 mod inventory;
 mod partner;
 mod request;
@@ -170,6 +171,55 @@ const ROUTES: &[Route] = &[
         "/partner/v1/stores/{storeUuid}/products/delete",
         &[("POST", |ctx, request, path| catalog::partner_delete_products(ctx, request, path.get("storeUuid")))],
     ),
+    // The extension API: other plugins of the gateway only (`extension`).
+    route("/extension/v1/session", &[("GET", |ctx, request, _| extension::session(ctx, request))]),
+    route("/extension/v1/partner", &[("GET", |ctx, request, _| extension::partner(ctx, request))]),
+    route("/extension/v1/feed", &[("GET", |ctx, request, _| partner::feed(ctx, request))]),
+    route(
+        "/extension/v1/users/{userId}",
+        &[("GET", |ctx, request, path| partner::get_user(ctx, request, path.get("userId")))],
+    ),
+    route(
+        "/extension/v1/users/{userId}/entitlement",
+        &[("GET", |ctx, request, path| partner::user_entitlement(ctx, request, path.get("userId")))],
+    ),
+    route(
+        "/extension/v1/users/{userId}/stores",
+        &[("GET", |ctx, request, path| partner::user_entities(ctx, request, path.get("userId")))],
+    ),
+    route(
+        "/extension/v1/users/{userId}/employees",
+        &[("GET", |ctx, request, path| partner::user_entities(ctx, request, path.get("userId")))],
+    ),
+    route(
+        "/extension/v1/users/{userId}/devices",
+        &[("GET", |ctx, request, path| partner::user_entities(ctx, request, path.get("userId")))],
+    ),
+    route(
+        "/extension/v1/users/{userId}/stores/{storeUuid}/products",
+        &[("GET", |ctx, request, path| extension::products(ctx, request, path.get("userId"), path.get("storeUuid")))],
+    ),
+    route(
+        "/extension/v1/users/{userId}/stores/{storeUuid}/documents",
+        &[("GET", |ctx, request, path| {
+            let store = extension::own_store(ctx, path.get("userId"), path.get("storeUuid"))?;
+            documents::partner_list_documents(ctx, request, &store)
+        })],
+    ),
+    route(
+        "/extension/v1/users/{userId}/stores/{storeUuid}/documents/{id}",
+        &[("GET", |ctx, request, path| {
+            let store = extension::own_store(ctx, path.get("userId"), path.get("storeUuid"))?;
+            documents::partner_get_document(ctx, request, &store, path.get("id"))
+        })],
+    ),
+    route(
+        "/extension/v1/users/{userId}/stores/{storeUuid}/receipts",
+        &[("GET", |ctx, request, path| {
+            let store = extension::own_store(ctx, path.get("userId"), path.get("storeUuid"))?;
+            documents::partner_list_receipts(ctx, request, &store)
+        })],
+    ),
     route(
         "/partner/v1/stores/{storeUuid}/catalog-issues",
         &[("GET", |ctx, request, path| catalog::partner_catalog_issues(ctx, request, path.get("storeUuid")))],
@@ -197,7 +247,7 @@ pub(crate) const BASE_PATH_HEADER: &str = "x-evogate-base-path";
 
 /// The request's path below the plugin's mount point: the protocol's paths
 /// are the same whatever route the operator mounts the plugin at.
-fn local_path(request: &Request) -> &str {
+pub(crate) fn local_path(request: &Request) -> &str {
     let base = request.header_value(BASE_PATH_HEADER).map(|base| base.trim_end_matches('/')).unwrap_or_default();
     match request.path.strip_prefix(base) {
         Some("") => "/",
@@ -210,6 +260,10 @@ fn local_path(request: &Request) -> &str {
 pub(crate) fn dispatch(ctx: &Ctx<'_>, request: &Request) -> Response {
     let path = local_path(request);
     let result = match find(path) {
+        // Never reachable from outside the gateway, whatever the credentials.
+        Some(_) if path.starts_with(extension::PREFIX) && !extension::is_extension_call(request, path) => {
+            Err(ApiError::not_found())
+        }
         _ if request.method == "POST" && events::is_events_webhook(ctx, path) => events::receive(ctx, request),
         None if request.method == "PUT" && is_documents_webhook(ctx, path) => {
             documents::put_documents_bare(ctx, request)

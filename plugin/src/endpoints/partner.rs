@@ -337,12 +337,18 @@ pub fn data_issues(ctx: &Ctx<'_>, request: &Request) -> Result<Response, ApiErro
     Ok(Response::json(200, &json!({ "items": items, "next": next })))
 }
 
-/// `GET /partner/v1/feed?after=&limit=`: every accepted change in commit
-/// order. `next` is where to resume: the last entry's cursor, or `after`
-/// again when nothing new has happened.
+/// Feed entries read at most for one page of one user's entries.
+const USER_FEED_SCAN: usize = 5000;
+
+/// `GET /partner/v1/feed?after=&limit=&userId=`: every accepted change in
+/// commit order. `next` is where to resume: the last entry's cursor, or
+/// `after` again when nothing new has happened. With `userId`, that user's
+/// entries only, with the same cursors; a page reads at most
+/// [`USER_FEED_SCAN`] entries, so it may hold none and still move `next` on.
 pub fn feed(ctx: &Ctx<'_>, request: &Request) -> Result<Response, ApiError> {
     require_partner(ctx, request)?;
     let (after, limit) = paging(request)?;
+    let user = query(request, "userId").map(user_param).transpose()?;
     // A cursor is a commit stamp: 20 digits, `.`, 6 digits.
     let well_formed = |cursor: &str| {
         cursor.len() == 27
@@ -353,17 +359,37 @@ pub fn feed(ctx: &Ctx<'_>, request: &Request) -> Result<Response, ApiError> {
     {
         return Err(ApiError::incorrect("after", after));
     }
-    let start = after.map(|after| format!("{}{after}", storage::FEED_PREFIX));
-    let entries = storage::collect(ctx.kv, storage::FEED_PREFIX, start, limit as usize)?;
-    let mut items = Vec::with_capacity(entries.len());
-    for (key, entry) in &entries {
-        let feed: storage::FeedEntry = storage::decode(key, &entry.value)?;
-        let cursor = key.strip_prefix(storage::FEED_PREFIX).unwrap_or_default();
-        items.push(
-            json!({ "cursor": cursor, "kind": feed.kind, "at": feed.at, "userId": feed.user_id, "data": feed.data }),
-        );
+    let mut start = after.map(|after| format!("{}{after}", storage::FEED_PREFIX));
+    let (mut items, mut scanned) = (Vec::new(), 0);
+    let mut last = None;
+    while items.len() < limit as usize && scanned < USER_FEED_SCAN {
+        let want = match user {
+            None => limit as usize - items.len(),
+            Some(_) => (USER_FEED_SCAN - scanned).min(1000),
+        };
+        let entries = storage::collect(ctx.kv, storage::FEED_PREFIX, start.clone(), want)?;
+        let Some((end, _)) = entries.last() else { break };
+        start = Some(end.clone());
+        for (key, entry) in &entries {
+            scanned += 1;
+            last = Some(key.clone());
+            let feed: storage::FeedEntry = storage::decode(key, &entry.value)?;
+            if user.is_some_and(|user| feed.user_id.as_deref() != Some(user)) {
+                continue;
+            }
+            let cursor = key.strip_prefix(storage::FEED_PREFIX).unwrap_or_default();
+            items.push(
+                json!({ "cursor": cursor, "kind": feed.kind, "at": feed.at, "userId": feed.user_id, "data": feed.data }),
+            );
+            if items.len() == limit as usize {
+                break;
+            }
+        }
+        if user.is_none() {
+            break;
+        }
     }
-    let next = entries.last().and_then(|(key, _)| key.strip_prefix(storage::FEED_PREFIX)).or(after).map(str::to_owned);
+    let next = last.as_deref().and_then(|key| key.strip_prefix(storage::FEED_PREFIX)).or(after).map(str::to_owned);
     Ok(Response::json(200, &json!({ "items": items, "next": next })))
 }
 

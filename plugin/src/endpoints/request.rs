@@ -12,9 +12,20 @@ pub const PARTNER_API_TOKEN: &str = "partner_api_token";
 /// Page size when `limit` is not given.
 const DEFAULT_LIMIT: u32 = 100;
 
-/// Succeeds for a request bearing the partner API token. Without the
-/// setting the API does not exist (404); a wrong token is 401.
+/// Succeeds for a request bearing the partner API token, and for a call
+/// of the extension API ([`crate::endpoints::extension`]), whose reads are
+/// the partner API's. Without the setting the partner API does not exist
+/// (404); a wrong token is 401.
 pub(crate) fn require_partner(ctx: &Ctx<'_>, request: &Request) -> Result<(), ApiError> {
+    if crate::endpoints::extension::is_extension_call(request, crate::endpoints::local_path(request)) {
+        return Ok(());
+    }
+    partner_token_presented(ctx, request)
+}
+
+/// Succeeds when the request's `Authorization` is `Bearer` and the partner
+/// API token: 404 without the setting, 401 for another credential.
+pub(crate) fn partner_token_presented(ctx: &Ctx<'_>, request: &Request) -> Result<(), ApiError> {
     let Some(want) = ctx.config.non_empty(PARTNER_API_TOKEN) else {
         return Err(ApiError::not_found());
     };
