@@ -6,6 +6,7 @@
 //! `TEST_GUEST_WASM` and `STANDARD_{HELLO,COUNTER,CAS}_WASM`.
 
 pub mod cloud;
+pub mod erp;
 pub mod stream;
 pub mod upstream;
 
@@ -48,6 +49,11 @@ pub fn guest_wasm() -> PathBuf {
 /// The `xtask` binary (`cargo xtask`), built with the workspace.
 pub fn xtask_bin() -> PathBuf {
     artifact("XTASK_BIN", "target/release/xtask")
+}
+
+/// The Evotor app example (`examples/loyalty`).
+pub fn loyalty_wasm() -> PathBuf {
+    artifact("LOYALTY_WASM", "target/wasm32-wasip2/release/evogate_loyalty.wasm")
 }
 
 /// The SDK's example plugin (`examples/counter`).

@@ -7,7 +7,8 @@
 //! cargo xtask bench           build, then run the gateway benchmark
 //! cargo xtask bench-serve     evogate against `wasmtime serve` on the same standard component
 //! cargo xtask fuzz [SECONDS]  run every fuzz target SECONDS each (default 60; nightly + cargo-fuzz)
-//! cargo xtask new-plugin NAME [DIR]  a plugin crate of one's own, from the SDK's example
+//! cargo xtask new-plugin [--evotor] NAME [DIR]  a plugin crate of one's own, from the SDK's
+//!                             example (`--evotor`: an Evotor app's backend, from the loyalty example)
 //! ```
 
 mod new_plugin;
@@ -65,6 +66,8 @@ fn main() -> anyhow::Result<()> {
                 "fairness",
                 "--bench",
                 "jobs",
+                "--bench",
+                "calls",
             ])
         }
         "bench-serve" => {
@@ -89,7 +92,8 @@ fn main() -> anyhow::Result<()> {
                  bench          build, then run the benchmarks (PostgreSQL rows with EVOGATE_TEST_POSTGRES_URL)\n  \
                  bench-serve    evogate against `wasmtime serve` on the same standard component (installs wasmtime-cli)\n  \
                  fuzz [SECONDS] run every fuzz target for SECONDS each (installs nightly and cargo-fuzz if missing)\n  \
-                 new-plugin NAME [DIR]  make a plugin crate of one's own (docs/writing-a-plugin.md)"
+                 new-plugin [--evotor] NAME [DIR]  make a plugin crate of one's own (docs/writing-a-plugin.md); \
+                 --evotor: an Evotor app's backend (docs/evotor-apps.md)"
             );
             if task.is_empty() { Ok(()) } else { bail!("unknown command {task:?}") }
         }
@@ -188,6 +192,8 @@ fn build_plugins() -> anyhow::Result<()> {
         "evotor-partner",
         "-p",
         "evogate-counter",
+        "-p",
+        "evogate-loyalty",
         "-p",
         "test-guest",
         "-p",

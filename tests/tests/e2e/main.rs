@@ -5,6 +5,8 @@
 //! Run one subject with its module path as the filter, e.g.
 //! `cargo xtask test --test e2e -- faults::`.
 
+/// Evotor apps: a plugin beside the Evotor plugin, calling it in process; calls between plugins.
+mod apps;
 /// The documentation: every relative link resolves, every configuration key is documented.
 mod docs;
 /// What a `200 OK` promises when the process is killed mid-stream.

@@ -78,3 +78,36 @@ fn a_crate_made_by_new_plugin_tests_builds_and_deploys_as_it_is() {
     let added = request("POST", &gateway.url("/notes/counters/first"), &[], None);
     assert_eq!((added.status, added.json()["value"].as_u64()), (200, Some(1)), "{}", added.text());
 }
+
+#[test]
+fn an_evotor_app_made_by_new_plugin_tests_builds_and_calls_the_evotor_plugin_once_deployed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let target = workspace_root().join("target/new-plugin");
+    let made = run(&xtask_bin(), &["new-plugin", "--evotor", "my-app"], dir.path(), &target);
+    assert!(made.as_ref().is_ok_and(|out| out.contains("MyApp")), "{made:?}");
+    let crate_dir = dir.path().join("my-app");
+    let config = std::fs::read_to_string(crate_dir.join("evogate.toml")).expect("its configuration");
+    assert!(config.contains("name = \"my-app\"") && config.contains("calls = [\"evotor\"]"), "{config}");
+
+    let cargo = Path::new(env!("CARGO"));
+    let tested = run(cargo, &["test", "--release"], &crate_dir, &target).expect("its tests pass as made");
+    assert!(tested.contains("7 passed"), "{tested}");
+    run(cargo, &["build", "--release", "--target", "wasm32-wasip2"], &crate_dir, &target).expect("it builds");
+    let wasm = target.join("wasm32-wasip2/release/my_app.wasm");
+    // Deployed over a placeholder beside the Evotor plugin, as a new extension is.
+    let gateway = Gateway::start(&format!(
+        "{}\n{}",
+        evogate_e2e::evotor_table("/", "", ""),
+        plugin_table("my-app", &guest_wasm(), "calls = [\"evotor\"]")
+    ));
+    deploy(&gateway, "my-app", &wasm);
+    let headers =
+        [("authorization", "Bearer not-a-token"), ("x-evotor-store-uuid", "20170228-f4f1-401b-80fa-9ecca8451ffb")];
+    let refused = request("GET", &gateway.url("/my-app/v1/summary"), &headers, None);
+    assert_eq!(
+        (refused.status, refused.error_code()),
+        (401, Some(1002)),
+        "the Evotor plugin's answer: {}",
+        refused.text()
+    );
+}
