@@ -95,11 +95,16 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let [plain, evotor_idle, evotor_user, called] = [0, 1, 2, 3].map(|n| common::median(&p50s[n]));
-    println!("calls between plugins, redb, median of {ROUNDS} alternated rounds of {PER_ROUND} sequential requests (p50, µs)");
+    println!(
+        "calls between plugins, redb, median of {ROUNDS} alternated rounds of {PER_ROUND} sequential requests (p50, µs)"
+    );
     println!("extension request, no call (its own 404)                  {plain:>7.1}   baseline");
     println!("Evotor plugin request, no work (its 404)                  {evotor_idle:>7.1}");
     println!("Evotor plugin request resolving the user token over HTTP  {evotor_user:>7.1}");
-    println!("extension request, authenticated by the Evotor plugin     {called:>7.1}   {:.2} × the baseline", called / plain);
+    println!(
+        "extension request, authenticated by the Evotor plugin     {called:>7.1}   {:.2} × the baseline",
+        called / plain
+    );
     println!(
         "  the call in process: +{:.1} µs, against {:.1} µs for the Evotor plugin's own token request over HTTP ({:.2} ×)",
         called - plain,

@@ -1,4 +1,4 @@
-//! `evogate deploy / plugins / rollback`: a small client of the admin API.
+//! `evogate deploy / plugins / rollback / run-job / backup`: a small client of the admin API.
 
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
@@ -256,5 +256,78 @@ pub fn plugins(args: &AdminArgs) -> anyhow::Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+/// `evogate backup --to FILE`: the store as of now, streamed from the
+/// running gateway into `FILE.partial` (this user's only), synced, checked
+/// whole, then renamed to `FILE`; a progress line on a terminal.
+pub fn backup(args: &AdminArgs, to: &Path) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let target = args.target()?;
+    let partial = PathBuf::from(format!("{}.partial", to.display()));
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let file = options.open(&partial).with_context(|| format!("creating {}", partial.display()))?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+    let show = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let received = runtime.block_on(async {
+        let mut sender = connect(&target).await?;
+        let mut request = hyper::Request::builder().uri("/backup").header("host", target.addr.as_str());
+        if let Some(token) = &target.token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let response = sender.send_request(request.body(Full::new(Bytes::new()))?).await?;
+        let status = response.status();
+        let mut body = response.into_body();
+        if !status.is_success() {
+            let text = body.collect().await.map(|body| body.to_bytes()).unwrap_or_default();
+            bail!("{status}: {}", String::from_utf8_lossy(&text));
+        }
+        let (mut received, mut shown) = (0u64, std::time::Instant::now());
+        while let Some(frame) = body.frame().await {
+            let frame = frame.context("the backup stopped before its end")?;
+            if let Ok(data) = frame.into_data() {
+                out.write_all(&data).with_context(|| format!("writing {}", partial.display()))?;
+                received += data.len() as u64;
+                if show && shown.elapsed() >= std::time::Duration::from_millis(250) {
+                    eprint!("\rbackup: {:.1} MiB received", received as f64 / 1048576.0);
+                    shown = std::time::Instant::now();
+                }
+            }
+        }
+        anyhow::Ok(received)
+    });
+    if show {
+        eprintln!();
+    }
+    let finished = received.and_then(|received| {
+        let file = out.into_inner().map_err(|err| err.into_error())?;
+        file.sync_all().with_context(|| format!("syncing {}", partial.display()))?;
+        let summary = evogate::kv::backup::verify(std::io::BufReader::new(std::fs::File::open(&partial)?))
+            .context("the backup received is not whole")?;
+        Ok((received, summary))
+    });
+    let (received, summary) = match finished {
+        Ok(done) => done,
+        Err(err) => {
+            let _ = std::fs::remove_file(&partial);
+            return Err(err);
+        }
+    };
+    std::fs::rename(&partial, to).with_context(|| format!("renaming {} to {}", partial.display(), to.display()))?;
+    if let Some(dir) = to.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+        std::fs::File::open(dir).and_then(|dir| dir.sync_all()).ok();
+    }
+    println!(
+        "backup of {} records in {} namespaces ({} bytes) written to {}",
+        summary.records,
+        summary.namespaces.len(),
+        received,
+        to.display()
+    );
     Ok(())
 }

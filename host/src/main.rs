@@ -1,6 +1,7 @@
 //! The `evogate` command line.
 
 mod client;
+mod store;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -52,6 +53,59 @@ enum Command {
         #[command(flatten)]
         admin: client::AdminArgs,
     },
+    /// Back the whole store up from the running gateway, as of one moment,
+    /// while it serves (the admin API's `GET /backup`).
+    Backup {
+        /// The file to write (made readable by this user only; written
+        /// beside as FILE.partial, then checked and renamed).
+        #[arg(long)]
+        to: PathBuf,
+        #[command(flatten)]
+        admin: client::AdminArgs,
+    },
+    /// Restore a backup into the configured store, with the gateway
+    /// stopped: the file is checked whole first; the store must be empty.
+    Restore {
+        /// The backup file.
+        #[arg(long)]
+        from: PathBuf,
+        /// Delete everything in the store first, if it holds anything.
+        #[arg(long)]
+        force: bool,
+        /// The configuration whose `[store]` (and `data_dir`) to restore into.
+        #[arg(long, short, env = "EVOGATE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Work on a store directly, with the gateway stopped.
+    #[command(subcommand)]
+    Store(StoreCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum StoreCommand {
+    /// Copy one store into another (redb to PostgreSQL, or back): every
+    /// record, version and the version counter.
+    Copy {
+        /// The configuration of the store to copy.
+        #[arg(long)]
+        from: PathBuf,
+        /// The configuration of the store to copy into; it must be empty.
+        #[arg(long)]
+        to: PathBuf,
+        /// Delete everything in the target store first, if it holds anything.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Walk the configured store (or a backup file) and report its records
+    /// per namespace and any inconsistency; exit status 1 on a problem.
+    Verify {
+        /// Check this backup file instead of the store.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// The configuration whose store to walk.
+        #[arg(long, short, env = "EVOGATE_CONFIG")]
+        config: Option<PathBuf>,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -80,6 +134,10 @@ fn main() -> std::process::ExitCode {
         Command::Plugins { admin } => client::plugins(&admin),
         Command::RunJob { name, job, admin } => client::run_job(&admin, &name, &job),
         Command::Rollback { name, admin } => client::rollback(&admin, &name),
+        Command::Backup { to, admin } => client::backup(&admin, &to),
+        Command::Restore { from, force, config } => store::restore(config.as_deref(), &from, force),
+        Command::Store(StoreCommand::Copy { from, to, force }) => store::copy(&from, &to, force),
+        Command::Store(StoreCommand::Verify { file, config }) => store::verify(config.as_deref(), file.as_deref()),
     };
     // Every queued line is out before the last word.
     drop(flush_on_exit);

@@ -366,6 +366,34 @@ impl MemStore {
         Ok(())
     }
 
+    /// Every record of every namespace, and the version counter: one moment's copy.
+    pub fn dump(&self) -> (Vec<(String, String, Entry)>, u64) {
+        let inner = self.lock();
+        let records = inner
+            .namespaces
+            .iter()
+            .flat_map(|(ns, map)| map.iter().map(move |(key, entry)| (ns.clone(), key.clone(), entry.clone())))
+            .collect();
+        (records, inner.last_version)
+    }
+
+    /// Stores `records` as given, versions included, and raises the
+    /// version counter to `last_version` and every version stored.
+    pub fn load<'a>(&self, records: impl Iterator<Item = (&'a str, &'a str, &'a Entry)>, last_version: u64) {
+        let mut inner = self.lock();
+        let mut highest = last_version.max(inner.last_version);
+        for (ns, key, entry) in records {
+            highest = highest.max(entry.version);
+            inner.namespaces.entry(ns.to_owned()).or_default().insert(key.to_owned(), entry.clone());
+        }
+        inner.last_version = highest;
+    }
+
+    /// Deletes every record; the version counter stays.
+    pub fn clear(&self) {
+        self.lock().namespaces.clear();
+    }
+
     /// Every key of `ns`, in order (for assertions).
     pub fn keys(&self, ns: &str) -> Vec<String> {
         self.lock().namespaces.get(ns).map(|map| map.keys().cloned().collect()).unwrap_or_default()

@@ -240,6 +240,11 @@ impl Gateway {
         false
     }
 
+    /// The configuration file the gateway was started with.
+    pub fn config_path(&self) -> &Path {
+        &self.config
+    }
+
     /// The data directory.
     pub fn data_dir(&self) -> &Path {
         self.data.path()

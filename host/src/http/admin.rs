@@ -9,6 +9,7 @@
 //! | `PUT /plugins/{name}` | body: a component; deploys it → 200 with the outcome, 400/422 with the reason |
 //! | `POST /plugins/{name}/rollback` | back to the previous version |
 //! | `POST /plugins/{name}/jobs/{job}/run` | runs a scheduled job now → 200 with its outcome, 404, 409 while it runs |
+//! | `GET /backup` | a backup of the whole store as of now, streamed (`crate::kv::backup`'s format) while the gateway serves |
 //!
 //! Everything but the health checks needs `Authorization: Bearer <token>`:
 //! `admin.token`, or the one made at the first start in `data_dir/admin.token`.
@@ -84,6 +85,63 @@ impl StoreProbe {
 }
 
 type Reply = hyper::Response<Full<Bytes>>;
+
+/// Any admin answer's body: whole, or streamed (a backup).
+type Streamed = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>;
+
+/// Bytes a backup's body sends at once.
+const BACKUP_FRAME_BYTES: usize = 256 << 10;
+/// Frames of a backup waiting for the client, at most.
+const BACKUP_FRAMES_QUEUED: usize = 8;
+
+/// Writes into a channel a frame at a time; fails once the receiver is gone.
+struct ChannelWriter {
+    sender: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+    buffer: Vec<u8>,
+}
+
+impl ChannelWriter {
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let frame = Bytes::from(std::mem::replace(&mut self.buffer, Vec::with_capacity(BACKUP_FRAME_BYTES)));
+        self.sender
+            .blocking_send(Ok(frame))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away"))
+    }
+}
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.buffer.extend_from_slice(bytes);
+        if self.buffer.len() >= BACKUP_FRAME_BYTES {
+            self.send()?;
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.send()
+    }
+}
+
+/// A body whose frames come from a channel.
+struct ChannelBody {
+    frames: tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>,
+}
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, std::io::Error>>> {
+        self.frames.poll_recv(cx).map(|frame| frame.map(|frame| frame.map(hyper::body::Frame::data)))
+    }
+}
 
 fn json(status: StatusCode, body: &serde_json::Value) -> Reply {
     let mut response = hyper::Response::new(Full::new(Bytes::from(body.to_string())));
@@ -224,7 +282,11 @@ async fn serve_admin_connection(
         hyper::service::service_fn(move |req| {
             let (admin, busy) = (admin.clone(), Busy::new(&connection));
             async move {
-                let reply = admin.handle(req).await;
+                let backup = req.method() == Method::GET && req.uri().path().trim_end_matches('/') == "/backup";
+                let reply = match backup && admin.authorized(&req) {
+                    true => admin.backup(),
+                    false => admin.handle(req).await.map(|body| body.map_err(|never| match never {}).boxed_unsync()),
+                };
                 drop(busy);
                 Ok::<_, std::convert::Infallible>(reply)
             }
@@ -301,11 +363,54 @@ impl Admin {
                 ["healthz" | "readyz" | "metrics" | "plugins"]
                 | ["plugins", _]
                 | ["plugins", _, "rollback"]
-                | ["plugins", _, "jobs", _, "run"],
+                | ["plugins", _, "jobs", _, "run"]
+                | ["backup"],
             ) => problem(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
             _ => problem(StatusCode::NOT_FOUND, "not found"),
         };
         tracing::info!(target: "evogate::admin", %method, path, status = reply.status().as_u16());
+        reply
+    }
+
+    /// `GET /backup`: the store as of now, streamed as it is read. The
+    /// snapshot is read on a blocking thread into a channel of a few
+    /// chunks, so memory stays bounded whatever the store's size and a
+    /// client that stops reading stops the snapshot. A failure mid-way
+    /// ends the body with an error: the client holds a file without its
+    /// end, which every reader refuses.
+    fn backup(&self) -> hyper::Response<Streamed> {
+        let backend = self.app.backend.clone();
+        let (sender, frames) = tokio::sync::mpsc::channel(BACKUP_FRAMES_QUEUED);
+        tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let sink = ChannelWriter { sender: sender.clone(), buffer: Vec::with_capacity(BACKUP_FRAME_BYTES) };
+            let written = backend
+                .snapshot()
+                .map_err(crate::kv::backup::FileError::from)
+                .and_then(|mut snapshot| crate::kv::backup::write_snapshot(snapshot.as_mut(), sink, |_| {}));
+            match written {
+                Ok((_, summary)) => tracing::info!(
+                    target: "evogate::admin",
+                    records = summary.records,
+                    bytes = summary.bytes,
+                    last_version = summary.last_version,
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "backup taken"
+                ),
+                Err(err) => {
+                    tracing::error!(target: "evogate::admin", error = %err, "backup failed");
+                    let _ = sender.blocking_send(Err(std::io::Error::other(err.to_string())));
+                }
+            }
+        });
+        let mut reply = hyper::Response::new(ChannelBody { frames }.boxed_unsync());
+        let headers = reply.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/vnd.evogate.backup"));
+        headers.insert(
+            hyper::header::CONTENT_DISPOSITION,
+            HeaderValue::from_static("attachment; filename=\"evogate.backup\""),
+        );
+        tracing::info!(target: "evogate::admin", method = "GET", path = "/backup", status = 200);
         reply
     }
 

@@ -139,6 +139,18 @@ impl Backend for Faulty {
         Ok(())
     }
 
+    fn snapshot(&self) -> Result<Box<dyn super::backup::Snapshot>, KvError> {
+        self.inner.snapshot()
+    }
+
+    fn restore(&self, records: &[super::backup::Record], last_version: u64) -> Result<(), KvError> {
+        self.inner.restore(records, last_version)
+    }
+
+    fn clear(&self) -> Result<(), KvError> {
+        self.inner.clear()
+    }
+
     fn ping(&self) -> Result<(), KvError> {
         self.inner.ping()
     }

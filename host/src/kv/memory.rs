@@ -34,6 +34,22 @@ impl Backend for MemoryBackend {
     fn ping(&self) -> Result<(), KvError> {
         Ok(())
     }
+
+    fn snapshot(&self) -> Result<Box<dyn super::backup::Snapshot>, KvError> {
+        let (records, last_version) = MemoryBackend::dump(self);
+        let records = records.into_iter().map(|(ns, key, entry)| super::backup::Record { ns, key, entry }).collect();
+        Ok(Box::new(super::backup::InMemory::new(records, last_version)))
+    }
+
+    fn restore(&self, records: &[super::backup::Record], last_version: u64) -> Result<(), KvError> {
+        MemoryBackend::load(self, records.iter().map(|r| (r.ns.as_str(), r.key.as_str(), &r.entry)), last_version);
+        Ok(())
+    }
+
+    fn clear(&self) -> Result<(), KvError> {
+        MemoryBackend::clear(self);
+        Ok(())
+    }
 }
 
 /// A hook run before each `get` of a [`Hooked`] store, with its data.
@@ -85,6 +101,18 @@ impl Backend for Hooked {
 
     fn commit(&self, ns: &str, checks: &[Check], writes: &[Write]) -> Result<(), KvError> {
         self.inner.commit(ns, checks, writes)
+    }
+
+    fn snapshot(&self) -> Result<Box<dyn super::backup::Snapshot>, KvError> {
+        self.inner.snapshot()
+    }
+
+    fn restore(&self, records: &[super::backup::Record], last_version: u64) -> Result<(), KvError> {
+        Backend::restore(&self.inner, records, last_version)
+    }
+
+    fn clear(&self) -> Result<(), KvError> {
+        Backend::clear(&self.inner)
     }
 
     fn ping(&self) -> Result<(), KvError> {

@@ -6,6 +6,7 @@
 //! scan cap, namespaces — lives in [`Namespace`], the one dispatch layer the
 //! sandbox talks to, so no backend can forget it.
 
+pub mod backup;
 #[cfg(feature = "fault-injection")]
 mod faults;
 mod memory;
@@ -77,6 +78,20 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Whether the backend can serve calls now.
     fn ping(&self) -> Result<(), KvError>;
+
+    /// A consistent view of every namespace as of now (one read
+    /// transaction), for backups and copies ([`backup`]); writes go on beside it.
+    fn snapshot(&self) -> Result<Box<dyn backup::Snapshot>, KvError>;
+
+    /// Writes `records` exactly as given — versions included — in one
+    /// transaction, and raises the version counter to at least
+    /// `last_version` and every version written: for restores and copies
+    /// into a store no gateway serves.
+    fn restore(&self, records: &[backup::Record], last_version: u64) -> Result<(), KvError>;
+
+    /// Deletes every record of every namespace; the version counter stays,
+    /// so no version is ever given twice.
+    fn clear(&self) -> Result<(), KvError>;
 
     /// Whether every call may wait on the network (then even `get` runs off the async threads).
     fn is_remote(&self) -> bool {

@@ -11,7 +11,7 @@
 
 use super::{Backend, Check, Entry, KvError, Write, decode_entry, encode_entry};
 use kv_contract::Page;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableError};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableError, TableHandle as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, RwLock};
@@ -122,9 +122,12 @@ impl RedbBackend {
     }
 }
 
+/// What the name of every namespace's table starts with.
+const TABLE_PREFIX: &str = "kv:";
+
 /// The table holding namespace `ns`.
 fn table(ns: &str) -> String {
-    format!("kv:{ns}")
+    format!("{TABLE_PREFIX}{ns}")
 }
 
 impl Backend for RedbBackend {
@@ -245,6 +248,127 @@ impl Backend for RedbBackend {
 
     fn ping(&self) -> Result<(), KvError> {
         self.with_db(|db| db.begin_read().map(drop).map_err(|err| self.failed(err)))
+    }
+
+    fn snapshot(&self) -> Result<Box<dyn super::backup::Snapshot>, KvError> {
+        self.with_db(|db| {
+            let txn = db.begin_read().map_err(|err| self.failed(err))?;
+            let mut tables: Vec<String> = txn
+                .list_tables()
+                .map_err(|err| self.failed(err))?
+                .map(|table| table.name().to_owned())
+                .filter(|name| name.starts_with(TABLE_PREFIX))
+                .collect();
+            tables.sort();
+            let last_version = match txn.open_table(META) {
+                Ok(meta) => meta.get(LAST_VERSION).map_err(|err| self.failed(err))?.map_or(0, |v| v.value()),
+                Err(TableError::TableDoesNotExist(_)) => 0,
+                Err(err) => return Err(self.failed(err)),
+            };
+            Ok(Box::new(RedbSnapshot { txn, tables, at: 0, after: None, last_version })
+                as Box<dyn super::backup::Snapshot>)
+        })
+    }
+
+    fn restore(&self, records: &[super::backup::Record], last_version: u64) -> Result<(), KvError> {
+        self.with_db(|db| {
+            let txn = db.begin_write().map_err(|err| self.failed(err))?;
+            {
+                let mut highest = last_version;
+                let mut open: Option<(String, redb::Table<'_, &str, &[u8]>)> = None;
+                for record in records {
+                    highest = highest.max(record.entry.version);
+                    if open.as_ref().is_none_or(|(ns, _)| *ns != record.ns) {
+                        // A table is open once at a time in a transaction.
+                        drop(open.take());
+                        let name = table(&record.ns);
+                        let table = txn
+                            .open_table(TableDefinition::<&str, &[u8]>::new(&name))
+                            .map_err(|err| self.failed(err))?;
+                        open = Some((record.ns.clone(), table));
+                    }
+                    if let Some((_, table)) = open.as_mut() {
+                        table
+                            .insert(
+                                record.key.as_str(),
+                                encode_entry(record.entry.version, &record.entry.value).as_slice(),
+                            )
+                            .map_err(|err| self.failed(err))?;
+                    }
+                }
+                drop(open);
+                let mut meta = txn.open_table(META).map_err(|err| self.failed(err))?;
+                let current = meta.get(LAST_VERSION).map_err(|err| self.failed(err))?.map_or(0, |v| v.value());
+                meta.insert(LAST_VERSION, current.max(highest)).map_err(|err| self.failed(err))?;
+            }
+            txn.commit().map_err(|err| self.failed(err))
+        })
+    }
+
+    fn clear(&self) -> Result<(), KvError> {
+        self.with_db(|db| {
+            let txn = db.begin_write().map_err(|err| self.failed(err))?;
+            let tables: Vec<String> = txn
+                .list_tables()
+                .map_err(|err| self.failed(err))?
+                .map(|table| table.name().to_owned())
+                .filter(|name| name.starts_with(TABLE_PREFIX))
+                .collect();
+            for name in tables {
+                txn.delete_table(TableDefinition::<&str, &[u8]>::new(&name)).map_err(|err| self.failed(err))?;
+            }
+            txn.commit().map_err(|err| self.failed(err))
+        })
+    }
+}
+
+/// A redb read transaction, read table by table (namespace order), key by key.
+struct RedbSnapshot {
+    txn: redb::ReadTransaction,
+    /// The namespaces' tables, in order.
+    tables: Vec<String>,
+    /// The table being read.
+    at: usize,
+    /// The last key read from it.
+    after: Option<String>,
+    last_version: u64,
+}
+
+impl super::backup::Snapshot for RedbSnapshot {
+    fn last_version(&self) -> u64 {
+        self.last_version
+    }
+
+    fn next(&mut self, max_bytes: usize) -> Result<Vec<super::backup::Record>, KvError> {
+        let unavailable = |err: redb::Error| KvError::Unavailable(format!("redb snapshot: {err}"));
+        let mut chunk = Vec::new();
+        let mut bytes = 0;
+        while let Some(name) = self.tables.get(self.at) {
+            let ns = name.strip_prefix(TABLE_PREFIX).unwrap_or(name).to_owned();
+            let table = self
+                .txn
+                .open_table(TableDefinition::<&str, &[u8]>::new(name))
+                .map_err(|err| unavailable(err.into()))?;
+            let range = match self.after.as_deref() {
+                Some(after) => table.range::<&str>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded)),
+                None => table.range::<&str>(..),
+            }
+            .map_err(|err| unavailable(err.into()))?;
+            for item in range {
+                let (key, raw) = item.map_err(|err| unavailable(err.into()))?;
+                let key = key.value().to_owned();
+                let entry = decode_entry(raw.value())?;
+                bytes += key.len() + entry.value.len();
+                self.after = Some(key.clone());
+                chunk.push(super::backup::Record { ns: ns.clone(), key, entry });
+                if bytes >= max_bytes {
+                    return Ok(chunk);
+                }
+            }
+            self.at += 1;
+            self.after = None;
+        }
+        Ok(chunk)
     }
 }
 

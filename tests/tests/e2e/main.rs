@@ -7,6 +7,8 @@
 
 /// Evotor apps: a plugin beside the Evotor plugin, calling it in process; calls between plugins.
 mod apps;
+/// Backups of a serving gateway, restores, moving between redb and PostgreSQL, `store verify`.
+mod backup;
 /// The documentation: every relative link resolves, every configuration key is documented.
 mod docs;
 /// What a `200 OK` promises when the process is killed mid-stream.

@@ -132,16 +132,35 @@ impl PostgresBackend {
             true => KvError::OutcomeUnknown(format!("postgres: {why} after the commit was sent")),
             false => KvError::Unavailable(format!("postgres: {why}")),
         };
-        let (done, result) = std::sync::mpsc::sync_channel(1);
-        let timeout = self.call_timeout;
-        let lost_in_time = lost.clone();
-        self.handle.spawn(async move {
-            let outcome =
-                tokio::time::timeout(timeout, work).await.unwrap_or_else(|_| Err(lost_in_time("no answer in time")));
-            let _ = done.send(outcome);
-        });
-        result.recv().unwrap_or_else(|_| Err(lost("the call was dropped")))
+        wait_for(&self.handle, self.call_timeout, work, lost)
     }
+}
+
+/// Runs `work` on `handle`'s runtime and waits for it, within `timeout`:
+/// from a thread that is not one of an async runtime's.
+pub(super) fn block_on<T: Send + 'static>(
+    handle: &tokio::runtime::Handle,
+    timeout: Duration,
+    work: impl std::future::Future<Output = Result<T, KvError>> + Send + 'static,
+) -> Result<T, KvError> {
+    wait_for(handle, timeout, work, |why| KvError::Unavailable(format!("postgres: {why}")))
+}
+
+/// [`block_on`], `lost` saying what a call without an answer came to.
+fn wait_for<T: Send + 'static>(
+    handle: &tokio::runtime::Handle,
+    timeout: Duration,
+    work: impl std::future::Future<Output = Result<T, KvError>> + Send + 'static,
+    lost: impl Fn(&str) -> KvError + Clone + Send + 'static,
+) -> Result<T, KvError> {
+    let (done, result) = std::sync::mpsc::sync_channel(1);
+    let lost_in_time = lost.clone();
+    handle.spawn(async move {
+        let outcome =
+            tokio::time::timeout(timeout, work).await.unwrap_or_else(|_| Err(lost_in_time("no answer in time")));
+        let _ = done.send(outcome);
+    });
+    result.recv().unwrap_or_else(|_| Err(lost("the call was dropped")))
 }
 
 /// Opens connections on the backend's runtime, which then drives them,

@@ -34,6 +34,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio_postgres::error::SqlState;
 
+mod backup;
 mod commit;
 mod connection;
 mod read;
@@ -165,6 +166,18 @@ impl Backend for PostgresBackend {
                 None => KvError::OutcomeUnknown(format!("postgres: {err}")),
             })
         })
+    }
+
+    fn snapshot(&self) -> Result<Box<dyn crate::kv::backup::Snapshot>, KvError> {
+        self.open_snapshot()
+    }
+
+    fn restore(&self, records: &[crate::kv::backup::Record], last_version: u64) -> Result<(), KvError> {
+        self.restore_rows(records, last_version)
+    }
+
+    fn clear(&self) -> Result<(), KvError> {
+        self.clear_rows()
     }
 
     fn ping(&self) -> Result<(), KvError> {
