@@ -96,6 +96,13 @@ enum StoreCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Give the free space of the configured redb store back to the file
+    /// system (redb's compaction), with the gateway stopped.
+    Compact {
+        /// The configuration whose store to compact.
+        #[arg(long, short, env = "EVOGATE_CONFIG")]
+        config: Option<PathBuf>,
+    },
     /// Walk the configured store (or a backup file) and report its records
     /// per namespace and any inconsistency; exit status 1 on a problem.
     Verify {
@@ -138,6 +145,7 @@ fn main() -> std::process::ExitCode {
         Command::Restore { from, force, config } => store::restore(config.as_deref(), &from, force),
         Command::Store(StoreCommand::Copy { from, to, force }) => store::copy(&from, &to, force),
         Command::Store(StoreCommand::Verify { file, config }) => store::verify(config.as_deref(), file.as_deref()),
+        Command::Store(StoreCommand::Compact { config }) => store::compact(config.as_deref()),
     };
     // Every queued line is out before the last word.
     drop(flush_on_exit);

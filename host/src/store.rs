@@ -1,4 +1,4 @@
-//! `evogate restore`, `evogate store copy` and `evogate store verify`: the
+//! `evogate restore`, `evogate store copy`, `verify` and `compact`: the
 //! store worked on directly, with the gateway stopped (the redb file is
 //! locked while a gateway has it open).
 
@@ -88,4 +88,25 @@ pub fn verify(config: Option<&Path>, file: Option<&Path>) -> anyhow::Result<()> 
     }
     anyhow::ensure!(problems.is_empty(), "{} problem(s) found in {what}", problems.len());
     Ok(())
+}
+
+/// `evogate store compact`: redb only; PostgreSQL has `VACUUM`.
+pub fn compact(config: Option<&Path>) -> anyhow::Result<()> {
+    let config = evogate::config::Config::load(config)?;
+    match config.store.backend {
+        evogate::kv::BackendKind::Redb => {
+            let path = config.data_dir().join("evogate.redb");
+            let store = evogate::kv::RedbBackend::open(&path)
+                .context("opening the store (is a gateway running on it? stop it first)")?;
+            let (before, after) = store.compact()?;
+            let mib = |bytes: u64| bytes as f64 / 1048576.0;
+            println!("{}: {:.1} MiB before, {:.1} MiB after", path.display(), mib(before), mib(after));
+            Ok(())
+        }
+        evogate::kv::BackendKind::Postgres => anyhow::bail!(
+            "a PostgreSQL store is compacted by the database: VACUUM (or VACUUM FULL, which locks the table) {}.evogate_kv",
+            config.store.schema
+        ),
+        evogate::kv::BackendKind::Memory => anyhow::bail!("the memory store keeps nothing on disk"),
+    }
 }
