@@ -68,6 +68,8 @@ fn main() -> anyhow::Result<()> {
                 "jobs",
                 "--bench",
                 "calls",
+                "--bench",
+                "backup",
             ])
         }
         "bench-serve" => {
