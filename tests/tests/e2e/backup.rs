@@ -246,3 +246,93 @@ fn feed_after_cursor(feed: &[Value], cursor: &str) -> Vec<Value> {
     let at = feed.iter().position(|entry| entry["cursor"] == cursor).expect("the cursor");
     feed[at + 1..].to_vec()
 }
+
+/// Writes a backup file of `records` values of `size` bytes in namespace `filler`.
+fn generated_backup(path: &std::path::Path, records: u64, size: usize) {
+    use sha2::Digest as _;
+    use std::io::Write as _;
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path).expect("create"));
+    let mut hash = sha2::Sha256::new();
+    let mut put = |bytes: &[u8]| {
+        hash.update(bytes);
+        out.write_all(bytes).expect("write");
+    };
+    put(b"EVOGATE-BACKUP\n");
+    put(&1u32.to_le_bytes());
+    let value = vec![7u8; size];
+    for n in 0..records {
+        let key = format!("k/{n:08}");
+        put(&[1]);
+        put(&6u32.to_le_bytes());
+        put(b"filler");
+        put(&(key.len() as u32).to_le_bytes());
+        put(key.as_bytes());
+        put(&(n + 1).to_le_bytes());
+        put(&(size as u32).to_le_bytes());
+        put(&value);
+    }
+    put(&[0xFF]);
+    put(&records.to_le_bytes());
+    put(&records.to_le_bytes());
+    let sum = hash.finalize();
+    out.write_all(&sum).expect("write");
+    out.flush().expect("flush");
+}
+
+#[test]
+fn a_backup_killed_mid_way_leaves_the_store_whole_and_no_file_a_restore_would_take() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut gateway = shop("");
+    gateway.stop();
+    let config = gateway.config_path().to_string_lossy().into_owned();
+    let fill = dir.path().join("fill.backup");
+    generated_backup(&fill, 60_000, 4096);
+    let filled = evogate(&["restore", "--from", &fill.to_string_lossy(), "--config", &config, "--force"]);
+    assert!(filled.status.success(), "{}", text(&filled));
+    gateway.restart();
+    let token = user(&gateway);
+    let admin = gateway.admin.trim_start_matches("http://").to_owned();
+
+    // The client killed mid-way: what it leaves is not a backup.
+    let file = dir.path().join("killed.backup");
+    let mut client = std::process::Command::new(evogate_bin())
+        .args(["backup", "--to", &file.to_string_lossy(), "--admin", &admin])
+        .env("EVOGATE_ADMIN_TOKEN", ADMIN_TOKEN)
+        .spawn()
+        .expect("backup");
+    let partial = dir.path().join("killed.backup.partial");
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::fs::metadata(&partial).map_or(0, |meta| meta.len()) < 1 << 20 {
+        assert!(std::time::Instant::now() < until, "the backup never started");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    client.kill().expect("SIGKILL");
+    let _ = client.wait();
+    assert!(!file.exists(), "no FILE but a whole one");
+    let refused = evogate(&["store", "verify", "--file", &partial.to_string_lossy()]);
+    assert!(!refused.status.success() && text(&refused).contains("cut short"), "{}", text(&refused));
+
+    // The gateway killed mid-way: the client fails, keeps nothing, and the store is whole.
+    std::fs::remove_file(&partial).expect("the partial file");
+    let mut client = std::process::Command::new(evogate_bin())
+        .args(["backup", "--to", &file.to_string_lossy(), "--admin", &admin])
+        .env("EVOGATE_ADMIN_TOKEN", ADMIN_TOKEN)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("backup");
+    while std::fs::metadata(&partial).map_or(0, |meta| meta.len()) < 1 << 20 {
+        assert!(std::time::Instant::now() < until + std::time::Duration::from_secs(20), "the backup never started");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    gateway.signal("KILL");
+    let output = client.wait_with_output().expect("the client ends");
+    assert!(!output.status.success(), "{}", text(&output));
+    assert!(!file.exists() && !partial.exists(), "nothing kept of a backup cut short");
+    let _ = gateway.wait_exit(std::time::Duration::from_secs(5));
+    let store = evogate(&["store", "verify", "--config", &config]);
+    assert!(store.status.success(), "{}", text(&store));
+    assert!(text(&store).contains("filler: 60000"), "{}", text(&store));
+    gateway.restart();
+    assert!(put_document(&gateway.base, &token, 1), "the gateway serves on");
+}
