@@ -314,7 +314,7 @@ fn a_backup_killed_mid_way_leaves_the_store_whole_and_no_file_a_restore_would_ta
 
     // The gateway killed mid-way: the client fails, keeps nothing, and the store is whole.
     std::fs::remove_file(&partial).expect("the partial file");
-    let mut client = std::process::Command::new(evogate_bin())
+    let client = std::process::Command::new(evogate_bin())
         .args(["backup", "--to", &file.to_string_lossy(), "--admin", &admin])
         .env("EVOGATE_ADMIN_TOKEN", ADMIN_TOKEN)
         .stdout(std::process::Stdio::piped())
