@@ -336,3 +336,38 @@ fn a_backup_killed_mid_way_leaves_the_store_whole_and_no_file_a_restore_would_ta
     gateway.restart();
     assert!(put_document(&gateway.base, &token, 1), "the gateway serves on");
 }
+
+#[test]
+fn a_restore_killed_mid_way_is_reported_by_verify_and_repaired_by_a_second_one() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut gateway = shop("");
+    gateway.stop();
+    let config = gateway.config_path().to_string_lossy().into_owned();
+    let fill = dir.path().join("fill.backup");
+    generated_backup(&fill, 150_000, 4096);
+    let mut restore = std::process::Command::new(evogate_bin())
+        .args(["restore", "--from", &fill.to_string_lossy(), "--config", &config, "--force"])
+        .env("EVOGATE_LOG", "warn")
+        .spawn()
+        .expect("restore");
+    // Killed once it has written some of the records (the store file has grown).
+    let store = gateway.data_dir().join("data/evogate.redb");
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::fs::metadata(&store).map_or(0, |meta| meta.len()) < 64 << 20 {
+        assert!(std::time::Instant::now() < until, "the restore never wrote");
+        assert!(restore.try_wait().expect("wait").is_none(), "the restore ended before it could be killed");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    restore.kill().expect("SIGKILL");
+    let _ = restore.wait();
+    let verified = evogate(&["store", "verify", "--config", &config]);
+    assert!(!verified.status.success(), "{}", text(&verified));
+    assert!(text(&verified).contains("a restore did not finish"), "{}", text(&verified));
+    let again = evogate(&["restore", "--from", &fill.to_string_lossy(), "--config", &config]);
+    assert!(!again.status.success() && text(&again).contains("an unfinished restore"), "{}", text(&again));
+    let repaired = evogate(&["restore", "--from", &fill.to_string_lossy(), "--config", &config, "--force"]);
+    assert!(repaired.status.success(), "{}", text(&repaired));
+    let verified = evogate(&["store", "verify", "--config", &config]);
+    assert!(verified.status.success(), "{}", text(&verified));
+    assert!(text(&verified).contains("filler: 150000"), "{}", text(&verified));
+}
