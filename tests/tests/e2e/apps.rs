@@ -195,3 +195,29 @@ fn calls_between_plugins_go_in_process_when_allowed_and_never_back_along_the_way
     }
     assert!(gateway.log().contains("call refused"), "each refusal is logged");
 }
+
+#[test]
+fn the_evotor_plugin_is_swapped_under_a_running_extension_without_redeploying_it() {
+    // The Evotor plugin's route starts with another build (the test plugin), as before an upgrade.
+    let erp = Erp::start(0);
+    let placeholder = shop_config(&erp).replacen(
+        &toml_str(&evogate_e2e::evotor_wasm().to_string_lossy()),
+        &toml_str(&guest_wasm_version("world-0.2.2").to_string_lossy()),
+        1,
+    );
+    let gateway = Gateway::start(&placeholder);
+    let before = summary(&gateway, "any-token", STORE);
+    assert_eq!(before.status, 404, "the placeholder knows no extension API: {}", before.text());
+
+    let wasm = std::fs::read(evogate_e2e::evotor_wasm()).expect("the Evotor plugin");
+    let auth = format!("Bearer {}", evogate_e2e::ADMIN_TOKEN);
+    let deployed =
+        request("PUT", &gateway.admin_url("/plugins/evotor"), &[("authorization", auth.as_str())], Some(&wasm));
+    assert_eq!(deployed.status, 200, "{}", deployed.text());
+
+    // The same extension build, never redeployed, now reaches the Evotor plugin's new version.
+    let alice = merchant(&gateway, ALICE, "alice", STORE);
+    let after = summary(&gateway, &alice, STORE);
+    assert_eq!((after.status, after.json()["storeId"].as_str()), (200, Some(STORE)), "{}", after.text());
+    assert_eq!(summary(&gateway, "not-a-token", STORE).error_code(), Some(1002));
+}
