@@ -409,8 +409,8 @@ fn scan_stops_early_past_the_byte_budget_but_returns_at_least_one() {
         let big = vec![7u8; 600];
         let writes: Vec<_> = (0..5).map(|i| Write::Set(format!("k{i}"), big.clone())).collect();
         backend.commit("ns", &[], &writes).expect("commit");
-        assert_eq!(backend.scan("ns", "", None, 10, 1000).expect("scan").len(), 2);
-        assert_eq!(backend.scan("ns", "", None, 10, 1).expect("scan").len(), 1);
+        assert_eq!(backend.scan("ns", &Scan::of("", None, 10, 1000)).expect("scan").len(), 2);
+        assert_eq!(backend.scan("ns", &Scan::of("", None, 10, 1)).expect("scan").len(), 1);
     }
 }
 

@@ -7,7 +7,7 @@
 //! order of calls give the same faults. Every injected fault is logged and
 //! counted in `evogate_store_faults_injected_total{kind}`.
 
-use super::{Backend, Check, Entry, KvError, Write};
+use super::{Backend, Check, Entry, KvError, Scan, ScanPage, Write};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -112,19 +112,12 @@ impl Backend for Faulty {
         self.inner.get_many(ns, keys, max_bytes)
     }
 
-    fn scan(
-        &self,
-        ns: &str,
-        prefix: &str,
-        start_after: Option<&str>,
-        limit: usize,
-        max_bytes: usize,
-    ) -> Result<Vec<(String, Entry)>, KvError> {
+    fn scan(&self, ns: &str, bounds: &Scan) -> Result<ScanPage, KvError> {
         self.maybe_slow(ns);
         if self.strikes(ns, self.config.scan, "scan") {
             return Err(KvError::Unavailable("injected fault: scan".into()));
         }
-        self.inner.scan(ns, prefix, start_after, limit, max_bytes)
+        self.inner.scan(ns, bounds)
     }
 
     fn commit(&self, ns: &str, checks: &[Check], writes: &[Write]) -> Result<(), KvError> {

@@ -1,7 +1,7 @@
 //! The in-memory backend: the kv contract's reference store
 //! ([`kv_contract::MemStore`]) as a [`Backend`], and a hooked one for tests.
 
-use super::{Backend, Check, Entry, KvError, MemoryBackend, Write};
+use super::{Backend, Check, Entry, KvError, MemoryBackend, Scan, ScanPage, Write};
 
 impl Backend for MemoryBackend {
     fn describe(&self) -> String {
@@ -16,15 +16,8 @@ impl Backend for MemoryBackend {
         Ok(MemoryBackend::get_many(self, ns, keys, max_bytes))
     }
 
-    fn scan(
-        &self,
-        ns: &str,
-        prefix: &str,
-        start_after: Option<&str>,
-        limit: usize,
-        max_bytes: usize,
-    ) -> Result<Vec<(String, Entry)>, KvError> {
-        Ok(MemoryBackend::scan(self, ns, prefix, start_after, limit, max_bytes))
+    fn scan(&self, ns: &str, bounds: &Scan) -> Result<ScanPage, KvError> {
+        Ok(MemoryBackend::scan(self, ns, &bounds.prefix, bounds.start_after.as_deref(), bounds.limit, bounds.max_bytes))
     }
 
     fn commit(&self, ns: &str, checks: &[Check], writes: &[Write]) -> Result<(), KvError> {
@@ -88,15 +81,8 @@ impl Backend for Hooked {
         Backend::get_many(&self.inner, ns, keys, max_bytes)
     }
 
-    fn scan(
-        &self,
-        ns: &str,
-        prefix: &str,
-        start_after: Option<&str>,
-        limit: usize,
-        max_bytes: usize,
-    ) -> Result<Vec<(String, Entry)>, KvError> {
-        Backend::scan(&self.inner, ns, prefix, start_after, limit, max_bytes)
+    fn scan(&self, ns: &str, bounds: &Scan) -> Result<ScanPage, KvError> {
+        Backend::scan(&self.inner, ns, bounds)
     }
 
     fn commit(&self, ns: &str, checks: &[Check], writes: &[Write]) -> Result<(), KvError> {

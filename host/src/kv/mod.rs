@@ -61,17 +61,8 @@ pub trait Backend: Send + Sync + 'static {
         None
     }
 
-    /// Keys of `ns` starting with `prefix`, after `start_after` (exclusive),
-    /// in bytewise order; at most `limit` entries, and stops early once the
-    /// returned values reach `max_bytes` (always at least one entry if any).
-    fn scan(
-        &self,
-        ns: &str,
-        prefix: &str,
-        start_after: Option<&str>,
-        limit: usize,
-        max_bytes: usize,
-    ) -> Result<Vec<(String, Entry)>, KvError>;
+    /// Keys of `ns` within `bounds`, in bytewise order (see [`Scan`]).
+    fn scan(&self, ns: &str, bounds: &Scan) -> Result<ScanPage, KvError>;
 
     /// Applies `writes` if every check holds, atomically and durably.
     fn commit(&self, ns: &str, checks: &[Check], writes: &[Write]) -> Result<(), KvError>;
@@ -110,7 +101,10 @@ pub type Read<T> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, 
 /// One scan page: keys and entries in key order.
 pub type ScanPage = Vec<(String, Entry)>;
 
-/// One scan's bounds, owned (for [`Backend::scan_async`]).
+/// One scan's bounds: the keys starting with `prefix`, after
+/// `start_after` (exclusive); at most `limit` entries, and it stops early
+/// once the returned values reach `max_bytes` (always at least one entry
+/// if any). The one shape of [`Backend::scan`] and [`Backend::scan_async`].
 #[derive(Debug, Clone)]
 pub struct Scan {
     /// Keys starting with this.
@@ -121,6 +115,13 @@ pub struct Scan {
     pub limit: usize,
     /// Stop once the values reach this many bytes (at least one entry).
     pub max_bytes: usize,
+}
+
+impl Scan {
+    /// The bounds, owned.
+    pub fn of(prefix: &str, start_after: Option<&str>, limit: usize, max_bytes: usize) -> Self {
+        Self { prefix: prefix.to_owned(), start_after: start_after.map(str::to_owned), limit, max_bytes }
+    }
 }
 
 /// Which backend to open.
@@ -255,7 +256,7 @@ impl Namespace {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        self.backend.scan(&self.name, prefix, start_after, limit as usize, MAX_ANSWER_BYTES)
+        self.backend.scan(&self.name, &Scan::of(prefix, start_after, limit as usize, MAX_ANSWER_BYTES))
     }
 
     /// [`Namespace::scan`] as a future for the request's task, when the

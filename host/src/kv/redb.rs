@@ -9,7 +9,7 @@
 //! does that itself: calls answer `unavailable` until the file opens again,
 //! then the same process serves on, no restart needed.
 
-use super::{Backend, Check, Entry, KvError, Write, decode_entry, encode_entry};
+use super::{Backend, Check, Entry, KvError, Scan, ScanPage, Write, decode_entry, encode_entry};
 use kv_contract::Page;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableError, TableHandle as _};
 use std::path::{Path, PathBuf};
@@ -189,14 +189,7 @@ impl Backend for RedbBackend {
         })
     }
 
-    fn scan(
-        &self,
-        ns: &str,
-        prefix: &str,
-        start_after: Option<&str>,
-        limit: usize,
-        max_bytes: usize,
-    ) -> Result<Vec<(String, Entry)>, KvError> {
+    fn scan(&self, ns: &str, bounds: &Scan) -> Result<ScanPage, KvError> {
         self.with_db(|db| {
             let name = table(ns);
             let txn = db.begin_read().map_err(|err| self.failed(err))?;
@@ -205,7 +198,7 @@ impl Backend for RedbBackend {
                 Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
                 Err(err) => return Err(self.failed(err)),
             };
-            let mut page = Page::new(prefix, start_after, limit, max_bytes);
+            let mut page = Page::new(&bounds.prefix, bounds.start_after.as_deref(), bounds.limit, bounds.max_bytes);
             let range =
                 table.range::<&str>((page.start(), std::ops::Bound::Unbounded)).map_err(|err| self.failed(err))?;
             for item in range {
@@ -410,7 +403,7 @@ mod tests {
         store.commit("p", &[], &deletes).expect("delete");
         let (before, after) = store.compact().expect("compact");
         assert!(after * 2 < before, "{before} → {after}");
-        let left = store.scan("p", "k/", None, 1000, usize::MAX).expect("scan");
+        let left = store.scan("p", &crate::kv::Scan::of("k/", None, 1000, usize::MAX)).expect("scan");
         assert_eq!(left.len(), 10);
         assert!(left.iter().all(|(_, entry)| entry.value == value));
     }

@@ -148,7 +148,7 @@ fn fleet_writes(
     let mut after: Option<String> = None;
     loop {
         let page = backend
-            .scan(FLEET_NS, &prefix, after.as_deref(), 1000, 64 * 1024 * 1024)
+            .scan(FLEET_NS, &crate::kv::Scan::of(&prefix, after.as_deref(), 1000, 64 * 1024 * 1024))
             .context("listing the shared store's artifacts")?;
         let Some((last, _)) = page.last() else { break };
         after = Some(last.clone());

@@ -24,7 +24,7 @@
 //! pipelined: its statements go out together and their answers come back
 //! in one round trip (three in all: `BEGIN`, the statements, `COMMIT`).
 
-use super::{Backend, Check, Entry, KvError, Read, Scan, Write};
+use super::{Backend, Check, Entry, KvError, Read, Scan, ScanPage, Write};
 use anyhow::Context as _;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use std::collections::{BTreeMap, HashMap};
@@ -108,16 +108,8 @@ impl Backend for PostgresBackend {
         Some(self.on_task(get_many(self.pool.clone(), self.sql.clone(), ns.to_owned(), keys, max_bytes)))
     }
 
-    fn scan(
-        &self,
-        ns: &str,
-        prefix: &str,
-        start_after: Option<&str>,
-        limit: usize,
-        max_bytes: usize,
-    ) -> Result<Vec<(String, Entry)>, KvError> {
-        let bounds = Scan { prefix: prefix.to_owned(), start_after: start_after.map(str::to_owned), limit, max_bytes };
-        self.run(scan(self.pool.clone(), self.sql.clone(), ns.to_owned(), bounds))
+    fn scan(&self, ns: &str, bounds: &Scan) -> Result<ScanPage, KvError> {
+        self.run(scan(self.pool.clone(), self.sql.clone(), ns.to_owned(), bounds.clone()))
     }
 
     fn scan_async(&self, ns: &str, bounds: Scan) -> Option<Read<Vec<(String, Entry)>>> {
@@ -258,7 +250,7 @@ mod tests {
             backend.commit("ns", &[], &writes).expect("commit");
         }
         let before = received.load(std::sync::atomic::Ordering::SeqCst);
-        let page = backend.scan("ns", "big/", None, 1000, 4 << 20).expect("scan");
+        let page = backend.scan("ns", &Scan::of("big/", None, 1000, 4 << 20)).expect("scan");
         let fetched = received.load(std::sync::atomic::Ordering::SeqCst) - before;
         let _ = backend.destroy();
         assert_eq!(page.len(), 4, "entries until the budget is reached");
