@@ -1,4 +1,4 @@
-//! Write an [evogate](https://github.com/) plugin in plain Rust.
+//! Write an evogate plugin in plain Rust.
 //!
 //! A plugin is a type implementing [`Plugin`]: it answers each request
 //! (and, if it has any, runs its scheduled jobs) with a [`Ctx`] — the

@@ -776,6 +776,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_architecture_guide_states_the_hostcall_fuel_as_it_is() {
+        let guide = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/architecture.md"))
+            .expect("docs/architecture.md");
+        let mib = (HOSTCALL_FUEL as f64 / f64::from(1 << 20)).round();
+        let stated = format!("(~{mib} MiB;");
+        assert!(guide.contains(&stated), "docs/architecture.md should say {stated:?} of the hostcall fuel");
+    }
+
+    #[test]
     fn laps_add_each_step_from_the_end_of_the_one_before_and_off_they_time_nothing() {
         let pause = Duration::from_millis(20);
         let mut laps = Laps::new();
