@@ -112,16 +112,21 @@ async fn connect(target: &Target) -> anyhow::Result<hyper::client::conn::http1::
     Ok(sender)
 }
 
+/// A request to the admin listener of `target`, with its token.
+fn admin_request(target: &Target, method: &str, path: &str) -> hyper::http::request::Builder {
+    let request = hyper::Request::builder().method(method).uri(path).header("host", target.addr.as_str());
+    match &target.token {
+        Some(token) => request.header("authorization", format!("Bearer {token}")),
+        None => request,
+    }
+}
+
 fn call(args: &AdminArgs, method: &str, path: &str, body: Vec<u8>) -> anyhow::Result<serde_json::Value> {
     let target = args.target()?;
-    let (addr, token) = (target.addr.clone(), target.token.clone());
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let (status, bytes) = runtime.block_on(async {
         let mut sender = connect(&target).await?;
-        let mut request = hyper::Request::builder().method(method).uri(path).header("host", addr.as_str());
-        if let Some(token) = &token {
-            request = request.header("authorization", format!("Bearer {token}"));
-        }
+        let request = admin_request(&target, method, path);
         let response = sender.send_request(request.body(Full::new(Bytes::from(body)))?).await?;
         let status = response.status();
         let bytes = response.into_body().collect().await?.to_bytes();
@@ -276,10 +281,7 @@ pub fn backup(args: &AdminArgs, to: &Path) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let received = runtime.block_on(async {
         let mut sender = connect(&target).await?;
-        let mut request = hyper::Request::builder().uri("/backup").header("host", target.addr.as_str());
-        if let Some(token) = &target.token {
-            request = request.header("authorization", format!("Bearer {token}"));
-        }
+        let request = admin_request(&target, "GET", "/backup");
         let response = sender.send_request(request.body(Full::new(Bytes::new()))?).await?;
         let status = response.status();
         let mut body = response.into_body();

@@ -38,7 +38,7 @@ pub fn new_plugin(root: &Path, dir: &Path, args: &[String]) -> anyhow::Result<()
             .context("locating the Evotor plugin's build")?;
         let data_dir = std::path::absolute(dir.join("data")).context("locating the data directory")?;
         vec![
-            ("Cargo.toml", evotor_manifest(name, &sdk)),
+            ("Cargo.toml", evotor_manifest(name, root)?),
             ("src/lib.rs", LOYALTY_LIB.replace("Loyalty", &ty)),
             ("src/relay.rs", LOYALTY_RELAY.to_owned()),
             ("src/tests.rs", LOYALTY_TESTS.replace("Loyalty", &ty)),
@@ -83,7 +83,35 @@ pub fn new_plugin(root: &Path, dir: &Path, args: &[String]) -> anyhow::Result<()
 }
 
 fn manifest(name: &str, sdk: &Path) -> String {
-    let sdk = sdk.to_string_lossy().replace('\\', "/");
+    let sdk = path_text(sdk);
+    let dependencies = format!("evogate-plugin = {{ path = \"{sdk}\" }}\nserde_json = \"1\"\n");
+    let dev = format!("evogate-plugin = {{ path = \"{sdk}\", features = [\"testing\"] }}\n");
+    manifest_with(name, &dependencies, &dev)
+}
+
+/// An Evotor app's manifest: the plugin SDK, the Evotor plugin's client
+/// (`sdk-evotor`, beside it) and what the relay signs with.
+fn evotor_manifest(name: &str, root: &Path) -> anyhow::Result<String> {
+    let sdk = path_text(&std::path::absolute(root.join("sdk")).context("locating the SDK")?);
+    let evotor = path_text(&std::path::absolute(root.join("sdk-evotor")).context("locating the Evotor client")?);
+    let dependencies = format!(
+        "evogate-plugin = {{ path = \"{sdk}\" }}\nevogate-evotor = {{ path = \"{evotor}\" }}\n\
+         serde = {{ version = \"1\", features = [\"derive\"] }}\nserde_json = \"1\"\nhmac = \"0.12\"\n\
+         sha2 = {{ version = \"0.10\", default-features = false }}\nhex = \"0.4\"\n"
+    );
+    let dev = format!(
+        "evogate-plugin = {{ path = \"{sdk}\", features = [\"testing\"] }}\n\
+         evogate-evotor = {{ path = \"{evotor}\", features = [\"testing\"] }}\n"
+    );
+    Ok(manifest_with(name, &dependencies, &dev))
+}
+
+fn path_text(path: &Path) -> String {
+    path.to_string_lossy().replace('\\', "/")
+}
+
+/// A crate of its own named `name`, a component and a library, with these dependency lines.
+fn manifest_with(name: &str, dependencies: &str, dev_dependencies: &str) -> String {
     format!(
         r#"[package]
 name = "{name}"
@@ -94,12 +122,9 @@ edition = "2024"
 crate-type = ["cdylib", "rlib"]
 
 [dependencies]
-evogate-plugin = {{ path = "{sdk}" }}
-serde_json = "1"
-
+{dependencies}
 [dev-dependencies]
-evogate-plugin = {{ path = "{sdk}", features = ["testing"] }}
-
+{dev_dependencies}
 [profile.release]
 opt-level = "s"
 
@@ -116,40 +141,6 @@ fn readme(name: &str) -> String {
          ```sh\ncargo test                                   # natively, against the SDK's fakes\n\
          cargo build --release --target wasm32-wasip2 # target/wasm32-wasip2/release/{wasm}.wasm\n\
          evogate deploy NAME target/wasm32-wasip2/release/{wasm}.wasm\n```\n"
-    )
-}
-
-fn evotor_manifest(name: &str, sdk: &Path) -> String {
-    let sdk = sdk.to_string_lossy().replace('\\', "/");
-    let evotor = format!("{}-evotor", sdk.trim_end_matches('/'));
-    format!(
-        r#"[package]
-name = "{name}"
-version = "0.1.0"
-edition = "2024"
-
-[lib]
-crate-type = ["cdylib", "rlib"]
-
-[dependencies]
-evogate-plugin = {{ path = "{sdk}" }}
-evogate-evotor = {{ path = "{evotor}" }}
-serde = {{ version = "1", features = ["derive"] }}
-serde_json = "1"
-hmac = "0.12"
-sha2 = {{ version = "0.10", default-features = false }}
-hex = "0.4"
-
-[dev-dependencies]
-evogate-plugin = {{ path = "{sdk}", features = ["testing"] }}
-evogate-evotor = {{ path = "{evotor}", features = ["testing"] }}
-
-[profile.release]
-opt-level = "s"
-
-# A crate of its own, wherever it is made.
-[workspace]
-"#
     )
 }
 

@@ -347,21 +347,6 @@ pub fn copy(source: &dyn Backend, target: &dyn Backend, progress: impl FnMut(&Su
     restore_records(target, records, || last_version, progress)
 }
 
-/// Counts the records of `backend` per namespace, from one snapshot.
-pub fn survey(backend: &dyn Backend) -> Result<Summary, KvError> {
-    let mut snapshot = backend.snapshot()?;
-    let mut summary = Summary { last_version: snapshot.last_version(), ..Summary::default() };
-    loop {
-        let chunk = snapshot.next(CHUNK_BYTES)?;
-        if chunk.is_empty() {
-            return Ok(summary);
-        }
-        for record in &chunk {
-            summary.count(record);
-        }
-    }
-}
-
 /// A snapshot of records held in memory, in order (the memory backend's).
 pub(crate) struct InMemory {
     records: std::vec::IntoIter<Record>,
