@@ -169,9 +169,9 @@ fuzz_target!(|input: Input| {
     match input {
         Input::Raw(text) => drop(Config::load_toml(&text)),
         Input::Rule(entry, uri) => {
-            if let Ok(rule) = evogate::outbound::OutboundRule::parse(&entry) {
+            if let Ok(rule) = evogate::allowed_hosts::OutboundRule::parse(&entry) {
                 let printed = rule.to_string();
-                let again = evogate::outbound::OutboundRule::parse(&printed).expect("a printed rule parses");
+                let again = evogate::allowed_hosts::OutboundRule::parse(&printed).expect("a printed rule parses");
                 assert_eq!(again, rule, "{entry:?} printed as {printed:?}");
                 if let Ok(uri) = uri.parse::<hyper::Uri>() {
                     let _ = rule.allows(&uri);

@@ -70,7 +70,7 @@ async fn measure(
     seconds: u64,
     metrics: &metrics_exporter_prometheus::PrometheusHandle,
 ) -> anyhow::Result<Row> {
-    let sell: Value = serde_json::from_str(include_str!("sell.json"))?;
+    let sell: Value = serde_json::from_str(include_str!("../../tests/benches/sell.json"))?;
     let mut first = evotor::connect(nodes[0]).await?;
     let token = evotor::entitled_user(&mut first).await?;
     let path = format!("/api/v1/inventories/stores/{STORE}/documents");

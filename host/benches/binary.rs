@@ -45,10 +45,12 @@ fn serve(evogate: &Path, wasm: &Path, port: u16, data: &Path) -> anyhow::Result<
 
 fn main() -> anyhow::Result<()> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let base = std::env::var_os("BENCH_BASE_EVOGATE").map(PathBuf::from).ok_or_else(|| {
-        anyhow::anyhow!("BENCH_BASE_EVOGATE is not set: point it at the evogate binary to compare against")
-    })?;
-    let wasm = root.join(evogate::config::DEFAULT_PLUGIN_WASM);
+    let Some(base) = std::env::var_os("BENCH_BASE_EVOGATE").map(PathBuf::from) else {
+        // `cargo xtask bench` runs every bench; this one compares against a build the caller names.
+        println!("binary: skipped, BENCH_BASE_EVOGATE is not set (point it at the evogate binary to compare against)");
+        return Ok(());
+    };
+    let wasm = root.join("target/wasm32-wasip2/release/evotor_partner.wasm");
     let candidate = root.join("target/release/evogate");
     for path in [&base, &wasm, &candidate] {
         anyhow::ensure!(path.is_file(), "{} is missing: run `cargo xtask build`", path.display());

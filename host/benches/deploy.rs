@@ -6,6 +6,8 @@
 //! Run with `cargo xtask bench` or `cargo bench -p evogate --bench deploy`.
 
 mod common;
+#[path = "common/evotor.rs"]
+mod evotor;
 
 use common::{CONNECTIONS, admin_deploy, fetch_once, median, throughput};
 use std::net::SocketAddr;
@@ -39,7 +41,7 @@ async fn deploy_to_first_served(admin: SocketAddr, addr: SocketAddr, bytes: Vec<
 
 fn main() -> anyhow::Result<()> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let wasm_path = root.join(evogate::config::DEFAULT_PLUGIN_WASM);
+    let wasm_path = root.join(evotor::PLUGIN_WASM);
     anyhow::ensure!(wasm_path.is_file(), "{} is missing: run `cargo xtask bench`", wasm_path.display());
     let wasm = std::fs::read(&wasm_path)?;
     let seconds: u64 = std::env::var("BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
@@ -50,7 +52,7 @@ fn main() -> anyhow::Result<()> {
         let mut config = evogate::config::Config::default();
         config.store.backend = evogate::kv::BackendKind::Memory;
         config.data_dir = figment::value::magic::RelativePathBuf::from(data.path().to_owned());
-        config.plugins[0].wasm = figment::value::magic::RelativePathBuf::from(wasm_path.clone());
+        config.plugins.push(evotor::plugin(wasm_path.clone()));
         let running = common::run(config).await?;
         let (addr, admin) = (running.addr(), running.admin_addr());
 

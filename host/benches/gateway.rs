@@ -11,6 +11,8 @@
 //! `BENCH_SECONDS` (default 3) sets the length of each throughput round.
 
 mod common;
+#[path = "common/evotor.rs"]
+mod evotor;
 
 use bytes::Bytes;
 use common::{CONNECTIONS, LATENCY_REQUESTS, PATH, Rounds, fetch_once, median};
@@ -30,7 +32,7 @@ const SMALL: &[(&str, &str, &str)] = &[("guest", "test_guest.wasm", "/version"),
 
 fn main() -> anyhow::Result<()> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let wasm = root.join(evogate::config::DEFAULT_PLUGIN_WASM);
+    let wasm = root.join(evotor::PLUGIN_WASM);
     anyhow::ensure!(wasm.is_file(), "{} is missing: run `cargo xtask bench`", wasm.display());
     let seconds: u64 = std::env::var("BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
 
@@ -38,7 +40,7 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async move {
         let mut config = evogate::config::Config::default();
         config.store.backend = evogate::kv::BackendKind::Memory;
-        config.plugins[0].wasm = figment::value::magic::RelativePathBuf::from(wasm);
+        config.plugins.push(evotor::plugin(wasm));
         for (name, file, _) in SMALL {
             let wasm = root.join("target/wasm32-wasip2/release").join(file);
             anyhow::ensure!(wasm.is_file(), "{} is missing: run `cargo xtask build`", wasm.display());

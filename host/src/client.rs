@@ -82,7 +82,7 @@ fn connector(files: &[PathBuf]) -> anyhow::Result<tokio_rustls::TlsConnector> {
             roots.add(cert).with_context(|| format!("trusting the certificate in {}", file.display()))?;
         }
     }
-    let config = rustls::ClientConfig::builder_with_provider(evogate::outbound::tls_provider())
+    let config = rustls::ClientConfig::builder_with_provider(evogate::crypto::tls_provider())
         .with_safe_default_protocol_versions()
         .context("choosing TLS versions")?
         .with_root_certificates(roots)

@@ -2,9 +2,9 @@
 //! environment variables (nested keys joined by `__`, e.g.
 //! `EVOGATE_LIMITS__REQUEST_TIMEOUT_MS=5000`).
 
+use crate::allowed_hosts::OutboundRules;
 use crate::kv::BackendKind;
 pub use crate::kv::StoreConfig;
-use crate::outbound::OutboundRules;
 use anyhow::Context as _;
 use figment::Figment;
 use figment::providers::{Env, Format as _, Serialized, Toml};
@@ -261,9 +261,6 @@ pub struct PluginSettings {
     pub calls: Vec<String>,
 }
 
-/// The Evotor plugin as `cargo xtask build` leaves it.
-pub const DEFAULT_PLUGIN_WASM: &str = "target/wasm32-wasip2/release/evotor_partner.wasm";
-
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -304,24 +301,25 @@ impl Default for Config {
                 tls: None,
                 allow_plain_http: false,
             },
-            plugins: vec![PluginConfig {
-                name: "evotor".into(),
-                route: "/".into(),
-                wasm: RelativePathBuf::from(PathBuf::from(DEFAULT_PLUGIN_WASM)),
-                config: BTreeMap::new(),
-                max_concurrent_requests: None,
-                max_concurrent_per_credential: None,
-                allowed_outbound_hosts: Vec::new(),
-                calls: Vec::new(),
-                outbound_ca: None,
-                error_format: crate::edge::ErrorFormat::Evotor,
-                jobs: Vec::new(),
-            }],
+            // None: what to serve is the configuration file's to say.
+            plugins: Vec::new(),
         }
     }
 }
 
+/// Why a configuration without plugins cannot be served.
+pub const NO_PLUGINS: &str = "no [[plugins]] configured: evogate serves the plugins its configuration file names \
+     (pass --config FILE; evogate.example.toml shows one)";
+
 impl Config {
+    /// The plugins to serve; an error when there is none (the built-in
+    /// defaults name none: the other commands read the configuration for
+    /// its store and admin listener alone).
+    pub fn plugins(&self) -> anyhow::Result<&[PluginConfig]> {
+        anyhow::ensure!(!self.plugins.is_empty(), NO_PLUGINS);
+        Ok(&self.plugins)
+    }
+
     /// Loads defaults, then `file` (if given), then the environment, and checks the result.
     pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
@@ -407,7 +405,6 @@ impl Config {
             self.store.postgres_options()?;
             anyhow::ensure!((1..=1000).contains(&self.store.pool_size), "store.pool_size must be within 1..=1000");
         }
-        anyhow::ensure!(!self.plugins.is_empty(), "no [[plugins]] configured");
         let open_admin = self.admin.token.as_deref().is_none_or(str::is_empty);
         anyhow::ensure!(
             !open_admin || self.admin.listen.ip().is_loopback(),
@@ -570,7 +567,26 @@ mod tests {
         let config = Config::load(None).expect("defaults");
         assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(config.store.backend, BackendKind::Redb);
-        assert_eq!(config.plugins[0].route, "/");
+        assert!(config.plugins.is_empty(), "no plugin is built in");
+        assert_eq!(config.plugins().expect_err("nothing to serve").to_string(), NO_PLUGINS);
+    }
+
+    #[test]
+    fn cargo_xtask_run_serves_the_evotor_plugin_from_the_build_on_the_embedded_store() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the repository");
+        let config = Config::load(Some(&root.join("xtask/run.toml"))).expect("valid");
+        let [plugin] = config.plugins().expect("one plugin") else { panic!("one plugin") };
+        assert_eq!((plugin.name.as_str(), plugin.route.as_str()), ("evotor", "/"));
+        assert_eq!(
+            plugin.error_format,
+            crate::edge::ErrorFormat::Evotor,
+            "the Evotor cloud reads the gateway's errors"
+        );
+        assert!(plugin.config.is_empty(), "no credential in a file anyone may run");
+        // Where `cargo xtask build` leaves it, and ./data, both of the repository.
+        assert_eq!(plugin.wasm.relative(), root.join("xtask/../target/wasm32-wasip2/release/evotor_partner.wasm"));
+        assert_eq!(config.data_dir.relative(), root.join("xtask/../data"));
+        assert_eq!(config.store.backend, BackendKind::Redb);
     }
 
     #[test]

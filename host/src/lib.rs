@@ -1,9 +1,13 @@
-//! evogate: a small WebAssembly gateway for Evotor partner services.
+//! evogate: a small, generic WebAssembly gateway. It serves HTTP routes by
+//! WebAssembly components — plugins of its own `evogate:plugin` world, or
+//! standard `wasi:http/proxy` components — each request in a fresh, limited
+//! instance, with a transactional key-value store, outgoing HTTP and
+//! scheduled jobs provided by the host. Nothing in it is specific to one
+//! service: the Evotor partner protocol is a plugin it serves.
 //!
 //! [`run`] starts one from a [`config::Config`]: it opens the key-value
-//! store ([`kv`]), compiles each configured plugin in the [`sandbox`] and
-//! serves HTTP: every request runs in a fresh, limited instance of the
-//! plugin that owns its route. The admin listener beside it deploys and
+//! store ([`kv`]), compiles each configured plugin and serves HTTP: every
+//! request runs in an instance of the plugin that owns its route. The admin listener beside it deploys and
 //! rolls back plugin versions without a restart.
 //!
 //! Everything that needs wasmtime is behind the default `runtime` feature;
@@ -12,7 +16,7 @@
 //!
 //! ```no_run
 //! # async fn run() -> anyhow::Result<()> {
-//! let config = evogate::config::Config::load(None)?;
+//! let config = evogate::config::Config::load(Some(std::path::Path::new("evogate.toml")))?;
 //! let running = evogate::run(&config, async { let _ = tokio::signal::ctrl_c().await; }).await?;
 //! println!("serving on {}", running.addr());
 //! running.stopped().await
@@ -22,11 +26,12 @@
 #![deny(missing_docs)]
 
 // The leaves: what every part reads, and what the fuzz targets build.
+pub mod allowed_hosts;
 pub mod config;
+pub mod crypto;
 mod data_dir;
 pub mod edge;
 pub mod kv;
-pub mod outbound;
 mod telemetry;
 
 // The gateway itself, behind the `runtime` feature: the HTTP side, the

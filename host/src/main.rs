@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
-#[command(name = "evogate", version, about = "A WebAssembly gateway for Evotor partner services")]
+#[command(name = "evogate", version, about = "A small WebAssembly gateway: HTTP routes served by sandboxed components")]
 struct Cli {
     #[command(subcommand)]
     command: Command,

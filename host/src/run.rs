@@ -39,8 +39,8 @@ impl Running {
     /// without HTTP ([`sandbox::PluginVersion::handle`]); `None` for a name
     /// not configured.
     pub fn live_plugin(&self, name: &str) -> Option<impl std::ops::Deref<Target = sandbox::PluginVersion> + use<>> {
-        let slot = self.app.gateway.registry().slots().iter().find(|slot| slot.name == name)?;
-        Some(LivePlugin(slot.current()))
+        let mount = self.app.gateway.registry().mounts().iter().find(|mount| mount.name == name)?;
+        Some(LivePlugin(mount.current()))
     }
 
     /// Waits until the gateway has stopped: `shutdown` resolved, in-flight
@@ -88,6 +88,7 @@ pub async fn run(
     // Before anything slow (plugins compile for seconds): a certificate
     // renewal's SIGHUP during start must not kill the process.
     let hangup = hangup_signal();
+    config.plugins()?;
     let metrics = metrics_handle();
     raise_open_file_limit(config.limits.max_connections);
     let tls = match &config.tls {
@@ -174,7 +175,7 @@ pub(crate) async fn start(config: &config::Config, settings: &Settings) -> anyho
     // On a shared store: take up deploys made through other nodes.
     tokio::spawn(deployer.clone().follow());
     let scheduler =
-        Arc::new(crate::control::jobs::Scheduler::new(&config.plugins, gateway.registry().slots(), backend.clone()));
+        Arc::new(crate::control::jobs::Scheduler::new(&config.plugins, gateway.registry().mounts(), backend.clone()));
     scheduler.start();
     Ok(App { gateway, deployer, backend, scheduler })
 }

@@ -66,7 +66,19 @@ mod tests {
         config.limits.request_timeout_ms = 1234;
         config.limits.drain_timeout_ms = 55;
         config.limits.max_body_bytes = 10;
-        config.plugins[0].max_concurrent_per_credential = Some(3);
+        config.plugins.push(crate::config::PluginConfig {
+            name: "evotor".into(),
+            route: "/".into(),
+            wasm: figment::value::magic::RelativePathBuf::from(std::path::PathBuf::from("e.wasm")),
+            config: Default::default(),
+            max_concurrent_requests: None,
+            max_concurrent_per_credential: Some(3),
+            allowed_outbound_hosts: Vec::new(),
+            outbound_ca: None,
+            error_format: Default::default(),
+            calls: Vec::new(),
+            jobs: Vec::new(),
+        });
         let settings = Settings::from_config(&config);
         assert_eq!(settings.sandbox.timeout, Duration::from_millis(1234));
         assert_eq!(settings.requests.timeout, settings.sandbox.timeout);

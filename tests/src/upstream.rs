@@ -35,7 +35,7 @@ impl Upstream {
         let chain: Vec<CertificateDer<'static>> =
             CertificateDer::pem_slice_iter(cert_pem.as_bytes()).map(|cert| cert.expect("a certificate")).collect();
         let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).expect("a key");
-        // ring: see `evogate::outbound::tls_provider`.
+        // ring: see `evogate::crypto::tls_provider`.
         #[allow(deprecated)]
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let config = rustls::ServerConfig::builder_with_provider(provider)

@@ -48,29 +48,8 @@ fn main() -> anyhow::Result<()> {
         }
         "bench" => {
             build()?;
-            cargo(&[
-                "bench",
-                "-p",
-                "evogate",
-                "--bench",
-                "gateway",
-                "--bench",
-                "deploy",
-                "--bench",
-                "catalog",
-                "--bench",
-                "documents",
-                "--bench",
-                "backends",
-                "--bench",
-                "fairness",
-                "--bench",
-                "jobs",
-                "--bench",
-                "calls",
-                "--bench",
-                "backup",
-            ])
+            // Every bench of the gateway and of the Evotor plugin: their manifests are the one list.
+            cargo(&["bench", "-p", "evogate", "-p", "evogate-e2e", "--bench", "*"])
         }
         "bench-serve" => {
             let wasmtime = install_wasmtime_cli()?;
@@ -241,8 +220,12 @@ const TEST_FEATURES: &str = "evogate/fault-injection,evogate-plugin/testing";
 
 fn run(args: &[String]) -> anyhow::Result<()> {
     let mut serve: Vec<String> = vec!["serve".into()];
-    if args.is_empty() && Path::new("evogate.toml").is_file() {
-        serve.extend(["--config".into(), "evogate.toml".into()]);
+    let configured = args.iter().any(|arg| arg == "--config" || arg.starts_with("--config="))
+        || std::env::var_os("EVOGATE_CONFIG").is_some();
+    if !configured {
+        // The gateway has no plugin built in: its configuration names them.
+        let file = if Path::new("evogate.toml").is_file() { "evogate.toml" } else { "xtask/run.toml" };
+        serve.extend(["--config".into(), file.into()]);
     }
     serve.extend(args.iter().cloned());
     eprintln!("+ target/release/evogate {}", serve.join(" "));
@@ -289,6 +272,16 @@ fn fuzz(seconds: u64) -> anyhow::Result<()> {
     if !has_cargo_fuzz {
         run_checked(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))?;
     }
+    // cargo-fuzz resolves without --locked: a lock that lags the manifests fails here instead.
+    run_checked(
+        Command::new("cargo")
+            .args(["+nightly", "metadata", "--locked", "--format-version", "1"])
+            .stdout(std::process::Stdio::null())
+            .current_dir("fuzz"),
+    )
+    .context(
+        "fuzz/Cargo.lock is out of date: run `cargo update --workspace --manifest-path fuzz/Cargo.toml` and commit it",
+    )?;
     let listed = Command::new("cargo").args(["+nightly", "fuzz", "list"]).current_dir("fuzz").output()?;
     let targets: Vec<String> = String::from_utf8_lossy(&listed.stdout).lines().map(str::to_owned).collect();
     anyhow::ensure!(!targets.is_empty(), "cargo fuzz list found no targets");

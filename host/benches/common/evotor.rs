@@ -46,9 +46,12 @@ pub fn json_body(value: &Value) -> Bytes {
     Bytes::from(value.to_string())
 }
 
+/// The Evotor plugin as `cargo xtask build` leaves it, from the repository root.
+pub const PLUGIN_WASM: &str = "target/wasm32-wasip2/release/evotor_partner.wasm";
+
 /// The release build of the Evotor plugin.
 pub fn plugin_wasm() -> anyhow::Result<std::path::PathBuf> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(evogate::config::DEFAULT_PLUGIN_WASM);
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(PLUGIN_WASM);
     anyhow::ensure!(path.is_file(), "{} is missing: run `cargo xtask bench`", path.display());
     Ok(path)
 }
@@ -57,13 +60,30 @@ pub fn plugin_wasm() -> anyhow::Result<std::path::PathBuf> {
 pub fn config(data: &std::path::Path) -> anyhow::Result<evogate::config::Config> {
     let mut config = evogate::config::Config {
         data_dir: figment::value::magic::RelativePathBuf::from(data.to_owned()),
+        plugins: vec![plugin(plugin_wasm()?)],
         ..Default::default()
     };
-    config.plugins[0].wasm = figment::value::magic::RelativePathBuf::from(plugin_wasm()?);
     for (key, value) in [("server_bearer_token", "srv"), ("partner_api_token", "partner")] {
         config.plugins[0].config.insert(key.into(), value.into());
     }
     Ok(config)
+}
+
+/// The Evotor plugin on `/` from `wasm`, its errors in Evotor's body, no settings.
+pub fn plugin(wasm: std::path::PathBuf) -> evogate::config::PluginConfig {
+    evogate::config::PluginConfig {
+        name: "evotor".into(),
+        route: "/".into(),
+        wasm: figment::value::magic::RelativePathBuf::from(wasm),
+        config: Default::default(),
+        max_concurrent_requests: None,
+        max_concurrent_per_credential: None,
+        allowed_outbound_hosts: Vec::new(),
+        calls: Vec::new(),
+        outbound_ca: None,
+        error_format: evogate::edge::ErrorFormat::Evotor,
+        jobs: Vec::new(),
+    }
 }
 
 /// Starts a gateway with `config` on a free port.

@@ -24,7 +24,7 @@
 //! to well within [`LEASE_TTL`] (NTP does).
 
 use crate::config::{JobConfig, JobSchedule, PluginConfig};
-use crate::control::registry::Slot;
+use crate::control::registry::Mount;
 use crate::kv::{Backend, Check, KvError, Write};
 use crate::runtime::sandbox::{Failure, JobRun};
 use serde::{Deserialize, Serialize};
@@ -85,7 +85,7 @@ struct Job {
     plugin: String,
     name: String,
     schedule: JobSchedule,
-    slot: Arc<Slot>,
+    mount: Arc<Mount>,
     /// Held by this node's run of the job.
     running: tokio::sync::Mutex<()>,
     /// The next tick this node waits for (Unix ms).
@@ -139,21 +139,21 @@ impl std::fmt::Debug for Scheduler {
 }
 
 impl Scheduler {
-    /// Schedules the jobs of `plugins` (served by `slots`), on `backend`.
+    /// Schedules the jobs of `plugins` (served by `mounts`), on `backend`.
     /// Call [`Scheduler::start`] to begin ticking.
-    pub(crate) fn new(plugins: &[PluginConfig], slots: &[Arc<Slot>], backend: Arc<dyn Backend>) -> Self {
+    pub(crate) fn new(plugins: &[PluginConfig], mounts: &[Arc<Mount>], backend: Arc<dyn Backend>) -> Self {
         let node = format!("{}-{:08x}", std::process::id(), rand::random::<u32>());
         let jobs = plugins
             .iter()
             .flat_map(|plugin| {
-                let slot = slots.iter().find(|slot| slot.name == plugin.name).cloned();
+                let mount = mounts.iter().find(|mount| mount.name == plugin.name).cloned();
                 plugin.jobs.iter().filter_map(move |job: &JobConfig| {
                     let schedule = job.schedule().ok()?;
                     Some(Arc::new(Job {
                         plugin: plugin.name.clone(),
                         name: job.name.clone(),
                         schedule,
-                        slot: slot.clone()?,
+                        mount: mount.clone()?,
                         running: tokio::sync::Mutex::new(()),
                         next_ms: std::sync::atomic::AtomicU64::new(0),
                         warned: Mutex::new(HashSet::new()),
@@ -255,7 +255,7 @@ impl Scheduler {
                 "timeoutMs": job.schedule.timeout.as_millis() as u64,
                 "nextRunMs": (next > 0).then_some(next),
                 "lastRun": last,
-                "exported": job.slot.current().plugin.runs_jobs(),
+                "exported": job.mount.current().plugin.runs_jobs(),
             }));
         }
         list
@@ -286,7 +286,7 @@ impl Scheduler {
             Taken::Running(node) => return Err(RunNowError::Running(job.name.clone(), node)),
         };
         // The version live now runs it to the end, whatever is deployed meanwhile.
-        let deployment = job.slot.current();
+        let deployment = job.mount.current();
         let label = deployment.label();
         let mut done = Lease { version: Some(label.to_owned()), ..lease };
         if !deployment.plugin.runs_jobs() {

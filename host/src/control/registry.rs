@@ -1,8 +1,8 @@
 //! The plugins being served: route → the deployment serving it now.
 //!
-//! Each plugin sits in a slot whose current deployment can be replaced
+//! Each plugin is mounted on its route; the mount's current deployment can be replaced
 //! atomically; a request takes an `Arc` of the deployment when it starts
-//! and finishes on it whatever happens to the slot meanwhile.
+//! and finishes on it whatever happens to the mount meanwhile.
 
 use crate::config::normalize_route;
 use crate::edge::ErrorFormat;
@@ -30,7 +30,7 @@ impl Deployment {
 
 /// One configured plugin and the deployment it serves now.
 #[derive(Debug)]
-pub struct Slot {
+pub struct Mount {
     /// The configured plugin name (its kv namespace).
     pub name: String,
     /// The route prefix, normalized (no trailing slash except `/`).
@@ -42,7 +42,7 @@ pub struct Slot {
     current: ArcSwap<Deployment>,
 }
 
-impl Slot {
+impl Mount {
     /// The deployment serving new requests.
     pub fn current(&self) -> Arc<Deployment> {
         self.current.load_full()
@@ -55,11 +55,11 @@ impl Slot {
     }
 }
 
-/// All slots, matched by longest route prefix.
+/// All mounts, matched by longest route prefix.
 #[derive(Debug, Default)]
 pub struct Registry {
     // Sorted by route length, longest first, so the first match is the longest.
-    slots: Vec<Arc<Slot>>,
+    mounts: Vec<Arc<Mount>>,
 }
 
 impl Registry {
@@ -70,25 +70,25 @@ impl Registry {
         route: &str,
         error_format: ErrorFormat,
         deployment: Arc<Deployment>,
-    ) -> Arc<Slot> {
+    ) -> Arc<Mount> {
         let route = normalize_route(route).to_owned();
         let metrics = crate::telemetry::RouteMetrics::new(name, &route);
-        let slot =
-            Arc::new(Slot { name: name.into(), route, error_format, metrics, current: ArcSwap::new(deployment) });
-        self.slots.push(slot.clone());
-        self.slots.sort_by_key(|slot| std::cmp::Reverse(slot.route.len()));
-        slot
+        let mount =
+            Arc::new(Mount { name: name.into(), route, error_format, metrics, current: ArcSwap::new(deployment) });
+        self.mounts.push(mount.clone());
+        self.mounts.sort_by_key(|mount| std::cmp::Reverse(mount.route.len()));
+        mount
     }
 
-    /// The slot serving `path`: the longest route that is `path` itself or a
+    /// The mount serving `path`: the longest route that is `path` itself or a
     /// whole-segment prefix of it (`/a` serves `/a` and `/a/b`, not `/ab`).
-    pub fn route(&self, path: &str) -> Option<&Arc<Slot>> {
-        self.slots.iter().find(|slot| crate::edge::route_matches(&slot.route, path))
+    pub fn route(&self, path: &str) -> Option<&Arc<Mount>> {
+        self.mounts.iter().find(|mount| crate::edge::route_matches(&mount.route, path))
     }
 
-    /// Every slot, longest route first.
-    pub fn slots(&self) -> &[Arc<Slot>] {
-        &self.slots
+    /// Every mount, longest route first.
+    pub fn mounts(&self) -> &[Arc<Mount>] {
+        &self.mounts
     }
 }
 

@@ -5,7 +5,7 @@
 //! waiting for a free instance (callers hold one each: waiting could have
 //! them wait on each other until every deadline passes).
 
-use crate::control::registry::{Deployment, Slot};
+use crate::control::registry::{Deployment, Mount};
 use crate::edge::{Request, Response};
 use crate::http::server::{BUSY, Gateway, answer_of, run_plugin, unavailable};
 use crate::runtime::calls::{Chain, Router};
@@ -43,10 +43,10 @@ impl Gateway {
         deadline: Instant,
     ) -> Result<Response, String> {
         let started = Instant::now();
-        let Some(slot) = self.registry.slots().iter().find(|slot| slot.name == callee) else {
+        let Some(mount) = self.registry.mounts().iter().find(|mount| mount.name == callee) else {
             return Err(format!("no plugin is named {callee:?}"));
         };
-        let deployment: Arc<Deployment> = chain.pin(callee, || slot.current());
+        let deployment: Arc<Deployment> = chain.pin(callee, || mount.current());
         let (method, path) = (request.method.clone(), request.path.clone());
         let request_id = request
             .headers
@@ -54,7 +54,7 @@ impl Gateway {
             .find(|(name, _)| name == "x-request-id")
             .map(|(_, id)| id.clone())
             .unwrap_or_default();
-        let answered = self.admitted_call(slot, &deployment, chain.then(callee), request, deadline).await;
+        let answered = self.admitted_call(mount, &deployment, chain.then(callee), request, deadline).await;
         let response = match answered {
             Ok(response) => response,
             Err(refused) => {
@@ -86,13 +86,13 @@ impl Gateway {
     /// The callee's cap, a free instance at once, then its run by the deadline.
     async fn admitted_call(
         &self,
-        slot: &Slot,
+        mount: &Mount,
         deployment: &Deployment,
         chain: Chain,
         request: Request,
         deadline: Instant,
     ) -> Result<Response, hyper::Response<http_body_util::Full<bytes::Bytes>>> {
-        let (callee, format) = (slot.name.as_str(), slot.error_format);
+        let (callee, format) = (mount.name.as_str(), mount.error_format);
         let plugin_permit = self.admit_to_plugin(callee, format)?;
         let permit = self.permits.clone().try_acquire_owned().map_err(|_| {
             metrics::counter!(crate::telemetry::REQUESTS_REFUSED, "plugin" => callee.to_owned(), "reason" => "call")

@@ -47,9 +47,9 @@ pub struct Gateway {
     request_timeout: Duration,
     /// Most requests running at once (the instance pool's capacity).
     max_instances: usize,
-    /// Slots for requests running at once.
+    /// Permits for requests running at once.
     pub(super) permits: Arc<Semaphore>,
-    /// Per plugin: slots for its requests running at once; none left → 503 at once.
+    /// Per plugin: permits for its requests running at once; none left → 503 at once.
     plugin_permits: HashMap<String, Arc<Semaphore>>,
     /// Per plugin: requests running at once with one `Authorization` value, at most.
     credential_caps: HashMap<String, usize>,
@@ -69,7 +69,7 @@ pub struct Gateway {
 struct Served<'a> {
     response: hyper::Response<Full<Bytes>>,
     /// The route that answered and the `name@version` of its deployment.
-    plugin: Option<(&'a crate::control::registry::Slot, String)>,
+    plugin: Option<(&'a crate::control::registry::Mount, String)>,
 }
 
 /// How the public listener treats connections.
@@ -506,7 +506,7 @@ impl Gateway {
         let status = served.response.status().as_u16();
         let elapsed = started.elapsed();
         let (metrics, label) = match &served.plugin {
-            Some((slot, label)) => (&slot.metrics, label.as_str()),
+            Some((mount, label)) => (&mount.metrics, label.as_str()),
             None => (&self.unrouted, ""),
         };
         tracing::info!(
@@ -523,9 +523,9 @@ impl Gateway {
     }
 
     async fn dispatch(&self, req: hyper::Request<Incoming>, started: Instant) -> Served<'_> {
-        let slot = self.registry.route(req.uri().path());
+        let mount = self.registry.route(req.uri().path());
         // The route's plugin picks how the gateway's errors read; no route: a problem.
-        let format = slot.map_or(ErrorFormat::Problem, |slot| slot.error_format);
+        let format = mount.map_or(ErrorFormat::Problem, |mount| mount.error_format);
         if head_bytes(&req) > self.max_header_bytes {
             // hyper bounds its read buffer, not the head: a head may pass it by up to its read size.
             let response = error(format, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "request head too large");
@@ -536,16 +536,16 @@ impl Gateway {
             let response = error(format, StatusCode::BAD_REQUEST, "several Authorization headers");
             return Served { response, plugin: None };
         }
-        let Some(slot) = slot else {
+        let Some(mount) = mount else {
             return Served { response: error(format, StatusCode::NOT_FOUND, "not found"), plugin: None };
         };
-        let deployment = slot.current();
+        let deployment = mount.current();
         let label = deployment.label().to_owned();
-        let response = match self.call(req, started, slot, deployment).await {
+        let response = match self.call(req, started, mount, deployment).await {
             Ok(response) => into_http(response, &label, format),
             Err(response) => response,
         };
-        Served { response, plugin: Some((slot, label)) }
+        Served { response, plugin: Some((mount, label)) }
     }
 
     /// Admits a request step by step, runs the plugin and answers: each
@@ -555,15 +555,15 @@ impl Gateway {
         &self,
         req: hyper::Request<Incoming>,
         started: Instant,
-        slot: &crate::control::registry::Slot,
+        mount: &crate::control::registry::Mount,
         deployment: Arc<crate::control::registry::Deployment>,
     ) -> Result<PluginResponse, hyper::Response<Full<Bytes>>> {
-        let (plugin, route, format) = (slot.name.as_str(), slot.route.as_str(), slot.error_format);
+        let (plugin, route, format) = (mount.name.as_str(), mount.route.as_str(), mount.error_format);
         let deadline = started + self.request_timeout;
         declared_length_within(req.headers(), self.max_body_bytes).map_err(|()| self.too_large(format))?;
         let (parts, body) = req.into_parts();
         let (body, _body_held) = self.read_body(body, deadline, format).await?;
-        let _credential_slot = self.admit_credential(plugin, &parts.headers, format)?;
+        let _credential_permit = self.admit_credential(plugin, &parts.headers, format)?;
         let request = plugin_request(&parts, route, body);
         let plugin_permit = self.admit_to_plugin(plugin, format)?;
         let permit = self.admit_to_pool(deadline, format).await?;
@@ -614,8 +614,8 @@ impl Gateway {
         plugin: &str,
         headers: &hyper::HeaderMap,
         format: ErrorFormat,
-    ) -> Result<Option<CredentialSlot>, hyper::Response<Full<Bytes>>> {
-        self.credential_slot(plugin, headers).map_err(|()| {
+    ) -> Result<Option<CredentialPermit>, hyper::Response<Full<Bytes>>> {
+        self.credential_permit(plugin, headers).map_err(|()| {
             metrics::counter!(crate::telemetry::REQUESTS_REFUSED, "plugin" => plugin.to_owned(), "reason" => "credential")
                 .increment(1);
             unavailable(format, BUSY)
@@ -638,7 +638,7 @@ impl Gateway {
         }
     }
 
-    /// Step: a slot of the shared instance pool, waited for until the deadline.
+    /// Step: a permit of the shared instance pool, waited for until the deadline.
     async fn admit_to_pool(
         &self,
         deadline: Instant,
@@ -652,12 +652,12 @@ impl Gateway {
 }
 
 /// A request counted against its credential's cap until it ends.
-struct CredentialSlot {
+struct CredentialPermit {
     counts: CredentialCounts,
     key: (String, [u8; 32]),
 }
 
-impl Drop for CredentialSlot {
+impl Drop for CredentialPermit {
     fn drop(&mut self) {
         let mut counts = self.counts.lock().unwrap_or_else(|poison| poison.into_inner());
         if let Some(count) = counts.get_mut(&self.key) {
@@ -670,10 +670,10 @@ impl Drop for CredentialSlot {
 }
 
 impl Gateway {
-    /// A slot for a request of `plugin` with these headers under the
+    /// A permit for a request of `plugin` with these headers under the
     /// plugin's per-credential cap (`None`: no cap, or no credential);
     /// `Err` when the credential has its share running already.
-    fn credential_slot(&self, plugin: &str, headers: &hyper::HeaderMap) -> Result<Option<CredentialSlot>, ()> {
+    fn credential_permit(&self, plugin: &str, headers: &hyper::HeaderMap) -> Result<Option<CredentialPermit>, ()> {
         use sha2::Digest as _;
         let Some(&cap) = self.credential_caps.get(plugin) else { return Ok(None) };
         let Some(credential) = headers.get(hyper::header::AUTHORIZATION) else { return Ok(None) };
@@ -684,7 +684,7 @@ impl Gateway {
             return Err(());
         }
         *count += 1;
-        Ok(Some(CredentialSlot { counts: self.per_credential.clone(), key }))
+        Ok(Some(CredentialPermit { counts: self.per_credential.clone(), key }))
     }
 
     pub(super) fn instances_in_use(&self) {
@@ -727,7 +727,7 @@ pub(super) async fn run_plugin(
         .await
         .map(|(outcome, spent)| {
             // The instance's memory is reset once the answer is written (the
-            // task runs when this one yields); its pool slot is held until then.
+            // task runs when this one yields); its pool permit is held until then.
             tokio::spawn(async move { drop(spent) });
             outcome
         })
@@ -780,35 +780,4 @@ pub(super) fn unavailable(format: ErrorFormat, detail: &str) -> hyper::Response<
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_declared_length_over_the_limit_is_refused_before_the_body() {
-        let with = |length: &str| {
-            let mut headers = hyper::HeaderMap::new();
-            headers.insert(CONTENT_LENGTH, HeaderValue::from_str(length).expect("header"));
-            headers
-        };
-        assert_eq!(declared_length_within(&with("100"), 100), Ok(()));
-        assert_eq!(declared_length_within(&with("101"), 100), Err(()));
-        assert_eq!(declared_length_within(&hyper::HeaderMap::new(), 100), Ok(()), "chunked: read and counted");
-        assert_eq!(declared_length_within(&with("not a number"), 100), Ok(()), "hyper refuses it first");
-    }
-
-    #[test]
-    fn each_plugin_outcome_is_answered_as_the_client_should_see_it() {
-        let answered = PluginResponse { status: 201, headers: Vec::new(), body: b"ok".to_vec() };
-        let status = |outcome| match answer_of(outcome, "p", "p@1", ErrorFormat::Problem) {
-            Ok(response) => response.status,
-            Err(response) => response.status().as_u16(),
-        };
-        assert_eq!(status(Ok(Ok(answered))), 201);
-        assert_eq!(status(Ok(Err(Failure::Deadline))), 503, "the deadline: Evotor retries");
-        assert_eq!(status(Err(())), 503, "a host call hung past the deadline");
-        assert_eq!(status(Ok(Err(Failure::MemoryLimit))), 500);
-        assert_eq!(status(Ok(Err(Failure::Trap(wasmtime::format_err!("unreachable"))))), 500);
-        let retry = answer_of(Ok(Err(Failure::Deadline)), "p", "p@1", ErrorFormat::Evotor).expect_err("an error");
-        assert_eq!(retry.headers().get(RETRY_AFTER).map(HeaderValue::as_bytes), Some(&b"1"[..]));
-    }
-}
+mod tests;

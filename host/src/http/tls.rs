@@ -32,7 +32,7 @@ pub struct Tls {
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    crate::outbound::tls_provider()
+    crate::crypto::tls_provider()
 }
 
 /// Reads a PEM certificate chain and its private key, and checks they belong together.

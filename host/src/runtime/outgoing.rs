@@ -49,7 +49,7 @@ pub(crate) struct Client {
 impl Client {
     /// TLS roots: the public ones plus the certificates of `extra_ca` (a PEM file).
     pub(crate) fn new(extra_ca: Option<&Path>, max_response_bytes: usize) -> anyhow::Result<Self> {
-        let tls = crate::outbound::client_tls(extra_ca)?;
+        let tls = crate::crypto::client_tls(extra_ca)?;
         Ok(Self { tls: tokio_rustls::TlsConnector::from(Arc::new(tls)), max_response_bytes })
     }
 

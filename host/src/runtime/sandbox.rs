@@ -17,7 +17,7 @@ use crate::config::PluginSettings;
 use crate::kv::{self, Namespace};
 use crate::runtime::calls::{Calls, Chain, Router, RouterCell};
 use crate::runtime::evogate::Current;
-use crate::runtime::kv::KvCtx;
+use crate::runtime::evogate_kv::KvCtx;
 use crate::runtime::plugin_log::LogPipe;
 use crate::runtime::{evogate_0_1, wasi_http};
 use std::sync::{Arc, Weak};
@@ -35,7 +35,7 @@ use crate::runtime::bindings::{generated_0_1, wit_0_1, wit_config, wit_kv, wit_s
 /// How often the epoch ticks: the deadline's granularity, and how long a
 /// plugin runs before it yields its thread to other requests.
 const EPOCH_TICK: Duration = Duration::from_millis(2);
-/// Instances beyond the request slots, for the smoke tests of deploys.
+/// Instances beyond the requests' permits, for the smoke tests of deploys.
 const DEPLOY_HEADROOM: u32 = 4;
 /// Instance memory kept mapped between requests and reset in place.
 const KEEP_RESIDENT_BYTES: usize = 4 * 1024 * 1024;
@@ -119,7 +119,7 @@ pub struct Sandbox {
     linker: Linker<HostState>,
     limits: Limits,
     kv_calls: Arc<tokio::sync::Semaphore>,
-    /// One per request slot of the instance pool; held by an instance until
+    /// One permit per request of the instance pool; held by an instance until
     /// it is dropped (after its answer), so a request never finds the pool empty.
     instances: Arc<tokio::sync::Semaphore>,
     /// What serves the plugins' calls to each other, once the gateway exists.
@@ -138,8 +138,8 @@ impl Sandbox {
     /// compiled code is cached in `cache_dir` when given.
     pub fn new(limits: Limits, cache_dir: Option<&std::path::Path>) -> wasmtime::Result<Self> {
         let mut pool = PoolingAllocationConfig::default();
-        // Request slots, plus room for deploys to smoke-test new versions
-        // while every request slot is busy.
+        // Request permits, plus room for deploys to smoke-test new versions
+        // while every request permit is held.
         let n = limits.max_instances.max(1).saturating_add(DEPLOY_HEADROOM);
         // A Rust component holds its main module plus a few small shim
         // modules. Each component may take its share of the pool and no
@@ -186,10 +186,11 @@ impl Sandbox {
             .context("linking types 0.1.0")?;
         wit_0_1::config::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
             .context("linking config 0.1.0")?;
-        crate::runtime::kv::add_to_linker(&mut linker, |s: &mut HostState| &mut s.evogate_kv).context("linking kv")?;
+        crate::runtime::evogate_kv::add_to_linker(&mut linker, |s: &mut HostState| &mut s.evogate_kv)
+            .context("linking kv")?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).context("linking wasi:http")?;
-        crate::runtime::keyvalue::add_to_linker(&mut linker, |s: &mut HostState| {
-            crate::runtime::keyvalue::KeyValueView {
+        crate::runtime::wasi_keyvalue::add_to_linker(&mut linker, |s: &mut HostState| {
+            crate::runtime::wasi_keyvalue::KeyValueView {
                 table: &mut s.table,
                 kv: &mut s.evogate_kv,
                 state: &mut s.wasi_keyvalue,
@@ -449,8 +450,8 @@ impl PluginVersion {
         chain: Chain,
         laps: &mut Laps,
     ) -> (Result<Response, Failure>, Spent) {
-        let Some(slot) = self.slot(timeout).await else {
-            return (Err(Failure::Deadline), Spent { store: None, _slot: None });
+        let Some(permit) = self.instance_permit(timeout).await else {
+            return (Err(Failure::Deadline), Spent { store: None, _permit: None });
         };
         laps.start();
         let request_id = request.headers.iter().find(|(name, _)| name == "x-request-id").map_or("-", |(_, id)| id);
@@ -465,15 +466,15 @@ impl PluginVersion {
         let peak = store.data().limiter.peak;
         PEAK_INSTANCE_MEMORY.fetch_max(peak, std::sync::atomic::Ordering::Relaxed);
         self.memory_metric.record(peak as f64);
-        (self.finish(&store, result), Spent { store: Some(store), _slot: Some(slot) })
+        (self.finish(&store, result), Spent { store: Some(store), _permit: Some(permit) })
     }
 
-    /// A slot of the instance pool, waited for at most `timeout` (free at
+    /// A permit of the instance pool, waited for at most `timeout` (free at
     /// once unless instances that answered are still being reset).
-    async fn slot(&self, timeout: Duration) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    async fn instance_permit(&self, timeout: Duration) -> Option<tokio::sync::OwnedSemaphorePermit> {
         let deadline = tokio::time::Instant::now() + timeout;
         match tokio::time::timeout_at(deadline, self.instances.clone().acquire_owned()).await {
-            Ok(Ok(slot)) => Some(slot),
+            Ok(Ok(permit)) => Some(permit),
             _ => None,
         }
     }
@@ -492,7 +493,7 @@ impl PluginVersion {
         let Pre::Current(current) = &self.pre else {
             return Err(Failure::Trap(wasmtime::format_err!("the plugin does not export evogate:plugin/scheduled")));
         };
-        let Some(_slot) = self.slot(timeout).await else {
+        let Some(_permit) = self.instance_permit(timeout).await else {
             return Err(Failure::Deadline);
         };
         let mut store = self.new_store(timeout, &format!("job:{}", run.job), Chain::start(&self.plugin));
@@ -555,7 +556,7 @@ impl PluginVersion {
                 deadline,
                 Calls { router: self.router.clone(), allowed: self.calls.clone(), chain, request_id },
             ),
-            wasi_keyvalue: crate::runtime::keyvalue::KeyValueState::default(),
+            wasi_keyvalue: crate::runtime::wasi_keyvalue::KeyValueState::default(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
@@ -582,13 +583,13 @@ impl PluginVersion {
     }
 }
 
-/// An instance that has answered. Dropping it returns its slot to the
+/// An instance that has answered. Dropping it returns its permit to the
 /// pool, rewriting the memory pages the request dirtied: a few
 /// microseconds that need not delay the answer.
 pub struct Spent {
-    // Dropped in this order: the instance, then its slot.
+    // Dropped in this order: the instance, then its permit.
     store: Option<Store<HostState>>,
-    _slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Spent {
@@ -678,7 +679,7 @@ pub(crate) struct HostState {
     http: WasiHttpCtx,
     outbound: crate::runtime::outgoing::Hooks,
     /// The standard `wasi:keyvalue` interface's per-request state.
-    wasi_keyvalue: crate::runtime::keyvalue::KeyValueState,
+    wasi_keyvalue: crate::runtime::wasi_keyvalue::KeyValueState,
 }
 
 impl WasiView for HostState {
@@ -772,71 +773,4 @@ impl Drop for EpochTicker {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_architecture_guide_states_the_hostcall_fuel_as_it_is() {
-        let guide = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/architecture.md"))
-            .expect("docs/architecture.md");
-        let mib = (HOSTCALL_FUEL as f64 / f64::from(1 << 20)).round();
-        let stated = format!("(~{mib} MiB;");
-        assert!(guide.contains(&stated), "docs/architecture.md should say {stated:?} of the hostcall fuel");
-    }
-
-    #[test]
-    fn laps_add_each_step_from_the_end_of_the_one_before_and_off_they_time_nothing() {
-        let pause = Duration::from_millis(20);
-        let mut laps = Laps::new();
-        laps.start();
-        std::thread::sleep(pause);
-        laps.lap(Phase::Store);
-        laps.lap(Phase::Call);
-        laps.start();
-        std::thread::sleep(pause);
-        laps.lap(Phase::Store);
-        assert!(laps.total(Phase::Store) >= pause * 2, "both steps summed");
-        assert!(laps.total(Phase::Call) < pause, "timed from the end of the step before");
-        assert_eq!(laps.total(Phase::Instantiate), Duration::ZERO);
-
-        let mut off = Laps::off();
-        off.start();
-        std::thread::sleep(pause);
-        off.lap(Phase::Store);
-        assert_eq!(off.total(Phase::Store), Duration::ZERO);
-    }
-
-    /// A component of `instances` instances of one core module holding one memory.
-    fn component_with_memories(instances: u8) -> Vec<u8> {
-        let module = [b"\0asm\x01\0\0\0".as_slice(), &[5, 3, 1, 0, 1]].concat();
-        let mut component = b"\0asm\x0d\0\x01\0".to_vec();
-        component.extend([1, module.len() as u8]);
-        component.extend(&module);
-        component.extend([2, 1 + 3 * instances, instances]);
-        for _ in 0..instances {
-            component.extend([0, 0, 0]);
-        }
-        component
-    }
-
-    #[tokio::test]
-    async fn a_component_that_would_take_more_than_its_share_of_the_pool_is_refused_when_it_loads() {
-        let limits = Limits {
-            timeout: Duration::from_secs(1),
-            memory_bytes: 1 << 20,
-            max_instances: 4,
-            max_kv_calls: 4,
-            max_outbound_response_bytes: 1 << 20,
-        };
-        let sandbox = Sandbox::new(limits, None).expect("sandbox");
-        let kv = Namespace::new(Arc::new(kv::MemoryBackend::default()), "p");
-        let load =
-            |instances| sandbox.load("p", component_with_memories(instances), "0", Default::default(), kv.clone());
-        let fits = load(2).await.expect_err("no exports");
-        assert!(format!("{fits:#}").contains("exports"), "two memories compile; the exports are missing: {fits:#}");
-        let greedy = load(3).await.expect_err("three memories");
-        assert!(format!("{greedy:#}").contains("memories"), "{greedy:#}");
-        let greedy = load(9).await.expect_err("nine core instances");
-        assert!(format!("{greedy:#}").contains("instances"), "{greedy:#}");
-    }
-}
+mod tests;

@@ -47,7 +47,7 @@ fn addr(gateway: &Gateway) -> String {
 fn client_config(trusted: &CertificateDer<'static>, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(trusted.clone()).expect("a trust anchor");
-    // ring: see `evogate::outbound::tls_provider`.
+    // ring: see `evogate::crypto::tls_provider`.
     #[allow(deprecated)]
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)

@@ -326,6 +326,22 @@ fn a_missing_plugin_file_stops_startup_with_a_clear_message() {
 }
 
 #[test]
+fn serve_without_a_configured_plugin_names_what_is_missing_and_opens_nothing() {
+    let cwd = tempfile::tempdir().expect("temp dir");
+    let output = std::process::Command::new(evogate_e2e::evogate_bin())
+        .arg("serve")
+        .current_dir(cwd.path())
+        .env_remove("EVOGATE_CONFIG")
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("running evogate");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no [[plugins]] configured") && stderr.contains("--config"), "{stderr}");
+    assert!(!cwd.path().join("data").exists(), "no store is opened for nothing to serve");
+}
+
+#[test]
 fn the_default_relative_data_dir_works_from_any_directory() {
     let cwd = tempfile::tempdir().expect("temp dir");
     let config = cwd.path().join("evogate.toml");

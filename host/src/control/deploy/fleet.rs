@@ -80,7 +80,7 @@ impl Deployer {
         }
         let state: State = serde_json::from_slice(&entry.value).context("reading the fleet state")?;
         let state = state.checked().context("the fleet state")?;
-        if state.active.sha256 != managed.slot.current().sha256 {
+        if state.active.sha256 != managed.mount.current().sha256 {
             let (backend, files, plugin) = (self.backend.clone(), managed.files.clone(), name.to_owned());
             let sha = state.active.sha256.clone();
             let bytes = tokio::task::spawn_blocking(move || fetch_artifact(&*backend, &plugin, &files, &sha)).await??;

@@ -3,7 +3,7 @@
 //! A deploy validates the component, compiles it off the serving path
 //! (wasmtime's cache under `data_dir/cache` makes a version seen before load
 //! in milliseconds), instantiates it once to read its identity, records it
-//! durably, and only then swaps it into the plugin's slot: new requests get
+//! durably, and only then swaps it into the plugin's mount: new requests get
 //! the new version, requests in flight finish on theirs, none is refused.
 //!
 //! On disk, per plugin, under `data_dir/plugins/{name}/`:
@@ -25,7 +25,7 @@ pub use self::artifacts::{VersionRecord, sha256_hex};
 
 use self::artifacts::{PluginDir, State};
 use crate::config::PluginConfig;
-use crate::control::registry::{Deployment, Registry, Slot};
+use crate::control::registry::{Deployment, Mount, Registry};
 use crate::kv::{Backend, Namespace};
 use crate::runtime::sandbox::Sandbox;
 use anyhow::Context as _;
@@ -60,7 +60,7 @@ pub enum DeployError {
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Outcome {
-    /// The plugin (slot) name.
+    /// The plugin (mount) name.
     pub name: String,
     /// What this call made live (or found live, if unchanged).
     pub deployed: VersionRecord,
@@ -89,7 +89,7 @@ pub struct PluginStatus {
 }
 
 struct Managed {
-    slot: Arc<Slot>,
+    mount: Arc<Mount>,
     settings: Arc<crate::config::PluginSettings>,
     files: PluginDir,
     /// Held for the whole of a deploy, rollback or fleet catch-up of this
@@ -97,7 +97,7 @@ struct Managed {
     state: tokio::sync::Mutex<ManagedState>,
 }
 
-/// What a plugin's deploys change besides its slot.
+/// What a plugin's deploys change besides its mount.
 #[derive(Debug)]
 struct ManagedState {
     /// The kept versions, newest first.
@@ -106,7 +106,7 @@ struct ManagedState {
     fleet_seen: Option<u64>,
 }
 
-/// Owns the plugins' slots and changes what they serve.
+/// Owns the plugins' mounts and changes what they serve.
 pub struct Deployer {
     sandbox: Arc<Sandbox>,
     backend: Arc<dyn Backend>,
@@ -145,7 +145,7 @@ pub fn validate(bytes: &[u8], max_bytes: usize) -> Result<(), DeployError> {
 
 impl Managed {
     fn live_record(&self) -> VersionRecord {
-        let live = self.slot.current();
+        let live = self.mount.current();
         VersionRecord {
             sha256: live.sha256.clone(),
             version: live.plugin.version.clone(),
@@ -197,11 +197,12 @@ impl Deployer {
                 None => {
                     let path = plugin.wasm.relative();
                     let bytes = std::fs::read(&path).with_context(|| {
-                        let hint = if plugin.wasm.original() == Path::new(crate::config::DEFAULT_PLUGIN_WASM) {
-                            " (build it first: cargo xtask build)"
-                        } else {
-                            ""
-                        };
+                        let hint =
+                            if plugin.wasm.original().components().any(|part| part.as_os_str() == "wasm32-wasip2") {
+                                " (build it first: cargo xtask build)"
+                            } else {
+                                ""
+                            };
                         format!("reading plugin {:?} from {}{hint}", plugin.name, path.display())
                     })?;
                     (bytes, path, now_unix())
@@ -233,10 +234,10 @@ impl Deployer {
                 load_ms = started.elapsed().as_millis() as u64,
                 "plugin loaded"
             );
-            let slot = registry.insert(&plugin.name, &plugin.route, plugin.error_format, deployment);
+            let mount = registry.insert(&plugin.name, &plugin.route, plugin.error_format, deployment);
             files.save_artifact(&sha256, &bytes)?;
             let entry = Managed {
-                slot,
+                mount,
                 settings,
                 files,
                 state: tokio::sync::Mutex::new(ManagedState {
@@ -263,10 +264,10 @@ impl Deployer {
         let mut list = Vec::with_capacity(self.plugins.len());
         for (name, managed) in &self.plugins {
             let previous = managed.state.lock().await.previous.clone();
-            let live = managed.slot.current();
+            let live = managed.mount.current();
             list.push(PluginStatus {
                 name: name.clone(),
-                route: managed.slot.route.clone(),
+                route: managed.mount.route.clone(),
                 identity: live.plugin.name.clone(),
                 world: live.plugin.world().as_str(),
                 live: managed.live_record(),
@@ -301,7 +302,7 @@ impl Deployer {
         let state = State { active: record.clone(), previous };
         self.persist(managed, &state, Some((&sha256, bytes.clone()))).await?;
         // The fleet gets the new build and the one it replaces, so any node can roll back.
-        let replaced = managed.slot.current().sha256.clone();
+        let replaced = managed.mount.current().sha256.clone();
         let mut artifacts = vec![(sha256.clone(), bytes)];
         if let Ok(old) = std::fs::read(managed.files.artifact(&replaced)) {
             artifacts.push((replaced, old));
@@ -408,9 +409,9 @@ impl Deployer {
         previous: Vec<VersionRecord>,
     ) {
         let label = deployment.label().to_owned();
-        let old = managed.slot.swap(Arc::new(deployment));
+        let old = managed.mount.swap(Arc::new(deployment));
         guard.previous = previous;
-        tracing::info!(plugin = %managed.slot.name, from = %old.label(), to = %label, "swapped");
+        tracing::info!(plugin = %managed.mount.name, from = %old.label(), to = %label, "swapped");
     }
 }
 

@@ -36,8 +36,7 @@ impl PostgresBackend {
             config.get_dbname().unwrap_or("postgres"),
             options.schema
         );
-        let tls =
-            tokio_postgres_rustls::MakeRustlsConnect::new(crate::outbound::client_tls(options.tls_ca.as_deref())?);
+        let tls = tokio_postgres_rustls::MakeRustlsConnect::new(crate::crypto::client_tls(options.tls_ca.as_deref())?);
         // The connections and the commits run on the runtime that serves the
         // requests when the backend is opened on one with threads to spare:
         // a read's answer then wakes the request's task from the same

@@ -12,7 +12,7 @@
 //! Counters (`increment`) are decimal text, as `wasmtime serve` keeps them.
 
 use crate::runtime::bindings::wit_kv;
-use crate::runtime::kv::KvCtx;
+use crate::runtime::evogate_kv::KvCtx;
 use std::collections::VecDeque;
 use wasmtime::component::Resource;
 

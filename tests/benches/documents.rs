@@ -6,9 +6,10 @@
 //! index entries and its feed entry, 100 documents a commit) straight into
 //! a redb store from 8 threads, no HTTP, no plugin.
 //!
-//! Run with `cargo xtask bench` or `cargo bench -p evogate --bench documents`.
+//! Run with `cargo xtask bench` or `cargo bench -p evogate-e2e --bench documents`.
 
-#[path = "common/evotor.rs"]
+// The Evotor plugin behind a gateway in process, shared with the gateway's own benches.
+#[path = "../../host/benches/common/evotor.rs"]
 mod evotor;
 
 use evotor::{STORE, call, sell_batch};

@@ -7,7 +7,6 @@
 //! `PORT` a number or `*`, else the scheme's own (80, 443). Nothing may
 //! follow: no path, query or user.
 
-use anyhow::Context as _;
 use std::fmt;
 
 /// One parsed `allowed_outbound_hosts` entry.
@@ -179,38 +178,6 @@ impl OutboundRules {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
-}
-
-/// TLS toward the servers evogate calls (PostgreSQL, plugins' outgoing
-/// requests): the public roots (webpki), plus the certificates of
-/// `extra_ca`, a PEM file, when given.
-pub(crate) fn client_tls(extra_ca: Option<&std::path::Path>) -> anyhow::Result<rustls::ClientConfig> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject as _;
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(path) = extra_ca {
-        let mut added = 0;
-        for cert in CertificateDer::pem_file_iter(path).with_context(|| format!("reading {}", path.display()))? {
-            roots.add(cert.with_context(|| format!("parsing {}", path.display()))?)?;
-            added += 1;
-        }
-        anyhow::ensure!(added > 0, "{} holds no PEM certificate", path.display());
-    }
-    Ok(rustls::ClientConfig::builder_with_provider(tls_provider())
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
-}
-
-/// The TLS implementation of every listener and client of the gateway:
-/// rustls on *ring*, which builds without a C toolchain. rustls deprecates
-/// it for lacking post-quantum key exchange (aws-lc-rs has it, and needs
-/// cmake and a C compiler to build); classical key exchange is what Evotor's
-/// cloud and PostgreSQL offer today.
-#[allow(deprecated)]
-pub fn tls_provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
-    std::sync::Arc::new(rustls::crypto::ring::default_provider())
 }
 
 #[cfg(test)]

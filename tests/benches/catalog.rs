@@ -4,9 +4,10 @@
 //! both see the same machine), the whole catalog unpaged against the 100
 //! pages that make it up, and barcode lookups.
 //!
-//! Run with `cargo xtask bench` or `cargo bench -p evogate --bench catalog`.
+//! Run with `cargo xtask bench` or `cargo bench -p evogate-e2e --bench catalog`.
 
-#[path = "common/evotor.rs"]
+// The Evotor plugin behind a gateway in process, shared with the gateway's own benches.
+#[path = "../../host/benches/common/evotor.rs"]
 mod evotor;
 
 use evotor::{STORE, barcode, call, json_body, product, quantiles};

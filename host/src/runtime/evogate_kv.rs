@@ -1,6 +1,6 @@
 //! The host side of the evogate `kv` interface (both worlds): a
 //! [`KvCtx`] per request, holding the plugin's [`Namespace`], the shared
-//! store-call slots and the request's deadline, implements the generated
+//! store-call permits and the request's deadline, implements the generated
 //! host traits; [`add_to_linker`] puts them in a linker whose store data can
 //! lend one. Every call goes through the namespace's policy layer, and each
 //! runs in a debug-level span (`kv.get`, `kv.commit`, …).
@@ -15,17 +15,17 @@ use wasmtime::component::{HasData, Linker};
 /// What the `kv` calls of one request use.
 pub(crate) struct KvCtx {
     kv: Namespace,
-    /// Slots for store calls on the blocking pool, shared by every instance.
+    /// Permits for store calls on the blocking pool, shared by every instance.
     kv_calls: Arc<tokio::sync::Semaphore>,
-    /// The request's deadline: how long a store call may wait for a slot.
+    /// The request's deadline: how long a store call may wait for a permit.
     deadline: Instant,
 }
 
 impl KvCtx {
-    /// The context of one request on `kv`, with `slots` shared by every
+    /// The context of one request on `kv`, with `permits` shared by every
     /// request and `deadline` its own.
-    pub(crate) fn new(kv: Namespace, slots: Arc<tokio::sync::Semaphore>, deadline: Instant) -> Self {
-        Self { kv, kv_calls: slots, deadline }
+    pub(crate) fn new(kv: Namespace, permits: Arc<tokio::sync::Semaphore>, deadline: Instant) -> Self {
+        Self { kv, kv_calls: permits, deadline }
     }
 }
 
@@ -230,42 +230,42 @@ impl wit_kv::Host for KvCtx {
 
 impl KvCtx {
     /// Awaits a read from a remote store on the request's task, holding one
-    /// of the shared store-call slots while it runs; waits for a slot until
+    /// of the shared store-call permits while it runs; waits for a permit until
     /// the request's deadline at most, then reads nothing.
     fn remote<T: Send + 'static>(
         &self,
         read: kv::Read<T>,
     ) -> impl std::future::Future<Output = Result<T, kv::KvError>> + Send + 'static {
-        let (slots, deadline) = (self.kv_calls.clone(), self.deadline);
+        let (permits, deadline) = (self.kv_calls.clone(), self.deadline);
         async move {
-            let _slot = slot(&slots, deadline).await?;
+            let _permit = call_permit(&permits, deadline).await?;
             read.await
         }
     }
 
     /// Runs blocking store work on tokio's blocking pool, holding one of
-    /// the shared slots until the work ends — even when the request that
+    /// the shared permits until the work ends — even when the request that
     /// asked for it is gone — so abandoned work cannot pile up. Waits for a
-    /// slot until the request's deadline at most; then nothing is done.
+    /// permit until the request's deadline at most; then nothing is done.
     fn blocking<T: Send + 'static>(
         &self,
         commit: bool,
         work: impl FnOnce() -> Result<T, kv::KvError> + Send + 'static,
     ) -> impl std::future::Future<Output = Result<T, kv::KvError>> + Send + 'static {
-        let (slots, deadline) = (self.kv_calls.clone(), self.deadline);
-        blocking(slots, deadline, commit, work)
+        let (permits, deadline) = (self.kv_calls.clone(), self.deadline);
+        blocking(permits, deadline, commit, work)
     }
 }
 
 async fn blocking<T: Send + 'static>(
-    slots: Arc<tokio::sync::Semaphore>,
+    permits: Arc<tokio::sync::Semaphore>,
     deadline: Instant,
     commit: bool,
     work: impl FnOnce() -> Result<T, kv::KvError> + Send + 'static,
 ) -> Result<T, kv::KvError> {
-    let slot = slot(&slots, deadline).await?;
+    let permit = call_permit(&permits, deadline).await?;
     tokio::task::spawn_blocking(move || {
-        let _slot = slot;
+        let _permit = permit;
         work()
     })
     .await
@@ -275,13 +275,13 @@ async fn blocking<T: Send + 'static>(
     })
 }
 
-/// One of the shared store-call slots, waited for until `deadline` at most.
-async fn slot(
-    slots: &Arc<tokio::sync::Semaphore>,
+/// One of the shared store-call permits, waited for until `deadline` at most.
+async fn call_permit(
+    permits: &Arc<tokio::sync::Semaphore>,
     deadline: Instant,
 ) -> Result<tokio::sync::OwnedSemaphorePermit, kv::KvError> {
-    match tokio::time::timeout_at(deadline.into(), slots.clone().acquire_owned()).await {
-        Ok(Ok(slot)) => Ok(slot),
+    match tokio::time::timeout_at(deadline.into(), permits.clone().acquire_owned()).await {
+        Ok(Ok(permit)) => Ok(permit),
         _ => {
             metrics::counter!(crate::telemetry::KV_CALLS_REFUSED).increment(1);
             Err(kv::KvError::Unavailable("too many store calls in flight".into()))
@@ -295,8 +295,8 @@ mod tests {
     use std::time::Duration;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn store_calls_past_the_cap_fail_at_their_deadline_without_running_and_abandoned_ones_keep_their_slot() {
-        let slots = Arc::new(tokio::sync::Semaphore::new(1));
+    async fn store_calls_past_the_cap_fail_at_their_deadline_without_running_and_abandoned_ones_keep_their_permit() {
+        let permits = Arc::new(tokio::sync::Semaphore::new(1));
         let ran = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let work = |millis: u64| {
             let ran = ran.clone();
@@ -307,14 +307,14 @@ mod tests {
             }
         };
         // A commit whose request gave up: dropped while its work runs on.
-        let abandoned = blocking(slots.clone(), Instant::now() + Duration::from_secs(5), true, work(600));
+        let abandoned = blocking(permits.clone(), Instant::now() + Duration::from_secs(5), true, work(600));
         let _ = tokio::time::timeout(Duration::from_millis(100), abandoned).await;
         let started = Instant::now();
-        let refused = blocking(slots.clone(), Instant::now() + Duration::from_millis(200), false, work(0)).await;
+        let refused = blocking(permits.clone(), Instant::now() + Duration::from_millis(200), false, work(0)).await;
         assert!(matches!(&refused, Err(kv::KvError::Unavailable(why)) if why.contains("in flight")), "{refused:?}");
         assert!(started.elapsed() < Duration::from_millis(400), "refused at its deadline");
         assert_eq!(ran.load(std::sync::atomic::Ordering::SeqCst), 0, "the refused call did nothing");
-        let served = blocking(slots.clone(), Instant::now() + Duration::from_secs(5), false, work(0)).await;
+        let served = blocking(permits.clone(), Instant::now() + Duration::from_secs(5), false, work(0)).await;
         assert!(served.is_ok());
         assert_eq!(ran.load(std::sync::atomic::Ordering::SeqCst), 2, "the abandoned commit finished first");
     }
