@@ -1,6 +1,7 @@
 //! The documentation stays true to the repository: every relative link
 //! points to a file that exists, and every key of the configuration file is
-//! described in `docs/configuration.md`.
+//! described in `docs/configuration.md`, and the layout in
+//! `docs/architecture.md` names files that exist.
 
 use std::path::{Path, PathBuf};
 
@@ -236,4 +237,63 @@ fn code_the_docs_quote_from_a_file_is_that_file() {
         }
     }
     assert!(checked >= 3, "the plugin guide quotes the example's manifest, code and tests");
+}
+
+/// Every file and folder below `dir`, as paths relative to it (`target/`
+/// and hidden entries left out).
+fn tree(dir: &Path, prefix: &Path, into: &mut Vec<PathBuf>) {
+    let entries = std::fs::read_dir(dir).unwrap_or_else(|err| panic!("reading {}: {err}", dir.display()));
+    for entry in entries {
+        let entry = entry.unwrap_or_else(|err| panic!("listing {}: {err}", dir.display()));
+        let name = entry.file_name();
+        if name == "target" || name.to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let relative = prefix.join(&name);
+        if entry.path().is_dir() {
+            tree(&entry.path(), &relative, into);
+        }
+        into.push(relative);
+    }
+}
+
+/// The layout in `docs/architecture.md` names the tree as it is: each source
+/// file or folder it names (`server.rs`, `deploy/`, `src/storage/`) exists
+/// under the top-level folder whose entry names it, or from the root.
+#[test]
+fn the_architecture_layout_names_only_files_and_folders_that_exist() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let guide = read(&root.join("docs/architecture.md"));
+    let layout =
+        guide.split("\n## Layout\n").nth(1).and_then(|rest| rest.split("\n## ").next()).expect("a Layout section");
+    let (mut base, mut checked, mut missing) = (None::<(String, Vec<PathBuf>)>, 0, Vec::new());
+    for line in layout.lines() {
+        // A top-level entry, "- [`host/`](../host/)" or "- `tests/guest/`", names the folder the rest is under.
+        if let Some(entry) = line.strip_prefix("- ") {
+            let folder = entry.trim_start_matches('[').strip_prefix('`').and_then(|rest| rest.split('`').next());
+            base = folder.filter(|folder| folder.ends_with('/') && root.join(folder).is_dir()).map(|folder| {
+                let mut files = Vec::new();
+                tree(&root.join(folder), Path::new(""), &mut files);
+                (folder.to_owned(), files)
+            });
+        }
+        let Some((folder, files)) = &base else { continue };
+        for (i, span) in line.split('`').enumerate() {
+            let named = i % 2 == 1
+                && !span.contains(' ')
+                && !span.contains("::")
+                && (span.ends_with(".rs") || (span.ends_with('/') && span.len() > 1 && !span.starts_with("..")));
+            if !named || span == folder {
+                continue;
+            }
+            checked += 1;
+            let wanted = Path::new(span.trim_end_matches('/'));
+            // A path from the repository's root (`tests/tests/e2e/`), or one below the entry's folder.
+            if !root.join(wanted).exists() && !files.iter().any(|file| file.ends_with(wanted)) {
+                missing.push(format!("{span} (under {folder})"));
+            }
+        }
+    }
+    assert!(checked >= 60, "the layout names the tree's files: only {checked} found");
+    assert!(missing.is_empty(), "docs/architecture.md names what the tree lacks: {missing:?}");
 }
