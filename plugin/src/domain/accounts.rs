@@ -6,6 +6,7 @@ use crate::Ctx;
 use crate::config::Settings;
 use crate::domain::passwords;
 use crate::domain::tokens;
+use crate::domain::transact;
 use crate::errors::ApiError;
 use crate::input::{self, Fields, Object};
 use crate::storage::{self, Account, LoginIndex, StorageError, Tariff, Txn, UserRecord};
@@ -125,7 +126,7 @@ pub(crate) fn register(ctx: &Ctx<'_>, settings: &Settings, reg: &Registration) -
     let now = ctx.clock.now_unix();
     // Hashing is slow: once, outside the retried transaction.
     let mut password_hash: Option<Option<String>> = None;
-    storage::transact(ctx, |txn| {
+    transact(ctx, |txn| {
         let mut user = txn
             .get::<UserRecord>(&storage::user_key(&reg.user_id))?
             .unwrap_or_else(|| UserRecord::new(&reg.user_id, now));
@@ -200,7 +201,7 @@ pub(crate) fn log_in(
     };
 
     let now = ctx.clock.now_unix();
-    storage::transact(ctx, |txn| {
+    transact(ctx, |txn| {
         let mut account =
             txn.get::<Account>(&storage::account_key(&account.id))?.ok_or_else(ApiError::wrong_credentials)?;
         let mut user =
@@ -226,7 +227,7 @@ pub(crate) fn log_in(
 /// Records user `user_id`'s tariff state (legacy `POST /api/v1/user/tariff`).
 pub(crate) fn set_tariff(ctx: &Ctx<'_>, user_id: &str, tariff_id: &str, active: bool) -> Result<(), ApiError> {
     let now = ctx.clock.now_unix();
-    storage::transact(ctx, |txn| -> Result<(), StorageError> {
+    transact(ctx, |txn| -> Result<(), StorageError> {
         let mut user =
             txn.get::<UserRecord>(&storage::user_key(user_id))?.unwrap_or_else(|| UserRecord::new(user_id, now));
         if user.tariff.as_ref().is_some_and(|known| known.tariff_id == tariff_id && known.active == active) {
@@ -269,7 +270,7 @@ pub(crate) fn create(ctx: &Ctx<'_>, new: NewAccount) -> Result<Account, ApiError
         created_at: now,
         updated_at: now,
     };
-    storage::transact(ctx, |txn| {
+    transact(ctx, |txn| {
         login_free(txn, account.login.as_deref(), "login")?;
         insert(txn, &account, now)
     })?;
@@ -288,7 +289,7 @@ pub(crate) struct AccountChange {
 /// Applies `change` to account `id`; no such account is 404.
 pub(crate) fn update(ctx: &Ctx<'_>, id: &str, change: &AccountChange) -> Result<Account, ApiError> {
     let now = ctx.clock.now_unix();
-    storage::transact(ctx, |txn| -> Result<Account, ApiError> {
+    transact(ctx, |txn| -> Result<Account, ApiError> {
         let mut account = txn.get::<Account>(&storage::account_key(id))?.ok_or_else(ApiError::not_found)?;
         if let Some(hash) = &change.password_hash {
             account.password_hash.clone_from(hash);
@@ -311,7 +312,7 @@ pub(crate) fn update(ctx: &Ctx<'_>, id: &str, change: &AccountChange) -> Result<
 /// Deletes account `id`: frees its login, unlinks its Evotor user and
 /// revokes the user's tokens; no such account is 404.
 pub(crate) fn delete(ctx: &Ctx<'_>, id: &str) -> Result<(), ApiError> {
-    storage::transact(ctx, |txn| -> Result<(), ApiError> {
+    transact(ctx, |txn| -> Result<(), ApiError> {
         let account = txn.get::<Account>(&storage::account_key(id))?.ok_or_else(ApiError::not_found)?;
         if let Some(login) = &account.login {
             txn.delete(&storage::login_key(login));

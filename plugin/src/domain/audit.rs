@@ -31,7 +31,7 @@ pub fn problems(kv: &MemKv) -> Vec<String> {
     for store in stores("docs/") {
         documents(&keys, &store, &mut problems);
     }
-    match storage::grants::stale(kv) {
+    match crate::domain::authorization::grants::stale(kv) {
         Ok(stale) => problems.extend(stale),
         Err(err) => problems.push(format!("grants not read: {err:?}")),
     }

@@ -24,6 +24,7 @@
 pub mod validate;
 
 use crate::Ctx;
+use crate::domain::transact;
 use crate::errors::ApiError;
 use crate::input;
 use crate::storage::{self, Issue, OwnerIndex, StorageError, Txn};
@@ -491,7 +492,7 @@ pub(crate) fn upsert_counted(
     }
     let mut changed = 0;
     for run in commits_of(items, writes_of) {
-        changed += storage::transact(ctx, |txn| -> Result<usize, ApiError> {
+        changed += transact(ctx, |txn| -> Result<usize, ApiError> {
             let (changed, added) = upsert_in(txn, store, owner.as_deref(), run, &batch, source, now)?;
             if let Some((settings, user_id)) = counted {
                 crate::domain::quota::count_usage(txn, settings, user_id, added)?;
@@ -559,7 +560,7 @@ pub fn claim_store(ctx: &Ctx<'_>, user_id: &str, store: &str) -> Result<(), ApiE
         None => {}
     }
     let now = ctx.clock.now_unix();
-    storage::transact(ctx, |txn| -> Result<(), ApiError> {
+    transact(ctx, |txn| -> Result<(), ApiError> {
         match claim_in(txn, user_id, store, now)? {
             None => Ok(()),
             Some(_) => Err(ApiError::not_found()),
@@ -693,7 +694,7 @@ pub(crate) fn delete_products(ctx: &Ctx<'_>, store: &str, uuids: &[String], sour
     let now = ctx.clock.now_unix();
     let mut deleted = 0;
     for run in uuids.chunks(DELETES_PER_COMMIT) {
-        deleted += storage::transact(ctx, |txn| delete_in(txn, store, owner.as_deref(), run, source, now))?;
+        deleted += transact(ctx, |txn| delete_in(txn, store, owner.as_deref(), run, source, now))?;
     }
     Ok(deleted)
 }

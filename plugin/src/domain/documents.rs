@@ -21,6 +21,7 @@ use crate::Ctx;
 use crate::config::Settings;
 use crate::domain::inventory::PastLicence;
 use crate::domain::quota;
+use crate::domain::transact;
 use crate::errors::ApiError;
 use crate::input::{self, Fields, Object, is_uuid};
 use crate::storage::{self, Issue, StorageError};
@@ -353,20 +354,25 @@ pub(crate) fn is_type_name(kind: &str) -> bool {
     (1..=64).contains(&kind.len()) && kind.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
 }
 
+/// A delivery of documents or receipts as its commit takes it: whose it
+/// is, the stores and devices it names, the user's licence and what a
+/// terminal past it comes to, and when it arrived (Unix seconds).
+struct Delivery<'a> {
+    user_id: &'a str,
+    stores: &'a BTreeSet<&'a str>,
+    devices: &'a BTreeSet<&'a str>,
+    device_limit: Option<u64>,
+    past_licence: PastLicence,
+    now: u64,
+}
+
 /// The stores and devices a delivery names: each store becomes the user's
 /// when nobody owns it yet, each device is registered while the licence
 /// allows (past it: 405 1005). Another user's store or device is a data
 /// issue, returned to be noted when the delivery stores something (a
 /// re-delivery counts nothing).
-fn admit<'s>(
-    txn: &mut storage::Txn<'_>,
-    user_id: &str,
-    stores: &BTreeSet<&'s str>,
-    devices: &BTreeSet<&str>,
-    device_limit: Option<u64>,
-    past_licence: PastLicence,
-    now: u64,
-) -> Result<(Vec<Issue>, BTreeSet<&'s str>), ApiError> {
+fn admit<'a>(txn: &mut storage::Txn<'_>, delivery: &Delivery<'a>) -> Result<(Vec<Issue>, BTreeSet<&'a str>), ApiError> {
+    let Delivery { user_id, stores, devices, device_limit, past_licence, now } = *delivery;
     let mut issues = Vec::new();
     let mut foreign = BTreeSet::new();
     for store in stores {
@@ -378,6 +384,37 @@ fn admit<'s>(
     }
     issues.extend(crate::domain::inventory::register_devices(txn, user_id, devices, device_limit, past_licence, now)?);
     Ok((issues, foreign))
+}
+
+/// Commits a delivery of documents or receipts, in one transaction:
+/// admits the stores and devices it names ([`admit`]), stores its items
+/// with `store_items` (given the stores another user owns; it answers how
+/// many items were new and how many known) and, when any was new, notes
+/// the issues admitting found and counts the new records against the
+/// user's quota. Then what outlived `retention_days` in those stores goes.
+/// Answers how many were new and how many known.
+fn commit_delivery(
+    ctx: &Ctx<'_>,
+    settings: &Settings,
+    delivery: &Delivery<'_>,
+    mut store_items: impl FnMut(&mut storage::Txn<'_>, &BTreeSet<&str>) -> Result<(usize, usize), ApiError>,
+) -> Result<(usize, usize), ApiError> {
+    let (user_id, now) = (delivery.user_id, delivery.now);
+    let (new, repeated) = transact(ctx, |txn| -> Result<(usize, usize), ApiError> {
+        let (issues, foreign) = admit(txn, delivery)?;
+        let (new, repeated) = store_items(txn, &foreign)?;
+        if new > 0 {
+            for issue in issues {
+                txn.issue(now, issue);
+            }
+            quota::count_usage(txn, settings, user_id, new)?;
+        }
+        Ok((new, repeated))
+    })?;
+    for store in delivery.stores {
+        expire(ctx, settings, store)?;
+    }
+    Ok((new, repeated))
 }
 
 /// Stores the documents of a delivery (`body`: one or an array) of user
@@ -426,8 +463,8 @@ pub(crate) fn ingest_documents(
     let device_keys = devices.iter().map(|device| storage::owner_key("device", device));
     let order = (!devices.is_empty()).then(|| storage::device_order_key(user_id));
     ctx.kv.prefetch(&owners.chain(order).chain(device_keys).chain(owned_keys.iter().cloned()).collect::<Vec<_>>());
-    let (new, repeated) = storage::transact(ctx, |txn| -> Result<(usize, usize), ApiError> {
-        let (issues, foreign) = admit(txn, user_id, &stores, &devices, device_limit, past_licence, now)?;
+    let delivery = Delivery { user_id, stores: &stores, devices: &devices, device_limit, past_licence, now };
+    let (new, repeated) = commit_delivery(ctx, settings, &delivery, |txn, foreign| {
         // Documents into another user's store are the deliverer's, apart from the owner's.
         let keys: Vec<String> = documents
             .iter()
@@ -491,17 +528,8 @@ pub(crate) fn ingest_documents(
             }
             new += 1;
         }
-        if new > 0 {
-            for issue in issues {
-                txn.issue(now, issue);
-            }
-            quota::count_usage(txn, settings, user_id, new)?;
-        }
         Ok((new, repeated))
     })?;
-    for store in &stores {
-        expire(ctx, settings, store)?;
-    }
     expire_kept_apart(ctx, settings, user_id)?;
     Ok((new, repeated))
 }
@@ -557,7 +585,7 @@ fn expire_kept_apart(ctx: &Ctx<'_>, settings: &Settings, user_id: &str) -> Resul
     if expired.is_empty() {
         return Ok(());
     }
-    storage::transact(ctx, |txn| -> Result<(), ApiError> {
+    transact(ctx, |txn| -> Result<(), ApiError> {
         let mut freed = 0u64;
         for (index, _, place) in &expired {
             let (store, id) = place.split_once('/').unwrap_or_default();
@@ -602,7 +630,7 @@ fn expire(ctx: &Ctx<'_>, settings: &Settings, store: &str) -> Result<(), ApiErro
     if document_positions.is_empty() && receipt_positions.is_empty() {
         return Ok(());
     }
-    storage::transact(ctx, |txn| -> Result<(), ApiError> {
+    transact(ctx, |txn| -> Result<(), ApiError> {
         // Whose counted records go, when quotas are counted.
         let mut freed: BTreeMap<String, u64> = BTreeMap::new();
         for position in &document_positions {
@@ -760,8 +788,9 @@ pub(crate) fn ingest_receipts(
     let device_limit = crate::domain::billing::device_limit(ctx, user_id, settings)?;
     let stores: BTreeSet<&str> = receipts.iter().filter_map(|receipt| receipt.store.as_deref()).collect();
     let devices: BTreeSet<&str> = receipts.iter().filter_map(|receipt| receipt.device.as_deref()).collect();
-    let (new, repeated) = storage::transact(ctx, |txn| -> Result<(usize, usize), ApiError> {
-        let (issues, foreign) = admit(txn, user_id, &stores, &devices, device_limit, PastLicence::Refuse, now)?;
+    let past_licence = PastLicence::Refuse;
+    let delivery = Delivery { user_id, stores: &stores, devices: &devices, device_limit, past_licence, now };
+    commit_delivery(ctx, settings, &delivery, |txn, foreign| {
         let (mut new, mut repeated) = (0, 0);
         for receipt in &receipts {
             let hash = storage::receipt_id_hash(&receipt.id);
@@ -803,18 +832,8 @@ pub(crate) fn ingest_receipts(
             }
             new += 1;
         }
-        if new > 0 {
-            for issue in issues {
-                txn.issue(now, issue);
-            }
-            quota::count_usage(txn, settings, user_id, new)?;
-        }
         Ok((new, repeated))
-    })?;
-    for store in &stores {
-        expire(ctx, settings, store)?;
-    }
-    Ok((new, repeated))
+    })
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ use crate::Ctx;
 use crate::config::Settings;
 use crate::domain::catalog;
 use crate::domain::inventory::{self, EntityChange, EntityOutcome, Source};
+use crate::domain::transact;
 use crate::errors::ApiError;
 use crate::input::{self, Fields, Object};
 use crate::storage::{self, Issue, OwnerIndex, Txn};
@@ -375,7 +376,7 @@ fn take_one(
                 }
                 _ => None,
             };
-            return storage::transact(ctx, |txn| -> Result<(Outcome, usize), ApiError> {
+            return transact(ctx, |txn| -> Result<(Outcome, usize), ApiError> {
                 if txn.get::<Seen>(key)?.is_some() {
                     return Ok((Outcome::Duplicate, 0));
                 }
@@ -415,7 +416,7 @@ fn take_one(
     }
     if let (Kind::Product | Kind::ProductGroup, Some(user_id)) = (event.kind, event.user_id.as_deref()) {
         // Which state is newer is decided in the commit that writes it, with the event's marker.
-        return storage::transact(ctx, |txn| -> Result<(Outcome, usize), ApiError> {
+        return transact(ctx, |txn| -> Result<(Outcome, usize), ApiError> {
             if txn.get::<Seen>(key)?.is_some() {
                 return Ok((Outcome::Duplicate, 0));
             }
@@ -438,7 +439,7 @@ fn take_one(
     if event.kind == Kind::Other {
         problems.push(format!("unknown event type {:?}: kept", event.r#type));
     }
-    storage::transact(ctx, |txn| -> Result<(Outcome, usize), ApiError> {
+    transact(ctx, |txn| -> Result<(Outcome, usize), ApiError> {
         if txn.get::<Seen>(key)?.is_some() {
             return Ok((Outcome::Duplicate, 0));
         }
@@ -680,7 +681,7 @@ pub(crate) fn apply_catalog_page(
     let mut changed = 0;
     // In as few commits as the store's limits on one allow; each decides and writes its items' order.
     for run in catalog::commits_of(&fresh, |(_, _, item)| catalog::writes_of(item)) {
-        let (count, foreign) = storage::transact(ctx, |txn| -> Result<(usize, Option<String>), ApiError> {
+        let (count, foreign) = transact(ctx, |txn| -> Result<(usize, Option<String>), ApiError> {
             if let Some(owner) = catalog::claim_in(txn, user_id, &store, now)? {
                 return Ok((0, Some(owner)));
             }

@@ -10,6 +10,7 @@
 
 use crate::Ctx;
 use crate::config::Settings;
+use crate::domain::transact;
 use crate::errors::ApiError;
 use crate::input::{Fields, is_uuid};
 use crate::storage::{self, DeviceOrder, EntityRecord, Issue, OwnerIndex};
@@ -432,7 +433,7 @@ pub(crate) fn mirror_items(
         _ => None,
     };
     let now = ctx.clock.now_unix();
-    storage::transact(ctx, |txn| -> Result<_, ApiError> {
+    transact(ctx, |txn| -> Result<_, ApiError> {
         let mut mapped = Vec::new();
         let mut over = Vec::new();
         let order_key = storage::device_order_key(user_id);

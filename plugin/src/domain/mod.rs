@@ -9,13 +9,20 @@
 //! `time`, `clock`, `config`, `outgoing`, `context`); never `endpoints`,
 //! nor `http`: requests and answers are the endpoints' business. Errors are
 //! `errors::ApiError`, Evotor's error codes (see the crate docs), not HTTP.
-//! Within the layer imports point down, never in a cycle: `passwords` and
-//! `tokens` and `quota` at the bottom, `billing`, `inventory`, `accounts`, `catalog`, then
-//! `documents` and `audit`, `events` and `purge`, and `sync` on top.
+//! Within the layer imports point down, never in a cycle: the grant rules
+//! (`authorization::grants`, with [`transact`]) and `passwords` and
+//! `tokens` and `quota` at the bottom, `billing`, the decision
+//! (`authorization`), `inventory`, `accounts`, `catalog`, then `documents`
+//! and `audit`, `events` and `purge`, and `sync` on top.
+//!
+//! Every transaction runs through [`transact`]: storage's transaction with
+//! the grant rules as its commit hook, so a commit that changes what
+//! authorizes a user rebuilds that user's grants.
 
 pub mod accounts;
 #[cfg(any(test, feature = "testing"))]
 pub mod audit;
+pub mod authorization;
 pub mod billing;
 pub mod catalog;
 pub mod documents;
@@ -26,3 +33,5 @@ pub mod purge;
 pub mod quota;
 pub mod sync;
 pub mod tokens;
+
+pub use authorization::grants::transact;

@@ -24,6 +24,7 @@
 use crate::Ctx;
 use crate::domain::documents::ReceiptRecord;
 use crate::domain::tokens;
+use crate::domain::transact;
 use crate::errors::ApiError;
 use crate::storage::{self, Account, EntityRecord, IssueRecord, UserRecord};
 use serde::{Deserialize, Serialize};
@@ -182,7 +183,7 @@ impl Budget {
     /// Deletes `keys` in commits of [`CHUNK`].
     fn delete(&mut self, ctx: &Ctx<'_>, keys: &[String]) -> Result<(), ApiError> {
         for chunk in keys.chunks(CHUNK) {
-            storage::transact(ctx, |txn| -> Result<(), ApiError> {
+            transact(ctx, |txn| -> Result<(), ApiError> {
                 for key in chunk {
                     txn.delete(key);
                 }
@@ -223,7 +224,7 @@ fn purge_at_most(ctx: &Ctx<'_>, user_id: &str, records: usize) -> Result<Progres
     let done = purge_within(ctx, user_id, &mut budget)?;
     if done {
         let now = ctx.clock.now_unix();
-        storage::transact(ctx, |txn| -> Result<(), ApiError> {
+        transact(ctx, |txn| -> Result<(), ApiError> {
             txn.delete(&cursor_key(user_id));
             txn.emit("user.purged", now, Some(user_id), json!({ "userId": user_id }));
             Ok(())
@@ -235,7 +236,7 @@ fn purge_at_most(ctx: &Ctx<'_>, user_id: &str, records: usize) -> Result<Progres
 /// The steps, each idempotent; `true` once every one is through.
 fn purge_within(ctx: &Ctx<'_>, user_id: &str, budget: &mut Budget) -> Result<bool, ApiError> {
     // First the user's deliveries stop: every token issued to it revoked, in one commit.
-    storage::transact(ctx, |txn| -> Result<(), ApiError> {
+    transact(ctx, |txn| -> Result<(), ApiError> {
         let key = storage::user_key(user_id);
         if let Some(mut user) = txn.get::<UserRecord>(&key)?
             && !user.tokens.is_empty()
@@ -322,7 +323,7 @@ fn purge_within(ctx: &Ctx<'_>, user_id: &str, budget: &mut Budget) -> Result<boo
     }
     // Where the scans stopped is kept even when a step failed: the next call goes on from there.
     cursor.v = storage::FORMAT;
-    storage::transact(ctx, |txn| -> Result<(), ApiError> {
+    transact(ctx, |txn| -> Result<(), ApiError> {
         txn.put(&cursor_key(user_id), &cursor);
         Ok(())
     })?;
@@ -333,7 +334,7 @@ fn purge_within(ctx: &Ctx<'_>, user_id: &str, budget: &mut Budget) -> Result<boo
     if !budget.delete_prefix(ctx, &format!("user/{user_id}/"))? {
         return Ok(false);
     }
-    storage::transact(ctx, |txn| -> Result<(), ApiError> {
+    transact(ctx, |txn| -> Result<(), ApiError> {
         let key = storage::user_key(user_id);
         if let Some(mut user) = txn.get::<UserRecord>(&key)? {
             tokens::revoke_all(txn, &mut user);

@@ -6,6 +6,7 @@
 use crate::Ctx;
 use crate::domain::accounts::settings;
 use crate::domain::events::{self, EventRecord, LOG_PREFIX, normalized};
+use crate::domain::transact;
 use crate::endpoints::request::{paging, query, require_partner};
 use crate::errors::ApiError;
 use crate::http::{Request, Response};
@@ -123,7 +124,7 @@ fn refused(ctx: &Ctx<'_>, delivery: Option<&str>, missing: bool) {
     }
     let delivery = delivery.unwrap_or("-").escape_debug().to_string();
     eprintln!("events webhook: refused delivery {delivery}: {why} (401); the next are noted after a minute");
-    let counted = storage::transact(ctx, |txn| -> Result<(), ApiError> {
+    let counted = transact(ctx, |txn| -> Result<(), ApiError> {
         txn.issue(now, Issue::new(None, REFUSED_ENTITY, REFUSED_ID, problem.as_str()));
         Ok(())
     });

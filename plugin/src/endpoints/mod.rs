@@ -19,6 +19,7 @@ mod request;
 mod sync;
 
 use crate::Ctx;
+use crate::domain::transact;
 use crate::errors::ApiError;
 use crate::http::{Request, Response};
 
@@ -291,7 +292,7 @@ pub(crate) fn note_too_large(ctx: &Ctx<'_>, entity: &'static str, id: &str, why:
     eprintln!("{entity} {}: a delivery was refused: {why} (413)", id.escape_debug());
     let now = ctx.clock.now_unix();
     let problem = format!("a delivery was refused with 413 ({why}); it is not sent again");
-    let noted = crate::storage::transact(ctx, |txn| -> Result<(), ApiError> {
+    let noted = transact(ctx, |txn| -> Result<(), ApiError> {
         txn.issue(now, crate::storage::Issue::new(None, entity, id, problem.as_str()));
         Ok(())
     });

@@ -1,11 +1,11 @@
 //! Data issues: doubtful input that was accepted all the same. A
-//! transaction notes them ([`Txn::issue`]) and counts them up in
+//! transaction notes them ([`Noted`]) and counts them up in
 //! [`IssueRecord`]s in the same commit as the change that carried them.
 
-use super::codec::{FORMAT, StorageError};
+use super::codec::FORMAT;
 use super::keys::issue_key;
 use super::records::IssueRecord;
-use super::txn::Txn;
+use std::collections::BTreeMap;
 
 /// Distinct data issues one commit writes one by one; the rest are grouped.
 pub const MAX_ISSUES_PER_COMMIT: usize = 32;
@@ -53,25 +53,28 @@ impl Issue {
     }
 }
 
-impl Txn<'_> {
-    /// Notes a data issue; it is counted in the same commit as the change
-    /// that carried it, and logged when it is first seen.
-    pub fn issue(&mut self, now: u64, issue: Issue) {
-        let entry = self.issues.entry(issue.key()).or_insert((issue, 0, now));
+/// The data issues one transaction noted, by key: each with how often it
+/// was seen and when first.
+#[derive(Debug, Default)]
+pub(super) struct Noted(BTreeMap<String, (Issue, u64, u64)>);
+
+impl Noted {
+    /// Notes `issue`, seen at `now`: the same issue again counts up.
+    pub(super) fn note(&mut self, now: u64, issue: Issue) {
+        let entry = self.0.entry(issue.key()).or_insert((issue, 0, now));
         entry.1 += 1;
     }
 
-    /// Writes the noted data issues: each read (a check) and counted up.
-    /// Past [`MAX_ISSUES_PER_COMMIT`] distinct ones, the rest of each user's
-    /// and entity's are counted in one issue naming the first of them: what
+    /// The issues to count, by key, with how often and when: past
+    /// [`MAX_ISSUES_PER_COMMIT`] distinct ones, the rest of each user's and
+    /// entity's are counted in one issue naming the first of them, so what
     /// one request writes stays bounded by its size, not by its items.
-    pub(super) fn write_issues(&mut self) -> Result<(), StorageError> {
-        let mut issues = std::mem::take(&mut self.issues);
+    pub(super) fn grouped(self) -> BTreeMap<String, (Issue, u64, u64)> {
+        let mut issues = self.0;
         if issues.len() > MAX_ISSUES_PER_COMMIT {
             let rest = issues.split_off(&issues.keys().nth(MAX_ISSUES_PER_COMMIT).cloned().unwrap_or_default());
             // Per (user, entity): the first issue, how often all were seen, how many were distinct, when.
-            let mut grouped: std::collections::BTreeMap<GroupKey, (Issue, u64, u64, u64)> =
-                std::collections::BTreeMap::new();
+            let mut grouped: BTreeMap<GroupKey, (Issue, u64, u64, u64)> = BTreeMap::new();
             for (_, (issue, count, now)) in rest {
                 let group = grouped.entry((issue.user_id.clone(), issue.entity)).or_insert((issue, 0, 0, now));
                 group.1 += count;
@@ -86,34 +89,34 @@ impl Txn<'_> {
                 issues.insert(summary.key(), (summary, count, now));
             }
         }
-        for (key, (issue, count, now)) in issues {
-            let record = match self.get::<IssueRecord>(&key)? {
-                Some(mut known) => {
-                    known.last_seen = now;
-                    known.count = known.count.saturating_add(count);
-                    known
-                }
-                None => {
-                    let whose = issue.user_id.as_deref().unwrap_or("-");
-                    self.logs.push(format!(
-                        "data issue: {} {} of user {whose}: {}",
-                        issue.entity, issue.entity_id, issue.problem
-                    ));
-                    IssueRecord {
-                        v: FORMAT,
-                        user_id: issue.user_id,
-                        store_uuid: issue.store,
-                        entity: issue.entity.to_owned(),
-                        entity_id: issue.entity_id,
-                        problem: issue.problem,
-                        first_seen: now,
-                        last_seen: now,
-                        count,
-                    }
-                }
-            };
-            self.put(&key, &record);
+        issues
+    }
+}
+
+/// The record of `issue` counted up by `count`, seen last at `now`, from
+/// the one stored (`known`); with the line to log when it is new.
+pub(super) fn counted(known: Option<IssueRecord>, issue: Issue, count: u64, now: u64) -> (IssueRecord, Option<String>) {
+    match known {
+        Some(mut known) => {
+            known.last_seen = now;
+            known.count = known.count.saturating_add(count);
+            (known, None)
         }
-        Ok(())
+        None => {
+            let whose = issue.user_id.as_deref().unwrap_or("-");
+            let line = format!("data issue: {} {} of user {whose}: {}", issue.entity, issue.entity_id, issue.problem);
+            let record = IssueRecord {
+                v: FORMAT,
+                user_id: issue.user_id,
+                store_uuid: issue.store,
+                entity: issue.entity.to_owned(),
+                entity_id: issue.entity_id,
+                problem: issue.problem,
+                first_seen: now,
+                last_seen: now,
+                count,
+            };
+            (record, Some(line))
+        }
     }
 }

@@ -4,7 +4,7 @@
 use super::codec::StorageError;
 use super::keys::meta_key;
 use super::read::read;
-use super::txn::transact;
+use super::txn::{NoHook, transact};
 
 /// Logs `message` unless the same `topic` was logged earlier the same UTC
 /// day: each request runs in a fresh instance, so "once" is kept in the store.
@@ -27,7 +27,8 @@ fn log_once_in(ctx: &crate::Ctx<'_>, topic: &str, period: u64, message: &str) {
     }
     eprintln!("{message}");
     // Losing this write only means logging again; the request's answer does not depend on it.
-    let _ = transact(ctx, |txn| -> Result<(), StorageError> {
+    // A service record: it feeds no derived record.
+    let _ = transact(ctx, &NoHook, |txn| -> Result<(), StorageError> {
         let _: Option<u64> = txn.get(&key)?;
         txn.put(&key, &period);
         Ok(())

@@ -8,10 +8,9 @@
 //! | `records` | the records of accounts, users, tokens, owners, entities, the feed and the data issues |
 //! | `codec` | [`FORMAT`], encoding and decoding, [`StorageError`] and its mapping to the error answer |
 //! | `read` | reads outside a transaction: [`read`], [`page`], [`scan_all`], [`collect`] |
-//! | `txn` | [`Txn`] and [`transact`]: read-modify-write with retry on conflict, the feed |
+//! | `txn` | [`Txn`] and [`transact`]: read-modify-write with retry on conflict, the feed, the [`CommitHook`] that rebuilds derived records in the commit |
 //! | `issues` | data issues ([`Issue`]), noted in a transaction and counted in its commit |
 //! | `log` | [`log_once`] and [`log_once_a_day`], remembered in `meta/logged/…` |
-//! | `grants` | [`Grant`]s: what authorizing a user-token request needs, in the token's record, rebuilt by every commit that changes it |
 //!
 //! Everything is re-exported here: callers write `storage::X`.
 //!
@@ -24,7 +23,7 @@
 //! | `user/{userId}/cloud-token` | [`CloudToken`] |
 //! | `accounts/{accountId}` | [`Account`] |
 //! | `logins/{sha256(lowercase login)}` | [`LoginIndex`] → account id |
-//! | `tokens/{sha256(token)}` | [`TokenIndex`] → userId, with the token's [`Grant`] |
+//! | `tokens/{sha256(token)}` | [`TokenIndex`] → userId, with the token's [`Grant`] (see [`crate::domain::authorization`]) |
 //! | `owners/{kind}/{uuid}` | [`OwnerIndex`]: which user an Evotor store, employee or device belongs to |
 //! | `user/{userId}/{kind}/{uuid}` | [`EntityRecord`]: the entity as Evotor last sent it |
 //! | `subs/{subscriptionId}/state` | [`crate::domain::billing::Subscription`] |
@@ -56,9 +55,9 @@
 //! | `events/order/product/{store}/{uuid}` | [`crate::domain::events::ProductOrder`]: the newest state of a catalog item that events brought |
 //! | `feed/{stamp}` | [`FeedEntry`]: one accepted change; the host's commit stamp orders them |
 //! | `issues/{sha256(user, store, entity, id, problem)[..32]}` | [`IssueRecord`]: doubtful input that was accepted |
-//! | `sync/users/{userId}` | [`crate::domain::sync::UserSync`]: what the cloud sync read for a user, and where it goes on |
-//! | `sync/feed` | [`crate::domain::sync::FeedSync`]: the position in the application's event feed |
-//! | `sync/next-user` | [`crate::domain::sync::RunState`]: where the next run of the sync job starts among the users |
+//! | `sync/users/{userId}` | [`crate::domain::sync::state::UserSync`]: what the cloud sync read for a user, and where it goes on |
+//! | `sync/feed` | [`crate::domain::sync::state::FeedSync`]: the position in the application's event feed |
+//! | `sync/next-user` | [`crate::domain::sync::state::RunState`]: where the next run of the sync job starts among the users |
 //! | `meta/{name}` | small service records: `meta/logged/{topic}` (see [`log_once`]), `meta/purge/{userId}` ([`crate::domain::purge::Cursor`]) |
 //!
 //! Storage holds the records of accounts, users, tokens, owners and the
@@ -70,9 +69,14 @@
 //! crate docs for the migration rule). Read-modify-write goes through
 //! [`transact`], which turns every read into a commit check and retries on
 //! conflict, so concurrent requests never lose each other's writes.
+//!
+//! Some records are derived from others and must change in the same commit
+//! as their inputs (a token's [`Grant`]). Which writes make whose derived
+//! records due, and how they are rebuilt, is the domain's rule, not
+//! storage's: [`transact`] takes it as a [`CommitHook`] and calls it
+//! before it commits.
 
 mod codec;
-pub mod grants;
 mod issues;
 mod keys;
 mod log;
@@ -87,7 +91,7 @@ pub(crate) use log::{log_once, log_once_a_day};
 pub(crate) use read::collect;
 pub use read::{cloud_token, page, read, scan_all};
 pub use records::*;
-pub use txn::{Txn, transact};
+pub use txn::{CommitHook, Due, Txn, transact};
 
 // Only tests elsewhere use it directly: they write raw records.
 #[cfg(test)]

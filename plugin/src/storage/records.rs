@@ -125,13 +125,16 @@ pub struct TokenIndex {
 /// What authorizing a user-token request needs, copied from the records
 /// that hold it: the decision is made when the request arrives, by the
 /// same code as from the records, since it depends on the time and the
-/// settings. See [`super::grants`] for when it is written and trusted.
+/// settings. See [`crate::domain::authorization`] for when it is written and
+/// trusted.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Grant {
-    /// [`super::grants::GRANT_FORMAT`] of the build that wrote it: any other is not trusted.
+    /// [`GRANT_FORMAT`](crate::domain::authorization::grants::GRANT_FORMAT) of the build that wrote it: any
+    /// other is not trusted.
     pub format: u32,
-    /// When it was built, Unix seconds: trusted for [`super::grants::GRANT_MAX_AGE_SECS`].
+    /// When it was built, Unix seconds: trusted for
+    /// [`GRANT_MAX_AGE_SECS`](crate::domain::authorization::grants::GRANT_MAX_AGE_SECS).
     pub built_at: u64,
     /// Some input could not be copied (too many subscriptions, an
     /// unreadable record): the records decide.

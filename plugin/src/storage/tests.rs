@@ -1,3 +1,4 @@
+use super::txn::NoHook;
 use super::*;
 use crate::kv::{Kv as _, MemKv, Write};
 
@@ -6,7 +7,7 @@ fn transact_applies_writes_only_when_reads_still_hold() {
     let world = crate::testing::World::new();
     let kv = &world.kv;
     let mut runs = 0;
-    let result: Result<(), StorageError> = transact(&world.ctx(), |txn| {
+    let result: Result<(), StorageError> = transact(&world.ctx(), &NoHook, |txn| {
         runs += 1;
         let current: Option<u32> = txn.get("counter")?;
         if runs == 1 {
@@ -25,7 +26,7 @@ fn transact_applies_writes_only_when_reads_still_hold() {
 fn an_error_in_the_body_writes_nothing() {
     let world = crate::testing::World::new();
     let kv = &world.kv;
-    let result: Result<(), crate::errors::ApiError> = transact(&world.ctx(), |txn| {
+    let result: Result<(), crate::errors::ApiError> = transact(&world.ctx(), &NoHook, |txn| {
         txn.put("a", &1);
         Err(crate::errors::ApiError::not_found())
     });
@@ -52,19 +53,4 @@ fn pages_carry_a_cursor_until_the_end() {
     assert_eq!((second, next.as_deref()), (vec![2, 3], Some("3")));
     let (last, next) = page::<u32>(&kv, ACCOUNTS_PREFIX, Some("3"), 2).expect("page");
     assert_eq!((last, next), (vec![4], None));
-}
-
-#[test]
-fn the_writes_that_change_a_grant_are_known_by_their_keys() {
-    let user = "01-000000000000001";
-    for key in [user_key(user), installation_key(user), user_subscription_key(user, "s1")] {
-        assert_eq!(grants::user_in_key(&key), Some(user), "{key}");
-    }
-    let others = [cloud_token_key(user), installation_event_key(user, "h"), device_order_key(user), token_key("h")];
-    for key in others {
-        assert_eq!(grants::user_in_key(&key), None, "{key}");
-        assert!(!grants::user_in_record(&key), "{key}");
-    }
-    assert!(grants::user_in_record(&account_key("a1")) && grants::user_in_record(&subscription_key("s1")));
-    assert!(!grants::user_in_record(&subscription_event_key("s1", 3)));
 }

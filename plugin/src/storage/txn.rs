@@ -1,13 +1,14 @@
 //! Read-modify-write: [`Txn`], whose every read becomes a check of the
 //! commit, and [`transact`], which runs one and retries it on conflict. The
-//! changes a transaction announces go to the feed in the same commit.
+//! changes a transaction announces go to the feed in the same commit, its
+//! data issues are counted in it, and the records derived from what it
+//! writes are rebuilt in it, by the rules of a [`CommitHook`].
 
 use super::codec::{FORMAT, StorageError, decode, encode};
-use super::grants;
-use super::issues::Issue;
+use super::issues::{self, Issue, Noted};
 use super::keys::FEED_PREFIX;
 use super::read::collect;
-use super::records::FeedEntry;
+use super::records::{FeedEntry, IssueRecord};
 use crate::Ctx;
 use crate::kv::{Check, Kv, KvError, Write};
 use serde::Serialize;
@@ -31,6 +32,49 @@ pub struct Event {
     pub data: Value,
 }
 
+/// Whose derived records a write makes due for a rebuild before the commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Due<'k> {
+    /// Nobody's: the key feeds no derived record.
+    Nobody,
+    /// The user the key names.
+    User(&'k str),
+    /// The user the record under the key names, both the one written and
+    /// the one stored before ([`CommitHook::named_by`] reads them).
+    NamedByRecord,
+}
+
+/// The rules of records derived from others, which every commit that
+/// writes their inputs rebuilds before it commits: storage calls them,
+/// the layer above holds them. A derived record belongs to a user, and the
+/// hook says which writes make a user's due and rebuilds them.
+pub trait CommitHook {
+    /// Whose derived records a write (or delete) of `key` makes due.
+    fn due<'k>(&self, key: &'k str) -> Due<'k>;
+    /// The user a record stored under a [`Due::NamedByRecord`] key names.
+    fn named_by(&self, value: &[u8]) -> Option<String>;
+    /// Rebuilds, inside `txn`, the derived records of `user_id` as of `now`
+    /// (Unix seconds), from the transaction's writes over the store.
+    fn rebuild(&self, txn: &mut Txn<'_>, user_id: &str, now: u64) -> Result<(), StorageError>;
+}
+
+/// The hook of transactions whose writes feed no derived record, such as
+/// service records (`meta/…`): it makes nobody due.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoHook;
+
+impl CommitHook for NoHook {
+    fn due<'k>(&self, _key: &'k str) -> Due<'k> {
+        Due::Nobody
+    }
+    fn named_by(&self, _value: &[u8]) -> Option<String> {
+        None
+    }
+    fn rebuild(&self, _txn: &mut Txn<'_>, _user_id: &str, _now: u64) -> Result<(), StorageError> {
+        Ok(())
+    }
+}
+
 /// A read-modify-write unit: every read becomes a check of the commit, so
 /// the writes apply only if nothing read has changed meanwhile.
 pub struct Txn<'a> {
@@ -38,15 +82,17 @@ pub struct Txn<'a> {
     checks: Vec<Check>,
     writes: Vec<Write>,
     events: Vec<Event>,
-    /// Data issues noted, by key, with how often and when.
-    pub(super) issues: std::collections::BTreeMap<String, (Issue, u64, u64)>,
+    /// Data issues noted.
+    issues: Noted,
     /// Lines to log once the commit holds.
-    pub(super) logs: Vec<String>,
+    logs: Vec<String>,
     /// When the transaction runs, Unix seconds.
     now: u64,
-    /// Users whose grant inputs this transaction writes (see [`super::grants`]).
-    grants_due: BTreeSet<String>,
-    /// Keys written whose stored record names a user whose grant inputs change too.
+    /// The rules of the derived records this transaction's writes feed.
+    hook: &'a dyn CommitHook,
+    /// Users whose derived records this transaction makes due.
+    due: BTreeSet<String>,
+    /// Keys written whose stored record names a user whose derived records are due too.
     named_before: Vec<String>,
 }
 
@@ -85,50 +131,74 @@ impl Txn<'_> {
     /// Writes a record at commit.
     pub fn put<T: Serialize>(&mut self, key: &str, record: &T) {
         let bytes = encode(record);
-        self.note_grant_input(key, Some(&bytes));
+        self.note_due(key, Some(&bytes));
         self.writes.push(Write::Set(key.to_owned(), bytes));
     }
 
     /// Deletes a key at commit.
     pub fn delete(&mut self, key: &str) {
-        self.note_grant_input(key, None);
+        self.note_due(key, None);
         self.writes.push(Write::Delete(key.to_owned()));
     }
 
-    /// Notes the users whose grants a write of `key` (with `value`, or a
-    /// delete) makes due for a rebuild before the commit.
-    fn note_grant_input(&mut self, key: &str, value: Option<&[u8]>) {
-        if let Some(user) = grants::user_in_key(key) {
-            self.grants_due.insert(user.to_owned());
-        } else if grants::user_in_record(key) {
-            self.grants_due.extend(value.and_then(grants::user_named_by));
-            self.named_before.push(key.to_owned());
+    /// Notes the users whose derived records a write of `key` (with
+    /// `value`, or a delete) makes due for a rebuild before the commit.
+    fn note_due(&mut self, key: &str, value: Option<&[u8]>) {
+        let hook = self.hook;
+        match hook.due(key) {
+            Due::Nobody => {}
+            Due::User(user) => {
+                self.due.insert(user.to_owned());
+            }
+            Due::NamedByRecord => {
+                self.due.extend(value.and_then(|value| hook.named_by(value)));
+                self.named_before.push(key.to_owned());
+            }
         }
     }
 
-    /// Makes `user_id`'s grants due for a rebuild in this transaction.
-    pub(super) fn rebuild_grant_of(&mut self, user_id: &str) {
-        self.grants_due.insert(user_id.to_owned());
+    /// Makes `user_id`'s derived records due for a rebuild in this transaction.
+    pub fn make_due(&mut self, user_id: &str) {
+        self.due.insert(user_id.to_owned());
     }
 
-    /// Rebuilds the grants due: those of the users named by the keys
-    /// written, and by the records those keys held before.
-    fn rebuild_due_grants(&mut self) -> Result<(), StorageError> {
+    /// Rebuilds the derived records due: those of the users named by the
+    /// keys written, and by the records those keys held before.
+    fn rebuild_due(&mut self) -> Result<(), StorageError> {
+        let hook = self.hook;
         let named_before = std::mem::take(&mut self.named_before);
         if !named_before.is_empty() {
             for entry in crate::kv::read_many(self.kv, &named_before)?.into_iter().flatten() {
-                self.grants_due.extend(grants::user_named_by(&entry.value));
+                self.due.extend(hook.named_by(&entry.value));
             }
         }
-        for user in std::mem::take(&mut self.grants_due) {
-            grants::rebuild(self, &user, self.now)?;
+        for user in std::mem::take(&mut self.due) {
+            hook.rebuild(self, &user, self.now)?;
+        }
+        Ok(())
+    }
+
+    /// Notes a data issue; it is counted in the same commit as the change
+    /// that carried it, and logged when it is first seen.
+    pub fn issue(&mut self, now: u64, issue: Issue) {
+        self.issues.note(now, issue);
+    }
+
+    /// Writes the noted data issues (grouped past
+    /// [`issues::MAX_ISSUES_PER_COMMIT`]): each read (a check) and counted up.
+    fn write_issues(&mut self) -> Result<(), StorageError> {
+        for (key, (issue, count, now)) in std::mem::take(&mut self.issues).grouped() {
+            let known = self.get::<IssueRecord>(&key)?;
+            let (record, line) = issues::counted(known, issue, count, now);
+            self.logs.extend(line);
+            self.put(&key, &record);
         }
         Ok(())
     }
 
     /// The values `keys` will hold after this transaction: each one's last
     /// write here, else the store's (read as a check), those in one store call.
-    pub(super) fn latest_many(&mut self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
+    pub fn latest_many(&mut self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
         let mut answer: Vec<Option<Option<Vec<u8>>>> = keys.iter().map(|key| self.written(key)).collect();
         let unread: Vec<String> =
             keys.iter().zip(&answer).filter(|(_, written)| written.is_none()).map(|(key, _)| key.clone()).collect();
@@ -157,7 +227,7 @@ impl Txn<'_> {
 
     /// Up to `limit` keys under `prefix` after this transaction: the
     /// store's (as committed) with this transaction's writes and deletes.
-    pub(super) fn latest_keys(&self, prefix: &str, limit: usize) -> Result<Vec<String>, StorageError> {
+    pub fn latest_keys(&self, prefix: &str, limit: usize) -> Result<Vec<String>, StorageError> {
         // Deletes here may remove some of the first stored keys: read as many more.
         let deletes = self.writes.iter().filter(|write| matches!(write, Write::Delete(key) if key.starts_with(prefix)));
         let mut keys: BTreeSet<String> =
@@ -212,11 +282,15 @@ impl Txn<'_> {
     }
 }
 
-/// Runs `body` in a [`Txn`] and commits its writes, with the grants of the
-/// users whose authorization they change rebuilt ([`super::grants`]); on a
+/// Runs `body` in a [`Txn`] and commits its writes, with the records
+/// derived from them rebuilt by `hook`'s rules in the same commit; on a
 /// conflict (someone changed what it read) runs it again, up to a bound.
 /// An `Err` from `body` writes nothing.
-pub fn transact<R, E>(ctx: &Ctx<'_>, mut body: impl FnMut(&mut Txn<'_>) -> Result<R, E>) -> Result<R, E>
+pub fn transact<R, E>(
+    ctx: &Ctx<'_>,
+    hook: &dyn CommitHook,
+    mut body: impl FnMut(&mut Txn<'_>) -> Result<R, E>,
+) -> Result<R, E>
 where
     E: From<StorageError>,
 {
@@ -230,14 +304,15 @@ where
             checks: Vec::new(),
             writes: Vec::new(),
             events: Vec::new(),
-            issues: std::collections::BTreeMap::new(),
+            issues: Noted::default(),
             logs: Vec::new(),
             now: ctx.clock.now_unix(),
-            grants_due: BTreeSet::new(),
+            hook,
+            due: BTreeSet::new(),
             named_before: Vec::new(),
         };
         let result = body(&mut txn)?;
-        txn.rebuild_due_grants()?;
+        txn.rebuild_due()?;
         txn.write_issues()?;
         txn.append_feed();
         if txn.writes.is_empty() {

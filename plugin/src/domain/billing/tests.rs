@@ -1,8 +1,13 @@
+use super::state::MAX_SKIPPED_LISTED;
 use super::*;
 use crate::config::{DEFAULT_GAP_TIMEOUT_SECS, DEFAULT_PENDING_GRACE_SECS};
+use crate::domain::transact;
+use crate::errors::ApiError;
 use crate::http::Response;
+use crate::storage;
 use crate::testing::World;
 use proptest::prelude::*;
+use serde_json::{Value, json};
 
 const USER: &str = "01-000000000000001";
 const SUB: &str = "a99fbf70-6307-4acc-b61c-741ee9eef6c0";
@@ -761,12 +766,12 @@ fn subscriptions_page_and_large_events_never_fail_the_listing() {
     assert_eq!(small["subscriptions"].as_array().map(Vec::len), Some(1));
 }
 
-/// A user token's grant (see `storage::grants`) decides as the records do.
+/// A user token's grant (see `domain::authorization`) decides as the records do.
 mod grants {
     use super::*;
     use crate::clock::Clock as _;
+    use crate::domain::authorization::grants::{GRANT_MAX_AGE_SECS, trusted};
     use crate::kv::Kv as _;
-    use crate::storage::grants::{GRANT_MAX_AGE_SECS, trusted};
 
     /// What can happen to a user between two requests.
     #[derive(Debug, Clone)]
@@ -850,7 +855,7 @@ mod grants {
             let mut tokens = vec![world.register(USER, "ivan")];
             for step in &steps {
                 take(&world, step, &mut tokens);
-                let stale = crate::storage::grants::stale(&world.kv).expect("read");
+                let stale = crate::domain::authorization::grants::stale(&world.kv).expect("read");
                 prop_assert!(stale.is_empty(), "after {:?}: {:?}", step, stale);
                 for token in &tokens {
                     let (by_grant, by_records) = world.decisions(token);
@@ -941,7 +946,7 @@ mod grants {
             }),
         };
         let ctx = crate::Ctx { kv: &kv, ..world.ctx() };
-        storage::transact(&ctx, |txn| -> Result<(), ApiError> {
+        transact(&ctx, |txn| -> Result<(), ApiError> {
             let mut state = txn.get::<Subscription>(&storage::subscription_key(SUB))?.expect("state");
             state.status = Some(Status::Active);
             txn.put(&storage::subscription_key(SUB), &state);
@@ -958,7 +963,7 @@ mod grants {
     fn a_user_with_more_subscriptions_than_a_grant_holds_is_decided_by_the_records() {
         let world = enforced();
         let token = world.register(USER, "ivan");
-        for n in 0..=crate::storage::grants::MAX_GRANT_SUBSCRIPTIONS {
+        for n in 0..=crate::domain::authorization::grants::MAX_GRANT_SUBSCRIPTIONS {
             let sub = format!("a99fbf70-6307-4acc-b61c-{n:012}");
             assert_eq!(post(&world, &created(&sub, "P14DT", 1)).status, 200);
         }

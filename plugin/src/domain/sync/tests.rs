@@ -2,11 +2,19 @@
 //! cursor paging, filters on the first page only, rate limits with a reset,
 //! refused tokens, failing pages, and the publisher's event feed.
 
+use super::run::Summary;
+use super::state::RunState;
 use super::*;
+use crate::Ctx;
+use crate::domain::{billing, transact};
+use crate::errors::ApiError;
 use crate::http::Request;
 use crate::outgoing::{self, Http};
+use crate::storage;
 use crate::testing::World;
+use serde_json::{Value, json};
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 
 const USER: &str = "01-000000000000001";
 const OTHER: &str = "02-000000000000002";
@@ -556,7 +564,7 @@ fn a_run_that_died_inside_a_user_backs_that_user_off_and_goes_on_after_it() {
     token(&world, OTHER, "cloud-2");
     // What a run that trapped inside USER left behind.
     let died = RunState { v: storage::FORMAT, current: Some(USER.to_owned()), ..RunState::default() };
-    storage::transact(&world.ctx(), |txn| -> Result<(), ApiError> {
+    transact(&world.ctx(), |txn| -> Result<(), ApiError> {
         txn.put(storage::SYNC_NEXT_USER_KEY, &died);
         Ok(())
     })

@@ -1,38 +1,10 @@
-//! Grants: what authorizing a user-token request needs, kept in the
-//! token's own record (`tokens/{sha256}`), so that one read — in the same
-//! store call as the other keys the request reads first — decides it.
-//!
-//! A [`Grant`] copies the *inputs* of the decision: the issued token's
-//! dates, the linked account's state, the legacy tariff, the installation
-//! state and the user's subscription states. The decision itself depends on
-//! the time and the settings, so it is made when the request arrives, by the
-//! same code that decides from the records.
-//!
-//! **Written in the same commit as every change of its inputs.** [`Txn`]
-//! notes the users whose inputs a transaction writes, by key (`users/{id}`,
-//! `user/{id}/installation`, `user/{id}/sub/…`) or, for `accounts/…` and
-//! `subs/{id}/state`, by the user the record names before and after; then
-//! [`super::transact`] rebuilds those users' grants before it commits,
-//! from the transaction's own writes over the store. Each token record is
-//! read as a check and rewritten, so two commits changing one user's inputs
-//! conflict (and the later one runs again) instead of the later one writing
-//! a copy without the other's change.
-//!
-//! **Trusted only when current.** A grant is used when its `format` is this
-//! build's [`GRANT_FORMAT`] and it was built less than
-//! [`GRANT_MAX_AGE_SECS`] ago; otherwise the request reads the records and
-//! the grant is built again. The age bound covers plugin versions from
-//! before grants (live again after a rollback): they change the inputs
-//! without rebuilding grants, and such a copy is never used once older than
-//! the bound. Token records without a grant (written before grants) are
-//! migrated the same way, on their first use.
+//! The grant rules: which writes feed a token's [`Grant`], how it is built
+//! from the records, when it is trusted. [`Grants`] is the commit hook
+//! that rebuilds grants in every commit that changes their inputs, and
+//! [`transact`] the domain's transaction, which runs with it.
 
-use super::codec::{FORMAT, StorageError, decode};
-use super::keys::{ACCOUNTS_PREFIX, USERS_PREFIX, account_key, installation_key, token_key, user_key};
-use super::keys::{subscription_key, user_subscriptions_prefix};
-use super::records::{Account, AccountGrant, Grant, TokenIndex, UserRecord};
-use super::txn::{Txn, transact};
 use crate::Ctx;
+use crate::storage::{self, Account, AccountGrant, CommitHook, Due, Grant, StorageError, TokenIndex, Txn, UserRecord};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -45,6 +17,44 @@ pub const GRANT_MAX_AGE_SECS: u64 = 60;
 /// The most subscriptions a grant copies; a user with more is decided
 /// from the records (the grant says so).
 pub const MAX_GRANT_SUBSCRIPTIONS: usize = 16;
+
+/// Runs `body` in a storage transaction ([`storage::transact`]) whose
+/// commit rebuilds the grants of the users whose authorization its writes
+/// change ([`Grants`]). Every transaction of the domain and the endpoints
+/// runs through it.
+pub fn transact<R, E>(ctx: &Ctx<'_>, body: impl FnMut(&mut Txn<'_>) -> Result<R, E>) -> Result<R, E>
+where
+    E: From<StorageError>,
+{
+    storage::transact(ctx, &Grants, body)
+}
+
+/// The commit hook of grants: a write of a user's record, installation or
+/// subscription marker makes that user's grants due; a write of an account
+/// or a subscription's state, those of the user the record names before
+/// and after. The commit rebuilds them from its own writes over the store.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Grants;
+
+impl CommitHook for Grants {
+    fn due<'k>(&self, key: &'k str) -> Due<'k> {
+        if let Some(user) = user_in_key(key) {
+            Due::User(user)
+        } else if user_in_record(key) {
+            Due::NamedByRecord
+        } else {
+            Due::Nobody
+        }
+    }
+
+    fn named_by(&self, value: &[u8]) -> Option<String> {
+        user_named_by(value)
+    }
+
+    fn rebuild(&self, txn: &mut Txn<'_>, user_id: &str, now: u64) -> Result<(), StorageError> {
+        rebuild(txn, user_id, now)
+    }
+}
 
 /// Whether `grant` may decide a request at `now` (Unix seconds).
 pub fn trusted(grant: &Grant, now: u64) -> bool {
@@ -63,23 +73,24 @@ pub fn account_grant(account: Option<&Account>) -> AccountGrant {
 }
 
 /// The user a write to `key` changes the grant inputs of, when the key names it.
-pub(super) fn user_in_key(key: &str) -> Option<&str> {
-    if let Some(user) = key.strip_prefix(USERS_PREFIX) {
+fn user_in_key(key: &str) -> Option<&str> {
+    if let Some(user) = key.strip_prefix(storage::USERS_PREFIX) {
         return Some(user);
     }
     let (user, _) = key.strip_prefix("user/")?.split_once('/')?;
-    (key == installation_key(user) || key.starts_with(&user_subscriptions_prefix(user))).then_some(user)
+    (key == storage::installation_key(user) || key.starts_with(&storage::user_subscriptions_prefix(user)))
+        .then_some(user)
 }
 
 /// Whether a write to `key` changes the grant inputs of the user its
 /// record names (before or after): an account, a subscription's state.
-pub(super) fn user_in_record(key: &str) -> bool {
+fn user_in_record(key: &str) -> bool {
     let subscription = key.strip_prefix("subs/").and_then(|rest| rest.split_once('/')).map(|(id, _)| id);
-    key.starts_with(ACCOUNTS_PREFIX) || subscription.is_some_and(|id| key == subscription_key(id))
+    key.starts_with(storage::ACCOUNTS_PREFIX) || subscription.is_some_and(|id| key == storage::subscription_key(id))
 }
 
 /// The user a stored account or subscription state names.
-pub(super) fn user_named_by(bytes: &[u8]) -> Option<String> {
+fn user_named_by(bytes: &[u8]) -> Option<String> {
     #[derive(Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct Named {
@@ -90,7 +101,7 @@ pub(super) fn user_named_by(bytes: &[u8]) -> Option<String> {
 
 /// Where grants are built from: a transaction (its writes over the store,
 /// every read a check) or the store as committed.
-pub(super) trait Source {
+trait Source {
     /// The values of `keys`, in their order.
     fn values(&mut self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, StorageError>;
     /// Up to `limit` keys under `prefix`, in order.
@@ -112,37 +123,33 @@ impl Source for &dyn crate::kv::Kv {
         Ok(crate::kv::read_many(*self, keys)?.into_iter().map(|entry| entry.map(|entry| entry.value)).collect())
     }
     fn keys(&mut self, prefix: &str, limit: usize) -> Result<Vec<String>, StorageError> {
-        Ok(super::read::collect(*self, prefix, None, limit)?.into_iter().map(|(key, _)| key).collect())
+        Ok(storage::collect(*self, prefix, None, limit)?.into_iter().map(|(key, _)| key).collect())
     }
 }
 
 /// The token records of `user_id` (key and record) with their grants as
 /// `source` makes them at `now`: the tokens the user's record lists whose
 /// records exist and name the user.
-pub(super) fn build(
-    source: &mut impl Source,
-    user_id: &str,
-    now: u64,
-) -> Result<Vec<(String, TokenIndex)>, StorageError> {
-    let key = user_key(user_id);
+fn build(source: &mut impl Source, user_id: &str, now: u64) -> Result<Vec<(String, TokenIndex)>, StorageError> {
+    let key = storage::user_key(user_id);
     let Some(bytes) = source.values(std::slice::from_ref(&key))?.pop().flatten() else { return Ok(Vec::new()) };
-    let Ok(user) = decode::<UserRecord>(&key, &bytes) else { return Ok(Vec::new()) };
+    let Ok(user) = storage::decode::<UserRecord>(&key, &bytes) else { return Ok(Vec::new()) };
     if user.tokens.is_empty() {
         return Ok(Vec::new());
     }
-    let mut keys: Vec<String> = user.tokens.iter().map(|issued| token_key(&issued.hash)).collect();
-    keys.push(installation_key(user_id));
-    keys.extend(user.account_id.as_deref().map(account_key));
+    let mut keys: Vec<String> = user.tokens.iter().map(|issued| storage::token_key(&issued.hash)).collect();
+    keys.push(storage::installation_key(user_id));
+    keys.extend(user.account_id.as_deref().map(storage::account_key));
     let mut found = source.values(&keys)?;
     let account = user.account_id.as_ref().map(|_| found.pop().flatten());
     let installation = found.pop().flatten();
-    let prefix = user_subscriptions_prefix(user_id);
+    let prefix = storage::user_subscriptions_prefix(user_id);
     let markers = source.keys(&prefix, MAX_GRANT_SUBSCRIPTIONS + 1)?;
     let mut partial = markers.len() > MAX_GRANT_SUBSCRIPTIONS;
     let mut subscriptions = Vec::new();
     if !partial {
         let states: Vec<String> =
-            markers.iter().filter_map(|marker| marker.strip_prefix(&prefix)).map(subscription_key).collect();
+            markers.iter().filter_map(|marker| marker.strip_prefix(&prefix)).map(storage::subscription_key).collect();
         for state in source.values(&states)?.into_iter().flatten() {
             match serde_json::from_slice::<Value>(&state) {
                 Ok(state) => subscriptions.push(state),
@@ -171,11 +178,11 @@ pub(super) fn build(
     let mut built = Vec::new();
     for (issued, (key, record)) in user.tokens.iter().zip(keys.into_iter().zip(found)) {
         let Some(record) = record else { continue };
-        let Ok(mut index) = decode::<TokenIndex>(&key, &record) else { continue };
+        let Ok(mut index) = storage::decode::<TokenIndex>(&key, &record) else { continue };
         if index.user_id != user_id {
             continue;
         }
-        index.v = FORMAT;
+        index.v = storage::FORMAT;
         index.grant = Some(Grant {
             format: GRANT_FORMAT,
             built_at: now,
@@ -193,7 +200,7 @@ pub(super) fn build(
 
 /// Rebuilds, inside `txn`, the grants of `user_id`'s tokens from the
 /// transaction's writes over the store, as of `now`.
-pub(super) fn rebuild(txn: &mut Txn<'_>, user_id: &str, now: u64) -> Result<(), StorageError> {
+fn rebuild(txn: &mut Txn<'_>, user_id: &str, now: u64) -> Result<(), StorageError> {
     for (key, index) in build(txn, user_id, now)? {
         txn.put(&key, &index);
     }
@@ -206,8 +213,8 @@ pub(super) fn rebuild(txn: &mut Txn<'_>, user_id: &str, now: u64) -> Result<(), 
 #[cfg(any(test, feature = "testing"))]
 pub fn stale(kv: &dyn crate::kv::Kv) -> Result<Vec<String>, StorageError> {
     let mut stale = Vec::new();
-    for (key, entry) in super::read::collect(kv, "tokens/", None, usize::MAX)? {
-        let Ok(index) = decode::<TokenIndex>(&key, &entry.value) else { continue };
+    for (key, entry) in storage::collect(kv, "tokens/", None, usize::MAX)? {
+        let Ok(index) = storage::decode::<TokenIndex>(&key, &entry.value) else { continue };
         let Some(grant) = index.grant.filter(|grant| grant.format == GRANT_FORMAT) else { continue };
         let mut source = kv;
         let rebuilt = build(&mut source, &index.user_id, grant.built_at)?;
@@ -224,10 +231,34 @@ pub fn stale(kv: &dyn crate::kv::Kv) -> Result<Vec<String>, StorageError> {
 pub fn refresh(ctx: &Ctx<'_>, token_hash: &str) -> Result<(), StorageError> {
     let now = ctx.clock.now_unix();
     transact(ctx, |txn| -> Result<(), StorageError> {
-        let Some(index) = txn.get::<TokenIndex>(&token_key(token_hash))? else { return Ok(()) };
+        let Some(index) = txn.get::<TokenIndex>(&storage::token_key(token_hash))? else { return Ok(()) };
         if !index.grant.as_ref().is_some_and(|grant| trusted(grant, now)) {
-            txn.rebuild_grant_of(&index.user_id);
+            txn.make_due(&index.user_id);
         }
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{
+        account_key, cloud_token_key, device_order_key, installation_event_key, installation_key,
+        subscription_event_key, subscription_key, token_key, user_key, user_subscription_key,
+    };
+
+    #[test]
+    fn the_writes_that_change_a_grant_are_known_by_their_keys() {
+        let user = "01-000000000000001";
+        for key in [user_key(user), installation_key(user), user_subscription_key(user, "s1")] {
+            assert_eq!(user_in_key(&key), Some(user), "{key}");
+        }
+        let others = [cloud_token_key(user), installation_event_key(user, "h"), device_order_key(user), token_key("h")];
+        for key in others {
+            assert_eq!(user_in_key(&key), None, "{key}");
+            assert!(!user_in_record(&key), "{key}");
+        }
+        assert!(user_in_record(&account_key("a1")) && user_in_record(&subscription_key("s1")));
+        assert!(!user_in_record(&subscription_event_key("s1", 3)));
+    }
 }
