@@ -28,7 +28,10 @@ use crate::storage::{self, Issue, StorageError};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
+
+mod retention;
+use retention::{expire, expire_kept_apart};
 
 /// Most documents or receipts one request may carry.
 pub const MAX_BATCH: usize = 10_000;
@@ -534,138 +537,16 @@ pub(crate) fn ingest_documents(
     Ok((new, repeated))
 }
 
-/// Index entries each write looks at for what outlived `retention_days`.
-const EXPIRED_PER_WRITE: usize = 100;
-
-/// The type and deliverer of a stored document, read without keeping the document.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct DocumentType {
-    r#type: String,
-    user_id: String,
-    #[serde(default)]
-    parts: u32,
-}
-
-/// Unix milliseconds before which records are past `retention_days` at `now`.
-fn retention_cutoff(now: u64, days: u64) -> i64 {
-    crate::time::millis(now).saturating_sub(i64::try_from(days.saturating_mul(86_400_000)).unwrap_or(i64::MAX))
-}
-
 /// Key of part `n` of the document whose parts are under `prefix`.
 fn part_key(prefix: &str, n: usize) -> String {
     format!("{prefix}{n:04}")
 }
 
 /// Within `txn`: deletes the `parts` parts under `prefix`.
-fn delete_parts(txn: &mut storage::Txn<'_>, prefix: &str, parts: u32) {
+pub(super) fn delete_parts(txn: &mut storage::Txn<'_>, prefix: &str, parts: u32) {
     for n in 0..parts as usize {
         txn.delete(&part_key(prefix, n));
     }
-}
-
-/// Erases the documents user `user_id` delivered into other users' stores
-/// (kept apart) older than `retention_days`, at most [`EXPIRED_PER_WRITE`]
-/// a call, as [`expire`] does for a store's own.
-fn expire_kept_apart(ctx: &Ctx<'_>, settings: &Settings, user_id: &str) -> Result<(), ApiError> {
-    let Some(days) = settings.retention_days else { return Ok(()) };
-    let now = ctx.clock.now_unix();
-    let cutoff = retention_cutoff(now, days);
-    let prefix = storage::foreign_documents_by_date_prefix(user_id);
-    // `{ms:013}/{store}/{id}`.
-    let expired: Vec<(String, String, String)> = storage::collect(ctx.kv, &prefix, None, EXPIRED_PER_WRITE)?
-        .into_iter()
-        .filter_map(|(key, _)| {
-            let mut parts = key.strip_prefix(&prefix)?.splitn(3, '/');
-            let (at, store, id) = (parts.next()?, parts.next()?, parts.next()?);
-            Some((key.clone(), at.to_owned(), format!("{store}/{id}")))
-        })
-        .take_while(|(_, at, _)| at.parse::<i64>().is_ok_and(|at| at < cutoff))
-        .collect();
-    if expired.is_empty() {
-        return Ok(());
-    }
-    transact(ctx, |txn| -> Result<(), ApiError> {
-        let mut freed = 0u64;
-        for (index, _, place) in &expired {
-            let (store, id) = place.split_once('/').unwrap_or_default();
-            let key = storage::foreign_document_key(store, user_id, id);
-            if let Some(document) = txn.get::<DocumentType>(&key)? {
-                delete_parts(txn, &storage::foreign_document_parts_prefix(store, user_id, id), document.parts);
-                freed += 1;
-            }
-            txn.delete(&key);
-            txn.delete(index);
-        }
-        quota::give_back(txn, settings, user_id, freed)?;
-        let data = json!({ "userId": user_id, "keptApart": expired.len(), "retentionDays": days });
-        txn.emit("data.expired", now, Some(user_id), data);
-        Ok(())
-    })
-}
-
-/// Erases the documents and receipts of `store` older than
-/// `retention_days` (by close date, receipt date), at most
-/// [`EXPIRED_PER_WRITE`] of each a call: each write to a store takes away
-/// some of what outlived its time, so a store that keeps receiving data
-/// stays within it.
-fn expire(ctx: &Ctx<'_>, settings: &Settings, store: &str) -> Result<(), ApiError> {
-    let Some(days) = settings.retention_days else { return Ok(()) };
-    let now = ctx.clock.now_unix();
-    let cutoff = retention_cutoff(now, days);
-    let older =
-        |position: &str| position.split('.').next().and_then(|ms| ms.parse::<i64>().ok()).is_some_and(|ms| ms < cutoff);
-    let documents = storage::documents_by_date_prefix(store);
-    let receipts = storage::receipts_by_date_prefix(store);
-    let document_positions: Vec<String> = storage::collect(ctx.kv, &documents, None, EXPIRED_PER_WRITE)?
-        .into_iter()
-        .filter_map(|(key, _)| key.strip_prefix(&documents).map(str::to_owned))
-        .take_while(|position| older(position))
-        .collect();
-    let receipt_positions: Vec<String> = storage::collect(ctx.kv, &receipts, None, EXPIRED_PER_WRITE)?
-        .into_iter()
-        .filter_map(|(key, _)| key.strip_prefix(&receipts).map(str::to_owned))
-        .take_while(|position| older(position))
-        .collect();
-    if document_positions.is_empty() && receipt_positions.is_empty() {
-        return Ok(());
-    }
-    transact(ctx, |txn| -> Result<(), ApiError> {
-        // Whose counted records go, when quotas are counted.
-        let mut freed: BTreeMap<String, u64> = BTreeMap::new();
-        for position in &document_positions {
-            let id = position.split_once('.').map(|(_, id)| id).unwrap_or_default();
-            let key = storage::document_key(store, id);
-            if let Some(document) = txn.get::<DocumentType>(&key)? {
-                txn.delete(&format!("{}{position}", storage::documents_by_type_prefix(store, &document.r#type)));
-                delete_parts(txn, &storage::document_parts_prefix(store, id), document.parts);
-                *freed.entry(document.user_id).or_default() += 1;
-            }
-            txn.delete(&key);
-            txn.delete(&format!("{documents}{position}"));
-        }
-        for position in &receipt_positions {
-            let mut parts = position.split('.').skip(1);
-            let hash = parts.next().unwrap_or_default();
-            match parts.next() {
-                Some(user_id) => {
-                    txn.delete(&storage::receipt_key(hash, user_id));
-                    *freed.entry(user_id.to_owned()).or_default() += 1;
-                }
-                None => txn.delete(&storage::receipt_key_by_hash(hash)),
-            }
-            txn.delete(&format!("{receipts}{position}"));
-        }
-        for (user_id, records) in freed {
-            quota::give_back(txn, settings, &user_id, records)?;
-        }
-        let data = json!({
-            "storeUuid": store, "documents": document_positions.len(), "receipts": receipt_positions.len(),
-            "retentionDays": days,
-        });
-        txn.emit("data.expired", now, None, data);
-        Ok(())
-    })
 }
 
 /// Whether two JSON texts hold the same value.
