@@ -33,6 +33,54 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// The plugins to serve, each on its own route.
     pub plugins: Vec<PluginConfig>,
+    /// Traces (OpenTelemetry, exported over OTLP); off by default.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+    /// How log lines are written.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// `[telemetry]`: traces exported over OTLP/HTTP. Each key left out is
+/// read from the standard `OTEL_*` variable, as every OpenTelemetry SDK
+/// reads it; tracing is on when an endpoint is set here or there.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// The OTLP receiver's base URL (`/v1/traces` is appended), as
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<String>,
+    /// `"http/protobuf"` (the default) or `"http/json"`, as `OTEL_EXPORTER_OTLP_PROTOCOL`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otlp_protocol: Option<String>,
+    /// The share of new traces kept, 0 to 1 (default 1), as
+    /// `OTEL_TRACES_SAMPLER_ARG`; a continued trace keeps its caller's decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampling_ratio: Option<f64>,
+    /// The service's name in traces (default `evogate`), as `OTEL_SERVICE_NAME`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_name: Option<String>,
+}
+
+/// `[log]`: how log lines are written (to stderr).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `"text"` (the default) or `"json"`: one object a line.
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+/// A log line's form.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Text for people.
+    #[default]
+    Text,
+    /// One JSON object a line, for machines.
+    Json,
 }
 
 /// `[admin]`: the operators' listener (deploy, rollback, health, metrics).
@@ -303,6 +351,8 @@ impl Default for Config {
             },
             // None: what to serve is the configuration file's to say.
             plugins: Vec::new(),
+            telemetry: TelemetryConfig::default(),
+            log: LogConfig::default(),
         }
     }
 }
@@ -364,6 +414,22 @@ impl Config {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
+        let telemetry = &self.telemetry;
+        if let Some(endpoint) = &telemetry.otlp_endpoint {
+            anyhow::ensure!(
+                endpoint.starts_with("http://") || endpoint.starts_with("https://"),
+                "telemetry.otlp_endpoint = {endpoint:?}: an http:// or https:// URL is needed"
+            );
+        }
+        if let Some(protocol) = &telemetry.otlp_protocol {
+            anyhow::ensure!(
+                protocol == "http/protobuf" || protocol == "http/json",
+                "telemetry.otlp_protocol = {protocol:?}: \"http/protobuf\" or \"http/json\""
+            );
+        }
+        if let Some(ratio) = telemetry.sampling_ratio {
+            anyhow::ensure!((0.0..=1.0).contains(&ratio), "telemetry.sampling_ratio must be within 0..=1");
+        }
         let limits = &self.limits;
         anyhow::ensure!(limits.max_body_bytes > 0, "limits.max_body_bytes must be positive");
         anyhow::ensure!(

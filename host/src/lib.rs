@@ -32,6 +32,7 @@ pub mod crypto;
 mod data_dir;
 pub mod edge;
 pub mod kv;
+pub mod logs;
 mod telemetry;
 
 // The gateway itself, behind the `runtime` feature: the HTTP side, the
@@ -48,6 +49,8 @@ mod run;
 mod runtime;
 #[cfg(feature = "runtime")]
 mod settings;
+#[cfg(feature = "runtime")]
+mod traces;
 
 #[cfg(feature = "runtime")]
 pub use run::{Running, run};

@@ -118,6 +118,20 @@ enum StoreCommand {
 fn main() -> std::process::ExitCode {
     return_large_buffers_to_the_system();
     let cli = Cli::parse();
+    // `serve` writes its log as its configuration says; the other commands write text.
+    let (serve_config, format) = match &cli.command {
+        Command::Serve { config } => match evogate::config::Config::load(config.as_deref()) {
+            Ok(config) => {
+                let format = config.log.format;
+                (Some(config), format)
+            }
+            Err(err) => {
+                eprintln!("error: {err:#}");
+                return std::process::ExitCode::FAILURE;
+            }
+        },
+        _ => (None, evogate::config::LogFormat::Text),
+    };
     // Log lines (the access log among them) are written to stderr by a
     // thread of their own, in batches, so a request's thread never waits
     // on the terminal or pipe. Not lossy: when the queue is full the
@@ -127,16 +141,9 @@ fn main() -> std::process::ExitCode {
         .buffered_lines_limit(LOG_QUEUE_LINES)
         .thread_name("evogate-log")
         .finish(std::io::BufWriter::new(std::io::stderr()));
-    tracing_subscriber::fmt()
-        .with_writer(writer)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("EVOGATE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tokio_postgres=warn")),
-        )
-        .init();
+    evogate::logs::init(format, writer);
     let result = match cli.command {
-        Command::Serve { config } => serve(config),
+        Command::Serve { .. } => serve(serve_config),
         Command::Deploy { name, file, admin } => client::deploy(&admin, &name, &file),
         Command::Plugins { admin } => client::plugins(&admin),
         Command::RunJob { name, job, admin } => client::run_job(&admin, &name, &job),
@@ -182,8 +189,8 @@ fn return_large_buffers_to_the_system() {}
 /// Log lines waiting for the writer thread, at most; past it, loggers wait.
 const LOG_QUEUE_LINES: usize = 64 * 1024;
 
-fn serve(config_file: Option<PathBuf>) -> anyhow::Result<()> {
-    let config = evogate::config::Config::load(config_file.as_deref())?;
+fn serve(config: Option<evogate::config::Config>) -> anyhow::Result<()> {
+    let config = config.context("the configuration was not read")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("evogate")

@@ -90,6 +90,9 @@ pub async fn run(
     let hangup = hangup_signal();
     config.plugins()?;
     let metrics = metrics_handle();
+    if let Some(traces) = crate::traces::TraceSettings::resolve(&config.telemetry, |name| std::env::var(name).ok())? {
+        crate::traces::install(&traces, tokio::runtime::Handle::current()).context("[telemetry]")?;
+    }
     raise_open_file_limit(config.limits.max_connections);
     let tls = match &config.tls {
         Some(tls) => Some(Arc::new(Tls::new(&tls.cert.relative(), &tls.key.relative())?)),
@@ -134,6 +137,8 @@ pub async fn run(
         scheduler.drain(drain_timeout).await;
         let _ = stop_admin.send(());
         let _ = admin_task.await;
+        // The drained requests' spans leave before the process does.
+        let _ = tokio::task::spawn_blocking(crate::traces::flush).await;
     });
     tracing::info!("evogate admin listening on {admin_scheme}://{admin_addr}");
     tracing::info!("evogate listening on {scheme}://{addr}");

@@ -34,6 +34,12 @@ macro_rules! metrics_table {
 }
 
 metrics_table! {
+    BUILD_INFO: Gauge "evogate_build_info" ["version"]
+        "always 1, labelled with the running gateway's version";
+    STORE_UP: Gauge "evogate_store_up" ["backend"]
+        "1 when the store answered at the last scrape, 0 when it did not (in time)";
+    STORE_BYTES: Gauge "evogate_store_bytes" ["backend"]
+        "what the store takes on disk, read at each scrape: the redb file, or PostgreSQL's evogate tables with their indexes and TOAST";
     REQUESTS: Counter "evogate_requests_total" ["plugin", "route", "status"]
         "requests answered; plugin and route are empty for a request no route serves";
     REQUEST_DURATION: Histogram "evogate_request_duration_seconds" ["plugin"]
@@ -44,6 +50,8 @@ metrics_table! {
         "the linear memory each request's instance grew to (what limits.instance_memory_bytes has to hold)";
     INSTANCES_IN_USE: Gauge "evogate_instances_in_use" []
         "plugin instances serving a request now";
+    INSTANCES_MAX: Gauge "evogate_instances_max" []
+        "plugin instances that may serve requests at once (limits.max_concurrent_requests)";
     REQUESTS_REFUSED: Counter "evogate_requests_refused_total" ["plugin", "reason"]
         "requests answered 503 at once by a plugin's max_concurrent_requests, or, with reason=credential, by its max_concurrent_per_credential";
     CONNECTIONS_REFUSED: Counter "evogate_connections_refused_total" []
@@ -52,6 +60,8 @@ metrics_table! {
         "admin connections closed past the admin listener's 64, every one of those busy for a second";
     SLOW_BODIES: Counter "evogate_slow_bodies_total" []
         "request bodies cut off by limits.min_body_bytes_per_sec";
+    STORE_CALLS: Counter "evogate_store_calls_total" ["plugin", "op"]
+        "store calls of each plugin's requests and jobs: op get (get and get-many), scan or commit";
     KV_COMMIT_DURATION: Histogram "evogate_kv_commit_duration_seconds" []
         "time of one store commit";
     KV_CONFLICTS: Counter "evogate_kv_conflicts_total" []
@@ -75,7 +85,7 @@ metrics_table! {
     PLUGIN_CALL_DURATION: Histogram "evogate_plugin_call_seconds" ["caller", "callee"]
         "time of one call between plugins, up to the callee's answer";
     JOB_RUNS: Counter "evogate_job_runs_total" ["plugin", "job", "outcome"]
-        "scheduled job runs: outcome ok, error, timeout, memory or trap";
+        "scheduled job runs: outcome ok, partial (the plugin said part of its work failed), error, timeout, memory, trap or skipped";
     JOB_DURATION: Histogram "evogate_job_duration_seconds" ["plugin", "job"]
         "time of one job run";
     JOB_TICKS_MISSED: Counter "evogate_job_ticks_missed_total" ["plugin", "job", "reason"]
@@ -144,7 +154,32 @@ pub(crate) fn describe() {
             Kind::Histogram => metrics::describe_histogram!(metric.name, metric.help),
         }
     }
+    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    #[cfg(feature = "runtime")]
+    process().describe();
 }
+
+/// The process's own metrics, Prometheus' standard `process_*` (CPU,
+/// resident and virtual memory, open and most file descriptors, threads,
+/// start time), read at each scrape.
+#[cfg(feature = "runtime")]
+pub(crate) fn process() -> &'static metrics_process::Collector {
+    static COLLECTOR: std::sync::OnceLock<metrics_process::Collector> = std::sync::OnceLock::new();
+    COLLECTOR.get_or_init(metrics_process::Collector::default)
+}
+
+/// The `process_*` metrics [`process`] records, as alert rules and dashboards may name them.
+#[cfg(test)]
+pub(crate) const PROCESS_METRICS: &[&str] = &[
+    "process_cpu_seconds_total",
+    "process_open_fds",
+    "process_max_fds",
+    "process_virtual_memory_bytes",
+    "process_virtual_memory_max_bytes",
+    "process_resident_memory_bytes",
+    "process_start_time_seconds",
+    "process_threads",
+];
 
 /// The metrics table of `docs/operations.md`, as [`ALL`] writes it.
 #[cfg(test)]
@@ -165,6 +200,76 @@ fn docs_table() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The metric names a PromQL text mentions (`evogate_…`, `process_…`),
+    /// a histogram's series (`_bucket`, `_sum`, `_count`) named by the histogram.
+    fn metrics_named(text: &str) -> std::collections::BTreeSet<String> {
+        let mut names = std::collections::BTreeSet::new();
+        let bytes = text.as_bytes();
+        for prefix in ["evogate_", "process_"] {
+            let mut from = 0;
+            while let Some(at) = text[from..].find(prefix).map(|at| at + from) {
+                let before = at.checked_sub(1).map(|i| bytes[i]);
+                let end = text[at..]
+                    .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+                    .map_or(text.len(), |len| at + len);
+                if !before.is_some_and(|byte| byte.is_ascii_alphanumeric() || byte == b'_') {
+                    let name = &text[at..end];
+                    let histogram = ALL.iter().any(|metric| {
+                        metric.kind == Kind::Histogram
+                            && ["_bucket", "_sum", "_count"]
+                                .iter()
+                                .any(|series| name == format!("{}{series}", metric.name))
+                    });
+                    let name = if histogram { name.rsplit_once('_').map_or(name, |(base, _)| base) } else { name };
+                    names.insert(name.to_owned());
+                }
+                from = end;
+            }
+        }
+        names
+    }
+
+    #[test]
+    fn the_dashboard_and_the_alert_rules_name_only_metrics_the_gateway_exports() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging");
+        let exported: Vec<&str> = ALL.iter().map(|metric| metric.name).chain(PROCESS_METRICS.iter().copied()).collect();
+        for file in ["grafana/evogate-dashboard.json", "prometheus/evogate-alerts.yml"] {
+            let text = std::fs::read_to_string(root.join(file)).unwrap_or_else(|err| panic!("{file}: {err}"));
+            let named = metrics_named(&text);
+            assert!(named.len() >= 5, "{file} names the metrics it uses: {named:?}");
+            let unknown: Vec<&String> = named.iter().filter(|name| !exported.contains(&name.as_str())).collect();
+            assert!(unknown.is_empty(), "{file} names metrics evogate does not export: {unknown:?}");
+        }
+        let alerts = std::fs::read_to_string(root.join("prometheus/evogate-alerts.yml")).expect("the rules");
+        for alert in
+            ["EvogateSyncFailing", "EvogateDeliveriesRefused", "EvogateStoreUnavailable", "EvogateInstancesExhausted"]
+        {
+            assert!(alerts.contains(&format!("alert: {alert}")), "{alert}");
+        }
+        assert_eq!(
+            metrics_named("rate(evogate_request_duration_seconds_bucket[5m]) + evogate_no_such_total + xevogate_not"),
+            ["evogate_no_such_total", "evogate_request_duration_seconds"].map(String::from).into_iter().collect()
+        );
+    }
+
+    #[cfg(feature = "runtime")]
+    #[test]
+    fn the_process_metrics_are_recorded_under_the_names_the_rules_use() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            process().describe();
+            process().collect();
+        });
+        let text = handle.render();
+        for name in PROCESS_METRICS {
+            assert!(
+                text.contains(&format!("\n{name} ")) || text.starts_with(&format!("{name} ")),
+                "{name} missing:\n{text}"
+            );
+        }
+    }
 
     #[test]
     fn the_operations_guide_lists_every_metric_as_the_code_names_it() {

@@ -46,6 +46,15 @@ pub struct Settings {
     pub user_quota_records: Option<u64>,
 }
 
+/// The plugin-wide settings of the request or job at hand, or 500 when the
+/// operator configured something unreadable (logged as an error).
+pub fn settings(ctx: &crate::Ctx<'_>) -> Result<Settings, crate::errors::ApiError> {
+    Settings::read(ctx.config).map_err(|why| {
+        evogate_plugin::log::error(&why);
+        crate::errors::ApiError::internal("plugin misconfigured")
+    })
+}
+
 impl Settings {
     /// Reads every setting; a malformed number is an error naming the key.
     pub fn read(config: &dyn Config) -> Result<Self, String> {

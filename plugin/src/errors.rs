@@ -176,11 +176,11 @@ impl From<crate::kv::KvError> for ApiError {
     fn from(err: crate::kv::KvError) -> Self {
         match err {
             crate::kv::KvError::Unavailable(why) => {
-                eprintln!("kv unavailable: {why}");
+                evogate_plugin::log::error(&format!("kv unavailable: {why}"));
                 ApiError::unavailable()
             }
             crate::kv::KvError::OutcomeUnknown(why) => {
-                eprintln!("kv commit outcome unknown: {why}");
+                evogate_plugin::log::warn(&format!("kv commit outcome unknown: {why}"));
                 ApiError::unavailable()
             }
             crate::kv::KvError::Conflict => ApiError::unavailable(),

@@ -77,7 +77,7 @@ pub fn handle(ctx: &Ctx<'_>, request: &http::Request) -> http::Response {
 }
 
 /// One run of a scheduled job, as the gateway starts it.
-pub use evogate_plugin::JobRun;
+pub use evogate_plugin::{JobOutcome, JobRun};
 
 /// The plugin as the gateway runs it.
 #[derive(Debug)]
@@ -91,7 +91,7 @@ impl evogate_plugin::Plugin for EvotorPartner {
         handle(ctx, request)
     }
 
-    fn run_job(ctx: &Ctx<'_>, run: &JobRun) -> Result<(), String> {
+    fn run_job_outcome(ctx: &Ctx<'_>, run: &JobRun) -> Result<JobOutcome, String> {
         run_job(ctx, run)
     }
 }
@@ -104,8 +104,10 @@ const JOB_TIME_SHARE: (u64, u64) = (3, 4);
 
 /// Runs one scheduled job: `sync` (the Evotor cloud sync, the time-based
 /// rules of billing); any other name is an error naming the one there is.
-/// A line on stderr says what the run did.
-pub fn run_job(ctx: &Ctx<'_>, run: &JobRun) -> Result<(), String> {
+/// A log line says what the run did. A run where some users' sync failed
+/// (the cloud refused their token, or kept failing) is `partial`; one where
+/// every user it tried failed (the cloud down, say) is an error.
+pub fn run_job(ctx: &Ctx<'_>, run: &JobRun) -> Result<JobOutcome, String> {
     if run.job != domain::sync::JOB {
         return Err(format!("no job {:?} here: this plugin runs {:?}", run.job, domain::sync::JOB));
     }
@@ -115,8 +117,17 @@ pub fn run_job(ctx: &Ctx<'_>, run: &JobRun) -> Result<(), String> {
     let deadline = ctx.clock.now_unix().saturating_add(budget_secs.max(1));
     match domain::sync::run(&ctx, deadline) {
         Ok(summary) => {
-            eprintln!("sync: {summary}");
-            Ok(())
+            let (failed, tried) = (summary.failed(), summary.tried());
+            if failed == 0 {
+                evogate_plugin::log::info(&format!("sync: {summary}"));
+                Ok(JobOutcome::Done)
+            } else if failed == tried {
+                Err(format!("sync: {summary}; every part tried failed ({failed})"))
+            } else {
+                let partial = format!("sync: {summary}; {failed} of {tried} parts failed");
+                evogate_plugin::log::warn(&partial);
+                Ok(JobOutcome::Partial(partial))
+            }
         }
         Err(err) => Err(format!("sync stopped: {} ({})", err.reason, err.status)),
     }

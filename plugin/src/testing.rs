@@ -1,29 +1,29 @@
-//! What the plugin's native tests share: a [`World`] with its own store,
+//! What the plugin's native tests share: a [`Fixture`] with its own store,
 //! settings, clock and scripted outgoing HTTP, and calls into it as the
 //! Evotor cloud and the partner make them.
 
 use crate::Ctx;
 use crate::clock::ManualClock;
 use crate::config::MapConfig;
-use crate::domain::accounts::settings;
+use crate::config::settings;
 use crate::endpoints::auth;
 use crate::http::{Request, Response};
 use crate::kv::MemKv;
 use serde_json::{Value, json};
 
-/// Where a [`World`]'s clock starts, Unix seconds: 2027-01-01, after the
+/// Where a [`Fixture`]'s clock starts, Unix seconds: 2027-01-01, after the
 /// dates of the test data, as a real gateway's clock is.
-pub const WORLD_START: u64 = 1_798_761_600;
+pub const FIXTURE_START: u64 = 1_798_761_600;
 
 /// A plugin with cheap password hashing, a hand-moved clock and its own store.
-pub(crate) struct World {
+pub(crate) struct Fixture {
     pub kv: MemKv,
     pub config: MapConfig,
     pub clock: ManualClock,
     pub http: crate::outgoing::Scripted,
 }
 
-impl World {
+impl Fixture {
     pub fn new() -> Self {
         Self::with(&[])
     }
@@ -40,7 +40,7 @@ impl World {
         for (key, value) in extra {
             config.0.insert((*key).into(), (*value).into());
         }
-        Self { kv: MemKv::default(), config, clock: ManualClock::at(WORLD_START), http: Default::default() }
+        Self { kv: MemKv::default(), config, clock: ManualClock::at(FIXTURE_START), http: Default::default() }
     }
 
     /// A world whose store answers scans and `get_many`s in full, for

@@ -3,11 +3,11 @@
 //! traits, and the calls from the exports into a [`Plugin`]. Not for
 //! direct use.
 
-/// The bindings of `evogate:plugin/plugin-with-jobs@0.2.2`.
+/// The bindings of `evogate:plugin/plugin-with-jobs@0.2.3`.
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../wit",
-        world: "evogate:plugin/plugin-with-jobs@0.2.2",
+        world: "evogate:plugin/plugin-with-jobs@0.2.3",
         generate_all,
         pub_export_macro: true,
         default_bindings_module: "::evogate_plugin::__component::bindings",
@@ -15,10 +15,10 @@ pub mod bindings {
 }
 
 use crate::kv::{Check, Entry, Kv, KvError, Write};
-use crate::{Ctx, JobRun, Plugin};
-pub use bindings::evogate::plugin0_2_2::types;
-use bindings::evogate::plugin0_2_2::{config as wit_config, kv as wit_kv};
-pub use bindings::exports::evogate::plugin0_2_2::{handler, identity, scheduled};
+use crate::{Ctx, JobOutcome, JobRun, Plugin};
+pub use bindings::evogate::plugin0_2_3::types;
+use bindings::evogate::plugin0_2_3::{config as wit_config, job_outcome, kv as wit_kv};
+pub use bindings::exports::evogate::plugin0_2_3::{handler, identity, scheduled};
 
 fn host_ctx<R>(run: impl FnOnce(&Ctx<'_>) -> R) -> R {
     run(&Ctx { kv: &HostKv, config: &HostConfig, clock: &crate::clock::SystemClock, http: &HostHttp })
@@ -46,7 +46,13 @@ pub fn info<P: Plugin>() -> identity::PluginInfo {
 pub fn run<P: Plugin>(run: scheduled::JobRun) -> Result<(), String> {
     let run =
         JobRun { job: run.job, scheduled_at_ms: run.scheduled_at_ms, timeout_ms: run.timeout_ms, manual: run.manual };
-    host_ctx(|ctx| P::run_job(ctx, &run))
+    match host_ctx(|ctx| P::run_job_outcome(ctx, &run))? {
+        JobOutcome::Done => Ok(()),
+        JobOutcome::Partial(summary) => {
+            job_outcome::partial(&summary);
+            Ok(())
+        }
+    }
 }
 
 struct HostKv;

@@ -5,7 +5,7 @@
 //! gateway's transactional key-value store ([`kv::Kv`]), the operator's
 //! settings ([`config::Config`]), the time ([`clock::Clock`]) and outgoing
 //! HTTP ([`outgoing::Http`]). [`export_plugin!`] turns the type into the
-//! component the gateway runs (world `evogate:plugin/plugin-with-jobs@0.2.2`);
+//! component the gateway runs (world `evogate:plugin/plugin-with-jobs@0.2.3`);
 //! it is the only place the generated bindings are touched.
 //!
 //! With the `testing` feature the same traits have native fakes —
@@ -48,6 +48,7 @@ pub mod clock;
 pub mod config;
 pub mod http;
 pub mod kv;
+pub mod log;
 pub mod outgoing;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
@@ -107,6 +108,25 @@ pub trait Plugin {
         let _ = ctx;
         Err(format!("no job {:?} here: this plugin has no scheduled jobs", run.job))
     }
+
+    /// Runs one scheduled job and says how it ended: its work all done, or
+    /// part of it failed ([`JobOutcome::Partial`]: the run's outcome is then
+    /// `partial` in the gateway's metrics, logs and admin API); `Err`, as
+    /// for [`Plugin::run_job`], the run failed. The default runs
+    /// [`Plugin::run_job`]: implement this one instead when a run can end
+    /// half done.
+    fn run_job_outcome(ctx: &Ctx<'_>, run: &JobRun) -> Result<JobOutcome, String> {
+        Self::run_job(ctx, run).map(|()| JobOutcome::Done)
+    }
+}
+
+/// How a job run that did not fail ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobOutcome {
+    /// All of its work done.
+    Done,
+    /// Part of its work failed: the summary the operator sees (what failed, how much).
+    Partial(String),
 }
 
 /// Exports `$plugin` (a type implementing [`Plugin`]) as the component's

@@ -51,6 +51,7 @@ struct State {
     feed: Option<(String, Vec<Value>)>,
     trouble: BTreeMap<String, Vec<Trouble>>,
     requests: Vec<(String, String)>,
+    traceparents: Vec<String>,
 }
 
 /// A running mock cloud.
@@ -98,6 +99,11 @@ impl MockCloud {
         self.state.lock().expect("state").requests.clone()
     }
 
+    /// The `traceparent` header of every request that had one, in order.
+    pub fn traceparents(&self) -> Vec<String> {
+        self.state.lock().expect("state").traceparents.clone()
+    }
+
     /// How many requests carried `token`.
     pub fn requests_with(&self, token: &str) -> usize {
         self.requests().iter().filter(|(sent, _)| sent == token).count()
@@ -114,6 +120,7 @@ impl MockCloud {
                 "authorization" => token = value.strip_prefix("Bearer ").unwrap_or(value).to_owned(),
                 "x-authorization" => token = value.to_owned(),
                 "content-length" => length = value.parse().unwrap_or(0),
+                "traceparent" => self.state.lock().expect("state").traceparents.push(value.to_owned()),
                 _ => {}
             }
         }

@@ -7,6 +7,7 @@
 
 pub mod cloud;
 pub mod erp;
+pub mod otlp;
 pub mod stream;
 pub mod upstream;
 
@@ -296,12 +297,14 @@ fn spawn(wrapper: &[&str], config: &Path) -> (Child, String, String, Arc<Mutex<S
         let mut tx = Some(tx);
         let mut admin_addr = None;
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            // A text line ends with the address; a JSON one (`[log] format = "json"`) with `"` and more.
+            let address = |rest: &str| rest.split(['"', ' ']).next().unwrap_or_default().trim().to_owned();
             if let Some(addr) = line.split("evogate admin listening on ").nth(1) {
-                admin_addr = Some(addr.trim().to_owned());
+                admin_addr = Some(address(addr));
             } else if let Some(addr) = line.split("evogate listening on ").nth(1)
                 && let Some(tx) = tx.take()
             {
-                let _ = tx.send((addr.trim().to_owned(), admin_addr.clone().unwrap_or_default()));
+                let _ = tx.send((address(addr), admin_addr.clone().unwrap_or_default()));
             }
             if let Ok(mut log) = sink.lock() {
                 log.push_str(&line);

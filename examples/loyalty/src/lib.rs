@@ -68,10 +68,10 @@ impl Plugin for Loyalty {
         let folded = follow_feed(ctx, &evotor, started + seconds / 2).map_err(|err| err.to_string())?;
         let delivered = relay(ctx, started + seconds * 9 / 10).map_err(|err| err.to_string())?;
         if folded.sales > 0 || delivered.attempted > 0 {
-            eprintln!(
+            evogate_plugin::log::info(&format!(
                 "loyalty: {} new sales from {} feed entries; {} delivered, {} to retry, {} dead-lettered",
                 folded.sales, folded.entries, delivered.delivered, delivered.retrying, delivered.dead
-            );
+            ));
         }
         Ok(())
     }

@@ -305,10 +305,10 @@ pub fn relay(ctx: &Ctx<'_>, until: u64) -> Result<Relayed, String> {
             }
             Err((why, _)) => {
                 done.dead += 1;
-                eprintln!(
+                evogate_plugin::log::warn(&format!(
                     "loyalty: sale {} dead-lettered after {} attempts: {why}",
                     delivery.document_id, delivery.attempts
-                );
+                ));
                 delivery.last_error = Some(why);
                 delivery.next_at = now;
                 vec![Write::Delete(key), Write::Set(format!("{DEAD}{}", delivery.document_id), encode(&delivery))]

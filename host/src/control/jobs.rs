@@ -26,7 +26,7 @@
 use crate::config::{JobConfig, JobSchedule, PluginConfig};
 use crate::control::registry::Mount;
 use crate::kv::{Backend, Check, KvError, Write};
-use crate::runtime::sandbox::{Failure, JobRun};
+use crate::runtime::sandbox::{Failure, JobEnd, JobRun};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -66,7 +66,7 @@ pub(crate) struct Lease {
     /// When it ended; none while it runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_ms: Option<u64>,
-    /// `ok`, `error`, `timeout`, `memory`, `trap` or `skipped`; none while it runs.
+    /// `ok`, `partial`, `error`, `timeout`, `memory`, `trap` or `skipped`; none while it runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcome: Option<String>,
     /// What went wrong, for any outcome but `ok`.
@@ -305,7 +305,14 @@ impl Scheduler {
             // Epoch interruption stops plugin code at the deadline; this outer
             // timeout covers a host call that hangs past it.
             let timeout = job.schedule.timeout;
-            let call = deployment.plugin.run_job(run, timeout);
+            // A trace of its own: the run's outgoing requests are its children.
+            let trace = crate::traces::start(
+                &opentelemetry::Context::new(),
+                format!("job {}/{}", job.plugin, job.name),
+                opentelemetry::trace::SpanKind::Internal,
+            );
+            let chain = crate::runtime::calls::Chain::start(&job.plugin).traced(trace.clone());
+            let call = deployment.plugin.run_job_in(run, timeout, chain);
             let mut run = std::pin::pin!(async move {
                 tokio::time::timeout(timeout + HOST_CALL_GRACE, call).await.unwrap_or(Err(Failure::Deadline))
             });
@@ -318,8 +325,9 @@ impl Scheduler {
             };
             let elapsed = started.elapsed();
             let (outcome, error) = match result {
-                Ok(Ok(())) => ("ok", None),
-                Ok(Err(message)) => ("error", Some(message)),
+                Ok(JobEnd::Ok) => ("ok", None),
+                Ok(JobEnd::Partial(summary)) => ("partial", Some(summary)),
+                Ok(JobEnd::Error(message)) => ("error", Some(message)),
                 Err(Failure::Deadline) => {
                     ("timeout", Some(format!("ran past its {} ms", job.schedule.timeout.as_millis())))
                 }
@@ -333,6 +341,23 @@ impl Scheduler {
                 plugin = %label, job = %job.name, tick, manual, outcome, duration_ms = elapsed.as_millis() as u64,
                 error = error_text.as_deref().unwrap_or(""), "job run ended"
             );
+            if crate::traces::recording(&trace) {
+                use opentelemetry::trace::TraceContextExt as _;
+                let span = trace.span();
+                span.set_attributes([
+                    opentelemetry::KeyValue::new("evogate.plugin", job.plugin.clone()),
+                    opentelemetry::KeyValue::new("evogate.plugin.version", label.to_owned()),
+                    opentelemetry::KeyValue::new("evogate.job", job.name.clone()),
+                    opentelemetry::KeyValue::new("evogate.job.outcome", outcome),
+                    opentelemetry::KeyValue::new("evogate.job.manual", manual),
+                ]);
+                if outcome != "ok" {
+                    span.set_status(opentelemetry::trace::Status::error(
+                        error_text.as_deref().unwrap_or(outcome).to_owned(),
+                    ));
+                }
+                span.end();
+            }
             done.outcome = Some(outcome.into());
             done.error = error.map(|error| error.chars().take(1024).collect());
         }

@@ -350,7 +350,7 @@ impl Admin {
                 reply.headers_mut().insert(hyper::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
                 reply
             }
-            (&Method::GET, ["metrics"]) => self.metrics(),
+            (&Method::GET, ["metrics"]) => self.metrics().await,
             (&Method::GET, ["plugins"]) => self.plugins().await,
             (&Method::POST, ["plugins", name, "jobs", job, "run"]) => self.run_job(name, job).await,
             (&Method::PUT, ["plugins", name]) => {
@@ -445,11 +445,38 @@ impl Admin {
         }
     }
 
-    fn metrics(&self) -> Reply {
+    async fn metrics(&self) -> Reply {
+        crate::telemetry::process().collect();
+        self.store_size().await;
         let text = self.metrics.as_ref().map(PrometheusHandle::render).unwrap_or_default();
         let mut reply = hyper::Response::new(Full::new(Bytes::from(text)));
         reply.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
         reply
+    }
+
+    /// Sets [`crate::telemetry::STORE_BYTES`] and [`crate::telemetry::STORE_UP`]
+    /// from the store, waiting at most [`READY_PROBE_TIMEOUT`].
+    async fn store_size(&self) {
+        let backend = self.app.backend.clone();
+        let kind = backend.kind();
+        let read = tokio::task::spawn_blocking(move || backend.bytes_on_disk());
+        let up = match tokio::time::timeout(READY_PROBE_TIMEOUT, read).await {
+            Ok(Ok(Ok(bytes))) => {
+                if let Some(bytes) = bytes {
+                    metrics::gauge!(crate::telemetry::STORE_BYTES, "backend" => kind).set(bytes as f64);
+                }
+                true
+            }
+            Ok(Ok(Err(err))) => {
+                tracing::warn!(error = %err, "the store did not answer the metrics' size query");
+                false
+            }
+            Ok(Err(_)) | Err(_) => {
+                tracing::warn!("the store did not answer the metrics' size query in time");
+                false
+            }
+        };
+        metrics::gauge!(crate::telemetry::STORE_UP, "backend" => kind).set(if up { 1.0 } else { 0.0 });
     }
 
     async fn deploy(&self, name: &str, req: hyper::Request<Incoming>) -> Reply {

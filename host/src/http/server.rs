@@ -14,6 +14,8 @@ use hyper::StatusCode;
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_LENGTH, HeaderValue, RETRY_AFTER};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use opentelemetry::Context;
+use opentelemetry::trace::SpanKind;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -478,7 +480,10 @@ impl Gateway {
             per_credential: Arc::default(),
             draining: AtomicBool::new(false),
             unrouted: crate::telemetry::RouteMetrics::new("", ""),
-            in_use: metrics::gauge!(crate::telemetry::INSTANCES_IN_USE),
+            in_use: {
+                metrics::gauge!(crate::telemetry::INSTANCES_MAX).set(limits.max_instances as f64);
+                metrics::gauge!(crate::telemetry::INSTANCES_IN_USE)
+            },
             _sandbox: sandbox,
         }
     }
@@ -501,7 +506,10 @@ impl Gateway {
         // The plugin sees the id as a request header; the client gets it back.
         let request_id = request_id(req.headers());
         req.headers_mut().insert(REQUEST_ID, request_id.clone());
-        let mut served = self.dispatch(req, started).await;
+        // The trace the request arrives in, continued by its span (when traces are on).
+        let arrived = crate::traces::extract(req.headers());
+        let trace = crate::traces::start(&arrived, method.as_str().to_owned(), SpanKind::Server);
+        let mut served = self.dispatch(req, started, &trace).await;
         served.response.headers_mut().insert(REQUEST_ID, request_id.clone());
         let status = served.response.status().as_u16();
         let elapsed = started.elapsed();
@@ -509,6 +517,7 @@ impl Gateway {
             Some((mount, label)) => (&mount.metrics, label.as_str()),
             None => (&self.unrouted, ""),
         };
+        let trace_id = crate::traces::trace_id(&trace);
         tracing::info!(
             target: "evogate::access",
             %method,
@@ -517,12 +526,27 @@ impl Gateway {
             latency_us = elapsed.as_micros() as u64,
             plugin = if label.is_empty() { "-" } else { label },
             request_id = request_id.to_str().unwrap_or("-"),
+            trace_id = trace_id.as_deref().unwrap_or("-"),
         );
         metrics.answered(status, elapsed);
+        if crate::traces::recording(&trace) {
+            let plugin = served
+                .plugin
+                .as_ref()
+                .map(|(mount, label)| (mount.route.as_str(), mount.name.as_str(), label.as_str()));
+            crate::traces::request_ends(
+                &trace,
+                method.as_str(),
+                &path,
+                plugin,
+                status,
+                request_id.to_str().unwrap_or("-"),
+            );
+        }
         served.response
     }
 
-    async fn dispatch(&self, req: hyper::Request<Incoming>, started: Instant) -> Served<'_> {
+    async fn dispatch(&self, req: hyper::Request<Incoming>, started: Instant, trace: &Context) -> Served<'_> {
         let mount = self.registry.route(req.uri().path());
         // The route's plugin picks how the gateway's errors read; no route: a problem.
         let format = mount.map_or(ErrorFormat::Problem, |mount| mount.error_format);
@@ -541,7 +565,7 @@ impl Gateway {
         };
         let deployment = mount.current();
         let label = deployment.label().to_owned();
-        let response = match self.call(req, started, mount, deployment).await {
+        let response = match self.call(req, started, mount, deployment, trace).await {
             Ok(response) => into_http(response, &label, format),
             Err(response) => response,
         };
@@ -557,6 +581,7 @@ impl Gateway {
         started: Instant,
         mount: &crate::control::registry::Mount,
         deployment: Arc<crate::control::registry::Deployment>,
+        trace: &Context,
     ) -> Result<PluginResponse, hyper::Response<Full<Bytes>>> {
         let (plugin, route, format) = (mount.name.as_str(), mount.route.as_str(), mount.error_format);
         let deadline = started + self.request_timeout;
@@ -569,7 +594,7 @@ impl Gateway {
         let permit = self.admit_to_pool(deadline, format).await?;
         self.instances_in_use();
         let label = deployment.label().to_owned();
-        let outcome = run_plugin(&deployment, request, deadline, Chain::start(plugin)).await;
+        let outcome = run_plugin(&deployment, request, deadline, Chain::start(plugin).traced(trace.clone())).await;
         drop(permit);
         drop(plugin_permit);
         self.instances_in_use();

@@ -152,6 +152,14 @@ impl Backend for Faulty {
         self.inner.is_remote()
     }
 
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+
+    fn bytes_on_disk(&self) -> Result<Option<u64>, KvError> {
+        self.inner.bytes_on_disk()
+    }
+
     fn is_shared(&self) -> bool {
         self.inner.is_shared()
     }

@@ -89,6 +89,17 @@ pub trait Backend: Send + Sync + 'static {
         false
     }
 
+    /// The backend's kind as metrics label it: `memory`, `redb` or `postgres`.
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
+    /// What the store takes on disk, in bytes (the file; the tables with
+    /// their indexes and TOAST); `None` for a store in memory.
+    fn bytes_on_disk(&self) -> Result<Option<u64>, KvError> {
+        Ok(None)
+    }
+
     /// Whether other gateway nodes use the same store (deploys then reach them through it).
     fn is_shared(&self) -> bool {
         false

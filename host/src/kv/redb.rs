@@ -264,6 +264,16 @@ impl Backend for RedbBackend {
         self.with_db(|db| db.begin_read().map(drop).map_err(|err| self.failed(err)))
     }
 
+    fn kind(&self) -> &'static str {
+        "redb"
+    }
+
+    fn bytes_on_disk(&self) -> Result<Option<u64>, KvError> {
+        let metadata = std::fs::metadata(&self.path)
+            .map_err(|err| KvError::Unavailable(format!("reading the size of {}: {err}", self.path.display())))?;
+        Ok(Some(metadata.len()))
+    }
+
     fn snapshot(&self) -> Result<Box<dyn super::backup::Snapshot>, KvError> {
         self.with_db(|db| {
             let txn = db.begin_read().map_err(|err| self.failed(err))?;

@@ -46,6 +46,8 @@ pub const CALLER_HEADER: &str = "x-evogate-caller";
 pub struct Chain {
     plugins: Vec<Arc<str>>,
     pins: Arc<Mutex<Vec<Pinned>>>,
+    /// The trace the request is part of: its outgoing requests and calls continue it.
+    trace: opentelemetry::Context,
 }
 
 /// A callee and the deployment a request's first call to it found (the router's type).
@@ -60,14 +62,25 @@ impl std::fmt::Debug for Chain {
 impl Chain {
     /// A request (or job run) that starts at `plugin`.
     pub fn start(plugin: &str) -> Self {
-        Self { plugins: vec![plugin.into()], pins: Arc::default() }
+        Self { plugins: vec![plugin.into()], pins: Arc::default(), trace: opentelemetry::Context::new() }
+    }
+
+    /// The same request, in the trace `trace` (its span the parent of what follows).
+    pub fn traced(mut self, trace: opentelemetry::Context) -> Self {
+        self.trace = trace;
+        self
+    }
+
+    /// The trace the request is part of.
+    pub fn trace(&self) -> &opentelemetry::Context {
+        &self.trace
     }
 
     /// The same request, gone on to `plugin`.
     pub fn then(&self, plugin: &str) -> Self {
         let mut plugins = self.plugins.clone();
         plugins.push(plugin.into());
-        Self { plugins, pins: self.pins.clone() }
+        Self { plugins, pins: self.pins.clone(), trace: self.trace.clone() }
     }
 
     /// The plugin making calls now (the last one reached).
@@ -166,9 +179,23 @@ impl Calls {
         };
         let (chain, callee, request_id) = (self.chain.clone(), callee.to_owned(), self.request_id.clone());
         Box::pin(async move {
+            use opentelemetry::trace::{SpanKind, TraceContextExt as _};
             let started = Instant::now();
             let request = read_request(request, router.max_body_bytes(), &caller, &request_id).await?;
-            let answer = router.call(chain, callee.clone(), request, deadline).await;
+            // The callee's spans go below this call's.
+            let trace = crate::traces::start(chain.trace(), format!("call {callee}"), SpanKind::Client);
+            let answer = router.call(chain.traced(trace.clone()), callee.clone(), request, deadline).await;
+            if crate::traces::recording(&trace) {
+                let status = answer.as_ref().map_or(0, |response| i64::from(response.status));
+                trace.span().set_attributes([
+                    opentelemetry::KeyValue::new("evogate.callee", callee.clone()),
+                    opentelemetry::KeyValue::new("http.response.status_code", status),
+                ]);
+                if status == 0 || status >= 500 {
+                    trace.span().set_status(opentelemetry::trace::Status::error("call failed"));
+                }
+                trace.span().end();
+            }
             let outcome = match &answer {
                 Ok(response) if response.status < 500 => "ok",
                 Ok(_) => "error",

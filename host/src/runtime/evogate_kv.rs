@@ -19,14 +19,70 @@ pub(crate) struct KvCtx {
     kv_calls: Arc<tokio::sync::Semaphore>,
     /// The request's deadline: how long a store call may wait for a permit.
     deadline: Instant,
+    /// The plugin's store-call counters.
+    counters: Arc<KvCounters>,
+    /// What this request's store calls came to.
+    spent: KvSpent,
 }
 
 impl KvCtx {
     /// The context of one request on `kv`, with `permits` shared by every
-    /// request and `deadline` its own.
-    pub(crate) fn new(kv: Namespace, permits: Arc<tokio::sync::Semaphore>, deadline: Instant) -> Self {
-        Self { kv, kv_calls: permits, deadline }
+    /// request and `deadline` its own, counted in the plugin's `counters`.
+    pub(crate) fn new(
+        kv: Namespace,
+        permits: Arc<tokio::sync::Semaphore>,
+        deadline: Instant,
+        counters: Arc<KvCounters>,
+    ) -> Self {
+        Self { kv, kv_calls: permits, deadline, counters, spent: KvSpent::default() }
     }
+
+    /// What the request's store calls came to so far.
+    pub(crate) fn spent(&self) -> KvSpent {
+        self.spent
+    }
+
+    /// Counts one call of `op` that started at `started`.
+    fn count(&mut self, op: Op, started: Instant) {
+        self.spent.calls += 1;
+        self.spent.time += started.elapsed();
+        match op {
+            Op::Get => self.counters.get.increment(1),
+            Op::Scan => self.counters.scan.increment(1),
+            Op::Commit => self.counters.commit.increment(1),
+        }
+    }
+}
+
+/// A store call's kind, as [`crate::telemetry::STORE_CALLS`] counts it.
+#[derive(Clone, Copy)]
+enum Op {
+    Get,
+    Scan,
+    Commit,
+}
+
+/// One plugin's [`crate::telemetry::STORE_CALLS`], registered once.
+pub(crate) struct KvCounters {
+    get: metrics::Counter,
+    scan: metrics::Counter,
+    commit: metrics::Counter,
+}
+
+impl KvCounters {
+    /// The counters of plugin `plugin`.
+    pub(crate) fn new(plugin: &str) -> Self {
+        let counter = |op: &'static str| metrics::counter!(crate::telemetry::STORE_CALLS, "plugin" => plugin.to_owned(), "op" => op);
+        Self { get: counter("get"), scan: counter("scan"), commit: counter("commit") }
+    }
+}
+
+/// What one request's store calls came to: how many, and their time
+/// (what its trace's call span records, rather than a span per call).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct KvSpent {
+    pub(crate) calls: u32,
+    pub(crate) time: std::time::Duration,
 }
 
 /// Adds the `kv` interface of both evogate worlds to `linker`, served by
@@ -137,6 +193,7 @@ impl wit_kv::Host for KvCtx {
 
     async fn get_many(&mut self, keys: Vec<String>) -> Result<Vec<Option<wit_kv::Entry>>, wit_kv::Error> {
         let span = tracing::debug_span!("kv.get_many", keys = keys.len());
+        let started = Instant::now();
         let answer = async {
             let remote = match self.kv.is_remote() {
                 true => self.kv.get_many_async(keys.clone())?,
@@ -153,7 +210,9 @@ impl wit_kv::Host for KvCtx {
                 self.kv.get_many(&keys)
             }
         };
-        let answer = answer.instrument(span).await?;
+        let answer = answer.instrument(span).await;
+        self.count(Op::Get, started);
+        let answer = answer?;
         Ok(answer.into_iter().map(|entry| entry.map(wit_entry)).collect())
     }
 
@@ -164,6 +223,7 @@ impl wit_kv::Host for KvCtx {
         limit: u32,
     ) -> Result<Vec<(String, wit_kv::Entry)>, wit_kv::Error> {
         let span = tracing::debug_span!("kv.scan", limit);
+        let started = Instant::now();
         let page = async {
             let remote = match self.kv.is_remote() {
                 true => self.kv.scan_async(prefix.clone(), start_after.clone(), limit)?,
@@ -178,7 +238,9 @@ impl wit_kv::Host for KvCtx {
                 }
             }
         };
-        let page = page.instrument(span).await?;
+        let page = page.instrument(span).await;
+        self.count(Op::Scan, started);
+        let page = page?;
         Ok(page.into_iter().map(|(key, entry)| (key, wit_entry(entry))).collect())
     }
 
@@ -212,6 +274,7 @@ impl wit_kv::Host for KvCtx {
         let started = Instant::now();
         let span = tracing::debug_span!("kv.commit", checks = checks.len(), writes = writes.len());
         let result = self.blocking(true, move || kv.commit(&checks, &writes)).instrument(span).await;
+        self.count(Op::Commit, started);
         metrics::histogram!(crate::telemetry::KV_COMMIT_DURATION).record(started.elapsed().as_secs_f64());
         result.map_err(|err| {
             match &err {

@@ -11,6 +11,7 @@ pub mod calls;
 mod evogate;
 mod evogate_0_1;
 pub(crate) mod evogate_kv;
+pub(crate) mod laps;
 pub(crate) mod outgoing;
 pub(crate) mod plugin_log;
 pub mod sandbox;

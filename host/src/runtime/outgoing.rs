@@ -31,6 +31,7 @@ use bytes::Bytes;
 use http_body_util::BodyExt as _;
 use hyper::body::{Body, Frame, SizeHint};
 use hyper_util::rt::TokioIo;
+use opentelemetry::trace::SpanKind;
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
@@ -227,7 +228,7 @@ type Sent = Box<dyn Future<Output = Result<(hyper::Response<WasiBody>, OutgoingI
 impl WasiHttpHooks for Hooks {
     fn send_request(
         &mut self,
-        request: hyper::Request<WasiBody>,
+        mut request: hyper::Request<WasiBody>,
         options: Option<RequestOptions>,
         _: OutgoingIo,
     ) -> Sent {
@@ -246,6 +247,10 @@ impl WasiHttpHooks for Hooks {
             return Box::new(async { Err(Error::HttpRequestDenied) });
         }
         let (client, label, deadline) = (self.client.clone(), self.label.clone(), self.deadline);
+        // A span of its own below the request's or job's, and the trace sent on (traceparent and B3).
+        let trace =
+            crate::traces::start(self.calls.chain.trace(), request.method().as_str().to_owned(), SpanKind::Client);
+        crate::traces::inject(&trace, request.headers_mut());
         Box::new(async move {
             let started = Instant::now();
             let method = request.method().clone();
@@ -259,6 +264,10 @@ impl WasiHttpHooks for Hooks {
             metrics::histogram!(crate::telemetry::OUTBOUND_DURATION, "plugin" => plugin.clone())
                 .record(elapsed.as_secs_f64());
             let outcome = if sent.is_ok() { "ok" } else { "error" };
+            if crate::traces::recording(&trace) {
+                let status = sent.as_ref().map(|(response, _)| response.status().as_u16()).map_err(ToString::to_string);
+                crate::traces::outgoing_ends(&trace, method.as_str(), &uri, status);
+            }
             metrics::counter!(crate::telemetry::OUTBOUND_REQUESTS, "plugin" => plugin, "outcome" => outcome)
                 .increment(1);
             match &sent {

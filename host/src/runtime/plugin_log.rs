@@ -65,12 +65,35 @@ impl Buffer {
 
     fn emit(&self, line: &[u8]) {
         let text = String::from_utf8_lossy(line);
-        let text = escape_controls(text.trim_end_matches('\r'));
-        if self.stream == "stderr" {
-            tracing::warn!(target: "plugin", plugin = %self.tag, request_id = %self.request_id, stream = self.stream, "{text}");
-        } else {
-            tracing::info!(target: "plugin", plugin = %self.tag, request_id = %self.request_id, stream = self.stream, "{text}");
+        let (level, text) = level_of(text.trim_end_matches('\r'), self.stream);
+        let text = escape_controls(text);
+        let (plugin, request_id, stream) = (&*self.tag, &*self.request_id, self.stream);
+        match level {
+            tracing::Level::ERROR => tracing::error!(target: "plugin", plugin, request_id, stream, "{text}"),
+            tracing::Level::WARN => tracing::warn!(target: "plugin", plugin, request_id, stream, "{text}"),
+            tracing::Level::INFO => tracing::info!(target: "plugin", plugin, request_id, stream, "{text}"),
+            _ => tracing::debug!(target: "plugin", plugin, request_id, stream, "{text}"),
         }
+    }
+}
+
+/// A line's level and text: the level the plugin chose with a syslog
+/// priority prefix, as systemd reads a service's lines (`<3>` error, `<4>`
+/// warning, `<5>` and `<6>` info, `<7>` debug; `<0>`–`<2>` error too; the
+/// SDK's `log` functions write them), else warning on stderr and info on
+/// stdout.
+fn level_of<'a>(line: &'a str, stream: &str) -> (tracing::Level, &'a str) {
+    let prefixed = line.strip_prefix('<').and_then(|rest| {
+        let (digit, text) = (rest.as_bytes().first()?, rest.get(2..)?);
+        (rest.as_bytes().get(1) == Some(&b'>')).then_some((*digit, text))
+    });
+    match prefixed {
+        Some((b'0'..=b'3', text)) => (tracing::Level::ERROR, text),
+        Some((b'4', text)) => (tracing::Level::WARN, text),
+        Some((b'5' | b'6', text)) => (tracing::Level::INFO, text),
+        Some((b'7', text)) => (tracing::Level::DEBUG, text),
+        _ if stream == "stderr" => (tracing::Level::WARN, line),
+        _ => (tracing::Level::INFO, line),
     }
 }
 
@@ -151,6 +174,26 @@ impl StdoutStream for LogPipe {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_plugin_chooses_its_lines_level_with_a_syslog_prefix_and_unprefixed_lines_keep_their_streams() {
+        use tracing::Level;
+        for (line, stream, level, text) in [
+            ("<3>store unavailable", "stderr", Level::ERROR, "store unavailable"),
+            ("<0>x", "stdout", Level::ERROR, "x"),
+            ("<4>retrying", "stdout", Level::WARN, "retrying"),
+            ("<6>sync: 3 users", "stderr", Level::INFO, "sync: 3 users"),
+            ("<5>notice", "stderr", Level::INFO, "notice"),
+            ("<7>detail", "stderr", Level::DEBUG, "detail"),
+            ("plain", "stderr", Level::WARN, "plain"),
+            ("plain", "stdout", Level::INFO, "plain"),
+            ("<8>not a priority", "stderr", Level::WARN, "<8>not a priority"),
+            ("<6", "stderr", Level::WARN, "<6"),
+            ("<6>", "stdout", Level::INFO, ""),
+        ] {
+            assert_eq!(level_of(line, stream), (level, text), "{line:?} on {stream}");
+        }
+    }
 
     /// Everything logged while `f` runs, as the gateway's formatter writes it.
     fn captured(f: impl FnOnce()) -> String {

@@ -21,7 +21,9 @@ use crate::runtime::evogate_kv::KvCtx;
 use crate::runtime::plugin_log::LogPipe;
 use crate::runtime::{evogate_0_1, wasi_http};
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
+
+pub use crate::runtime::laps::{Laps, Phase};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::error::Context as _;
 use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap, UpdateDeadline};
@@ -30,7 +32,7 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 pub use crate::edge::{Request, Response};
-use crate::runtime::bindings::{generated_0_1, wit_0_1, wit_config, wit_kv, wit_scheduled, wit_types};
+use crate::runtime::bindings::{generated_0_1, wit_0_1, wit_config, wit_job_outcome, wit_kv, wit_scheduled, wit_types};
 
 /// How often the epoch ticks: the deadline's granularity, and how long a
 /// plugin runs before it yields its thread to other requests.
@@ -113,6 +115,28 @@ pub enum Failure {
     Trap(wasmtime::Error),
 }
 
+impl Failure {
+    /// The failure's kind, as metrics and traces name it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Failure::Deadline => "deadline",
+            Failure::MemoryLimit => "memory_limit",
+            Failure::Trap(_) => "trap",
+        }
+    }
+}
+
+/// How a job run ended, as its plugin said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobEnd {
+    /// All of its work done.
+    Ok,
+    /// Part of its work failed (`job-outcome.partial`, world 0.2.3 on): the summary.
+    Partial(String),
+    /// The run failed: the plugin's message.
+    Error(String),
+}
+
 /// The engine and linker shared by every plugin and version.
 pub struct Sandbox {
     engine: Engine,
@@ -182,6 +206,8 @@ impl Sandbox {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).context("linking WASI")?;
         wit_types::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s).context("linking types")?;
         wit_config::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s).context("linking config")?;
+        wit_job_outcome::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
+            .context("linking job-outcome")?;
         wit_0_1::types::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
             .context("linking types 0.1.0")?;
         wit_0_1::config::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
@@ -285,6 +311,7 @@ impl Sandbox {
             version: String::new(),
             label: Arc::from(plugin),
             memory_metric: metrics::histogram!(crate::telemetry::PLUGIN_MEMORY, "plugin" => plugin.to_owned()),
+            kv_counters: Arc::new(crate::runtime::evogate_kv::KvCounters::new(plugin)),
         };
         let (name, semver) =
             version.read_identity().await.with_context(|| format!("reading the identity of plugin {plugin:?}"))?;
@@ -321,9 +348,11 @@ enum Pre {
 /// The world a component was built against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum World {
-    /// `evogate:plugin@0.2.2`, the current world (outgoing HTTP, scheduled jobs).
+    /// `evogate:plugin@0.2.3`, the current world (outgoing HTTP, scheduled jobs and their outcomes).
     Evogate,
-    /// `evogate:plugin@0.2.1`: the current world without outgoing HTTP and jobs.
+    /// `evogate:plugin@0.2.2`: the current world without `job-outcome`.
+    Evogate0_2_2,
+    /// `evogate:plugin@0.2.1`: 0.2.2 without outgoing HTTP and jobs.
     Evogate0_2_1,
     /// `evogate:plugin@0.2.0`: 0.2.1 without `kv.get-many`.
     Evogate0_2_0,
@@ -337,7 +366,8 @@ impl World {
     /// The world's name, as the admin API and the logs show it.
     pub fn as_str(self) -> &'static str {
         match self {
-            World::Evogate => "evogate:plugin@0.2.2",
+            World::Evogate => "evogate:plugin@0.2.3",
+            World::Evogate0_2_2 => "evogate:plugin@0.2.2",
             World::Evogate0_2_1 => "evogate:plugin@0.2.1",
             World::Evogate0_2_0 => "evogate:plugin@0.2.0",
             World::Evogate0_1_0 => "evogate:plugin@0.1.0",
@@ -352,6 +382,8 @@ impl World {
             World::Evogate0_2_0
         } else if exported("0.2.1") {
             World::Evogate0_2_1
+        } else if exported("0.2.2") {
+            World::Evogate0_2_2
         } else {
             World::Evogate
         }
@@ -384,6 +416,8 @@ pub struct PluginVersion {
     label: Arc<str>,
     /// [`crate::telemetry::PLUGIN_MEMORY`] of this plugin, registered once.
     memory_metric: metrics::Histogram,
+    /// [`crate::telemetry::STORE_CALLS`] of this plugin, registered once.
+    kv_counters: Arc<crate::runtime::evogate_kv::KvCounters>,
 }
 
 impl std::fmt::Debug for PluginVersion {
@@ -453,6 +487,10 @@ impl PluginVersion {
         let Some(permit) = self.instance_permit(timeout).await else {
             return (Err(Failure::Deadline), Spent { store: None, _permit: None });
         };
+        // A traced request's instance gets spans of its steps: timed here, not by the caller's laps.
+        let traced = crate::traces::recording(chain.trace()).then(|| (chain.trace().clone(), SystemTime::now()));
+        let mut own_laps = Laps::new();
+        let laps = if traced.is_some() { &mut own_laps } else { laps };
         laps.start();
         let request_id = request.headers.iter().find(|(name, _)| name == "x-request-id").map_or("-", |(_, id)| id);
         let mut store = self.new_store(timeout, request_id, chain);
@@ -466,7 +504,13 @@ impl PluginVersion {
         let peak = store.data().limiter.peak;
         PEAK_INSTANCE_MEMORY.fetch_max(peak, std::sync::atomic::Ordering::Relaxed);
         self.memory_metric.record(peak as f64);
-        (self.finish(&store, result), Spent { store: Some(store), _permit: Some(permit) })
+        let outcome = self.finish(&store, result);
+        if let Some((trace, started)) = traced {
+            let steps = [Phase::Store, Phase::Instantiate, Phase::Call].map(|phase| laps.total(phase));
+            let failure = outcome.as_ref().err().map(Failure::kind);
+            crate::traces::instance_ends(&trace, started, steps, store.data().evogate_kv.spent(), peak, failure);
+        }
+        (outcome, Spent { store: Some(store), _permit: Some(permit) })
     }
 
     /// A permit of the instance pool, waited for at most `timeout` (free at
@@ -485,18 +529,23 @@ impl PluginVersion {
     }
 
     /// Runs one scheduled job in a fresh instance, within `timeout` (the
-    /// instance's deadline, its store calls' and its outgoing requests').
-    /// `Ok(Err(message))`: the plugin reported the run failed. Plugins
-    /// that do not export `scheduled` ([`PluginVersion::runs_jobs`]) fail
-    /// with a trap saying so.
-    pub async fn run_job(&self, run: JobRun, timeout: Duration) -> Result<Result<(), String>, Failure> {
+    /// instance's deadline, its store calls' and its outgoing requests'):
+    /// how the plugin says the run ended, or how the instance failed.
+    /// Plugins that do not export `scheduled` ([`PluginVersion::runs_jobs`])
+    /// fail with a trap saying so.
+    pub async fn run_job(&self, run: JobRun, timeout: Duration) -> Result<JobEnd, Failure> {
+        self.run_job_in(run, timeout, Chain::start(&self.plugin)).await
+    }
+
+    /// [`PluginVersion::run_job`] as part of `chain` (its trace).
+    pub(crate) async fn run_job_in(&self, run: JobRun, timeout: Duration, chain: Chain) -> Result<JobEnd, Failure> {
         let Pre::Current(current) = &self.pre else {
             return Err(Failure::Trap(wasmtime::format_err!("the plugin does not export evogate:plugin/scheduled")));
         };
         let Some(_permit) = self.instance_permit(timeout).await else {
             return Err(Failure::Deadline);
         };
-        let mut store = self.new_store(timeout, &format!("job:{}", run.job), Chain::start(&self.plugin));
+        let mut store = self.new_store(timeout, &format!("job:{}", run.job), chain);
         let run = wit_scheduled::JobRun {
             job: run.job,
             scheduled_at_ms: run.scheduled_at_ms,
@@ -504,7 +553,11 @@ impl PluginVersion {
             manual: run.manual,
         };
         let result = current.run_job(&mut store, &run).await;
-        self.finish(&store, result)
+        let partial = store.data_mut().job_partial.take();
+        Ok(match self.finish(&store, result)? {
+            Ok(()) => partial.map_or(JobEnd::Ok, JobEnd::Partial),
+            Err(message) => JobEnd::Error(message),
+        })
     }
 
     /// Instantiates once and reads the plugin's identity.
@@ -545,7 +598,7 @@ impl PluginVersion {
             wasi,
             table: ResourceTable::new(),
             limiter: MemoryLimiter { max_bytes: self.limits.memory_bytes, hit: false, peak: 0 },
-            evogate_kv: KvCtx::new(self.kv.clone(), self.kv_calls.clone(), deadline),
+            evogate_kv: KvCtx::new(self.kv.clone(), self.kv_calls.clone(), deadline, self.kv_counters.clone()),
             settings: self.settings.clone(),
             http: WasiHttpCtx::new(),
             outbound: crate::runtime::outgoing::Hooks::new(
@@ -557,6 +610,7 @@ impl PluginVersion {
                 Calls { router: self.router.clone(), allowed: self.calls.clone(), chain, request_id },
             ),
             wasi_keyvalue: crate::runtime::wasi_keyvalue::KeyValueState::default(),
+            job_partial: None,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
@@ -601,67 +655,6 @@ impl Spent {
     }
 }
 
-/// A step of a fresh instance's life, as [`Laps`] times it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    /// Making the store: the WASI context and the per-request host state.
-    Store,
-    /// Instantiating the component from its pre-instantiated form.
-    Instantiate,
-    /// The call into the plugin until its answer is back on the host.
-    Call,
-    /// Resetting the instance's memory and tables for the next request.
-    Reset,
-}
-
-/// Where fresh instances' time goes, summed over the requests timed: the
-/// benchmarks' breakdown of an instance ([`PluginVersion::answer_timed`],
-/// [`Spent::reset`]). Off ([`Laps::off`]) it reads no clock.
-#[derive(Debug, Clone)]
-pub struct Laps {
-    on: bool,
-    since: Option<Instant>,
-    /// Total time per [`Phase`], in the enum's order.
-    totals: [Duration; 4],
-}
-
-impl Default for Laps {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Laps {
-    /// Laps that time each phase.
-    pub fn new() -> Self {
-        Self { on: true, ..Self::off() }
-    }
-
-    /// Laps that time nothing: the serving path's.
-    pub fn off() -> Self {
-        Self { on: false, since: None, totals: [Duration::ZERO; 4] }
-    }
-
-    fn start(&mut self) {
-        if self.on {
-            self.since = Some(Instant::now());
-        }
-    }
-
-    pub(super) fn lap(&mut self, phase: Phase) {
-        if let Some(since) = self.since {
-            let now = Instant::now();
-            self.totals[phase as usize] += now - since;
-            self.since = Some(now);
-        }
-    }
-
-    /// Total time spent in `phase`.
-    pub fn total(&self, phase: Phase) -> Duration {
-        self.totals[phase as usize]
-    }
-}
-
 impl std::fmt::Debug for Spent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Spent").field("instance", &self.store.is_some()).finish()
@@ -680,6 +673,8 @@ pub(crate) struct HostState {
     outbound: crate::runtime::outgoing::Hooks,
     /// The standard `wasi:keyvalue` interface's per-request state.
     wasi_keyvalue: crate::runtime::wasi_keyvalue::KeyValueState,
+    /// What a job run said it failed of its work (`job-outcome.partial`).
+    job_partial: Option<String>,
 }
 
 impl WasiView for HostState {
@@ -733,6 +728,13 @@ impl wit_types::Host for HostState {}
 impl wit_config::Host for HostState {
     fn get(&mut self, name: String) -> Option<String> {
         self.settings.config.get(&name).cloned()
+    }
+}
+
+impl wit_job_outcome::Host for HostState {
+    fn partial(&mut self, summary: String) {
+        // As much as the admin API keeps of a run's error.
+        self.job_partial = Some(summary.chars().take(1024).collect());
     }
 }
 

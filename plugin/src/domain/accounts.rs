@@ -21,14 +21,6 @@ pub const MAX_FIELD_BYTES: usize = 4096;
 /// Most custom fields one registration may carry.
 pub const MAX_FIELDS: usize = 64;
 
-/// The settings, or 500 when the operator configured something unreadable.
-pub fn settings(ctx: &Ctx<'_>) -> Result<Settings, ApiError> {
-    Settings::read(ctx.config).map_err(|why| {
-        eprintln!("{why}");
-        ApiError::internal("plugin misconfigured")
-    })
-}
-
 /// A random account id: 128 bits as 32 hex digits.
 pub fn new_account_id() -> Result<String, ApiError> {
     let mut bytes = [0u8; 16];
@@ -40,7 +32,7 @@ pub fn new_account_id() -> Result<String, ApiError> {
 /// randomness) is logged and answered 500.
 pub fn hash_password(password: &str, settings: &Settings) -> Result<String, ApiError> {
     passwords::hash(password, settings).map_err(|why| {
-        eprintln!("hashing a password failed: {why}");
+        evogate_plugin::log::error(&format!("hashing a password failed: {why}"));
         ApiError::internal("password hashing failed")
     })
 }

@@ -506,7 +506,7 @@ pub(crate) fn mirror_items(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::World;
+    use crate::testing::Fixture;
 
     const USER: &str = "01-000000000000001";
     const STORE: &str = "20170228-F4F1-401B-80FA-9ECCA8451FFB";
@@ -523,7 +523,7 @@ mod tests {
 
     #[test]
     fn stores_are_upserted_with_a_stable_partner_id() {
-        let world = World::new();
+        let world = Fixture::new();
         let token = world.register(USER, "ivan");
         let first = world.call(
             "PUT",
@@ -555,7 +555,7 @@ mod tests {
 
     #[test]
     fn a_new_device_gets_one_partner_id_and_one_feed_entry() {
-        let world = World::new();
+        let world = Fixture::new();
         let token = world.register(USER, "ivan");
         let response = world.call(
             "PUT",
@@ -581,7 +581,7 @@ mod tests {
 
     #[test]
     fn another_users_entity_is_a_data_issue_never_changed_nor_revealed() {
-        let world = World::new();
+        let world = Fixture::new();
         let alice = world.register(USER, "alice");
         let bob = world.register("02-000000000000002", "bob");
         let entity = |kind: &str, uuid: &str, name: &str| match kind {
@@ -632,7 +632,7 @@ mod tests {
 
     #[test]
     fn only_entities_without_an_id_refuse_the_call_and_doubts_are_reported() {
-        let world = World::new();
+        let world = Fixture::new();
         let token = world.register(USER, "ivan");
         for (body, code, subject) in [
             (json!([{"name": "x"}]), 2002, "[0].uuid"),
@@ -689,7 +689,7 @@ mod tests {
 
     #[test]
     fn employees_may_name_stores_not_yet_seen_and_devices_take_integers() {
-        let world = World::new();
+        let world = Fixture::new();
         let token = world.register(USER, "ivan");
         let employee = json!([{"uuid": STORE, "name": "Ivan", "role": "CASHIER", "phone": 79001234567u64, "stores": [{"storeUuid": STORE2}]}]);
         assert_eq!(world.call("PUT", "/api/v1/inventories/employees", Some(&token), Some(employee)).status, 200);
@@ -699,7 +699,7 @@ mod tests {
 
     #[test]
     fn mirror_calls_need_a_user_token_and_an_active_tariff() {
-        let world = World::new();
+        let world = Fixture::new();
         let token = world.register(USER, "ivan");
         let body = json!([{"uuid": STORE, "name": "Shop"}]);
         let anonymous = world.call("PUT", "/api/v1/inventories/stores", Some("bogus"), Some(body.clone()));

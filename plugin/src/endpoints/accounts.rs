@@ -2,8 +2,9 @@
 //! `/api/v1/user/*`.
 
 use crate::Ctx;
+use crate::config::settings;
 use crate::domain::accounts::{
-    MAX_CLOUD_TOKEN_BYTES, credential, is_tariff_id, log_in, register, registration, set_tariff, settings,
+    MAX_CLOUD_TOKEN_BYTES, credential, is_tariff_id, log_in, register, registration, set_tariff,
 };
 use crate::endpoints::auth;
 use crate::errors::ApiError;

@@ -20,7 +20,7 @@ fn caller(ctx: &Ctx<'_>, request: &Request) -> Result<Caller, ApiError> {
     if auth::is_server(ctx, request) {
         return Ok(Caller::Server);
     }
-    if crate::domain::accounts::settings(ctx)?.billing_events_server_only {
+    if crate::config::settings(ctx)?.billing_events_server_only {
         return Err(ApiError::server_unauthorized());
     }
     auth::token_owner(ctx, request).map(Caller::User)
@@ -29,7 +29,7 @@ fn caller(ctx: &Ctx<'_>, request: &Request) -> Result<Caller, ApiError> {
 /// `POST /api/v1/subscription/event` (server authorization or the user's token).
 pub fn subscription_event(ctx: &Ctx<'_>, request: &Request) -> Result<Response, ApiError> {
     let caller = caller(ctx, request)?;
-    let settings = crate::domain::accounts::settings(ctx)?;
+    let settings = crate::config::settings(ctx)?;
     let body = input::object(&request.body)?;
     let event = parse_event(&body, time::millis(ctx.clock.now_unix()))?;
     if let Caller::User(user_id) = &caller

@@ -2,7 +2,7 @@
 //! lookup, and the partner's catalog API.
 
 use crate::Ctx;
-use crate::domain::accounts::settings;
+use crate::config::settings;
 use crate::domain::catalog::{
     DEFAULT_PAGE_SIZE, Directory, MAX_BATCH, MAX_PAGE_SIZE, Orphan, ProductRecord, claim_store, delete_products,
     find_commodity, items, products_page, terminal_items, upsert_all, upsert_counted,

@@ -2,7 +2,7 @@
 //! reading API.
 
 use crate::Ctx;
-use crate::domain::accounts::settings;
+use crate::config::settings;
 use crate::domain::documents::{
     DocumentRecord, MAX_BATCH, PART_BYTES, ReceiptRecord, document_view, ingest_documents, ingest_receipts,
     is_type_name, key_id, receipt_view, whole,

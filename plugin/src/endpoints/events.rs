@@ -4,7 +4,7 @@
 //! `Authorization`; and the partner's listing, `GET /partner/v1/events`.
 
 use crate::Ctx;
-use crate::domain::accounts::settings;
+use crate::config::settings;
 use crate::domain::events::{self, EventRecord, LOG_PREFIX, normalized};
 use crate::domain::transact;
 use crate::endpoints::request::{paging, query, require_partner};
@@ -123,13 +123,15 @@ fn refused(ctx: &Ctx<'_>, delivery: Option<&str>, missing: bool) {
         return;
     }
     let delivery = delivery.unwrap_or("-").escape_debug().to_string();
-    eprintln!("events webhook: refused delivery {delivery}: {why} (401); the next are noted after a minute");
+    evogate_plugin::log::warn(&format!(
+        "events webhook: refused delivery {delivery}: {why} (401); the next are noted after a minute"
+    ));
     let counted = transact(ctx, |txn| -> Result<(), ApiError> {
         txn.issue(now, Issue::new(None, REFUSED_ENTITY, REFUSED_ID, problem.as_str()));
         Ok(())
     });
     if let Err(err) = counted {
-        eprintln!("events webhook: the refusal was not counted ({})", err.reason);
+        evogate_plugin::log::warn(&format!("events webhook: the refusal was not counted ({})", err.reason));
     }
 }
 

@@ -27,7 +27,7 @@
 //! (token digests, credentials, the cloud token) are never answered here.
 
 use crate::Ctx;
-use crate::domain::accounts::settings;
+use crate::config::settings;
 use crate::endpoints::auth;
 use crate::endpoints::request::{query, store_param, user_param};
 use crate::errors::ApiError;

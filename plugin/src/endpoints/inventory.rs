@@ -2,7 +2,7 @@
 //! `PUT /api/v1/inventories/{stores,employees,devices}`.
 
 use crate::Ctx;
-use crate::domain::accounts::settings;
+use crate::config::settings;
 use crate::domain::inventory::{Kind, MAX_BATCH, mirror_items};
 use crate::endpoints::auth;
 use crate::errors::ApiError;

@@ -289,7 +289,7 @@ pub(crate) fn dispatch(ctx: &Ctx<'_>, request: &Request) -> Response {
 /// it as a data issue of `entity` `id` (a route, a webhook delivery):
 /// Evotor counts the answer as delivered and does not send it again.
 pub(crate) fn note_too_large(ctx: &Ctx<'_>, entity: &'static str, id: &str, why: &str) {
-    eprintln!("{entity} {}: a delivery was refused: {why} (413)", id.escape_debug());
+    evogate_plugin::log::warn(&format!("{entity} {}: a delivery was refused: {why} (413)", id.escape_debug()));
     let now = ctx.clock.now_unix();
     let problem = format!("a delivery was refused with 413 ({why}); it is not sent again");
     let noted = transact(ctx, |txn| -> Result<(), ApiError> {
@@ -297,7 +297,11 @@ pub(crate) fn note_too_large(ctx: &Ctx<'_>, entity: &'static str, id: &str, why:
         Ok(())
     });
     if let Err(err) = noted {
-        eprintln!("{entity} {}: the refusal was not noted ({})", id.escape_debug(), err.reason);
+        evogate_plugin::log::warn(&format!(
+            "{entity} {}: the refusal was not noted ({})",
+            id.escape_debug(),
+            err.reason
+        ));
     }
 }
 

@@ -15,7 +15,8 @@
 //! | `GET`, `POST /partner/v1/users/{userId}/sync` | the cloud sync of a user: where it stands; run it now |
 
 use crate::Ctx;
-use crate::domain::accounts::{self, AccountChange, NewAccount, credential, hash_password, settings};
+use crate::config::settings;
+use crate::domain::accounts::{self, AccountChange, NewAccount, credential, hash_password};
 use crate::domain::tokens;
 use crate::endpoints::request::{paging, query, require_partner, user_param};
 use crate::errors::ApiError;
@@ -191,7 +192,7 @@ pub fn user_cloud_token(ctx: &Ctx<'_>, request: &Request, user_id: &str) -> Resu
         return Err(ApiError::incorrect("userId", user_id));
     }
     let token = storage::cloud_token(ctx.kv, user_id)?.ok_or_else(ApiError::not_found)?;
-    eprintln!("partner API: the Evotor cloud token of user {user_id} was read");
+    evogate_plugin::log::info(&format!("partner API: the Evotor cloud token of user {user_id} was read"));
     Ok(Response::json(200, &json!({ "token": token.token, "receivedAt": token.received_at })))
 }
 

@@ -29,7 +29,7 @@ impl From<StorageError> for crate::errors::ApiError {
         match err {
             StorageError::Kv(err) => err.into(),
             StorageError::Corrupt(key) => {
-                eprintln!("unreadable record at {key}");
+                evogate_plugin::log::error(&format!("unreadable record at {key}"));
                 crate::errors::ApiError::internal("unreadable record")
             }
         }

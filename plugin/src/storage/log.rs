@@ -25,7 +25,7 @@ fn log_once_in(ctx: &crate::Ctx<'_>, topic: &str, period: u64, message: &str) {
     if matches!(logged, Ok(Some(logged)) if logged == period) {
         return;
     }
-    eprintln!("{message}");
+    evogate_plugin::log::warn(message);
     // Losing this write only means logging again; the request's answer does not depend on it.
     // A service record: it feeds no derived record.
     let _ = transact(ctx, &NoHook, |txn| -> Result<(), StorageError> {

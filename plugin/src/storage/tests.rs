@@ -4,7 +4,7 @@ use crate::kv::{Kv as _, MemKv, Write};
 
 #[test]
 fn transact_applies_writes_only_when_reads_still_hold() {
-    let world = crate::testing::World::new();
+    let world = crate::testing::Fixture::new();
     let kv = &world.kv;
     let mut runs = 0;
     let result: Result<(), StorageError> = transact(&world.ctx(), &NoHook, |txn| {
@@ -24,7 +24,7 @@ fn transact_applies_writes_only_when_reads_still_hold() {
 
 #[test]
 fn an_error_in_the_body_writes_nothing() {
-    let world = crate::testing::World::new();
+    let world = crate::testing::Fixture::new();
     let kv = &world.kv;
     let result: Result<(), crate::errors::ApiError> = transact(&world.ctx(), &NoHook, |txn| {
         txn.put("a", &1);

@@ -321,7 +321,7 @@ where
         match kv.commit(txn.checks, txn.writes) {
             Ok(()) => {
                 for line in txn.logs {
-                    eprintln!("{line}");
+                    evogate_plugin::log::warn(&line);
                 }
                 return Ok(result);
             }
@@ -330,7 +330,9 @@ where
             // commit that was applied makes the rerun a re-delivery, which
             // stores nothing twice; one that was not is simply made again.
             Err(KvError::OutcomeUnknown(why)) => {
-                eprintln!("kv commit outcome unknown ({why}); re-reading before trying again");
+                evogate_plugin::log::warn(&format!(
+                    "kv commit outcome unknown ({why}); re-reading before trying again"
+                ));
                 continue;
             }
             Err(err) => return Err(StorageError::Kv(err).into()),

@@ -225,7 +225,7 @@ fn plugins_built_against_every_earlier_world_keep_linking_and_running() {
     assert_eq!(world("second"), "evogate:plugin@0.2.0");
     assert_eq!(world("third"), "evogate:plugin@0.2.1");
     assert_eq!(world("fourth"), "evogate:plugin@0.2.2");
-    assert_eq!(world("evotor"), "evogate:plugin@0.2.2");
+    assert_eq!(world("evotor"), "evogate:plugin@0.2.3");
     for plugin in ["first", "second", "third", "fourth"] {
         let put = request("POST", &gateway.url(&format!("/{plugin}/kv/put?key=k")), &[], Some(plugin.as_bytes()));
         assert_eq!(put.status, 200, "{plugin}: {}", put.text());

@@ -39,3 +39,5 @@ mod sdk;
 mod standard;
 /// The Evotor plugin's cloud sync against a mock Evotor cloud.
 mod sync;
+/// Traces at an OTLP receiver, JSON logs, job outcomes, the operator's metrics.
+mod telemetry;

@@ -30,7 +30,7 @@ fn the_example_plugin_deploys_on_a_running_gateway_counts_and_keeps_its_counts_a
     let plugins = request("GET", &gateway.admin_url("/plugins"), &[AUTH], None).json();
     let live = &plugins.as_array().expect("plugins")[0];
     assert_eq!((&live["identity"], &live["live"]["version"]), (&"evogate-counter".into(), &"1.0.0".into()), "{live}");
-    assert_eq!(live["world"], "evogate:plugin@0.2.2");
+    assert_eq!(live["world"], "evogate:plugin@0.2.3");
     // Data lives in the plugin's namespace, not in its build: back and forth, the counts stay.
     let rollback = request("POST", &gateway.admin_url("/plugins/counter/rollback"), &[AUTH], None);
     assert_eq!(rollback.status, 200, "{}", rollback.text());

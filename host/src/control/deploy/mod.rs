@@ -279,6 +279,13 @@ impl Deployer {
 
     /// Deploys `bytes` as the new version of plugin `name`.
     pub async fn deploy(&self, name: &str, bytes: Vec<u8>) -> Result<Outcome, DeployError> {
+        let trace = deploy_span(format!("deploy {name}"));
+        let outcome = self.deploy_now(name, bytes).await;
+        deploy_span_ends(&trace, name, &outcome);
+        outcome
+    }
+
+    async fn deploy_now(&self, name: &str, bytes: Vec<u8>) -> Result<Outcome, DeployError> {
         let managed = self.managed(name)?;
         validate(&bytes, self.max_bytes)?;
         let sha256 = sha256_hex(&bytes);
@@ -315,6 +322,13 @@ impl Deployer {
 
     /// Makes the version before the live one live again.
     pub async fn rollback(&self, name: &str) -> Result<Outcome, DeployError> {
+        let trace = deploy_span(format!("rollback {name}"));
+        let outcome = self.rollback_now(name).await;
+        deploy_span_ends(&trace, name, &outcome);
+        outcome
+    }
+
+    async fn rollback_now(&self, name: &str) -> Result<Outcome, DeployError> {
         let managed = self.managed(name)?;
         let mut guard = managed.state.lock().await;
         let previous = guard.previous.clone();
@@ -413,6 +427,31 @@ impl Deployer {
         guard.previous = previous;
         tracing::info!(plugin = %managed.mount.name, from = %old.label(), to = %label, "swapped");
     }
+}
+
+/// A deploy's or rollback's span: a trace of its own.
+fn deploy_span(name: String) -> opentelemetry::Context {
+    crate::traces::start(&opentelemetry::Context::new(), name, opentelemetry::trace::SpanKind::Internal)
+}
+
+/// Ends a deploy's span with the version it made live, or why it did not.
+fn deploy_span_ends(trace: &opentelemetry::Context, plugin: &str, outcome: &Result<Outcome, DeployError>) {
+    use opentelemetry::KeyValue;
+    use opentelemetry::trace::TraceContextExt as _;
+    if !crate::traces::recording(trace) {
+        return;
+    }
+    let span = trace.span();
+    span.set_attribute(KeyValue::new("evogate.plugin", plugin.to_owned()));
+    match outcome {
+        Ok(outcome) => span.set_attributes([
+            KeyValue::new("evogate.plugin.version", outcome.deployed.version.clone()),
+            KeyValue::new("evogate.plugin.sha256", outcome.deployed.sha256.clone()),
+            KeyValue::new("evogate.deploy.changed", outcome.changed),
+        ]),
+        Err(err) => span.set_status(opentelemetry::trace::Status::error(err.to_string())),
+    }
+    span.end();
 }
 
 /// A storage task that panicked or was cancelled.

@@ -179,6 +179,28 @@ impl Backend for PostgresBackend {
             client.simple_query("SELECT 1").await.map(drop).map_err(|err| classify(&err))
         })
     }
+
+    fn kind(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn bytes_on_disk(&self) -> Result<Option<u64>, KvError> {
+        let (pool, schema) = (self.pool.clone(), self.schema.clone());
+        self.run(async move {
+            let client = pool.get().await.map_err(pool_error)?;
+            // evogate's tables in its schema, each with its indexes and TOAST.
+            let row = client
+                .query_one(
+                    "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint FROM pg_class c \
+                     JOIN pg_namespace n ON n.oid = c.relnamespace \
+                     WHERE n.nspname = $1 AND c.relkind = 'r' AND c.relname LIKE 'evogate\\_%'",
+                    &[&schema],
+                )
+                .await
+                .map_err(|err| classify(&err))?;
+            Ok(Some(u64::try_from(row.get::<_, i64>(0)).unwrap_or_default()))
+        })
+    }
 }
 
 #[cfg(test)]

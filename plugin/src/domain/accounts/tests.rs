@@ -1,4 +1,5 @@
 use super::*;
+use crate::config::settings;
 use crate::endpoints::auth;
 use crate::http::{Request, Response};
 use crate::kv::Kv as _;
@@ -7,7 +8,7 @@ use proptest::prelude::*;
 const USER: &str = "01-000000000000001";
 const OTHER: &str = "02-000000000000002";
 
-use crate::testing::World;
+use crate::testing::Fixture;
 
 fn code(response: &Response) -> (u16, u64) {
     (response.status, response.body_json()["errors"][0]["code"].as_u64().unwrap_or(0))
@@ -15,7 +16,7 @@ fn code(response: &Response) -> (u16, u64) {
 
 #[test]
 fn create_returns_a_working_token_under_both_id_names() {
-    let world = World::new();
+    let world = Fixture::new();
     let response = world.server("/api/v1/user/create", json!({"userUuid": USER, "shop": "Lavka"}));
     assert_eq!(response.status, 200);
     let body = response.body_json();
@@ -27,7 +28,7 @@ fn create_returns_a_working_token_under_both_id_names() {
 
 #[test]
 fn create_keeps_custom_fields_but_never_the_password() {
-    let world = World::new();
+    let world = Fixture::new();
     world.register(USER, "ivan");
     let user: UserRecord = storage::read(&world.kv, &storage::user_key(USER)).expect("read").expect("user");
     let account: Account = storage::read(&world.kv, &storage::account_key(&user.account_id.expect("linked")))
@@ -45,7 +46,7 @@ fn create_keeps_custom_fields_but_never_the_password() {
 
 #[test]
 fn the_identical_create_again_answers_200_with_a_new_working_token() {
-    let world = World::new();
+    let world = Fixture::new();
     let first = world.register(USER, "ivan");
     let second = world.register(USER, "ivan");
     assert_ne!(first, second);
@@ -55,7 +56,7 @@ fn the_identical_create_again_answers_200_with_a_new_working_token() {
 
 #[test]
 fn create_with_other_data_for_a_known_user_or_login_is_2005() {
-    let world = World::new();
+    let world = Fixture::new();
     world.register(USER, "ivan");
     let other_fields = world.server(
         "/api/v1/user/create",
@@ -74,7 +75,7 @@ fn create_with_other_data_for_a_known_user_or_login_is_2005() {
 
 #[test]
 fn create_refuses_bad_input_and_writes_nothing() {
-    let world = World::new();
+    let world = Fixture::new();
     let many: serde_json::Map<String, Value> =
         (0..=MAX_FIELDS).map(|i| (format!("f{i}"), json!(i))).chain([("userId".into(), json!(USER))]).collect();
     let cases = [
@@ -96,7 +97,7 @@ fn create_refuses_bad_input_and_writes_nothing() {
 
 #[test]
 fn login_and_password_fields_are_configurable() {
-    let world = World::with(&[("login_field", "email"), ("password_field", "secret")]);
+    let world = Fixture::with(&[("login_field", "email"), ("password_field", "secret")]);
     let created = world.server("/api/v1/user/create", json!({"userId": USER, "email": "a@b.c", "secret": "s"}));
     assert_eq!(created.status, 200);
     let verified = world.server("/api/v1/user/verify", json!({"userId": USER, "email": "a@b.c", "secret": "s"}));
@@ -105,7 +106,7 @@ fn login_and_password_fields_are_configurable() {
 
 #[test]
 fn verify_links_and_answers_with_has_billing() {
-    let world = World::new();
+    let world = Fixture::new();
     world.register(USER, "ivan");
     let response = world.server("/api/v1/user/verify", json!({"userId": USER, "username": "Ivan", "password": "pw-1"}));
     assert_eq!(response.status, 200);
@@ -116,7 +117,7 @@ fn verify_links_and_answers_with_has_billing() {
 
 #[test]
 fn verify_answers_1006_alike_for_unknown_login_and_wrong_password() {
-    let world = World::new();
+    let world = Fixture::new();
     world.register(USER, "ivan");
     let unknown = world.server("/api/v1/user/verify", json!({"userId": USER, "username": "petr", "password": "pw-1"}));
     let wrong = world.server("/api/v1/user/verify", json!({"userId": USER, "username": "ivan", "password": "pw-2"}));
@@ -129,7 +130,7 @@ fn verify_answers_1006_alike_for_unknown_login_and_wrong_password() {
 
 #[test]
 fn verify_refuses_an_account_linked_to_another_user_with_2004() {
-    let world = World::new();
+    let world = Fixture::new();
     world.register(USER, "ivan");
     let response =
         world.server("/api/v1/user/verify", json!({"userId": OTHER, "username": "ivan", "password": "pw-1"}));
@@ -138,7 +139,7 @@ fn verify_refuses_an_account_linked_to_another_user_with_2004() {
 
 #[test]
 fn tariff_inactive_makes_user_calls_402_and_active_lifts_it() {
-    let world = World::new();
+    let world = Fixture::new();
     let token = world.register(USER, "ivan");
     let off =
         world.server("/api/v1/user/tariff", json!({"userUuid": USER, "tariffId": "starter", "status": "INACTIVE"}));
@@ -155,7 +156,7 @@ fn tariff_inactive_makes_user_calls_402_and_active_lifts_it() {
 
 #[test]
 fn a_replaced_token_works_through_the_grace_period_then_is_unknown() {
-    let world = World::with(&[("user_token_grace_secs", "600")]);
+    let world = Fixture::with(&[("user_token_grace_secs", "600")]);
     let first = world.register(USER, "ivan");
     world.clock.advance(100);
     let second = world.register(USER, "ivan");
@@ -168,7 +169,7 @@ fn a_replaced_token_works_through_the_grace_period_then_is_unknown() {
 
 #[test]
 fn tokens_expire_after_their_lifetime_when_one_is_set() {
-    let world = World::with(&[("user_token_ttl_secs", "3600")]);
+    let world = Fixture::with(&[("user_token_ttl_secs", "3600")]);
     let token = world.register(USER, "ivan");
     world.clock.advance(3600);
     assert_eq!(world.whoami(&token), Ok(USER.to_owned()));
@@ -178,7 +179,7 @@ fn tokens_expire_after_their_lifetime_when_one_is_set() {
 
 #[test]
 fn unknown_missing_or_malformed_tokens_are_1002() {
-    let world = World::new();
+    let world = Fixture::new();
     world.register(USER, "ivan");
     assert_eq!(world.whoami("not-a-token"), Err(1002));
     assert_eq!(world.whoami(""), Err(1002));
@@ -189,7 +190,7 @@ fn unknown_missing_or_malformed_tokens_are_1002() {
 
 #[test]
 fn old_tokens_past_grace_are_dropped_from_storage_on_the_next_issue() {
-    let world = World::with(&[("user_token_grace_secs", "10")]);
+    let world = Fixture::with(&[("user_token_grace_secs", "10")]);
     let first = world.register(USER, "ivan");
     let second = world.register(USER, "ivan");
     world.clock.advance(11);
@@ -210,7 +211,7 @@ proptest! {
     fn a_token_authenticates_only_its_own_user(a in 0u64..1_000_000, b in 0u64..1_000_000, swap in any::<bool>()) {
         prop_assume!(a != b);
         let (user_a, user_b) = (format!("01-{a:015}"), format!("01-{b:015}"));
-        let world = World::new();
+        let world = Fixture::new();
         let (first, second) = if swap { (&user_b, &user_a) } else { (&user_a, &user_b) };
         let token_first = world.register(first, &format!("login-{first}"));
         let token_second = world.register(second, &format!("login-{second}"));

@@ -30,7 +30,7 @@ struct StoredEvent {
 /// deliveries store counts against it; the Evotor cloud's do not.
 fn user_quota(ctx: &Ctx<'_>, caller: &Caller) -> Result<Option<u64>, ApiError> {
     match caller {
-        Caller::User(_) => Ok(crate::domain::accounts::settings(ctx)?.user_quota_records),
+        Caller::User(_) => Ok(crate::config::settings(ctx)?.user_quota_records),
         Caller::Server => Ok(None),
     }
 }

@@ -5,7 +5,7 @@ use crate::domain::transact;
 use crate::errors::ApiError;
 use crate::http::Response;
 use crate::storage;
-use crate::testing::World;
+use crate::testing::Fixture;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
@@ -14,8 +14,8 @@ const SUB: &str = "a99fbf70-6307-4acc-b61c-741ee9eef6c0";
 const SUB2: &str = "a99fbf70-6307-4acc-b61c-741ee9eef6c1";
 const PRODUCT: &str = "c0d01e35-5193-4cc2-9bfb-be20e0679498";
 
-/// Milliseconds of the World's clock start ([`crate::testing::WORLD_START`]).
-const T0: i64 = crate::testing::WORLD_START as i64 * 1000;
+/// Milliseconds of the Fixture's clock start ([`crate::testing::FIXTURE_START`]).
+const T0: i64 = crate::testing::FIXTURE_START as i64 * 1000;
 
 fn stamp(ms: i64) -> String {
     // Evotor's format with a +0000 offset.
@@ -58,21 +58,21 @@ fn created(sub: &str, trial: &str, devices: u64) -> Value {
     )
 }
 
-fn post(world: &World, body: &Value) -> Response {
+fn post(world: &Fixture, body: &Value) -> Response {
     world.server("/api/v1/subscription/event", body.clone())
 }
 
-fn state(world: &World, sub: &str) -> Subscription {
+fn state(world: &Fixture, sub: &str) -> Subscription {
     storage::read(&world.kv, &storage::subscription_key(sub)).expect("read").expect("state")
 }
 
-fn enforced() -> World {
-    World::with(&[("billing_enforcement", "evotor")])
+fn enforced() -> Fixture {
+    Fixture::with(&[("billing_enforcement", "evotor")])
 }
 
 #[test]
 fn only_events_without_an_identity_are_refused() {
-    let world = World::new();
+    let world = Fixture::new();
     let code = |r: &Response| {
         (
             r.status,
@@ -93,7 +93,7 @@ fn only_events_without_an_identity_are_refused() {
 
 #[test]
 fn doubtful_events_are_kept_and_reported() {
-    let world = World::new();
+    let world = Fixture::new();
     let no_plan = event(SUB, 1, "SubscriptionCreated", json!({"trialPeriodDuration": "two weeks"}));
     assert_eq!(post(&world, &no_plan).status, 200);
     let no_date = event(SUB, 2, "SubscriptionActivated", json!({"nextBillingDate": "tomorrow"}));
@@ -116,7 +116,7 @@ fn doubtful_events_are_kept_and_reported() {
 
 #[test]
 fn both_vocabularies_and_every_timestamp_form_are_understood() {
-    let world = World::new();
+    let world = Fixture::new();
     let mut created = created(SUB, "14", 2);
     created["timestamp"] = json!(T0 + 1000);
     assert_eq!(post(&world, &created).status, 200);
@@ -137,7 +137,7 @@ fn both_vocabularies_and_every_timestamp_form_are_understood() {
 
 #[test]
 fn trials_end_after_their_length_and_at_once_when_left() {
-    let world = World::new();
+    let world = Fixture::new();
     post(&world, &created(SUB, "P7D", 1));
     let s = state(&world, SUB);
     assert!(s.usable(T0 + 6 * 86_400_000, 0));
@@ -186,7 +186,7 @@ fn a_gap_kept_by_the_first_storage_format_starts_its_clock_on_upgrade() {
     crate::kv::Kv::commit(&world.kv, Vec::new(), vec![write]).expect("old format");
     world.clock.advance(DEFAULT_PENDING_GRACE_SECS + 10);
     assert_eq!(world.whoami(&token), Err(1004), "still waiting: the clock starts now");
-    assert_eq!(state(&world, SUB).gap_since, Some(crate::testing::WORLD_START + DEFAULT_PENDING_GRACE_SECS + 10));
+    assert_eq!(state(&world, SUB).gap_since, Some(crate::testing::FIXTURE_START + DEFAULT_PENDING_GRACE_SECS + 10));
     world.clock.advance(DEFAULT_GAP_TIMEOUT_SECS);
     assert_eq!(world.whoami(&token), Ok(USER.to_owned()), "then the waiting activation applies");
     let stored = crate::kv::Kv::get(&world.kv, &storage::subscription_key(SUB)).expect("get").expect("state").value;
@@ -196,7 +196,7 @@ fn a_gap_kept_by_the_first_storage_format_starts_its_clock_on_upgrade() {
 #[test]
 fn a_sequence_number_far_ahead_skips_a_huge_gap_without_listing_every_number() {
     // Found by fuzzing: the gap's every number was listed (u64::MAX of them: an abort).
-    let world = World::new();
+    let world = Fixture::new();
     post(&world, &created(SUB, "P0DT", 1));
     for seq in [1 << 40, u64::MAX] {
         post(&world, &event(SUB, seq, "SubscriptionRenewed", json!({})));
@@ -214,7 +214,7 @@ fn a_sequence_number_far_ahead_skips_a_huge_gap_without_listing_every_number() {
 
 #[test]
 fn the_partner_may_resolve_a_gap_at_once() {
-    let world = World::new();
+    let world = Fixture::new();
     post(&world, &created(SUB, "P0DT", 1));
     post(&world, &event(SUB, 4, "SubscriptionActivated", json!({})));
     let path = format!("/partner/v1/users/{USER}/subscriptions/{SUB}/resolve-gap");
@@ -249,7 +249,7 @@ fn events_get_through_whatever_the_state_of_the_account() {
 
 #[test]
 fn the_life_cycle_follows_the_events() {
-    let world = World::new();
+    let world = Fixture::new();
     let next_billing = stamp(T0 + 30 * 86_400_000);
     assert_eq!(post(&world, &created(SUB, "P14DT", 3)).status, 200);
     let s = state(&world, SUB);
@@ -284,7 +284,7 @@ fn the_life_cycle_follows_the_events() {
 
 #[test]
 fn events_ahead_of_a_gap_wait_and_duplicates_change_nothing() {
-    let world = World::new();
+    let world = Fixture::new();
     let activated = event(SUB, 2, "SubscriptionActivated", json!({"nextBillingDate": stamp(T0 + 86_400_000)}));
     let terminated = event(SUB, 3, "SubscriptionTerminated", json!({}));
     assert_eq!(post(&world, &terminated).status, 200);
@@ -292,7 +292,7 @@ fn events_ahead_of_a_gap_wait_and_duplicates_change_nothing() {
     let s = state(&world, SUB);
     assert_eq!(
         (s.applied_through, s.gap_since, s.status),
-        (0, Some(crate::testing::WORLD_START), None),
+        (0, Some(crate::testing::FIXTURE_START), None),
         "the gap shows"
     );
     assert_eq!(post(&world, &created(SUB, "P0DT", 1)).status, 200);
@@ -306,7 +306,7 @@ fn events_ahead_of_a_gap_wait_and_duplicates_change_nothing() {
 
 #[test]
 fn unknown_event_types_are_stored_with_200() {
-    let world = World::new();
+    let world = Fixture::new();
     post(&world, &created(SUB, "P7DT", 1));
     assert_eq!(post(&world, &event(SUB, 2, "SubscriptionTeleported", json!({"x": 1}))).status, 200);
     let s = state(&world, SUB);
@@ -335,7 +335,7 @@ fn events_before_the_user_exists_count_once_the_user_appears() {
     post(&world, &created(SUB, "P14DT", 2));
     let token = world.register(USER, "ivan");
     assert_eq!(world.whoami(&token), Ok(USER.to_owned()));
-    let e = entitlement(&world.ctx(), USER, &crate::domain::accounts::settings(&world.ctx()).expect("settings"))
+    let e = entitlement(&world.ctx(), USER, &crate::config::settings(&world.ctx()).expect("settings"))
         .expect("entitlement");
     assert_eq!((e.usable, e.licensed_devices), (true, 2));
 }
@@ -385,11 +385,11 @@ fn licensed_devices_sum_over_usable_subscriptions() {
     let mut second = created(SUB2, "P0DT", 2);
     second["sequenceNumber"] = json!(1);
     post(&world, &second);
-    let e = entitlement(&world.ctx(), USER, &crate::domain::accounts::settings(&world.ctx()).expect("settings"))
+    let e = entitlement(&world.ctx(), USER, &crate::config::settings(&world.ctx()).expect("settings"))
         .expect("entitlement");
     assert_eq!(e.licensed_devices, 5);
     post(&world, &event(SUB2, 2, "SubscriptionTerminated", json!({})));
-    let e = entitlement(&world.ctx(), USER, &crate::domain::accounts::settings(&world.ctx()).expect("settings"))
+    let e = entitlement(&world.ctx(), USER, &crate::config::settings(&world.ctx()).expect("settings"))
         .expect("entitlement");
     assert_eq!(e.licensed_devices, 3);
     let view = world.call("GET", &format!("/partner/v1/users/{USER}/entitlement"), Some("partner"), None).body_json();
@@ -401,7 +401,7 @@ fn licensed_devices_sum_over_usable_subscriptions() {
 
 #[test]
 fn legacy_events_are_recorded_once() {
-    let world = World::new();
+    let world = Fixture::new();
     let body = json!({"type": "trialStarted", "date": "2017-04-20T18:26:37.753+0000", "data": {"userId": USER}});
     assert_eq!(world.server("/api/v1/user/event", body.clone()).status, 200);
     assert_eq!(world.server("/api/v1/user/event", body).status, 200);
@@ -439,7 +439,7 @@ proptest! {
         let mut events = history(SUB, &kinds_a);
         events.extend(history(SUB2, &kinds_b));
 
-        let in_order = World::new();
+        let in_order = Fixture::new();
         for body in &events {
             prop_assert_eq!(post(&in_order, body).status, 200);
         }
@@ -452,7 +452,7 @@ proptest! {
         for index in &dups {
             shuffled.push(events[index.index(events.len())].clone());
         }
-        let scrambled = World::new();
+        let scrambled = Fixture::new();
         for body in &shuffled {
             prop_assert_eq!(post(&scrambled, body).status, 200);
         }
@@ -470,7 +470,7 @@ const DEV: [&str; 3] = [
 ];
 
 /// A document from `device` delivered with `token`; its answer's status.
-fn document_from(world: &World, token: &str, device: &str, n: u32) -> u16 {
+fn document_from(world: &Fixture, token: &str, device: &str, n: u32) -> u16 {
     let doc = json!({"id": format!("5a188de4-49b8-4cb4-800e-{n:012}"), "type": "SELL", "version": "V2",
                      "store_id": "20181012-5c6d-4e7f-8091-a2b3c4d5e6f7", "device_id": device,
                      "close_date": "2026-11-27T09:41:12.000+0000", "body": {}});
@@ -522,7 +522,7 @@ fn a_terminal_is_registered_on_its_first_document_while_the_licence_allows() {
 
 #[test]
 fn without_enforcement_devices_are_not_limited() {
-    let world = World::new();
+    let world = Fixture::new();
     let token = world.register(USER, "ivan");
     let devices: Vec<Value> = DEV.iter().map(|uuid| json!({"uuid": uuid})).collect();
     assert_eq!(world.call("PUT", "/api/v1/inventories/devices", Some(&token), Some(Value::Array(devices))).status, 200);
@@ -536,14 +536,14 @@ fn licensed_devices_saturate_instead_of_wrapping() {
     let mut second = created(SUB2, "P14DT", 5);
     second["sequenceNumber"] = json!(1);
     post(&world, &second);
-    let e = entitlement(&world.ctx(), USER, &crate::domain::accounts::settings(&world.ctx()).expect("settings"))
+    let e = entitlement(&world.ctx(), USER, &crate::config::settings(&world.ctx()).expect("settings"))
         .expect("entitlement");
     assert_eq!(e.licensed_devices, u64::MAX);
 }
 
 const OTHER: &str = "02-000000000000002";
 
-fn foreign_issues(world: &World) -> Vec<Value> {
+fn foreign_issues(world: &Fixture) -> Vec<Value> {
     let answer = world.call("GET", "/partner/v1/data-issues?limit=100", Some("partner"), None);
     let items = answer.body_json()["items"].as_array().cloned().unwrap_or_default();
     items.into_iter().filter(|issue| issue["entity"] == "subscription").collect()
@@ -677,7 +677,7 @@ fn a_user_tokens_events_before_evotor_spoke_do_not_outlive_evotors() {
     assert_eq!(post(&world, &event(SUB, 2, "SubscriptionTerminated", json!({}))).status, 200);
     let s = state(&world, SUB);
     assert_eq!((s.applied_through, s.status, s.device_number), (2, Some(Status::Terminated), Some(1)));
-    let e = entitlement(&world.ctx(), USER, &crate::domain::accounts::settings(&world.ctx()).expect("settings"))
+    let e = entitlement(&world.ctx(), USER, &crate::config::settings(&world.ctx()).expect("settings"))
         .expect("entitlement");
     assert!(!e.usable, "terminated, whatever the user's token sent");
     assert!(
@@ -723,7 +723,7 @@ fn a_user_tokens_installation_event_never_outranks_evotors_nor_decides_the_futur
 
 #[test]
 fn billing_events_auth_server_refuses_user_tokens() {
-    let world = World::with(&[("billing_enforcement", "evotor"), ("billing_events_auth", "server")]);
+    let world = Fixture::with(&[("billing_enforcement", "evotor"), ("billing_events_auth", "server")]);
     let token = world.register(USER, "ivan");
     let own = world.call("POST", "/api/v1/subscription/event", Some(&token), Some(created(SUB, "P14DT", 1)));
     assert_eq!((own.status, own.body_json()["errors"][0]["code"].as_u64()), (401, Some(1001)));
@@ -732,13 +732,13 @@ fn billing_events_auth_server_refuses_user_tokens() {
     assert_eq!(world.call("POST", "/api/v1/user/event", Some(&token), Some(json!({"type": "X"}))).status, 401);
     assert_eq!(post(&world, &created(SUB, "P14DT", 1)).status, 200, "the server credential still works");
     assert_eq!(world.server("/api/v2/installation/event", install).status, 200);
-    let bad = World::with(&[("billing_events_auth", "users")]);
+    let bad = Fixture::with(&[("billing_events_auth", "users")]);
     assert_eq!(bad.server("/api/v1/subscription/event", created(SUB, "P14DT", 1)).status, 500);
 }
 
 #[test]
 fn subscriptions_page_and_large_events_never_fail_the_listing() {
-    let world = World::new();
+    let world = Fixture::new();
     let big = "x".repeat(1_500_000);
     for (n, sub) in [SUB, SUB2].iter().enumerate() {
         for seq in 1..=4u64 {
@@ -795,12 +795,12 @@ mod grants {
         ]
     }
 
-    fn account_id(world: &World) -> String {
+    fn account_id(world: &Fixture) -> String {
         let user = world.call("GET", &format!("/partner/v1/users/{USER}"), Some("partner"), None).body_json();
         user["account"]["id"].as_str().expect("account").to_owned()
     }
 
-    fn take(world: &World, step: &Step, tokens: &mut Vec<String>) {
+    fn take(world: &Fixture, step: &Step, tokens: &mut Vec<String>) {
         match *step {
             Step::Event { second, seq, kind } => {
                 let sub = if second { SUB2 } else { SUB };

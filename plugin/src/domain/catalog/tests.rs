@@ -1,7 +1,7 @@
 use super::*;
 use crate::http::Response;
 use crate::kv::Kv as _;
-use crate::testing::World;
+use crate::testing::Fixture;
 use proptest::prelude::*;
 
 const ALICE: &str = "01-000000000000001";
@@ -28,7 +28,7 @@ fn group(n: u32, parent: Option<u32>) -> Value {
     json!({"uuid": uuid(n), "group": true, "name": format!("Group {n}"), "parentUuid": parent.map(uuid)})
 }
 
-fn partner_put(world: &World, store: &str, items: &[Value]) -> Response {
+fn partner_put(world: &Fixture, store: &str, items: &[Value]) -> Response {
     world.call(
         "PUT",
         &format!("/partner/v1/stores/{store}/products"),
@@ -37,7 +37,7 @@ fn partner_put(world: &World, store: &str, items: &[Value]) -> Response {
     )
 }
 
-fn partner_delete(world: &World, store: &str, uuids: &[String]) -> Response {
+fn partner_delete(world: &Fixture, store: &str, uuids: &[String]) -> Response {
     world.call("POST", &format!("/partner/v1/stores/{store}/products/delete"), Some("partner"), Some(json!(uuids)))
 }
 
@@ -45,7 +45,7 @@ fn header<'a>(response: &'a Response, name: &str) -> Option<&'a str> {
     response.headers.iter().find(|(key, _)| key == name).map(|(_, value)| value.as_str())
 }
 
-fn evotor_page(world: &World, token: &str, store: &str, query: &str) -> Response {
+fn evotor_page(world: &Fixture, token: &str, store: &str, query: &str) -> Response {
     world.call("GET", &format!("/api/v1/inventories/stores/{store}/products{query}"), Some(token), None)
 }
 
@@ -60,7 +60,7 @@ fn uuids_of(response: &Response) -> Vec<String> {
 }
 
 /// Recomputes every index of `store` from its products and compares.
-fn audit(world: &World, store: &str) -> Vec<String> {
+fn audit(world: &Fixture, store: &str) -> Vec<String> {
     let problems = crate::domain::audit::problems(&world.kv);
     assert!(problems.is_empty(), "{problems:?}");
     crate::domain::audit::catalog(&world.kv, &world.kv.keys(), store).expect("consistent")
@@ -68,7 +68,7 @@ fn audit(world: &World, store: &str) -> Vec<String> {
 
 #[test]
 fn an_evotor_page_reads_token_store_and_directory_in_one_store_call() {
-    let world = World::with_full_answers();
+    let world = Fixture::with_full_answers();
     let token = world.register(ALICE, "alice");
     let items: Vec<Value> = (0..50).map(|n| product(n, None)).collect();
     assert_eq!(partner_put(&world, STORE, &items).status, 200);
@@ -83,7 +83,7 @@ fn an_evotor_page_reads_token_store_and_directory_in_one_store_call() {
 
 #[test]
 fn evotor_pages_carry_conformant_headers_and_every_product_once() {
-    let world = World::new();
+    let world = Fixture::new();
     let token = world.register(ALICE, "alice");
     for batch in 0..5u32 {
         let items: Vec<Value> = (batch * 500..batch * 500 + 500).map(|n| product(n, None)).collect();
@@ -141,7 +141,7 @@ fn evotor_pages_carry_conformant_headers_and_every_product_once() {
 
 #[test]
 fn an_empty_catalog_has_one_empty_page() {
-    let world = World::new();
+    let world = Fixture::new();
     let token = world.register(ALICE, "alice");
     let response = evotor_page(&world, &token, STORE, "?page=0&size=10");
     assert_eq!(response.body_json(), json!([]));
@@ -152,7 +152,7 @@ fn an_empty_catalog_has_one_empty_page() {
 
 #[test]
 fn paging_parameters_are_numbers_within_range() {
-    let world = World::new();
+    let world = Fixture::new();
     let token = world.register(ALICE, "alice");
     let cases = [
         ("?page=0&size=0", 2003, "size"),
@@ -172,7 +172,7 @@ fn paging_parameters_are_numbers_within_range() {
 
 #[test]
 fn an_unpaged_catalog_answers_every_product_however_many() {
-    let world = World::new();
+    let world = Fixture::new();
     let token = world.register(ALICE, "alice");
     let items: Vec<Value> = (0..10_000).map(|n| product(n, None)).collect();
     assert_eq!(partner_put(&world, STORE, &items).status, 200);
@@ -185,7 +185,7 @@ fn an_unpaged_catalog_answers_every_product_however_many() {
 
 #[test]
 fn terminal_products_are_upserted_answered_by_uuid_and_doubts_reported() {
-    let world = World::new();
+    let world = Fixture::new();
     let token = world.register(ALICE, "alice");
     let path = format!("/api/v1/inventories/stores/{}/products", STORE.to_uppercase());
     let created = world.call("POST", &path, Some(&token), Some(json!([product(1, Some("460")), group(2, None)])));
@@ -226,7 +226,7 @@ fn terminal_products_are_upserted_answered_by_uuid_and_doubts_reported() {
 #[test]
 fn a_terminals_empty_or_unprintable_barcodes_are_kept_but_not_indexed() {
     // Found by fuzzing: the index skipped the empty barcode, the audit of what to delete did not.
-    let world = World::new();
+    let world = Fixture::new();
     let token = world.register(ALICE, "alice");
     let path = format!("/api/v1/inventories/stores/{STORE}/products");
     let mut item = product(1, Some("460"));
@@ -244,7 +244,7 @@ fn a_terminals_empty_or_unprintable_barcodes_are_kept_but_not_indexed() {
 
 #[test]
 fn another_users_store_is_indistinguishable_from_a_missing_one() {
-    let world = World::new();
+    let world = Fixture::new();
     let alice = world.register(ALICE, "alice");
     let bob = world.register(BOB, "bob");
     world.call("PUT", "/api/v1/inventories/stores", Some(&alice), Some(json!([{"uuid": STORE, "name": "A"}])));
@@ -271,7 +271,7 @@ fn another_users_store_is_indistinguishable_from_a_missing_one() {
 
 #[test]
 fn barcode_lookup_follows_every_change_of_the_catalog() {
-    let world = World::new();
+    let world = Fixture::new();
     let token = world.register(ALICE, "alice");
     let find = |query: &str| world.call("GET", &format!("/api/v1/commodities?{query}"), Some(&token), None);
     let path = format!("/api/v1/inventories/stores/{STORE}/products");
@@ -318,7 +318,7 @@ fn barcode_lookup_follows_every_change_of_the_catalog() {
 
 #[test]
 fn missing_parents_are_accepted_and_reported_until_they_arrive() {
-    let world = World::new();
+    let world = Fixture::new();
     let issues = || {
         world.call("GET", &format!("/partner/v1/stores/{STORE}/catalog-issues"), Some("partner"), None).body_json()
             ["items"]
@@ -349,7 +349,7 @@ fn missing_parents_are_accepted_and_reported_until_they_arrive() {
 
 #[test]
 fn partner_catalog_calls_need_the_partner_token_and_are_atomic() {
-    let world = World::new();
+    let world = Fixture::new();
     let path = format!("/partner/v1/stores/{STORE}/products");
     assert_eq!(world.call("GET", &path, Some("wrong"), None).status, 401);
     let mut items: Vec<Value> = (0..20).map(|n| product(n, None)).collect();
@@ -376,7 +376,7 @@ fn partner_catalog_calls_need_the_partner_token_and_are_atomic() {
 
 #[test]
 fn unknown_enumeration_values_are_kept_and_logged_once() {
-    let world = World::new();
+    let world = Fixture::new();
     let mut item = product(1, None);
     item["tax"] = json!("VAT_99");
     assert_eq!(partner_put(&world, STORE, &[item.clone()]).status, 200);
@@ -409,7 +409,7 @@ fn op(ids: u32, batch: usize) -> impl Strategy<Value = Op> {
 
 /// Applies `ops` and checks every index and every page after each.
 fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
-    let world = World::new();
+    let world = Fixture::new();
     let token = world.register(ALICE, "alice");
     for op in ops {
         match op {
@@ -465,7 +465,7 @@ proptest! {
 
 #[test]
 fn a_catalog_past_one_commits_limits_is_written_in_several_and_whole() {
-    let world = World::new();
+    let world = Fixture::new();
     // 1000 products of 100 barcodes each: more than 100,000 writes, past what one commit may hold.
     let items: Vec<Value> = (0..1000u32)
         .map(|n| {

@@ -1,7 +1,7 @@
 use super::*;
 use crate::http::{Request, Response};
 use crate::kv::Kv as _;
-use crate::testing::World;
+use crate::testing::Fixture;
 
 const ALICE: &str = "01-000000000000001";
 const BOB: &str = "02-000000000000002";
@@ -85,16 +85,16 @@ fn pos_doc(name: &str) -> Value {
     POS_DOCS.iter().find(|(doc, _)| *doc == name).map(|(_, text)| relaxed_json(text)).expect("known document")
 }
 
-fn put(world: &World, token: &str, store: &str, docs: Value) -> Response {
+fn put(world: &Fixture, token: &str, store: &str, docs: Value) -> Response {
     world.call("PUT", &format!("/api/v1/inventories/stores/{store}/documents"), Some(token), Some(docs))
 }
 
-fn feed(world: &World, after: Option<&str>) -> Value {
+fn feed(world: &Fixture, after: Option<&str>) -> Value {
     let query = after.map(|after| format!("?after={after}&limit=1000")).unwrap_or_else(|| "?limit=1000".into());
     world.call("GET", &format!("/partner/v1/feed{query}"), Some("partner"), None).body_json()
 }
 
-fn feed_kinds(world: &World) -> Vec<String> {
+fn feed_kinds(world: &Fixture) -> Vec<String> {
     feed(world, None)["items"]
         .as_array()
         .expect("items")
@@ -113,7 +113,7 @@ fn receipt_event(id: &str, user: &str, date: &str) -> Value {
 
 #[test]
 fn every_real_document_is_accepted_and_read_back_equal() {
-    let world = World::new();
+    let world = Fixture::new();
     let token = world.register(ALICE, "alice");
     for (name, _) in POS_DOCS {
         let doc = pos_doc(name);
@@ -140,7 +140,7 @@ fn every_real_document_is_accepted_and_read_back_equal() {
 
 #[test]
 fn a_redelivery_stores_nothing_and_adds_no_feed_entry() {
-    let world = World::new();
+    let world = Fixture::new();
     let token = world.register(ALICE, "alice");
     let batch = json!([pos_doc("02-SELL"), pos_doc("03-PAYBACK")]);
     assert_eq!(put(&world, &token, STORE, batch.clone()).body_json(), json!({"accepted": 2, "duplicates": 0}));
@@ -169,7 +169,7 @@ fn a_redelivery_stores_nothing_and_adds_no_feed_entry() {
 
 #[test]
 fn a_batch_of_documents_costs_a_few_store_calls_not_one_per_document() {
-    let world = World::with_full_answers();
+    let world = Fixture::with_full_answers();
     let token = world.register(ALICE, "alice");
     let sell = pos_doc("02-SELL");
     let batch: Vec<Value> = (0..100)
@@ -190,7 +190,7 @@ fn a_batch_of_documents_costs_a_few_store_calls_not_one_per_document() {
 }
 
 /// The problems of every data issue recorded.
-fn problems(world: &World) -> Vec<String> {
+fn problems(world: &Fixture) -> Vec<String> {
     let issues = world.call("GET", "/partner/v1/data-issues?limit=1000", Some("partner"), None).body_json();
     issues["items"]
         .as_array()
@@ -202,7 +202,7 @@ fn problems(world: &World) -> Vec<String> {
 
 #[test]
 fn documents_are_refused_only_without_an_id_and_kept_whole_otherwise() {
-    let world = World::new();
+    let world = Fixture::new();
     let token = world.register(ALICE, "alice");
     let without = |name: &str, field: &str| {
         let mut doc = pos_doc(name);
@@ -263,7 +263,7 @@ fn documents_are_refused_only_without_an_id_and_kept_whole_otherwise() {
 
 #[test]
 fn v2_documents_are_taken_alone_or_in_arrays_at_both_paths() {
-    let world = World::new();
+    let world = Fixture::new();
     let token = world.register("01-000000000004217", "alice");
     let v2: Vec<Value> = V2_DOCS.iter().map(|(_, text)| serde_json::from_str(text).expect("JSON")).collect();
     let store = "20181012-5c6d-4e7f-8091-a2b3c4d5e6f7";
@@ -306,7 +306,7 @@ fn v2_documents_are_taken_alone_or_in_arrays_at_both_paths() {
 
 #[test]
 fn the_bare_webhook_takes_the_store_from_each_document() {
-    let world = World::with(&[("documents_webhook_path", "/evotor/documents")]);
+    let world = Fixture::with(&[("documents_webhook_path", "/evotor/documents")]);
     let token = world.register(ALICE, "alice");
     let mut doc = pos_doc("02-SELL");
     let missing = world.call("PUT", "/evotor/documents", Some(&token), Some(json!([doc.clone()])));
@@ -317,14 +317,14 @@ fn the_bare_webhook_takes_the_store_from_each_document() {
     let read = world.call("GET", &format!("/partner/v1/stores/{STORE}/documents"), Some("partner"), None);
     assert_eq!(read.body_json()["items"][0]["id"], "175d8ae9-79db-4588-a65a-8f0613e2d0ff");
     assert_eq!(world.call("PUT", "/", Some(&token), Some(json!([]))).status, 404, "only the configured path");
-    let default = World::new();
+    let default = Fixture::new();
     let token = default.register(ALICE, "alice");
     assert_eq!(default.call("PUT", "/", Some(&token), Some(json!([]))).status, 200, "`/` by default");
 }
 
 #[test]
 fn another_users_store_is_a_data_issue_and_unlicensed_devices_are_refused() {
-    let world = World::with(&[("billing_enforcement", "evotor")]);
+    let world = Fixture::with(&[("billing_enforcement", "evotor")]);
     let alice = world.register(ALICE, "alice");
     let bob = world.register(BOB, "bob");
     for (user, sub) in [(ALICE, "a99fbf70-6307-4acc-b61c-741ee9eef6c1"), (BOB, "a99fbf70-6307-4acc-b61c-741ee9eef6c2")]
@@ -360,7 +360,7 @@ fn another_users_store_is_a_data_issue_and_unlicensed_devices_are_refused() {
 
 #[test]
 fn receipts_are_kept_once_per_user_and_event() {
-    let world = World::new();
+    let world = Fixture::new();
     let alice = world.register(ALICE, "alice");
     let bob = world.register(BOB, "bob");
     let first = receipt_event("evt-1", ALICE, "2026-01-02T10:00:00.000+0000");
@@ -394,7 +394,7 @@ fn receipts_are_kept_once_per_user_and_event() {
 
 #[test]
 fn receipts_kept_before_they_were_per_user_are_still_read_and_deduplicated() {
-    let world = World::new();
+    let world = Fixture::new();
     let alice = world.register(ALICE, "alice");
     let event = receipt_event("evt-old", ALICE, "2026-01-02T10:00:00.000+0000");
     let hash = storage::receipt_id_hash("evt-old");
@@ -424,7 +424,7 @@ fn receipts_kept_before_they_were_per_user_are_still_read_and_deduplicated() {
 
 #[test]
 fn partner_listings_filter_by_type_and_date_with_stable_cursors() {
-    let world = World::new();
+    let world = Fixture::new();
     let token = world.register(ALICE, "alice");
     let mut docs = Vec::new();
     for n in 0..30u32 {
@@ -476,7 +476,7 @@ fn partner_listings_filter_by_type_and_date_with_stable_cursors() {
 
 #[test]
 fn the_feed_has_every_accepted_change_once_in_commit_order() {
-    let world = World::new();
+    let world = Fixture::new();
     let sub = "a99fbf70-6307-4acc-b61c-741ee9eef6c1";
     let event = |seq: u64, kind: &str| {
         json!({"subscriptionId": sub, "productId": "p", "userId": ALICE, "sequenceNumber": seq,
@@ -549,7 +549,7 @@ fn the_feed_has_every_accepted_change_once_in_commit_order() {
 #[test]
 fn a_commit_with_an_unknown_outcome_is_re_read_and_leaves_each_document_stored_once() {
     for applied in [true, false] {
-        let world = World::new();
+        let world = Fixture::new();
         let token = world.register(ALICE, "alice");
         // The next commit answers "outcome unknown": applied first when `applied`, else not at all.
         let lose_next = std::cell::Cell::new(Some(applied));
@@ -581,7 +581,7 @@ fn a_commit_with_an_unknown_outcome_is_re_read_and_leaves_each_document_stored_o
 
 #[test]
 fn large_documents_make_shorter_pages_with_a_next_never_a_failed_listing() {
-    let world = World::new();
+    let world = Fixture::new();
     let token = world.register(ALICE, "alice");
     let filler = "x".repeat(1_500_000);
     for n in 0..6 {
@@ -612,7 +612,7 @@ fn large_documents_make_shorter_pages_with_a_next_never_a_failed_listing() {
 
 #[test]
 fn a_document_another_user_sends_into_a_store_first_never_makes_the_owners_a_duplicate() {
-    let world = World::new();
+    let world = Fixture::new();
     let alice = world.register(ALICE, "alice");
     let bob = world.register(BOB, "bob");
     // Alice's store is hers; Bob sends a document with the id of her real one into it first.
@@ -621,7 +621,7 @@ fn a_document_another_user_sends_into_a_store_first_never_makes_the_owners_a_dup
     let mut squatted = pos_doc("02-SELL");
     squatted["closeResultSum"] = json!("0.00");
     assert_eq!(put(&world, &bob, STORE, json!([squatted])).body_json(), json!({"accepted": 1, "duplicates": 0}));
-    let listed = |world: &World| {
+    let listed = |world: &Fixture| {
         let answer = world.call("GET", &format!("/partner/v1/stores/{STORE}/documents"), Some("partner"), None);
         answer.body_json()["items"].as_array().cloned().unwrap_or_default()
     };
@@ -636,7 +636,7 @@ fn a_document_another_user_sends_into_a_store_first_never_makes_the_owners_a_dup
 
 #[test]
 fn one_delivery_writes_a_bounded_number_of_data_issues_however_many_items_it_carries() {
-    let world = World::new();
+    let world = Fixture::new();
     let token = world.register(ALICE, "alice");
     // A thousand receipts, each with its own problems (no store, no terminal, no date).
     let receipts: Vec<Value> = (0..1000)
@@ -659,7 +659,7 @@ fn one_delivery_writes_a_bounded_number_of_data_issues_however_many_items_it_car
 
 #[test]
 fn documents_and_receipts_past_retention_days_are_erased_as_their_store_receives_more() {
-    let world = World::with(&[("retention_days", "30"), ("user_quota_records", "100")]);
+    let world = Fixture::with(&[("retention_days", "30"), ("user_quota_records", "100")]);
     let token = world.register(ALICE, "alice");
     world.clock.advance(100 * 86_400);
     let now_ms = crate::time::millis(crate::clock::Clock::now_unix(&world.clock));
@@ -702,7 +702,7 @@ fn documents_and_receipts_past_retention_days_are_erased_as_their_store_receives
 
 #[test]
 fn the_partner_api_shows_document_and_receipt_ids_as_sent_and_finds_them_in_any_case() {
-    let world = World::new();
+    let world = Fixture::new();
     let token = world.register(ALICE, "alice");
     let id = "20170222-D58C-40E0-8051-B53ADFF38860";
     let document = json!({"id": id, "store_id": STORE, "device_id": DEVICE, "type": "SELL",
@@ -725,7 +725,7 @@ fn the_partner_api_shows_document_and_receipt_ids_as_sent_and_finds_them_in_any_
 
 #[test]
 fn a_user_past_its_quota_is_answered_402_and_nothing_of_the_delivery_is_stored() {
-    let world = World::with(&[("user_quota_records", "3")]);
+    let world = Fixture::with(&[("user_quota_records", "3")]);
     let alice = world.register(ALICE, "alice");
     let bob = world.register(BOB, "bob");
     let document = |id: &str| {
@@ -759,7 +759,7 @@ fn a_user_past_its_quota_is_answered_402_and_nothing_of_the_delivery_is_stored()
 
 #[test]
 fn a_document_larger_than_a_record_is_kept_whole_in_parts_and_expires_whole() {
-    let world = World::with(&[("retention_days", "30")]);
+    let world = Fixture::with(&[("retention_days", "30")]);
     let token = world.register(ALICE, "alice");
     world.clock.advance(100 * 86_400);
     let now_ms = crate::time::millis(crate::clock::Clock::now_unix(&world.clock));
@@ -809,7 +809,7 @@ fn cutting_keeps_every_character_and_each_part_fits_a_record() {
 
 #[test]
 fn documents_dated_far_ahead_and_documents_kept_apart_expire_too() {
-    let world = World::with(&[("retention_days", "30")]);
+    let world = Fixture::with(&[("retention_days", "30")]);
     let alice = world.register(ALICE, "alice");
     let bob = world.register(BOB, "bob");
     world.clock.advance(100 * 86_400);
@@ -842,7 +842,7 @@ fn documents_dated_far_ahead_and_documents_kept_apart_expire_too() {
 
 #[test]
 fn every_record_a_users_deliveries_create_counts_against_its_quota() {
-    let world = World::with(&[("billing_enforcement", "off"), ("user_quota_records", "10")]);
+    let world = Fixture::with(&[("billing_enforcement", "off"), ("user_quota_records", "10")]);
     let token = world.register(ALICE, "alice");
     let stores = |range: std::ops::Range<u32>| {
         Value::from(
@@ -889,7 +889,7 @@ fn every_record_a_users_deliveries_create_counts_against_its_quota() {
 
 #[test]
 fn an_item_too_large_for_a_record_is_refused_with_413_and_noted_never_a_500() {
-    let world = World::with(&[("billing_enforcement", "off")]);
+    let world = Fixture::with(&[("billing_enforcement", "off")]);
     let token = world.register(ALICE, "alice");
     let big = "x".repeat(crate::input::MAX_ITEM_BYTES);
     let calls: [(&str, String, Value); 4] = [

@@ -1,6 +1,6 @@
 use super::*;
 use crate::kv::Kv as _;
-use crate::testing::World;
+use crate::testing::Fixture;
 use serde_json::Value;
 
 const ALICE: &str = "01-000000000000001";
@@ -10,8 +10,8 @@ const BOBS_STORE: &str = "20170228-f4f1-401b-80fa-9ecca8451ffc";
 
 /// A world where Alice and Bob each have stores, a terminal, an employee,
 /// products, documents, receipts, a subscription and data issues.
-fn populated() -> (World, String) {
-    let world = World::with(&[("events_webhook_allow_unsigned", "true")]);
+fn populated() -> (Fixture, String) {
+    let world = Fixture::with(&[("events_webhook_allow_unsigned", "true")]);
     let mut bobs_token = String::new();
     for (user, login, store, n) in [(ALICE, "alice", ALICES_STORE, 1), (BOB, "bob", BOBS_STORE, 2)] {
         let token = world.register(user, login);
@@ -67,7 +67,7 @@ fn populated() -> (World, String) {
 }
 
 /// Every key and value that names `user` or one of its stores.
-fn traces(world: &World, user: &str, store: &str) -> Vec<String> {
+fn traces(world: &Fixture, user: &str, store: &str) -> Vec<String> {
     world
         .kv
         .keys()
@@ -83,7 +83,7 @@ fn traces(world: &World, user: &str, store: &str) -> Vec<String> {
 
 /// The [`traces`] of `user` with the version of each, but those that also
 /// name `erased` (another user's data issue about it goes with it).
-fn versions(world: &World, user: &str, store: &str, erased: &str) -> Vec<(String, u64)> {
+fn versions(world: &Fixture, user: &str, store: &str, erased: &str) -> Vec<(String, u64)> {
     let theirs = traces(world, erased, "\0");
     traces(world, user, store)
         .into_iter()

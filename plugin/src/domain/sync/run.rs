@@ -270,6 +270,18 @@ pub struct Summary {
     pub time_rules: billing::TimeRules,
 }
 
+impl Summary {
+    /// Parts (a user's, the feed's) that failed: an error, or a token the cloud refused.
+    pub fn failed(&self) -> u64 {
+        ["failed", "token-refused"].iter().filter_map(|name| self.outcomes.get(name)).sum()
+    }
+
+    /// Parts the run tried: every outcome but waiting for a later turn and having no token.
+    pub fn tried(&self) -> u64 {
+        self.outcomes.iter().filter(|(name, _)| !matches!(**name, "waiting" | "no-token")).map(|(_, n)| n).sum()
+    }
+}
+
 fn outcome_name(outcome: Outcome) -> &'static str {
     match outcome {
         Outcome::Complete => "complete",
@@ -322,7 +334,7 @@ fn adopt(ctx: &Ctx<'_>, run: &mut RunState, budget: &Budget<'_>) -> Result<(), A
 /// settings), then each user in turn, starting after the one the last run
 /// stopped at.
 pub fn run(ctx: &Ctx<'_>, deadline: u64) -> Result<Summary, ApiError> {
-    let settings = crate::domain::accounts::settings(ctx)?;
+    let settings = crate::config::settings(ctx)?;
     let cloud = CloudSettings::read(ctx.config).map_err(|why| ApiError::internal(&why))?;
     let mut run: RunState = storage::read(ctx.kv, storage::SYNC_NEXT_USER_KEY)?.unwrap_or_default();
     let mut budget = Budget { clock: ctx.clock, deadline, requests: cloud.max_requests_per_run };
@@ -411,14 +423,14 @@ fn user_failed(ctx: &Ctx<'_>, user_id: &str, why: &str) -> Result<(), ApiError> 
         let problem = format!("syncing the user failed: {why}; it is tried again after a backoff");
         txn.issue(now, Issue::new(Some(user_id), "sync", "run", problem));
     })?;
-    eprintln!("sync: user {user_id} failed: {why}");
+    evogate_plugin::log::warn(&format!("sync: user {user_id} failed: {why}"));
     Ok(())
 }
 
 /// Syncs one user now (`POST /partner/v1/users/{id}/sync`), within
 /// `sync_now_budget_secs`; how it ended.
 pub fn run_user(ctx: &Ctx<'_>, user_id: &str) -> Result<(Outcome, Option<RunReport>), ApiError> {
-    let settings = crate::domain::accounts::settings(ctx)?;
+    let settings = crate::config::settings(ctx)?;
     let cloud = CloudSettings::read(ctx.config).map_err(|why| ApiError::internal(&why))?;
     let deadline = ctx.clock.now_unix().saturating_add(cloud.now_budget_secs);
     let mut budget = Budget { clock: ctx.clock, deadline, requests: cloud.max_requests_per_user };

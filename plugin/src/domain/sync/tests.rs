@@ -11,7 +11,7 @@ use crate::errors::ApiError;
 use crate::http::Request;
 use crate::outgoing::{self, Http};
 use crate::storage;
-use crate::testing::World;
+use crate::testing::Fixture;
 use serde_json::{Value, json};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -141,29 +141,29 @@ impl Http for Cloud {
     }
 }
 
-fn world(extra: &[(&str, &str)]) -> World {
-    let world = World::with(extra);
+fn world(extra: &[(&str, &str)]) -> Fixture {
+    let world = Fixture::with(extra);
     world.clock.0.set(NOW);
     world
 }
 
-fn ctx<'a>(world: &'a World, cloud: &'a Cloud) -> Ctx<'a> {
+fn ctx<'a>(world: &'a Fixture, cloud: &'a Cloud) -> Ctx<'a> {
     Ctx { kv: &world.kv, config: &world.config, clock: &world.clock, http: cloud }
 }
 
-fn partner(world: &World, cloud: &Cloud, method: &str, path: &str) -> Value {
+fn partner(world: &Fixture, cloud: &Cloud, method: &str, path: &str) -> Value {
     let request = Request::new(method, path).header("authorization", "Bearer partner");
     let response = crate::handle(&ctx(world, cloud), &request);
     assert_eq!(response.status, 200, "{method} {path}: {}", String::from_utf8_lossy(&response.body));
     response.body_json()
 }
 
-fn token(world: &World, user: &str, token: &str) {
+fn token(world: &Fixture, user: &str, token: &str) {
     let reply = world.server("/api/v1/user/token", json!({"userId": user, "token": token}));
     assert_eq!(reply.status, 200);
 }
 
-fn run_job(world: &World, cloud: &Cloud) -> Summary {
+fn run_job(world: &Fixture, cloud: &Cloud) -> Summary {
     run(&ctx(world, cloud), NOW + 60).expect("a run")
 }
 
@@ -207,7 +207,7 @@ fn other_account() -> Account {
     other
 }
 
-fn feed_kinds(world: &World, cloud: &Cloud) -> Vec<String> {
+fn feed_kinds(world: &Fixture, cloud: &Cloud) -> Vec<String> {
     let feed = partner(world, cloud, "GET", "/partner/v1/feed?limit=1000");
     feed["items"].as_array().expect("items").iter().map(|item| item["kind"].as_str().unwrap_or("").to_owned()).collect()
 }
@@ -484,13 +484,32 @@ fn the_plugin_runs_the_sync_job_and_names_it_for_any_other() {
     let cloud = Cloud::with("cloud-1", account());
     token(&world, USER, "cloud-1");
     let job = |name: &str| crate::JobRun { job: name.into(), scheduled_at_ms: 0, timeout_ms: 60_000, manual: false };
-    assert_eq!(crate::run_job(&ctx(&world, &cloud), &job("sync")), Ok(()));
+    assert_eq!(crate::run_job(&ctx(&world, &cloud), &job("sync")), Ok(crate::JobOutcome::Done));
     assert_eq!(cloud.sent().len(), 9);
     let other = crate::run_job(&ctx(&world, &cloud), &job("tick")).expect_err("no such job");
     assert!(other.contains("\"sync\""), "{other}");
-    let broken = World::with(&[("evotor_api_auth", "basic")]);
+    let broken = Fixture::with(&[("evotor_api_auth", "basic")]);
     let failed = crate::run_job(&ctx(&broken, &cloud), &job("sync")).expect_err("a bad setting");
     assert!(failed.contains("evotor_api_auth"), "{failed}");
+}
+
+#[test]
+fn a_run_where_some_users_failed_is_partial_and_one_where_every_user_failed_is_an_error() {
+    let job = crate::JobRun { job: "sync".into(), scheduled_at_ms: 0, timeout_ms: 60_000, manual: false };
+    let world = world(&[]);
+    let cloud = Cloud::with("cloud-1", account());
+    token(&world, USER, "cloud-1");
+    // The cloud knows no account for this token: it refuses it.
+    token(&world, OTHER, "cloud-refused");
+    let partial = crate::run_job(&ctx(&world, &cloud), &job.clone()).expect("not every user failed");
+    let crate::JobOutcome::Partial(summary) = partial else { panic!("partial, not {partial:?}") };
+    assert!(summary.contains("1 of ") && summary.contains("token-refused 1"), "{summary}");
+
+    let refused = self::world(&[]);
+    token(&refused, USER, "cloud-refused");
+    token(&refused, OTHER, "cloud-refused-too");
+    let error = crate::run_job(&ctx(&refused, &cloud), &job).expect_err("every user failed");
+    assert!(error.contains("every part tried failed (2)"), "{error}");
 }
 
 /// An account whose employees take `pages` pages of two to list.

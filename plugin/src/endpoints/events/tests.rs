@@ -1,7 +1,7 @@
 use super::*;
 use crate::kv::Kv as _;
 use crate::storage::EntityRecord;
-use crate::testing::World;
+use crate::testing::Fixture;
 use proptest::prelude::*;
 use serde_json::Value;
 
@@ -15,8 +15,8 @@ const EMPLOYEE: &str = "20180417-A1FF-4089-8048-D71414E1568D";
 /// The gateway's clock in these tests: 2026-12-01, after every time the events carry.
 const NOW: u64 = 1_796_083_200;
 
-fn world() -> World {
-    let world = World::with(&[(EVENTS_WEBHOOK_SECRET, SECRET)]);
+fn world() -> Fixture {
+    let world = Fixture::with(&[(EVENTS_WEBHOOK_SECRET, SECRET)]);
     world.clock.0.set(NOW);
     world
 }
@@ -28,7 +28,7 @@ fn sign(secret: &str, body: &[u8]) -> String {
 }
 
 /// Delivers `body` as Evotor does: JSON under its v2 media type, signed with `secret`.
-fn deliver_raw(world: &World, body: &[u8], signature: Option<&str>, content_type: &str) -> crate::http::Response {
+fn deliver_raw(world: &Fixture, body: &[u8], signature: Option<&str>, content_type: &str) -> crate::http::Response {
     let mut request = Request::new("POST", "/events")
         .header("content-type", content_type)
         .header("user-agent", "Evotor-Hookshot")
@@ -40,7 +40,7 @@ fn deliver_raw(world: &World, body: &[u8], signature: Option<&str>, content_type
     crate::handle(&world.ctx(), &request)
 }
 
-fn deliver(world: &World, event: &Value) -> crate::http::Response {
+fn deliver(world: &Fixture, event: &Value) -> crate::http::Response {
     let body = serde_json::to_vec(event).expect("json");
     deliver_raw(world, &body, Some(&sign(SECRET, &body)), "application/vnd.evotor.v2+json;charset=UTF-8")
 }
@@ -54,22 +54,22 @@ fn store_payload(name: &str, updated_at: &str) -> Value {
            "created_at": "2018-04-17T10:11:49.670+0000", "updated_at": updated_at})
 }
 
-fn entity(world: &World, kind: &str, id: &str) -> Option<EntityRecord> {
+fn entity(world: &Fixture, kind: &str, id: &str) -> Option<EntityRecord> {
     storage::read(&world.kv, &storage::entity_key(USER, kind, &id.to_ascii_lowercase())).expect("read")
 }
 
-fn listed(world: &World, query: &str) -> Value {
+fn listed(world: &Fixture, query: &str) -> Value {
     let answer = world.call("GET", &format!("/partner/v1/events{query}"), Some("partner"), None);
     assert_eq!(answer.status, 200, "{}", String::from_utf8_lossy(&answer.body));
     answer.body_json()
 }
 
-fn feed_kinds(world: &World) -> Vec<String> {
+fn feed_kinds(world: &Fixture) -> Vec<String> {
     let feed = world.call("GET", "/partner/v1/feed?limit=1000", Some("partner"), None).body_json();
     feed["items"].as_array().expect("items").iter().filter_map(|e| e["kind"].as_str().map(str::to_owned)).collect()
 }
 
-fn issues(world: &World) -> Vec<Value> {
+fn issues(world: &Fixture) -> Vec<Value> {
     let answer = world.call("GET", "/partner/v1/data-issues?limit=1000", Some("partner"), None).body_json();
     answer["items"].as_array().cloned().unwrap_or_default()
 }
@@ -177,7 +177,7 @@ fn a_bad_or_missing_signature_is_401_and_stores_nothing() {
         let before: Vec<String> = before.into_iter().filter(|key| !key.starts_with("issues/")).collect();
         assert_eq!(before, after, "{label}: nothing stored but the refusal count");
     }
-    let refused = |world: &World| -> Vec<u64> {
+    let refused = |world: &Fixture| -> Vec<u64> {
         issues(world)
             .iter()
             .filter(|issue| issue["entity"] == "events-webhook")
@@ -186,7 +186,7 @@ fn a_bad_or_missing_signature_is_401_and_stores_nothing() {
     };
     assert_eq!(refused(&world), [1, 1], "refusals noted where the partner sees them, one record per reason");
     // Within the minute, a flood of refusals writes nothing at all.
-    let versions = |world: &World| -> Vec<(String, u64)> {
+    let versions = |world: &Fixture| -> Vec<(String, u64)> {
         world
             .kv
             .keys()
@@ -214,7 +214,7 @@ fn a_bad_or_missing_signature_is_401_and_stores_nothing() {
 
 #[test]
 fn the_previous_secret_verifies_during_a_rotation() {
-    let world = World::with(&[(EVENTS_WEBHOOK_SECRET, "new-secret"), (EVENTS_WEBHOOK_PREVIOUS_SECRET, SECRET)]);
+    let world = Fixture::with(&[(EVENTS_WEBHOOK_SECRET, "new-secret"), (EVENTS_WEBHOOK_PREVIOUS_SECRET, SECRET)]);
     let event = evotor_examples().remove(0);
     let body = serde_json::to_vec(&event).expect("json");
     assert_eq!(deliver_raw(&world, &body, Some(&sign(SECRET, &body)), "application/json").status, 200);
@@ -228,13 +228,13 @@ fn the_previous_secret_verifies_during_a_rotation() {
 fn without_a_secret_the_path_is_404_unless_unsigned_is_allowed_explicitly() {
     let event = evotor_examples().remove(0);
     let body = serde_json::to_vec(&event).expect("json");
-    let closed = World::new();
+    let closed = Fixture::new();
     assert_eq!(deliver_raw(&closed, &body, None, "application/json").status, 404);
-    let almost = World::with(&[(EVENTS_WEBHOOK_ALLOW_UNSIGNED, "yes")]);
+    let almost = Fixture::with(&[(EVENTS_WEBHOOK_ALLOW_UNSIGNED, "yes")]);
     assert_eq!(deliver_raw(&almost, &body, None, "application/json").status, 404, "only \"true\" opens it");
-    let open = World::with(&[(EVENTS_WEBHOOK_ALLOW_UNSIGNED, "true")]);
+    let open = Fixture::with(&[(EVENTS_WEBHOOK_ALLOW_UNSIGNED, "true")]);
     assert_eq!(deliver_raw(&open, &body, None, "application/json").status, 200);
-    let elsewhere = World::with(&[(EVENTS_WEBHOOK_SECRET, SECRET), (EVENTS_WEBHOOK_PATH, "/hooks/evotor")]);
+    let elsewhere = Fixture::with(&[(EVENTS_WEBHOOK_SECRET, SECRET), (EVENTS_WEBHOOK_PATH, "/hooks/evotor")]);
     let signature = sign(SECRET, &body);
     assert_eq!(deliver_raw(&elsewhere, &body, Some(&signature), "application/json").status, 404);
     let mut request = Request::new("POST", "/hooks/evotor/").header("x-hub-signature", &signature);
@@ -399,7 +399,7 @@ fn another_users_entity_is_never_changed_by_an_event_only_reported() {
 
 #[test]
 fn a_terminal_past_the_licence_is_kept_and_reported_with_200() {
-    let world = World::with(&[(EVENTS_WEBHOOK_SECRET, SECRET), ("billing_enforcement", "evotor")]);
+    let world = Fixture::with(&[(EVENTS_WEBHOOK_SECRET, SECRET), ("billing_enforcement", "evotor")]);
     let device =
         envelope("d", "DeviceEvent", "created", 1_000, json!({"id": DEVICE, "store_id": STORE, "user_id": USER}));
     assert_eq!(deliver(&world, &device).status, 200);
@@ -575,7 +575,7 @@ fn product_event(id: &str, user: &str, store: &str, name: &str, price: f64, upda
     )
 }
 
-fn price_of(world: &World, store: &str) -> Option<f64> {
+fn price_of(world: &Fixture, store: &str) -> Option<f64> {
     let answer = world.call("GET", &format!("/partner/v1/stores/{store}/products"), Some("partner"), None);
     answer.body_json()["items"][0]["product"]["price"].as_f64()
 }

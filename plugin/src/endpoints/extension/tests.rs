@@ -1,5 +1,5 @@
 use super::*;
-use crate::testing::World;
+use crate::testing::Fixture;
 
 const ALICE: &str = "01-000000000000001";
 const BOB: &str = "02-000000000000002";
@@ -8,7 +8,7 @@ const BOBS_STORE: &str = "20170228-f4f1-401b-80fa-9ecca8451ffc";
 const NEW_STORE: &str = "20170228-f4f1-401b-80fa-9ecca8451f00";
 
 /// A call of the extension API as the gateway delivers it from plugin `loyalty`.
-fn ext(world: &World, path: &str, headers: &[(&str, &str)]) -> Response {
+fn ext(world: &Fixture, path: &str, headers: &[(&str, &str)]) -> Response {
     let mut request = Request::new("GET", path).header(CALLER_HEADER, "loyalty");
     for (name, value) in headers {
         request = request.header(name, value);
@@ -17,8 +17,8 @@ fn ext(world: &World, path: &str, headers: &[(&str, &str)]) -> Response {
 }
 
 /// Alice with her store (and a product with barcode 777 in it), Bob with his.
-fn shops() -> (World, String, String) {
-    let world = World::new();
+fn shops() -> (Fixture, String, String) {
+    let world = Fixture::new();
     let alice = world.register(ALICE, "alice");
     let bob = world.register(BOB, "bob");
     world.call("PUT", "/api/v1/inventories/stores", Some(&alice), Some(json!([{"uuid": STORE, "name": "A"}])));
@@ -79,7 +79,7 @@ fn a_terminal_apps_call_resolves_to_its_user_store_and_device_and_nothing_else()
         }
     }
     assert_eq!(session(&[]).body_json()["errors"][0]["code"], 1002);
-    let expired = World::with(&[("user_token_ttl_secs", "60")]);
+    let expired = Fixture::with(&[("user_token_ttl_secs", "60")]);
     let token = expired.register(ALICE, "alice");
     expired.clock.advance(61);
     let answer = ext(&expired, "/extension/v1/session", &[("authorization", &format!("Bearer {token}"))]);
@@ -136,7 +136,7 @@ fn the_feed_is_the_partner_apis_with_the_same_cursors_and_a_user_filter() {
 
 #[test]
 fn an_extension_checks_the_partner_token_without_holding_it() {
-    let world = World::new();
+    let world = Fixture::new();
     let check = |bearer: &str| ext(&world, "/extension/v1/partner", &[("authorization", bearer)]).status;
     assert_eq!(check("Bearer partner"), 204);
     assert_eq!(check("Bearer srv"), 401);

@@ -2,7 +2,7 @@
 //! partner endpoints the router serves, and every documented success
 //! answer matches what a real call returns.
 
-use crate::testing::World;
+use crate::testing::Fixture;
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 
@@ -98,8 +98,8 @@ fn the_description_lists_exactly_the_partner_endpoints_served() {
 }
 
 /// A world with one of everything the partner API shows.
-fn populated() -> (World, String) {
-    let world = World::with(&[("events_webhook_allow_unsigned", "true")]);
+fn populated() -> (Fixture, String) {
+    let world = Fixture::with(&[("events_webhook_allow_unsigned", "true")]);
     let token = world.register(USER, "ivan");
     let trial = json!({"subscriptionId": "a99fbf70-6307-4acc-b61c-741ee9eef6c1", "productId": "p", "userId": USER,
         "timestamp": "2026-01-01T00:00:00.000+0000", "sequenceNumber": 1, "type": "SubscriptionCreated",

@@ -1,16 +1,16 @@
 use super::*;
 use crate::endpoints::request::PARTNER_API_TOKEN;
-use crate::testing::World;
+use crate::testing::Fixture;
 
 const USER: &str = "01-000000000000001";
 
-fn partner(world: &World, method: &str, path: &str, body: Option<Value>) -> Response {
+fn partner(world: &Fixture, method: &str, path: &str, body: Option<Value>) -> Response {
     world.call(method, path, Some("partner"), body)
 }
 
 #[test]
 fn partner_api_is_absent_without_its_token() {
-    let world = World::new();
+    let world = Fixture::new();
     let mut config = world.config.clone();
     config.0.remove(PARTNER_API_TOKEN);
     let ctx = Ctx { kv: &world.kv, config: &config, clock: &world.clock, http: &world.http };
@@ -20,7 +20,7 @@ fn partner_api_is_absent_without_its_token() {
 
 #[test]
 fn wrong_partner_token_is_401() {
-    let world = World::new();
+    let world = Fixture::new();
     for bearer in [None, Some("srv"), Some("")] {
         assert_eq!(world.call("GET", "/partner/v1/accounts", bearer, None).status, 401, "{bearer:?}");
     }
@@ -28,7 +28,7 @@ fn wrong_partner_token_is_401() {
 
 #[test]
 fn an_account_made_by_the_partner_can_be_verified_by_evotor() {
-    let world = World::new();
+    let world = Fixture::new();
     let created = partner(
         &world,
         "POST",
@@ -59,7 +59,7 @@ fn an_account_made_by_the_partner_can_be_verified_by_evotor() {
 
 #[test]
 fn duplicate_logins_are_refused() {
-    let world = World::new();
+    let world = Fixture::new();
     assert_eq!(partner(&world, "POST", "/partner/v1/accounts", Some(json!({"login": "a"}))).status, 201);
     let again = partner(&world, "POST", "/partner/v1/accounts", Some(json!({"login": "A"})));
     assert_eq!((again.status, again.body_json()["errors"][0]["code"].as_u64()), (409, Some(2005)));
@@ -67,7 +67,7 @@ fn duplicate_logins_are_refused() {
 
 #[test]
 fn update_changes_password_billing_and_disabled() {
-    let world = World::new();
+    let world = Fixture::new();
     let token = world.register(USER, "ivan");
     let user = partner(&world, "GET", &format!("/partner/v1/users/{USER}"), None).body_json();
     let id = user["account"]["id"].as_str().expect("id").to_owned();
@@ -97,7 +97,7 @@ fn update_changes_password_billing_and_disabled() {
 
 #[test]
 fn delete_unlinks_the_user_revokes_tokens_and_frees_the_login() {
-    let world = World::new();
+    let world = Fixture::new();
     let token = world.register(USER, "ivan");
     let user = partner(&world, "GET", &format!("/partner/v1/users/{USER}"), None).body_json();
     let id = user["account"]["id"].as_str().expect("id").to_owned();
@@ -110,7 +110,7 @@ fn delete_unlinks_the_user_revokes_tokens_and_frees_the_login() {
 
 #[test]
 fn listings_page_with_a_cursor() {
-    let world = World::new();
+    let world = Fixture::new();
     for i in 0..5 {
         world.register(&format!("01-{i:015}"), &format!("login{i}"));
     }
@@ -136,7 +136,7 @@ fn listings_page_with_a_cursor() {
 
 #[test]
 fn user_shows_cloud_token_tariff_and_token_states() {
-    let world = World::new();
+    let world = Fixture::new();
     assert_eq!(partner(&world, "GET", &format!("/partner/v1/users/{USER}"), None).status, 404);
     let cloud = partner(&world, "GET", &format!("/partner/v1/users/{USER}/cloud-token"), None);
     assert_eq!(cloud.status, 404, "no token yet");
@@ -145,14 +145,14 @@ fn user_shows_cloud_token_tariff_and_token_states() {
     let body = partner(&world, "GET", &format!("/partner/v1/users/{USER}"), None).body_json();
     assert_eq!(
         body["cloudToken"],
-        json!({"last4": "a1b2", "receivedAt": crate::testing::WORLD_START}),
+        json!({"last4": "a1b2", "receivedAt": crate::testing::FIXTURE_START}),
         "present, not shown"
     );
     assert!(!String::from_utf8_lossy(&partner(&world, "GET", "/partner/v1/users", None).body).contains(token));
     let cloud = partner(&world, "GET", &format!("/partner/v1/users/{USER}/cloud-token"), None);
     assert_eq!(
         cloud.body_json(),
-        json!({"token": token, "receivedAt": crate::testing::WORLD_START}),
+        json!({"token": token, "receivedAt": crate::testing::FIXTURE_START}),
         "only from its own endpoint"
     );
     let anonymous = world.call("GET", &format!("/partner/v1/users/{USER}/cloud-token"), Some("guess"), None);
