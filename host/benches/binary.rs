@@ -8,7 +8,8 @@
 //! Run with `BENCH_BASE_EVOGATE=/path/to/other/evogate cargo bench -p evogate --bench binary`
 //! after `cargo xtask build`; the build under test is `target/release/evogate`.
 //! `BENCH_SECONDS` (default 3) sets the length of each throughput round;
-//! `BENCH_SHOW_LOG=1` shows both processes' logs.
+//! `BENCH_SHOW_LOG=1` shows both processes' logs; `BENCH_WASM=FILE` the Evotor
+//! plugin both serve (one the base can load, when it predates the plugin's world).
 
 mod common;
 
@@ -50,7 +51,9 @@ fn main() -> anyhow::Result<()> {
         println!("binary: skipped, BENCH_BASE_EVOGATE is not set (point it at the evogate binary to compare against)");
         return Ok(());
     };
-    let wasm = root.join("target/wasm32-wasip2/release/evotor_partner.wasm");
+    // An Evotor plugin both builds can run (a base older than the plugin's world needs an older plugin).
+    let wasm = std::env::var_os("BENCH_WASM")
+        .map_or_else(|| root.join("target/wasm32-wasip2/release/evotor_partner.wasm"), PathBuf::from);
     let candidate = root.join("target/release/evogate");
     for path in [&base, &wasm, &candidate] {
         anyhow::ensure!(path.is_file(), "{} is missing: run `cargo xtask build`", path.display());
