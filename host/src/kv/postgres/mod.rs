@@ -280,6 +280,30 @@ mod tests {
         assert!(fetched < 6 << 20, "{fetched} bytes came from the server for a 4 MiB page of a 48 MiB prefix");
     }
 
+    /// What the store takes on disk is its own tables' with their indexes:
+    /// it grows with what is written, and another schema's tables are not counted.
+    #[test]
+    fn the_bytes_on_disk_are_the_schemas_evogate_relations_and_grow_with_the_data() {
+        let Some((backend, _schema)) = crate::kv::conformance::postgres() else { return };
+        assert_eq!(backend.kind(), "postgres");
+        let empty = backend.bytes_on_disk().expect("size").expect("on disk");
+        assert!(empty > 0, "the tables and their indexes take pages even empty");
+        // Random bytes (xorshift): nothing for TOAST's compression to take out.
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut random = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        };
+        let writes: Vec<Write> =
+            (0..8).map(|n| Write::Set(format!("size/{n}"), (0..1 << 20).map(|_| random()).collect())).collect();
+        backend.commit("ns", &[], &writes).expect("commit");
+        let full = backend.bytes_on_disk().expect("size").expect("on disk");
+        let _ = backend.destroy();
+        assert!(full >= empty + (4 << 20), "8 MiB written: {empty} bytes before, {full} after");
+    }
+
     /// A get-many reads each key by its index even with a plan made while
     /// the table looked empty and kept for every execution (as PostgreSQL
     /// may keep a prepared statement's generic plan): a join planned then

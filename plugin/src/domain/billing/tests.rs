@@ -1,3 +1,5 @@
+//! Tests only, one kind of thing kept together (hence over 800 lines).
+
 use super::state::MAX_SKIPPED_LISTED;
 use super::*;
 use crate::config::{DEFAULT_GAP_TIMEOUT_SECS, DEFAULT_PENDING_GRACE_SECS};

@@ -1,3 +1,5 @@
+//! Tests only, one kind of thing kept together (hence over 800 lines).
+
 use super::*;
 use crate::http::{Request, Response};
 use crate::kv::Kv as _;
