@@ -69,13 +69,7 @@ impl MockCloud {
         let listener = TcpListener::bind("127.0.0.1:0").expect("binding the mock cloud");
         let url = format!("http://{}", listener.local_addr().expect("address"));
         let cloud = Self { url, page_size, state: Arc::default() };
-        let server = cloud.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let server = server.clone();
-                std::thread::spawn(move || server.serve(stream));
-            }
-        });
+        crate::upstream::serve_each(listener, cloud.clone(), Self::serve);
         cloud
     }
 

@@ -44,13 +44,7 @@ impl Receiver {
         let listener = TcpListener::bind("127.0.0.1:0").expect("binding the OTLP receiver");
         let url = format!("http://{}", listener.local_addr().expect("address"));
         let receiver = Self { url, spans: Arc::default(), formats: Arc::default() };
-        let server = receiver.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let server = server.clone();
-                std::thread::spawn(move || server.serve(stream));
-            }
-        });
+        crate::upstream::serve_each(listener, receiver.clone(), Self::serve);
         receiver
     }
 

@@ -76,6 +76,21 @@ impl Upstream {
     }
 }
 
+/// Serves each connection `listener` accepts on a thread of its own with
+/// `server`'s `serve`, for as long as the process runs.
+pub(crate) fn serve_each<S: Clone + Send + 'static>(
+    listener: std::net::TcpListener,
+    server: S,
+    serve: fn(&S, std::net::TcpStream),
+) {
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let server = server.clone();
+            std::thread::spawn(move || serve(&server, stream));
+        }
+    });
+}
+
 /// Reads a request's head: its target and its headers (names in lower
 /// case); none when the client went away first.
 pub(crate) fn read_head(reader: &mut impl std::io::BufRead) -> Option<(String, Vec<(String, String)>)> {

@@ -29,7 +29,20 @@ struct Budget<'c> {
     requests: u32,
 }
 
-impl Budget<'_> {
+impl<'c> Budget<'c> {
+    /// A part of the run (a user's, the feed's) starting at `now`: its
+    /// report, and its share of this budget (`sync_max_requests_per_user` at most).
+    fn part(&self, now: u64, cloud: &CloudSettings) -> (RunReport, Budget<'c>) {
+        let run =
+            RunReport { started_at: now, finished_at: now, requests: 0, read: 0, new: 0, outcome: Outcome::Complete };
+        let mine = Budget {
+            clock: self.clock,
+            deadline: self.deadline,
+            requests: self.requests.min(cloud.max_requests_per_user),
+        };
+        (run, mine)
+    }
+
     /// Whether one more request may start: one is left, and a second at least before the deadline.
     fn more(&self) -> bool {
         self.requests > 0 && self.clock.now_unix() < self.deadline
@@ -71,13 +84,7 @@ fn sync_user(
         return Ok((Outcome::Waiting, None));
     }
     let hash = state.token_hash.clone();
-    let mut run =
-        RunReport { started_at: now, finished_at: now, requests: 0, read: 0, new: 0, outcome: Outcome::Complete };
-    let mut mine = Budget {
-        clock: budget.clock,
-        deadline: budget.deadline,
-        requests: budget.requests.min(cloud.max_requests_per_user),
-    };
+    let (mut run, mut mine) = budget.part(now, cloud);
     // After a page too large to read, this user's pages are asked for with a smaller `limit`.
     let mut limit: Option<usize> = None;
     let outcome = loop {
@@ -186,13 +193,7 @@ fn sync_feed(
     if state.progress.waiting(now) {
         return Ok(Outcome::Waiting);
     }
-    let mut run =
-        RunReport { started_at: now, finished_at: now, requests: 0, read: 0, new: 0, outcome: Outcome::Complete };
-    let mut mine = Budget {
-        clock: budget.clock,
-        deadline: budget.deadline,
-        requests: budget.requests.min(cloud.max_requests_per_user),
-    };
+    let (mut run, mut mine) = budget.part(now, cloud);
     // After a page too large to read, the feed's pages are asked for with a smaller `limit`.
     let mut limit: Option<usize> = None;
     let outcome = loop {
