@@ -20,6 +20,11 @@ use std::path::{Path, PathBuf};
 pub struct Config {
     /// Address of the public listener.
     pub listen: SocketAddr,
+    /// A path on the public listener that answers readiness (the admin's
+    /// `/readyz`) for load balancers that reach no other listener; none by
+    /// default. It comes before every plugin's route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_path: Option<String>,
     /// Directory for the store and deployed artifacts; created if missing.
     pub data_dir: RelativePathBuf,
     /// The key-value store.
@@ -313,6 +318,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            health_path: None,
             data_dir: RelativePathBuf::from(PathBuf::from("./data")),
             store: StoreConfig {
                 backend: BackendKind::Redb,
@@ -414,6 +420,19 @@ impl Config {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
+        if let Some(path) = &self.health_path {
+            let plain = path.starts_with('/')
+                && path.len() > 1
+                && path.len() <= 256
+                && path.bytes().all(|byte| byte.is_ascii_graphic() && !b"?#%".contains(&byte));
+            anyhow::ensure!(plain, "health_path = {path:?}: a path like \"/.well-known/ready\" is needed (no query)");
+            if let Some(plugin) = self.plugins.iter().find(|plugin| normalize_route(&plugin.route) == path.as_str()) {
+                anyhow::bail!(
+                    "health_path = {path:?} is plugin {:?}'s route: it would never reach the plugin",
+                    plugin.name
+                );
+            }
+        }
         let telemetry = &self.telemetry;
         if let Some(endpoint) = &telemetry.otlp_endpoint {
             anyhow::ensure!(
@@ -635,6 +654,20 @@ mod tests {
         assert_eq!(config.store.backend, BackendKind::Redb);
         assert!(config.plugins.is_empty(), "no plugin is built in");
         assert_eq!(config.plugins().expect_err("nothing to serve").to_string(), NO_PLUGINS);
+    }
+
+    #[test]
+    fn a_health_path_is_a_plain_path_that_no_plugin_has_as_its_route() {
+        let with = |path: &str| {
+            load_str(&format!("health_path = {path:?}\n[[plugins]]\nname = 'a'\nroute = '/a/'\nwasm = 'a.wasm'\n"))
+        };
+        assert_eq!(with("/.well-known/ready").expect("valid").health_path.as_deref(), Some("/.well-known/ready"));
+        assert!(with("/a/ready").is_ok(), "below a route: answered first, documented");
+        for (path, says) in [("/a", "route"), ("ready", "a path like"), ("/", "a path like"), ("/r?x", "a path like")] {
+            let err = format!("{:#}", with(path).expect_err(path));
+            assert!(err.contains(says), "{path}: {err}");
+        }
+        assert!(Config::load(None).expect("defaults").health_path.is_none(), "off unless asked");
     }
 
     #[test]

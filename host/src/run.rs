@@ -111,12 +111,10 @@ pub async fn run(
         .with_context(|| format!("binding the admin listener {}", config.admin.listen))?;
     let addr = listener.local_addr().context("reading the bound address")?;
     let admin_addr = admin_listener.local_addr().context("reading the admin address")?;
-    let admin = Arc::new(admin::Admin {
-        app: app.clone(),
-        metrics,
-        token: Some(admin_token(config)?),
-        probe: Default::default(),
-    });
+    let probe = Arc::new(admin::StoreProbe::default());
+    let admin =
+        Arc::new(admin::Admin { app: app.clone(), metrics, token: Some(admin_token(config)?), probe: probe.clone() });
+    let health = config.health_path.clone().map(|path| Arc::new(admin::Health { path, app: app.clone(), probe }));
     let reloadable = [("public", tls.clone()), ("admin", admin_tls.clone())]
         .into_iter()
         .filter_map(|(which, tls)| Some((which, tls?)))
@@ -124,7 +122,7 @@ pub async fn run(
     tokio::spawn(hangups(hangup, reloadable));
     let admin_scheme = if admin_tls.is_some() { "https" } else { "http" };
     let scheme = if tls.is_some() { "https" } else { "http" };
-    let options = ServeOptions { tls, ..settings.serve };
+    let options = ServeOptions { tls, health, ..settings.serve };
     let gateway = app.gateway.clone();
     let scheduler = app.scheduler.clone();
     let drain_timeout = options.drain;

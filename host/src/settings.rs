@@ -41,6 +41,7 @@ impl Settings {
                 max_header_bytes: limits.max_header_bytes,
                 drain: Duration::from_millis(limits.drain_timeout_ms),
                 drain_grace: Duration::from_millis(limits.drain_grace_ms),
+                health: None,
             },
             requests: RequestLimits {
                 max_body_bytes: limits.max_body_bytes,

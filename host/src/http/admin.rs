@@ -86,6 +86,43 @@ impl StoreProbe {
 
 type Reply = hyper::Response<Full<Bytes>>;
 
+/// 200 `ready`, or 503 with why not: shutting down, or the store not answering.
+async fn readiness(app: &App, probe: &Arc<StoreProbe>) -> Reply {
+    if app.gateway.is_draining() {
+        return problem(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+    }
+    match probe.check(&app.backend).await {
+        Ok(()) => problem_free("ready"),
+        Err(err) => problem(StatusCode::SERVICE_UNAVAILABLE, &format!("store not ready: {err}")),
+    }
+}
+
+/// Readiness on the public listener (`health_path`): what the admin
+/// listener's `/readyz` answers, with the same store probe, for a load
+/// balancer that reaches no other listener. No token; not logged, not
+/// counted as a plugin's request.
+#[derive(Debug)]
+pub struct Health {
+    /// The path it answers on, exactly.
+    pub path: String,
+    pub(crate) app: Arc<App>,
+    pub(crate) probe: Arc<StoreProbe>,
+}
+
+impl Health {
+    /// The answer to `GET` or `HEAD` on the path; 405 to anything else.
+    pub(crate) async fn answer(&self, method: &Method) -> Reply {
+        if method != Method::GET && method != Method::HEAD {
+            let mut reply = problem(StatusCode::METHOD_NOT_ALLOWED, "GET or HEAD");
+            reply.headers_mut().insert(hyper::header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            return reply;
+        }
+        let mut reply = readiness(&self.app, &self.probe).await;
+        reply.headers_mut().insert(hyper::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        reply
+    }
+}
+
 /// Any admin answer's body: whole, or streamed (a backup).
 type Streamed = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>;
 
@@ -436,13 +473,7 @@ impl Admin {
     }
 
     async fn ready(&self) -> Reply {
-        if self.app.gateway.is_draining() {
-            return problem(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
-        }
-        match self.probe.check(&self.app.backend).await {
-            Ok(()) => problem_free("ready"),
-            Err(err) => problem(StatusCode::SERVICE_UNAVAILABLE, &format!("store not ready: {err}")),
-        }
+        readiness(&self.app, &self.probe).await
     }
 
     async fn metrics(&self) -> Reply {

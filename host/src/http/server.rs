@@ -90,6 +90,8 @@ pub struct ServeOptions {
     /// How long new connections are still accepted once shutdown begins
     /// (readiness already says no), before the listener closes.
     pub drain_grace: Duration,
+    /// Readiness on this listener (`health_path`), answered before any route.
+    pub health: Option<Arc<crate::http::admin::Health>>,
 }
 
 /// What every request on its way to a plugin obeys.
@@ -159,10 +161,14 @@ pub async fn serve(
             let _permit = permit;
             let streams = Arc::new(Streams::default());
             let tracked = streams.clone();
+            let health = options.health.clone();
             let service = hyper::service::service_fn(move |req| {
-                let (gateway, open) = (gateway.clone(), Streams::begin(&tracked));
+                let (gateway, open, health) = (gateway.clone(), Streams::begin(&tracked), health.clone());
                 async move {
-                    let response = gateway.handle(req).await;
+                    let response = match health.filter(|health| health.path == req.uri().path()) {
+                        Some(health) => health.answer(req.method()).await,
+                        None => gateway.handle(req).await,
+                    };
                     drop(open);
                     Ok::<_, std::convert::Infallible>(response)
                 }

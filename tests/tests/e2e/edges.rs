@@ -551,3 +551,52 @@ fn a_head_over_max_header_bytes_is_431_however_it_is_split_and_two_credentials_a
     let one = request("GET", &gateway.url("/g/version"), &[("authorization", "Bearer a")], None);
     assert_eq!(one.status, 200);
 }
+
+#[test]
+fn the_public_health_path_answers_readiness_without_a_token_before_any_route_and_not_while_draining() {
+    const HEALTH: &str = "/.well-known/evogate/ready";
+    let gateway = Gateway::evotor(&format!("health_path = {}\n[limits]\ndrain_grace_ms = 3000", toml_str(HEALTH)));
+    let ready = get(&gateway.url(HEALTH));
+    assert_eq!((ready.status, ready.text().as_str()), (200, "ready"), "no token needed");
+    assert_eq!(ready.header("cache-control"), Some("no-store"));
+    assert_eq!(request("HEAD", &gateway.url(HEALTH), &[], None).status, 200);
+    let post = request("POST", &gateway.url(HEALTH), &[], Some(b"{}"));
+    assert_eq!((post.status, post.header("allow")), (405, Some("GET, HEAD")));
+    // Below it, and beside it, the plugin on `/` answers as ever.
+    let below = get(&gateway.url(&format!("{HEALTH}/more")));
+    assert_eq!((below.status, below.error_code()), (404, Some(404)), "{}", below.text());
+    assert!(!gateway.log().contains(&format!("path=\"{HEALTH}\"")), "health checks are not in the access log");
+
+    // Draining: still accepting for the grace time, but no longer ready.
+    gateway.signal("TERM");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let draining = loop {
+        let answer = get(&gateway.url(HEALTH));
+        if answer.status != 200 || Instant::now() > deadline {
+            break answer;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(draining.status, 503, "{}", draining.text());
+    assert!(draining.text().contains("shutting down"), "{}", draining.text());
+}
+
+#[test]
+fn a_health_path_that_is_a_plugins_route_or_not_a_path_stops_the_start() {
+    for (path, says) in [("/evotor", "route"), ("ready", "a path like"), ("/ready?x=1", "a path like")] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = dir.path().join("evogate.toml");
+        let table = evogate_e2e::evotor_table("/evotor", "", "");
+        std::fs::write(&config, format!("health_path = {}\ndata_dir = \"data\"\n{table}", toml_str(path)))
+            .expect("write");
+        let output = std::process::Command::new(evogate_e2e::evogate_bin())
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("NO_COLOR", "1")
+            .output()
+            .expect("running evogate");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{path}: {stderr}");
+        assert!(stderr.contains("health_path") && stderr.contains(says), "{path}: {stderr}");
+    }
+}
