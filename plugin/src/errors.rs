@@ -137,6 +137,16 @@ impl ApiError {
         Self { subject: Some(subject.into()), value: Some(value.into()), ..Self::new(403, 403, "forbidden") }
     }
 
+    /// 409: the user's data is being erased (`DELETE /partner/v1/users/{id}/data`):
+    /// nothing is stored for it until that is done.
+    pub fn being_erased(user_id: &str) -> Self {
+        Self {
+            subject: Some("userId".into()),
+            value: Some(user_id.into()),
+            ..Self::new(409, 409, "the user's data is being erased")
+        }
+    }
+
     /// 404: no such resource.
     pub fn not_found() -> Self {
         Self::new(404, 404, "not found")

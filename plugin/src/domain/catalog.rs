@@ -571,6 +571,7 @@ pub fn claim_store(ctx: &Ctx<'_>, user_id: &str, store: &str) -> Result<(), ApiE
 /// Within `txn`: makes `store` the user's when nobody owns it yet. Returns
 /// the other user who owns it, if one does.
 pub fn claim_in(txn: &mut Txn<'_>, user_id: &str, store: &str, now: u64) -> Result<Option<String>, ApiError> {
+    crate::domain::purge::refuse_while_erasing(txn, user_id)?;
     let owner_key = storage::owner_key("store", store);
     match txn.get::<OwnerIndex>(&owner_key)? {
         Some(owner) if owner.user_id == user_id => Ok(None),

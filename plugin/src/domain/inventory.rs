@@ -212,6 +212,7 @@ pub fn register_devices(
     if devices.is_empty() {
         return Ok(issues);
     }
+    crate::domain::purge::refuse_while_erasing(txn, user_id)?;
     let order_key = storage::device_order_key(user_id);
     let mut order = txn.get::<DeviceOrder>(&order_key)?.unwrap_or_default();
     let registered = order.devices.len();

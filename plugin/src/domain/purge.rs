@@ -1,8 +1,12 @@
 //! Erasing everything stored for one Evotor user (a merchant's request
 //! under 152-FZ or the GDPR): `DELETE /partner/v1/users/{userId}/data`.
 //!
-//! First the user's deliveries stop: every token issued to it is revoked
-//! in one commit, so nothing it sends lands behind the erasure.
+//! First the user's deliveries stop: every token issued to it is revoked,
+//! and the erasure is marked (`erasing/{userId}`), in one commit. A write
+//! for the user reads the mark in its own transaction ([`refuse_while_erasing`]):
+//! one authorized before that commit but committing after it conflicts
+//! with it, is retried, and is refused then; so nothing lands behind the
+//! erasure, whatever credential brought it. The mark goes with the last step.
 //!
 //! What goes: the stores the user owns with their documents, receipt
 //! indexes, catalogs and the order of their events; the user's terminals
@@ -95,6 +99,7 @@ enum Erasure {
 #[cfg_attr(not(test), allow(dead_code))]
 const LAYOUTS: &[(&str, Erasure)] = &[
     ("users/{userId}", Erasure::UserRecord),
+    ("erasing/{userId}", Erasure::UserRecord),
     ("user/{userId}/cloud-token", Erasure::UnderUser),
     ("accounts/{accountId}", Erasure::Kept("the partner's own account: it stays, unlinked from the user")),
     ("logins/{sha256(lowercase login)}", Erasure::Kept("the partner account's login, which stays")),
@@ -226,6 +231,7 @@ fn purge_at_most(ctx: &Ctx<'_>, user_id: &str, records: usize) -> Result<Progres
         let now = ctx.clock.now_unix();
         transact(ctx, |txn| -> Result<(), ApiError> {
             txn.delete(&cursor_key(user_id));
+            txn.delete(&storage::erasing_key(user_id));
             txn.emit("user.purged", now, Some(user_id), json!({ "userId": user_id }));
             Ok(())
         })?;
@@ -233,10 +239,25 @@ fn purge_at_most(ctx: &Ctx<'_>, user_id: &str, records: usize) -> Result<Progres
     Ok(Progress { deleted: budget.deleted, complete: done })
 }
 
+/// Within a transaction that writes for `user_id`: refuses it while the
+/// user's data is being erased. The mark is read through the transaction,
+/// so a commit that races the erasure's first one conflicts and is retried.
+pub fn refuse_while_erasing(txn: &mut storage::Txn<'_>, user_id: &str) -> Result<(), ApiError> {
+    match txn.get::<u64>(&storage::erasing_key(user_id))? {
+        Some(_) => Err(ApiError::being_erased(user_id)),
+        None => Ok(()),
+    }
+}
+
 /// The steps, each idempotent; `true` once every one is through.
 fn purge_within(ctx: &Ctx<'_>, user_id: &str, budget: &mut Budget) -> Result<bool, ApiError> {
-    // First the user's deliveries stop: every token issued to it revoked, in one commit.
+    // First the user's deliveries stop: every token issued to it revoked, and the erasure marked, in one commit.
+    let now = ctx.clock.now_unix();
     transact(ctx, |txn| -> Result<(), ApiError> {
+        let mark = storage::erasing_key(user_id);
+        if txn.get::<u64>(&mark)?.is_none() {
+            txn.put(&mark, &now);
+        }
         let key = storage::user_key(user_id);
         if let Some(mut user) = txn.get::<UserRecord>(&key)?
             && !user.tokens.is_empty()

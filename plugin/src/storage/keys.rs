@@ -45,6 +45,11 @@ pub fn user_key(user_id: &str) -> String {
     format!("users/{user_id}")
 }
 
+/// The mark of an erasure of `user_id` under way.
+pub fn erasing_key(user_id: &str) -> String {
+    format!("erasing/{user_id}")
+}
+
 /// Prefix of every user record, for listing.
 pub const USERS_PREFIX: &str = "users/";
 

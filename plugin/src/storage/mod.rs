@@ -20,6 +20,7 @@
 //! | key | value |
 //! |---|---|
 //! | `users/{userId}` | [`UserRecord`]: linked account, issued tokens, tariff |
+//! | `erasing/{userId}` | the mark of an erasure under way (its start, Unix seconds): writes for the user are refused until it is done |
 //! | `user/{userId}/cloud-token` | [`CloudToken`] |
 //! | `accounts/{accountId}` | [`Account`] |
 //! | `logins/{sha256(lowercase login)}` | [`LoginIndex`] → account id |

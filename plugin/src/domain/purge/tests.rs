@@ -180,6 +180,30 @@ fn every_key_layout_has_an_erasure_step() {
 }
 
 #[test]
+fn a_delivery_authorized_before_the_erasure_but_committed_after_it_stores_nothing() {
+    let (world, _) = populated();
+    let settings = crate::config::Settings::read(&crate::config::MapConfig::default()).expect("settings");
+    let progress = purge_at_most(&world.ctx(), ALICE, 1).expect("the erasure starts");
+    assert!(!progress.complete);
+    // The request was let in as Alice's before the erasure's first commit; it commits now.
+    let document = json!([{"id": "raced", "store_id": ALICES_STORE, "device_id": "5a188de4-49b8-4cb4-800e-eb6b52024371",
+        "type": "SELL", "close_date": 1_700_000_000_000i64, "user_id": ALICE, "version": "V2", "body": {}}]);
+    let refused = crate::domain::documents::ingest_documents(
+        &world.ctx(),
+        &settings,
+        ALICE,
+        document.to_string().as_bytes(),
+        Some(ALICES_STORE),
+        crate::domain::inventory::PastLicence::Refuse,
+    )
+    .expect_err("refused while the erasure runs");
+    assert_eq!((refused.status, refused.reason.as_str()), (409, "the user's data is being erased"));
+    while !purge(&world.ctx(), ALICE).expect("purge").complete {}
+    assert_eq!(traces(&world, ALICE, ALICES_STORE), Vec::<String>::new(), "nothing of Alice is left");
+    assert!(world.kv.get(&storage::erasing_key(ALICE)).expect("read").is_none(), "the mark goes at the end");
+}
+
+#[test]
 fn a_users_deliveries_stop_when_its_erasure_starts() {
     let (world, _) = populated();
     let alices_token = world.register(ALICE, "alice");
