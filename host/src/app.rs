@@ -15,6 +15,8 @@ pub(crate) struct App {
     pub(crate) backend: Arc<dyn kv::Backend>,
     /// Runs the plugins' scheduled jobs.
     pub(crate) scheduler: Arc<jobs::Scheduler>,
+    /// Puts a re-read configuration in force.
+    pub(crate) reloader: crate::control::reload::Reloader,
 }
 
 impl std::fmt::Debug for App {

@@ -122,6 +122,23 @@ fn admin_request(target: &Target, method: &str, path: &str) -> hyper::http::requ
 }
 
 fn call(args: &AdminArgs, method: &str, path: &str, body: Vec<u8>) -> anyhow::Result<serde_json::Value> {
+    call_expecting(args, method, path, body, |status| status.is_success())
+}
+
+/// [`call`], a 422 with a JSON answer taken as an answer too (a refused reload lists its problems).
+fn call_any(args: &AdminArgs, method: &str, path: &str, body: Vec<u8>) -> anyhow::Result<serde_json::Value> {
+    call_expecting(args, method, path, body, |status| {
+        status.is_success() || status == hyper::StatusCode::UNPROCESSABLE_ENTITY
+    })
+}
+
+fn call_expecting(
+    args: &AdminArgs,
+    method: &str,
+    path: &str,
+    body: Vec<u8>,
+    answered: impl Fn(hyper::StatusCode) -> bool,
+) -> anyhow::Result<serde_json::Value> {
     let target = args.target()?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let (status, bytes) = runtime.block_on(async {
@@ -136,7 +153,7 @@ fn call(args: &AdminArgs, method: &str, path: &str, body: Vec<u8>) -> anyhow::Re
     if args.json {
         println!("{}", serde_json::to_string_pretty(&value)?);
     }
-    if !status.is_success() {
+    if !answered(status) || value.is_null() && !status.is_success() {
         let reason =
             value["error"].as_str().map_or_else(|| String::from_utf8_lossy(&bytes).into_owned(), str::to_owned);
         bail!("{status}: {reason}");
@@ -186,21 +203,59 @@ fn print_outcome(verb: &str, value: &serde_json::Value) {
     }
 }
 
-/// `evogate deploy NAME FILE`.
-pub fn deploy(args: &AdminArgs, name: &str, file: &Path) -> anyhow::Result<()> {
+/// `evogate deploy NAME FILE [--force]`.
+pub fn deploy(args: &AdminArgs, name: &str, file: &Path, force: bool) -> anyhow::Result<()> {
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-    let value = call(args, "PUT", &format!("/plugins/{name}"), bytes)?;
+    let path = if force { format!("/plugins/{name}?force=true") } else { format!("/plugins/{name}") };
+    let value = call(args, "PUT", &path, bytes)?;
     if !args.json {
         print_outcome("deployed", &value);
     }
     Ok(())
 }
 
-/// `evogate rollback NAME`.
-pub fn rollback(args: &AdminArgs, name: &str) -> anyhow::Result<()> {
-    let value = call(args, "POST", &format!("/plugins/{name}/rollback"), Vec::new())?;
+/// `evogate rollback NAME [--to VERSION]`.
+pub fn rollback(args: &AdminArgs, name: &str, to: Option<&str>) -> anyhow::Result<()> {
+    let path = match to {
+        Some(to) => {
+            let to: String = form_urlencoded::byte_serialize(to.as_bytes()).collect();
+            format!("/plugins/{name}/rollback?to={to}")
+        }
+        None => format!("/plugins/{name}/rollback"),
+    };
+    let value = call(args, "POST", &path, Vec::new())?;
     if !args.json {
         print_outcome("rolled back", &value);
+    }
+    Ok(())
+}
+
+/// `evogate reload`: fails unless the new configuration is in force.
+pub fn reload(args: &AdminArgs) -> anyhow::Result<()> {
+    let value = call_any(args, "POST", "/reload", Vec::new())?;
+    let lines = |key: &str| -> Vec<String> {
+        value[key]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|v| Some(v.as_str()?.to_owned()))
+            .collect()
+    };
+    if !args.json {
+        for change in lines("changes") {
+            println!("changed: {change}");
+        }
+        for key in lines("needsRestart") {
+            println!("needs a restart: {key}");
+        }
+        for problem in lines("problems") {
+            eprintln!("{problem}");
+        }
+    }
+    anyhow::ensure!(value["applied"] == true, "the configuration was refused; the one in force is kept");
+    if !args.json {
+        println!("reloaded");
     }
     Ok(())
 }
@@ -233,11 +288,12 @@ pub fn plugins(args: &AdminArgs) -> anyhow::Result<()> {
     for plugin in value.as_array().map(Vec::as_slice).unwrap_or_default() {
         let live = &plugin["live"];
         println!(
-            "{}  route {}  {}@{}  sha256 {}  deployed {}",
+            "{}  route {}  {}@{} ({})  sha256 {}  deployed {}",
             plugin["name"].as_str().unwrap_or("?"),
             plugin["route"].as_str().unwrap_or("?"),
             plugin["identity"].as_str().unwrap_or("?"),
             live["version"].as_str().unwrap_or("?"),
+            plugin["world"].as_str().unwrap_or("?"),
             short(&live["sha256"]),
             when(&live["deployedAt"]),
         );
@@ -252,13 +308,15 @@ pub fn plugins(args: &AdminArgs) -> anyhow::Result<()> {
                 when_ms(&job["nextRunMs"]),
             );
         }
-        for old in plugin["previous"].as_array().map(Vec::as_slice).unwrap_or_default() {
-            println!(
-                "    kept: {} ({}) deployed {}",
-                old["version"].as_str().unwrap_or("?"),
-                short(&old["sha256"]),
-                when(&old["deployedAt"])
-            );
+        for (list, what) in [("later", "rolled back from"), ("previous", "before")] {
+            for kept in plugin[list].as_array().map(Vec::as_slice).unwrap_or_default() {
+                println!(
+                    "    kept ({what}): {} ({}) deployed {}",
+                    kept["version"].as_str().unwrap_or("?"),
+                    short(&kept["sha256"]),
+                    when(&kept["deployedAt"])
+                );
+            }
         }
     }
     Ok(())

@@ -44,6 +44,9 @@ pub struct Config {
     /// How log lines are written.
     #[serde(default)]
     pub log: LogConfig,
+    /// The file this configuration was read from (a reload reads it again); not a key.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 /// `[telemetry]`: traces exported over OTLP/HTTP. Each key left out is
@@ -359,6 +362,7 @@ impl Default for Config {
             plugins: Vec::new(),
             telemetry: TelemetryConfig::default(),
             log: LogConfig::default(),
+            source: None,
         }
     }
 }
@@ -379,23 +383,34 @@ impl Config {
     /// Loads defaults, then `file` (if given), then the environment, and checks the result.
     pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
-        if let Some(file) = file {
+        // Absolute, so that a reload (which reads it again) reads the same file whatever the working directory.
+        let file = match file {
+            Some(file) => Some(std::path::absolute(file).context("resolving the configuration file's path")?),
+            None => None,
+        };
+        if let Some(file) = &file {
             anyhow::ensure!(file.is_file(), "config file {} does not exist", file.display());
             figment = figment.merge(Toml::file_exact(file));
         }
-        Self::extract(figment)
+        let base = file.as_deref().and_then(Path::parent).unwrap_or(Path::new(".")).to_owned();
+        let mut config = Self::extract(figment, &base)?;
+        config.source = file;
+        Ok(config)
     }
 
     /// [`Config::load`] with the file's contents given as text (paths are
     /// then relative to the working directory).
     #[cfg(fuzzing)]
     pub fn load_toml(text: &str) -> anyhow::Result<Self> {
-        Self::extract(Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text)))
+        Self::extract(Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text)), Path::new("."))
     }
 
-    /// Merges the environment over `figment`, then reads and checks the result.
-    fn extract(figment: Figment) -> anyhow::Result<Self> {
-        let config: Config = figment
+    /// Merges the environment over `figment`, puts in place the values
+    /// `{ file }` and `{ env }` stand for (files relative to `base`), then
+    /// reads and checks the result.
+    fn extract(figment: Figment, base: &Path) -> anyhow::Result<Self> {
+        let env = |name: &str| std::env::var(name).ok();
+        let mut figment = figment
             // LOG, CONFIG and ADMIN_* are the CLI's, PERFMAP the profiler switch; TEST_POSTGRES_URL is the test suites'.
             .merge(
                 Env::prefixed("EVOGATE_")
@@ -409,12 +424,25 @@ impl Config {
                         "STORE_URL",
                         "TEST_POSTGRES_URL",
                     ])
+                    // A plugin's variables name it by position or name: read below, not as a map.
+                    .filter(|key| !key.as_str().to_ascii_lowercase().starts_with("plugins"))
                     .split("__"),
             )
             // The database URL under its conventional single name too.
-            .merge(Env::raw().only(&["EVOGATE_STORE_URL"]).map(|_| "store.url".into()))
-            .extract()
-            .context("reading the configuration")?;
+            .merge(Env::raw().only(&["EVOGATE_STORE_URL"]).map(|_| "store.url".into()));
+        // The gateway's own secrets may be given as `{ file }` or `{ env }` too.
+        for key in ["admin.token", "store.url"] {
+            let Ok(table) = figment.extract_inner::<toml::Table>(key) else { continue };
+            if let Some(resolved) = sources::indirect(&table, base, &env) {
+                let text = resolved.context(key)?;
+                figment = figment.merge(Serialized::default(key, text));
+            }
+        }
+        let mut config: Config = figment.extract().context("reading the configuration")?;
+        let vars =
+            std::env::vars_os().filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)));
+        sources::apply_plugin_variables(&mut config.plugins, vars)?;
+        sources::resolve_plugin_settings(&mut config.plugins, base, &env)?;
         config.validate()?;
         Ok(config)
     }
@@ -625,5 +653,6 @@ pub fn normalize_route(route: &str) -> &str {
     }
 }
 
+mod sources;
 #[cfg(test)]
 mod tests;

@@ -40,9 +40,13 @@ mod telemetry;
 #[cfg(feature = "runtime")]
 mod app;
 #[cfg(feature = "runtime")]
+pub mod check;
+#[cfg(feature = "runtime")]
 mod control;
 #[cfg(feature = "runtime")]
 mod http;
+#[cfg(feature = "runtime")]
+mod listeners;
 #[cfg(feature = "runtime")]
 mod run;
 #[cfg(feature = "runtime")]

@@ -22,12 +22,26 @@ enum Command {
         #[arg(long, short, env = "EVOGATE_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Check a configuration as `serve` would take it — every plugin
+    /// loaded and its settings checked — without opening the store or
+    /// binding a port (so also beside a running gateway); exit status 1
+    /// with each problem on a line of its own.
+    Check {
+        /// TOML configuration file.
+        #[arg(long, short, env = "EVOGATE_CONFIG")]
+        config: Option<PathBuf>,
+    },
     /// Deploy a component as the new version of a running plugin.
     Deploy {
         /// The plugin's configured name.
         name: String,
         /// The component (`.wasm`).
         file: PathBuf,
+        /// Deploy it even when it is another program than the live version
+        /// (its identity's name or its world differs): it gets the route
+        /// and all of the plugin's data.
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         admin: client::AdminArgs,
     },
@@ -36,10 +50,23 @@ enum Command {
         #[command(flatten)]
         admin: client::AdminArgs,
     },
-    /// Make a plugin's previous version live again.
+    /// Make a plugin's previous version live again, or with `--to` any
+    /// kept version (earlier ones, or those rolled back from).
     Rollback {
         /// The plugin's configured name.
         name: String,
+        /// The version to make live: as the plugin reports it (`evogate
+        /// plugins` lists the kept ones), or the start of its SHA-256.
+        #[arg(long)]
+        to: Option<String>,
+        #[command(flatten)]
+        admin: client::AdminArgs,
+    },
+    /// Have the running gateway read its configuration again and put it
+    /// in force — plugin settings and secrets, plugins and routes, jobs,
+    /// per-plugin caps — or, with any problem, keep the one in force (exit
+    /// status 1, each problem on its own line). As `SIGHUP` does.
+    Reload {
         #[command(flatten)]
         admin: client::AdminArgs,
     },
@@ -144,10 +171,12 @@ fn main() -> std::process::ExitCode {
     evogate::logs::init(format, writer);
     let result = match cli.command {
         Command::Serve { .. } => serve(serve_config),
-        Command::Deploy { name, file, admin } => client::deploy(&admin, &name, &file),
+        Command::Check { config } => check(config.as_deref()),
+        Command::Deploy { name, file, force, admin } => client::deploy(&admin, &name, &file, force),
         Command::Plugins { admin } => client::plugins(&admin),
+        Command::Reload { admin } => client::reload(&admin),
         Command::RunJob { name, job, admin } => client::run_job(&admin, &name, &job),
-        Command::Rollback { name, admin } => client::rollback(&admin, &name),
+        Command::Rollback { name, to, admin } => client::rollback(&admin, &name, to.as_deref()),
         Command::Backup { to, admin } => client::backup(&admin, &to),
         Command::Restore { from, force, config } => store::restore(config.as_deref(), &from, force),
         Command::Store(StoreCommand::Copy { from, to, force }) => store::copy(&from, &to, force),
@@ -197,6 +226,23 @@ fn serve(config: Option<evogate::config::Config>) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async { evogate::run(&config, shutdown_signal()).await?.stopped().await })
+}
+
+/// `evogate check`: what was checked on stdout, each problem on stderr.
+fn check(file: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let config = evogate::config::Config::load(file)?;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    let report = runtime.block_on(evogate::check::check(&config));
+    for line in &report.checked {
+        println!("{line}");
+    }
+    for problem in &report.problems {
+        eprintln!("{problem}");
+    }
+    anyhow::ensure!(report.problems.is_empty(), "the configuration has {} problem(s)", report.problems.len());
+    println!("configuration OK");
+    Ok(())
 }
 
 /// Resolves on SIGINT or SIGTERM. Both are listened for from the call on,

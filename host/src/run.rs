@@ -39,8 +39,8 @@ impl Running {
     /// without HTTP ([`sandbox::PluginVersion::handle`]); `None` for a name
     /// not configured.
     pub fn live_plugin(&self, name: &str) -> Option<impl std::ops::Deref<Target = sandbox::PluginVersion> + use<>> {
-        let mount = self.app.gateway.registry().mounts().iter().find(|mount| mount.name == name)?;
-        Some(LivePlugin(mount.current()))
+        let routing = self.app.gateway.routing();
+        Some(LivePlugin(routing.registry().by_name(name)?.current()))
     }
 
     /// Waits until the gateway has stopped: `shutdown` resolved, in-flight
@@ -103,12 +103,20 @@ pub async fn run(
         None => None,
     };
     let settings = Settings::from_config(config);
+    // Sockets passed by systemd, or handed over by the gateway running on
+    // this data directory (which stops, and closes the store, first).
+    let mut taken = take_listeners(config)?;
     let app = Arc::new(start(config, &settings).await?);
-    let listener =
-        tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
-    let admin_listener = tokio::net::TcpListener::bind(config.admin.listen)
-        .await
-        .with_context(|| format!("binding the admin listener {}", config.admin.listen))?;
+    let listener = taken.public(config.listen).await?;
+    let admin_listener = taken.admin(config.admin.listen).await?;
+    let (handed_over, on_handover) = tokio::sync::oneshot::channel::<()>();
+    offer_handover(config, &listener, &admin_listener, handed_over);
+    let shutdown = async move {
+        tokio::select! {
+            () = shutdown => {}
+            _ = on_handover => {}
+        }
+    };
     let addr = listener.local_addr().context("reading the bound address")?;
     let admin_addr = admin_listener.local_addr().context("reading the admin address")?;
     let probe = Arc::new(admin::StoreProbe::default());
@@ -119,7 +127,7 @@ pub async fn run(
         .into_iter()
         .filter_map(|(which, tls)| Some((which, tls?)))
         .collect();
-    tokio::spawn(hangups(hangup, reloadable));
+    tokio::spawn(hangups(hangup, reloadable, app.clone()));
     let admin_scheme = if admin_tls.is_some() { "https" } else { "http" };
     let scheme = if tls.is_some() { "https" } else { "http" };
     let options = ServeOptions { tls, health, ..settings.serve };
@@ -141,6 +149,47 @@ pub async fn run(
     tracing::info!("evogate admin listening on {admin_scheme}://{admin_addr}");
     tracing::info!("evogate listening on {scheme}://{addr}");
     Ok(Running { addr, admin_addr, app, serving })
+}
+
+/// The listening sockets systemd passed, else those of the gateway running
+/// on the data directory (it hands them over and stops), else none.
+fn take_listeners(config: &config::Config) -> anyhow::Result<crate::listeners::Taken> {
+    let systemd = crate::listeners::from_systemd()?;
+    if systemd.public.is_some() || systemd.admin.is_some() {
+        tracing::info!("serving the sockets systemd passed (socket activation)");
+        return Ok(systemd);
+    }
+    let data_dir = std::path::absolute(config.data_dir()).context("resolving data_dir")?;
+    // The one before drains (grace, then requests in flight) and closes its store.
+    let wait = std::time::Duration::from_millis(config.limits.drain_grace_ms + config.limits.drain_timeout_ms)
+        + std::time::Duration::from_secs(60);
+    Ok(crate::listeners::take_over(&data_dir, wait)?.unwrap_or_default())
+}
+
+/// Lets the next `evogate serve` on this data directory take the two
+/// listeners over ([`crate::listeners::serve_handover`]); when one does,
+/// `handed_over` starts this gateway's shutdown.
+fn offer_handover(
+    config: &config::Config,
+    public: &tokio::net::TcpListener,
+    admin: &tokio::net::TcpListener,
+    handed_over: tokio::sync::oneshot::Sender<()>,
+) {
+    #[cfg(not(unix))]
+    let _ = (config, public, admin, handed_over);
+    #[cfg(unix)]
+    let offered = (|| -> anyhow::Result<()> {
+        use std::os::fd::AsFd as _;
+        let data_dir = std::path::absolute(config.data_dir())?;
+        let (public, admin) = (public.as_fd().try_clone_to_owned()?, admin.as_fd().try_clone_to_owned()?);
+        crate::listeners::serve_handover(&data_dir, public, admin, move || {
+            let _ = handed_over.send(());
+        })
+    })();
+    #[cfg(unix)]
+    if let Err(err) = offered {
+        tracing::warn!(error = %format!("{err:#}"), "no handover socket: a restart without systemd refuses connections while it lasts");
+    }
 }
 
 /// Opens the store and loads every configured plugin (or its last
@@ -177,10 +226,14 @@ pub(crate) async fn start(config: &config::Config, settings: &Settings) -> anyho
     let deployer = Arc::new(deployer);
     // On a shared store: take up deploys made through other nodes.
     tokio::spawn(deployer.clone().follow());
-    let scheduler =
-        Arc::new(crate::control::jobs::Scheduler::new(&config.plugins, gateway.registry().mounts(), backend.clone()));
+    let scheduler = Arc::new(crate::control::jobs::Scheduler::new(
+        &config.plugins,
+        gateway.routing().registry().mounts(),
+        backend.clone(),
+    ));
     scheduler.start();
-    Ok(App { gateway, deployer, backend, scheduler })
+    let reloader = crate::control::reload::Reloader::new(config.clone());
+    Ok(App { gateway, deployer, backend, scheduler, reloader })
 }
 
 /// The process's Prometheus recorder, installed by the first gateway;
@@ -243,16 +296,13 @@ fn admin_token(config: &config::Config) -> anyhow::Result<String> {
 }
 
 /// `SIGHUP` re-reads the TLS certificates and keys (public and admin
-/// listeners); a bad new pair keeps the old one. Without TLS it changes
-/// nothing (deploys go through the admin API, and the configuration is
-/// read at start) and says so.
-async fn hangups(hangup: Hangup, tls: Vec<(&'static str, Arc<Tls>)>) {
+/// listeners; a bad new pair keeps the old one), then the configuration
+/// ([`crate::control::reload`]; one with a problem keeps the one in force).
+async fn hangups(hangup: Hangup, tls: Vec<(&'static str, Arc<Tls>)>, app: Arc<App>) {
     #[cfg(unix)]
     if let Some(mut hup) = hangup {
         while hup.recv().await.is_some() {
-            if tls.is_empty() {
-                tracing::info!("SIGHUP: nothing to reload (no TLS; deploy plugins with `evogate deploy`)");
-            }
+            tracing::info!("SIGHUP: reloading");
             for (listener, tls) in &tls {
                 match tls.reload() {
                     Ok(()) => tracing::info!(listener, "SIGHUP: TLS certificate reloaded"),
@@ -263,10 +313,11 @@ async fn hangups(hangup: Hangup, tls: Vec<(&'static str, Arc<Tls>)>) {
                     ),
                 }
             }
+            app.reloader.reload(&app).await;
         }
     }
     #[cfg(not(unix))]
-    let _ = (hangup, tls);
+    let _ = (hangup, tls, app);
 }
 
 /// Descriptors the gateway needs besides client connections: listeners,

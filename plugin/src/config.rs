@@ -103,6 +103,108 @@ impl Settings {
     }
 }
 
+/// Every setting the plugin reads (`[plugins.config]` keys): the gateway
+/// refuses any other key, naming the nearest of these.
+pub const SETTINGS: &[&str] = &[
+    crate::endpoints::auth::SERVER_BEARER_TOKEN,
+    crate::endpoints::auth::SERVER_BASIC_USER,
+    crate::endpoints::auth::SERVER_BASIC_PASSWORD,
+    crate::endpoints::auth::SERVER_BASIC_CREDENTIAL,
+    crate::endpoints::request::PARTNER_API_TOKEN,
+    "login_field",
+    "password_field",
+    "user_token_ttl_secs",
+    "user_token_grace_secs",
+    "password_argon2_memory_kib",
+    "password_argon2_iterations",
+    "password_argon2_parallelism",
+    "billing_enforcement",
+    "billing_pending_grace_secs",
+    "billing_gap_timeout_secs",
+    "billing_events_auth",
+    "user_quota_records",
+    "retention_days",
+    crate::endpoints::events::EVENTS_WEBHOOK_PATH,
+    crate::endpoints::events::EVENTS_WEBHOOK_SECRET,
+    crate::endpoints::events::EVENTS_WEBHOOK_PREVIOUS_SECRET,
+    crate::endpoints::events::EVENTS_WEBHOOK_ALLOW_UNSIGNED,
+    crate::domain::documents::DOCUMENTS_WEBHOOK_PATH,
+    "evotor_api_url",
+    "evotor_api_auth",
+    "evotor_app_id",
+    "evotor_publisher_token",
+    "sync_max_requests_per_user",
+    "sync_max_requests_per_run",
+    "sync_overlap_secs",
+    "sync_settle_secs",
+    "sync_lookback_days",
+    "sync_now_budget_secs",
+    "sync_request_timeout_secs",
+];
+
+/// One reader of the settings: what it cannot read, as a sentence.
+type Reader = fn(&dyn Config) -> Result<(), String>;
+
+/// What is wrong with the values of `config`: every setting the plugin
+/// could not work with, each on its own (a value read alone, over the
+/// defaults; what that says of another setting is left for the next step),
+/// then, when each is fine alone, what is wrong with them together (a
+/// setting that needs another).
+pub fn problems(config: &MapConfig) -> Vec<Problem> {
+    let readers: [Reader; 3] =
+        [|config| Settings::read(config).map(drop), |config| CloudSettings::read(config).map(drop), check_rest];
+    let mut problems = Vec::new();
+    for (key, value) in &config.0 {
+        let alone = MapConfig([(key.clone(), value.clone())].into());
+        let about_another = |why: &String| SETTINGS.iter().any(|other| *other != key && why.contains(*other));
+        problems.extend(
+            readers
+                .iter()
+                .filter_map(|read| read(&alone).err())
+                .filter(|why| !about_another(why))
+                .map(|why| Problem::new(key.clone(), why)),
+        );
+    }
+    if problems.is_empty() {
+        problems.extend(readers.iter().filter_map(|read| read(config).err()).map(|why| Problem::new("", why)));
+    }
+    problems
+}
+
+/// The settings [`Settings`] and [`CloudSettings`] do not read: paths,
+/// flags, the server's Basic credential, the argon2 cost as a whole.
+fn check_rest(config: &dyn Config) -> Result<(), String> {
+    use crate::endpoints::auth::{SERVER_BASIC_CREDENTIAL, SERVER_BASIC_PASSWORD, SERVER_BASIC_USER};
+    use crate::endpoints::events::{EVENTS_WEBHOOK_ALLOW_UNSIGNED, EVENTS_WEBHOOK_PATH};
+    for key in [EVENTS_WEBHOOK_PATH, crate::domain::documents::DOCUMENTS_WEBHOOK_PATH] {
+        if let Some(path) = config.non_empty(key).filter(|path| !path.starts_with('/')) {
+            return Err(format!("setting {key} = {path:?} must be a path starting with '/' (or empty: off)"));
+        }
+    }
+    if let Some(flag) = config.non_empty(EVENTS_WEBHOOK_ALLOW_UNSIGNED).filter(|flag| flag != "true" && flag != "false")
+    {
+        return Err(format!("setting {EVENTS_WEBHOOK_ALLOW_UNSIGNED} = {flag:?} must be \"true\" or \"false\""));
+    }
+    match (config.non_empty(SERVER_BASIC_USER), config.non_empty(SERVER_BASIC_PASSWORD)) {
+        (Some(_), None) => return Err(format!("setting {SERVER_BASIC_USER} needs {SERVER_BASIC_PASSWORD} as well")),
+        (None, Some(_)) => return Err(format!("setting {SERVER_BASIC_PASSWORD} needs {SERVER_BASIC_USER} as well")),
+        _ => {}
+    }
+    if let Some(credential) = config.non_empty(SERVER_BASIC_CREDENTIAL)
+        && crate::endpoints::auth::basic_pair(&credential).is_none_or(|pair| !pair.contains(&b':'))
+    {
+        return Err(format!(
+            "setting {SERVER_BASIC_CREDENTIAL} must be `Basic <base64 of user:password>` (or the base64 alone)"
+        ));
+    }
+    // An unreadable number is [`Settings::read`]'s to report.
+    if let Ok(settings) = Settings::read(config) {
+        argon2::Params::new(settings.argon2_memory_kib, settings.argon2_iterations, settings.argon2_parallelism, None)
+            .map_err(|why| format!("settings password_argon2_*: not an argon2id cost ({why})"))?;
+    }
+    Ok(())
+}
+
 /// Default base URL of the Evotor cloud's REST API.
 pub const DEFAULT_EVOTOR_API_URL: &str = "https://api.evotor.ru";
 
@@ -216,6 +318,48 @@ impl CloudSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_check_names_each_bad_value_and_each_unknown_key() {
+        let config = MapConfig::from([
+            ("partner_api_tokne", "t"),
+            ("events_webhook_secert", "s"),
+            ("billing_enforcement", "of"),
+            ("user_token_ttl_secs", "ten"),
+            ("events_webhook_path", "events"),
+        ]);
+        let found: Vec<String> =
+            evogate_plugin::config::check::<crate::EvotorPartner>(&config).iter().map(ToString::to_string).collect();
+        assert_eq!(found.len(), 5, "{found:#?}");
+        assert!(found[0].contains("events_webhook_secert") && found[0].contains("did you mean events_webhook_secret"));
+        assert!(found[1].contains("did you mean partner_api_token"), "{found:#?}");
+        assert!(found[2].contains("billing_enforcement") && found[2].contains("\"evotor\" or \"off\""));
+        assert!(found[3].contains("events_webhook_path"), "{found:#?}");
+        assert!(found[4].contains("user_token_ttl_secs") && found[4].contains("not a valid number"));
+    }
+
+    #[test]
+    fn settings_that_need_each_other_are_a_problem_together_and_the_defaults_are_none() {
+        assert!(problems(&MapConfig::default()).is_empty());
+        let lonely = problems(&MapConfig::from([("evotor_app_id", "app-1")]));
+        assert_eq!(lonely.len(), 1, "{lonely:?}");
+        assert!(lonely[0].message.contains("evotor_publisher_token"));
+        let basic = problems(&MapConfig::from([("server_basic_user", "u")]));
+        assert!(basic[0].message.contains("server_basic_password"), "{basic:?}");
+        let argon = problems(&MapConfig::from([("password_argon2_memory_kib", "1")]));
+        assert!(argon[0].message.contains("argon2"), "{argon:?}");
+        let fine = MapConfig::from([
+            ("server_basic_credential", "Basic dXNlcjpwYXNz"),
+            ("events_webhook_allow_unsigned", "false"),
+            ("documents_webhook_path", ""),
+            ("evotor_app_id", "app-1"),
+            ("evotor_publisher_token", "pub"),
+        ]);
+        assert_eq!(problems(&fine), []);
+        for key in SETTINGS {
+            assert!(SETTINGS.iter().filter(|other| *other == key).count() == 1, "{key} is declared twice");
+        }
+    }
 
     #[test]
     fn settings_have_defaults_and_refuse_garbage() {

@@ -86,6 +86,15 @@ pub struct EvotorPartner;
 impl evogate_plugin::Plugin for EvotorPartner {
     const NAME: &'static str = NAME;
     const VERSION: &'static str = VERSION;
+    const SETTINGS: &'static [&'static str] = config::SETTINGS;
+
+    fn check_settings(config: &dyn evogate_plugin::config::Config) -> Vec<evogate_plugin::config::Problem> {
+        // The check reads every declared setting, so that the ones read alone are known.
+        let known = config::MapConfig(
+            config::SETTINGS.iter().filter_map(|key| Some(((*key).to_owned(), config.get(key)?))).collect(),
+        );
+        config::problems(&known)
+    }
 
     fn handle(ctx: &Ctx<'_>, request: &http::Request) -> http::Response {
         handle(ctx, request)

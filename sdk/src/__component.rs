@@ -3,11 +3,11 @@
 //! traits, and the calls from the exports into a [`Plugin`]. Not for
 //! direct use.
 
-/// The bindings of `evogate:plugin/plugin-with-jobs@0.2.3`.
+/// The bindings of `evogate:plugin/plugin-with-jobs@0.2.4`.
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../wit",
-        world: "evogate:plugin/plugin-with-jobs@0.2.3",
+        world: "evogate:plugin/plugin-with-jobs@0.2.4",
         generate_all,
         pub_export_macro: true,
         default_bindings_module: "::evogate_plugin::__component::bindings",
@@ -16,9 +16,9 @@ pub mod bindings {
 
 use crate::kv::{Check, Entry, Kv, KvError, Write};
 use crate::{Ctx, JobOutcome, JobRun, Plugin};
-pub use bindings::evogate::plugin0_2_3::types;
-use bindings::evogate::plugin0_2_3::{config as wit_config, job_outcome, kv as wit_kv};
-pub use bindings::exports::evogate::plugin0_2_3::{handler, identity, scheduled};
+pub use bindings::evogate::plugin0_2_4::types;
+use bindings::evogate::plugin0_2_4::{config as wit_config, job_outcome, kv as wit_kv};
+pub use bindings::exports::evogate::plugin0_2_4::{handler, identity, scheduled, settings};
 
 fn host_ctx<R>(run: impl FnOnce(&Ctx<'_>) -> R) -> R {
     run(&Ctx { kv: &HostKv, config: &HostConfig, clock: &crate::clock::SystemClock, http: &HostHttp })
@@ -40,6 +40,15 @@ pub fn handle<P: Plugin>(request: types::Request) -> types::Response {
 /// `identity.info`: `P`'s name and version.
 pub fn info<P: Plugin>() -> identity::PluginInfo {
     identity::PluginInfo { name: P::NAME.into(), version: P::VERSION.into() }
+}
+
+/// `settings.check`: `P`'s check of `settings` ([`crate::config::check`]).
+pub fn check<P: Plugin>(settings: Vec<(String, String)>) -> Vec<settings::Problem> {
+    let settings = crate::config::MapConfig(settings.into_iter().collect());
+    crate::config::check::<P>(&settings)
+        .into_iter()
+        .map(|problem| settings::Problem { setting: problem.setting, message: problem.message })
+        .collect()
 }
 
 /// `scheduled.run`: the job run to `P`.

@@ -5,7 +5,7 @@
 //! gateway's transactional key-value store ([`kv::Kv`]), the operator's
 //! settings ([`config::Config`]), the time ([`clock::Clock`]) and outgoing
 //! HTTP ([`outgoing::Http`]). [`export_plugin!`] turns the type into the
-//! component the gateway runs (world `evogate:plugin/plugin-with-jobs@0.2.3`);
+//! component the gateway runs (world `evogate:plugin/plugin-with-jobs@0.2.4`);
 //! it is the only place the generated bindings are touched.
 //!
 //! With the `testing` feature the same traits have native fakes —
@@ -98,6 +98,22 @@ pub trait Plugin {
     /// The version the plugin reports: logs and metrics name each build by it.
     const VERSION: &'static str;
 
+    /// Every setting (`[plugins.config]` key) the plugin reads. With a
+    /// list, the gateway refuses a configuration holding any other key —
+    /// at start, deploy and reload — naming the nearest listed key; empty,
+    /// the default: every key is taken as it is.
+    const SETTINGS: &'static [&'static str] = &[];
+
+    /// Checks the settings' values (and their combinations) before a build
+    /// serves with them: each problem found, naming its setting. Must not
+    /// touch the store or the network: `config` is all it has. The
+    /// default finds none. Unknown keys are found from
+    /// [`Plugin::SETTINGS`]; [`config::check`] runs both.
+    fn check_settings(config: &dyn config::Config) -> Vec<config::Problem> {
+        let _ = config;
+        Vec::new()
+    }
+
     /// Answers one request. The path is the whole path; the route the
     /// plugin is mounted at is in the `x-evogate-base-path` header.
     fn handle(ctx: &Ctx<'_>, request: &http::Request) -> http::Response;
@@ -130,7 +146,7 @@ pub enum JobOutcome {
 }
 
 /// Exports `$plugin` (a type implementing [`Plugin`]) as the component's
-/// `handler`, `identity` and `scheduled`; expands to nothing outside
+/// `handler`, `identity`, `settings` and `scheduled`; expands to nothing outside
 /// `wasm32`, so the same crate builds and tests natively. Call it once, at
 /// the crate's root.
 #[macro_export]
@@ -150,6 +166,12 @@ macro_rules! export_plugin {
             impl $crate::__component::identity::Guest for Component {
                 fn info() -> $crate::__component::identity::PluginInfo {
                     $crate::__component::info::<$plugin>()
+                }
+            }
+
+            impl $crate::__component::settings::Guest for Component {
+                fn check(settings: Vec<(String, String)>) -> Vec<$crate::__component::settings::Problem> {
+                    $crate::__component::check::<$plugin>(settings)
                 }
             }
 

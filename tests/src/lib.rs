@@ -184,6 +184,32 @@ impl Gateway {
         self.log = log;
     }
 
+    /// [`Gateway::restart`], the new process started through `wrapper`.
+    pub fn restart_under(&mut self, wrapper: &[&str]) {
+        self.stop();
+        let (child, base, admin, log) = spawn(wrapper, &self.config);
+        self.child = child;
+        self.base = base;
+        self.admin = admin;
+        self.log = log;
+    }
+
+    /// Starts a second `evogate serve` on the same configuration while this
+    /// one runs: it takes the listeners over (the handover), this one drains
+    /// and exits, and from then on this handle is the new process.
+    pub fn hand_over(&mut self) {
+        let (child, base, admin, log) = spawn(&[], &self.config);
+        let mut old = std::mem::replace(&mut self.child, child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while old.try_wait().ok().flatten().is_none() {
+            assert!(Instant::now() < deadline, "the gateway handing over did not exit");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.base = base;
+        self.admin = admin;
+        self.log = log;
+    }
+
     /// Stops the gateway gracefully and waits for it to exit.
     pub fn stop(&mut self) {
         if let Ok(Some(_)) = self.child.try_wait() {
@@ -436,8 +462,9 @@ pub fn post_chunked(url: &str, body: &[u8]) -> Reply {
     reply(agent().post(url).send(ureq::SendBody::from_reader(&mut reader)))
 }
 
-/// Clients sending `GET` in a loop, one thread per URL, until stopped:
-/// how many got 200, and every other answer.
+/// Clients sending `GET` in a loop, one thread per URL, each request on a
+/// connection of its own, until stopped: how many got 200, and every other
+/// answer (status 0: the connection was refused or broke).
 #[derive(Debug)]
 pub struct Load {
     stop: Arc<std::sync::atomic::AtomicBool>,
@@ -459,11 +486,14 @@ impl Load {
                 let (stop, served, failures) = (stop.clone(), served.clone(), failures.clone());
                 std::thread::spawn(move || {
                     while !stop.load(Ordering::Relaxed) {
-                        let reply = get(&url);
-                        if reply.status == 200 {
+                        let (status, text) = match try_request("GET", &url, &[], &[]) {
+                            Some(reply) => (reply.status, reply.text()),
+                            None => (0, "no answer: the connection was refused or broke".to_owned()),
+                        };
+                        if status == 200 {
                             served.fetch_add(1, Ordering::Relaxed);
                         } else if let Ok(mut failures) = failures.lock() {
-                            failures.push((reply.status, reply.text()));
+                            failures.push((status, text));
                         }
                     }
                 })

@@ -160,7 +160,7 @@ fn build_plugins() -> anyhow::Result<()> {
     for version in GUEST_VERSIONS {
         build_version("test-guest", "TEST_GUEST_VERSION", version, &format!("target/test-guest-{version}.wasm"))?;
     }
-    for world in ["0.2.0", "0.2.1", "0.2.2"] {
+    for world in ["0.2.0", "0.2.1", "0.2.2", "0.2.3"] {
         build_version("test-guest", "TEST_GUEST_WORLD", world, &format!("target/test-guest-world-{world}.wasm"))?;
     }
     build_version("standard-hello", "HELLO_VERSION", "2", "target/standard-hello-2.wasm")?;

@@ -35,6 +35,11 @@ pub struct Loyalty;
 impl Plugin for Loyalty {
     const NAME: &'static str = env!("CARGO_PKG_NAME");
     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    const SETTINGS: &'static [&'static str] = relay::SETTINGS;
+
+    fn check_settings(config: &dyn evogate_plugin::config::Config) -> Vec<evogate_plugin::config::Problem> {
+        relay::problems(config)
+    }
 
     fn handle(ctx: &Ctx<'_>, request: &Request) -> Response {
         let base = request.header_value("x-evogate-base-path").unwrap_or("/").trim_end_matches('/');

@@ -246,15 +246,46 @@ struct Settings {
     timeout: std::time::Duration,
 }
 
-fn settings(ctx: &Ctx<'_>) -> Result<Settings, String> {
+/// Every setting the loyalty plugin reads.
+pub const SETTINGS: &[&str] =
+    &["erp_url", "erp_secret", "relay_max_attempts", "relay_backoff_secs", "relay_timeout_secs", "evotor_plugin"];
+
+/// What is wrong with the relay's settings as configured (those set; the
+/// ERP's address and secret may come later: the relay waits for them).
+pub fn problems(config: &dyn evogate_plugin::config::Config) -> Vec<evogate_plugin::config::Problem> {
+    use evogate_plugin::config::Config as _;
+    let mut given = evogate_plugin::config::MapConfig::default();
+    for key in SETTINGS {
+        if let Some(value) = config.get(key) {
+            given.0.insert((*key).to_owned(), value);
+        }
+    }
+    for (key, placeholder) in [("erp_url", "https://erp.invalid"), ("erp_secret", "-")] {
+        given.0.entry(key.to_owned()).or_insert_with(|| placeholder.to_owned());
+    }
+    if let Some(url) =
+        given.non_empty("erp_url").filter(|url| !url.starts_with("http://") && !url.starts_with("https://"))
+    {
+        return vec![evogate_plugin::config::Problem::new(
+            "erp_url",
+            format!("erp_url = {url:?} must be an http:// or https:// URL"),
+        )];
+    }
+    match settings(&given) {
+        Ok(_) => Vec::new(),
+        Err(why) => vec![evogate_plugin::config::Problem::new("", why)],
+    }
+}
+
+fn settings(config: &dyn evogate_plugin::config::Config) -> Result<Settings, String> {
     let number = |name: &str, default: u64| -> Result<u64, String> {
-        match ctx.config.non_empty(name) {
+        match config.non_empty(name) {
             None => Ok(default),
             Some(text) => text.trim().parse().map_err(|_| format!("{name} = {text:?} is not a whole number")),
         }
     };
-    let url = ctx.config.non_empty("erp_url").ok_or("erp_url is not set")?;
-    let secret = ctx.config.non_empty("erp_secret").ok_or("erp_secret is not set")?;
+    let url = config.non_empty("erp_url").ok_or("erp_url is not set")?;
+    let secret = config.non_empty("erp_secret").ok_or("erp_secret is not set")?;
     let max_attempts =
         u32::try_from(number("relay_max_attempts", 5)?).map_err(|_| "relay_max_attempts is too large")?;
     if max_attempts == 0 {
@@ -275,7 +306,7 @@ fn settings(ctx: &Ctx<'_>) -> Result<Settings, String> {
 /// doubling each time; the last of `relay_max_attempts`, or an answer that
 /// no retry changes (another 4xx), moves the sale to the dead letters.
 pub fn relay(ctx: &Ctx<'_>, until: u64) -> Result<Relayed, String> {
-    let settings = settings(ctx)?;
+    let settings = settings(ctx.config)?;
     let mut done = Relayed::default();
     let queued = ctx.kv.scan(QUEUE, None, QUEUE_SCAN).map_err(|err| err.to_string())?;
     for (key, entry) in queued {

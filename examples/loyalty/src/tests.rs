@@ -216,3 +216,21 @@ fn without_the_erps_settings_the_run_fails_saying_which() {
     let run = JobRun { job: "relay".into(), scheduled_at_ms: 0, timeout_ms: 60_000, manual: false };
     assert_eq!(Loyalty::run_job(&shop.ctx(), &run), Err("erp_url is not set".into()));
 }
+
+#[test]
+fn the_settings_check_names_a_mistyped_key_and_a_bad_number_and_takes_an_unset_erp() {
+    use evogate_plugin::config::{MapConfig, check};
+    let found = |pairs: &[(&str, &str)]| -> Vec<String> {
+        let config = MapConfig(pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect());
+        check::<crate::Loyalty>(&config).iter().map(ToString::to_string).collect()
+    };
+    assert_eq!(found(&[]), Vec::<String>::new(), "the ERP may be set later: the relay waits for it");
+    assert_eq!(
+        found(&[("erp_url", "https://erp"), ("erp_secret", "s"), ("relay_max_attempts", "3")]),
+        Vec::<String>::new()
+    );
+    assert_eq!(found(&[("erp_ulr", "https://erp")]), ["erp_ulr: not a setting of this plugin; did you mean erp_url?"]);
+    assert_eq!(found(&[("relay_backoff_secs", "soon")]), ["relay_backoff_secs = \"soon\" is not a whole number"]);
+    assert_eq!(found(&[("relay_max_attempts", "0")]), ["relay_max_attempts must be at least 1"]);
+    assert_eq!(found(&[("erp_url", "erp.local")]), ["erp_url = \"erp.local\" must be an http:// or https:// URL"]);
+}

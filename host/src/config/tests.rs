@@ -177,3 +177,24 @@ fn a_missing_config_file_is_an_error() {
     let err = Config::load(Some(Path::new("/nonexistent/evogate.toml"))).expect_err("missing");
     assert!(format!("{err:#}").contains("does not exist"));
 }
+
+#[test]
+fn secrets_can_live_in_files_beside_the_configuration() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("admin.secret"), "admin-token\n").expect("write");
+    std::fs::write(dir.path().join("bearer.secret"), "bearer-token\n").expect("write");
+    let file = dir.path().join("evogate.toml");
+    std::fs::write(
+        &file,
+        "[admin]\ntoken = { file = 'admin.secret' }\n[[plugins]]\nname = 'evotor'\nroute = '/'\nwasm = 'e.wasm'\n\
+         [plugins.config]\nserver_bearer_token = { file = 'bearer.secret' }\n",
+    )
+    .expect("write");
+    let config = Config::load(Some(&file)).expect("loaded");
+    assert_eq!(config.admin.token.as_deref(), Some("admin-token"));
+    assert_eq!(config.plugins[0].plugin_settings().config["server_bearer_token"], "bearer-token");
+    assert_eq!(config.source.as_deref(), Some(file.as_path()), "what a reload reads again");
+    std::fs::remove_file(dir.path().join("bearer.secret")).expect("remove");
+    let err = format!("{:#}", Config::load(Some(&file)).expect_err("the secret is gone"));
+    assert!(err.contains("server_bearer_token") && err.contains("bearer.secret"), "{err}");
+}

@@ -92,6 +92,9 @@ struct Job {
     next_ms: std::sync::atomic::AtomicU64,
     /// Versions (sha256) already logged for lacking the `scheduled` export.
     warned: Mutex<HashSet<String>>,
+    /// Set when a reload removed or changed the job: it ticks no more (a
+    /// run going on finishes).
+    retired: tokio::sync::watch::Sender<bool>,
 }
 
 impl Job {
@@ -128,13 +131,16 @@ enum Taken {
 pub(crate) struct Scheduler {
     node: String,
     backend: Arc<dyn Backend>,
-    jobs: Vec<Arc<Job>>,
+    /// The jobs scheduled now; a reload replaces the list.
+    jobs: Mutex<Vec<Arc<Job>>>,
+    /// Whether [`Scheduler::start`] was called: jobs a reload adds start at once.
+    started: std::sync::atomic::AtomicBool,
     stopping: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Scheduler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Scheduler").field("node", &self.node).field("jobs", &self.jobs.len()).finish_non_exhaustive()
+        f.debug_struct("Scheduler").field("node", &self.node).field("jobs", &self.jobs().len()).finish_non_exhaustive()
     }
 }
 
@@ -143,30 +149,91 @@ impl Scheduler {
     /// Call [`Scheduler::start`] to begin ticking.
     pub(crate) fn new(plugins: &[PluginConfig], mounts: &[Arc<Mount>], backend: Arc<dyn Backend>) -> Self {
         let node = format!("{}-{:08x}", std::process::id(), rand::random::<u32>());
-        let jobs = plugins
-            .iter()
-            .flat_map(|plugin| {
-                let mount = mounts.iter().find(|mount| mount.name == plugin.name).cloned();
-                plugin.jobs.iter().filter_map(move |job: &JobConfig| {
-                    let schedule = job.schedule().ok()?;
-                    Some(Arc::new(Job {
-                        plugin: plugin.name.clone(),
-                        name: job.name.clone(),
-                        schedule,
-                        mount: mount.clone()?,
-                        running: tokio::sync::Mutex::new(()),
-                        next_ms: std::sync::atomic::AtomicU64::new(0),
-                        warned: Mutex::new(HashSet::new()),
-                    }))
-                })
-            })
-            .collect();
-        Self { node, backend, jobs, stopping: tokio::sync::watch::Sender::new(false) }
+        Self {
+            node,
+            backend,
+            jobs: Mutex::new(jobs_of(plugins, mounts)),
+            started: std::sync::atomic::AtomicBool::new(false),
+            stopping: tokio::sync::watch::Sender::new(false),
+        }
     }
 
+    /// The jobs scheduled now.
+    fn jobs(&self) -> Vec<Arc<Job>> {
+        self.jobs.lock().unwrap_or_else(|poison| poison.into_inner()).clone()
+    }
+
+    /// Schedules the jobs of `plugins` (served by `mounts`) from now on (a
+    /// reload): a job whose plugin, name, schedule and mount are unchanged
+    /// ticks on as it did; the others stop ticking (a run going on ends as
+    /// it would) and the new ones start. Answers what changed, a line each.
+    pub(crate) fn reschedule(self: &Arc<Self>, plugins: &[PluginConfig], mounts: &[Arc<Mount>]) -> Vec<String> {
+        let mut changes = Vec::new();
+        let mut jobs = self.jobs.lock().unwrap_or_else(|poison| poison.into_inner());
+        let mut next = Vec::new();
+        for job in jobs_of(plugins, mounts) {
+            let same = jobs.iter().find(|old| {
+                old.plugin == job.plugin
+                    && old.name == job.name
+                    && old.schedule == job.schedule
+                    && Arc::ptr_eq(&old.mount, &job.mount)
+            });
+            match same {
+                Some(old) => next.push(old.clone()),
+                None => {
+                    changes.push(format!(
+                        "job {}/{} scheduled every {} s",
+                        job.plugin,
+                        job.name,
+                        job.schedule.every.as_secs()
+                    ));
+                    if self.started.load(std::sync::atomic::Ordering::SeqCst) {
+                        tokio::spawn(self.clone().tick_forever(job.clone()));
+                    }
+                    next.push(job);
+                }
+            }
+        }
+        for old in jobs.iter().filter(|old| !next.iter().any(|kept| Arc::ptr_eq(kept, old))) {
+            old.retired.send_replace(true);
+            if !next.iter().any(|job| job.plugin == old.plugin && job.name == old.name) {
+                changes.push(format!("job {}/{} no longer scheduled", old.plugin, old.name));
+            }
+        }
+        *jobs = next;
+        changes
+    }
+}
+
+/// The jobs `plugins` configure, each on its plugin's mount; a job with a
+/// bad schedule (the configuration's check refused it) or without a mount is left out.
+fn jobs_of(plugins: &[PluginConfig], mounts: &[Arc<Mount>]) -> Vec<Arc<Job>> {
+    plugins
+        .iter()
+        .flat_map(|plugin| {
+            let mount = mounts.iter().find(|mount| mount.name == plugin.name).cloned();
+            plugin.jobs.iter().filter_map(move |job: &JobConfig| {
+                let schedule = job.schedule().ok()?;
+                Some(Arc::new(Job {
+                    plugin: plugin.name.clone(),
+                    name: job.name.clone(),
+                    schedule,
+                    mount: mount.clone()?,
+                    running: tokio::sync::Mutex::new(()),
+                    next_ms: std::sync::atomic::AtomicU64::new(0),
+                    warned: Mutex::new(HashSet::new()),
+                    retired: tokio::sync::watch::Sender::new(false),
+                }))
+            })
+        })
+        .collect()
+}
+
+impl Scheduler {
     /// Starts one ticking task per job.
     pub(crate) fn start(self: &Arc<Self>) {
-        for job in &self.jobs {
+        self.started.store(true, std::sync::atomic::Ordering::SeqCst);
+        for job in &self.jobs() {
             tracing::info!(
                 plugin = %job.plugin, job = %job.name, every_s = job.schedule.every.as_secs(), node = %self.node,
                 "job scheduled"
@@ -179,7 +246,7 @@ impl Scheduler {
     pub(crate) async fn drain(&self, timeout: Duration) {
         self.stopping.send_replace(true);
         let all = async {
-            for job in &self.jobs {
+            for job in &self.jobs() {
                 let _ = job.running.lock().await;
             }
         };
@@ -190,6 +257,7 @@ impl Scheduler {
 
     async fn tick_forever(self: Arc<Self>, job: Arc<Job>) {
         let mut stopping = self.stopping.subscribe();
+        let mut retired = job.retired.subscribe();
         let every = job.schedule.every.as_millis() as u64;
         loop {
             let now = now_ms();
@@ -203,6 +271,7 @@ impl Scheduler {
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
                 _ = stopping.wait_for(|stop| *stop) => return,
+                _ = retired.wait_for(|retired| *retired) => return,
             }
             // The wall clock may have been set back meanwhile: never run a tick early.
             if now_ms() < tick {
@@ -225,7 +294,8 @@ impl Scheduler {
 
     /// Runs `job` of `plugin` now, on this node, and answers its outcome.
     pub(crate) async fn run_now(&self, plugin: &str, job: &str) -> Result<Lease, RunNowError> {
-        let found = self.jobs.iter().find(|j| j.plugin == plugin && j.name == job);
+        let jobs = self.jobs();
+        let found = jobs.iter().find(|j| j.plugin == plugin && j.name == job);
         let job = found.ok_or_else(|| RunNowError::Unknown(plugin.into(), job.into()))?;
         match self.attempt(job, now_ms(), true).await? {
             Some(lease) => Ok(lease),
@@ -236,7 +306,7 @@ impl Scheduler {
     /// The jobs of `plugin` with their schedule, next tick and last run (read from the store).
     pub(crate) async fn status(&self, plugin: &str) -> Vec<serde_json::Value> {
         let mut list = Vec::new();
-        for job in self.jobs.iter().filter(|job| job.plugin == plugin) {
+        for job in self.jobs().iter().filter(|job| job.plugin == plugin) {
             let backend = self.backend.clone();
             let key = job.key();
             let lease = tokio::task::spawn_blocking(move || backend.get(JOBS_NS, &key)).await;

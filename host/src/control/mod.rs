@@ -1,7 +1,9 @@
 //! The control plane: which deployment serves each route (`registry`),
 //! deploying and rolling back plugin versions and following other nodes
-//! (`deploy`), and the plugins' scheduled jobs (`jobs`).
+//! (`deploy`), the plugins' scheduled jobs (`jobs`), and reloading the
+//! configuration (`reload`).
 
 pub(crate) mod deploy;
 pub(crate) mod jobs;
 pub(crate) mod registry;
+pub(crate) mod reload;

@@ -43,6 +43,13 @@ pub struct Mount {
 }
 
 impl Mount {
+    /// Plugin `name` on `route`, its gateway errors written in `error_format`, serving `deployment`.
+    pub fn new(name: &str, route: &str, error_format: ErrorFormat, deployment: Arc<Deployment>) -> Arc<Self> {
+        let route = normalize_route(route).to_owned();
+        let metrics = crate::telemetry::RouteMetrics::new(name, &route);
+        Arc::new(Mount { name: name.into(), route, error_format, metrics, current: ArcSwap::new(deployment) })
+    }
+
     /// The deployment serving new requests.
     pub fn current(&self) -> Arc<Deployment> {
         self.current.load_full()
@@ -55,7 +62,8 @@ impl Mount {
     }
 }
 
-/// All mounts, matched by longest route prefix.
+/// All mounts, matched by longest route prefix. A reload builds a new one;
+/// a request routes on the one it found when it arrived.
 #[derive(Debug, Default)]
 pub struct Registry {
     // Sorted by route length, longest first, so the first match is the longest.
@@ -63,21 +71,15 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Adds a plugin on `route`, its gateway errors written in `error_format`.
-    pub fn insert(
-        &mut self,
-        name: &str,
-        route: &str,
-        error_format: ErrorFormat,
-        deployment: Arc<Deployment>,
-    ) -> Arc<Mount> {
-        let route = normalize_route(route).to_owned();
-        let metrics = crate::telemetry::RouteMetrics::new(name, &route);
-        let mount =
-            Arc::new(Mount { name: name.into(), route, error_format, metrics, current: ArcSwap::new(deployment) });
-        self.mounts.push(mount.clone());
-        self.mounts.sort_by_key(|mount| std::cmp::Reverse(mount.route.len()));
-        mount
+    /// The routing table of `mounts`.
+    pub fn from_mounts(mut mounts: Vec<Arc<Mount>>) -> Self {
+        mounts.sort_by_key(|mount| std::cmp::Reverse(mount.route.len()));
+        Self { mounts }
+    }
+
+    /// The mount of plugin `name`.
+    pub fn by_name(&self, name: &str) -> Option<&Arc<Mount>> {
+        self.mounts.iter().find(|mount| mount.name == name)
     }
 
     /// The mount serving `path`: the longest route that is `path` itself or a

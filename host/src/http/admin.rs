@@ -6,8 +6,9 @@
 //! | `GET /readyz` | 200 when every plugin is loaded and the store answers, else 503 (no token needed) |
 //! | `GET /metrics` | Prometheus text format |
 //! | `GET /plugins` | every plugin: route, identity, live version, sha256, deployed at, kept versions, jobs |
-//! | `PUT /plugins/{name}` | body: a component; deploys it → 200 with the outcome, 400/422 with the reason |
-//! | `POST /plugins/{name}/rollback` | back to the previous version |
+//! | `PUT /plugins/{name}[?force=true]` | body: a component; deploys it → 200 with the outcome, 400/409/422 with the reason (409: another program than the live one, unless forced) |
+//! | `POST /plugins/{name}/rollback[?to=VERSION]` | back to the previous version, or to any kept one (back or forward) |
+//! | `POST /reload` | reads the configuration again and puts it in force, whole or not at all → 200, or 422 with each problem |
 //! | `POST /plugins/{name}/jobs/{job}/run` | runs a scheduled job now → 200 with its outcome, 404, 409 while it runs |
 //! | `GET /backup` | a backup of the whole store as of now, streamed (`crate::kv::backup`'s format) while the gateway serves |
 //!
@@ -392,12 +393,24 @@ impl Admin {
             (&Method::POST, ["plugins", name, "jobs", job, "run"]) => self.run_job(name, job).await,
             (&Method::PUT, ["plugins", name]) => {
                 let name = (*name).to_owned();
-                self.deploy(&name, req).await
+                match query_param(req.uri(), "force").as_deref() {
+                    None | Some("false") => self.deploy(&name, req, false).await,
+                    Some("true") => self.deploy(&name, req, true).await,
+                    Some(_) => problem(StatusCode::BAD_REQUEST, "force must be true or false"),
+                }
             }
-            (&Method::POST, ["plugins", name, "rollback"]) => outcome(self.app.deployer.rollback(name).await),
+            (&Method::POST, ["reload"]) => {
+                let outcome = self.app.reloader.reload(&self.app).await;
+                let status = if outcome.applied { StatusCode::OK } else { StatusCode::UNPROCESSABLE_ENTITY };
+                json(status, &serde_json::json!(outcome))
+            }
+            (&Method::POST, ["plugins", name, "rollback"]) => {
+                let to = query_param(req.uri(), "to");
+                outcome(self.app.deployer.rollback(name, to.as_deref()).await)
+            }
             (
                 _,
-                ["healthz" | "readyz" | "metrics" | "plugins"]
+                ["healthz" | "readyz" | "metrics" | "plugins" | "reload"]
                 | ["plugins", _]
                 | ["plugins", _, "rollback"]
                 | ["plugins", _, "jobs", _, "run"]
@@ -510,7 +523,7 @@ impl Admin {
         metrics::gauge!(crate::telemetry::STORE_UP, "backend" => kind).set(if up { 1.0 } else { 0.0 });
     }
 
-    async fn deploy(&self, name: &str, req: hyper::Request<Incoming>) -> Reply {
+    async fn deploy(&self, name: &str, req: hyper::Request<Incoming>, force: bool) -> Reply {
         let max = self.app.deployer.max_bytes();
         let too_large = || problem(StatusCode::PAYLOAD_TOO_LARGE, &format!("the component is over {max} bytes"));
         // A declared length over the limit is answered before any of the body is read.
@@ -524,8 +537,13 @@ impl Admin {
             Err(err) if err.downcast_ref::<http_body_util::LengthLimitError>().is_some() => return too_large(),
             Err(_) => return problem(StatusCode::BAD_REQUEST, "the upload could not be read"),
         };
-        outcome(self.app.deployer.deploy(name, body.to_vec()).await)
+        outcome(self.app.deployer.deploy(name, body.to_vec(), force).await)
     }
+}
+
+/// The query parameter `name`, percent-decoded; none when absent.
+fn query_param(uri: &hyper::Uri, name: &str) -> Option<String> {
+    form_urlencoded::parse(uri.query()?.as_bytes()).find(|(key, _)| key == name).map(|(_, value)| value.into_owned())
 }
 
 fn problem_free(text: &'static str) -> Reply {
@@ -540,7 +558,8 @@ fn outcome(result: Result<crate::control::deploy::Outcome, DeployError>) -> Repl
                 DeployError::UnknownPlugin(_) => StatusCode::NOT_FOUND,
                 DeployError::Invalid(_) => StatusCode::BAD_REQUEST,
                 DeployError::Refused(_) => StatusCode::UNPROCESSABLE_ENTITY,
-                DeployError::NothingToRollBack(_) => StatusCode::CONFLICT,
+                DeployError::NothingToRollBack(_) | DeployError::IdentityChanged(_) => StatusCode::CONFLICT,
+                DeployError::NoSuchVersion(_) => StatusCode::NOT_FOUND,
                 DeployError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
             };
             tracing::warn!(error = %err, "deploy refused");

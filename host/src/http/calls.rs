@@ -43,7 +43,8 @@ impl Gateway {
         deadline: Instant,
     ) -> Result<Response, String> {
         let started = Instant::now();
-        let Some(mount) = self.registry.mounts().iter().find(|mount| mount.name == callee) else {
+        let routing = self.routing();
+        let Some(mount) = routing.registry().by_name(callee) else {
             return Err(format!("no plugin is named {callee:?}"));
         };
         let deployment: Arc<Deployment> = chain.pin(callee, || mount.current());

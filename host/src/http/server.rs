@@ -38,8 +38,8 @@ const H2_MAX_STREAMS: u32 = 128;
 /// The routing table plus the limits every request obeys.
 #[derive(Debug)]
 pub struct Gateway {
-    /// Routes to plugins.
-    pub(super) registry: Registry,
+    /// Routes to plugins and the per-plugin caps; a reload swaps it whole.
+    routing: arc_swap::ArcSwap<Routing>,
     /// Largest accepted request body.
     pub(super) max_body_bytes: usize,
     /// Largest accepted request head (request line and headers).
@@ -52,10 +52,6 @@ pub struct Gateway {
     max_instances: usize,
     /// Permits for requests running at once.
     pub(super) permits: Arc<Semaphore>,
-    /// Per plugin: permits for its requests running at once; none left → 503 at once.
-    plugin_permits: HashMap<String, Arc<Semaphore>>,
-    /// Per plugin: requests running at once with one `Authorization` value, at most.
-    credential_caps: HashMap<String, usize>,
     /// Requests running now per (plugin, digest of an `Authorization` value).
     per_credential: CredentialCounts,
     /// Set when shutdown begins: `/readyz` answers 503 so load balancers stop sending.
@@ -68,11 +64,30 @@ pub struct Gateway {
     _sandbox: Arc<crate::runtime::sandbox::Sandbox>,
 }
 
+/// What a reload changes on the request path: the routes, and the caps of
+/// each plugin. A request takes the one there is when it arrives.
+#[derive(Debug)]
+pub(crate) struct Routing {
+    /// Routes to plugins.
+    registry: Registry,
+    /// Per plugin: its cap, and permits for its requests running at once; none left → 503 at once.
+    plugin_permits: HashMap<String, (usize, Arc<Semaphore>)>,
+    /// Per plugin: requests running at once with one `Authorization` value, at most.
+    credential_caps: HashMap<String, usize>,
+}
+
+impl Routing {
+    /// The plugins served and their routes.
+    pub(crate) fn registry(&self) -> &Registry {
+        &self.registry
+    }
+}
+
 /// What one request came to, for the access log.
-struct Served<'a> {
+struct Served {
     response: hyper::Response<Full<Bytes>>,
     /// The route that answered and the `name@version` of its deployment.
-    plugin: Option<(&'a crate::control::registry::Mount, String)>,
+    plugin: Option<(Arc<crate::control::registry::Mount>, String)>,
 }
 
 /// How the public listener treats connections.
@@ -177,7 +192,8 @@ pub async fn serve(
             let result = match &options.tls {
                 None => {
                     let conn = http1(&options).serve_connection(TokioIo::new(stream), service);
-                    drive(conn, hyper::server::conn::http1::Connection::graceful_shutdown, stopped, None).await
+                    drive(conn, hyper::server::conn::http1::Connection::graceful_shutdown, stopped, None, Some(streams))
+                        .await
                 }
                 Some(tls) => {
                     let Some(stream) = tls.handshake(stream, peer, options.header_read_timeout).await else { return };
@@ -186,10 +202,13 @@ pub async fn serve(
                         // streams (or that never sent its preface) closes after the same time.
                         let idle = Some((streams, options.header_read_timeout));
                         let conn = http2(&options).serve_connection(TokioIo::new(stream), service);
-                        drive(conn, hyper::server::conn::http2::Connection::graceful_shutdown, stopped, idle).await
+                        drive(conn, hyper::server::conn::http2::Connection::graceful_shutdown, stopped, idle, None)
+                            .await
                     } else {
                         let conn = http1(&options).serve_connection(TokioIo::new(stream), service);
-                        drive(conn, hyper::server::conn::http1::Connection::graceful_shutdown, stopped, None).await
+                        let fresh = Some(streams);
+                        drive(conn, hyper::server::conn::http1::Connection::graceful_shutdown, stopped, None, fresh)
+                            .await
                     }
                 }
             };
@@ -208,26 +227,46 @@ pub async fn serve(
     }
 }
 
-/// Requests of one connection in progress, and since when it has had none.
+/// Requests of one connection in progress, since when it has had none,
+/// and whether it has begun one at all.
 #[derive(Debug)]
 struct Streams {
     open: std::sync::atomic::AtomicUsize,
     idle_since: std::sync::Mutex<Instant>,
+    begun: std::sync::atomic::AtomicBool,
 }
 
 impl Default for Streams {
     fn default() -> Self {
-        Self { open: Default::default(), idle_since: std::sync::Mutex::new(Instant::now()) }
+        Self {
+            open: Default::default(),
+            idle_since: std::sync::Mutex::new(Instant::now()),
+            begun: std::sync::atomic::AtomicBool::new(false),
+        }
     }
 }
+
+/// At shutdown, how long a connection that has not begun a request yet
+/// (accepted just before) is given for its first one: a client that
+/// connected sends it at once, and closing the connection before reading
+/// it would fail a request the gateway accepted.
+const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
 
 /// One request in progress on a connection; the connection is idle again once the last one goes.
 struct OpenStream(Arc<Streams>);
 
 impl Streams {
     fn begin(streams: &Arc<Self>) -> OpenStream {
+        streams.begun.store(true, Ordering::SeqCst);
         streams.open.fetch_add(1, Ordering::SeqCst);
         OpenStream(streams.clone())
+    }
+
+    /// Resolves once the connection has begun a request (at once if it has).
+    async fn first_request(&self) {
+        while !self.begun.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// Resolves once the connection has had no request in progress for `timeout`.
@@ -260,12 +299,14 @@ impl Drop for OpenStream {
 /// the connection has had no request in progress for the given time, it is
 /// shut down gracefully: requests in progress finish, then it closes; one
 /// that does not close within that time (a peer that never completed its
-/// preface) is dropped.
+/// preface) is dropped. With `fresh` (HTTP/1), a connection the stop finds
+/// before its first request is given [`FIRST_REQUEST_GRACE`] for it first.
 async fn drive<C, E>(
     conn: C,
     graceful: impl Fn(std::pin::Pin<&mut C>),
     mut stopped: tokio::sync::watch::Receiver<bool>,
     idle: Option<(Arc<Streams>, Duration)>,
+    fresh: Option<Arc<Streams>>,
 ) -> Result<(), E>
 where
     C: std::future::Future<Output = Result<(), E>>,
@@ -282,6 +323,13 @@ where
     tokio::select! {
         result = conn.as_mut() => return result,
         () = async { drop(stopped.wait_for(|stop| *stop).await) } => {
+            if let Some(streams) = &fresh {
+                tokio::select! {
+                    result = conn.as_mut() => return result,
+                    () = streams.first_request() => {}
+                    () = tokio::time::sleep(FIRST_REQUEST_GRACE) => {}
+                }
+            }
             graceful(conn.as_mut());
             return conn.await;
         }
@@ -337,20 +385,23 @@ impl Gateway {
         limits: RequestLimits,
         sandbox: Arc<crate::runtime::sandbox::Sandbox>,
     ) -> Self {
-        Self {
+        let routing = Routing {
             registry,
+            plugin_permits: limits
+                .plugin_caps
+                .iter()
+                .map(|(name, &cap)| (name.clone(), (cap, Arc::new(Semaphore::new(cap)))))
+                .collect(),
+            credential_caps: limits.credential_caps.clone(),
+        };
+        Self {
+            routing: arc_swap::ArcSwap::from_pointee(routing),
             max_body_bytes: limits.max_body_bytes,
             max_header_bytes: limits.max_header_bytes,
             body_budget: BodyBudget::new(limits.body_bytes_in_flight, limits.min_body_bytes_per_sec),
             request_timeout: limits.timeout,
             max_instances: limits.max_instances,
             permits: Arc::new(Semaphore::new(limits.max_instances)),
-            plugin_permits: limits
-                .plugin_caps
-                .into_iter()
-                .map(|(name, cap)| (name, Arc::new(Semaphore::new(cap))))
-                .collect(),
-            credential_caps: limits.credential_caps,
             per_credential: Arc::default(),
             draining: AtomicBool::new(false),
             unrouted: crate::telemetry::RouteMetrics::new("", ""),
@@ -362,9 +413,29 @@ impl Gateway {
         }
     }
 
-    /// The plugins served and their routes.
-    pub(crate) fn registry(&self) -> &Registry {
-        &self.registry
+    /// The routes and caps new requests get.
+    pub(crate) fn routing(&self) -> Arc<Routing> {
+        self.routing.load_full()
+    }
+
+    /// Serves `registry` from now on, with the per-plugin caps of `caps`
+    /// (a reload): requests in flight finish as they started. A plugin
+    /// whose cap is unchanged keeps its permits, so what it runs now counts.
+    pub(crate) fn reroute(&self, registry: Registry, caps: &RequestLimits) {
+        let old = self.routing.load();
+        let plugin_permits = caps
+            .plugin_caps
+            .iter()
+            .map(|(name, &cap)| {
+                let permits = match old.plugin_permits.get(name) {
+                    Some((was, permits)) if *was == cap => permits.clone(),
+                    _ => Arc::new(Semaphore::new(cap)),
+                };
+                (name.clone(), (cap, permits))
+            })
+            .collect();
+        let routing = Routing { registry, plugin_permits, credential_caps: caps.credential_caps.clone() };
+        self.routing.store(Arc::new(routing));
     }
 
     /// Whether shutdown has begun.
@@ -420,8 +491,9 @@ impl Gateway {
         served.response
     }
 
-    async fn dispatch(&self, req: hyper::Request<Incoming>, started: Instant, trace: &Context) -> Served<'_> {
-        let mount = self.registry.route(req.uri().path());
+    async fn dispatch(&self, req: hyper::Request<Incoming>, started: Instant, trace: &Context) -> Served {
+        let routing = self.routing.load_full();
+        let mount = routing.registry.route(req.uri().path());
         // The route's plugin picks how the gateway's errors read; no route: a problem.
         let format = mount.map_or(ErrorFormat::Problem, |mount| mount.error_format);
         if head_bytes(&req) > self.max_header_bytes {
@@ -443,7 +515,7 @@ impl Gateway {
             Ok(response) => into_http(response, &label, format),
             Err(response) => response,
         };
-        Served { response, plugin: Some((mount, label)) }
+        Served { response, plugin: Some((mount.clone(), label)) }
     }
 
     /// Admits a request step by step, runs the plugin and answers: each
@@ -527,7 +599,8 @@ impl Gateway {
         plugin: &str,
         format: ErrorFormat,
     ) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, hyper::Response<Full<Bytes>>> {
-        match self.plugin_permits.get(plugin).map(|permits| permits.clone().try_acquire_owned()) {
+        let routing = self.routing.load();
+        match routing.plugin_permits.get(plugin).map(|(_, permits)| permits.clone().try_acquire_owned()) {
             Some(Err(_)) => {
                 metrics::counter!(crate::telemetry::REQUESTS_REFUSED, "plugin" => plugin.to_owned()).increment(1);
                 Err(unavailable(format, BUSY))
@@ -574,7 +647,7 @@ impl Gateway {
     /// `Err` when the credential has its share running already.
     fn credential_permit(&self, plugin: &str, headers: &hyper::HeaderMap) -> Result<Option<CredentialPermit>, ()> {
         use sha2::Digest as _;
-        let Some(&cap) = self.credential_caps.get(plugin) else { return Ok(None) };
+        let Some(&cap) = self.routing.load().credential_caps.get(plugin) else { return Ok(None) };
         let Some(credential) = headers.get(hyper::header::AUTHORIZATION) else { return Ok(None) };
         let key = (plugin.to_owned(), <[u8; 32]>::from(sha2::Sha256::digest(credential.as_bytes())));
         let mut counts = self.per_credential.lock().unwrap_or_else(|poison| poison.into_inner());

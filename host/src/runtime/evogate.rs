@@ -1,8 +1,9 @@
 //! Plugins of the current `evogate:plugin` world (0.2.x): a request to
-//! `handler`, the plugin's `identity`, and, for plugins built against
-//! `plugin-with-jobs` (0.2.2 on), a job to `scheduled`.
+//! `handler`, the plugin's `identity`, for plugins built against
+//! `plugin-with-jobs` (0.2.2 on) a job to `scheduled`, and for plugins
+//! built against 0.2.4 on the check of their `settings`.
 
-use super::bindings::{wit_handler, wit_identity, wit_scheduled, wit_types};
+use super::bindings::{wit_handler, wit_identity, wit_scheduled, wit_settings, wit_types};
 use super::sandbox::{HostState, Laps, Phase, Request, Response};
 use wasmtime::Store;
 use wasmtime::component::InstancePre;
@@ -14,6 +15,8 @@ pub(super) struct Current {
     identity: wit_identity::GuestIndices,
     /// Only in plugins built against `plugin-with-jobs` (0.2.2 on).
     scheduled: Option<wit_scheduled::GuestIndices>,
+    /// Only in plugins built against 0.2.4 on.
+    settings: Option<wit_settings::GuestIndices>,
 }
 
 impl Current {
@@ -22,7 +25,8 @@ impl Current {
         let handler = wit_handler::GuestIndices::new(&pre)?;
         let identity = wit_identity::GuestIndices::new(&pre)?;
         let scheduled = wit_scheduled::GuestIndices::new(&pre).ok();
-        Ok(Self { pre, handler, identity, scheduled })
+        let settings = wit_settings::GuestIndices::new(&pre).ok();
+        Ok(Self { pre, handler, identity, scheduled, settings })
     }
 
     /// Whether it exports `scheduled`.
@@ -51,6 +55,26 @@ impl Current {
         let identity = self.identity.load(&mut *store, &instance)?;
         let info = identity.call_info(&mut *store).await?;
         Ok((info.name, info.version))
+    }
+
+    /// Whether it exports `settings` (built against 0.2.4 on).
+    pub(super) fn checks_settings(&self) -> bool {
+        self.settings.is_some()
+    }
+
+    /// The plugin's check of `settings` in a new instance in `store`: its
+    /// problems as `(setting, message)`; none from a plugin that does not
+    /// export `settings`.
+    pub(super) async fn check_settings(
+        &self,
+        store: &mut Store<HostState>,
+        settings: &[(String, String)],
+    ) -> wasmtime::Result<Vec<(String, String)>> {
+        let Some(check) = &self.settings else { return Ok(Vec::new()) };
+        let instance = self.pre.instantiate_async(&mut *store).await?;
+        let guest = check.load(&mut *store, &instance)?;
+        let problems = guest.call_check(&mut *store, settings).await?;
+        Ok(problems.into_iter().map(|problem| (problem.setting, problem.message)).collect())
     }
 
     /// Runs job `run` in a new instance in `store`; a plugin without `scheduled` traps, saying so.

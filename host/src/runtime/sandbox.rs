@@ -332,6 +332,10 @@ impl Sandbox {
         version.label = format!("{plugin}@{semver}").into();
         version.name = name;
         version.version = semver;
+        let problems = version.check_settings(&version.settings.config).await?;
+        if !problems.is_empty() {
+            return Err(wasmtime::Error::msg(SettingsRefused { plugin: plugin.to_owned(), problems }));
+        }
         Ok(version)
     }
 }
@@ -348,8 +352,11 @@ enum Pre {
 /// The world a component was built against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum World {
-    /// `evogate:plugin@0.2.3`, the current world (outgoing HTTP, scheduled jobs and their outcomes).
+    /// `evogate:plugin@0.2.4`, the current world (outgoing HTTP, scheduled
+    /// jobs and their outcomes, the check of its settings).
     Evogate,
+    /// `evogate:plugin@0.2.3`: the current world without `settings`.
+    Evogate0_2_3,
     /// `evogate:plugin@0.2.2`: the current world without `job-outcome`.
     Evogate0_2_2,
     /// `evogate:plugin@0.2.1`: 0.2.2 without outgoing HTTP and jobs.
@@ -366,12 +373,22 @@ impl World {
     /// The world's name, as the admin API and the logs show it.
     pub fn as_str(self) -> &'static str {
         match self {
-            World::Evogate => "evogate:plugin@0.2.3",
+            World::Evogate => "evogate:plugin@0.2.4",
+            World::Evogate0_2_3 => "evogate:plugin@0.2.3",
             World::Evogate0_2_2 => "evogate:plugin@0.2.2",
             World::Evogate0_2_1 => "evogate:plugin@0.2.1",
             World::Evogate0_2_0 => "evogate:plugin@0.2.0",
             World::Evogate0_1_0 => "evogate:plugin@0.1.0",
             World::WasiHttp => "wasi:http/proxy@0.2",
+        }
+    }
+
+    /// The family of the world: `evogate:plugin` (every version) or
+    /// `wasi:http/proxy`. A deploy that changes it is another program.
+    pub fn family(self) -> &'static str {
+        match self {
+            World::WasiHttp => "wasi:http/proxy",
+            _ => "evogate:plugin",
         }
     }
 
@@ -384,6 +401,8 @@ impl World {
             World::Evogate0_2_1
         } else if exported("0.2.2") {
             World::Evogate0_2_2
+        } else if exported("0.2.3") {
+            World::Evogate0_2_3
         } else {
             World::Evogate
         }
@@ -773,6 +792,9 @@ impl Drop for EpochTicker {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
+
+mod settings;
+pub use settings::SettingsRefused;
 
 #[cfg(test)]
 mod tests;

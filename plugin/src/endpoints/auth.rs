@@ -36,6 +36,17 @@ enum Presented {
 }
 
 /// Decodes base64 in either alphabet (standard or URL-safe), padded or not.
+/// The `user:password` bytes of `server_basic_credential`, written as the
+/// developer portal shows the header (`Basic <base64>`) or the base64 alone.
+pub(crate) fn basic_pair(credential: &str) -> Option<Vec<u8>> {
+    let credential = credential.trim();
+    let encoded = match credential.split_once(' ') {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("basic") => rest.trim(),
+        _ => credential,
+    };
+    decode_base64(encoded)
+}
+
 fn decode_base64(text: &str) -> Option<Vec<u8>> {
     use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
     let config = GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
@@ -91,12 +102,7 @@ fn server_credentials(ctx: &Ctx<'_>) -> (Option<String>, Option<Vec<Vec<u8>>>) {
         basic.push(format!("{user}:{password}").into_bytes());
     }
     if let Some(credential) = ctx.config.non_empty(SERVER_BASIC_CREDENTIAL) {
-        let credential = credential.trim();
-        let encoded = match credential.split_once(' ') {
-            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("basic") => rest.trim(),
-            _ => credential,
-        };
-        match decode_base64(encoded) {
+        match basic_pair(&credential) {
             Some(pair) => basic.push(pair),
             None => storage::log_once_a_day(
                 ctx,

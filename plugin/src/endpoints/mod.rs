@@ -11,11 +11,11 @@ pub(crate) mod auth;
 mod billing;
 mod catalog;
 mod documents;
-mod events;
+pub(crate) mod events;
 mod extension;
 mod inventory;
 mod partner;
-mod request;
+pub(crate) mod request;
 mod sync;
 
 use crate::Ctx;

@@ -31,14 +31,14 @@
 // that plugins of evogate:plugin@0.1.0 keep linking and running. Built with
 // `TEST_GUEST_WORLD=0.2.0` or `0.2.1` (see build.rs), against that world
 // instead: the gateway, on a newer 0.2.x, must link those too. With
-// `TEST_GUEST_WORLD=0.2.2`, against the current `plugin-with-jobs` world: it
+// `TEST_GUEST_WORLD=0.2.2` or `0.2.3`, against that `plugin-with-jobs` world: it
 // then also calls out (`/fetch`) and runs scheduled jobs.
-#[cfg(not(any(world_0_2_0, world_0_2_1, world_0_2_2)))]
+#[cfg(not(any(world_0_2_0, world_0_2_1, world_0_2_2, world_0_2_3)))]
 wit_bindgen::generate!({
     path: "../../wit",
     world: "evogate:plugin/plugin@0.1.0",
 });
-#[cfg(not(any(world_0_2_0, world_0_2_1, world_0_2_2)))]
+#[cfg(not(any(world_0_2_0, world_0_2_1, world_0_2_2, world_0_2_3)))]
 use {
     evogate::plugin0_1_0::{config, kv, types},
     exports::evogate::plugin0_1_0::{handler, identity},
@@ -76,6 +76,18 @@ wit_bindgen::generate!({
 use {
     evogate::plugin0_2_2::{config, kv, types},
     exports::evogate::plugin0_2_2::{handler, identity, scheduled},
+};
+
+#[cfg(world_0_2_3)]
+wit_bindgen::generate!({
+    path: "../../wit",
+    world: "evogate:plugin/plugin-with-jobs@0.2.3",
+    generate_all,
+});
+#[cfg(world_0_2_3)]
+use {
+    evogate::plugin0_2_3::{config, kv, types},
+    exports::evogate::plugin0_2_3::{handler, identity, scheduled},
 };
 
 /// The version this build reports; set `TEST_GUEST_VERSION` when building.
@@ -194,7 +206,7 @@ impl handler::Guest for Guest {
                 }
                 answer(200, lines.join("\n"))
             }
-            #[cfg(world_0_2_2)]
+            #[cfg(any(world_0_2_2, world_0_2_3))]
             (false, "fetch") => {
                 let path = param(query, "path").unwrap_or_default();
                 let url = format!("{}{path}", config::get("fetch_url").unwrap_or_default());
@@ -226,7 +238,7 @@ impl identity::Guest for Guest {
 }
 
 /// Outgoing HTTP through `wasi:http/outgoing-handler`.
-#[cfg(world_0_2_2)]
+#[cfg(any(world_0_2_2, world_0_2_3))]
 mod outgoing {
     use super::wasi::http::{outgoing_handler, types as http};
     use super::wasi::io::streams::StreamError;
@@ -281,12 +293,12 @@ mod outgoing {
     }
 }
 
-#[cfg(world_0_2_2)]
+#[cfg(any(world_0_2_2, world_0_2_3))]
 fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_millis() as u64)
 }
 
-#[cfg(world_0_2_2)]
+#[cfg(any(world_0_2_2, world_0_2_3))]
 impl scheduled::Guest for Guest {
     fn run(run: scheduled::JobRun) -> Result<(), String> {
         let started = now_ms();

@@ -211,8 +211,9 @@ fn the_evotor_plugin_is_swapped_under_a_running_extension_without_redeploying_it
 
     let wasm = std::fs::read(evogate_e2e::evotor_wasm()).expect("the Evotor plugin");
     let auth = format!("Bearer {}", evogate_e2e::ADMIN_TOKEN);
-    let deployed =
-        request("PUT", &gateway.admin_url("/plugins/evotor"), &[("authorization", auth.as_str())], Some(&wasm));
+    // Another program than the placeholder: forced, as an operator replacing it does.
+    let url = gateway.admin_url("/plugins/evotor?force=true");
+    let deployed = request("PUT", &url, &[("authorization", auth.as_str())], Some(&wasm));
     assert_eq!(deployed.status, 200, "{}", deployed.text());
 
     // The same extension build, never redeployed, now reaches the Evotor plugin's new version.

@@ -104,7 +104,10 @@ fn deserialize_structs(source: &str) -> Vec<DeserializeStruct> {
             } else if trimmed.starts_with("#[") {
                 attributes.push(trimmed);
             } else if let Some((field, ty)) = field_declaration(trimmed) {
-                if !attributes.iter().any(|attr| attr.contains("feature = \"fault-injection\"")) {
+                // Fault-injection-only fields, and fields serde never reads (not keys), are left out.
+                let left_out =
+                    |attr: &&str| attr.contains("feature = \"fault-injection\"") || *attr == "#[serde(skip)]";
+                if !attributes.iter().any(left_out) {
                     fields.push((field.to_owned(), ty.to_owned()));
                 }
                 attributes.clear();

@@ -227,7 +227,8 @@ fn two_nodes_deploying_at_once_end_on_one_version() {
                 let (barrier, build) = (barrier.clone(), &builds[(round + n) % builds.len()]);
                 scope.spawn(move || {
                     barrier.wait();
-                    let reply = admin(node, "PUT", "/plugins/g", Some(build));
+                    // Two programs in turn: forced.
+                    let reply = admin(node, "PUT", "/plugins/g?force=true", Some(build));
                     assert_eq!(reply.status, 200, "{}", reply.text());
                 });
             }

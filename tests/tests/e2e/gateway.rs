@@ -208,11 +208,13 @@ fn two_plugins_cannot_read_each_others_keys() {
 #[test]
 fn plugins_built_against_every_earlier_world_keep_linking_and_running() {
     let gateway = Gateway::start(&format!(
-        "{}{}{}{}{}",
+        "{}{}{}{}{}{}",
         plugin_table("first", &guest_wasm(), ""),
         plugin_table("second", &guest_wasm_version("world-0.2.0"), "[plugins.config]\ngreeting = \"hi\""),
         plugin_table("third", &guest_wasm_version("world-0.2.1"), ""),
         plugin_table("fourth", &guest_wasm_version("world-0.2.2"), ""),
+        // Built before plugins checked their settings: not checked, so an unknown one starts.
+        plugin_table("fifth", &guest_wasm_version("world-0.2.3"), "[plugins.config]\nnot_a_setting = \"1\"\n"),
         plugin_table("evotor", &evotor_wasm(), ""),
     ));
     let auth = format!("Bearer {ADMIN_TOKEN}");
@@ -225,8 +227,9 @@ fn plugins_built_against_every_earlier_world_keep_linking_and_running() {
     assert_eq!(world("second"), "evogate:plugin@0.2.0");
     assert_eq!(world("third"), "evogate:plugin@0.2.1");
     assert_eq!(world("fourth"), "evogate:plugin@0.2.2");
-    assert_eq!(world("evotor"), "evogate:plugin@0.2.3");
-    for plugin in ["first", "second", "third", "fourth"] {
+    assert_eq!(world("fifth"), "evogate:plugin@0.2.3");
+    assert_eq!(world("evotor"), "evogate:plugin@0.2.4");
+    for plugin in ["first", "second", "third", "fourth", "fifth"] {
         let put = request("POST", &gateway.url(&format!("/{plugin}/kv/put?key=k")), &[], Some(plugin.as_bytes()));
         assert_eq!(put.status, 200, "{plugin}: {}", put.text());
         let read = get(&gateway.url(&format!("/{plugin}/kv/get?key=k")));

@@ -149,7 +149,7 @@ fn unchanged_deploy_is_a_no_op_and_rollback_and_restart_keep_the_last_deployed()
     assert_eq!(plugins[0]["live"]["sha256"].as_str().map(str::len), Some(64));
 
     gateway.signal("HUP");
-    assert!(gateway.wait_for_log("SIGHUP: nothing to reload"));
+    assert!(gateway.wait_for_log("reload: nothing changed"));
     assert_eq!(served_version(&gateway), "2.0.0", "SIGHUP changes nothing");
 
     gateway.restart();

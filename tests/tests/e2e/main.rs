@@ -31,6 +31,8 @@ mod hotswap;
 mod intake;
 /// Scheduled jobs: ticks, the admin API and CLI, outcomes, hot swap, one run per tick across nodes.
 mod jobs;
+/// Running as a service: `evogate check`, settings checks, reload, deploy guardrails, restarts that refuse nothing.
+mod operations;
 /// Outgoing HTTP of evogate plugins: allow-list, caps, deadline, TLS.
 mod outgoing;
 /// The plugin SDK: its example deployed on a running gateway, `cargo xtask new-plugin`.

@@ -8,10 +8,11 @@ use std::process::Command;
 
 const AUTH: (&str, &str) = ("authorization", "Bearer admin-secret");
 
-/// Deploys `wasm` as plugin `name` through the admin API, as `evogate deploy` does.
+/// Deploys `wasm` as plugin `name` through the admin API, as `evogate
+/// deploy --force` does: the route starts with another program, which it replaces.
 fn deploy(gateway: &Gateway, name: &str, wasm: &Path) {
     let bytes = std::fs::read(wasm).expect("the plugin's build");
-    let reply = request("PUT", &gateway.admin_url(&format!("/plugins/{name}")), &[AUTH], Some(&bytes));
+    let reply = request("PUT", &gateway.admin_url(&format!("/plugins/{name}?force=true")), &[AUTH], Some(&bytes));
     assert_eq!(reply.status, 200, "{}", reply.text());
 }
 
@@ -30,7 +31,7 @@ fn the_example_plugin_deploys_on_a_running_gateway_counts_and_keeps_its_counts_a
     let plugins = request("GET", &gateway.admin_url("/plugins"), &[AUTH], None).json();
     let live = &plugins.as_array().expect("plugins")[0];
     assert_eq!((&live["identity"], &live["live"]["version"]), (&"evogate-counter".into(), &"1.0.0".into()), "{live}");
-    assert_eq!(live["world"], "evogate:plugin@0.2.3");
+    assert_eq!(live["world"], "evogate:plugin@0.2.4");
     // Data lives in the plugin's namespace, not in its build: back and forth, the counts stay.
     let rollback = request("POST", &gateway.admin_url("/plugins/counter/rollback"), &[AUTH], None);
     assert_eq!(rollback.status, 200, "{}", rollback.text());
@@ -91,7 +92,7 @@ fn an_evotor_app_made_by_new_plugin_tests_builds_and_calls_the_evotor_plugin_onc
 
     let cargo = Path::new(env!("CARGO"));
     let tested = run(cargo, &["test", "--release"], &crate_dir, &target).expect("its tests pass as made");
-    assert!(tested.contains("7 passed"), "{tested}");
+    assert!(tested.contains("8 passed"), "{tested}");
     run(cargo, &["build", "--release", "--target", "wasm32-wasip2"], &crate_dir, &target).expect("it builds");
     let wasm = target.join("wasm32-wasip2/release/my_app.wasm");
     // Deployed over a placeholder beside the Evotor plugin, as a new extension is.

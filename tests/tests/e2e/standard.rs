@@ -219,9 +219,11 @@ fn deploys_of_a_standard_component_under_load_drop_no_request_and_roll_back() {
         assert_eq!(get(&gateway.url("/hello/x")).header("x-hello-version"), Some(version));
         std::thread::sleep(Duration::from_millis(100));
     }
-    // Kinds may change in a deploy: an evogate plugin takes the route, and back.
+    // Kinds may change in a deploy: an evogate plugin takes the route, and back. Another
+    // program: refused unless forced.
     let guest = std::fs::read(guest_wasm()).expect("the test plugin");
-    assert_eq!(admin(&gateway, "PUT", "/plugins/hello", Some(&guest)).status, 200);
+    assert_eq!(admin(&gateway, "PUT", "/plugins/hello", Some(&guest)).status, 409);
+    assert_eq!(admin(&gateway, "PUT", "/plugins/hello?force=true", Some(&guest)).status, 200);
     let status = admin(&gateway, "GET", "/plugins", None).json();
     let hello = status.as_array().expect("list").iter().find(|p| p["name"] == "hello").cloned().expect("hello");
     assert_eq!(hello["world"], "evogate:plugin@0.1.0");

@@ -24,7 +24,11 @@ pub struct VersionRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) struct State {
     pub(super) active: VersionRecord,
+    /// The versions live before it, the most recent first: a rollback's targets.
     pub(super) previous: Vec<VersionRecord>,
+    /// The versions rolled back from, the nearest first: a roll forward's targets.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(super) later: Vec<VersionRecord>,
 }
 
 /// SHA-256 of `bytes`, hex.
@@ -41,15 +45,16 @@ pub(super) fn is_sha256(text: &str) -> bool {
 impl State {
     /// Refuses a state naming anything but SHA-256 digests (it may come from another node, through the store).
     pub(super) fn checked(self) -> anyhow::Result<Self> {
-        for record in std::iter::once(&self.active).chain(&self.previous) {
+        for record in self.versions() {
             anyhow::ensure!(is_sha256(&record.sha256), "the state names an invalid sha256 {:?}", record.sha256);
         }
         Ok(self)
     }
 
-    /// The live version, then the kept ones, newest first.
+    /// The live version, then the kept ones: those before it, the most
+    /// recent first, then those rolled back from.
     pub(super) fn versions(&self) -> impl Iterator<Item = &VersionRecord> {
-        std::iter::once(&self.active).chain(&self.previous)
+        std::iter::once(&self.active).chain(&self.previous).chain(&self.later)
     }
 }
 
@@ -111,8 +116,7 @@ impl PluginDir {
         let path = self.dir.join("state.json");
         let json = serde_json::to_vec_pretty(state).context("encoding the state")?;
         write_durably(&path, &json).with_context(|| format!("writing {}", path.display()))?;
-        let keep: Vec<String> =
-            std::iter::once(&state.active).chain(&state.previous).map(|v| format!("{}.wasm", v.sha256)).collect();
+        let keep: Vec<String> = state.versions().map(|v| format!("{}.wasm", v.sha256)).collect();
         for entry in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
             let file = entry.file_name().to_string_lossy().into_owned();
             if file.ends_with(".wasm") && !keep.contains(&file) {
@@ -164,7 +168,7 @@ pub(super) mod tests {
         for content in ["a", "b", "c", "d"] {
             files.save_artifact(&record(content).sha256, content.as_bytes()).expect("save");
         }
-        let state = State { active: record("d"), previous: vec![record("c"), record("b")] };
+        let state = State { active: record("d"), previous: vec![record("c"), record("b")], later: vec![] };
         files.write_state(&state).expect("write");
         assert_eq!(files.read_state().expect("read"), Some(state));
         assert!(!files.artifact(&record("a").sha256).exists(), "an artifact no longer recorded is removed");

@@ -58,7 +58,8 @@ impl Deployer {
         }
         loop {
             tokio::time::sleep(FOLLOW_INTERVAL).await;
-            for (name, managed) in &self.plugins {
+            let _changes = self.changes.read().await;
+            for (name, managed) in &self.snapshot() {
                 if let Err(err) = self.catch_up(name, managed).await {
                     tracing::warn!(plugin = %name, error = %format!("{err:#}"), "following the fleet's deploys failed; retrying");
                 }
@@ -84,14 +85,15 @@ impl Deployer {
             let (backend, files, plugin) = (self.backend.clone(), managed.files.clone(), name.to_owned());
             let sha = state.active.sha256.clone();
             let bytes = tokio::task::spawn_blocking(move || fetch_artifact(&*backend, &plugin, &files, &sha)).await??;
-            let mut deployment = self.load(managed, name, &state.active.sha256, bytes).await?;
+            let mut deployment = self.load(name, &state.active.sha256, bytes, guard.settings.clone()).await?;
             deployment.deployed_at = state.active.deployed_at;
             tracing::info!(plugin = %name, version = %state.active.version, "following a deploy made through another node");
             self.persist(managed, &state, None).await?;
-            self.go_live(managed, &mut guard, deployment, state.previous.clone());
+            self.go_live(managed, &mut guard, deployment, &state);
         } else {
             self.persist(managed, &state, None).await?;
             guard.previous.clone_from(&state.previous);
+            guard.later.clone_from(&state.later);
         }
         guard.fleet_seen = Some(entry.version);
         Ok(())
@@ -216,8 +218,8 @@ mod tests {
 
     #[test]
     fn a_later_publication_by_another_node_is_not_taken_for_ours() {
-        let ours = State { active: record("a"), previous: vec![] };
-        let theirs = State { active: record("b"), previous: vec![record("a")] };
+        let ours = State { active: record("a"), previous: vec![], later: vec![] };
+        let theirs = State { active: record("b"), previous: vec![record("a")], later: vec![] };
         let alone = interleaved(None);
         let seen = publish_to_fleet(&alone, "p", &ours, vec![]).expect("publish");
         assert!(seen.is_some(), "our own publication is seen");
@@ -234,6 +236,7 @@ mod tests {
             let state = State {
                 active: VersionRecord { sha256: bad.into(), version: "x".into(), deployed_at: 1 },
                 previous: vec![],
+                later: vec![],
             };
             assert!(state.checked().is_err(), "{bad:?}");
         }
@@ -257,8 +260,11 @@ mod tests {
         for n in 0..8 {
             let content = format!("build {n}");
             let active = record(&content);
-            let state =
-                State { active: active.clone(), previous: history.iter().take(KEPT_VERSIONS).cloned().collect() };
+            let state = State {
+                active: active.clone(),
+                previous: history.iter().take(KEPT_VERSIONS).cloned().collect(),
+                later: vec![],
+            };
             publish_to_fleet(&store, "p", &state, vec![(active.sha256.clone(), content.into_bytes())])
                 .expect("publish");
             history.insert(0, active);

@@ -19,6 +19,7 @@
 //! without a restart. A node starting up serves what the fleet serves.
 
 mod artifacts;
+mod changes;
 mod fleet;
 
 pub use self::artifacts::{VersionRecord, sha256_hex};
@@ -51,6 +52,13 @@ pub enum DeployError {
     /// There is no earlier version to go back to.
     #[error("plugin {0:?} has no earlier version to roll back to")]
     NothingToRollBack(String),
+    /// The version asked for is not among the kept ones (or names several).
+    #[error("{0}")]
+    NoSuchVersion(String),
+    /// The upload is another program than the live version (its identity's
+    /// name or its world differs), and the deploy was not forced.
+    #[error("{0}")]
+    IdentityChanged(String),
     /// The data directory could not be written.
     #[error("storing the deployment failed: {0:#}")]
     Storage(anyhow::Error),
@@ -84,13 +92,14 @@ pub struct PluginStatus {
     pub world: &'static str,
     /// The live version.
     pub live: VersionRecord,
-    /// Earlier versions kept for rollback, newest first.
+    /// The versions live before this one, kept for rollback, the most recent first.
     pub previous: Vec<VersionRecord>,
+    /// The versions rolled back from, kept to roll forward to, the nearest first.
+    pub later: Vec<VersionRecord>,
 }
 
 struct Managed {
     mount: Arc<Mount>,
-    settings: Arc<crate::config::PluginSettings>,
     files: PluginDir,
     /// Held for the whole of a deploy, rollback or fleet catch-up of this
     /// plugin: they happen one at a time.
@@ -100,10 +109,15 @@ struct Managed {
 /// What a plugin's deploys change besides its mount.
 #[derive(Debug)]
 struct ManagedState {
-    /// The kept versions, newest first.
+    /// The versions live before the live one, the most recent first.
     previous: Vec<VersionRecord>,
+    /// The versions rolled back from, the nearest first.
+    later: Vec<VersionRecord>,
     /// The store version of the fleet state this node last acted on.
     fleet_seen: Option<u64>,
+    /// What the plugin's builds are given (`[plugins.config]` and the
+    /// rest); a reload replaces it, and every build loaded after.
+    settings: Arc<crate::config::PluginSettings>,
 }
 
 /// Owns the plugins' mounts and changes what they serve.
@@ -111,12 +125,17 @@ pub struct Deployer {
     sandbox: Arc<Sandbox>,
     backend: Arc<dyn Backend>,
     max_bytes: usize,
-    plugins: BTreeMap<String, Managed>,
+    data_dir: std::path::PathBuf,
+    /// The plugins by name; a reload replaces the map.
+    plugins: std::sync::RwLock<BTreeMap<String, Arc<Managed>>>,
+    /// Deploys, rollbacks and fleet catch-ups hold it shared; a reload
+    /// holds it alone, so none of them works on a plugin it replaces.
+    changes: tokio::sync::RwLock<()>,
 }
 
 impl std::fmt::Debug for Deployer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Deployer").field("plugins", &self.plugins.keys()).finish_non_exhaustive()
+        f.debug_struct("Deployer").field("plugins", &self.names()).finish_non_exhaustive()
     }
 }
 
@@ -143,6 +162,16 @@ pub fn validate(bytes: &[u8], max_bytes: usize) -> Result<(), DeployError> {
     Err(DeployError::Invalid("this is not a WebAssembly component".into()))
 }
 
+/// The build `serve` starts plugin `name` with from `data_dir`: the live
+/// version recorded there, or the newest kept one whose artifact is intact;
+/// none before a first deploy. Reads only.
+pub(crate) fn recorded_build(data_dir: &Path, name: &str) -> anyhow::Result<Option<(VersionRecord, Vec<u8>)>> {
+    let files = PluginDir { dir: data_dir.join("plugins").join(name) };
+    Ok(files
+        .read_state()?
+        .and_then(|state| state.versions().find_map(|record| Some((record.clone(), files.verified(record)?)))))
+}
+
 impl Managed {
     fn live_record(&self) -> VersionRecord {
         let live = self.mount.current();
@@ -164,94 +193,35 @@ impl Deployer {
         data_dir: &Path,
         max_bytes: usize,
     ) -> anyhow::Result<(Deployer, Registry)> {
-        let mut registry = Registry::default();
         let mut managed = BTreeMap::new();
         for plugin in plugins {
-            let files = PluginDir { dir: data_dir.join("plugins").join(&plugin.name) };
-            let settings = Arc::new(plugin.plugin_settings());
-            let mut fleet_seen = None;
-            if backend.is_shared() {
-                // What the fleet serves wins over what this node served last.
-                let (fleet, backend, name) = (files.clone(), backend.clone(), plugin.name.clone());
-                match tokio::task::spawn_blocking(move || fleet::adopt_fleet_state(&*backend, &name, &fleet)).await {
-                    Ok(Ok(seen)) => fleet_seen = seen,
-                    Ok(Err(err)) => {
-                        tracing::warn!(plugin = %plugin.name, error = %format!("{err:#}"), "cannot take up the fleet's version; serving this node's own until the next deploy")
-                    }
-                    Err(join) => return Err(anyhow::Error::new(join).context("reading the fleet state")),
-                }
-            }
-            // The live version recorded, or the newest kept one whose artifact is intact.
-            let state = files.read_state()?.and_then(|state| {
-                let (position, bytes) =
-                    state.versions().enumerate().find_map(|(n, record)| Some((n, files.verified(record)?)))?;
-                let mut versions: Vec<VersionRecord> = state.versions().skip(position).cloned().collect();
-                let active = versions.remove(0);
-                if position > 0 {
-                    tracing::error!(plugin = %plugin.name, version = %active.version, sha256 = %&active.sha256[..12], "falling back to an earlier kept version: the live one's artifact is damaged or missing");
-                }
-                Some((State { active, previous: versions }, bytes))
-            });
-            let (bytes, source, deployed_at) = match &state {
-                Some((state, bytes)) => (bytes.clone(), files.artifact(&state.active.sha256), state.active.deployed_at),
-                None => {
-                    let path = plugin.wasm.relative();
-                    let bytes = std::fs::read(&path).with_context(|| {
-                        let hint =
-                            if plugin.wasm.original().components().any(|part| part.as_os_str() == "wasm32-wasip2") {
-                                " (build it first: cargo xtask build)"
-                            } else {
-                                ""
-                            };
-                        format!("reading plugin {:?} from {}{hint}", plugin.name, path.display())
-                    })?;
-                    (bytes, path, now_unix())
-                }
-            };
-            // Keep the configured build as an artifact (below), so a first deploy can be rolled back to it.
-            validate(&bytes, usize::MAX).with_context(|| format!("plugin {:?}", plugin.name))?;
-            let sha256 = sha256_hex(&bytes);
-            let started = std::time::Instant::now();
-            let namespace = Namespace::new(backend.clone(), &plugin.name);
-            let version = sandbox.load(&plugin.name, bytes.clone(), &sha256, settings.clone(), namespace).await?;
-            let deployment = Arc::new(Deployment { plugin: version, sha256: sha256.clone(), deployed_at });
-            if state.is_some() {
-                tracing::info!(
-                    plugin = %plugin.name,
-                    "serving the last deployed version {} (sha256 {}), not the configured file {}",
-                    deployment.label(),
-                    &sha256[..12],
-                    plugin.wasm.relative().display(),
-                );
-            }
-            tracing::info!(
-                plugin = %plugin.name,
-                route = %plugin.route,
-                identity = %deployment.plugin.identity(),
-                world = deployment.plugin.world().as_str(),
-                sha256 = %&sha256[..12],
-                wasm = %source.display(),
-                load_ms = started.elapsed().as_millis() as u64,
-                "plugin loaded"
-            );
-            let mount = registry.insert(&plugin.name, &plugin.route, plugin.error_format, deployment);
-            files.save_artifact(&sha256, &bytes)?;
-            let entry = Managed {
-                mount,
-                settings,
-                files,
-                state: tokio::sync::Mutex::new(ManagedState {
-                    previous: state.map(|(s, _)| s.previous).unwrap_or_default(),
-                    fleet_seen,
-                }),
-            };
-            managed.insert(plugin.name.clone(), entry);
+            let entry = prepare(plugin, &sandbox, &backend, data_dir).await?;
+            managed.insert(plugin.name.clone(), Arc::new(entry));
         }
-        Ok((Deployer { sandbox, backend, max_bytes, plugins: managed }, registry))
+        let registry = Registry::from_mounts(managed.values().map(|managed| managed.mount.clone()).collect());
+        let deployer = Deployer {
+            sandbox,
+            backend,
+            max_bytes,
+            data_dir: data_dir.to_owned(),
+            plugins: std::sync::RwLock::new(managed),
+            changes: tokio::sync::RwLock::new(()),
+        };
+        Ok((deployer, registry))
     }
 
-    fn managed(&self, name: &str) -> Result<&Managed, DeployError> {
-        self.plugins.get(name).ok_or_else(|| DeployError::UnknownPlugin(name.into()))
+    fn managed(&self, name: &str) -> Result<Arc<Managed>, DeployError> {
+        self.snapshot().get(name).cloned().ok_or_else(|| DeployError::UnknownPlugin(name.into()))
+    }
+
+    /// The plugins as they are now.
+    fn snapshot(&self) -> BTreeMap<String, Arc<Managed>> {
+        self.plugins.read().unwrap_or_else(|poison| poison.into_inner()).clone()
+    }
+
+    /// The names of the plugins managed.
+    pub fn names(&self) -> Vec<String> {
+        self.snapshot().into_keys().collect()
     }
 
     /// The largest component a deploy accepts.
@@ -261,9 +231,13 @@ impl Deployer {
 
     /// Every plugin with its live and kept versions (waits for a deploy in progress).
     pub async fn list(&self) -> Vec<PluginStatus> {
-        let mut list = Vec::with_capacity(self.plugins.len());
-        for (name, managed) in &self.plugins {
-            let previous = managed.state.lock().await.previous.clone();
+        let plugins = self.snapshot();
+        let mut list = Vec::with_capacity(plugins.len());
+        for (name, managed) in &plugins {
+            let (previous, later) = {
+                let state = managed.state.lock().await;
+                (state.previous.clone(), state.later.clone())
+            };
             let live = managed.mount.current();
             list.push(PluginStatus {
                 name: name.clone(),
@@ -272,21 +246,27 @@ impl Deployer {
                 world: live.plugin.world().as_str(),
                 live: managed.live_record(),
                 previous,
+                later,
             });
         }
         list
     }
 
-    /// Deploys `bytes` as the new version of plugin `name`.
-    pub async fn deploy(&self, name: &str, bytes: Vec<u8>) -> Result<Outcome, DeployError> {
+    /// Deploys `bytes` as the new version of plugin `name`. Unless
+    /// `force`, a build that is another program than the live one — its
+    /// identity's name or its world family differs — is refused: it would
+    /// get the live plugin's route and all of its data.
+    pub async fn deploy(&self, name: &str, bytes: Vec<u8>, force: bool) -> Result<Outcome, DeployError> {
         let trace = deploy_span(format!("deploy {name}"));
-        let outcome = self.deploy_now(name, bytes).await;
+        let _changes = self.changes.read().await;
+        let outcome = self.deploy_now(name, bytes, force).await;
         deploy_span_ends(&trace, name, &outcome);
         outcome
     }
 
-    async fn deploy_now(&self, name: &str, bytes: Vec<u8>) -> Result<Outcome, DeployError> {
+    async fn deploy_now(&self, name: &str, bytes: Vec<u8>, force: bool) -> Result<Outcome, DeployError> {
         let managed = self.managed(name)?;
+        let managed = &*managed;
         validate(&bytes, self.max_bytes)?;
         let sha256 = sha256_hex(&bytes);
         let mut guard = managed.state.lock().await;
@@ -294,19 +274,37 @@ impl Deployer {
         if live.sha256 == sha256 {
             return Ok(Outcome { name: name.into(), deployed: live.clone(), changed: false, live });
         }
-        let deployment = self.load(managed, name, &sha256, bytes.clone()).await?;
+        let deployment = self.load(name, &sha256, bytes.clone(), guard.settings.clone()).await?;
+        let current = managed.mount.current();
+        let (was, new) = (&current.plugin, &deployment.plugin);
+        if was.name != new.name || was.world().family() != new.world().family() {
+            let (was, new) = (
+                format!("{} ({})", was.identity(), was.world().as_str()),
+                format!("{} ({})", new.identity(), new.world().as_str()),
+            );
+            if !force {
+                metrics::counter!(crate::telemetry::DEPLOYS_REFUSED, "plugin" => name.to_owned()).increment(1);
+                return Err(DeployError::IdentityChanged(format!(
+                    "plugin {name:?} runs {was}; the upload is {new}, another program, which would get this plugin's \
+                     route and all of its data: deploy it with --force (?force=true) if that is what you mean"
+                )));
+            }
+            tracing::warn!(plugin = name, from_identity = %was, to_identity = %new, "deploying another program, as forced");
+        }
         let record = VersionRecord {
             sha256: sha256.clone(),
             version: deployment.plugin.version.clone(),
             deployed_at: deployment.deployed_at,
         };
-        let kept = guard.previous.clone();
-        let before = State { active: live.clone(), previous: kept.clone() };
+        let before = State { active: live.clone(), previous: guard.previous.clone(), later: guard.later.clone() };
+        // The versions rolled back from become earlier ones: kept, in the order they were live.
         let mut previous = vec![live];
-        previous.extend(kept);
-        previous.retain(|old| old.sha256 != sha256);
+        previous.extend(guard.later.iter().cloned());
+        previous.extend(guard.previous.iter().cloned());
+        let mut seen = std::collections::HashSet::new();
+        previous.retain(|old| old.sha256 != sha256 && seen.insert(old.sha256.clone()));
         previous.truncate(KEPT_VERSIONS);
-        let state = State { active: record.clone(), previous };
+        let state = State { active: record.clone(), previous, later: Vec::new() };
         self.persist(managed, &state, Some((&sha256, bytes.clone()))).await?;
         // The fleet gets the new build and the one it replaces, so any node can roll back.
         let replaced = managed.mount.current().sha256.clone();
@@ -315,26 +313,41 @@ impl Deployer {
             artifacts.push((replaced, old));
         }
         self.publish_or_restore(managed, &mut guard, name, &state, artifacts, &before).await?;
-        self.go_live(managed, &mut guard, deployment, state.previous);
+        self.go_live(managed, &mut guard, deployment, &state);
         metrics::counter!(crate::telemetry::DEPLOYS, "plugin" => name.to_owned()).increment(1);
         Ok(Outcome { name: name.into(), deployed: record, changed: true, live: managed.live_record() })
     }
 
-    /// Makes the version before the live one live again.
-    pub async fn rollback(&self, name: &str) -> Result<Outcome, DeployError> {
+    /// Makes a kept version live again: `to` (a version the plugin reported,
+    /// or the start of a SHA-256, at least 6 hex digits) among the versions
+    /// before the live one and those rolled back from; without `to`, the
+    /// version live before this one. The live version is kept, so going
+    /// back and forth loses nothing.
+    pub async fn rollback(&self, name: &str, to: Option<&str>) -> Result<Outcome, DeployError> {
         let trace = deploy_span(format!("rollback {name}"));
-        let outcome = self.rollback_now(name).await;
+        let _changes = self.changes.read().await;
+        let outcome = self.rollback_now(name, to).await;
         deploy_span_ends(&trace, name, &outcome);
         outcome
     }
 
-    async fn rollback_now(&self, name: &str) -> Result<Outcome, DeployError> {
+    async fn rollback_now(&self, name: &str, to: Option<&str>) -> Result<Outcome, DeployError> {
         let managed = self.managed(name)?;
+        let managed = &*managed;
         let mut guard = managed.state.lock().await;
-        let previous = guard.previous.clone();
-        let Some((target, older)) = previous.split_first() else {
-            return Err(DeployError::NothingToRollBack(name.into()));
+        let live = managed.live_record();
+        if let Some(to) = to
+            && version_matches(&live, to)
+        {
+            return Ok(Outcome { name: name.into(), deployed: live.clone(), changed: false, live });
+        }
+        let (previous, later) = (guard.previous.clone(), guard.later.clone());
+        let state = match to {
+            None if previous.is_empty() => return Err(DeployError::NothingToRollBack(name.into())),
+            None => moved_to(&live, &previous, &later, Place::Previous(0)),
+            Some(to) => moved_to(&live, &previous, &later, find_kept(name, &previous, &later, to)?),
         };
+        let target = state.active.clone();
         let path = managed.files.artifact(&target.sha256);
         let bytes = tokio::task::spawn_blocking(move || {
             std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
@@ -343,36 +356,35 @@ impl Deployer {
         .map_err(storage_task_failed)?
         .map_err(DeployError::Storage)?;
         let bytes_for_fleet = if self.backend.is_shared() { bytes.clone() } else { Vec::new() };
-        let deployment = self.load(managed, name, &target.sha256, bytes).await?;
+        let deployment = self.load(name, &target.sha256, bytes, guard.settings.clone()).await?;
         let record = VersionRecord {
             sha256: target.sha256.clone(),
             version: deployment.plugin.version.clone(),
             deployed_at: deployment.deployed_at,
         };
-        let before = State { active: managed.live_record(), previous: previous.clone() };
-        let state = State { active: record.clone(), previous: older.to_vec() };
+        let before = State { active: live, previous, later };
+        let state = State { active: record.clone(), ..state };
         self.persist(managed, &state, None).await?;
         let artifacts = vec![(target.sha256.clone(), bytes_for_fleet)];
         self.publish_or_restore(managed, &mut guard, name, &state, artifacts, &before).await?;
-        self.go_live(managed, &mut guard, deployment, state.previous);
+        self.go_live(managed, &mut guard, deployment, &state);
         metrics::counter!(crate::telemetry::ROLLBACKS, "plugin" => name.to_owned()).increment(1);
         Ok(Outcome { name: name.into(), deployed: record, changed: true, live: managed.live_record() })
     }
 
     async fn load(
         &self,
-        managed: &Managed,
         name: &str,
         sha256: &str,
         bytes: Vec<u8>,
+        settings: Arc<crate::config::PluginSettings>,
     ) -> Result<Deployment, DeployError> {
         let namespace = Namespace::new(self.backend.clone(), name);
         let started = std::time::Instant::now();
-        let plugin =
-            self.sandbox.load(name, bytes, sha256, managed.settings.clone(), namespace).await.map_err(|err| {
-                metrics::counter!(crate::telemetry::DEPLOYS_REFUSED, "plugin" => name.to_owned()).increment(1);
-                DeployError::Refused(err.into())
-            })?;
+        let plugin = self.sandbox.load(name, bytes, sha256, settings, namespace).await.map_err(|err| {
+            metrics::counter!(crate::telemetry::DEPLOYS_REFUSED, "plugin" => name.to_owned()).increment(1);
+            DeployError::Refused(err.into())
+        })?;
         tracing::info!(plugin = name, identity = %plugin.identity(), sha256 = &sha256[..12], load_ms = started.elapsed().as_millis() as u64, "plugin version ready");
         Ok(Deployment { plugin, sha256: sha256.to_owned(), deployed_at: now_unix() })
     }
@@ -415,17 +427,174 @@ impl Deployer {
         Err(err)
     }
 
-    fn go_live(
-        &self,
-        managed: &Managed,
-        guard: &mut ManagedState,
-        deployment: Deployment,
-        previous: Vec<VersionRecord>,
-    ) {
-        let label = deployment.label().to_owned();
+    fn go_live(&self, managed: &Managed, guard: &mut ManagedState, deployment: Deployment, state: &State) {
+        let (label, identity) = (deployment.label().to_owned(), deployment.plugin.identity());
         let old = managed.mount.swap(Arc::new(deployment));
-        guard.previous = previous;
-        tracing::info!(plugin = %managed.mount.name, from = %old.label(), to = %label, "swapped");
+        guard.previous.clone_from(&state.previous);
+        guard.later.clone_from(&state.later);
+        tracing::info!(
+            plugin = %managed.mount.name,
+            from = %old.label(),
+            to = %label,
+            from_identity = %old.plugin.identity(),
+            to_identity = %identity,
+            "swapped"
+        );
+    }
+}
+
+/// Loads plugin `plugin` as a start does — the fleet's version on a shared
+/// store, else the last one deployed here, else the configured file — on
+/// a mount of its own, not yet routed to.
+async fn prepare(
+    plugin: &PluginConfig,
+    sandbox: &Sandbox,
+    backend: &Arc<dyn Backend>,
+    data_dir: &Path,
+) -> anyhow::Result<Managed> {
+    let files = PluginDir { dir: data_dir.join("plugins").join(&plugin.name) };
+    let settings = Arc::new(plugin.plugin_settings());
+    let mut fleet_seen = None;
+    if backend.is_shared() {
+        // What the fleet serves wins over what this node served last.
+        let (fleet, backend, name) = (files.clone(), backend.clone(), plugin.name.clone());
+        match tokio::task::spawn_blocking(move || fleet::adopt_fleet_state(&*backend, &name, &fleet)).await {
+            Ok(Ok(seen)) => fleet_seen = seen,
+            Ok(Err(err)) => {
+                tracing::warn!(plugin = %plugin.name, error = %format!("{err:#}"), "cannot take up the fleet's version; serving this node's own until the next deploy")
+            }
+            Err(join) => return Err(anyhow::Error::new(join).context("reading the fleet state")),
+        }
+    }
+    // The live version recorded, or the newest kept one whose artifact is intact.
+    let state = files.read_state()?.and_then(|state| {
+            let (position, bytes) =
+                state.versions().enumerate().find_map(|(n, record)| Some((n, files.verified(record)?)))?;
+            let mut versions: Vec<VersionRecord> = state.versions().skip(position).cloned().collect();
+            let active = versions.remove(0);
+            if position > 0 {
+                tracing::error!(plugin = %plugin.name, version = %active.version, sha256 = %&active.sha256[..12], "falling back to an earlier kept version: the live one's artifact is damaged or missing");
+            }
+            // Falling back drops the damaged ones; the order of the rest stays.
+            let later = state.later.iter().filter(|record| versions.contains(record)).cloned().collect();
+            versions.retain(|record| !state.later.contains(record));
+            Some((State { active, previous: versions, later }, bytes))
+        });
+    let (bytes, source, deployed_at) = match &state {
+        Some((state, bytes)) => (bytes.clone(), files.artifact(&state.active.sha256), state.active.deployed_at),
+        None => {
+            let path = plugin.wasm.relative();
+            let bytes = std::fs::read(&path).with_context(|| {
+                let hint = if plugin.wasm.original().components().any(|part| part.as_os_str() == "wasm32-wasip2") {
+                    " (build it first: cargo xtask build)"
+                } else {
+                    ""
+                };
+                format!("reading plugin {:?} from {}{hint}", plugin.name, path.display())
+            })?;
+            (bytes, path, now_unix())
+        }
+    };
+    // Keep the configured build as an artifact (below), so a first deploy can be rolled back to it.
+    validate(&bytes, usize::MAX).with_context(|| format!("plugin {:?}", plugin.name))?;
+    let sha256 = sha256_hex(&bytes);
+    let started = std::time::Instant::now();
+    let namespace = Namespace::new(backend.clone(), &plugin.name);
+    let version = sandbox.load(&plugin.name, bytes.clone(), &sha256, settings.clone(), namespace).await?;
+    let deployment = Arc::new(Deployment { plugin: version, sha256: sha256.clone(), deployed_at });
+    if state.is_some() {
+        // A new build in the configured file (an upgrade) is not served until deployed: say so.
+        let configured = std::fs::read(plugin.wasm.relative()).ok().map(|bytes| sha256_hex(&bytes));
+        if configured.as_ref().is_some_and(|configured| *configured != sha256) {
+            tracing::warn!(
+                plugin = %plugin.name,
+                "serving the last deployed version {} (sha256 {}), not the configured file {}, which \
+                 differs: deploy that file (evogate deploy {} FILE) to serve it",
+                deployment.label(),
+                &sha256[..12],
+                plugin.wasm.relative().display(),
+                plugin.name,
+            );
+        } else {
+            tracing::info!(
+                plugin = %plugin.name,
+                "serving the last deployed version {} (sha256 {})",
+                deployment.label(),
+                &sha256[..12],
+            );
+        }
+    }
+    tracing::info!(
+        plugin = %plugin.name,
+        route = %plugin.route,
+        identity = %deployment.plugin.identity(),
+        world = deployment.plugin.world().as_str(),
+        sha256 = %&sha256[..12],
+        wasm = %source.display(),
+        load_ms = started.elapsed().as_millis() as u64,
+        "plugin loaded"
+    );
+    let mount = Mount::new(&plugin.name, &plugin.route, plugin.error_format, deployment);
+    files.save_artifact(&sha256, &bytes)?;
+    let (previous, later) = state.map(|(s, _)| (s.previous, s.later)).unwrap_or_default();
+    Ok(Managed { mount, files, state: tokio::sync::Mutex::new(ManagedState { previous, later, fleet_seen, settings }) })
+}
+
+/// Where a kept version is: among those before the live one, or those rolled back from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    Previous(usize),
+    Later(usize),
+}
+
+/// Whether `record` is the version `to` names: its reported version, or a
+/// SHA-256 prefix of at least 6 hex digits.
+fn version_matches(record: &VersionRecord, to: &str) -> bool {
+    record.version == to || (to.len() >= 6 && to.len() <= 64 && record.sha256.starts_with(&to.to_ascii_lowercase()))
+}
+
+/// The kept version `to` names; an error listing the kept ones when it names none or several.
+fn find_kept(name: &str, previous: &[VersionRecord], later: &[VersionRecord], to: &str) -> Result<Place, DeployError> {
+    let found: Vec<Place> = (previous.iter().enumerate().map(|(n, record)| (Place::Previous(n), record)))
+        .chain(later.iter().enumerate().map(|(n, record)| (Place::Later(n), record)))
+        .filter(|(_, record)| version_matches(record, to))
+        .map(|(place, _)| place)
+        .collect();
+    let kept = || {
+        let list: Vec<String> = previous
+            .iter()
+            .chain(later)
+            .map(|record| format!("{} ({})", record.version, &record.sha256[..12]))
+            .collect();
+        if list.is_empty() { "none".to_owned() } else { list.join(", ") }
+    };
+    match found.as_slice() {
+        [place] => Ok(*place),
+        [] => Err(DeployError::NoSuchVersion(format!("plugin {name:?} keeps no version {to:?}; kept: {}", kept()))),
+        _ => Err(DeployError::NoSuchVersion(format!(
+            "{to:?} names several kept versions of plugin {name:?}: give the start of a SHA-256; kept: {}",
+            kept()
+        ))),
+    }
+}
+
+/// The state after making the kept version at `place` live: the versions
+/// between it and the live one, and the live one, move to the other side,
+/// so the line of versions keeps its order and nothing is dropped.
+fn moved_to(live: &VersionRecord, previous: &[VersionRecord], later: &[VersionRecord], place: Place) -> State {
+    match place {
+        Place::Previous(at) => {
+            let mut forward: Vec<VersionRecord> = previous[..at].iter().rev().cloned().collect();
+            forward.push(live.clone());
+            forward.extend(later.iter().cloned());
+            State { active: previous[at].clone(), previous: previous[at + 1..].to_vec(), later: forward }
+        }
+        Place::Later(at) => {
+            let mut back: Vec<VersionRecord> = later[..at].iter().rev().cloned().collect();
+            back.push(live.clone());
+            back.extend(previous.iter().cloned());
+            State { active: later[at].clone(), previous: back, later: later[at + 1..].to_vec() }
+        }
     }
 }
 
@@ -474,6 +643,47 @@ mod tests {
         for garbage in [&b""[..], b"\0asm", b"hello world!"] {
             assert!(matches!(validate(garbage, 64), Err(DeployError::Invalid(_))));
         }
+    }
+
+    #[test]
+    fn rolling_back_and_forward_moves_along_the_line_of_versions_and_drops_none() {
+        use artifacts::tests::record;
+        let (a, b, c, d) = (record("a"), record("b"), record("c"), record("d"));
+        // Deployed a, b, c, d in turn: d live.
+        let line = |state: &State| -> Vec<VersionRecord> {
+            let mut line: Vec<VersionRecord> = state.previous.iter().rev().cloned().collect();
+            line.push(state.active.clone());
+            line.extend(state.later.iter().cloned());
+            line
+        };
+        let start = State { active: d.clone(), previous: vec![c.clone(), b.clone(), a.clone()], later: vec![] };
+        let back = moved_to(&start.active, &start.previous, &start.later, Place::Previous(0));
+        assert_eq!((back.active.clone(), back.later.clone()), (c.clone(), vec![d.clone()]));
+        let oldest = moved_to(
+            &back.active,
+            &back.previous,
+            &back.later,
+            find_kept("p", &back.previous, &back.later, &a.sha256[..8]).expect("a"),
+        );
+        assert_eq!(oldest.active, a);
+        assert_eq!(oldest.later, vec![b.clone(), c.clone(), d.clone()]);
+        assert_eq!(line(&oldest), line(&start), "the order of the versions stays");
+        let forward = moved_to(
+            &oldest.active,
+            &oldest.previous,
+            &oldest.later,
+            find_kept("p", &oldest.previous, &oldest.later, &d.sha256).expect("d"),
+        );
+        assert_eq!(forward, start, "rolled forward to where it began");
+        let missing = find_kept("p", &start.previous, &start.later, "9.9.9").expect_err("none");
+        assert!(missing.to_string().contains("keeps no version \"9.9.9\""), "{missing}");
+        let twice = [
+            VersionRecord { version: "1.0.0".into(), ..a.clone() },
+            VersionRecord { version: "1.0.0".into(), ..b.clone() },
+        ];
+        let ambiguous = find_kept("p", &twice, &[], "1.0.0").expect_err("two");
+        assert!(ambiguous.to_string().contains("several"), "{ambiguous}");
+        assert!(!version_matches(&a, &a.sha256[..5]), "a SHA-256 prefix needs 6 digits");
     }
 
     #[tokio::test]
