@@ -192,8 +192,8 @@ pub async fn serve(
             let result = match &options.tls {
                 None => {
                     let conn = http1(&options).serve_connection(TokioIo::new(stream), service);
-                    drive(conn, hyper::server::conn::http1::Connection::graceful_shutdown, stopped, None, Some(streams))
-                        .await
+                    let graceful = hyper::server::conn::http1::Connection::graceful_shutdown;
+                    Box::pin(drive(conn, graceful, stopped, None, Some(streams))).await
                 }
                 Some(tls) => {
                     let Some(stream) = tls.handshake(stream, peer, options.header_read_timeout).await else { return };
@@ -202,13 +202,13 @@ pub async fn serve(
                         // streams (or that never sent its preface) closes after the same time.
                         let idle = Some((streams, options.header_read_timeout));
                         let conn = http2(&options).serve_connection(TokioIo::new(stream), service);
-                        drive(conn, hyper::server::conn::http2::Connection::graceful_shutdown, stopped, idle, None)
-                            .await
+                        let graceful = hyper::server::conn::http2::Connection::graceful_shutdown;
+                        Box::pin(drive(conn, graceful, stopped, idle, None)).await
                     } else {
                         let conn = http1(&options).serve_connection(TokioIo::new(stream), service);
                         let fresh = Some(streams);
-                        drive(conn, hyper::server::conn::http1::Connection::graceful_shutdown, stopped, None, fresh)
-                            .await
+                        let graceful = hyper::server::conn::http1::Connection::graceful_shutdown;
+                        Box::pin(drive(conn, graceful, stopped, None, fresh)).await
                     }
                 }
             };
