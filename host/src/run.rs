@@ -43,6 +43,13 @@ impl Running {
         Some(LivePlugin(routing.registry().by_name(name)?.current()))
     }
 
+    /// The store's size on disk: the redb file, or evogate's PostgreSQL
+    /// relations with their indexes; `None` for the in-memory store. It
+    /// blocks on the store: call it off the async runtime's threads.
+    pub fn store_bytes(&self) -> anyhow::Result<Option<u64>> {
+        Ok(self.app.backend.bytes_on_disk()?)
+    }
+
     /// Waits until the gateway has stopped: `shutdown` resolved, in-flight
     /// requests drained, both listeners closed.
     pub async fn stopped(self) -> anyhow::Result<()> {

@@ -1,0 +1,204 @@
+//! What the store keeps per byte delivered: the Evotor plugin behind the
+//! real gateway takes deliveries of each kind — 1 KB documents, receipts,
+//! products and events, and records of a few bytes — into a fresh store,
+//! and the store's size on disk grows by so much: the redb file, and on
+//! PostgreSQL (when `EVOGATE_TEST_POSTGRES_URL` names a database) evogate's
+//! relations with their indexes. The baseline of each row is the bytes
+//! delivered in the same run (the request bodies, as sent).
+//!
+//! Run with `cargo bench -p evogate-e2e --bench storage` after `cargo xtask build`;
+//! `BENCH_RECORDS=N` sets the records of each 1 KB row (default 10,000: redb grows its
+//! file by whole regions, so a row needs megabytes to be read to a tenth), the small
+//! ones 5× as many when they go in batches.
+
+#[path = "../../host/benches/common/evotor.rs"]
+mod evotor;
+
+use bytes::Bytes;
+use evotor::{DEVICE, STORE, USER, call, json_body};
+use serde_json::{Value, json};
+
+/// A kind of delivery: its name, and a batch of records `from..from + count` as bodies.
+struct Kind {
+    name: &'static str,
+    /// Records one request carries.
+    per_request: usize,
+    /// The request: method, path, body of records `from..from + count`.
+    request: fn(usize, usize) -> (&'static str, String, Bytes),
+    /// Whether the records are the small ones (`count` × 5).
+    small: bool,
+}
+
+/// `text` padded with a field of `x` so the record is about `size` bytes.
+fn padded(mut record: Value, size: usize) -> Value {
+    let now = record.to_string().len();
+    record["note"] = Value::String("x".repeat(size.saturating_sub(now + 10)));
+    record
+}
+
+fn document(n: usize) -> Value {
+    padded(
+        json!({"id": format!("doc-{n:08}"), "store_id": STORE, "device_id": DEVICE, "type": "SELL",
+            "close_date": 1_700_000_000_000i64 + n as i64, "user_id": USER, "version": "V2",
+            "body": {"result_sum": 100, "positions": [{"name": "Tea", "price": 100, "quantity": 1}]}}),
+        1024,
+    )
+}
+
+fn receipt(n: usize) -> Value {
+    padded(
+        json!({"id": format!("rcpt-{n:08}"), "timestamp": 1_700_000_000_000i64 + n as i64, "userId": USER,
+            "type": "ReceiptCreated", "data": {"id": format!("r-{n}"), "deviceId": DEVICE, "storeId": STORE,
+            "dateTime": 1_700_000_000_000i64 + n as i64, "totalAmount": 100, "items": [{"name": "Tea", "price": 100}]}}),
+        1024,
+    )
+}
+
+fn product(n: usize) -> Value {
+    padded(evotor::product(n as u32), 1024)
+}
+
+fn event(n: usize) -> Value {
+    padded(
+        json!({"id": format!("ev-{n:08}"), "type": "ProductEvent", "action": "created",
+            "payload": {"id": format!("7c3bfd7a-4e1b-4c55-9d3e-{n:012}"), "store_id": STORE, "user_id": USER,
+            "name": "Tea", "price": 1, "type": "NORMAL"}}),
+        1024,
+    )
+}
+
+fn array(values: impl Iterator<Item = Value>) -> Bytes {
+    json_body(&Value::Array(values.collect()))
+}
+
+const KINDS: &[Kind] = &[
+    Kind {
+        name: "1 KB documents",
+        per_request: 100,
+        request: |from, count| {
+            let path = format!("/api/v1/inventories/stores/{STORE}/documents");
+            ("PUT", path, array((from..from + count).map(document)))
+        },
+        small: false,
+    },
+    Kind {
+        name: "1 KB receipts",
+        per_request: 100,
+        request: |from, count| ("POST", "/api/v2/receipts".into(), array((from..from + count).map(receipt))),
+        small: false,
+    },
+    Kind {
+        name: "1 KB products",
+        per_request: 100,
+        request: |from, count| {
+            let path = format!("/api/v1/inventories/stores/{STORE}/products");
+            ("POST", path, array((from..from + count).map(product)))
+        },
+        small: false,
+    },
+    Kind {
+        name: "1 KB events",
+        per_request: 1,
+        request: |from, _| ("POST", "/events".into(), json_body(&event(from))),
+        small: false,
+    },
+    Kind {
+        name: "{\"id\"} receipts",
+        per_request: 1000,
+        request: |from, count| {
+            ("POST", "/api/v2/receipts".into(), array((from..from + count).map(|n| json!({"id": format!("r{n}")}))))
+        },
+        small: true,
+    },
+    Kind {
+        name: "tiny products",
+        per_request: 1000,
+        request: |from, count| {
+            let path = format!("/api/v1/inventories/stores/{STORE}/products");
+            let uuid = |n: usize| format!("{:08x}-0000-4000-8000-{n:012x}", n);
+            ("POST", path, array((from..from + count).map(|n| json!({"uuid": uuid(n), "name": "p"}))))
+        },
+        small: true,
+    },
+    Kind {
+        name: "tiny events",
+        per_request: 1,
+        request: |from, _| ("POST", "/events".into(), json_body(&json!({"id": format!("e{from}")}))),
+        small: true,
+    },
+];
+
+/// A fresh gateway on `store`, the bench user registered: the store's size
+/// after delivering `records` of `kind`, before, and the bytes delivered.
+async fn measure(kind: &Kind, records: usize, postgres: Option<&str>) -> anyhow::Result<(u64, u64, u64)> {
+    let data = tempfile::tempdir()?;
+    let mut config = evotor::config(data.path())?;
+    config.plugins[0].config.insert("events_webhook_allow_unsigned".into(), "true".into());
+    if let Some(url) = postgres {
+        config.store.backend = evogate::kv::BackendKind::Postgres;
+        config.store.url = Some(url.to_owned());
+        let unique = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos();
+        config.store.schema = format!("evogate_bench_{unique:x}");
+    }
+    let (running, addr) = evotor::serve(&config).await?;
+    let running = std::sync::Arc::new(running);
+    let size = |running: std::sync::Arc<evogate::Running>| async move {
+        tokio::task::spawn_blocking(move || running.store_bytes()).await?.map(|bytes| bytes.unwrap_or(0))
+    };
+    let mut client = evotor::connect(addr).await?;
+    let token = evotor::entitled_user(&mut client).await?;
+    let before = size(running.clone()).await?;
+    let mut delivered = 0u64;
+    let mut from = 0;
+    while from < records {
+        let count = kind.per_request.min(records - from);
+        let (method, path, body) = (kind.request)(from, count);
+        delivered += body.len() as u64;
+        call(&mut client, method, &path, &token, body).await?;
+        from += count;
+    }
+    let after = size(running.clone()).await?;
+    if let Some(url) = postgres {
+        drop_schema(url, &config.store.schema).await;
+    }
+    Ok((after.saturating_sub(before), before, delivered))
+}
+
+/// Drops the bench's schema (its tables go with it).
+async fn drop_schema(url: &str, schema: &str) {
+    if let Ok((client, connection)) = tokio_postgres::connect(url, tokio_postgres::NoTls).await {
+        tokio::spawn(connection);
+        let _ = client.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE")).await;
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let records: usize = std::env::var("BENCH_RECORDS").ok().and_then(|n| n.parse().ok()).unwrap_or(10_000);
+    let postgres = std::env::var("EVOGATE_TEST_POSTGRES_URL").ok().filter(|url| !url.is_empty());
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        println!("storage: bytes on disk per byte delivered (records of each row into a fresh store)");
+        let mut backends = vec![("redb", None)];
+        match &postgres {
+            Some(url) => backends.push(("PostgreSQL", Some(url.as_str()))),
+            None => println!("  (PostgreSQL: skipped, EVOGATE_TEST_POSTGRES_URL is not set)"),
+        }
+        for (backend, url) in backends {
+            println!("  {backend}:");
+            println!("    {:<18} {:>8} {:>12} {:>12} {:>8}", "delivery", "records", "delivered", "stored", "ratio");
+            for kind in KINDS {
+                let count = if kind.small && kind.per_request > 1 { records * 5 } else { records };
+                let (stored, _, delivered) = measure(kind, count, url).await?;
+                println!(
+                    "    {:<18} {:>8} {:>10.2} MB {:>9.2} MB {:>7.1}×",
+                    kind.name,
+                    count,
+                    delivered as f64 / 1e6,
+                    stored as f64 / 1e6,
+                    stored as f64 / delivered as f64
+                );
+            }
+        }
+        anyhow::Ok(())
+    })
+}
