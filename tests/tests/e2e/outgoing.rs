@@ -1,7 +1,7 @@
 //! Outgoing HTTP of evogate plugins (world 0.2.2): only to allowed hosts,
 //! refused before any connection otherwise, no redirects followed, a capped
 //! response body, never past the request's deadline, TLS verified against
-//! the public roots plus `outbound_ca`.
+//! the public roots, the system's roots and `outbound_ca`.
 
 use evogate_e2e::upstream::Upstream;
 use evogate_e2e::{ADMIN_TOKEN, Gateway, get, guest_wasm_version, request, toml_str};
@@ -83,6 +83,35 @@ fn an_outgoing_call_never_outlives_its_request() {
     assert_eq!(reply.status, 503, "the request's deadline ends it: {}", reply.text());
     assert!(took < Duration::from_millis(2500), "answered after {took:?}");
     assert_eq!(get(&gateway.url("/g/fetch?path=/hello")).status, 200, "the gateway goes on");
+}
+
+#[test]
+fn https_trusts_a_root_the_system_trusts_besides_the_public_ones() {
+    let key = rcgen::KeyPair::generate().expect("a key");
+    let params = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).expect("params");
+    let cert = params.self_signed(&key).expect("a certificate");
+    let upstream = Upstream::start_tls(&cert.pem(), &key.serialize_pem());
+    let dir = tempfile::tempdir().expect("dir");
+    let ca = dir.path().join("system.pem");
+    std::fs::write(&ca, cert.pem()).expect("ca");
+    // The system's store as OpenSSL names it (update-ca-certificates writes the bundle it points at).
+    let system = format!("SSL_CERT_FILE={}", ca.display());
+    let wasm = toml_str(&guest_wasm_version("world-0.2.2").to_string_lossy());
+    let gateway = Gateway::start_under(
+        &["env", &system],
+        &format!(
+            "[[plugins]]\nname = \"g\"\nroute = \"/g\"\nwasm = {wasm}\nallowed_outbound_hosts = [{}]\n\
+             [plugins.config]\nfetch_url = {}\n",
+            toml_str(&upstream.url),
+            toml_str(&upstream.url)
+        ),
+    );
+    let reply = get(&gateway.url("/g/fetch?path=/hello"));
+    assert_eq!(
+        (reply.status, reply.text().as_str()),
+        (200, "status=200 location= body=hello"),
+        "no outbound_ca needed"
+    );
 }
 
 #[test]
