@@ -36,6 +36,9 @@ pub struct Page {
     /// values could outgrow the instance's memory), and the page is to be
     /// asked for again with a smaller `limit`.
     pub oversize: Option<usize>,
+    /// The answer's `Warning` header, as sent (clipped): how the cloud
+    /// announces that a URL will stop working.
+    pub warning: Option<String>,
 }
 
 /// Most items a page may hold to be read: the cloud's own page size.
@@ -200,7 +203,7 @@ pub fn get_page(
         },
     })?;
     match response.status {
-        200 => page(&response.body),
+        200 => page(&response.body).map(|page| Page { warning: response.header("warning").map(clip), ..page }),
         401 | 403 => Err(Failure::Refused { status: response.status, message: message(&response) }),
         404 => Err(Failure::Gone { message: message(&response) }),
         429 => {
@@ -224,7 +227,7 @@ fn page(body: &[u8]) -> Result<Page, Failure> {
     if let Ok(Shape { items: Some(Count(count)), paging }) = serde_json::from_slice::<Shape>(body)
         && count > MAX_PAGE_ITEMS
     {
-        return Ok(Page { items: Vec::new(), next: cursor(paging.as_ref())?, oversize: Some(count) });
+        return Ok(Page { items: Vec::new(), next: cursor(paging.as_ref())?, oversize: Some(count), warning: None });
     }
     let Ok(Value::Object(mut listing)) = serde_json::from_slice::<Value>(body) else {
         return Err(bad("not a JSON object"));
@@ -235,7 +238,7 @@ fn page(body: &[u8]) -> Result<Page, Failure> {
         Some(_) => return Err(bad("items is not an array")),
     };
     let next = cursor(listing.get("paging"))?;
-    Ok(Page { items, next, oversize: None })
+    Ok(Page { items, next, oversize: None, warning: None })
 }
 
 /// The cloud's error message (`{"message": …}`, else `code`, else the status).

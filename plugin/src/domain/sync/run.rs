@@ -120,9 +120,13 @@ fn sync_user(
                 let applied = apply(ctx, settings, user_id, &task, &page)?;
                 run.read += applied.read;
                 run.new += applied.new;
-                update_user(ctx, user_id, &hash, |_, state| {
+                let warned = page.warning.as_deref().map(|warning| warned(ctx, &task.path(), warning));
+                update_user(ctx, user_id, &hash, |txn, state| {
                     advance(state, &task, page.next.clone(), &applied.stores, now);
                     state.progress.succeeded(&applied);
+                    if let Some(problem) = &warned {
+                        txn.issue(now, Issue::new(None, "cloud-endpoint", &task.path(), problem.as_str()));
+                    }
                 })?
             }
             // A store gone from the cloud: its listing is over, the others go on.
@@ -230,6 +234,7 @@ fn sync_feed(
                     }
                 }
                 let (new, _) = events::take(ctx, settings, taken, Some("events-api"))?;
+                problems.extend(page.warning.as_deref().map(|warning| warned(ctx, &path, warning)));
                 note_problems(ctx, None, &path, problems)?;
                 let applied = Applied { read: page.items.len() as u64, new: new as u64, stores: Vec::new() };
                 run.read += applied.read;
@@ -436,4 +441,13 @@ pub fn run_user(ctx: &Ctx<'_>, user_id: &str) -> Result<(Outcome, Option<RunRepo
     let deadline = ctx.clock.now_unix().saturating_add(cloud.now_budget_secs);
     let mut budget = Budget { clock: ctx.clock, deadline, requests: cloud.max_requests_per_user };
     sync_user(ctx, &settings, &cloud, user_id, &mut budget)
+}
+
+/// What the cloud's `Warning` on `path` is for the partner (a URL's coming
+/// shutdown, say): logged once a day per path, and the problem a data issue
+/// keeps, one per path, counted each time it comes again.
+fn warned(ctx: &Ctx<'_>, path: &str, warning: &str) -> String {
+    let problem = format!("the Evotor cloud warns about {path}: {warning}");
+    storage::log_once_a_day(ctx, &format!("cloud-warning:{path}"), &problem);
+    problem
 }

@@ -662,3 +662,40 @@ fn a_cloud_that_floods_every_page_is_skipped_with_a_data_issue_and_the_rest_goes
     let status = partner(&world, &cloud, "GET", &format!("/partner/v1/users/{USER}/sync"));
     assert_eq!(status["backfill"]["complete"], true, "the other listings were read: {status}");
 }
+
+#[test]
+fn a_warning_of_the_cloud_is_a_data_issue_once_per_path_counted_each_time() {
+    let world = world(&[]);
+    let cloud = Cloud::with("cloud-1", account());
+    let warning = "299 - \"this URL stops working on 2027-03-01: use /api/v2/stores\"";
+    let scripted = |cloud: &Cloud| {
+        let listing = json!({"items": [store(STORE, "Лавка")], "paging": {}});
+        cloud.scripted.borrow_mut().entry("cloud-1".into()).or_default().push((
+            200,
+            vec![("warning".into(), warning.into())],
+            Some(listing),
+        ));
+    };
+    scripted(&cloud);
+    token(&world, USER, "cloud-1");
+    run_job(&world, &cloud);
+    scripted(&cloud);
+    token(&world, USER, "cloud-1-again");
+    cloud.accounts.borrow_mut().insert("cloud-1-again".into(), account());
+    let moved = cloud.scripted.borrow_mut().remove("cloud-1").unwrap_or_default();
+    cloud.scripted.borrow_mut().insert("cloud-1-again".into(), moved);
+    run_job(&world, &cloud);
+    let issues = partner(&world, &cloud, "GET", "/partner/v1/data-issues?limit=100");
+    let warned: Vec<&Value> = issues["items"]
+        .as_array()
+        .expect("issues")
+        .iter()
+        .filter(|issue| {
+            issue["problem"].as_str().is_some_and(|problem| problem.contains("stops working on 2027-03-01"))
+        })
+        .collect();
+    assert_eq!(warned.len(), 1, "one issue for the path: {issues}");
+    assert_eq!(warned[0]["entity"], "cloud-endpoint");
+    assert_eq!(warned[0]["entityId"], "/stores");
+    assert_eq!(warned[0]["count"], 2, "counted each time: {issues}");
+}
