@@ -30,9 +30,13 @@ pub(super) fn indirect(
     })
 }
 
-/// Reads a secret file whole, without its trailing line end.
+/// Reads a secret file whole, without its trailing line end. Only a
+/// regular file (a link to one too): a pipe or a device could block the
+/// start, or never end.
 fn read_secret(path: &Path) -> anyhow::Result<String> {
     use std::io::Read as _;
+    let kind = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    anyhow::ensure!(kind.is_file(), "{} is not a regular file", path.display());
     let file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
     let mut text = String::new();
     file.take(MAX_SECRET_BYTES + 1)
@@ -143,6 +147,8 @@ mod tests {
         assert_eq!(read("env = 'EVOTOR_TOKEN'"), Some(Ok("from-env".into())));
         assert!(read("file = 'missing'").expect("a file").expect_err("missing").contains("missing"));
         assert!(read("env = 'UNSET'").expect("a variable").expect_err("unset").contains("UNSET is not set"));
+        assert!(read("file = '/dev/zero'").expect("a file").expect_err("a device").contains("not a regular file"));
+        assert!(read("file = '.'").expect("a file").expect_err("a directory").contains("not a regular file"));
         assert_eq!(read("file = 'token'\nmode = 1"), None, "another table is a value of its own");
         assert_eq!(read("file = 1"), None);
         let mut entries =
