@@ -10,11 +10,10 @@
 
 mod common;
 
-use common::{Server, free_port, serve_config};
+use common::{free_port, serve_config, spawn_serve};
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Idle connections opened by default.
@@ -100,14 +99,7 @@ fn main() -> anyhow::Result<()> {
         2 * BODY_BYTES
     );
     let config = serve_config(dir.path(), port, "g", &wasm, &limits)?;
-    let child = Command::new(&evogate)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("EVOGATE_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let server = Server(child);
+    let server = spawn_serve(&evogate, &config, "warn")?;
     let pid = server.0.id();
     let started = Instant::now();
     let mut warm = loop {

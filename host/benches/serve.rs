@@ -30,14 +30,7 @@ fn wasmtime_serve(wasmtime: &Path, wasm: &Path, port: u16) -> anyhow::Result<Ser
 fn evogate_serve(evogate: &Path, wasm: &Path, port: u16, data: &Path) -> anyhow::Result<Server> {
     let config = common::serve_config(data, port, "hello", wasm, "")?;
     // The access log stays on (its formatting is part of the work), written to nowhere.
-    let child = Command::new(evogate)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("EVOGATE_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    Ok(Server(child))
+    common::spawn_serve(evogate, &config, "info")
 }
 
 fn main() -> anyhow::Result<()> {

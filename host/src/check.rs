@@ -114,9 +114,7 @@ async fn check_plugin(sandbox: &Sandbox, data_dir: &std::path::Path, plugin: &Pl
                 ));
             }
             Err(err) => match err.downcast_ref::<crate::runtime::sandbox::SettingsRefused>() {
-                Some(refused) => report
-                    .problems
-                    .extend(refused.problems.iter().map(|problem| format!("plugin {:?}: {problem}", plugin.name))),
+                Some(refused) => report.problems.extend(refused.lines()),
                 None => report.problems.push(format!("plugin {:?} ({source}): {err:#}", plugin.name)),
             },
         }

@@ -122,22 +122,24 @@ fn admin_request(target: &Target, method: &str, path: &str) -> hyper::http::requ
 }
 
 fn call(args: &AdminArgs, method: &str, path: &str, body: Vec<u8>) -> anyhow::Result<serde_json::Value> {
-    call_expecting(args, method, path, body, |status| status.is_success())
+    call_expecting(args, method, path, body, |status, _| status.is_success())
 }
 
 /// [`call`], a 422 with a JSON answer taken as an answer too (a refused reload lists its problems).
 fn call_any(args: &AdminArgs, method: &str, path: &str, body: Vec<u8>) -> anyhow::Result<serde_json::Value> {
-    call_expecting(args, method, path, body, |status| {
-        status.is_success() || status == hyper::StatusCode::UNPROCESSABLE_ENTITY
+    call_expecting(args, method, path, body, |status, value| {
+        status.is_success() || status == hyper::StatusCode::UNPROCESSABLE_ENTITY && !value.is_null()
     })
 }
 
+/// Sends the call; its JSON answer when `answered` takes the status and
+/// the answer, else an error with the server's reason.
 fn call_expecting(
     args: &AdminArgs,
     method: &str,
     path: &str,
     body: Vec<u8>,
-    answered: impl Fn(hyper::StatusCode) -> bool,
+    answered: impl Fn(hyper::StatusCode, &serde_json::Value) -> bool,
 ) -> anyhow::Result<serde_json::Value> {
     let target = args.target()?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -153,7 +155,7 @@ fn call_expecting(
     if args.json {
         println!("{}", serde_json::to_string_pretty(&value)?);
     }
-    if !answered(status) || value.is_null() && !status.is_success() {
+    if !answered(status, &value) {
         let reason =
             value["error"].as_str().map_or_else(|| String::from_utf8_lossy(&bytes).into_owned(), str::to_owned);
         bail!("{status}: {reason}");

@@ -39,34 +39,35 @@ pub(crate) struct Taken {
     pub(crate) public: Option<TcpListener>,
     /// The admin listener's socket.
     pub(crate) admin: Option<TcpListener>,
-    /// Where they came from, for the log: `systemd` or `handover`.
-    pub(crate) from: &'static str,
+    /// Whether systemd passed them: then they serve whatever the
+    /// configuration's addresses say (the socket units name the addresses).
+    pub(crate) from_systemd: bool,
 }
 
 impl Taken {
     /// The public listener: the one taken over when `listen` asks for its
     /// address (a port of 0 takes any), else one bound to `listen`.
     pub(crate) async fn public(&mut self, listen: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
-        Self::pick(self.public.take(), listen, self.from, "listen").await
+        Self::pick(self.public.take(), listen, self.from_systemd, "listen").await
     }
 
     /// The admin listener, as [`Taken::public`] picks it.
     pub(crate) async fn admin(&mut self, listen: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
-        Self::pick(self.admin.take(), listen, self.from, "admin.listen").await
+        Self::pick(self.admin.take(), listen, self.from_systemd, "admin.listen").await
     }
 
     async fn pick(
         taken: Option<TcpListener>,
         listen: SocketAddr,
-        from: &str,
+        from_systemd: bool,
         key: &str,
     ) -> anyhow::Result<tokio::net::TcpListener> {
         if let Some(socket) = taken {
             let addr = socket.local_addr().context("reading a taken socket's address")?;
             // systemd's unit says where to listen; a handed-over socket must be the one asked for.
-            if from == "systemd" || fits(listen, addr) {
+            if from_systemd || fits(listen, addr) {
                 socket.set_nonblocking(true).context("a taken socket")?;
-                if from == "systemd" && !fits(listen, addr) {
+                if from_systemd && !fits(listen, addr) {
                     tracing::info!(socket = %addr, configured = %listen, "{key}: serving the socket systemd passed");
                 }
                 return tokio::net::TcpListener::from_std(socket).context("a taken socket");
@@ -95,7 +96,7 @@ pub(crate) fn from_systemd() -> anyhow::Result<Taken> {
     anyhow::ensure!((1..=2).contains(&count), "LISTEN_FDS = {count}: evogate takes one or two sockets (public, admin)");
     let names: Vec<String> =
         var("LISTEN_FDNAMES").map(|names| names.split(':').map(str::to_owned).collect()).unwrap_or_default();
-    let mut taken = Taken { from: "systemd", ..Taken::default() };
+    let mut taken = Taken { from_systemd: true, ..Taken::default() };
     let mut unnamed = Vec::new();
     for n in 0..count {
         let fd = 3 + n;
@@ -185,7 +186,7 @@ fn ask(data_dir: &Path, wait: Duration) -> anyhow::Result<Option<(Taken, std::os
     );
     let admin = TcpListener::from(sockets.pop().expect("two sockets"));
     let public = TcpListener::from(sockets.pop().expect("two sockets"));
-    Ok(Some((Taken { public: Some(public), admin: Some(admin), from: "handover" }, stream)))
+    Ok(Some((Taken { public: Some(public), admin: Some(admin), from_systemd: false }, stream)))
 }
 
 #[cfg(unix)]

@@ -112,12 +112,13 @@ pub async fn run(
     let settings = Settings::from_config(config);
     // Sockets passed by systemd, or handed over by the gateway running on
     // this data directory (which stops, and closes the store, first).
-    let mut taken = take_listeners(config)?;
+    let data_dir = std::path::absolute(config.data_dir()).context("resolving data_dir")?;
+    let mut taken = take_listeners(config, &data_dir)?;
     let app = Arc::new(start(config, &settings).await?);
     let listener = taken.public(config.listen).await?;
     let admin_listener = taken.admin(config.admin.listen).await?;
     let (handed_over, on_handover) = tokio::sync::oneshot::channel::<()>();
-    offer_handover(config, &listener, &admin_listener, handed_over);
+    offer_handover(&data_dir, &listener, &admin_listener, handed_over);
     let shutdown = async move {
         tokio::select! {
             () = shutdown => {}
@@ -159,37 +160,35 @@ pub async fn run(
 }
 
 /// The listening sockets systemd passed, else those of the gateway running
-/// on the data directory (it hands them over and stops), else none.
-fn take_listeners(config: &config::Config) -> anyhow::Result<crate::listeners::Taken> {
+/// on `data_dir` (it hands them over and stops), else none.
+fn take_listeners(config: &config::Config, data_dir: &std::path::Path) -> anyhow::Result<crate::listeners::Taken> {
     let systemd = crate::listeners::from_systemd()?;
     if systemd.public.is_some() || systemd.admin.is_some() {
         tracing::info!("serving the sockets systemd passed (socket activation)");
         return Ok(systemd);
     }
-    let data_dir = std::path::absolute(config.data_dir()).context("resolving data_dir")?;
     // The one before drains (grace, then requests in flight) and closes its store.
     let wait = std::time::Duration::from_millis(config.limits.drain_grace_ms + config.limits.drain_timeout_ms)
         + std::time::Duration::from_secs(60);
-    Ok(crate::listeners::take_over(&data_dir, wait)?.unwrap_or_default())
+    Ok(crate::listeners::take_over(data_dir, wait)?.unwrap_or_default())
 }
 
-/// Lets the next `evogate serve` on this data directory take the two
-/// listeners over ([`crate::listeners::serve_handover`]); when one does,
+/// Lets the next `evogate serve` on `data_dir` take the two listeners
+/// over ([`crate::listeners::serve_handover`]); when one does,
 /// `handed_over` starts this gateway's shutdown.
 fn offer_handover(
-    config: &config::Config,
+    data_dir: &std::path::Path,
     public: &tokio::net::TcpListener,
     admin: &tokio::net::TcpListener,
     handed_over: tokio::sync::oneshot::Sender<()>,
 ) {
     #[cfg(not(unix))]
-    let _ = (config, public, admin, handed_over);
+    let _ = (data_dir, public, admin, handed_over);
     #[cfg(unix)]
     let offered = (|| -> anyhow::Result<()> {
         use std::os::fd::AsFd as _;
-        let data_dir = std::path::absolute(config.data_dir())?;
         let (public, admin) = (public.as_fd().try_clone_to_owned()?, admin.as_fd().try_clone_to_owned()?);
-        crate::listeners::serve_handover(&data_dir, public, admin, move || {
+        crate::listeners::serve_handover(data_dir, public, admin, move || {
             let _ = handed_over.send(());
         })
     })();

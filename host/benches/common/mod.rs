@@ -189,6 +189,20 @@ pub async fn wait_until_serving(addr: SocketAddr) -> anyhow::Result<Bytes> {
     }
 }
 
+/// `evogate serve --config CONFIG` as a process of its own, logging at
+/// `log` (`EVOGATE_LOG`) to nowhere; killed when dropped.
+pub fn spawn_serve(evogate: &std::path::Path, config: &std::path::Path, log: &str) -> anyhow::Result<Server> {
+    use std::process::{Command, Stdio};
+    let child = Command::new(evogate)
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("EVOGATE_LOG", log)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    Ok(Server(child))
+}
+
 /// Writes `DIR/evogate.toml` for `evogate serve` on `port` with one plugin on `/`,
 /// its data in `DIR/data`; `extra` is appended to the plugin's table. The file's path.
 pub fn serve_config(

@@ -127,6 +127,30 @@ enum Taken {
     Elsewhere,
 }
 
+/// The jobs `plugins` configure, each on its plugin's mount; a job with a
+/// bad schedule (the configuration's check refused it) or without a mount is left out.
+fn jobs_of(plugins: &[PluginConfig], mounts: &[Arc<Mount>]) -> Vec<Arc<Job>> {
+    plugins
+        .iter()
+        .flat_map(|plugin| {
+            let mount = mounts.iter().find(|mount| mount.name == plugin.name).cloned();
+            plugin.jobs.iter().filter_map(move |job: &JobConfig| {
+                let schedule = job.schedule().ok()?;
+                Some(Arc::new(Job {
+                    plugin: plugin.name.clone(),
+                    name: job.name.clone(),
+                    schedule,
+                    mount: mount.clone()?,
+                    running: tokio::sync::Mutex::new(()),
+                    next_ms: std::sync::atomic::AtomicU64::new(0),
+                    warned: Mutex::new(HashSet::new()),
+                    retired: tokio::sync::watch::Sender::new(false),
+                }))
+            })
+        })
+        .collect()
+}
+
 /// The scheduler of every job of every plugin on this node.
 pub(crate) struct Scheduler {
     node: String,
@@ -203,33 +227,7 @@ impl Scheduler {
         *jobs = next;
         changes
     }
-}
 
-/// The jobs `plugins` configure, each on its plugin's mount; a job with a
-/// bad schedule (the configuration's check refused it) or without a mount is left out.
-fn jobs_of(plugins: &[PluginConfig], mounts: &[Arc<Mount>]) -> Vec<Arc<Job>> {
-    plugins
-        .iter()
-        .flat_map(|plugin| {
-            let mount = mounts.iter().find(|mount| mount.name == plugin.name).cloned();
-            plugin.jobs.iter().filter_map(move |job: &JobConfig| {
-                let schedule = job.schedule().ok()?;
-                Some(Arc::new(Job {
-                    plugin: plugin.name.clone(),
-                    name: job.name.clone(),
-                    schedule,
-                    mount: mount.clone()?,
-                    running: tokio::sync::Mutex::new(()),
-                    next_ms: std::sync::atomic::AtomicU64::new(0),
-                    warned: Mutex::new(HashSet::new()),
-                    retired: tokio::sync::watch::Sender::new(false),
-                }))
-            })
-        })
-        .collect()
-}
-
-impl Scheduler {
     /// Starts one ticking task per job.
     pub(crate) fn start(self: &Arc<Self>) {
         self.started.store(true, std::sync::atomic::Ordering::SeqCst);

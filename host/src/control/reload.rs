@@ -70,10 +70,8 @@ impl Reloader {
         };
         let (mounts, changes) = app.deployer.commit(plan).await;
         outcome.changes = changes;
-        let requests = Settings::from_config(&next).requests;
-        let caps =
-            |settings: &Settings| (settings.requests.plugin_caps.clone(), settings.requests.credential_caps.clone());
-        if caps(&Settings::from_config(&current)) != (requests.plugin_caps.clone(), requests.credential_caps.clone()) {
+        let (was, requests) = (Settings::from_config(&current).requests, Settings::from_config(&next).requests);
+        if (&was.plugin_caps, &was.credential_caps) != (&requests.plugin_caps, &requests.credential_caps) {
             outcome.changes.push("per-plugin caps (max_concurrent_requests, max_concurrent_per_credential)".into());
         }
         app.gateway.reroute(Registry::from_mounts(mounts.clone()), &requests);

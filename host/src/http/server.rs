@@ -234,6 +234,8 @@ struct Streams {
     open: std::sync::atomic::AtomicUsize,
     idle_since: std::sync::Mutex<Instant>,
     begun: std::sync::atomic::AtomicBool,
+    /// Woken when the first request begins.
+    first: tokio::sync::Notify,
 }
 
 impl Default for Streams {
@@ -242,6 +244,7 @@ impl Default for Streams {
             open: Default::default(),
             idle_since: std::sync::Mutex::new(Instant::now()),
             begun: std::sync::atomic::AtomicBool::new(false),
+            first: tokio::sync::Notify::new(),
         }
     }
 }
@@ -257,15 +260,21 @@ struct OpenStream(Arc<Streams>);
 
 impl Streams {
     fn begin(streams: &Arc<Self>) -> OpenStream {
-        streams.begun.store(true, Ordering::SeqCst);
+        if !streams.begun.swap(true, Ordering::SeqCst) {
+            streams.first.notify_waiters();
+        }
         streams.open.fetch_add(1, Ordering::SeqCst);
         OpenStream(streams.clone())
     }
 
     /// Resolves once the connection has begun a request (at once if it has).
     async fn first_request(&self) {
-        while !self.begun.load(Ordering::SeqCst) {
-            tokio::time::sleep(Duration::from_millis(5)).await;
+        let woken = self.first.notified();
+        tokio::pin!(woken);
+        // Registered before the flag is read, so a request that begins in between still wakes it.
+        woken.as_mut().enable();
+        if !self.begun.load(Ordering::SeqCst) {
+            woken.await;
         }
     }
 

@@ -9,13 +9,33 @@ use std::time::{Duration, Instant};
 
 /// The 0.2.2 test plugin as `g` on `/g`, calling `fetch_url`, allowed to reach `allowed`.
 fn caller(top: &str, fetch_url: &str, allowed: &str, extra: &str) -> Gateway {
+    caller_under(&[], top, fetch_url, allowed, extra)
+}
+
+/// [`caller`], the gateway started through `wrapper` (e.g. `env VAR=…`).
+fn caller_under(wrapper: &[&str], top: &str, fetch_url: &str, allowed: &str, extra: &str) -> Gateway {
     let wasm = toml_str(&guest_wasm_version("world-0.2.2").to_string_lossy());
-    Gateway::start(&format!(
-        "{top}\n[[plugins]]\nname = \"g\"\nroute = \"/g\"\nwasm = {wasm}\nallowed_outbound_hosts = [{}]\n{extra}\n\
+    Gateway::start_under(
+        wrapper,
+        &format!(
+            "{top}\n[[plugins]]\nname = \"g\"\nroute = \"/g\"\nwasm = {wasm}\nallowed_outbound_hosts = [{}]\n{extra}\n\
          [plugins.config]\nfetch_url = {}\n",
-        toml_str(allowed),
-        toml_str(fetch_url)
-    ))
+            toml_str(allowed),
+            toml_str(fetch_url)
+        ),
+    )
+}
+
+/// An HTTPS upstream whose certificate (for `localhost` and `127.0.0.1`)
+/// is signed by itself, and that certificate as a PEM file in `dir`.
+fn self_signed_upstream(dir: &std::path::Path) -> (Upstream, std::path::PathBuf) {
+    let key = rcgen::KeyPair::generate().expect("a key");
+    let params = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).expect("params");
+    let cert = params.self_signed(&key).expect("a certificate");
+    let upstream = Upstream::start_tls(&cert.pem(), &key.serialize_pem());
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, cert.pem()).expect("ca");
+    (upstream, ca)
 }
 
 fn metrics(gateway: &Gateway) -> String {
@@ -87,25 +107,11 @@ fn an_outgoing_call_never_outlives_its_request() {
 
 #[test]
 fn https_trusts_a_root_the_system_trusts_besides_the_public_ones() {
-    let key = rcgen::KeyPair::generate().expect("a key");
-    let params = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).expect("params");
-    let cert = params.self_signed(&key).expect("a certificate");
-    let upstream = Upstream::start_tls(&cert.pem(), &key.serialize_pem());
     let dir = tempfile::tempdir().expect("dir");
-    let ca = dir.path().join("system.pem");
-    std::fs::write(&ca, cert.pem()).expect("ca");
+    let (upstream, ca) = self_signed_upstream(dir.path());
     // The system's store as OpenSSL names it (update-ca-certificates writes the bundle it points at).
     let system = format!("SSL_CERT_FILE={}", ca.display());
-    let wasm = toml_str(&guest_wasm_version("world-0.2.2").to_string_lossy());
-    let gateway = Gateway::start_under(
-        &["env", &system],
-        &format!(
-            "[[plugins]]\nname = \"g\"\nroute = \"/g\"\nwasm = {wasm}\nallowed_outbound_hosts = [{}]\n\
-             [plugins.config]\nfetch_url = {}\n",
-            toml_str(&upstream.url),
-            toml_str(&upstream.url)
-        ),
-    );
+    let gateway = caller_under(&["env", &system], "", &upstream.url, &upstream.url, "");
     let reply = get(&gateway.url("/g/fetch?path=/hello"));
     assert_eq!(
         (reply.status, reply.text().as_str()),
@@ -116,18 +122,13 @@ fn https_trusts_a_root_the_system_trusts_besides_the_public_ones() {
 
 #[test]
 fn https_is_verified_against_the_public_roots_and_outbound_ca() {
-    let key = rcgen::KeyPair::generate().expect("a key");
-    let params = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).expect("params");
-    let cert = params.self_signed(&key).expect("a certificate");
-    let upstream = Upstream::start_tls(&cert.pem(), &key.serialize_pem());
+    let dir = tempfile::tempdir().expect("dir");
+    let (upstream, ca) = self_signed_upstream(dir.path());
     let untrusting = caller("", &upstream.url, &upstream.url, "");
     let reply = get(&untrusting.url("/g/fetch?path=/hello"));
     assert_eq!(reply.status, 502, "a certificate no root vouches for is refused: {}", reply.text());
     assert!(reply.text().contains("Tls") || reply.text().contains("certificate"), "{}", reply.text());
 
-    let dir = tempfile::tempdir().expect("dir");
-    let ca = dir.path().join("ca.pem");
-    std::fs::write(&ca, cert.pem()).expect("ca");
     let trusting =
         caller("", &upstream.url, &upstream.url, &format!("outbound_ca = {}", toml_str(&ca.to_string_lossy())));
     let reply = get(&trusting.url("/g/fetch?path=/hello"));

@@ -142,6 +142,24 @@ impl PluginDir {
         None
     }
 
+    /// What a start serves from this directory: the state recorded, made
+    /// live on the newest of its versions whose artifact is intact (the live
+    /// one, unless it is damaged or missing: then the answer's `usize` says
+    /// how many were passed over, and those are dropped), with that
+    /// artifact's bytes; none before a first deploy.
+    pub(super) fn intact_state(&self) -> anyhow::Result<Option<(State, Vec<u8>, usize)>> {
+        Ok(self.read_state()?.and_then(|state| {
+            let (position, bytes) =
+                state.versions().enumerate().find_map(|(n, record)| Some((n, self.verified(record)?)))?;
+            let mut versions: Vec<VersionRecord> = state.versions().skip(position).cloned().collect();
+            let active = versions.remove(0);
+            // Falling back drops the damaged ones; the order of the rest stays.
+            let later = state.later.iter().filter(|record| versions.contains(record)).cloned().collect();
+            versions.retain(|record| !state.later.contains(record));
+            Some((State { active, previous: versions, later }, bytes, position))
+        }))
+    }
+
     pub(super) fn save_artifact(&self, sha256: &str, bytes: &[u8]) -> anyhow::Result<()> {
         let path = self.artifact(sha256);
         if !path.is_file() {

@@ -61,8 +61,7 @@ impl Deployer {
             };
             if let Err(err) = outcome {
                 match err.chain().find_map(|cause| cause.downcast_ref::<SettingsRefused>()) {
-                    Some(refused) => problems
-                        .extend(refused.problems.iter().map(|problem| format!("plugin {:?}: {problem}", plugin.name))),
+                    Some(refused) => problems.extend(refused.lines()),
                     None => problems.push(format!("plugin {:?}: {err:#}", plugin.name)),
                 }
             }

@@ -167,9 +167,7 @@ pub fn validate(bytes: &[u8], max_bytes: usize) -> Result<(), DeployError> {
 /// none before a first deploy. Reads only.
 pub(crate) fn recorded_build(data_dir: &Path, name: &str) -> anyhow::Result<Option<(VersionRecord, Vec<u8>)>> {
     let files = PluginDir { dir: data_dir.join("plugins").join(name) };
-    Ok(files
-        .read_state()?
-        .and_then(|state| state.versions().find_map(|record| Some((record.clone(), files.verified(record)?)))))
+    Ok(files.intact_state()?.map(|(state, bytes, _)| (state.active, bytes)))
 }
 
 impl Managed {
@@ -467,19 +465,12 @@ async fn prepare(
         }
     }
     // The live version recorded, or the newest kept one whose artifact is intact.
-    let state = files.read_state()?.and_then(|state| {
-            let (position, bytes) =
-                state.versions().enumerate().find_map(|(n, record)| Some((n, files.verified(record)?)))?;
-            let mut versions: Vec<VersionRecord> = state.versions().skip(position).cloned().collect();
-            let active = versions.remove(0);
-            if position > 0 {
-                tracing::error!(plugin = %plugin.name, version = %active.version, sha256 = %&active.sha256[..12], "falling back to an earlier kept version: the live one's artifact is damaged or missing");
-            }
-            // Falling back drops the damaged ones; the order of the rest stays.
-            let later = state.later.iter().filter(|record| versions.contains(record)).cloned().collect();
-            versions.retain(|record| !state.later.contains(record));
-            Some((State { active, previous: versions, later }, bytes))
-        });
+    let state = files.intact_state()?.map(|(state, bytes, passed_over)| {
+        if passed_over > 0 {
+            tracing::error!(plugin = %plugin.name, version = %state.active.version, sha256 = %&state.active.sha256[..12], "falling back to an earlier kept version: the live one's artifact is damaged or missing");
+        }
+        (state, bytes)
+    });
     let (bytes, source, deployed_at) = match &state {
         Some((state, bytes)) => (bytes.clone(), files.artifact(&state.active.sha256), state.active.deployed_at),
         None => {

@@ -30,6 +30,14 @@ impl std::fmt::Display for SettingsRefused {
 
 impl std::error::Error for SettingsRefused {}
 
+impl SettingsRefused {
+    /// Each problem on a line of its own naming the plugin, as `evogate
+    /// check` and a refused reload list them.
+    pub fn lines(&self) -> impl Iterator<Item = String> + '_ {
+        self.problems.iter().map(|problem| format!("plugin {:?}: {problem}", self.plugin))
+    }
+}
+
 impl PluginVersion {
     /// Whether the plugin checks its settings (it exports `settings`, built
     /// against 0.2.4 on); settings of plugins built before are not checked.
