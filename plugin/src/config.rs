@@ -133,6 +133,10 @@ pub const SETTINGS: &[&str] = &[
     "evotor_api_auth",
     "evotor_app_id",
     "evotor_publisher_token",
+    "evotor_oauth_client_id",
+    "evotor_oauth_client_secret",
+    "evotor_oauth_refresh_token",
+    "evotor_oauth_url",
     "sync_max_requests_per_user",
     "sync_max_requests_per_run",
     "sync_overlap_secs",
@@ -230,10 +234,12 @@ pub struct CloudSettings {
     pub api_url: String,
     /// How the user's token is sent (`evotor_api_auth`).
     pub auth: CloudAuth,
-    /// The application's id and publisher token (`evotor_app_id`,
-    /// `evotor_publisher_token`): with them documents are recovered from the
-    /// application's event feed, without them from each store's documents.
-    pub publisher: Option<(String, String)>,
+    /// The application's id and how its publisher token is had
+    /// (`evotor_app_id` with `evotor_publisher_token` or the
+    /// `evotor_oauth_*` settings): with them documents are recovered from
+    /// the application's event feed, without them from each store's
+    /// documents; push notifications need them.
+    pub publisher: Option<Publisher>,
     /// Most requests one run makes for one user, and for the feed (`sync_max_requests_per_user`).
     pub max_requests_per_user: u32,
     /// Most requests one run makes in all (`sync_max_requests_per_run`).
@@ -287,17 +293,7 @@ impl CloudSettings {
                 return Err(format!("setting evotor_api_auth = {other:?} must be \"bearer\" or \"x-authorization\""));
             }
         };
-        let publisher = match (config.non_empty("evotor_app_id"), config.non_empty("evotor_publisher_token")) {
-            (Some(app), Some(token)) => {
-                if !app.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') || app.len() > 128 {
-                    return Err(format!("setting evotor_app_id = {app:?} is not an application id"));
-                }
-                Some((app, token))
-            }
-            (None, None) => None,
-            (Some(_), None) => return Err("setting evotor_app_id needs evotor_publisher_token as well".into()),
-            (None, Some(_)) => return Err("setting evotor_publisher_token needs evotor_app_id as well".into()),
-        };
+        let publisher = Publisher::read(config)?;
         let max_requests_per_user = number(config, "sync_max_requests_per_user", 100, 1..=100_000)?;
         let max_requests_per_run = number(config, "sync_max_requests_per_run", 2000, 1..=1_000_000)?;
         Ok(Self {
@@ -313,6 +309,140 @@ impl CloudSettings {
             request_timeout_secs: number(config, "sync_request_timeout_secs", 20, 1..=600)?,
         })
     }
+}
+
+/// Default base URL of the Evotor OAuth server (`evotor_oauth_url`).
+pub const DEFAULT_EVOTOR_OAUTH_URL: &str = "https://oauth.evotor.ru";
+
+/// The settings of the OAuth publisher token, all three or none.
+const OAUTH_SETTINGS: [&str; 3] =
+    ["evotor_oauth_client_id", "evotor_oauth_client_secret", "evotor_oauth_refresh_token"];
+
+/// The application and its publisher token, as configured.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Publisher {
+    /// The application's id (`evotor_app_id`).
+    pub app_id: String,
+    /// How its publisher token is had.
+    pub credential: PublisherCredential,
+}
+
+/// How the publisher token is had: configured as it is, or renewed by OAuth.
+#[derive(Clone, PartialEq, Eq)]
+pub enum PublisherCredential {
+    /// A personal developer token, used as it is (`evotor_publisher_token`).
+    Personal(String),
+    /// An OAuth client whose access token is renewed with a refresh token.
+    OAuth(OAuthClient),
+}
+
+/// The OAuth client that renews the publisher token.
+#[derive(Clone, PartialEq, Eq)]
+pub struct OAuthClient {
+    /// `evotor_oauth_client_id`.
+    pub client_id: String,
+    /// `evotor_oauth_client_secret`.
+    pub client_secret: String,
+    /// The first refresh token (`evotor_oauth_refresh_token`): used until
+    /// the OAuth server hands out the next one, and again when it changes.
+    pub seed: String,
+    /// Base URL of the OAuth server, without a trailing `/` (`evotor_oauth_url`).
+    pub url: String,
+}
+
+// Secrets never reach a log line through `{:?}`.
+impl std::fmt::Debug for PublisherCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PublisherCredential::Personal(_) => f.write_str("Personal(..)"),
+            PublisherCredential::OAuth(client) => f.debug_tuple("OAuth").field(client).finish(),
+        }
+    }
+}
+
+impl std::fmt::Debug for OAuthClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OAuthClient")
+            .field("client_id", &self.client_id)
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mode = match &self.credential {
+            PublisherCredential::Personal(_) => "personal",
+            PublisherCredential::OAuth(_) => "oauth",
+        };
+        f.debug_struct("Publisher").field("app_id", &self.app_id).field("mode", &mode).finish_non_exhaustive()
+    }
+}
+
+impl Publisher {
+    /// Reads `evotor_app_id` with exactly one of `evotor_publisher_token`
+    /// and the three `evotor_oauth_*` settings; none of them: no publisher.
+    fn read(config: &dyn Config) -> Result<Option<Self>, String> {
+        let oauth_url = config.non_empty("evotor_oauth_url").unwrap_or_else(|| DEFAULT_EVOTOR_OAUTH_URL.into());
+        let oauth_url = base_url("evotor_oauth_url", &oauth_url)?;
+        let personal = config.non_empty("evotor_publisher_token");
+        let [client_id, client_secret, seed] = OAUTH_SETTINGS.map(|key| config.non_empty(key));
+        let oauth_given: Vec<&str> = OAUTH_SETTINGS
+            .iter()
+            .zip([&client_id, &client_secret, &seed])
+            .filter(|(_, v)| v.is_some())
+            .map(|(k, _)| *k)
+            .collect();
+        let Some(app_id) = config.non_empty("evotor_app_id") else {
+            return match (personal.is_some(), oauth_given.first()) {
+                (false, None) => Ok(None),
+                (true, _) => Err("setting evotor_publisher_token needs evotor_app_id as well".into()),
+                (false, Some(key)) => Err(format!("setting {key} needs evotor_app_id as well")),
+            };
+        };
+        if !app_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') || app_id.len() > 128 {
+            return Err(format!("setting evotor_app_id = {app_id:?} is not an application id"));
+        }
+        let credential = match (personal, client_id, client_secret, seed) {
+            (Some(_), ..) if !oauth_given.is_empty() => {
+                return Err(format!(
+                    "settings evotor_publisher_token and {} exclude each other: set either the personal token or the three OAuth settings",
+                    oauth_given.join(", ")
+                ));
+            }
+            (Some(token), ..) => PublisherCredential::Personal(token),
+            (None, Some(client_id), Some(client_secret), Some(seed)) => {
+                PublisherCredential::OAuth(OAuthClient { client_id, client_secret, seed, url: oauth_url })
+            }
+            (None, None, None, None) => {
+                return Err(format!(
+                    "setting evotor_app_id needs evotor_publisher_token, or {} together",
+                    OAUTH_SETTINGS.join(", ")
+                ));
+            }
+            _ => {
+                let missing: Vec<&str> =
+                    OAUTH_SETTINGS.iter().filter(|key| !oauth_given.contains(key)).copied().collect();
+                return Err(format!(
+                    "settings {} go together: {} missing",
+                    OAUTH_SETTINGS.join(", "),
+                    missing.join(" and ")
+                ));
+            }
+        };
+        Ok(Some(Self { app_id, credential }))
+    }
+}
+
+/// `url` without a trailing `/`, when it is an `http://` or `https://` URL
+/// without a query; else an error naming `key`.
+fn base_url(key: &str, url: &str) -> Result<String, String> {
+    let url = url.trim().trim_end_matches('/').to_owned();
+    let authority = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"));
+    if authority.is_none_or(|rest| rest.is_empty() || rest.contains(['?', '#'])) {
+        return Err(format!("setting {key} = {url:?} must be an http:// or https:// URL"));
+    }
+    Ok(url)
 }
 
 #[cfg(test)]
@@ -388,7 +518,8 @@ mod tests {
         ]);
         let cloud = CloudSettings::read(&custom).expect("custom");
         assert_eq!(cloud.api_url, "http://127.0.0.1:9");
-        assert_eq!((cloud.auth, cloud.publisher), (CloudAuth::XAuthorization, Some(("app-1".into(), "pub".into()))));
+        let publisher = Publisher { app_id: "app-1".into(), credential: PublisherCredential::Personal("pub".into()) };
+        assert_eq!((cloud.auth, cloud.publisher), (CloudAuth::XAuthorization, Some(publisher)));
         for (key, value, named) in [
             ("evotor_api_url", "ftp://api.evotor.ru", "evotor_api_url"),
             ("evotor_api_url", "https://", "evotor_api_url"),
@@ -401,5 +532,46 @@ mod tests {
             let why = CloudSettings::read(&MapConfig::from([(key, value)])).expect_err(value);
             assert!(why.contains(named), "{key} = {value}: {why}");
         }
+    }
+
+    #[test]
+    fn the_publisher_token_is_personal_or_oauth_never_both_and_oauth_needs_all_three() {
+        let oauth = [
+            ("evotor_app_id", "app-1"),
+            ("evotor_oauth_client_id", "client"),
+            ("evotor_oauth_client_secret", "secret"),
+            ("evotor_oauth_refresh_token", "seed"),
+        ];
+        let cloud = CloudSettings::read(&MapConfig::from(oauth)).expect("oauth");
+        let Some(Publisher { app_id, credential: PublisherCredential::OAuth(client) }) = &cloud.publisher else {
+            panic!("oauth: {:?}", cloud.publisher)
+        };
+        assert_eq!(
+            (app_id.as_str(), client.url.as_str(), client.seed.as_str()),
+            ("app-1", DEFAULT_EVOTOR_OAUTH_URL, "seed")
+        );
+        assert!(!format!("{:?}", cloud.publisher).contains("secret"), "no secret in a debug line");
+        assert_eq!(problems(&MapConfig::from(oauth)), []);
+        let mut both = MapConfig::from(oauth);
+        both.0.insert("evotor_publisher_token".into(), "pub".into());
+        let why = &problems(&both)[0].message;
+        assert!(why.contains("evotor_publisher_token") && why.contains("exclude each other"), "{why}");
+        for missing in ["evotor_oauth_client_id", "evotor_oauth_client_secret", "evotor_oauth_refresh_token"] {
+            let mut partial = MapConfig::from(oauth);
+            partial.0.remove(missing);
+            let found = problems(&partial);
+            assert_eq!(found.len(), 1, "{found:?}");
+            assert!(found[0].message.contains(&format!("{missing} missing")), "{found:?}");
+        }
+        let lonely = problems(&MapConfig::from([("evotor_oauth_client_secret", "secret")]));
+        assert!(lonely[0].message.contains("evotor_app_id"), "{lonely:?}");
+        let url = problems(&MapConfig::from([("evotor_oauth_url", "oauth.evotor.ru")]));
+        assert_eq!(url[0].setting, "evotor_oauth_url", "{url:?}");
+        let mut custom = MapConfig::from(oauth);
+        custom.0.insert("evotor_oauth_url".into(), "http://127.0.0.1:9/".into());
+        let cloud = CloudSettings::read(&custom).expect("custom");
+        assert!(
+            matches!(&cloud.publisher, Some(Publisher { credential: PublisherCredential::OAuth(client), .. }) if client.url == "http://127.0.0.1:9")
+        );
     }
 }

@@ -147,6 +147,27 @@ impl ApiError {
         }
     }
 
+    /// 422: `subject` (`value`) cannot be done as asked; `reason` says why.
+    pub fn unprocessable(subject: &str, value: impl Into<Value>, reason: &str) -> Self {
+        Self { subject: Some(subject.into()), value: Some(value.into()), ..Self::new(422, 422, reason) }
+    }
+
+    /// 409: the request conflicts with the service's state now; `reason` says how.
+    pub fn conflict(reason: &str) -> Self {
+        Self::new(409, 409, reason)
+    }
+
+    /// 502: the Evotor cloud failed the request; `reason` says how.
+    pub fn bad_gateway(reason: &str) -> Self {
+        Self::new(502, 502, reason)
+    }
+
+    /// 503 for `reason`, with `Retry-After` when a wait is known.
+    pub fn unavailable_now(reason: &str, retry_after_secs: Option<u64>) -> Self {
+        let headers = retry_after_secs.map(|secs| ("retry-after".to_owned(), secs.to_string())).into_iter().collect();
+        Self { headers, ..Self::new(503, 503, reason) }
+    }
+
     /// 404: no such resource.
     pub fn not_found() -> Self {
         Self::new(404, 404, "not found")

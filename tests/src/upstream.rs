@@ -97,7 +97,9 @@ pub(crate) fn read_head(reader: &mut impl std::io::BufRead) -> Option<(String, V
     let mut line = String::new();
     reader.read_line(&mut line).ok()?;
     let target = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
-    let mut headers = Vec::new();
+    // The method, as a pseudo-header first: readers that do not ask for it never see it.
+    let method = line.split_whitespace().next().unwrap_or("GET").to_owned();
+    let mut headers = vec![(":method".to_owned(), method)];
     loop {
         let mut header = String::new();
         match reader.read_line(&mut header) {

@@ -104,6 +104,8 @@ pub fn catalog(kv: &MemKv, keys: &[String], store: &str) -> Result<Vec<String>, 
     let mut have: Vec<String> = keys
         .iter()
         .filter(|key| key.starts_with(&format!("cat/{store}/")) && !key.starts_with(&prefix) && **key != directory_key)
+        // What waits for the cloud is no index of the catalog.
+        .filter(|key| !key.starts_with(&format!("cat/{store}/pub/")))
         .cloned()
         .collect();
     have.sort();

@@ -21,6 +21,7 @@
 //! every insert or delete rewrites: its version check serializes changes of
 //! a store's key set, so concurrent writers never miscount.
 
+pub mod publication;
 pub mod validate;
 
 use crate::Ctx;
@@ -34,6 +35,11 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet};
 use validate::{Item, Unknown};
+
+/// The source of what Evotor brought (events, the cloud sync, a terminal).
+pub const EVOTOR: &str = "evotor";
+/// The source of the partner's own changes.
+pub const PARTNER: &str = "partner";
 
 /// Most items one upsert may carry (Evotor or partner side).
 pub const MAX_BATCH: usize = 10_000;
@@ -56,6 +62,9 @@ pub struct ProductRecord {
     pub updated_at: u64,
     /// The object as given, ids in lower case.
     pub product: Value,
+    /// What of it the Evotor cloud holds from the partner ([`publication`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published: Option<publication::Published>,
 }
 
 /// The product of a stored record, unparsed: pages are assembled from it as is.
@@ -152,6 +161,11 @@ pub(crate) fn parent_of(product: &Value) -> Option<String> {
 struct Change<'t, 'k> {
     txn: &'t mut Txn<'k>,
     store: &'t str,
+    /// Who the store belongs to.
+    owner: Option<&'t str>,
+    /// Who makes the change: `partner` or `evotor`.
+    source: &'t str,
+    now: u64,
     directory: Directory,
     /// Items known to exist (`true`) or not (`false`) as of this change.
     exists: HashMap<String, bool>,
@@ -165,11 +179,20 @@ struct Change<'t, 'k> {
 }
 
 impl<'t, 'k> Change<'t, 'k> {
-    fn begin(txn: &'t mut Txn<'k>, store: &'t str) -> Result<Self, StorageError> {
+    fn begin(
+        txn: &'t mut Txn<'k>,
+        store: &'t str,
+        owner: Option<&'t str>,
+        source: &'t str,
+        now: u64,
+    ) -> Result<Self, StorageError> {
         let directory = txn.get::<Directory>(&storage::catalog_directory_key(store))?.unwrap_or_default();
         Ok(Self {
             txn,
             store,
+            owner,
+            source,
+            now,
             directory,
             exists: HashMap::new(),
             orphaned: HashMap::new(),
@@ -228,13 +251,38 @@ impl<'t, 'k> Change<'t, 'k> {
 
     /// Inserts or replaces `item`; `batch` holds every uuid of the same
     /// request. Returns whether anything changed.
-    fn upsert(&mut self, item: Item, batch: &HashSet<String>, record: ProductRecord) -> Result<bool, StorageError> {
+    fn upsert(&mut self, item: Item, batch: &HashSet<String>, mut record: ProductRecord) -> Result<bool, StorageError> {
         let key = storage::product_key(self.store, &item.uuid);
         let old = self.txn.get::<ProductRecord>(&key)?;
+        if self.source == EVOTOR {
+            let evotor_at = item.changed_ms.map_or(self.now, |ms| u64::try_from(ms / 1000).unwrap_or(0));
+            let held = old.as_ref().map(|old| (&old.product, old.published.as_ref()));
+            let verdict = publication::evotor_changed(
+                self.txn,
+                self.store,
+                self.owner,
+                &item.uuid,
+                Some(&record.product),
+                held,
+                evotor_at,
+                self.now,
+            )?;
+            if verdict == publication::Verdict::Keep {
+                self.exists.insert(item.uuid.clone(), old.is_some());
+                self.parents.insert(item.uuid.clone(), old.as_ref().and_then(|old| parent_of(&old.product)));
+                return Ok(false);
+            }
+        }
+        record.published = old.as_ref().and_then(|old| old.published.clone());
         if old.as_ref().is_some_and(|old| old.product == record.product && old.source == record.source) {
             self.exists.insert(item.uuid.clone(), true);
             self.parents.insert(item.uuid.clone(), item.parent.clone());
             return Ok(false);
+        }
+        if self.source == PARTNER {
+            let group = publication::is_group(&record.product);
+            let published = record.published.as_ref();
+            publication::partner_changed_from(self.txn, self.store, &item.uuid, false, group, self.now, published);
         }
         let (old_barcodes, old_parent) =
             old.as_ref().map(|old| (barcodes_of(&old.product), parent_of(&old.product))).unwrap_or_default();
@@ -281,15 +329,28 @@ impl<'t, 'k> Change<'t, 'k> {
         Ok(true)
     }
 
-    /// Deletes `uuid` if present; its children become orphans.
-    fn delete(&mut self, uuid: &str) -> Result<bool, StorageError> {
+    /// Deletes `uuid` if present (made by Evotor at `evotor_at`, Unix
+    /// seconds, when Evotor said); its children become orphans.
+    fn delete(&mut self, uuid: &str, evotor_at: Option<u64>) -> Result<bool, StorageError> {
         let key = storage::product_key(self.store, uuid);
         if self.exists.get(uuid) == Some(&false) {
             return Ok(false);
         }
         let old = self.txn.get::<ProductRecord>(&key)?;
+        if self.source == EVOTOR {
+            let held = old.as_ref().map(|old| (&old.product, old.published.as_ref()));
+            let at = evotor_at.unwrap_or(self.now);
+            let verdict =
+                publication::evotor_changed(self.txn, self.store, self.owner, uuid, None, held, at, self.now)?;
+            if verdict == publication::Verdict::Keep {
+                return Ok(false);
+            }
+        }
         self.exists.insert(uuid.to_owned(), false);
         let Some(old) = old else { return Ok(false) };
+        if self.source == PARTNER {
+            self.partner_deleted(uuid, &old)?;
+        }
         self.parents.insert(uuid.to_owned(), None);
         let range = self.directory.range_of(uuid);
         self.directory.ranges[range].count = self.directory.ranges[range].count.saturating_sub(1);
@@ -308,6 +369,24 @@ impl<'t, 'k> Change<'t, 'k> {
             }
         }
         Ok(true)
+    }
+
+    /// A partner deletion of `old`: pending for the cloud, unless the cloud
+    /// never had the item (the partner's own, never published, nothing under way).
+    fn partner_deleted(&mut self, uuid: &str, old: &ProductRecord) -> Result<(), StorageError> {
+        let key = publication::pending_key(self.store, uuid);
+        let pending = self.txn.get::<publication::Pending>(&key)?;
+        let in_cloud = old.source != PARTNER
+            || old.published.is_some()
+            || pending.as_ref().is_some_and(|pending| pending.sending.is_some());
+        if in_cloud {
+            let group = publication::is_group(&old.product);
+            let published = old.published.as_ref();
+            publication::partner_changed_from(self.txn, self.store, uuid, true, group, self.now, published);
+        } else if pending.is_some() {
+            self.txn.delete(&key);
+        }
+        Ok(())
     }
 
     /// Re-balances the directory and writes it.
@@ -521,7 +600,7 @@ pub(crate) fn upsert_in(
             txn.issue(now, issue.in_store(store));
         }
     }
-    let mut change = Change::begin(txn, store)?;
+    let mut change = Change::begin(txn, store, owner, source, now)?;
     let mut changed = Vec::new();
     for item in items {
         let record = ProductRecord {
@@ -529,6 +608,7 @@ pub(crate) fn upsert_in(
             source: source.to_owned(),
             updated_at: now,
             product: Value::Object(item.data.clone()),
+            published: None,
         };
         if change.upsert(item.clone(), batch, record)? {
             changed.push(item.uuid.as_str());
@@ -695,12 +775,14 @@ pub(crate) fn delete_products(ctx: &Ctx<'_>, store: &str, uuids: &[String], sour
     let now = ctx.clock.now_unix();
     let mut deleted = 0;
     for run in uuids.chunks(DELETES_PER_COMMIT) {
-        deleted += transact(ctx, |txn| delete_in(txn, store, owner.as_deref(), run, source, now))?;
+        deleted += transact(ctx, |txn| delete_in(txn, store, owner.as_deref(), run, source, now, None))?;
     }
     Ok(deleted)
 }
 
-/// Within `txn`: deletes the items `uuids` of `store` of `owner`; how many there were.
+/// Within `txn`: deletes the items `uuids` of `store` of `owner`
+/// (`evotor_at`: when Evotor made the deletion, Unix seconds, when it said);
+/// how many there were.
 pub(crate) fn delete_in(
     txn: &mut Txn<'_>,
     store: &str,
@@ -708,11 +790,12 @@ pub(crate) fn delete_in(
     uuids: &[String],
     source: &str,
     now: u64,
+    evotor_at: Option<u64>,
 ) -> Result<usize, ApiError> {
-    let mut change = Change::begin(txn, store)?;
+    let mut change = Change::begin(txn, store, owner, source, now)?;
     let mut deleted = Vec::new();
     for uuid in uuids {
-        if change.delete(uuid)? {
+        if change.delete(uuid, evotor_at)? {
             deleted.push(uuid.as_str());
         }
     }

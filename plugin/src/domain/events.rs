@@ -626,8 +626,12 @@ fn product(
     }
     catalog::claim_in(txn, user_id, &store, now)?;
     match item {
-        None => catalog::delete_in(txn, &store, Some(user_id), std::slice::from_ref(&uuid), "evotor", now)?,
-        Some(item) => {
+        None => {
+            let at = u64::try_from(order / 1000).ok();
+            catalog::delete_in(txn, &store, Some(user_id), std::slice::from_ref(&uuid), "evotor", now, at)?
+        }
+        Some(mut item) => {
+            item.changed_ms = Some(order);
             let batch = std::collections::HashSet::from([item.uuid.clone()]);
             catalog::upsert_in(txn, &store, Some(user_id), &[item], &batch, "evotor", now)?.0
         }
@@ -664,7 +668,10 @@ pub(crate) fn apply_catalog_page(
         problems.extend(future.map(|problem| format!("{} {uuid}: {problem}", if group { "group" } else { "product" })));
         let mut unknown = Vec::new();
         match catalog::validate::lenient_item(v1_item(payload, group), 0, &mut unknown) {
-            Ok(item) => fresh.push((product_order_key(&store, &uuid), order, item)),
+            Ok(mut item) => {
+                item.changed_ms = Some(order);
+                fresh.push((product_order_key(&store, &uuid), order, item));
+            }
             Err(err) => problems.push(format!(
                 "{} not usable: {}: skipped",
                 if group { "group" } else { "product" },

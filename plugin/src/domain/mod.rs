@@ -13,7 +13,8 @@
 //! (`authorization::grants`, with [`transact`]) and `passwords` and
 //! `tokens` and `quota` at the bottom, `billing`, the decision
 //! (`authorization`), `inventory`, `accounts`, `catalog`, then `documents`
-//! and `audit`, `events` and `purge`, and `sync` on top.
+//! and `audit`, `events`, the publisher token (`publisher`) and push
+//! notifications (`push`), and `purge`, and `sync` on top.
 //!
 //! Every transaction runs through [`transact`]: storage's transaction with
 //! the grant rules as its commit hook, so a commit that changes what
@@ -29,7 +30,9 @@ pub mod documents;
 pub mod events;
 pub mod inventory;
 pub mod passwords;
+pub mod publisher;
 pub mod purge;
+pub mod push;
 pub mod quota;
 pub mod sync;
 pub mod tokens;

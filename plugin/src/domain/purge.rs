@@ -14,7 +14,7 @@
 //! beside another user's; its receipts, installation events (earlier
 //! formats too), legacy billing events and documents kept apart; every
 //! event taken that is the user's or names it; its data issues and those
-//! of others that name it; its cloud token, its user record and every
+//! of others that name it; its push notifications; its cloud token, its user record and every
 //! token issued to it (a linked partner account stays, unlinked). The
 //! change feed keeps its entries (ids, no content) and gets one
 //! `user.purged`. [`LAYOUTS`] says, for each key layout of the store, how
@@ -120,6 +120,14 @@ const LAYOUTS: &[(&str, Erasure)] = &[
     ("cat/{store}/bc/{sha256(barcode)[..32]}/{uuid}", Erasure::OwnedStore),
     ("cat/{store}/kids/{parentUuid}/{uuid}", Erasure::OwnedStore),
     ("cat/{store}/orphan/{uuid}", Erasure::OwnedStore),
+    ("cat/{store}/pub/pending/{uuid}", Erasure::OwnedStore),
+    ("cat/{store}/pub/task/{taskId}", Erasure::OwnedStore),
+    ("cat/{store}/pub/state", Erasure::OwnedStore),
+    ("cat/{store}/pub/conflict/{uuid}", Erasure::OwnedStore),
+    (
+        "pub/due/{store}",
+        Erasure::Kept("a store id with publication work; the next run drops it once the store has none"),
+    ),
     ("docs/{store}/doc/{id}", Erasure::OwnedStore),
     ("docs/{store}/part/{id}/{n:04}", Erasure::OwnedStore),
     ("user/{userId}/foreign-parts/{store}/{id}/{n:04}", Erasure::UnderUser),
@@ -144,6 +152,11 @@ const LAYOUTS: &[(&str, Erasure)] = &[
     ("sync/feed", Erasure::Kept("a position in the application's feed, of no user")),
     ("sync/next-user", Erasure::Kept("a position among user ids: the next run goes on after it")),
     ("meta/{name}", Erasure::Kept("service records; the erasure's own cursor is deleted when it completes")),
+    ("publisher/token", Erasure::Kept("the application's publisher token, of no user")),
+    ("user/{userId}/push/{id}", Erasure::UnderUser),
+    ("user/{userId}/push-keys/{sha256(key)}", Erasure::UnderUser),
+    ("push/id/{id}", Erasure::OwnedEntity),
+    ("push/open/{id}", Erasure::OwnedEntity),
 ];
 
 /// The heads of what lives under a store the user owns.
@@ -350,6 +363,26 @@ fn purge_within(ctx: &Ctx<'_>, user_id: &str, budget: &mut Budget) -> Result<boo
     })?;
     if !scanned? {
         return Ok(false);
+    }
+    // Its push notifications, each with its index entries.
+    let prefix = crate::domain::push::user_prefix(user_id);
+    loop {
+        let page = storage::collect(ctx.kv, &prefix, None, CHUNK / 3)?;
+        if page.is_empty() {
+            break;
+        }
+        // The index entries before the record: a call that stops between them finds the record again.
+        let keys: Vec<String> = page
+            .into_iter()
+            .flat_map(|(key, _)| {
+                let id = key.strip_prefix(&prefix).unwrap_or_default().to_owned();
+                crate::domain::push::index_keys(&id).into_iter().chain([key])
+            })
+            .collect();
+        budget.delete(ctx, &keys)?;
+        if budget.spent() {
+            return Ok(false);
+        }
     }
     // Last, what names the user itself: everything under `user/{id}/`, its tokens, its record.
     if !budget.delete_prefix(ctx, &format!("user/{user_id}/"))? {

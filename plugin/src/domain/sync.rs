@@ -19,6 +19,9 @@
 //!    whole and stored. Documents and events are taken once by their ids,
 //!    so reading a window again stores nothing twice.
 //!
+//! 3. **Publishing**: what the partner changed in a store's catalog is
+//!    written into the cloud with the store owner's token (`publish`).
+//!
 //! Toward the cloud: at most `sync_max_requests_per_user` requests per user
 //! and run; a 429 makes that user wait for `X-RateLimit-Reset`, the others
 //! go on; a 401 or 403 marks the token refused (a data issue, the feed's
@@ -35,10 +38,12 @@
 //! | `plan` | the next request of a user's sync, the windows of time, how a page moves the positions |
 //! | `apply` | a fetched page into the mirror, the catalog or the documents |
 //! | `run` | the run loop: [`run`], [`run_user`], the feed, the users in turn |
+//! | `publish` | the partner's catalog changes, written into the cloud after the users |
 
 mod apply;
 mod cloud;
 mod plan;
+mod publish;
 mod run;
 mod state;
 

@@ -169,6 +169,15 @@ pub fn partner_list_products(ctx: &Ctx<'_>, request: &Request, store: &str) -> R
     Ok(Response::json(200, &json!({ "items": items, "next": next, "total": total })))
 }
 
+/// `GET /partner/v1/stores/{storeUuid}/publication`: what of the store's
+/// catalog waits for the Evotor cloud, the tasks, what failed, the conflicts.
+pub fn partner_publication(ctx: &Ctx<'_>, request: &Request, store: &str) -> Result<Response, ApiError> {
+    require_partner(ctx, request)?;
+    let store = store_param(store)?;
+    let status = crate::domain::catalog::publication::status(ctx, &store)?;
+    Ok(Response::json(200, &status))
+}
+
 /// `GET /partner/v1/stores/{storeUuid}/catalog-issues?after=&limit=`: items whose parent is missing.
 pub fn partner_catalog_issues(ctx: &Ctx<'_>, request: &Request, store: &str) -> Result<Response, ApiError> {
     require_partner(ctx, request)?;

@@ -15,6 +15,7 @@ pub(crate) mod events;
 mod extension;
 mod inventory;
 mod partner;
+mod push;
 pub(crate) mod request;
 mod sync;
 
@@ -158,6 +159,15 @@ const ROUTES: &[Route] = &[
         "/partner/v1/receipts/{id}",
         &[("GET", |ctx, request, path| documents::partner_get_receipt(ctx, request, path.get("id")))],
     ),
+    route(
+        "/partner/v1/users/{userId}/push-notifications",
+        &[("POST", |ctx, request, path| push::send(ctx, request, path.get("userId")))],
+    ),
+    route(
+        "/partner/v1/push-notifications/{id}",
+        &[("GET", |ctx, request, path| push::get(ctx, request, path.get("id")))],
+    ),
+    route("/partner/v1/publisher", &[("GET", |ctx, request, _| push::publisher(ctx, request))]),
     route("/partner/v1/feed", &[("GET", |ctx, request, _| partner::feed(ctx, request))]),
     route("/partner/v1/events", &[("GET", |ctx, request, _| events::list(ctx, request))]),
     route("/partner/v1/data-issues", &[("GET", |ctx, request, _| partner::data_issues(ctx, request))]),
@@ -171,6 +181,10 @@ const ROUTES: &[Route] = &[
     route(
         "/partner/v1/stores/{storeUuid}/products/delete",
         &[("POST", |ctx, request, path| catalog::partner_delete_products(ctx, request, path.get("storeUuid")))],
+    ),
+    route(
+        "/partner/v1/stores/{storeUuid}/publication",
+        &[("GET", |ctx, request, path| catalog::partner_publication(ctx, request, path.get("storeUuid")))],
     ),
     // The extension API: other plugins of the gateway only (`extension`).
     route("/extension/v1/session", &[("GET", |ctx, request, _| extension::session(ctx, request))]),

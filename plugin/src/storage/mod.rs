@@ -41,6 +41,11 @@
 //! | `cat/{store}/bc/{sha256(barcode)[..32]}/{uuid}` | barcode index entry |
 //! | `cat/{store}/kids/{parentUuid}/{uuid}` | child index: items under a group |
 //! | `cat/{store}/orphan/{uuid}` | [`crate::domain::catalog::Orphan`]: an item whose `parentUuid` names nothing in the store |
+//! | `cat/{store}/pub/pending/{uuid}` | [`crate::domain::catalog::publication::Pending`]: a partner version of an item not yet published to the Evotor cloud |
+//! | `cat/{store}/pub/task/{taskId}` | [`crate::domain::catalog::publication::TaskItems`]: what a bulk task under way carries |
+//! | `cat/{store}/pub/state` | [`crate::domain::catalog::publication::StoreState`]: the store's publication: tasks, failures, waits |
+//! | `cat/{store}/pub/conflict/{uuid}` | [`crate::domain::catalog::publication::Conflict`]: the version that lost a conflict between Evotor and the partner |
+//! | `pub/due/{store}` | marker: the store has publication work |
 //! | `docs/{store}/doc/{id}` | [`crate::domain::documents::DocumentRecord`]: a terminal document as received |
 //! | `docs/{store}/part/{id}/{n:04}` | [`crate::domain::documents::Part`]: part `n` of a document too large for one record |
 //! | `docs/{store}/by-date/{closeDate ms:013}.{id}` | document index by close date |
@@ -59,7 +64,12 @@
 //! | `sync/users/{userId}` | [`crate::domain::sync::state::UserSync`]: what the cloud sync read for a user, and where it goes on |
 //! | `sync/feed` | [`crate::domain::sync::state::FeedSync`]: the position in the application's event feed |
 //! | `sync/next-user` | [`crate::domain::sync::state::RunState`]: where the next run of the sync job starts among the users |
-//! | `meta/{name}` | small service records: `meta/logged/{topic}` (see [`log_once`]), `meta/purge/{userId}` ([`crate::domain::purge::Cursor`]) |
+//! | `publisher/token` | [`crate::domain::publisher::PublisherState`]: the publisher token's renewal and refusal (OAuth tokens in it) |
+//! | `user/{userId}/push/{id}` | [`crate::domain::push::Notification`]: a push notification sent to the user's terminals |
+//! | `user/{userId}/push-keys/{sha256(key)}` | an `Idempotency-Key` of a push notification: the request's digest and the notification it made |
+//! | `push/id/{id}` | which user a push notification belongs to |
+//! | `push/open/{id}` | a push notification whose status is not final, which the sync job polls |
+//! | `meta/{name}` | small service records: `meta/logged/{topic}` (see [`log_once`]), `meta/purge/{userId}` ([`crate::domain::purge::Cursor`]), `meta/push-poll` (where the poll of open push notifications goes on) |
 //!
 //! Storage holds the records of accounts, users, tokens, owners and the
 //! feed; each domain module holds the records only it reads and writes,

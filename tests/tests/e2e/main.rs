@@ -35,6 +35,8 @@ mod jobs;
 mod operations;
 /// Outgoing HTTP of evogate plugins: allow-list, caps, deadline, TLS.
 mod outgoing;
+/// Push notifications to the partner's app and the renewed publisher token, against a mock publisher API.
+mod push;
 /// The plugin SDK: its example deployed on a running gateway, `cargo xtask new-plugin`.
 mod sdk;
 /// Standard wasi:http components: served, limited, deployed, on wasi:keyvalue.

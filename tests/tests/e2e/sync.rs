@@ -3,7 +3,8 @@
 //! recovers documents only the cloud has (once), a second run adds
 //! nothing, a 429 delays only its user, a refused token and a broken answer
 //! are the partner's to see, and nothing leaves for a host the operator did
-//! not allow.
+//! not allow; the partner's catalog changes are written into the cloud in
+//! bulk, once, with the items the cloud refused told.
 
 use evogate_e2e::cloud::{Account, MockCloud, Trouble};
 use evogate_e2e::{Gateway, evotor_table, request, toml_str};
@@ -216,4 +217,85 @@ fn a_cloud_that_stops_answering_costs_its_user_a_backoff_not_the_run() {
     let other = partner(&gateway, "GET", &format!("/partner/v1/users/{USER}/sync"));
     assert_eq!(other["lastRun"]["outcome"], "complete", "{other}");
     assert_eq!(count(&partner(&gateway, "GET", &format!("/partner/v1/users/{USER}/devices"))), 1);
+}
+
+#[test]
+fn the_partners_catalog_is_written_into_the_cloud_by_the_sync_job_once_with_what_failed_told() {
+    let cloud = MockCloud::start(100);
+    let gateway = gateway(&cloud.url, &cloud.url, "");
+    cloud.account("token-1", account(STORE, 0));
+    cloud_token(&gateway, USER, "token-1");
+    // The backfill brings the store and its products from the cloud: nothing of that goes back.
+    run_sync(&gateway);
+    assert!(cloud.catalog_writes().is_empty(), "{:?}", cloud.catalog_writes());
+
+    let store = STORE.to_ascii_lowercase();
+    let group = "01ba18b6-8707-4f47-8d9c-0000000000aa";
+    let (kept, refused) = ("01ba18b6-8707-4f47-8d9c-0000000000b1", "01ba18b6-8707-4f47-8d9c-0000000000b2");
+    let product = |uuid: &str, name: &str| {
+        json!({"uuid": uuid, "group": false, "parentUuid": group, "name": name, "type": "NORMAL", "price": 55.5,
+            "quantity": 7, "measureName": "шт", "tax": "VAT_20", "allowToSell": true, "barCodes": ["4600000000017"]})
+    };
+    let items = json!([{"uuid": group, "group": true, "name": "Чай"}, product(kept, "Чай зелёный"),
+        product(refused, "Чай чёрный")]);
+    let put = request(
+        "PUT",
+        &gateway.url(&format!("/partner/v1/stores/{store}/products")),
+        &[PARTNER, ("content-type", "application/json")],
+        Some(items.to_string().as_bytes()),
+    );
+    assert_eq!(put.status, 200, "{}", put.text());
+    cloud.refuse_item(refused, "the name is taken");
+    let publication = |gateway: &Gateway| partner(gateway, "GET", &format!("/partner/v1/stores/{store}/publication"));
+    assert_eq!(publication(&gateway)["pending"]["upserts"], 3);
+
+    // One run sends the groups, then the products, in bulk; the next follows the tasks to their end.
+    run_sync(&gateway);
+    let writes = cloud.catalog_writes();
+    let sent: Vec<(&str, &str)> = writes.iter().map(|(method, path, _)| (method.as_str(), path.as_str())).collect();
+    assert_eq!(
+        sent,
+        [
+            ("PUT", format!("/stores/{store}/product-groups").as_str()),
+            ("PUT", format!("/stores/{store}/products").as_str())
+        ]
+    );
+    assert_eq!(writes[0].2, json!([{"id": group, "name": "Чай"}]));
+    assert_eq!(
+        writes[1].2[0],
+        json!({"id": kept, "parent_id": group, "name": "Чай зелёный", "type": "NORMAL", "price": 55.5, "quantity": 7,
+            "measure_name": "шт", "tax": "VAT_20", "allow_to_sell": true, "barcodes": ["4600000000017"]})
+    );
+    assert_eq!(publication(&gateway)["running"].as_array().map(Vec::len), Some(2));
+    run_sync(&gateway);
+    let view = publication(&gateway);
+    assert_eq!((view["state"].as_str(), view["published"].as_u64()), (Some("idle"), Some(2)), "{view}");
+    assert_eq!(view["failedItems"][0]["uuid"], refused, "{view}");
+    assert!(view["failedItems"][0]["reason"].as_str().is_some_and(|reason| reason.contains("the name is taken")));
+    let issues = partner(&gateway, "GET", "/partner/v1/data-issues?limit=1000");
+    let told =
+        |issue: &Value| issue["entityId"] == refused && issue["problem"].as_str().is_some_and(|p| p.contains("taken"));
+    assert!(issues["items"].as_array().is_some_and(|items| items.iter().any(told)), "{issues}");
+    let feed = partner(&gateway, "GET", &format!("/partner/v1/feed?limit=1000&userId={USER}"));
+    let kinds: Vec<&str> = feed["items"].as_array().expect("items").iter().filter_map(|e| e["kind"].as_str()).collect();
+    assert!(kinds.contains(&"catalog.published") && kinds.contains(&"catalog.publication_failed"), "{kinds:?}");
+    let held = cloud.store_catalog(&store);
+    assert!(held.contains_key(group) && held.contains_key(kept) && !held.contains_key(refused), "{held:?}");
+
+    // Nothing new is nothing sent; a deletion is one request.
+    run_sync(&gateway);
+    assert_eq!(cloud.catalog_writes().len(), 2);
+    let delete = request(
+        "POST",
+        &gateway.url(&format!("/partner/v1/stores/{store}/products/delete")),
+        &[PARTNER, ("content-type", "application/json")],
+        Some(json!([kept]).to_string().as_bytes()),
+    );
+    assert_eq!(delete.status, 200, "{}", delete.text());
+    run_sync(&gateway);
+    let writes = cloud.catalog_writes();
+    assert_eq!((writes.len(), writes[2].0.as_str()), (3, "DELETE"));
+    assert_eq!(writes[2].1, format!("/stores/{store}/products?id={kept}"));
+    assert!(!cloud.store_catalog(&store).contains_key(kept));
+    assert_eq!(publication(&gateway)["state"], "idle");
 }

@@ -51,6 +51,9 @@ pub struct Item {
     pub data: Map<String, Value>,
     /// What looks wrong in it, when it was taken all the same ([`lenient_item`]).
     pub problems: Vec<String>,
+    /// When Evotor made this change, Unix milliseconds (an event's
+    /// `timestamp`, the cloud's `updated_at`); `None`: when it arrived.
+    pub changed_ms: Option<i64>,
 }
 
 /// A value of an extensible enumeration that this build does not know.
@@ -209,7 +212,7 @@ fn finish(
     if let Some(parent) = &parent {
         data.insert("parentUuid".into(), Value::String(parent.clone()));
     }
-    Item { uuid, parent, barcodes, data, problems }
+    Item { uuid, parent, barcodes, data, problems, changed_ms: None }
 }
 
 /// Checks item `index` of a terminal's delivery: refused only without a

@@ -165,25 +165,43 @@ pub fn url(settings: &CloudSettings, path: &str, query: &str, cursor: Option<&st
     }
 }
 
-/// GETs one page at `url` as `credential`, waiting at most `timeout_secs`.
-pub fn get_page(
+/// What `Content-Type` a bulk request carries.
+pub const BULK: &str = "application/vnd.evotor.v2+bulk+json";
+/// What `Content-Type` a single request carries.
+pub const SINGLE: &str = "application/vnd.evotor.v2+json";
+
+/// Sends `method` `url` as `credential` with `body` (its content type and
+/// bytes), waiting at most `timeout_secs`. Answers the cloud's answer when
+/// it came and is not one to try again later or a refusal: 401 and 403 are
+/// [`Failure::Refused`], 429 [`Failure::RateLimited`], 5xx and every
+/// transport failure [`Failure::Retry`]; any other status is the caller's.
+pub fn call(
     http: &dyn Http,
     settings: &CloudSettings,
-    url: &str,
+    (method, url): (&str, &str),
     credential: Credential<'_>,
+    body: Option<(&str, Vec<u8>)>,
     timeout_secs: u64,
-) -> Result<Page, Failure> {
+) -> Result<outgoing::Response, Failure> {
     let auth = match (credential, settings.auth) {
         (Credential::User(token), CloudAuth::Bearer) | (Credential::Publisher(token), _) => {
             ("authorization", format!("Bearer {token}"))
         }
         (Credential::User(token), CloudAuth::XAuthorization) => ("x-authorization", token.to_owned()),
     };
+    let mut headers = vec![("accept".to_owned(), ACCEPT.to_owned()), (auth.0.to_owned(), auth.1)];
+    let body = match body {
+        Some((content_type, bytes)) => {
+            headers.push(("content-type".to_owned(), content_type.to_owned()));
+            bytes
+        }
+        None => Vec::new(),
+    };
     let request = outgoing::Request {
-        method: "GET".into(),
+        method: method.into(),
         url: url.to_owned(),
-        headers: vec![("accept".into(), ACCEPT.into()), (auth.0.into(), auth.1)],
-        body: Vec::new(),
+        headers,
+        body,
         timeout: Some(std::time::Duration::from_secs(timeout_secs)),
     };
     let response = http.send(&request).map_err(|err| Failure::Retry {
@@ -203,13 +221,28 @@ pub fn get_page(
         },
     })?;
     match response.status {
-        200 => page(&response.body).map(|page| Page { warning: response.header("warning").map(clip), ..page }),
         401 | 403 => Err(Failure::Refused { status: response.status, message: message(&response) }),
-        404 => Err(Failure::Gone { message: message(&response) }),
         429 => {
             let reset = response.header("x-ratelimit-reset").and_then(|text| text.trim().parse::<u64>().ok());
             Err(Failure::RateLimited { reset_secs: reset.unwrap_or(DEFAULT_RESET_SECS).clamp(1, MAX_RESET_SECS) })
         }
+        500.. => Err(Failure::Retry { status: Some(response.status), message: message(&response) }),
+        _ => Ok(response),
+    }
+}
+
+/// GETs one page at `url` as `credential`, waiting at most `timeout_secs`.
+pub fn get_page(
+    http: &dyn Http,
+    settings: &CloudSettings,
+    url: &str,
+    credential: Credential<'_>,
+    timeout_secs: u64,
+) -> Result<Page, Failure> {
+    let response = call(http, settings, ("GET", url), credential, None, timeout_secs)?;
+    match response.status {
+        200 => page(&response.body).map(|page| Page { warning: response.header("warning").map(clip), ..page }),
+        404 => Err(Failure::Gone { message: message(&response) }),
         status => Err(Failure::Retry { status: Some(status), message: message(&response) }),
     }
 }
@@ -242,14 +275,14 @@ fn page(body: &[u8]) -> Result<Page, Failure> {
 }
 
 /// The cloud's error message (`{"message": …}`, else `code`, else the status).
-fn message(response: &outgoing::Response) -> String {
+pub fn message(response: &outgoing::Response) -> String {
     let body = serde_json::from_slice::<Value>(&response.body).ok();
     let field = |name: &str| body.as_ref().and_then(|body| body.get(name)).and_then(Value::as_str).map(clip);
     let text = field("message").or_else(|| field("code")).unwrap_or_default();
     if text.is_empty() { format!("HTTP {}", response.status) } else { format!("HTTP {}: {text}", response.status) }
 }
 
-fn clip(text: &str) -> String {
+pub fn clip(text: &str) -> String {
     text.chars().take(MAX_MESSAGE_CHARS).collect()
 }
 

@@ -12,6 +12,7 @@ use super::state::{
 use crate::Ctx;
 use crate::clock::Clock;
 use crate::config::{CloudSettings, Settings};
+use crate::domain::publisher::{self, Unusable};
 use crate::domain::{billing, events, tokens, transact};
 use crate::errors::ApiError;
 use crate::storage::{self, Issue};
@@ -22,14 +23,21 @@ use std::collections::BTreeMap;
 pub const JOB: &str = "sync";
 
 /// How much a run may do.
-struct Budget<'c> {
+pub(super) struct Budget<'c> {
     clock: &'c dyn Clock,
     /// No request starts at or after it, Unix seconds.
     deadline: u64,
-    requests: u32,
+    /// Requests left.
+    pub(super) requests: u32,
 }
 
 impl<'c> Budget<'c> {
+    /// `requests` at most, none starting at or after `deadline` (Unix seconds).
+    #[cfg(test)]
+    pub(super) fn new(clock: &'c dyn Clock, deadline: u64, requests: u32) -> Self {
+        Self { clock, deadline, requests }
+    }
+
     /// A part of the run (a user's, the feed's) starting at `now`: its
     /// report, and its share of this budget (`sync_max_requests_per_user` at most).
     fn part(&self, now: u64, cloud: &CloudSettings) -> (RunReport, Budget<'c>) {
@@ -44,7 +52,7 @@ impl<'c> Budget<'c> {
     }
 
     /// Whether one more request may start: one is left, and a second at least before the deadline.
-    fn more(&self) -> bool {
+    pub(super) fn more(&self) -> bool {
         self.requests > 0 && self.clock.now_unix() < self.deadline
     }
 
@@ -174,12 +182,13 @@ fn sync_user(
     Ok((outcome, Some(run)))
 }
 
-/// Reads the application's event feed as far as `budget` allows.
+/// Reads the application's event feed as far as `budget` allows, with
+/// the publisher token ([`publisher::token`]): nothing while it is refused.
 fn sync_feed(
     ctx: &Ctx<'_>,
     settings: &Settings,
     cloud: &CloudSettings,
-    (app, token): (&str, &str),
+    app: &str,
     budget: &mut Budget<'_>,
 ) -> Result<Outcome, ApiError> {
     let path = format!("/api/apps/{app}/events");
@@ -197,6 +206,23 @@ fn sync_feed(
     if state.progress.waiting(now) {
         return Ok(Outcome::Waiting);
     }
+    if !budget.more() {
+        return Ok(Outcome::Budget);
+    }
+    let token = match publisher::token(ctx, cloud, budget.timeout(cloud.request_timeout_secs)) {
+        Ok(token) => token,
+        Err(Unusable::Store(err)) => return Err(err),
+        Err(Unusable::Missing) => return Ok(Outcome::NoToken),
+        Err(Unusable::Refused(_)) => return Ok(Outcome::TokenRefused),
+        Err(Unusable::Retry { status, message, reset_secs }) => {
+            let failure = match reset_secs {
+                Some(reset_secs) => Failure::RateLimited { reset_secs },
+                None => Failure::Retry { status, message },
+            };
+            update(&|state| state.progress.failed(&failure, publisher::TOKEN_PATH, now))?;
+            return Ok(outcome_of(&failure));
+        }
+    };
     let (mut run, mut mine) = budget.part(now, cloud);
     // After a page too large to read, the feed's pages are asked for with a smaller `limit`.
     let mut limit: Option<usize> = None;
@@ -212,7 +238,7 @@ fn sync_feed(
         run.requests += 1;
         let timeout = mine.timeout(cloud.request_timeout_secs);
         let url = cloud::with_limit(window_url(cloud, &path, &window), limit);
-        match cloud::get_page(ctx.http, cloud, &url, Credential::Publisher(token), timeout) {
+        match cloud::get_page(ctx.http, cloud, &url, Credential::Publisher(token.bearer()), timeout) {
             Ok(Page { oversize: Some(count), next, .. }) => match cloud::smaller_limit(limit, count) {
                 Some(smaller) => limit = Some(smaller),
                 None => {
@@ -245,6 +271,9 @@ fn sync_feed(
                 })?;
             }
             Err(failure) => {
+                if let Failure::Refused { status, message } = &failure {
+                    publisher::refused(ctx, cloud, &token, (*status, message), &path)?;
+                }
                 update(&|state| state.progress.failed(&failure, &path, now))?;
                 break outcome_of(&failure);
             }
@@ -274,17 +303,20 @@ pub struct Summary {
     pub outcomes: BTreeMap<&'static str, u64>,
     /// The time-based rules of billing.
     pub time_rules: billing::TimeRules,
+    /// What publishing the partner's catalog changes did.
+    pub published: super::publish::Done,
 }
 
 impl Summary {
     /// Parts (a user's, the feed's) that failed: an error, or a token the cloud refused.
     pub fn failed(&self) -> u64 {
-        ["failed", "token-refused"].iter().filter_map(|name| self.outcomes.get(name)).sum()
+        ["failed", "token-refused", "publish-failed"].iter().filter_map(|name| self.outcomes.get(name)).sum()
     }
 
     /// Parts the run tried: every outcome but waiting for a later turn and having no token.
     pub fn tried(&self) -> u64 {
-        self.outcomes.iter().filter(|(name, _)| !matches!(**name, "waiting" | "no-token")).map(|(_, n)| n).sum()
+        let idle = |name: &str| matches!(name, "waiting" | "no-token" | "publish-waiting" | "publish-blocked");
+        self.outcomes.iter().filter(|(name, _)| !idle(name)).map(|(_, n)| n).sum()
     }
 }
 
@@ -307,7 +339,20 @@ impl std::fmt::Display for Summary {
             write!(f, ", {outcome} {count}")?;
         }
         let rules = &self.time_rules;
-        write!(f, "; billing: {} checked, {} gaps skipped, {} lapsed", rules.checked, rules.gaps_skipped, rules.lapsed)
+        write!(
+            f,
+            "; billing: {} checked, {} gaps skipped, {} lapsed",
+            rules.checked, rules.gaps_skipped, rules.lapsed
+        )?;
+        let published = &self.published;
+        if published.requests > 0 {
+            write!(
+                f,
+                "; publishing: {} requests, {} sent, {} published, {} failed",
+                published.requests, published.sent, published.published, published.failed
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -350,9 +395,13 @@ pub fn run(ctx: &Ctx<'_>, deadline: u64) -> Result<Summary, ApiError> {
     summary.time_rules = rules;
     run.subscriptions_after = after;
     adopt(ctx, &mut run, &budget)?;
-    if let Some((app, token)) = &cloud.publisher {
+    // The status of push notifications still open, before the users take the rest.
+    let polled = crate::domain::push::poll_open(ctx, &cloud, budget.requests, budget.deadline)?;
+    budget.requests = budget.requests.saturating_sub(polled);
+    summary.requests += u64::from(polled);
+    if let Some(publisher) = &cloud.publisher {
         let before = budget.requests;
-        let outcome = sync_feed(ctx, &settings, &cloud, (app, token), &mut budget)?;
+        let outcome = sync_feed(ctx, &settings, &cloud, &publisher.app_id, &mut budget)?;
         summary.requests += u64::from(before - budget.requests);
         *summary
             .outcomes
@@ -406,6 +455,16 @@ pub fn run(ctx: &Ctx<'_>, deadline: u64) -> Result<Summary, ApiError> {
     }
     run.current = None;
     save_run(ctx, &mut run)?;
+    // The partner's catalog changes, with what the run has left.
+    let mut outcomes = BTreeMap::<&'static str, u64>::new();
+    let published = super::publish::publish(ctx, &cloud, &mut budget, &mut |outcome| {
+        *outcomes.entry(outcome.name()).or_default() += 1;
+    })?;
+    summary.requests += published.requests;
+    summary.published = published;
+    for (name, count) in outcomes {
+        *summary.outcomes.entry(name).or_default() += count;
+    }
     Ok(summary)
 }
 

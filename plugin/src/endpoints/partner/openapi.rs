@@ -99,7 +99,18 @@ fn the_description_lists_exactly_the_partner_endpoints_served() {
 
 /// A world with one of everything the partner API shows.
 fn populated() -> (Fixture, String) {
-    let world = Fixture::with(&[("events_webhook_allow_unsigned", "true")]);
+    let mut world = Fixture::with(&[
+        ("events_webhook_allow_unsigned", "true"),
+        ("evotor_app_id", "app-1"),
+        ("evotor_publisher_token", "pub"),
+    ]);
+    // The publisher API's answers: a push notification sent here, and the one the checks send.
+    let notification = |id: &str, status: &str| {
+        let body = json!({"id": id, "status": status, "details": [{"device_id": DEVICE, "status": "DELIVERED"}]});
+        Ok(crate::outgoing::Response { status: 200, headers: Vec::new(), body: body.to_string().into_bytes() })
+    };
+    world.http =
+        crate::outgoing::Scripted::new([notification(DOCUMENT, "COMPLETED"), notification(PRODUCT, "ACCEPTED")]);
     let token = world.register(USER, "ivan");
     let trial = json!({"subscriptionId": "a99fbf70-6307-4acc-b61c-741ee9eef6c1", "productId": "p", "userId": USER,
         "timestamp": "2026-01-01T00:00:00.000+0000", "sequenceNumber": 1, "type": "SubscriptionCreated",
@@ -136,6 +147,13 @@ fn populated() -> (Fixture, String) {
     let account =
         world.call("POST", "/partner/v1/accounts", Some("partner"), Some(json!({"login": "desk", "password": "pw"})));
     let account_id = account.body_json()["id"].as_str().expect("id").to_owned();
+    let pushed = world.call(
+        "POST",
+        &format!("/partner/v1/users/{USER}/push-notifications"),
+        Some("partner"),
+        Some(json!({"payload": {"text": "hello"}})),
+    );
+    assert_eq!(pushed.status, 201, "{}", String::from_utf8_lossy(&pushed.body));
     (world, account_id)
 }
 
@@ -161,6 +179,7 @@ fn every_documented_answer_matches_a_real_one() {
             .replace("{id}", id);
         let body = match (method.as_str(), path.as_str()) {
             ("POST", "/partner/v1/accounts") => Some(json!({"login": "another", "displayName": "Front desk"})),
+            ("POST", "/partner/v1/users/{userId}/push-notifications") => Some(json!({"payload": {"n": 1}})),
             ("PATCH", _) => Some(json!({"displayName": "Renamed"})),
             ("PUT", _) => Some(json!([{"uuid": DOCUMENT, "group": true, "name": "Group"}])),
             ("POST", _) => Some(json!([DOCUMENT])),
