@@ -53,3 +53,6 @@ pub use state::{user_state, user_view};
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod cost_tests;
