@@ -279,7 +279,11 @@ impl MockCloud {
         match segments.as_slice() {
             ["", "oauth", "token"] => {
                 self.state.lock().expect("state").requests.push(("oauth".into(), path.to_owned()));
-                let params: BTreeMap<String, String> = form_urlencoded::parse(query.as_bytes()).into_owned().collect();
+                // The form in the body, as OAuth has it (the query too, as Evotor's example sends it).
+                let params: BTreeMap<String, String> = form_urlencoded::parse(query.as_bytes())
+                    .into_owned()
+                    .chain(form_urlencoded::parse(body).into_owned())
+                    .collect();
                 if api.client.as_ref().is_none_or(|client| credential != format!("Basic {client}")) {
                     return json_answer(401, json!({"error": "invalid_client"}));
                 }

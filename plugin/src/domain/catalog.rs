@@ -274,6 +274,13 @@ impl<'t, 'k> Change<'t, 'k> {
             }
         }
         record.published = old.as_ref().and_then(|old| old.published.clone());
+        if self.source == EVOTOR
+            && let Some(published) = record.published.as_mut()
+        {
+            // Applied from Evotor, it is what the cloud holds now: what the partner sends next is measured against it.
+            published.digest = publication::content_digest(&record.product);
+            published.quantity = publication::quantity_of(&record.product);
+        }
         if old.as_ref().is_some_and(|old| old.product == record.product && old.source == record.source) {
             self.exists.insert(item.uuid.clone(), true);
             self.parents.insert(item.uuid.clone(), item.parent.clone());
@@ -349,7 +356,7 @@ impl<'t, 'k> Change<'t, 'k> {
         self.exists.insert(uuid.to_owned(), false);
         let Some(old) = old else { return Ok(false) };
         if self.source == PARTNER {
-            self.partner_deleted(uuid, &old)?;
+            self.partner_deleted(uuid, &old);
         }
         self.parents.insert(uuid.to_owned(), None);
         let range = self.directory.range_of(uuid);
@@ -371,22 +378,14 @@ impl<'t, 'k> Change<'t, 'k> {
         Ok(true)
     }
 
-    /// A partner deletion of `old`: pending for the cloud, unless the cloud
-    /// never had the item (the partner's own, never published, nothing under way).
-    fn partner_deleted(&mut self, uuid: &str, old: &ProductRecord) -> Result<(), StorageError> {
-        let key = publication::pending_key(self.store, uuid);
-        let pending = self.txn.get::<publication::Pending>(&key)?;
-        let in_cloud = old.source != PARTNER
-            || old.published.is_some()
-            || pending.as_ref().is_some_and(|pending| pending.sending.is_some());
-        if in_cloud {
-            let group = publication::is_group(&old.product);
-            let published = old.published.as_ref();
-            publication::partner_changed_from(self.txn, self.store, uuid, true, group, self.now, published);
-        } else if pending.is_some() {
-            self.txn.delete(&key);
-        }
-        Ok(())
+    /// A partner deletion of `old`: pending for the cloud. Always: whether
+    /// the cloud has the item cannot be told for sure (a request whose
+    /// answer was lost may have made it), and a deletion of an item the
+    /// cloud lacks costs a share of one request.
+    fn partner_deleted(&mut self, uuid: &str, old: &ProductRecord) {
+        let group = publication::is_group(&old.product);
+        let published = old.published.as_ref();
+        publication::partner_changed_from(self.txn, self.store, uuid, true, group, self.now, published);
     }
 
     /// Re-balances the directory and writes it.

@@ -7,7 +7,7 @@
 //! tokens that live about 30 minutes: the access token, the refresh token
 //! and the expiry are kept in the store ([`KEY`]), and a token that expires
 //! within [`RENEW_MARGIN_SECS`] (or none yet) is renewed first with
-//! `POST {evotor_oauth_url}/oauth/token?grant_type=refresh_token`. The
+//! `POST {evotor_oauth_url}/oauth/token` (the refresh token in the form body). The
 //! configured refresh token is only the first one: the OAuth server hands
 //! out the next with each renewal, and the configured one is used again
 //! only when it changes (the record keeps a SHA-256 of the configuration
@@ -302,7 +302,14 @@ fn renew(
     let app = publisher.app_id.as_str();
     let decided = transact(ctx, |txn| -> Result<Decided, ApiError> {
         let now_state = current(txn.get::<PublisherState>(KEY)?, configured);
-        if PublisherState::generation(now_state.as_ref()) != PublisherState::generation(found.as_ref()) {
+        // A grant stands over whatever came meanwhile as long as nobody spent the refresh token it
+        // used: a renewal refused meanwhile with that same token lost a race to this one.
+        let unspent = now_state.as_ref().and_then(|state| state.refresh_token.as_deref()).unwrap_or(&client.seed)
+            == refresh_token.as_str();
+        let granted = matches!(renewal, Renewal::Granted { .. });
+        if PublisherState::generation(now_state.as_ref()) != PublisherState::generation(found.as_ref())
+            && !(granted && unspent)
+        {
             return Ok(Decided::Lost(now_state));
         }
         let mut next = now_state.unwrap_or_else(|| PublisherState::new(configured));
@@ -391,8 +398,10 @@ fn note_refusal(
     Refusal { status, message: message.to_owned(), at: now, path: path.to_owned(), by_renewal }
 }
 
-/// `POST {evotor_oauth_url}/oauth/token?grant_type=refresh_token&refresh_token=…`
-/// as the client (`Authorization: Basic`), read as a token or why not.
+/// `POST {evotor_oauth_url}/oauth/token` with the form
+/// `grant_type=refresh_token&refresh_token=…` as its body (never in the
+/// URL, which the gateway logs and traces), as the client (`Authorization:
+/// Basic`), read as a token or why not.
 fn ask_renewal(ctx: &Ctx<'_>, client: &OAuthClient, refresh_token: &str, timeout_secs: u64) -> Renewal {
     use base64::Engine as _;
     let encoded: String = form_urlencoded::byte_serialize(refresh_token.as_bytes()).collect();
@@ -400,13 +409,13 @@ fn ask_renewal(ctx: &Ctx<'_>, client: &OAuthClient, refresh_token: &str, timeout
         base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", client.client_id, client.client_secret));
     let request = outgoing::Request {
         method: "POST".into(),
-        url: format!("{}{TOKEN_PATH}?grant_type=refresh_token&refresh_token={encoded}", client.url),
+        url: format!("{}{TOKEN_PATH}", client.url),
         headers: vec![
             ("authorization".into(), format!("Basic {basic}")),
             ("accept".into(), "application/json".into()),
             ("content-type".into(), "application/x-www-form-urlencoded".into()),
         ],
-        body: Vec::new(),
+        body: format!("grant_type=refresh_token&refresh_token={encoded}").into_bytes(),
         timeout: Some(std::time::Duration::from_secs(timeout_secs)),
     };
     let response = match ctx.http.send(&request) {

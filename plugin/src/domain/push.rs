@@ -146,6 +146,7 @@ impl Notification {
             self.status = status.clone();
             changed = true;
         }
+        // Only the devices it was sent to: a report naming others adds nothing to keep.
         for (device, status) in &report.details {
             match self.devices.iter_mut().find(|known| known.device_uuid == *device) {
                 Some(known) if known.status.as_deref() == Some(status.as_str()) => {}
@@ -153,10 +154,7 @@ impl Notification {
                     known.status = Some(status.clone());
                     changed = true;
                 }
-                None => {
-                    self.devices.push(DeviceStatus { device_uuid: device.clone(), status: Some(status.clone()) });
-                    changed = true;
-                }
+                None => {}
             }
         }
         changed
@@ -274,11 +272,18 @@ pub fn send(ctx: &Ctx<'_>, user_id: &str, draft: &Draft) -> Result<Sent, ApiErro
         }
     }
     let sent = send_now(ctx, &settings, &cloud, user_id, draft, key.as_deref(), payload_bytes, deadline);
-    if let (Err(_), Some(digest)) = (&sent, &key) {
+    // A notification the cloud took without an id to follow may exist: its key stays taken until it
+    // goes stale, as after a call that ended without an answer. Any other failure made none.
+    if let (Err(err), Some(digest)) = (&sent, &key)
+        && err.reason != NO_ID
+    {
         release(ctx, user_id, digest, started)?;
     }
     sent.map(Sent::Created)
 }
+
+/// Why a notification the cloud took cannot be kept.
+const NO_ID: &str = "the Evotor cloud's answer carries no usable notification id";
 
 /// Sends `draft` and stores what the cloud made of it.
 #[expect(clippy::too_many_arguments, reason = "the parts of one send, each its own")]
@@ -308,7 +313,7 @@ fn send_now(
         Err(failure) => return Err(failed(ctx, cloud, &token, &url, failure)),
     };
     let Some(id) = report.id.as_deref().and_then(crate::input::id_as_sent) else {
-        return Err(ApiError::bad_gateway("the Evotor cloud's answer carries no usable notification id"));
+        return Err(ApiError::bad_gateway(NO_ID));
     };
     let now = ctx.clock.now_unix();
     let mut notification = Notification {
@@ -561,9 +566,16 @@ pub fn poll_open(ctx: &Ctx<'_>, cloud: &CloudSettings, allowance: u32, deadline:
         match notification {
             Some(notification) if !notification.is_final() && ctx.clock.now_unix() < notification.polled_until() => {
                 requests += 1;
-                if refresh(ctx, cloud, &token, &notification, timeout())?.is_none() {
+                match refresh(ctx, cloud, &token, &notification, timeout()) {
+                    Ok(Some(_)) => {}
                     // Refused, rate-limited or failing: the next run goes on from here.
-                    break;
+                    Ok(None) => break,
+                    Err(err) if err.status == 503 => return Err(err),
+                    // This notification's own trouble (its record, say): the others go on.
+                    Err(err) => evogate_plugin::log::warn(&format!(
+                        "push notifications: notification {id} not refreshed: {} ({})",
+                        err.reason, err.status
+                    )),
                 }
             }
             // Gone, final, or past its time: no longer open.
@@ -621,8 +633,9 @@ fn ask(
 /// Reads `{id, status, details: [{device_id, status}]}`.
 fn report(body: &[u8]) -> Option<Report> {
     let Ok(Value::Object(answer)) = serde_json::from_slice::<Value>(body) else { return None };
+    // Ids and statuses are short words: anything longer is not kept (an answer may be hostile).
     let text = |value: Option<&Value>| match value {
-        Some(Value::String(text)) => Some(text.clone()),
+        Some(Value::String(text)) if text.len() <= 64 => Some(text.clone()),
         Some(Value::Number(number)) => Some(number.to_string()),
         _ => None,
     };

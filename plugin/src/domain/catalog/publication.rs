@@ -81,14 +81,23 @@ pub struct Pending {
     pub sending: Option<Sending>,
 }
 
-/// A version sent in a bulk task not yet done.
+/// A version on its way to the cloud: marked before its request is sent,
+/// so an Evotor change meanwhile cannot take its place unseen.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Sending {
-    /// The cloud's task id.
-    pub task: String,
+    /// The cloud's task id, once it answered with one (`None`: the request
+    /// is under way, or answered at once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
     /// The version sent.
     pub version: u64,
+    /// [`content_digest`] of what was sent (`None`: a deletion or a quantity alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// The quantity sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantity: Option<Value>,
 }
 
 /// What of an item the cloud holds from the partner: kept in its
@@ -209,13 +218,17 @@ pub fn content_digest(product: &Value) -> String {
     storage::sha256_hex(canonical(&v2).to_string().as_bytes())[..32].to_owned()
 }
 
-/// Whether an Evotor `product` is what the partner published (`published`):
-/// its own change coming back.
-fn is_echo(published: Option<&Published>, product: &Value) -> bool {
-    published.is_some_and(|published| {
-        published.digest == content_digest(product)
-            && quantities_equal(published.quantity.as_ref(), quantity_of(product).as_ref())
-    })
+/// Whether an Evotor `product` is what the partner published (`published`)
+/// or is publishing (`sending`): its own change coming back.
+fn is_echo(published: Option<&Published>, sending: Option<&Sending>, product: &Value) -> bool {
+    let digest = content_digest(product);
+    let quantity = quantity_of(product);
+    let same = |sent: &str, sent_quantity: Option<&Value>| {
+        sent == digest && quantities_equal(sent_quantity, quantity.as_ref())
+    };
+    published.is_some_and(|published| same(&published.digest, published.quantity.as_ref()))
+        || sending
+            .is_some_and(|sending| sending.digest.as_deref().is_some_and(|sent| same(sent, sending.quantity.as_ref())))
 }
 
 fn quantities_equal(a: Option<&Value>, b: Option<&Value>) -> bool {
@@ -275,13 +288,23 @@ pub(crate) fn evotor_changed(
     now: u64,
 ) -> Result<Verdict, StorageError> {
     let published = held.and_then(|(_, published)| published);
+    let key = pending_key(store, uuid);
+    let pending = txn.get::<Pending>(&key)?;
     if let Some(product) = incoming
-        && is_echo(published, product)
+        && is_echo(published, pending.as_ref().and_then(|pending| pending.sending.as_ref()), product)
     {
         return Ok(Verdict::Keep);
     }
-    let key = pending_key(store, uuid);
-    let Some(pending) = txn.get::<Pending>(&key)? else { return Ok(Verdict::Apply) };
+    let Some(pending) = pending else { return Ok(Verdict::Apply) };
+    // The same state again (a window read twice, say): nothing to decide.
+    let same = match (incoming, held) {
+        (Some(product), Some((held, _))) => product == held,
+        (None, None) => true,
+        _ => false,
+    };
+    if same {
+        return Ok(Verdict::Apply);
+    }
     let partner_wins = pending.sending.is_some() || pending.at >= evotor_at;
     let (kept, other) = if partner_wins {
         ("partner", incoming.cloned().unwrap_or(Value::Null))
@@ -302,7 +325,7 @@ pub(crate) fn evotor_changed(
     );
     let problem = format!(
         "changed in Evotor and by the partner before the partner's version was published: the {kept} version kept \
-         (the later change; one already sent always wins), the other kept in the store's publication status"
+         (the later change; one already on its way always wins), the other kept in the store's publication status"
     );
     txn.issue(now, Issue::new(owner, "product", uuid, problem).in_store(store));
     if partner_wins {

@@ -60,7 +60,8 @@ fn an_expired_token_is_renewed_and_the_rotated_refresh_token_is_kept() {
     assert_eq!((renewed.bearer(), renewed.mode), ("access-1", Mode::OAuth));
     let sent = world.http.sent();
     assert_eq!(sent[0].method, "POST");
-    assert_eq!(sent[0].url, "https://oauth.evotor.ru/oauth/token?grant_type=refresh_token&refresh_token=seed%2B1");
+    assert_eq!(sent[0].url, "https://oauth.evotor.ru/oauth/token", "the refresh token never in the URL");
+    assert_eq!(sent[0].body, b"grant_type=refresh_token&refresh_token=seed%2B1");
     assert!(sent[0].headers.contains(&("authorization".into(), "Basic Y2xpZW50OnNlY3JldA==".into())), "{sent:?}");
     let state = stored(&world);
     assert_eq!(state.refresh_token.as_deref(), Some("refresh-2"));
@@ -75,7 +76,7 @@ fn an_expired_token_is_renewed_and_the_rotated_refresh_token_is_kept() {
     world.clock.advance(1799 - 1000 - 59);
     assert_eq!(token(&world.ctx(), &cloud(&world), 20).expect("renewed again").bearer(), "access-2");
     let sent = world.http.sent();
-    assert!(sent[1].url.ends_with("refresh_token=refresh-2"), "{}", sent[1].url);
+    assert!(sent[1].body.ends_with(b"refresh_token=refresh-2"), "{:?}", sent[1].body);
     assert_eq!(stored(&world).refresh_token.as_deref(), Some("refresh-2"), "kept when the answer names none");
 
     let view = partner(&world, "/partner/v1/publisher");
@@ -110,7 +111,7 @@ fn a_refused_renewal_is_told_once_nothing_is_asked_after_it_and_a_new_seed_start
     world.config.0.insert("evotor_oauth_refresh_token".into(), "seed-2".into());
     world.http = Scripted::new([grant("access-9", Some("refresh-9"))]);
     assert_eq!(token(&world.ctx(), &cloud(&world), 20).expect("afresh").bearer(), "access-9");
-    assert!(world.http.sent()[0].url.ends_with("refresh_token=seed-2"));
+    assert!(world.http.sent()[0].body.ends_with(b"refresh_token=seed-2"));
     assert_eq!(partner(&world, "/partner/v1/publisher")["state"], "usable");
 }
 
@@ -167,6 +168,31 @@ fn a_renewal_that_lost_to_another_uses_the_winners_token_and_records_no_refusal(
     assert_eq!(token(&ctx, &cloud, 20).expect("the winner's").bearer(), "winner");
     assert!(stored(&world).refused.is_none());
     assert!(feed_kinds(&world).is_empty());
+}
+
+#[test]
+fn a_renewal_granted_while_another_was_refused_with_the_same_refresh_token_stands() {
+    let world = Fixture::with(&OAUTH);
+    let cloud = cloud(&world);
+    let configured = configured(cloud.publisher.as_ref().expect("publisher"));
+    // The other renewal asked with the seed after this one spent it, and its refusal committed first.
+    let refused = PublisherState {
+        v: storage::FORMAT,
+        configured,
+        refused: Some(Refusal {
+            status: 400,
+            message: "invalid_grant".into(),
+            at: FIXTURE_START,
+            path: TOKEN_PATH.into(),
+            by_renewal: true,
+        }),
+        ..PublisherState::default()
+    };
+    let http = Racing { kv: &world.kv, winner: refused, answer: Scripted::new([grant("access-1", Some("refresh-2"))]) };
+    let ctx = Ctx { http: &http, ..world.ctx() };
+    assert_eq!(token(&ctx, &cloud, 20).expect("this grant").bearer(), "access-1");
+    let state = stored(&world);
+    assert_eq!((state.refused, state.refresh_token.as_deref()), (None, Some("refresh-2")), "the rotated token kept");
 }
 
 #[test]

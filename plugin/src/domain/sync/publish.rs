@@ -107,21 +107,40 @@ pub(super) fn publish(
     outcome: &mut dyn FnMut(Outcome),
 ) -> Result<Done, ApiError> {
     let mut done = Done::default();
-    let mut cursor = None;
-    loop {
-        let page = storage::collect(ctx.kv, publication::DUE_PREFIX, cursor.clone(), 100)?;
-        let Some((last, _)) = page.last() else { break };
-        cursor = Some(last.clone());
-        for (key, _) in &page {
-            if !budget.more() {
-                return Ok(done);
-            }
-            let Some(store) = key.strip_prefix(publication::DUE_PREFIX) else { continue };
-            outcome(publish_store(ctx, cloud, store, budget, &mut done)?);
+    // Every store with work once, starting after the one whose turn came last.
+    let mut stores: Vec<String> = storage::scan_all(ctx.kv, publication::DUE_PREFIX)?
+        .into_iter()
+        .filter_map(|(key, _)| key.strip_prefix(publication::DUE_PREFIX).map(str::to_owned))
+        .collect();
+    let after: Option<String> = storage::read(ctx.kv, NEXT_STORE_KEY)?;
+    let split = after.as_ref().map_or(0, |after| stores.partition_point(|store| store <= after));
+    stores.rotate_left(split);
+    for store in &stores {
+        if !budget.more() {
+            break;
         }
+        match publish_store(ctx, cloud, store, budget, &mut done) {
+            Ok(ended) => outcome(ended),
+            // The store being down is the run's; anything else is this store's, and the others go on.
+            Err(err) if err.status == 503 => return Err(err),
+            Err(err) => {
+                evogate_plugin::log::warn(&format!(
+                    "publishing: store {store} failed: {} ({})",
+                    err.reason, err.status
+                ));
+                outcome(Outcome::Failed);
+            }
+        }
+        transact(ctx, |txn| -> Result<(), ApiError> {
+            txn.put(NEXT_STORE_KEY, store);
+            Ok(())
+        })?;
     }
     Ok(done)
 }
+
+/// Key of the store the next run's publishing starts after.
+const NEXT_STORE_KEY: &str = "meta/publish-after";
 
 /// One store's turn.
 struct Turn<'a, 'c> {
@@ -195,10 +214,15 @@ fn publish_store(
         }
         _ => None,
     };
+    if blocked == Some("no-owner") && idle(ctx, store)? {
+        // Nothing waits in a store nobody owns (erased, say): its mark of work goes, and nothing is written of it.
+        drop_due_when_idle(ctx, store)?;
+        return Ok(Outcome::Blocked);
+    }
     if let Some(blocked) = blocked {
         if state.blocked.as_deref() != Some(blocked) {
             state.blocked = Some(blocked.to_owned());
-            save(ctx, store, &state)?;
+            save(ctx, store, owner.as_deref(), &state)?;
         }
         return Ok(Outcome::Blocked);
     }
@@ -215,16 +239,40 @@ fn publish_store(
     let outcome = outcome?;
     if spent > 0 || turn.state != storage::read(ctx.kv, &publication::state_key(store))?.unwrap_or_default() {
         turn.state.last_run = Some(json!({ "at": now, "requests": spent, "outcome": outcome.name() }));
-        save(ctx, store, &turn.state)?;
+        save(ctx, store, Some(&turn.owner), &turn.state)?;
     }
-    if outcome == Outcome::Complete {
-        turn.drop_due_when_idle()?;
+    if outcome == Outcome::Complete && turn.state.running.is_empty() {
+        drop_due_when_idle(ctx, store)?;
     }
     Ok(outcome)
 }
 
-fn save(ctx: &Ctx<'_>, store: &str, state: &StoreState) -> Result<(), ApiError> {
+/// Whether nothing of `store` is pending.
+fn idle(ctx: &Ctx<'_>, store: &str) -> Result<bool, ApiError> {
+    Ok(storage::collect(ctx.kv, &publication::pending_prefix(store), None, 1)?.is_empty())
+}
+
+/// Drops the store's mark of work when nothing is pending; a partner change
+/// committed meanwhile rewrites the mark, so the commit conflicts and the
+/// next attempt sees it.
+fn drop_due_when_idle(ctx: &Ctx<'_>, store: &str) -> Result<(), ApiError> {
     transact(ctx, |txn| -> Result<(), ApiError> {
+        let due = publication::due_key(store);
+        if txn.get::<Value>(&due)?.is_none() {
+            return Ok(());
+        }
+        if txn.scan_keys(&publication::pending_prefix(store), None, 1)?.is_empty() {
+            txn.delete(&due);
+        }
+        Ok(())
+    })
+}
+
+fn save(ctx: &Ctx<'_>, store: &str, owner: Option<&str>, state: &StoreState) -> Result<(), ApiError> {
+    transact(ctx, |txn| -> Result<(), ApiError> {
+        if let Some(owner) = owner {
+            crate::domain::purge::refuse_while_erasing(txn, owner)?;
+        }
         let mut state = state.clone();
         state.v = storage::FORMAT;
         txn.put(&publication::state_key(store), &state);
@@ -237,20 +285,30 @@ fn usable_task_id(id: &str) -> bool {
     (1..=100).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-/// The per-item failures an ended task reports: `(id, reason)`.
+/// The per-item failures an ended task reports: `(id, reason)`. A detail
+/// is each item's own answer: a product for one that went through (whose
+/// `code` is its article code), an error — `product_id` (or
+/// `product_group_id`) with `message` or `violations` — for one that did not.
 fn item_failures(details: Option<&Value>) -> Vec<(String, String)> {
     let Some(Value::Array(details)) = details else { return Vec::new() };
     let mut failures = Vec::new();
     for detail in details {
-        let id = ["product_id", "product_group_id", "id"]
+        let id = ["product_id", "product_group_id"]
             .iter()
             .find_map(|field| detail.get(*field).and_then(Value::as_str))
             .map(str::to_ascii_lowercase);
-        let failed = detail.get("code").is_some() || detail.get("violations").is_some();
+        let failed = detail.get("message").is_some_and(Value::is_string) || detail.get("violations").is_some();
         let (Some(id), true) = (id, failed) else { continue };
         failures.push((id, reason_of(detail)));
     }
     failures
+}
+
+/// A task's status as the cloud wrote it, kept short and plain.
+fn status_of(reply: &Value) -> Option<String> {
+    let status = reply.get("status")?.as_str()?;
+    let plain = status.len() <= 32 && status.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    plain.then(|| status.to_ascii_uppercase())
 }
 
 /// A detail's reason in words: `code: message (subject: reason; …)`.
@@ -301,7 +359,14 @@ impl Turn<'_, '_> {
                 if !self.more(budget) {
                     return Ok(Outcome::Budget);
                 }
-                if let Err((failure, path)) = self.delete(group == 1, chunk, done)? {
+                let marked: Vec<(String, u64, Sent)> =
+                    chunk.iter().map(|(uuid, version)| (uuid.clone(), *version, Sent::Deletion)).collect();
+                let marked = self.prepare(marked)?;
+                if marked.is_empty() {
+                    continue;
+                }
+                if let Err((failure, path)) = self.delete(group == 1, &marked, done)? {
+                    self.unprepare(&marked)?;
                     return self.failed(&failure, &path);
                 }
                 if self.rate_limited() {
@@ -315,9 +380,28 @@ impl Turn<'_, '_> {
                 if !self.more(budget) {
                     return Ok(Outcome::Budget);
                 }
-                let (chunk, body) = bulk_of(rest);
+                let chunk = bulk_of(rest);
                 rest = &rest[chunk.len()..];
-                if let Err((failure, path)) = self.bulk(group == 1, chunk, body, done)? {
+                let marked: Vec<(String, u64, Sent)> = chunk
+                    .iter()
+                    .map(|upsert| {
+                        let sent = Sent::Content { digest: upsert.digest.clone(), quantity: upsert.quantity.clone() };
+                        (upsert.uuid.clone(), upsert.version, sent)
+                    })
+                    .collect();
+                let marked = self.prepare(marked)?;
+                if marked.is_empty() {
+                    continue;
+                }
+                let kept: std::collections::HashSet<&str> = marked.iter().map(|(uuid, ..)| uuid.as_str()).collect();
+                let items: Vec<&Value> = chunk
+                    .iter()
+                    .filter(|upsert| kept.contains(upsert.uuid.as_str()))
+                    .map(|upsert| &upsert.item)
+                    .collect();
+                let body = serde_json::to_vec(&items).unwrap_or_default();
+                if let Err((failure, path)) = self.bulk(group == 1, &marked, body, done)? {
+                    self.unprepare(&marked)?;
                     return self.failed(&failure, &path);
                 }
                 if self.rate_limited() {
@@ -329,7 +413,12 @@ impl Turn<'_, '_> {
             if !self.more(budget) {
                 return Ok(Outcome::Budget);
             }
+            let marked = self.prepare(vec![(uuid.clone(), *version, Sent::Quantity(quantity.clone()))])?;
+            if marked.is_empty() {
+                continue;
+            }
             if let Err((failure, path)) = self.quantity(uuid, *version, quantity, done)? {
+                self.unprepare(&marked)?;
                 return self.failed(&failure, &path);
             }
             if self.rate_limited() {
@@ -419,10 +508,10 @@ impl Turn<'_, '_> {
         };
         let now = self.ctx.clock.now_unix();
         let body: Value = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
-        let status = body.get("status").and_then(Value::as_str).unwrap_or_default().to_ascii_uppercase();
+        let status = status_of(&body).unwrap_or_default();
         match (answer.status, status.as_str()) {
             (200, "COMPLETED" | "FAILED" | "DECLINED") => {
-                self.finish(task, &status, body.get("details"), None, done)?;
+                self.finish(task, &status, body.get("details"), done)?;
             }
             (404, _) => self.abandon(task, "the cloud does not know the task (404)")?,
             _ if now.saturating_sub(task.sent_at) > ABANDON_AFTER_SECS => {
@@ -444,16 +533,21 @@ impl Turn<'_, '_> {
         Ok(Ok(()))
     }
 
-    /// Reads what the store's pending entries ask for.
+    /// Reads what the store's pending entries ask for. An entry marked as
+    /// on its way but of no task followed (a run that ended between marking
+    /// it and recording the cloud's answer) is sent again: `PUT` and
+    /// `DELETE` by the partner's ids make a repeat harmless.
     fn work(&self) -> Result<Work, ApiError> {
         let mut work = Work::default();
+        let running: std::collections::HashSet<&str> = self.state.running.iter().map(|task| task.id.as_str()).collect();
         let prefix = publication::pending_prefix(self.store);
         let entries = storage::collect(self.ctx.kv, &prefix, None, SCAN_PER_TURN)?;
         let mut upserts = Vec::new();
         for (key, entry) in &entries {
             let pending: Pending = storage::decode(key, &entry.value)?;
             let Some(uuid) = key.strip_prefix(&prefix) else { continue };
-            if pending.sending.is_some() {
+            let followed = pending.sending.as_ref().and_then(|sending| sending.task.as_deref());
+            if followed.is_some_and(|task| running.contains(task)) {
                 continue;
             }
             if pending.deleted {
@@ -522,34 +616,83 @@ impl Turn<'_, '_> {
         Ok(())
     }
 
+    /// Marks `items` as on their way, in one commit, before their request
+    /// is sent; answers those still pending at their version (an Evotor
+    /// change may have withdrawn one, the partner changed another since).
+    fn prepare(&self, items: Vec<(String, u64, Sent)>) -> Result<Vec<(String, u64, Sent)>, ApiError> {
+        let (store, owner) = (self.store, self.owner.as_str());
+        let kept = transact(self.ctx, |txn| -> Result<Vec<bool>, ApiError> {
+            // Nothing is sent, nor written under the store, while its owner's data is being erased.
+            crate::domain::purge::refuse_while_erasing(txn, owner)?;
+            let mut kept = Vec::with_capacity(items.len());
+            for (uuid, version, sent) in &items {
+                let key = publication::pending_key(store, uuid);
+                let Some(mut pending) = txn.get::<Pending>(&key)?.filter(|pending| pending.version == *version) else {
+                    kept.push(false);
+                    continue;
+                };
+                let (digest, quantity) = match sent {
+                    Sent::Content { digest, quantity } => (Some(digest.clone()), quantity.clone()),
+                    Sent::Quantity(quantity) => (None, Some(quantity.clone())),
+                    Sent::Deletion => (None, None),
+                };
+                pending.sending = Some(Sending { task: None, version: *version, digest, quantity });
+                txn.put(&key, &pending);
+                kept.push(true);
+            }
+            Ok(kept)
+        })?;
+        Ok(items.into_iter().zip(kept).filter_map(|(item, kept)| kept.then_some(item)).collect())
+    }
+
+    /// Takes back the marks of [`Turn::prepare`] when the request brought no answer to record.
+    fn unprepare(&self, items: &[(String, u64, Sent)]) -> Result<(), ApiError> {
+        let store = self.store;
+        transact(self.ctx, |txn| -> Result<(), ApiError> {
+            for (uuid, version, _) in items {
+                let key = publication::pending_key(store, uuid);
+                if let Some(mut pending) = txn.get::<Pending>(&key)?
+                    && pending
+                        .sending
+                        .as_ref()
+                        .is_some_and(|sending| sending.version == *version && sending.task.is_none())
+                {
+                    pending.sending = None;
+                    txn.put(&key, &pending);
+                }
+            }
+            Ok(())
+        })
+    }
+
     /// One deletion request.
     fn delete(
         &mut self,
         group: bool,
-        items: &[(String, u64)],
+        items: &[(String, u64, Sent)],
         done: &mut Done,
     ) -> Result<Result<(), (Failure, String)>, ApiError> {
         let resource = if group { "product-groups" } else { "products" };
-        let ids: Vec<&str> = items.iter().map(|(uuid, _)| uuid.as_str()).collect();
+        let ids: Vec<&str> = items.iter().map(|(uuid, ..)| uuid.as_str()).collect();
         let path = format!("/stores/{}/{resource}", self.store);
         let answer = match self.send("DELETE", &format!("{path}?id={}", ids.join(",")), None) {
             Ok(answer) => answer,
             Err(failure) => return Ok(Err((failure, path))),
         };
-        done.sent += items.len() as u64;
         let now = self.ctx.clock.now_unix();
         let failed: Vec<(String, String)> = match answer.status {
             // Gone already is what a deletion wants.
             200..=299 | 404 => Vec::new(),
-            400..=499 => {
+            400 | 413 | 422 => {
                 let reason = cloud::message(&answer);
-                items.iter().map(|(uuid, _)| (uuid.clone(), reason.clone())).collect()
+                items.iter().map(|(uuid, ..)| (uuid.clone(), reason.clone())).collect()
             }
             other => {
                 let message = cloud::message(&answer);
                 return Ok(Err((Failure::Retry { status: Some(other), message }, path)));
             }
         };
+        done.sent += items.len() as u64;
         let report = TaskReport {
             id: format!("delete-{now}-{}", ids[0]),
             kind: format!("delete-{resource}"),
@@ -560,9 +703,7 @@ impl Turn<'_, '_> {
             checked_at: now,
             finished_at: Some(now),
         };
-        let versions: Vec<(String, u64, Sent)> =
-            items.iter().map(|(uuid, version)| (uuid.clone(), *version, Sent::Deletion)).collect();
-        self.record_end(report, &versions, &failed, done)?;
+        self.record_end(report, items, &failed, done)?;
         Ok(Ok(()))
     }
 
@@ -570,7 +711,7 @@ impl Turn<'_, '_> {
     fn bulk(
         &mut self,
         group: bool,
-        items: &[Upsert],
+        items: &[(String, u64, Sent)],
         body: Vec<u8>,
         done: &mut Done,
     ) -> Result<Result<(), (Failure, String)>, ApiError> {
@@ -581,16 +722,9 @@ impl Turn<'_, '_> {
             Err(failure) => return Ok(Err((failure, path))),
         };
         let now = self.ctx.clock.now_unix();
-        let versions: Vec<(String, u64, Sent)> = items
-            .iter()
-            .map(|upsert| {
-                let sent = Sent::Content { digest: upsert.digest.clone(), quantity: upsert.quantity.clone() };
-                (upsert.uuid.clone(), upsert.version, sent)
-            })
-            .collect();
         let reply: Value = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
         let id = reply.get("id").and_then(Value::as_str).filter(|id| usable_task_id(id)).map(str::to_owned);
-        let status = reply.get("status").and_then(Value::as_str).unwrap_or("ACCEPTED").to_ascii_uppercase();
+        let status = status_of(&reply);
         let report = |id: String, status: &str| TaskReport {
             id,
             kind: resource.to_owned(),
@@ -601,36 +735,59 @@ impl Turn<'_, '_> {
             checked_at: now,
             finished_at: None,
         };
+        let ended = |status: &Option<String>| matches!(status.as_deref(), Some("COMPLETED" | "FAILED" | "DECLINED"));
         match answer.status {
             200..=299 => {
-                done.sent += items.len() as u64;
-                let Some(id) = id else {
-                    // Taken at once, with no task to follow.
-                    let report = report(format!("bulk-{now}-{}", items[0].uuid), "COMPLETED");
-                    self.record_end(report, &versions, &item_failures(reply.get("details")), done)?;
-                    return Ok(Ok(()));
-                };
-                let task = report(id.clone(), &status);
-                self.start(&task, &versions)?;
-                if matches!(status.as_str(), "COMPLETED" | "FAILED" | "DECLINED") {
-                    self.finish(&task, &status, reply.get("details"), None, done)?;
+                let followed = id.as_ref().is_some_and(|id| self.state.running.iter().any(|task| &task.id == id));
+                match id {
+                    Some(id) if !followed => {
+                        done.sent += items.len() as u64;
+                        let task = report(id, status.as_deref().unwrap_or("ACCEPTED"));
+                        self.start(&task, items)?;
+                        if ended(&status) {
+                            let status = status.unwrap_or_default();
+                            self.finish(&task, &status, reply.get("details"), done)?;
+                        }
+                        Ok(Ok(()))
+                    }
+                    // Done at once, and said so: recorded as the cloud says.
+                    None if ended(&status) => {
+                        done.sent += items.len() as u64;
+                        let status = status.unwrap_or_default();
+                        let mut task = report(format!("bulk-{now}-{}", items[0].0), &status);
+                        task.finished_at = Some(now);
+                        let failed = task_failures(&status, reply.get("details"), items);
+                        self.record_end(task, items, &failed, done)?;
+                        Ok(Ok(()))
+                    }
+                    // No task to follow, or one already followed: whether it took them cannot be known.
+                    _ => {
+                        let message = format!(
+                            "the cloud took the bulk without a task to follow ({})",
+                            cloud::clip(&String::from_utf8_lossy(&answer.body),)
+                        );
+                        Ok(Err((Failure::Retry { status: Some(answer.status), message }, path)))
+                    }
                 }
-                Ok(Ok(()))
             }
             404 => {
                 let message = format!("{} (is the store in the Evotor cloud?)", cloud::message(&answer));
                 Ok(Err((Failure::Gone { message }, path)))
             }
-            // Refused as a whole (413, 400, 422…): each item's version fails, with the cloud's reason.
-            _ => {
+            // Refused as a whole: each item's version fails, with the cloud's reason.
+            400 | 413 | 422 => {
                 done.sent += items.len() as u64;
                 let reason = cloud::message(&answer);
                 let failed: Vec<(String, String)> =
-                    items.iter().map(|upsert| (upsert.uuid.clone(), reason.clone())).collect();
-                let mut task = report(id.unwrap_or_else(|| format!("bulk-{now}-{}", items[0].uuid)), "DECLINED");
+                    items.iter().map(|(uuid, ..)| (uuid.clone(), reason.clone())).collect();
+                let mut task = report(id.unwrap_or_else(|| format!("bulk-{now}-{}", items[0].0)), "DECLINED");
                 task.finished_at = Some(now);
-                self.record_end(task, &versions, &failed, done)?;
+                self.record_end(task, items, &failed, done)?;
                 Ok(Ok(()))
+            }
+            other => {
+                let message = cloud::message(&answer);
+                Ok(Err((Failure::Retry { status: Some(other), message }, path)))
             }
         }
     }
@@ -649,16 +806,16 @@ impl Turn<'_, '_> {
             Ok(answer) => answer,
             Err(failure) => return Ok(Err((failure, path))),
         };
-        done.sent += 1;
         let now = self.ctx.clock.now_unix();
         let failed = match answer.status {
             200..=299 => Vec::new(),
-            400..=499 => vec![(uuid.to_owned(), cloud::message(&answer))],
+            400 | 404 | 413 | 422 => vec![(uuid.to_owned(), cloud::message(&answer))],
             other => {
                 let message = cloud::message(&answer);
                 return Ok(Err((Failure::Retry { status: Some(other), message }, path)));
             }
         };
+        done.sent += 1;
         let report = TaskReport {
             id: format!("quantity-{now}-{uuid}"),
             kind: "quantities".into(),
@@ -676,8 +833,9 @@ impl Turn<'_, '_> {
     /// Records a task the cloud accepted: its items are under way.
     fn start(&mut self, task: &TaskReport, versions: &[(String, u64, Sent)]) -> Result<(), ApiError> {
         self.state.running.push(task.clone());
-        let (store, state) = (self.store, self.state.clone());
+        let (store, owner, state) = (self.store, self.owner.as_str(), self.state.clone());
         transact(self.ctx, |txn| -> Result<(), ApiError> {
+            crate::domain::purge::refuse_while_erasing(txn, owner)?;
             let items = versions
                 .iter()
                 .filter_map(|(uuid, version, sent)| match sent {
@@ -690,8 +848,10 @@ impl Turn<'_, '_> {
             txn.put(&publication::task_key(store, &task.id), &TaskItems { v: storage::FORMAT, items });
             for (uuid, version, _) in versions {
                 let key = publication::pending_key(store, uuid);
-                if let Some(mut pending) = txn.get::<Pending>(&key)? {
-                    pending.sending = Some(Sending { task: task.id.clone(), version: *version });
+                if let Some(mut pending) = txn.get::<Pending>(&key)?
+                    && let Some(sending) = pending.sending.as_mut().filter(|sending| sending.version == *version)
+                {
+                    sending.task = Some(task.id.clone());
                     txn.put(&key, &pending);
                 }
             }
@@ -706,28 +866,16 @@ impl Turn<'_, '_> {
         task: &TaskReport,
         status: &str,
         details: Option<&Value>,
-        reason: Option<&str>,
         done: &mut Done,
     ) -> Result<(), ApiError> {
         let items: TaskItems = storage::read(self.ctx.kv, &publication::task_key(self.store, &task.id))?
             .unwrap_or(TaskItems { v: storage::FORMAT, items: Vec::new() });
-        let mut failed = item_failures(details);
-        if status != "COMPLETED" && failed.is_empty() {
-            // Refused as a whole, or failed without saying which: every item, with the task's reason.
-            let why = reason.map(str::to_owned).unwrap_or_else(|| {
-                details
-                    .and_then(Value::as_array)
-                    .and_then(|details| details.first())
-                    .map(reason_of)
-                    .unwrap_or_else(|| format!("the task ended {status}"))
-            });
-            failed = items.items.iter().map(|(uuid, ..)| (uuid.clone(), why.clone())).collect();
-        }
         let versions: Vec<(String, u64, Sent)> = items
             .items
             .into_iter()
             .map(|(uuid, version, digest, quantity)| (uuid, version, Sent::Content { digest, quantity }))
             .collect();
+        let failed = task_failures(status, details, &versions);
         let now = self.ctx.clock.now_unix();
         let mut report = task.clone();
         report.status = status.to_owned();
@@ -752,7 +900,7 @@ impl Turn<'_, '_> {
                 for (uuid, ..) in chunk {
                     let key = publication::pending_key(store, uuid);
                     if let Some(mut pending) = txn.get::<Pending>(&key)?
-                        && pending.sending.as_ref().is_some_and(|sending| sending.task == task.id)
+                        && pending.sending.as_ref().is_some_and(|sending| sending.task.as_deref() == Some(&task.id))
                     {
                         pending.sending = None;
                         txn.put(&key, &pending);
@@ -791,6 +939,7 @@ impl Turn<'_, '_> {
             let last = index + 1 == chunks.len();
             let (mut ok, mut bad) = (0u64, Vec::new());
             transact(self.ctx, |txn| -> Result<(), ApiError> {
+                crate::domain::purge::refuse_while_erasing(txn, &owner)?;
                 (ok, bad) = (0, Vec::new());
                 for (uuid, version, sent) in *chunk {
                     let key = publication::pending_key(store, uuid);
@@ -868,6 +1017,7 @@ impl Turn<'_, '_> {
         push_done(&mut self.state, report);
         let state = self.state.clone();
         transact(self.ctx, |txn| -> Result<(), ApiError> {
+            crate::domain::purge::refuse_while_erasing(txn, &owner)?;
             if published > 0 {
                 txn.emit("catalog.published", now, Some(&owner), published_data.clone());
             }
@@ -875,26 +1025,6 @@ impl Turn<'_, '_> {
                 txn.emit("catalog.publication_failed", now, Some(&owner), data.clone());
             }
             txn.put(&publication::state_key(store), &state);
-            Ok(())
-        })
-    }
-
-    /// Drops the store's mark of work when nothing is pending or under way;
-    /// a partner change committed meanwhile rewrites the mark, so the
-    /// commit conflicts and the next attempt sees it.
-    fn drop_due_when_idle(&self) -> Result<(), ApiError> {
-        if !self.state.running.is_empty() {
-            return Ok(());
-        }
-        let store = self.store;
-        transact(self.ctx, |txn| -> Result<(), ApiError> {
-            let due = publication::due_key(store);
-            if txn.get::<Value>(&due)?.is_none() {
-                return Ok(());
-            }
-            if txn.scan_keys(&publication::pending_prefix(store), None, 1)?.is_empty() {
-                txn.delete(&due);
-            }
             Ok(())
         })
     }
@@ -912,20 +1042,36 @@ fn push_done(state: &mut StoreState, report: TaskReport) {
 
 /// The longest run of `items` one bulk request takes (≤ [`BULK_ITEMS`] and
 /// ≤ [`BULK_BYTES`], at least one), and its body.
-fn bulk_of(items: &[Upsert]) -> (&[Upsert], Vec<u8>) {
-    let mut body = Vec::from(*b"[");
-    let mut count = 0;
+fn bulk_of(items: &[Upsert]) -> &[Upsert] {
+    let (mut bytes, mut count) = (2, 0);
     for Upsert { item, .. } in items.iter().take(BULK_ITEMS) {
-        let bytes = serde_json::to_vec(item).unwrap_or_default();
-        if count > 0 && body.len() + bytes.len() + 2 > BULK_BYTES {
+        let size = serde_json::to_vec(item).map_or(0, |encoded| encoded.len()) + 1;
+        if count > 0 && bytes + size > BULK_BYTES {
             break;
         }
-        if count > 0 {
-            body.push(b',');
-        }
-        body.extend_from_slice(&bytes);
+        bytes += size;
         count += 1;
     }
-    body.push(b']');
-    (&items[..count], body)
+    &items[..count]
+}
+
+/// The items of an ended task (`items`) the cloud did not take, with its
+/// reasons: none of a `COMPLETED` task; of another, those its `details`
+/// name, or, when it names none of them, every item with the task's reason.
+fn task_failures(status: &str, details: Option<&Value>, items: &[(String, u64, Sent)]) -> Vec<(String, String)> {
+    if status == "COMPLETED" {
+        return Vec::new();
+    }
+    let ours: std::collections::HashSet<&str> = items.iter().map(|(uuid, ..)| uuid.as_str()).collect();
+    let named: Vec<(String, String)> =
+        item_failures(details).into_iter().filter(|(uuid, _)| ours.contains(uuid.as_str())).collect();
+    if !named.is_empty() {
+        return named;
+    }
+    let why = details
+        .and_then(Value::as_array)
+        .and_then(|details| details.iter().find(|detail| detail.get("message").is_some()))
+        .map(reason_of)
+        .unwrap_or_else(|| format!("the task ended {status}"));
+    items.iter().map(|(uuid, ..)| (uuid.clone(), why.clone())).collect()
 }

@@ -248,14 +248,14 @@ fn a_thousand_items_a_bulk_and_many_quantities_go_in_bulk_not_one_by_one() {
 }
 
 #[test]
-fn deletions_go_a_hundred_ids_a_request_and_a_never_published_item_is_not_deleted_in_the_cloud() {
+fn deletions_go_a_hundred_ids_a_request_each_item_deleted_in_the_cloud_once() {
     let (world, cloud) = (world(), Cloud::default());
     put(&world, &cloud, vec![group()]);
     put(&world, &cloud, (0..150).map(|n| product(n, 1.0, 1.0)).collect());
     publish_now(&world, &cloud);
     cloud.end_all();
     publish_now(&world, &cloud);
-    // 151 is the partner's and was never published: its deletion costs nothing.
+    // 151 is the partner's and was never published: whether the cloud has it cannot be known for sure.
     put(&world, &cloud, vec![product(151, 1.0, 1.0)]);
     let ids: Vec<Value> = (0..152).map(|n| json!(uuid(n))).collect();
     partner(&world, &cloud, "POST", &format!("/partner/v1/stores/{STORE}/products/delete"), Some(json!(ids)));
@@ -265,8 +265,11 @@ fn deletions_go_a_hundred_ids_a_request_and_a_never_published_item_is_not_delete
     assert_eq!(lines.len(), 2, "{lines:?}");
     assert!(lines.iter().all(|line| line.starts_with(&format!("DELETE /stores/{STORE}/products?id="))));
     let ids: usize = lines.iter().map(|line| line.split(',').count()).sum();
-    assert_eq!((ids, done.published), (150, 150));
+    assert_eq!((ids, done.published), (151, 151));
     assert_eq!(status(&world, &cloud)["state"], "idle");
+    let before = cloud.count();
+    publish_now(&world, &cloud);
+    assert_eq!(cloud.count(), before, "deleted once");
 }
 
 #[test]
@@ -302,14 +305,7 @@ fn an_item_the_cloud_refuses_is_a_data_issue_and_that_version_is_not_sent_again(
 #[test]
 fn what_came_from_evotor_is_not_sent_back_nor_is_the_partners_own_publication_coming_back() {
     let (world, cloud) = (world(), Cloud::default());
-    let from_evotor = |n: u32, price: f64| {
-        let mut unknown = Vec::new();
-        let mut item = validate::lenient_item(product(n, price, 1.0), 0, &mut unknown).expect("an item");
-        item.changed_ms = Some(i64::try_from(NOW * 1000).expect("ms"));
-        let batch = std::collections::HashSet::from([item.uuid.clone()]);
-        transact(&world.ctx(), |txn| catalog::upsert_in(txn, STORE, Some(USER), &[item.clone()], &batch, "evotor", NOW))
-            .expect("stored")
-    };
+    let from_evotor = |n: u32, price: f64| (from_evotor(&world, product(n, price, 1.0), NOW),);
     from_evotor(1, 10.0);
     assert_eq!(status(&world, &cloud)["pending"]["upserts"], 0);
     let (done, _) = publish_now(&world, &cloud);
@@ -428,4 +424,121 @@ fn failures_wait_rate_limits_wait_for_the_reset_and_a_refused_token_stops_until_
     let resumed = vec!["GET /bulks/task-0".to_owned(), format!("PUT /stores/{STORE}/products")];
     assert_eq!((outcomes, cloud.lines(before)), (vec!["publish-complete"], resumed), "the task, then what waited");
     assert_eq!(status(&world, &cloud)["blocked"], Value::Null);
+}
+
+/// Stores `product` as Evotor's change made at `at` (Unix seconds), as an event or the cloud sync would.
+fn from_evotor(world: &Fixture, product: Value, at: u64) -> usize {
+    let mut unknown = Vec::new();
+    let mut item = validate::lenient_item(product, 0, &mut unknown).expect("an item");
+    item.changed_ms = Some(i64::try_from(at * 1000).expect("ms"));
+    let batch = std::collections::HashSet::from([item.uuid.clone()]);
+    let now = world.clock.now_unix();
+    transact(&world.ctx(), |txn| catalog::upsert_in(txn, STORE, Some(USER), &[item.clone()], &batch, "evotor", now))
+        .expect("stored")
+        .0
+}
+
+#[test]
+fn after_a_sale_the_partners_same_stock_again_is_sent_because_the_cloud_holds_the_sale() {
+    let (world, cloud) = (world(), Cloud::default());
+    put(&world, &cloud, vec![product(1, 10.0, 10.0)]);
+    publish_now(&world, &cloud);
+    cloud.end_all();
+    publish_now(&world, &cloud);
+    // A sale on a terminal: 9 left, in the cloud and here.
+    assert_eq!(from_evotor(&world, product(1, 10.0, 9.0), NOW + 10), 1);
+    world.clock.0.set(NOW + 20);
+    put(&world, &cloud, vec![product(1, 10.0, 10.0)]);
+    let before = cloud.count();
+    publish_now(&world, &cloud);
+    assert_eq!(cloud.lines(before), [format!("PATCH /stores/{STORE}/products/{}", uuid(1))]);
+    assert_eq!(cloud.body(before), json!({"quantity": 10.0}));
+}
+
+#[test]
+fn the_partners_change_coming_back_while_its_task_runs_is_no_conflict() {
+    let (world, cloud) = (world(), Cloud::default());
+    put(&world, &cloud, vec![product(1, 10.0, 1.0)]);
+    publish_now(&world, &cloud);
+    // The cloud's event of the bulk arrives before the task is asked about.
+    assert_eq!(from_evotor(&world, product(1, 10.0, 1.0), NOW + 5), 0);
+    // And a window read again brings the same state once more.
+    assert_eq!(from_evotor(&world, product(1, 10.0, 1.0), NOW + 5), 0);
+    assert!(issues(&world).is_empty(), "{:?}", issues(&world));
+    assert_eq!(status(&world, &cloud)["conflicts"], json!([]));
+}
+
+#[test]
+fn a_completed_task_whose_details_are_the_products_fails_none_of_them() {
+    let (world, cloud) = (world(), Cloud::default());
+    put(&world, &cloud, vec![product(1, 10.0, 1.0), product(2, 10.0, 1.0)]);
+    publish_now(&world, &cloud);
+    // Each item's own answer: the product itself, whose `code` is its article code.
+    cloud.end(
+        "task-0",
+        "COMPLETED",
+        json!([{"id": uuid(1), "code": "42", "name": "Tea 1"},
+        {"id": uuid(2), "code": "43", "name": "Tea 2"}]),
+    );
+    let (done, _) = publish_now(&world, &cloud);
+    assert_eq!((done.published, done.failed), (2, 0));
+    assert!(issues(&world).is_empty());
+}
+
+#[test]
+fn a_bulk_taken_without_a_task_to_follow_is_sent_again_later_never_taken_as_published() {
+    let (world, cloud) = (world(), Cloud::default());
+    put(&world, &cloud, vec![product(1, 10.0, 1.0)]);
+    cloud.then(answer(202, &[], json!({"status": "ACCEPTED"})));
+    let (done, outcomes) = publish_now(&world, &cloud);
+    assert_eq!((done.published, outcomes), (0, vec!["publish-failed"]));
+    let view = status(&world, &cloud);
+    assert_eq!((view["pending"]["upserts"].as_u64(), view["waitReason"].as_str()), (Some(1), Some("backoff")));
+    world.clock.0.set(NOW + 61);
+    publish_now(&world, &cloud);
+    assert_eq!(cloud.lines(1), [format!("PUT /stores/{STORE}/products")]);
+    assert_eq!(status(&world, &cloud)["running"].as_array().map(Vec::len), Some(1));
+}
+
+#[test]
+fn a_run_that_ended_between_marking_and_the_answer_sends_again_and_an_evotor_change_meanwhile_loses() {
+    let (world, cloud) = (world(), Cloud::default());
+    put(&world, &cloud, vec![product(1, 10.0, 1.0)]);
+    // The request is under way (marked); the run ends before the answer is recorded.
+    let key = publication::pending_key(STORE, &uuid(1));
+    transact(&world.ctx(), |txn| -> Result<(), ApiError> {
+        let mut pending: Pending = txn.get(&key)?.expect("pending");
+        pending.sending = Some(Sending { task: None, version: pending.version, digest: None, quantity: None });
+        txn.put(&key, &pending);
+        Ok(())
+    })
+    .expect("marked");
+    // A terminal's change made later than the partner's, meanwhile: the version on its way wins.
+    assert_eq!(from_evotor(&world, product(1, 12.0, 1.0), NOW + 30), 0);
+    publish_now(&world, &cloud);
+    assert_eq!(cloud.lines(0), [format!("PUT /stores/{STORE}/products")], "sent again");
+    assert_eq!(cloud.body(0)[0]["price"], json!(10.0));
+}
+
+#[test]
+fn nothing_is_sent_for_a_store_whose_owner_is_being_erased_and_an_erased_store_leaves_no_work_behind() {
+    let (world, cloud) = (world(), Cloud::default());
+    put(&world, &cloud, vec![product(1, 10.0, 1.0)]);
+    transact(&world.ctx(), |txn| -> Result<(), ApiError> {
+        txn.put(&storage::erasing_key(USER), &NOW);
+        Ok(())
+    })
+    .expect("marked");
+    let (_, outcomes) = publish_now(&world, &cloud);
+    assert_eq!((cloud.count(), outcomes), (0, vec!["publish-failed"]));
+    transact(&world.ctx(), |txn| -> Result<(), ApiError> {
+        txn.delete(&storage::erasing_key(USER));
+        Ok(())
+    })
+    .expect("unmarked");
+    partner(&world, &cloud, "DELETE", &format!("/partner/v1/users/{USER}/data"), None);
+    publish_now(&world, &cloud);
+    assert_eq!(cloud.count(), 0);
+    assert!(storage::scan_all(&world.kv, publication::DUE_PREFIX).expect("due").is_empty(), "no work left");
+    assert!(storage::scan_all(&world.kv, &format!("cat/{STORE}/")).expect("catalog").is_empty(), "nothing written");
 }
