@@ -6,7 +6,8 @@
 //! `gateway` bench leaves out.
 //!
 //! Run with `BENCH_BASE_EVOGATE=/path/to/other/evogate cargo bench -p evogate --bench binary`
-//! after `cargo xtask build`; the build under test is `target/release/evogate`.
+//! after `cargo xtask build`; the build under test is `target/release/evogate`, or the one
+//! `BENCH_CANDIDATE_EVOGATE` names (two builds of other versions against each other).
 //! `BENCH_SECONDS` (default 3) sets the length of each throughput round;
 //! `BENCH_SHOW_LOG=1` shows both processes' logs; `BENCH_WASM=FILE` the Evotor
 //! plugin both serve (one the base can load, when it predates the plugin's world).
@@ -54,7 +55,9 @@ fn main() -> anyhow::Result<()> {
     // An Evotor plugin both builds can run (a base older than the plugin's world needs an older plugin).
     let wasm = std::env::var_os("BENCH_WASM")
         .map_or_else(|| root.join("target/wasm32-wasip2/release/evotor_partner.wasm"), PathBuf::from);
-    let candidate = root.join("target/release/evogate");
+    // The build under test: this workspace's, or another named (two builds of other versions compared).
+    let candidate =
+        std::env::var_os("BENCH_CANDIDATE_EVOGATE").map_or_else(|| root.join("target/release/evogate"), PathBuf::from);
     for path in [&base, &wasm, &candidate] {
         anyhow::ensure!(path.is_file(), "{} is missing: run `cargo xtask build`", path.display());
     }
