@@ -11,7 +11,7 @@
 //! `errors::ApiError`, Evotor's error codes (see the crate docs), not HTTP.
 //! Within the layer imports point down, never in a cycle: the grant rules
 //! (`authorization::grants`, with [`transact`]) and `passwords` and
-//! `tokens` and `quota` at the bottom, `billing`, the decision
+//! `tokens` and `quota` and `evotor_api` at the bottom, `billing`, the decision
 //! (`authorization`), `inventory`, `accounts`, `catalog`, then `documents`
 //! and `audit`, `events`, the publisher token (`publisher`) and push
 //! notifications (`push`), and `purge`, and `sync` on top.
@@ -28,6 +28,7 @@ pub mod billing;
 pub mod catalog;
 pub mod documents;
 pub mod events;
+pub mod evotor_api;
 pub mod inventory;
 pub mod passwords;
 pub mod publisher;

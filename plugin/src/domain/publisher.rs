@@ -29,6 +29,7 @@
 
 use crate::Ctx;
 use crate::config::{CloudSettings, OAuthClient, Publisher, PublisherCredential};
+use crate::domain::evotor_api::{clip, reset_secs, transport_failure};
 use crate::domain::transact;
 use crate::errors::ApiError;
 use crate::outgoing;
@@ -47,12 +48,6 @@ const DEFAULT_EXPIRES_IN: u64 = 1799;
 pub const RETRY_REFUSED_AFTER_SECS: u64 = 3600;
 /// The path of the OAuth server's token endpoint.
 pub const TOKEN_PATH: &str = "/oauth/token";
-/// Longest error message kept from an answer, in characters.
-const MAX_MESSAGE_CHARS: usize = 300;
-/// Wait after a 429 without a usable `X-RateLimit-Reset`, seconds.
-pub const DEFAULT_RESET_SECS: u64 = 60;
-/// Longest wait a `X-RateLimit-Reset` may ask for, seconds.
-pub const MAX_RESET_SECS: u64 = 3600;
 
 /// How the publisher token is had.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -521,22 +516,6 @@ pub fn view(ctx: &Ctx<'_>, cloud: &CloudSettings) -> Result<Value, ApiError> {
     }))
 }
 
-/// The wait a 429 asks for (`X-RateLimit-Reset`), seconds.
-pub fn reset_secs(response: &outgoing::Response) -> u64 {
-    let reset = response.header("x-ratelimit-reset").and_then(|text| text.trim().parse::<u64>().ok());
-    reset.unwrap_or(DEFAULT_RESET_SECS).clamp(1, MAX_RESET_SECS)
-}
-
-/// Why a request got no answer, for the partner to read.
-pub fn transport_failure(err: &outgoing::Error, timeout_secs: u64) -> String {
-    match err {
-        outgoing::Error::Denied => "the gateway refused the request: the host is not in allowed_outbound_hosts".into(),
-        outgoing::Error::Timeout => format!("no answer within {timeout_secs} s"),
-        outgoing::Error::TooLarge => "the answer is over the gateway's max_outbound_response_bytes".into(),
-        outgoing::Error::Failed(why) => format!("the request failed: {}", clip(why)),
-    }
-}
-
 /// An answer's error message: the cloud's `message` (else `code`), or
 /// OAuth's `error` with its `error_description`, else the status alone.
 pub fn message(response: &outgoing::Response) -> String {
@@ -548,10 +527,6 @@ pub fn message(response: &outgoing::Response) -> String {
     });
     let text = field("message").or(oauth).or_else(|| field("code")).unwrap_or_default();
     if text.is_empty() { format!("HTTP {}", response.status) } else { format!("HTTP {}: {text}", response.status) }
-}
-
-fn clip(text: &str) -> String {
-    text.chars().take(MAX_MESSAGE_CHARS).collect()
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@
 
 use crate::Ctx;
 use crate::config::CloudSettings;
+use crate::domain::evotor_api::{ACCEPT, reset_secs, transport_failure};
 use crate::domain::publisher::{self, PublisherToken, Unusable};
 use crate::domain::{billing, transact};
 use crate::errors::ApiError;
@@ -47,8 +48,6 @@ const DEFAULT_ACTIVE_SECS: u64 = 2 * 86_400;
 const RESERVATION_GRACE_SECS: u64 = 60;
 /// The statuses after which a notification does not change.
 const FINAL: [&str; 2] = ["COMPLETED", "FAILED"];
-/// What `Accept` asks for: version 2 of the REST API.
-const ACCEPT: &str = "application/vnd.evotor.v2+json";
 
 /// Prefix of a user's notifications.
 pub fn user_prefix(user_id: &str) -> String {
@@ -615,16 +614,14 @@ fn ask(
         body: body.map(|body| body.to_string().into_bytes()).unwrap_or_default(),
         timeout: Some(std::time::Duration::from_secs(timeout_secs)),
     };
-    let response = ctx
-        .http
-        .send(&request)
-        .map_err(|err| Failure::Retry { message: publisher::transport_failure(&err, timeout_secs) })?;
+    let response =
+        ctx.http.send(&request).map_err(|err| Failure::Retry { message: transport_failure(&err, timeout_secs) })?;
     match response.status {
         200..=299 => report(&response.body).ok_or_else(|| Failure::Retry {
             message: format!("HTTP {}: the answer is not a push notification", response.status),
         }),
         401 | 403 => Err(Failure::Refused { status: response.status, message: publisher::message(&response) }),
-        429 => Err(Failure::RateLimited { reset_secs: publisher::reset_secs(&response) }),
+        429 => Err(Failure::RateLimited { reset_secs: reset_secs(&response) }),
         status @ 400..=499 => Err(Failure::Rejected { status, message: publisher::message(&response) }),
         _ => Err(Failure::Retry { message: publisher::message(&response) }),
     }

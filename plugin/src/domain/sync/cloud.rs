@@ -6,14 +6,7 @@ use crate::config::{CloudAuth, CloudSettings};
 use crate::outgoing::{self, Http};
 use serde_json::Value;
 
-/// What `Accept` asks for: version 2 of the REST API.
-pub const ACCEPT: &str = "application/vnd.evotor.v2+json";
-/// Longest error message kept from an answer, in characters.
-const MAX_MESSAGE_CHARS: usize = 300;
-/// Wait after a 429 without a usable `X-RateLimit-Reset`, seconds.
-pub const DEFAULT_RESET_SECS: u64 = 60;
-/// Longest wait a `X-RateLimit-Reset` may ask for, seconds.
-pub const MAX_RESET_SECS: u64 = 3600;
+pub use crate::domain::evotor_api::{ACCEPT, clip, reset_secs};
 
 /// Who a request is made as.
 #[derive(Debug, Clone, Copy)]
@@ -207,25 +200,18 @@ pub fn call(
     let response = http.send(&request).map_err(|err| Failure::Retry {
         status: None,
         message: match err {
-            outgoing::Error::Denied => {
-                "the gateway refused the request: the host is not in allowed_outbound_hosts".to_owned()
-            }
             outgoing::Error::Timeout if timeout_secs < settings.request_timeout_secs => {
                 format!("no answer within the {timeout_secs} s left of the run's time")
             }
             outgoing::Error::Timeout => {
                 format!("no answer within sync_request_timeout_secs ({} s)", settings.request_timeout_secs)
             }
-            outgoing::Error::TooLarge => "the answer is over the gateway's max_outbound_response_bytes".to_owned(),
-            outgoing::Error::Failed(why) => format!("the request failed: {}", clip(&why)),
+            other => crate::domain::evotor_api::transport_failure(&other, timeout_secs),
         },
     })?;
     match response.status {
         401 | 403 => Err(Failure::Refused { status: response.status, message: message(&response) }),
-        429 => {
-            let reset = response.header("x-ratelimit-reset").and_then(|text| text.trim().parse::<u64>().ok());
-            Err(Failure::RateLimited { reset_secs: reset.unwrap_or(DEFAULT_RESET_SECS).clamp(1, MAX_RESET_SECS) })
-        }
+        429 => Err(Failure::RateLimited { reset_secs: reset_secs(&response) }),
         500.. => Err(Failure::Retry { status: Some(response.status), message: message(&response) }),
         _ => Ok(response),
     }
@@ -282,14 +268,11 @@ pub fn message(response: &outgoing::Response) -> String {
     if text.is_empty() { format!("HTTP {}", response.status) } else { format!("HTTP {}: {text}", response.status) }
 }
 
-pub fn clip(text: &str) -> String {
-    text.chars().take(MAX_MESSAGE_CHARS).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::MapConfig;
+    use crate::domain::evotor_api::DEFAULT_RESET_SECS;
     use crate::outgoing::{Response, Scripted};
 
     fn answer(status: u16, headers: &[(&str, &str)], body: &str) -> Result<Response, outgoing::Error> {

@@ -51,8 +51,6 @@ pub const QUANTITY_PATCHES: usize = 20;
 const SCAN_PER_TURN: usize = 20_000;
 /// A task without an end after this long is given up, its items sent again.
 const ABANDON_AFTER_SECS: u64 = 86_400;
-/// Longest wait after failures, seconds.
-const MAX_BACKOFF_SECS: u64 = 3600;
 
 /// How a store's turn ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -448,10 +446,8 @@ impl Turn<'_, '_> {
         // The cloud's own count of what is left: none left, wait for the window to reset.
         let remaining = answer.header("x-ratelimit-remaining").and_then(|text| text.trim().parse::<u64>().ok());
         if remaining == Some(0) {
-            let reset = answer.header("x-ratelimit-reset").and_then(|text| text.trim().parse::<u64>().ok());
             let now = self.ctx.clock.now_unix();
-            let wait = reset.unwrap_or(cloud::DEFAULT_RESET_SECS).clamp(1, cloud::MAX_RESET_SECS);
-            self.state.wait_until = Some(now + wait);
+            self.state.wait_until = Some(now + cloud::reset_secs(&answer));
             self.state.wait_reason = Some("rate-limited".into());
         }
         Ok(answer)
@@ -475,8 +471,7 @@ impl Turn<'_, '_> {
             }
             Failure::Retry { .. } | Failure::Gone { .. } => {
                 state.failures = state.failures.saturating_add(1);
-                let wait = (60u64 << state.failures.saturating_sub(1).min(6)).min(MAX_BACKOFF_SECS);
-                state.wait_until = Some(now + wait);
+                state.wait_until = Some(now + crate::domain::evotor_api::backoff_secs(state.failures));
                 state.wait_reason = Some("backoff".into());
             }
             Failure::Refused { status, message } => {

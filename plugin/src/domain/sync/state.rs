@@ -13,9 +13,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 
-/// The longest wait after failures, seconds.
-const MAX_BACKOFF_SECS: u64 = 3600;
-
 /// What the cloud lists, in the order the backfill reads it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
@@ -179,8 +176,7 @@ impl Progress {
             }
             Failure::Retry { .. } | Failure::Gone { .. } => {
                 self.failures = self.failures.saturating_add(1);
-                let wait = (60u64 << self.failures.saturating_sub(1).min(6)).min(MAX_BACKOFF_SECS);
-                self.wait_until = Some(now.saturating_add(wait));
+                self.wait_until = Some(now.saturating_add(crate::domain::evotor_api::backoff_secs(self.failures)));
                 self.wait_reason = Some("backoff".into());
             }
             Failure::Refused { .. } => {}
