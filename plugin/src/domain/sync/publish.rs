@@ -688,16 +688,8 @@ impl Turn<'_, '_> {
             }
         };
         done.sent += items.len() as u64;
-        let report = TaskReport {
-            id: format!("delete-{now}-{}", ids[0]),
-            kind: format!("delete-{resource}"),
-            status: if failed.is_empty() { "COMPLETED" } else { "DECLINED" }.to_owned(),
-            items: items.len() as u64,
-            failed: failed.len() as u64,
-            sent_at: now,
-            checked_at: now,
-            finished_at: Some(now),
-        };
+        let report =
+            answered(format!("delete-{now}-{}", ids[0]), format!("delete-{resource}"), items.len(), &failed, now);
         self.record_end(report, items, &failed, done)?;
         Ok(Ok(()))
     }
@@ -811,16 +803,7 @@ impl Turn<'_, '_> {
             }
         };
         done.sent += 1;
-        let report = TaskReport {
-            id: format!("quantity-{now}-{uuid}"),
-            kind: "quantities".into(),
-            status: if failed.is_empty() { "COMPLETED" } else { "DECLINED" }.into(),
-            items: 1,
-            failed: failed.len() as u64,
-            sent_at: now,
-            checked_at: now,
-            finished_at: Some(now),
-        };
+        let report = answered(format!("quantity-{now}-{uuid}"), "quantities".into(), 1, &failed, now);
         self.record_end(report, &[(uuid.to_owned(), version, Sent::Quantity(quantity.clone()))], &failed, done)?;
         Ok(Ok(()))
     }
@@ -1028,6 +1011,21 @@ impl Turn<'_, '_> {
 #[cfg(test)]
 #[path = "publish_tests.rs"]
 mod tests;
+
+/// The report of a request the cloud answered at once (a deletion, a
+/// quantity): `COMPLETED`, or `DECLINED` when it refused the items.
+fn answered(id: String, kind: String, items: usize, failed: &[(String, String)], now: u64) -> TaskReport {
+    TaskReport {
+        id,
+        kind,
+        status: if failed.is_empty() { "COMPLETED" } else { "DECLINED" }.to_owned(),
+        items: items as u64,
+        failed: failed.len() as u64,
+        sent_at: now,
+        checked_at: now,
+        finished_at: Some(now),
+    }
+}
 
 fn push_done(state: &mut StoreState, report: TaskReport) {
     state.done.push(report);
