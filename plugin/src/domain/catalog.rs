@@ -166,6 +166,9 @@ struct Change<'t, 'k> {
     /// Who makes the change: `partner` or `evotor`.
     source: &'t str,
     now: u64,
+    /// Whether the store has publication work (its mark read once, as a
+    /// check: a partner change committed meanwhile makes this change retry).
+    publishing: Option<bool>,
     directory: Directory,
     /// Items known to exist (`true`) or not (`false`) as of this change.
     exists: HashMap<String, bool>,
@@ -193,6 +196,7 @@ impl<'t, 'k> Change<'t, 'k> {
             owner,
             source,
             now,
+            publishing: None,
             directory,
             exists: HashMap::new(),
             orphaned: HashMap::new(),
@@ -200,6 +204,16 @@ impl<'t, 'k> Change<'t, 'k> {
             added: Vec::new(),
             removed: Vec::new(),
         })
+    }
+
+    /// Whether any item of the store may have a pending partner version.
+    fn publishing(&mut self) -> Result<bool, StorageError> {
+        if let Some(known) = self.publishing {
+            return Ok(known);
+        }
+        let due = self.txn.get::<IgnoredAny>(&publication::due_key(self.store))?.is_some();
+        self.publishing = Some(due);
+        Ok(due)
     }
 
     fn exists(&mut self, uuid: &str) -> Result<bool, StorageError> {
@@ -257,6 +271,7 @@ impl<'t, 'k> Change<'t, 'k> {
         if self.source == EVOTOR {
             let evotor_at = item.changed_ms.map_or(self.now, |ms| u64::try_from(ms / 1000).unwrap_or(0));
             let held = old.as_ref().map(|old| (&old.product, old.published.as_ref()));
+            let publishing = self.publishing()?;
             let verdict = publication::evotor_changed(
                 self.txn,
                 self.store,
@@ -266,6 +281,7 @@ impl<'t, 'k> Change<'t, 'k> {
                 held,
                 evotor_at,
                 self.now,
+                publishing,
             )?;
             if verdict == publication::Verdict::Keep {
                 self.exists.insert(item.uuid.clone(), old.is_some());
@@ -347,8 +363,10 @@ impl<'t, 'k> Change<'t, 'k> {
         if self.source == EVOTOR {
             let held = old.as_ref().map(|old| (&old.product, old.published.as_ref()));
             let at = evotor_at.unwrap_or(self.now);
-            let verdict =
-                publication::evotor_changed(self.txn, self.store, self.owner, uuid, None, held, at, self.now)?;
+            let publishing = self.publishing()?;
+            let verdict = publication::evotor_changed(
+                self.txn, self.store, self.owner, uuid, None, held, at, self.now, publishing,
+            )?;
             if verdict == publication::Verdict::Keep {
                 return Ok(false);
             }

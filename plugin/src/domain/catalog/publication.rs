@@ -275,7 +275,9 @@ pub(crate) enum Verdict {
 /// Within `txn`: the verdict on an Evotor change of `uuid` in `store` of
 /// `owner` (`incoming`: the item, `None`: a removal; made at `evotor_at`,
 /// Unix seconds), given what the catalog holds (`held`: the product and
-/// what of it is published). Records a conflict when there is one.
+/// what of it is published) and whether the store has publication work at
+/// all (`may_be_pending`: without it, no item of the store is pending and
+/// nothing more is read). Records a conflict when there is one.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn evotor_changed(
     txn: &mut Txn<'_>,
@@ -286,10 +288,11 @@ pub(crate) fn evotor_changed(
     held: Option<(&Value, Option<&Published>)>,
     evotor_at: u64,
     now: u64,
+    may_be_pending: bool,
 ) -> Result<Verdict, StorageError> {
     let published = held.and_then(|(_, published)| published);
     let key = pending_key(store, uuid);
-    let pending = txn.get::<Pending>(&key)?;
+    let pending = if may_be_pending { txn.get::<Pending>(&key)? } else { None };
     if let Some(product) = incoming
         && is_echo(published, pending.as_ref().and_then(|pending| pending.sending.as_ref()), product)
     {
