@@ -50,6 +50,22 @@ impl Running {
         Ok(self.app.backend.bytes_on_disk()?)
     }
 
+    /// Every record in the store as of one commit, in (namespace, key)
+    /// order: `each` sees its namespace, key and value. For measuring what
+    /// the store holds; it blocks on the store like [`Running::store_bytes`].
+    pub fn store_records(&self, mut each: impl FnMut(&str, &str, &[u8])) -> anyhow::Result<()> {
+        let mut snapshot = self.app.backend.snapshot()?;
+        loop {
+            let chunk = snapshot.next(4 << 20)?;
+            if chunk.is_empty() {
+                return Ok(());
+            }
+            for record in &chunk {
+                each(&record.ns, &record.key, &record.entry.value);
+            }
+        }
+    }
+
     /// Waits until the gateway has stopped: `shutdown` resolved, in-flight
     /// requests drained, both listeners closed.
     pub async fn stopped(self) -> anyhow::Result<()> {

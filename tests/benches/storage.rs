@@ -4,7 +4,13 @@
 //! and the store's size on disk grows by so much: the redb file, and on
 //! PostgreSQL (when `EVOGATE_TEST_POSTGRES_URL` names a database) evogate's
 //! relations with their indexes. The baseline of each row is the bytes
-//! delivered in the same run (the request bodies, as sent).
+//! delivered in the same run (the request bodies, as sent). The 1 KB records are
+//! filled up with pseudo-random hex (as ids, codes and sums are in real ones), not a
+//! repeated letter that any compression would take away.
+//!
+//! Under each row, where the bytes went: the store's records grouped by key family (ids
+//! replaced by `*`), with their count and the bytes of their keys and values, so a cut
+//! can be aimed at what takes the most.
 //!
 //! Run with `cargo bench -p evogate-e2e --bench storage` after `cargo xtask build`;
 //! `BENCH_RECORDS=N` sets the records of each 1 KB row (default 10,000: redb grows its
@@ -29,10 +35,22 @@ struct Kind {
     small: bool,
 }
 
-/// `text` padded with a field of `x` so the record is about `size` bytes.
+/// `record` padded with a field of pseudo-random hex (seeded by the record's
+/// text, so every run sends the same bytes) to about `size` bytes.
 fn padded(mut record: Value, size: usize) -> Value {
-    let now = record.to_string().len();
-    record["note"] = Value::String("x".repeat(size.saturating_sub(now + 10)));
+    let text = record.to_string();
+    let mut state =
+        text.bytes().fold(0x9e37_79b9_7f4a_7c15u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    let note = (0..size.saturating_sub(text.len() + 10))
+        .map(|_| {
+            // xorshift64
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            char::from(b"0123456789abcdef"[(state & 15) as usize])
+        })
+        .collect();
+    record["note"] = Value::String(note);
     record
 }
 
@@ -128,9 +146,49 @@ const KINDS: &[Kind] = &[
     },
 ];
 
-/// A fresh gateway on `store`, the bench user registered: the store's size
-/// after delivering `records` of `kind`, before, and the bytes delivered.
-async fn measure(kind: &Kind, records: usize, postgres: Option<&str>) -> anyhow::Result<(u64, u64, u64)> {
+/// What the store holds of one key family: records, bytes of keys, bytes of values.
+#[derive(Default)]
+struct Family {
+    records: u64,
+    keys: u64,
+    values: u64,
+}
+
+/// A key's family: each segment holding a digit (an id, a stamp, a digest) as `*`.
+fn family(key: &str) -> String {
+    key.split('/')
+        .map(|segment| if segment.bytes().any(|b| b.is_ascii_digit()) { "*" } else { segment })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// The store's records by key family, largest first.
+fn census(running: &evogate::Running) -> anyhow::Result<Vec<(String, Family)>> {
+    let mut families = std::collections::BTreeMap::<String, Family>::new();
+    running.store_records(|ns, key, value| {
+        let family = families.entry(format!("{ns}:{}", family(key))).or_default();
+        family.records += 1;
+        family.keys += key.len() as u64;
+        family.values += value.len() as u64;
+    })?;
+    let mut families: Vec<_> = families.into_iter().collect();
+    families.sort_by_key(|(_, family)| std::cmp::Reverse(family.keys + family.values));
+    Ok(families)
+}
+
+/// What one row measured.
+struct Measured {
+    /// How much the store's size on disk grew.
+    stored: u64,
+    /// The bytes delivered.
+    delivered: u64,
+    /// The records in the store after the writes, by key family.
+    families: Vec<(String, Family)>,
+}
+
+/// A fresh gateway on `store`, the bench user registered: what delivering
+/// `records` of `kind` made the store keep.
+async fn measure(kind: &Kind, records: usize, postgres: Option<&str>) -> anyhow::Result<Measured> {
     let data = tempfile::tempdir()?;
     let mut config = evotor::config(data.path())?;
     config.plugins[0].config.insert("events_webhook_allow_unsigned".into(), "true".into());
@@ -158,10 +216,14 @@ async fn measure(kind: &Kind, records: usize, postgres: Option<&str>) -> anyhow:
         from += count;
     }
     let after = size(running.clone()).await?;
+    let families = {
+        let running = running.clone();
+        tokio::task::spawn_blocking(move || census(&running)).await??
+    };
     if let Some(url) = postgres {
         drop_schema(url, &config.store.schema).await;
     }
-    Ok((after.saturating_sub(before), before, delivered))
+    Ok(Measured { stored: after.saturating_sub(before), delivered, families })
 }
 
 /// Drops the bench's schema (its tables go with it).
@@ -188,7 +250,7 @@ fn main() -> anyhow::Result<()> {
             println!("    {:<18} {:>8} {:>12} {:>12} {:>8}", "delivery", "records", "delivered", "stored", "ratio");
             for kind in KINDS {
                 let count = if kind.small && kind.per_request > 1 { records * 5 } else { records };
-                let (stored, _, delivered) = measure(kind, count, url).await?;
+                let Measured { stored, delivered, families } = measure(kind, count, url).await?;
                 println!(
                     "    {:<18} {:>8} {:>10.2} MB {:>9.2} MB {:>7.1}×",
                     kind.name,
@@ -197,6 +259,23 @@ fn main() -> anyhow::Result<()> {
                     stored as f64 / 1e6,
                     stored as f64 / delivered as f64
                 );
+                {
+                    let total: u64 = families.iter().map(|(_, family)| family.keys + family.values).sum();
+                    println!(
+                        "      records' keys and values: {:.2} MB, {:.1}× the bytes delivered",
+                        total as f64 / 1e6,
+                        total as f64 / delivered as f64
+                    );
+                    for (name, family) in families.iter().take(8) {
+                        println!(
+                            "        {:<44} {:>7} records {:>9.2} MB keys {:>9.2} MB values",
+                            name,
+                            family.records,
+                            family.keys as f64 / 1e6,
+                            family.values as f64 / 1e6
+                        );
+                    }
+                }
             }
         }
         anyhow::Ok(())

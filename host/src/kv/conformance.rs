@@ -497,6 +497,13 @@ enum Op {
     CheckedSet { key: u8, expect_absent: bool, value: u8 },
 }
 
+/// The value an op writes: a byte of `v`, then `v / 2` bytes of another
+/// one, so about half the values are long enough to be stored compressed
+/// and the rest are not.
+fn value(v: u8) -> Vec<u8> {
+    std::iter::once(v).chain(std::iter::repeat_n(v.wrapping_mul(31), usize::from(v) / 2)).collect()
+}
+
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         (0u8..8, any::<u8>()).prop_map(|(k, v)| Op::Set(k, v)),
@@ -518,8 +525,8 @@ proptest! {
             for op in &ops {
                 match op {
                     Op::Set(k, v) => {
-                        kv.commit(&[], &[Write::Set(format!("k{k}"), vec![*v])]).expect("commit");
-                        model.insert(format!("k{k}"), vec![*v]);
+                        kv.commit(&[], &[Write::Set(format!("k{k}"), value(*v))]).expect("commit");
+                        model.insert(format!("k{k}"), value(*v));
                     }
                     Op::Delete(k) => {
                         kv.commit(&[], &[Write::Delete(format!("k{k}"))]).expect("commit");
@@ -535,10 +542,10 @@ proptest! {
                         };
                         let should_apply = !expect_absent || !model.contains_key(&key);
                         let should_apply = should_apply && (*expect_absent || model.contains_key(&key));
-                        let result = kv.commit(&[check], &[Write::Set(key.clone(), vec![*value])]);
+                        let result = kv.commit(&[check], &[Write::Set(key.clone(), self::value(*value))]);
                         if should_apply {
                             prop_assert_eq!(result, Ok(()));
-                            model.insert(key, vec![*value]);
+                            model.insert(key, self::value(*value));
                         } else {
                             prop_assert_eq!(result, Err(KvError::Conflict));
                         }

@@ -7,6 +7,7 @@
 //! sandbox talks to, so no backend can forget it.
 
 pub mod backup;
+mod codec;
 #[cfg(feature = "fault-injection")]
 mod faults;
 mod memory;
@@ -296,20 +297,40 @@ impl Namespace {
     }
 }
 
-/// Encodes a stored value as its version (8 bytes, little endian) then the bytes.
+/// The version's top bit in an encoded entry: its bytes are compressed
+/// ([`codec`]). Versions count commits from 1 and never reach it, so an
+/// entry written before values were compressed reads as it always did.
+const COMPRESSED: u64 = 1 << 63;
+
+/// Encodes a stored value as its version (8 bytes, little endian) then the
+/// bytes, compressed when [`codec::compress`] finds it worth it.
 fn encode_entry(version: u64, value: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(8 + value.len());
+    debug_assert_eq!(version & COMPRESSED, 0, "a version never reaches the top bit");
+    let (version, bytes) = match codec::compress(value) {
+        Some(packed) => (version | COMPRESSED, std::borrow::Cow::Owned(packed)),
+        None => (version, std::borrow::Cow::Borrowed(value)),
+    };
+    let mut out = Vec::with_capacity(8 + bytes.len());
     out.extend_from_slice(&version.to_le_bytes());
-    out.extend_from_slice(value);
+    out.extend_from_slice(&bytes);
     out
 }
 
 /// Reverses [`encode_entry`].
 fn decode_entry(raw: &[u8]) -> Result<Entry, KvError> {
-    let (version, value) = raw
+    let (version, bytes) = raw
         .split_first_chunk::<8>()
         .ok_or_else(|| KvError::Unavailable("corrupt entry: shorter than its version".into()))?;
-    Ok(Entry { value: value.to_vec(), version: u64::from_le_bytes(*version) })
+    let version = u64::from_le_bytes(*version);
+    let value = if version & COMPRESSED != 0 { codec::decompress(bytes)? } else { bytes.to_vec() };
+    Ok(Entry { value, version: version & !COMPRESSED })
+}
+
+/// The version of an encoded entry, without reading its value.
+fn entry_version(raw: &[u8]) -> Result<u64, KvError> {
+    let version =
+        raw.first_chunk::<8>().ok_or_else(|| KvError::Unavailable("corrupt entry: shorter than its version".into()))?;
+    Ok(u64::from_le_bytes(*version) & !COMPRESSED)
 }
 
 #[cfg(test)]

@@ -1,15 +1,17 @@
 //! The embedded default backend: one redb file, one table per namespace.
 //!
-//! A value is stored as its 8-byte version followed by the bytes. Versions
-//! come from one counter in the `evogate:meta` table, bumped by every commit,
-//! so a version is never reused even after a key is deleted and re-created.
+//! A value is stored as its 8-byte version followed by the bytes, which are
+//! zstd-compressed when the version's top bit is set (see `kv::codec`: a
+//! record of a kilobyte takes about half). Versions come from one counter in
+//! the `evogate:meta` table, bumped by every commit, so a version is never
+//! reused even after a key is deleted and re-created.
 //!
 //! After an I/O error (a full disk, say) redb refuses every later call until
 //! the database is closed and opened again, which repairs it. The backend
 //! does that itself: calls answer `unavailable` until the file opens again,
 //! then the same process serves on, no restart needed.
 
-use super::{Backend, Check, Entry, KvError, Scan, ScanPage, Write, decode_entry, encode_entry};
+use super::{Backend, Check, Entry, KvError, Scan, ScanPage, Write, decode_entry, encode_entry, entry_version};
 use kv_contract::Page;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableError, TableHandle as _};
 use std::path::{Path, PathBuf};
@@ -222,7 +224,7 @@ impl Backend for RedbBackend {
                     txn.open_table(TableDefinition::<&str, &[u8]>::new(&name)).map_err(|err| self.failed(err))?;
                 for check in checks {
                     let current = match table.get(check.key()).map_err(|err| self.failed(err))? {
-                        Some(raw) => Some(decode_entry(raw.value())?.version),
+                        Some(raw) => Some(entry_version(raw.value())?),
                         None => None,
                     };
                     if !check.holds(current) {
@@ -268,10 +270,18 @@ impl Backend for RedbBackend {
         "redb"
     }
 
+    /// The file's blocks, as `du` counts them. redb lengthens the file
+    /// ahead of its needs, doubling it while it is under 4 GiB: the part not
+    /// written yet is a hole that takes no disk, so the file's length says
+    /// more than the disk pays.
     fn bytes_on_disk(&self) -> Result<Option<u64>, KvError> {
         let metadata = std::fs::metadata(&self.path)
             .map_err(|err| KvError::Unavailable(format!("reading the size of {}: {err}", self.path.display())))?;
-        Ok(Some(metadata.len()))
+        #[cfg(unix)]
+        let bytes = std::os::unix::fs::MetadataExt::blocks(&metadata) * 512;
+        #[cfg(not(unix))]
+        let bytes = metadata.len();
+        Ok(Some(bytes))
     }
 
     fn snapshot(&self) -> Result<Box<dyn super::backup::Snapshot>, KvError> {
@@ -416,6 +426,53 @@ mod tests {
         let left = store.scan("p", &crate::kv::Scan::of("k/", None, 1000, usize::MAX)).expect("scan");
         assert_eq!(left.len(), 10);
         assert!(left.iter().all(|(_, entry)| entry.value == value));
+    }
+
+    /// Entries written before values were compressed (the version's top bit
+    /// clear) read as they always did beside compressed ones.
+    #[test]
+    fn records_of_a_kilobyte_are_kept_compressed_beside_entries_written_as_they_were() {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let store = RedbBackend::open(&temp.path().join("z.redb")).expect("open");
+        let old = br#"{"v":1,"name":"Tea","price":100,"name2":"Tea","price2":100,"name3":"Tea","price3":100}"#;
+        store
+            .with_db(|db| {
+                let txn = db.begin_write().map_err(|err| store.failed(err))?;
+                {
+                    let mut table = txn
+                        .open_table(TableDefinition::<&str, &[u8]>::new(&table("p")))
+                        .map_err(|err| store.failed(err))?;
+                    let raw = [7u64.to_le_bytes().as_slice(), old.as_slice()].concat();
+                    table.insert("old", raw.as_slice()).map_err(|err| store.failed(err))?;
+                }
+                txn.commit().map_err(|err| store.failed(err))
+            })
+            .expect("an entry as earlier builds wrote it");
+        let record = |n: usize| {
+            format!(r#"{{"v":1,"id":"doc-{n:08}","positions":[{}]}}"#, r#"{"name":"Tea","price":100},"#.repeat(30))
+        };
+        store.commit("p", &[], &[Write::Set("new".into(), record(1).into_bytes())]).expect("commit");
+        let entry = store.get("p", "old").expect("get").expect("present");
+        assert_eq!((entry.value.as_slice(), entry.version), (old.as_slice(), 7));
+        let new = store.get("p", "new").expect("get").expect("present");
+        assert_eq!(new.value, record(1).into_bytes());
+        // The version reads the same from the entry as the check of a commit sees it.
+        let current = Check::VersionIs("new".into(), new.version);
+        store.commit("p", &[current], &[Write::Set("new".into(), b"x".to_vec())]).expect("the check holds");
+        let stored = store
+            .with_db(|db| {
+                let txn = db.begin_read().map_err(|err| store.failed(err))?;
+                let table = txn
+                    .open_table(TableDefinition::<&str, &[u8]>::new(&table("p")))
+                    .map_err(|err| store.failed(err))?;
+                let raw = table.get("old").map_err(|err| store.failed(err))?.expect("present");
+                Ok(raw.value().len())
+            })
+            .expect("raw");
+        assert_eq!(stored, 8 + old.len(), "an old entry is left as it is");
+        let packed = super::super::encode_entry(3, record(2).as_bytes());
+        assert!(packed.len() * 4 < record(2).len(), "{} → {}", record(2).len(), packed.len());
+        assert_eq!(decode_entry(&packed).expect("decode").value, record(2).into_bytes());
     }
 
     #[test]

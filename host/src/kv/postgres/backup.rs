@@ -41,7 +41,7 @@ impl PostgresBackend {
         let (pool, schema) = (self.pool.clone(), self.schema.clone());
         let ns: Vec<String> = records.iter().map(|r| r.ns.clone()).collect();
         let keys: Vec<Vec<u8>> = records.iter().map(|r| r.key.as_bytes().to_vec()).collect();
-        let values: Vec<Vec<u8>> = records.iter().map(|r| r.entry.value.clone()).collect();
+        let values: Vec<Vec<u8>> = records.iter().map(|r| crate::kv::codec::frame(&r.entry.value)).collect();
         let versions: Vec<i64> = records.iter().map(|r| i64::try_from(r.entry.version).unwrap_or(i64::MAX)).collect();
         let highest = records.iter().map(|r| r.entry.version).fold(last_version, u64::max);
         let highest = i64::try_from(highest).unwrap_or(i64::MAX);
@@ -141,7 +141,10 @@ impl Snapshot for PgSnapshot {
                         ns: row.get(0),
                         key: String::from_utf8(key)
                             .map_err(|_| KvError::Unavailable("postgres: a key that is not UTF-8".into()))?,
-                        entry: Entry { value: row.get(2), version: u64::try_from(version).unwrap_or(0) },
+                        entry: Entry {
+                            value: crate::kv::codec::unframe(row.get(2))?,
+                            version: u64::try_from(version).unwrap_or(0),
+                        },
                     })
                 })
                 .collect::<Result<Vec<_>, KvError>>()

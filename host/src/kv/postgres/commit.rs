@@ -78,7 +78,7 @@ impl Plan {
                 Write::SetStamped(..) => stamped.insert(key.to_string()),
                 Write::Set(..) | Write::Delete(_) => stamped.remove(key.as_ref()),
             };
-            last.insert(key.into_owned(), value.map(<[u8]>::to_vec));
+            last.insert(key.into_owned(), value.map(crate::kv::codec::frame));
         }
         let mut plan = Self::default();
         for (key, value) in last {
@@ -132,7 +132,7 @@ impl Stamped {
             if let Write::SetStamped(prefix, value) = write {
                 stamped.positions.push(i32::try_from(stamped.prefixes.len()).unwrap_or(i32::MAX));
                 stamped.prefixes.push(prefix.as_bytes().to_vec());
-                stamped.values.push(value.clone());
+                stamped.values.push(crate::kv::codec::frame(value));
             }
         }
         stamped

@@ -3,7 +3,10 @@
 //!
 //! Layout (in the configured schema): `evogate_kv (ns, key bytea, value
 //! bytea, version bigint)` with primary key `(ns, key)`, so a prefix scan is
-//! a range query on the key's index, in bytewise order; `evogate_version`, a
+//! a range query on the key's index, in bytewise order; each value framed by
+//! a byte that says whether it is zstd-compressed (`kv::codec::frame`: a
+//! record of a kilobyte takes about half; PostgreSQL's own compression only
+//! starts at rows of 2 KB); `evogate_version`, a
 //! sequence that gives every commit a new version; `evogate_meta`, which
 //! records the schema version. A commit is one transaction: a check of a
 //! key it writes is the condition of that write (insert if absent, update
@@ -356,6 +359,85 @@ mod tests {
         let after = backend.run_until(Some(Arc::new(AtomicBool::new(true))), forever());
         assert!(matches!(&after, Err(KvError::OutcomeUnknown(why)) if why.contains("no answer")), "{after:?}");
         let _ = backend.destroy();
+    }
+
+    /// A store made by a build before values were framed: upgraded on open,
+    /// every value reads as it was written, and new ones are kept compressed.
+    #[test]
+    fn a_store_of_the_first_schema_reads_as_before_after_the_upgrade_and_compresses_from_then_on() {
+        let Ok(url) = std::env::var(crate::kv::conformance::POSTGRES_URL_VAR) else { return };
+        let mut random = [0u8; 6];
+        getrandom::fill(&mut random).expect("randomness");
+        let schema = format!("evogate_test_{}", hex::encode(random));
+        let record = |n: usize| {
+            serde_json::json!({"v": 1, "id": format!("doc-{n:08}"), "type": "SELL", "positions":
+                (0..8).map(|p| serde_json::json!({"name": format!("Tea {p}"), "price": 100 + p, "quantity": 1}))
+                    .collect::<Vec<_>>()})
+            .to_string()
+            .into_bytes()
+        };
+        let first = sql::migrations(&schema).swap_remove(0);
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let old_rows: Vec<Vec<u8>> = (0..3).map(record).chain([b"tiny".to_vec(), Vec::new()]).collect();
+        let (url_old, schema_old, rows) = (url.clone(), schema.clone(), old_rows.clone());
+        runtime
+            .block_on(async move {
+                let (client, connection) = tokio_postgres::connect(&url_old, tokio_postgres::NoTls).await?;
+                tokio::spawn(connection);
+                client
+                    .batch_execute(&format!(
+                        "CREATE SCHEMA {schema_old}; {first}
+                         CREATE TABLE {schema_old}.evogate_meta (name text PRIMARY KEY, value bigint NOT NULL);
+                         INSERT INTO {schema_old}.evogate_meta VALUES ('schema_version', 1);"
+                    ))
+                    .await?;
+                for (n, value) in rows.iter().enumerate() {
+                    let key = format!("old/{n}").into_bytes();
+                    client
+                        .execute(
+                            &format!("INSERT INTO {schema_old}.evogate_kv VALUES ('ns', $1, $2, $3)"),
+                            &[&key, value, &(n as i64 + 1)],
+                        )
+                        .await?;
+                }
+                Ok::<_, tokio_postgres::Error>(())
+            })
+            .expect("a store of the first schema");
+        let backend = PostgresBackend::open(&PostgresOptions {
+            url: url.clone(),
+            schema: schema.clone(),
+            pool_size: 2,
+            connect_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(30),
+            tls_ca: None,
+        })
+        .expect("open and upgrade");
+        let read = backend.scan("ns", &Scan::of("old/", None, 100, usize::MAX)).expect("scan");
+        let read: Vec<Vec<u8>> = read.into_iter().map(|(_, entry)| entry.value).collect();
+        assert_eq!(read, old_rows, "every value as it was written");
+        let new: Vec<Write> = (0..200).map(|n| Write::Set(format!("new/{n:03}"), record(n))).collect();
+        backend.commit("ns", &[], &new).expect("commit");
+        assert_eq!(backend.get("ns", "new/007").expect("get").expect("present").value, record(7));
+        let (raw, stored) = runtime
+            .block_on(async move {
+                let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+                tokio::spawn(connection);
+                let row = client
+                    .query_one(
+                        &format!(
+                            "SELECT sum(length(value))::bigint FROM {schema}.evogate_kv WHERE key >= 'new/'::bytea"
+                        ),
+                        &[],
+                    )
+                    .await?;
+                Ok::<_, tokio_postgres::Error>((
+                    (0..200).map(|n| record(n).len() as i64).sum::<i64>(),
+                    row.get::<_, i64>(0),
+                ))
+            })
+            .expect("sizes");
+        let _ = backend.destroy();
+        assert!(stored * 2 < raw, "200 records of {} bytes kept in {stored} bytes", raw / 200);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Reads: `get-many` in one statement, and prefix scans, each a future the request's own task awaits.
 
 use super::*;
+use crate::kv::codec::unframe;
 
 pub(super) fn version(raw: i64) -> u64 {
     u64::try_from(raw).unwrap_or_default()
@@ -18,7 +19,10 @@ pub(super) async fn get_many(
     if let [key] = keys.as_slice() {
         let statement = client.prepare_cached(&sql.get).await.map_err(|err| classify(&err))?;
         let row = client.query_opt(&statement, &[&ns, &key.as_bytes()]).await.map_err(|err| classify(&err))?;
-        return Ok(vec![row.map(|row| Entry { value: row.get(0), version: version(row.get(1)) })]);
+        return row
+            .map(|row| Ok(Entry { value: unframe(row.get(0))?, version: version(row.get(1)) }))
+            .transpose()
+            .map(|entry| vec![entry]);
     }
     let statement = client.prepare_cached(&sql.get_many).await.map_err(|err| classify(&err))?;
     let raw: Vec<&[u8]> = keys.iter().map(|key| key.as_bytes()).collect();
@@ -34,7 +38,11 @@ pub(super) async fn get_many(
             return Err(KvError::Unavailable("postgres: get-many answered out of order".into()));
         }
         let value: Option<Vec<u8>> = row.get(1);
-        Ok(value.map(|value| Entry { value, version: version(row.get::<_, Option<i64>>(2).unwrap_or_default()) }))
+        value
+            .map(|value| {
+                Ok(Entry { value: unframe(value)?, version: version(row.get::<_, Option<i64>>(2).unwrap_or_default()) })
+            })
+            .transpose()
     })
 }
 
@@ -61,7 +69,7 @@ pub(super) async fn scan(pool: Pool, sql: Arc<Sql>, ns: String, scan: Scan) -> R
     let mut bytes = 0;
     for row in rows {
         let key: Vec<u8> = row.get(0);
-        let value: Vec<u8> = row.get(1);
+        let value = unframe(row.get(1))?;
         bytes += value.len();
         let key = String::from_utf8(key).map_err(|_| KvError::Unavailable("postgres: a key is not UTF-8".into()))?;
         page.push((key, Entry { value, version: version(row.get(2)) }));

@@ -4,7 +4,7 @@
 use super::*;
 
 /// The newest schema this build knows; each step below upgrades to the next.
-pub(super) const SCHEMA_VERSION: i64 = 1;
+pub(super) const SCHEMA_VERSION: i64 = 2;
 
 /// Serializes schema creation and migrations across nodes starting together.
 pub(super) const MIGRATION_LOCK: i64 = 0x0065_766f_6761_7465;
@@ -38,12 +38,15 @@ impl Sql {
         // The answer budget is applied by the server: the page's running
         // size is summed over value lengths (`length` reads a TOASTed
         // value's size without fetching it), and only rows that start within
-        // the budget are sent.
+        // the budget are sent. A value is stored framed (one byte more, see
+        // `kv::codec::frame`) and maybe compressed: the server's sizes are at
+        // most the values' own, so it sends at least what fits, and the
+        // reader cuts the page where the values read reach the budget.
         let scan = |lower: &str, upper: bool| {
             let (upper, limit, budget) = if upper { (" AND key < $3", "$4", "$5") } else { ("", "$3", "$4") };
             format!(
                 "SELECT key, value, version FROM (SELECT key, value, version, \
-                 sum(length(value)) OVER (ORDER BY key ROWS UNBOUNDED PRECEDING) - length(value) AS before \
+                 sum(length(value) - 1) OVER (ORDER BY key ROWS UNBOUNDED PRECEDING) - (length(value) - 1) AS before \
                  FROM {kv} WHERE ns = $1 AND key {lower} $2{upper} ORDER BY key LIMIT {limit}) AS page \
                  WHERE before < {budget} ORDER BY key"
             )
@@ -57,7 +60,7 @@ impl Sql {
             // hashed the whole namespace for every read.
             get_many: format!(
                 "SELECT n, value, version FROM (SELECT k.n, t.value, t.version, \
-                 coalesce(sum(length(t.value)) OVER (ORDER BY k.n ROWS UNBOUNDED PRECEDING) - coalesce(length(t.value), 0), 0) AS before \
+                 coalesce(sum(length(t.value) - 1) OVER (ORDER BY k.n ROWS UNBOUNDED PRECEDING) - coalesce(length(t.value) - 1, 0), 0) AS before \
                  FROM unnest($2::bytea[]) WITH ORDINALITY AS k(key, n) \
                  LEFT JOIN LATERAL (SELECT value, version FROM {kv} WHERE ns = $1 AND key = k.key LIMIT 1) AS t ON true) AS answer \
                  WHERE before < $3 ORDER BY n"
@@ -114,8 +117,9 @@ impl Sql {
 
 /// The schema steps: step `n` brings the schema from version `n` to `n + 1`.
 pub(super) fn migrations(schema: &str) -> Vec<String> {
-    vec![format!(
-        "CREATE TABLE {schema}.evogate_kv (
+    vec![
+        format!(
+            "CREATE TABLE {schema}.evogate_kv (
             ns text NOT NULL,
             key bytea NOT NULL,
             value bytea NOT NULL,
@@ -123,7 +127,11 @@ pub(super) fn migrations(schema: &str) -> Vec<String> {
             PRIMARY KEY (ns, key)
         );
         CREATE SEQUENCE {schema}.evogate_version;"
-    )]
+        ),
+        // Values framed: a first byte says how the rest is kept (`kv::codec::frame`),
+        // so values can be stored compressed. Every row is rewritten once.
+        format!("UPDATE {schema}.evogate_kv SET value = '\\x00'::bytea || value;"),
+    ]
 }
 
 pub(super) fn is_identifier(name: &str) -> bool {
