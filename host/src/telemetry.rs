@@ -39,7 +39,7 @@ metrics_table! {
     STORE_UP: Gauge "evogate_store_up" ["backend"]
         "1 when the store answered at the last scrape, 0 when it did not (in time)";
     STORE_BYTES: Gauge "evogate_store_bytes" ["backend"]
-        "what the store takes on disk, read at each scrape: the redb file, or PostgreSQL's evogate tables with their indexes and TOAST";
+        "what the store takes on disk, read at each scrape: the redb file's blocks (as du counts them: redb lengthens the file ahead of its needs, and the part not written yet takes no disk), or PostgreSQL's evogate tables with their indexes and TOAST";
     REQUESTS: Counter "evogate_requests_total" ["plugin", "route", "status"]
         "requests answered; plugin and route are empty for a request no route serves";
     REQUEST_DURATION: Histogram "evogate_request_duration_seconds" ["plugin"]

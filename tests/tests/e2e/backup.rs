@@ -259,7 +259,16 @@ fn generated_backup(path: &std::path::Path, records: u64, size: usize) {
     };
     put(b"EVOGATE-BACKUP\n");
     put(&1u32.to_le_bytes());
-    let value = vec![7u8; size];
+    // Random bytes (xorshift): the store keeps them at their size, as it would not a repeated byte.
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let value: Vec<u8> = (0..size)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
     for n in 0..records {
         let key = format!("k/{n:08}");
         put(&[1]);
