@@ -116,15 +116,8 @@ mod tests {
     #[test]
     fn short_and_incompressible_values_are_left_as_they_are() {
         assert_eq!(compress(br#"{"v":1,"id":"e1"}"#), None);
-        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-        let noise: Vec<u8> = (0..4096)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            })
-            .collect();
+        let mut noise = vec![0u8; 4096];
+        getrandom::fill(&mut noise).expect("randomness");
         assert_eq!(compress(&noise), None);
     }
 
