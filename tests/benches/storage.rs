@@ -5,8 +5,9 @@
 //! PostgreSQL (when `EVOGATE_TEST_POSTGRES_URL` names a database) evogate's
 //! relations with their indexes. The baseline of each row is the bytes
 //! delivered in the same run (the request bodies, as sent). The 1 KB records are
-//! filled up with pseudo-random hex (as ids, codes and sums are in real ones), not a
-//! repeated letter that any compression would take away.
+//! well-formed (uuids where Evotor sends uuids, products with their fields; the doubtful
+//! ones are the tiny rows), filled up with pseudo-random hex (as ids, codes and sums are
+//! in real ones), not a repeated letter that any compression would take away.
 //!
 //! Under each row, where the bytes went: the store's records grouped by key family (ids
 //! replaced by `*`), with their count and the bytes of their keys and values, so a cut
@@ -16,6 +17,7 @@
 //! `BENCH_RECORDS=N` sets the records of each 1 KB row (default 10,000: redb grows its
 //! file by whole regions, so a row needs megabytes to be read to a tenth), the small
 //! ones 5× as many when they go in batches.
+//! `BENCH_SAMPLES=1` shows one record of each family, its key and the start of its value.
 
 #[path = "../../host/benches/common/evotor.rs"]
 mod evotor;
@@ -56,7 +58,7 @@ fn padded(mut record: Value, size: usize) -> Value {
 
 fn document(n: usize) -> Value {
     padded(
-        json!({"id": format!("doc-{n:08}"), "store_id": STORE, "device_id": DEVICE, "type": "SELL",
+        json!({"id": format!("0d0c0000-0000-4000-8000-{n:012x}"), "store_id": STORE, "device_id": DEVICE, "type": "SELL",
             "close_date": 1_700_000_000_000i64 + n as i64, "user_id": USER, "version": "V2",
             "body": {"result_sum": 100, "positions": [{"name": "Tea", "price": 100, "quantity": 1}]}}),
         1024,
@@ -77,12 +79,14 @@ fn product(n: usize) -> Value {
 }
 
 fn event(n: usize) -> Value {
-    padded(
-        json!({"id": format!("ev-{n:08}"), "type": "ProductEvent", "action": "created",
-            "payload": {"id": format!("7c3bfd7a-4e1b-4c55-9d3e-{n:012}"), "store_id": STORE, "user_id": USER,
-            "name": "Tea", "price": 1, "type": "NORMAL"}}),
-        1024,
-    )
+    // The product of the catalog rows, in the v2 names an event carries.
+    let n = n as u32;
+    let payload = json!({"id": format!("{:08x}-0000-4000-8000-{n:012x}", n.wrapping_mul(2_654_435_761)),
+        "store_id": STORE, "user_id": USER, "name": format!("Product number {n}"), "type": "NORMAL",
+        "allow_to_sell": true, "measure_name": "шт", "price": 99.9, "cost_price": 50, "quantity": 12.5,
+        "tax": "VAT_20", "code": format!("{}", n % 1_000_000), "article_number": format!("A-{n}"),
+        "barcodes": [evotor::barcode(n)], "parent_id": null, "description": "A product of the benchmark"});
+    padded(json!({"id": format!("ev-{n:08}"), "type": "ProductEvent", "action": "created", "payload": payload}), 1024)
 }
 
 fn array(values: impl Iterator<Item = Value>) -> Bytes {
@@ -152,6 +156,8 @@ struct Family {
     records: u64,
     keys: u64,
     values: u64,
+    /// The first record's key and value, shown with `BENCH_SAMPLES=1`.
+    sample: String,
 }
 
 /// A key's family: each segment holding a digit (an id, a stamp, a digest) as `*`.
@@ -167,6 +173,9 @@ fn census(running: &evogate::Running) -> anyhow::Result<Vec<(String, Family)>> {
     let mut families = std::collections::BTreeMap::<String, Family>::new();
     running.store_records(|ns, key, value| {
         let family = families.entry(format!("{ns}:{}", family(key))).or_default();
+        if family.records == 0 {
+            family.sample = format!("{key} = {}", String::from_utf8_lossy(value).chars().take(400).collect::<String>());
+        }
         family.records += 1;
         family.keys += key.len() as u64;
         family.values += value.len() as u64;
@@ -274,6 +283,9 @@ fn main() -> anyhow::Result<()> {
                             family.keys as f64 / 1e6,
                             family.values as f64 / 1e6
                         );
+                        if std::env::var_os("BENCH_SAMPLES").is_some() {
+                            println!("          {}", family.sample);
+                        }
                     }
                 }
             }

@@ -31,6 +31,7 @@ use serde_json::{Value, json};
 use std::collections::{BTreeSet, HashMap};
 
 mod retention;
+pub(crate) use retention::expire_logs;
 use retention::{expire, expire_kept_apart};
 
 /// Most documents or receipts one request may carry.
@@ -394,7 +395,8 @@ fn admit<'a>(txn: &mut storage::Txn<'_>, delivery: &Delivery<'a>) -> Result<(Vec
 /// with `store_items` (given the stores another user owns; it answers how
 /// many items were new and how many known) and, when any was new, notes
 /// the issues admitting found and counts the new records against the
-/// user's quota. Then what outlived `retention_days` in those stores goes.
+/// user's quota. Then what outlived `retention_days` in those stores goes,
+/// and in the feed and the event log.
 /// Answers how many were new and how many known.
 fn commit_delivery(
     ctx: &Ctx<'_>,
@@ -417,6 +419,7 @@ fn commit_delivery(
     for store in delivery.stores {
         expire(ctx, settings, store)?;
     }
+    expire_logs(ctx, settings)?;
     Ok((new, repeated))
 }
 

@@ -1,6 +1,8 @@
 //! Retention: what outlived `retention_days` is erased a little at a time,
 //! by the writes that come after it — a store's own documents and receipts,
-//! and the documents a user delivered into other users' stores.
+//! the documents a user delivered into other users' stores, and the feed and
+//! the event log (with each logged event's idempotency marker), so a store
+//! that keeps receiving at a steady rate stops growing.
 
 use super::delete_parts;
 use crate::Ctx;
@@ -23,6 +25,75 @@ struct DocumentType {
     user_id: String,
     #[serde(default)]
     parts: u32,
+}
+
+/// The time of a feed entry, read without the rest of it.
+#[derive(Deserialize)]
+struct FeedTime {
+    at: u64,
+}
+
+/// What erasing a logged event needs of its record.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LoggedEvent {
+    id: String,
+    kind: String,
+    received_at: u64,
+}
+
+/// Erases the feed entries and the logged events (with their idempotency
+/// markers) that arrived more than `retention_days` ago, the oldest first,
+/// at most [`EXPIRED_PER_WRITE`] of each a call. A call with nothing due
+/// reads one key of each. A partner whose feed cursor names an erased entry
+/// goes on from the next one; an event delivered again after its record
+/// was erased is taken as new.
+pub(crate) fn expire_logs(ctx: &Ctx<'_>, settings: &Settings) -> Result<(), ApiError> {
+    let Some(days) = settings.retention_days else { return Ok(()) };
+    let cutoff = ctx.clock.now_unix().saturating_sub(days.saturating_mul(86_400));
+    let feed = oldest(ctx, storage::FEED_PREFIX, |key, bytes| {
+        Ok(storage::decode::<FeedTime>(key, bytes)?.at < cutoff).map(|due| due.then_some(()))
+    })?;
+    let log = oldest(ctx, crate::domain::events::LOG_PREFIX, |key, bytes| {
+        let event = storage::decode::<LoggedEvent>(key, bytes)?;
+        Ok((event.received_at < cutoff).then(|| crate::domain::events::seen_key_of(&event.kind, &event.id)))
+    })?;
+    if feed.is_empty() && log.is_empty() {
+        return Ok(());
+    }
+    transact(ctx, |txn| -> Result<(), ApiError> {
+        for (key, ()) in &feed {
+            txn.delete(key);
+        }
+        for (key, seen) in &log {
+            txn.delete(key);
+            txn.delete(seen);
+        }
+        Ok(())
+    })
+}
+
+/// The oldest records under `prefix` (a log with stamped keys) while `due`
+/// says they are, each with what `due` answered; one key read when the
+/// oldest is not.
+fn oldest<T>(
+    ctx: &Ctx<'_>,
+    prefix: &str,
+    due: impl Fn(&str, &[u8]) -> Result<Option<T>, storage::StorageError>,
+) -> Result<Vec<(String, T)>, ApiError> {
+    let first = storage::collect(ctx.kv, prefix, None, 1)?;
+    match first.first() {
+        Some((key, entry)) if due(key, &entry.value)?.is_some() => {}
+        _ => return Ok(Vec::new()),
+    }
+    let mut expired = Vec::new();
+    for (key, entry) in storage::collect(ctx.kv, prefix, None, EXPIRED_PER_WRITE)? {
+        match due(&key, &entry.value)? {
+            Some(value) => expired.push((key, value)),
+            None => break,
+        }
+    }
+    Ok(expired)
 }
 
 /// Unix milliseconds before which records are past `retention_days` at `now`.

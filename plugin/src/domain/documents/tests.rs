@@ -659,6 +659,61 @@ fn one_delivery_writes_a_bounded_number_of_data_issues_however_many_items_it_car
     assert_eq!(total, 3000, "every problem still counted: {listed}");
 }
 
+/// With `retention_days`, a store that receives the same every day stops
+/// growing: documents and receipts go by their own dates, the feed and the
+/// event log (with each event's idempotency marker) by their arrival. A
+/// partner's feed cursor on an erased entry goes on from the next one.
+#[test]
+fn a_store_receiving_the_same_every_day_stops_growing_under_retention_days() {
+    let world = Fixture::with(&[("retention_days", "2"), ("events_webhook_allow_unsigned", "true")]);
+    let token = world.register(ALICE, "alice");
+    let deliver_event = |event: Value| {
+        let mut request = Request::new("POST", "/events").header("content-type", "application/json");
+        request.body = serde_json::to_vec(&event).expect("json");
+        crate::handle(&world.ctx(), &request).status
+    };
+    let (mut keys, mut cursors) = (Vec::new(), Vec::new());
+    for day in 0..9u64 {
+        world.clock.advance(86_400);
+        let now_ms = crate::time::millis(crate::clock::Clock::now_unix(&world.clock));
+        let documents: Vec<Value> = (0..20u64)
+            .map(|n| {
+                json!({"id": format!("00000000-0000-4000-8000-{:06}{n:06}", day), "store_id": STORE, "device_id": DEVICE,
+                       "type": "SELL", "close_date": now_ms, "user_id": ALICE, "version": "V2", "body": {}})
+            })
+            .collect();
+        assert_eq!(put(&world, &token, STORE, json!(documents)).status, 200);
+        for n in 0..10u64 {
+            let event = json!({"id": format!("ev-{day}-{n}"), "type": "StoreEvent", "action": "updated",
+                               "timestamp": now_ms, "payload": {"id": STORE, "user_id": ALICE, "name": format!("Shop {day}")}});
+            assert_eq!(deliver_event(event), 200);
+        }
+        keys.push(world.kv.keys().len());
+        cursors.push(feed(&world, None)["items"][0]["cursor"].as_str().map(str::to_owned));
+    }
+    // Growing while the first days are within retention, then level: what one day brings, another takes away.
+    assert!(keys[2] > keys[0], "{keys:?}");
+    assert!(keys[5..].windows(2).all(|pair| pair[0] == pair[1]), "the store stops growing: {keys:?}");
+    let problems = crate::audit::problems(&world.kv);
+    assert!(problems.is_empty(), "{problems:?}");
+    // The first day's entries are gone; a cursor on one of them reads on from what is left.
+    let first = cursors[0].clone().expect("a cursor");
+    assert_ne!(cursors[8], cursors[0], "the oldest entries were erased");
+    let after_erased = feed(&world, Some(&first));
+    assert_eq!(after_erased["items"][0]["cursor"], feed(&world, None)["items"][0]["cursor"]);
+    // An event delivered again after its record was erased is taken as new; a recent one is still a repeat.
+    let logged = || world.kv.keys().iter().filter(|key| key.starts_with(crate::domain::events::LOG_PREFIX)).count();
+    let again = |id: &str| {
+        json!({"id": id, "type": "StoreEvent", "action": "updated", "timestamp": 0,
+                                  "payload": {"id": STORE, "user_id": ALICE, "name": "Shop"}})
+    };
+    let before = logged();
+    assert_eq!(deliver_event(again("ev-8-0")), 200);
+    assert_eq!(logged(), before, "a repeat within retention is not logged again");
+    assert_eq!(deliver_event(again("ev-0-0")), 200);
+    assert_eq!(logged(), before + 1, "its marker went with its record");
+}
+
 #[test]
 fn documents_and_receipts_past_retention_days_are_erased_as_their_store_receives_more() {
     let world = Fixture::with(&[("retention_days", "30"), ("user_quota_records", "100")]);

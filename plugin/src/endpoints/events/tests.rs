@@ -271,6 +271,12 @@ fn only_what_can_never_be_usable_is_refused() {
         issues(&world).iter().filter_map(|issue| issue["problem"].as_str().map(str::to_owned)).collect();
     assert!(problems.iter().any(|p| p.contains("unknown event type \"Order\"")), "{problems:?}");
     assert!(problems.iter().any(|p| p.contains("teleported")), "{problems:?}");
+    let untyped: Vec<String> = issues(&world)
+        .iter()
+        .filter(|issue| issue["entityId"] == "e4")
+        .filter_map(|issue| issue["problem"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(untyped, ["no type"], "a missing type is one problem, not an unknown type besides");
     let unknown_user: EntityRecord =
         storage::read(&world.kv, &storage::entity_key("01-999999999999999", "store", &STORE.to_ascii_lowercase()))
             .expect("read")
