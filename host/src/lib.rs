@@ -58,5 +58,8 @@ mod traces;
 
 #[cfg(feature = "runtime")]
 pub use run::{Running, run};
+/// The test build's switch on the time plugins see (`runtime/clock.rs`).
+#[cfg(all(feature = "runtime", feature = "fault-injection"))]
+pub use runtime::clock::{advance_plugin_clock, plugin_now};
 #[cfg(feature = "runtime")]
 pub use runtime::sandbox;

@@ -8,6 +8,8 @@
 
 pub(crate) mod bindings;
 pub mod calls;
+#[cfg(feature = "fault-injection")]
+pub mod clock;
 mod evogate;
 mod evogate_0_1;
 pub(crate) mod evogate_kv;

@@ -606,6 +606,8 @@ impl PluginVersion {
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false);
+        #[cfg(feature = "fault-injection")]
+        wasi.wall_clock(crate::runtime::clock::Ahead);
         if matches!(self.pre, Pre::WasiHttp(_)) {
             for (name, value) in &self.settings.config {
                 wasi.env(name, value);

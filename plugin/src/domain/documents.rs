@@ -417,9 +417,9 @@ fn commit_delivery(
         Ok((new, repeated))
     })?;
     for store in delivery.stores {
-        expire(ctx, settings, store)?;
+        expire(ctx, settings, store, new)?;
     }
-    expire_logs(ctx, settings)?;
+    expire_logs(ctx, settings, new)?;
     Ok((new, repeated))
 }
 
@@ -536,7 +536,7 @@ pub(crate) fn ingest_documents(
         }
         Ok((new, repeated))
     })?;
-    expire_kept_apart(ctx, settings, user_id)?;
+    expire_kept_apart(ctx, settings, user_id, new)?;
     Ok((new, repeated))
 }
 

@@ -338,7 +338,7 @@ pub fn take(
         }
     }
     // What outlived `retention_days` in the feed and the event log goes with each delivery.
-    crate::domain::documents::expire_logs(ctx, settings)?;
+    crate::domain::documents::expire_logs(ctx, settings, new)?;
     Ok((new, repeated))
 }
 

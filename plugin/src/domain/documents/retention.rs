@@ -14,8 +14,21 @@ use serde::Deserialize;
 use serde_json::json;
 use std::collections::BTreeMap;
 
-/// Index entries each write looks at for what outlived `retention_days`.
+/// Records of each kind a write erases at least, when as many outlived
+/// `retention_days`.
 const EXPIRED_PER_WRITE: usize = 100;
+
+/// Records of each kind one write erases at most.
+const MAX_EXPIRED_PER_WRITE: usize = 1000;
+
+/// How many records of each kind a write that brought `brought` erases at
+/// most: twice what it brought (and at least [`EXPIRED_PER_WRITE`]), so
+/// erasing outpaces what arrives and a backlog left by a quiet spell (or by
+/// records not yet past their time when the write came) drains, and a store
+/// that receives at a steady rate stays within `retention_days`.
+fn expired_per_write(brought: usize) -> usize {
+    brought.saturating_mul(2).clamp(EXPIRED_PER_WRITE, MAX_EXPIRED_PER_WRITE)
+}
 
 /// The type and deliverer of a stored document, read without keeping the document.
 #[derive(Deserialize)]
@@ -44,17 +57,19 @@ struct LoggedEvent {
 
 /// Erases the feed entries and the logged events (with their idempotency
 /// markers) that arrived more than `retention_days` ago, the oldest first,
-/// at most [`EXPIRED_PER_WRITE`] of each a call. A call with nothing due
+/// at most [`expired_per_write`] of each for a write that brought
+/// `brought` records. A call with nothing due
 /// reads one key of each. A partner whose feed cursor names an erased entry
 /// goes on from the next one; an event delivered again after its record
 /// was erased is taken as new.
-pub(crate) fn expire_logs(ctx: &Ctx<'_>, settings: &Settings) -> Result<(), ApiError> {
+pub(crate) fn expire_logs(ctx: &Ctx<'_>, settings: &Settings, brought: usize) -> Result<(), ApiError> {
     let Some(days) = settings.retention_days else { return Ok(()) };
     let cutoff = ctx.clock.now_unix().saturating_sub(days.saturating_mul(86_400));
-    let feed = oldest(ctx, storage::FEED_PREFIX, |key, bytes| {
+    let limit = expired_per_write(brought);
+    let feed = oldest(ctx, storage::FEED_PREFIX, limit, |key, bytes| {
         Ok(storage::decode::<FeedTime>(key, bytes)?.at < cutoff).map(|due| due.then_some(()))
     })?;
-    let log = oldest(ctx, crate::domain::events::LOG_PREFIX, |key, bytes| {
+    let log = oldest(ctx, crate::domain::events::LOG_PREFIX, limit, |key, bytes| {
         let event = storage::decode::<LoggedEvent>(key, bytes)?;
         Ok((event.received_at < cutoff).then(|| crate::domain::events::seen_key_of(&event.kind, &event.id)))
     })?;
@@ -79,6 +94,7 @@ pub(crate) fn expire_logs(ctx: &Ctx<'_>, settings: &Settings) -> Result<(), ApiE
 fn oldest<T>(
     ctx: &Ctx<'_>,
     prefix: &str,
+    limit: usize,
     due: impl Fn(&str, &[u8]) -> Result<Option<T>, storage::StorageError>,
 ) -> Result<Vec<(String, T)>, ApiError> {
     let first = storage::collect(ctx.kv, prefix, None, 1)?;
@@ -87,7 +103,7 @@ fn oldest<T>(
         _ => return Ok(Vec::new()),
     }
     let mut expired = Vec::new();
-    for (key, entry) in storage::collect(ctx.kv, prefix, None, EXPIRED_PER_WRITE)? {
+    for (key, entry) in storage::collect(ctx.kv, prefix, None, limit)? {
         match due(&key, &entry.value)? {
             Some(value) => expired.push((key, value)),
             None => break,
@@ -102,15 +118,20 @@ fn retention_cutoff(now: u64, days: u64) -> i64 {
 }
 
 /// Erases the documents user `user_id` delivered into other users' stores
-/// (kept apart) older than `retention_days`, at most [`EXPIRED_PER_WRITE`]
-/// a call, as [`expire`] does for a store's own.
-pub(super) fn expire_kept_apart(ctx: &Ctx<'_>, settings: &Settings, user_id: &str) -> Result<(), ApiError> {
+/// (kept apart) older than `retention_days`, at most [`expired_per_write`]
+/// for a write that brought `brought`, as [`expire`] does for a store's own.
+pub(super) fn expire_kept_apart(
+    ctx: &Ctx<'_>,
+    settings: &Settings,
+    user_id: &str,
+    brought: usize,
+) -> Result<(), ApiError> {
     let Some(days) = settings.retention_days else { return Ok(()) };
     let now = ctx.clock.now_unix();
     let cutoff = retention_cutoff(now, days);
     let prefix = storage::foreign_documents_by_date_prefix(user_id);
     // `{ms:013}/{store}/{id}`.
-    let expired: Vec<(String, String, String)> = storage::collect(ctx.kv, &prefix, None, EXPIRED_PER_WRITE)?
+    let expired: Vec<(String, String, String)> = storage::collect(ctx.kv, &prefix, None, expired_per_write(brought))?
         .into_iter()
         .filter_map(|(key, _)| {
             let mut parts = key.strip_prefix(&prefix)?.splitn(3, '/');
@@ -143,23 +164,24 @@ pub(super) fn expire_kept_apart(ctx: &Ctx<'_>, settings: &Settings, user_id: &st
 
 /// Erases the documents and receipts of `store` older than
 /// `retention_days` (by close date, receipt date), at most
-/// [`EXPIRED_PER_WRITE`] of each a call: each write to a store takes away
+/// [`expired_per_write`] of each for a write that brought `brought`: each write to a store takes away
 /// some of what outlived its time, so a store that keeps receiving data
 /// stays within it.
-pub(super) fn expire(ctx: &Ctx<'_>, settings: &Settings, store: &str) -> Result<(), ApiError> {
+pub(super) fn expire(ctx: &Ctx<'_>, settings: &Settings, store: &str, brought: usize) -> Result<(), ApiError> {
     let Some(days) = settings.retention_days else { return Ok(()) };
+    let limit = expired_per_write(brought);
     let now = ctx.clock.now_unix();
     let cutoff = retention_cutoff(now, days);
     let older =
         |position: &str| position.split('.').next().and_then(|ms| ms.parse::<i64>().ok()).is_some_and(|ms| ms < cutoff);
     let documents = storage::documents_by_date_prefix(store);
     let receipts = storage::receipts_by_date_prefix(store);
-    let document_positions: Vec<String> = storage::collect(ctx.kv, &documents, None, EXPIRED_PER_WRITE)?
+    let document_positions: Vec<String> = storage::collect(ctx.kv, &documents, None, limit)?
         .into_iter()
         .filter_map(|(key, _)| key.strip_prefix(&documents).map(str::to_owned))
         .take_while(|position| older(position))
         .collect();
-    let receipt_positions: Vec<String> = storage::collect(ctx.kv, &receipts, None, EXPIRED_PER_WRITE)?
+    let receipt_positions: Vec<String> = storage::collect(ctx.kv, &receipts, None, limit)?
         .into_iter()
         .filter_map(|(key, _)| key.strip_prefix(&receipts).map(str::to_owned))
         .take_while(|position| older(position))
