@@ -41,12 +41,12 @@ mod tests {
 
     #[test]
     fn the_plugins_clock_moves_ahead_by_what_is_asked_and_the_systems_does_not() {
+        let system = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).expect("after 1970");
         let before = plugin_now();
         advance_plugin_clock(86_400);
         let after = plugin_now();
-        let system = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).expect("after 1970");
         assert!(after >= before + Duration::from_secs(86_400), "{before:?} → {after:?}");
-        assert!(after >= system + Duration::from_secs(86_400));
+        assert!(after >= system + Duration::from_secs(86_400), "{system:?} → {after:?}");
         AHEAD_SECS.fetch_sub(86_400, Ordering::Relaxed);
     }
 }
