@@ -16,7 +16,7 @@
 #[path = "../../host/benches/common/evotor.rs"]
 mod evotor;
 
-use evotor::{DEVICE, STORE, USER, call, json_body};
+use evotor::{DEVICE, STORE, USER, call, json_body, padded};
 use serde_json::{Value, json};
 
 /// How far plugins' clock moves after each day: a day, and a minute more.
@@ -31,20 +31,10 @@ fn env(name: &str, default: usize) -> usize {
 
 /// A 1 KB document of day `day`, number `n`, closed at `at_ms`.
 fn document(day: usize, n: usize, at_ms: i64) -> Value {
-    let mut record = json!({"id": format!("0d0c0000-{day:04x}-4000-8000-{n:012x}"), "store_id": STORE, "device_id": DEVICE,
+    let record = json!({"id": format!("0d0c0000-{day:04x}-4000-8000-{n:012x}"), "store_id": STORE, "device_id": DEVICE,
         "type": "SELL", "close_date": at_ms, "user_id": USER, "version": "V2",
         "body": {"result_sum": 100, "positions": [{"name": "Tea", "price": 100, "quantity": 1}]}});
-    let mut state = (day * 1_000_003 + n) as u64 | 1;
-    let note: String = (0..1024usize.saturating_sub(record.to_string().len() + 10))
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            char::from(b"0123456789abcdef"[(state & 15) as usize])
-        })
-        .collect();
-    record["note"] = Value::String(note);
-    record
+    padded(record, 1024)
 }
 
 /// What the store holds after each day: bytes on disk and records.

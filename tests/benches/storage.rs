@@ -23,7 +23,7 @@
 mod evotor;
 
 use bytes::Bytes;
-use evotor::{DEVICE, STORE, USER, call, json_body};
+use evotor::{DEVICE, STORE, USER, call, json_body, padded};
 use serde_json::{Value, json};
 
 /// A kind of delivery: its name, and a batch of records `from..from + count` as bodies.
@@ -35,25 +35,6 @@ struct Kind {
     request: fn(usize, usize) -> (&'static str, String, Bytes),
     /// Whether the records are the small ones (`count` × 5).
     small: bool,
-}
-
-/// `record` padded with a field of pseudo-random hex (seeded by the record's
-/// text, so every run sends the same bytes) to about `size` bytes.
-fn padded(mut record: Value, size: usize) -> Value {
-    let text = record.to_string();
-    let mut state =
-        text.bytes().fold(0x9e37_79b9_7f4a_7c15u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
-    let note = (0..size.saturating_sub(text.len() + 10))
-        .map(|_| {
-            // xorshift64
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            char::from(b"0123456789abcdef"[(state & 15) as usize])
-        })
-        .collect();
-    record["note"] = Value::String(note);
-    record
 }
 
 fn document(n: usize) -> Value {
