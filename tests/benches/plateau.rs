@@ -53,10 +53,7 @@ async fn run(
         settings.insert("retention_days".into(), "2".into());
     }
     if let Some(url) = postgres {
-        config.store.backend = evogate::kv::BackendKind::Postgres;
-        config.store.url = Some(url.to_owned());
-        let unique = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos();
-        config.store.schema = format!("evogate_bench_{unique:x}");
+        evotor::on_postgres(&mut config, url)?;
     }
     let (running, addr) = evotor::serve(&config).await?;
     let running = std::sync::Arc::new(running);
@@ -101,27 +98,15 @@ async fn run(
         evogate::advance_plugin_clock(DAY);
     }
     if let Some(url) = postgres {
-        drop_schema(url, &config.store.schema).await;
+        evotor::drop_schema(url, &config.store.schema).await;
     }
     Ok(sizes)
 }
 
-async fn postgres_client(url: &str) -> anyhow::Result<tokio_postgres::Client> {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
-    tokio::spawn(connection);
-    Ok(client)
-}
-
 /// What autovacuum does to evogate's table over a day: its dead rows' space made reusable.
 async fn vacuum(url: &str, schema: &str) -> anyhow::Result<()> {
-    postgres_client(url).await?.batch_execute(&format!("VACUUM \"{schema}\".evogate_kv")).await?;
+    evotor::postgres_client(url).await?.batch_execute(&format!("VACUUM \"{schema}\".evogate_kv")).await?;
     Ok(())
-}
-
-async fn drop_schema(url: &str, schema: &str) {
-    if let Ok(client) = postgres_client(url).await {
-        let _ = client.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE")).await;
-    }
 }
 
 fn main() -> anyhow::Result<()> {

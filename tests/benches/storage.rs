@@ -183,10 +183,7 @@ async fn measure(kind: &Kind, records: usize, postgres: Option<&str>) -> anyhow:
     let mut config = evotor::config(data.path())?;
     config.plugins[0].config.insert("events_webhook_allow_unsigned".into(), "true".into());
     if let Some(url) = postgres {
-        config.store.backend = evogate::kv::BackendKind::Postgres;
-        config.store.url = Some(url.to_owned());
-        let unique = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos();
-        config.store.schema = format!("evogate_bench_{unique:x}");
+        evotor::on_postgres(&mut config, url)?;
     }
     let (running, addr) = evotor::serve(&config).await?;
     let running = std::sync::Arc::new(running);
@@ -211,17 +208,9 @@ async fn measure(kind: &Kind, records: usize, postgres: Option<&str>) -> anyhow:
         tokio::task::spawn_blocking(move || census(&running)).await??
     };
     if let Some(url) = postgres {
-        drop_schema(url, &config.store.schema).await;
+        evotor::drop_schema(url, &config.store.schema).await;
     }
     Ok(Measured { stored: after.saturating_sub(before), delivered, families })
-}
-
-/// Drops the bench's schema (its tables go with it).
-async fn drop_schema(url: &str, schema: &str) {
-    if let Ok((client, connection)) = tokio_postgres::connect(url, tokio_postgres::NoTls).await {
-        tokio::spawn(connection);
-        let _ = client.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE")).await;
-    }
 }
 
 fn main() -> anyhow::Result<()> {

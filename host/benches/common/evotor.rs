@@ -174,3 +174,26 @@ pub fn padded(mut record: Value, size: usize) -> Value {
     record["note"] = Value::String(note);
     record
 }
+
+/// `config` on PostgreSQL at `url`, in a schema of its own ([`drop_schema`] removes it).
+pub fn on_postgres(config: &mut evogate::config::Config, url: &str) -> anyhow::Result<()> {
+    config.store.backend = evogate::kv::BackendKind::Postgres;
+    config.store.url = Some(url.to_owned());
+    let unique = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos();
+    config.store.schema = format!("evogate_bench_{unique:x}");
+    Ok(())
+}
+
+/// A connection to the PostgreSQL database at `url`.
+pub async fn postgres_client(url: &str) -> anyhow::Result<tokio_postgres::Client> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+/// Drops a bench's schema (its tables go with it).
+pub async fn drop_schema(url: &str, schema: &str) {
+    if let Ok(client) = postgres_client(url).await {
+        let _ = client.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE")).await;
+    }
+}
