@@ -56,7 +56,7 @@ impl Running {
     pub fn store_records(&self, mut each: impl FnMut(&str, &str, &[u8])) -> anyhow::Result<()> {
         let mut snapshot = self.app.backend.snapshot()?;
         loop {
-            let chunk = snapshot.next(4 << 20)?;
+            let chunk = snapshot.next(kv::backup::CHUNK_BYTES)?;
             if chunk.is_empty() {
                 return Ok(());
             }

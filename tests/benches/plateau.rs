@@ -11,7 +11,7 @@
 //! after `cargo xtask build` (the test build of the gateway: only it lets the clock
 //! move). `BENCH_DAYS` (default 12), `BENCH_DOCUMENTS` a day (default 2,000) and
 //! `BENCH_EVENTS` a day (default 200) change the load; `EVOGATE_TEST_POSTGRES_URL`
-//! adds the PostgreSQL half.
+//! adds the PostgreSQL half; `BENCH_FAMILIES=1` shows each day's records by key family.
 
 #[path = "../../host/benches/common/evotor.rs"]
 mod evotor;
@@ -82,11 +82,7 @@ async fn run(
                 let mut families = std::collections::BTreeMap::<String, u64>::new();
                 measured.store_records(|_, key, _| {
                     records += 1;
-                    let family: Vec<&str> = key
-                        .split('/')
-                        .map(|part| if part.bytes().any(|b| b.is_ascii_digit()) { "*" } else { part })
-                        .collect();
-                    *families.entry(family.join("/")).or_default() += 1;
+                    *families.entry(evotor::family(key)).or_default() += 1;
                 })?;
                 if std::env::var_os("BENCH_FAMILIES").is_some() {
                     eprintln!("      {families:?}");

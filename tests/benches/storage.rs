@@ -23,7 +23,7 @@
 mod evotor;
 
 use bytes::Bytes;
-use evotor::{DEVICE, STORE, USER, call, json_body, padded};
+use evotor::{DEVICE, STORE, USER, call, family, json_body, padded};
 use serde_json::{Value, json};
 
 /// A kind of delivery: its name, and a batch of records `from..from + count` as bodies.
@@ -139,14 +139,6 @@ struct Family {
     values: u64,
     /// The first record's key and value, shown with `BENCH_SAMPLES=1`.
     sample: String,
-}
-
-/// A key's family: each segment holding a digit (an id, a stamp, a digest) as `*`.
-fn family(key: &str) -> String {
-    key.split('/')
-        .map(|segment| if segment.bytes().any(|b| b.is_ascii_digit()) { "*" } else { segment })
-        .collect::<Vec<_>>()
-        .join("/")
 }
 
 /// The store's records by key family, largest first.

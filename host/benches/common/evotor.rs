@@ -197,3 +197,11 @@ pub async fn drop_schema(url: &str, schema: &str) {
         let _ = client.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE")).await;
     }
 }
+
+/// A key's family: each segment holding a digit (an id, a stamp, a digest) as `*`.
+pub fn family(key: &str) -> String {
+    key.split('/')
+        .map(|segment| if segment.bytes().any(|b| b.is_ascii_digit()) { "*" } else { segment })
+        .collect::<Vec<_>>()
+        .join("/")
+}

@@ -12,6 +12,7 @@
 //! damaged frame cannot ask for more than the store ever takes.
 
 use super::{KvError, MAX_VALUE_BYTES};
+use std::borrow::Cow;
 use std::cell::RefCell;
 
 /// Values shorter than this are stored as given.
@@ -65,16 +66,22 @@ pub(crate) fn decompress(packed: &[u8]) -> Result<Vec<u8>, KvError> {
     })
 }
 
+/// `value` as a backend keeps it: compressed (`true`) when [`compress`]
+/// finds it worth it, else as given.
+pub(crate) fn pack(value: &[u8]) -> (bool, Cow<'_, [u8]>) {
+    match compress(value) {
+        Some(packed) => (true, Cow::Owned(packed)),
+        None => (false, Cow::Borrowed(value)),
+    }
+}
+
 /// A value framed for a backend that keeps it in a column of its own
 /// (PostgreSQL): one byte saying how, then the bytes — `0` as given,
 /// `1` compressed.
 pub(crate) fn frame(value: &[u8]) -> Vec<u8> {
-    let (tag, bytes) = match compress(value) {
-        Some(packed) => (1u8, std::borrow::Cow::Owned(packed)),
-        None => (0u8, std::borrow::Cow::Borrowed(value)),
-    };
+    let (compressed, bytes) = pack(value);
     let mut out = Vec::with_capacity(1 + bytes.len());
-    out.push(tag);
+    out.push(u8::from(compressed));
     out.extend_from_slice(&bytes);
     out
 }

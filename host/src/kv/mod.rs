@@ -306,31 +306,33 @@ const COMPRESSED: u64 = 1 << 63;
 /// bytes, compressed when [`codec::compress`] finds it worth it.
 fn encode_entry(version: u64, value: &[u8]) -> Vec<u8> {
     debug_assert_eq!(version & COMPRESSED, 0, "a version never reaches the top bit");
-    let (version, bytes) = match codec::compress(value) {
-        Some(packed) => (version | COMPRESSED, std::borrow::Cow::Owned(packed)),
-        None => (version, std::borrow::Cow::Borrowed(value)),
-    };
+    let (compressed, bytes) = codec::pack(value);
+    let version = if compressed { version | COMPRESSED } else { version };
     let mut out = Vec::with_capacity(8 + bytes.len());
     out.extend_from_slice(&version.to_le_bytes());
     out.extend_from_slice(&bytes);
     out
 }
 
-/// Reverses [`encode_entry`].
-fn decode_entry(raw: &[u8]) -> Result<Entry, KvError> {
+/// An encoded entry's first 8 bytes as written (the version, with
+/// [`COMPRESSED`] when set) and the value's bytes.
+fn split_entry(raw: &[u8]) -> Result<(u64, &[u8]), KvError> {
     let (version, bytes) = raw
         .split_first_chunk::<8>()
         .ok_or_else(|| KvError::Unavailable("corrupt entry: shorter than its version".into()))?;
-    let version = u64::from_le_bytes(*version);
+    Ok((u64::from_le_bytes(*version), bytes))
+}
+
+/// Reverses [`encode_entry`].
+fn decode_entry(raw: &[u8]) -> Result<Entry, KvError> {
+    let (version, bytes) = split_entry(raw)?;
     let value = if version & COMPRESSED != 0 { codec::decompress(bytes)? } else { bytes.to_vec() };
     Ok(Entry { value, version: version & !COMPRESSED })
 }
 
 /// The version of an encoded entry, without reading its value.
 fn entry_version(raw: &[u8]) -> Result<u64, KvError> {
-    let version =
-        raw.first_chunk::<8>().ok_or_else(|| KvError::Unavailable("corrupt entry: shorter than its version".into()))?;
-    Ok(u64::from_le_bytes(*version) & !COMPRESSED)
+    Ok(split_entry(raw)?.0 & !COMPRESSED)
 }
 
 #[cfg(test)]
