@@ -331,6 +331,7 @@ impl Default for Config {
                 connect_timeout_ms: 5000,
                 statement_timeout_ms: 10_000,
                 tls_ca: None,
+                compression: crate::kv::Compression::Zstd,
                 #[cfg(feature = "fault-injection")]
                 faults: None,
             },

@@ -9,6 +9,11 @@
 //! ones are the tiny rows), filled up with pseudo-random hex (as ids, codes and sums are
 //! in real ones), not a repeated letter that any compression would take away.
 //!
+//! Each row is measured twice in the same run, into a fresh store each time, the two
+//! taking turns at going first: with values written as given (`store.compression =
+//! "none"`) and zstd-compressed (the default). What compression costs in time is the
+//! documents bench's to measure (`cargo bench -p evogate-e2e --bench documents`).
+//!
 //! Under each row, where the bytes went: the store's records grouped by key family (ids
 //! replaced by `*`), with their count and the bytes of their keys and values, so a cut
 //! can be aimed at what takes the most.
@@ -23,6 +28,7 @@
 mod evotor;
 
 use bytes::Bytes;
+use evogate::kv::Compression;
 use evotor::{DEVICE, STORE, USER, call, family, json_body, padded};
 use serde_json::{Value, json};
 
@@ -170,9 +176,15 @@ struct Measured {
 
 /// A fresh gateway on `store`, the bench user registered: what delivering
 /// `records` of `kind` made the store keep.
-async fn measure(kind: &Kind, records: usize, postgres: Option<&str>) -> anyhow::Result<Measured> {
+async fn measure(
+    kind: &Kind,
+    records: usize,
+    postgres: Option<&str>,
+    compression: Compression,
+) -> anyhow::Result<Measured> {
     let data = tempfile::tempdir()?;
     let mut config = evotor::config(data.path())?;
+    config.store.compression = compression;
     config.plugins[0].config.insert("events_webhook_allow_unsigned".into(), "true".into());
     if let Some(url) = postgres {
         evotor::on_postgres(&mut config, url)?;
@@ -218,17 +230,38 @@ fn main() -> anyhow::Result<()> {
         }
         for (backend, url) in backends {
             println!("  {backend}:");
-            println!("    {:<18} {:>8} {:>12} {:>12} {:>8}", "delivery", "records", "delivered", "stored", "ratio");
-            for kind in KINDS {
+            println!(
+                "    {:<18} {:>8} {:>12} {:>20} {:>20}",
+                "delivery", "records", "delivered", "stored as given", "stored compressed"
+            );
+            for (row, kind) in KINDS.iter().enumerate() {
                 let count = if kind.small && kind.per_request > 1 { records * 5 } else { records };
-                let Measured { stored, delivered, families } = measure(kind, count, url).await?;
+                // The two settings take turns at going first.
+                let mut order = [Compression::None, Compression::Zstd];
+                if row % 2 == 1 {
+                    order.reverse();
+                }
+                let (mut plain, mut packed) = (None, None);
+                for compression in order {
+                    let measured = measure(kind, count, url, compression).await?;
+                    match compression {
+                        Compression::None => plain = Some(measured),
+                        Compression::Zstd => packed = Some(measured),
+                    }
+                }
+                let (Some(plain), Some(Measured { stored, delivered, families })) = (plain, packed) else {
+                    anyhow::bail!("a row measured without one of its settings");
+                };
+                let ratio = |stored: u64| stored as f64 / delivered as f64;
                 println!(
-                    "    {:<18} {:>8} {:>10.2} MB {:>9.2} MB {:>7.1}×",
+                    "    {:<18} {:>8} {:>9.2} MB {:>8.2} MB {:>8.1}× {:>8.2} MB {:>8.1}×",
                     kind.name,
                     count,
                     delivered as f64 / 1e6,
+                    plain.stored as f64 / 1e6,
+                    ratio(plain.stored),
                     stored as f64 / 1e6,
-                    stored as f64 / delivered as f64
+                    ratio(stored)
                 );
                 {
                     let total: u64 = families.iter().map(|(_, family)| family.keys + family.values).sum();

@@ -28,6 +28,16 @@ fn defaults_alone_are_valid() {
 }
 
 #[test]
+fn store_compression_is_zstd_unless_turned_off_and_names_what_it_takes() {
+    assert_eq!(Config::load(None).expect("defaults").store.compression, crate::kv::Compression::Zstd);
+    let set = |value: &str| load_str(&format!("[store]\ncompression = {value:?}\n"));
+    assert_eq!(set("none").expect("valid").store.compression, crate::kv::Compression::None);
+    assert_eq!(set("zstd").expect("valid").store.compression, crate::kv::Compression::Zstd);
+    let err = format!("{:#}", set("lz4").expect_err("not a compression"));
+    assert!(err.contains("lz4") && err.contains("zstd") && err.contains("none"), "{err}");
+}
+
+#[test]
 fn a_health_path_is_a_plain_path_that_no_plugin_has_as_its_route() {
     let with = |path: &str| {
         load_str(&format!("health_path = {path:?}\n[[plugins]]\nname = 'a'\nroute = '/a/'\nwasm = 'a.wasm'\n"))

@@ -7,6 +7,11 @@
 //! [`COMPRESS_FROM`] is left as it is (a compressed frame has a dozen
 //! bytes of its own), and so is one that would not lose an eighth.
 //!
+//! `store.compression = "none"` turns compression off for what is written
+//! from then on (a file system that compresses already, a CPU that counts
+//! more than the disk); what was written compressed still reads, whichever
+//! is set.
+//!
 //! The frame is zstd's standard one, with the content size in its header:
 //! it is what the decoder allocates, bounded by [`MAX_VALUE_BYTES`] so a
 //! damaged frame cannot ask for more than the store ever takes.
@@ -14,6 +19,17 @@
 use super::{KvError, MAX_VALUE_BYTES};
 use std::borrow::Cow;
 use std::cell::RefCell;
+
+/// How a store writes values: `store.compression` of the configuration.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// zstd, value by value, where it saves an eighth (the default).
+    #[default]
+    Zstd,
+    /// Every value as given.
+    None,
+}
 
 /// Values shorter than this are stored as given.
 pub(crate) const COMPRESS_FROM: usize = 64;
@@ -66,10 +82,14 @@ pub(crate) fn decompress(packed: &[u8]) -> Result<Vec<u8>, KvError> {
     })
 }
 
-/// `value` as a backend keeps it: compressed (`true`) when [`compress`]
-/// finds it worth it, else as given.
-pub(crate) fn pack(value: &[u8]) -> (bool, Cow<'_, [u8]>) {
-    match compress(value) {
+/// `value` as a backend keeps it: compressed (`true`) when `compression`
+/// asks for it and [`compress`] finds it worth it, else as given.
+pub(crate) fn pack(value: &[u8], compression: Compression) -> (bool, Cow<'_, [u8]>) {
+    let packed = match compression {
+        Compression::Zstd => compress(value),
+        Compression::None => None,
+    };
+    match packed {
         Some(packed) => (true, Cow::Owned(packed)),
         None => (false, Cow::Borrowed(value)),
     }
@@ -78,8 +98,8 @@ pub(crate) fn pack(value: &[u8]) -> (bool, Cow<'_, [u8]>) {
 /// A value framed for a backend that keeps it in a column of its own
 /// (PostgreSQL): one byte saying how, then the bytes — `0` as given,
 /// `1` compressed.
-pub(crate) fn frame(value: &[u8]) -> Vec<u8> {
-    let (compressed, bytes) = pack(value);
+pub(crate) fn frame(value: &[u8], compression: Compression) -> Vec<u8> {
+    let (compressed, bytes) = pack(value, compression);
     let mut out = Vec::with_capacity(1 + bytes.len());
     out.push(u8::from(compressed));
     out.extend_from_slice(&bytes);
@@ -144,12 +164,16 @@ mod tests {
     #[test]
     fn a_framed_value_says_how_it_is_kept() {
         let short = b"{}".to_vec();
-        assert_eq!(frame(&short), b"\0{}");
+        assert_eq!(frame(&short, Compression::Zstd), b"\0{}");
         let long = "{\"name\":\"Tea\"}".repeat(20);
-        let framed = frame(long.as_bytes());
+        let framed = frame(long.as_bytes(), Compression::Zstd);
         assert_eq!(framed[0], 1);
         assert_eq!(unframe(framed).expect("unframe"), long.as_bytes());
-        assert_eq!(unframe(frame(&short)).expect("unframe"), short);
+        assert_eq!(unframe(frame(&short, Compression::Zstd)).expect("unframe"), short);
+        // Without compression, the same value framed as given.
+        let plain = frame(long.as_bytes(), Compression::None);
+        assert_eq!((plain[0], &plain[1..]), (0, long.as_bytes()));
+        assert_eq!(unframe(plain).expect("unframe"), long.as_bytes());
         assert!(unframe(b"\x07abc".to_vec()).is_err());
         assert!(unframe(Vec::new()).is_err());
     }

@@ -40,6 +40,7 @@ pub fn postgres() -> Option<(Arc<PostgresBackend>, Guard)> {
         connect_timeout: std::time::Duration::from_secs(5),
         statement_timeout: std::time::Duration::from_secs(30),
         tls_ca: None,
+        compression: crate::kv::Compression::default(),
     };
     let backend = Arc::new(PostgresBackend::open(&options).expect("the test database is reachable"));
     Some((backend.clone(), Box::new(Schema(backend))))

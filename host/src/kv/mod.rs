@@ -22,6 +22,7 @@ pub(crate) use self::memory::Hooked;
 pub type MemoryBackend = kv_contract::MemStore;
 pub use self::postgres::{PostgresBackend, PostgresOptions};
 pub use self::redb::RedbBackend;
+pub use codec::Compression;
 
 use anyhow::Context as _;
 use figment::value::magic::RelativePathBuf;
@@ -168,6 +169,8 @@ pub struct StoreConfig {
     /// PEM file of extra CA certificates trusted for `sslmode=require`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_ca: Option<RelativePathBuf>,
+    /// How values are written: `zstd` (the default) or `none`.
+    pub compression: Compression,
     /// Store calls that fail on purpose, for the test suite (only in builds
     /// with the `fault-injection` feature).
     #[cfg(feature = "fault-injection")]
@@ -190,6 +193,7 @@ impl StoreConfig {
             connect_timeout: std::time::Duration::from_millis(self.connect_timeout_ms),
             statement_timeout: std::time::Duration::from_millis(self.statement_timeout_ms),
             tls_ca: self.tls_ca.as_ref().map(RelativePathBuf::relative),
+            compression: self.compression,
         })
     }
 }
@@ -198,7 +202,9 @@ impl StoreConfig {
 pub fn open(store: &StoreConfig, data_dir: &std::path::Path) -> anyhow::Result<Arc<dyn Backend>> {
     let backend: Arc<dyn Backend> = match store.backend {
         BackendKind::Memory => Arc::new(MemoryBackend::default()),
-        BackendKind::Redb => Arc::new(RedbBackend::open(&data_dir.join("evogate.redb"))?),
+        BackendKind::Redb => {
+            Arc::new(RedbBackend::open(&data_dir.join("evogate.redb"))?.with_compression(store.compression))
+        }
         BackendKind::Postgres => Arc::new(PostgresBackend::open(&store.postgres_options()?)?),
     };
     #[cfg(feature = "fault-injection")]
@@ -303,10 +309,11 @@ impl Namespace {
 const COMPRESSED: u64 = 1 << 63;
 
 /// Encodes a stored value as its version (8 bytes, little endian) then the
-/// bytes, compressed when [`codec::compress`] finds it worth it.
-fn encode_entry(version: u64, value: &[u8]) -> Vec<u8> {
+/// bytes, compressed when `compression` asks for it and
+/// [`codec::compress`] finds it worth it.
+fn encode_entry(version: u64, value: &[u8], compression: Compression) -> Vec<u8> {
     debug_assert_eq!(version & COMPRESSED, 0, "a version never reaches the top bit");
-    let (compressed, bytes) = codec::pack(value);
+    let (compressed, bytes) = codec::pack(value, compression);
     let version = if compressed { version | COMPRESSED } else { version };
     let mut out = Vec::with_capacity(8 + bytes.len());
     out.extend_from_slice(&version.to_le_bytes());

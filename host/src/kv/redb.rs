@@ -11,7 +11,9 @@
 //! does that itself: calls answer `unavailable` until the file opens again,
 //! then the same process serves on, no restart needed.
 
-use super::{Backend, Check, Entry, KvError, Scan, ScanPage, Write, decode_entry, encode_entry, entry_version};
+use super::{
+    Backend, Check, Compression, Entry, KvError, Scan, ScanPage, Write, decode_entry, encode_entry, entry_version,
+};
 use kv_contract::Page;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableError, TableHandle as _};
 use std::path::{Path, PathBuf};
@@ -34,6 +36,8 @@ pub struct RedbBackend {
     /// When reopening was last tried.
     reopened: Mutex<Option<Instant>>,
     path: PathBuf,
+    /// How values are written.
+    compression: Compression,
 }
 
 impl std::fmt::Debug for RedbBackend {
@@ -62,7 +66,16 @@ impl RedbBackend {
             broken: AtomicBool::new(false),
             reopened: Mutex::new(None),
             path: path.to_owned(),
+            compression: Compression::default(),
         })
+    }
+
+    /// The same store, writing values as `compression` says from now on
+    /// (what is written either way reads back either way).
+    #[must_use]
+    pub fn with_compression(mut self, compression: Compression) -> Self {
+        self.compression = compression;
+        self
     }
 
     /// Gives the file's free pages back to the file system (redb's
@@ -240,7 +253,7 @@ impl Backend for RedbBackend {
                     match value {
                         Some(value) => {
                             table
-                                .insert(key.as_ref(), encode_entry(version, value).as_slice())
+                                .insert(key.as_ref(), encode_entry(version, value, self.compression).as_slice())
                                 .map_err(|err| self.failed(err))?;
                         }
                         None => {
@@ -325,7 +338,7 @@ impl Backend for RedbBackend {
                         table
                             .insert(
                                 record.key.as_str(),
-                                encode_entry(record.entry.version, &record.entry.value).as_slice(),
+                                encode_entry(record.entry.version, &record.entry.value, self.compression).as_slice(),
                             )
                             .map_err(|err| self.failed(err))?;
                     }
@@ -470,9 +483,40 @@ mod tests {
             })
             .expect("raw");
         assert_eq!(stored, 8 + old.len(), "an old entry is left as it is");
-        let packed = super::super::encode_entry(3, record(2).as_bytes());
+        let packed = super::super::encode_entry(3, record(2).as_bytes(), Compression::Zstd);
         assert!(packed.len() * 4 < record(2).len(), "{} → {}", record(2).len(), packed.len());
         assert_eq!(decode_entry(&packed).expect("decode").value, record(2).into_bytes());
+    }
+
+    /// `store.compression = "none"`: what is written from then on is kept
+    /// as given, and what was written compressed still reads.
+    #[test]
+    fn a_store_without_compression_writes_values_as_given_and_reads_compressed_ones() {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let path = temp.path().join("n.redb");
+        let record = r#"{"name":"Tea","price":100},"#.repeat(40).into_bytes();
+        let stored_bytes = |store: &RedbBackend, key: &str| {
+            store
+                .with_db(|db| {
+                    let txn = db.begin_read().map_err(|err| store.failed(err))?;
+                    let table = txn
+                        .open_table(TableDefinition::<&str, &[u8]>::new(&table("p")))
+                        .map_err(|err| store.failed(err))?;
+                    Ok(table.get(key).map_err(|err| store.failed(err))?.expect("present").value().len())
+                })
+                .expect("raw")
+        };
+        {
+            let store = RedbBackend::open(&path).expect("open");
+            store.commit("p", &[], &[Write::Set("zstd".into(), record.clone())]).expect("commit");
+            assert!(stored_bytes(&store, "zstd") * 4 < record.len(), "compressed by default");
+        }
+        let store = RedbBackend::open(&path).expect("open").with_compression(Compression::None);
+        store.commit("p", &[], &[Write::Set("plain".into(), record.clone())]).expect("commit");
+        assert_eq!(stored_bytes(&store, "plain"), 8 + record.len(), "kept as given");
+        for key in ["zstd", "plain"] {
+            assert_eq!(store.get("p", key).expect("get").expect("present").value, record, "{key}");
+        }
     }
 
     #[test]

@@ -41,7 +41,8 @@ impl PostgresBackend {
         let (pool, schema) = (self.pool.clone(), self.schema.clone());
         let ns: Vec<String> = records.iter().map(|r| r.ns.clone()).collect();
         let keys: Vec<Vec<u8>> = records.iter().map(|r| r.key.as_bytes().to_vec()).collect();
-        let values: Vec<Vec<u8>> = records.iter().map(|r| crate::kv::codec::frame(&r.entry.value)).collect();
+        let values: Vec<Vec<u8>> =
+            records.iter().map(|r| crate::kv::codec::frame(&r.entry.value, self.compression)).collect();
         let versions: Vec<i64> = records.iter().map(|r| i64::try_from(r.entry.version).unwrap_or(i64::MAX)).collect();
         let highest = records.iter().map(|r| r.entry.version).fold(last_version, u64::max);
         let highest = i64::try_from(highest).unwrap_or(i64::MAX);

@@ -67,6 +67,7 @@ impl Plan {
         writes: &[Write],
         stamp: Option<u64>,
         conditions: &HashMap<Vec<u8>, Option<u64>>,
+        compression: crate::kv::Compression,
     ) -> Result<Self, KvError> {
         let mut last: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
         let mut stamped = std::collections::HashSet::new();
@@ -78,7 +79,7 @@ impl Plan {
                 Write::SetStamped(..) => stamped.insert(key.to_string()),
                 Write::Set(..) | Write::Delete(_) => stamped.remove(key.as_ref()),
             };
-            last.insert(key.into_owned(), value.map(crate::kv::codec::frame));
+            last.insert(key.into_owned(), value.map(|value| crate::kv::codec::frame(value, compression)));
         }
         let mut plan = Self::default();
         for (key, value) in last {
@@ -126,13 +127,13 @@ pub(super) struct Stamped {
 }
 
 impl Stamped {
-    pub(super) fn of(writes: &[Write]) -> Self {
+    pub(super) fn of(writes: &[Write], compression: crate::kv::Compression) -> Self {
         let mut stamped = Self::default();
         for write in writes {
             if let Write::SetStamped(prefix, value) = write {
                 stamped.positions.push(i32::try_from(stamped.prefixes.len()).unwrap_or(i32::MAX));
                 stamped.prefixes.push(prefix.as_bytes().to_vec());
-                stamped.values.push(crate::kv::codec::frame(value));
+                stamped.values.push(crate::kv::codec::frame(value, compression));
             }
         }
         stamped
@@ -252,6 +253,7 @@ pub(super) async fn pipelined_commit(
     guards: &Guards,
     stamped: bool,
     writes: &[Write],
+    compression: crate::kv::Compression,
 ) -> Result<(), KvError> {
     let failed = |err: tokio_postgres::Error| classify(&err);
     let (conditions, checks) = guards;
@@ -299,15 +301,15 @@ pub(super) async fn pipelined_commit(
         }));
         pipelined(head).await?;
         in_sql = Stamped::default();
-        plan = Plan::new(writes, Some(stamp), conditions)?;
+        plan = Plan::new(writes, Some(stamp), conditions, compression)?;
     } else {
         statements.extend(read_checks.then(check_versions));
         if stamped {
             statements.push(lock());
         }
         statements.push(Box::pin(async move { txn.query_one(&sql.next_version, &[]).await.map(drop).map_err(failed) }));
-        in_sql = Stamped::of(writes);
-        plan = Plan::new(writes, None, conditions)?;
+        in_sql = Stamped::of(writes, compression);
+        plan = Plan::new(writes, None, conditions, compression)?;
     }
     if !in_sql.prefixes.is_empty() {
         let Stamped { prefixes, positions, values } = &in_sql;

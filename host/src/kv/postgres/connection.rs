@@ -82,6 +82,7 @@ impl PostgresBackend {
             schema: options.schema.clone(),
             describe,
             call_timeout: options.connect_timeout + options.statement_timeout,
+            compression: options.compression,
         };
         let (pool, schema) = (backend.pool.clone(), options.schema.clone());
         backend

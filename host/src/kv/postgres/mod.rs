@@ -64,6 +64,8 @@ pub struct PostgresOptions {
     /// Extra trusted CA certificates (PEM) for `sslmode=require`, besides the public roots.
     /// With `sslmode=require` the server certificate is always verified; without it, plain TCP.
     pub tls_ca: Option<PathBuf>,
+    /// How values are written (what was written either way reads back either way).
+    pub compression: crate::kv::Compression,
 }
 
 /// A PostgreSQL database shared by every plugin and every node.
@@ -77,6 +79,7 @@ pub struct PostgresBackend {
     schema: String,
     describe: String,
     call_timeout: Duration,
+    compression: crate::kv::Compression,
 }
 
 impl std::fmt::Debug for PostgresBackend {
@@ -129,7 +132,7 @@ impl Backend for PostgresBackend {
             .collect();
         let stamped = writes.iter().any(|write| matches!(write, Write::SetStamped(..)));
         let writes = writes.to_vec();
-        let (pool, sql, ns) = (self.pool.clone(), self.sql.clone(), ns.to_owned());
+        let (pool, sql, ns, compression) = (self.pool.clone(), self.sql.clone(), ns.to_owned(), self.compression);
         let sent = Arc::new(AtomicBool::new(false));
         let committing = sent.clone();
         self.run_until(Some(sent), async move {
@@ -152,7 +155,7 @@ impl Backend for PostgresBackend {
             };
             let txn =
                 client.build_transaction().isolation_level(isolation).start().await.map_err(|err| classify(&err))?;
-            pipelined_commit(&txn, &statements, &ns, &guards, stamped, &writes).await?;
+            pipelined_commit(&txn, &statements, &ns, &guards, stamped, &writes, compression).await?;
             committing.store(true, Ordering::SeqCst);
             txn.commit().await.map_err(|err| match err.as_db_error() {
                 // The server answered: the commit definitely failed.
@@ -265,6 +268,7 @@ mod tests {
             connect_timeout: Duration::from_secs(5),
             statement_timeout: Duration::from_secs(30),
             tls_ca: None,
+            compression: crate::kv::Compression::default(),
         })
         .expect("open");
         // 48 values of 1 MiB each, incompressible enough that TOAST cannot shrink them.
@@ -348,6 +352,7 @@ mod tests {
             connect_timeout: Duration::from_millis(100),
             statement_timeout: Duration::from_millis(200),
             tls_ca: None,
+            compression: crate::kv::Compression::default(),
         })
         .expect("open");
         let forever = || async {
@@ -362,7 +367,8 @@ mod tests {
     }
 
     /// A store made by a build before values were framed: upgraded on open,
-    /// every value reads as it was written, and new ones are kept compressed.
+    /// every value reads as it was written, and new ones are kept compressed
+    /// (as given once `store.compression` is `none`).
     #[test]
     fn a_store_of_the_first_schema_reads_as_before_after_the_upgrade_and_compresses_from_then_on() {
         let Ok(url) = std::env::var(crate::kv::conformance::POSTGRES_URL_VAR) else { return };
@@ -410,6 +416,7 @@ mod tests {
             connect_timeout: Duration::from_secs(5),
             statement_timeout: Duration::from_secs(30),
             tls_ca: None,
+            compression: crate::kv::Compression::default(),
         })
         .expect("open and upgrade");
         let read = backend.scan("ns", &Scan::of("old/", None, 100, usize::MAX)).expect("scan");
@@ -418,26 +425,42 @@ mod tests {
         let new: Vec<Write> = (0..200).map(|n| Write::Set(format!("new/{n:03}"), record(n))).collect();
         backend.commit("ns", &[], &new).expect("commit");
         assert_eq!(backend.get("ns", "new/007").expect("get").expect("present").value, record(7));
-        let (raw, stored) = runtime
-            .block_on(async move {
-                let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
-                tokio::spawn(connection);
-                let row = client
-                    .query_one(
-                        &format!(
-                            "SELECT sum(length(value))::bigint FROM {schema}.evogate_kv WHERE key >= 'new/'::bytea"
-                        ),
-                        &[],
-                    )
-                    .await?;
-                Ok::<_, tokio_postgres::Error>((
-                    (0..200).map(|n| record(n).len() as i64).sum::<i64>(),
-                    row.get::<_, i64>(0),
-                ))
-            })
-            .expect("sizes");
+        // `store.compression = "none"` on the same store: what it writes is kept
+        // as given, and what was written compressed still reads.
+        drop(backend);
+        let backend = PostgresBackend::open(&PostgresOptions {
+            url: url.clone(),
+            schema: schema.clone(),
+            pool_size: 2,
+            connect_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(30),
+            tls_ca: None,
+            compression: crate::kv::Compression::None,
+        })
+        .expect("open again");
+        let plain: Vec<Write> = (0..200).map(|n| Write::Set(format!("plain/{n:03}"), record(n))).collect();
+        backend.commit("ns", &[], &plain).expect("commit");
+        for key in ["new/007", "plain/007"] {
+            assert_eq!(backend.get("ns", key).expect("get").expect("present").value, record(7), "{key}");
+        }
+        let stored_under = |prefix: &'static str| {
+            let (url, schema) = (url.clone(), schema.clone());
+            runtime
+                .block_on(async move {
+                    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+                    tokio::spawn(connection);
+                    let sql = format!(
+                        "SELECT sum(length(value))::bigint FROM {schema}.evogate_kv WHERE position($1::bytea in key) = 1"
+                    );
+                    Ok::<_, tokio_postgres::Error>(client.query_one(&sql, &[&prefix.as_bytes()]).await?.get::<_, i64>(0))
+                })
+                .expect("sizes")
+        };
+        let raw = (0..200).map(|n| record(n).len() as i64).sum::<i64>();
+        let (stored, as_given) = (stored_under("new/"), stored_under("plain/"));
         let _ = backend.destroy();
         assert!(stored * 2 < raw, "200 records of {} bytes kept in {stored} bytes", raw / 200);
+        assert_eq!(as_given, raw + 200, "each kept as given, behind its frame's byte");
     }
 
     #[test]
