@@ -2,8 +2,8 @@
 //! SELL documents shaped like `pos-docs/02-SELL.json` in batches of 100
 //! from 8 concurrent terminals (every `200` is fsynced), then the whole
 //! feed read back 1000 entries a page. The baseline of the same run is the
-//! floor set by storage alone: the same commits (each document, its two
-//! index entries and its feed entry, 100 documents a commit) straight into
+//! floor set by storage alone: the same commits (each document, its
+//! index entry and its feed entry, 100 documents a commit) straight into
 //! a redb store from 8 threads, no HTTP, no plugin.
 //!
 //! Run with `cargo xtask bench` or `cargo bench -p evogate-e2e --bench documents`.
@@ -14,6 +14,7 @@ mod evotor;
 
 use evotor::{STORE, call, sell_batch};
 use serde_json::Value;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 const BATCH: usize = 100;
@@ -38,8 +39,8 @@ fn storage_floor(sell: &Value, seconds: u64) -> anyhow::Result<f64> {
                         for i in 0..BATCH {
                             let id = format!("{terminal:08x}-{sent:08x}-{i:04x}");
                             writes.push(Write::Set(format!("docs/s/doc/{id}"), document.clone()));
-                            writes.push(Write::Set(format!("docs/s/by-date/1473777129000.{id}"), b"{}".to_vec()));
-                            writes.push(Write::Set(format!("docs/s/by-type/SELL/1473777129000.{id}"), b"{}".to_vec()));
+                            let entry = b"{\"v\":1,\"type\":\"SELL\"}".to_vec();
+                            writes.push(Write::Set(format!("docs/s/by-date/1473777129000.{id}"), entry));
                             writes.push(Write::Set(format!("feed/{id}"), b"{\"kind\":\"document.received\"}".to_vec()));
                         }
                         if store.commit(&[], &writes).is_err() {
@@ -56,6 +57,98 @@ fn storage_floor(sell: &Value, seconds: u64) -> anyhow::Result<f64> {
     Ok(total as f64 / started.elapsed().as_secs_f64())
 }
 
+/// Batches the 8 terminals delivered in `seconds`, and documents a second.
+async fn ingest(addr: SocketAddr, token: &str, sell: &Value, seconds: u64) -> anyhow::Result<(usize, f64)> {
+    let path = format!("/api/v1/inventories/stores/{STORE}/documents");
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let mut terminals = Vec::new();
+    for terminal in 0..TERMINALS {
+        let (mut sender, token, path, sell) =
+            (evotor::connect(addr).await?, token.to_owned(), path.clone(), sell.clone());
+        terminals.push(tokio::spawn(async move {
+            let mut sent = 0usize;
+            while Instant::now() < deadline {
+                let reply = call(&mut sender, "PUT", &path, &token, sell_batch(&sell, terminal, sent, BATCH)).await?;
+                let accepted = serde_json::from_slice::<Value>(&reply)?["accepted"].as_u64().unwrap_or(0);
+                anyhow::ensure!(accepted == BATCH as u64, "a batch was not stored whole: {accepted}");
+                sent += 1;
+            }
+            Ok::<usize, anyhow::Error>(sent)
+        }));
+    }
+    let mut batches = 0;
+    for terminal in terminals {
+        batches += terminal.await??;
+    }
+    Ok((batches, (batches * BATCH) as f64 / started.elapsed().as_secs_f64()))
+}
+
+/// Documents a second the partner's listing reads back, 100 a page; how many it read.
+async fn read_back(addr: SocketAddr) -> anyhow::Result<(usize, f64)> {
+    let mut sender = evotor::connect(addr).await?;
+    let (mut read, mut after) = (0usize, None::<String>);
+    let started = Instant::now();
+    loop {
+        let cursor = after.as_ref().map(|after| format!("&after={after}")).unwrap_or_default();
+        let path = format!("/partner/v1/stores/{STORE}/documents?limit=100{cursor}");
+        let page: Value =
+            serde_json::from_slice(&call(&mut sender, "GET", &path, "partner", bytes::Bytes::new()).await?)?;
+        read += page["items"].as_array().map(Vec::len).unwrap_or(0);
+        match page["next"].as_str() {
+            Some(next) => after = Some(next.to_owned()),
+            None => return Ok((read, read as f64 / started.elapsed().as_secs_f64())),
+        }
+    }
+}
+
+/// What compressing values costs: the same deliveries and reads with
+/// `store.compression = "none"` and `"zstd"`, each into a fresh gateway,
+/// three rounds taking turns at going first; the medians' ratios.
+async fn compression_rounds(sell: &Value, seconds: u64) -> anyhow::Result<()> {
+    use evogate::kv::Compression;
+    let mut rates: [(Vec<f64>, Vec<f64>); 2] = Default::default();
+    for round in 0..3 {
+        let mut order = [Compression::None, Compression::Zstd];
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for compression in order {
+            let data = tempfile::tempdir()?;
+            let mut config = evotor::config(data.path())?;
+            config.store.compression = compression;
+            let (_running, addr) = evotor::serve(&config).await?;
+            let token = evotor::entitled_user(&mut evotor::connect(addr).await?).await?;
+            let (batches, write) = ingest(addr, &token, sell, seconds).await?;
+            let (read, rate) = read_back(addr).await?;
+            anyhow::ensure!(read == batches * BATCH, "read back {read} of {} documents", batches * BATCH);
+            let side = &mut rates[usize::from(compression == Compression::Zstd)];
+            side.0.push(write);
+            side.1.push(rate);
+        }
+    }
+    let median = |rates: &[f64]| {
+        let mut rates = rates.to_vec();
+        rates.sort_by(f64::total_cmp);
+        rates[rates.len() / 2]
+    };
+    let [(plain_write, plain_read), (zstd_write, zstd_read)] = &rates;
+    println!("values written as given against zstd-compressed (store.compression), 3 rounds taking turns, medians");
+    println!(
+        "  delivered                 {:9.0} documents/s as given, {:9.0} compressed ({:.2})",
+        median(plain_write),
+        median(zstd_write),
+        median(zstd_write) / median(plain_write)
+    );
+    println!(
+        "  listed, 100 a page        {:9.0} documents/s as given, {:9.0} compressed ({:.2})",
+        median(plain_read),
+        median(zstd_read),
+        median(zstd_read) / median(plain_read)
+    );
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let sell: Value = serde_json::from_str(include_str!("sell.json"))?;
     let seconds: u64 = std::env::var("BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
@@ -67,31 +160,8 @@ fn main() -> anyhow::Result<()> {
         let baseline = storage_floor(&sell, seconds)?;
 
         let path = format!("/api/v1/inventories/stores/{STORE}/documents");
-        let deadline = Instant::now() + Duration::from_secs(seconds);
-        let started = Instant::now();
-        let mut terminals = Vec::new();
-        for terminal in 0..TERMINALS {
-            let (mut sender, token, path, sell) =
-                (evotor::connect(addr).await?, token.clone(), path.clone(), sell.clone());
-            terminals.push(tokio::spawn(async move {
-                let mut sent = 0usize;
-                while Instant::now() < deadline {
-                    let reply =
-                        call(&mut sender, "PUT", &path, &token, sell_batch(&sell, terminal, sent, BATCH)).await?;
-                    let accepted = serde_json::from_slice::<Value>(&reply)?["accepted"].as_u64().unwrap_or(0);
-                    anyhow::ensure!(accepted == BATCH as u64, "a batch was not stored whole: {accepted}");
-                    sent += 1;
-                }
-                Ok::<usize, anyhow::Error>(sent)
-            }));
-        }
-        let mut batches = 0;
-        for terminal in terminals {
-            batches += terminal.await??;
-        }
-        let elapsed = started.elapsed().as_secs_f64();
+        let (batches, rate) = ingest(addr, &token, &sell, seconds).await?;
         let documents = batches * BATCH;
-        let rate = documents as f64 / elapsed;
 
         let mut entries = 0usize;
         let mut after: Option<String> = None;
@@ -156,6 +226,6 @@ fn main() -> anyhow::Result<()> {
             started.elapsed().as_secs_f64() * 1e3,
             evogate::sandbox::peak_instance_memory() as f64 / 1048576.0
         );
-        Ok(())
+        compression_rounds(&sell, seconds).await
     })
 }

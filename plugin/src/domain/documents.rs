@@ -209,6 +209,33 @@ pub struct ReceiptRecord {
     pub event: Value,
 }
 
+/// The type and deliverer of a stored document, read without keeping the document.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct DocumentType {
+    pub(crate) r#type: String,
+    pub(crate) user_id: String,
+    #[serde(default)]
+    pub(crate) parts: u32,
+}
+
+/// A document's entry in its store's index by close date
+/// (`docs/{store}/by-date/{closeDate ms:013}.{id}`).
+///
+/// It names the document's type, so a listing by type reads this one index
+/// and needs no second one. Entries written before it named the type (`type`
+/// absent) had an entry by type besides (`docs/{store}/by-type/{type}/…`),
+/// kept until the document goes; a listing by type reads such a document's
+/// type from the document itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DateEntry {
+    /// Storage format version.
+    pub v: u32,
+    /// The document's type, as its record keeps it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub r#type: Option<String>,
+}
+
 /// A [`ReceiptRecord`] to write, the event byte for byte as received.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -513,15 +540,17 @@ pub(crate) fn ingest_documents(
                 }
             }
             let kept_apart = foreign.contains(doc.store.as_str());
-            let marker = json!({ "v": storage::FORMAT });
             if kept_apart {
                 // Apart from the store's indexes, but where retention finds it.
                 let prefix = storage::foreign_documents_by_date_prefix(user_id);
+                let marker = json!({ "v": storage::FORMAT });
                 txn.put(&format!("{prefix}{:013}/{}/{id}", doc.filed_at.max(0), doc.store), &marker);
             } else {
+                // One index entry, naming the type: a listing by type reads this
+                // index and skips the others' (see [`DateEntry`]).
                 let position = format!("{:013}.{id}", doc.filed_at.max(0));
-                txn.put(&format!("{}{position}", storage::documents_by_date_prefix(&doc.store)), &marker);
-                txn.put(&format!("{}{position}", storage::documents_by_type_prefix(&doc.store, &doc.kind)), &marker);
+                let entry = DateEntry { v: storage::FORMAT, r#type: Some(doc.kind.clone()) };
+                txn.put(&format!("{}{position}", storage::documents_by_date_prefix(&doc.store)), &entry);
             }
             let mut data = json!({ "storeUuid": doc.store, "id": doc.sent_id, "type": doc.kind, "format": doc.format });
             if kept_apart {

@@ -4,8 +4,8 @@
 use crate::Ctx;
 use crate::config::settings;
 use crate::domain::documents::{
-    DocumentRecord, MAX_BATCH, PART_BYTES, ReceiptRecord, document_view, ingest_documents, ingest_receipts,
-    is_type_name, key_id, receipt_view, whole,
+    DateEntry, DocumentRecord, DocumentType, MAX_BATCH, PART_BYTES, ReceiptRecord, document_view, ingest_documents,
+    ingest_receipts, is_type_name, key_id, receipt_view, whole,
 };
 use crate::domain::inventory::PastLicence;
 use crate::endpoints::auth;
@@ -61,31 +61,69 @@ fn bound(request: &Request, name: &str) -> Result<Option<i64>, ApiError> {
     millis.map(Some).ok_or_else(|| ApiError::incorrect(name, text))
 }
 
-/// Index entries under `prefix` (`{ms:013}.{id}`) within `[from, to)` after the cursor `after`.
-fn window(ctx: &Ctx<'_>, request: &Request, prefix: &str) -> Result<(Vec<String>, Option<String>), ApiError> {
+/// Index entries a page of a listing looks at, at most. A listing by type
+/// skips the other types' entries: where its type is rare, a page ends
+/// short of `limit` with a `next` to go on from, in bounded time.
+pub const SCANNED_PER_PAGE: usize = 10_000;
+
+/// Whether a listing takes the index entry at a position, with its value.
+type Wanted<'a> = &'a mut dyn FnMut(&str, &[u8]) -> Result<bool, ApiError>;
+
+/// A filtered listing reads the index in steps of at least this many entries.
+const SCAN_STEP: usize = 256;
+
+/// Index entries under `prefix` (`{ms:013}.{id}`) within `[from, to)` after
+/// the cursor `after`, up to `limit` of those `wanted` takes (it reads each
+/// entry's position and value; `None` takes them all), with the cursor of
+/// the next page (`None` at the end). A page looks at
+/// [`SCANNED_PER_PAGE`] entries at most.
+fn window(
+    ctx: &Ctx<'_>,
+    request: &Request,
+    prefix: &str,
+    mut wanted: Option<Wanted<'_>>,
+) -> Result<(Vec<String>, Option<String>), ApiError> {
     let (after, limit) = paging(request)?;
+    let limit = limit as usize;
     let from = bound(request, "from")?;
     let to = bound(request, "to")?;
-    let start = match (after, from) {
+    let mut start = match (after, from) {
         (Some(after), _) => Some(format!("{prefix}{after}")),
         // `{ms:013}` sorts before every `{ms:013}.{id}`: the scan starts at `from` inclusive.
         (None, Some(from)) => Some(format!("{prefix}{:013}", from.max(0))),
         (None, None) => None,
     };
-    let entries = storage::collect(ctx.kv, prefix, start, limit as usize)?;
-    let mut positions = Vec::new();
-    let mut ended = entries.len() < limit as usize;
-    for (key, _) in entries {
-        let position = key.strip_prefix(prefix).unwrap_or_default().to_owned();
-        let millis = position.split('.').next().and_then(|ms| ms.parse::<i64>().ok()).unwrap_or(0);
-        if to.is_some_and(|to| millis >= to) {
-            ended = true;
-            break;
+    let (mut positions, mut scanned, mut last) = (Vec::new(), 0, None);
+    loop {
+        let missing = limit - positions.len();
+        let step = if wanted.is_some() { missing.max(SCAN_STEP) } else { missing };
+        let step = step.min(SCANNED_PER_PAGE - scanned);
+        if missing == 0 || step == 0 {
+            // The page is full, or looked at all it may: the next one goes on after the last entry seen.
+            return Ok((positions, last));
         }
-        positions.push(position);
+        let entries = storage::collect(ctx.kv, prefix, start.take(), step)?;
+        let ended = entries.len() < step;
+        for (key, entry) in entries {
+            let position = key.strip_prefix(prefix).unwrap_or_default().to_owned();
+            let millis = position.split('.').next().and_then(|ms| ms.parse::<i64>().ok()).unwrap_or(0);
+            if to.is_some_and(|to| millis >= to) {
+                return Ok((positions, None));
+            }
+            scanned += 1;
+            if wanted.as_mut().map_or(Ok(true), |wanted| wanted(&position, &entry.value))? {
+                positions.push(position.clone());
+            }
+            last = Some(position);
+            start = Some(key);
+            if positions.len() == limit {
+                break;
+            }
+        }
+        if ended && positions.len() < limit {
+            return Ok((positions, None));
+        }
     }
-    let next = if ended { None } else { positions.last().cloned() };
-    Ok((positions, next))
 }
 
 /// Stored bytes one listing answers at most (at least one item): large
@@ -133,12 +171,26 @@ impl BudgetedPage {
 pub fn partner_list_documents(ctx: &Ctx<'_>, request: &Request, store: &str) -> Result<Response, ApiError> {
     require_partner(ctx, request)?;
     let store = store_param(store)?;
-    let prefix = match query(request, "type").filter(|kind| !kind.is_empty()) {
-        Some(kind) if is_type_name(kind) => storage::documents_by_type_prefix(&store, kind),
+    let kind = match query(request, "type").filter(|kind| !kind.is_empty()) {
+        Some(kind) if is_type_name(kind) => Some(kind),
         Some(kind) => return Err(ApiError::incorrect("type", kind)),
-        None => storage::documents_by_date_prefix(&store),
+        None => None,
     };
-    let (positions, next) = window(ctx, request, &prefix)?;
+    let prefix = storage::documents_by_date_prefix(&store);
+    // By type: the date index's entries name their document's type; those
+    // written before they did leave it to the document.
+    let mut of_kind = |position: &str, value: &[u8]| -> Result<bool, ApiError> {
+        let kind = kind.unwrap_or_default();
+        let entry: DateEntry = storage::decode(&format!("{prefix}{position}"), value)?;
+        if let Some(named) = entry.r#type {
+            return Ok(named == kind);
+        }
+        let id = position.split_once('.').map(|(_, id)| id).unwrap_or_default();
+        let document = storage::read::<DocumentType>(ctx.kv, &storage::document_key(&store, id))?;
+        Ok(document.is_some_and(|document| document.r#type == kind))
+    };
+    let wanted = kind.is_some().then_some(&mut of_kind as Wanted<'_>);
+    let (positions, next) = window(ctx, request, &prefix, wanted)?;
     let mut page = BudgetedPage::new(positions.len(), next);
     for position in &positions {
         let id = position.split_once('.').map(|(_, id)| id).unwrap_or_default();
@@ -168,7 +220,7 @@ pub fn partner_get_document(ctx: &Ctx<'_>, request: &Request, store: &str, id: &
 pub fn partner_list_receipts(ctx: &Ctx<'_>, request: &Request, store: &str) -> Result<Response, ApiError> {
     require_partner(ctx, request)?;
     let store = store_param(store)?;
-    let (positions, next) = window(ctx, request, &storage::receipts_by_date_prefix(&store))?;
+    let (positions, next) = window(ctx, request, &storage::receipts_by_date_prefix(&store), None)?;
     let mut page = BudgetedPage::new(positions.len(), next);
     for position in &positions {
         // `{ms}.{hash}.{userId}`, or `{ms}.{hash}` for receipts kept before they were per user.

@@ -10,7 +10,7 @@ mod accounts;
 pub(crate) mod auth;
 mod billing;
 mod catalog;
-mod documents;
+pub(crate) mod documents;
 pub(crate) mod events;
 mod extension;
 mod inventory;

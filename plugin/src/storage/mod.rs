@@ -48,8 +48,8 @@
 //! | `pub/due/{store}` | marker: the store has publication work |
 //! | `docs/{store}/doc/{id}` | [`crate::domain::documents::DocumentRecord`]: a terminal document as received |
 //! | `docs/{store}/part/{id}/{n:04}` | [`crate::domain::documents::Part`]: part `n` of a document too large for one record |
-//! | `docs/{store}/by-date/{closeDate ms:013}.{id}` | document index by close date |
-//! | `docs/{store}/by-type/{type}/{closeDate ms:013}.{id}` | document index by type and close date |
+//! | `docs/{store}/by-date/{closeDate ms:013}.{id}` | [`crate::domain::documents::DateEntry`]: document index by close date, naming the type |
+//! | `docs/{store}/by-type/{type}/{closeDate ms:013}.{id}` | document index by type and close date, of documents indexed before the entries by date named the type; no longer written, erased with its document |
 //! | `user/{userId}/foreign-docs/{store}/{id}` | [`crate::domain::documents::DocumentRecord`]: a document delivered into a store another user owns, kept apart |
 //! | `user/{userId}/foreign-by-date/{closeDate ms:013}/{store}/{id}` | index of the user's documents kept apart by close date, where `retention_days` finds them |
 //! | `user/{userId}/foreign-parts/{store}/{id}/{n:04}` | [`crate::domain::documents::Part`]: part `n` of a large document kept apart |

@@ -4,7 +4,7 @@
 //! the event log (with each logged event's idempotency marker), so a store
 //! that keeps receiving at a steady rate stops growing.
 
-use super::delete_parts;
+use super::{DocumentType, delete_parts};
 use crate::Ctx;
 use crate::config::Settings;
 use crate::domain::{quota, transact};
@@ -28,16 +28,6 @@ const MAX_EXPIRED_PER_WRITE: usize = 1000;
 /// that receives at a steady rate stays within `retention_days`.
 fn expired_per_write(brought: usize) -> usize {
     brought.saturating_mul(2).clamp(EXPIRED_PER_WRITE, MAX_EXPIRED_PER_WRITE)
-}
-
-/// The type and deliverer of a stored document, read without keeping the document.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct DocumentType {
-    r#type: String,
-    user_id: String,
-    #[serde(default)]
-    parts: u32,
 }
 
 /// The time of a feed entry, read without the rest of it.

@@ -476,6 +476,101 @@ fn partner_listings_filter_by_type_and_date_with_stable_cursors() {
     assert!(receipts["next"].is_string());
 }
 
+/// The pages of a listing of `STORE`'s documents (`query` after `?`), followed
+/// by `next` to the end: each page's close dates.
+fn document_pages(world: &Fixture, query: &str) -> Vec<Vec<i64>> {
+    let mut pages = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let cursor = after.as_ref().map(|a| format!("&after={a}")).unwrap_or_default();
+        let path = format!("/partner/v1/stores/{STORE}/documents?{query}{cursor}");
+        let page = world.call("GET", &path, Some("partner"), None).body_json();
+        let items = page["items"].as_array().expect("items");
+        pages.push(items.iter().map(|d| d["closeDate"].as_i64().unwrap_or(0)).collect());
+        match page["next"].as_str() {
+            Some(next) => after = Some(next.to_owned()),
+            None => return pages,
+        }
+    }
+}
+
+/// A document of `name` dated the `day`th of January 2026, with a uuid of its own.
+fn january_doc(name: &str, day: u32) -> Value {
+    let mut doc = pos_doc(name);
+    doc["uuid"] = json!(format!("175d8ae9-79db-4588-a65a-{day:012x}"));
+    doc["closeDate"] = json!(format!("2026-01-{day:02}T10:00:00.000+0000"));
+    doc
+}
+
+#[test]
+fn a_document_is_indexed_once_by_date_naming_its_type_and_those_indexed_by_type_before_still_list() {
+    let world = Fixture::new();
+    let token = world.register(ALICE, "alice");
+    let by_date = storage::documents_by_date_prefix(STORE);
+    assert_eq!(
+        put(&world, &token, STORE, json!([january_doc("02-SELL", 1), january_doc("03-PAYBACK", 2)])).status,
+        200
+    );
+    let keys = world.kv.keys();
+    assert!(keys.iter().all(|key| !key.contains("/by-type/")), "no second index: {keys:?}");
+    let entries: Vec<(String, Value)> = keys
+        .iter()
+        .filter(|key| key.starts_with(&by_date))
+        .map(|key| {
+            (key.clone(), serde_json::from_slice(&world.kv.get(key).expect("get").expect("entry").value).expect("json"))
+        })
+        .collect();
+    let named: Vec<&Value> = entries.iter().map(|(_, entry)| &entry["type"]).collect();
+    assert_eq!(named, [&json!("SELL"), &json!("PAYBACK")]);
+
+    // The same two as earlier builds indexed them: an entry by date naming no type, one by type.
+    let mut writes = Vec::new();
+    for ((key, _), kind) in entries.iter().zip(["SELL", "PAYBACK"]) {
+        let position = key.strip_prefix(&by_date).expect("position");
+        writes.push(crate::kv::Write::Set(key.clone(), b"{\"v\":1}".to_vec()));
+        let old = format!("{}{position}", storage::documents_by_type_prefix(STORE, kind));
+        writes.push(crate::kv::Write::Set(old, b"{\"v\":1}".to_vec()));
+    }
+    crate::kv::Kv::commit(&world.kv, Vec::new(), writes).expect("the earlier layout");
+    assert_eq!(
+        put(&world, &token, STORE, json!([january_doc("02-SELL", 3), january_doc("03-PAYBACK", 4)])).status,
+        200
+    );
+
+    let january = |day: u32| crate::time::parse_datetime(&format!("2026-01-{day:02}T10:00:00.000+0000")).unwrap_or(0);
+    let listed = |query: &str| document_pages(&world, query).concat();
+    assert_eq!(listed("type=PAYBACK&limit=1"), [january(2), january(4)], "old and new alike, by close date");
+    assert_eq!(listed("type=SELL"), [january(1), january(3)]);
+    assert_eq!(listed("limit=3"), (1..=4).map(january).collect::<Vec<_>>());
+    assert_eq!(listed("type=Z_REPORT"), Vec::<i64>::new());
+    let problems = crate::audit::problems(&world.kv);
+    assert!(problems.is_empty(), "{problems:?}");
+}
+
+#[test]
+fn a_rare_type_is_listed_in_pages_that_each_look_at_a_bounded_part_of_the_index() {
+    use crate::endpoints::documents::SCANNED_PER_PAGE;
+    let world = Fixture::new();
+    let token = world.register(ALICE, "alice");
+    // Entries of another type between two payback documents, more than a page looks at.
+    let by_date = storage::documents_by_date_prefix(STORE);
+    let january_5 = crate::time::parse_datetime("2026-01-05T10:00:00.000+0000").unwrap_or(0);
+    let writes = (0..SCANNED_PER_PAGE + 50)
+        .map(|n| {
+            let key = format!("{by_date}{january_5:013}.sell-{n:06}");
+            crate::kv::Write::Set(key, b"{\"v\":1,\"type\":\"SELL\"}".to_vec())
+        })
+        .collect();
+    crate::kv::Kv::commit(&world.kv, Vec::new(), writes).expect("entries");
+    let docs = json!([january_doc("03-PAYBACK", 2), january_doc("03-PAYBACK", 9)]);
+    assert_eq!(put(&world, &token, STORE, docs).status, 200);
+    let pages = document_pages(&world, "type=PAYBACK&limit=10");
+    let january = |day: u32| crate::time::parse_datetime(&format!("2026-01-{day:02}T10:00:00.000+0000")).unwrap_or(0);
+    assert_eq!(pages.concat(), [january(2), january(9)], "{pages:?}");
+    assert!(pages.len() >= 2, "a page stops looking after {SCANNED_PER_PAGE} entries: {pages:?}");
+    assert_eq!(pages[0], [january(2)], "a short page, with a next");
+}
+
 #[test]
 fn the_feed_has_every_accepted_change_once_in_commit_order() {
     let world = Fixture::new();
