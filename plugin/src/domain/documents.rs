@@ -31,8 +31,8 @@ use serde_json::{Value, json};
 use std::collections::{BTreeSet, HashMap};
 
 mod retention;
-pub(crate) use retention::expire_logs;
 use retention::{expire, expire_kept_apart};
+pub(crate) use retention::{expire_issues, expire_logs};
 
 /// Most documents or receipts one request may carry.
 pub const MAX_BATCH: usize = 10_000;
@@ -432,7 +432,7 @@ fn commit_delivery(
     mut store_items: impl FnMut(&mut storage::Txn<'_>, &BTreeSet<&str>) -> Result<(usize, usize), ApiError>,
 ) -> Result<(usize, usize), ApiError> {
     let (user_id, now) = (delivery.user_id, delivery.now);
-    let (new, repeated) = transact(ctx, |txn| -> Result<(usize, usize), ApiError> {
+    let (new, repeated, noted) = transact(ctx, |txn| -> Result<(usize, usize, usize), ApiError> {
         let (issues, foreign) = admit(txn, delivery)?;
         let (new, repeated) = store_items(txn, &foreign)?;
         if new > 0 {
@@ -441,12 +441,13 @@ fn commit_delivery(
             }
             quota::count_usage(txn, settings, user_id, new)?;
         }
-        Ok((new, repeated))
+        Ok((new, repeated, txn.noted_issues()))
     })?;
     for store in delivery.stores {
         expire(ctx, settings, store, new)?;
     }
     expire_logs(ctx, settings, new)?;
+    expire_issues(ctx, settings, noted)?;
     Ok((new, repeated))
 }
 

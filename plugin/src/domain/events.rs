@@ -337,8 +337,10 @@ pub fn take(
             _ => new += 1,
         }
     }
-    // What outlived `retention_days` in the feed and the event log goes with each delivery.
+    // What outlived `retention_days` in the feed and the event log goes with each delivery,
+    // and data issues with a delivery that noted some.
     crate::domain::documents::expire_logs(ctx, settings, new)?;
+    crate::domain::documents::expire_issues(ctx, settings, noted)?;
     Ok((new, repeated))
 }
 

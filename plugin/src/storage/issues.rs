@@ -59,6 +59,11 @@ impl Issue {
 pub(super) struct Noted(BTreeMap<String, (Issue, u64, u64)>);
 
 impl Noted {
+    /// How many distinct issues were noted.
+    pub(super) fn len(&self) -> usize {
+        self.0.len()
+    }
+
     /// Notes `issue`, seen at `now`: the same issue again counts up.
     pub(super) fn note(&mut self, now: u64, issue: Issue) {
         let entry = self.0.entry(issue.key()).or_insert((issue, 0, now));

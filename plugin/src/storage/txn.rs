@@ -184,6 +184,11 @@ impl Txn<'_> {
         self.issues.note(now, issue);
     }
 
+    /// How many distinct data issues this transaction noted so far.
+    pub fn noted_issues(&self) -> usize {
+        self.issues.len()
+    }
+
     /// Writes the noted data issues (grouped past
     /// [`issues::MAX_ISSUES_PER_COMMIT`]): each read (a check) and counted up.
     fn write_issues(&mut self) -> Result<(), StorageError> {

@@ -78,6 +78,64 @@ pub(crate) fn expire_logs(ctx: &Ctx<'_>, settings: &Settings, brought: usize) ->
     })
 }
 
+/// When a data issue was last seen, read without the rest of it.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct IssueSeen {
+    last_seen: u64,
+}
+
+/// Erases data issues last seen more than `retention_days` ago, with a
+/// delivery that noted `noted` of them (a delivery that noted none adds
+/// none and reads nothing here).
+///
+/// Issues are keyed by a digest, in no order of time: each call looks at
+/// [`expired_per_write`]`(noted)` consecutive issues from a random point
+/// (going on from the first when it reaches the last) and erases those past
+/// their time. As each call looks at at least twice what its delivery could
+/// add, issues past their time are at most about as many as those within
+/// it, whatever the rate: the issues stop growing with the rest of the store.
+/// An issue seen again after it was erased is noted as new.
+pub(crate) fn expire_issues(ctx: &Ctx<'_>, settings: &Settings, noted: usize) -> Result<(), ApiError> {
+    let Some(days) = settings.retention_days else { return Ok(()) };
+    if noted == 0 {
+        return Ok(());
+    }
+    let cutoff = ctx.clock.now_unix().saturating_sub(days.saturating_mul(86_400));
+    let limit = expired_per_write(noted);
+    let mut point = [0u8; 16];
+    getrandom::fill(&mut point).map_err(|_| ApiError::internal("no randomness available"))?;
+    let from = format!("{}{}", storage::ISSUES_PREFIX, hex::encode(point));
+    let mut window = storage::collect(ctx.kv, storage::ISSUES_PREFIX, Some(from), limit)?;
+    if window.len() < limit {
+        let first = window.first().map(|(key, _)| key.clone());
+        for (key, entry) in storage::collect(ctx.kv, storage::ISSUES_PREFIX, None, limit - window.len())? {
+            if first.as_ref() == Some(&key) {
+                break;
+            }
+            window.push((key, entry));
+        }
+    }
+    let mut due = Vec::new();
+    for (key, entry) in window {
+        if storage::decode::<IssueSeen>(&key, &entry.value)?.last_seen < cutoff {
+            due.push(key);
+        }
+    }
+    if due.is_empty() {
+        return Ok(());
+    }
+    transact(ctx, |txn| -> Result<(), ApiError> {
+        for key in &due {
+            // Seen again meanwhile: it stays.
+            if txn.get::<IssueSeen>(key)?.is_some_and(|issue| issue.last_seen < cutoff) {
+                txn.delete(key);
+            }
+        }
+        Ok(())
+    })
+}
+
 /// The oldest records under `prefix` (a log with stamped keys) while `due`
 /// says they are, each with what `due` answered; one key read when the
 /// oldest is not.

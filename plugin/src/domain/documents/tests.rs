@@ -759,6 +759,44 @@ fn one_delivery_writes_a_bounded_number_of_data_issues_however_many_items_it_car
 /// event log (with each event's idempotency marker) by their arrival. A
 /// partner's feed cursor on an erased entry goes on from the next one.
 #[test]
+fn data_issues_last_seen_before_retention_days_go_with_deliveries_that_note_more() {
+    let world = Fixture::with(&[("retention_days", "2")]);
+    let token = world.register(ALICE, "alice");
+    let issues = || world.kv.keys().iter().filter(|key| key.starts_with(storage::ISSUES_PREFIX)).count();
+    let mut counted = Vec::new();
+    for day in 0..7u64 {
+        world.clock.advance(86_400);
+        let now_ms = crate::time::millis(crate::clock::Clock::now_unix(&world.clock));
+        // Each without a terminal: one data issue a document.
+        let documents: Vec<Value> = (0..20u64)
+            .map(|n| {
+                json!({"id": format!("00000000-0000-4000-8000-{day:06}{n:06}"), "store_id": STORE, "type": "SELL",
+                       "close_date": now_ms, "user_id": ALICE, "version": "V2", "body": {}})
+            })
+            .collect();
+        assert_eq!(put(&world, &token, STORE, json!(documents)).status, 200);
+        counted.push(issues());
+    }
+    // Three days' issues (the cutoff's day and the two after it) from the third day on.
+    assert_eq!(counted, [20, 40, 60, 60, 60, 60, 60], "issues stop growing");
+    let listed = world.call("GET", "/partner/v1/data-issues?limit=1000", Some("partner"), None).body_json();
+    let oldest = listed["items"].as_array().expect("items").iter().filter_map(|item| item["lastSeen"].as_u64()).min();
+    let cutoff = crate::clock::Clock::now_unix(&world.clock) - 2 * 86_400;
+    assert!(oldest.is_some_and(|oldest| oldest >= cutoff), "none past its time: {oldest:?} < {cutoff}");
+    // Without retention_days, nothing goes.
+    let kept = Fixture::new();
+    let token = kept.register(ALICE, "alice");
+    for day in 0..4u64 {
+        kept.clock.advance(86_400);
+        let document = json!({"id": format!("00000000-0000-4000-8000-{day:012}"), "store_id": STORE, "type": "SELL",
+                              "close_date": 0, "user_id": ALICE, "version": "V2", "body": {}});
+        assert_eq!(put(&kept, &token, STORE, json!([document])).status, 200);
+    }
+    let kept_issues = kept.kv.keys().iter().filter(|key| key.starts_with(storage::ISSUES_PREFIX)).count();
+    assert!(kept_issues >= 4, "{kept_issues}");
+}
+
+#[test]
 fn a_store_receiving_the_same_every_day_stops_growing_under_retention_days() {
     let world = Fixture::with(&[("retention_days", "2"), ("events_webhook_allow_unsigned", "true")]);
     let token = world.register(ALICE, "alice");
