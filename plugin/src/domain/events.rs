@@ -236,19 +236,25 @@ pub struct EventRecord {
     pub v: u32,
     /// The event's id.
     pub id: String,
-    /// Its type, as sent.
+    /// Its type, as sent (absent when empty, as are the two below).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub r#type: String,
     /// Its type, normalized (`store`, `productgroup`, `order`, …).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub kind: String,
     /// Its action.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub action: String,
-    /// Its timestamp, Unix milliseconds.
+    /// Its timestamp, Unix milliseconds (absent when none, as are the others that may be).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timestamp: Option<i64>,
     /// Its user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_id: Option<String>,
     /// When it arrived, Unix seconds.
     pub received_at: u64,
     /// The delivery that brought it (`X-Evotor-Delivery`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery: Option<String>,
     /// What became of it.
     pub outcome: Outcome,

@@ -224,7 +224,8 @@ pub struct FeedEntry {
     pub kind: String,
     /// When, Unix seconds.
     pub at: u64,
-    /// The Evotor user concerned, if any.
+    /// The Evotor user concerned, if any (absent when none is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_id: Option<String>,
     /// The ids that say what changed.
     pub data: Value,
@@ -236,9 +237,11 @@ pub struct FeedEntry {
 pub struct IssueRecord {
     /// Storage format version.
     pub v: u32,
-    /// The Evotor user whose delivery carried it.
+    /// The Evotor user whose delivery carried it (absent when none did).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_id: Option<String>,
-    /// The store concerned.
+    /// The store concerned (absent when none is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub store_uuid: Option<String>,
     /// The kind of entity.
     pub entity: String,

@@ -41,6 +41,7 @@ struct FeedTime {
 #[serde(rename_all = "camelCase")]
 struct LoggedEvent {
     id: String,
+    #[serde(default)]
     kind: String,
     received_at: u64,
 }

@@ -741,3 +741,58 @@ fn one_delivery_notes_at_most_32_issues_one_by_one_and_counts_the_rest() {
     let rest = issues.iter().find(|issue| issue["entityId"] == "*").expect("the rest counted in one");
     assert_eq!(rest["count"], 200 - 32);
 }
+
+/// An event of nothing but an id: its log record, feed entry and data issue
+/// keep no empty field, and read back as those that kept them (`null`, `""`)
+/// always did.
+#[test]
+fn records_of_a_bare_event_keep_no_empty_fields_and_list_as_they_always_did() {
+    let world = world();
+    assert_eq!(deliver(&world, &json!({"id": "bare-1"})).status, 200);
+    let stored = |prefix: &str| -> Vec<Value> {
+        world
+            .kv
+            .keys()
+            .iter()
+            .filter(|key| key.starts_with(prefix))
+            .map(|key| serde_json::from_slice(&world.kv.get(key).expect("get").expect("entry").value).expect("json"))
+            .collect()
+    };
+    let [log] = stored(events::LOG_PREFIX).try_into().expect("one log record");
+    let [issue] = stored(storage::ISSUES_PREFIX).try_into().expect("one issue");
+    let [entry] = stored(storage::FEED_PREFIX).try_into().expect("one feed entry");
+    for (record, absent) in [
+        (&log, &["type", "kind", "action", "timestamp", "userId"][..]),
+        (&issue, &["userId", "storeUuid"][..]),
+        (&entry, &["userId"][..]),
+    ] {
+        for field in absent {
+            assert!(record.get(field).is_none(), "{field} in {record}");
+        }
+    }
+    let item = |listing: Value| listing["items"][0].clone();
+    let listed_event = item(listed(&world, ""));
+    assert_eq!(
+        (&listed_event["type"], &listed_event["kind"], &listed_event["timestamp"], &listed_event["userId"]),
+        (&json!(""), &json!(""), &Value::Null, &Value::Null)
+    );
+    assert_eq!(issues(&world)[0]["userId"], Value::Null);
+    let feed = world.call("GET", "/partner/v1/feed?limit=10", Some("partner"), None).body_json();
+    assert_eq!(item(feed)["userId"], Value::Null);
+
+    // The same records as earlier builds wrote them, with their empty fields: listed alike.
+    let mut full_log = log.clone();
+    for (field, value) in [
+        ("type", json!("")),
+        ("kind", json!("")),
+        ("action", json!("")),
+        ("timestamp", Value::Null),
+        ("userId", Value::Null),
+    ] {
+        full_log[field] = value;
+    }
+    let log_key = world.kv.keys().into_iter().find(|key| key.starts_with(events::LOG_PREFIX)).expect("log key");
+    let write = crate::kv::Write::Set(log_key, serde_json::to_vec(&full_log).expect("json"));
+    crate::kv::Kv::commit(&world.kv, Vec::new(), vec![write]).expect("earlier format");
+    assert_eq!(item(listed(&world, "")), listed_event);
+}
