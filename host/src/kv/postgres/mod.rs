@@ -409,16 +409,16 @@ mod tests {
                 Ok::<_, tokio_postgres::Error>(())
             })
             .expect("a store of the first schema");
-        let backend = PostgresBackend::open(&PostgresOptions {
+        let options = |compression| PostgresOptions {
             url: url.clone(),
             schema: schema.clone(),
             pool_size: 2,
             connect_timeout: Duration::from_secs(5),
             statement_timeout: Duration::from_secs(30),
             tls_ca: None,
-            compression: crate::kv::Compression::default(),
-        })
-        .expect("open and upgrade");
+            compression,
+        };
+        let backend = PostgresBackend::open(&options(crate::kv::Compression::Zstd)).expect("open and upgrade");
         let read = backend.scan("ns", &Scan::of("old/", None, 100, usize::MAX)).expect("scan");
         let read: Vec<Vec<u8>> = read.into_iter().map(|(_, entry)| entry.value).collect();
         assert_eq!(read, old_rows, "every value as it was written");
@@ -428,16 +428,7 @@ mod tests {
         // `store.compression = "none"` on the same store: what it writes is kept
         // as given, and what was written compressed still reads.
         drop(backend);
-        let backend = PostgresBackend::open(&PostgresOptions {
-            url: url.clone(),
-            schema: schema.clone(),
-            pool_size: 2,
-            connect_timeout: Duration::from_secs(5),
-            statement_timeout: Duration::from_secs(30),
-            tls_ca: None,
-            compression: crate::kv::Compression::None,
-        })
-        .expect("open again");
+        let backend = PostgresBackend::open(&options(crate::kv::Compression::None)).expect("open again");
         let plain: Vec<Write> = (0..200).map(|n| Write::Set(format!("plain/{n:03}"), record(n))).collect();
         backend.commit("ns", &[], &plain).expect("commit");
         for key in ["new/007", "plain/007"] {
