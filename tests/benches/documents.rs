@@ -127,11 +127,7 @@ async fn compression_rounds(sell: &Value, seconds: u64) -> anyhow::Result<()> {
             side.1.push(rate);
         }
     }
-    let median = |rates: &[f64]| {
-        let mut rates = rates.to_vec();
-        rates.sort_by(f64::total_cmp);
-        rates[rates.len() / 2]
-    };
+    let median = |rates: &[f64]| evotor::quantiles(rates.to_vec()).0;
     let [(plain_write, plain_read), (zstd_write, zstd_read)] = &rates;
     println!("values written as given against zstd-compressed (store.compression), 3 rounds taking turns, medians");
     println!(

@@ -31,8 +31,8 @@ use serde_json::{Value, json};
 use std::collections::{BTreeSet, HashMap};
 
 mod retention;
+pub(crate) use retention::expire_logs;
 use retention::{expire, expire_kept_apart};
-pub(crate) use retention::{expire_issues, expire_logs};
 
 /// Most documents or receipts one request may carry.
 pub const MAX_BATCH: usize = 10_000;
@@ -446,8 +446,7 @@ fn commit_delivery(
     for store in delivery.stores {
         expire(ctx, settings, store, new)?;
     }
-    expire_logs(ctx, settings, new)?;
-    expire_issues(ctx, settings, noted)?;
+    expire_logs(ctx, settings, new, noted)?;
     Ok((new, repeated))
 }
 

@@ -345,8 +345,7 @@ pub fn take(
     }
     // What outlived `retention_days` in the feed and the event log goes with each delivery,
     // and data issues with a delivery that noted some.
-    crate::domain::documents::expire_logs(ctx, settings, new)?;
-    crate::domain::documents::expire_issues(ctx, settings, noted)?;
+    crate::domain::documents::expire_logs(ctx, settings, new, noted)?;
     Ok((new, repeated))
 }
 

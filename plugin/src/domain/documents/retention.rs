@@ -46,16 +46,23 @@ struct LoggedEvent {
     received_at: u64,
 }
 
+/// Unix seconds before which records are past `retention_days` of `days`.
+fn cutoff_secs(ctx: &Ctx<'_>, days: u64) -> u64 {
+    ctx.clock.now_unix().saturating_sub(days.saturating_mul(86_400))
+}
+
 /// Erases the feed entries and the logged events (with their idempotency
 /// markers) that arrived more than `retention_days` ago, the oldest first,
 /// at most [`expired_per_write`] of each for a write that brought
-/// `brought` records. A call with nothing due
+/// `brought` records, and the data issues past their time when the write
+/// noted `noted` new ones ([`expire_issues`]). A call with nothing due
 /// reads one key of each. A partner whose feed cursor names an erased entry
 /// goes on from the next one; an event delivered again after its record
 /// was erased is taken as new.
-pub(crate) fn expire_logs(ctx: &Ctx<'_>, settings: &Settings, brought: usize) -> Result<(), ApiError> {
+pub(crate) fn expire_logs(ctx: &Ctx<'_>, settings: &Settings, brought: usize, noted: usize) -> Result<(), ApiError> {
     let Some(days) = settings.retention_days else { return Ok(()) };
-    let cutoff = ctx.clock.now_unix().saturating_sub(days.saturating_mul(86_400));
+    expire_issues(ctx, days, noted)?;
+    let cutoff = cutoff_secs(ctx, days);
     let limit = expired_per_write(brought);
     let feed = oldest(ctx, storage::FEED_PREFIX, limit, |key, bytes| {
         Ok(storage::decode::<FeedTime>(key, bytes)?.at < cutoff).map(|due| due.then_some(()))
@@ -86,7 +93,7 @@ struct IssueSeen {
     last_seen: u64,
 }
 
-/// Erases data issues last seen more than `retention_days` ago, with a
+/// Erases data issues last seen more than `days` ago, with a
 /// delivery that noted `noted` of them (a delivery that noted none adds
 /// none and reads nothing here).
 ///
@@ -97,12 +104,11 @@ struct IssueSeen {
 /// add, issues past their time are at most about as many as those within
 /// it, whatever the rate: the issues stop growing with the rest of the store.
 /// An issue seen again after it was erased is noted as new.
-pub(crate) fn expire_issues(ctx: &Ctx<'_>, settings: &Settings, noted: usize) -> Result<(), ApiError> {
-    let Some(days) = settings.retention_days else { return Ok(()) };
+fn expire_issues(ctx: &Ctx<'_>, days: u64, noted: usize) -> Result<(), ApiError> {
     if noted == 0 {
         return Ok(());
     }
-    let cutoff = ctx.clock.now_unix().saturating_sub(days.saturating_mul(86_400));
+    let cutoff = cutoff_secs(ctx, days);
     let limit = expired_per_write(noted);
     let mut point = [0u8; 16];
     getrandom::fill(&mut point).map_err(|_| ApiError::internal("no randomness available"))?;

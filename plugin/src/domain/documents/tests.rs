@@ -428,39 +428,14 @@ fn receipts_kept_before_they_were_per_user_are_still_read_and_deduplicated() {
 fn partner_listings_filter_by_type_and_date_with_stable_cursors() {
     let world = Fixture::new();
     let token = world.register(ALICE, "alice");
-    let mut docs = Vec::new();
-    for n in 0..30u32 {
-        let mut doc = pos_doc(if n % 3 == 0 { "03-PAYBACK" } else { "02-SELL" });
-        doc["uuid"] = json!(format!("175d8ae9-79db-4588-a65a-{n:012x}"));
-        doc["closeDate"] = json!(format!("2026-01-{:02}T10:00:00.000+0000", n + 1));
-        docs.push(doc);
-    }
+    let docs: Vec<Value> =
+        (1..=30u32).map(|day| january_doc(if day % 3 == 1 { "03-PAYBACK" } else { "02-SELL" }, day)).collect();
     assert_eq!(put(&world, &token, STORE, Value::from(docs)).status, 200);
-    let list = |query: &str| {
-        let mut ids = Vec::new();
-        let mut after: Option<String> = None;
-        loop {
-            let cursor = after.as_ref().map(|a| format!("&after={a}")).unwrap_or_default();
-            let page = world
-                .call(
-                    "GET",
-                    &format!("/partner/v1/stores/{STORE}/documents?limit=4{query}{cursor}"),
-                    Some("partner"),
-                    None,
-                )
-                .body_json();
-            ids.extend(page["items"].as_array().expect("items").iter().map(|d| d["closeDate"].as_i64().unwrap_or(0)));
-            match page["next"].as_str() {
-                Some(next) => after = Some(next.to_owned()),
-                None => return ids,
-            }
-        }
-    };
+    let list = |query: &str| document_pages(&world, &format!("limit=4{query}")).concat();
     let all = list("");
     assert_eq!(all.len(), 30);
     assert!(all.windows(2).all(|w| w[0] < w[1]), "in close-date order");
     assert_eq!(list("&type=PAYBACK").len(), 10);
-    let january = |day: u32| crate::time::parse_datetime(&format!("2026-01-{day:02}T10:00:00.000+0000")).unwrap_or(0);
     let window = list("&from=2026-01-05T10:00:00.000%2B0000&to=2026-01-09T10:00:00.000%2B0000");
     assert_eq!(window, (5..9).map(january).collect::<Vec<_>>(), "from inclusive, to exclusive");
     assert_eq!(list(&format!("&type=SELL&from={}", january(28))).len(), 2);
@@ -492,6 +467,11 @@ fn document_pages(world: &Fixture, query: &str) -> Vec<Vec<i64>> {
             None => return pages,
         }
     }
+}
+
+/// Unix milliseconds of 10:00 on the `day`th of January 2026 (UTC).
+fn january(day: u32) -> i64 {
+    crate::time::parse_datetime(&format!("2026-01-{day:02}T10:00:00.000+0000")).unwrap_or(0)
 }
 
 /// A document of `name` dated the `day`th of January 2026, with a uuid of its own.
@@ -537,7 +517,6 @@ fn a_document_is_indexed_once_by_date_naming_its_type_and_those_indexed_by_type_
         200
     );
 
-    let january = |day: u32| crate::time::parse_datetime(&format!("2026-01-{day:02}T10:00:00.000+0000")).unwrap_or(0);
     let listed = |query: &str| document_pages(&world, query).concat();
     assert_eq!(listed("type=PAYBACK&limit=1"), [january(2), january(4)], "old and new alike, by close date");
     assert_eq!(listed("type=SELL"), [january(1), january(3)]);
@@ -554,10 +533,9 @@ fn a_rare_type_is_listed_in_pages_that_each_look_at_a_bounded_part_of_the_index(
     let token = world.register(ALICE, "alice");
     // Entries of another type between two payback documents, more than a page looks at.
     let by_date = storage::documents_by_date_prefix(STORE);
-    let january_5 = crate::time::parse_datetime("2026-01-05T10:00:00.000+0000").unwrap_or(0);
     let writes = (0..SCANNED_PER_PAGE + 50)
         .map(|n| {
-            let key = format!("{by_date}{january_5:013}.sell-{n:06}");
+            let key = format!("{by_date}{:013}.sell-{n:06}", january(5));
             crate::kv::Write::Set(key, b"{\"v\":1,\"type\":\"SELL\"}".to_vec())
         })
         .collect();
@@ -565,7 +543,6 @@ fn a_rare_type_is_listed_in_pages_that_each_look_at_a_bounded_part_of_the_index(
     let docs = json!([january_doc("03-PAYBACK", 2), january_doc("03-PAYBACK", 9)]);
     assert_eq!(put(&world, &token, STORE, docs).status, 200);
     let pages = document_pages(&world, "type=PAYBACK&limit=10");
-    let january = |day: u32| crate::time::parse_datetime(&format!("2026-01-{day:02}T10:00:00.000+0000")).unwrap_or(0);
     assert_eq!(pages.concat(), [january(2), january(9)], "{pages:?}");
     assert!(pages.len() >= 2, "a page stops looking after {SCANNED_PER_PAGE} entries: {pages:?}");
     assert_eq!(pages[0], [january(2)], "a short page, with a next");
