@@ -2,8 +2,8 @@
 //! SELL documents shaped like `pos-docs/02-SELL.json` in batches of 100
 //! from 8 concurrent terminals (every `200` is fsynced), then the whole
 //! feed read back 1000 entries a page. The baseline of the same run is the
-//! floor set by storage alone: the same commits (each document, its
-//! index entry and its feed entry, 100 documents a commit) straight into
+//! floor set by storage alone: the same commits (each document and its
+//! index entry, 100 documents and one feed record a commit) straight into
 //! a redb store from 8 threads, no HTTP, no plugin.
 //!
 //! Run with `cargo xtask bench` or `cargo bench -p evogate-e2e --bench documents`.
@@ -13,7 +13,7 @@
 mod evotor;
 
 use evotor::{STORE, call, sell_batch};
-use serde_json::Value;
+use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -35,14 +35,17 @@ fn storage_floor(sell: &Value, seconds: u64) -> anyhow::Result<f64> {
                 scope.spawn(move || {
                     let mut sent = 0usize;
                     while Instant::now() < deadline {
-                        let mut writes = Vec::with_capacity(BATCH * 4);
+                        let mut writes = Vec::with_capacity(BATCH * 2 + 1);
+                        let mut feed = Vec::with_capacity(BATCH);
                         for i in 0..BATCH {
                             let id = format!("{terminal:08x}-{sent:08x}-{i:04x}");
                             writes.push(Write::Set(format!("docs/s/doc/{id}"), document.clone()));
                             let entry = b"{\"v\":1,\"type\":\"SELL\"}".to_vec();
                             writes.push(Write::Set(format!("docs/s/by-date/1473777129000.{id}"), entry));
-                            writes.push(Write::Set(format!("feed/{id}"), b"{\"kind\":\"document.received\"}".to_vec()));
+                            feed.push(json!({"kind": "document.received", "data": {"id": id}}));
                         }
+                        let record = json!({"v": 1, "entries": feed}).to_string().into_bytes();
+                        writes.push(Write::SetStamped("feed/".into(), record));
                         if store.commit(&[], &writes).is_err() {
                             break;
                         }

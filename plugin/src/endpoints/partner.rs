@@ -341,6 +341,10 @@ pub fn data_issues(ctx: &Ctx<'_>, request: &Request) -> Result<Response, ApiErro
 /// Feed entries read at most for one page of one user's entries.
 const USER_FEED_SCAN: usize = 5000;
 
+/// Feed records one scan reads at most: each holds one commit's entries,
+/// 32 KiB of them at most.
+const FEED_RECORDS_PER_SCAN: usize = 100;
+
 /// `GET /partner/v1/feed?after=&limit=&userId=`: every accepted change in
 /// commit order. `next` is where to resume: the last entry's cursor, or
 /// `after` again when nothing new has happened. With `userId`, that user's
@@ -360,37 +364,37 @@ pub fn feed(ctx: &Ctx<'_>, request: &Request) -> Result<Response, ApiError> {
     {
         return Err(ApiError::incorrect("after", after));
     }
-    let mut start = after.map(|after| format!("{}{after}", storage::FEED_PREFIX));
+    // A record holds a commit's entries: the scan starts at the cursor's
+    // commit and skips its entries up to the cursor.
+    let mut start = after.map(storage::feed_scan_start);
     let (mut items, mut scanned) = (Vec::new(), 0);
-    let mut last = None;
-    while items.len() < limit as usize && scanned < USER_FEED_SCAN {
+    let mut last: Option<String> = None;
+    'scan: while items.len() < limit as usize && scanned < USER_FEED_SCAN {
         let want = match user {
             None => limit as usize - items.len(),
-            Some(_) => (USER_FEED_SCAN - scanned).min(1000),
+            Some(_) => USER_FEED_SCAN - scanned,
         };
-        let entries = storage::collect(ctx.kv, storage::FEED_PREFIX, start.clone(), want)?;
-        let Some((end, _)) = entries.last() else { break };
+        let records = storage::collect(ctx.kv, storage::FEED_PREFIX, start.clone(), want.min(FEED_RECORDS_PER_SCAN))?;
+        let Some((end, _)) = records.last() else { break };
         start = Some(end.clone());
-        for (key, entry) in &entries {
-            scanned += 1;
-            last = Some(key.clone());
-            let feed: storage::FeedEntry = storage::decode(key, &entry.value)?;
-            if user.is_some_and(|user| feed.user_id.as_deref() != Some(user)) {
-                continue;
+        for (key, record) in &records {
+            for (cursor, feed) in storage::feed_entries(key, &record.value)? {
+                if after.is_some_and(|after| cursor.as_str() <= after) {
+                    continue;
+                }
+                scanned += 1;
+                let wanted = user.is_none_or(|user| feed.user_id.as_deref() == Some(user));
+                if wanted {
+                    items.push(json!({ "cursor": cursor, "kind": feed.kind, "at": feed.at, "userId": feed.user_id, "data": feed.data }));
+                }
+                last = Some(cursor);
+                if items.len() == limit as usize || scanned == USER_FEED_SCAN {
+                    break 'scan;
+                }
             }
-            let cursor = key.strip_prefix(storage::FEED_PREFIX).unwrap_or_default();
-            items.push(
-                json!({ "cursor": cursor, "kind": feed.kind, "at": feed.at, "userId": feed.user_id, "data": feed.data }),
-            );
-            if items.len() == limit as usize {
-                break;
-            }
-        }
-        if user.is_none() {
-            break;
         }
     }
-    let next = last.as_deref().and_then(|key| key.strip_prefix(storage::FEED_PREFIX)).or(after).map(str::to_owned);
+    let next = last.or_else(|| after.map(str::to_owned));
     Ok(Response::json(200, &json!({ "items": items, "next": next })))
 }
 

@@ -5,7 +5,8 @@
 //! | module | what it holds |
 //! |---|---|
 //! | `keys` | every key of the table below that storage or more than one module uses: the functions that build them and the prefixes that list them |
-//! | `records` | the records of accounts, users, tokens, owners, entities, the feed and the data issues |
+//! | `records` | the records of accounts, users, tokens, owners, entities and the data issues |
+//! | `feed` | the change feed as stored: [`feed::FeedRecord`], a commit's [`feed::FeedEntry`]s in one record, and their cursors ([`feed_entries`]) |
 //! | `codec` | [`FORMAT`], encoding and decoding, [`StorageError`] and its mapping to the error answer |
 //! | `read` | reads outside a transaction: [`read`], [`page`], [`scan_all`], [`collect`] |
 //! | `txn` | [`Txn`] and [`transact`]: read-modify-write with retry on conflict, the feed, the [`CommitHook`] that rebuilds derived records in the commit |
@@ -59,7 +60,7 @@
 //! | `events/seen/{sha256(type, id)[..32]}` | [`crate::domain::events::Seen`]: an event's idempotency marker |
 //! | `events/log/{stamp}` | [`crate::domain::events::EventRecord`]: every event taken, in commit order |
 //! | `events/order/product/{store}/{uuid}` | [`crate::domain::events::ProductOrder`]: the newest state of a catalog item that events brought |
-//! | `feed/{stamp}` | [`FeedEntry`]: one accepted change; the host's commit stamp orders them |
+//! | `feed/{stamp}` | [`feed::FeedRecord`]: the changes one commit accepted, each a [`feed::FeedEntry`] whose cursor is the commit's stamp with the entry's index (earlier formats: one [`feed::FeedEntry`] a record); the host's commit stamp orders them |
 //! | `issues/{sha256(user, store, entity, id, problem)[..32]}` | [`IssueRecord`]: doubtful input that was accepted |
 //! | `sync/users/{userId}` | [`crate::domain::sync::state::UserSync`]: what the cloud sync read for a user, and where it goes on |
 //! | `sync/feed` | [`crate::domain::sync::state::FeedSync`]: the position in the application's event feed |
@@ -88,6 +89,7 @@
 //! before it commits.
 
 mod codec;
+mod feed;
 mod issues;
 mod keys;
 mod log;
@@ -96,6 +98,7 @@ mod records;
 mod txn;
 
 pub use codec::{FORMAT, StorageError, decode};
+pub use feed::{feed_entries, feed_scan_start};
 pub use issues::{Issue, MAX_ISSUES_PER_COMMIT};
 pub use keys::*;
 pub(crate) use log::{log_once, log_once_a_day};
@@ -107,6 +110,8 @@ pub use txn::{CommitHook, Due, Txn, transact};
 // Only tests elsewhere use it directly: they write raw records.
 #[cfg(test)]
 pub(crate) use codec::encode;
+#[cfg(test)]
+pub(crate) use feed::FeedEntry;
 
 #[cfg(test)]
 mod tests;

@@ -213,24 +213,6 @@ pub struct DeviceOrder {
     pub devices: Vec<String>,
 }
 
-/// One accepted change as the partner's change feed shows it; its key's
-/// stamp (after [`FEED_PREFIX`](super::FEED_PREFIX)) is its cursor.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct FeedEntry {
-    /// Storage format version.
-    pub v: u32,
-    /// What happened, e.g. `document.received`.
-    pub kind: String,
-    /// When, Unix seconds.
-    pub at: u64,
-    /// The Evotor user concerned, if any (absent when none is).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user_id: Option<String>,
-    /// The ids that say what changed.
-    pub data: Value,
-}
-
 /// A data issue as stored and listed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

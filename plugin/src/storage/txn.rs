@@ -4,11 +4,12 @@
 //! data issues are counted in it, and the records derived from what it
 //! writes are rebuilt in it, by the rules of a [`CommitHook`].
 
-use super::codec::{FORMAT, StorageError, decode, encode};
+use super::codec::{StorageError, decode, encode};
+use super::feed::{self, FeedEntry};
 use super::issues::{self, Issue, Noted};
 use super::keys::FEED_PREFIX;
 use super::read::collect;
-use super::records::{FeedEntry, IssueRecord};
+use super::records::IssueRecord;
 use crate::Ctx;
 use crate::kv::{Check, Kv, KvError, Write};
 use serde::Serialize;
@@ -18,19 +19,6 @@ use std::collections::BTreeSet;
 
 /// How often [`transact`] tries before giving up on a contended record.
 const MAX_ATTEMPTS: u32 = 24;
-
-/// A change to announce in the feed, in the same commit as the change.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Event {
-    /// What happened.
-    pub kind: &'static str,
-    /// When, Unix seconds.
-    pub at: u64,
-    /// The Evotor user concerned, if any.
-    pub user_id: Option<String>,
-    /// The ids that say what changed.
-    pub data: Value,
-}
 
 /// Whose derived records a write makes due for a rebuild before the commit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,7 +69,8 @@ pub struct Txn<'a> {
     kv: &'a dyn Kv,
     checks: Vec<Check>,
     writes: Vec<Write>,
-    events: Vec<Event>,
+    /// The changes to announce in the feed, in the same commit as the changes.
+    events: Vec<FeedEntry>,
     /// Data issues noted.
     issues: Noted,
     /// Lines to log once the commit holds.
@@ -249,23 +238,21 @@ impl Txn<'_> {
 
     /// Announces a change in the feed; the entry commits with the change or not at all.
     pub fn emit(&mut self, kind: &'static str, at: u64, user_id: Option<&str>, data: Value) {
-        self.events.push(Event { kind, at, user_id: user_id.map(str::to_owned), data });
+        self.events.push(FeedEntry { kind: kind.to_owned(), at, user_id: user_id.map(str::to_owned), data });
     }
 
-    /// Appends the emitted events to the feed with stamped keys: the host
-    /// orders them by commit, so feed writers never contend on a shared
-    /// record, and an entry exists exactly when its change does.
-    fn append_feed(&mut self) {
-        for event in std::mem::take(&mut self.events) {
-            let entry = FeedEntry {
-                v: FORMAT,
-                kind: event.kind.to_owned(),
-                at: event.at,
-                user_id: event.user_id,
-                data: event.data,
-            };
-            self.append(FEED_PREFIX, &entry);
+    /// Appends the emitted events to the feed, in one record (or as few as
+    /// [`feed::records`] makes) with a stamped key: the host orders them by
+    /// commit, so feed writers never contend on a shared record, and an
+    /// entry exists exactly when its change does.
+    fn append_feed(&mut self) -> Result<(), StorageError> {
+        let entries = std::mem::take(&mut self.events);
+        let records =
+            feed::records(entries).ok_or(StorageError::Kv(KvError::TooLarge("feed entries of one commit")))?;
+        for record in records {
+            self.writes.push(Write::SetStamped(FEED_PREFIX.to_owned(), record));
         }
+        Ok(())
     }
 
     /// Appends `record` under `prefix` with a stamped key: the host orders
@@ -319,7 +306,7 @@ where
         let result = body(&mut txn)?;
         txn.rebuild_due()?;
         txn.write_issues()?;
-        txn.append_feed();
+        txn.append_feed()?;
         if txn.writes.is_empty() {
             return Ok(result);
         }

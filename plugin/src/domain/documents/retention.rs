@@ -30,7 +30,8 @@ fn expired_per_write(brought: usize) -> usize {
     brought.saturating_mul(2).clamp(EXPIRED_PER_WRITE, MAX_EXPIRED_PER_WRITE)
 }
 
-/// The time of a feed entry, read without the rest of it.
+/// The time of a feed record (the latest of its entries'), read without
+/// the rest of it.
 #[derive(Deserialize)]
 struct FeedTime {
     at: u64,
@@ -51,9 +52,10 @@ fn cutoff_secs(ctx: &Ctx<'_>, days: u64) -> u64 {
     ctx.clock.now_unix().saturating_sub(days.saturating_mul(86_400))
 }
 
-/// Erases the feed entries and the logged events (with their idempotency
-/// markers) that arrived more than `retention_days` ago, the oldest first,
-/// at most [`expired_per_write`] of each for a write that brought
+/// Erases the feed records (each a commit's entries) whose entries all
+/// arrived more than `retention_days` ago, and the logged events (with
+/// their idempotency markers) that did, the oldest first, at most
+/// [`expired_per_write`] of each for a write that brought
 /// `brought` records, and the data issues past their time when the write
 /// noted `noted` new ones ([`expire_issues`]). A call with nothing due
 /// reads one key of each. A partner whose feed cursor names an erased entry

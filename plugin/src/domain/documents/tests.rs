@@ -620,6 +620,88 @@ fn the_feed_has_every_accepted_change_once_in_commit_order() {
     assert_eq!(bad.status, 400);
 }
 
+/// Every entry of the feed, paged `limit` at a time (for `user`, if named): (cursor, kind, user).
+fn feed_pages(world: &Fixture, limit: u32, user: Option<&str>) -> Vec<(String, String, Value)> {
+    let (mut entries, mut after) = (Vec::new(), None::<String>);
+    loop {
+        let mut query = format!("?limit={limit}");
+        if let Some(user) = user {
+            query.push_str(&format!("&userId={user}"));
+        }
+        if let Some(after) = &after {
+            query.push_str(&format!("&after={after}"));
+        }
+        let page = world.call("GET", &format!("/partner/v1/feed{query}"), Some("partner"), None).body_json();
+        for item in page["items"].as_array().expect("items") {
+            let text = |field: &str| item[field].as_str().unwrap_or_default().to_owned();
+            entries.push((text("cursor"), text("kind"), item["userId"].clone()));
+        }
+        let next = page["next"].as_str().map(str::to_owned);
+        if next == after {
+            return entries;
+        }
+        after = next;
+    }
+}
+
+#[test]
+fn a_commits_feed_entries_share_a_record_and_page_with_cursors_of_their_own() {
+    let world = Fixture::new();
+    let alice = world.register(ALICE, "alice");
+    let bob = world.register(BOB, "bob");
+    let docs = |from: u32| {
+        let docs = (from..from + 40).map(|n| {
+            let mut doc = january_doc("02-SELL", 1);
+            doc["uuid"] = json!(format!("175d8ae9-79db-4588-a65a-{n:012x}"));
+            doc
+        });
+        Value::Array(docs.collect())
+    };
+    assert_eq!(put(&world, &alice, STORE, docs(0)).status, 200);
+    // An entry as earlier builds stored it: one a record, its key's stamp its cursor.
+    let old = json!({"v": 1, "kind": "tariff.changed", "at": 1, "userId": ALICE, "data": {"tariffId": "t"}});
+    let write = crate::kv::Write::SetStamped(storage::FEED_PREFIX.into(), old.to_string().into_bytes());
+    crate::kv::Kv::commit(&world.kv, Vec::new(), vec![write]).expect("an earlier entry");
+    assert_eq!(put(&world, &bob, STORE2, docs(100)).status, 200);
+    assert_eq!(put(&world, &alice, STORE, docs(200)).status, 200);
+
+    let records: Vec<(String, Vec<(String, storage::FeedEntry)>)> = storage::scan_all(&world.kv, storage::FEED_PREFIX)
+        .expect("feed")
+        .into_iter()
+        .map(|(key, record)| {
+            let entries = storage::feed_entries(&key, &record.value).expect("entries");
+            (key, entries)
+        })
+        .collect();
+    let received = |entries: &[(String, storage::FeedEntry)]| {
+        entries.iter().filter(|(_, entry)| entry.kind == "document.received").count()
+    };
+    let deliveries: Vec<usize> = records.iter().map(|(_, entries)| received(entries)).filter(|&n| n > 0).collect();
+    assert_eq!(deliveries, [40, 40, 40], "a delivery, a record");
+    let (old_key, old_entries) =
+        records.iter().find(|(_, entries)| entries.iter().any(|(_, entry)| entry.at == 1)).expect("the earlier entry");
+    assert_eq!(old_entries.len(), 1);
+    assert_eq!(format!("{}{}", storage::FEED_PREFIX, old_entries[0].0), *old_key, "its key's stamp is its cursor");
+
+    let all = feed_pages(&world, 1000, None);
+    assert_eq!(all.len(), records.iter().map(|(_, entries)| entries.len()).sum::<usize>());
+    assert!(all.windows(2).all(|pair| pair[0].0 < pair[1].0), "cursors increase: {all:?}");
+    let old = all.iter().position(|(cursor, _, _)| *cursor == old_entries[0].0).expect("listed");
+    let documents_of = |entries: &[(String, String, Value)]| -> Vec<Value> {
+        entries.iter().filter(|(_, kind, _)| kind == "document.received").map(|(_, _, user)| user.clone()).collect()
+    };
+    assert_eq!(documents_of(&all[..old]), vec![json!(ALICE); 40], "in commit order");
+    assert_eq!(documents_of(&all[old..])[..41], [vec![json!(BOB); 40], vec![json!(ALICE)]].concat());
+    for limit in [1, 7, 40, 41] {
+        assert_eq!(feed_pages(&world, limit, None), all, "pages of {limit} resume inside a record");
+    }
+    for user in [ALICE, BOB] {
+        let theirs: Vec<_> = all.iter().filter(|(_, _, id)| id == &json!(user)).cloned().collect();
+        assert!(theirs.len() >= 40, "{user}: {theirs:?}");
+        assert_eq!(feed_pages(&world, 3, Some(user)), theirs, "{user}'s entries, the same cursors");
+    }
+}
+
 #[test]
 fn a_commit_with_an_unknown_outcome_is_re_read_and_leaves_each_document_stored_once() {
     for applied in [true, false] {

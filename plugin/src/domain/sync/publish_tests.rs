@@ -160,7 +160,8 @@ fn feed_kinds(world: &Fixture) -> Vec<String> {
     storage::scan_all(&world.kv, storage::FEED_PREFIX)
         .expect("feed")
         .iter()
-        .map(|(key, entry)| storage::decode::<storage::FeedEntry>(key, &entry.value).expect("entry").kind)
+        .flat_map(|(key, record)| storage::feed_entries(key, &record.value).expect("entries"))
+        .map(|(_, entry)| entry.kind)
         .collect()
 }
 

@@ -760,7 +760,8 @@ fn records_of_a_bare_event_keep_no_empty_fields_and_list_as_they_always_did() {
     };
     let [log] = stored(events::LOG_PREFIX).try_into().expect("one log record");
     let [issue] = stored(storage::ISSUES_PREFIX).try_into().expect("one issue");
-    let [entry] = stored(storage::FEED_PREFIX).try_into().expect("one feed entry");
+    let [record] = stored(storage::FEED_PREFIX).try_into().expect("one feed record");
+    let [entry] = record["entries"].as_array().cloned().unwrap_or_default().try_into().expect("one feed entry");
     for (record, absent) in [
         (&log, &["type", "kind", "action", "timestamp", "userId"][..]),
         (&issue, &["userId", "storeUuid"][..]),
