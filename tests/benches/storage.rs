@@ -7,7 +7,10 @@
 //! delivered in the same run (the request bodies, as sent). The 1 KB records are
 //! well-formed (uuids where Evotor sends uuids, products with their fields; the doubtful
 //! ones are the tiny rows), filled up with pseudo-random hex (as ids, codes and sums are
-//! in real ones), not a repeated letter that any compression would take away.
+//! in real ones), not a repeated letter that any compression would take away. Their
+//! uuids come in no order, as the random uuids terminals make (keys in ascending order
+//! would fill the store's pages better than real ones do); dates and stamps ascend, as
+//! they do.
 //!
 //! Each row is measured twice in the same run, into a fresh store each time, the two
 //! taking turns at going first: with values written as given (`store.compression =
@@ -43,9 +46,15 @@ struct Kind {
     small: bool,
 }
 
+/// A uuid of its own for record `n`, in no order of `n`, as the random
+/// uuids terminals make: consecutive records land all over the key space.
+fn scattered_uuid(n: usize) -> String {
+    format!("{:08x}-0000-4000-8000-{n:012x}", (n as u32).wrapping_mul(2_654_435_761))
+}
+
 fn document(n: usize) -> Value {
     padded(
-        json!({"id": format!("0d0c0000-0000-4000-8000-{n:012x}"), "store_id": STORE, "device_id": DEVICE, "type": "SELL",
+        json!({"id": scattered_uuid(n), "store_id": STORE, "device_id": DEVICE, "type": "SELL",
             "close_date": 1_700_000_000_000i64 + n as i64, "user_id": USER, "version": "V2",
             "body": {"result_sum": 100, "positions": [{"name": "Tea", "price": 100, "quantity": 1}]}}),
         1024,
@@ -124,8 +133,7 @@ const KINDS: &[Kind] = &[
         per_request: 1000,
         request: |from, count| {
             let path = format!("/api/v1/inventories/stores/{STORE}/products");
-            let uuid = |n: usize| format!("{:08x}-0000-4000-8000-{n:012x}", n);
-            ("POST", path, array((from..from + count).map(|n| json!({"uuid": uuid(n), "name": "p"}))))
+            ("POST", path, array((from..from + count).map(|n| json!({"uuid": scattered_uuid(n), "name": "p"}))))
         },
         small: true,
     },

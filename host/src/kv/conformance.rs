@@ -562,6 +562,40 @@ proptest! {
             prop_assert_eq!(scanned, expected);
         }
     }
+
+    /// Commits of many writes each, in any key order, a key written twice
+    /// or set and deleted in one commit (the later write wins), between and
+    /// around keys already stored: every backend agrees with the model.
+    #[test]
+    fn commits_of_many_writes_match_a_model(
+        commits in proptest::collection::vec(proptest::collection::vec((0u8..64, proptest::option::of(any::<u8>())), 1..60), 1..8),
+    ) {
+        for (backend, _guard) in backends() {
+            let kv = Namespace::new(backend, "runs");
+            let mut model = std::collections::BTreeMap::<String, Vec<u8>>::new();
+            for commit in &commits {
+                // Values up to a few kilobytes, so that a commit spans several leaves.
+                let long = |v: u8| value(v).repeat(usize::from(v % 16) + 1);
+                let writes: Vec<Write> = commit
+                    .iter()
+                    .map(|(k, v)| match v {
+                        Some(v) => Write::Set(format!("k{k:02}"), long(*v)),
+                        None => Write::Delete(format!("k{k:02}")),
+                    })
+                    .collect();
+                kv.commit(&[], &writes).expect("commit");
+                for (k, v) in commit {
+                    match v {
+                        Some(v) => model.insert(format!("k{k:02}"), long(*v)),
+                        None => model.remove(&format!("k{k:02}")),
+                    };
+                }
+            }
+            let scanned: Vec<_> = scan_all(&kv, "").into_iter().map(|(k, e)| (k, e.value)).collect();
+            let expected: Vec<_> = model.into_iter().collect();
+            prop_assert_eq!(scanned, expected);
+        }
+    }
 }
 
 #[test]

@@ -22,6 +22,62 @@ use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 const META: TableDefinition<'static, &str, u64> = TableDefinition::new("evogate:meta");
+
+/// Applies `writes` (a key and its value, or `None` to delete it; a later
+/// write of a key wins) to `table`. New keys that come in ascending order
+/// and fall in the same gap of the table (a delivery's index entries by
+/// date, the records of a restore) go in through a cursor as one run, which
+/// redb packs into full leaves: written one by one, each would split a full
+/// leaf into two halves, and a family that grows at its end would stay
+/// about half full. Any other write is made in place. Keys out of order are
+/// written all the same, each where it belongs.
+fn write_in_order<'w>(
+    table: &mut redb::Table<'_, &str, &[u8]>,
+    writes: impl IntoIterator<Item = (&'w str, Option<&'w [u8]>)>,
+) -> Result<(), redb::Error> {
+    let mut writes = writes.into_iter().peekable();
+    while let Some((key, value)) = writes.next() {
+        let mut at = table.lower_bound_mut(std::ops::Bound::Included(key))?;
+        let next: Option<String> = at.peek_next()?.map(|(next, _)| next.value().to_owned());
+        // A run: a new key, and the next write's key falls in the same gap.
+        let run = match value {
+            Some(value) if next.as_deref() != Some(key) => writes
+                .peek()
+                .is_some_and(|&(second, _)| key < second && next.as_deref().is_none_or(|next| second < next))
+                .then_some(value),
+            _ => None,
+        };
+        let Some(value) = run else {
+            // Alone in its gap, or a key the table has: written in place, as a
+            // leaf already copied in this transaction takes it without a copy.
+            at.close()?;
+            match value {
+                Some(value) => table.insert(key, value).map(drop)?,
+                None => table.remove(key).map(drop)?,
+            }
+            continue;
+        };
+        at.insert_before(key, value)?;
+        let mut last = key;
+        while let Some(&(key, value)) = writes.peek() {
+            // The gap is `key`'s too when it comes after the last key written
+            // and no entry of the table lies between them.
+            if !(last < key && at.peek_next()?.is_none_or(|(next, _)| next.value() >= key)) {
+                break;
+            }
+            writes.next();
+            if at.peek_next()?.is_some_and(|(next, _)| next.value() == key) {
+                at.remove_next()?;
+            }
+            if let Some(value) = value {
+                at.insert_before(key, value)?;
+            }
+            last = key;
+        }
+        at.close()?;
+    }
+    Ok(())
+}
 const LAST_VERSION: &str = "last_version";
 
 /// How often a database that failed to open again is retried.
@@ -249,18 +305,13 @@ impl Backend for RedbBackend {
                 let version = meta.get(LAST_VERSION).map_err(|err| self.failed(err))?.map_or(0, |v| v.value()) + 1;
                 meta.insert(LAST_VERSION, version).map_err(|err| self.failed(err))?;
                 // One writer at a time: versions, and so stamps, follow commit order.
-                for (key, value) in super::resolve(writes, version) {
-                    match value {
-                        Some(value) => {
-                            table
-                                .insert(key.as_ref(), encode_entry(version, value, self.compression).as_slice())
-                                .map_err(|err| self.failed(err))?;
-                        }
-                        None => {
-                            table.remove(key.as_ref()).map_err(|err| self.failed(err))?;
-                        }
-                    }
-                }
+                let mut resolved: Vec<_> = super::resolve(writes, version)
+                    .map(|(key, value)| (key, value.map(|value| encode_entry(version, value, self.compression))))
+                    .collect();
+                // In key order (a stable sort: of two writes of a key, the later still wins).
+                resolved.sort_by(|(a, _), (b, _)| a.cmp(b));
+                write_in_order(&mut table, resolved.iter().map(|(key, value)| (key.as_ref(), value.as_deref())))
+                    .map_err(|err| self.failed(err))?;
             }
             // An I/O error while committing leaves it open whether the commit
             // reached the disk (the repair on reopen decides): outcome unknown.
@@ -321,29 +372,20 @@ impl Backend for RedbBackend {
         self.with_db(|db| {
             let txn = db.begin_write().map_err(|err| self.failed(err))?;
             {
-                let mut highest = last_version;
-                let mut open: Option<(String, redb::Table<'_, &str, &[u8]>)> = None;
-                for record in records {
-                    highest = highest.max(record.entry.version);
-                    if open.as_ref().is_none_or(|(ns, _)| *ns != record.ns) {
-                        // A table is open once at a time in a transaction.
-                        drop(open.take());
-                        let name = table(&record.ns);
-                        let table = txn
-                            .open_table(TableDefinition::<&str, &[u8]>::new(&name))
-                            .map_err(|err| self.failed(err))?;
-                        open = Some((record.ns.clone(), table));
-                    }
-                    if let Some((_, table)) = open.as_mut() {
-                        table
-                            .insert(
-                                record.key.as_str(),
-                                encode_entry(record.entry.version, &record.entry.value, self.compression).as_slice(),
-                            )
-                            .map_err(|err| self.failed(err))?;
-                    }
+                let highest = records.iter().map(|record| record.entry.version).fold(last_version, u64::max);
+                // A namespace's records at a time: a table is open once at a time in a transaction.
+                for group in records.chunk_by(|a, b| a.ns == b.ns) {
+                    let name = table(&group[0].ns);
+                    let mut table =
+                        txn.open_table(TableDefinition::<&str, &[u8]>::new(&name)).map_err(|err| self.failed(err))?;
+                    let values: Vec<Vec<u8>> = group
+                        .iter()
+                        .map(|record| encode_entry(record.entry.version, &record.entry.value, self.compression))
+                        .collect();
+                    let writes =
+                        group.iter().zip(&values).map(|(record, value)| (record.key.as_str(), Some(&value[..])));
+                    write_in_order(&mut table, writes).map_err(|err| self.failed(err))?;
                 }
-                drop(open);
                 let mut meta = txn.open_table(META).map_err(|err| self.failed(err))?;
                 let current = meta.get(LAST_VERSION).map_err(|err| self.failed(err))?.map_or(0, |v| v.value());
                 meta.insert(LAST_VERSION, current.max(highest)).map_err(|err| self.failed(err))?;
@@ -423,6 +465,53 @@ impl super::backup::Snapshot for RedbSnapshot {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt as _;
+
+    /// Bytes of the records in `ns`'s table against the bytes of its leaves.
+    fn leaf_fill(store: &RedbBackend, ns: &str) -> f64 {
+        store
+            .with_db(|db| {
+                use redb::ReadableTableMetadata as _;
+                let txn = db.begin_read().map_err(|err| store.failed(err))?;
+                let name = table(ns);
+                let table =
+                    txn.open_table(TableDefinition::<&str, &[u8]>::new(&name)).map_err(|err| store.failed(err))?;
+                let stats = table.stats().map_err(|err| store.failed(err))?;
+                Ok(stats.stored_bytes() as f64 / (stats.leaf_pages() * 4096) as f64)
+            })
+            .expect("stats")
+    }
+
+    #[test]
+    fn keys_that_arrive_in_ascending_order_fill_their_leaves() {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let store =
+            RedbBackend::open(&temp.path().join("fill.redb")).expect("open").with_compression(Compression::None);
+        // A log: a hundred ascending keys a commit, as a delivery's index entries come,
+        // with keys of another family before and after them.
+        store
+            .commit("p", &[], &[Write::Set("a".into(), vec![1; 100]), Write::Set("z".into(), vec![1; 100])])
+            .expect("commit");
+        for commit in 0..50 {
+            let writes: Vec<Write> = (0..100)
+                .map(|n| Write::Set(format!("log/{:06}", commit * 100 + n), vec![(n % 251) as u8; 200]))
+                .collect();
+            store.commit("p", &[], &writes).expect("commit");
+        }
+        let fill = leaf_fill(&store, "p");
+        assert!(fill > 0.85, "leaves {:.0} % full", fill * 100.0);
+        // The same records from a restore of them.
+        let records: Vec<_> = store.snapshot().expect("snapshot").next(usize::MAX).expect("records");
+        let copy = RedbBackend::open(&temp.path().join("copy.redb")).expect("open").with_compression(Compression::None);
+        copy.restore(&records, 0).expect("restore");
+        let fill = leaf_fill(&copy, "p");
+        assert!(fill > 0.85, "restored leaves {:.0} % full", fill * 100.0);
+        let page = |store: &RedbBackend, after: &str| {
+            store.scan("p", &crate::kv::Scan::of("", Some(after), 1000, usize::MAX)).expect("scan")
+        };
+        for after in ["", "log/001999", "log/004500"] {
+            assert_eq!(page(&copy, after), page(&store, after), "after {after:?}");
+        }
+    }
 
     #[test]
     fn compaction_gives_freed_pages_back_and_keeps_every_record() {
