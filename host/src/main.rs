@@ -123,8 +123,9 @@ enum StoreCommand {
         #[arg(long)]
         force: bool,
     },
-    /// Give the free space of the configured redb store back to the file
-    /// system (redb's compaction), with the gateway stopped.
+    /// Rewrite every table of the configured redb store with its leaves
+    /// packed full and give the free space back to the file system, with
+    /// the gateway stopped.
     Compact {
         /// The configuration whose store to compact.
         #[arg(long, short, env = "EVOGATE_CONFIG")]
