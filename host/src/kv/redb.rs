@@ -55,48 +55,53 @@ fn repack(db: &Database, name: &str) -> Result<(), redb::Error> {
 /// leaf into two halves, and a family that grows at its end would stay
 /// about half full. Any other write is made in place. Keys out of order are
 /// written all the same, each where it belongs.
-fn write_in_order<'w>(
+fn write_in_order<K: AsRef<str>, V: AsRef<[u8]>>(
     table: &mut redb::Table<'_, &str, &[u8]>,
-    writes: impl IntoIterator<Item = (&'w str, Option<&'w [u8]>)>,
+    writes: impl IntoIterator<Item = (K, Option<V>)>,
 ) -> Result<(), redb::Error> {
+    // Values are made as they are written (the iterator's), one ahead at most.
     let mut writes = writes.into_iter().peekable();
-    while let Some((key, value)) = writes.next() {
+    while let Some((first, value)) = writes.next() {
+        let key = first.as_ref();
         let mut at = table.lower_bound_mut(std::ops::Bound::Included(key))?;
         let next: Option<String> = at.peek_next()?.map(|(next, _)| next.value().to_owned());
         // A run: a new key, and the next write's key falls in the same gap.
-        let run = match value {
-            Some(value) if next.as_deref() != Some(key) => writes
-                .peek()
-                .is_some_and(|&(second, _)| key < second && next.as_deref().is_none_or(|next| second < next))
-                .then_some(value),
-            _ => None,
-        };
-        let Some(value) = run else {
+        let run = value.is_some()
+            && next.as_deref() != Some(key)
+            && writes.peek().is_some_and(|(second, _)| {
+                let second = second.as_ref();
+                key < second && next.as_deref().is_none_or(|next| second < next)
+            });
+        if !run {
             // Alone in its gap, or a key the table has: written in place, as a
             // leaf already copied in this transaction takes it without a copy.
             at.close()?;
             match value {
-                Some(value) => table.insert(key, value).map(drop)?,
+                Some(value) => table.insert(key, value.as_ref()).map(drop)?,
                 None => table.remove(key).map(drop)?,
             }
             continue;
-        };
-        at.insert_before(key, value)?;
-        let mut last = key;
-        while let Some(&(key, value)) = writes.peek() {
+        }
+        if let Some(value) = &value {
+            at.insert_before(key, value.as_ref())?;
+        }
+        let mut last = first;
+        while let Some((key, _)) = writes.peek() {
             // The gap is `key`'s too when it comes after the last key written
             // and no entry of the table lies between them.
-            if !(last < key && at.peek_next()?.is_none_or(|(next, _)| next.value() >= key)) {
+            let key = key.as_ref();
+            if !(last.as_ref() < key && at.peek_next()?.is_none_or(|(next, _)| next.value() >= key)) {
                 break;
             }
-            writes.next();
+            let Some((written, value)) = writes.next() else { break };
+            let key = written.as_ref();
             if at.peek_next()?.is_some_and(|(next, _)| next.value() == key) {
                 at.remove_next()?;
             }
             if let Some(value) = value {
-                at.insert_before(key, value)?;
+                at.insert_before(key, value.as_ref())?;
             }
-            last = key;
+            last = written;
         }
         at.close()?;
     }
@@ -344,13 +349,13 @@ impl Backend for RedbBackend {
                 let version = meta.get(LAST_VERSION).map_err(|err| self.failed(err))?.map_or(0, |v| v.value()) + 1;
                 meta.insert(LAST_VERSION, version).map_err(|err| self.failed(err))?;
                 // One writer at a time: versions, and so stamps, follow commit order.
-                let mut resolved: Vec<_> = super::resolve(writes, version)
-                    .map(|(key, value)| (key, value.map(|value| encode_entry(version, value, self.compression))))
-                    .collect();
+                let mut resolved: Vec<_> = super::resolve(writes, version).collect();
                 // In key order (a stable sort: of two writes of a key, the later still wins).
                 resolved.sort_by(|(a, _), (b, _)| a.cmp(b));
-                write_in_order(&mut table, resolved.iter().map(|(key, value)| (key.as_ref(), value.as_deref())))
-                    .map_err(|err| self.failed(err))?;
+                let encoded = resolved
+                    .into_iter()
+                    .map(|(key, value)| (key, value.map(|value| encode_entry(version, value, self.compression))));
+                write_in_order(&mut table, encoded).map_err(|err| self.failed(err))?;
             }
             // An I/O error while committing leaves it open whether the commit
             // reached the disk (the repair on reopen decides): outcome unknown.
@@ -417,12 +422,10 @@ impl Backend for RedbBackend {
                     let name = table(&group[0].ns);
                     let mut table =
                         txn.open_table(TableDefinition::<&str, &[u8]>::new(&name)).map_err(|err| self.failed(err))?;
-                    let values: Vec<Vec<u8>> = group
-                        .iter()
-                        .map(|record| encode_entry(record.entry.version, &record.entry.value, self.compression))
-                        .collect();
-                    let writes =
-                        group.iter().zip(&values).map(|(record, value)| (record.key.as_str(), Some(&value[..])));
+                    let writes = group.iter().map(|record| {
+                        let value = encode_entry(record.entry.version, &record.entry.value, self.compression);
+                        (record.key.as_str(), Some(value))
+                    });
                     write_in_order(&mut table, writes).map_err(|err| self.failed(err))?;
                 }
                 let mut meta = txn.open_table(META).map_err(|err| self.failed(err))?;

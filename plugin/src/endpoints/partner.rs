@@ -342,7 +342,8 @@ pub fn data_issues(ctx: &Ctx<'_>, request: &Request) -> Result<Response, ApiErro
 const USER_FEED_SCAN: usize = 5000;
 
 /// Feed records one scan reads at most: each holds one commit's entries,
-/// 32 KiB of them at most.
+/// 32 KiB of them at most. A page's first scan reads 4, each next one twice
+/// as many, so a page that one record fills reads little more than it.
 const FEED_RECORDS_PER_SCAN: usize = 100;
 
 /// `GET /partner/v1/feed?after=&limit=&userId=`: every accepted change in
@@ -369,12 +370,14 @@ pub fn feed(ctx: &Ctx<'_>, request: &Request) -> Result<Response, ApiError> {
     let mut start = after.map(storage::feed_scan_start);
     let (mut items, mut scanned) = (Vec::new(), 0);
     let mut last: Option<String> = None;
+    let mut chunk = 4;
     'scan: while items.len() < limit as usize && scanned < USER_FEED_SCAN {
         let want = match user {
             None => limit as usize - items.len(),
             Some(_) => USER_FEED_SCAN - scanned,
         };
-        let records = storage::collect(ctx.kv, storage::FEED_PREFIX, start.clone(), want.min(FEED_RECORDS_PER_SCAN))?;
+        let records = storage::collect(ctx.kv, storage::FEED_PREFIX, start.clone(), want.min(chunk))?;
+        chunk = (chunk * 2).min(FEED_RECORDS_PER_SCAN);
         let Some((end, _)) = records.last() else { break };
         start = Some(end.clone());
         for (key, record) in &records {

@@ -146,25 +146,28 @@ fn expire_issues(ctx: &Ctx<'_>, days: u64, noted: usize) -> Result<(), ApiError>
 }
 
 /// The oldest records under `prefix` (a log with stamped keys) while `due`
-/// says they are, each with what `due` answered; one key read when the
-/// oldest is not.
+/// says they are, at most `limit`, each with what `due` answered. They are
+/// read one, then two, four… at a time: one key read when the oldest is not
+/// due, and never much more than what is (a feed record holds a commit's
+/// entries, kilobytes of them).
 fn oldest<T>(
     ctx: &Ctx<'_>,
     prefix: &str,
     limit: usize,
     due: impl Fn(&str, &[u8]) -> Result<Option<T>, storage::StorageError>,
 ) -> Result<Vec<(String, T)>, ApiError> {
-    let first = storage::collect(ctx.kv, prefix, None, 1)?;
-    match first.first() {
-        Some((key, entry)) if due(key, &entry.value)?.is_some() => {}
-        _ => return Ok(Vec::new()),
-    }
-    let mut expired = Vec::new();
-    for (key, entry) in storage::collect(ctx.kv, prefix, None, limit)? {
-        match due(&key, &entry.value)? {
-            Some(value) => expired.push((key, value)),
-            None => break,
+    let (mut expired, mut start, mut chunk) = (Vec::new(), None, 1);
+    while expired.len() < limit {
+        let records = storage::collect(ctx.kv, prefix, start.take(), chunk.min(limit - expired.len()))?;
+        let Some((last, _)) = records.last() else { break };
+        start = Some(last.clone());
+        for (key, record) in records {
+            match due(&key, &record.value)? {
+                Some(value) => expired.push((key, value)),
+                None => return Ok(expired),
+            }
         }
+        chunk *= 2;
     }
     Ok(expired)
 }
