@@ -22,6 +22,10 @@ use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 const META: TableDefinition<'static, &str, u64> = TableDefinition::new("evogate:meta");
+const LAST_VERSION: &str = "last_version";
+
+/// How often a database that failed to open again is retried.
+const REOPEN_EVERY: Duration = Duration::from_millis(200);
 
 /// Where [`repack`] rewrites a table: outside the namespaces' names.
 const REPACKED: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("evogate:repacking");
@@ -66,24 +70,24 @@ fn write_in_order<K: AsRef<str>, V: AsRef<[u8]>>(
         let mut at = table.lower_bound_mut(std::ops::Bound::Included(key))?;
         let next: Option<String> = at.peek_next()?.map(|(next, _)| next.value().to_owned());
         // A run: a new key, and the next write's key falls in the same gap.
-        let run = value.is_some()
-            && next.as_deref() != Some(key)
-            && writes.peek().is_some_and(|(second, _)| {
-                let second = second.as_ref();
-                key < second && next.as_deref().is_none_or(|next| second < next)
-            });
-        if !run {
-            // Alone in its gap, or a key the table has: written in place, as a
-            // leaf already copied in this transaction takes it without a copy.
-            at.close()?;
-            match value {
-                Some(value) => table.insert(key, value.as_ref()).map(drop)?,
-                None => table.remove(key).map(drop)?,
+        let same_gap = |second: &str| key < second && next.as_deref().is_none_or(|next| second < next);
+        match &value {
+            Some(value)
+                if next.as_deref() != Some(key)
+                    && writes.peek().is_some_and(|(second, _)| same_gap(second.as_ref())) =>
+            {
+                at.insert_before(key, value.as_ref())?;
             }
-            continue;
-        }
-        if let Some(value) = &value {
-            at.insert_before(key, value.as_ref())?;
+            _ => {
+                // Alone in its gap, or a key the table has: written in place, as a
+                // leaf already copied in this transaction takes it without a copy.
+                at.close()?;
+                match value {
+                    Some(value) => table.insert(key, value.as_ref()).map(drop)?,
+                    None => table.remove(key).map(drop)?,
+                }
+                continue;
+            }
         }
         let mut last = first;
         while let Some((key, _)) = writes.peek() {
@@ -107,10 +111,6 @@ fn write_in_order<K: AsRef<str>, V: AsRef<[u8]>>(
     }
     Ok(())
 }
-const LAST_VERSION: &str = "last_version";
-
-/// How often a database that failed to open again is retried.
-const REOPEN_EVERY: Duration = Duration::from_millis(200);
 
 /// A redb database file shared by every plugin.
 pub struct RedbBackend {
@@ -184,8 +184,7 @@ impl RedbBackend {
         let db = db.as_mut().context("the store is closed after an I/O error")?;
         let names: Vec<String> = {
             let txn = db.begin_read().context("reading the store's tables")?;
-            let tables = txn.list_tables().context("reading the store's tables")?;
-            tables.map(|table| table.name().to_owned()).filter(|name| name.starts_with(TABLE_PREFIX)).collect()
+            namespace_tables(txn.list_tables().context("reading the store's tables")?)
         };
         for name in &names {
             repack(db, name).with_context(|| format!("rewriting {name} in {}", self.path.display()))?;
@@ -260,6 +259,14 @@ impl RedbBackend {
 
 /// What the name of every namespace's table starts with.
 const TABLE_PREFIX: &str = "kv:";
+
+/// The names of the namespaces' tables among `tables`, sorted.
+fn namespace_tables(tables: impl Iterator<Item = redb::UntypedTableHandle>) -> Vec<String> {
+    let mut names: Vec<String> =
+        tables.map(|table| table.name().to_owned()).filter(|name| name.starts_with(TABLE_PREFIX)).collect();
+    names.sort();
+    names
+}
 
 /// The table holding namespace `ns`.
 fn table(ns: &str) -> String {
@@ -395,13 +402,7 @@ impl Backend for RedbBackend {
     fn snapshot(&self) -> Result<Box<dyn super::backup::Snapshot>, KvError> {
         self.with_db(|db| {
             let txn = db.begin_read().map_err(|err| self.failed(err))?;
-            let mut tables: Vec<String> = txn
-                .list_tables()
-                .map_err(|err| self.failed(err))?
-                .map(|table| table.name().to_owned())
-                .filter(|name| name.starts_with(TABLE_PREFIX))
-                .collect();
-            tables.sort();
+            let tables = namespace_tables(txn.list_tables().map_err(|err| self.failed(err))?);
             let last_version = match txn.open_table(META) {
                 Ok(meta) => meta.get(LAST_VERSION).map_err(|err| self.failed(err))?.map_or(0, |v| v.value()),
                 Err(TableError::TableDoesNotExist(_)) => 0,
@@ -439,13 +440,7 @@ impl Backend for RedbBackend {
     fn clear(&self) -> Result<(), KvError> {
         self.with_db(|db| {
             let txn = db.begin_write().map_err(|err| self.failed(err))?;
-            let tables: Vec<String> = txn
-                .list_tables()
-                .map_err(|err| self.failed(err))?
-                .map(|table| table.name().to_owned())
-                .filter(|name| name.starts_with(TABLE_PREFIX))
-                .collect();
-            for name in tables {
+            for name in namespace_tables(txn.list_tables().map_err(|err| self.failed(err))?) {
                 txn.delete_table(TableDefinition::<&str, &[u8]>::new(&name)).map_err(|err| self.failed(err))?;
             }
             txn.commit().map_err(|err| self.failed(err))
