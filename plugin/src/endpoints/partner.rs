@@ -367,19 +367,19 @@ pub fn feed(ctx: &Ctx<'_>, request: &Request) -> Result<Response, ApiError> {
     }
     // A record holds a commit's entries: the scan starts at the cursor's
     // commit and skips its entries up to the cursor.
-    let mut start = after.map(storage::feed_scan_start);
+    let start = after.map(storage::feed_scan_start);
+    let mut scan = storage::GrowingScan::new(ctx.kv, storage::FEED_PREFIX, start, 4, FEED_RECORDS_PER_SCAN);
     let (mut items, mut scanned) = (Vec::new(), 0);
     let mut last: Option<String> = None;
-    let mut chunk = 4;
     'scan: while items.len() < limit as usize && scanned < USER_FEED_SCAN {
         let want = match user {
             None => limit as usize - items.len(),
             Some(_) => USER_FEED_SCAN - scanned,
         };
-        let records = storage::collect(ctx.kv, storage::FEED_PREFIX, start.clone(), want.min(chunk))?;
-        chunk = (chunk * 2).min(FEED_RECORDS_PER_SCAN);
-        let Some((end, _)) = records.last() else { break };
-        start = Some(end.clone());
+        let records = scan.next(want)?;
+        if records.is_empty() {
+            break;
+        }
         for (key, record) in &records {
             for (cursor, feed) in storage::feed_entries(key, &record.value)? {
                 if after.is_some_and(|after| cursor.as_str() <= after) {

@@ -74,29 +74,27 @@ pub(super) fn records(entries: Vec<FeedEntry>) -> Option<Vec<Vec<u8>>> {
     if entries.len() > MAX_FEED_ENTRIES_PER_COMMIT {
         return None;
     }
-    let mut records = Vec::new();
-    let (mut part, mut bytes, mut first) = (Vec::new(), 0, 0);
-    let mut seal = |part: &mut Vec<FeedEntry>, first: &mut usize| {
-        if part.is_empty() {
-            return;
-        }
-        let at = part.iter().map(|entry: &FeedEntry| entry.at).max().unwrap_or_default();
-        // At most a million entries: the index fits.
-        let record = FeedRecord { v: FORMAT, at, first: *first as u32, entries: std::mem::take(part) };
-        *first += record.entries.len();
-        records.push(encode(&record));
-    };
+    let (mut parts, mut bytes) = (Vec::<Vec<FeedEntry>>::new(), 0);
     for entry in entries {
         let size = encode(&entry).len() + 1;
-        if bytes + size > FEED_RECORD_BYTES {
-            seal(&mut part, &mut first);
-            bytes = 0;
+        match parts.last_mut() {
+            Some(part) if bytes + size <= FEED_RECORD_BYTES => part.push(entry),
+            _ => {
+                parts.push(vec![entry]);
+                bytes = 0;
+            }
         }
         bytes += size;
-        part.push(entry);
     }
-    seal(&mut part, &mut first);
-    Some(records)
+    let mut first = 0;
+    let records = parts.into_iter().map(|entries| {
+        let at = entries.iter().map(|entry| entry.at).max().unwrap_or_default();
+        // At most a million entries: the index fits.
+        let record = FeedRecord { v: FORMAT, at, first: first as u32, entries };
+        first += record.entries.len();
+        encode(&record)
+    });
+    Some(records.collect())
 }
 
 /// The entries of the record at `key` (under [`FEED_PREFIX`]), each with

@@ -102,7 +102,7 @@ pub use feed::{feed_entries, feed_scan_start};
 pub use issues::{Issue, MAX_ISSUES_PER_COMMIT};
 pub use keys::*;
 pub(crate) use log::{log_once, log_once_a_day};
-pub(crate) use read::collect;
+pub(crate) use read::{GrowingScan, collect};
 pub use read::{cloud_token, page, read, scan_all};
 pub use records::*;
 pub use txn::{CommitHook, Due, Txn, transact};

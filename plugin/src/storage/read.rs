@@ -40,6 +40,36 @@ pub fn scan_all(kv: &dyn Kv, prefix: &str) -> Result<Vec<(String, crate::kv::Ent
     collect(kv, prefix, None, usize::MAX)
 }
 
+/// Entries under `prefix` read in scans that grow: `first` entries, then
+/// twice as many each time up to `most`, so a reader that stops early (at
+/// the first record not due, at a full page) has read little more than it
+/// used, and one that goes on needs few scans.
+pub(crate) struct GrowingScan<'a> {
+    kv: &'a dyn Kv,
+    prefix: &'a str,
+    /// The last key read (or where to start after).
+    start: Option<String>,
+    size: usize,
+    most: usize,
+}
+
+impl<'a> GrowingScan<'a> {
+    /// A scan of `prefix` after the key `start`.
+    pub(crate) fn new(kv: &'a dyn Kv, prefix: &'a str, start: Option<String>, first: usize, most: usize) -> Self {
+        Self { kv, prefix, start, size: first, most }
+    }
+
+    /// The next entries, at most `want` (none at the end).
+    pub(crate) fn next(&mut self, want: usize) -> Result<Vec<(String, crate::kv::Entry)>, StorageError> {
+        let entries = collect(self.kv, self.prefix, self.start.clone(), want.min(self.size))?;
+        self.size = self.size.saturating_mul(2).min(self.most);
+        if let Some((last, _)) = entries.last() {
+            self.start = Some(last.clone());
+        }
+        Ok(entries)
+    }
+}
+
 /// Up to `limit` entries under `prefix` after the key `cursor`, scanning as
 /// often as needed: the host may end a scan early to bound its size, so
 /// only an empty scan means the end.

@@ -156,18 +156,18 @@ fn oldest<T>(
     limit: usize,
     due: impl Fn(&str, &[u8]) -> Result<Option<T>, storage::StorageError>,
 ) -> Result<Vec<(String, T)>, ApiError> {
-    let (mut expired, mut start, mut chunk) = (Vec::new(), None, 1);
+    let (mut expired, mut scan) = (Vec::new(), storage::GrowingScan::new(ctx.kv, prefix, None, 1, limit));
     while expired.len() < limit {
-        let records = storage::collect(ctx.kv, prefix, start.take(), chunk.min(limit - expired.len()))?;
-        let Some((last, _)) = records.last() else { break };
-        start = Some(last.clone());
+        let records = scan.next(limit - expired.len())?;
+        if records.is_empty() {
+            break;
+        }
         for (key, record) in records {
             match due(&key, &record.value)? {
                 Some(value) => expired.push((key, value)),
                 None => return Ok(expired),
             }
         }
-        chunk *= 2;
     }
     Ok(expired)
 }
