@@ -51,6 +51,8 @@ enum Value {
     Limit(bool),
     /// 1–4 MiB of one byte (pages end early past 16 MiB).
     Large(u8),
+    /// Half a kilobyte to 2.5 KiB: several in a commit are kept apart on redb.
+    Medium(u8, u16),
 }
 
 impl Value {
@@ -59,6 +61,7 @@ impl Value {
             Value::Small(bytes) => bytes.clone(),
             Value::Limit(over) => vec![7; MAX_VALUE_BYTES + usize::from(*over)],
             Value::Large(n) => vec![*n; (1 + usize::from(*n % 4)) << 20],
+            Value::Medium(n, len) => (0..512 + usize::from(*len % 2048)).map(|i| n.wrapping_add(i as u8)).collect(),
         }
     }
 }
@@ -120,7 +123,7 @@ fuzz_target!(|ops: Vec<Op>| {
             large += writes
                 .iter()
                 .filter(
-                    |w| matches!(w, WriteOp::Set(_, v) | WriteOp::SetStamped(_, v) if !matches!(v, Value::Small(_))),
+                    |w| matches!(w, WriteOp::Set(_, v) | WriteOp::SetStamped(_, v) if !matches!(v, Value::Small(_) | Value::Medium(..))),
                 )
                 .count();
             if large > 24 {

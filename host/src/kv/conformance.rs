@@ -593,7 +593,11 @@ proptest! {
             }
             let scanned: Vec<_> = scan_all(&kv, "").into_iter().map(|(k, e)| (k, e.value)).collect();
             let expected: Vec<_> = model.into_iter().collect();
-            prop_assert_eq!(scanned, expected);
+            prop_assert_eq!(&scanned, &expected);
+            for (key, value) in &expected {
+                let read = kv.get(key).expect("get").map(|entry| entry.value);
+                prop_assert_eq!(read.as_ref(), Some(value));
+            }
         }
     }
 }

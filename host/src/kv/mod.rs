@@ -308,6 +308,13 @@ impl Namespace {
 /// entry written before values were compressed reads as it always did.
 const COMPRESSED: u64 = 1 << 63;
 
+/// The version's next bit, always with [`COMPRESSED`]: the entry's value is
+/// kept apart from its key (redb's values tables), and its bytes say where.
+/// Set with [`COMPRESSED`], so that a build that knows nothing of values
+/// kept apart fails on the entry as a corrupt compressed value rather than
+/// reading its place as its value.
+const APART: u64 = 1 << 62;
+
 /// Encodes a stored value as its version (8 bytes, little endian) then the
 /// bytes, compressed when `compression` asks for it and
 /// [`codec::compress`] finds it worth it.
@@ -333,13 +340,16 @@ fn split_entry(raw: &[u8]) -> Result<(u64, &[u8]), KvError> {
 /// Reverses [`encode_entry`].
 fn decode_entry(raw: &[u8]) -> Result<Entry, KvError> {
     let (version, bytes) = split_entry(raw)?;
+    if version & APART != 0 {
+        return Err(KvError::Unavailable("corrupt entry: its value is kept apart".into()));
+    }
     let value = if version & COMPRESSED != 0 { codec::decompress(bytes)? } else { bytes.to_vec() };
     Ok(Entry { value, version: version & !COMPRESSED })
 }
 
 /// The version of an encoded entry, without reading its value.
 fn entry_version(raw: &[u8]) -> Result<u64, KvError> {
-    Ok(split_entry(raw)?.0 & !COMPRESSED)
+    Ok(split_entry(raw)?.0 & !(COMPRESSED | APART))
 }
 
 #[cfg(test)]

@@ -6,13 +6,25 @@
 //! the `evogate:meta` table, bumped by every commit, so a version is never
 //! reused even after a key is deleted and re-created.
 //!
+//! A value of half a kilobyte or more that comes in a commit with others
+//! like it (a delivery of documents or products) is kept apart from its key,
+//! in the namespace's values table, under a slot numbered in the order values
+//! are written; the key's entry keeps the version and the slot. Keys written
+//! in no order (uuids) leave a B-tree's leaves about two thirds full, so a
+//! value kept with such a key took half its size again; slots grow with
+//! every commit, so a commit's values go in at the end of the values table
+//! as one run that fills its leaves. A value written alone would split the
+//! table's last leaf into two halves: it stays with its key, and a value
+//! once apart is rewritten in its slot.
+//!
 //! After an I/O error (a full disk, say) redb refuses every later call until
 //! the database is closed and opened again, which repairs it. The backend
 //! does that itself: calls answer `unavailable` until the file opens again,
 //! then the same process serves on, no restart needed.
 
 use super::{
-    Backend, Check, Compression, Entry, KvError, Scan, ScanPage, Write, decode_entry, encode_entry, entry_version,
+    APART, Backend, COMPRESSED, Check, Compression, Entry, KvError, Scan, ScanPage, Write, codec, decode_entry,
+    encode_entry, entry_version, split_entry,
 };
 use kv_contract::Page;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableError, TableHandle as _};
@@ -28,27 +40,183 @@ const LAST_VERSION: &str = "last_version";
 const REOPEN_EVERY: Duration = Duration::from_millis(200);
 
 /// Where [`repack`] rewrites a table: outside the namespaces' names.
-const REPACKED: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("evogate:repacking");
+const REPACKED: &str = "evogate:repacking";
 
-/// Rewrites table `name` in key order into full leaves, in one transaction:
-/// a copy made as one run of ascending keys takes the table's name.
-fn repack(db: &Database, name: &str) -> Result<(), redb::Error> {
-    let definition = TableDefinition::<&str, &[u8]>::new(name);
+/// A value of at least this many bytes is kept apart from its key when its
+/// commit brings [`APART_RUN_BYTES`] of such values.
+const APART_FROM: usize = 512;
+
+/// How many bytes of values of [`APART_FROM`] or more a commit brings for
+/// them to go apart: a run that fills a few leaves (values are compressed to
+/// about half), where the last leaf's split into halves costs little.
+const APART_RUN_BYTES: usize = 16 << 10;
+
+/// Rewrites table `name` (keys of type `K`) in key order into full leaves,
+/// in one transaction: a copy made as one run of ascending keys takes the
+/// table's name.
+fn repack<K: redb::Key + 'static>(db: &Database, name: &str) -> Result<(), redb::Error> {
+    let definition = TableDefinition::<K, &[u8]>::new(name);
+    let repacked = TableDefinition::<K, &[u8]>::new(REPACKED);
     let txn = db.begin_write()?;
     {
         let source = txn.open_table(definition)?;
-        let mut copy = txn.open_table(REPACKED)?;
-        let mut at = copy.upper_bound_mut(std::ops::Bound::<&str>::Unbounded)?;
-        for entry in source.range::<&str>(..)? {
+        let mut copy = txn.open_table(repacked)?;
+        let mut at = copy.upper_bound_mut(std::ops::Bound::<K::SelfType<'_>>::Unbounded)?;
+        for entry in source.range::<K::SelfType<'_>>(..)? {
             let (key, value) = entry?;
             at.insert_before(key.value(), value.value())?;
         }
         at.close()?;
     }
     txn.delete_table(definition)?;
-    txn.rename_table(REPACKED, definition)?;
+    txn.rename_table(repacked, definition)?;
     txn.commit()?;
     Ok(())
+}
+
+/// The entry of a value kept apart in `slot` (see [`APART`]). The slot is
+/// big-endian: its first bytes are zeros, never a zstd frame's magic.
+fn apart_entry(version: u64, slot: u64) -> Vec<u8> {
+    [(version | COMPRESSED | APART).to_le_bytes(), slot.to_be_bytes()].concat()
+}
+
+/// The version and slot of an entry whose value is kept apart; `None` for
+/// an entry that holds its value.
+fn apart_slot(raw: &[u8]) -> Result<Option<(u64, u64)>, KvError> {
+    let (bits, bytes) = split_entry(raw)?;
+    if bits & APART == 0 {
+        return Ok(None);
+    }
+    let slot = <[u8; 8]>::try_from(bytes)
+        .map_err(|_| KvError::Unavailable("corrupt entry: a value kept apart without its slot".into()))?;
+    Ok(Some((bits & !(COMPRESSED | APART), u64::from_be_bytes(slot))))
+}
+
+/// Where a write's value goes.
+#[derive(Clone, Copy)]
+enum Place {
+    /// With its key (or a delete).
+    Whole,
+    /// Apart, in this slot of the values table.
+    Apart(u64),
+}
+
+/// A write as [`write_entries`] takes it.
+struct Pending<K, V> {
+    key: K,
+    /// The version and the value, or `None` to delete the key.
+    value: Option<(u64, V)>,
+    /// The value may go apart. A stamped key comes after every key of its
+    /// family, so such values are in order with their keys already, and
+    /// nothing is gained by moving them; nor in a restore, whose keys come
+    /// in order into an empty table.
+    may_go_apart: bool,
+}
+
+/// Writes `writes` (in key order, each key once) to namespace `ns`'s tables
+/// in `txn`. Values of [`APART_FROM`] or more that may go apart do when they
+/// add up to [`APART_RUN_BYTES`], in new slots appended in key order; a
+/// value apart already is rewritten in its slot, and the slots of deleted
+/// values and of values small now are let go.
+fn write_entries<K: AsRef<str>, V: AsRef<[u8]>>(
+    txn: &redb::WriteTransaction,
+    ns: &str,
+    writes: &[Pending<K, V>],
+    compression: Compression,
+    fail: &dyn Fn(redb::Error) -> KvError,
+) -> Result<(), KvError> {
+    let name = table(ns);
+    let mut table = txn.open_table(TableDefinition::<&str, &[u8]>::new(&name)).map_err(|err| fail(err.into()))?;
+    let large = |value: &Option<(u64, V)>| value.as_ref().is_some_and(|(_, value)| value.as_ref().len() >= APART_FROM);
+    let movable = writes.iter().filter(|write| write.may_go_apart && large(&write.value));
+    let run =
+        movable.filter_map(|write| Some(write.value.as_ref()?.1.as_ref().len())).sum::<usize>() >= APART_RUN_BYTES;
+    // The slots the keys written hold now.
+    let mut held = Vec::with_capacity(writes.len());
+    for Pending { key, .. } in writes {
+        let slot = match table.get(key.as_ref()).map_err(|err| fail(err.into()))? {
+            Some(raw) => apart_slot(raw.value())?.map(|(_, slot)| slot),
+            None => None,
+        };
+        held.push(slot);
+    }
+    let mut places = vec![Place::Whole; writes.len()];
+    if run || held.iter().any(Option::is_some) {
+        let name = values_table(ns);
+        let mut values = txn.open_table(TableDefinition::<u64, &[u8]>::new(&name)).map_err(|err| fail(err.into()))?;
+        let mut next = values.last().map_err(|err| fail(err.into()))?.map_or(0, |(slot, _)| slot.value() + 1);
+        let mut new = Vec::new();
+        for (at, (write, slot)) in writes.iter().zip(&held).enumerate() {
+            let value = &write.value;
+            match (value, slot) {
+                (Some((_, bytes)), Some(slot)) if large(value) => {
+                    let framed = codec::frame(bytes.as_ref(), compression);
+                    values.insert(slot, framed.as_slice()).map_err(|err| fail(err.into()))?;
+                    places[at] = Place::Apart(*slot);
+                }
+                (_, Some(slot)) => {
+                    values.remove(slot).map_err(|err| fail(err.into()))?;
+                }
+                (Some(_), None) if run && write.may_go_apart && large(value) => {
+                    places[at] = Place::Apart(next);
+                    new.push(at);
+                    next += 1;
+                }
+                _ => {}
+            }
+        }
+        // The new slots, at the table's end: one run, into full leaves.
+        let mut end = values.upper_bound_mut(std::ops::Bound::<u64>::Unbounded).map_err(|err| fail(err.into()))?;
+        for at in new {
+            let (Place::Apart(slot), Some((_, bytes))) = (places[at], &writes[at].value) else { continue };
+            let framed = codec::frame(bytes.as_ref(), compression);
+            end.insert_before(slot, framed.as_slice()).map_err(|err| fail(err.into()))?;
+        }
+        end.close().map_err(|err| fail(err.into()))?;
+    }
+    let entries = writes.iter().zip(places).map(|(Pending { key, value, .. }, place)| {
+        let entry = value.as_ref().map(|(version, bytes)| match place {
+            Place::Apart(slot) => apart_entry(*version, slot),
+            Place::Whole => encode_entry(*version, bytes.as_ref(), compression),
+        });
+        (key.as_ref(), entry)
+    });
+    write_in_order(&mut table, entries).map_err(fail)
+}
+
+/// A namespace's entries as a read transaction sees them: values kept apart
+/// are read from the namespace's values table, opened at the first.
+struct Entries<'t> {
+    txn: &'t redb::ReadTransaction,
+    ns: &'t str,
+    values: Option<redb::ReadOnlyTable<u64, &'static [u8]>>,
+    fail: &'t dyn Fn(redb::Error) -> KvError,
+}
+
+impl<'t> Entries<'t> {
+    fn new(txn: &'t redb::ReadTransaction, ns: &'t str, fail: &'t dyn Fn(redb::Error) -> KvError) -> Self {
+        Self { txn, ns, values: None, fail }
+    }
+
+    /// The entry stored as `raw`.
+    fn decode(&mut self, raw: &[u8]) -> Result<Entry, KvError> {
+        let Some((version, slot)) = apart_slot(raw)? else { return decode_entry(raw) };
+        let values = match &mut self.values {
+            Some(values) => values,
+            None => {
+                let name = values_table(self.ns);
+                let values = self
+                    .txn
+                    .open_table(TableDefinition::<u64, &[u8]>::new(&name))
+                    .map_err(|err| (self.fail)(err.into()))?;
+                self.values.insert(values)
+            }
+        };
+        let framed = values.get(slot).map_err(|err| (self.fail)(err.into()))?.ok_or_else(|| {
+            KvError::Unavailable(format!("corrupt entry: the value kept apart in slot {slot} is missing"))
+        })?;
+        Ok(Entry { value: codec::unframe(framed.value().to_vec())?, version })
+    }
 }
 
 /// Applies `writes` (a key and its value, or `None` to delete it; a later
@@ -182,12 +350,16 @@ impl RedbBackend {
         let before = size()?;
         let mut db = self.db.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         let db = db.as_mut().context("the store is closed after an I/O error")?;
-        let names: Vec<String> = {
+        let (names, values): (Vec<String>, Vec<String>) = {
             let txn = db.begin_read().context("reading the store's tables")?;
-            namespace_tables(txn.list_tables().context("reading the store's tables")?)
+            let tables: Vec<_> = txn.list_tables().context("reading the store's tables")?.collect();
+            (tables_named(tables.iter(), TABLE_PREFIX), tables_named(tables.iter(), VALUES_PREFIX))
         };
         for name in &names {
-            repack(db, name).with_context(|| format!("rewriting {name} in {}", self.path.display()))?;
+            repack::<&str>(db, name).with_context(|| format!("rewriting {name} in {}", self.path.display()))?;
+        }
+        for name in &values {
+            repack::<u64>(db, name).with_context(|| format!("rewriting {name} in {}", self.path.display()))?;
         }
         // Each pass moves pages down and frees the end; a pass that moves nothing ends it.
         for _ in 0..8 {
@@ -260,10 +432,14 @@ impl RedbBackend {
 /// What the name of every namespace's table starts with.
 const TABLE_PREFIX: &str = "kv:";
 
-/// The names of the namespaces' tables among `tables`, sorted.
-fn namespace_tables(tables: impl Iterator<Item = redb::UntypedTableHandle>) -> Vec<String> {
+/// What the name of every namespace's values table starts with: its values
+/// kept apart from their keys, by slot.
+const VALUES_PREFIX: &str = "values:";
+
+/// The names among `tables` that start with `prefix`, sorted.
+fn tables_named<'t>(tables: impl Iterator<Item = &'t redb::UntypedTableHandle>, prefix: &str) -> Vec<String> {
     let mut names: Vec<String> =
-        tables.map(|table| table.name().to_owned()).filter(|name| name.starts_with(TABLE_PREFIX)).collect();
+        tables.map(|table| table.name().to_owned()).filter(|name| name.starts_with(prefix)).collect();
     names.sort();
     names
 }
@@ -271,6 +447,11 @@ fn namespace_tables(tables: impl Iterator<Item = redb::UntypedTableHandle>) -> V
 /// The table holding namespace `ns`.
 fn table(ns: &str) -> String {
     format!("{TABLE_PREFIX}{ns}")
+}
+
+/// The table holding namespace `ns`'s values kept apart.
+fn values_table(ns: &str) -> String {
+    format!("{VALUES_PREFIX}{ns}")
 }
 
 impl Backend for RedbBackend {
@@ -287,8 +468,9 @@ impl Backend for RedbBackend {
                 Err(TableError::TableDoesNotExist(_)) => return Ok(None),
                 Err(err) => return Err(self.failed(err)),
             };
+            let fail = |err: redb::Error| self.failed(err);
             match table.get(key).map_err(|err| self.failed(err))? {
-                Some(raw) => decode_entry(raw.value()).map(Some),
+                Some(raw) => Entries::new(&txn, ns, &fail).decode(raw.value()).map(Some),
                 None => Ok(None),
             }
         })
@@ -304,8 +486,10 @@ impl Backend for RedbBackend {
                 Err(TableError::TableDoesNotExist(_)) => return super::get_many_answer(keys, max_bytes, |_| Ok(None)),
                 Err(err) => return Err(self.failed(err)),
             };
+            let fail = |err: redb::Error| self.failed(err);
+            let mut entries = Entries::new(&txn, ns, &fail);
             super::get_many_answer(keys, max_bytes, |key| match table.get(key).map_err(|err| self.failed(err))? {
-                Some(raw) => decode_entry(raw.value()).map(Some),
+                Some(raw) => entries.decode(raw.value()).map(Some),
                 None => Ok(None),
             })
         })
@@ -320,12 +504,14 @@ impl Backend for RedbBackend {
                 Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
                 Err(err) => return Err(self.failed(err)),
             };
+            let fail = |err: redb::Error| self.failed(err);
+            let mut entries = Entries::new(&txn, ns, &fail);
             let mut page = Page::new(&bounds.prefix, bounds.start_after.as_deref(), bounds.limit, bounds.max_bytes);
             let range =
                 table.range::<&str>((page.start(), std::ops::Bound::Unbounded)).map_err(|err| self.failed(err))?;
             for item in range {
                 let (key, raw) = item.map_err(|err| self.failed(err))?;
-                if !page.offer(key.value(), || decode_entry(raw.value()))? {
+                if !page.offer(key.value(), || entries.decode(raw.value()))? {
                     break;
                 }
             }
@@ -340,7 +526,7 @@ impl Backend for RedbBackend {
             // `commit` returns only once the data is fsynced.
             let txn = db.begin_write().map_err(|err| self.failed(err))?;
             {
-                let mut table =
+                let table =
                     txn.open_table(TableDefinition::<&str, &[u8]>::new(&name)).map_err(|err| self.failed(err))?;
                 for check in checks {
                     let current = match table.get(check.key()).map_err(|err| self.failed(err))? {
@@ -352,17 +538,26 @@ impl Backend for RedbBackend {
                         return Err(KvError::Conflict);
                     }
                 }
+                drop(table);
                 let mut meta = txn.open_table(META).map_err(|err| self.failed(err))?;
                 let version = meta.get(LAST_VERSION).map_err(|err| self.failed(err))?.map_or(0, |v| v.value()) + 1;
                 meta.insert(LAST_VERSION, version).map_err(|err| self.failed(err))?;
                 // One writer at a time: versions, and so stamps, follow commit order.
-                let mut resolved: Vec<_> = super::resolve(writes, version).collect();
-                // In key order (a stable sort: of two writes of a key, the later still wins).
-                resolved.sort_by(|(a, _), (b, _)| a.cmp(b));
-                let encoded = resolved
-                    .into_iter()
-                    .map(|(key, value)| (key, value.map(|value| encode_entry(version, value, self.compression))));
-                write_in_order(&mut table, encoded).map_err(|err| self.failed(err))?;
+                let mut resolved: Vec<_> = super::resolve(writes, version)
+                    .zip(writes)
+                    .map(|((key, value), write)| Pending {
+                        key,
+                        value: value.map(|value| (version, value)),
+                        may_go_apart: !matches!(write, Write::SetStamped(..)),
+                    })
+                    .collect();
+                // In key order, each key once: of two writes of a key, the later wins
+                // (a stable sort keeps them in order; the last of a run is kept).
+                resolved.sort_by(|a, b| a.key.cmp(&b.key));
+                resolved.reverse();
+                resolved.dedup_by(|later, earlier| later.key == earlier.key);
+                resolved.reverse();
+                write_entries(&txn, ns, &resolved, self.compression, &|err| self.failed(err))?;
             }
             // An I/O error while committing leaves it open whether the commit
             // reached the disk (the repair on reopen decides): outcome unknown.
@@ -402,7 +597,8 @@ impl Backend for RedbBackend {
     fn snapshot(&self) -> Result<Box<dyn super::backup::Snapshot>, KvError> {
         self.with_db(|db| {
             let txn = db.begin_read().map_err(|err| self.failed(err))?;
-            let tables = namespace_tables(txn.list_tables().map_err(|err| self.failed(err))?);
+            let tables: Vec<_> = txn.list_tables().map_err(|err| self.failed(err))?.collect();
+            let tables = tables_named(tables.iter(), TABLE_PREFIX);
             let last_version = match txn.open_table(META) {
                 Ok(meta) => meta.get(LAST_VERSION).map_err(|err| self.failed(err))?.map_or(0, |v| v.value()),
                 Err(TableError::TableDoesNotExist(_)) => 0,
@@ -420,14 +616,15 @@ impl Backend for RedbBackend {
                 let highest = records.iter().map(|record| record.entry.version).fold(last_version, u64::max);
                 // A namespace's records at a time: a table is open once at a time in a transaction.
                 for group in records.chunk_by(|a, b| a.ns == b.ns) {
-                    let name = table(&group[0].ns);
-                    let mut table =
-                        txn.open_table(TableDefinition::<&str, &[u8]>::new(&name)).map_err(|err| self.failed(err))?;
-                    let writes = group.iter().map(|record| {
-                        let value = encode_entry(record.entry.version, &record.entry.value, self.compression);
-                        (record.key.as_str(), Some(value))
-                    });
-                    write_in_order(&mut table, writes).map_err(|err| self.failed(err))?;
+                    let writes: Vec<_> = group
+                        .iter()
+                        .map(|record| Pending {
+                            key: record.key.as_str(),
+                            value: Some((record.entry.version, record.entry.value.as_slice())),
+                            may_go_apart: false,
+                        })
+                        .collect();
+                    write_entries(&txn, &group[0].ns, &writes, self.compression, &|err| self.failed(err))?;
                 }
                 let mut meta = txn.open_table(META).map_err(|err| self.failed(err))?;
                 let current = meta.get(LAST_VERSION).map_err(|err| self.failed(err))?.map_or(0, |v| v.value());
@@ -440,8 +637,12 @@ impl Backend for RedbBackend {
     fn clear(&self) -> Result<(), KvError> {
         self.with_db(|db| {
             let txn = db.begin_write().map_err(|err| self.failed(err))?;
-            for name in namespace_tables(txn.list_tables().map_err(|err| self.failed(err))?) {
-                txn.delete_table(TableDefinition::<&str, &[u8]>::new(&name)).map_err(|err| self.failed(err))?;
+            let tables: Vec<_> = txn.list_tables().map_err(|err| self.failed(err))?.collect();
+            let ours = |table: &redb::UntypedTableHandle| {
+                table.name().starts_with(TABLE_PREFIX) || table.name().starts_with(VALUES_PREFIX)
+            };
+            for table in tables.into_iter().filter(ours) {
+                txn.delete_table(table).map_err(|err| self.failed(err))?;
             }
             txn.commit().map_err(|err| self.failed(err))
         })
@@ -480,10 +681,11 @@ impl super::backup::Snapshot for RedbSnapshot {
                 None => table.range::<&str>(..),
             }
             .map_err(|err| unavailable(err.into()))?;
+            let mut entries = Entries::new(&self.txn, &ns, &unavailable);
             for item in range {
                 let (key, raw) = item.map_err(|err| unavailable(err.into()))?;
                 let key = key.value().to_owned();
-                let entry = decode_entry(raw.value())?;
+                let entry = entries.decode(raw.value())?;
                 bytes += key.len() + entry.value.len();
                 self.after = Some(key.clone());
                 chunk.push(super::backup::Record { ns: ns.clone(), key, entry });
@@ -516,6 +718,151 @@ mod tests {
                 Ok(stats.stored_bytes() as f64 / (stats.leaf_pages() * 4096) as f64)
             })
             .expect("stats")
+    }
+
+    /// Bytes of the records in `ns`'s values table against the bytes of its leaves, and its records.
+    fn values_fill(store: &RedbBackend, ns: &str) -> (f64, u64) {
+        store
+            .with_db(|db| {
+                use redb::ReadableTableMetadata as _;
+                let txn = db.begin_read().map_err(|err| store.failed(err))?;
+                let name = values_table(ns);
+                let table =
+                    txn.open_table(TableDefinition::<u64, &[u8]>::new(&name)).map_err(|err| store.failed(err))?;
+                let stats = table.stats().map_err(|err| store.failed(err))?;
+                let records = table.len().map_err(|err| store.failed(err))?;
+                Ok((stats.stored_bytes() as f64 / (stats.leaf_pages() * 4096) as f64, records))
+            })
+            .expect("stats")
+    }
+
+    /// The slot of `key`'s value, when it is kept apart.
+    fn slot_of(store: &RedbBackend, ns: &str, key: &str) -> Option<u64> {
+        store
+            .with_db(|db| {
+                let txn = db.begin_read().map_err(|err| store.failed(err))?;
+                let table =
+                    txn.open_table(TableDefinition::<&str, &[u8]>::new(&table(ns))).map_err(|err| store.failed(err))?;
+                let raw = table.get(key).map_err(|err| store.failed(err))?.expect("present");
+                Ok(apart_slot(raw.value())?.map(|(_, slot)| slot))
+            })
+            .expect("raw entry")
+    }
+
+    /// Bytes that no compression shortens, as ids and sums make records.
+    fn noise(seed: u64, len: usize) -> Vec<u8> {
+        let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 24) as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn values_of_a_delivery_are_kept_apart_in_full_leaves_and_read_as_written() {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let store = RedbBackend::open(&temp.path().join("a.redb")).expect("open").with_compression(Compression::None);
+        // Deliveries of fifty records of a kilobyte under keys in no order, as documents come.
+        let mut model = std::collections::BTreeMap::new();
+        for delivery in 0..40u64 {
+            let writes: Vec<Write> = (0..50u64)
+                .map(|n| {
+                    let seed = delivery * 50 + n + 1;
+                    let key = format!("doc/{:016x}", u64::from_le_bytes(noise(seed, 8).try_into().expect("8")));
+                    Write::Set(key, noise(seed, 1000))
+                })
+                .collect();
+            for write in &writes {
+                if let Write::Set(key, value) = write {
+                    model.insert(key.clone(), value.clone());
+                }
+            }
+            store.commit("p", &[], &writes).expect("commit");
+        }
+        assert!(model.keys().all(|key| slot_of(&store, "p", key).is_some()), "every value of a delivery apart");
+        let (fill, records) = values_fill(&store, "p");
+        assert_eq!(records, 2000);
+        assert!(fill > 0.85, "values' leaves {:.0} % full", fill * 100.0);
+        assert!(leaf_fill(&store, "p") < 0.8, "the keys' own leaves fill as keys in no order do");
+        let keys: Vec<String> = model.keys().cloned().collect();
+        // A value written alone stays with its key; one apart is rewritten in its slot.
+        store.commit("p", &[], &[Write::Set("alone".into(), noise(7, 1000))]).expect("commit");
+        model.insert("alone".into(), noise(7, 1000));
+        assert_eq!(slot_of(&store, "p", "alone"), None);
+        let slot = slot_of(&store, "p", &keys[0]);
+        store.commit("p", &[], &[Write::Set(keys[0].clone(), noise(8, 1200))]).expect("commit");
+        model.insert(keys[0].clone(), noise(8, 1200));
+        assert_eq!(slot_of(&store, "p", &keys[0]), slot, "rewritten in its slot");
+        // Made small, a value goes back to its key; deleted, it goes: their slots are let go.
+        store.commit("p", &[], &[Write::Set(keys[1].clone(), b"small".to_vec())]).expect("commit");
+        model.insert(keys[1].clone(), b"small".to_vec());
+        assert_eq!(slot_of(&store, "p", &keys[1]), None);
+        store.commit("p", &[], &[Write::Delete(keys[2].clone())]).expect("commit");
+        model.remove(&keys[2]);
+        assert_eq!(values_fill(&store, "p").1, 1998, "no slot is left behind");
+        let expected: Vec<(String, Vec<u8>)> = model.into_iter().collect();
+        let all = |store: &RedbBackend| {
+            store
+                .scan("p", &crate::kv::Scan::of("", None, 10_000, usize::MAX))
+                .expect("scan")
+                .into_iter()
+                .map(|(key, entry)| (key, entry.value))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(all(&store), expected);
+        let many = store.get_many("p", &keys[..100], usize::MAX).expect("get_many");
+        for (entry, key) in many.iter().zip(&keys) {
+            let expected = expected.iter().find(|(k, _)| k == key).map(|(_, v)| v);
+            assert_eq!(entry.as_ref().map(|entry| &entry.value), expected, "{key}");
+        }
+        // Stamped keys come in order: their values stay with them.
+        let log: Vec<Write> = (0..40).map(|n| Write::SetStamped("log/".into(), noise(100 + n, 1000))).collect();
+        store.commit("p", &[], &log).expect("commit");
+        let stamped = store.scan("p", &crate::kv::Scan::of("log/", None, 100, usize::MAX)).expect("scan");
+        assert_eq!(stamped.len(), 40);
+        assert!(stamped.iter().all(|(key, _)| slot_of(&store, "p", key).is_none()), "stamped values apart");
+        store
+            .commit("p", &[], &stamped.iter().map(|(key, _)| Write::Delete(key.clone())).collect::<Vec<_>>())
+            .expect("commit");
+        // A copy of the store holds values with their keys: a restore writes its keys in order.
+        let records: Vec<_> = store.snapshot().expect("snapshot").next(usize::MAX).expect("records");
+        let copy = RedbBackend::open(&temp.path().join("copy.redb")).expect("open");
+        copy.restore(&records, 0).expect("restore");
+        assert_eq!(all(&copy), expected);
+        assert!(expected.iter().all(|(key, _)| slot_of(&copy, "p", key).is_none()), "restored values apart");
+        store.compact().expect("compact");
+        assert_eq!(all(&store), expected, "after compaction");
+        store.clear().expect("clear");
+        assert!(all(&store).is_empty());
+        let tables = store
+            .with_db(|db| {
+                let txn = db.begin_read().map_err(|err| store.failed(err))?;
+                Ok(txn.list_tables().map_err(|err| store.failed(err))?.map(|t| t.name().to_owned()).collect::<Vec<_>>())
+            })
+            .expect("tables");
+        assert!(tables.iter().all(|name| !name.starts_with(VALUES_PREFIX)), "{tables:?}");
+    }
+
+    proptest::proptest! {
+        /// A build that knows nothing of values kept apart takes an entry
+        /// that is for a compressed value, and fails on it: it never reads a
+        /// slot as a value.
+        #[test]
+        fn an_entry_kept_apart_is_a_corrupt_value_to_a_build_that_does_not_know_it(
+            version in 1u64..1 << 40, slot in 0u64..1 << 56,
+        ) {
+            let raw = apart_entry(version, slot);
+            let (bits, bytes) = split_entry(&raw).expect("split");
+            proptest::prop_assert!(bits & COMPRESSED != 0);
+            proptest::prop_assert!(codec::decompress(bytes).is_err());
+            proptest::prop_assert!(decode_entry(&raw).is_err());
+            proptest::prop_assert_eq!(entry_version(&raw).expect("version"), version);
+            proptest::prop_assert_eq!(apart_slot(&raw).expect("slot"), Some((version, slot)));
+        }
     }
 
     #[test]
