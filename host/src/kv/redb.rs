@@ -14,8 +14,9 @@
 //! value kept with such a key took half its size again; slots grow with
 //! every commit, so a commit's values go in at the end of the values table
 //! as one run that fills its leaves. A value written alone would split the
-//! table's last leaf into two halves: it stays with its key, and a value
-//! once apart is rewritten in its slot.
+//! table's last leaf into two halves: it stays with its key, as do the
+//! values of stamped keys and of a restore, whose keys come in order
+//! already; a value once apart is rewritten in its slot.
 //!
 //! After an I/O error (a full disk, say) redb refuses every later call until
 //! the database is closed and opened again, which repairs it. The backend
