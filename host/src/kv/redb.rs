@@ -117,8 +117,10 @@ struct Pending<K, V> {
 /// Writes `writes` (in key order, each key once) to namespace `ns`'s tables
 /// in `txn`. Values of [`APART_FROM`] or more that may go apart do when they
 /// add up to [`APART_RUN_BYTES`], in new slots appended in key order; a
-/// value apart already is rewritten in its slot, and the slots of deleted
-/// values and of values small now are let go.
+/// value apart already is rewritten in its slot, and the slots of the
+/// entries a write replaced or deleted otherwise are let go. Only the keys of
+/// values that may go apart are looked up first (to find a slot to rewrite
+/// in); the others' entries are seen as they are replaced.
 fn write_entries<K: AsRef<str>, V: AsRef<[u8]>>(
     txn: &redb::WriteTransaction,
     ns: &str,
@@ -132,12 +134,16 @@ fn write_entries<K: AsRef<str>, V: AsRef<[u8]>>(
     let movable = writes.iter().filter(|write| write.may_go_apart && large(&write.value));
     let run =
         movable.filter_map(|write| Some(write.value.as_ref()?.1.as_ref().len())).sum::<usize>() >= APART_RUN_BYTES;
-    // The slots the keys written hold now.
+    // The slots that the keys of values that may go apart hold now.
     let mut held = Vec::with_capacity(writes.len());
-    for Pending { key, .. } in writes {
-        let slot = match table.get(key.as_ref()).map_err(|err| fail(err.into()))? {
-            Some(raw) => apart_slot(raw.value())?.map(|(_, slot)| slot),
-            None => None,
+    for write in writes {
+        let slot = if write.may_go_apart && large(&write.value) {
+            match table.get(write.key.as_ref()).map_err(|err| fail(err.into()))? {
+                Some(raw) => apart_slot(raw.value())?.map(|(_, slot)| slot),
+                None => None,
+            }
+        } else {
+            None
         };
         held.push(slot);
     }
@@ -150,13 +156,10 @@ fn write_entries<K: AsRef<str>, V: AsRef<[u8]>>(
         for (at, (write, slot)) in writes.iter().zip(&held).enumerate() {
             let value = &write.value;
             match (value, slot) {
-                (Some((_, bytes)), Some(slot)) if large(value) => {
+                (Some((_, bytes)), Some(slot)) => {
                     let framed = codec::frame(bytes.as_ref(), compression);
                     values.insert(slot, framed.as_slice()).map_err(|err| fail(err.into()))?;
                     places[at] = Place::Apart(*slot);
-                }
-                (_, Some(slot)) => {
-                    values.remove(slot).map_err(|err| fail(err.into()))?;
                 }
                 (Some(_), None) if run && write.may_go_apart && large(value) => {
                     places[at] = Place::Apart(next);
@@ -175,14 +178,35 @@ fn write_entries<K: AsRef<str>, V: AsRef<[u8]>>(
         }
         end.close().map_err(|err| fail(err.into()))?;
     }
-    let entries = writes.iter().zip(places).map(|(Pending { key, value, .. }, place)| {
+    let entries = writes.iter().zip(&places).map(|(Pending { key, value, .. }, place)| {
         let entry = value.as_ref().map(|(version, bytes)| match place {
-            Place::Apart(slot) => apart_entry(*version, slot),
+            Place::Apart(slot) => apart_entry(*version, *slot),
             Place::Whole => encode_entry(*version, bytes.as_ref(), compression),
         });
         (key.as_ref(), entry)
     });
-    write_in_order(&mut table, entries).map_err(fail)
+    // The slots of the entries replaced or deleted, but for those rewritten in place.
+    let mut gone = Vec::new();
+    let mut corrupt = None;
+    write_in_order(&mut table, entries, &mut |old| match apart_slot(old) {
+        Ok(Some((_, slot))) => gone.push(slot),
+        Ok(None) => {}
+        Err(err) => corrupt = Some(err),
+    })
+    .map_err(fail)?;
+    if let Some(err) = corrupt {
+        return Err(err);
+    }
+    let kept: std::collections::BTreeSet<u64> = held.into_iter().flatten().collect();
+    gone.retain(|slot| !kept.contains(slot));
+    if !gone.is_empty() {
+        let name = values_table(ns);
+        let mut values = txn.open_table(TableDefinition::<u64, &[u8]>::new(&name)).map_err(|err| fail(err.into()))?;
+        for slot in gone {
+            values.remove(slot).map_err(|err| fail(err.into()))?;
+        }
+    }
+    Ok(())
 }
 
 /// A namespace's entries as a read transaction sees them: values kept apart
@@ -227,10 +251,12 @@ impl<'t> Entries<'t> {
 /// redb packs into full leaves: written one by one, each would split a full
 /// leaf into two halves, and a family that grows at its end would stay
 /// about half full. Any other write is made in place. Keys out of order are
-/// written all the same, each where it belongs.
+/// written all the same, each where it belongs. `displaced` is given the
+/// entry each write replaced or deleted.
 fn write_in_order<K: AsRef<str>, V: AsRef<[u8]>>(
     table: &mut redb::Table<'_, &str, &[u8]>,
     writes: impl IntoIterator<Item = (K, Option<V>)>,
+    displaced: &mut dyn FnMut(&[u8]),
 ) -> Result<(), redb::Error> {
     // Values are made as they are written (the iterator's), one ahead at most.
     let mut writes = writes.into_iter().peekable();
@@ -251,9 +277,12 @@ fn write_in_order<K: AsRef<str>, V: AsRef<[u8]>>(
                 // Alone in its gap, or a key the table has: written in place, as a
                 // leaf already copied in this transaction takes it without a copy.
                 at.close()?;
-                match value {
-                    Some(value) => table.insert(key, value.as_ref()).map(drop)?,
-                    None => table.remove(key).map(drop)?,
+                let old = match value {
+                    Some(value) => table.insert(key, value.as_ref())?,
+                    None => table.remove(key)?,
+                };
+                if let Some(old) = old {
+                    displaced(old.value());
                 }
                 continue;
             }
@@ -269,7 +298,9 @@ fn write_in_order<K: AsRef<str>, V: AsRef<[u8]>>(
             let Some((written, value)) = writes.next() else { break };
             let key = written.as_ref();
             if at.peek_next()?.is_some_and(|(next, _)| next.value() == key) {
-                at.remove_next()?;
+                if let Some((_, old)) = at.remove_next()? {
+                    displaced(old.value());
+                }
             }
             if let Some(value) = value {
                 at.insert_before(key, value.as_ref())?;
