@@ -130,14 +130,16 @@ fn write_entries<K: AsRef<str>, V: AsRef<[u8]>>(
 ) -> Result<(), KvError> {
     let name = table(ns);
     let mut table = txn.open_table(TableDefinition::<&str, &[u8]>::new(&name)).map_err(|err| fail(err.into()))?;
-    let large = |value: &Option<(u64, V)>| value.as_ref().is_some_and(|(_, value)| value.as_ref().len() >= APART_FROM);
-    let movable = writes.iter().filter(|write| write.may_go_apart && large(&write.value));
-    let run =
-        movable.filter_map(|write| Some(write.value.as_ref()?.1.as_ref().len())).sum::<usize>() >= APART_RUN_BYTES;
+    // The value's length when it may go apart.
+    let movable = |write: &Pending<K, V>| {
+        let length = write.value.as_ref().map_or(0, |(_, value)| value.as_ref().len());
+        (write.may_go_apart && length >= APART_FROM).then_some(length)
+    };
+    let run = writes.iter().filter_map(movable).sum::<usize>() >= APART_RUN_BYTES;
     // The slots that the keys of values that may go apart hold now.
     let mut held = Vec::with_capacity(writes.len());
     for write in writes {
-        let slot = if write.may_go_apart && large(&write.value) {
+        let slot = if movable(write).is_some() {
             match table.get(write.key.as_ref()).map_err(|err| fail(err.into()))? {
                 Some(raw) => apart_slot(raw.value())?.map(|(_, slot)| slot),
                 None => None,
@@ -161,7 +163,7 @@ fn write_entries<K: AsRef<str>, V: AsRef<[u8]>>(
                     values.insert(slot, framed.as_slice()).map_err(|err| fail(err.into()))?;
                     places[at] = Place::Apart(*slot);
                 }
-                (Some(_), None) if run && write.may_go_apart && large(value) => {
+                (Some(_), None) if run && movable(write).is_some() => {
                     places[at] = Place::Apart(next);
                     new.push(at);
                     next += 1;
