@@ -299,10 +299,10 @@ fn write_in_order<K: AsRef<str>, V: AsRef<[u8]>>(
             }
             let Some((written, value)) = writes.next() else { break };
             let key = written.as_ref();
-            if at.peek_next()?.is_some_and(|(next, _)| next.value() == key) {
-                if let Some((_, old)) = at.remove_next()? {
-                    displaced(old.value());
-                }
+            if at.peek_next()?.is_some_and(|(next, _)| next.value() == key)
+                && let Some((_, old)) = at.remove_next()?
+            {
+                displaced(old.value());
             }
             if let Some(value) = value {
                 at.insert_before(key, value.as_ref())?;
