@@ -739,35 +739,28 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt as _;
 
-    /// Bytes of the records in `ns`'s table against the bytes of its leaves.
-    fn leaf_fill(store: &RedbBackend, ns: &str) -> f64 {
+    /// Bytes of the records in table `name` (keys of type `K`) against the bytes of its leaves, and its records.
+    fn fill<K: redb::Key + 'static>(store: &RedbBackend, name: &str) -> (f64, u64) {
         store
             .with_db(|db| {
                 use redb::ReadableTableMetadata as _;
                 let txn = db.begin_read().map_err(|err| store.failed(err))?;
-                let name = table(ns);
-                let table =
-                    txn.open_table(TableDefinition::<&str, &[u8]>::new(&name)).map_err(|err| store.failed(err))?;
-                let stats = table.stats().map_err(|err| store.failed(err))?;
-                Ok(stats.stored_bytes() as f64 / (stats.leaf_pages() * 4096) as f64)
-            })
-            .expect("stats")
-    }
-
-    /// Bytes of the records in `ns`'s values table against the bytes of its leaves, and its records.
-    fn values_fill(store: &RedbBackend, ns: &str) -> (f64, u64) {
-        store
-            .with_db(|db| {
-                use redb::ReadableTableMetadata as _;
-                let txn = db.begin_read().map_err(|err| store.failed(err))?;
-                let name = values_table(ns);
-                let table =
-                    txn.open_table(TableDefinition::<u64, &[u8]>::new(&name)).map_err(|err| store.failed(err))?;
+                let table = txn.open_table(TableDefinition::<K, &[u8]>::new(name)).map_err(|err| store.failed(err))?;
                 let stats = table.stats().map_err(|err| store.failed(err))?;
                 let records = table.len().map_err(|err| store.failed(err))?;
                 Ok((stats.stored_bytes() as f64 / (stats.leaf_pages() * 4096) as f64, records))
             })
             .expect("stats")
+    }
+
+    /// Bytes of the records in `ns`'s table against the bytes of its leaves.
+    fn leaf_fill(store: &RedbBackend, ns: &str) -> f64 {
+        fill::<&str>(store, &table(ns)).0
+    }
+
+    /// Bytes of the records in `ns`'s values table against the bytes of its leaves, and its records.
+    fn values_fill(store: &RedbBackend, ns: &str) -> (f64, u64) {
+        fill::<u64>(store, &values_table(ns))
     }
 
     /// The slot of `key`'s value, when it is kept apart.
