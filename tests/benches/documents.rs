@@ -4,7 +4,10 @@
 //! feed read back 1000 entries a page. The baseline of the same run is the
 //! floor set by storage alone: the same commits (each document and its
 //! index entry, 100 documents and one feed record a commit) straight into
-//! a redb store from 8 threads, no HTTP, no plugin.
+//! a redb store from 8 threads, no HTTP, no plugin. Then commits shaped like
+//! an event's, one a request as Evotor sends them (its log and feed records
+//! appended, its product and idempotency marker under keys in no order),
+//! from 8 threads into a store of their own.
 //!
 //! Run with `cargo xtask bench` or `cargo bench -p evogate-e2e --bench documents`.
 
@@ -52,6 +55,55 @@ fn storage_floor(sell: &Value, seconds: u64) -> anyhow::Result<f64> {
                         sent += 1;
                     }
                     sent * BATCH
+                })
+            })
+            .collect();
+        workers.into_iter().map(|worker| worker.join().unwrap_or(0)).sum()
+    });
+    Ok(total as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Commits a second that redb takes in commits shaped like an event's.
+fn event_commits(seconds: u64) -> anyhow::Result<f64> {
+    use evogate::kv::{Namespace, RedbBackend, Write};
+    let dir = tempfile::tempdir()?;
+    let store = Namespace::new(std::sync::Arc::new(RedbBackend::open(&dir.path().join("events.redb"))?), "bench");
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let total: usize = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..TERMINALS)
+            .map(|source| {
+                let store = &store;
+                scope.spawn(move || {
+                    let mut sent = 0usize;
+                    while Instant::now() < deadline {
+                        // A uuid's worth of scattered hex, as event and product ids come.
+                        let id = format!(
+                            "{:032x}",
+                            ((source as u128) << 64 | sent as u128)
+                                .wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835)
+                        );
+                        let product =
+                            json!({"id": id, "name": format!("product {id}"), "price": sent, "code": &id[..12]});
+                        let event =
+                            json!({"id": id, "type": "ProductUpdated", "data": product, "padding": id.repeat(16)});
+                        let writes = [
+                            Write::Set(format!("events/seen/{id}"), b"{}".to_vec()),
+                            Write::SetStamped("events/log/".into(), event.to_string().into_bytes()),
+                            Write::Set(format!("cat/s/p/{id}"), product.to_string().into_bytes()),
+                            Write::SetStamped(
+                                "feed/".into(),
+                                json!({"v": 1, "entries": [{"kind": "product.updated", "data": {"id": id}}]})
+                                    .to_string()
+                                    .into_bytes(),
+                            ),
+                        ];
+                        if store.commit(&[], &writes).is_err() {
+                            break;
+                        }
+                        sent += 1;
+                    }
+                    sent
                 })
             })
             .collect();
@@ -157,6 +209,7 @@ fn main() -> anyhow::Result<()> {
         let (_app, addr, _sender, token) = evotor::single_node(data.path()).await?;
 
         let baseline = storage_floor(&sell, seconds)?;
+        let events = event_commits(seconds)?;
 
         let path = format!("/api/v1/inventories/stores/{STORE}/documents");
         let (batches, rate) = ingest(addr, &token, &sell, seconds).await?;
@@ -190,6 +243,7 @@ fn main() -> anyhow::Result<()> {
 
         println!("documents into redb through the gateway, {TERMINALS} terminals, batches of {BATCH}, {seconds} s");
         println!("  redb alone (baseline)     {baseline:9.0} documents/s");
+        println!("  redb alone, one event a commit {events:9.0} commits/s");
         println!(
             "  through the gateway       {rate:9.0} documents/s  ({batches} batches; {:.2} of the baseline)",
             rate / baseline

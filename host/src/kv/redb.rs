@@ -18,6 +18,13 @@
 //! values of stamped keys and of a restore, whose keys come in order
 //! already; a value once apart is rewritten in its slot.
 //!
+//! Records appended one a commit (an event's log and feed records) split
+//! the last leaf of their family into halves whenever it fills, and redb
+//! has no split that keeps the left leaf full: such a family would stay
+//! half full. About one commit in [`PACK_TAIL_EVERY`] moves the records its
+//! families got since the last such commit back in as one run, which fills
+//! their leaves.
+//!
 //! After an I/O error (a full disk, say) redb refuses every later call until
 //! the database is closed and opened again, which repairs it. The backend
 //! does that itself: calls answer `unavailable` until the file opens again,
@@ -51,6 +58,75 @@ const APART_FROM: usize = 512;
 /// them to go apart: a run that fills a few leaves (values are compressed to
 /// about half), where the last leaf's split into halves costs little.
 const APART_RUN_BYTES: usize = 16 << 10;
+
+/// About one commit in this many packs the tail of each family of stamped
+/// keys it appends to (see [`pack_tail`]): a few dozen records, a few
+/// leaves' worth, moved at once.
+const PACK_TAIL_EVERY: u64 = 32;
+const _: () = assert!(PACK_TAIL_EVERY.is_power_of_two(), "packs_tail takes the top bits of a hash");
+
+/// Most bytes of records one packing moves: records larger than a leaf
+/// gain nothing from it, and a commit's work stays bounded.
+const PACK_TAIL_BYTES: usize = 256 << 10;
+
+/// Whether the commit of `version` packs the tails of the families it
+/// appends to. Chosen by a hash of the version, not its remainder, so that
+/// no pattern of commits (a family written every other commit, say) is
+/// always passed over.
+fn packs_tail(version: u64) -> bool {
+    // The top bits of a multiplicative hash: a power of two's worth of them.
+    const SHIFT: u32 = u64::BITS - PACK_TAIL_EVERY.trailing_zeros();
+    version.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> SHIFT == 0
+}
+
+/// The stamp of `key` when it is `prefix` and a stamp (see [`kv_contract::stamped_key`]).
+fn stamp_of(key: &str, prefix: &str) -> Option<u64> {
+    let stamp = key.strip_prefix(prefix)?;
+    let (digits, index) = stamp.split_at_checked(20)?;
+    let index = index.strip_prefix('.')?;
+    let decimal = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    (decimal(digits) && index.len() == 6 && decimal(index)).then(|| digits.parse().ok()).flatten()
+}
+
+/// Moves the records appended to the family of keys stamped after `prefix`
+/// since the last commit that packed it (the newest record whose stamp
+/// [`packs_tail`] chose, and older than this commit's `version`) back in as
+/// one run, from the gap after that record: redb rebuilds the leaf of the
+/// gap and the run into full leaves, where appended one a commit the
+/// records sat in leaves split into halves. Stops at a key of the range
+/// that is not stamped (another family's), and after [`PACK_TAIL_BYTES`].
+/// Entries move as they are stored: versions and slots are kept.
+fn pack_tail(table: &mut redb::Table<'_, &str, &[u8]>, prefix: &str, version: u64) -> Result<(), redb::Error> {
+    // Stamps are decimal digits: the family lies between `prefix0` and `prefix:`.
+    let (low, high) = (format!("{prefix}0"), format!("{prefix}:"));
+    let mut tail = Vec::new();
+    let mut bytes = 0;
+    for entry in table.range(low.as_str()..high.as_str())?.rev() {
+        let (key, raw) = entry?;
+        let key = key.value();
+        let Some(stamp) = stamp_of(key, prefix) else { break };
+        if stamp < version && packs_tail(stamp) {
+            break;
+        }
+        bytes += key.len() + raw.value().len();
+        if bytes > PACK_TAIL_BYTES {
+            break;
+        }
+        tail.push((key.to_owned(), raw.value().to_vec()));
+    }
+    if tail.len() < 2 {
+        return Ok(());
+    }
+    tail.reverse();
+    let mut at = table.lower_bound_mut(std::ops::Bound::Included(tail[0].0.as_str()))?;
+    for _ in &tail {
+        at.remove_next()?;
+    }
+    for (key, raw) in &tail {
+        at.insert_before(key.as_str(), raw.as_slice())?;
+    }
+    Ok(at.close()?)
+}
 
 /// Rewrites table `name` (keys of type `K`) in key order into full leaves,
 /// in one transaction: a copy made as one run of ascending keys takes the
@@ -592,6 +668,23 @@ impl Backend for RedbBackend {
                 resolved.dedup_by(|later, earlier| later.key == earlier.key);
                 resolved.reverse();
                 write_entries(&txn, ns, &resolved, self.compression, &|err| self.failed(err))?;
+                if packs_tail(version) {
+                    let prefixes: std::collections::BTreeSet<&str> = writes
+                        .iter()
+                        .filter_map(|write| match write {
+                            Write::SetStamped(prefix, _) => Some(prefix.as_str()),
+                            _ => None,
+                        })
+                        .collect();
+                    if !prefixes.is_empty() {
+                        let mut table = txn
+                            .open_table(TableDefinition::<&str, &[u8]>::new(&name))
+                            .map_err(|err| self.failed(err))?;
+                        for prefix in prefixes {
+                            pack_tail(&mut table, prefix, version).map_err(|err| self.failed(err))?;
+                        }
+                    }
+                }
             }
             // An I/O error while committing leaves it open whether the commit
             // reached the disk (the repair on reopen decides): outcome unknown.
@@ -763,6 +856,17 @@ mod tests {
         fill::<u64>(store, &values_table(ns))
     }
 
+    /// The version of the store's last commit.
+    fn last_version(store: &RedbBackend) -> u64 {
+        store
+            .with_db(|db| {
+                let txn = db.begin_read().map_err(|err| store.failed(err))?;
+                let meta = txn.open_table(META).map_err(|err| store.failed(err))?;
+                Ok(meta.get(LAST_VERSION).map_err(|err| store.failed(err))?.expect("a commit").value())
+            })
+            .expect("last version")
+    }
+
     /// The slot of `key`'s value, when it is kept apart.
     fn slot_of(store: &RedbBackend, ns: &str, key: &str) -> Option<u64> {
         store
@@ -921,6 +1025,78 @@ mod tests {
         };
         for after in ["", "log/001999", "log/004500"] {
             assert_eq!(page(&copy, after), page(&store, after), "after {after:?}");
+        }
+    }
+
+    #[test]
+    fn records_appended_one_a_commit_fill_their_leaves() {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let store =
+            RedbBackend::open(&temp.path().join("tail.redb")).expect("open").with_compression(Compression::None);
+        // Events: each commit appends a log record and a feed record, and sets a
+        // marker under a key in no order; other families lie before and after.
+        store
+            .commit("p", &[], &[Write::Set("a".into(), vec![1; 100]), Write::Set("z".into(), vec![1; 100])])
+            .expect("commit");
+        let mut model = std::collections::BTreeMap::new();
+        for n in 0..3000u64 {
+            let (log, feed) = (noise(n, 300 + (n % 7) as usize * 40), noise(n + 1 << 32, 120));
+            let marker = format!("seen/{:016x}", n.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            let writes = [
+                Write::SetStamped("log/".into(), log.clone()),
+                Write::SetStamped("feed/".into(), feed.clone()),
+                Write::Set(marker.clone(), vec![]),
+            ];
+            store.commit("p", &[], &writes).expect("commit");
+            let stamp = last_version(&store);
+            model.insert(kv_contract::stamped_key("log/", stamp, 0), log);
+            // A commit's stamped writes are numbered across their prefixes.
+            model.insert(kv_contract::stamped_key("feed/", stamp, 1), feed);
+            model.insert(marker, vec![]);
+            // Retention takes the oldest records now and then.
+            if n % 500 == 499 {
+                let stamped = |key: &&String| key.starts_with("log/") || key.starts_with("feed/");
+                let old: Vec<String> = model.keys().filter(stamped).take(200).cloned().collect();
+                let writes: Vec<Write> = old.iter().map(|key| Write::Delete(key.clone())).collect();
+                store.commit("p", &[], &writes).expect("commit");
+                old.iter().for_each(|key| drop(model.remove(key)));
+            }
+        }
+        model.insert("a".into(), vec![1; 100]);
+        model.insert("z".into(), vec![1; 100]);
+        let fill = leaf_fill(&store, "p");
+        assert!(fill > 0.8, "leaves {:.0} % full", fill * 100.0);
+        let stored: std::collections::BTreeMap<String, Vec<u8>> = store
+            .scan("p", &crate::kv::Scan::of("", None, 100_000, usize::MAX))
+            .expect("scan")
+            .into_iter()
+            .map(|(key, entry)| (key, entry.value))
+            .collect();
+        let missing = model.keys().filter(|key| !stored.contains_key(*key));
+        let extra = stored.keys().filter(|key| !model.contains_key(*key));
+        let differ: Vec<_> = missing.chain(extra).take(5).collect();
+        assert!(differ.is_empty(), "keys not as written: {differ:?}");
+        assert!(stored == model, "values as written");
+        for key in model.keys().step_by(97) {
+            assert_eq!(store.get("p", key).expect("get").map(|entry| entry.value).as_ref(), model.get(key), "{key}");
+        }
+    }
+
+    #[test]
+    fn a_key_is_stamped_only_as_a_prefix_and_a_stamp() {
+        let key = kv_contract::stamped_key("log/", 123, 4);
+        assert_eq!(stamp_of(&key, "log/"), Some(123));
+        assert_eq!(stamp_of(&kv_contract::stamped_key("log/", u64::MAX, 999_999), "log/"), Some(u64::MAX));
+        for other in ["log/", "log/0", "log/1/00000000000000000123.000004", &format!("{key}0"), &key.replace('.', "-")]
+        {
+            assert_eq!(stamp_of(other, "log/"), None, "{other}");
+        }
+        assert_eq!(stamp_of(&key, "feed/"), None);
+        // One commit in about PACK_TAIL_EVERY packs, whatever the stride of its versions.
+        for stride in [1u64, 2, 3, 32, 1000] {
+            let chosen = (1..=64_000u64).filter(|n| packs_tail(n * stride)).count() as f64;
+            let expected = 64_000.0 / PACK_TAIL_EVERY as f64;
+            assert!((chosen / expected - 1.0).abs() < 0.1, "stride {stride}: {chosen} of 64000");
         }
     }
 
