@@ -1040,7 +1040,7 @@ mod tests {
             .expect("commit");
         let mut model = std::collections::BTreeMap::new();
         for n in 0..3000u64 {
-            let (log, feed) = (noise(n, 300 + (n % 7) as usize * 40), noise(n + 1 << 32, 120));
+            let (log, feed) = (noise(n, 300 + (n % 7) as usize * 40), noise((1 << 32) + n, 120));
             let marker = format!("seen/{:016x}", n.wrapping_mul(0x9e37_79b9_7f4a_7c15));
             let writes = [
                 Write::SetStamped("log/".into(), log.clone()),
