@@ -996,16 +996,22 @@ mod tests {
         }
     }
 
-    #[test]
-    fn keys_that_arrive_in_ascending_order_fill_their_leaves() {
-        let temp = tempfile::tempdir().expect("temp dir");
-        let store =
-            RedbBackend::open(&temp.path().join("fill.redb")).expect("open").with_compression(Compression::None);
-        // A log: a hundred ascending keys a commit, as a delivery's index entries come,
-        // with keys of another family before and after them.
+    /// A store writing values as given, its namespace `p` holding a key
+    /// before and one after the families a test writes.
+    fn store_between_two_keys(path: &Path) -> RedbBackend {
+        let store = RedbBackend::open(path).expect("open").with_compression(Compression::None);
         store
             .commit("p", &[], &[Write::Set("a".into(), vec![1; 100]), Write::Set("z".into(), vec![1; 100])])
             .expect("commit");
+        store
+    }
+
+    #[test]
+    fn keys_that_arrive_in_ascending_order_fill_their_leaves() {
+        let temp = tempfile::tempdir().expect("temp dir");
+        // A log: a hundred ascending keys a commit, as a delivery's index entries come,
+        // with keys of another family before and after them.
+        let store = store_between_two_keys(&temp.path().join("fill.redb"));
         for commit in 0..50 {
             let writes: Vec<Write> = (0..100)
                 .map(|n| Write::Set(format!("log/{:06}", commit * 100 + n), vec![(n % 251) as u8; 200]))
@@ -1031,13 +1037,9 @@ mod tests {
     #[test]
     fn records_appended_one_a_commit_fill_their_leaves() {
         let temp = tempfile::tempdir().expect("temp dir");
-        let store =
-            RedbBackend::open(&temp.path().join("tail.redb")).expect("open").with_compression(Compression::None);
         // Events: each commit appends a log record and a feed record, and sets a
         // marker under a key in no order; other families lie before and after.
-        store
-            .commit("p", &[], &[Write::Set("a".into(), vec![1; 100]), Write::Set("z".into(), vec![1; 100])])
-            .expect("commit");
+        let store = store_between_two_keys(&temp.path().join("tail.redb"));
         let mut model = std::collections::BTreeMap::new();
         for n in 0..3000u64 {
             let (log, feed) = (noise(n, 300 + (n % 7) as usize * 40), noise((1 << 32) + n, 120));
