@@ -6,7 +6,7 @@
 //! - every limit ([`MAX_KEY_BYTES`] …) and the checks that enforce them
 //!   ([`check_key`], [`check_get_many`], [`check_scan`], [`check_commit`]);
 //! - the answer rules every store follows: the stamped-key format
-//!   ([`stamped_key`], [`resolve`]), the byte budget of a `get-many`
+//!   ([`stamped_key`], [`stamp_of`], [`resolve`]), the byte budget of a `get-many`
 //!   ([`get_many_answer`]) and of a scan page ([`Page`]);
 //! - [`MemStore`], the reference in-memory store with exactly those
 //!   semantics. It is the gateway's `memory` backend and the store plugins'
@@ -100,6 +100,14 @@ impl Write {
 /// The key of the `index`-th stamped write of the commit stamped `stamp`.
 pub fn stamped_key(prefix: &str, stamp: u64, index: usize) -> String {
     format!("{prefix}{stamp:020}.{index:06}")
+}
+
+/// The stamp of `key` when it is `prefix` and a stamp, as [`stamped_key`] makes them.
+pub fn stamp_of(key: &str, prefix: &str) -> Option<u64> {
+    let (digits, index) = key.strip_prefix(prefix)?.split_at_checked(20)?;
+    let index = index.strip_prefix('.')?;
+    let decimal = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    (decimal(digits) && index.len() == 6 && decimal(index)).then(|| digits.parse().ok()).flatten()
 }
 
 /// The writes of a commit stamped `stamp`, stamped keys made: (key, value,
@@ -447,6 +455,18 @@ mod tests {
 
     fn set(key: &str, value: &str) -> Write {
         Write::Set(key.into(), value.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn a_key_is_stamped_only_as_a_prefix_and_a_stamp() {
+        let key = stamped_key("log/", 123, 4);
+        assert_eq!(stamp_of(&key, "log/"), Some(123));
+        assert_eq!(stamp_of(&stamped_key("log/", u64::MAX, 999_999), "log/"), Some(u64::MAX));
+        for other in ["log/", "log/0", "log/1/00000000000000000123.000004", &format!("{key}0"), &key.replace('.', "-")]
+        {
+            assert_eq!(stamp_of(other, "log/"), None, "{other}");
+        }
+        assert_eq!(stamp_of(&key, "feed/"), None);
     }
 
     #[test]

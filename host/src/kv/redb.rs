@@ -79,15 +79,6 @@ fn packs_tail(version: u64) -> bool {
     version.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> SHIFT == 0
 }
 
-/// The stamp of `key` when it is `prefix` and a stamp (see [`kv_contract::stamped_key`]).
-fn stamp_of(key: &str, prefix: &str) -> Option<u64> {
-    let stamp = key.strip_prefix(prefix)?;
-    let (digits, index) = stamp.split_at_checked(20)?;
-    let index = index.strip_prefix('.')?;
-    let decimal = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    (decimal(digits) && index.len() == 6 && decimal(index)).then(|| digits.parse().ok()).flatten()
-}
-
 /// Moves the records appended to the family of keys stamped after `prefix`
 /// since the last commit that packed it (the newest record whose stamp
 /// [`packs_tail`] chose, and older than this commit's `version`) back in as
@@ -104,7 +95,7 @@ fn pack_tail(table: &mut redb::Table<'_, &str, &[u8]>, prefix: &str, version: u6
     for entry in table.range(low.as_str()..high.as_str())?.rev() {
         let (key, raw) = entry?;
         let key = key.value();
-        let Some(stamp) = stamp_of(key, prefix) else { break };
+        let Some(stamp) = kv_contract::stamp_of(key, prefix) else { break };
         if stamp < version && packs_tail(stamp) {
             break;
         }
@@ -1085,16 +1076,7 @@ mod tests {
     }
 
     #[test]
-    fn a_key_is_stamped_only_as_a_prefix_and_a_stamp() {
-        let key = kv_contract::stamped_key("log/", 123, 4);
-        assert_eq!(stamp_of(&key, "log/"), Some(123));
-        assert_eq!(stamp_of(&kv_contract::stamped_key("log/", u64::MAX, 999_999), "log/"), Some(u64::MAX));
-        for other in ["log/", "log/0", "log/1/00000000000000000123.000004", &format!("{key}0"), &key.replace('.', "-")]
-        {
-            assert_eq!(stamp_of(other, "log/"), None, "{other}");
-        }
-        assert_eq!(stamp_of(&key, "feed/"), None);
-        // One commit in about PACK_TAIL_EVERY packs, whatever the stride of its versions.
+    fn about_one_commit_in_pack_tail_every_packs_whatever_the_stride_of_its_versions() {
         for stride in [1u64, 2, 3, 32, 1000] {
             let chosen = (1..=64_000u64).filter(|n| packs_tail(n * stride)).count() as f64;
             let expected = 64_000.0 / PACK_TAIL_EVERY as f64;
