@@ -23,82 +23,26 @@ use std::time::{Duration, Instant};
 const BATCH: usize = 100;
 const TERMINALS: usize = 8;
 
-/// Documents per second that redb itself takes in commits shaped like the plugin's.
-fn storage_floor(sell: &Value, seconds: u64) -> anyhow::Result<f64> {
-    use evogate::kv::{Namespace, RedbBackend, Write};
+/// Commits a second that a fresh redb store takes from [`TERMINALS`] threads
+/// for `seconds`, each thread committing what `commit(thread, n)` makes for
+/// its `n`-th commit.
+fn commits_a_second(
+    seconds: u64,
+    commit: impl Fn(usize, usize) -> Vec<evogate::kv::Write> + Sync,
+) -> anyhow::Result<f64> {
+    use evogate::kv::{Namespace, RedbBackend};
     let dir = tempfile::tempdir()?;
     let store = Namespace::new(std::sync::Arc::new(RedbBackend::open(&dir.path().join("floor.redb"))?), "bench");
-    let document = sell.to_string().into_bytes();
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
     let total: usize = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..TERMINALS)
-            .map(|terminal| {
-                let (store, document) = (&store, &document);
+            .map(|thread| {
+                let (store, commit) = (&store, &commit);
                 scope.spawn(move || {
                     let mut sent = 0usize;
                     while Instant::now() < deadline {
-                        let mut writes = Vec::with_capacity(BATCH * 2 + 1);
-                        let mut feed = Vec::with_capacity(BATCH);
-                        for i in 0..BATCH {
-                            let id = format!("{terminal:08x}-{sent:08x}-{i:04x}");
-                            writes.push(Write::Set(format!("docs/s/doc/{id}"), document.clone()));
-                            let entry = b"{\"v\":1,\"type\":\"SELL\"}".to_vec();
-                            writes.push(Write::Set(format!("docs/s/by-date/1473777129000.{id}"), entry));
-                            feed.push(json!({"kind": "document.received", "data": {"id": id}}));
-                        }
-                        let record = json!({"v": 1, "entries": feed}).to_string().into_bytes();
-                        writes.push(Write::SetStamped("feed/".into(), record));
-                        if store.commit(&[], &writes).is_err() {
-                            break;
-                        }
-                        sent += 1;
-                    }
-                    sent * BATCH
-                })
-            })
-            .collect();
-        workers.into_iter().map(|worker| worker.join().unwrap_or(0)).sum()
-    });
-    Ok(total as f64 / started.elapsed().as_secs_f64())
-}
-
-/// Commits a second that redb takes in commits shaped like an event's.
-fn event_commits(seconds: u64) -> anyhow::Result<f64> {
-    use evogate::kv::{Namespace, RedbBackend, Write};
-    let dir = tempfile::tempdir()?;
-    let store = Namespace::new(std::sync::Arc::new(RedbBackend::open(&dir.path().join("events.redb"))?), "bench");
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    let started = Instant::now();
-    let total: usize = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..TERMINALS)
-            .map(|source| {
-                let store = &store;
-                scope.spawn(move || {
-                    let mut sent = 0usize;
-                    while Instant::now() < deadline {
-                        // A uuid's worth of scattered hex, as event and product ids come.
-                        let id = format!(
-                            "{:032x}",
-                            ((source as u128) << 64 | sent as u128)
-                                .wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835)
-                        );
-                        let product =
-                            json!({"id": id, "name": format!("product {id}"), "price": sent, "code": &id[..12]});
-                        let event =
-                            json!({"id": id, "type": "ProductUpdated", "data": product, "padding": id.repeat(16)});
-                        let writes = [
-                            Write::Set(format!("events/seen/{id}"), b"{}".to_vec()),
-                            Write::SetStamped("events/log/".into(), event.to_string().into_bytes()),
-                            Write::Set(format!("cat/s/p/{id}"), product.to_string().into_bytes()),
-                            Write::SetStamped(
-                                "feed/".into(),
-                                json!({"v": 1, "entries": [{"kind": "product.updated", "data": {"id": id}}]})
-                                    .to_string()
-                                    .into_bytes(),
-                            ),
-                        ];
-                        if store.commit(&[], &writes).is_err() {
+                        if store.commit(&[], &commit(thread, sent)).is_err() {
                             break;
                         }
                         sent += 1;
@@ -110,6 +54,48 @@ fn event_commits(seconds: u64) -> anyhow::Result<f64> {
         workers.into_iter().map(|worker| worker.join().unwrap_or(0)).sum()
     });
     Ok(total as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Documents per second that redb itself takes in commits shaped like the plugin's.
+fn storage_floor(sell: &Value, seconds: u64) -> anyhow::Result<f64> {
+    use evogate::kv::Write;
+    let document = sell.to_string().into_bytes();
+    let commits = commits_a_second(seconds, |terminal, sent| {
+        let mut writes = Vec::with_capacity(BATCH * 2 + 1);
+        let mut feed = Vec::with_capacity(BATCH);
+        for i in 0..BATCH {
+            let id = format!("{terminal:08x}-{sent:08x}-{i:04x}");
+            writes.push(Write::Set(format!("docs/s/doc/{id}"), document.clone()));
+            let entry = b"{\"v\":1,\"type\":\"SELL\"}".to_vec();
+            writes.push(Write::Set(format!("docs/s/by-date/1473777129000.{id}"), entry));
+            feed.push(json!({"kind": "document.received", "data": {"id": id}}));
+        }
+        let record = json!({"v": 1, "entries": feed}).to_string().into_bytes();
+        writes.push(Write::SetStamped("feed/".into(), record));
+        writes
+    })?;
+    Ok(commits * BATCH as f64)
+}
+
+/// Commits a second that redb takes in commits shaped like an event's.
+fn event_commits(seconds: u64) -> anyhow::Result<f64> {
+    use evogate::kv::Write;
+    commits_a_second(seconds, |source, sent| {
+        // A uuid's worth of scattered hex, as event and product ids come.
+        let id = format!(
+            "{:032x}",
+            ((source as u128) << 64 | sent as u128).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835)
+        );
+        let product = json!({"id": id, "name": format!("product {id}"), "price": sent, "code": &id[..12]});
+        let event = json!({"id": id, "type": "ProductUpdated", "data": product, "padding": id.repeat(16)});
+        let feed = json!({"v": 1, "entries": [{"kind": "product.updated", "data": {"id": id}}]});
+        vec![
+            Write::Set(format!("events/seen/{id}"), b"{}".to_vec()),
+            Write::SetStamped("events/log/".into(), event.to_string().into_bytes()),
+            Write::Set(format!("cat/s/p/{id}"), product.to_string().into_bytes()),
+            Write::SetStamped("feed/".into(), feed.to_string().into_bytes()),
+        ]
+    })
 }
 
 /// Batches the 8 terminals delivered in `seconds`, and documents a second.
